@@ -1,0 +1,80 @@
+"""What every model backend provides: a session that feeds tokens and rewinds.
+
+A ``ModelSession`` is one sequence's state inside a model (for a transformer,
+its KV cache).  ``forward`` appends tokens and returns the next-token
+distributions after them, already transformed by the decoding settings (so
+verification sees exactly what sampling used); ``truncate`` drops everything
+after a length.  ``TokenSequence`` keeps the committed tokens beside the
+session and feeds only what the session has not processed yet, which is how
+both the draft and the target avoid recomputing the prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class ModelSession(Protocol):
+    processed: int
+
+    def forward(self, ids: Sequence[int], all_rows: bool = False) -> np.ndarray:
+        """Append ``ids``; return the next-token distribution after the last one
+        (shape ``(V,)``) or after each of them (``(len(ids), V)``)."""
+
+    def truncate(self, length: int) -> None:
+        """Forget every processed token from position ``length`` on."""
+
+
+class LanguageModel(Protocol):
+    vocab_size: int
+    eos_id: int | None
+
+    def session(self) -> ModelSession: ...
+
+
+class TokenSequence:
+    """Committed (and tentatively drafted) tokens of one sequence over a model session."""
+
+    def __init__(self, model: LanguageModel, prompt_ids: Sequence[int]) -> None:
+        if len(prompt_ids) == 0:
+            raise ValueError("a prompt needs at least one token")
+        self.model_session = model.session()
+        self.vocab_size = model.vocab_size
+        self.tokens: list[int] = [int(t) for t in prompt_ids]
+        self.prompt_length = len(self.tokens)
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.prompt_length:]
+
+    def _pending(self) -> list[int]:
+        return self.tokens[self.model_session.processed:]
+
+    def next_probs(self) -> np.ndarray:
+        """The next-token distribution after every token so far."""
+        pending = self._pending()
+        if not pending:
+            raise RuntimeError("every token is processed: rewind before asking again")
+        return self.model_session.forward(pending)
+
+    def prefill(self) -> None:
+        """Process every pending token (the prompt) without asking for a distribution."""
+        self.next_probs()
+
+    def score_last(self, k: int) -> np.ndarray:
+        """Distributions before each of the last ``k`` tokens and after them: ``(k+1, V)``."""
+        pending = self._pending()
+        if len(pending) < k + 1:
+            raise RuntimeError(f"need {k + 1} unprocessed tokens to score {k} drafts")
+        return self.model_session.forward(pending, all_rows=True)[-(k + 1):]
+
+    def extend(self, ids: Sequence[int]) -> None:
+        self.tokens.extend(int(t) for t in ids)
+
+    def rewind(self, length: int) -> None:
+        """Keep the first ``length`` tokens; the session forgets the rest."""
+        del self.tokens[length:]
+        if self.model_session.processed > length:
+            self.model_session.truncate(length)

@@ -1,0 +1,204 @@
+"""The cloud agent: target model, verifier and streaming server.
+
+Serves a ROUTER socket on the data plane and the control plane beside it.
+Per session it keeps the target's sequence (and, for ``cloud-spec``, its own
+draft's).  Messages it answers:
+
+- ``open``: prefill the prompt, answer ``opened`` with the first token;
+- ``draft``: verify the drafted tokens, answer ``verdict``;
+- ``generate``: decode the whole answer here (plain or speculative) and
+  stream ``tokens`` messages as tokens are committed;
+- ``close``: forget the session.
+
+Every answer carries ``compute_s``, the time from receiving the request to
+sending the answer, which the edge subtracts to measure the network RTT.
+
+Run as a process: ``python -m agents.cloud --settings FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from agents.backends import HostModels, build_models
+from agents.backends.base import TokenSequence
+from agents.codecs import CODECS, DraftCodec
+from agents.control import ControlServer
+from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, error_message
+from agents.settings import AgentSettings
+from agents.speculative import (Decoding, apply_verdict, choose_token, draft_tokens,
+                                session_rng, verify_drafts)
+from shaping.clock import now
+
+MAX_SESSIONS = 64
+
+
+@dataclass
+class VerifySession:
+    target: TokenSequence
+    decoding: Decoding
+    codec: DraftCodec
+    rng: np.random.Generator
+
+
+class CloudAgent:
+    def __init__(self, models: HostModels, channel: Channel) -> None:
+        if models.target is None:
+            raise ValueError("the cloud needs a target model")
+        self.models = models
+        self.channel = channel
+        self.sessions: dict[str, VerifySession] = {}
+        self.eos_id = models.target.eos_id
+
+    def handle(self, message: Message, peer: bytes, received_at: float) -> None:
+        """Answer one data-plane message; protocol errors go back as ``error``."""
+        try:
+            if message.type == "open":
+                self._open(message, peer, received_at)
+            elif message.type == "draft":
+                self._verify(message, peer, received_at)
+            elif message.type == "generate":
+                self._generate(message, peer, received_at)
+            elif message.type == "close":
+                self.sessions.pop(message.session, None)
+            else:
+                raise ProtocolError(f"unexpected message type {message.type!r}")
+        except (ProtocolError, ValueError, KeyError) as error:
+            self.sessions.pop(message.session, None)
+            self.channel.send(error_message(message.session, message.seq,
+                                            f"{type(error).__name__}: {error}"), peer)
+
+    @staticmethod
+    def _settings(message: Message) -> tuple[Decoding, str, int, int]:
+        fields = message.fields
+        decoding, codec = fields["decoding"], fields["codec"]
+        if decoding not in ("greedy", "sampling"):
+            raise ProtocolError(f"unknown decoding {decoding!r}")
+        if codec not in CODECS:
+            raise ProtocolError(f"unknown codec {codec!r}")
+        return decoding, codec, int(fields["max_new_tokens"]), int(fields["seed"])
+
+    def _prompt(self, message: Message) -> list[int]:
+        prompt = message.arrays.get("prompt")
+        if prompt is None or prompt.ndim != 1 or len(prompt) == 0:
+            raise ProtocolError("a non-empty 1-d 'prompt' array is required")
+        if prompt.min() < 0 or prompt.max() >= self.models.target.vocab_size:
+            raise ProtocolError("prompt ids outside the vocabulary")
+        return prompt.tolist()
+
+    def _open(self, message: Message, peer: bytes, received_at: float) -> None:
+        decoding, codec, _, seed = self._settings(message)
+        if len(self.sessions) >= MAX_SESSIONS:
+            raise ProtocolError(f"more than {MAX_SESSIONS} open sessions")
+        target = TokenSequence(self.models.target, self._prompt(message))
+        rng = session_rng(seed, message.session, "cloud")
+        token = choose_token(target.next_probs(), decoding, rng)
+        target.extend([token])
+        self.sessions[message.session] = VerifySession(target, decoding, CODECS[codec], rng)
+        self.channel.send(Message("opened", message.session, message.seq, {
+            "token": token, "eos": token == self.eos_id,
+            "compute_s": now() - received_at}), peer)
+
+    def _verify(self, message: Message, peer: bytes, received_at: float) -> None:
+        session = self.sessions.get(message.session)
+        if session is None:
+            raise ProtocolError(f"no open session {message.session!r}")
+        ids, rows = session.codec.decode(message.arrays)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.models.target.vocab_size):
+            raise ProtocolError("drafted ids outside the vocabulary")
+        verdict = verify_drafts(session.target, ids.tolist(), rows, session.decoding,
+                                session.rng, self.eos_id)
+        token = -1 if verdict.next_token is None else verdict.next_token
+        self.channel.send(Message("verdict", message.session, message.seq, {
+            "accepted": verdict.accepted, "token": token, "finished": verdict.finished,
+            "compute_s": now() - received_at}), peer)
+
+    def _generate(self, message: Message, peer: bytes, received_at: float) -> None:
+        """Decode here and stream each commit; cloud-spec drafts with the cloud's draft model."""
+        decoding, _, max_new_tokens, seed = self._settings(message)
+        strategy, k = message.fields["strategy"], int(message.fields["k"])
+        prompt = self._prompt(message)
+        rng = session_rng(seed, message.session, "cloud")
+        target = TokenSequence(self.models.target, prompt)
+        draft = TokenSequence(self.models.draft, prompt) if strategy == "cloud-spec" else None
+        if draft is not None:
+            draft.prefill()
+        started = received_at
+        first = choose_token(target.next_probs(), decoding, rng)
+        target.extend([first])
+        if draft is not None:
+            draft.extend([first])
+        new_tokens, finished = [first], first == self.eos_id
+        while True:
+            finished = finished or len(target.generated) >= max_new_tokens
+            sent_at = now()
+            self.channel.send(Message("tokens", message.session, message.seq, {
+                "finished": finished, "eos": bool(new_tokens) and new_tokens[-1] == self.eos_id,
+                "compute_s": sent_at - started}, {"ids": np.asarray(new_tokens, dtype=np.int32)}),
+                peer)
+            if finished:
+                return
+            started = now()
+            committed_length = len(target.tokens)
+            if draft is None:
+                token = choose_token(target.next_probs(), decoding, rng)
+                target.extend([token])
+                finished = token == self.eos_id
+            else:
+                remaining = max_new_tokens - len(target.generated)
+                ids, rows = draft_tokens(draft, min(k, remaining - 1), decoding, rng, self.eos_id)
+                verdict = verify_drafts(target, ids, rows, decoding, rng, self.eos_id)
+                apply_verdict(draft, committed_length, verdict)
+                finished = verdict.finished
+            new_tokens = target.tokens[committed_length:]
+
+
+def serve(settings: AgentSettings) -> int:
+    context = zmq.Context()
+    control = ControlServer(context, settings.control_address)
+    socket = context.socket(zmq.ROUTER)
+    channel = Channel(socket, settings.receive_timeout_s, settings.max_message_bytes)
+    socket.bind(settings.data_address)
+    agent = CloudAgent(build_models(settings.model_pair, "cloud"), channel)
+    handlers = {"ping": lambda _: {"ok": True}, "stop": lambda _: {"ok": True},
+                "stats": lambda _: {"sessions": len(agent.sessions),
+                                    "bytes_sent": channel.bytes_sent,
+                                    "bytes_received": channel.bytes_received}}
+    poller = zmq.Poller()
+    poller.register(socket, zmq.POLLIN)
+    poller.register(control.socket, zmq.POLLIN)
+    try:
+        while True:
+            ready = dict(poller.poll(1000))
+            if socket in ready:
+                try:
+                    message, peer, _ = channel.recv(timeout_s=0)
+                except ReceiveTimeout:
+                    continue
+                except ProtocolError as error:
+                    print(f"cloud: dropped a malformed message: {error}", file=sys.stderr)
+                    continue
+                agent.handle(message, peer, now())
+            if control.socket in ready and control.serve_one(handlers) == "stop":
+                return 0
+    finally:
+        socket.close(linger=0)
+        control.close()
+        context.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Cloud agent (started by the orchestrator)")
+    parser.add_argument("--settings", required=True, help="agent settings JSON")
+    args = parser.parse_args(argv)
+    with open(args.settings) as handle:
+        return serve(AgentSettings.model_validate_json(handle.read()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

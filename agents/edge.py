@@ -1,0 +1,246 @@
+"""The edge agent: runs one query at a time under a strategy and measures it.
+
+Strategies on the edge side:
+
+- ``edge-only``: the draft model decodes alone, no network.
+- ``cloud-only`` / ``cloud-spec``: the prompt goes up once and the cloud
+  streams tokens back (plain decoding, or speculation inside the cloud).
+- ``fixed-k``: the edge drafts K tokens per cycle and the cloud verifies them
+  (one round trip per cycle).  The K of each cycle comes from a ``KPolicy``,
+  which is where NASD plugs in.
+
+Run as a process: ``python -m agents.edge --settings FILE``; the orchestrator
+sends ``query`` requests over the control plane and gets the records back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Literal, Protocol
+
+import numpy as np
+import zmq
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.backends import HostModels, build_models
+from agents.backends.base import TokenSequence
+from agents.codecs import CODECS
+from agents.control import ControlServer
+from agents.protocol import Channel, Message, ProtocolError
+from agents.records import CycleRecord, QueryRecord, decode_rate
+from agents.settings import AgentSettings
+from agents.speculative import (Decoding, apply_verdict, choose_token, draft_tokens,
+                                session_rng)
+from agents.verification import Verdict
+from shaping.clock import now
+
+StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", "fixed-k"]
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    strategy: StrategyName
+    label: str
+    k: int | None = Field(default=None, ge=0)
+    query_id: str
+    repetition: int = 0
+    prompt: str
+    max_new_tokens: int = Field(gt=0)
+    decoding: Decoding = "greedy"
+    codec: str = "ids"
+    seed: int = 0
+
+
+class KPolicy(Protocol):
+    def next_k(self) -> int: ...
+
+    def observe(self, cycle: CycleRecord) -> None: ...
+
+
+class FixedK:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def next_k(self) -> int:
+        return self.k
+
+    def observe(self, cycle: CycleRecord) -> None:
+        pass
+
+
+class EdgeAgent:
+    def __init__(self, models: HostModels, channel: Channel) -> None:
+        self.models = models
+        self.channel = channel
+
+    def run_query(self, request: QueryRequest) -> tuple[QueryRecord, list[CycleRecord]]:
+        session = f"{request.label}/{request.query_id}/{request.repetition}"
+        prompt_ids = self.models.tokenizer.encode(request.prompt)
+        if not prompt_ids:
+            raise ValueError(f"query {request.query_id}: empty prompt")
+        if request.strategy == "edge-only":
+            return self._edge_only(request, session, prompt_ids)
+        if request.strategy in ("cloud-only", "cloud-spec"):
+            return self._cloud_streamed(request, session, prompt_ids)
+        return self._speculative(request, session, prompt_ids, FixedK(request.k or 0))
+
+    def _record(self, request: QueryRequest, prompt_ids: list[int], output: list[int],
+                t_submit: float, t_first: float, t_last: float, eos: bool) -> QueryRecord:
+        rate, decode_s = decode_rate(len(output), t_first, t_last)
+        return QueryRecord(
+            strategy=request.label, k=request.k, query_id=request.query_id,
+            repetition=request.repetition, prompt_tokens=len(prompt_ids), n_tokens=len(output),
+            ttft_s=t_first - t_submit, e2e_s=t_last - t_submit, tokens_per_s=rate,
+            decode_s=decode_s, finished_by_eos=eos, output_ids=list(output))
+
+    def _edge_only(self, request, session, prompt_ids):
+        rng = session_rng(request.seed, session, "edge")
+        eos_id = self.models.draft.eos_id
+        t_submit = now()
+        sequence = TokenSequence(self.models.draft, prompt_ids)
+        t_first = t_last = t_submit
+        while len(sequence.generated) < request.max_new_tokens:
+            token = choose_token(sequence.next_probs(), request.decoding, rng)
+            sequence.extend([token])
+            t_last = now()
+            if len(sequence.generated) == 1:
+                t_first = t_last
+            if token == eos_id:
+                break
+        output = sequence.generated
+        return self._record(request, prompt_ids, output, t_submit, t_first, t_last,
+                            bool(output) and output[-1] == eos_id), []
+
+    def _exchange(self, message: Message, expect: str) -> tuple[Message, int, int, float, float]:
+        """Send, await the answer of type ``expect``; return it, bytes up/down and both instants."""
+        t_send = now()
+        bytes_up = self.channel.send(message)
+        reply, _, bytes_down = self.channel.recv()
+        t_reply = now()
+        self._check(reply, message, expect)
+        return reply, bytes_up, bytes_down, t_send, t_reply
+
+    @staticmethod
+    def _check(reply: Message, sent: Message, expect: str) -> None:
+        if reply.type == "error":
+            raise ProtocolError(f"cloud error: {reply.fields.get('error')}")
+        if reply.type != expect or reply.session != sent.session:
+            raise ProtocolError(f"expected {expect} for {sent.session}, got {reply.type} "
+                                f"for {reply.session}")
+
+    def _generate_fields(self, request: QueryRequest) -> dict:
+        return {"strategy": request.strategy, "k": request.k or 0,
+                "max_new_tokens": request.max_new_tokens, "decoding": request.decoding,
+                "codec": request.codec, "seed": request.seed}
+
+    def _cloud_streamed(self, request, session, prompt_ids):
+        message = Message("generate", session, 0, self._generate_fields(request),
+                          {"prompt": np.asarray(prompt_ids, dtype=np.int32)})
+        t_submit = now()
+        record_up = self.channel.send(message)
+        output, bytes_down, compute_s = [], 0, 0.0
+        t_first = t_last = t_submit
+        finished = eos = False
+        while not finished:
+            reply, _, size = self.channel.recv()
+            t_last = now()
+            self._check(reply, message, "tokens")
+            if not output:
+                t_first = t_last
+            output.extend(int(t) for t in reply.arrays["ids"])
+            bytes_down += size
+            compute_s += reply.fields["compute_s"]
+            finished, eos = reply.fields["finished"], reply.fields["eos"]
+        record = self._record(request, prompt_ids, output, t_submit, t_first, t_last, eos)
+        record.bytes_up, record.bytes_down, record.cloud_compute_s = record_up, bytes_down, compute_s
+        return record, []
+
+    def _speculative(self, request, session, prompt_ids, policy: KPolicy):
+        codec = CODECS[request.codec]
+        rng = session_rng(request.seed, session, "edge")
+        eos_id = self.models.draft.eos_id
+        draft = TokenSequence(self.models.draft, prompt_ids)
+        t_submit = now()
+        self.channel.send(Message("open", session, 0, self._generate_fields(request),
+                                  {"prompt": np.asarray(prompt_ids, dtype=np.int32)}))
+        draft.prefill()  # overlaps with the upload and the cloud's prefill
+        opened, _, bytes_down = self.channel.recv()
+        t_first = t_last = now()
+        self._check(opened, Message("open", session), "opened")
+        draft.extend([opened.fields["token"]])
+        finished = eos = opened.fields["eos"]
+        cycles: list[CycleRecord] = []
+        compute_s = opened.fields["compute_s"]
+        try:
+            while not finished and len(draft.generated) < request.max_new_tokens:
+                remaining = request.max_new_tokens - len(draft.generated)
+                k = min(policy.next_k(), remaining - 1)
+                t_start = now()
+                committed_length = len(draft.tokens)
+                ids, rows = draft_tokens(draft, k, request.decoding, rng, eos_id)
+                message = Message("draft", session, len(cycles) + 1, {},
+                                  codec.encode(np.asarray(ids), rows))
+                verdict_message, up, down, t_send, t_last = self._exchange(message, "verdict")
+                fields = verdict_message.fields
+                verdict = Verdict(accepted=fields["accepted"],
+                                  next_token=None if fields["token"] < 0 else fields["token"],
+                                  finished=fields["finished"])
+                apply_verdict(draft, committed_length, verdict)
+                cloud_s = fields["compute_s"]
+                cycle = CycleRecord(
+                    strategy=request.label, query_id=request.query_id,
+                    repetition=request.repetition, cycle=len(cycles) + 1, k=len(ids),
+                    accepted=verdict.accepted, tokens=len(draft.tokens) - committed_length,
+                    rtt_ms=(t_last - t_send - cloud_s) * 1000.0, bytes_up=up, bytes_down=down,
+                    t_draft=t_send - t_start, t_verify=cloud_s,
+                    t_network=t_last - t_send - cloud_s, t_cycle=t_last - t_start,
+                    t_start=t_start - t_submit)
+                cycles.append(cycle)
+                policy.observe(cycle)
+                compute_s += cloud_s
+                finished = verdict.finished
+                eos = finished
+        finally:
+            self.channel.send(Message("close", session))
+        record = self._record(request, prompt_ids, draft.generated, t_submit, t_first, t_last, eos)
+        record.cycles = len(cycles)
+        record.drafted = sum(c.k for c in cycles)
+        record.accepted = sum(c.accepted for c in cycles)
+        record.rejections = sum(1 for c in cycles if c.accepted < c.k)
+        record.bytes_up = sum(c.bytes_up for c in cycles)
+        record.bytes_down = bytes_down + sum(c.bytes_down for c in cycles)
+        record.cloud_compute_s = compute_s
+        return record, cycles
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Edge agent (started by the orchestrator)")
+    parser.add_argument("--settings", required=True, help="agent settings JSON")
+    args = parser.parse_args(argv)
+    with open(args.settings) as handle:
+        settings = AgentSettings.model_validate_json(handle.read())
+    context = zmq.Context()
+    control = ControlServer(context, settings.control_address)
+    socket = context.socket(zmq.DEALER)
+    channel = Channel(socket, settings.receive_timeout_s, settings.max_message_bytes)
+    socket.connect(settings.data_address)
+    agent = EdgeAgent(build_models(settings.model_pair, "edge"), channel)
+
+    def query(request: dict) -> dict:
+        record, cycles = agent.run_query(QueryRequest.model_validate(request["request"]))
+        return {"query": record.as_dict(), "cycles": [c.as_dict() for c in cycles]}
+
+    handlers = {"ping": lambda _: {"ok": True}, "query": query, "stop": lambda _: {"ok": True}}
+    try:
+        while control.serve_one(handlers) != "stop":
+            pass
+    finally:
+        socket.close(linger=0)
+        control.close()
+        context.term()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

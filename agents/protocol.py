@@ -1,0 +1,155 @@
+"""Wire protocol between edge and cloud: msgpack header plus raw numpy buffers.
+
+A message is a ZeroMQ multipart: frame 0 is a msgpack map
+``{type, session, seq, fields, arrays}`` where ``arrays`` lists
+``[name, dtype, shape]`` for each following frame, which holds that array's
+raw bytes.  Never pickle; only the dtypes in ``WIRE_DTYPES`` cross the wire;
+every received message is checked against a size cap and its declared shapes.
+
+``Channel`` wraps a ZeroMQ socket with these rules: every receive has a
+timeout, every send and receive counts bytes as ZMTP puts them on the wire.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+from shaping.link import zmtp_wire_bytes
+
+MESSAGE_TYPES = ("open", "opened", "draft", "verdict", "generate", "tokens", "close", "error")
+WIRE_DTYPES = {"int32": np.int32, "float16": np.float16, "float32": np.float32}
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+HEADER_MAX_BYTES = 64 * 1024
+
+
+class ProtocolError(Exception):
+    """A peer sent something that breaks the protocol."""
+
+
+class ReceiveTimeout(ProtocolError):
+    """Nothing arrived within the receive timeout."""
+
+
+@dataclass
+class Message:
+    type: str
+    session: str
+    seq: int = 0
+    fields: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.type not in MESSAGE_TYPES:
+            raise ProtocolError(f"unknown message type {self.type!r}")
+
+
+def encode(message: Message) -> list[bytes | memoryview]:
+    """Frames for ``message``: the msgpack header, then one raw buffer per array."""
+    specs, buffers = [], []
+    for name, array in message.arrays.items():
+        dtype_name = array.dtype.name
+        if dtype_name not in WIRE_DTYPES:
+            raise ProtocolError(f"array {name!r}: dtype {dtype_name} is not allowed on the wire")
+        contiguous = np.ascontiguousarray(array)
+        specs.append([name, dtype_name, list(contiguous.shape)])
+        buffers.append(memoryview(contiguous).cast("B"))
+    header = msgpack.packb({
+        "type": message.type, "session": message.session, "seq": message.seq,
+        "fields": message.fields, "arrays": specs,
+    })
+    return [header, *buffers]
+
+
+def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """Parse and check a received multipart message."""
+    if not frames:
+        raise ProtocolError("empty message")
+    total = sum(len(frame) for frame in frames)
+    if total > max_bytes:
+        raise ProtocolError(f"message of {total} bytes exceeds the cap of {max_bytes}")
+    if len(frames[0]) > HEADER_MAX_BYTES:
+        raise ProtocolError("header exceeds its size cap")
+    try:
+        header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
+        kind, session, seq = header["type"], header["session"], header["seq"]
+        fields, specs = header["fields"], header["arrays"]
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
+        raise ProtocolError(f"malformed header: {error}") from None
+    if not isinstance(fields, dict) or not isinstance(specs, list):
+        raise ProtocolError("malformed header: fields must be a map, arrays a list")
+    if len(specs) != len(frames) - 1:
+        raise ProtocolError(f"header lists {len(specs)} arrays, message has {len(frames) - 1}")
+    arrays = {}
+    for spec, buffer in zip(specs, frames[1:]):
+        try:
+            name, dtype_name, shape = spec
+            dtype = np.dtype(WIRE_DTYPES[dtype_name])
+            shape = tuple(int(n) for n in shape)
+        except (KeyError, ValueError, TypeError):
+            raise ProtocolError(f"bad array spec {spec!r}") from None
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if any(n < 0 for n in shape) or expected != len(buffer):
+            raise ProtocolError(f"array {name!r}: {len(buffer)} bytes do not match shape {shape}")
+        arrays[name] = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+    return Message(type=kind, session=session, seq=seq, fields=fields, arrays=arrays)
+
+
+def error_message(session: str, seq: int, text: str) -> Message:
+    return Message("error", session, seq, {"error": text})
+
+
+class Channel:
+    """One end of the data plane: a DEALER (edge) or ROUTER (cloud) with timeouts.
+
+    A ROUTER channel prepends the peer identity to every message; ``recv``
+    returns it as ``peer`` and ``send`` takes it back, so the cloud can serve
+    several edges.
+    """
+
+    def __init__(self, socket: zmq.Socket, receive_timeout_s: float,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.socket = socket
+        self.receive_timeout_s = receive_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.is_router = socket.type == zmq.ROUTER
+        socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        socket.setsockopt(zmq.LINGER, 0)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def send(self, message: Message, peer: bytes | None = None) -> int:
+        """Send ``message``; return its size on the wire in bytes."""
+        frames = encode(message)
+        size = zmtp_wire_bytes(frames)
+        if self.is_router:
+            if peer is None:
+                raise ProtocolError("a ROUTER channel needs the peer to send to")
+            frames = [peer, *frames]
+        self.socket.send_multipart(frames, copy=False)
+        self.bytes_sent += size
+        return size
+
+    def poll(self, timeout_s: float) -> bool:
+        return bool(self.socket.poll(max(0, int(timeout_s * 1000))))
+
+    def recv(self, timeout_s: float | None = None) -> tuple[Message, bytes | None, int]:
+        """Next message, its peer (ROUTER only) and its size on the wire."""
+        deadline = time.monotonic() + (self.receive_timeout_s if timeout_s is None else timeout_s)
+        while not self.socket.poll(max(0, int((deadline - time.monotonic()) * 1000)) + 1):
+            if time.monotonic() >= deadline:
+                raise ReceiveTimeout(
+                    f"no message within {self.receive_timeout_s if timeout_s is None else timeout_s:.1f} s")
+        frames = self.socket.recv_multipart(copy=True)
+        peer = None
+        if self.is_router:
+            peer, frames = frames[0], frames[1:]
+        message = decode(frames, self.max_message_bytes)
+        size = zmtp_wire_bytes(frames)
+        self.bytes_received += size
+        return message, peer, size

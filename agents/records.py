@@ -1,0 +1,67 @@
+"""What the edge measures: one record per query and one per speculation cycle.
+
+Field names are the column names of ``queries.jsonl``, ``cycles.jsonl`` and
+the summary (DESIGN.md section 5).  Times are seconds unless the name says
+``_ms``; wall-clock instants are ``time.perf_counter`` readings on the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class CycleRecord:
+    strategy: str
+    query_id: str
+    repetition: int
+    cycle: int
+    k: int
+    accepted: int
+    tokens: int            # tokens committed by this cycle (accepted + correction/bonus)
+    rtt_ms: float          # send -> receive on the edge, minus the cloud's compute time
+    bytes_up: int
+    bytes_down: int
+    t_draft: float
+    t_verify: float        # the cloud's compute time for this cycle, as it reported it
+    t_network: float       # cycle time minus drafting and cloud compute
+    t_cycle: float
+    t_start: float         # since the query was submitted
+    nasd_cutoff: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class QueryRecord:
+    strategy: str
+    k: int | None
+    query_id: str
+    repetition: int
+    prompt_tokens: int
+    n_tokens: int
+    ttft_s: float
+    e2e_s: float
+    tokens_per_s: float    # (n_tokens - 1) / (t_last - t_first): excludes prefill
+    decode_s: float        # t_last - t_first
+    cycles: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    rejections: int = 0    # cycles that ended on a rejected draft token
+    bytes_up: int = 0
+    bytes_down: int = 0
+    cloud_compute_s: float = 0.0
+    finished_by_eos: bool = False
+    output_ids: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def decode_rate(n_tokens: int, t_first: float, t_last: float) -> tuple[float, float]:
+    """(tokens/s excluding prefill, decode seconds); NaN rate for fewer than two tokens."""
+    decode_s = t_last - t_first
+    if n_tokens < 2 or decode_s <= 0:
+        return float("nan"), decode_s
+    return (n_tokens - 1) / decode_s, decode_s

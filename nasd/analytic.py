@@ -1,0 +1,183 @@
+"""The analytic model of speculative decoding, local and split across a network.
+
+This module owns the closed forms every other part compares against or plans
+with: tokens per cycle E[tau] under i.i.d. per-token acceptance, the acceptance
+estimate from verified cycles, cycle times on one node and across a link,
+throughput, the crossover RTT past which cloud-edge speculation loses to plain
+cloud decoding, and the throughput-optimal speculation depth K.
+
+Model: each drafted token is accepted independently with probability ``a``;
+a cycle stops at the first rejection, so the number accepted is a geometric
+count truncated at K, and the cycle commits that many plus one target token.
+
+Pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+def expected_tokens_per_cycle(acceptance: float, k: int) -> float:
+    """E[tau] = (1 - a^(k+1)) / (1 - a): expected tokens committed per cycle.
+
+    Computed as the equal finite sum 1 + a + ... + a^k, which needs no special
+    case at a == 1 (giving k + 1) and stays accurate as a approaches 1.
+    """
+    _check_acceptance(acceptance)
+    _check_depth(k)
+    return float(np.sum(acceptance ** np.arange(k + 1)))
+
+
+def acceptance_from_counts(accepted: int, rejections: int) -> float:
+    """Maximum-likelihood per-token acceptance from verified cycles.
+
+    ``accepted`` is the total number of drafted tokens accepted over all
+    cycles; ``rejections`` the number of cycles that ended on a rejected draft
+    (cycles that kept all their drafts, or stopped at an accepted EOS, count
+    no rejection).  A cycle with j acceptances then a rejection has likelihood
+    a^j (1 - a); one that kept all its j drafts has likelihood a^j (censored).
+    The total log-likelihood is therefore accepted*log(a) + rejections*log(1 - a),
+    maximised at a = accepted / (accepted + rejections).  Note that the plain
+    ratio accepted / drafted is not this estimate and is biased low, because
+    drafts after a rejection are never tested.
+
+    Returns NaN when there is no evidence (no acceptances and no rejections).
+    """
+    if accepted < 0 or rejections < 0:
+        raise ValueError(
+            f"counts must be non-negative, got accepted={accepted}, rejections={rejections}"
+        )
+    tested = accepted + rejections
+    if tested == 0:
+        return float("nan")
+    return accepted / tested
+
+
+@dataclass(frozen=True)
+class ComputeTimes:
+    """Per-stage compute times in seconds.
+
+    ``draft_token_s`` is one draft forward on the host that drafts.  Verifying
+    k drafts is one target forward over k + 1 positions:
+    t_verify(k) = verify_base_s + verify_per_token_s * (k + 1).
+    """
+
+    draft_token_s: float
+    verify_base_s: float
+    verify_per_token_s: float
+
+    def __post_init__(self) -> None:
+        for name in ("draft_token_s", "verify_base_s", "verify_per_token_s"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number, got {value}")
+        if self.decode_time_s() <= 0:
+            raise ValueError("verify_base_s + verify_per_token_s must be positive")
+
+    def verify_time_s(self, k: int) -> float:
+        _check_depth(k)
+        return self.verify_base_s + self.verify_per_token_s * (k + 1)
+
+    def decode_time_s(self) -> float:
+        """One plain target decoding step: a forward over one position."""
+        return self.verify_time_s(0)
+
+
+def cycle_time_local_s(k: int, times: ComputeTimes) -> float:
+    """T_local(k) = k * t_draft + t_verify(k): draft and target on one node."""
+    return k * times.draft_token_s + times.verify_time_s(k)
+
+
+def cycle_time_distributed_s(
+    k: int,
+    times: ComputeTimes,
+    rtt_s: float,
+    transmit_up_s: float = 0.0,
+    transmit_down_s: float = 0.0,
+) -> float:
+    """T_dist(k) = T_local(k) + RTT + serialisation time of the drafts up and the verdict down."""
+    _check_non_negative(rtt_s=rtt_s, transmit_up_s=transmit_up_s, transmit_down_s=transmit_down_s)
+    return cycle_time_local_s(k, times) + rtt_s + transmit_up_s + transmit_down_s
+
+
+def throughput_tokens_per_s(acceptance: float, k: int, cycle_time_s: float) -> float:
+    """E[tau(k)] / T: committed tokens per second at steady state."""
+    if not cycle_time_s > 0:
+        raise ValueError(f"cycle_time_s must be positive, got {cycle_time_s}")
+    return expected_tokens_per_cycle(acceptance, k) / cycle_time_s
+
+
+def cloud_only_throughput(times: ComputeTimes) -> float:
+    """1 / t_decode: the target decoding alone (streaming hides the RTT after the first token)."""
+    return 1.0 / times.decode_time_s()
+
+
+def crossover_rtt_s(
+    acceptance: float,
+    k: int,
+    times: ComputeTimes,
+    transmit_up_s: float = 0.0,
+    transmit_down_s: float = 0.0,
+) -> float:
+    """The RTT at which fixed-k cloud-edge speculation matches cloud-only throughput.
+
+    Solving E[tau] / (T_local + RTT + transmit) = 1 / t_decode for RTT gives
+    E[tau] * t_decode - k * t_draft - t_verify(k) - transmit.  Below it
+    speculation is faster, above it slower.  A negative value means speculation
+    with this k never pays, not even on a zero-latency link; it is returned as
+    is so callers can tell by how much it misses.
+    """
+    _check_non_negative(transmit_up_s=transmit_up_s, transmit_down_s=transmit_down_s)
+    return (
+        expected_tokens_per_cycle(acceptance, k) * times.decode_time_s()
+        - cycle_time_local_s(k, times)
+        - transmit_up_s
+        - transmit_down_s
+    )
+
+
+def optimal_k(
+    acceptance: float,
+    times: ComputeTimes,
+    rtt_s: float,
+    k_max: int = 32,
+    transmit_s: Callable[[int], float] | None = None,
+) -> int:
+    """argmax over k in 1..k_max of E[tau(k)] / T_dist(k); ties go to the smaller k.
+
+    ``transmit_s(k)`` is the total serialisation time (up plus down) of a
+    cycle with k drafts; omitted means zero.  Whether speculating at all beats
+    cloud-only decoding is a separate question (``crossover_rtt_s``).
+    """
+    if k_max < 1:
+        raise ValueError(f"k_max must be at least 1, got {k_max}")
+    depths = range(1, k_max + 1)
+    throughputs = [
+        throughput_tokens_per_s(
+            acceptance,
+            k,
+            cycle_time_distributed_s(k, times, rtt_s, transmit_s(k) if transmit_s else 0.0),
+        )
+        for k in depths
+    ]
+    return depths[int(np.argmax(throughputs))]
+
+
+def _check_acceptance(acceptance: float) -> None:
+    if not 0.0 <= acceptance <= 1.0:
+        raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
+
+
+def _check_depth(k: int) -> None:
+    if k < 0:
+        raise ValueError(f"k must be non-negative, got {k}")
+
+
+def _check_non_negative(**values: float) -> None:
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"{name} must be non-negative, got {value}")

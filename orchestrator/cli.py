@@ -1,0 +1,132 @@
+"""The ``orchestrator`` command line.
+
+Bad input (a CLI value, a profile, a job, a model pair) ends with one line,
+``error: <where>: <what>``, and exit code 2; a failed agent with exit code 1;
+Ctrl-C or SIGTERM with 130 after everything started has been stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from agents.control import AgentError
+from agents.protocol import ProtocolError
+from orchestrator.configs import (ConfigError, available, find, load_model_pair, load_profile,
+                                  load_prompts, read_yaml, validate)
+from orchestrator.job import ALL_STRATEGIES, JobConfig
+from orchestrator.run import RunSpec, run
+
+MODES = ("auto", "sim")
+
+
+def choose_mode(requested: str) -> tuple[str, str]:
+    """The mode a run uses and the reason, said in one line."""
+    if requested == "sim":
+        return "sim", "asked for with --mode sim"
+    return "sim", "auto: the emulated and vm modes are not built yet, sim runs everywhere"
+
+
+def load_job(name_or_path: str, overrides: dict) -> JobConfig:
+    path = find("jobs", name_or_path)
+    data = read_yaml(path)
+    data.update({key: value for key, value in overrides.items() if value not in (None, [])})
+    return validate(JobConfig, data, str(path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Real-network testbed for cloud-edge speculative decoding.
+
+    Runs a draft model on an "edge" agent and a target model on a "cloud"
+    agent, each its own process, exchanging drafts and verdicts over ZeroMQ
+    through a shaped link, and compares cloud-only, cloud-spec, edge-only and
+    fixed-K speculation.
+    """
+
+
+@cli.command("run")
+@click.option("--profile", "profile_name", default="lan", show_default=True,
+              help="Network profile: a name under configs/profiles (see `orchestrator profiles`) "
+                   "or a YAML path.")
+@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="sim: agents on loopback with the Python link model (no root needed).")
+@click.option("--job", "job_name", default="default", show_default=True,
+              help="Job file: a name under configs/jobs or a YAML path.")
+@click.option("--model-pair", help="Model pair: a name under configs/models or a YAML path "
+                                   "[default: the job's].")
+@click.option("--strategy", "strategies", multiple=True, type=click.Choice(ALL_STRATEGIES),
+              help="Strategy to run; repeat for several [default: the job's, all four].")
+@click.option("--k", "k_values", multiple=True, type=click.IntRange(1, 64),
+              help="Draft length for fixed-k; repeat for several [default: the job's, 3 5 10 15].")
+@click.option("--decoding", type=click.Choice(["greedy", "sampling"]), help="[default: the job's]")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), help="[default: the job's]")
+@click.option("--queries", "max_queries", type=click.IntRange(1), help="Use the first N prompts.")
+@click.option("--repetitions", type=click.IntRange(1), help="[default: the job's]")
+@click.option("--seed", type=int, help="[default: the job's]")
+@click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
+@click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True, help="Where run folders go.")
+def run_command(profile_name, mode, job_name, model_pair, strategies, k_values, decoding,
+                max_new_tokens, max_queries, repetitions, seed, rtt_ms, results_root) -> None:
+    """Run a job's strategies on one network profile and summarize them.
+
+    Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen) and
+    summary.csv into a new folder under --results, and prints the summary.
+    """
+    console = Console()
+    job = load_job(job_name, {
+        "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
+        "decoding": decoding, "max_new_tokens": max_new_tokens, "max_queries": max_queries,
+        "repetitions": repetitions, "seed": seed})
+    profile = load_profile(profile_name, {"rtt_ms": rtt_ms} if rtt_ms is not None else None)
+    spec = RunSpec(job=job, profile=profile, model_pair=load_model_pair(job.model_pair),
+                   prompts=load_prompts(job.prompts), mode=choose_mode(mode)[0])
+    console.print(f"mode: {spec.mode} ({choose_mode(mode)[1]})")
+    run(spec, results_root, console)
+
+
+@cli.command("profiles")
+def profiles_command() -> None:
+    """List the shipped network profiles with their RTT, bandwidth, jitter and loss."""
+    for name in available("profiles"):
+        link = load_profile(name).initial
+        bandwidth = (f"{link.uplink.bandwidth_mbps:g} Mbps" if link.uplink.bandwidth_mbps
+                     else "unshaped")
+        timeline = "" if load_profile(name).is_static else "  (changes over time)"
+        click.echo(f"{name:28s} rtt {link.rtt_ms:6.1f} ms  {bandwidth:>10s}  "
+                   f"jitter {link.uplink.jitter_ms:4.1f} ms  loss {link.uplink.loss_pct:4.1f}%"
+                   f"{timeline}")
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        cli.main(args=argv, prog_name="orchestrator", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as error:
+        click.echo(f"error: {error.format_message()}", err=True)
+        return error.exit_code
+    except ConfigError as error:
+        click.echo(f"error: {error}", err=True)
+        return 2
+    except (AgentError, ProtocolError) as error:
+        click.echo(f"error: {error}", err=True)
+        return 1
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("interrupted: everything the run started has been stopped", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

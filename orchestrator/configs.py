@@ -1,0 +1,114 @@
+"""Finding and loading the shipped YAML (profiles, model pairs, jobs, prompts).
+
+A name is looked up under ``configs/<kind>/`` (sub-folders included); a
+path is read as given.  Every failure becomes a ``ConfigError`` whose text is
+one line naming the file and the field, which the CLI prints with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from agents.backends import ModelPairConfig
+from shaping.profile import NetworkProfile, ProfileFile, resolve
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """Bad user input: a one-line message naming the file and field."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if "input" in first and not isinstance(first["input"], (dict, list)):
+        message += f" (got {first['input']!r})"
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {message}{more}"
+
+
+def find(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
+    """The file for ``name_or_path``: an existing path, or a shipped config by name."""
+    path = Path(name_or_path)
+    if path.suffix and path.is_file():
+        return path
+    folder = CONFIG_DIR / kind
+    matches = sorted(folder.rglob(f"{name_or_path}{suffix}"))
+    if not matches:
+        names = sorted(p.stem for p in folder.rglob(f"*{suffix}"))
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise ConfigError(f"{kind[:-1]} {name_or_path!r} not found: give a path or one of {shown}")
+    return matches[0]
+
+
+def available(kind: str, suffix: str = ".yaml") -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / kind).rglob(f"*{suffix}"))
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: "
+                          f"{getattr(error, 'problem', None) or error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    return data
+
+
+def validate(model: type[Model], data: dict, source: str) -> Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
+
+
+def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkProfile:
+    """A resolved network profile; ``overrides`` are shorthands laid over the file."""
+    path = find("profiles", name_or_path)
+    data = {**read_yaml(path), **(overrides or {})}
+    raw = validate(ProfileFile, data, str(path))
+    try:
+        return resolve(raw, name=path.stem, base_dir=path.parent)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def load_model_pair(name_or_path: str) -> ModelPairConfig:
+    path = find("models", name_or_path)
+    return validate(ModelPairConfig, read_yaml(path), str(path))
+
+
+def load_prompts(name_or_path: str) -> list[dict]:
+    """Prompts as ``{"id", "prompt"}`` maps from a JSONL file."""
+    path = find("prompts", name_or_path, suffix=".jsonl")
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}:{number}: not JSON: {error.msg}") from None
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) \
+                or not item["prompt"]:
+            raise ConfigError(f"{path}:{number}: each line needs a non-empty \"prompt\" string")
+        prompts.append({"id": str(item.get("id", number)), "prompt": item["prompt"]})
+    if not prompts:
+        raise ConfigError(f"{path}: no prompts")
+    return prompts

@@ -1,0 +1,72 @@
+"""Jobs: which strategies to run, on which model pair and prompts, how often.
+
+``JobConfig`` is the validated job file; ``plan`` expands it into the
+strategy runs (one per strategy, one per K for ``fixed-k``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agents.codecs import CODECS
+from agents.edge import StrategyName
+from agents.speculative import Decoding
+
+ALL_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "job"
+    description: str = ""
+    model_pair: str = "synthetic"
+    prompts: str = "default"
+    max_queries: Annotated[int, Field(gt=0)] | None = None
+    strategies: list[StrategyName] = Field(default=list(ALL_STRATEGIES), min_length=1)
+    k_values: list[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15], min_length=1)
+    cloud_spec_k: int = Field(default=5, ge=1, le=64)
+    decoding: Decoding = "greedy"
+    codec: str | None = Field(default=None, description="default: ids for greedy, full32 for sampling")
+    max_new_tokens: int = Field(default=64, gt=0, le=4096)
+    repetitions: int = Field(default=1, gt=0)
+    seed: int = 0
+    receive_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _codec_fits_decoding(self) -> "JobConfig":
+        if self.codec is not None:
+            if self.codec not in CODECS:
+                raise ValueError(f"unknown codec {self.codec!r}; one of {', '.join(CODECS)}")
+            if self.decoding == "sampling" and not CODECS[self.codec].carries_draft_probs:
+                raise ValueError(f"codec {self.codec!r} carries no draft probabilities, "
+                                 "which sampling verification needs")
+        return self
+
+    @property
+    def resolved_codec(self) -> str:
+        return self.codec or ("ids" if self.decoding == "greedy" else "full32")
+
+
+@dataclass(frozen=True)
+class StrategyRun:
+    strategy: StrategyName
+    k: int | None
+
+    @property
+    def label(self) -> str:
+        return f"fixed-k{self.k}" if self.strategy == "fixed-k" else self.strategy
+
+
+def plan(job: JobConfig) -> list[StrategyRun]:
+    runs = []
+    for strategy in job.strategies:
+        if strategy == "fixed-k":
+            runs += [StrategyRun("fixed-k", k) for k in job.k_values]
+        elif strategy == "cloud-spec":
+            runs.append(StrategyRun("cloud-spec", job.cloud_spec_k))
+        else:
+            runs.append(StrategyRun(strategy, None))
+    return runs

@@ -1,0 +1,198 @@
+"""Starting and stopping the processes of a run.
+
+``ChildProcess`` is one OS process the orchestrator owns: it gets its own
+session (a Ctrl-C in the terminal reaches only the orchestrator, which then
+stops its children in order) and dies with the orchestrator even after a
+``kill -9`` (PR_SET_PDEATHSIG).  ``AgentProcess`` adds the control plane.
+``SimDeployment`` is the sim mode: cloud agent, Python link and edge agent on
+loopback, the link between them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+from agents.backends import ModelPairConfig
+from agents.control import AgentError, ControlClient
+from agents.settings import AgentSettings
+from shaping.profile import NetworkProfile
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ChildProcess:
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent,
+            cwd=Path(__file__).resolve().parent.parent)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def failure(self) -> str:
+        """Why the process is gone: exit code and the tail of its log."""
+        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        return f"{self.name} exited with code {self.process.returncode}: " + " | ".join(tail)
+
+    def wait_for_line(self, expected: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.1)
+            if ready:
+                line = self.process.stdout.readline().decode().strip()
+                if line == expected:
+                    return
+                if not line and not self.alive():
+                    break
+        raise AgentError(self.failure() if not self.alive()
+                         else f"{self.name} did not say {expected!r} within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period; always reaps."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+        self._log.close()
+
+
+class AgentProcess(ChildProcess):
+    def __init__(self, name: str, module: str, settings: AgentSettings, folder: Path,
+                 context: zmq.Context) -> None:
+        settings_path = folder / f"{name}.settings.json"
+        settings_path.write_text(settings.model_dump_json(indent=2))
+        super().__init__(name, [sys.executable, "-m", module, "--settings", str(settings_path)],
+                         folder / f"{name}.log")
+        self.control = ControlClient(context, settings.control_address)
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise AgentError(self.failure())
+            try:
+                self.control.call("ping", timeout_s=1.0)
+                return
+            except AgentError:
+                continue
+        raise AgentError(f"{self.name} did not answer within {timeout_s:.0f} s")
+
+    def call(self, command: str, timeout_s: float, **arguments) -> dict:
+        if not self.alive():
+            raise AgentError(self.failure())
+        try:
+            return self.control.call(command, timeout_s, **arguments)
+        except AgentError:
+            if not self.alive():
+                raise AgentError(self.failure()) from None
+            raise
+
+    def stop(self) -> None:
+        if self.alive():
+            try:
+                self.control.call("stop", timeout_s=2.0)
+                self.process.wait(STOP_TIMEOUT_S)
+            except (AgentError, subprocess.TimeoutExpired):
+                pass
+        self.control.close()
+        super().stop()
+
+
+class SimDeployment:
+    """Sim mode: both agents on loopback with the Python link process between them."""
+
+    def __init__(self, run_dir: Path, model_pair: ModelPairConfig, profile: NetworkProfile,
+                 seed: int, receive_timeout_s: float) -> None:
+        self.run_dir = run_dir
+        self.model_pair = model_pair
+        self.profile = profile
+        self.seed = seed
+        self.receive_timeout_s = receive_timeout_s
+        self.children: list[ChildProcess] = []
+        self.edge: AgentProcess | None = None
+        self.context = zmq.Context()
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="edgespec-"))
+
+    def __enter__(self) -> "SimDeployment":
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _agent_settings(self, name: str, data_address: str) -> AgentSettings:
+        return AgentSettings(model_pair=self.model_pair, data_address=data_address,
+                             control_address=f"ipc://{self.socket_dir}/{name}.ctl",
+                             receive_timeout_s=self.receive_timeout_s)
+
+    def _start(self) -> None:
+        cloud_port, link_port = free_tcp_port(), free_tcp_port()
+        cloud = AgentProcess("cloud", "agents.cloud",
+                             self._agent_settings("cloud", f"tcp://127.0.0.1:{cloud_port}"),
+                             self.run_dir, self.context)
+        self.children.append(cloud)
+        profile_path = self.run_dir / "link.profile.json"
+        profile_path.write_text(self.profile.model_dump_json(indent=2))
+        link = ChildProcess("link", [
+            sys.executable, "-m", "shaping.simlink", "--profile", str(profile_path),
+            "--listen", f"tcp://127.0.0.1:{link_port}",
+            "--connect", f"tcp://127.0.0.1:{cloud_port}",
+            "--seed", str(self.seed), "--stats", str(self.run_dir / "link_stats.json")],
+            self.run_dir / "link.log")
+        self.children.append(link)
+        self.edge = AgentProcess("edge", "agents.edge",
+                                 self._agent_settings("edge", f"tcp://127.0.0.1:{link_port}"),
+                                 self.run_dir, self.context)
+        self.children.append(self.edge)
+        cloud.wait_ready()
+        link.wait_for_line("ready", START_TIMEOUT_S)
+        self.edge.wait_ready()
+
+    def link_stats(self) -> dict | None:
+        path = self.run_dir / "link_stats.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def close(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        self.children.clear()
+        self.context.term()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -1,0 +1,102 @@
+"""One run: every strategy of a job over every prompt, on one network profile.
+
+Lifecycle: resolve and save the config, start the deployment (sim mode:
+agents plus the Python link), send each query to the edge, append the
+records as they arrive, stop everything (also on errors and signals), then
+summarize with the analytic prediction beside every measured rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agents.backends import ModelPairConfig
+from agents.edge import QueryRequest
+from orchestrator.job import JobConfig, StrategyRun, plan
+from orchestrator.launch import SimDeployment
+from orchestrator.results import ResultsFolder
+from orchestrator.summary import print_summary, read_jsonl, summarize
+from shaping.profile import NetworkProfile
+from validation.prediction import predicted_tokens_per_s
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    job: JobConfig
+    profile: NetworkProfile
+    model_pair: ModelPairConfig
+    prompts: list[dict]
+    mode: str
+
+    def requests(self) -> list[QueryRequest]:
+        prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
+        return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
+                             query_id=prompt["id"], repetition=repetition,
+                             prompt=prompt["prompt"], max_new_tokens=self.job.max_new_tokens,
+                             decoding=self.job.decoding, codec=self.job.resolved_codec,
+                             seed=self.job.seed)
+                for run in plan(self.job)
+                for repetition in range(self.job.repetitions)
+                for prompt in prompts]
+
+    def resolved(self) -> dict:
+        return {"mode": self.mode, "job": self.job.model_dump(mode="json"),
+                "profile": self.profile.model_dump(mode="json"),
+                "model_pair": self.model_pair.model_dump(mode="json"),
+                "prompts": self.prompts}
+
+
+def query_timeout_s(job: JobConfig) -> float:
+    """Control-plane budget for one query: every token may wait a full receive timeout."""
+    return job.receive_timeout_s * (job.max_new_tokens + 2)
+
+
+def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
+    results = ResultsFolder.create(results_root, f"{spec.profile.name}-{spec.mode}")
+    results.write_config(spec.resolved())
+    requests = spec.requests()
+    console.print(f"results: {results.path}")
+    try:
+        with SimDeployment(results.path, spec.model_pair, spec.profile, spec.job.seed,
+                           spec.job.receive_timeout_s) as deployment:
+            progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                                transient=True)
+            with progress:
+                task = progress.add_task("queries", total=len(requests))
+                for request in requests:
+                    progress.update(task, description=f"{request.label} q{request.query_id}")
+                    reply = deployment.edge.call("query", query_timeout_s(spec.job),
+                                                 request=request.model_dump(mode="json"))
+                    results.append(reply["query"], reply["cycles"])
+                    progress.advance(task)
+    finally:
+        results.close()
+    summary = summarize_folder(results.path, spec)
+    print_summary(summary, console, title=f"{spec.profile.name} ({spec.mode})")
+    return results.path, summary
+
+
+def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
+    queries = read_jsonl(folder / ResultsFolder.QUERIES)
+    cycles = read_jsonl(folder / ResultsFolder.CYCLES)
+    summary = summarize(queries, cycles)
+    runs = {run.label: run for run in plan(spec.job)}
+    summary["predicted_tokens_per_s"] = [
+        _prediction(runs[row["strategy"]], row, spec) for _, row in summary.iterrows()]
+    summary.to_csv(folder / ResultsFolder.SUMMARY, index=False)
+    return summary
+
+
+def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec) -> float:
+    measured = row.get("per_token_acceptance")
+    acceptance = measured if pd.notna(measured) else spec.model_pair.acceptance
+    return predicted_tokens_per_s(run.strategy, run.k, acceptance, spec.model_pair,
+                                  spec.profile.initial,
+                                  row.get("bytes_up_per_cycle", 0.0) or 0.0,
+                                  row.get("bytes_down_per_cycle", 0.0) or 0.0)

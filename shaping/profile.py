@@ -1,0 +1,264 @@
+"""Network profiles: the schema of what a link should do, validated once.
+
+A profile file may use shorthands (``rtt_ms`` split evenly over the two
+directions, symmetric ``bandwidth_mbps``, ``jitter_ms``, ``loss_pct``) and
+per-direction blocks (``uplink``, ``downlink``) whose fields win over the
+shorthands.  A ``schedule`` (or a ``trace`` file of RTT samples) changes the
+link over time; every step is itself a set of overrides on the base profile.
+
+``NetworkProfile`` is the resolved form every consumer uses: the sim link
+model, kernel shaping, probes and the analytic model.  Loading files by name
+and turning validation errors into one-line messages is the orchestrator's job.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+JitterDistribution = Literal["uniform", "normal", "pareto", "paretonormal"]
+
+Percent = Annotated[float, Field(ge=0.0, le=100.0)]
+NonNegativeMs = Annotated[float, Field(ge=0.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RandomLoss(_Strict):
+    """Independent (Bernoulli) packet loss."""
+
+    model: Literal["random"] = "random"
+    pct: Percent = 0.0
+
+    @property
+    def is_lossless(self) -> bool:
+        return self.pct == 0.0
+
+
+class GilbertElliottLoss(_Strict):
+    """Two-state Markov loss (netem ``gemodel p r 1-h 1-k``)."""
+
+    model: Literal["gilbert-elliott"]
+    p_good_to_bad_pct: Percent
+    r_bad_to_good_pct: Annotated[float, Field(gt=0.0, le=100.0)]
+    loss_in_bad_pct: Percent = 100.0
+    loss_in_good_pct: Percent = 0.0
+
+    @property
+    def is_lossless(self) -> bool:
+        return self.loss_in_good_pct == 0.0 and (
+            self.p_good_to_bad_pct == 0.0 or self.loss_in_bad_pct == 0.0
+        )
+
+    @property
+    def mean_loss_pct(self) -> float:
+        """Stationary loss rate of the chain, in percent."""
+        p, r = self.p_good_to_bad_pct / 100.0, self.r_bad_to_good_pct / 100.0
+        share_bad = p / (p + r) if p + r > 0 else 0.0
+        return 100.0 * (
+            share_bad * self.loss_in_bad_pct / 100.0
+            + (1.0 - share_bad) * self.loss_in_good_pct / 100.0
+        )
+
+
+LossSpec = Annotated[Union[RandomLoss, GilbertElliottLoss], Field(discriminator="model")]
+
+
+class DirectionSpec(_Strict):
+    """What one direction of the link does to every packet, resolved."""
+
+    delay_ms: NonNegativeMs = 0.0
+    jitter_ms: NonNegativeMs = 0.0
+    jitter_distribution: JitterDistribution = "uniform"
+    delay_correlation_pct: Percent = 0.0
+    loss: LossSpec = RandomLoss()
+    bandwidth_mbps: Annotated[float, Field(gt=0.0)] | None = None
+    burst_bytes: Annotated[int, Field(gt=0)] | None = None
+    allow_reordering: bool = False
+
+    @property
+    def loss_pct(self) -> float:
+        if isinstance(self.loss, RandomLoss):
+            return self.loss.pct
+        return self.loss.mean_loss_pct
+
+    @property
+    def rate_bytes_per_s(self) -> float:
+        """Shaped rate in bytes per second; infinity when unshaped."""
+        if self.bandwidth_mbps is None:
+            return math.inf
+        return self.bandwidth_mbps * 1e6 / 8.0
+
+
+class _Overrides(_Strict):
+    """Shorthands plus per-direction blocks; shared by profiles and schedule steps."""
+
+    rtt_ms: NonNegativeMs | None = None
+    jitter_ms: NonNegativeMs | None = None
+    jitter_distribution: JitterDistribution | None = None
+    delay_correlation_pct: Percent | None = None
+    loss_pct: Percent | None = None
+    bandwidth_mbps: Annotated[float, Field(gt=0.0)] | None = None
+    allow_reordering: bool | None = None
+    uplink: dict | None = None
+    downlink: dict | None = None
+
+    def apply_to(self, base: dict[str, dict]) -> dict[str, dict]:
+        """Return per-direction field dicts with these overrides laid on ``base``."""
+        merged = {direction: dict(fields) for direction, fields in base.items()}
+        for direction in ("uplink", "downlink"):
+            fields = merged[direction]
+            if self.rtt_ms is not None:
+                fields["delay_ms"] = self.rtt_ms / 2.0
+            if self.loss_pct is not None:
+                fields["loss"] = {"model": "random", "pct": self.loss_pct}
+            for name in ("jitter_ms", "jitter_distribution", "delay_correlation_pct",
+                         "bandwidth_mbps", "allow_reordering"):
+                value = getattr(self, name)
+                if value is not None:
+                    fields[name] = value
+            fields.update(getattr(self, direction) or {})
+        return merged
+
+
+class ScheduleStep(_Overrides):
+    at_s: NonNegativeMs
+
+
+class Schedule(_Strict):
+    """Changes over time; ``repeat_every_s`` makes the steps cycle."""
+
+    steps: list[ScheduleStep] = Field(min_length=1)
+    repeat_every_s: Annotated[float, Field(gt=0.0)] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Schedule":
+        times = [step.at_s for step in self.steps]
+        if times != sorted(times):
+            raise ValueError("steps must be in increasing at_s order")
+        if self.repeat_every_s is not None and times[-1] >= self.repeat_every_s:
+            raise ValueError("every step's at_s must be below repeat_every_s")
+        return self
+
+
+class ProfileFile(_Overrides):
+    """A profile as written in YAML (shorthands allowed)."""
+
+    name: str | None = None
+    description: str = ""
+    schedule: Schedule | None = None
+    trace: str | None = Field(default=None, description="file of 't_s rtt_ms' lines")
+
+    @model_validator(mode="after")
+    def _one_timeline(self) -> "ProfileFile":
+        if self.schedule is not None and self.trace is not None:
+            raise ValueError("give either schedule or trace, not both")
+        return self
+
+
+class LinkState(_Strict):
+    """Both directions at one moment."""
+
+    uplink: DirectionSpec
+    downlink: DirectionSpec
+
+    @property
+    def rtt_ms(self) -> float:
+        return self.uplink.delay_ms + self.downlink.delay_ms
+
+
+class TimedLinkState(LinkState):
+    at_s: float
+
+
+class NetworkProfile(_Strict):
+    """A resolved profile: the initial link state and its timeline."""
+
+    name: str
+    description: str = ""
+    initial: LinkState
+    timeline: list[TimedLinkState] = Field(default_factory=list)
+    repeat_every_s: float | None = None
+
+    @property
+    def is_static(self) -> bool:
+        return not self.timeline
+
+    def state_at(self, t_s: float) -> LinkState:
+        """The link state in force ``t_s`` seconds after the link came up."""
+        if not self.timeline:
+            return self.initial
+        if self.repeat_every_s is not None:
+            t_s = t_s % self.repeat_every_s
+        current: LinkState = self.initial
+        for step in self.timeline:
+            if step.at_s > t_s:
+                break
+            current = step
+        return LinkState(uplink=current.uplink, downlink=current.downlink)
+
+    def change_times(self, horizon_s: float) -> list[float]:
+        """Absolute times (s) up to ``horizon_s`` at which the state changes."""
+        if not self.timeline:
+            return []
+        offsets = [step.at_s for step in self.timeline]
+        if self.repeat_every_s is None:
+            return [t for t in offsets if t <= horizon_s]
+        times, period_start = [], 0.0
+        while period_start <= horizon_s:
+            times += [period_start + t for t in offsets if period_start + t <= horizon_s]
+            period_start += self.repeat_every_s
+        return times
+
+
+def read_trace(path: Path) -> list[ScheduleStep]:
+    """Parse a trace of RTT samples: one ``t_s rtt_ms`` pair a line, '#' comments."""
+    steps = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].replace(",", " ").strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected 't_s rtt_ms', got {line!r}")
+        try:
+            t_s, rtt_ms = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ValueError(f"{path}:{number}: not numbers: {line!r}") from None
+        steps.append(ScheduleStep(at_s=t_s, rtt_ms=rtt_ms))
+    if not steps:
+        raise ValueError(f"{path}: trace has no samples")
+    return steps
+
+
+def resolve(raw: ProfileFile, name: str, base_dir: Path | None = None) -> NetworkProfile:
+    """Expand shorthands and the timeline into a ``NetworkProfile``.
+
+    Raises ``pydantic.ValidationError`` or ``ValueError`` naming the bad field.
+    """
+    empty: dict[str, dict] = {"uplink": {}, "downlink": {}}
+    base_fields = raw.apply_to(empty)
+    initial = LinkState.model_validate(base_fields)
+    if raw.trace is not None:
+        trace_path = Path(raw.trace)
+        if not trace_path.is_absolute() and base_dir is not None:
+            trace_path = base_dir / trace_path
+        schedule = Schedule(steps=read_trace(trace_path))
+    else:
+        schedule = raw.schedule
+    timeline = []
+    for step in (schedule.steps if schedule else []):
+        timeline.append(TimedLinkState.model_validate(
+            {"at_s": step.at_s, **step.apply_to(base_fields)}))
+    return NetworkProfile(
+        name=raw.name or name,
+        description=raw.description,
+        initial=initial,
+        timeline=timeline,
+        repeat_every_s=schedule.repeat_every_s if schedule else None,
+    )
