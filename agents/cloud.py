@@ -30,7 +30,7 @@ from agents.backends.base import TokenSequence
 from agents.codecs import CODECS, DraftCodec
 from agents.control import ControlServer
 from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, error_message
-from agents.settings import AgentSettings
+from agents.settings import AgentSettings, make_channel
 from agents.speculative import (Decoding, apply_verdict, choose_token, draft_tokens,
                                 session_rng, verify_drafts)
 from shaping.clock import now
@@ -134,12 +134,14 @@ class CloudAgent:
         if draft is not None:
             draft.extend([first])
         new_tokens, finished = [first], first == self.eos_id
+        drafted = accepted = 0
         while True:
             finished = finished or len(target.generated) >= max_new_tokens
             sent_at = now()
             self.channel.send(Message("tokens", message.session, message.seq, {
                 "finished": finished, "eos": bool(new_tokens) and new_tokens[-1] == self.eos_id,
-                "compute_s": sent_at - started}, {"ids": np.asarray(new_tokens, dtype=np.int32)}),
+                "compute_s": sent_at - started, "drafted": drafted, "accepted": accepted},
+                {"ids": np.asarray(new_tokens, dtype=np.int32)}),
                 peer)
             if finished:
                 return
@@ -155,6 +157,7 @@ class CloudAgent:
                 verdict = verify_drafts(target, ids, rows, decoding, rng, self.eos_id)
                 apply_verdict(draft, committed_length, verdict)
                 finished = verdict.finished
+                drafted, accepted = len(ids), verdict.accepted
             new_tokens = target.tokens[committed_length:]
 
 
@@ -162,13 +165,14 @@ def serve(settings: AgentSettings) -> int:
     context = zmq.Context()
     control = ControlServer(context, settings.control_address)
     socket = context.socket(zmq.ROUTER)
-    channel = Channel(socket, settings.receive_timeout_s, settings.max_message_bytes)
+    channel = make_channel(settings, socket, receives_on="uplink")
     socket.bind(settings.data_address)
     agent = CloudAgent(build_models(settings.model_pair, "cloud"), channel)
     handlers = {"ping": lambda _: {"ok": True}, "stop": lambda _: {"ok": True},
                 "stats": lambda _: {"sessions": len(agent.sessions),
                                     "bytes_sent": channel.bytes_sent,
-                                    "bytes_received": channel.bytes_received}}
+                                    "bytes_received": channel.bytes_received,
+                                    "sim_link": channel.link_stats()}}
     poller = zmq.Poller()
     poller.register(socket, zmq.POLLIN)
     poller.register(control.socket, zmq.POLLIN)

@@ -29,7 +29,7 @@ from agents.codecs import CODECS
 from agents.control import ControlServer
 from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
-from agents.settings import AgentSettings
+from agents.settings import AgentSettings, make_channel
 from agents.speculative import (Decoding, apply_verdict, choose_token, draft_tokens,
                                 session_rng)
 from agents.verification import Verdict
@@ -140,6 +140,7 @@ class EdgeAgent:
         t_submit = now()
         record_up = self.channel.send(message)
         output, bytes_down, compute_s = [], 0, 0.0
+        drafted = accepted = rejections = 0
         t_first = t_last = t_submit
         finished = eos = False
         while not finished:
@@ -151,9 +152,13 @@ class EdgeAgent:
             output.extend(int(t) for t in reply.arrays["ids"])
             bytes_down += size
             compute_s += reply.fields["compute_s"]
+            drafted += reply.fields["drafted"]
+            accepted += reply.fields["accepted"]
+            rejections += reply.fields["accepted"] < reply.fields["drafted"]
             finished, eos = reply.fields["finished"], reply.fields["eos"]
         record = self._record(request, prompt_ids, output, t_submit, t_first, t_last, eos)
         record.bytes_up, record.bytes_down, record.cloud_compute_s = record_up, bytes_down, compute_s
+        record.drafted, record.accepted, record.rejections = drafted, accepted, rejections
         return record, []
 
     def _speculative(self, request, session, prompt_ids, policy: KPolicy):
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     context = zmq.Context()
     control = ControlServer(context, settings.control_address)
     socket = context.socket(zmq.DEALER)
-    channel = Channel(socket, settings.receive_timeout_s, settings.max_message_bytes)
+    channel = make_channel(settings, socket, receives_on="downlink")
     socket.connect(settings.data_address)
     agent = EdgeAgent(build_models(settings.model_pair, "edge"), channel)
 
@@ -231,7 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         record, cycles = agent.run_query(QueryRequest.model_validate(request["request"]))
         return {"query": record.as_dict(), "cycles": [c.as_dict() for c in cycles]}
 
-    handlers = {"ping": lambda _: {"ok": True}, "query": query, "stop": lambda _: {"ok": True}}
+    handlers = {"ping": lambda _: {"ok": True}, "query": query, "stop": lambda _: {"ok": True},
+                "stats": lambda _: {"bytes_sent": channel.bytes_sent,
+                                    "bytes_received": channel.bytes_received,
+                                    "sim_link": channel.link_stats()}}
     try:
         while control.serve_one(handlers) != "stop":
             pass

@@ -1,26 +1,30 @@
 """Wire protocol between edge and cloud: msgpack header plus raw numpy buffers.
 
 A message is a ZeroMQ multipart: frame 0 is a msgpack map
-``{type, session, seq, fields, arrays}`` where ``arrays`` lists
+``{type, session, seq, sent_at, fields, arrays}`` where ``arrays`` lists
 ``[name, dtype, shape]`` for each following frame, which holds that array's
 raw bytes.  Never pickle; only the dtypes in ``WIRE_DTYPES`` cross the wire;
 every received message is checked against a size cap and its declared shapes.
 
 ``Channel`` wraps a ZeroMQ socket with these rules: every receive has a
-timeout, every send and receive counts bytes as ZMTP puts them on the wire.
+timeout, every send and receive counts bytes as ZMTP puts them on the wire,
+every send stamps ``sent_at``.  In sim mode a channel also holds each
+received message until the sim link releases it (``shaping.simlink``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import numpy as np
 import zmq
 
+from shaping.clock import now, sleep_until
 from shaping.link import zmtp_wire_bytes
+from shaping.simlink import SimulatedDirection
 
 MESSAGE_TYPES = ("open", "opened", "draft", "verdict", "generate", "tokens", "close", "error")
 WIRE_DTYPES = {"int32": np.int32, "float16": np.float16, "float32": np.float32}
@@ -43,6 +47,7 @@ class Message:
     seq: int = 0
     fields: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    sent_at: float = 0.0  # the sender's perf_counter when it handed the message over
 
     def __post_init__(self) -> None:
         if self.type not in MESSAGE_TYPES:
@@ -61,7 +66,7 @@ def encode(message: Message) -> list[bytes | memoryview]:
         buffers.append(memoryview(contiguous).cast("B"))
     header = msgpack.packb({
         "type": message.type, "session": message.session, "seq": message.seq,
-        "fields": message.fields, "arrays": specs,
+        "sent_at": message.sent_at, "fields": message.fields, "arrays": specs,
     })
     return [header, *buffers]
 
@@ -78,7 +83,7 @@ def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> M
     try:
         header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
         kind, session, seq = header["type"], header["session"], header["seq"]
-        fields, specs = header["fields"], header["arrays"]
+        fields, specs, sent_at = header["fields"], header["arrays"], float(header["sent_at"])
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
         raise ProtocolError(f"malformed header: {error}") from None
     if not isinstance(fields, dict) or not isinstance(specs, list):
@@ -97,7 +102,8 @@ def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> M
         if any(n < 0 for n in shape) or expected != len(buffer):
             raise ProtocolError(f"array {name!r}: {len(buffer)} bytes do not match shape {shape}")
         arrays[name] = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-    return Message(type=kind, session=session, seq=seq, fields=fields, arrays=arrays)
+    return Message(type=kind, session=session, seq=seq, fields=fields, arrays=arrays,
+                   sent_at=sent_at)
 
 
 def error_message(session: str, seq: int, text: str) -> Message:
@@ -110,10 +116,15 @@ class Channel:
     A ROUTER channel prepends the peer identity to every message; ``recv``
     returns it as ``peer`` and ``send`` takes it back, so the cloud can serve
     several edges.
+
+    ``sim_link``, in sim mode, makes the link model for each peer's stream
+    (one per edge on a ROUTER); every received message is then held until
+    that model delivers it.
     """
 
     def __init__(self, socket: zmq.Socket, receive_timeout_s: float,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 sim_link: Callable[[int], SimulatedDirection] | None = None) -> None:
         self.socket = socket
         self.receive_timeout_s = receive_timeout_s
         self.max_message_bytes = max_message_bytes
@@ -122,9 +133,12 @@ class Channel:
         socket.setsockopt(zmq.LINGER, 0)
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.sim_link = sim_link
+        self.sim_links: dict[bytes | None, SimulatedDirection] = {}
 
     def send(self, message: Message, peer: bytes | None = None) -> int:
         """Send ``message``; return its size on the wire in bytes."""
+        message.sent_at = now()
         frames = encode(message)
         size = zmtp_wire_bytes(frames)
         if self.is_router:
@@ -152,4 +166,22 @@ class Channel:
         message = decode(frames, self.max_message_bytes)
         size = zmtp_wire_bytes(frames)
         self.bytes_received += size
+        if self.sim_link is not None:
+            sleep_until(self._link_for(peer).deliver_at(message.sent_at, size))
         return message, peer, size
+
+    def _link_for(self, peer: bytes | None) -> SimulatedDirection:
+        link = self.sim_links.get(peer)
+        if link is None:
+            link = self.sim_links[peer] = self.sim_link(len(self.sim_links))
+        return link
+
+    def link_stats(self) -> dict | None:
+        """Counters of the sim link (summed over peers); None outside sim mode."""
+        if self.sim_link is None:
+            return None
+        totals: dict[str, int] = {}
+        for link in self.sim_links.values():
+            for key, value in link.stats().items():
+                totals[key] = totals.get(key, 0) + value
+        return totals

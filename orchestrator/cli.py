@@ -16,12 +16,16 @@ from rich.console import Console
 
 from agents.control import AgentError
 from agents.protocol import ProtocolError
-from orchestrator.configs import (ConfigError, available, find, load_model_pair, load_profile,
-                                  load_prompts, read_yaml, validate)
-from orchestrator.job import ALL_STRATEGIES, JobConfig
+from orchestrator.configs import ConfigError, available, load_profile
+from orchestrator.job import ALL_STRATEGIES
 from orchestrator.run import RunSpec, run
 
 MODES = ("auto", "sim")
+
+
+def make_console() -> Console:
+    """A terminal console; piped output gets a wide fixed width so tables stay whole."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def choose_mode(requested: str) -> tuple[str, str]:
@@ -29,13 +33,6 @@ def choose_mode(requested: str) -> tuple[str, str]:
     if requested == "sim":
         return "sim", "asked for with --mode sim"
     return "sim", "auto: the emulated and vm modes are not built yet, sim runs everywhere"
-
-
-def load_job(name_or_path: str, overrides: dict) -> JobConfig:
-    path = find("jobs", name_or_path)
-    data = read_yaml(path)
-    data.update({key: value for key, value in overrides.items() if value not in (None, [])})
-    return validate(JobConfig, data, str(path))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,15 +75,13 @@ def run_command(profile_name, mode, job_name, model_pair, strategies, k_values, 
     Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen) and
     summary.csv into a new folder under --results, and prints the summary.
     """
-    console = Console()
-    job = load_job(job_name, {
+    console = make_console()
+    chosen, reason = choose_mode(mode)
+    spec = RunSpec.load(job_name, profile_name, chosen, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "decoding": decoding, "max_new_tokens": max_new_tokens, "max_queries": max_queries,
-        "repetitions": repetitions, "seed": seed})
-    profile = load_profile(profile_name, {"rtt_ms": rtt_ms} if rtt_ms is not None else None)
-    spec = RunSpec(job=job, profile=profile, model_pair=load_model_pair(job.model_pair),
-                   prompts=load_prompts(job.prompts), mode=choose_mode(mode)[0])
-    console.print(f"mode: {spec.mode} ({choose_mode(mode)[1]})")
+        "repetitions": repetitions, "seed": seed}, profile_overrides={"rtt_ms": rtt_ms})
+    console.print(f"mode: {chosen} ({reason})")
     run(spec, results_root, console)
 
 

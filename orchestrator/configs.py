@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from agents.backends import ModelPairConfig
+from orchestrator.job import JobConfig
 from shaping.profile import NetworkProfile, ProfileFile, resolve
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -76,10 +77,20 @@ def validate(model: type[Model], data: dict, source: str) -> Model:
         raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
 
 
+def _without_unset(overrides: dict | None) -> dict:
+    return {key: value for key, value in (overrides or {}).items() if value not in (None, [])}
+
+
+def load_job(name_or_path: str, overrides: dict | None = None) -> JobConfig:
+    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file."""
+    path = find("jobs", name_or_path)
+    return validate(JobConfig, {**read_yaml(path), **_without_unset(overrides)}, str(path))
+
+
 def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkProfile:
     """A resolved network profile; ``overrides`` are shorthands laid over the file."""
     path = find("profiles", name_or_path)
-    data = {**read_yaml(path), **(overrides or {})}
+    data = {**read_yaml(path), **_without_unset(overrides)}
     raw = validate(ProfileFile, data, str(path))
     try:
         return resolve(raw, name=path.stem, base_dir=path.parent)

@@ -4,16 +4,14 @@
 session (a Ctrl-C in the terminal reaches only the orchestrator, which then
 stops its children in order) and dies with the orchestrator even after a
 ``kill -9`` (PR_SET_PDEATHSIG).  ``AgentProcess`` adds the control plane.
-``SimDeployment`` is the sim mode: cloud agent, Python link and edge agent on
-loopback, the link between them.
+``SimDeployment`` is the sim mode: cloud and edge agents on loopback, each
+emulating the link direction it receives on.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-import os
-import select
 import shutil
 import signal
 import socket
@@ -28,7 +26,9 @@ import zmq
 from agents.backends import ModelPairConfig
 from agents.control import AgentError, ControlClient
 from agents.settings import AgentSettings
+from shaping.clock import now
 from shaping.profile import NetworkProfile
+from shaping.simlink import SimLinkSettings
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -52,7 +52,7 @@ class ChildProcess:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL,
+            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=_die_with_parent,
             cwd=Path(__file__).resolve().parent.parent)
 
@@ -64,19 +64,6 @@ class ChildProcess:
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
         return f"{self.name} exited with code {self.process.returncode}: " + " | ".join(tail)
 
-    def wait_for_line(self, expected: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.process.stdout], [], [], 0.1)
-            if ready:
-                line = self.process.stdout.readline().decode().strip()
-                if line == expected:
-                    return
-                if not line and not self.alive():
-                    break
-        raise AgentError(self.failure() if not self.alive()
-                         else f"{self.name} did not say {expected!r} within {timeout_s:.0f} s")
-
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; always reaps."""
         if self.alive():
@@ -86,7 +73,6 @@ class ChildProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.process.stdout.close()
         self._log.close()
 
 
@@ -133,7 +119,9 @@ class AgentProcess(ChildProcess):
 
 
 class SimDeployment:
-    """Sim mode: both agents on loopback with the Python link process between them."""
+    """Sim mode: both agents on loopback; each receiving channel applies the link model."""
+
+    LINK_STATS = "link_stats.json"
 
     def __init__(self, run_dir: Path, model_pair: ModelPairConfig, profile: NetworkProfile,
                  seed: int, receive_timeout_s: float) -> None:
@@ -142,8 +130,9 @@ class SimDeployment:
         self.profile = profile
         self.seed = seed
         self.receive_timeout_s = receive_timeout_s
-        self.children: list[ChildProcess] = []
+        self.agents: list[AgentProcess] = []
         self.edge: AgentProcess | None = None
+        self.cloud: AgentProcess | None = None
         self.context = zmq.Context()
         self.socket_dir = Path(tempfile.mkdtemp(prefix="edgespec-"))
 
@@ -158,41 +147,28 @@ class SimDeployment:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _agent_settings(self, name: str, data_address: str) -> AgentSettings:
-        return AgentSettings(model_pair=self.model_pair, data_address=data_address,
-                             control_address=f"ipc://{self.socket_dir}/{name}.ctl",
-                             receive_timeout_s=self.receive_timeout_s)
-
     def _start(self) -> None:
-        cloud_port, link_port = free_tcp_port(), free_tcp_port()
-        cloud = AgentProcess("cloud", "agents.cloud",
-                             self._agent_settings("cloud", f"tcp://127.0.0.1:{cloud_port}"),
-                             self.run_dir, self.context)
-        self.children.append(cloud)
-        profile_path = self.run_dir / "link.profile.json"
-        profile_path.write_text(self.profile.model_dump_json(indent=2))
-        link = ChildProcess("link", [
-            sys.executable, "-m", "shaping.simlink", "--profile", str(profile_path),
-            "--listen", f"tcp://127.0.0.1:{link_port}",
-            "--connect", f"tcp://127.0.0.1:{cloud_port}",
-            "--seed", str(self.seed), "--stats", str(self.run_dir / "link_stats.json")],
-            self.run_dir / "link.log")
-        self.children.append(link)
-        self.edge = AgentProcess("edge", "agents.edge",
-                                 self._agent_settings("edge", f"tcp://127.0.0.1:{link_port}"),
-                                 self.run_dir, self.context)
-        self.children.append(self.edge)
-        cloud.wait_ready()
-        link.wait_for_line("ready", START_TIMEOUT_S)
-        self.edge.wait_ready()
+        link = SimLinkSettings(profile=self.profile, seed=self.seed, started_at=now())
+        cloud_address = f"tcp://127.0.0.1:{free_tcp_port()}"
+        for name, module in (("cloud", "agents.cloud"), ("edge", "agents.edge")):
+            settings = AgentSettings(model_pair=self.model_pair, data_address=cloud_address,
+                                     control_address=f"ipc://{self.socket_dir}/{name}.ctl",
+                                     receive_timeout_s=self.receive_timeout_s, sim_link=link)
+            self.agents.append(AgentProcess(name, module, settings, self.run_dir, self.context))
+        self.cloud, self.edge = self.agents
+        for agent in self.agents:
+            agent.wait_ready()
 
-    def link_stats(self) -> dict | None:
-        path = self.run_dir / "link_stats.json"
-        return json.loads(path.read_text()) if path.exists() else None
+    def write_link_stats(self) -> dict:
+        """What each emulated direction carried and lost, saved beside the results."""
+        stats = {"uplink": self.cloud.call("stats", 5.0)["sim_link"],
+                 "downlink": self.edge.call("stats", 5.0)["sim_link"]}
+        (self.run_dir / self.LINK_STATS).write_text(json.dumps(stats, indent=2))
+        return stats
 
     def close(self) -> None:
-        for child in reversed(self.children):
-            child.stop()
-        self.children.clear()
+        for agent in reversed(self.agents):
+            agent.stop()
+        self.agents.clear()
         self.context.term()
         shutil.rmtree(self.socket_dir, ignore_errors=True)

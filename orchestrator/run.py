@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agents.backends import ModelPairConfig
 from agents.edge import QueryRequest
+from orchestrator.configs import load_job, load_model_pair, load_profile, load_prompts
 from orchestrator.job import JobConfig, StrategyRun, plan
 from orchestrator.launch import SimDeployment
 from orchestrator.results import ResultsFolder
@@ -32,6 +33,15 @@ class RunSpec:
     model_pair: ModelPairConfig
     prompts: list[dict]
     mode: str
+
+    @classmethod
+    def load(cls, job: str, profile: str, mode: str, job_overrides: dict | None = None,
+             profile_overrides: dict | None = None) -> "RunSpec":
+        """Everything a run needs, from config names or paths (``ConfigError`` on bad input)."""
+        job_config = load_job(job, job_overrides)
+        return cls(job=job_config, profile=load_profile(profile, profile_overrides),
+                   model_pair=load_model_pair(job_config.model_pair),
+                   prompts=load_prompts(job_config.prompts), mode=mode)
 
     def requests(self) -> list[QueryRequest]:
         prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
@@ -75,6 +85,7 @@ def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.D
                                                  request=request.model_dump(mode="json"))
                     results.append(reply["query"], reply["cycles"])
                     progress.advance(task)
+            deployment.write_link_stats()
     finally:
         results.close()
     summary = summarize_folder(results.path, spec)

@@ -81,12 +81,11 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     table = Table(title=title, title_justify="left")
     columns = [
         ("strategy", "strategy", None), ("tok/s", "tokens_per_s", 1),
-        ("predicted", "predicted_tokens_per_s", 1), ("tok/s p50", "tokens_per_s_p50", 1),
-        ("TTFT p50 ms", "ttft_ms_p50", 1), ("TTFT p95 ms", "ttft_ms_p95", 1),
-        ("accept", "acceptance", 2), ("cycle p50 ms", "cycle_ms_p50", 1),
-        ("cycle p99 ms", "cycle_ms_p99", 1), ("RTT p50 ms", "rtt_ms_p50", 2),
-        ("net share", "network_ratio", 2), ("B up/tok", "bytes_up_per_token", 0),
-        ("cloud ms/tok", "cloud_ms_per_token", 1),
+        ("model", "predicted_tokens_per_s", 1), ("TTFT p50", "ttft_ms_p50", 0),
+        ("TTFT p95", "ttft_ms_p95", 0), ("accept", "acceptance", 2),
+        ("cycle p50", "cycle_ms_p50", 1), ("cycle p99", "cycle_ms_p99", 1),
+        ("RTT p50", "rtt_ms_p50", 1), ("net", "network_ratio", 2),
+        ("B/tok", "bytes_up_per_token", 0), ("cloud/tok", "cloud_ms_per_token", 1),
     ]
     present = [c for c in columns if c[1] in summary.columns]
     for header, _, _ in present:
@@ -95,3 +94,6 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
         table.add_row(*[str(row[key]) if digits is None else _fmt(row[key], digits)
                         for _, key, digits in present])
     console.print(table)
+    console.print("tok/s: decoded tokens over decode time (prefill excluded); model: the analytic "
+                  "prediction; times in ms; B/tok: bytes sent up per output token; "
+                  "cloud/tok: cloud compute ms per output token")

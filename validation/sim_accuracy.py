@@ -1,0 +1,85 @@
+"""Sim-mode accuracy figures shared by the benchmark and the tests.
+
+For a finished run folder: the edge-measured cycle RTT against the profile's,
+the measured decode rate against the analytic prediction, the testbed's own
+overhead per cycle (wall time minus modeled compute and modeled link time),
+and the loss a run saw, inferred from cycles whose RTT shows a retransmission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from agents.backends import ModelPairConfig
+from shaping.link import RTO_MIN_S, serialization_delay_s, wire_bytes
+from shaping.profile import LinkState
+from validation.stats import binomial_interval, relative_error
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    rtt_configured_ms: float
+    rtt_measured_p50_ms: float
+    tokens_per_s: float
+    predicted_tokens_per_s: float
+    cycles: int
+
+    @property
+    def rtt_error_ms(self) -> float:
+        return self.rtt_measured_p50_ms - self.rtt_configured_ms
+
+    @property
+    def rate_error(self) -> float:
+        return relative_error(self.tokens_per_s, self.predicted_tokens_per_s)
+
+
+def rate_check(summary: pd.DataFrame, label: str, link: LinkState) -> RateCheck:
+    row = summary.set_index("strategy").loc[label]
+    return RateCheck(link.rtt_ms, float(row["rtt_ms_p50"]), float(row["tokens_per_s"]),
+                     float(row["predicted_tokens_per_s"]), int(round(row["tokens"] / row["tokens_per_cycle"])))
+
+
+def modeled_cycle_s(cycles: pd.DataFrame, pair: ModelPairConfig, link: LinkState) -> np.ndarray:
+    """Modeled compute plus modeled link time of each fixed-K cycle, in order.
+
+    A cycle's first draft forward also feeds the last drafted token when the
+    previous cycle accepted everything (two pending tokens instead of one).
+    """
+    draft, target = pair.latency.edge_draft, pair.latency.cloud_target
+    previous_all_accepted = (cycles["accepted"] == cycles["k"]).shift(fill_value=False)
+    first_of_query = cycles["cycle"] == 1
+    extra_tokens = (previous_all_accepted & ~first_of_query).astype(int)
+    draft_s = cycles["k"] * draft.seconds(1) + extra_tokens * draft.per_token_ms / 1000.0
+    verify_s = target.base_ms / 1000.0 + (cycles["k"] + 1) * target.per_token_ms / 1000.0
+    link_s = link.rtt_ms / 1000.0 + np.array([
+        serialization_delay_s(wire_bytes(up), link.uplink.rate_bytes_per_s, link.uplink.burst_bytes)
+        + serialization_delay_s(wire_bytes(down), link.downlink.rate_bytes_per_s,
+                                link.downlink.burst_bytes)
+        for up, down in zip(cycles["bytes_up"], cycles["bytes_down"])])
+    return (draft_s + verify_s).to_numpy() + link_s
+
+
+def overhead_per_cycle_ms(cycles: pd.DataFrame, pair: ModelPairConfig, link: LinkState) -> np.ndarray:
+    return (cycles["t_cycle"].to_numpy() - modeled_cycle_s(cycles, pair, link)) * 1000.0
+
+
+@dataclass(frozen=True)
+class LossCheck:
+    cycles: int
+    cycles_with_retransmission: int
+    per_message_loss: float
+    interval: tuple[float, float]
+
+
+def loss_from_cycles(cycles: pd.DataFrame, link: LinkState) -> LossCheck:
+    """Per-message loss seen by the edge: a cycle whose RTT exceeds the base by
+    half a minimum RTO carried at least one retransmission; with two messages
+    per cycle, P(cycle hit) = 1 - (1 - p)^2."""
+    hit = int((cycles["rtt_ms"] > link.rtt_ms + 500.0 * RTO_MIN_S).sum())
+    low, high = binomial_interval(hit, len(cycles))
+    to_message = lambda share: 1.0 - np.sqrt(1.0 - share)
+    return LossCheck(len(cycles), hit, float(to_message(hit / len(cycles))),
+                     (float(to_message(low)), float(to_message(high))))
