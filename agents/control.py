@@ -50,22 +50,18 @@ class ControlServer:
 
 class ControlClient:
     def __init__(self, context: zmq.Context, address: str) -> None:
-        self.context = context
         self.address = address
-        self.socket = self._connect()
-
-    def _connect(self) -> zmq.Socket:
-        socket = self.context.socket(zmq.REQ)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.address)
-        return socket
+        self.socket = context.socket(zmq.REQ)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        # A request may go unanswered (timeout, Ctrl-C): allow the next one,
+        # and drop any late answer to the abandoned request.
+        self.socket.setsockopt(zmq.REQ_RELAXED, 1)
+        self.socket.setsockopt(zmq.REQ_CORRELATE, 1)
+        self.socket.connect(address)
 
     def call(self, command: str, timeout_s: float, **arguments: Any) -> dict[str, Any]:
         self.socket.send(msgpack.packb({"cmd": command, **arguments}, use_bin_type=True))
         if not self.socket.poll(int(timeout_s * 1000)):
-            # A REQ socket without its answer cannot send again: start over.
-            self.socket.close(linger=0)
-            self.socket = self._connect()
             raise AgentError(f"{command!r} got no answer from {self.address} within {timeout_s:.0f} s")
         reply = msgpack.unpackb(self.socket.recv(), raw=False)
         if "error" in reply:

@@ -104,6 +104,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     try:
         cli.main(args=argv, prog_name="orchestrator", standalone_mode=False)
     except click.exceptions.Exit as done:

@@ -1,0 +1,137 @@
+"""Wire protocol: framing, checks on what arrives, timeouts, and the sim-link hold."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from agents.protocol import (Channel, Message, ProtocolError, ReceiveTimeout, decode, encode)
+from shaping.clock import now
+from shaping.link import zmtp_wire_bytes
+from shaping.profile import ProfileFile, resolve
+from shaping.simlink import SimLinkSettings, SimulatedDirection
+
+
+def test_round_trip_keeps_fields_arrays_and_dtypes():
+    arrays = {"ids": np.array([3, 1, 4], dtype=np.int32),
+              "q": np.random.default_rng(0).random((3, 7)).astype(np.float16),
+              "p": np.ones((2, 2), dtype=np.float32)}
+    message = Message("draft", "s/1", 9, {"k": 3, "note": "x"}, arrays, sent_at=12.5)
+    back = decode(encode(message))
+    assert (back.type, back.session, back.seq, back.fields, back.sent_at) == \
+        ("draft", "s/1", 9, {"k": 3, "note": "x"}, 12.5)
+    for name, array in arrays.items():
+        assert back.arrays[name].dtype == array.dtype
+        np.testing.assert_array_equal(back.arrays[name], array)
+
+
+def test_no_pickle_and_only_wire_dtypes():
+    with pytest.raises(ProtocolError, match="float64"):
+        encode(Message("draft", "s", arrays={"q": np.zeros(3)}))
+    with pytest.raises(ProtocolError, match="object"):
+        encode(Message("draft", "s", arrays={"q": np.array([object()])}))
+
+
+def test_unknown_message_type_is_refused():
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        Message("exec", "s")
+
+
+@pytest.mark.parametrize("frames, complaint", [
+    ([], "empty"),
+    ([b"\xc1not msgpack"], "malformed header"),
+    ([msgpack.packb({"type": "draft"})], "malformed header"),
+    ([msgpack.packb({"type": "draft", "session": "s", "seq": 0, "sent_at": 0, "fields": {},
+                     "arrays": [["ids", "int32", [4]]]})], "lists 1 arrays, message has 0"),
+    ([msgpack.packb({"type": "draft", "session": "s", "seq": 0, "sent_at": 0, "fields": {},
+                     "arrays": [["ids", "int32", [4]]]}), b"\0" * 12], "do not match shape"),
+    ([msgpack.packb({"type": "draft", "session": "s", "seq": 0, "sent_at": 0, "fields": {},
+                     "arrays": [["ids", "float64", [1]]]}), b"\0" * 8], "bad array spec"),
+])
+def test_malformed_messages_are_refused(frames, complaint):
+    with pytest.raises(ProtocolError, match=complaint):
+        decode(frames)
+
+
+def test_size_cap():
+    frames = encode(Message("draft", "s", arrays={"q": np.zeros(1000, dtype=np.float32)}))
+    assert decode(frames, max_bytes=5000).arrays["q"].shape == (1000,)
+    with pytest.raises(ProtocolError, match="exceeds the cap"):
+        decode(frames, max_bytes=3000)
+
+
+def test_zmtp_wire_bytes_counts_frame_headers():
+    assert zmtp_wire_bytes([b"x" * 10, b"y" * 255, b"z" * 256]) == 12 + 257 + 265
+
+
+@pytest.fixture
+def pair():
+    context = zmq.Context()
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    yield router, dealer
+    router.close(0)
+    dealer.close(0)
+    context.term()
+
+
+def test_channel_routes_replies_and_counts_bytes(pair):
+    router, dealer = pair
+    cloud, edge = Channel(router, 2.0), Channel(dealer, 2.0)
+    sent = edge.send(Message("open", "a", 1, {"x": 1}, {"prompt": np.arange(5, dtype=np.int32)}))
+    message, peer, size = cloud.recv()
+    assert (message.type, message.fields, size) == ("open", {"x": 1}, sent)
+    assert message.sent_at <= now()
+    cloud.send(Message("opened", "a", 1, {"token": 7}), peer)
+    reply, _, _ = edge.recv()
+    assert reply.fields == {"token": 7}
+    assert edge.bytes_sent == cloud.bytes_received == sent
+    with pytest.raises(ProtocolError, match="peer"):
+        cloud.send(Message("opened", "a"))
+
+
+def test_receive_times_out(pair):
+    _, dealer = pair
+    channel = Channel(dealer, 0.2)
+    started = time.monotonic()
+    with pytest.raises(ReceiveTimeout):
+        channel.recv()
+    assert 0.19 <= time.monotonic() - started < 1.0
+
+
+def test_oversized_message_never_reaches_the_application():
+    """As in the agents, the cap is set before connecting: ZeroMQ drops the peer."""
+    context = zmq.Context()
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    try:
+        cloud, edge = Channel(router, 0.5, max_message_bytes=10_000), Channel(dealer, 0.5)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        edge.send(Message("draft", "a", arrays={"q": np.zeros(10_000, dtype=np.float32)}))
+        with pytest.raises(ReceiveTimeout):
+            cloud.recv()
+    finally:
+        router.close(0)
+        dealer.close(0)
+        context.term()
+
+
+def test_sim_link_holds_each_message_for_the_modeled_delay(pair):
+    router, dealer = pair
+    profile = resolve(ProfileFile(rtt_ms=40), "t")
+    settings = SimLinkSettings(profile=profile, seed=0, started_at=now())
+    cloud = Channel(router, 2.0, sim_link=lambda stream: SimulatedDirection(settings, "uplink", stream))
+    edge = Channel(dealer, 2.0)
+    delays = []
+    for seq in range(20):
+        edge.send(Message("draft", "a", seq, arrays={"ids": np.arange(5, dtype=np.int32)}))
+        message, _, _ = cloud.recv()
+        delays.append(now() - message.sent_at)
+    assert abs(np.median(delays) * 1000 - 20.0) < 0.5
+    assert min(delays) >= 0.020
+    assert cloud.link_stats()["messages"] == 20

@@ -1,0 +1,138 @@
+"""End to end in sim mode through the real CLI: agents as processes, ZeroMQ over
+loopback TCP, results on disk, losslessness across strategies, clean stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import running_agents
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def orchestrator(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def only_folder(root: Path) -> Path:
+    folders = list(root.iterdir())
+    assert len(folders) == 1
+    return folders[0]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_for_lines(path: Path, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not reach {count} lines in {timeout_s} s")
+
+
+def wait_until_no_agents(before: set[str], timeout_s: float) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = [line for line in running_agents() if line not in before]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return left
+
+
+def test_smoke_run_writes_results_and_is_lossless(tmp_path):
+    process = orchestrator("run", "--profile", "wifi", "--job", "smoke", "--results", str(tmp_path))
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    folder = only_folder(tmp_path)
+    assert f"results: {folder}" in out.replace("\n", "")
+    assert "fixed-k5" in out and "cloud-only" in out
+    for name in ("config.yaml", "queries.jsonl", "cycles.jsonl", "summary.csv", "link_stats.json",
+                 "edge.log", "cloud.log"):
+        assert (folder / name).exists(), name
+
+    queries = read_jsonl(folder / "queries.jsonl")
+    assert sorted({q["strategy"] for q in queries}) == ["cloud-only", "cloud-spec", "edge-only",
+                                                         "fixed-k5"]
+    assert len(queries) == 4 * 2
+    outputs = {(q["strategy"], q["query_id"]): q["output_ids"] for q in queries}
+    for query_id in ("1", "2"):
+        reference = outputs[("cloud-only", query_id)]
+        assert len(reference) == 16
+        assert outputs[("fixed-k5", query_id)] == reference
+        assert outputs[("cloud-spec", query_id)] == reference
+
+    cycles = read_jsonl(folder / "cycles.jsonl")
+    assert cycles and all(c["strategy"] == "fixed-k5" for c in cycles)
+    assert all(0 <= c["accepted"] <= c["k"] <= 5 and c["tokens"] == c["accepted"] + 1
+               for c in cycles)
+    by_query = {}
+    for c in cycles:
+        by_query[c["query_id"]] = by_query.get(c["query_id"], 0) + c["tokens"]
+    assert by_query == {"1": 15, "2": 15}  # every token after the first came from a cycle
+
+    summary = pd.read_csv(folder / "summary.csv").set_index("strategy")
+    assert summary.loc["fixed-k5", "queries"] == 2
+    assert 10.0 < summary.loc["fixed-k5", "rtt_ms_p50"] < 14.5  # wifi: 12 ms +- jitter
+    assert summary.loc["edge-only", "bytes_up_per_token"] == 0
+    link = json.loads((folder / "link_stats.json").read_text())
+    assert link["uplink"]["messages"] >= len(cycles)
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_interrupt_stops_everything_and_keeps_finished_records(tmp_path, stop):
+    before = set(running_agents())
+    process = orchestrator("run", "--profile", "rtt050-bw010", "--job", "smoke", "--strategy",
+                           "fixed-k", "--max-new-tokens", "200", "--queries", "2",
+                           "--results", str(tmp_path))
+    try:
+        wait_for_lines(only_folder_when_ready(tmp_path) / "queries.jsonl", 1, timeout_s=60)
+        process.send_signal(getattr(signal, stop))
+        _, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert wait_until_no_agents(before, timeout_s=10) == []
+    records = read_jsonl(only_folder(tmp_path) / "queries.jsonl")
+    assert len(records) == 1 and records[0]["n_tokens"] == 200
+
+
+def only_folder_when_ready(root: Path, timeout_s: float = 30) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        folders = list(root.iterdir()) if root.exists() else []
+        if folders:
+            return folders[0]
+        time.sleep(0.1)
+    raise AssertionError("no results folder appeared")
+
+
+def test_agents_die_with_a_killed_orchestrator(tmp_path):
+    before = set(running_agents())
+    process = orchestrator("run", "--profile", "lan", "--job", "smoke", "--strategy", "fixed-k",
+                           "--max-new-tokens", "400", "--results", str(tmp_path))
+    try:
+        wait_for_lines(only_folder_when_ready(tmp_path) / "edge.log", 0, timeout_s=30)
+        deadline = time.monotonic() + 30
+        while len([a for a in running_agents() if a not in before]) < 2:
+            assert time.monotonic() < deadline, "agents never started"
+            time.sleep(0.1)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        process.kill()
+    assert wait_until_no_agents(before, timeout_s=10) == []
