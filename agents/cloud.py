@@ -18,7 +18,6 @@ Run as a process: ``python -m agents.cloud --settings FILE``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
@@ -28,9 +27,9 @@ import zmq
 from agents.backends import HostModels, build_models
 from agents.backends.base import TokenSequence
 from agents.codecs import CODECS, DraftCodec
-from agents.control import ControlServer
 from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, error_message
-from agents.settings import AgentSettings, make_channel
+from agents.runtime import AgentRuntime, settings_from_argv
+from agents.settings import AgentSettings
 from agents.speculative import (Decoding, apply_verdict, choose_token, draft_tokens,
                                 session_rng, verify_drafts)
 from shaping.clock import now
@@ -162,24 +161,17 @@ class CloudAgent:
 
 
 def serve(settings: AgentSettings) -> int:
-    context = zmq.Context()
-    control = ControlServer(context, settings.control_address)
-    socket = context.socket(zmq.ROUTER)
-    channel = make_channel(settings, socket, receives_on="uplink")
-    socket.bind(settings.data_address)
+    runtime = AgentRuntime(settings, zmq.ROUTER, receives_on="uplink")
+    channel = runtime.channel
     agent = CloudAgent(build_models(settings.model_pair, "cloud"), channel)
-    handlers = {"ping": lambda _: {"ok": True}, "stop": lambda _: {"ok": True},
-                "stats": lambda _: {"sessions": len(agent.sessions),
-                                    "bytes_sent": channel.bytes_sent,
-                                    "bytes_received": channel.bytes_received,
-                                    "sim_link": channel.link_stats()}}
+    handlers = runtime.handlers()
     poller = zmq.Poller()
-    poller.register(socket, zmq.POLLIN)
-    poller.register(control.socket, zmq.POLLIN)
+    poller.register(runtime.socket, zmq.POLLIN)
+    poller.register(runtime.control.socket, zmq.POLLIN)
     try:
         while True:
             ready = dict(poller.poll(1000))
-            if socket in ready:
+            if runtime.socket in ready:
                 try:
                     message, peer, _ = channel.recv(timeout_s=0)
                 except ReceiveTimeout:
@@ -188,20 +180,14 @@ def serve(settings: AgentSettings) -> int:
                     print(f"cloud: dropped a malformed message: {error}", file=sys.stderr)
                     continue
                 agent.handle(message, peer, now())
-            if control.socket in ready and control.serve_one(handlers) == "stop":
+            if runtime.control.socket in ready and runtime.control.serve_one(handlers) == "stop":
                 return 0
     finally:
-        socket.close(linger=0)
-        control.close()
-        context.term()
+        runtime.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Cloud agent (started by the orchestrator)")
-    parser.add_argument("--settings", required=True, help="agent settings JSON")
-    args = parser.parse_args(argv)
-    with open(args.settings) as handle:
-        return serve(AgentSettings.model_validate_json(handle.read()))
+    return serve(settings_from_argv(argv, "Cloud agent (started by the orchestrator)"))
 
 
 if __name__ == "__main__":

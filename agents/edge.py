@@ -15,7 +15,6 @@ sends ``query`` requests over the control plane and gets the records back.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Literal, Protocol
 
@@ -26,10 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from agents.backends import HostModels, build_models
 from agents.backends.base import TokenSequence
 from agents.codecs import CODECS
-from agents.control import ControlServer
 from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
-from agents.settings import AgentSettings, make_channel
+from agents.runtime import AgentRuntime, settings_from_argv
 from agents.speculative import (Decoding, apply_verdict, choose_token, draft_tokens,
                                 session_rng)
 from agents.verification import Verdict
@@ -220,33 +218,20 @@ class EdgeAgent:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Edge agent (started by the orchestrator)")
-    parser.add_argument("--settings", required=True, help="agent settings JSON")
-    args = parser.parse_args(argv)
-    with open(args.settings) as handle:
-        settings = AgentSettings.model_validate_json(handle.read())
-    context = zmq.Context()
-    control = ControlServer(context, settings.control_address)
-    socket = context.socket(zmq.DEALER)
-    channel = make_channel(settings, socket, receives_on="downlink")
-    socket.connect(settings.data_address)
-    agent = EdgeAgent(build_models(settings.model_pair, "edge"), channel)
+    settings = settings_from_argv(argv, "Edge agent (started by the orchestrator)")
+    runtime = AgentRuntime(settings, zmq.DEALER, receives_on="downlink")
+    agent = EdgeAgent(build_models(settings.model_pair, "edge"), runtime.channel)
 
     def query(request: dict) -> dict:
         record, cycles = agent.run_query(QueryRequest.model_validate(request["request"]))
         return {"query": record.as_dict(), "cycles": [c.as_dict() for c in cycles]}
 
-    handlers = {"ping": lambda _: {"ok": True}, "query": query, "stop": lambda _: {"ok": True},
-                "stats": lambda _: {"bytes_sent": channel.bytes_sent,
-                                    "bytes_received": channel.bytes_received,
-                                    "sim_link": channel.link_stats()}}
+    handlers = runtime.handlers(query=query)
     try:
-        while control.serve_one(handlers) != "stop":
+        while runtime.control.serve_one(handlers) != "stop":
             pass
     finally:
-        socket.close(linger=0)
-        control.close()
-        context.term()
+        runtime.close()
     return 0
 
 

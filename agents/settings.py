@@ -1,15 +1,12 @@
-"""Settings an agent process starts with (written by the orchestrator as JSON),
-and the data-plane channel they describe."""
+"""Settings an agent process starts with, written by the orchestrator as JSON."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends import ModelPairConfig
-import zmq
-
-from agents.protocol import DEFAULT_MAX_MESSAGE_BYTES, Channel
-from shaping.simlink import Direction, SimLinkSettings, SimulatedDirection
+from agents.protocol import DEFAULT_MAX_MESSAGE_BYTES
+from shaping.simlink import SimLinkSettings
 
 
 class AgentSettings(BaseModel):
@@ -22,11 +19,3 @@ class AgentSettings(BaseModel):
     sim_link: SimLinkSettings | None = Field(
         default=None, description="sim mode: emulate the direction this agent receives on")
 
-
-def make_channel(settings: AgentSettings, socket: zmq.Socket, receives_on: Direction) -> Channel:
-    """The data-plane channel of an agent; in sim mode it emulates ``receives_on``."""
-    sim_link = None
-    if settings.sim_link is not None:
-        link_settings = settings.sim_link
-        sim_link = lambda stream: SimulatedDirection(link_settings, receives_on, stream)  # noqa: E731
-    return Channel(socket, settings.receive_timeout_s, settings.max_message_bytes, sim_link)

@@ -40,8 +40,10 @@ def describe_validation_error(error: ValidationError) -> str:
 def find(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
     """The file for ``name_or_path``: an existing path, or a shipped config by name."""
     path = Path(name_or_path)
-    if path.suffix and path.is_file():
+    if path.is_file():
         return path
+    if path.suffix or "/" in name_or_path:
+        raise ConfigError(f"{name_or_path}: no such file")
     folder = CONFIG_DIR / kind
     matches = sorted(folder.rglob(f"{name_or_path}{suffix}"))
     if not matches:

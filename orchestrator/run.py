@@ -23,7 +23,7 @@ from orchestrator.launch import SimDeployment
 from orchestrator.results import ResultsFolder
 from orchestrator.summary import print_summary, read_jsonl, summarize
 from shaping.profile import NetworkProfile
-from validation.prediction import predicted_tokens_per_s
+from validation.prediction import predicted_crossover_rtt_ms, predicted_tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -99,15 +99,33 @@ def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
     summary = summarize(queries, cycles)
     runs = {run.label: run for run in plan(spec.job)}
     summary["predicted_tokens_per_s"] = [
-        _prediction(runs[row["strategy"]], row, spec) for _, row in summary.iterrows()]
+        _prediction(runs[row["strategy"]], row, spec, cycles) for _, row in summary.iterrows()]
+    summary["crossover_rtt_ms"] = [
+        _crossover(runs[row["strategy"]], row, spec) for _, row in summary.iterrows()]
     summary.to_csv(folder / ResultsFolder.SUMMARY, index=False)
     return summary
 
 
-def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec) -> float:
+def _acceptance(row: pd.Series, spec: RunSpec) -> float:
+    """The run's measured per-token acceptance, or the pair's configured one."""
     measured = row.get("per_token_acceptance")
-    acceptance = measured if pd.notna(measured) else spec.model_pair.acceptance
-    return predicted_tokens_per_s(run.strategy, run.k, acceptance, spec.model_pair,
-                                  spec.profile.initial,
-                                  row.get("bytes_up_per_cycle", 0.0) or 0.0,
-                                  row.get("bytes_down_per_cycle", 0.0) or 0.0)
+    return measured if pd.notna(measured) else spec.model_pair.acceptance
+
+
+def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
+    up, down = row.get("bytes_up_per_cycle"), row.get("bytes_down_per_cycle")
+    return (up if pd.notna(up) else 0.0), (down if pd.notna(down) else 0.0)
+
+
+def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame) -> float:
+    own = cycles[cycles["strategy"] == run.label] if not cycles.empty else cycles
+    ks = own["k"].tolist() if len(own) else [run.k]
+    return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec), spec.model_pair,
+                                  spec.profile.initial, *_cycle_bytes(row))
+
+
+def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec) -> float:
+    if run.strategy != "fixed-k":
+        return float("nan")
+    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec), spec.model_pair,
+                                      spec.profile.initial, *_cycle_bytes(row))

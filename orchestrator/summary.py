@@ -86,6 +86,7 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
         ("cycle p50", "cycle_ms_p50", 1), ("cycle p99", "cycle_ms_p99", 1),
         ("RTT p50", "rtt_ms_p50", 1), ("net", "network_ratio", 2),
         ("B/tok", "bytes_up_per_token", 0), ("cloud/tok", "cloud_ms_per_token", 1),
+        ("crossover", "crossover_rtt_ms", 1),
     ]
     present = [c for c in columns if c[1] in summary.columns]
     for header, _, _ in present:
@@ -96,4 +97,5 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     console.print(table)
     console.print("tok/s: decoded tokens over decode time (prefill excluded); model: the analytic "
                   "prediction; times in ms; B/tok: bytes sent up per output token; "
-                  "cloud/tok: cloud compute ms per output token")
+                  "cloud/tok: cloud compute ms per output token; crossover: the RTT (ms) above which "
+                  "cloud-only beats this fixed K, by the analytic model")

@@ -17,12 +17,15 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 JitterDistribution = Literal["uniform", "normal", "pareto", "paretonormal"]
 
 Percent = Annotated[float, Field(ge=0.0, le=100.0)]
 NonNegativeMs = Annotated[float, Field(ge=0.0)]
+
+# Times closer than this are the same instant (periods like 2.2 s are inexact in binary).
+TIME_EPSILON_S = 1e-9
 
 
 class _Strict(BaseModel):
@@ -195,31 +198,44 @@ class NetworkProfile(_Strict):
             return self.initial
         if self.repeat_every_s is not None:
             t_s = t_s % self.repeat_every_s
+            if self.repeat_every_s - t_s < TIME_EPSILON_S:  # a period boundary that rounded down
+                t_s = 0.0
         current: LinkState = self.initial
         for step in self.timeline:
-            if step.at_s > t_s:
+            if step.at_s > t_s + TIME_EPSILON_S:
                 break
             current = step
         return LinkState(uplink=current.uplink, downlink=current.downlink)
 
     def change_times(self, horizon_s: float) -> list[float]:
-        """Absolute times (s) up to ``horizon_s`` at which the state changes."""
+        """Absolute times (s) up to ``horizon_s`` at which the state changes.
+
+        A repeating schedule whose first step is after 0 reverts to the base
+        state at every period boundary, which is a change too.
+        """
         if not self.timeline:
             return []
         offsets = [step.at_s for step in self.timeline]
         if self.repeat_every_s is None:
             return [t for t in offsets if t <= horizon_s]
-        times, period_start = [], 0.0
+        later_periods = offsets if offsets[0] == 0.0 else [0.0, *offsets]
+        times, period, period_start = [], 0, 0.0
         while period_start <= horizon_s:
-            times += [period_start + t for t in offsets if period_start + t <= horizon_s]
-            period_start += self.repeat_every_s
+            times += [period_start + t for t in (offsets if period == 0 else later_periods)
+                      if period_start + t <= horizon_s]
+            period += 1
+            period_start = period * self.repeat_every_s
         return times
 
 
 def read_trace(path: Path) -> list[ScheduleStep]:
     """Parse a trace of RTT samples: one ``t_s rtt_ms`` pair a line, '#' comments."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the trace: {error.strerror}") from None
     steps = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].replace(",", " ").strip()
         if not line:
             continue
@@ -230,7 +246,11 @@ def read_trace(path: Path) -> list[ScheduleStep]:
             t_s, rtt_ms = float(parts[0]), float(parts[1])
         except ValueError:
             raise ValueError(f"{path}:{number}: not numbers: {line!r}") from None
-        steps.append(ScheduleStep(at_s=t_s, rtt_ms=rtt_ms))
+        try:
+            steps.append(ScheduleStep(at_s=t_s, rtt_ms=rtt_ms))
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise ValueError(f"{path}:{number}: {problem['loc'][0]}: {problem['msg']}") from None
     if not steps:
         raise ValueError(f"{path}: trace has no samples")
     return steps

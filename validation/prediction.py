@@ -7,11 +7,12 @@ is the one measured in the run where there is one (configured otherwise).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 from agents.backends import ModelPairConfig
-from nasd.analytic import (ComputeTimes, cloud_only_throughput, cycle_time_distributed_s,
-                           cycle_time_local_s, throughput_tokens_per_s)
+from nasd.analytic import (ComputeTimes, cloud_only_throughput, crossover_rtt_s,
+                           cycle_time_distributed_s, cycle_time_local_s,
+                           expected_tokens_per_cycle)
 from shaping.link import serialization_delay_s, wire_bytes
 from shaping.profile import DirectionSpec, LinkState
 
@@ -30,21 +31,36 @@ def transmit_s(direction: DirectionSpec, message_bytes: float) -> float:
                                  direction.rate_bytes_per_s, direction.burst_bytes)
 
 
-def predicted_tokens_per_s(strategy: str, k: int | None, acceptance: float,
+def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
                            pair: ModelPairConfig, link: LinkState,
                            bytes_up: float = 0.0, bytes_down: float = 0.0) -> float:
-    """Steady-state decode rate (tokens/s after the first token) of one strategy."""
+    """Decode rate (tokens/s after the first token) of one strategy.
+
+    ``ks`` are the draft lengths of the cycles (the run's own where it
+    recorded them, so a query's shorter last cycle and a controller's
+    changing K are modeled too): expected tokens over expected time, summed
+    over cycles.
+    """
     if strategy == "edge-only":
         return 1.0 / pair.latency.edge_draft.seconds(1)
     if strategy == "cloud-only":
         return cloud_only_throughput(compute_times(pair, "cloud"))
     if strategy == "cloud-spec":
         times = compute_times(pair, "cloud")
-        return throughput_tokens_per_s(acceptance, k, cycle_time_local_s(k, times))
-    if strategy == "fixed-k":
+        cycle_s = lambda k: cycle_time_local_s(k, times)  # noqa: E731
+    elif strategy == "fixed-k":
         times = compute_times(pair, "edge")
-        cycle = cycle_time_distributed_s(k, times, link.rtt_ms / 1000.0,
-                                         transmit_s(link.uplink, bytes_up),
-                                         transmit_s(link.downlink, bytes_down))
-        return throughput_tokens_per_s(acceptance, k, cycle)
-    raise ValueError(f"no prediction for strategy {strategy!r}")
+        up, down = transmit_s(link.uplink, bytes_up), transmit_s(link.downlink, bytes_down)
+        cycle_s = lambda k: cycle_time_distributed_s(k, times, link.rtt_ms / 1000.0, up, down)  # noqa: E731
+    else:
+        raise ValueError(f"no prediction for strategy {strategy!r}")
+    tokens = sum(expected_tokens_per_cycle(acceptance, k) for k in ks)
+    return tokens / sum(cycle_s(k) for k in ks)
+
+
+def predicted_crossover_rtt_ms(k: int, acceptance: float, pair: ModelPairConfig, link: LinkState,
+                               bytes_up: float = 0.0, bytes_down: float = 0.0) -> float:
+    """The RTT above which cloud-only decodes faster than fixed-K cloud-edge speculation."""
+    return 1000.0 * crossover_rtt_s(acceptance, k, compute_times(pair, "edge"),
+                                    transmit_s(link.uplink, bytes_up),
+                                    transmit_s(link.downlink, bytes_down))

@@ -1,0 +1,298 @@
+"""Shipped configs (orchestrator/configs.py) and the orchestrator CLI on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from orchestrator import configs
+from orchestrator.configs import ConfigError, available, load_job, load_model_pair, load_profile
+from orchestrator.job import plan
+
+REPO = Path(__file__).resolve().parent.parent
+RTTS = (0, 10, 25, 50, 100, 200, 500)
+BANDWIDTHS = (100, 10, 1)
+LAYER_RTTS = (10, 50, 200)
+PRESETS = ("lan", "wifi", "4g", "5g", "wan", "satellite", "oscillating")
+
+
+def orchestrator(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def agent_processes(marker: str) -> list[str]:
+    """Running edge/cloud agents whose command line contains ``marker``.
+
+    Agents get their settings file from the run's results folder, so filtering on
+    a test's own folder ignores agents that other, concurrent test sessions own.
+    """
+    found = subprocess.run(["pgrep", "-af", r"agents\.(edge|cloud)"], capture_output=True,
+                           text=True)
+    return [line for line in found.stdout.splitlines() if marker in line]
+
+
+# --------------------------------------------------------------------------- shipped configs
+
+
+def test_every_shipped_config_loads():
+    profiles, models, jobs = available("profiles"), available("models"), available("jobs")
+    assert len(profiles) >= 40 and models and len(jobs) >= 3
+    # a name must select one file: the same stem in two folders would be ambiguous
+    assert len(set(profiles)) == len(profiles)
+    files = sorted((configs.CONFIG_DIR / "profiles").rglob("*.yaml"))
+    assert sorted(path.stem for path in files) == profiles
+    for name in profiles:
+        prof = load_profile(name)
+        assert prof.name == name
+        assert prof.initial.rtt_ms >= 0
+    for name in models:
+        pair = load_model_pair(name)
+        assert 0 < pair.acceptance < 1 and pair.vocab_size >= 257
+    for name in jobs:
+        job = load_job(name)
+        assert plan(job)
+        assert load_model_pair(job.model_pair).name == job.model_pair
+        assert configs.load_prompts(job.prompts)
+
+
+def test_shipped_model_pair_and_default_job():
+    pair = load_model_pair("synthetic")
+    assert pair.acceptance == 0.7 and pair.vocab_size == 1024
+    job = load_job("default")
+    assert job.strategies == ["cloud-only", "cloud-spec", "edge-only", "fixed-k"]
+    assert job.k_values == [3, 5, 10, 15]
+    assert [run.label for run in plan(job)] == [
+        "cloud-only", "cloud-spec", "edge-only", "fixed-k3", "fixed-k5", "fixed-k10", "fixed-k15"]
+
+
+@pytest.mark.parametrize("rtt", RTTS)
+@pytest.mark.parametrize("bandwidth", BANDWIDTHS)
+def test_seed_grid_cell(rtt, bandwidth):
+    name = f"rtt{rtt:03d}-bw{bandwidth:03d}"
+    prof = load_profile(name)
+    link = prof.initial
+    assert prof.is_static
+    assert link.rtt_ms == rtt
+    assert link.uplink.delay_ms == link.downlink.delay_ms == rtt / 2
+    assert link.uplink.bandwidth_mbps == link.downlink.bandwidth_mbps == bandwidth
+    assert link.uplink.jitter_ms == link.downlink.jitter_ms == 0
+    assert link.uplink.loss.is_lossless and link.downlink.loss.is_lossless
+
+
+@pytest.mark.parametrize("rtt", LAYER_RTTS)
+@pytest.mark.parametrize("layer, jitter, loss", [
+    ("j10", 10, 0), ("j25", 25, 0), ("l1", 0, 1), ("l5", 0, 5)])
+def test_seed_grid_jitter_and_loss_layers(rtt, layer, jitter, loss):
+    prof = load_profile(f"rtt{rtt:03d}-bw010-{layer}")
+    for direction in (prof.initial.uplink, prof.initial.downlink):
+        assert direction.delay_ms == rtt / 2
+        assert direction.bandwidth_mbps == 10
+        assert direction.jitter_ms == jitter
+        assert direction.loss_pct == loss
+        if jitter:
+            assert direction.jitter_distribution == "normal"
+
+
+def test_presets_exist_with_plausible_links():
+    links = {name: load_profile(name).initial for name in PRESETS}
+    assert links["lan"].rtt_ms <= 2 and links["lan"].uplink.bandwidth_mbps >= 1000
+    assert links["satellite"].rtt_ms >= 500
+    assert links["lan"].rtt_ms < links["5g"].rtt_ms < links["4g"].rtt_ms < links["wan"].rtt_ms \
+        < links["satellite"].rtt_ms
+    for mobile in ("4g", "5g", "satellite"):     # access links: more down than up
+        assert links[mobile].downlink.bandwidth_mbps > links[mobile].uplink.bandwidth_mbps
+    for name in PRESETS:
+        assert load_profile(name).is_static == (name != "oscillating")
+
+
+def test_oscillating_reaches_10_200_and_500_ms_over_one_period():
+    prof = load_profile("oscillating")
+    period = prof.repeat_every_s
+    assert period is not None and period > 0
+    samples = [prof.state_at(i * period / 400).rtt_ms for i in range(400)]
+    assert set(samples) == {10.0, 200.0, 500.0}
+    assert samples[0] == 10.0
+    # and it repeats: the next period looks the same
+    assert [prof.state_at(period + i * period / 400).rtt_ms for i in range(400)] == samples
+    assert {prof.state_at(t).rtt_ms for t in prof.change_times(period)} == {10.0, 200.0, 500.0}
+
+
+def test_overrides_win_over_the_file_and_unset_overrides_keep_it():
+    prof = load_profile("rtt050-bw010", {"rtt_ms": 120, "bandwidth_mbps": None})
+    assert prof.initial.rtt_ms == 120 and prof.initial.uplink.bandwidth_mbps == 10
+    assert load_profile("rtt050-bw010", {"rtt_ms": 0}).initial.rtt_ms == 0
+    job = load_job("default", {"k_values": [7], "strategies": [], "max_new_tokens": None})
+    assert job.k_values == [7] and len(job.strategies) == 4 and job.max_new_tokens == 64
+
+
+def test_load_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="'no-such-profile' not found"):
+        load_profile("no-such-profile")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("downlink:\n  bandwidth_mbps: 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_profile(str(bad))
+    assert str(error.value).startswith(f"{bad}: downlink.bandwidth_mbps:")
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_job(str(bad))
+
+
+# --------------------------------------------------------------------------- CLI: bad input
+
+# id -> (file name and contents or None, argv (FILE is replaced by the file's path),
+#        words the single error line must contain)
+BAD_INPUT = {
+    "negative-delay": (("neg.yaml", "rtt_ms: 20\nuplink:\n  delay_ms: -5\n"),
+                       ["run", "--profile", "FILE"], ["uplink.delay_ms", "FILE"]),
+    "negative-rtt": (("negrtt.yaml", "rtt_ms: -10\n"),
+                     ["run", "--profile", "FILE"], ["rtt_ms", "FILE"]),
+    "loss-150": (("loss.yaml", "rtt_ms: 20\nloss_pct: 150\n"),
+                 ["run", "--profile", "FILE"], ["loss_pct", "FILE"]),
+    "bandwidth-0": (("bw.yaml", "rtt_ms: 20\nbandwidth_mbps: 0\n"),
+                    ["run", "--profile", "FILE"], ["bandwidth_mbps", "FILE"]),
+    "malformed-yaml": (("broken.yaml", "rtt_ms: [10, 20\nbandwidth_mbps: 5\n"),
+                       ["run", "--profile", "FILE"], ["FILE", "YAML"]),
+    "unknown-profile": (None, ["run", "--profile", "no-such-profile"], ["no-such-profile"]),
+    "unknown-field": (("typo.yaml", "rtt_ms: 20\nlatency_ms: 5\n"),
+                      ["run", "--profile", "FILE"], ["latency_ms", "FILE"]),
+    "job-k0": (("k0.yaml", "strategies: [fixed-k]\nk_values: [0]\n"),
+               ["run", "--job", "FILE"], ["k_values", "FILE"]),
+    "job-sampling-ids": (("codec.yaml", "decoding: sampling\ncodec: ids\n"),
+                         ["run", "--job", "FILE"], ["codec", "FILE"]),
+    "unknown-model-pair": (None, ["run", "--model-pair", "no-such-pair"], ["no-such-pair"]),
+    "job-unknown-model-pair": (("pair.yaml", "model_pair: no-such-pair\n"),
+                               ["run", "--job", "FILE"], ["no-such-pair"]),
+    "k-0": (None, ["run", "--k", "0"], ["--k"]),
+    "strategy-bogus": (None, ["run", "--strategy", "bogus"], ["--strategy", "bogus"]),
+    "max-new-tokens-abc": (None, ["run", "--max-new-tokens", "abc"], ["--max-new-tokens"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory) -> dict:
+    """Run every bad-input case once, in parallel (each CLI start costs about a second)."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    commands = {}
+    for case, (file, argv, _) in BAD_INPUT.items():
+        path = ""
+        if file is not None:
+            path = str(folder / file[0])
+            Path(path).write_text(file[1])
+        commands[case] = ([path if arg == "FILE" else arg for arg in argv]
+                          + ["--results", str(folder / "results")], path)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {case: pool.submit(orchestrator, *argv) for case, (argv, _) in commands.items()}
+        results = {case: (future.result(), commands[case][1]) for case, future in futures.items()}
+    assert not (folder / "results").exists(), "a bad-input run created a results folder"
+    return results
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_error_line_with_exit_code_2(bad_input_results, case):
+    result, path = bad_input_results[case]
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error:"), line
+    assert len(line) > len("error: ")
+    for word in BAD_INPUT[case][2]:
+        assert (path if word == "FILE" else word) in line, line
+    assert result.returncode == 2, (result.returncode, line)
+
+
+def test_bad_profile_leaves_no_agent_process_behind(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rtt_ms: 20\nuplink:\n  delay_ms: -5\n")
+    results = tmp_path / "results"
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "run", "--profile",
+                                str(bad), "--job", "smoke", "--results", str(results)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    seen = []
+    while process.poll() is None:                 # watch for agents while it runs, too
+        seen += agent_processes(str(results))
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert stderr.startswith(f"error: {bad}: uplink.delay_ms")
+    assert seen == []
+    assert agent_processes(str(results)) == []
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_profile_path_is_a_config_error(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError, match="nowhere"):
+        load_profile(str(missing))
+
+
+def test_missing_trace_file_is_a_config_error(tmp_path):
+    prof = tmp_path / "traced.yaml"
+    prof.write_text("trace: missing.txt\n")
+    with pytest.raises(ConfigError, match="missing.txt"):
+        load_profile(str(prof))
+
+
+# --------------------------------------------------------------------------- CLI: help, listing
+
+
+@pytest.fixture(scope="module")
+def help_and_listing() -> dict:
+    calls = {"top": ["--help"], "run": ["run", "--help"], "profiles-help": ["profiles", "--help"],
+             "profiles": ["profiles"]}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {key: pool.submit(orchestrator, *argv) for key, argv in calls.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def test_top_level_help(help_and_listing):
+    result = help_and_listing["top"]
+    assert result.returncode == 0 and result.stderr == ""
+    assert "Usage: orchestrator" in result.stdout
+    for word in ("--help", "run", "profiles"):
+        assert word in result.stdout
+
+
+def test_run_help_lists_its_options(help_and_listing):
+    result = help_and_listing["run"]
+    assert result.returncode == 0 and result.stderr == ""
+    for option in ("--profile", "--mode", "--job", "--model-pair", "--strategy", "--k",
+                   "--decoding", "--max-new-tokens", "--queries", "--repetitions", "--seed",
+                   "--rtt-ms", "--results"):
+        assert option in result.stdout, option
+
+
+def test_profiles_help(help_and_listing):
+    result = help_and_listing["profiles-help"]
+    assert result.returncode == 0 and result.stderr == ""
+    assert "Usage: orchestrator profiles" in result.stdout and "--help" in result.stdout
+
+
+def test_profiles_lists_every_shipped_profile(help_and_listing):
+    result = help_and_listing["profiles"]
+    assert result.returncode == 0 and result.stderr == ""
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert set(rows) == set(available("profiles"))
+    assert "rtt    1.0 ms" in rows["lan"] and "1000 Mbps" in rows["lan"]
+    assert "rtt   50.0 ms" in rows["rtt050-bw010"] and "10 Mbps" in rows["rtt050-bw010"]
+    assert "loss  5.0%" in rows["rtt050-bw010-l5"]
+    assert "changes over time" in rows["oscillating"]
+    assert "changes over time" not in rows["lan"]
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "orchestrator"
+    assert script.exists()
+    result = subprocess.run([str(script), "run", "--k", "0"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and "--k" in result.stderr

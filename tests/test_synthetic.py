@@ -1,0 +1,292 @@
+"""The synthetic backend (agents/backends/synthetic.py), TokenSequence
+(agents/backends/base.py) and ByteTokenizer (agents/backends/tokenizer.py)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from agents.backends import build_models
+from agents.backends.base import TokenSequence
+from agents.backends.synthetic import (
+    ContextDistributions,
+    ForwardLatency,
+    SyntheticModel,
+    SyntheticPairConfig,
+    support_size,
+)
+from agents.backends.tokenizer import ByteTokenizer
+from validation.stats import binomial_interval
+
+ZERO = {"base_ms": 0.0, "per_token_ms": 0.0}
+LATENCY = {"edge_draft": ZERO, "cloud_draft": ZERO, "cloud_target": ZERO}
+CONTEXTS = 1500
+
+
+def pair(**fields) -> SyntheticPairConfig:
+    return SyntheticPairConfig(latency=LATENCY, **fields)
+
+
+def random_contexts(vocab_size: int, count: int, seed: int = 1234) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 5, size=count)
+    return [tuple(int(t) for t in rng.integers(0, vocab_size, size=n)) for n in lengths]
+
+
+# --------------------------------------------------------------------------- distributions
+
+
+@pytest.mark.parametrize("acceptance", [0.3, 0.7, 0.9])
+def test_acceptance_is_exact_in_every_context_and_greedy_agreement_matches(acceptance):
+    config = pair(acceptance=acceptance, vocab_size=1024, eos_id=0, seed=7)
+    dists = ContextDistributions(config)
+    agree = 0
+    for context in random_contexts(config.vocab_size, CONTEXTS):
+        p, q = dists.rows(context)
+        assert p.dtype == np.float32 and q.dtype == np.float32
+        assert p.shape == q.shape == (config.vocab_size,)
+        assert (p >= 0).all() and (q >= 0).all()
+        assert float(p.sum(dtype=np.float64)) == pytest.approx(1.0, abs=1e-5)
+        assert float(q.sum(dtype=np.float64)) == pytest.approx(1.0, abs=1e-5)
+        overlap = float(np.minimum(p, q).sum(dtype=np.float64))
+        assert overlap == pytest.approx(acceptance, abs=1e-5), context
+        assert np.count_nonzero(p) == support_size(acceptance)
+        agree += int(np.argmax(q) == np.argmax(p))
+    low, high = binomial_interval(agree, CONTEXTS, confidence=0.999)
+    assert low <= acceptance <= high, (agree / CONTEXTS, low, high)
+
+
+def test_support_size_keeps_the_mode_below_the_greedy_cap():
+    for acceptance in (0.3, 0.5, 0.7, 0.9, 0.95, 0.99):
+        m = support_size(acceptance)
+        assert m >= 8
+        # a flattened p can reach the cap 0.9 (1 - a) / a only if 1/m is below it
+        assert 1.0 / m < 0.9 * (1.0 - acceptance) / acceptance
+    assert support_size(0.99) == 165
+
+
+def test_rows_are_deterministic_in_seed_and_context():
+    config = pair(acceptance=0.7, seed=3)
+    context = (17, 42, 99, 5)
+    p1, q1 = ContextDistributions(config).rows(context)
+    p2, q2 = ContextDistributions(pair(acceptance=0.7, seed=3)).rows(context)
+    assert np.array_equal(p1, p2) and np.array_equal(q1, q2)
+    p3, q3 = ContextDistributions(pair(acceptance=0.7, seed=4)).rows(context)
+    assert not np.array_equal(p1, p3) and not np.array_equal(q1, q3)
+    p4, _ = ContextDistributions(config).rows((17, 42, 99, 6))
+    assert not np.array_equal(p1, p4)
+    # negative seeds work as well and differ from their absolute value
+    p5, _ = ContextDistributions(pair(acceptance=0.7, seed=-3)).rows(context)
+    assert not np.array_equal(p1, p5)
+
+
+@pytest.mark.parametrize("eos_id", [0, 511, 1023])
+def test_eos_is_never_in_the_support(eos_id):
+    config = pair(acceptance=0.7, vocab_size=1024, eos_id=eos_id)
+    dists = ContextDistributions(config)
+    for context in random_contexts(config.vocab_size, 300, seed=eos_id):
+        p, q = dists.rows(context)
+        assert p[eos_id] == 0.0
+        assert q[eos_id] == 0.0
+
+
+def test_models_return_p_for_target_and_q_for_draft():
+    config = pair(acceptance=0.7)
+    target = SyntheticModel(config, "target", ForwardLatency(**ZERO))
+    draft = SyntheticModel(config, "draft", ForwardLatency(**ZERO))
+    p, q = ContextDistributions(config).rows((1, 2, 3))
+    assert np.array_equal(target.row((1, 2, 3)), p)
+    assert np.array_equal(draft.row((1, 2, 3)), q)
+    assert target.vocab_size == draft.vocab_size == config.vocab_size
+    assert target.eos_id == config.eos_id
+
+
+def test_infeasible_and_invalid_configs_are_rejected():
+    with pytest.raises(ValidationError, match="vocab_size of at least 332"):
+        pair(acceptance=0.99, vocab_size=64)
+    assert pair(acceptance=0.99, vocab_size=332).acceptance == 0.99
+    with pytest.raises(ValidationError, match="at least 332"):
+        pair(acceptance=0.99, vocab_size=331)
+    with pytest.raises(ValidationError, match="eos_id"):
+        pair(vocab_size=256, eos_id=256)
+    with pytest.raises(ValidationError, match="eos_id"):
+        pair(eos_id=-1)
+    for bad in ({"acceptance": 1.0}, {"acceptance": 0.0}, {"vocab_size": 32},
+                {"context_window": 0}, {"unknown": 1}):
+        with pytest.raises(ValidationError) as error:
+            pair(**bad)
+        assert error.value.errors()[0]["loc"] == (next(iter(bad)),)
+    with pytest.raises(ValidationError):
+        ForwardLatency(base_ms=-1, per_token_ms=0)
+
+
+# --------------------------------------------------------------------------- modeled timing
+
+
+@pytest.mark.parametrize("n_tokens", [1, 4, 12])
+@pytest.mark.parametrize("all_rows", [False, True])
+def test_forward_takes_the_modeled_time(n_tokens, all_rows):
+    latency = ForwardLatency(base_ms=5.0, per_token_ms=1.0)
+    model = SyntheticModel(pair(acceptance=0.7), "target", latency)
+    expected = 5.0 + 1.0 * n_tokens
+    assert latency.seconds(n_tokens) == pytest.approx(expected / 1000.0)
+    elapsed = []
+    for attempt in range(3):
+        session = model.session()
+        ids = [10 + attempt + i for i in range(n_tokens)]
+        started = time.perf_counter()
+        out = session.forward(ids, all_rows=all_rows)
+        elapsed.append((time.perf_counter() - started) * 1000.0)
+        assert out.shape == ((n_tokens, 1024) if all_rows else (1024,))
+        assert session.processed == n_tokens
+    assert min(elapsed) >= expected          # the modeled time is never cut short
+    assert min(elapsed) < expected + 3.0     # and not overshot (loose: busy machine)
+
+
+# --------------------------------------------------------------------------- TokenSequence
+
+
+class CountingModel(SyntheticModel):
+    """A zero-latency synthetic target whose sessions record forward/truncate calls."""
+
+    def __init__(self, config: SyntheticPairConfig) -> None:
+        super().__init__(config, "target", ForwardLatency(**ZERO))
+        self.fed: list[list[int]] = []
+        self.truncations: list[int] = []
+
+    def session(self):
+        session = super().session()
+        forward, truncate = session.forward, session.truncate
+
+        def counted_forward(ids, all_rows=False):
+            self.fed.append(list(ids))
+            return forward(ids, all_rows)
+
+        def counted_truncate(length):
+            self.truncations.append(length)
+            truncate(length)
+
+        session.forward, session.truncate = counted_forward, counted_truncate
+        return session
+
+
+@pytest.fixture
+def model() -> CountingModel:
+    return CountingModel(pair(acceptance=0.7, context_window=3))
+
+
+def test_prefill_then_next_probs_feeds_only_unprocessed_tokens(model):
+    seq = TokenSequence(model, [5, 6, 7, 8])
+    assert seq.prompt_length == 4 and seq.generated == []
+    seq.prefill()
+    assert seq.model_session.processed == 4
+    assert model.fed == [[5, 6, 7, 8]]
+    with pytest.raises(RuntimeError):
+        seq.next_probs()                          # nothing pending
+    seq.extend([9])
+    row = seq.next_probs()
+    assert model.fed[-1] == [9]
+    assert seq.model_session.processed == 5
+    assert np.array_equal(row, model.row((7, 8, 9)))   # context window 3
+    seq.extend([10, 11])
+    row = seq.next_probs()
+    assert model.fed[-1] == [10, 11]
+    assert seq.model_session.processed == 7
+    assert np.array_equal(row, model.row((9, 10, 11)))
+    assert seq.generated == [9, 10, 11]
+
+
+def test_rewind_truncates_the_session_only_when_needed(model):
+    seq = TokenSequence(model, [1, 2, 3])
+    seq.prefill()
+    seq.extend([4, 5, 6])                         # drafted, not yet processed
+    seq.rewind(4)                                 # keep 4: session has processed 3 only
+    assert seq.tokens == [1, 2, 3, 4]
+    assert model.truncations == []
+    assert seq.model_session.processed == 3
+    seq.extend([7, 8])
+    seq.next_probs()
+    assert seq.model_session.processed == 6
+    seq.rewind(4)                                 # processed 6 > 4: must forget
+    assert model.truncations == [4]
+    assert seq.tokens == [1, 2, 3, 4]
+    assert seq.model_session.processed == 4
+    seq.rewind(4)                                 # already consistent: no call
+    assert model.truncations == [4]
+    # after a rewind the next distribution is the one for the kept prefix
+    seq.extend([9])
+    assert np.array_equal(seq.next_probs(), model.row((3, 4, 9)))
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 6])
+def test_score_last_equals_token_by_token_rows(model, k):
+    prompt = [11, 12, 13, 14]
+    drafts = [20 + i for i in range(k)]
+    seq = TokenSequence(model, prompt)
+    seq.prefill()
+    seq.extend([15] + drafts)                     # last committed token + k drafts
+    rows = seq.score_last(k)
+    assert rows.shape == (k + 1, model.vocab_size)
+    assert seq.model_session.processed == len(prompt) + 1 + k
+
+    reference = TokenSequence(model, prompt)
+    reference.prefill()
+    expected = []
+    for token in [15] + drafts:
+        reference.extend([token])
+        expected.append(reference.next_probs())
+    assert np.array_equal(rows, np.stack(expected))
+
+
+def test_score_last_needs_enough_pending_tokens(model):
+    seq = TokenSequence(model, [1, 2])
+    seq.prefill()
+    seq.extend([3, 4])
+    with pytest.raises(RuntimeError, match="need 3"):
+        seq.score_last(2)
+    assert seq.model_session.processed == 2       # nothing was fed
+
+
+def test_empty_prompt_is_rejected(model):
+    with pytest.raises(ValueError):
+        TokenSequence(model, [])
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+TEXTS = ["", "hello, world", "héllo wörld — ñ", "数学 と 日本語", "emoji 🚀🧪", "\x00\x01\x7f tabs\t\n"]
+
+
+@pytest.mark.parametrize("reserved", [(0,), (0, 1, 2, 255, 300), (100,)])
+def test_byte_tokenizer_round_trips_and_avoids_reserved_ids(reserved):
+    tokenizer = ByteTokenizer(1024, reserved=reserved)
+    assert len(set(tokenizer.byte_to_id)) == 256
+    assert not set(tokenizer.byte_to_id) & set(reserved)
+    for text in TEXTS:
+        ids = tokenizer.encode(text)
+        assert len(ids) == len(text.encode("utf-8"))
+        assert not set(ids) & set(reserved)
+        assert all(0 <= i < 1024 for i in ids)
+        assert tokenizer.decode(ids) == text
+    # reserved ids (EOS) are skipped on decode
+    hello = tokenizer.encode("hi")
+    assert tokenizer.decode([reserved[0]] + hello + [reserved[0]]) == "hi"
+
+
+def test_byte_tokenizer_needs_256_usable_ids():
+    assert len(ByteTokenizer(257, reserved=(0,)).byte_to_id) == 256
+    with pytest.raises(ValueError):
+        ByteTokenizer(256, reserved=(0,))
+
+
+def test_build_models_uses_a_tokenizer_that_skips_eos():
+    config = pair(acceptance=0.7, vocab_size=1024, eos_id=3)
+    edge, cloud = build_models(config, "edge"), build_models(config, "cloud")
+    assert edge.target is None and cloud.target is not None
+    assert edge.draft.row((1, 2)).tolist() == cloud.draft.row((1, 2)).tolist()
+    ids = edge.tokenizer.encode("".join(chr(c) for c in range(128)))
+    assert 3 not in ids and len(ids) == 128
