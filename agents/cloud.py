@@ -23,15 +23,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import zmq
+from pydantic import ValidationError
 
 from agents.backends import HostModels, build_models
 from agents.backends.base import TokenSequence
-from agents.codecs import CODECS, DraftCodec
+from agents.codecs import DraftCodec, DraftPayload, encode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, error_message
 from agents.runtime import AgentRuntime, settings_from_argv
 from agents.settings import AgentSettings
-from agents.speculative import (Decoding, apply_verdict, choose_token, draft_tokens,
-                                session_rng, verify_drafts)
+from agents.sampling import SamplingConfig
+from agents.speculative import (apply_verdict, choose_token, draft_tokens, session_rng,
+                                verify_drafts)
+from agents.verification import pad_to_width
 from shaping.clock import now
 
 MAX_SESSIONS = 64
@@ -40,9 +43,10 @@ MAX_SESSIONS = 64
 @dataclass
 class VerifySession:
     target: TokenSequence
-    decoding: Decoding
+    sampling: SamplingConfig
     codec: DraftCodec
     rng: np.random.Generator
+    awaiting_correction: bool = False  # q-scalar: the edge samples the correction
 
 
 class CloudAgent:
@@ -53,6 +57,7 @@ class CloudAgent:
         self.channel = channel
         self.sessions: dict[str, VerifySession] = {}
         self.eos_id = models.target.eos_id
+        self.width = models.target.vocab_size
 
     def handle(self, message: Message, peer: bytes, received_at: float) -> None:
         """Answer one data-plane message; protocol errors go back as ``error``."""
@@ -67,38 +72,34 @@ class CloudAgent:
                 self.sessions.pop(message.session, None)
             else:
                 raise ProtocolError(f"unexpected message type {message.type!r}")
-        except (ProtocolError, ValueError, KeyError) as error:
+        except (ProtocolError, ValueError, KeyError, ValidationError) as error:
             self.sessions.pop(message.session, None)
             self.channel.send(error_message(message.session, message.seq,
                                             f"{type(error).__name__}: {error}"), peer)
 
     @staticmethod
-    def _settings(message: Message) -> tuple[Decoding, str, int, int]:
+    def _settings(message: Message) -> tuple[SamplingConfig, DraftCodec, int, int]:
         fields = message.fields
-        decoding, codec = fields["decoding"], fields["codec"]
-        if decoding not in ("greedy", "sampling"):
-            raise ProtocolError(f"unknown decoding {decoding!r}")
-        if codec not in CODECS:
-            raise ProtocolError(f"unknown codec {codec!r}")
-        return decoding, codec, int(fields["max_new_tokens"]), int(fields["seed"])
+        sampling = SamplingConfig.model_validate(fields["sampling"])
+        return sampling, get_codec(fields["codec"]), int(fields["max_new_tokens"]), int(fields["seed"])
 
     def _prompt(self, message: Message) -> list[int]:
         prompt = message.arrays.get("prompt")
         if prompt is None or prompt.ndim != 1 or len(prompt) == 0:
             raise ProtocolError("a non-empty 1-d 'prompt' array is required")
-        if prompt.min() < 0 or prompt.max() >= self.models.target.vocab_size:
+        if prompt.min() < 0 or prompt.max() >= self.width:
             raise ProtocolError("prompt ids outside the vocabulary")
         return prompt.tolist()
 
     def _open(self, message: Message, peer: bytes, received_at: float) -> None:
-        decoding, codec, _, seed = self._settings(message)
+        sampling, codec, _, seed = self._settings(message)
         if len(self.sessions) >= MAX_SESSIONS:
             raise ProtocolError(f"more than {MAX_SESSIONS} open sessions")
-        target = TokenSequence(self.models.target, self._prompt(message))
+        target = TokenSequence(self.models.target, self._prompt(message), sampling)
         rng = session_rng(seed, message.session, "cloud")
-        token = choose_token(target.next_probs(), decoding, rng)
+        token = choose_token(target.next_probs(), sampling.decoding, rng)
         target.extend([token])
-        self.sessions[message.session] = VerifySession(target, decoding, CODECS[codec], rng)
+        self.sessions[message.session] = VerifySession(target, sampling, codec, rng)
         self.channel.send(Message("opened", message.session, message.seq, {
             "token": token, "eos": token == self.eos_id,
             "compute_s": now() - received_at}), peer)
@@ -107,28 +108,38 @@ class CloudAgent:
         session = self.sessions.get(message.session)
         if session is None:
             raise ProtocolError(f"no open session {message.session!r}")
-        ids, rows = session.codec.decode(message.arrays)
-        if len(ids) and (ids.min() < 0 or ids.max() >= self.models.target.vocab_size):
-            raise ProtocolError("drafted ids outside the vocabulary")
-        verdict = verify_drafts(session.target, ids.tolist(), rows, session.decoding,
-                                session.rng, self.eos_id)
-        token = -1 if verdict.next_token is None else verdict.next_token
+        if session.awaiting_correction:
+            correction = message.fields.get("correction")
+            if not isinstance(correction, int) or not 0 <= correction < self.width:
+                raise ProtocolError("expected the edge's correction token after a q-scalar rejection")
+            session.target.extend([correction])
+            session.awaiting_correction = False
+        payload = session.codec.decode(message.arrays, self.width)
+        verification = verify_drafts(session.target, payload, session.sampling.decoding,
+                                     session.rng, self.eos_id)
+        verdict, residual_row = verification.verdict, verification.residual_row
+        session.awaiting_correction = residual_row is not None
+        arrays = {} if residual_row is None else encode_target_row(residual_row)
         self.channel.send(Message("verdict", message.session, message.seq, {
-            "accepted": verdict.accepted, "token": token, "finished": verdict.finished,
-            "compute_s": now() - received_at}), peer)
+            "accepted": verdict.accepted,
+            "token": -1 if verdict.next_token is None else verdict.next_token,
+            "residual": residual_row is not None, "finished": verdict.finished,
+            "compute_s": now() - received_at}, arrays), peer)
 
     def _generate(self, message: Message, peer: bytes, received_at: float) -> None:
         """Decode here and stream each commit; cloud-spec drafts with the cloud's draft model."""
-        decoding, _, max_new_tokens, seed = self._settings(message)
+        sampling, _, max_new_tokens, seed = self._settings(message)
         strategy, k = message.fields["strategy"], int(message.fields["k"])
         prompt = self._prompt(message)
         rng = session_rng(seed, message.session, "cloud")
-        target = TokenSequence(self.models.target, prompt)
-        draft = TokenSequence(self.models.draft, prompt) if strategy == "cloud-spec" else None
+        target = TokenSequence(self.models.target, prompt, sampling)
+        draft = TokenSequence(self.models.draft, prompt, sampling) if strategy == "cloud-spec" \
+            else None
+        local_rows = get_codec("full32")  # in-process: the draft rows as they are
         if draft is not None:
             draft.prefill()
         started = received_at
-        first = choose_token(target.next_probs(), decoding, rng)
+        first = choose_token(target.next_probs(), sampling.decoding, rng)
         target.extend([first])
         if draft is not None:
             draft.extend([first])
@@ -147,16 +158,20 @@ class CloudAgent:
             started = now()
             committed_length = len(target.tokens)
             if draft is None:
-                token = choose_token(target.next_probs(), decoding, rng)
+                token = choose_token(target.next_probs(), sampling.decoding, rng)
                 target.extend([token])
                 finished = token == self.eos_id
             else:
                 remaining = max_new_tokens - len(target.generated)
-                ids, rows = draft_tokens(draft, min(k, remaining - 1), decoding, rng, self.eos_id)
-                verdict = verify_drafts(target, ids, rows, decoding, rng, self.eos_id)
+                drafts = draft_tokens(draft, min(k, remaining - 1), sampling.decoding, rng,
+                                      self.eos_id, local_rows)
+                payload = DraftPayload(np.asarray(drafts.ids, dtype=np.int64),
+                                       pad_to_width(drafts.sampled_rows, self.width), None)
+                verdict = verify_drafts(target, payload, sampling.decoding, rng,
+                                        self.eos_id).verdict
                 apply_verdict(draft, committed_length, verdict)
                 finished = verdict.finished
-                drafted, accepted = len(ids), verdict.accepted
+                drafted, accepted = len(drafts.ids), verdict.accepted
             new_tokens = target.tokens[committed_length:]
 
 

@@ -20,15 +20,16 @@ from typing import Literal, Protocol
 
 import numpy as np
 import zmq
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.backends import HostModels, build_models
 from agents.backends.base import TokenSequence
-from agents.codecs import CODECS
+from agents.codecs import decode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
 from agents.runtime import AgentRuntime, settings_from_argv
-from agents.speculative import (Decoding, apply_verdict, choose_token, draft_tokens,
+from agents.sampling import SamplingConfig
+from agents.speculative import (apply_verdict, choose_token, draft_tokens, sample_correction,
                                 session_rng)
 from agents.verification import Verdict
 from shaping.clock import now
@@ -45,9 +46,16 @@ class QueryRequest(BaseModel):
     repetition: int = 0
     prompt: str
     max_new_tokens: int = Field(gt=0)
-    decoding: Decoding = "greedy"
+    sampling: SamplingConfig = SamplingConfig()
     codec: str = "ids"
     seed: int = 0
+    answer: str | None = None   # expected answer, when the prompt set has one (for accuracy)
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, name: str) -> str:
+        get_codec(name)
+        return name
 
 
 class KPolicy(Protocol):
@@ -90,16 +98,17 @@ class EdgeAgent:
             strategy=request.label, k=request.k, query_id=request.query_id,
             repetition=request.repetition, prompt_tokens=len(prompt_ids), n_tokens=len(output),
             ttft_s=t_first - t_submit, e2e_s=t_last - t_submit, tokens_per_s=rate,
-            decode_s=decode_s, finished_by_eos=eos, output_ids=list(output))
+            decode_s=decode_s, finished_by_eos=eos, output_ids=list(output),
+            output_text=self.models.tokenizer.decode(output), answer=request.answer)
 
     def _edge_only(self, request, session, prompt_ids):
         rng = session_rng(request.seed, session, "edge")
         eos_id = self.models.draft.eos_id
         t_submit = now()
-        sequence = TokenSequence(self.models.draft, prompt_ids)
+        sequence = TokenSequence(self.models.draft, prompt_ids, request.sampling)
         t_first = t_last = t_submit
         while len(sequence.generated) < request.max_new_tokens:
-            token = choose_token(sequence.next_probs(), request.decoding, rng)
+            token = choose_token(sequence.next_probs(), request.sampling.decoding, rng)
             sequence.extend([token])
             t_last = now()
             if len(sequence.generated) == 1:
@@ -129,8 +138,9 @@ class EdgeAgent:
 
     def _generate_fields(self, request: QueryRequest) -> dict:
         return {"strategy": request.strategy, "k": request.k or 0,
-                "max_new_tokens": request.max_new_tokens, "decoding": request.decoding,
-                "codec": request.codec, "seed": request.seed}
+                "max_new_tokens": request.max_new_tokens,
+                "sampling": request.sampling.model_dump(), "codec": request.codec,
+                "seed": request.seed}
 
     def _cloud_streamed(self, request, session, prompt_ids):
         message = Message("generate", session, 0, self._generate_fields(request),
@@ -139,6 +149,7 @@ class EdgeAgent:
         record_up = self.channel.send(message)
         output, bytes_down, compute_s = [], 0, 0.0
         drafted = accepted = rejections = 0
+        first_compute_s = 0.0
         t_first = t_last = t_submit
         finished = eos = False
         while not finished:
@@ -147,6 +158,7 @@ class EdgeAgent:
             self._check(reply, message, "tokens")
             if not output:
                 t_first = t_last
+                first_compute_s = reply.fields["compute_s"]
             output.extend(int(t) for t in reply.arrays["ids"])
             bytes_down += size
             compute_s += reply.fields["compute_s"]
@@ -156,14 +168,16 @@ class EdgeAgent:
             finished, eos = reply.fields["finished"], reply.fields["eos"]
         record = self._record(request, prompt_ids, output, t_submit, t_first, t_last, eos)
         record.bytes_up, record.bytes_down, record.cloud_compute_s = record_up, bytes_down, compute_s
+        record.cloud_first_s = first_compute_s
         record.drafted, record.accepted, record.rejections = drafted, accepted, rejections
         return record, []
 
     def _speculative(self, request, session, prompt_ids, policy: KPolicy):
-        codec = CODECS[request.codec]
+        codec = get_codec(request.codec)
+        decoding = request.sampling.decoding
         rng = session_rng(request.seed, session, "edge")
         eos_id = self.models.draft.eos_id
-        draft = TokenSequence(self.models.draft, prompt_ids)
+        draft = TokenSequence(self.models.draft, prompt_ids, request.sampling)
         t_submit = now()
         self.channel.send(Message("open", session, 0, self._generate_fields(request),
                                   {"prompt": np.asarray(prompt_ids, dtype=np.int32)}))
@@ -175,25 +189,31 @@ class EdgeAgent:
         finished = eos = opened.fields["eos"]
         cycles: list[CycleRecord] = []
         compute_s = opened.fields["compute_s"]
+        correction: dict = {}  # a q-scalar correction the cloud has yet to hear about
         try:
             while not finished and len(draft.generated) < request.max_new_tokens:
                 remaining = request.max_new_tokens - len(draft.generated)
                 k = min(policy.next_k(), remaining - 1)
                 t_start = now()
                 committed_length = len(draft.tokens)
-                ids, rows = draft_tokens(draft, k, request.decoding, rng, eos_id)
-                message = Message("draft", session, len(cycles) + 1, {},
-                                  codec.encode(np.asarray(ids), rows))
-                verdict_message, up, down, t_send, t_last = self._exchange(message, "verdict")
-                fields = verdict_message.fields
-                verdict = Verdict(accepted=fields["accepted"],
-                                  next_token=None if fields["token"] < 0 else fields["token"],
-                                  finished=fields["finished"])
+                drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec)
+                message = Message("draft", session, len(cycles) + 1, correction,
+                                  codec.encode(drafts.ids, drafts.model_rows))
+                reply, up, down, t_send, t_last = self._exchange(message, "verdict")
+                fields = reply.fields
+                token = None if fields["token"] < 0 else fields["token"]
+                if fields["residual"]:
+                    target_row = decode_target_row(reply.arrays, drafts.sampled_rows.shape[1])
+                    token = sample_correction(target_row, drafts.sampled_rows[fields["accepted"]],
+                                              rng)
+                correction = {"correction": token} if fields["residual"] else {}
+                verdict = Verdict(accepted=fields["accepted"], next_token=token,
+                                  finished=fields["finished"] or token == eos_id)
                 apply_verdict(draft, committed_length, verdict)
                 cloud_s = fields["compute_s"]
                 cycle = CycleRecord(
                     strategy=request.label, query_id=request.query_id,
-                    repetition=request.repetition, cycle=len(cycles) + 1, k=len(ids),
+                    repetition=request.repetition, cycle=len(cycles) + 1, k=len(drafts.ids),
                     accepted=verdict.accepted, tokens=len(draft.tokens) - committed_length,
                     rtt_ms=(t_last - t_send - cloud_s) * 1000.0, bytes_up=up, bytes_down=down,
                     t_draft=t_send - t_start, t_verify=cloud_s,
@@ -202,8 +222,7 @@ class EdgeAgent:
                 cycles.append(cycle)
                 policy.observe(cycle)
                 compute_s += cloud_s
-                finished = verdict.finished
-                eos = finished
+                finished = eos = verdict.finished
         finally:
             self.channel.send(Message("close", session))
         record = self._record(request, prompt_ids, draft.generated, t_submit, t_first, t_last, eos)
@@ -214,6 +233,7 @@ class EdgeAgent:
         record.bytes_up = sum(c.bytes_up for c in cycles)
         record.bytes_down = bytes_down + sum(c.bytes_down for c in cycles)
         record.cloud_compute_s = compute_s
+        record.cloud_first_s = opened.fields["compute_s"]
         return record, cycles
 
 

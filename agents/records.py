@@ -52,8 +52,11 @@ class QueryRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     cloud_compute_s: float = 0.0
+    cloud_first_s: float = 0.0  # the cloud's compute for the first token (prefill included)
     finished_by_eos: bool = False
     output_ids: list[int] = field(default_factory=list)
+    output_text: str = ""
+    answer: str | None = None  # the prompt set's expected answer, if any
 
     def as_dict(self) -> dict:
         return asdict(self)

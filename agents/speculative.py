@@ -1,19 +1,21 @@
 """The steps of a speculation cycle, shared by the edge (fixed-K, NASD) and the
 cloud (``cloud-spec`` and verifying edge drafts): pick a token, draft K
-tokens, verify them against the target, commit the verdict on a sequence.
+tokens through a payload codec, verify them against the target, commit the
+verdict on a sequence.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 
 from agents.backends.base import TokenSequence
-from agents.verification import Verdict, sample_token, verify_greedy, verify_sampling
-
-Decoding = Literal["greedy", "sampling"]
+from agents.codecs import DraftCodec, DraftPayload
+from agents.sampling import Decoding
+from agents.verification import (Verdict, accept_drafts, residual_distribution, sample_token,
+                                 verify_greedy, verify_sampling)
 
 
 def session_rng(seed: int, session: str, side: str) -> np.random.Generator:
@@ -28,37 +30,73 @@ def choose_token(probs: np.ndarray, decoding: Decoding, rng: np.random.Generator
     return sample_token(probs, rng)
 
 
-def draft_tokens(sequence: TokenSequence, k: int, decoding: Decoding,
-                 rng: np.random.Generator, eos_id: int | None) -> tuple[list[int], np.ndarray]:
-    """Draft up to ``k`` tokens onto ``sequence`` (stopping after EOS); return ids and rows."""
-    ids, rows = [], []
+@dataclass
+class Drafts:
+    ids: list[int]
+    model_rows: np.ndarray     # the draft model's distributions (what codecs encode)
+    sampled_rows: np.ndarray   # what each id was sampled from (the codec's distribution)
+
+
+def draft_tokens(sequence: TokenSequence, k: int, decoding: Decoding, rng: np.random.Generator,
+                 eos_id: int | None, codec: DraftCodec) -> Drafts:
+    """Draft up to ``k`` tokens onto ``sequence`` (stopping after EOS)."""
+    ids, model_rows, sampled_rows = [], [], []
     for _ in range(k):
         probs = sequence.next_probs()
-        token = choose_token(probs, decoding, rng)
+        distribution = codec.distribution(probs)
+        token = choose_token(distribution, decoding, rng)
         sequence.extend([token])
         ids.append(token)
-        rows.append(probs)
+        model_rows.append(probs)
+        sampled_rows.append(distribution)
         if token == eos_id:
             break
-    if not rows:
-        return ids, np.zeros((0, sequence.vocab_size), dtype=np.float32)
-    return ids, np.stack(rows)
+    empty = np.zeros((0, sequence.vocab_size))
+    return Drafts(ids, np.stack(model_rows) if ids else empty,
+                  np.stack(sampled_rows) if ids else empty)
 
 
-def verify_drafts(target: TokenSequence, draft_ids: list[int], draft_rows: np.ndarray | None,
-                  decoding: Decoding, rng: np.random.Generator, eos_id: int | None) -> Verdict:
-    """Score the drafts with the target, verify them, and commit the verdict on ``target``."""
+@dataclass(frozen=True)
+class Verification:
+    verdict: Verdict
+    residual_row: np.ndarray | None = None  # q-scalar rejection: p_i, for the edge to sample from
+
+
+def verify_drafts(target: TokenSequence, payload: DraftPayload, decoding: Decoding,
+                  rng: np.random.Generator, eos_id: int | None) -> Verification:
+    """Score the drafts with the target, verify them, and commit on ``target``.
+
+    With a payload that carries only q_i(d_i) (``q-scalar``), a rejection
+    leaves the correction to the edge: the verdict has no next token, the
+    target row comes back in ``residual_row``, and the edge's choice arrives
+    with its next message (``apply_correction``).
+    """
+    draft_ids = [int(t) for t in payload.ids]
     committed_length = len(target.tokens)
     target.extend(draft_ids)
     target_rows = target.score_last(len(draft_ids))
+    residual_row = None
     if decoding == "greedy":
-        verdict = verify_greedy(np.asarray(draft_ids), target_rows, eos_id)
+        verdict = verify_greedy(payload.ids, target_rows, eos_id)
+    elif payload.rows is not None:
+        verdict = verify_sampling(payload.ids, payload.rows, target_rows, rng, eos_id)
     else:
-        if draft_rows is None:
-            raise ValueError("sampling verification needs the draft distributions")
-        verdict = verify_sampling(np.asarray(draft_ids), draft_rows, target_rows, rng, eos_id)
+        accepted, ended = accept_drafts(payload.ids, payload.token_probs, target_rows, rng, eos_id)
+        if ended or accepted < len(draft_ids):
+            verdict = Verdict(accepted, None, ended)
+            residual_row = None if ended else target_rows[accepted]
+        else:
+            bonus = sample_token(target_rows[accepted], rng)
+            verdict = Verdict(accepted, bonus, bonus == eos_id)
     apply_verdict(target, committed_length, verdict)
-    return verdict
+    return Verification(verdict, residual_row)
+
+
+def sample_correction(target_row: np.ndarray, sampled_row: np.ndarray,
+                      rng: np.random.Generator) -> int:
+    """The edge's half of a q-scalar rejection: a token from max(0, p - q), normalized."""
+    return sample_token(residual_distribution(np.asarray(target_row, dtype=np.float64), sampled_row),
+                        rng)
 
 
 def apply_verdict(sequence: TokenSequence, committed_length: int, verdict: Verdict) -> None:

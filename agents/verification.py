@@ -129,6 +129,37 @@ def verify_greedy(
     return Verdict(k, bonus, bonus == eos_id)
 
 
+def accept_drafts(
+    draft_ids: np.ndarray,
+    draft_token_probs: np.ndarray,
+    target_probs: np.ndarray,
+    rng: np.random.Generator,
+    eos_id: int | None,
+) -> tuple[int, bool]:
+    """The accept tests alone: how many drafts are kept, and whether the last kept is EOS.
+
+    ``draft_token_probs[i]`` is q_i(d_i), the probability the draft gave its
+    own token i: the tests need nothing else from the draft, which is what
+    lets the ``q-scalar`` codec send one number per drafted token.  Draws one
+    uniform per tested token, in order.
+    """
+    draft_ids = _validated_draft_ids(draft_ids)
+    k = draft_ids.size
+    target_probs = _validated_rows(target_probs, k + 1, k, "target_probs")
+    draft_token_probs = np.asarray(draft_token_probs, dtype=np.float64)
+    if draft_token_probs.shape != (k,):
+        raise ValueError(f"draft_token_probs must have shape ({k},), got {draft_token_probs.shape}")
+    target_width = target_probs.shape[1]
+    for position, token in enumerate(draft_ids):
+        p_token = float(target_probs[position, token]) if token < target_width else 0.0
+        # u < p/q written without the division, so q == 0 accepts iff p > 0.
+        if not rng.random() * draft_token_probs[position] < p_token:
+            return position, False
+        if token == eos_id:
+            return position + 1, True
+    return k, False
+
+
 def verify_sampling(
     draft_ids: np.ndarray,
     draft_probs: np.ndarray,
@@ -155,18 +186,14 @@ def verify_sampling(
             f"draft id {int(draft_ids.max())} is outside the draft vocabulary "
             f"of width {draft_probs.shape[1]}"
         )
-    target_width = target_probs.shape[1]
-    for position, token in enumerate(draft_ids):
-        p_token = float(target_probs[position, token]) if token < target_width else 0.0
-        q_token = float(draft_probs[position, token])
-        # u < p/q written without the division, so q == 0 accepts iff p > 0.
-        if rng.random() * q_token < p_token:
-            if token == eos_id:
-                return Verdict(position + 1, None, True)
-            continue
-        residual = residual_distribution(target_probs[position], draft_probs[position])
-        correction = sample_token(residual, rng)
-        return Verdict(position, correction, correction == eos_id)
+    accepted, ended_on_eos = accept_drafts(
+        draft_ids, draft_probs[np.arange(k), draft_ids], target_probs, rng, eos_id)
+    if ended_on_eos:
+        return Verdict(accepted, None, True)
+    if accepted < k:
+        correction = sample_token(
+            residual_distribution(target_probs[accepted], draft_probs[accepted]), rng)
+        return Verdict(accepted, correction, correction == eos_id)
     bonus = sample_token(target_probs[k], rng)
     return Verdict(k, bonus, bonus == eos_id)
 

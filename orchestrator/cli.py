@@ -61,6 +61,14 @@ def cli() -> None:
 @click.option("--k", "k_values", multiple=True, type=click.IntRange(1, 64),
               help="Draft length for fixed-k; repeat for several [default: the job's, 3 5 10 15].")
 @click.option("--decoding", type=click.Choice(["greedy", "sampling"]), help="[default: the job's]")
+@click.option("--temperature", type=click.FloatRange(0, 100, min_open=True),
+              help="Sampling temperature, applied on both sides [default: the job's, 1].")
+@click.option("--top-k", type=click.IntRange(0), help="Keep the k likeliest tokens (0: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus mass to keep.")
+@click.option("--codec", help="Draft payload codec: ids, q-scalar, topk (topkN), full16, full32 "
+                              "[default: ids for greedy, q-scalar for sampling].")
+@click.option("--prompts", help="Prompt set: a name under configs/prompts, a .jsonl path, or "
+                                "mmlu:DIR[:subject,...] [default: the job's].")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), help="[default: the job's]")
 @click.option("--queries", "max_queries", type=click.IntRange(1), help="Use the first N prompts.")
 @click.option("--repetitions", type=click.IntRange(1), help="[default: the job's]")
@@ -69,7 +77,8 @@ def cli() -> None:
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
 def run_command(profile_name, mode, job_name, model_pair, strategies, k_values, decoding,
-                max_new_tokens, max_queries, repetitions, seed, rtt_ms, results_root) -> None:
+                temperature, top_k, top_p, codec, prompts, max_new_tokens, max_queries,
+                repetitions, seed, rtt_ms, results_root) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
     Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen) and
@@ -79,7 +88,9 @@ def run_command(profile_name, mode, job_name, model_pair, strategies, k_values, 
     chosen, reason = choose_mode(mode)
     spec = RunSpec.load(job_name, profile_name, chosen, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
-        "decoding": decoding, "max_new_tokens": max_new_tokens, "max_queries": max_queries,
+        "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+        "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
+        "max_queries": max_queries,
         "repetitions": repetitions, "seed": seed}, profile_overrides={"rtt_ms": rtt_ms})
     console.print(f"mode: {chosen} ({reason})")
     run(spec, results_root, console)
@@ -89,10 +100,11 @@ def run_command(profile_name, mode, job_name, model_pair, strategies, k_values, 
 def profiles_command() -> None:
     """List the shipped network profiles with their RTT, bandwidth, jitter and loss."""
     for name in available("profiles"):
-        link = load_profile(name).initial
+        profile = load_profile(name)
+        link = profile.initial
         bandwidth = (f"{link.uplink.bandwidth_mbps:g} Mbps" if link.uplink.bandwidth_mbps
                      else "unshaped")
-        timeline = "" if load_profile(name).is_static else "  (changes over time)"
+        timeline = "" if profile.is_static else "  (changes over time)"
         click.echo(f"{name:28s} rtt {link.rtt_ms:6.1f} ms  {bandwidth:>10s}  "
                    f"jitter {link.uplink.jitter_ms:4.1f} ms  loss {link.uplink.loss_pct:4.1f}%"
                    f"{timeline}")

@@ -7,20 +7,18 @@ one line naming the file and the field, which the CLI prints with exit code 2.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from agents.backends import ModelPairConfig
+from agents.backends.hf import HFPairConfig, ModelNotAvailable, check_available, resolve_paths
 from orchestrator.job import JobConfig
 from shaping.profile import NetworkProfile, ProfileFile, resolve
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-Model = TypeVar("Model", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -72,9 +70,10 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def validate(model: type[Model], data: dict, source: str) -> Model:
+def validate(schema: Any, data: dict, source: str) -> Any:
+    """``data`` as ``schema`` (a model class or an annotated union), or a ConfigError."""
     try:
-        return model.model_validate(data)
+        return TypeAdapter(schema).validate_python(data)
     except ValidationError as error:
         raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
 
@@ -103,25 +102,13 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkPro
 
 
 def load_model_pair(name_or_path: str) -> ModelPairConfig:
+    """A validated pair; for ``hf``, local folders resolved and every model checked present."""
     path = find("models", name_or_path)
-    return validate(ModelPairConfig, read_yaml(path), str(path))
-
-
-def load_prompts(name_or_path: str) -> list[dict]:
-    """Prompts as ``{"id", "prompt"}`` maps from a JSONL file."""
-    path = find("prompts", name_or_path, suffix=".jsonl")
-    prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    pair = validate(ModelPairConfig, read_yaml(path), str(path))
+    if isinstance(pair, HFPairConfig):
+        pair = resolve_paths(pair, path.parent)
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{number}: not JSON: {error.msg}") from None
-        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) \
-                or not item["prompt"]:
-            raise ConfigError(f"{path}:{number}: each line needs a non-empty \"prompt\" string")
-        prompts.append({"id": str(item.get("id", number)), "prompt": item["prompt"]})
-    if not prompts:
-        raise ConfigError(f"{path}: no prompts")
-    return prompts
+            check_available(pair)
+        except ModelNotAvailable as error:
+            raise ConfigError(f"{path}: {error}") from None
+    return pair

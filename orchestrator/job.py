@@ -11,9 +11,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agents.codecs import CODECS
+from agents.codecs import get_codec
 from agents.edge import StrategyName
-from agents.speculative import Decoding
+from agents.sampling import Decoding, SamplingConfig
 
 ALL_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
 
@@ -29,7 +29,10 @@ class JobConfig(BaseModel):
     k_values: list[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15], min_length=1)
     cloud_spec_k: int = Field(default=5, ge=1, le=64)
     decoding: Decoding = "greedy"
-    codec: str | None = Field(default=None, description="default: ids for greedy, full32 for sampling")
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
     repetitions: int = Field(default=1, gt=0)
     seed: int = 0
@@ -38,16 +41,20 @@ class JobConfig(BaseModel):
     @model_validator(mode="after")
     def _codec_fits_decoding(self) -> "JobConfig":
         if self.codec is not None:
-            if self.codec not in CODECS:
-                raise ValueError(f"unknown codec {self.codec!r}; one of {', '.join(CODECS)}")
-            if self.decoding == "sampling" and not CODECS[self.codec].carries_draft_probs:
+            codec = get_codec(self.codec)
+            if self.decoding == "sampling" and not codec.carries_draft_probs:
                 raise ValueError(f"codec {self.codec!r} carries no draft probabilities, "
                                  "which sampling verification needs")
         return self
 
     @property
     def resolved_codec(self) -> str:
-        return self.codec or ("ids" if self.decoding == "greedy" else "full32")
+        return self.codec or ("ids" if self.decoding == "greedy" else "q-scalar")
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(decoding=self.decoding, temperature=self.temperature,
+                              top_k=self.top_k, top_p=self.top_p)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ summarize with the analytic prediction beside every measured rate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,13 +17,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agents.backends import ModelPairConfig
 from agents.edge import QueryRequest
-from orchestrator.configs import load_job, load_model_pair, load_profile, load_prompts
+from agents.backends.synthetic import SyntheticPairConfig
+from orchestrator.configs import ConfigError, load_job, load_model_pair, load_profile
+from orchestrator.datasets import Prompt, load_dataset
 from orchestrator.job import JobConfig, StrategyRun, plan
 from orchestrator.launch import SimDeployment
 from orchestrator.results import ResultsFolder
-from orchestrator.summary import print_summary, read_jsonl, summarize
+from orchestrator.summary import mark_queries, print_summary, read_jsonl, summarize
 from shaping.profile import NetworkProfile
-from validation.prediction import predicted_crossover_rtt_ms, predicted_tokens_per_s
+from validation.prediction import (HostTimes, measured_times, modeled_times,
+                                   predicted_crossover_rtt_ms, predicted_tokens_per_s)
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class RunSpec:
     job: JobConfig
     profile: NetworkProfile
     model_pair: ModelPairConfig
-    prompts: list[dict]
+    prompts: list[Prompt]
     mode: str
 
     @classmethod
@@ -39,16 +42,20 @@ class RunSpec:
              profile_overrides: dict | None = None) -> "RunSpec":
         """Everything a run needs, from config names or paths (``ConfigError`` on bad input)."""
         job_config = load_job(job, job_overrides)
+        model_pair = load_model_pair(job_config.model_pair)
+        if isinstance(model_pair, SyntheticPairConfig) and job_config.sampling.reshapes:
+            raise ConfigError(f"job {job_config.name!r}: the synthetic pair samples its "
+                              "distributions as they are; temperature, top_k and top_p must "
+                              "keep their defaults")
         return cls(job=job_config, profile=load_profile(profile, profile_overrides),
-                   model_pair=load_model_pair(job_config.model_pair),
-                   prompts=load_prompts(job_config.prompts), mode=mode)
+                   model_pair=model_pair, prompts=load_dataset(job_config.prompts), mode=mode)
 
     def requests(self) -> list[QueryRequest]:
         prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
         return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
-                             query_id=prompt["id"], repetition=repetition,
-                             prompt=prompt["prompt"], max_new_tokens=self.job.max_new_tokens,
-                             decoding=self.job.decoding, codec=self.job.resolved_codec,
+                             query_id=prompt.id, repetition=repetition, prompt=prompt.prompt,
+                             answer=prompt.answer, max_new_tokens=self.job.max_new_tokens,
+                             sampling=self.job.sampling, codec=self.job.resolved_codec,
                              seed=self.job.seed)
                 for run in plan(self.job)
                 for repetition in range(self.job.repetitions)
@@ -58,7 +65,7 @@ class RunSpec:
         return {"mode": self.mode, "job": self.job.model_dump(mode="json"),
                 "profile": self.profile.model_dump(mode="json"),
                 "model_pair": self.model_pair.model_dump(mode="json"),
-                "prompts": self.prompts}
+                "prompts": [asdict(prompt) for prompt in self.prompts]}
 
 
 def query_timeout_s(job: JobConfig) -> float:
@@ -96,20 +103,27 @@ def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.D
 def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
     queries = read_jsonl(folder / ResultsFolder.QUERIES)
     cycles = read_jsonl(folder / ResultsFolder.CYCLES)
+    queries = mark_queries(queries, {prompt.id: prompt.kind for prompt in spec.prompts},
+                           greedy=spec.job.decoding == "greedy")
     summary = summarize(queries, cycles)
     runs = {run.label: run for run in plan(spec.job)}
-    summary["predicted_tokens_per_s"] = [
-        _prediction(runs[row["strategy"]], row, spec, cycles) for _, row in summary.iterrows()]
-    summary["crossover_rtt_ms"] = [
-        _crossover(runs[row["strategy"]], row, spec) for _, row in summary.iterrows()]
+    times = (modeled_times(spec.model_pair) if isinstance(spec.model_pair, SyntheticPairConfig)
+             else measured_times(queries, cycles))
+    if times is not None:
+        summary["predicted_tokens_per_s"] = [_prediction(runs[row["strategy"]], row, spec, cycles,
+                                                         times) for _, row in summary.iterrows()]
+        summary["crossover_rtt_ms"] = [_crossover(runs[row["strategy"]], row, spec, times)
+                                       for _, row in summary.iterrows()]
     summary.to_csv(folder / ResultsFolder.SUMMARY, index=False)
     return summary
 
 
 def _acceptance(row: pd.Series, spec: RunSpec) -> float:
-    """The run's measured per-token acceptance, or the pair's configured one."""
+    """The run's measured per-token acceptance, or the synthetic pair's configured one."""
     measured = row.get("per_token_acceptance")
-    return measured if pd.notna(measured) else spec.model_pair.acceptance
+    if pd.notna(measured):
+        return measured
+    return getattr(spec.model_pair, "acceptance", float("nan"))
 
 
 def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
@@ -117,15 +131,16 @@ def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
     return (up if pd.notna(up) else 0.0), (down if pd.notna(down) else 0.0)
 
 
-def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame) -> float:
+def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
+                times: HostTimes) -> float:
     own = cycles[cycles["strategy"] == run.label] if not cycles.empty else cycles
     ks = own["k"].tolist() if len(own) else [run.k]
-    return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec), spec.model_pair,
+    return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec), times,
                                   spec.profile.initial, *_cycle_bytes(row))
 
 
-def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec) -> float:
+def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec, times: HostTimes) -> float:
     if run.strategy != "fixed-k":
         return float("nan")
-    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec), spec.model_pair,
-                                      spec.profile.initial, *_cycle_bytes(row))
+    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec), times, spec.profile.initial,
+                                      *_cycle_bytes(row))

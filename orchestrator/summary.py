@@ -4,7 +4,9 @@ One row per strategy label (``cloud-only``, ``fixed-k5``, ...): percentiles
 over queries of tokens/s, TTFT and end-to-end latency; the aggregate rate
 (all decoded tokens over all decode time, the figure the analytic model
 predicts); acceptance; cycle time and RTT percentiles; network share of the
-cycle; bytes and cloud compute per output token.
+cycle; bytes and cloud compute per output token; task accuracy where the
+prompts have answers; and, under greedy decoding, the share of queries whose
+output equals cloud-only's token for token (losslessness).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nasd.analytic import acceptance_from_counts
+from validation.accuracy import is_correct
 from validation.stats import percentiles
 
 
@@ -32,7 +35,34 @@ def _with_percentiles(row: dict, prefix: str, values, scale: float = 1.0) -> Non
         row[f"{prefix}_{name}"] = value
 
 
+LOSSLESS_STRATEGIES = ("cloud-spec", "fixed-k")
+
+
+def mark_queries(queries: pd.DataFrame, prompt_kinds: dict[str, str], greedy: bool) -> pd.DataFrame:
+    """Add ``correct`` (None without an expected answer) and ``lossless`` (None where
+    there is nothing to compare: sampling, edge-only, or no cloud-only reference)."""
+    marked = queries.copy()
+    marked["correct"] = [
+        None if not isinstance(q.answer, str) else
+        is_correct(prompt_kinds.get(q.query_id, "free"), q.answer, q.output_text)
+        for q in marked.itertuples()]
+    reference = {(q.query_id, q.repetition): q.output_ids
+                 for q in marked.itertuples() if q.strategy == "cloud-only"}
+    marked["lossless"] = [
+        reference[(q.query_id, q.repetition)] == q.output_ids
+        if greedy and (q.query_id, q.repetition) in reference
+        and q.strategy.startswith(LOSSLESS_STRATEGIES) else None
+        for q in marked.itertuples()]
+    return marked
+
+
+def _share(values: pd.Series) -> float:
+    known = values.dropna()
+    return float(known.astype(bool).mean()) if len(known) else np.nan
+
+
 def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
+    """``queries`` as marked by ``mark_queries``."""
     rows = []
     for label, group in queries.groupby("strategy", sort=False):
         tokens = group["n_tokens"].sum()
@@ -67,6 +97,8 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
         row["bytes_down_per_token"] = group["bytes_down"].sum() / tokens if tokens else np.nan
         row["cloud_ms_per_token"] = 1000.0 * group["cloud_compute_s"].sum() / tokens if tokens \
             else np.nan
+        row["accuracy"] = _share(group["correct"])
+        row["lossless"] = _share(group["lossless"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -86,7 +118,8 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
         ("cycle p50", "cycle_ms_p50", 1), ("cycle p99", "cycle_ms_p99", 1),
         ("RTT p50", "rtt_ms_p50", 1), ("net", "network_ratio", 2),
         ("B/tok", "bytes_up_per_token", 0), ("cloud/tok", "cloud_ms_per_token", 1),
-        ("crossover", "crossover_rtt_ms", 1),
+        ("crossover", "crossover_rtt_ms", 1), ("accuracy", "accuracy", 2),
+        ("lossless", "lossless", 2),
     ]
     present = [c for c in columns if c[1] in summary.columns]
     for header, _, _ in present:
@@ -98,4 +131,5 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     console.print("tok/s: decoded tokens over decode time (prefill excluded); model: the analytic "
                   "prediction; times in ms; B/tok: bytes sent up per output token; "
                   "cloud/tok: cloud compute ms per output token; crossover: the RTT (ms) above which "
-                  "cloud-only beats this fixed K, by the analytic model")
+                  "cloud-only beats this fixed K, by the analytic model; accuracy: share of answers "
+                  "right; lossless: share of outputs equal to cloud-only's (greedy)")

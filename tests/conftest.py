@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-AGENT_PATTERN = "agents[.](edge|cloud) --settings"
+# Agents this suite starts keep their settings under pytest's temporary folders.
+AGENT_PATTERN = "agents[.](edge|cloud) --settings .*pytest-of-"
 
 
 def running_agents() -> list[str]:

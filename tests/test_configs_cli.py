@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import configs
+from orchestrator.datasets import load_dataset
 from orchestrator.configs import ConfigError, available, load_job, load_model_pair, load_profile
 from orchestrator.job import plan
 
@@ -58,7 +59,7 @@ def test_every_shipped_config_loads():
         job = load_job(name)
         assert plan(job)
         assert load_model_pair(job.model_pair).name == job.model_pair
-        assert configs.load_prompts(job.prompts)
+        assert load_dataset(job.prompts)
 
 
 def test_shipped_model_pair_and_default_job():

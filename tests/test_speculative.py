@@ -11,11 +11,21 @@ import pytest
 from scipy.stats import chisquare
 
 from agents.backends.base import TokenSequence
+from agents.codecs import DraftPayload, get_codec
+from agents.sampling import SamplingConfig
 from agents.backends.synthetic import SyntheticModel, SyntheticPairConfig
 from agents.speculative import apply_verdict, choose_token, draft_tokens, verify_drafts
 
 INSTANT = {"base_ms": 0.0, "per_token_ms": 0.0}
 PROMPTS = [[5, 6, 7, 8], [100, 200, 300], [42], [9, 9, 9, 9, 9, 9]]
+
+PLAIN = SamplingConfig()
+FULL_ROWS = get_codec("full32")
+
+
+def payload(drafts) -> DraftPayload:
+    """The drafts as the cloud would decode them from a full32 message."""
+    return FULL_ROWS.decode(FULL_ROWS.encode(drafts.ids, drafts.model_rows), 1024)
 
 
 def make_pair(acceptance: float = 0.7, seed: int = 0) -> tuple[SyntheticModel, SyntheticModel]:
@@ -26,7 +36,7 @@ def make_pair(acceptance: float = 0.7, seed: int = 0) -> tuple[SyntheticModel, S
 
 
 def target_only(target, prompt, n, decoding, rng):
-    sequence = TokenSequence(target, prompt)
+    sequence = TokenSequence(target, prompt, PLAIN)
     while len(sequence.generated) < n:
         sequence.extend([choose_token(sequence.next_probs(), decoding, rng)])
     return sequence.generated
@@ -34,7 +44,8 @@ def target_only(target, prompt, n, decoding, rng):
 
 def speculative(draft_model, target_model, prompt, n, k, decoding, rng):
     """The edge/cloud cycle without the network: returns output and per-cycle accepted counts."""
-    target, draft = TokenSequence(target_model, prompt), TokenSequence(draft_model, prompt)
+    target, draft = TokenSequence(target_model, prompt, PLAIN), \
+        TokenSequence(draft_model, prompt, PLAIN)
     draft.prefill()
     first = choose_token(target.next_probs(), decoding, rng)
     target.extend([first])
@@ -42,8 +53,9 @@ def speculative(draft_model, target_model, prompt, n, k, decoding, rng):
     accepted = []
     while len(target.generated) < n:
         committed = len(target.tokens)
-        ids, rows = draft_tokens(draft, min(k, n - len(target.generated) - 1), decoding, rng, None)
-        verdict = verify_drafts(target, ids, rows, decoding, rng, None)
+        drafts = draft_tokens(draft, min(k, n - len(target.generated) - 1), decoding, rng, None,
+                              FULL_ROWS)
+        verdict = verify_drafts(target, payload(drafts), decoding, rng, None).verdict
         apply_verdict(draft, committed, verdict)
         assert draft.tokens == target.tokens
         accepted.append(verdict.accepted)
@@ -63,7 +75,7 @@ def test_greedy_speculation_is_token_identical_to_target_greedy(k):
 
 def test_sessions_never_recompute_the_prefix():
     draft, target = make_pair()
-    sequence = TokenSequence(target, PROMPTS[0])
+    sequence = TokenSequence(target, PROMPTS[0], PLAIN)
     fed = []
     original = sequence.model_session.forward
     sequence.model_session.forward = lambda ids, all_rows=False: fed.append(len(ids)) or \
@@ -94,16 +106,16 @@ def test_sampled_speculation_follows_the_target_distribution():
     counts: dict[int, int] = {}
     n_samples = 3000
     for _ in range(n_samples):
-        sequence = TokenSequence(target, prompt)
+        sequence = TokenSequence(target, prompt, PLAIN)
         first = int(np.argmax(sequence.next_probs()))  # fix the first token: one context to test
-        target_seq, draft_seq = TokenSequence(target, prompt + [first]), \
-            TokenSequence(draft, prompt + [first])
+        target_seq, draft_seq = TokenSequence(target, prompt + [first], PLAIN), \
+            TokenSequence(draft, prompt + [first], PLAIN)
         target_seq.model_session.forward(prompt)
-        ids, rows = draft_tokens(draft_seq, 3, "sampling", rng, None)
-        verdict = verify_drafts(target_seq, ids, rows, "sampling", rng, None)
-        token = verdict.committed(ids)[0]
+        drafts = draft_tokens(draft_seq, 3, "sampling", rng, None, FULL_ROWS)
+        verdict = verify_drafts(target_seq, payload(drafts), "sampling", rng, None).verdict
+        token = verdict.committed(drafts.ids)[0]
         counts[token] = counts.get(token, 0) + 1
-    reference = TokenSequence(target, prompt + [first]).next_probs().astype(float)
+    reference = TokenSequence(target, prompt + [first], PLAIN).next_probs().astype(float)
     support = np.flatnonzero(reference > 0)
     assert set(counts) <= set(support.tolist())
     observed = np.array([counts.get(int(t), 0) for t in support])

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from agents.backends import build_models
 from agents.backends.base import TokenSequence
+from agents.sampling import SamplingConfig
 from agents.backends.synthetic import (
     ContextDistributions,
     ForwardLatency,
@@ -24,6 +25,8 @@ from validation.stats import binomial_interval
 ZERO = {"base_ms": 0.0, "per_token_ms": 0.0}
 LATENCY = {"edge_draft": ZERO, "cloud_draft": ZERO, "cloud_target": ZERO}
 CONTEXTS = 1500
+
+PLAIN = SamplingConfig()
 
 
 def pair(**fields) -> SyntheticPairConfig:
@@ -105,13 +108,13 @@ def test_models_return_p_for_target_and_q_for_draft():
 
 
 def test_infeasible_and_invalid_configs_are_rejected():
-    with pytest.raises(ValidationError, match="vocab_size of at least 332"):
-        pair(acceptance=0.99, vocab_size=64)
+    with pytest.raises(ValidationError, match="greater than or equal to 257"):
+        pair(acceptance=0.99, vocab_size=256)  # too small for one id per prompt byte
     assert pair(acceptance=0.99, vocab_size=332).acceptance == 0.99
     with pytest.raises(ValidationError, match="at least 332"):
         pair(acceptance=0.99, vocab_size=331)
     with pytest.raises(ValidationError, match="eos_id"):
-        pair(vocab_size=256, eos_id=256)
+        pair(vocab_size=300, eos_id=300)
     with pytest.raises(ValidationError, match="eos_id"):
         pair(eos_id=-1)
     for bad in ({"acceptance": 1.0}, {"acceptance": 0.0}, {"vocab_size": 32},
@@ -135,7 +138,7 @@ def test_forward_takes_the_modeled_time(n_tokens, all_rows):
     assert latency.seconds(n_tokens) == pytest.approx(expected / 1000.0)
     elapsed = []
     for attempt in range(3):
-        session = model.session()
+        session = model.session(PLAIN)
         ids = [10 + attempt + i for i in range(n_tokens)]
         started = time.perf_counter()
         out = session.forward(ids, all_rows=all_rows)
@@ -157,8 +160,8 @@ class CountingModel(SyntheticModel):
         self.fed: list[list[int]] = []
         self.truncations: list[int] = []
 
-    def session(self):
-        session = super().session()
+    def session(self, sampling):
+        session = super().session(sampling)
         forward, truncate = session.forward, session.truncate
 
         def counted_forward(ids, all_rows=False):
@@ -179,7 +182,7 @@ def model() -> CountingModel:
 
 
 def test_prefill_then_next_probs_feeds_only_unprocessed_tokens(model):
-    seq = TokenSequence(model, [5, 6, 7, 8])
+    seq = TokenSequence(model, [5, 6, 7, 8], PLAIN)
     assert seq.prompt_length == 4 and seq.generated == []
     seq.prefill()
     assert seq.model_session.processed == 4
@@ -200,7 +203,7 @@ def test_prefill_then_next_probs_feeds_only_unprocessed_tokens(model):
 
 
 def test_rewind_truncates_the_session_only_when_needed(model):
-    seq = TokenSequence(model, [1, 2, 3])
+    seq = TokenSequence(model, [1, 2, 3], PLAIN)
     seq.prefill()
     seq.extend([4, 5, 6])                         # drafted, not yet processed
     seq.rewind(4)                                 # keep 4: session has processed 3 only
@@ -225,14 +228,14 @@ def test_rewind_truncates_the_session_only_when_needed(model):
 def test_score_last_equals_token_by_token_rows(model, k):
     prompt = [11, 12, 13, 14]
     drafts = [20 + i for i in range(k)]
-    seq = TokenSequence(model, prompt)
+    seq = TokenSequence(model, prompt, PLAIN)
     seq.prefill()
     seq.extend([15] + drafts)                     # last committed token + k drafts
     rows = seq.score_last(k)
     assert rows.shape == (k + 1, model.vocab_size)
     assert seq.model_session.processed == len(prompt) + 1 + k
 
-    reference = TokenSequence(model, prompt)
+    reference = TokenSequence(model, prompt, PLAIN)
     reference.prefill()
     expected = []
     for token in [15] + drafts:
@@ -242,7 +245,7 @@ def test_score_last_equals_token_by_token_rows(model, k):
 
 
 def test_score_last_needs_enough_pending_tokens(model):
-    seq = TokenSequence(model, [1, 2])
+    seq = TokenSequence(model, [1, 2], PLAIN)
     seq.prefill()
     seq.extend([3, 4])
     with pytest.raises(RuntimeError, match="need 3"):
@@ -252,7 +255,7 @@ def test_score_last_needs_enough_pending_tokens(model):
 
 def test_empty_prompt_is_rejected(model):
     with pytest.raises(ValueError):
-        TokenSequence(model, [])
+        TokenSequence(model, [], PLAIN)
 
 
 # --------------------------------------------------------------------------- tokenizer

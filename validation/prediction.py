@@ -1,13 +1,18 @@
-"""What the analytic model predicts for a strategy on a link, from a model pair.
+"""What the analytic model predicts for a strategy on a link.
 
-Bridges configs to ``nasd.analytic``: the pair's latency profile gives the
-compute times, the link state gives RTT and serialization, and the acceptance
-is the one measured in the run where there is one (configured otherwise).
+Bridges runs to ``nasd.analytic``: compute times come from the pair's latency
+profile where it has one (synthetic) and are measured from the run's own
+records otherwise (real models); the link state gives RTT and serialization;
+the acceptance is the one measured in the run where there is one.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
 
 from agents.backends import ModelPairConfig
 from nasd.analytic import (ComputeTimes, cloud_only_throughput, crossover_rtt_s,
@@ -17,12 +22,47 @@ from shaping.link import serialization_delay_s, wire_bytes
 from shaping.profile import DirectionSpec, LinkState
 
 
-def compute_times(pair: ModelPairConfig, drafting_host: Literal["edge", "cloud"]) -> ComputeTimes:
-    draft = pair.latency.edge_draft if drafting_host == "edge" else pair.latency.cloud_draft
+@dataclass(frozen=True)
+class HostTimes:
+    """Compute times with the draft on the edge (fixed-K) and in the cloud (cloud-spec)."""
+
+    edge: ComputeTimes
+    cloud: ComputeTimes
+
+
+def modeled_times(pair: ModelPairConfig) -> HostTimes:
+    """From a synthetic pair's latency profile: t_forward(n) = base + per_token * n."""
     target = pair.latency.cloud_target
-    return ComputeTimes(draft_token_s=draft.seconds(1),
-                        verify_base_s=target.base_ms / 1000.0,
-                        verify_per_token_s=target.per_token_ms / 1000.0)
+    times = lambda draft: ComputeTimes(draft_token_s=draft.seconds(1),  # noqa: E731
+                                       verify_base_s=target.base_ms / 1000.0,
+                                       verify_per_token_s=target.per_token_ms / 1000.0)
+    return HostTimes(edge=times(pair.latency.edge_draft), cloud=times(pair.latency.cloud_draft))
+
+
+def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | None:
+    """From a run of real models: draft time per token from the cycles, and
+    t_verify(k) = base + per_token * (k + 1) fitted by least squares to the
+    cycles' verify times and the cloud-only decode time (a forward over one
+    token).  The cloud's draft is taken to run as fast as the edge's.  None
+    when the run has no speculation cycles to measure."""
+    drafted = cycles[cycles["k"] > 0] if not cycles.empty else cycles
+    if drafted.empty:
+        return None
+    draft_token_s = drafted["t_draft"].sum() / drafted["k"].sum()
+    positions = list(cycles["k"] + 1)
+    seconds = list(cycles["t_verify"])
+    streamed = queries[(queries["strategy"] == "cloud-only") & (queries["n_tokens"] > 1)]
+    for _, query in streamed.iterrows():
+        positions.append(1)
+        seconds.append((query["cloud_compute_s"] - query["cloud_first_s"]) / (query["n_tokens"] - 1))
+    if len(set(positions)) > 1:
+        per_token, base = np.polyfit(positions, seconds, 1)
+        per_token = max(per_token, 0.0)
+    else:
+        per_token, base = 0.0, float(np.mean(seconds))
+    times = ComputeTimes(draft_token_s=draft_token_s, verify_base_s=max(base, 0.0),
+                         verify_per_token_s=per_token)
+    return HostTimes(edge=times, cloud=times)
 
 
 def transmit_s(direction: DirectionSpec, message_bytes: float) -> float:
@@ -32,7 +72,7 @@ def transmit_s(direction: DirectionSpec, message_bytes: float) -> float:
 
 
 def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
-                           pair: ModelPairConfig, link: LinkState,
+                           times: HostTimes, link: LinkState,
                            bytes_up: float = 0.0, bytes_down: float = 0.0) -> float:
     """Decode rate (tokens/s after the first token) of one strategy.
 
@@ -42,25 +82,24 @@ def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
     over cycles.
     """
     if strategy == "edge-only":
-        return 1.0 / pair.latency.edge_draft.seconds(1)
+        return 1.0 / times.edge.draft_token_s
     if strategy == "cloud-only":
-        return cloud_only_throughput(compute_times(pair, "cloud"))
+        return cloud_only_throughput(times.cloud)
     if strategy == "cloud-spec":
-        times = compute_times(pair, "cloud")
-        cycle_s = lambda k: cycle_time_local_s(k, times)  # noqa: E731
+        cycle_s = lambda k: cycle_time_local_s(k, times.cloud)  # noqa: E731
     elif strategy == "fixed-k":
-        times = compute_times(pair, "edge")
         up, down = transmit_s(link.uplink, bytes_up), transmit_s(link.downlink, bytes_down)
-        cycle_s = lambda k: cycle_time_distributed_s(k, times, link.rtt_ms / 1000.0, up, down)  # noqa: E731
+        cycle_s = lambda k: cycle_time_distributed_s(k, times.edge, link.rtt_ms / 1000.0, up,  # noqa: E731
+                                                     down)
     else:
         raise ValueError(f"no prediction for strategy {strategy!r}")
     tokens = sum(expected_tokens_per_cycle(acceptance, k) for k in ks)
     return tokens / sum(cycle_s(k) for k in ks)
 
 
-def predicted_crossover_rtt_ms(k: int, acceptance: float, pair: ModelPairConfig, link: LinkState,
+def predicted_crossover_rtt_ms(k: int, acceptance: float, times: HostTimes, link: LinkState,
                                bytes_up: float = 0.0, bytes_down: float = 0.0) -> float:
     """The RTT above which cloud-only decodes faster than fixed-K cloud-edge speculation."""
-    return 1000.0 * crossover_rtt_s(acceptance, k, compute_times(pair, "edge"),
+    return 1000.0 * crossover_rtt_s(acceptance, k, times.edge,
                                     transmit_s(link.uplink, bytes_up),
                                     transmit_s(link.downlink, bytes_down))

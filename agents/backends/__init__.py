@@ -2,18 +2,23 @@
 
 ``build_models`` gives each host what it runs: the edge a draft model, the
 cloud a target model and a draft model of its own (for ``cloud-spec``).
+Both models of a pair return rows of one common width (the wider vocabulary;
+the narrower model's missing ids have probability zero).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
 
 from agents.backends.base import LanguageModel
+from agents.backends.hf import HFPairConfig
 from agents.backends.synthetic import SyntheticModel, SyntheticPairConfig
-from agents.backends.tokenizer import ByteTokenizer, Tokenizer
+from agents.backends.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
-ModelPairConfig = SyntheticPairConfig
+ModelPairConfig = Annotated[Union[SyntheticPairConfig, HFPairConfig], Field(discriminator="backend")]
 Host = Literal["edge", "cloud"]
 
 
@@ -25,8 +30,17 @@ class HostModels:
 
 
 def build_models(config: ModelPairConfig, host: Host) -> HostModels:
-    tokenizer = ByteTokenizer(config.vocab_size, reserved=(config.eos_id,))
-    if host == "edge":
-        return HostModels(SyntheticModel(config, "draft", config.latency.edge_draft), None, tokenizer)
-    return HostModels(SyntheticModel(config, "draft", config.latency.cloud_draft),
-                      SyntheticModel(config, "target", config.latency.cloud_target), tokenizer)
+    if isinstance(config, SyntheticPairConfig):
+        tokenizer = ByteTokenizer(config.vocab_size, reserved=(config.eos_id,))
+        if host == "edge":
+            return HostModels(SyntheticModel(config, "draft", config.latency.edge_draft), None,
+                              tokenizer)
+        return HostModels(SyntheticModel(config, "draft", config.latency.cloud_draft),
+                          SyntheticModel(config, "target", config.latency.cloud_target), tokenizer)
+    from agents.backends.hf import HFModel, load_tokenizer, pair_width
+    tokenizer = load_tokenizer(config)
+    width, eos_id = pair_width(config), tokenizer.eos_token_id
+    device = config.edge_device if host == "edge" else config.cloud_device
+    draft = HFModel(config.draft, config, device, width, eos_id)
+    target = HFModel(config.target, config, device, width, eos_id) if host == "cloud" else None
+    return HostModels(draft, target, HFTokenizer(tokenizer))

@@ -15,6 +15,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from agents.sampling import SamplingConfig
+
 
 class ModelSession(Protocol):
     processed: int
@@ -28,19 +30,20 @@ class ModelSession(Protocol):
 
 
 class LanguageModel(Protocol):
-    vocab_size: int
+    vocab_size: int          # width of the rows forward returns (a pair shares one width)
     eos_id: int | None
 
-    def session(self) -> ModelSession: ...
+    def session(self, sampling: SamplingConfig) -> ModelSession: ...
 
 
 class TokenSequence:
     """Committed (and tentatively drafted) tokens of one sequence over a model session."""
 
-    def __init__(self, model: LanguageModel, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, model: LanguageModel, prompt_ids: Sequence[int],
+                 sampling: SamplingConfig) -> None:
         if len(prompt_ids) == 0:
             raise ValueError("a prompt needs at least one token")
-        self.model_session = model.session()
+        self.model_session = model.session(sampling)
         self.vocab_size = model.vocab_size
         self.tokens: list[int] = [int(t) for t in prompt_ids]
         self.prompt_length = len(self.tokens)

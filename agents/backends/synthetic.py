@@ -24,6 +24,7 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agents.sampling import SamplingConfig
 from shaping.clock import now, sleep_until
 
 
@@ -52,7 +53,8 @@ class SyntheticPairConfig(BaseModel):
     backend: Literal["synthetic"] = "synthetic"
     name: str = "synthetic"
     description: str = ""
-    vocab_size: int = Field(default=1024, ge=64, le=65536)
+    vocab_size: int = Field(default=1024, ge=257, le=65536,
+                            description="at least 257: one id per byte for prompts, plus EOS")
     acceptance: float = Field(default=0.7, ge=0.01, le=0.99)
     context_window: int = Field(default=4, ge=1, le=64)
     eos_id: int = 0
@@ -157,5 +159,8 @@ class SyntheticModel:
         p, q = self.distributions.rows(context)
         return p if self.role == "target" else q
 
-    def session(self) -> SyntheticSession:
+    def session(self, sampling: SamplingConfig) -> SyntheticSession:
+        if sampling.reshapes:
+            raise ValueError("the synthetic pair samples its own distributions as they are: "
+                             "temperature, top_k and top_p must keep their defaults")
         return SyntheticSession(self)

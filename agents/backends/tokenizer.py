@@ -2,6 +2,7 @@
 
 ``ByteTokenizer`` serves backends without a vocabulary of their own (the
 synthetic pair): one id per UTF-8 byte, skipping reserved ids such as EOS.
+``HFTokenizer`` adapts a transformers tokenizer.
 """
 
 from __future__ import annotations
@@ -29,3 +30,16 @@ class ByteTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         raw = bytes(self.id_to_byte[i] for i in ids if i in self.id_to_byte)
         return raw.decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A transformers tokenizer behind the ``Tokenizer`` protocol."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -1,0 +1,69 @@
+"""Benchmark: bytes per speculation cycle for every payload codec.
+
+Computed by encoding real ``draft`` and ``verdict`` messages with the
+project's own codecs and protocol (ZMTP framing included), for a vocabulary
+width of your choice: by default the shipped pair's and Qwen2.5's 151936.
+Up: the draft message with K ids; down: the verdict, and for ``q-scalar``
+also the verdict that carries the target row after a rejection (dense, and
+sparse when the target's distribution is truncated by top-k/top-p).
+
+    .venv/bin/python benchmarks/codec_bytes.py [--k 5] [--vocab 151936 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agents.codecs import CODEC_NAMES, encode_target_row, get_codec  # noqa: E402
+from agents.protocol import Message, encode  # noqa: E402
+from shaping.link import zmtp_wire_bytes  # noqa: E402
+
+
+def message_bytes(message: Message) -> int:
+    return zmtp_wire_bytes(encode(message))
+
+
+def cycle_bytes(codec_name: str, k: int, vocab: int, rng: np.random.Generator) -> dict[str, int]:
+    codec = get_codec(codec_name)
+    rows = rng.dirichlet(np.full(vocab, 0.05), size=k).astype(np.float32)
+    ids = [int(np.argmax(row)) for row in rows]
+    up = message_bytes(Message("draft", "edge/q1/0", 7, {}, codec.encode(ids, rows)))
+    verdict = {"accepted": 2, "token": 17, "residual": False, "finished": False, "compute_s": 0.0123}
+    down = message_bytes(Message("verdict", "edge/q1/0", 7, verdict))
+    sizes = {"up": up, "down": down}
+    if codec_name == "q-scalar":
+        residual = {**verdict, "token": -1, "residual": True}
+        sizes["down_rejected"] = message_bytes(Message("verdict", "edge/q1/0", 7, residual,
+                                                       encode_target_row(rows[0])))
+        truncated = np.where(rows[0] >= np.sort(rows[0])[-50], rows[0], 0)  # top-k 50
+        sizes["down_rejected_top50"] = message_bytes(Message("verdict", "edge/q1/0", 7, residual,
+                                                             encode_target_row(truncated)))
+    return sizes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--vocab", type=int, nargs="+", default=[1024, 151936])
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"K = {args.k}; bytes on the wire per message (ZMTP frames included)")
+    print(f"{'vocab':>8} {'codec':>9} {'up':>10} {'down':>6} {'down after rejection':>21} "
+          f"{'(target top-k 50)':>18}")
+    for vocab in args.vocab:
+        for name in CODEC_NAMES:
+            sizes = cycle_bytes(name, args.k, vocab, rng)
+            rejected, sparse = sizes.get("down_rejected", ""), sizes.get("down_rejected_top50", "")
+            print(f"{vocab:8d} {name:>9} {sizes['up']:10d} {sizes['down']:6d} {rejected:>21} "
+                  f"{sparse:>18}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

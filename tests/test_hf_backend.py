@@ -1,0 +1,212 @@
+"""The ``hf`` backend on real transformers models (tiny, random, saved to disk).
+
+Greedy speculation through every codec and K is token-identical to the
+target's own greedy decoding and to transformers' assisted generation;
+sampled speculation follows the target's distribution (and a broken verifier
+is caught); the KV cache is fed only new tokens and cropped on rejection.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import chisquare
+
+from agents.backends import build_models
+from agents.backends.base import TokenSequence
+from agents.backends.hf import HFPairConfig
+from agents.codecs import CODEC_NAMES, decode_target_row, encode_target_row, get_codec
+from agents.sampling import SamplingConfig
+from agents.speculative import apply_verdict, choose_token, draft_tokens, sample_correction, \
+    verify_drafts
+from tests.hf_fixtures import CHARACTERS, save_pair
+
+pytest.importorskip("transformers")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pair_config(paths: dict[str, str]) -> HFPairConfig:
+    return HFPairConfig(backend="hf", draft=paths["draft"], target=paths["target"],
+                        tokenizer=paths["tokenizer"])
+
+
+@pytest.fixture(scope="module")
+def close_pair(tmp_path_factory):
+    """Draft close to the target: high acceptance, for greedy equality."""
+    return build_models(pair_config(save_pair(tmp_path_factory.mktemp("close"), noise=0.004)),
+                        "cloud")
+
+
+@pytest.fixture(scope="module")
+def loose_pair(tmp_path_factory):
+    """Draft far enough from the target that rejections and residuals matter."""
+    return build_models(pair_config(save_pair(tmp_path_factory.mktemp("loose"), noise=0.05)),
+                        "cloud")
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(CHARACTERS[:36]), size=rng.integers(3, 12))) for _ in range(n)]
+
+
+def speculate(models, prompt_ids, n_new, k, codec_name, sampling, rng, first_token=None,
+              max_cycles=None):
+    """Edge and cloud cycles in one process, each draft message through the codec's wire form.
+
+    ``first_token`` fixes the token the cloud would sample from its prefill,
+    so a test can look at one context's cycle."""
+    codec = get_codec(codec_name)
+    target = TokenSequence(models.target, prompt_ids, sampling)
+    draft = TokenSequence(models.draft, prompt_ids, sampling)
+    draft.prefill()
+    first = choose_token(target.next_probs(), sampling.decoding, rng)
+    first = first if first_token is None else first_token
+    target.extend([first])
+    draft.extend([first])
+    cycles = []
+    while len(target.generated) < n_new and len(cycles) != max_cycles:
+        committed = len(target.tokens)
+        drafts = draft_tokens(draft, min(k, n_new - len(target.generated) - 1), sampling.decoding,
+                              rng, None, codec)
+        payload = codec.decode(codec.encode(drafts.ids, drafts.model_rows), models.target.vocab_size)
+        verification = verify_drafts(target, payload, sampling.decoding, rng, None)
+        verdict = verification.verdict
+        if verification.residual_row is not None:  # q-scalar: the edge samples, the cloud learns
+            target_row = decode_target_row(encode_target_row(verification.residual_row),
+                                           models.target.vocab_size)
+            token = sample_correction(target_row, drafts.sampled_rows[verdict.accepted], rng)
+            target.extend([token])
+            verdict = type(verdict)(verdict.accepted, token, False)
+        apply_verdict(draft, committed, verdict)
+        assert draft.tokens == target.tokens
+        cycles.append((len(drafts.ids), verdict.accepted))
+    return target.generated, cycles
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 3, 5, 10])
+def test_greedy_is_identical_to_transformers_for_every_codec(close_pair, k):
+    import torch
+    tokenizer, greedy = close_pair.tokenizer, SamplingConfig()
+    target_network, draft_network = close_pair.target.network, close_pair.draft.network
+    for network in (target_network, draft_network):  # run the full 20 tokens, as the loop does
+        network.generation_config.eos_token_id = None
+    accepted = rejections = 0
+    for index, text in enumerate(prompts(50)):
+        ids = tokenizer.encode(text)
+        inputs = torch.tensor([ids])
+        reference = target_network.generate(inputs, do_sample=False, max_new_tokens=20,
+                                            pad_token_id=0)[0, len(ids):].tolist()
+        if index < 10:  # transformers' own assisted generation agrees (its guarantee, checked)
+            assisted = target_network.generate(inputs, do_sample=False, max_new_tokens=20,
+                                               assistant_model=draft_network,
+                                               pad_token_id=0)[0, len(ids):].tolist()
+            assert assisted == reference
+        for codec in CODEC_NAMES:
+            output, cycles = speculate(close_pair, ids, 20, k, codec, greedy,
+                                       np.random.default_rng(index))
+            assert output == reference, (codec, text)
+            accepted += sum(a for _, a in cycles)
+            rejections += sum(a < d for d, a in cycles)
+    assert accepted / (accepted + rejections) > 0.4  # speculation committed several tokens a cycle
+
+
+def first_cycle_tokens(models, codec, sampling, n_samples, prompt_ids, first):
+    """The first token each of ``n_samples`` K=3 cycles commits after ``prompt + [first]``."""
+    counts = {}
+    for seed in range(n_samples):
+        output, cycles = speculate(models, prompt_ids, 5, 3, codec, sampling,
+                                   np.random.default_rng(seed), first_token=first, max_cycles=1)
+        assert cycles[0][0] == 3
+        counts[output[1]] = counts.get(output[1], 0) + 1
+    return counts
+
+
+def chi_square_against_target(models, counts, sampling, context_ids):
+    expected = TokenSequence(models.target, context_ids, sampling).next_probs().astype(float)
+    n = sum(counts.values())
+    assert set(counts) <= set(np.flatnonzero(expected > 0).tolist())
+    order = np.argsort(-expected)
+    big = [t for t in order if expected[t] * n >= 5]
+    tail = [t for t in order if expected[t] * n < 5 and expected[t] > 0]
+    observed = [counts.get(t, 0) for t in big] + [sum(counts.get(t, 0) for t in tail)]
+    wanted = [expected[t] * n for t in big] + [expected[tail].sum() * n]
+    if not tail:
+        observed, wanted = observed[:-1], wanted[:-1]
+    wanted = np.array(wanted) * sum(observed) / sum(wanted)
+    return chisquare(observed, wanted).pvalue
+
+
+def fixed_first_token(models, prompt_ids, sampling):
+    """Condition on the first token (the cloud samples it from the target directly)."""
+    return int(np.argmax(TokenSequence(models.target, prompt_ids, sampling).next_probs()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["q-scalar", "topk", "full16", "full32"])
+def test_sampled_speculation_follows_the_target(loose_pair, codec):
+    sampling = SamplingConfig(decoding="sampling", temperature=0.8, top_k=20)
+    prompt_ids = loose_pair.tokenizer.encode("abc")
+    first = fixed_first_token(loose_pair, prompt_ids, sampling)
+    counts = first_cycle_tokens(loose_pair, codec, sampling, 2000, prompt_ids, first)
+    assert chi_square_against_target(loose_pair, counts, sampling, prompt_ids + [first]) > 0.01
+
+
+@pytest.mark.slow
+def test_a_verifier_that_corrects_from_p_is_caught(loose_pair, monkeypatch):
+    sampling = SamplingConfig(decoding="sampling", temperature=0.8, top_k=20)
+    prompt_ids = loose_pair.tokenizer.encode("abc")
+    first = fixed_first_token(loose_pair, prompt_ids, sampling)
+    monkeypatch.setattr("agents.verification.residual_distribution",
+                        lambda p, q: np.asarray(p, dtype=float) / np.sum(p))
+    counts = first_cycle_tokens(loose_pair, "full32", sampling, 2000, prompt_ids, first)
+    monkeypatch.undo()
+    assert chi_square_against_target(loose_pair, counts, sampling, prompt_ids + [first]) < 0.01
+
+
+def test_cache_is_fed_only_new_tokens_and_cropped_on_rejection(close_pair):
+    sequence = TokenSequence(close_pair.target, [5, 6, 7, 8], SamplingConfig())
+    session = sequence.model_session
+    sequence.prefill()
+    assert session.processed == session.cache.get_seq_length() == 4
+    sequence.extend([9, 10, 11])
+    rows = sequence.score_last(2)
+    assert rows.shape == (3, close_pair.target.vocab_size)
+    assert session.cache.get_seq_length() == 7
+    sequence.rewind(5)
+    assert session.processed == session.cache.get_seq_length() == 5
+    sequence.extend([12])
+    again = sequence.next_probs()
+    fresh = TokenSequence(close_pair.target, [5, 6, 7, 8, 9, 12], SamplingConfig()).next_probs()
+    np.testing.assert_allclose(again, fresh, atol=1e-5)
+
+
+def test_sampling_settings_shape_the_rows(close_pair):
+    row = lambda sampling: TokenSequence(close_pair.target, [5, 6, 7],  # noqa: E731
+                                         sampling).next_probs()
+    plain, top3 = row(SamplingConfig(decoding="sampling")), \
+        row(SamplingConfig(decoding="sampling", top_k=3))
+    assert np.count_nonzero(top3) == 3 and set(np.flatnonzero(top3)) == set(np.argsort(-plain)[:3])
+    nucleus = row(SamplingConfig(decoding="sampling", top_p=0.5))
+    kept = np.flatnonzero(nucleus)
+    assert plain[kept].sum() >= 0.5 and plain[kept].sum() - plain[kept].min() < 0.5
+    cold = row(SamplingConfig(decoding="sampling", temperature=0.5))
+    assert cold.max() > plain.max() and np.argmax(cold) == np.argmax(plain)
+
+
+def test_missing_weights_are_a_one_line_error(tmp_path):
+    pair_file = tmp_path / "pair.yaml"
+    pair_file.write_text(yaml.safe_dump({"backend": "hf", "draft": "no/such-draft",
+                                         "target": str(tmp_path / "missing-target")}))
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "--model-pair",
+                             str(pair_file), "--job", "smoke", "--results", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "not available" in lines[0]
+    assert "Traceback" not in result.stderr
