@@ -63,7 +63,7 @@ def encode(message: Message) -> list[bytes | memoryview]:
             raise ProtocolError(f"array {name!r}: dtype {dtype_name} is not allowed on the wire")
         contiguous = np.ascontiguousarray(array)
         specs.append([name, dtype_name, list(contiguous.shape)])
-        buffers.append(memoryview(contiguous).cast("B"))
+        buffers.append(memoryview(contiguous).cast("B") if contiguous.size else b"")
     header = msgpack.packb({
         "type": message.type, "session": message.session, "seq": message.seq,
         "sent_at": message.sent_at, "fields": message.fields, "arrays": specs,

@@ -8,6 +8,7 @@ is caught); the KV cache is fed only new tokens and cropped on rejection.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,30 @@ def test_missing_weights_are_a_one_line_error(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "not available" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_every_codec_runs_through_the_agents(tmp_path):
+    """The wire path: q-scalar's edge-side correction, sparse/dense rows, K = 0 tail cycles."""
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.run import RunSpec, run
+    paths = save_pair(tmp_path / "pair", noise=0.004)
+    pair_file = tmp_path / "pair.yaml"
+    pair_file.write_text(yaml.safe_dump({"backend": "hf", "name": "random-tiny", **paths}))
+    for codec in CODEC_NAMES:
+        decoding = "greedy" if codec == "ids" else "sampling"
+        spec = RunSpec.load("smoke", "rtt010-bw010", "sim", job_overrides={
+            "model_pair": str(pair_file), "strategies": ["cloud-only", "fixed-k"], "k_values": [4],
+            "decoding": decoding, "top_k": 12 if decoding == "sampling" else None,
+            "codec": codec, "max_new_tokens": 13})
+        folder, summary = run(spec, tmp_path / codec, Console(file=io.StringIO()))
+        row = summary.set_index("strategy").loc["fixed-k4"]
+        assert 0 < row["per_token_acceptance"] < 1, codec
+        queries = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
+        assert len(queries) == 4
+        assert all(q["n_tokens"] == 13 or q["finished_by_eos"] for q in queries), codec
+        if decoding == "greedy":
+            assert row["lossless"] == 1.0

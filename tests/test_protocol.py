@@ -29,6 +29,11 @@ def test_round_trip_keeps_fields_arrays_and_dtypes():
         np.testing.assert_array_equal(back.arrays[name], array)
 
 
+def test_empty_arrays_round_trip():
+    back = decode(encode(Message("draft", "s", arrays={"q": np.zeros((0, 8), dtype=np.float32)})))
+    assert back.arrays["q"].shape == (0, 8)
+
+
 def test_no_pickle_and_only_wire_dtypes():
     with pytest.raises(ProtocolError, match="int64"):
         encode(Message("draft", "s", arrays={"q": np.zeros(3, dtype=np.int64)}))
