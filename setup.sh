@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the testbed and its tests need on a fresh Debian/Ubuntu machine:
-# a virtual environment in .venv with the project installed (editable) and its test tools.
+# a virtual environment in .venv with the project installed (editable) with the transformers
+# backend (torch 2.13.0; a CPU build where pip finds one locally) and the test tools.
 # Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,5 +21,5 @@ if ! command -v pgrep >/dev/null 2>&1; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet -e '.[hf,dev]'
 echo "setup: ready (.venv/bin/orchestrator)"

@@ -51,7 +51,9 @@ def cli() -> None:
               help="Network profile: a name under configs/profiles (see `orchestrator profiles`) "
                    "or a YAML path.")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="sim: agents on loopback with the Python link model (no root needed).")
+              help="sim: agents on loopback with the Python link model (no root needed). "
+                   "auto picks the best mode this host supports; today that is always sim, "
+                   "since the emulated and vm modes are not built yet.")
 @click.option("--job", "job_name", default="default", show_default=True,
               help="Job file: a name under configs/jobs or a YAML path.")
 @click.option("--model-pair", help="Model pair: a name under configs/models or a YAML path "

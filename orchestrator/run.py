@@ -42,13 +42,14 @@ class RunSpec:
              profile_overrides: dict | None = None) -> "RunSpec":
         """Everything a run needs, from config names or paths (``ConfigError`` on bad input)."""
         job_config = load_job(job, job_overrides)
+        network = load_profile(profile, profile_overrides)
         model_pair = load_model_pair(job_config.model_pair)
         if isinstance(model_pair, SyntheticPairConfig) and job_config.sampling.reshapes:
             raise ConfigError(f"job {job_config.name!r}: the synthetic pair samples its "
                               "distributions as they are; temperature, top_k and top_p must "
                               "keep their defaults")
-        return cls(job=job_config, profile=load_profile(profile, profile_overrides),
-                   model_pair=model_pair, prompts=load_dataset(job_config.prompts), mode=mode)
+        return cls(job=job_config, profile=network, model_pair=model_pair,
+                   prompts=load_dataset(job_config.prompts), mode=mode)
 
     def requests(self) -> list[QueryRequest]:
         prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts

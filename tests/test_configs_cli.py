@@ -129,7 +129,7 @@ def test_overrides_win_over_the_file_and_unset_overrides_keep_it():
     assert prof.initial.rtt_ms == 120 and prof.initial.uplink.bandwidth_mbps == 10
     assert load_profile("rtt050-bw010", {"rtt_ms": 0}).initial.rtt_ms == 0
     job = load_job("default", {"k_values": [7], "strategies": [], "max_new_tokens": None})
-    assert job.k_values == [7] and len(job.strategies) == 4 and job.max_new_tokens == 64
+    assert job.k_values == [7] and len(job.strategies) == 4 and job.max_new_tokens == 48
 
 
 def test_load_errors_are_config_errors(tmp_path):
