@@ -54,7 +54,10 @@ def test_every_shipped_config_loads():
         assert prof.initial.rtt_ms >= 0
     for name in models:
         pair = load_model_pair(name)
-        assert 0 < pair.acceptance < 1 and pair.vocab_size >= 257
+        if pair.backend == "synthetic":
+            assert 0 < pair.acceptance < 1 and pair.vocab_size >= 257
+        else:  # hf: local folders resolved to absolute paths that hold the weights
+            assert all(Path(source, "config.json").is_file() for source in (pair.draft, pair.target))
     for name in jobs:
         job = load_job(name)
         assert plan(job)
