@@ -32,10 +32,10 @@ def run_quietly(spec: RunSpec, root):
 @pytest.mark.parametrize("rtt_ms", [0, 10, 50, 200])
 def test_fixed_k_rate_matches_the_analytic_model(tmp_path, rtt_ms):
     spec = RunSpec.load("accuracy", f"rtt{rtt_ms:03d}-bw100", "sim",
-                        job_overrides={"max_new_tokens": 96, "max_queries": 3})
+                        job_overrides={"max_new_tokens": 128, "max_queries": 4})
     _, summary = run_quietly(spec, tmp_path)
     check = rate_check(summary, "fixed-k5", spec.profile.initial)
-    assert check.cycles >= 80
+    assert check.cycles >= 150
     assert abs(check.rate_error) <= 0.05, check
     if rtt_ms > 0:
         assert abs(check.rtt_error_ms) <= 0.5, check
