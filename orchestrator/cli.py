@@ -7,6 +7,7 @@ Ctrl-C or SIGTERM with 130 after everything started has been stopped.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,23 +17,53 @@ from rich.console import Console
 
 from agents.control import AgentError
 from agents.protocol import ProtocolError
+from orchestrator import vm
 from orchestrator.configs import ConfigError, available, load_profile
+from orchestrator.doctor import MODES, HostReport, choose_mode
 from orchestrator.job import ALL_STRATEGIES
+from orchestrator.probes import print_probe_report, save_probe_report
 from orchestrator.run import RunSpec, run
-
-MODES = ("auto", "sim")
+from shaping.cleanup import leftovers, remove_leftovers
+from validation.probe import ProbePlan, probe_emulated, probe_sim
 
 
 def make_console() -> Console:
-    """A terminal console; piped output gets a wide fixed width so tables stay whole."""
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    """A terminal console; piped output gets a wide fixed width so tables stay whole.
+
+    Inside the VM stdout is a serial port: what counts is whether the host's is a terminal.
+    """
+    host_tty = os.environ.get(vm.HOST_TTY_ENV)
+    if (sys.stdout.isatty() if host_tty is None else host_tty == "1"):
+        return Console(force_terminal=True) if host_tty else Console()
+    return Console(width=160, force_terminal=False, force_interactive=False)
 
 
-def choose_mode(requested: str) -> tuple[str, str]:
-    """The mode a run uses and the reason, said in one line."""
+def resolve_mode(requested: str) -> tuple[str, str]:
+    """``choose_mode`` on this host (inspected only when it matters); bad choices exit 2."""
     if requested == "sim":
-        return "sim", "asked for with --mode sim"
-    return "sim", "auto: the emulated and vm modes are not built yet, sim runs everywhere"
+        return choose_mode("sim", HostReport(root=False, in_vm=vm.in_vm()))
+    try:
+        return choose_mode(requested, HostReport.inspect())
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+
+
+def run_in_vm(argv: list[str], writable: list[Path], timeout_s: float, accel: str = "auto",
+              cpus: int | None = None, memory_mib: int = 2048) -> int:
+    """Run ``argv`` inside the VM with this stdout; its exit code (124 on timeout)."""
+    for folder in writable:
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        host = vm.VmHost.find()
+        result = host.run(argv, cwd=Path.cwd(), writable=writable, accel=accel,
+                          timeout_s=timeout_s, cpus=cpus, memory_mib=memory_mib)
+    except vm.VmError as error:
+        raise click.ClickException(f"vm: {error}") from None
+    if result.exit_code == vm.EXIT_TIMEOUT:
+        click.echo(f"vm: timed out after {timeout_s:g} s; the VM was stopped", err=True)
+    click.echo(f"vm: {result.accel} VM, {result.wall_s:.1f} s, exit code {result.exit_code}",
+               err=True)
+    return result.exit_code
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,9 +82,11 @@ def cli() -> None:
               help="Network profile: a name under configs/profiles (see `orchestrator profiles`) "
                    "or a YAML path.")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
-              help="sim: agents on loopback with the Python link model (no root needed). "
-                   "auto picks the best mode this host supports; today that is always sim, "
-                   "since the emulated and vm modes are not built yet.")
+              help="emulated: agents in two network namespaces joined by a veth shaped by "
+                   "kernel netem + tbf (root, a kernel with sch_netem). vm: the emulated mode "
+                   "inside a qemu VM booting the installed Debian kernel (root, qemu). sim: agents "
+                   "on loopback with the Python link model (no root). auto: emulated, else vm, "
+                   "else sim; `orchestrator doctor` says which and why.")
 @click.option("--job", "job_name", default="default", show_default=True,
               help="Job file: a name under configs/jobs or a YAML path.")
 @click.option("--model-pair", help="Model pair: a name under configs/models or a YAML path "
@@ -78,16 +111,20 @@ def cli() -> None:
 @click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
-def run_command(profile_name, mode, job_name, model_pair, strategies, k_values, decoding,
+@click.option("--vm-timeout", type=click.FloatRange(1), default=vm.DEFAULT_TIMEOUT_S,
+              show_default=True, help="vm mode: stop the VM after this many seconds (exit 124).")
+@click.pass_context
+def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, decoding,
                 temperature, top_k, top_p, codec, prompts, max_new_tokens, max_queries,
-                repetitions, seed, rtt_ms, results_root) -> None:
+                repetitions, seed, rtt_ms, results_root, vm_timeout) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
-    Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen) and
-    summary.csv into a new folder under --results, and prints the summary.
+    Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen),
+    summary.csv and link_stats.json into a new folder under --results, and
+    prints the summary.
     """
     console = make_console()
-    chosen, reason = choose_mode(mode)
+    chosen, reason = resolve_mode(mode)
     spec = RunSpec.load(job_name, profile_name, chosen, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
@@ -95,7 +132,123 @@ def run_command(profile_name, mode, job_name, model_pair, strategies, k_values, 
         "max_queries": max_queries,
         "repetitions": repetitions, "seed": seed}, profile_overrides={"rtt_ms": rtt_ms})
     console.print(f"mode: {chosen} ({reason})")
+    if chosen == "vm" and not vm.in_vm():
+        console.print("vm: booting the VM; the run inside prints below", highlight=False)
+        console.file.flush()
+        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
+        if mode == "auto":
+            inner += ["--mode", "vm"]
+        ctx.exit(run_in_vm(inner, [results_root], vm_timeout))
     run(spec, results_root, console)
+
+
+@cli.command("probe")
+@click.option("--profile", "profile_name", default="lan", show_default=True,
+              help="Network profile: a name under configs/profiles or a YAML path.")
+@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="Which link to probe: the sim link model, kernel netem here (emulated), "
+                   "or kernel netem in the VM; auto as for `run`.")
+@click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
+@click.option("--packets", type=click.IntRange(10), default=ProbePlan.packets, show_default=True,
+              help="UDP echo probes (one every --interval-ms).")
+@click.option("--interval-ms", type=click.FloatRange(1), default=ProbePlan.interval_s * 1000,
+              show_default=True)
+@click.option("--goodput-s", type=click.FloatRange(0.2), default=ProbePlan.goodput_s,
+              show_default=True, help="Length of each bulk TCP transfer at the shaped rate.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the sim link and of the expectation's simulation.")
+@click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True, help="Where the JSON report goes.")
+@click.option("--vm-timeout", type=click.FloatRange(1), default=600.0, show_default=True)
+@click.pass_context
+def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput_s, seed,
+                  results_root, vm_timeout) -> None:
+    """Measure what the link delivers per direction against the profile.
+
+    One-way delay and RTT (UDP echo, one clock), jitter sigma, loss with a 95 %
+    interval, reordering, and TCP goodput, each beside the expectation from
+    the sim mode's link math, after a baseline on the unshaped path (the
+    path's own delay, reported and subtracted as measured).  Prints a table,
+    writes JSON under --results; exit code 1 when a check misses.
+    """
+    console = make_console()
+    chosen, reason = resolve_mode(mode)
+    profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
+    console.print(f"mode: {chosen} ({reason})")
+    if chosen == "vm" and not vm.in_vm():
+        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
+        ctx.exit(run_in_vm(inner + (["--mode", "vm"] if mode == "auto" else []),
+                           [results_root], vm_timeout))
+    plan = ProbePlan(packets=packets, interval_s=interval_ms / 1000.0, goodput_s=goodput_s)
+    with console.status(f"probing {profile.name} ({chosen})"):
+        report = (probe_sim(profile, plan, seed) if chosen == "sim"
+                  else probe_emulated(profile, chosen, plan, seed))
+    path = save_probe_report(report, results_root)
+    print_probe_report(report, console)
+    console.print(f"saved: {path}")
+    ctx.exit(0 if report.passed else 1)
+
+
+@cli.command("doctor")
+@click.option("--probe-kvm", is_flag=True, help="Boot the VM once under KVM to see whether it "
+                                                "works here (otherwise the first VM run does).")
+def doctor_command(probe_kvm) -> None:
+    """Say what this host can do and which mode `run` picks, and why."""
+    report = HostReport.inspect(probe_kvm=probe_kvm)
+    for check in report.checks:
+        click.echo(f"{'ok' if check.ok else '--':2s}  {check.name:10s} {check.detail}")
+    mode, reason = choose_mode("auto", report)
+    click.echo(f"mode: {mode} ({reason})")
+
+
+@cli.command("vm", context_settings={"ignore_unknown_options": True,
+                                     "allow_interspersed_args": False})
+@click.option("--writable", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              default=[Path("results")], show_default=True,
+              help="A folder the command may write to (created if missing); repeat for several. "
+                   "Everything else of the host is read-only inside; /tmp is the VM's own.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1), default=vm.DEFAULT_TIMEOUT_S,
+              show_default=True, help="Stop the VM after this many seconds (exit code 124).")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="auto: KVM when a probe boot shows it works, else TCG.")
+@click.option("--cpus", type=click.IntRange(1), help="[default: this host's]")
+@click.option("--memory", "memory_mib", type=click.IntRange(256), default=2048,
+              show_default=True, help="Guest memory in MiB.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def vm_command(ctx, writable, timeout_s, accel, cpus, memory_mib, command) -> None:
+    """Run COMMAND inside a qemu VM that boots this host's installed Debian kernel.
+
+    The host's root is shared read-only, the --writable folders read-write;
+    the command runs as root in the current folder, with the same venv.
+    Its output and exit code pass through.  Example:
+
+    orchestrator vm -- orchestrator doctor
+    """
+    ctx.exit(run_in_vm(list(command), list(writable), timeout_s, accel, cpus, memory_mib))
+
+
+@cli.command("cleanup")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--include-live", is_flag=True,
+              help="Also remove what a still-running orchestrator owns.")
+def cleanup_command(dry_run, include_live) -> None:
+    """Remove the namespaces, veths and owner files a killed run left behind.
+
+    Only names of this tool's scheme (es<8 hex digits>-edge/-cloud/-probe,
+    -e/-c) whose owner process is gone are touched.
+    """
+    found = (leftovers if dry_run else remove_leftovers)(include_live=include_live)
+    verb = "would remove" if dry_run else "removed"
+    for kind, names in (("namespace", found.namespaces), ("veth", found.veths),
+                        ("owner file", found.owner_files)):
+        for name in names:
+            click.echo(f"{verb} {kind} {name}")
+    for namespace, pids in found.processes.items():
+        click.echo(f"still running inside {namespace}: pids {' '.join(map(str, pids))} "
+                   "(not killed)")
+    if not found:
+        click.echo("nothing to clean up")
 
 
 @cli.command("profiles")
@@ -112,15 +265,27 @@ def profiles_command() -> None:
                    f"{timeline}")
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def _interrupt_handler(main_pid: int):
+    """Ctrl-C and SIGTERM unwind the orchestrator (so everything it started stops).
+
+    Only in the orchestrator itself: pyroute2 forks helper processes to enter
+    namespaces, and a fork that inherited this handler must die on a signal,
+    not unwind a copy of the orchestrator's stack (and its teardown).
+    """
+    def handler(signum, frame) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    handler = _interrupt_handler(os.getpid())
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)  # even if started with SIGINT ignored
     try:
-        cli.main(args=argv, prog_name="orchestrator", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else list(argv)
+        cli.main(args=args, prog_name="orchestrator", standalone_mode=False, obj={"argv": args})
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as error:

@@ -4,8 +4,11 @@
 session (a Ctrl-C in the terminal reaches only the orchestrator, which then
 stops its children in order) and dies with the orchestrator even after a
 ``kill -9`` (PR_SET_PDEATHSIG).  ``AgentProcess`` adds the control plane.
-``SimDeployment`` is the sim mode: cloud and edge agents on loopback, each
-emulating the link direction it receives on.
+``Deployment`` starts and stops the two agents of a run: ``SimDeployment``
+on loopback, each agent emulating the link direction it receives on;
+``EmulatedDeployment`` each in its own network namespace of an
+``EmulatedLink`` (kernel netem + tbf), which is also what the vm mode runs
+inside its VM.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from agents.backends import ModelPairConfig
 from agents.control import AgentError, ControlClient
 from agents.settings import AgentSettings
 from shaping.clock import now
+from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
 from shaping.simlink import SimLinkSettings
 
@@ -46,13 +50,19 @@ def free_tcp_port() -> int:
         return probe.getsockname()[1]
 
 
+LOG = object()   # ChildProcess(stdout=LOG): stdout goes to the log file with stderr
+
+
 class ChildProcess:
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    """One child: stderr (and stdout, unless ``stdout`` says where else) to ``log_path``."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, stdout=LOG) -> None:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv, stdout=self._log if stdout is LOG else stdout,
+            stderr=subprocess.STDOUT if stdout is LOG else self._log, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=_die_with_parent,
             cwd=Path(__file__).resolve().parent.parent)
 
@@ -78,11 +88,11 @@ class ChildProcess:
 
 class AgentProcess(ChildProcess):
     def __init__(self, name: str, module: str, settings: AgentSettings, folder: Path,
-                 context: zmq.Context) -> None:
+                 context: zmq.Context, argv_prefix: list[str] = ()) -> None:
         settings_path = folder / f"{name}.settings.json"
         settings_path.write_text(settings.model_dump_json(indent=2))
-        super().__init__(name, [sys.executable, "-m", module, "--settings", str(settings_path)],
-                         folder / f"{name}.log")
+        super().__init__(name, [*argv_prefix, sys.executable, "-m", module,
+                                "--settings", str(settings_path)], folder / f"{name}.log")
         self.control = ControlClient(context, settings.control_address)
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -118,10 +128,15 @@ class AgentProcess(ChildProcess):
         super().stop()
 
 
-class SimDeployment:
-    """Sim mode: both agents on loopback; each receiving channel applies the link model."""
+class Deployment:
+    """Cloud and edge agents of one run; subclasses say where they run and what shapes the link.
+
+    Use as a context manager: everything started is stopped on exit, also
+    after an error or a signal.
+    """
 
     LINK_STATS = "link_stats.json"
+    mode = ""
 
     def __init__(self, run_dir: Path, model_pair: ModelPairConfig, profile: NetworkProfile,
                  seed: int, receive_timeout_s: float) -> None:
@@ -136,7 +151,7 @@ class SimDeployment:
         self.context = zmq.Context()
         self.socket_dir = Path(tempfile.mkdtemp(prefix="edgespec-"))
 
-    def __enter__(self) -> "SimDeployment":
+    def __enter__(self) -> "Deployment":
         try:
             self._start()
         except BaseException:
@@ -148,21 +163,26 @@ class SimDeployment:
         self.close()
 
     def _start(self) -> None:
-        link = SimLinkSettings(profile=self.profile, seed=self.seed, started_at=now())
-        cloud_address = f"tcp://127.0.0.1:{free_tcp_port()}"
+        raise NotImplementedError
+
+    def _start_agents(self, data_address: str, sim_link: SimLinkSettings | None = None,
+                      argv_prefix: dict[str, list[str]] | None = None) -> None:
         for name, module in (("cloud", "agents.cloud"), ("edge", "agents.edge")):
-            settings = AgentSettings(model_pair=self.model_pair, data_address=cloud_address,
+            settings = AgentSettings(model_pair=self.model_pair, data_address=data_address,
                                      control_address=f"ipc://{self.socket_dir}/{name}.ctl",
-                                     receive_timeout_s=self.receive_timeout_s, sim_link=link)
-            self.agents.append(AgentProcess(name, module, settings, self.run_dir, self.context))
+                                     receive_timeout_s=self.receive_timeout_s, sim_link=sim_link)
+            self.agents.append(AgentProcess(name, module, settings, self.run_dir, self.context,
+                                            (argv_prefix or {}).get(name, [])))
         self.cloud, self.edge = self.agents
         for agent in self.agents:
             agent.wait_ready()
 
+    def link_stats(self) -> dict:
+        raise NotImplementedError
+
     def write_link_stats(self) -> dict:
-        """What each emulated direction carried and lost, saved beside the results."""
-        stats = {"uplink": self.cloud.call("stats", 5.0)["sim_link"],
-                 "downlink": self.edge.call("stats", 5.0)["sim_link"]}
+        """What each direction of the link carried and lost, saved beside the results."""
+        stats = self.link_stats()
         (self.run_dir / self.LINK_STATS).write_text(json.dumps(stats, indent=2))
         return stats
 
@@ -172,3 +192,66 @@ class SimDeployment:
         self.agents.clear()
         self.context.term()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+class SimDeployment(Deployment):
+    """Sim mode: both agents on loopback; each receiving channel applies the link model."""
+
+    mode = "sim"
+
+    def _start(self) -> None:
+        link = SimLinkSettings(profile=self.profile, seed=self.seed, started_at=now())
+        self._start_agents(f"tcp://127.0.0.1:{free_tcp_port()}", sim_link=link)
+
+    def link_stats(self) -> dict:
+        return {"uplink": self.cloud.call("stats", 5.0)["sim_link"],
+                "downlink": self.edge.call("stats", 5.0)["sim_link"]}
+
+
+def tcp_counters(pid: int) -> dict[str, int]:
+    """The TCP counters of the network namespace ``pid`` lives in (``/proc/PID/net/snmp``)."""
+    lines = [line.split() for line in Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
+             if line.startswith("Tcp:")]
+    names, values = lines[0][1:], lines[1][1:]
+    counters = dict(zip(names, map(int, values)))
+    return {"segments_out": counters["OutSegs"], "retransmitted_segments": counters["RetransSegs"]}
+
+
+class EmulatedDeployment(Deployment):
+    """Emulated mode: each agent in its own namespace; the data plane crosses the shaped veth.
+
+    The control plane stays on ``ipc://`` sockets, which reach across network
+    namespaces (they are files).  The agents are started with ``ip netns exec``,
+    which execs, so each agent's pid is the process inside the namespace.
+    """
+
+    mode = "emulated"
+    DATA_PORT = 5555
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.link: EmulatedLink | None = None
+        self._tcp_at_start: dict[str, dict[str, int]] = {}
+
+    def _start(self) -> None:
+        self.link = EmulatedLink(self.profile).create()
+        topology = self.link.topology
+        self._start_agents(f"tcp://{topology.cloud_ip}:{self.DATA_PORT}", argv_prefix={
+            side: topology.run_in(side, []) for side in ("edge", "cloud")})
+        self._tcp_at_start = {agent.name: tcp_counters(agent.process.pid) for agent in self.agents}
+
+    def link_stats(self) -> dict:
+        stats = self.link.counters()
+        for direction, agent in (("uplink", self.edge), ("downlink", self.cloud)):
+            start, end = self._tcp_at_start[agent.name], tcp_counters(agent.process.pid)
+            stats[direction]["tcp"] = {name: end[name] - start[name] for name in end}
+        stats["prefix"] = self.link.prefix
+        return stats
+
+    def close(self) -> None:
+        super().close()
+        if self.link is not None:
+            self.link.close()
+
+
+DEPLOYMENTS = {"sim": SimDeployment, "emulated": EmulatedDeployment, "vm": EmulatedDeployment}

@@ -21,7 +21,7 @@ from agents.backends.synthetic import SyntheticPairConfig
 from orchestrator.configs import ConfigError, load_job, load_model_pair, load_profile
 from orchestrator.datasets import Prompt, load_dataset
 from orchestrator.job import JobConfig, StrategyRun, plan
-from orchestrator.launch import SimDeployment
+from orchestrator.launch import DEPLOYMENTS
 from orchestrator.results import ResultsFolder
 from orchestrator.summary import mark_queries, print_summary, read_jsonl, summarize
 from shaping.profile import NetworkProfile
@@ -80,8 +80,8 @@ def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.D
     requests = spec.requests()
     console.print(f"results: {results.path}")
     try:
-        with SimDeployment(results.path, spec.model_pair, spec.profile, spec.job.seed,
-                           spec.job.receive_timeout_s) as deployment:
+        with DEPLOYMENTS[spec.mode](results.path, spec.model_pair, spec.profile, spec.job.seed,
+                                    spec.job.receive_timeout_s) as deployment:
             progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                                 transient=True)

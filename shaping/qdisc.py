@@ -545,6 +545,8 @@ class QdiscInfo:
     parent: int
     options: dict
     bytes_sent: int
+    packets_sent: int = 0
+    drops: int = 0          # netem counts the packets its loss model drops here
 
 
 def current_qdiscs(ipr: IPRoute, ifindex: int) -> list[QdiscInfo]:
@@ -555,12 +557,15 @@ def current_qdiscs(ipr: IPRoute, ifindex: int) -> list[QdiscInfo]:
         options = msg.get_attr("TCA_OPTIONS")
         stats = msg.get_attr("TCA_STATS2")
         basic = stats.get_attr("TCA_STATS_BASIC") if stats is not None else None
+        queue = stats.get_attr("TCA_STATS_QUEUE") if stats is not None else None
         found.append(QdiscInfo(
             kind=msg.get_attr("TCA_KIND"),
             handle=msg["handle"],
             parent=msg["parent"],
             options=dict(options) if options is not None else {},
             bytes_sent=basic["bytes"] if basic is not None else 0,
+            packets_sent=basic["packets"] if basic is not None else 0,
+            drops=queue["drops"] if queue is not None else 0,
         ))
     return found
 

@@ -1,0 +1,138 @@
+"""What this host can do, and which mode ``orchestrator run`` picks from that.
+
+``HostReport.inspect()`` checks each capability for real (a namespace, a
+veth pair and the qdiscs are created and removed again; nothing is guessed
+from file names), and ``choose_mode`` is the pure rule that turns a report
+and ``--mode`` into a mode and the one line that says why:
+
+- ``emulated`` when running as root on a kernel with ``sch_netem``;
+- ``vm`` when root and the VM's parts (qemu, a kernel image with netem, a
+  static busybox) are there;
+- ``sim`` otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+from orchestrator import vm
+from shaping import qdisc, topology
+
+MODES = ("auto", "sim", "emulated", "vm")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class HostReport:
+    root: bool
+    in_vm: bool
+    checks: list[Check] = field(default_factory=list)
+
+    def ok(self, name: str) -> bool:
+        return any(check.name == name and check.ok for check in self.checks)
+
+    @property
+    def can_emulate(self) -> bool:
+        return self.root and self.ok("netns") and self.ok("veth") and self.ok("sch_netem")
+
+    @property
+    def can_vm(self) -> bool:
+        return self.root and not self.in_vm and self.ok("qemu") and self.ok("vm kernel")
+
+    @classmethod
+    def inspect(cls, probe_kvm: bool = False) -> "HostReport":
+        report = cls(root=os.geteuid() == 0, in_vm=vm.in_vm())
+        add = report.checks.append
+        add(Check("root", report.root, "yes" if report.root else
+                  "no: the emulated and vm modes need root (sudo)"))
+        netns_ok, veth_ok, detail = _namespace_checks() if report.root else (False, False, "needs root")
+        add(Check("netns", netns_ok, detail if not netns_ok else "network namespaces work"))
+        add(Check("veth", veth_ok, "a veth pair between two namespaces works" if veth_ok else detail))
+        netem = report.root and qdisc.netem_available()
+        add(Check("sch_netem", netem, "netem qdisc works" if netem else
+                  "missing from this kernel (delay, jitter and loss need it)" if report.root
+                  else "needs root to check"))
+        tbf = report.root and qdisc.tbf_available()
+        add(Check("sch_tbf", tbf, "tbf qdisc works" if tbf else
+                  "missing" if report.root else "needs root to check"))
+        missing = vm.VmHost.missing()
+        qemu_gap = [gap for gap in missing if gap.startswith("qemu")]
+        add(Check("qemu", not qemu_gap, qemu_gap[0] if qemu_gap else "qemu-system-x86_64"))
+        other_gaps = [gap for gap in missing if not gap.startswith("qemu")]
+        kernel = vm.find_kernel()
+        add(Check("vm kernel", not other_gaps,
+                  "; ".join(other_gaps) if other_gaps else f"{kernel.image} with sch_netem"))
+        add(Check("kvm", *_kvm(probe_kvm and not missing)))
+        torch = importlib.util.find_spec("torch") is not None
+        add(Check("torch", torch, "installed (hf backend)" if torch else
+                  "not installed: only the synthetic pair runs (./setup.sh installs it)"))
+        return report
+
+
+def _namespace_checks() -> tuple[bool, bool, str]:
+    try:
+        with topology.LinkTopology(offloads_off=False):
+            return True, True, ""
+    except OSError as error:
+        return False, False, f"cannot create a namespace/veth: {error}"
+    except Exception as error:    # a veth that the kernel refuses is not an OSError
+        return True, False, f"veth: {error}"
+
+
+def _kvm(probe: bool) -> tuple[bool, str]:
+    if not vm.kvm_device_usable():
+        return False, "/dev/kvm absent or not accessible: the VM uses software emulation (TCG)"
+    if not probe:
+        return True, "/dev/kvm present (a probe boot at the first VM run decides KVM or TCG)"
+    works = vm.kvm_works(vm.VmHost.find())
+    return works, ("a probe boot under KVM worked: the VM uses KVM" if works else
+                   "a probe boot under KVM failed or crawled: the VM uses software emulation")
+
+
+def choose_mode(requested: str, report: HostReport) -> tuple[str, str]:
+    """The mode a run uses and why, or ``ValueError`` when ``requested`` cannot run here."""
+    if requested == "sim":
+        return "sim", "asked for with --mode sim"
+    if requested == "emulated":
+        if not report.can_emulate:
+            raise ValueError("--mode emulated needs root and a kernel with sch_netem "
+                             f"({_why_not_emulated(report)}); try --mode vm")
+        return "emulated", "asked for with --mode emulated"
+    if requested == "vm":
+        if report.in_vm:
+            if not report.can_emulate:
+                raise ValueError(f"inside the VM the emulated path fails: {_why_not_emulated(report)}")
+            return "vm", "inside the edgespec VM, whose kernel has sch_netem"
+        if not report.can_vm:
+            raise ValueError(f"--mode vm needs {_why_not_vm(report)}")
+        return "vm", "asked for with --mode vm"
+    if report.can_emulate:
+        if report.in_vm:
+            return "vm", "auto: inside the edgespec VM, whose kernel has sch_netem"
+        return "emulated", "auto: root and sch_netem are available"
+    if report.can_vm:
+        return "vm", f"auto: {_why_not_emulated(report)}, so the emulated mode runs in a qemu VM"
+    return "sim", (f"auto: {_why_not_emulated(report)} and {_why_not_vm(report)}; "
+                   "sim is the Python link model (see `orchestrator doctor`)")
+
+
+def _why_not_emulated(report: HostReport) -> str:
+    if not report.root:
+        return "not root"
+    failing = [c.name for c in report.checks if c.name in ("netns", "veth", "sch_netem") and not c.ok]
+    return "this kernel lacks " + ", ".join(failing) if failing else "nothing missing"
+
+
+def _why_not_vm(report: HostReport) -> str:
+    if not report.root:
+        return "root for the vm mode"
+    failing = [c.detail for c in report.checks if c.name in ("qemu", "vm kernel") and not c.ok]
+    return "; ".join(failing) if failing else "nothing missing"

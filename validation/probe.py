@@ -1,0 +1,481 @@
+"""Link probes: what a link really delivers per direction, against what its profile says.
+
+Measured on the link a run would use, with the same clock on both ends
+(one host, or one VM: ``time.perf_counter`` is the system-wide monotonic
+clock), so one-way delays need no clock sync:
+
+- **packets**: UDP probes from the edge every ``interval_s``; the cloud
+  echoes each at once.  Per direction: one-way delay (median, P95), jitter
+  sigma (its standard deviation), loss with a 95 % Clopper-Pearson interval,
+  reordering (arrivals with a lower sequence number than one already seen);
+  and the round trip.
+- **goodput**: one TCP bulk transfer per direction; the payload rate between
+  the arrival of 10 % and 90 % of the bytes (skips the tbf burst and the
+  drain).
+- **baseline**: the packet probe on the same path with nothing shaped, run
+  first.  Its median one-way delay is the path's own systematic delay (the
+  VM's timer and software emulation; ZeroMQ-free loopback in sim) and is
+  reported, and subtracted only as measured, never as a constant.
+
+Paths: ``KernelPaths`` (sockets inside the namespaces of a ``LinkTopology``:
+the emulated and vm modes) and ``SimPaths`` (loopback sockets whose
+receiver holds each datagram or chunk until ``shaping.simlink`` delivers it,
+dropping a datagram whose first transmission the model loses).
+
+Expectations reuse the sim mode's link math (``shaping.link.JitterSource``):
+netem's delay draws, with the in-order release the tool configures unless
+the profile allows reordering, simulated on the probe schedule; loss is the
+profile's mean rate; goodput the tbf rate times the TCP payload share of a
+full frame.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import struct
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from shaping.clock import now, sleep_until
+from shaping.emulated import EmulatedLink
+from shaping.link import HEADER_BYTES, MSS_BYTES, DirectionLink, JitterSource, LossProcess
+from shaping.profile import DirectionSpec, LinkState, NetworkProfile, RandomLoss
+from shaping.simlink import SimLinkSettings, SimulatedDirection, tcp_estimates
+from validation.stats import binomial_interval, percentiles
+
+DIRECTIONS = ("uplink", "downlink")
+SENDER = {"uplink": "edge", "downlink": "cloud"}
+RECEIVER = {"uplink": "cloud", "downlink": "edge"}
+PROBE_FORMAT = struct.Struct("!Idd")       # seq, t_sent (edge), t_echo (cloud)
+CHUNK_HEADER = struct.Struct("!dI")        # sim bulk chunks: sent_at, payload length
+UNSHAPED_BULK_BYTES = 16 * 1024 * 1024
+BULK_CHUNK_BYTES = 64 * 1024
+SOCKET_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    packets: int = 300
+    interval_s: float = 0.010
+    payload_bytes: int = 64
+    goodput_s: float = 2.0
+    baseline_packets: int = 100
+    baseline_interval_s: float = 0.002
+    drain_s: float = 1.0            # wait after the last probe, beyond the longest expected delay
+
+
+# Expectations from the link math ----------------------------------------------------------------
+
+def _released_ms(spec: DirectionSpec, jitter: JitterSource, send_ms: np.ndarray) -> np.ndarray:
+    """Arrival times (ms) of packets sent at ``send_ms`` through netem as the tool sets it up."""
+    arrivals = np.empty_like(send_ms)
+    released = -math.inf
+    for i, t in enumerate(send_ms):
+        arrivals[i] = t + jitter.sample_ms()
+        if not spec.allow_reordering:          # netem's rate keeps send times non-decreasing
+            arrivals[i] = released = max(arrivals[i], released)
+    return arrivals
+
+
+def expected_echo_delays_ms(state: LinkState, plan: ProbePlan, seed: int = 0,
+                            repetitions: int = 20) -> dict[str, np.ndarray]:
+    """One-way delays (per direction) and round trips netem would give the echo probe.
+
+    The echo leaves the cloud when the probe arrives, so the downlink's send
+    schedule is the uplink's arrival times, bunched where the uplink held
+    packets back; ``repetitions`` simulated runs, concatenated.
+    """
+    send_ms = np.arange(plan.packets) * plan.interval_s * 1000.0
+    found: dict[str, list[np.ndarray]] = {"uplink": [], "downlink": [], "round trip": []}
+    for repetition in range(repetitions):
+        rng_up, rng_down = np.random.default_rng([seed, repetition]).spawn(2)
+        up = _released_ms(state.uplink, JitterSource(state.uplink, rng_up), send_ms)
+        down = _released_ms(state.downlink, JitterSource(state.downlink, rng_down), up)
+        found["uplink"].append(up - send_ms)
+        found["downlink"].append(down - up)
+        found["round trip"].append(down - send_ms)
+    return {key: np.concatenate(values) for key, values in found.items()}
+
+
+def payload_rate_mbps(spec: DirectionSpec) -> float | None:
+    """TCP payload rate through tbf: the rate times MSS / full frame; None when unshaped."""
+    if spec.bandwidth_mbps is None:
+        return None
+    return spec.bandwidth_mbps * MSS_BYTES / (MSS_BYTES + HEADER_BYTES)
+
+
+# Paths ---------------------------------------------------------------------------------------
+
+class Paths(Protocol):
+    def socket(self, side: str, kind: int) -> socket.socket: ...
+    def ip(self, side: str) -> str: ...
+    def arrives(self, direction: str, sent_at: float, nbytes: int,
+                datagram: bool = True) -> bool:
+        """Wait until the link delivers it; False when the link lost it."""
+
+
+class KernelPaths:
+    """Sockets inside the namespaces of a ``LinkTopology``: the kernel shapes them."""
+
+    def __init__(self, topology) -> None:
+        self.topology = topology
+
+    def socket(self, side: str, kind: int) -> socket.socket:
+        return self.topology.socket(side, socket.AF_INET, kind)
+
+    def ip(self, side: str) -> str:
+        return self.topology.ip(side)
+
+    def arrives(self, direction: str, sent_at: float, nbytes: int,
+                datagram: bool = True) -> bool:
+        return True
+
+
+class SimPaths:
+    """Loopback sockets whose receiver holds what it gets as the sim link model says.
+
+    TCP chunks go through ``shaping.simlink`` as the agents' messages do (a
+    loss costs a retransmission timeout); a datagram gets the model's delay,
+    in-order release and token bucket, but its loss drops it (nothing resends
+    a datagram).
+    """
+
+    def __init__(self, profile: NetworkProfile, seed: int = 0) -> None:
+        self.started_at = now()
+        settings = SimLinkSettings(profile=profile, seed=seed, started_at=self.started_at)
+        state = profile.state_at(0.0)
+        self._streams, self._datagrams, self._losses = {}, {}, {}
+        for index, direction in enumerate(DIRECTIONS):
+            spec: DirectionSpec = getattr(state, direction)
+            self._streams[direction] = SimulatedDirection(settings, direction, stream=7)
+            delay_rng, loss_rng = np.random.default_rng([seed, 8, index]).spawn(2)
+            self._datagrams[direction] = DirectionLink(
+                spec.model_copy(update={"loss": RandomLoss()}), delay_rng, *tcp_estimates(state))
+            self._losses[direction] = LossProcess(spec.loss, loss_rng)
+
+    def socket(self, side: str, kind: int) -> socket.socket:
+        return socket.socket(socket.AF_INET, kind)
+
+    def ip(self, side: str) -> str:
+        return "127.0.0.1"
+
+    def arrives(self, direction: str, sent_at: float, nbytes: int,
+                datagram: bool = True) -> bool:
+        if not datagram:
+            sleep_until(self._streams[direction].deliver_at(sent_at, nbytes))
+            return True
+        if self._losses[direction].lost():
+            return False
+        transit = self._datagrams[direction].transit(sent_at - self.started_at, nbytes)
+        sleep_until(self.started_at + transit.deliver_at_s)
+        return True
+
+
+# Measuring -----------------------------------------------------------------------------------
+
+@dataclass
+class PacketSamples:
+    sent: int
+    owd_ms: dict[str, list[float]] = field(default_factory=lambda: {d: [] for d in DIRECTIONS})
+    received: dict[str, int] = field(default_factory=lambda: {d: 0 for d in DIRECTIONS})
+    reordered: dict[str, int] = field(default_factory=lambda: {d: 0 for d in DIRECTIONS})
+    rtt_ms: list[float] = field(default_factory=list)
+
+
+def _count_reordering(seq: int, highest: list[int]) -> int:
+    if seq < highest[0]:
+        return 1
+    highest[0] = seq
+    return 0
+
+
+def measure_packets(paths: Paths, packets: int, interval_s: float, payload_bytes: int,
+                    wait_s: float) -> PacketSamples:
+    """Echo ``packets`` UDP probes edge -> cloud -> edge; see the module docstring."""
+    size = max(payload_bytes, PROBE_FORMAT.size)
+    padding = bytes(size - PROBE_FORMAT.size)
+    edge, cloud = paths.socket("edge", socket.SOCK_DGRAM), paths.socket("cloud", socket.SOCK_DGRAM)
+    samples = PacketSamples(sent=packets)
+    done = threading.Event()
+    try:
+        cloud.bind((paths.ip("cloud"), 0))
+        edge.bind((paths.ip("edge"), 0))
+        edge_address, cloud_address = edge.getsockname(), cloud.getsockname()
+        for sock in (edge, cloud):
+            sock.settimeout(0.05)
+
+        def reflect() -> None:
+            highest = [-1]
+            while not done.is_set():
+                try:
+                    data = cloud.recv(2048)
+                except socket.timeout:
+                    continue
+                seq, t_sent, _ = PROBE_FORMAT.unpack_from(data)
+                if not paths.arrives("uplink", t_sent, len(data)):
+                    continue
+                t_echo = now()
+                samples.owd_ms["uplink"].append((t_echo - t_sent) * 1000.0)
+                samples.received["uplink"] += 1
+                samples.reordered["uplink"] += _count_reordering(seq, highest)
+                cloud.sendto(PROBE_FORMAT.pack(seq, t_sent, t_echo) + padding, edge_address)
+
+        def collect() -> None:
+            highest = [-1]
+            while not done.is_set():
+                try:
+                    data = edge.recv(2048)
+                except socket.timeout:
+                    continue
+                seq, t_sent, t_echo = PROBE_FORMAT.unpack_from(data)
+                if not paths.arrives("downlink", t_echo, len(data)):
+                    continue
+                t_back = now()
+                samples.owd_ms["downlink"].append((t_back - t_echo) * 1000.0)
+                samples.rtt_ms.append((t_back - t_sent) * 1000.0)
+                samples.received["downlink"] += 1
+                samples.reordered["downlink"] += _count_reordering(seq, highest)
+
+        threads = [threading.Thread(target=reflect, daemon=True),
+                   threading.Thread(target=collect, daemon=True)]
+        for thread in threads:
+            thread.start()
+        start = now()
+        for seq in range(packets):
+            sleep_until(start + seq * interval_s)
+            edge.sendto(PROBE_FORMAT.pack(seq, now(), 0.0) + padding, cloud_address)
+        deadline = now() + wait_s
+        while now() < deadline and samples.received["downlink"] < packets:
+            sleep_until(min(deadline, now() + 0.05))
+        done.set()
+        for thread in threads:
+            thread.join(timeout=2.0)
+    finally:
+        edge.close()
+        cloud.close()
+    return samples
+
+
+def measure_goodput(paths: Paths, direction: str, total_bytes: int) -> float:
+    """TCP payload rate (Mbit/s) of one bulk transfer, between 10 % and 90 % of its bytes."""
+    sender_side, receiver_side = SENDER[direction], RECEIVER[direction]
+    listener = paths.socket(receiver_side, socket.SOCK_STREAM)
+    sender = paths.socket(sender_side, socket.SOCK_STREAM)
+    arrivals: list[tuple[float, int]] = []
+    errors: list[BaseException] = []
+    framed = isinstance(paths, SimPaths)
+    try:
+        listener.bind((paths.ip(receiver_side), 0))
+        listener.listen(1)
+        listener.settimeout(SOCKET_TIMEOUT_S)
+
+        def receive() -> None:
+            try:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.settimeout(SOCKET_TIMEOUT_S + total_bytes / 1e5)
+                    if framed:
+                        _receive_chunks(connection, paths, direction, arrivals)
+                    else:
+                        while chunk := connection.recv(1 << 16):
+                            arrivals.append((now(), len(chunk)))
+            except BaseException as error:   # surfaced by the caller
+                errors.append(error)
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        sender.connect(listener.getsockname())
+        payload = bytes(BULK_CHUNK_BYTES)
+        sent = 0
+        while sent < total_bytes:
+            n = min(BULK_CHUNK_BYTES, total_bytes - sent)
+            if framed:
+                sender.sendall(CHUNK_HEADER.pack(now(), n) + payload[:n])
+            else:
+                sender.sendall(payload[:n])
+            sent += n
+        sender.shutdown(socket.SHUT_WR)
+        receiver.join(timeout=SOCKET_TIMEOUT_S * 4 + total_bytes / 1e4)
+    finally:
+        sender.close()
+        listener.close()
+    if errors:
+        raise errors[0]
+    return _middle_rate_mbps(arrivals)
+
+
+def _receive_chunks(connection: socket.socket, paths: Paths, direction: str,
+                    arrivals: list[tuple[float, int]]) -> None:
+    reader = connection.makefile("rb")
+    while header := reader.read(CHUNK_HEADER.size):
+        sent_at, length = CHUNK_HEADER.unpack(header)
+        reader.read(length)
+        paths.arrives(direction, sent_at, CHUNK_HEADER.size + length, datagram=False)
+        arrivals.append((now(), length))
+
+
+def _middle_rate_mbps(arrivals: list[tuple[float, int]]) -> float:
+    if len(arrivals) < 3:
+        return math.nan
+    times = np.array([t for t, _ in arrivals])
+    cumulative = np.cumsum([n for _, n in arrivals])
+    total = cumulative[-1]
+    low, high = np.searchsorted(cumulative, [0.1 * total, 0.9 * total])
+    if times[high] <= times[low]:
+        return math.nan
+    return float((cumulative[high] - cumulative[low]) * 8 / (times[high] - times[low]) / 1e6)
+
+
+# The report ----------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    direction: str
+    metric: str
+    unit: str
+    expected: float | None
+    measured: float
+    error: float | None          # measured (baseline-corrected for delays) minus expected
+    tolerance: str
+    ok: bool | None              # None: nothing to judge against
+    note: str = ""
+
+
+@dataclass
+class ProbeReport:
+    mode: str
+    profile: str
+    plan: dict
+    baseline_owd_ms: dict[str, float]
+    rows: list[Row]
+    layouts: dict[str, str] = field(default_factory=dict)   # qdiscs per veth end (kernel)
+
+    @property
+    def passed(self) -> bool:
+        return all(row.ok is not False for row in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "profile": self.profile, "plan": self.plan,
+                "baseline_owd_ms": self.baseline_owd_ms, "layouts": self.layouts,
+                "passed": self.passed,
+                "rows": [asdict(row) for row in self.rows]}
+
+
+def _delay_row(direction: str, metric: str, expected: float, measured: float,
+               baseline: float, relative: float, absolute_ms: float) -> Row:
+    corrected = measured - baseline
+    bound = max(absolute_ms, relative * expected)
+    return Row(direction, metric, "ms", expected, measured, corrected - expected,
+               f"±{bound:.2f} ms after the baseline", bool(abs(corrected - expected) <= bound),
+               f"baseline {baseline:.3f} ms")
+
+
+def evaluate(mode: str, profile_name: str, state: LinkState, plan: ProbePlan,
+             baseline: PacketSamples, shaped: PacketSamples,
+             goodput_mbps: dict[str, float], seed: int = 0) -> ProbeReport:
+    """Compare what was measured with what the link math expects; pure."""
+    rows: list[Row] = []
+    baseline_owd = {d: float(np.median(baseline.owd_ms[d])) if baseline.owd_ms[d] else 0.0
+                    for d in DIRECTIONS}
+    expected_delays = expected_echo_delays_ms(state, plan, seed)
+    for direction in DIRECTIONS:
+        spec: DirectionSpec = getattr(state, direction)
+        expected = expected_delays[direction]
+        owd = np.asarray(shaped.owd_ms[direction])
+        if owd.size:
+            rows.append(_delay_row(direction, "one-way delay p50", float(np.median(expected)),
+                                   float(np.median(owd)), baseline_owd[direction], 0.05, 0.5))
+            rows.append(Row(direction, "one-way delay p95", "ms", float(np.percentile(expected, 95)),
+                            float(np.percentile(owd, 95)), None, "reported", None))
+            sigma_expected, sigma = float(np.std(expected)), float(np.std(owd))
+            bound = max(0.5, 0.15 * sigma_expected)
+            rows.append(Row(direction, "jitter sigma", "ms", sigma_expected, sigma,
+                            sigma - sigma_expected, f"±{bound:.2f} ms",
+                            bool(abs(sigma - sigma_expected) <= bound),
+                            f"profile {spec.jitter_ms:g} ms {spec.jitter_distribution}"))
+        # downlink losses are counted among the probes that crossed the uplink
+        trials = shaped.sent if direction == "uplink" else shaped.received["uplink"]
+        lost = trials - shaped.received[direction]
+        low, high = binomial_interval(lost, trials)
+        loss_pct = spec.loss_pct
+        rows.append(Row(direction, "loss", "%", loss_pct, 100.0 * lost / max(trials, 1),
+                        None, "expected inside the 95 % interval",
+                        low * 100 <= loss_pct <= high * 100,
+                        f"{lost}/{trials}, 95 % CI [{100 * low:.2f}, {100 * high:.2f}] %"))
+        rows.append(Row(direction, "reordered", "packets", 0.0 if not spec.allow_reordering
+                        else None, float(shaped.reordered[direction]), None,
+                        "none (in-order release)" if not spec.allow_reordering else "reported",
+                        shaped.reordered[direction] == 0 if not spec.allow_reordering else None))
+        rate = payload_rate_mbps(spec)
+        measured_rate = goodput_mbps.get(direction, math.nan)
+        judged = rate is not None and spec.loss_pct == 0
+        rows.append(Row(direction, "goodput", "Mbit/s", rate, measured_rate,
+                        measured_rate - rate if rate is not None else None,
+                        "±3 %" if judged else "reported",
+                        bool(abs(measured_rate - rate) <= 0.03 * rate) if judged else None,
+                        "unshaped" if rate is None else
+                        "loss: TCP's congestion control sets it" if not judged else ""))
+    if shaped.rtt_ms:
+        rows.append(_delay_row("round trip", "RTT p50",
+                               float(np.median(expected_delays["round trip"])),
+                               float(np.median(shaped.rtt_ms)), sum(baseline_owd.values()),
+                               0.05, 1.0))
+        stats = percentiles(shaped.rtt_ms, (95, 99))
+        rows.append(Row("round trip", "RTT p95 / p99", "ms", None, stats["p95"], None,
+                        f"p99 {stats['p99']:.2f} ms", None))
+    return ProbeReport(mode, profile_name, asdict(plan), baseline_owd, rows)
+
+
+def _wait_s(state: LinkState, plan: ProbePlan) -> float:
+    longest = max(spec.delay_ms + 4 * spec.jitter_ms for spec in (state.uplink, state.downlink))
+    return 2 * longest / 1000.0 + plan.drain_s
+
+
+def bulk_bytes(spec: DirectionSpec, plan: ProbePlan) -> int:
+    rate = payload_rate_mbps(spec)
+    return UNSHAPED_BULK_BYTES if rate is None else int(rate * 1e6 / 8 * plan.goodput_s)
+
+
+UNSHAPED = NetworkProfile(name="unshaped",
+                          initial=LinkState(uplink=DirectionSpec(), downlink=DirectionSpec()))
+
+
+def probe_sim(profile: NetworkProfile, plan: ProbePlan = ProbePlan(), seed: int = 0) -> ProbeReport:
+    """Probe the sim mode's link: loopback sockets held by ``shaping.simlink``."""
+    return probe(lambda shaped: SimPaths(profile if shaped else UNSHAPED, seed), "sim",
+                 profile, plan, seed=seed)
+
+
+def probe(paths_for, mode: str, profile: NetworkProfile, plan: ProbePlan = ProbePlan(),
+          shape=None, seed: int = 0) -> ProbeReport:
+    """Baseline on the unshaped path, then ``shape()``, then packets and goodput.
+
+    ``paths_for(shaped: bool)`` returns the ``Paths`` to measure; ``shape`` (or
+    None) applies the profile between the two phases.
+    """
+    state = profile.state_at(0.0)
+    baseline = measure_packets(paths_for(False), plan.baseline_packets,
+                               plan.baseline_interval_s, plan.payload_bytes, plan.drain_s)
+    if shape is not None:
+        shape()
+    paths = paths_for(True)
+    shaped = measure_packets(paths, plan.packets, plan.interval_s, plan.payload_bytes,
+                             _wait_s(state, plan))
+    goodput = {direction: measure_goodput(paths, direction,
+                                          bulk_bytes(getattr(state, direction), plan))
+               for direction in DIRECTIONS}
+    return evaluate(mode, profile.name, state, plan, baseline, shaped, goodput, seed)
+
+
+def probe_emulated(profile: NetworkProfile, mode: str = "emulated", plan: ProbePlan = ProbePlan(),
+                   seed: int = 0) -> ProbeReport:
+    """Probe kernel netem + tbf between two fresh namespaces (torn down afterwards)."""
+    with EmulatedLink(profile).create(shape=False) as link:
+        paths = KernelPaths(link.topology)
+        report = probe(lambda shaped: paths, mode, profile, plan, shape=link.shape, seed=seed)
+        report.layouts = dict(link.layouts)
+    return report
