@@ -24,6 +24,8 @@ from orchestrator.job import ALL_STRATEGIES
 from orchestrator.probes import print_probe_report, save_probe_report
 from orchestrator.run import RunSpec, run
 from shaping.cleanup import leftovers, remove_leftovers
+from shaping.profile import NetworkProfile
+from shaping.qdisc import profile_needs_netem
 from validation.probe import ProbePlan, probe_emulated, probe_sim
 
 
@@ -38,12 +40,12 @@ def make_console() -> Console:
     return Console(width=160, force_terminal=False, force_interactive=False)
 
 
-def resolve_mode(requested: str) -> tuple[str, str]:
+def resolve_mode(requested: str, profile: NetworkProfile) -> tuple[str, str]:
     """``choose_mode`` on this host (inspected only when it matters); bad choices exit 2."""
     if requested == "sim":
         return choose_mode("sim", HostReport(root=False, in_vm=vm.in_vm()))
     try:
-        return choose_mode(requested, HostReport.inspect())
+        return choose_mode(requested, HostReport.inspect(), profile_needs_netem(profile))
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 
@@ -124,7 +126,8 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     prints the summary.
     """
     console = make_console()
-    chosen, reason = resolve_mode(mode)
+    profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
+    chosen, reason = resolve_mode(mode, profile)
     spec = RunSpec.load(job_name, profile_name, chosen, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
@@ -172,8 +175,8 @@ def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput
     writes JSON under --results; exit code 1 when a check misses.
     """
     console = make_console()
-    chosen, reason = resolve_mode(mode)
     profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
+    chosen, reason = resolve_mode(mode, profile)
     console.print(f"mode: {chosen} ({reason})")
     if chosen == "vm" and not vm.in_vm():
         inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
@@ -285,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, handler)  # even if started with SIGINT ignored
     try:
         args = sys.argv[1:] if argv is None else list(argv)
-        cli.main(args=args, prog_name="orchestrator", standalone_mode=False, obj={"argv": args})
+        # without standalone mode click returns ctx.exit()'s code instead of raising
+        code = cli.main(args=args, prog_name="orchestrator", standalone_mode=False,
+                        obj={"argv": args})
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as error:
@@ -300,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.Abort):
         click.echo("interrupted: everything the run started has been stopped", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -39,9 +39,9 @@ class HostReport:
     def ok(self, name: str) -> bool:
         return any(check.name == name and check.ok for check in self.checks)
 
-    @property
-    def can_emulate(self) -> bool:
-        return self.root and self.ok("netns") and self.ok("veth") and self.ok("sch_netem")
+    def can_emulate(self, needs_netem: bool = True) -> bool:
+        return (self.root and self.ok("netns") and self.ok("veth")
+                and (self.ok("sch_netem") if needs_netem else self.ok("sch_tbf")))
 
     @property
     def can_vm(self) -> bool:
@@ -97,26 +97,32 @@ def _kvm(probe: bool) -> tuple[bool, str]:
                    "a probe boot under KVM failed or crawled: the VM uses software emulation")
 
 
-def choose_mode(requested: str, report: HostReport) -> tuple[str, str]:
-    """The mode a run uses and why, or ``ValueError`` when ``requested`` cannot run here."""
+def choose_mode(requested: str, report: HostReport, needs_netem: bool = True) -> tuple[str, str]:
+    """The mode a run uses and why, or ``ValueError`` when ``requested`` cannot run here.
+
+    ``needs_netem``: whether the profile has delay, jitter or loss; a rate-only
+    profile runs emulated with tbf alone on a kernel without netem.
+    """
     if requested == "sim":
         return "sim", "asked for with --mode sim"
     if requested == "emulated":
-        if not report.can_emulate:
+        if not report.can_emulate(needs_netem):
             raise ValueError("--mode emulated needs root and a kernel with sch_netem "
                              f"({_why_not_emulated(report)}); try --mode vm")
         return "emulated", "asked for with --mode emulated"
     if requested == "vm":
         if report.in_vm:
-            if not report.can_emulate:
+            if not report.can_emulate(needs_netem):
                 raise ValueError(f"inside the VM the emulated path fails: {_why_not_emulated(report)}")
             return "vm", "inside the edgespec VM, whose kernel has sch_netem"
         if not report.can_vm:
             raise ValueError(f"--mode vm needs {_why_not_vm(report)}")
         return "vm", "asked for with --mode vm"
-    if report.can_emulate:
+    if report.can_emulate(needs_netem):
         if report.in_vm:
             return "vm", "auto: inside the edgespec VM, whose kernel has sch_netem"
+        if not report.ok("sch_netem"):
+            return "emulated", "auto: root, and this rate-only profile needs tbf, not sch_netem"
         return "emulated", "auto: root and sch_netem are available"
     if report.can_vm:
         return "vm", f"auto: {_why_not_emulated(report)}, so the emulated mode runs in a qemu VM"

@@ -32,9 +32,11 @@ def print_probe_report(report: ProbeReport, console: Console) -> None:
         table.add_row(row.direction, row.metric, row.unit, _number(row.expected),
                       _number(row.measured), error, row.tolerance, VERDICTS[row.ok], row.note)
     console.print(table)
-    baseline = ", ".join(f"{d} {v:.3f} ms" for d, v in report.baseline_owd_ms.items())
-    console.print(f"baseline (unshaped path, median one-way delay): {baseline}; errors of "
-                  "delays are after subtracting it"
+    baseline = ", ".join(f"{d} {v:.3f} ms (sigma {report.baseline_sigma_ms.get(d, 0):.3f})"
+                         for d, v in report.baseline_owd_ms.items())
+    console.print(f"baseline (the unshaped path's own one-way delay): {baseline}, "
+                  f"{report.baseline_goodput_mbps:.0f} Mbit/s; delay errors are after "
+                  "subtracting it"
                   + (f"; qdiscs: {report.layouts}" if report.layouts else ""))
     console.print("all checks passed" if report.passed else "[red]some checks missed[/]")
 

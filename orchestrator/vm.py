@@ -183,7 +183,7 @@ mkdir -p $H/dev/shm && mount -t tmpfs -o mode=1777 tmpfs $H/dev/shm
 mkdir -p $H/run/edgespec-vm
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 job $H/run/edgespec-vm
 while read -r tag path; do
-  mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "$H$path" || echo "init: cannot mount $path"
+  mkdir -p "$H$path" 2>/dev/null; mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "$H$path" || echo "init: cannot mount $path"
 done < $H/run/edgespec-vm/mounts
 for module in __RUN_MODULES__; do chroot $H /sbin/modprobe $module 2>/dev/null; done
 stty -F /dev/ttyS1 raw -echo

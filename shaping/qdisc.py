@@ -137,7 +137,7 @@ from pyroute2.netlink.rtnl import RTM_DELQDISC, RTM_NEWQDISC, TC_H_ROOT
 
 from shaping import topology
 from shaping.link import HEADER_BYTES, default_burst_bytes
-from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, RandomLoss
+from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, NetworkProfile, RandomLoss
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,12 @@ UNIFORM_TABLE: tuple[int, ...] = tuple(4 * i + 2 - NETEM_DIST_SCALE for i in ran
 
 def needs_netem(spec: DirectionSpec) -> bool:
     return spec.delay_ms > 0 or spec.jitter_ms > 0 or not spec.loss.is_lossless
+
+
+def profile_needs_netem(profile: NetworkProfile) -> bool:
+    """Whether any state of the profile, in either direction, needs netem."""
+    states = [profile.initial, *profile.timeline]
+    return any(needs_netem(state.uplink) or needs_netem(state.downlink) for state in states)
 
 
 def jitter_reach_s(spec: DirectionSpec) -> float:

@@ -35,23 +35,21 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import secrets
 import statistics
 import struct
-import subprocess
 import threading
 import time
 
 import pytest
 
 pytest.importorskip("pyroute2")
-from pyroute2 import netns  # noqa: E402
+
 
 from shaping import qdisc  # noqa: E402
 from shaping.link import HEADER_BYTES, MSS_BYTES, default_burst_bytes  # noqa: E402
 from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, RandomLoss  # noqa: E402
-from shaping.topology import OWNER_DIR, LinkTopology  # noqa: E402
+from shaping.topology import LinkTopology  # noqa: E402
+from tests.netns_helpers import PrefixTracker  # noqa: E402
 
 UINT32_MAX = 2**32 - 1
 NLA_F_NESTED = 0x8000
@@ -330,62 +328,29 @@ def test_unknown_distribution_names_are_refused():
 
 # On the kernel ------------------------------------------------------------------------
 
-_USED_PREFIXES: set[str] = set()
-
-
-def fresh_prefix() -> str:
-    prefix = "tq" + secrets.token_hex(4)
-    _USED_PREFIXES.add(prefix)
-    return prefix
-
-
-def _netns_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and qdiscs"
-    name = f"{fresh_prefix()}-probe"
-    try:
-        netns.create(name)
-    except OSError as error:
-        return f"network namespaces are unavailable: {error}"
-    netns.remove(name)
-    return None
+PREFIXES = PrefixTracker("tq")
 
 
 @pytest.fixture(scope="module")
 def netns_ok():
-    problem = _netns_problem()
+    problem = PREFIXES.netns_problem()
     if problem:
         pytest.skip(problem)
 
 
-def _ours() -> tuple[list[str], ...]:
-    def run(*argv):
-        return subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10,
-                              check=True).stdout
-    namespaces = [line.split()[0] for line in run("netns", "list").splitlines() if line.strip()]
-    veths = [line.split(":")[1].strip().split("@")[0]
-             for line in run("-o", "link", "show", "type", "veth").splitlines() if line.strip()]
-    owners = os.listdir(OWNER_DIR) if OWNER_DIR.is_dir() else []
-
-    def mine(name):
-        return (any(name.startswith(p + "-") or name.startswith(p + ".") for p in _USED_PREFIXES)
-                or re.fullmatch(r"es[0-9a-f]{8}-probe", name))
-    return tuple(sorted(n for n in part if mine(n)) for part in (namespaces, veths, owners))
-
-
 @pytest.fixture
 def topo(netns_ok):
-    before = _ours()
-    with LinkTopology(fresh_prefix()) as link:
+    before = PREFIXES.ours()
+    with LinkTopology(PREFIXES.fresh()) as link:
         yield link
-    assert _ours() == before, "namespaces, veths or owner files left behind"
+    assert PREFIXES.ours() == before, "namespaces, veths or owner files left behind"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def nothing_left_at_the_end():
     yield
     if os.geteuid() == 0:
-        assert _ours() == ([], [], []), "left behind by test_qdisc"
+        assert PREFIXES.ours() == ([], [], []), "left behind by test_qdisc"
 
 
 def _qdiscs(topo, side):
@@ -398,7 +363,7 @@ def test_probes_answer_and_leave_nothing(netns_ok):
     qdisc.tbf_available.cache_clear()
     assert qdisc.tbf_available() is True
     assert isinstance(qdisc.netem_available(), bool)
-    assert _ours() == ([], [], [])
+    assert PREFIXES.ours() == ([], [], [])
 
 
 def test_netem_is_refused_cleanly_where_the_kernel_lacks_it(topo):
@@ -449,9 +414,8 @@ def test_tbf_apply_change_remove(topo):
         assert qdisc.remove(ipr, topo.ifindex("cloud")) is False     # nothing left to remove
 
 
+@pytest.mark.needs_netem
 def test_netem_on_a_kernel_that_has_it(topo):
-    if not qdisc.netem_available():
-        pytest.skip("no sch_netem in this kernel (verify in the VM)")
     spec = DirectionSpec(delay_ms=20, jitter_ms=5, jitter_distribution="normal",
                          bandwidth_mbps=10)
     assert qdisc.apply_link(topo, LinkState(uplink=spec, downlink=spec))["edge"] == "netem+tbf"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import socket
 import subprocess
 import threading
@@ -23,72 +22,31 @@ from pyroute2 import IPRoute, netns  # noqa: E402
 
 from shaping import cleanup, topology  # noqa: E402
 from shaping.topology import OWNER_DIR, LinkTopology  # noqa: E402
+from tests.netns_helpers import PrefixTracker, ip as _ip  # noqa: E402
 
-_USED_PREFIXES: set[str] = set()
-_PROBE_NS = re.compile(r"es[0-9a-f]{8}-probe")
-
-
-def fresh_prefix() -> str:
-    prefix = "tp" + secrets.token_hex(4)
-    _USED_PREFIXES.add(prefix)
-    return prefix
-
-
-
-
-def _netns_problem() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    name = f"{fresh_prefix()}-probe"
-    try:
-        netns.create(name)
-    except OSError as error:
-        return f"network namespaces are unavailable: {error}"
-    netns.remove(name)
-    return None
+PREFIXES = PrefixTracker("tp")
+fresh_prefix = PREFIXES.fresh
 
 
 @pytest.fixture(scope="module")
 def netns_ok():
-    problem = _netns_problem()
+    problem = PREFIXES.netns_problem()
     if problem:
         pytest.skip(problem)
 
 
-def _ip(*argv: str) -> str:
-    return subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10,
-                          check=True).stdout
-
-
-def _snapshot() -> tuple[list[str], list[str], list[str]]:
-    namespaces = [line.split()[0] for line in _ip("netns", "list").splitlines() if line.strip()]
-    veths = [line.split(":")[1].strip().split("@")[0]
-             for line in _ip("-o", "link", "show", "type", "veth").splitlines() if line.strip()]
-    owners = sorted(os.listdir(OWNER_DIR)) if OWNER_DIR.is_dir() else []
-    return namespaces, veths, owners
-
-
-def _ours(snapshot) -> tuple[list[str], ...]:
-    """The parts of a snapshot that this test module (or a netem probe) made."""
-    def mine(name: str) -> bool:
-        return (any(name.startswith(prefix + "-") or name.startswith(prefix + ".")
-                    for prefix in _USED_PREFIXES) or bool(_PROBE_NS.fullmatch(name)))
-    return tuple(sorted(name for name in part if mine(name)) for part in snapshot)
-
-
 @pytest.fixture
 def leak_guard(netns_ok):
-    before = _snapshot()
+    before = PREFIXES.ours()
     yield
-    after = _snapshot()
-    assert _ours(after) == _ours(before), "namespaces, veths or owner files left behind"
+    assert PREFIXES.ours() == before, "namespaces, veths or owner files left behind"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def nothing_left_at_the_end():
     yield
     if os.geteuid() == 0:
-        assert _ours(_snapshot()) == ([], [], []), "left behind by test_topology"
+        assert PREFIXES.ours() == ([], [], []), "left behind by test_topology"
 
 
 def _remove_namespace(name: str) -> None:

@@ -1,0 +1,169 @@
+"""The emulated mode end to end: agents in namespaces, the data plane on a shaped veth.
+
+On this host (no ``sch_netem``) a rate-only profile runs natively with tbf.
+The ``needs_netem`` tests run where the kernel has netem: in CI that is the
+VM, started by ``tests/test_vm.py``, which also collects what they measure
+(``EDGESPEC_EVIDENCE_DIR``) for the closing figures.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from orchestrator.configs import load_profile
+from orchestrator.run import RunSpec, run
+from orchestrator.summary import read_jsonl
+from shaping.topology import DEFAULT_PREFIX_PATTERN
+from tests.netns_helpers import PrefixTracker, snapshot
+from validation.prediction import transmit_s
+from validation.probe import probe_emulated
+
+ROOT = Path(__file__).resolve().parent.parent
+# The profiles issue 4 names: 10 ms; 50 ms + 10 ms normal jitter; 100 ms + 1 % loss; 10 and 1 Mbps.
+NETEM_PROFILES = ["rtt010-bw100", "rtt050-bw010-j10", "rtt100-bw010-l1", "rtt010-bw010",
+                  "rtt010-bw001"]
+
+
+@pytest.fixture(scope="module")
+def netns_ok():
+    problem = PrefixTracker("tx").netns_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+def quiet_console() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def our_leftovers() -> list[str]:
+    pattern = re.compile(DEFAULT_PREFIX_PATTERN + r"-(edge|cloud|e|c)")
+    namespaces, veths, _ = snapshot()
+    return [name for name in namespaces + veths if pattern.fullmatch(name)]
+
+
+def emulated_run(profile: str, tmp_path: Path, mode: str = "emulated", **job):
+    spec = RunSpec.load("smoke", profile, mode, job_overrides=job)
+    folder, summary = run(spec, tmp_path, quiet_console())
+    return spec, folder, summary
+
+
+def evidence(name: str, data: dict) -> None:
+    folder = os.environ.get("EDGESPEC_EVIDENCE_DIR")
+    if folder:
+        Path(folder, f"{name}.json").write_text(json.dumps(data, indent=2, default=float))
+
+
+# On any root host: tbf only ------------------------------------------------------------------
+
+def test_emulated_run_with_tbf_only_crosses_the_veth(netns_ok, tmp_path):
+    """Rate-only profile: runs on kernels without netem; the bytes cross the shaped veth."""
+    spec, folder, summary = emulated_run("rtt000-bw010", tmp_path,
+                                         strategies=["fixed-k"], k_values=[5])
+    stats = json.loads((folder / "link_stats.json").read_text())
+    for direction in ("uplink", "downlink"):
+        assert stats[direction]["layout"] in ("tbf", "netem+tbf")
+        assert stats[direction]["packets"] > 10
+        assert stats[direction]["tcp"]["segments_out"] > 10
+    cycles = read_jsonl(folder / "cycles.jsonl")
+    queries = read_jsonl(folder / "queries.jsonl")
+    assert len(queries) == 2 and len(cycles) > 2
+    up_bytes = cycles["bytes_up"].sum()
+    # the qdisc saw at least the ZeroMQ bytes the edge sent (plus TCP/IP headers and ACKs)
+    assert stats["uplink"]["bytes"] > up_bytes
+    assert our_leftovers() == [], "the run left its namespaces or veth behind"
+
+
+def test_sigterm_mid_run_tears_everything_down(netns_ok, tmp_path):
+    """SIGTERM while the agents run in their namespaces: exit 130 and nothing left."""
+    before = set(our_leftovers())
+    child = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run", "--mode", "emulated", "--profile",
+         "rtt000-bw010", "--job", "smoke", "--max-new-tokens", "400", "--results", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob("*/cycles.jsonl")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert set(our_leftovers()) - before, "the run never built its namespaces"
+    child.terminate()
+    output = child.communicate(timeout=30)[0].decode(errors="replace")
+    assert child.returncode == 130, output[-2000:]
+    assert set(our_leftovers()) == before, output[-2000:]
+
+
+# Where the kernel has netem (the VM in CI) ---------------------------------------------------
+
+@pytest.mark.needs_netem
+@pytest.mark.parametrize("profile_name", NETEM_PROFILES)
+def test_probe_kernel_netem_against_the_link_math(profile_name):
+    profile = load_profile(profile_name)
+    report = probe_emulated(profile, "vm" if os.environ.get("EDGESPEC_IN_VM") else "emulated")
+    evidence(f"probe-{profile_name}", report.to_dict())
+    assert report.layouts == {"edge": "netem+tbf", "cloud": "netem+tbf"}
+    misses = [row for row in report.rows if row.ok is False]
+    assert not misses, misses
+    assert our_leftovers() == []
+
+
+def mode_here() -> str:
+    return "vm" if os.environ.get("EDGESPEC_IN_VM") else "emulated"
+
+
+@pytest.fixture(scope="module")
+def agent_overhead_ms(tmp_path_factory) -> float:
+    """The median cycle RTT of fixed-k5 on an unshaped link: the agents' and host's own share.
+
+    Under software emulation (the VM) ZeroMQ and Python add milliseconds per
+    round trip; it is measured here, never assumed.
+    """
+    spec, folder, summary = emulated_run("rtt000-bw100", tmp_path_factory.mktemp("baseline"),
+                                         mode_here(), strategies=["fixed-k"], k_values=[5])
+    cycles = read_jsonl(folder / "cycles.jsonl")
+    overhead = float(cycles["rtt_ms"].median())
+    evidence("run-baseline-rtt000-bw100", {"mode": mode_here(), "measured_rtt_p50_ms": overhead,
+                                           "expected_rtt_ms": 0.0, "cycles": len(cycles)})
+    return overhead
+
+
+@pytest.mark.needs_netem
+@pytest.mark.parametrize("profile_name", NETEM_PROFILES)
+def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, agent_overhead_ms):
+    """A full run over kernel netem: the edge's RTT is the profile's plus transmit plus overhead."""
+    mode = mode_here()
+    spec, folder, summary = emulated_run(profile_name, tmp_path, mode)
+    stats = json.loads((folder / "link_stats.json").read_text())
+    assert stats["uplink"]["layout"] == "netem+tbf" == stats["downlink"]["layout"]
+    cycles = read_jsonl(folder / "cycles.jsonl")
+    fixed = cycles[cycles["strategy"] == "fixed-k5"]
+    state = spec.profile.initial
+    expected_ms = state.rtt_ms + 1000 * (
+        transmit_s(state.uplink, fixed["bytes_up"].median())
+        + transmit_s(state.downlink, fixed["bytes_down"].median()))
+    measured_ms = float(fixed["rtt_ms"].median())
+    row = summary.set_index("strategy").loc["fixed-k5"]
+    evidence(f"run-{profile_name}", {
+        "profile": profile_name, "mode": mode, "expected_rtt_ms": expected_ms,
+        "agent_overhead_ms": agent_overhead_ms,
+        "measured_rtt_p50_ms": measured_ms, "cycles": len(fixed),
+        "tokens_per_s": {s: float(v) for s, v in summary.set_index("strategy")
+                         ["tokens_per_s_p50"].items()} if "tokens_per_s_p50" in summary else {},
+        "link_stats": stats})
+    jitter = state.uplink.jitter_ms + state.downlink.jitter_ms
+    loss = state.uplink.loss_pct + state.downlink.loss_pct
+    tolerance = max(3.0, 0.1 * expected_ms) + 2 * jitter + (250.0 if loss else 0.0)
+    assert abs(measured_ms - agent_overhead_ms - expected_ms) <= tolerance, (
+        measured_ms, agent_overhead_ms, expected_ms)
+    assert len(read_jsonl(folder / "queries.jsonl")) == 8
+    assert pd.notna(row["tokens_per_s_p50"]) if "tokens_per_s_p50" in row else True
+    assert our_leftovers() == []
