@@ -29,7 +29,7 @@ def snapshot() -> tuple[list[str], list[str], list[str]]:
     namespaces = [line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()]
     veths = [line.split(":")[1].strip().split("@")[0]
              for line in ip("-o", "link", "show", "type", "veth").splitlines() if line.strip()]
-    owners = sorted(os.listdir(OWNER_DIR)) if OWNER_DIR.is_dir() else []
+    owners = sorted(path.name for path in OWNER_DIR.glob("*.owner"))
     return namespaces, veths, owners
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pyroute2 import netns
 from rich.console import Console
 
 from orchestrator.configs import load_profile
@@ -84,9 +86,8 @@ def test_emulated_run_with_tbf_only_crosses_the_veth(netns_ok, tmp_path):
     assert our_leftovers() == [], "the run left its namespaces or veth behind"
 
 
-def test_sigterm_mid_run_tears_everything_down(netns_ok, tmp_path):
-    """SIGTERM while the agents run in their namespaces: exit 130 and nothing left."""
-    before = set(our_leftovers())
+def start_long_run(tmp_path: Path) -> subprocess.Popen:
+    """An emulated run (rate-only profile: no netem needed) that is mid-query when this returns."""
     child = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "run", "--mode", "emulated", "--profile",
          "rtt000-bw010", "--job", "smoke", "--max-new-tokens", "400", "--results", str(tmp_path)],
@@ -95,11 +96,68 @@ def test_sigterm_mid_run_tears_everything_down(netns_ok, tmp_path):
     while time.monotonic() < deadline and not list(tmp_path.glob("*/cycles.jsonl")):
         time.sleep(0.2)
     time.sleep(1.0)
+    return child
+
+
+def test_sigterm_mid_run_tears_everything_down(netns_ok, tmp_path):
+    """SIGTERM while the agents run in their namespaces: exit 130 and nothing left."""
+    before = set(our_leftovers())
+    child = start_long_run(tmp_path)
     assert set(our_leftovers()) - before, "the run never built its namespaces"
     child.terminate()
     output = child.communicate(timeout=30)[0].decode(errors="replace")
     assert child.returncode == 130, output[-2000:]
     assert set(our_leftovers()) == before, output[-2000:]
+
+
+def test_cleanup_removes_what_kill_9_left_and_nothing_else(netns_ok, tmp_path):
+    """kill -9: the agents die with the orchestrator; `orchestrator cleanup` removes the rest."""
+    before = set(our_leftovers())
+    bystander = "esx" + secrets.token_hex(3)      # close to, but not of, the scheme es<8 hex>
+    netns.create(f"{bystander}-edge")
+    try:
+        child = start_long_run(tmp_path)
+        left = set(our_leftovers()) - before
+        assert left, "the run never built its namespaces"
+        child.kill()
+        child.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and running_agents_of(tmp_path):
+            time.sleep(0.1)
+        assert not running_agents_of(tmp_path), "agents outlived a kill -9 of the orchestrator"
+        assert set(our_leftovers()) - before == left        # the namespaces are still there
+        listed = orchestrator_cli("cleanup", "--dry-run")
+        assert all(f"would remove namespace {name}" in listed for name in left if
+                   name.endswith(("-edge", "-cloud")))
+        assert set(our_leftovers()) - before == left
+        removed = orchestrator_cli("cleanup")
+        assert all(f"removed namespace {name}" in removed for name in left if
+                   name.endswith(("-edge", "-cloud")))
+        assert set(our_leftovers()) == before
+        assert f"{bystander}-edge" in netns.listnetns()     # never touched
+    finally:
+        netns.remove(f"{bystander}-edge")
+
+
+def running_agents_of(folder: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", f"agents[.](edge|cloud) --settings {folder}"],
+                           capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+
+
+def orchestrator_cli(*argv: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_doctor_names_every_capability_and_the_mode():
+    out = orchestrator_cli("doctor")
+    for name in ("root", "netns", "veth", "sch_netem", "sch_tbf", "qemu", "vm kernel", "kvm",
+                 "torch"):
+        assert re.search(rf"^(ok|--)\s+{name}\s", out, re.M), out
+    assert re.search(r"^mode: (emulated|vm|sim) \(auto: ", out, re.M), out
 
 
 # Where the kernel has netem (the VM in CI) ---------------------------------------------------

@@ -54,7 +54,8 @@ def wait_until_no_agents(before: set[str], timeout_s: float) -> list[str]:
 
 
 def test_smoke_run_writes_results_and_is_lossless(tmp_path):
-    process = orchestrator("run", "--profile", "wifi", "--job", "smoke", "--results", str(tmp_path))
+    process = orchestrator("run", "--mode", "sim", "--profile", "wifi", "--job", "smoke",
+                           "--results", str(tmp_path))
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     folder = only_folder(tmp_path)
@@ -95,8 +96,8 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_interrupt_stops_everything_and_keeps_finished_records(tmp_path, stop):
     before = set(running_agents())
-    process = orchestrator("run", "--profile", "rtt050-bw010", "--job", "smoke", "--strategy",
-                           "fixed-k", "--max-new-tokens", "200", "--queries", "2",
+    process = orchestrator("run", "--mode", "sim", "--profile", "rtt050-bw010", "--job", "smoke",
+                           "--strategy", "fixed-k", "--max-new-tokens", "200", "--queries", "2",
                            "--results", str(tmp_path))
     try:
         wait_for_lines(only_folder_when_ready(tmp_path) / "queries.jsonl", 1, timeout_s=60)
@@ -123,8 +124,8 @@ def only_folder_when_ready(root: Path, timeout_s: float = 30) -> Path:
 
 def test_agents_die_with_a_killed_orchestrator(tmp_path):
     before = set(running_agents())
-    process = orchestrator("run", "--profile", "lan", "--job", "smoke", "--strategy", "fixed-k",
-                           "--max-new-tokens", "400", "--results", str(tmp_path))
+    process = orchestrator("run", "--mode", "sim", "--profile", "lan", "--job", "smoke",
+                           "--strategy", "fixed-k", "--max-new-tokens", "400", "--results", str(tmp_path))
     try:
         wait_for_lines(only_folder_when_ready(tmp_path) / "edge.log", 0, timeout_s=30)
         deadline = time.monotonic() + 30

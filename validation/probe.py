@@ -216,40 +216,32 @@ def measure_packets(paths: Paths, packets: int, interval_s: float, payload_bytes
         for sock in (edge, cloud):
             sock.settimeout(0.05)
 
-        def reflect() -> None:
+        def listen(sock: socket.socket, direction: str, then) -> None:
             highest = [-1]
             while not done.is_set():
                 try:
-                    data = cloud.recv(2048)
-                except socket.timeout:
-                    continue
-                seq, t_sent, _ = PROBE_FORMAT.unpack_from(data)
-                if not paths.arrives("uplink", t_sent, len(data)):
-                    continue
-                t_echo = now()
-                samples.owd_ms["uplink"].append((t_echo - t_sent) * 1000.0)
-                samples.received["uplink"] += 1
-                samples.reordered["uplink"] += _count_reordering(seq, highest)
-                cloud.sendto(PROBE_FORMAT.pack(seq, t_sent, t_echo) + padding, edge_address)
-
-        def collect() -> None:
-            highest = [-1]
-            while not done.is_set():
-                try:
-                    data = edge.recv(2048)
+                    data = sock.recv(2048)
                 except socket.timeout:
                     continue
                 seq, t_sent, t_echo = PROBE_FORMAT.unpack_from(data)
-                if not paths.arrives("downlink", t_echo, len(data)):
+                sent_at = t_sent if direction == "uplink" else t_echo
+                if not paths.arrives(direction, sent_at, len(data)):
                     continue
-                t_back = now()
-                samples.owd_ms["downlink"].append((t_back - t_echo) * 1000.0)
-                samples.rtt_ms.append((t_back - t_sent) * 1000.0)
-                samples.received["downlink"] += 1
-                samples.reordered["downlink"] += _count_reordering(seq, highest)
+                t_arrived = now()
+                samples.owd_ms[direction].append((t_arrived - sent_at) * 1000.0)
+                samples.received[direction] += 1
+                samples.reordered[direction] += _count_reordering(seq, highest)
+                then(seq, t_sent, t_arrived)
 
-        threads = [threading.Thread(target=reflect, daemon=True),
-                   threading.Thread(target=collect, daemon=True)]
+        def echo(seq: int, t_sent: float, t_arrived: float) -> None:
+            cloud.sendto(PROBE_FORMAT.pack(seq, t_sent, t_arrived) + padding, edge_address)
+
+        def round_trip(seq: int, t_sent: float, t_arrived: float) -> None:
+            samples.rtt_ms.append((t_arrived - t_sent) * 1000.0)
+
+        threads = [threading.Thread(target=listen, args=(cloud, "uplink", echo), daemon=True),
+                   threading.Thread(target=listen, args=(edge, "downlink", round_trip),
+                                    daemon=True)]
         for thread in threads:
             thread.start()
         start = now()
@@ -400,7 +392,7 @@ def evaluate(mode: str, profile_name: str, state: LinkState, plan: ProbePlan,
     The baseline (the same path unshaped) is the only correction: its median
     one-way delay is subtracted, its standard deviation is added in
     quadrature to the expected jitter and widens the delay bounds, and a rate
-    is judged only when the unshaped path carries at least twice as much.
+    is judged only when the unshaped path carries ``CAPACITY_HEADROOM`` times as much.
     """
     rows: list[Row] = []
     baseline_owd = {d: float(np.median(baseline.owd_ms[d])) if baseline.owd_ms[d] else 0.0
