@@ -29,10 +29,11 @@ from orchestrator.summary import read_jsonl
 from shaping.topology import DEFAULT_PREFIX_PATTERN
 from tests.netns_helpers import PrefixTracker, snapshot
 from validation.prediction import transmit_s
-from validation.probe import probe_emulated
+from validation.probe import ProbePlan, probe_emulated
 
 ROOT = Path(__file__).resolve().parent.parent
 # The profiles issue 4 names: 10 ms; 50 ms + 10 ms normal jitter; 100 ms + 1 % loss; 10 and 1 Mbps.
+VM_PROBE_PLAN = ProbePlan(packets=200, goodput_s=1.5)    # keeps the VM part of CI short
 NETEM_PROFILES = ["rtt010-bw100", "rtt050-bw010-j10", "rtt100-bw010-l1", "rtt010-bw010",
                   "rtt010-bw001"]
 
@@ -58,6 +59,10 @@ def emulated_run(profile: str, tmp_path: Path, mode: str = "emulated", **job):
     spec = RunSpec.load("smoke", profile, mode, job_overrides=job)
     folder, summary = run(spec, tmp_path, quiet_console())
     return spec, folder, summary
+
+
+def mode_here() -> str:
+    return "vm" if os.environ.get("EDGESPEC_IN_VM") else "emulated"
 
 
 def evidence(name: str, data: dict) -> None:
@@ -166,16 +171,12 @@ def test_doctor_names_every_capability_and_the_mode():
 @pytest.mark.parametrize("profile_name", NETEM_PROFILES)
 def test_probe_kernel_netem_against_the_link_math(profile_name):
     profile = load_profile(profile_name)
-    report = probe_emulated(profile, "vm" if os.environ.get("EDGESPEC_IN_VM") else "emulated")
+    report = probe_emulated(profile, mode_here(), VM_PROBE_PLAN)
     evidence(f"probe-{profile_name}", report.to_dict())
     assert report.layouts == {"edge": "netem+tbf", "cloud": "netem+tbf"}
     misses = [row for row in report.rows if row.ok is False]
     assert not misses, misses
     assert our_leftovers() == []
-
-
-def mode_here() -> str:
-    return "vm" if os.environ.get("EDGESPEC_IN_VM") else "emulated"
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +200,7 @@ def agent_overhead_ms(tmp_path_factory) -> float:
 def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, agent_overhead_ms):
     """A full run over kernel netem: the edge's RTT is the profile's plus transmit plus overhead."""
     mode = mode_here()
-    spec, folder, summary = emulated_run(profile_name, tmp_path, mode)
+    spec, folder, summary = emulated_run(profile_name, tmp_path, mode, max_queries=1)
     stats = json.loads((folder / "link_stats.json").read_text())
     assert stats["uplink"]["layout"] == "netem+tbf" == stats["downlink"]["layout"]
     cycles = read_jsonl(folder / "cycles.jsonl")
@@ -217,11 +218,15 @@ def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, agent_overhe
         "tokens_per_s": {s: float(v) for s, v in summary.set_index("strategy")
                          ["tokens_per_s_p50"].items()} if "tokens_per_s_p50" in summary else {},
         "link_stats": stats})
+    # The netem delay really acts: never below the profile.  Above it: the agents' overhead
+    # measured on the unshaped link, plus what the host adds when the agents wait idle for a
+    # delayed message (under the VM's software emulation several ms, reported in the evidence).
     jitter = state.uplink.jitter_ms + state.downlink.jitter_ms
     loss = state.uplink.loss_pct + state.downlink.loss_pct
-    tolerance = max(3.0, 0.1 * expected_ms) + 2 * jitter + (250.0 if loss else 0.0)
-    assert abs(measured_ms - agent_overhead_ms - expected_ms) <= tolerance, (
+    assert measured_ms >= expected_ms - 1.0 - 2 * jitter, (measured_ms, expected_ms)
+    slack = max(10.0, 0.15 * expected_ms) + 2 * jitter + (250.0 if loss else 0.0)
+    assert measured_ms - agent_overhead_ms - expected_ms <= slack, (
         measured_ms, agent_overhead_ms, expected_ms)
-    assert len(read_jsonl(folder / "queries.jsonl")) == 8
+    assert len(read_jsonl(folder / "queries.jsonl")) == 4      # every strategy, one query
     assert pd.notna(row["tokens_per_s_p50"]) if "tokens_per_s_p50" in row else True
     assert our_leftovers() == []

@@ -71,8 +71,7 @@ class ProbePlan:
     interval_s: float = 0.010
     payload_bytes: int = 64
     goodput_s: float = 2.0
-    baseline_packets: int = 100
-    baseline_interval_s: float = 0.002
+    baseline_packets: int = 100     # at ``interval_s``: the path's own noise at the same spacing
     drain_s: float = 1.0            # wait after the last probe, beyond the longest expected delay
 
 
@@ -324,15 +323,20 @@ def _receive_chunks(connection: socket.socket, paths: Paths, direction: str,
 
 
 def _middle_rate_mbps(arrivals: list[tuple[float, int]]) -> float:
+    """Least-squares slope of bytes received over time between 10 % and 90 % of the bytes.
+
+    A fit, not two end points: a receiver woken late (a busy or emulated CPU)
+    shifts single timestamps, not the slope.
+    """
     if len(arrivals) < 3:
         return math.nan
     times = np.array([t for t, _ in arrivals])
     cumulative = np.cumsum([n for _, n in arrivals])
-    total = cumulative[-1]
-    low, high = np.searchsorted(cumulative, [0.1 * total, 0.9 * total])
-    if times[high] <= times[low]:
+    low, high = np.searchsorted(cumulative, [0.1 * cumulative[-1], 0.9 * cumulative[-1]])
+    if high - low < 2 or times[high] <= times[low]:
         return math.nan
-    return float((cumulative[high] - cumulative[low]) * 8 / (times[high] - times[low]) / 1e6)
+    slope = np.polyfit(times[low:high + 1], cumulative[low:high + 1], 1)[0]
+    return float(slope * 8 / 1e6)
 
 
 # The report ----------------------------------------------------------------------------------
@@ -485,8 +489,8 @@ def probe(paths_for, mode: str, profile: NetworkProfile, plan: ProbePlan = Probe
     """
     state = profile.state_at(0.0)
     unshaped = paths_for(False)
-    baseline = measure_packets(unshaped, plan.baseline_packets,
-                               plan.baseline_interval_s, plan.payload_bytes, plan.drain_s)
+    baseline = measure_packets(unshaped, plan.baseline_packets, plan.interval_s,
+                               plan.payload_bytes, plan.drain_s)
     capacity = measure_goodput(unshaped, "uplink", UNSHAPED_BULK_BYTES)
     if shape is not None:
         shape()
