@@ -34,7 +34,9 @@ from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
 from shaping.simlink import SimLinkSettings
 
-START_TIMEOUT_S = 30.0
+# Loading torch and a model takes seconds natively and minutes under the VM's software
+# emulation; waiting ends at once when the agent exits, so a long limit only bounds a hang.
+START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 5.0
 PR_SET_PDEATHSIG = 1
 
