@@ -7,10 +7,11 @@ project's setup installs (``/boot/vmlinuz-*`` with its ``/lib/modules``):
 - the initramfs is built per boot from busybox (``busybox-static``) and the
   kernel's own virtio, 9p and shaping modules (dependency order from
   ``modules.dep``); its ``/init`` mounts the host's root file system over 9p
-  **read-only**, puts tmpfs on ``/tmp``, ``/run``, ``/var/tmp`` and
+  **read-only**, puts tmpfs on ``/run`` (with ``/run/tmp`` as ``TMPDIR``) and
   ``/dev/shm``, mounts each writable folder (the results) read-write at its
   own path, and runs the command chrooted into the host root, in the host's
-  working directory, so the same venv, code and configs run inside;
+  working directory, so the same venv, code and configs run inside (also
+  from a checkout under ``/tmp``, which stays the host's, read-only);
 - the guest has no network interface: the runs inside build their own
   namespaces and veths;
 - output: the command's stdout and stderr (merged, as on a terminal) reach
@@ -60,8 +61,11 @@ BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 RUN_MODULES = ("sch_netem", "sch_tbf", "veth")
 GUEST_ENV_PASSED = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "CI", "COLUMNS",
                     "PYTHONPATH", "PYTHONHASHSEED")
-GUEST_ENV_SET = {IN_VM_ENV: "1", "PYTHONDONTWRITEBYTECODE": "1",
-                 "XDG_CACHE_HOME": "/tmp/.cache", "MPLCONFIGDIR": "/tmp/.matplotlib"}
+# The host's /tmp stays visible (read-only: a checkout may live there); temporary files go to
+# the guest's own tmpfs through TMPDIR, which Python's tempfile (and pytest) follow.
+GUEST_TMP = "/run/tmp"
+GUEST_ENV_SET = {IN_VM_ENV: "1", "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": GUEST_TMP,
+                 "XDG_CACHE_HOME": f"{GUEST_TMP}/.cache", "MPLCONFIGDIR": f"{GUEST_TMP}/.matplotlib"}
 EXIT_TIMEOUT = 124
 EXIT_BOOT_FAILED = 125
 
@@ -175,7 +179,8 @@ for module in $(cat /modules.order); do insmod "/modules/$module" || echo "init:
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 H=/host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot $H || { echo "init: no host root"; poweroff -f; }
-for dir in /tmp /run /var/tmp; do mount -t tmpfs -o mode=1777 tmpfs $H$dir; done
+mount -t tmpfs -o mode=0755 tmpfs $H/run
+mkdir -m 1777 $H/run/tmp
 mount -t proc proc $H/proc
 mount -t sysfs sysfs $H/sys
 mount -t devtmpfs devtmpfs $H/dev
