@@ -91,6 +91,16 @@ def test_emulated_run_with_tbf_only_crosses_the_veth(netns_ok, tmp_path):
     assert our_leftovers() == [], "the run left its namespaces or veth behind"
 
 
+def test_probe_of_native_tbf_meets_the_rate(netns_ok):
+    """The kernel probe on this host: a rate-only profile is shaped by tbf alone."""
+    report = probe_emulated(load_profile("rtt000-bw010"), "emulated", VM_PROBE_PLAN)
+    assert report.layouts == {"edge": "tbf", "cloud": "tbf"}
+    assert report.passed, [row for row in report.rows if row.ok is False]
+    goodput = [row for row in report.rows if row.metric == "goodput"]
+    assert [row.ok for row in goodput] == [True, True]
+    assert our_leftovers() == []
+
+
 def start_long_run(tmp_path: Path) -> subprocess.Popen:
     """An emulated run (rate-only profile: no netem needed) that is mid-query when this returns."""
     child = subprocess.Popen(
