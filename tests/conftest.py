@@ -29,6 +29,15 @@ def no_agent_left_behind():
     assert not left, f"agent processes left behind: {left}"
 
 
+@pytest.fixture(scope="module")
+def netns_ok():
+    """Skip (with the reason) unless this test can create network namespaces."""
+    from tests.netns_helpers import PrefixTracker
+    problem = PrefixTracker("tn").netns_problem()
+    if problem:
+        pytest.skip(problem)
+
+
 def qemu_processes() -> list[str]:
     found = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True)
     return found.stdout.splitlines()

@@ -27,7 +27,7 @@ from orchestrator.configs import load_profile
 from orchestrator.run import RunSpec, run
 from orchestrator.summary import read_jsonl
 from shaping.topology import DEFAULT_PREFIX_PATTERN
-from tests.netns_helpers import PrefixTracker, snapshot
+from tests.netns_helpers import snapshot
 from validation.prediction import transmit_s
 from validation.probe import ProbePlan, probe_emulated
 from validation.stats import binomial_interval
@@ -37,13 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 VM_PROBE_PLAN = ProbePlan(packets=200, goodput_s=1.5)    # keeps the VM part of CI short
 NETEM_PROFILES = ["rtt010-bw100", "rtt050-bw010-j10", "rtt100-bw010-l1", "rtt010-bw010",
                   "rtt010-bw001"]
-
-
-@pytest.fixture(scope="module")
-def netns_ok():
-    problem = PrefixTracker("tx").netns_problem()
-    if problem:
-        pytest.skip(problem)
 
 
 def quiet_console() -> Console:

@@ -331,13 +331,6 @@ def test_unknown_distribution_names_are_refused():
 PREFIXES = PrefixTracker("tq")
 
 
-@pytest.fixture(scope="module")
-def netns_ok():
-    problem = PREFIXES.netns_problem()
-    if problem:
-        pytest.skip(problem)
-
-
 @pytest.fixture
 def topo(netns_ok):
     before = PREFIXES.ours()

@@ -28,13 +28,6 @@ PREFIXES = PrefixTracker("tp")
 fresh_prefix = PREFIXES.fresh
 
 
-@pytest.fixture(scope="module")
-def netns_ok():
-    problem = PREFIXES.netns_problem()
-    if problem:
-        pytest.skip(problem)
-
-
 @pytest.fixture
 def leak_guard(netns_ok):
     before = PREFIXES.ours()
