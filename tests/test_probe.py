@@ -57,6 +57,13 @@ def test_middle_rate_skips_the_burst_and_the_drain():
     assert math.isnan(_middle_rate_mbps([(0.0, 1)]))
 
 
+def test_middle_rate_ignores_a_stalled_sender():
+    """A 100 ms stall of the sending host (TCG in CI moved a least-squares slope by 5 %)."""
+    packet_s = 1448 / (10e6 / 8)
+    times = np.cumsum([packet_s + (0.1 if i == 600 else 0.0) for i in range(1300)])
+    assert _middle_rate_mbps([(t, 1448) for t in times]) == pytest.approx(10.0, rel=0.002)
+
+
 def _samples(owd_up, owd_down, sent, received_up, received_down) -> PacketSamples:
     samples = PacketSamples(sent=sent)
     samples.owd_ms = {"uplink": list(owd_up), "downlink": list(owd_down)}

@@ -9,9 +9,9 @@ clock), so one-way delays need no clock sync:
   sigma (``robust_sigma``; the standard deviation is in the row's note), loss with a 95 % Clopper-Pearson interval,
   reordering (arrivals with a lower sequence number than one already seen);
   and the round trip.
-- **goodput**: one TCP bulk transfer per direction; the payload rate between
-  the arrival of 10 % and 90 % of the bytes (skips the tbf burst and the
-  drain).
+- **goodput**: one TCP bulk transfer per direction; the steady payload rate
+  between the arrival of 10 % and 90 % of the bytes (skips the tbf burst and
+  the drain; robust to a stalled sender, see ``_middle_rate_mbps``).
 - **baseline**: the packet probe and one bulk transfer on the same path with
   nothing shaped, run first.  Its median one-way delay is the path's own
   systematic delay (the VM's timers and software emulation; loopback in
@@ -323,20 +323,31 @@ def _receive_chunks(connection: socket.socket, paths: Paths, direction: str,
 
 
 def _middle_rate_mbps(arrivals: list[tuple[float, int]]) -> float:
-    """Least-squares slope of bytes received over time between 10 % and 90 % of the bytes.
+    """Steady payload rate between 10 % and 90 % of the bytes: the median, over
+    windows that each span a tenth of the bytes (one starting at every arrival),
+    of bytes over time.
 
-    A fit, not two end points: a receiver woken late (a busy or emulated CPU)
-    shifts single timestamps, not the slope.
+    Windows, not two end points: a receiver woken late shifts single
+    timestamps, not the rate of a window.  The median, not a fit over the
+    whole stretch: a sender that stalls (an emulated CPU descheduled for
+    100 ms) idles the link; that is the host, not the link, and it moves only
+    the few windows around the stall.
     """
     if len(arrivals) < 3:
         return math.nan
     times = np.array([t for t, _ in arrivals])
     cumulative = np.cumsum([n for _, n in arrivals])
-    low, high = np.searchsorted(cumulative, [0.1 * cumulative[-1], 0.9 * cumulative[-1]])
-    if high - low < 2 or times[high] <= times[low]:
+    total = cumulative[-1]
+    low, high = np.searchsorted(cumulative, [0.1 * total, 0.9 * total])
+    ends = np.searchsorted(cumulative, cumulative[low:high] + 0.1 * total)
+    inside = ends <= high
+    starts = np.arange(low, high)[inside]
+    ends = ends[inside]
+    spans = times[ends] - times[starts]
+    rates = (cumulative[ends] - cumulative[starts])[spans > 0] / spans[spans > 0]
+    if rates.size == 0:
         return math.nan
-    slope = np.polyfit(times[low:high + 1], cumulative[low:high + 1], 1)[0]
-    return float(slope * 8 / 1e6)
+    return float(np.median(rates) * 8 / 1e6)
 
 
 # The report ----------------------------------------------------------------------------------
