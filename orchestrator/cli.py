@@ -18,14 +18,18 @@ from rich.console import Console
 from agents.control import AgentError
 from agents.protocol import ProtocolError
 from orchestrator import vm
-from orchestrator.configs import ConfigError, available, load_profile
+from orchestrator.configs import ConfigError, available, load_job, load_profile
 from orchestrator.doctor import MODES, HostReport, choose_mode
 from orchestrator.job import ALL_STRATEGIES
 from orchestrator.probes import print_probe_report, save_probe_report
+from orchestrator.report import report_folder
 from orchestrator.run import RunSpec, run
+from orchestrator.sweep import SweepFolder, expand, sweep
+from orchestrator.validate import validate
 from shaping.cleanup import leftovers, remove_leftovers
 from shaping.profile import NetworkProfile
 from shaping.qdisc import profile_needs_netem
+from validation.crossval import passed
 from validation.probe import ProbePlan, probe_emulated, probe_sim
 
 
@@ -143,6 +147,116 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
             inner += ["--mode", "vm"]
         ctx.exit(run_in_vm(inner, [results_root], vm_timeout))
     run(spec, results_root, console)
+
+
+@cli.command("sweep")
+@click.option("--job", "job_name", help="Job file with a `network` section (profiles and/or "
+                                        "grids, codecs): a name under configs/jobs or a path.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, exists=True,
+                                                        path_type=Path),
+              help="Finish this sweep folder: cells it finished are kept, a cell cut off is "
+                   "rerun; the job and mode are the folder's.")
+@click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
+              help="As for `run`; one mode for every cell.")
+@click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True, help="Where the sweep folder goes.")
+@click.option("--vm-timeout", type=click.FloatRange(1), default=vm.DEFAULT_TIMEOUT_S,
+              show_default=True, help="vm mode: stop the VM after this many seconds (exit 124).")
+@click.pass_context
+def sweep_command(ctx, job_name, resume_dir, mode, results_root, vm_timeout) -> None:
+    """Run a job on every cell of its network section, then rank and report.
+
+    Each cell is a full run (same files as `run`) under cells/, recorded in
+    cells.jsonl once finished; Ctrl-C stops cleanly and `--resume DIR`
+    continues without redoing finished cells.  At the end: leaderboard.csv,
+    reversal.csv, rank/ (Ianvs layout), plots and report.html.
+    """
+    console = make_console()
+    if (job_name is None) == (resume_dir is None):
+        raise click.UsageError("give either --job FILE (a new sweep) or --resume DIR")
+    if resume_dir is not None:
+        folder = SweepFolder.open(resume_dir)
+        job, chosen, names = folder.plan()
+        cells = {cell.name: cell for cell in expand(job)}
+        if sorted(cells) != sorted(names):
+            raise ConfigError(f"{resume_dir}: the job's cells no longer match {SweepFolder.PLAN}")
+        cells = [cells[name] for name in names]
+        reason = "the mode the sweep started with"
+        if mode not in ("auto", chosen):
+            raise click.UsageError(f"--mode {mode}: this sweep runs in {chosen} mode")
+    else:
+        job = load_job(job_name)
+        cells = expand(job)
+        needs_netem = any(profile_needs_netem(cell.profile) for cell in cells)
+        if mode == "sim":
+            chosen, reason = resolve_mode("sim", cells[0].profile)
+        else:
+            try:
+                chosen, reason = choose_mode(mode, HostReport.inspect(), needs_netem)
+            except ValueError as error:
+                raise click.UsageError(str(error)) from None
+    console.print(f"mode: {chosen} ({reason})")
+    if chosen == "vm" and not vm.in_vm():
+        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
+        if mode == "auto":
+            inner += ["--mode", "vm"]
+        ctx.exit(run_in_vm(inner, [resume_dir or results_root], vm_timeout))
+    if resume_dir is None:
+        folder = SweepFolder.create(results_root, job, chosen, cells)
+    console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
+                  f"`orchestrator sweep --resume {folder.path}`")
+    sweep(folder, job, chosen, cells, console)
+    report_folder(folder.path, console)
+
+
+@cli.command("validate")
+@click.option("--job", "job_name", default="validate", show_default=True,
+              help="Job file with a `network` section: a name under configs/jobs or a path.")
+@click.option("--mode", type=click.Choice(["auto", "emulated", "vm"]), default="auto",
+              show_default=True, help="The measured leg: emulated (kernel netem here) or vm; "
+                                      "auto as for `run`, never sim.")
+@click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("results"), show_default=True, help="Where the validation goes.")
+@click.option("--vm-timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
+              help="vm mode: stop the VM after this many seconds (exit 124).")
+@click.pass_context
+def validate_command(ctx, job_name, mode, results_root, vm_timeout) -> None:
+    """Run a job's cells in sim and in emulated (or vm) mode and compare them with each
+    other and with the analytic model.
+
+    First measures the path's own round trip on an unshaped link in the
+    measured mode and adds it to the sim leg's RTT; then prints, per cell and
+    strategy, the difference, tolerance and verdict of tokens/s, TTFT P50/P95
+    and cycle RTT P50/P95, and writes validation.csv.  Exit code 1 when a
+    check misses.
+    """
+    console = make_console()
+    job = load_job(job_name)
+    cells = expand(job)
+    try:
+        chosen, reason = choose_mode(mode, HostReport.inspect(),
+                                     any(profile_needs_netem(cell.profile) for cell in cells))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    if chosen == "sim":
+        raise click.UsageError(f"validate needs the emulated or vm mode, and {reason}")
+    console.print(f"mode: {chosen} ({reason})")
+    if chosen == "vm" and not vm.in_vm():
+        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
+        ctx.exit(run_in_vm(inner + (["--mode", "vm"] if mode == "auto" else []),
+                           [results_root], vm_timeout))
+    _, comparison = validate(job, chosen, results_root, console)
+    ctx.exit(0 if passed(comparison) else 1)
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def report_command(run_dir) -> None:
+    """Write RUN_DIR/report.html (tables and plots in one file) and print the key table.
+
+    RUN_DIR is a sweep folder or the folder of one `run`.
+    """
+    report_folder(run_dir, make_console())
 
 
 @cli.command("probe")

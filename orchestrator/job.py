@@ -1,7 +1,10 @@
 """Jobs: which strategies to run, on which model pair and prompts, how often.
 
 ``JobConfig`` is the validated job file; ``plan`` expands it into the
-strategy runs (one per strategy, one per K for ``fixed-k``).
+strategy runs (one per strategy, one per K for ``fixed-k``).  Its optional
+``network`` section (``NetworkSpace``) is what ``orchestrator sweep`` expands
+into cells: named profiles and grids of RTT x bandwidth x jitter x loss,
+each crossed with the payload codecs to compare.
 """
 
 from __future__ import annotations
@@ -14,8 +17,47 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agents.codecs import get_codec
 from agents.edge import StrategyName
 from agents.sampling import Decoding, SamplingConfig
+from shaping.profile import JitterDistribution
 
 ALL_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
+
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class NetworkGrid(BaseModel):
+    """The cartesian product of its axes; each point is one symmetric link."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rtt_ms: list[NonNegative] = Field(min_length=1)
+    bandwidth_mbps: list[Annotated[float, Field(gt=0.0)] | None] = Field(default=[None],
+                                                                         min_length=1)
+    jitter_ms: list[NonNegative] = Field(default=[0.0], min_length=1)
+    jitter_distribution: JitterDistribution = "normal"
+    loss_pct: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(default=[0.0], min_length=1)
+    codecs: list[str] = Field(default=[], description="default: the network section's")
+
+    @model_validator(mode="after")
+    def _known_codecs(self) -> "NetworkGrid":
+        for codec in self.codecs:
+            get_codec(codec)
+        return self
+
+
+class NetworkSpace(BaseModel):
+    """What a sweep covers: profiles by name, grids, and the codecs to cross them with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    profiles: list[str] = []
+    grids: list[NetworkGrid] = []
+    codecs: list[str] = Field(default=[], description="default: the job's codec")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "NetworkSpace":
+        if not self.profiles and not self.grids:
+            raise ValueError("give profiles or grids (or both)")
+        for codec in self.codecs:
+            get_codec(codec)
+        return self
 
 
 class JobConfig(BaseModel):
@@ -37,13 +79,17 @@ class JobConfig(BaseModel):
     repetitions: int = Field(default=1, gt=0)
     seed: int = 0
     receive_timeout_s: float = Field(default=30.0, gt=0)
+    network: NetworkSpace | None = Field(default=None, description="what `orchestrator sweep` "
+                                         "covers; `run` takes --profile instead")
 
     @model_validator(mode="after")
     def _codec_fits_decoding(self) -> "JobConfig":
-        if self.codec is not None:
-            codec = get_codec(self.codec)
-            if self.decoding == "sampling" and not codec.carries_draft_probs:
-                raise ValueError(f"codec {self.codec!r} carries no draft probabilities, "
+        codecs = ([self.codec] if self.codec else []) + (
+            self.network.codecs + [c for grid in self.network.grids for c in grid.codecs]
+            if self.network else [])
+        for name in codecs:
+            if self.decoding == "sampling" and not get_codec(name).carries_draft_probs:
+                raise ValueError(f"codec {name!r} carries no draft probabilities, "
                                  "which sampling verification needs")
         return self
 

@@ -32,17 +32,22 @@ class ResultsFolder:
         self._queries = open(path / self.QUERIES, "a")
         self._cycles = open(path / self.CYCLES, "a")
 
-    @classmethod
-    def create(cls, root: Path, label: str) -> "ResultsFolder":
+    @staticmethod
+    def new_path(root: Path, label: str) -> Path:
+        """A new, empty folder under ``root`` named by the time and ``label``."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)
+        safe = re.sub(r"[^A-Za-z0-9_.@-]+", "-", label)
         path = root / f"{stamp}-{safe}"
         suffix = 1
         while path.exists():
             suffix += 1
             path = root / f"{stamp}-{safe}-{suffix}"
         path.mkdir(parents=True)
-        return cls(path)
+        return path
+
+    @classmethod
+    def create(cls, root: Path, label: str) -> "ResultsFolder":
+        return cls(cls.new_path(root, label))
 
     def write_config(self, resolved: dict) -> None:
         (self.path / self.CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False))

@@ -175,6 +175,23 @@ class LinkState(_Strict):
         return self.uplink.delay_ms + self.downlink.delay_ms
 
 
+def with_rtt(state: LinkState, rtt_ms: float) -> LinkState:
+    """``state`` with its RTT split evenly over the two directions, all else kept."""
+    return LinkState(uplink=state.uplink.model_copy(update={"delay_ms": rtt_ms / 2.0}),
+                     downlink=state.downlink.model_copy(update={"delay_ms": rtt_ms / 2.0}))
+
+
+def with_extra_rtt(profile: "NetworkProfile", extra_ms: float) -> "NetworkProfile":
+    """``profile`` with ``extra_ms`` more round-trip delay in every state, half each way."""
+    def longer(state: LinkState) -> dict:
+        return {direction: getattr(state, direction).model_copy(
+                    update={"delay_ms": getattr(state, direction).delay_ms + extra_ms / 2.0})
+                for direction in ("uplink", "downlink")}
+    return profile.model_copy(update={
+        "initial": LinkState(**longer(profile.initial)),
+        "timeline": [TimedLinkState(at_s=step.at_s, **longer(step)) for step in profile.timeline]})
+
+
 class TimedLinkState(LinkState):
     at_s: float
 

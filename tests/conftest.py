@@ -6,11 +6,20 @@ test (``tests/test_vm.py``) runs them inside a VM whose kernel has it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_SWEEP_JOB = ROOT / "tests" / "fixtures" / "sweep-small.yaml"
 
 # Agents this suite starts keep their settings under pytest's temporary folders.
 AGENT_PATTERN = "agents[.](edge|cloud) --settings .*pytest-of-"
@@ -27,6 +36,47 @@ def no_agent_left_behind():
     yield
     left = [line for line in running_agents() if line not in before]
     assert not left, f"agent processes left behind: {left}"
+
+
+@dataclass
+class ResumedSweep:
+    path: Path
+    finished_before_interrupt: list[str]
+    interrupt_exit_code: int
+    resume_output: str
+
+
+def _finished_cells(path: Path) -> list[str]:
+    done = path / "cells.jsonl"
+    return ([json.loads(line)["cell"] for line in done.read_text().splitlines()]
+            if done.exists() else [])
+
+
+@pytest.fixture(scope="session")
+def resumed_sweep(tmp_path_factory) -> ResumedSweep:
+    """``tests/fixtures/sweep-small.yaml`` in sim mode, interrupted (SIGINT) once two cells
+    have finished, then finished with ``--resume``: shared by the sweep and report tests."""
+    root = tmp_path_factory.mktemp("sweep")
+    command = [sys.executable, "-m", "orchestrator.cli", "sweep", "--mode", "sim",
+               "--results", str(root)]
+    first = subprocess.Popen(command + ["--job", str(SMALL_SWEEP_JOB)], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    path = None
+    while time.monotonic() < deadline and first.poll() is None:
+        folders = list(root.glob("*-sweep-small-sim"))
+        if folders and len(_finished_cells(folders[0])) >= 2:
+            path = folders[0]
+            break
+        time.sleep(0.2)
+    assert path is not None, first.communicate(timeout=30)[0]
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    finished = _finished_cells(path)
+    resumed = subprocess.run(command + ["--resume", str(path)], cwd=ROOT, text=True,
+                             capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    return ResumedSweep(path, finished, first.returncode, resumed.stdout)
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ def test_topology_is_built_and_torn_down(leak_guard):
         for side in ("edge", "cloud"):
             namespace, ifname = topo.namespace(side), topo.interface(side)
             links = _ip("-n", namespace, "-o", "link", "show")
-            assert re.search(rf"\d+: lo: <[^>]*\bUP\b", links)
+            assert re.search(r"\d+: lo: <[^>]*\bUP\b", links)
             assert re.search(rf"\d+: {re.escape(ifname)}@\S+: <[^>]*\bUP\b", links)
             addresses = _ip("-n", namespace, "-o", "addr", "show", "dev", ifname)
             assert f"inet {topo.ip(side)}/30" in addresses

@@ -1,0 +1,104 @@
+"""`orchestrator validate`: one job's cells in sim and in emulated (or vm) mode, compared.
+
+Steps, all on the same machine (in vm mode all of them inside the VM, so
+both legs share one CPU and one clock):
+
+1. calibrate: an unshaped cell in the measured mode; the median cycle RTT
+   there is the path's own round trip (the agents, ZeroMQ and the kernel
+   path; several ms under the VM's software emulation), measured, never
+   assumed;
+2. the measured leg: every cell, a sweep in that mode;
+3. the sim leg: every cell with the calibrated round trip added to its RTT,
+   so the link model stands for the path plus the profile, not the profile
+   alone;
+4. ``validation.crossval.compare``: analytic vs sim and sim vs measured, per
+   cell, strategy and metric; ``validation.csv`` and a table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.analysis import load_results
+from orchestrator.job import JobConfig
+from orchestrator.results import ResultsFolder
+from orchestrator.summary import read_jsonl
+from orchestrator.sweep import Cell, SweepFolder, expand, grid_profile, sweep
+from shaping.profile import with_extra_rtt
+from validation.crossval import ANALYTIC_VS_SIM, SIM_VS_MEASURED, compare, passed
+
+COMPARISON = "validation.csv"
+CALIBRATION = "calibration"
+
+
+def calibrate(job: JobConfig, mode: str, path: Path, console: Console) -> float:
+    """Median cycle RTT (ms) of the job's speculation on an unshaped link in ``mode``."""
+    cell = Cell(grid_profile(0.0, None))
+    folder = SweepFolder.create_at(path, job, mode, [cell])
+    sweep(folder, job, mode, [cell], console)
+    cycles = read_jsonl(folder.cell_path(cell.name) / ResultsFolder.CYCLES)
+    if cycles.empty:
+        raise ValueError(f"job {job.name!r}: validate needs a strategy with cycles "
+                         "(fixed-k or cloud-spec) to measure the path's round trip")
+    networked = cycles[cycles["strategy"].str.startswith("fixed-k")]
+    return float((networked if len(networked) else cycles)["rtt_ms"].median())
+
+
+def validate(job: JobConfig, mode: str, root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
+    path = ResultsFolder.new_path(root, f"validate-{job.name}-{mode}")
+    console.print(f"validation: {path}")
+    cells = expand(job)
+    overhead_ms = calibrate(job, mode, path / CALIBRATION, console)
+    console.print(f"path round trip on the unshaped {mode} link: {overhead_ms:.2f} ms (median "
+                  "cycle RTT); the sim leg adds it to every cell's RTT")
+    sweep(SweepFolder.create_at(path / mode, job, mode, cells), job, mode, cells, console)
+    sim_cells = [Cell(with_extra_rtt(cell.profile, overhead_ms), cell.codec) for cell in cells]
+    sweep(SweepFolder.create_at(path / "sim", job, "sim", sim_cells), job, "sim", sim_cells,
+          console)
+    comparison = compare(load_results(path / "sim"), load_results(path / mode), mode)
+    comparison.to_csv(path / COMPARISON, index=False)
+    (path / "calibration.json").write_text(json.dumps(
+        {"mode": mode, "path_rtt_ms": overhead_ms, "passed": passed(comparison)}, indent=1))
+    print_comparison(comparison, overhead_ms, mode, console)
+    return path, comparison
+
+
+def _verdict_text(row: pd.Series) -> str:
+    mark = {"pass": "ok", "miss": "MISS", "reported": "(not judged)"}[row["verdict"]]
+    return f"{100 * row['difference']:+.1f}% {mark}"
+
+
+def print_comparison(comparison: pd.DataFrame, overhead_ms: float, mode: str,
+                     console: Console) -> None:
+    checks = [ANALYTIC_VS_SIM, *SIM_VS_MEASURED]
+    table = Table(title=f"validation: sim vs {mode} vs the analytic model (difference, verdict)",
+                  title_justify="left")
+    table.add_column("cell")
+    table.add_column("strategy")
+    headers = {}
+    for check in checks:
+        header = f"{check.legs.format(mode=mode)}\n{check.metric} {check.label}"
+        headers[(check.legs.format(mode=mode), check.metric)] = header
+        table.add_column(header, justify="right")
+    for (cell, strategy), rows in comparison.groupby(["cell", "strategy"], sort=False):
+        by_check = {(row["legs"], row["metric"]): row for _, row in rows.iterrows()}
+        table.add_row(cell, strategy, *[_verdict_text(by_check[key]) if key in by_check else "-"
+                                        for key in headers])
+    console.print(table)
+    misses = comparison[comparison["verdict"] == "miss"]
+    for _, row in misses.iterrows():
+        console.print(f"miss: {row['cell']} {row['strategy']} {row['legs']} {row['metric']}: "
+                      f"{row['reference']:.2f} -> {row['measured']:.2f} "
+                      f"({100 * row['difference']:+.1f}%, tolerance {row['tolerance']})"
+                      + (f"; known cause: {row['note']}" if row["note"] else ""),
+                      highlight=False)
+    judged = comparison[comparison["verdict"] != "reported"]
+    console.print(f"{len(judged) - len(misses)} of {len(judged)} checks pass; the sim leg ran "
+                  f"with the measured path round trip ({overhead_ms:.2f} ms) added to each RTT"
+                  + ("" if np.isfinite(overhead_ms) else " (none measured)"))

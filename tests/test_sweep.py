@@ -1,0 +1,143 @@
+"""Sweeps: cell expansion, resume after an interrupt, the leaderboard, the reversal RTT."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.analysis import ianvs_rank, leaderboard, load_results, reversal
+from orchestrator.configs import load_job, load_profile
+from orchestrator.sweep import expand, grid_profile
+from tests.conftest import ROOT, SMALL_SWEEP_JOB
+
+
+def test_the_seed_grid_expands_to_its_45_cells():
+    cells = expand(load_job("seed-grid"))
+    names = [cell.name for cell in cells]
+    assert len(names) == len(set(names)) == 7 * 3 + 2 * 3 * 2 + 3 * 4
+    assert names[:3] == ["rtt000-bw001", "rtt000-bw010", "rtt000-bw100"]
+    assert {"rtt200-bw010-j25", "rtt050-bw010-l5", "rtt050-bw001@full32"} <= set(names)
+    jittered = next(cell for cell in cells if cell.name == "rtt050-bw010-j10").profile.initial
+    assert (jittered.rtt_ms, jittered.uplink.jitter_ms, jittered.uplink.jitter_distribution,
+            jittered.downlink.bandwidth_mbps) == (50, 10, "normal", 10)
+
+
+def test_grid_profiles_match_the_shipped_grid_files():
+    for name, args in (("rtt050-bw010-j10", (50, 10, 10, 0)), ("rtt200-bw010-l5", (200, 10, 0, 5)),
+                       ("rtt000-bw100", (0, 100, 0, 0))):
+        made = grid_profile(*args)
+        assert made.name == name
+        assert made.initial == load_profile(name).initial
+
+
+def sweep_cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("model_pair: synthetic\n", "has no network section"),
+    ("network: {}\n", "give profiles or grids"),
+    ("network: {grids: [{rtt_ms: [-1]}]}\n", "network.grids.0.rtt_ms.0"),
+    ("network: {grids: [{rtt_ms: [10], codecs: [zip]}]}\n", "unknown codec 'zip'"),
+    ("network: {profiles: [nowhere]}\n", "profile 'nowhere' not found"),
+])
+def test_a_bad_network_section_is_one_line_and_exit_2(tmp_path, body, message):
+    job = tmp_path / "job.yaml"
+    job.write_text(body)
+    done = sweep_cli("--job", str(job), "--mode", "sim", "--results", str(tmp_path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
+    assert not list(tmp_path.glob("*sweep*"))
+
+
+def test_sweep_needs_a_job_or_a_folder_to_resume(tmp_path):
+    assert sweep_cli("--mode", "sim").returncode == 2
+    not_a_sweep = sweep_cli("--resume", str(tmp_path))
+    assert not_a_sweep.returncode == 2 and "not a sweep folder" in not_a_sweep.stderr
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_or_losing_a_cell(resumed_sweep):
+    assert resumed_sweep.interrupt_exit_code == 130
+    expected = [cell.name for cell in expand(load_job(str(SMALL_SWEEP_JOB)))]
+    assert 2 <= len(resumed_sweep.finished_before_interrupt) < len(expected)
+    done = [json.loads(line)["cell"]
+            for line in (resumed_sweep.path / "cells.jsonl").read_text().splitlines()]
+    assert sorted(done) == sorted(expected)                    # every cell once: none lost
+    assert done[:len(resumed_sweep.finished_before_interrupt)] == \
+        resumed_sweep.finished_before_interrupt                 # finished ones kept, not redone
+    assert f"resuming: {len(resumed_sweep.finished_before_interrupt)} of {len(expected)}" in \
+        resumed_sweep.resume_output
+    for name in resumed_sweep.finished_before_interrupt:
+        assert f"cell {name}: done" not in resumed_sweep.resume_output
+    job = load_job(str(SMALL_SWEEP_JOB))
+    per_cell = job.max_queries * (len(job.strategies) - 1 + len(job.k_values))
+    for name in expected:                        # the cut-off cell was rerun from scratch
+        queries = (resumed_sweep.path / "cells" / name / "queries.jsonl").read_text().splitlines()
+        assert len(queries) == per_cell, name
+
+
+def test_the_leaderboard_ranks_each_cell_by_speed_and_accuracy(resumed_sweep):
+    board = leaderboard(load_results(resumed_sweep.path))
+    assert list(board["cell"].unique()) == [c.name for c in expand(load_job(str(SMALL_SWEEP_JOB)))]
+    for _, rows in board.groupby("cell"):
+        assert list(rows["rank_tokens_per_s"]) == list(range(1, len(rows) + 1))
+        assert rows["tokens_per_s"].is_monotonic_decreasing
+    fast = board[board["cell"] == "rtt000-bw010"].set_index("strategy")
+    # synthetic pair: the edge drafts at 250 tok/s, the cloud decodes at 33
+    assert fast.loc["edge-only", "rank_tokens_per_s"] == 1
+    # a 30 ms decode step per token, plus the prefill spread over 16 tokens
+    assert 30.0 <= fast.loc["cloud-only", "cloud_ms_per_token"] <= 40.0
+    # speculation verifies several tokens per 32.5 ms forward: the cloud's cost per token drops
+    assert fast.loc["fixed-k5", "cloud_ms_per_token"] < fast.loc["cloud-only", "cloud_ms_per_token"]
+    full16 = board[board["cell"] == "rtt040-bw001@full16"].set_index("strategy")
+    ids = board[board["cell"] == "rtt040-bw010"].set_index("strategy")
+    assert full16.loc["fixed-k5", "codec"] == "full16" and ids.loc["fixed-k5", "codec"] == "ids"
+    assert full16.loc["fixed-k5", "bytes_up_per_token"] > 10 * ids.loc["fixed-k5",
+                                                                        "bytes_up_per_token"]
+
+
+def _series(rtts, spec_rates, cloud_rate) -> pd.DataFrame:
+    rows = []
+    for rtt, rate in zip(rtts, spec_rates):
+        for strategy, tokens_per_s, crossover in (("cloud-only", cloud_rate, math.nan),
+                                                  ("fixed-k5", rate, 42.0)):
+            rows.append({"cell": f"rtt{rtt}", "strategy": strategy, "rtt_ms": rtt,
+                         "bandwidth_mbps": 10.0, "jitter_ms": 0.0, "loss_pct": 0.0,
+                         "codec": "ids", "static": True, "tokens_per_s": tokens_per_s,
+                         "crossover_rtt_ms": crossover})
+    return pd.DataFrame(rows)
+
+
+def test_reversal_interpolates_seconds_per_token_linearly():
+    # the model's shape: 3 tokens per cycle of 60 ms + RTT; cloud-only 25 tok/s (40 ms/token)
+    rtts = [0, 50, 100]
+    spec = [3 / (0.060 + rtt / 1000) for rtt in rtts]
+    found = reversal(_series(rtts, spec, 25.0))
+    row = found[found["strategy"] == "fixed-k5"].iloc[0]
+    assert row["measured_reversal_rtt_ms"] == pytest.approx(60.0)   # 3 * 40 - 60
+    assert row["predicted_reversal_rtt_ms"] == 42.0
+    assert set(found["strategy"]) == {"fixed-k5", "best fixed-K"}
+
+
+def test_reversal_says_when_there_is_none_in_the_range():
+    never = reversal(_series([0, 50], [20.0, 10.0], 25.0)).iloc[0]
+    assert math.isnan(never["measured_reversal_rtt_ms"]) and "slower" in never["note"]
+    always = reversal(_series([0, 50], [40.0, 30.0], 25.0)).iloc[0]
+    assert math.isnan(always["measured_reversal_rtt_ms"]) and "faster" in always["note"]
+
+
+def test_ianvs_rank_has_its_columns_in_order(resumed_sweep):
+    board = leaderboard(load_results(resumed_sweep.path))
+    table = ianvs_rank(board, "synthetic")
+    columns = ["rank"] + list(table.columns)
+    assert columns[:3] == ["rank", "algorithm", "throughput"]
+    assert columns[-2:] == ["time", "url"] and "paradigm" in columns
+    assert table.index.min() == 1 and np.all(table["throughput"].notna())

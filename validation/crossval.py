@@ -1,0 +1,105 @@
+"""Cross-validation: the same cells in sim and in emulated (or vm) mode, and the analytic model.
+
+``compare`` takes two leaderboards (``orchestrator.analysis.load_results``
+of each leg: one row per cell and strategy) and returns one row per cell,
+strategy and metric with both values, the relative difference, the
+tolerance and the verdict.  Pure pandas, no I/O.
+
+Legs and tolerances (relative):
+
+- analytic vs sim, tokens/s: 3 %, judged only on cells without jitter or
+  loss (the closed form has neither);
+- sim vs emulated: tokens/s (aggregate and per-query P50) 5 %; TTFT P50 and
+  P95 10 %; cycle RTT P50 and P95 10 % or 1 ms, whichever is larger (a
+  relative bound alone would judge sub-millisecond noise at RTT 0).
+
+A miss on a cell with loss or jitter carries the known cause in its note:
+the link model's TCP has no tail-loss probe, no congestion window and no
+loss on ACKs, and a P95 over few queries of a jittered link is itself noisy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Check:
+    legs: str                 # "analytic vs sim" or "sim vs <mode>"
+    metric: str               # a summary column
+    tolerance: float          # relative
+    floor: float = 0.0        # absolute, in the metric's unit: the bound is the larger
+    static_only: bool = False  # judged only without jitter and loss
+
+    def bound(self, reference: float) -> float:
+        return max(self.tolerance * abs(reference), self.floor)
+
+    @property
+    def label(self) -> str:
+        return f"±{self.tolerance:.0%}" + (f" (≥{self.floor:g})" if self.floor else "")
+
+
+SIM_VS_MEASURED = (
+    Check("sim vs {mode}", "tokens_per_s", 0.05),
+    Check("sim vs {mode}", "tokens_per_s_p50", 0.05),
+    Check("sim vs {mode}", "ttft_ms_p50", 0.10),
+    Check("sim vs {mode}", "ttft_ms_p95", 0.10),
+    Check("sim vs {mode}", "rtt_ms_p50", 0.10, floor=1.0),
+    Check("sim vs {mode}", "rtt_ms_p95", 0.10, floor=1.0),
+)
+ANALYTIC_VS_SIM = Check("analytic vs sim", "tokens_per_s", 0.03, static_only=True)
+
+LOSS_CAUSE = ("the link model's TCP simplifies loss recovery (RTO only: no tail-loss probe, "
+              "no congestion window, no ACK loss)")
+JITTER_CAUSE = "a tail percentile over few queries of a jittered link is itself noisy"
+
+
+def _known_cause(row: pd.Series, metric: str) -> str:
+    if row["loss_pct"] > 0:
+        return LOSS_CAUSE
+    if row["jitter_ms"] > 0 and metric.endswith(("p95", "p99")):
+        return JITTER_CAUSE
+    return ""
+
+
+def _row(cell: pd.Series, check: Check, mode: str, reference: float, measured: float,
+         judged: bool) -> dict:
+    difference = (measured - reference) / reference if reference else np.nan
+    within = bool(abs(measured - reference) <= check.bound(reference))
+    verdict = "pass" if within else "miss"
+    note = ""
+    if not judged:
+        verdict, note = "reported", "jitter or loss: the closed form has neither"
+    elif not within:
+        note = _known_cause(cell, check.metric)
+    return {"cell": cell["cell"], "strategy": cell["strategy"],
+            "legs": check.legs.format(mode=mode), "metric": check.metric,
+            "reference": reference, "measured": measured, "difference": difference,
+            "tolerance": check.label, "verdict": verdict, "note": note}
+
+
+def compare(sim: pd.DataFrame, measured: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Every check of every (cell, strategy) the two legs share; see the module docstring."""
+    keyed = measured.set_index(["cell", "strategy"])
+    rows = []
+    for _, cell in sim.iterrows():
+        static = cell["jitter_ms"] == 0 and cell["loss_pct"] == 0
+        predicted = cell.get("predicted_tokens_per_s", np.nan)
+        if np.isfinite(predicted):
+            rows.append(_row(cell, ANALYTIC_VS_SIM, mode, predicted, cell["tokens_per_s"],
+                             judged=static or not ANALYTIC_VS_SIM.static_only))
+        if (cell["cell"], cell["strategy"]) not in keyed.index:
+            continue
+        other = keyed.loc[(cell["cell"], cell["strategy"])]
+        for check in SIM_VS_MEASURED:
+            if check.metric in cell and pd.notna(cell[check.metric]):
+                rows.append(_row(cell, check, mode, cell[check.metric], other[check.metric],
+                                 judged=True))
+    return pd.DataFrame(rows)
+
+
+def passed(comparison: pd.DataFrame) -> bool:
+    return not (comparison["verdict"] == "miss").any()
