@@ -63,20 +63,24 @@ class ComputeTimes:
 
     ``draft_token_s`` is one draft forward on the host that drafts.  Verifying
     k drafts is one target forward over k + 1 positions:
-    t_verify(k) = verify_base_s + verify_per_token_s * (k + 1).
+    t_verify(k) = verify_base_s + verify_per_token_s * (k + 1).  One plain
+    decoding step is ``decode_s`` where it was measured as a stage of its own
+    (a real model's streaming step skips the verifier's work), else t_verify(0).
     """
 
     draft_token_s: float
     verify_base_s: float
     verify_per_token_s: float
+    decode_s: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("draft_token_s", "verify_base_s", "verify_per_token_s"):
+        for name in ("draft_token_s", "verify_base_s", "verify_per_token_s", "decode_s"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0):
+            if value is not None and not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite non-negative number, got {value}")
         if self.decode_time_s() <= 0:
-            raise ValueError("verify_base_s + verify_per_token_s must be positive")
+            raise ValueError("the decode time (decode_s, or verify_base_s + "
+                             "verify_per_token_s) must be positive")
 
     def verify_time_s(self, k: int) -> float:
         _check_depth(k)
@@ -84,7 +88,7 @@ class ComputeTimes:
 
     def decode_time_s(self) -> float:
         """One plain target decoding step: a forward over one position."""
-        return self.verify_time_s(0)
+        return self.decode_s if self.decode_s is not None else self.verify_time_s(0)
 
 
 def cycle_time_local_s(k: int, times: ComputeTimes) -> float:

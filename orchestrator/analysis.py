@@ -132,6 +132,9 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
             measured, note = _first_crossing(rtts, gap)
             predicted = (group["crossover_rtt_ms"].median() if "crossover_rtt_ms" in group
                          else np.nan)
+            if predicted < 0:
+                note = "; ".join(filter(None, [note, "the model predicts it never pays (a "
+                                               "negative reversal RTT)"]))
             rows.append({**dict(zip(SERIES_COLUMNS, key)), "strategy": label,
                          "rtts": " ".join(f"{r:g}" for r in rtts),
                          "measured_reversal_rtt_ms": measured,

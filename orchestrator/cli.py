@@ -156,6 +156,8 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
                                                         path_type=Path),
               help="Finish this sweep folder: cells it finished are kept, a cell cut off is "
                    "rerun; the job and mode are the folder's.")
+@click.option("--model-pair", help="Model pair: a name under configs/models or a YAML path "
+                                   "[default: the job's].")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="As for `run`; one mode for every cell.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
@@ -163,7 +165,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
 @click.option("--vm-timeout", type=click.FloatRange(1), default=vm.DEFAULT_TIMEOUT_S,
               show_default=True, help="vm mode: stop the VM after this many seconds (exit 124).")
 @click.pass_context
-def sweep_command(ctx, job_name, resume_dir, mode, results_root, vm_timeout) -> None:
+def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root, vm_timeout) -> None:
     """Run a job on every cell of its network section, then rank and report.
 
     Each cell is a full run (same files as `run`) under cells/, recorded in
@@ -174,6 +176,8 @@ def sweep_command(ctx, job_name, resume_dir, mode, results_root, vm_timeout) -> 
     console = make_console()
     if (job_name is None) == (resume_dir is None):
         raise click.UsageError("give either --job FILE (a new sweep) or --resume DIR")
+    if resume_dir is not None and model_pair is not None:
+        raise click.UsageError("--model-pair: a resumed sweep keeps its own")
     if resume_dir is not None:
         folder = SweepFolder.open(resume_dir)
         job, chosen, names = folder.plan()
@@ -185,7 +189,7 @@ def sweep_command(ctx, job_name, resume_dir, mode, results_root, vm_timeout) -> 
         if mode not in ("auto", chosen):
             raise click.UsageError(f"--mode {mode}: this sweep runs in {chosen} mode")
     else:
-        job = load_job(job_name)
+        job = load_job(job_name, {"model_pair": model_pair})
         cells = expand(job)
         needs_netem = any(profile_needs_netem(cell.profile) for cell in cells)
         if mode == "sim":

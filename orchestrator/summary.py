@@ -103,8 +103,9 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _fmt(value, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+def format_number(value, digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals; ``-`` for a missing or infinite one."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "-"
     return f"{value:.{digits}f}"
 
@@ -125,7 +126,7 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     for header, _, _ in present:
         table.add_column(header, justify="left" if header == "strategy" else "right")
     for _, row in summary.iterrows():
-        table.add_row(*[str(row[key]) if digits is None else _fmt(row[key], digits)
+        table.add_row(*[str(row[key]) if digits is None else format_number(row[key], digits)
                         for _, key, digits in present])
     console.print(table)
     console.print("tok/s: decoded tokens over decode time (prefill excluded); model: the analytic "

@@ -177,6 +177,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for module in $(cat /modules.order); do insmod "/modules/$module" || echo "init: insmod $module failed"; done
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
+ip link set lo up
 H=/host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot $H || { echo "init: no host root"; poweroff -f; }
 mount -t tmpfs -o mode=0755 tmpfs $H/run

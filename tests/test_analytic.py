@@ -138,3 +138,31 @@ def test_optimal_k_pays_for_transmission():
 def test_optimal_k_with_perfect_acceptance_and_free_drafts_is_k_max():
     free_drafts = ComputeTimes(draft_token_s=0.0, verify_base_s=0.02, verify_per_token_s=0.0)
     assert optimal_k(1.0, free_drafts, 0.1, k_max=12) == 12
+
+
+def test_a_measured_decode_step_replaces_verify_of_zero_drafts():
+    line_only = ComputeTimes(draft_token_s=0.001, verify_base_s=0.0035, verify_per_token_s=0.0005)
+    staged = ComputeTimes(draft_token_s=0.001, verify_base_s=0.0035, verify_per_token_s=0.0005,
+                          decode_s=0.0025)
+    assert line_only.decode_time_s() == pytest.approx(0.004)
+    assert cloud_only_throughput(staged) == pytest.approx(400.0)
+    # the faster cloud-only step moves the reversal down by E[tau] * 1.5 ms
+    shift = crossover_rtt_s(0.7, 3, line_only) - crossover_rtt_s(0.7, 3, staged)
+    assert shift == pytest.approx(expected_tokens_per_cycle(0.7, 3) * 0.0015)
+    with pytest.raises(ValueError, match="decode_s"):
+        ComputeTimes(draft_token_s=0.001, verify_base_s=0.0, verify_per_token_s=0.0, decode_s=-1)
+
+
+def test_measured_times_take_each_stage_from_its_own_records():
+    import pandas as pd
+    from validation.prediction import measured_times
+    cycles = pd.DataFrame({"k": [3, 5, 5, 1], "t_draft": [0.003, 0.005, 0.005, 0.001],
+                           "t_verify": [0.0055, 0.0065, 0.0065, 0.0045]})
+    queries = pd.DataFrame({"strategy": ["cloud-only", "fixed-k5"], "n_tokens": [11, 11],
+                            "cloud_compute_s": [0.035, 0.02], "cloud_first_s": [0.01, 0.01]})
+    times = measured_times(queries, cycles).edge
+    assert times.draft_token_s == pytest.approx(0.001)
+    assert (times.verify_base_s, times.verify_per_token_s) == pytest.approx((0.0035, 0.0005))
+    assert times.decode_time_s() == pytest.approx(0.0025)     # cloud-only's 10 streamed steps
+    no_cloud_only = measured_times(queries[queries["strategy"] != "cloud-only"], cycles).edge
+    assert no_cloud_only.decode_time_s() == pytest.approx(0.004)

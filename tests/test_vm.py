@@ -130,7 +130,9 @@ def test_vm_passes_output_and_exit_code_and_only_writable_folders_are(tmp_path):
     forbidden = ROOT / f"written-from-the-vm-{os.getpid()}"
     script = (f"echo to-stdout; echo to-stderr >&2; uname -r; touch {tmp_path}/made; "
               f"touch {forbidden} 2>/dev/null && echo WROTE-THE-HOST; "
-              "lsmod | grep -c sch_netem; exit 3")
+              "lsmod | grep -c sch_netem; "
+              "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 9))' "
+              "2>&1 | grep -o 'Connection refused'; exit 3")
     done = orchestrator("vm", "--writable", str(tmp_path), "--", "sh", "-c", script)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "to-stdout" in done.stdout and "to-stderr" in done.stdout
@@ -138,6 +140,8 @@ def test_vm_passes_output_and_exit_code_and_only_writable_folders_are(tmp_path):
     assert (tmp_path / "made").exists()
     assert "WROTE-THE-HOST" not in done.stdout and not forbidden.exists()
     assert re.search(r"^1$", done.stdout, re.M), "sch_netem is not loaded in the guest"
+    # loopback is up (the sim mode runs in the VM too): a closed port refuses, not unreachable
+    assert "Connection refused" in done.stdout
     assert "tcg VM" in done.stderr or "kvm VM" in done.stderr
     assert set(qemu_processes()) == before
 

@@ -40,28 +40,26 @@ def modeled_times(pair: ModelPairConfig) -> HostTimes:
 
 
 def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | None:
-    """From a run of real models: draft time per token from the cycles, and
-    t_verify(k) = base + per_token * (k + 1) fitted by least squares to the
-    cycles' verify times and the cloud-only decode time (a forward over one
-    token).  The cloud's draft is taken to run as fast as the edge's.  None
-    when the run has no speculation cycles to measure."""
+    """From a run of real models, stage by stage: draft time per token from the cycles;
+    t_verify(k) = base + per_token * (k + 1) fitted by least squares to the cycles'
+    verify times; the plain decoding step from cloud-only's streamed tokens where the run
+    has them (a step of its own: it skips the verifier's work).  The cloud's draft is
+    taken to run as fast as the edge's.  None when the run has no speculation cycles."""
     drafted = cycles[cycles["k"] > 0] if not cycles.empty else cycles
     if drafted.empty:
         return None
     draft_token_s = drafted["t_draft"].sum() / drafted["k"].sum()
-    positions = list(cycles["k"] + 1)
-    seconds = list(cycles["t_verify"])
-    streamed = queries[(queries["strategy"] == "cloud-only") & (queries["n_tokens"] > 1)]
-    for _, query in streamed.iterrows():
-        positions.append(1)
-        seconds.append((query["cloud_compute_s"] - query["cloud_first_s"]) / (query["n_tokens"] - 1))
-    if len(set(positions)) > 1:
+    positions, seconds = cycles["k"] + 1, cycles["t_verify"]
+    if positions.nunique() > 1:
         per_token, base = np.polyfit(positions, seconds, 1)
         per_token = max(per_token, 0.0)
     else:
-        per_token, base = 0.0, float(np.mean(seconds))
+        per_token, base = 0.0, float(seconds.mean())
+    streamed = queries[(queries["strategy"] == "cloud-only") & (queries["n_tokens"] > 1)]
+    decode_s = ((streamed["cloud_compute_s"] - streamed["cloud_first_s"]).sum()
+                / (streamed["n_tokens"] - 1).sum()) if len(streamed) else None
     times = ComputeTimes(draft_token_s=draft_token_s, verify_base_s=max(base, 0.0),
-                         verify_per_token_s=per_token)
+                         verify_per_token_s=per_token, decode_s=decode_s)
     return HostTimes(edge=times, cloud=times)
 
 

@@ -1,0 +1,388 @@
+"""The report's figures: one PNG per question, drawn from the results table.
+
+Each ``plot_*`` function takes the table ``analysis.load_results`` returns
+(one row per cell and strategy) and a PNG path, draws one figure with
+matplotlib's object API (``Figure``, saved through the Agg canvas: no pyplot,
+no display, no global state) and writes it; it raises ``Skipped`` with the
+reason when the folder's data cannot support the figure (one RTT, no jitter
+layers, no codec sweep...).  ``PLOTS`` lists them with the sentence the
+report page shows under each; ``write_plots`` draws them all into a folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
+
+from orchestrator.analysis import analytic_curve, reversal
+from orchestrator.results import ResultsFolder
+from orchestrator.summary import read_jsonl
+
+DPI = 100
+MARKERS = "osD^vPX*<>ph"
+MODEL_POINTS = 400
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+class Skipped(Exception):
+    """The data cannot support this figure; the message says why."""
+
+
+# ---- shared pieces ------------------------------------------------------------------------
+
+
+def default_codec(results: pd.DataFrame) -> str:
+    """The payload codec most cells use (the first of those tied)."""
+    return results.drop_duplicates("cell")["codec"].value_counts(sort=True).index[0]
+
+
+def baseline_cells(results: pd.DataFrame) -> pd.DataFrame:
+    """Static cells without jitter or loss, with the default codec: the RTT x bandwidth grid."""
+    return results[results["static"] & (results["jitter_ms"] == 0) & (results["loss_pct"] == 0)
+                   & (results["codec"] == default_codec(results))]
+
+
+def bandwidth_label(mbps: float) -> str:
+    return f"{mbps:g} Mbps" if np.isfinite(mbps) else "unshaped"
+
+
+def strategy_styles(results: pd.DataFrame) -> dict[str, dict]:
+    """Colour and marker per strategy, the same in every figure (order of first appearance)."""
+    return {label: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
+            for i, label in enumerate(results["strategy"].unique())}
+
+
+def _figure(rows: int, cols: int, width: float, height: float, **shared):
+    fig = Figure(figsize=(width * cols + 2.0, height * rows + 0.8), dpi=DPI, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False, **shared)
+
+
+def _ticks_at(axis, values) -> None:
+    """Ticks at exactly the swept values, labelled plainly."""
+    values = sorted(set(values))
+    axis.set_ticks(values, [f"{v:g}" for v in values])
+    axis.set_minor_locator(NullLocator())
+
+
+def _rtt_axis(ax, rtts: pd.Series) -> None:
+    """RTT axis ticked at the swept RTTs; symmetric-log (linear below the smallest non-zero
+    RTT) when they span decades."""
+    positive = rtts[rtts > 0]
+    if len(positive) and positive.max() / positive.min() >= 10:
+        ax.set_xscale("symlog", linthresh=positive.min(), linscale=0.5)
+    _ticks_at(ax.xaxis, rtts)
+    ax.set_xlabel("RTT (ms)")
+
+
+def _log_if_decades(ax, values) -> None:
+    """A log y axis with plain numbers when ``values`` span a decade or more."""
+    positive = np.asarray(values, dtype=float)
+    positive = positive[np.isfinite(positive) & (positive > 0)]
+    if len(positive) and positive.max() / positive.min() >= 10:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter())
+        ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1.5, 0.5)))
+
+
+def _strategy_handles(styles: dict[str, dict], labels) -> list[Line2D]:
+    return [Line2D([], [], label=label, **styles[label]) for label in labels]
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=DPI)
+
+
+def _needs_rtts(cells: pd.DataFrame, what: str) -> None:
+    if cells["rtt_ms"].nunique() < 2:
+        rtts = ", ".join(f"{r:g} ms" for r in sorted(cells["rtt_ms"].unique())) or "none"
+        raise Skipped(f"{what} needs static cells at two or more RTTs without jitter or loss "
+                      f"(such RTTs here: {rtts})")
+
+
+def _bandwidth_panels(cells: pd.DataFrame, width: float = 4.6, height: float = 4.0):
+    """A figure with one panel per bandwidth (unshaped last): (fig, [(ax, bandwidth, cells)])."""
+    bandwidths = sorted(cells["bandwidth_mbps"].unique())
+    fig, axes = _figure(1, len(bandwidths), width, height, sharey=True)
+    panels = [(ax, bw, cells[cells["bandwidth_mbps"] == bw]) for ax, bw in zip(axes[0], bandwidths)]
+    for ax, bw, panel in panels:
+        ax.set_title(bandwidth_label(bw))
+        _rtt_axis(ax, panel["rtt_ms"])
+        ax.grid(True, which="major", alpha=0.3)
+    return fig, panels
+
+
+# ---- the figures --------------------------------------------------------------------------
+
+
+def _mark_reversal(ax, row: pd.Series) -> None:
+    """A dotted line at the measured reversal RTT, or the reason there is none."""
+    rtt = row["measured_reversal_rtt_ms"]
+    if np.isfinite(rtt):
+        ax.axvline(rtt, color="black", linestyle=":", lw=1.5)
+        ax.annotate(f"reversal {rtt:.0f} ms", (rtt, 0.5), xycoords=("data", "axes fraction"),
+                    xytext=(-2, 0), textcoords="offset points", rotation=90, ha="right",
+                    va="center", fontsize=8)
+    else:
+        ax.text(0.02, 0.02, f"no measured reversal: best fixed-K\n{row['note']}",
+                transform=ax.transAxes, fontsize=7, va="bottom")
+
+
+def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
+    """Measured tokens/s per strategy (markers) and the analytic model (lines) vs RTT."""
+    cells = baseline_cells(results)
+    _needs_rtts(cells, "tokens/s vs RTT")
+    styles, codec = strategy_styles(results), default_codec(results)
+    reversals = reversal(cells)
+    best = (reversals[reversals["strategy"] == "best fixed-K"].set_index("bandwidth_mbps")
+            if len(reversals) else pd.DataFrame())
+    fig, panels = _bandwidth_panels(cells)
+    for ax, bw, panel in panels:
+        reference = panel.sort_values("rtt_ms", kind="stable").iloc[0]
+        grid = np.linspace(0, panel["rtt_ms"].max(), MODEL_POINTS)
+        for label, rows in panel.groupby("strategy", sort=False):
+            rows = rows.sort_values("rtt_ms")
+            style = styles[label]
+            ax.plot(rows["rtt_ms"], rows["tokens_per_s"], linestyle="none", markersize=7, **style)
+            ax.plot(grid, analytic_curve(Path(reference["folder"]), label, grid),
+                    color=style["color"], lw=1.3)
+        ax.set_title(f"{bandwidth_label(bw)} (model fitted on {reference['cell']})",
+                     fontsize=9)
+        ax.set_xlim(left=0)
+        if bw in best.index:
+            _mark_reversal(ax, best.loc[bw])
+    first = panels[0][0]
+    _log_if_decades(first, cells["tokens_per_s"])
+    first.set_ylabel("decode tokens/s (excl. prefill)")
+    handles = _strategy_handles(styles, cells["strategy"].unique()) + [
+        Line2D([], [], color="grey", marker="o", linestyle="none", label="measured"),
+        Line2D([], [], color="grey", label="analytic model"),
+        Line2D([], [], color="black", linestyle=":", label="measured reversal\n(best fixed-K)")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=9)
+    fig.suptitle(f"Decode throughput vs RTT (codec {codec}, no jitter, no loss)")
+    _save(fig, path)
+
+
+def plot_ttft(results: pd.DataFrame, path: Path) -> None:
+    """TTFT P50 per strategy vs RTT, with a bar up to the P95."""
+    cells = baseline_cells(results)
+    _needs_rtts(cells, "TTFT vs RTT")
+    styles = strategy_styles(results)
+    fig, panels = _bandwidth_panels(cells)
+    for ax, _, panel in panels:
+        for label, rows in panel.groupby("strategy", sort=False):
+            rows = rows.sort_values("rtt_ms")
+            p50 = rows["ttft_ms_p50"]
+            ax.errorbar(rows["rtt_ms"], p50, yerr=[np.zeros(len(rows)), rows["ttft_ms_p95"] - p50],
+                        capsize=3, lw=1, markersize=6, **styles[label])
+    first = panels[0][0]
+    _log_if_decades(first, cells[["ttft_ms_p50", "ttft_ms_p95"]].to_numpy().ravel())
+    first.set_ylabel("TTFT (ms): P50, bar up to P95")
+    fig.legend(handles=_strategy_handles(styles, cells["strategy"].unique()),
+               loc="outside right center", fontsize=9)
+    fig.suptitle(f"Time to first token vs RTT (codec {default_codec(results)}, "
+                 "no jitter, no loss)")
+    _save(fig, path)
+
+
+LAYERS = {"jitter_ms": ("loss_pct", "jitter (ms), no loss"),
+          "loss_pct": ("jitter_ms", "random loss (%), no jitter")}
+
+
+def impairment_layers(results: pd.DataFrame) -> list[tuple[tuple[float, float], pd.DataFrame]]:
+    """((RTT, bandwidth), static cells there with the default codec) wherever jitter or
+    loss takes two or more values with the other at zero."""
+    cells = results[results["static"] & (results["codec"] == default_codec(results))]
+    return [(key, group) for key, group in cells.groupby(["rtt_ms", "bandwidth_mbps"])
+            if any(group.loc[group[other] == 0, dim].nunique() > 1
+                   for dim, (other, _) in LAYERS.items())]
+
+
+def plot_tail_latency(results: pd.DataFrame, path: Path) -> None:
+    """P95 and P99 end-to-end latency per query vs jitter and vs loss, per RTT."""
+    layers = impairment_layers(results)
+    if not layers:
+        raise Skipped("no jitter or loss layers: needs static cells at one RTT that differ "
+                      "only in jitter or only in random loss")
+    dims = [dim for dim, (other, _) in LAYERS.items()
+            if any(g.loc[g[other] == 0, dim].nunique() > 1 for _, g in layers)]
+    styles = strategy_styles(results)
+    fig, axes = _figure(len(layers), len(dims), 4.6, 3.2)
+    for row_axes, ((rtt, bw), group) in zip(axes, layers):
+        for ax, dim in zip(row_axes, dims):
+            other, xlabel = LAYERS[dim]
+            cells = group[group[other] == 0]
+            ax.set_title(f"RTT {rtt:g} ms, {bandwidth_label(bw)}", fontsize=10)
+            ax.set_xlabel(xlabel)
+            _ticks_at(ax.xaxis, cells[dim])
+            ax.set_ylabel("e2e latency per query (ms)")
+            if cells[dim].nunique() < 2:
+                ax.text(0.5, 0.5, f"no {dim.split('_')[0]} layers here", ha="center",
+                        transform=ax.transAxes)
+                continue
+            for label, rows in cells.groupby("strategy", sort=False):
+                rows = rows.sort_values(dim)
+                style = styles[label]
+                ax.plot(rows[dim], 1000 * rows["e2e_s_p95"], color=style["color"],
+                        marker=style["marker"])
+                ax.plot(rows[dim], 1000 * rows["e2e_s_p99"], color=style["color"],
+                        marker=style["marker"], linestyle="--", fillstyle="none")
+            _log_if_decades(ax, cells[["e2e_s_p95", "e2e_s_p99"]].to_numpy().ravel())
+            ax.grid(True, alpha=0.3)
+    handles = _strategy_handles(styles, results["strategy"].unique()) + [
+        Line2D([], [], color="grey", marker="o", label="P95"),
+        Line2D([], [], color="grey", marker="o", linestyle="--", fillstyle="none", label="P99")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=9)
+    fig.suptitle(f"Tail latency under jitter and loss (codec {default_codec(results)})")
+    _save(fig, path)
+
+
+def codec_sweep(results: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """The RTT where most codecs (then most bandwidths) were swept without jitter or loss,
+    and its static cells' rows."""
+    cells = results[results["static"] & (results["jitter_ms"] == 0) & (results["loss_pct"] == 0)]
+    counts = cells.groupby("rtt_ms").agg(codecs=("codec", "nunique"),
+                                         bandwidths=("bandwidth_mbps", "nunique"))
+    counts = counts.sort_values(["codecs", "bandwidths"], ascending=False, kind="stable")
+    if counts.empty or counts["codecs"].iloc[0] < 2:
+        raise Skipped("no codec sweep: no RTT was run with two or more payload codecs")
+    rtt = counts.index[0]
+    return rtt, cells[cells["rtt_ms"] == rtt]
+
+
+def bandwidth_positions(bandwidths) -> dict[float, float]:
+    """Log-axis position per bandwidth: itself, unshaped one decade past the fastest shaped."""
+    finite = [b for b in bandwidths if np.isfinite(b)]
+    unshaped = 10 * max(finite) if finite else 1.0
+    return {b: (b if np.isfinite(b) else unshaped) for b in sorted(bandwidths)}
+
+
+def plot_bytes_per_token_codec(results: pd.DataFrame, path: Path) -> None:
+    """Bytes up and down per output token and tokens/s per codec vs bandwidth (fixed-K)."""
+    rtt, cells = codec_sweep(results)
+    fixed = cells[cells["strategy"].str.startswith("fixed-k")]
+    if fixed.empty:
+        raise Skipped(f"the codec sweep at RTT {rtt:g} ms has no fixed-K strategy")
+    codecs, ks = list(fixed["codec"].unique()), list(fixed["strategy"].unique())
+    colour = {codec: f"C{i % 10}" for i, codec in enumerate(codecs)}
+    shape = {label: {"marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % 4]}
+             for i, label in enumerate(ks)}
+    positions = bandwidth_positions(cells["bandwidth_mbps"].unique())
+    panels = [("bytes_up_per_token", "bytes up per output token"),
+              ("bytes_down_per_token", "bytes down per output token"),
+              ("tokens_per_s", "decode tokens/s (excl. prefill)")]
+    fig, axes = _figure(1, len(panels), 4.2, 4.0, sharex=True)
+    cloud = cells[cells["strategy"] == "cloud-only"]
+    cloud_rate = cloud.groupby("bandwidth_mbps")["tokens_per_s"].mean()
+    axes[0][-1].plot(cloud_rate.index.map(positions), cloud_rate, color="black", lw=2, alpha=0.5)
+    for ax, (column, ylabel) in zip(axes[0], panels):
+        for (codec, label), rows in fixed.groupby(["codec", "strategy"], sort=False):
+            rows = rows.sort_values("bandwidth_mbps")
+            ax.plot(rows["bandwidth_mbps"].map(positions), rows[column], color=colour[codec],
+                    **shape[label])
+        ax.set_xscale("log")
+        ax.set_xticks(list(positions.values()), [bandwidth_label(b) for b in positions])
+        ax.minorticks_off()
+        ax.set_xlabel("bandwidth (each way)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        _log_if_decades(ax, ax.dataLim.intervaly)
+        if ax.get_yscale() == "linear":
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.05)
+    handles = [Line2D([], [], color=colour[codec], lw=3, label=f"codec {codec}")
+               for codec in codecs]
+    handles += [Line2D([], [], color="grey", label=label, **shape[label]) for label in ks]
+    handles += [Line2D([], [], color="black", lw=2, alpha=0.5, label="cloud-only\n(tokens/s)")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=9)
+    fig.suptitle(f"Payload codecs at RTT {rtt:g} ms, no jitter, no loss: bytes per token "
+                 "and throughput")
+    _save(fig, path)
+
+
+def k_cell(results: pd.DataFrame) -> pd.Series:
+    """The cell whose K trace is shown: the first with a changing profile, else the first."""
+    cells = results.drop_duplicates("cell")
+    changing = cells[~cells["static"]]
+    return (changing if len(changing) else cells).iloc[0]
+
+
+def plot_k_per_cycle(results: pd.DataFrame, path: Path) -> None:
+    """K drafted and tokens accepted per cycle, with the cycle's RTT, per speculating strategy."""
+    cell = k_cell(results)
+    cycles = read_jsonl(Path(cell["folder"]) / ResultsFolder.CYCLES)
+    if cycles.empty:
+        raise Skipped(f"cell {cell['cell']} recorded no speculation cycles")
+    styles = strategy_styles(results)
+    strategies = list(cycles["strategy"].unique())
+    fig, axes = _figure(len(strategies), 1, 9.0, 2.0, sharex=True)
+    for (ax,), label in zip(axes, strategies):
+        own = cycles[cycles["strategy"] == label]
+        number = np.arange(1, len(own) + 1)
+        rtt_axis = ax.twinx()
+        rtt_axis.plot(number, own["rtt_ms"], color="grey", lw=0.8, alpha=0.7)
+        rtt_axis.set_ylabel("RTT (ms)", color="grey")
+        ax.step(number, own["k"], where="mid", color=styles[label]["color"], lw=1.5)
+        ax.plot(number, own["accepted"], ".", color="black", markersize=3)
+        ax.set_zorder(rtt_axis.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.set_ylabel(f"{label}\ntokens")
+        ax.set_ylim(-0.5, own["k"].max() + 0.5)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    axes[-1][0].set_xlabel("cycle number (run order, queries back to back)")
+    handles = [Line2D([], [], color=styles[label]["color"], lw=1.5, label=f"{label}: K drafted")
+               for label in strategies]
+    handles += [Line2D([], [], color="black", marker=".", linestyle="none", label="accepted"),
+                Line2D([], [], color="grey", lw=0.8, label="RTT (right axis)")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=9)
+    fig.suptitle(f"Draft length K per cycle in cell {cell['cell']}"
+                 + ("" if cell["static"] else " (changing profile)"))
+    _save(fig, path)
+
+
+@dataclass(frozen=True)
+class Plot:
+    name: str
+    draw: Callable[[pd.DataFrame, Path], None]
+    caption: str
+
+
+PLOTS = [
+    Plot("tokens_per_s_vs_rtt.png", plot_tokens_per_s_vs_rtt,
+         "Decode tokens/s per strategy against RTT, one panel per bandwidth: markers are "
+         "measured, lines the analytic model's prediction, the dotted line the measured RTT "
+         "above which the best fixed-K falls behind cloud-only."),
+    Plot("ttft.png", plot_ttft,
+         "Time to first token per strategy against RTT, one panel per bandwidth: the marker "
+         "is the median over queries, the bar reaches the 95th percentile."),
+    Plot("tail_latency_jitter_loss.png", plot_tail_latency,
+         "95th (solid) and 99th (dashed) percentile of the end-to-end latency per query as "
+         "jitter (without loss) or random loss (without jitter) is added at one RTT."),
+    Plot("bytes_per_token_codec.png", plot_bytes_per_token_codec,
+         "What each draft payload codec costs on the wire (bytes per output token, each "
+         "direction) and what it yields (tokens/s) against bandwidth, for every fixed-K."),
+    Plot("k_per_cycle.png", plot_k_per_cycle,
+         "The draft length K of every speculation cycle in run order, with the tokens the "
+         "cloud accepted and the RTT the edge measured for that cycle."),
+]
+
+
+def write_plots(results: pd.DataFrame, folder: Path) -> tuple[list[Path], dict[str, str]]:
+    """Every figure of ``PLOTS`` into ``folder``: (paths written, {file name: why skipped})."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], {}
+    for plot in PLOTS:
+        try:
+            plot.draw(results, folder / plot.name)
+        except Skipped as why:
+            skipped[plot.name] = str(why)
+        else:
+            written.append(folder / plot.name)
+    return written, skipped

@@ -1,0 +1,132 @@
+"""``orchestrator report``: the CSVs, the figures and the self-contained HTML page.
+
+The sweep is ``tests/fixtures/sweep-small.yaml`` in sim mode as conftest's
+``resumed_sweep`` runs it through the real CLI (shared with the sweep tests);
+here it is reported again with ``orchestrator report``.  A single smoke run
+folder and a folder that is neither are reported too.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+import pytest
+
+from orchestrator.plots import PLOTS
+from orchestrator.report import PLOTS_FOLDER, REPORT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def orchestrator(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def sweep_report(resumed_sweep) -> tuple[Path, subprocess.CompletedProcess]:
+    reported = orchestrator("report", str(resumed_sweep.path))
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    return resumed_sweep.path, reported
+
+
+@pytest.fixture(scope="module")
+def run_report(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("run")
+    ran = orchestrator("run", "--mode", "sim", "--job", "smoke", "--results", str(root))
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    (folder,) = root.iterdir()
+    return folder, orchestrator("report", str(folder))
+
+
+def cell_names(path: Path) -> list[str]:
+    return sorted(p.name for p in (path / "cells").iterdir())
+
+
+def test_the_key_table_names_every_cell_and_the_reversal(sweep_report):
+    path, reported = sweep_report
+    assert len(cell_names(path)) >= 4
+    for cell in cell_names(path):
+        assert cell in reported.stdout
+    assert "performance reversal" in reported.stdout
+    assert "skipped:" not in reported.stdout
+
+
+def test_every_plot_is_a_readable_png(sweep_report):
+    path, _ = sweep_report
+    for plot in PLOTS:
+        image = matplotlib.image.imread(path / PLOTS_FOLDER / plot.name)
+        height, width = image.shape[:2]
+        assert height >= 300 and width >= 500, (plot.name, image.shape)
+        assert image[..., :3].std() > 0.05, f"{plot.name} is blank"
+
+
+def test_the_page_embeds_every_plot_and_fetches_nothing(sweep_report):
+    path, _ = sweep_report
+    page = (path / REPORT).read_text()
+    for plot in PLOTS:
+        data = base64.b64encode((path / PLOTS_FOLDER / plot.name).read_bytes()).decode()
+        assert f'src="data:image/png;base64,{data}"' in page, plot.name
+        assert html.escape(plot.caption) in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*https?://""", page, re.IGNORECASE)
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    for cell in cell_names(path):
+        assert cell in page
+    for section in ("Per cell", "Performance reversal", "Full leaderboard",
+                    "How to read this page"):
+        assert f"{section}</h2>" in page
+    assert "synthetic" in page and "sim" in page
+
+
+def test_leaderboard_ranks_each_cell_by_tokens_per_s(sweep_report):
+    path, _ = sweep_report
+    board = pd.read_csv(path / "leaderboard.csv")
+    assert sorted(board["cell"].unique()) == cell_names(path)
+    for cell, rows in board.groupby("cell"):
+        assert sorted(rows["rank_tokens_per_s"]) == list(range(1, len(rows) + 1)), cell
+        fastest_first = rows.sort_values("tokens_per_s", ascending=False)
+        assert fastest_first["rank_tokens_per_s"].tolist() == list(range(1, len(rows) + 1))
+        assert set(rows["strategy"]) == {"cloud-only", "cloud-spec", "edge-only", "fixed-k3",
+                                         "fixed-k5"}
+
+
+def test_ianvs_rank_reads_back_with_its_columns(sweep_report):
+    path, _ = sweep_report
+    rank = pd.read_csv(path / "rank" / "all_rank.csv", sep=" ")
+    columns = list(rank.columns)
+    assert columns[:2] == ["rank", "algorithm"] and columns[-2:] == ["time", "url"]
+    assert columns.index("paradigm") > columns.index("throughput")
+    assert (rank["paradigm"] == "jointinference").all()
+    assert len(rank) == len(pd.read_csv(path / "leaderboard.csv"))
+    assert set(rank["rank"]) == {1, 2, 3, 4, 5}
+
+
+def test_a_single_run_reports_with_the_sweep_plots_skipped(run_report):
+    folder, reported = run_report
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    assert folder.name in reported.stdout
+    page = (folder / REPORT).read_text()
+    skipped = [plot.name for plot in PLOTS if plot.name != "k_per_cycle.png"]
+    for name in skipped:
+        assert f"plot {name} skipped: " in reported.stdout
+        assert f"<b>{name}</b>: " in page
+        assert not (folder / PLOTS_FOLDER / name).exists()
+    assert "two or more RTTs" in reported.stdout
+    assert page.count("data:image/png;base64,") == 1
+    assert (folder / PLOTS_FOLDER / "k_per_cycle.png").is_file()
+
+
+def test_a_folder_that_is_neither_exits_2_with_one_error_line(tmp_path):
+    reported = orchestrator("report", str(tmp_path))
+    assert reported.returncode == 2
+    lines = (reported.stdout + reported.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "neither a sweep folder" in lines[0]
+    assert not (tmp_path / REPORT).exists()
