@@ -79,6 +79,9 @@ class JobConfig(BaseModel):
     repetitions: int = Field(default=1, gt=0)
     seed: int = 0
     receive_timeout_s: float = Field(default=30.0, gt=0)
+    warmup_tokens: int = Field(default=4, ge=0, description="per strategy, one unrecorded query "
+                               "of this many tokens first (0: none): the data-plane handshake "
+                               "and first-call costs stay out of the first query's TTFT")
     network: NetworkSpace | None = Field(default=None, description="what `orchestrator sweep` "
                                          "covers; `run` takes --profile instead")
 

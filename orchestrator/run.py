@@ -84,6 +84,17 @@ class RunSpec:
                 for repetition in range(self.job.repetitions)
                 for prompt in prompts]
 
+    def warmups(self) -> list[QueryRequest]:
+        """One short unrecorded query per strategy run, on the first prompt."""
+        if not self.job.warmup_tokens:
+            return []
+        first = self.requests()
+        labels = list(dict.fromkeys(request.label for request in first))
+        return [next(request for request in first if request.label == label).model_copy(
+                    update={"query_id": "warmup", "max_new_tokens": min(
+                        self.job.warmup_tokens, self.job.max_new_tokens)})
+                for label in labels]
+
     def resolved(self) -> dict:
         return {"mode": self.mode, "job": self.job.model_dump(mode="json"),
                 "profile": self.profile.model_dump(mode="json"),
@@ -119,6 +130,10 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
     try:
         with DEPLOYMENTS[spec.mode](results.path, spec.model_pair, spec.profile, spec.job.seed,
                                     spec.job.receive_timeout_s) as deployment:
+            for request in spec.warmups():
+                progress.update(task, description=f"{request.label} warm-up")
+                deployment.edge.call("query", query_timeout_s(spec.job),
+                                     request=request.model_dump(mode="json"))
             for request in requests:
                 progress.update(task, description=f"{request.label} q{request.query_id}")
                 reply = deployment.edge.call("query", query_timeout_s(spec.job),

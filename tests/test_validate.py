@@ -80,3 +80,12 @@ def test_validate_runs_both_legs_and_exits_by_its_verdicts(tmp_path):
     sim_config = next((folder / "sim" / "cells").iterdir()) / "config.yaml"
     assert f"delay_ms: {calibration['path_rtt_ms'] / 2}" in sim_config.read_text()
     assert "rtt000-bw001" in done.stdout and "checks pass" in done.stdout
+
+
+def test_a_vm_miss_of_the_closed_form_names_the_emulated_compute():
+    comparison = compare(_leg(90.0, 200.0, 50.0, predicted=100.0), _leg(90.0, 200.0, 50.0), "vm")
+    analytic = comparison[comparison["legs"] == "analytic vs sim"].iloc[0]
+    assert analytic["verdict"] == "miss" and "software emulation" in analytic["note"]
+    native = compare(_leg(90.0, 200.0, 50.0, predicted=100.0), _leg(90.0, 200.0, 50.0),
+                     "emulated")
+    assert native[native["legs"] == "analytic vs sim"].iloc[0]["note"] == ""
