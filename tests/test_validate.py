@@ -89,3 +89,5 @@ def test_a_vm_miss_of_the_closed_form_names_the_emulated_compute():
     native = compare(_leg(90.0, 200.0, 50.0, predicted=100.0), _leg(90.0, 200.0, 50.0),
                      "emulated")
     assert native[native["legs"] == "analytic vs sim"].iloc[0]["note"] == ""
+    tail = compare(_leg(90.0, 200.0, 50.0), _leg(90.0, 200.0, 60.0), "vm")
+    assert "timer" in tail[tail["metric"] == "rtt_ms_p95"].iloc[0]["note"]
