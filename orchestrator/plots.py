@@ -11,6 +11,7 @@ report page shows under each; ``write_plots`` draws them all into a folder.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -130,8 +131,9 @@ def _mark_reversal(ax, row: pd.Series) -> None:
                     xytext=(-2, 0), textcoords="offset points", rotation=90, ha="right",
                     va="center", fontsize=8)
     else:
-        ax.text(0.02, 0.02, f"no measured reversal: best fixed-K\n{row['note']}",
-                transform=ax.transAxes, fontsize=7, va="bottom")
+        reason = textwrap.fill(f"no measured reversal of the best fixed-K: {row['note']}", 60)
+        ax.text(0.02, 0.02, reason, transform=ax.transAxes, fontsize=7, va="bottom",
+                in_layout=False)
 
 
 def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
