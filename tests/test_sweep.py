@@ -141,3 +141,16 @@ def test_ianvs_rank_has_its_columns_in_order(resumed_sweep):
     assert columns[:3] == ["rank", "algorithm", "throughput"]
     assert columns[-2:] == ["time", "url"] and "paradigm" in columns
     assert table.index.min() == 1 and np.all(table["throughput"].notna())
+
+
+def test_each_strategy_warms_up_once_unrecorded_on_the_first_prompt():
+    from orchestrator.run import RunSpec
+    spec = RunSpec.build(load_job("smoke").model_copy(update={"warmup_tokens": 4}),
+                         grid_profile(10, 10), "sim")
+    warmups = spec.warmups()
+    assert [w.label for w in warmups] == ["cloud-only", "cloud-spec", "edge-only", "fixed-k5"]
+    first = spec.requests()[0]
+    assert {(w.query_id, w.prompt, w.max_new_tokens) for w in warmups} == {
+        ("warmup", first.prompt, 4)}
+    assert "warmup" not in {request.query_id for request in spec.requests()}
+    assert RunSpec.build(load_job("smoke"), grid_profile(10, 10), "sim").warmups() == []
