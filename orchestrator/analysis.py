@@ -22,8 +22,8 @@ import pandas as pd
 import yaml
 
 from orchestrator.configs import ConfigError
+from orchestrator.job import JobConfig
 from orchestrator.results import ResultsFolder
-from orchestrator.run import predicted_curve
 from orchestrator.sweep import SweepFolder
 
 CELL_COLUMNS = ["cell", "rtt_ms", "bandwidth_mbps", "jitter_ms", "loss_pct", "codec"]
@@ -47,14 +47,13 @@ def cell_link(config: dict) -> dict:
     """The cell columns from a run's resolved config (the uplink stands for a symmetric link)."""
     uplink = config["profile"]["initial"]["uplink"]
     downlink = config["profile"]["initial"]["downlink"]
-    job = config["job"]
     loss = uplink["loss"]
     return {"profile": config["profile"]["name"],
             "rtt_ms": uplink["delay_ms"] + downlink["delay_ms"],
             "bandwidth_mbps": uplink["bandwidth_mbps"] if uplink["bandwidth_mbps"] else np.inf,
             "jitter_ms": uplink["jitter_ms"],
             "loss_pct": loss.get("pct", np.nan) if loss["model"] == "random" else np.nan,
-            "codec": job["codec"] or ("ids" if job["decoding"] == "greedy" else "q-scalar"),
+            "codec": JobConfig.model_validate(config["job"]).resolved_codec,
             "mode": config["mode"], "static": not config["profile"]["timeline"]}
 
 
@@ -71,11 +70,6 @@ def load_results(path: Path) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True)
     first = CELL_COLUMNS + ["profile", "mode", "static", "folder"]
     return table[first + [c for c in table.columns if c not in first]]
-
-
-def analytic_curve(cell_folder: Path, strategy: str, rtts_ms) -> np.ndarray:
-    """Predicted tokens/s of ``strategy`` in that cell at each RTT (``run.predicted_curve``)."""
-    return predicted_curve(cell_folder, strategy, rtts_ms)
 
 
 def leaderboard(results: pd.DataFrame) -> pd.DataFrame:

@@ -22,8 +22,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 
-from orchestrator.analysis import analytic_curve, reversal
+from orchestrator.analysis import reversal
 from orchestrator.results import ResultsFolder
+from orchestrator.run import predicted_curve
 from orchestrator.summary import read_jsonl
 
 DPI = 100
@@ -152,7 +153,7 @@ def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
             rows = rows.sort_values("rtt_ms")
             style = styles[label]
             ax.plot(rows["rtt_ms"], rows["tokens_per_s"], linestyle="none", markersize=7, **style)
-            ax.plot(grid, analytic_curve(Path(reference["folder"]), label, grid),
+            ax.plot(grid, predicted_curve(Path(reference["folder"]), label, grid),
                     color=style["color"], lw=1.3)
         ax.set_title(f"{bandwidth_label(bw)} (model fitted on {reference['cell']})",
                      fontsize=9)
