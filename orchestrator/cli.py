@@ -21,16 +21,19 @@ from orchestrator import vm
 from orchestrator.configs import ConfigError, available, load_job, load_profile
 from orchestrator.doctor import MODES, HostReport, choose_mode
 from orchestrator.job import ALL_STRATEGIES
+from orchestrator.launch import kernel_topology
 from orchestrator.probes import print_probe_report, save_probe_report
 from orchestrator.report import report_folder
 from orchestrator.run import RunSpec, run
 from orchestrator.sweep import SweepFolder, expand, sweep
 from orchestrator.validate import validate
 from shaping.cleanup import leftovers, remove_leftovers
+from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
 from shaping.qdisc import profile_needs_netem
+from shaping.router import RouterError
 from validation.crossval import passed
-from validation.probe import ProbePlan, probe_emulated, probe_sim
+from validation.probe import ProbePlan, probe_link, probe_sim
 
 
 def make_console() -> Console:
@@ -44,14 +47,32 @@ def make_console() -> Console:
     return Console(width=160, force_terminal=False, force_interactive=False)
 
 
-def resolve_mode(requested: str, profile: NetworkProfile) -> tuple[str, str]:
-    """``choose_mode`` on this host (inspected only when it matters); bad choices exit 2."""
+def enter_mode(ctx: click.Context, requested: str, profiles: list[NetworkProfile],
+               console: Console, reason: str | None = None, measured: bool = False) -> str:
+    """Pick the mode for ``profiles`` on this host and print it; for vm, boot the router VM
+    that the whole command shares (it boots while the agents load; stopped when the command
+    ends, however it ends).  A mode this host cannot run (``measured``: or sim) exits 2.
+
+    The one place ``run``, ``sweep``, ``validate`` and ``probe`` decide where their links
+    live; ``reason`` replaces the printed reason (a resumed sweep keeps its mode).
+    """
     if requested == "sim":
-        return choose_mode("sim", HostReport(root=False, in_vm=vm.in_vm()))
-    try:
-        return choose_mode(requested, HostReport.inspect(), profile_needs_netem(profile))
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
+        chosen, why = choose_mode("sim", HostReport(root=False, in_vm=vm.in_vm()))
+    else:
+        try:
+            chosen, why = choose_mode(requested, HostReport.inspect(),
+                                      any(profile_needs_netem(profile) for profile in profiles))
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
+    if measured and chosen == "sim":
+        raise click.UsageError(f"{ctx.info_name} needs the emulated or vm mode, and {why}")
+    console.print(f"mode: {chosen} ({reason or why})")
+    if chosen == "vm":
+        try:
+            ctx.with_resource(vm.shared_router())
+        except (vm.VmError, RouterError) as error:
+            raise click.ClickException(f"vm: {error}") from None
+    return chosen
 
 
 def run_in_vm(argv: list[str], writable: list[Path], timeout_s: float, accel: str = "auto",
@@ -89,10 +110,11 @@ def cli() -> None:
                    "or a YAML path.")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="emulated: agents in two network namespaces joined by a veth shaped by "
-                   "kernel netem + tbf (root, a kernel with sch_netem). vm: the emulated mode "
-                   "inside a qemu VM booting the installed Debian kernel (root, qemu). sim: agents "
-                   "on loopback with the Python link model (no root). auto: emulated, else vm, "
-                   "else sim; `orchestrator doctor` says which and why.")
+                   "kernel netem + tbf (root, a kernel with sch_netem). vm: the same "
+                   "namespaces and native agents, joined through a qemu router VM whose stock "
+                   "kernel shapes with netem + tbf (root, qemu). sim: agents on loopback with "
+                   "the Python link model (no root). auto: emulated, else vm, else sim; "
+                   "`orchestrator doctor` says which and why.")
 @click.option("--job", "job_name", default="default", show_default=True,
               help="Job file: a name under configs/jobs or a YAML path.")
 @click.option("--model-pair", help="Model pair: a name under configs/models or a YAML path "
@@ -117,12 +139,10 @@ def cli() -> None:
 @click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
-@click.option("--vm-timeout", type=click.FloatRange(1), default=vm.DEFAULT_TIMEOUT_S,
-              show_default=True, help="vm mode: stop the VM after this many seconds (exit 124).")
 @click.pass_context
 def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, decoding,
                 temperature, top_k, top_p, codec, prompts, max_new_tokens, max_queries,
-                repetitions, seed, rtt_ms, results_root, vm_timeout) -> None:
+                repetitions, seed, rtt_ms, results_root) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
     Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen),
@@ -131,21 +151,13 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     """
     console = make_console()
     profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
-    chosen, reason = resolve_mode(mode, profile)
+    chosen = enter_mode(ctx, mode, [profile], console)
     spec = RunSpec.load(job_name, profile_name, chosen, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "max_queries": max_queries,
         "repetitions": repetitions, "seed": seed}, profile_overrides={"rtt_ms": rtt_ms})
-    console.print(f"mode: {chosen} ({reason})")
-    if chosen == "vm" and not vm.in_vm():
-        console.print("vm: booting the VM; the run inside prints below", highlight=False)
-        console.file.flush()
-        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
-        if mode == "auto":
-            inner += ["--mode", "vm"]
-        ctx.exit(run_in_vm(inner, [results_root], vm_timeout))
     run(spec, results_root, console)
 
 
@@ -162,10 +174,8 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
               help="As for `run`; one mode for every cell.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the sweep folder goes.")
-@click.option("--vm-timeout", type=click.FloatRange(1), default=vm.DEFAULT_TIMEOUT_S,
-              show_default=True, help="vm mode: stop the VM after this many seconds (exit 124).")
 @click.pass_context
-def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root, vm_timeout) -> None:
+def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root) -> None:
     """Run a job on every cell of its network section, then rank and report.
 
     Each cell is a full run (same files as `run`) under cells/, recorded in
@@ -185,26 +195,14 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root, vm_
         if sorted(cells) != sorted(names):
             raise ConfigError(f"{resume_dir}: the job's cells no longer match {SweepFolder.PLAN}")
         cells = [cells[name] for name in names]
-        reason = "the mode the sweep started with"
         if mode not in ("auto", chosen):
             raise click.UsageError(f"--mode {mode}: this sweep runs in {chosen} mode")
+        enter_mode(ctx, chosen, [cell.profile for cell in cells], console,
+                   reason="the mode the sweep started with")
     else:
         job = load_job(job_name, {"model_pair": model_pair})
         cells = expand(job)
-        needs_netem = any(profile_needs_netem(cell.profile) for cell in cells)
-        if mode == "sim":
-            chosen, reason = resolve_mode("sim", cells[0].profile)
-        else:
-            try:
-                chosen, reason = choose_mode(mode, HostReport.inspect(), needs_netem)
-            except ValueError as error:
-                raise click.UsageError(str(error)) from None
-    console.print(f"mode: {chosen} ({reason})")
-    if chosen == "vm" and not vm.in_vm():
-        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
-        if mode == "auto":
-            inner += ["--mode", "vm"]
-        ctx.exit(run_in_vm(inner, [resume_dir or results_root], vm_timeout))
+        chosen = enter_mode(ctx, mode, [cell.profile for cell in cells], console)
     if resume_dir is None:
         folder = SweepFolder.create(results_root, job, chosen, cells)
     console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
@@ -221,10 +219,8 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root, vm_
                                       "auto as for `run`, never sim.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the validation goes.")
-@click.option("--vm-timeout", type=click.FloatRange(1), default=3600.0, show_default=True,
-              help="vm mode: stop the VM after this many seconds (exit 124).")
 @click.pass_context
-def validate_command(ctx, job_name, mode, results_root, vm_timeout) -> None:
+def validate_command(ctx, job_name, mode, results_root) -> None:
     """Run a job's cells in sim and in emulated (or vm) mode and compare them with each
     other and with the analytic model.
 
@@ -237,18 +233,7 @@ def validate_command(ctx, job_name, mode, results_root, vm_timeout) -> None:
     console = make_console()
     job = load_job(job_name)
     cells = expand(job)
-    try:
-        chosen, reason = choose_mode(mode, HostReport.inspect(),
-                                     any(profile_needs_netem(cell.profile) for cell in cells))
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
-    if chosen == "sim":
-        raise click.UsageError(f"validate needs the emulated or vm mode, and {reason}")
-    console.print(f"mode: {chosen} ({reason})")
-    if chosen == "vm" and not vm.in_vm():
-        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
-        ctx.exit(run_in_vm(inner + (["--mode", "vm"] if mode == "auto" else []),
-                           [results_root], vm_timeout))
+    chosen = enter_mode(ctx, mode, [cell.profile for cell in cells], console, measured=True)
     _, comparison = validate(job, chosen, results_root, console)
     ctx.exit(0 if passed(comparison) else 1)
 
@@ -280,10 +265,9 @@ def report_command(run_dir) -> None:
               help="Seed of the sim link and of the expectation's simulation.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the JSON report goes.")
-@click.option("--vm-timeout", type=click.FloatRange(1), default=600.0, show_default=True)
 @click.pass_context
 def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput_s, seed,
-                  results_root, vm_timeout) -> None:
+                  results_root) -> None:
     """Measure what the link delivers per direction against the profile.
 
     One-way delay and RTT (UDP echo, one clock), jitter sigma, loss with a 95 %
@@ -294,16 +278,14 @@ def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput
     """
     console = make_console()
     profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
-    chosen, reason = resolve_mode(mode, profile)
-    console.print(f"mode: {chosen} ({reason})")
-    if chosen == "vm" and not vm.in_vm():
-        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
-        ctx.exit(run_in_vm(inner + (["--mode", "vm"] if mode == "auto" else []),
-                           [results_root], vm_timeout))
+    chosen = enter_mode(ctx, mode, [profile], console)
     plan = ProbePlan(packets=packets, interval_s=interval_ms / 1000.0, goodput_s=goodput_s)
     with console.status(f"probing {profile.name} ({chosen})"):
-        report = (probe_sim(profile, plan, seed) if chosen == "sim"
-                  else probe_emulated(profile, chosen, plan, seed))
+        if chosen == "sim":
+            report = probe_sim(profile, plan, seed)
+        else:
+            with EmulatedLink(profile, topology=kernel_topology(chosen)).create(shape=False) as link:
+                report = probe_link(link, chosen, plan, seed)
     path = save_probe_report(report, results_root)
     print_probe_report(report, console)
     console.print(f"saved: {path}")

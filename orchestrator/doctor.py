@@ -7,7 +7,8 @@ and ``--mode`` into a mode and the one line that says why:
 
 - ``emulated`` when running as root on a kernel with ``sch_netem``;
 - ``vm`` when root and the VM's parts (qemu, a kernel image with netem, a
-  static busybox) are there;
+  static busybox) are there, outside the edgespec VM (the router VM shapes,
+  the agents run natively);
 - ``sim`` otherwise.
 """
 
@@ -111,21 +112,16 @@ def choose_mode(requested: str, report: HostReport, needs_netem: bool = True) ->
                              f"({_why_not_emulated(report)}); try --mode vm")
         return "emulated", "asked for with --mode emulated"
     if requested == "vm":
-        if report.in_vm:
-            if not report.can_emulate(needs_netem):
-                raise ValueError(f"inside the VM the emulated path fails: {_why_not_emulated(report)}")
-            return "vm", "inside the edgespec VM, whose kernel has sch_netem"
         if not report.can_vm:
             raise ValueError(f"--mode vm needs {_why_not_vm(report)}")
         return "vm", "asked for with --mode vm"
     if report.can_emulate(needs_netem):
-        if report.in_vm:
-            return "vm", "auto: inside the edgespec VM, whose kernel has sch_netem"
         if not report.ok("sch_netem"):
             return "emulated", "auto: root, and this rate-only profile needs tbf, not sch_netem"
         return "emulated", "auto: root and sch_netem are available"
     if report.can_vm:
-        return "vm", f"auto: {_why_not_emulated(report)}, so the emulated mode runs in a qemu VM"
+        return "vm", (f"auto: {_why_not_emulated(report)}, so a qemu VM whose kernel has it "
+                      "shapes the link; the agents run natively")
     return "sim", (f"auto: {_why_not_emulated(report)} and {_why_not_vm(report)}; "
                    "sim is the Python link model (see `orchestrator doctor`)")
 
@@ -140,5 +136,7 @@ def _why_not_emulated(report: HostReport) -> str:
 def _why_not_vm(report: HostReport) -> str:
     if not report.root:
         return "root for the vm mode"
+    if report.in_vm:
+        return "a host outside the edgespec VM (no VM inside the VM)"
     failing = [c.detail for c in report.checks if c.name in ("qemu", "vm kernel") and not c.ok]
     return "; ".join(failing) if failing else "nothing missing"

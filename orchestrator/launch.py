@@ -7,8 +7,9 @@ stops its children in order) and dies with the orchestrator even after a
 ``Deployment`` starts and stops the two agents of a run: ``SimDeployment``
 on loopback, each agent emulating the link direction it receives on;
 ``EmulatedDeployment`` each in its own network namespace of an
-``EmulatedLink`` (kernel netem + tbf), which is also what the vm mode runs
-inside its VM.
+``EmulatedLink`` (kernel netem + tbf on a veth); ``VmDeployment`` the same
+with the namespaces joined through a router VM that shapes (the agents stay
+native).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from agents.settings import AgentSettings
 from shaping.clock import now
 from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
+from shaping.router import RouterError
 from shaping.simlink import SimLinkSettings
+from shaping.topology import LinkTopology
+from validation.probe import Baseline, KernelPaths, ProbePlan, measure_baseline
 
 # Loading torch and a model takes seconds natively and minutes under the VM's software
 # emulation; waiting ends at once when the agent exits, so a long limit only bounds a hang.
@@ -58,14 +62,15 @@ LOG = object()   # ChildProcess(stdout=LOG): stdout goes to the log file with st
 class ChildProcess:
     """One child: stderr (and stdout, unless ``stdout`` says where else) to ``log_path``."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, stdout=LOG) -> None:
+    def __init__(self, name: str, argv: list[str], log_path: Path, stdout=LOG,
+                 pass_fds: list[int] = ()) -> None:
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
             argv, stdout=self._log if stdout is LOG else stdout,
             stderr=subprocess.STDOUT if stdout is LOG else self._log, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=_die_with_parent, pass_fds=pass_fds,
             cwd=Path(__file__).resolve().parent.parent)
 
     def alive(self) -> bool:
@@ -219,27 +224,65 @@ def tcp_counters(pid: int) -> dict[str, int]:
     return {"segments_out": counters["OutSegs"], "retransmitted_segments": counters["RetransSegs"]}
 
 
+class LinkError(AgentError):
+    """The link under the agents failed (the router VM died, or never came up)."""
+
+
+def kernel_topology(mode: str) -> LinkTopology:
+    """The topology a kernel-shaped mode runs on: a veth pair (emulated), or namespaces
+    joined through a router VM (vm): the one the command shares, else a new one."""
+    if mode != "vm":
+        return LinkTopology()
+    from orchestrator import vm        # here: orchestrator.vm imports this module
+    return vm.current_router() or vm.router_topology()
+
+
 class EmulatedDeployment(Deployment):
     """Emulated mode: each agent in its own namespace; the data plane crosses the shaped veth.
 
     The control plane stays on ``ipc://`` sockets, which reach across network
     namespaces (they are files).  The agents are started with ``ip netns exec``,
     which execs, so each agent's pid is the process inside the namespace.
+
+    Order: the topology, the agents (loading their models), then the baseline
+    on the still unshaped path (``validation.probe.measure_baseline``: what
+    the path itself costs, recorded in ``link_stats.json``), then the shaping
+    and its timeline.
     """
 
     mode = "emulated"
     DATA_PORT = 5555
+    BASELINE_PLAN = ProbePlan(baseline_packets=100, interval_s=0.005, drain_s=0.5,
+                              baseline_bulk_bytes=4 * 1024 * 1024)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.link: EmulatedLink | None = None
+        self.baseline: Baseline | None = None
         self._tcp_at_start: dict[str, dict[str, int]] = {}
 
+    def __enter__(self) -> "EmulatedDeployment":
+        try:
+            return super().__enter__()
+        except RouterError as error:
+            raise LinkError(str(error)) from None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        gone = self.link.topology.health() if self.link is not None else None
+        self.close()
+        if gone is not None and exc_type is not None and issubclass(exc_type, Exception):
+            raise LinkError(f"the link failed mid-run: {gone}; the queries that finished are "
+                            f"kept in {self.run_dir}") from exc
+
     def _start(self) -> None:
-        self.link = EmulatedLink(self.profile).create()
+        self.link = EmulatedLink(self.profile, topology=kernel_topology(self.mode))
+        self.link.create(shape=False)
         topology = self.link.topology
         self._start_agents(f"tcp://{topology.cloud_ip}:{self.DATA_PORT}", argv_prefix={
             side: topology.run_in(side, []) for side in ("edge", "cloud")})
+        topology.wait_ready()
+        self.baseline = measure_baseline(KernelPaths(topology), self.BASELINE_PLAN)
+        self.link.shape()
         self._tcp_at_start = {agent.name: tcp_counters(agent.process.pid) for agent in self.agents}
 
     def link_stats(self) -> dict:
@@ -248,6 +291,7 @@ class EmulatedDeployment(Deployment):
             start, end = self._tcp_at_start[agent.name], tcp_counters(agent.process.pid)
             stats[direction]["tcp"] = {name: end[name] - start[name] for name in end}
         stats["prefix"] = self.link.prefix
+        stats["baseline"] = self.baseline.summary()
         return stats
 
     def close(self) -> None:
@@ -256,4 +300,19 @@ class EmulatedDeployment(Deployment):
             self.link.close()
 
 
-DEPLOYMENTS = {"sim": SimDeployment, "emulated": EmulatedDeployment, "vm": EmulatedDeployment}
+class VmDeployment(EmulatedDeployment):
+    """vm mode: as emulated, but the namespaces meet in a router VM that shapes
+    (``shaping.router``, ``orchestrator.vm.RouterVm``); the agents run natively."""
+
+    mode = "vm"
+
+    def link_stats(self) -> dict:
+        stats = super().link_stats()
+        topology = self.link.topology
+        stats["router"] = {"accel": topology.router.accel, "kernel": topology.guest["kernel"],
+                           "interfaces": topology.guest["interfaces"],
+                           "qemu_pid": topology.router.pid}
+        return stats
+
+
+DEPLOYMENTS = {"sim": SimDeployment, "emulated": EmulatedDeployment, "vm": VmDeployment}

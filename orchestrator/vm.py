@@ -1,27 +1,30 @@
-"""VM mode: any command of this project inside a small qemu VM whose stock kernel has netem.
+"""The VM: a small qemu VM booting a stock kernel that has netem, in two roles.
 
 Hosts whose kernel lacks ``sch_netem`` (containers, WSL, micro-VMs such as
 the ones this project is built on) boot the distribution kernel that the
-project's setup installs (``/boot/vmlinuz-*`` with its ``/lib/modules``):
+project's setup installs (``/boot/vmlinuz-*`` with its ``/lib/modules``).
+The initramfs is built per boot from busybox (``busybox-static``) and the
+kernel's own modules (dependency order from ``modules.dep``); its ``/init``
+mounts the host's root file system over 9p **read-only**, puts tmpfs on
+``/run`` (with ``/run/tmp`` as ``TMPDIR``) and ``/dev/shm``, mounts each
+writable folder read-write at its own path, and runs one command chrooted
+into the host root, so the same venv, code and configs run inside.
 
-- the initramfs is built per boot from busybox (``busybox-static``) and the
-  kernel's own virtio, 9p and shaping modules (dependency order from
-  ``modules.dep``); its ``/init`` mounts the host's root file system over 9p
-  **read-only**, puts tmpfs on ``/run`` (with ``/run/tmp`` as ``TMPDIR``) and
-  ``/dev/shm``, mounts each writable folder (the results) read-write at its
-  own path, and runs the command chrooted into the host root, in the host's
-  working directory, so the same venv, code and configs run inside (also
-  from a checkout under ``/tmp``, which stays the host's, read-only);
-- the guest has no network interface: the runs inside build their own
-  namespaces and veths;
-- output: the command's stdout and stderr (merged, as on a terminal) reach
-  this process's stdout through the second serial port as they are written;
-  the kernel's console goes to ``console.log`` in the job folder (printed
-  when the boot fails);
-- the command's exit code is passed through; 124 when the VM outlived its
-  timeout; the qemu process is always reaped (and dies with the
-  orchestrator through PR_SET_PDEATHSIG).
+1. **The vm mode's router** (``RouterVm``, ``router_topology``,
+   ``shared_router``): the link, not the host.  The guest gets one virtio NIC
+   on a TAP in each of the run's two namespaces and runs only
+   ``shaping/router_guest.py``, which forwards between them and relays the
+   netlink requests that shape them (``shaping.router``); the agents run
+   natively in the namespaces, so only packets pay for the emulation.
+2. **Any command inside** (``VmHost.run``, ``orchestrator vm -- CMD``): the
+   way to test the guest itself.  The guest has no network interface; the
+   command's stdout and stderr (merged, as on a terminal) reach this
+   process's stdout through the second serial port as they are written, the
+   kernel's console goes to ``console.log`` in the job folder (printed when
+   the boot fails), the command's exit code is passed through (124 when the
+   VM outlived its timeout).
 
+qemu is always reaped, and dies with the orchestrator (PR_SET_PDEATHSIG).
 Acceleration: KVM when ``/dev/kvm`` exists and a quick probe boot under it
 completes (its verdict is kept for the host's uptime in
 ``/run/edgespec/kvm-probe``), software emulation (TCG) otherwise.
@@ -29,20 +32,26 @@ completes (its verdict is kept for the host's uptime in
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import lzma
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from orchestrator.launch import ChildProcess
+from shaping import router_guest
+from shaping.router import GUEST_PORT, RouterError, RouterTopology, TapEnd
 
 IN_VM_ENV = "EDGESPEC_IN_VM"
 HOST_TTY_ENV = "EDGESPEC_HOST_TTY"    # whether the host's stdout (the guest's output) is a terminal
@@ -59,6 +68,8 @@ DEFAULT_TIMEOUT_S = 1800.0
 # would run the initramfs' modprobe).
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 RUN_MODULES = ("sch_netem", "sch_tbf", "veth")
+ROUTER_MODULES = ("virtio_net", "virtio_console")     # the router's NICs and its control port
+ROUTER_MEMORY_MIB = 384
 GUEST_ENV_PASSED = ("PATH", "HOME", "LANG", "LC_ALL", "TERM", "CI", "COLUMNS",
                     "PYTHONPATH", "PYTHONHASHSEED")
 # The host's /tmp stays visible (read-only: a checkout may live there); temporary files go to
@@ -213,8 +224,9 @@ def _write_module(source: Path, dest: Path) -> None:
         raise VmError(f"{source}: compressed kernel modules other than .xz are not supported")
 
 
-def build_initramfs(kernel: GuestKernel, busybox: Path, dest: Path) -> Path:
-    """An uncompressed newc cpio with busybox, the boot modules and ``/init``; returns its path."""
+def build_initramfs(kernel: GuestKernel, busybox: Path, dest: Path,
+                    modules: tuple[str, ...] = BOOT_MODULES) -> Path:
+    """An uncompressed newc cpio with busybox, ``modules`` and ``/init``; returns its path."""
     staging = Path(tempfile.mkdtemp(prefix="initramfs-", dir=dest.parent))
     try:
         for folder in ("bin", "sbin", "proc", "sys", "dev", "host", "modules"):
@@ -223,7 +235,7 @@ def build_initramfs(kernel: GuestKernel, busybox: Path, dest: Path) -> Path:
         (staging / "bin" / "busybox").chmod(0o755)
         (staging / "bin" / "sh").symlink_to("busybox")
         builtin = _builtin(kernel.modules_dir)
-        wanted = tuple(name for name in BOOT_MODULES if name not in builtin)
+        wanted = tuple(name for name in modules if name not in builtin)
         order = module_load_order((kernel.modules_dir / "modules.dep").read_text(), wanted)
         names = []
         for path in order:
@@ -280,10 +292,12 @@ def accel_args(accel: str, cpus: int) -> list[str]:
 
 
 def qemu_argv(qemu: str, kernel: GuestKernel, initramfs: Path, job_dir: Path,
-              writable: list[Path], *, accel: str, cpus: int, memory_mib: int) -> list[str]:
-    """The qemu command line (pure: tested without booting)."""
+              writable: list[Path], *, accel: str, cpus: int, memory_mib: int,
+              devices: list[str] = ()) -> list[str]:
+    """The qemu command line (pure: tested without booting); ``devices``: more arguments
+    (the router's NICs and control port); without them the VM has no NIC."""
     argv = [qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-nic", "none", "-m", str(memory_mib), "-smp", str(cpus),
+            *(devices or ["-nic", "none"]), "-m", str(memory_mib), "-smp", str(cpus),
             *accel_args(accel, cpus),
             "-kernel", str(kernel.image), "-initrd", str(initramfs),
             "-append", "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off",
@@ -296,6 +310,19 @@ def qemu_argv(qemu: str, kernel: GuestKernel, initramfs: Path, job_dir: Path,
         argv += ["-virtfs", f"local,path={folder},mount_tag={share_tag(index)},"
                             "security_model=none,multidevs=remap"]
     return argv
+
+
+def router_devices(taps: list[TapEnd], control_socket: Path) -> list[str]:
+    """qemu arguments of the router: a virtio NIC on each TAP (by file descriptor; the TAP
+    has no vnet header, so neither side can hand the other a GSO super-packet) and the control port
+    (a virtio-serial port whose host end connects to ``control_socket``)."""
+    argv = []
+    for tap in taps:
+        argv += ["-netdev", f"tap,id={tap.side},fd={tap.fd}",
+                 "-device", f"virtio-net-pci,netdev={tap.side},mac={tap.mac}"]
+    return argv + ["-chardev", f"socket,id=control,path={control_socket},server=off",
+                   "-device", "virtio-serial-pci,id=serial",
+                   "-device", f"virtserialport,bus=serial.0,chardev=control,name={GUEST_PORT}"]
 
 
 @dataclass
@@ -351,12 +378,9 @@ class VmHost:
         chosen = self.choose_accel(accel)
         with tempfile.TemporaryDirectory(prefix="edgespec-vm-") as tmp:
             job_dir = Path(tmp)
-            initramfs = build_initramfs(self.kernel, self.busybox, job_dir / "initramfs.cpio")
             output_is_tty = output is None and sys.stdout.isatty()
             guest_env = guest_environment(dict(os.environ) if env is None else env, output_is_tty)
-            (job_dir / "run.sh").write_text(guest_script(argv, cwd.resolve(), guest_env))
-            (job_dir / "mounts").write_text(
-                "".join(f"{share_tag(i)} {folder}\n" for i, folder in enumerate(writable)))
+            initramfs = self.prepare(job_dir, argv, cwd, guest_env, writable)
             command = qemu_argv(self.qemu, self.kernel, initramfs, job_dir, writable,
                                 accel=chosen, cpus=cpus, memory_mib=memory_mib)
             started = time.monotonic()
@@ -375,16 +399,157 @@ class VmHost:
             exit_file = job_dir / "exit_code"
             if not exit_file.is_file():
                 raise VmError(f"the VM stopped before the command finished (qemu exit "
-                              f"{qemu.process.returncode}): "
-                              + " | ".join((_read(job_dir / "qemu.log") + console)
-                                           .strip().splitlines()[-8:]))
+                              f"{qemu.process.returncode}): " + _tail(job_dir))
             return VmResult(int(exit_file.read_text().strip() or EXIT_BOOT_FAILED), chosen,
                             wall_s, console)
+
+    def prepare(self, job_dir: Path, argv: list[str], cwd: Path, guest_env: dict[str, str],
+                writable: list[Path] = (), modules: tuple[str, ...] = BOOT_MODULES) -> Path:
+        """Fill ``job_dir`` for a boot that runs ``argv``; returns the initramfs."""
+        (job_dir / "run.sh").write_text(guest_script(argv, cwd.resolve(), guest_env))
+        (job_dir / "mounts").write_text(
+            "".join(f"{share_tag(i)} {folder}\n" for i, folder in enumerate(writable)))
+        return build_initramfs(self.kernel, self.busybox, job_dir / "initramfs.cpio", modules)
 
     def choose_accel(self, accel: str) -> str:
         if accel in ("kvm", "tcg"):
             return accel
         return "kvm" if kvm_works(self) else "tcg"
+
+
+class RouterVm:
+    """The vm mode's router: qemu booting the guest kernel with one virtio NIC per TAP.
+
+    The guest runs ``shaping/router_guest.py`` (from the host root, read-only
+    over 9p) and nothing else; this process talks to it over a virtio-serial
+    port whose host end is a Unix socket in the job folder (qemu connects to
+    it at start-up).  Why virtio-serial: it needs nothing from the host
+    kernel (vsock needs ``vhost_vsock``, absent on the hosts this mode is
+    for), it is a reliable byte stream that TCG serves in about 0.3 ms per
+    round trip, and it keeps control traffic off the shaped path (a third
+    NIC would share the guest's network stack and queues with the data).
+
+    One vCPU: the router only forwards, and the host's other cores stay with
+    the agents.  Real-time scheduling (``SCHED_RR`` 1, ``realtime_prefix``)
+    where the host allows it: a netem timer in the guest fires only when
+    qemu's threads get a host CPU, and on a busy host an ordinary thread
+    waits for one (measured on 2 busy cores: 20 ms each way came out 1.1-1.7 ms
+    late per round trip, 0.3 ms with real-time threads).  The router's work
+    is the packets the agents send, so it cannot crowd them out for long
+    (and the kernel keeps 5 % of each second for other threads anyway).  ``close`` stops qemu (the TAPs vanish with it) and removes
+    the job folder; qemu also dies with this process (PR_SET_PDEATHSIG).
+    """
+
+    CONNECT_TIMEOUT_S = 30.0
+
+    def __init__(self, host: VmHost, taps: list[TapEnd], accel: str = "auto",
+                 memory_mib: int = ROUTER_MEMORY_MIB) -> None:
+        self.job_dir = Path(tempfile.mkdtemp(prefix="edgespec-router-"))
+        self.accel = host.choose_accel(accel)
+        self.process: ChildProcess | None = None
+        self.connection: socket.socket | None = None
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            initramfs = host.prepare(
+                self.job_dir, [sys.executable, "-S", "-E", router_guest.__file__, GUEST_PORT],
+                Path("/"), {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                modules=BOOT_MODULES + ROUTER_MODULES)
+            control = self.job_dir / "control.sock"
+            listener.bind(str(control))
+            listener.listen(1)
+            argv = qemu_argv(host.qemu, host.kernel, initramfs, self.job_dir, [],
+                             accel=self.accel, cpus=1, memory_mib=memory_mib,
+                             devices=router_devices(taps, control))
+            self.process = ChildProcess("router VM", [*realtime_prefix(), *argv],
+                                        self.job_dir / "qemu.log",
+                                        pass_fds=[tap.fd for tap in taps])
+            self.connection = self._accept(listener)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            listener.close()
+
+    def _accept(self, listener: socket.socket) -> socket.socket:
+        listener.settimeout(0.2)
+        deadline = time.monotonic() + self.CONNECT_TIMEOUT_S
+        while time.monotonic() < deadline and self.alive():
+            try:
+                connection, _ = listener.accept()
+                return connection
+            except socket.timeout:
+                continue
+        raise RouterError(f"the router VM did not open its control port: {self.failure()}")
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def failure(self) -> str:
+        """What the router's qemu said: exit code and the last lines of its output."""
+        code = self.process.process.returncode if self.process is not None else None
+        state = "running" if self.alive() else f"exited with code {code}"
+        return f"router VM (qemu pid {self.pid}) {state}: " + _tail(self.job_dir)
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+        if self.process is not None:
+            self.process.stop()
+        shutil.rmtree(self.job_dir, ignore_errors=True)
+
+    @classmethod
+    def boot(cls, taps: list[TapEnd]) -> "RouterVm":
+        """``RouterTopology``'s boot: a router VM on this host."""
+        return cls(VmHost.find(), taps)
+
+
+@functools.lru_cache(maxsize=None)
+def realtime_prefix() -> tuple[str, ...]:
+    """``chrt --rr 1``, when it works here (root, and a host that grants real-time
+    scheduling); else nothing."""
+    chrt = shutil.which("chrt")
+    if chrt is None:
+        return ()
+    allowed = subprocess.run([chrt, "--rr", "1", "true"], capture_output=True).returncode == 0
+    return (chrt, "--rr", "1") if allowed else ()
+
+
+def router_topology(prefix: str | None = None) -> RouterTopology:
+    """The vm mode's topology: namespaces joined through a router VM on this host."""
+    return RouterTopology(RouterVm.boot, prefix)
+
+
+_SHARED: list[RouterTopology] = []
+
+
+@contextlib.contextmanager
+def shared_router() -> Iterator[RouterTopology]:
+    """One router VM (and its two namespaces) for everything inside the ``with``: every run
+    in vm mode started meanwhile (each cell of a sweep or a validation) shapes this one
+    instead of booting its own.  It boots in the background: the first run's agents load
+    meanwhile."""
+    topology = router_topology().create()
+    _SHARED.append(topology)
+    try:
+        yield topology
+    finally:
+        _SHARED.remove(topology)
+        topology.close()
+
+
+def current_router() -> RouterTopology | None:
+    """The router VM a ``shared_router`` block holds up, if any."""
+    return _SHARED[-1] if _SHARED else None
+
+
+def _tail(job_dir: Path, lines: int = 8) -> str:
+    return " | ".join((_read(job_dir / "qemu.log") + _read(job_dir / "console.log"))
+                      .strip().splitlines()[-lines:]) or "no output"
 
 
 def _read(path: Path) -> str:

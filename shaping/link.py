@@ -15,6 +15,7 @@ analytic model uses its closed forms (``serialization_delay_s``,
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -73,8 +74,10 @@ def retransmission_timeout_s(srtt_s: float, rttvar_s: float = 0.0,
     return srtt_s + max(rto_min_s, 4.0 * rttvar_s)
 
 
-_TABLE_SIZE = 4096          # entries in iproute2's netem distribution tables
+_TABLE_SIZE = 4096          # entries in a netem distribution table
 _PARETO_SHAPE = 3.0         # iproute2 netem/pareto.c
+NETEM_DIST_SCALE = 8192     # netem reads a table entry of 8192 as one jitter
+_INT16_MAX = 32767
 
 
 def _standardised(values: np.ndarray) -> np.ndarray:
@@ -85,17 +88,12 @@ def _inverse_cdf_tables() -> dict[str, np.ndarray]:
     """netem-style inverse-CDF tables, each with mean 0 and std 1 over its entries.
 
     Like iproute2's ``*.dist`` files, entry ``i`` is the quantile at
-    ``(i + 0.5) / 4096`` and a sample is ``table[floor(u * 4096)] * jitter``.
-    pareto is iproute2's shape-3 Pareto (scale 1), heavy right tail, left
-    end at -0.61 sigma.  paretonormal blends the normal and Pareto quantiles
-    at the same rank, 1/4 normal + 3/4 Pareto in iproute2's own table units
-    (Pareto shifted by its mean 1.5 and scaled by 4/3), as
-    netem/paretonormal.c does.
-
-    Deliberately unlike iproute2, every table is standardised exactly, so
-    sigma equals ``jitter_ms`` and the mean equals ``delay_ms``.  iproute2's
-    pareto table clips at its int16 limit (4 table units) and so delivers
-    only about 0.82 * jitter sigma with a mean 0.03 * jitter below the delay.
+    ``(i + 0.5) / 4096``.  pareto is iproute2's shape-3 Pareto (scale 1),
+    heavy right tail, left end at -0.61 sigma.  paretonormal blends the
+    normal and Pareto quantiles at the same rank, 1/4 normal + 3/4 Pareto in
+    iproute2's own table units (Pareto shifted by its mean 1.5 and scaled by
+    4/3), as netem/paretonormal.c does.  Every table is standardised exactly,
+    so sigma equals ``jitter_ms`` and the mean equals ``delay_ms``.
     """
     quantile_ranks = (np.arange(_TABLE_SIZE) + 0.5) / _TABLE_SIZE
     normal = np.array([NormalDist().inv_cdf(rank) for rank in quantile_ranks])
@@ -108,15 +106,50 @@ def _inverse_cdf_tables() -> dict[str, np.ndarray]:
     }
 
 
-_INVERSE_CDF_TABLES = _inverse_cdf_tables()
+@dataclass(frozen=True)
+class JitterTable:
+    """One jitter distribution exactly as both legs draw it: netem's int16 table.
+
+    ``entries`` are the standardised quantiles times ``units_per_sigma``,
+    rounded.  iproute2's files use 8192 units per sigma, so their pareto
+    tables clip at 4 sigma (int16) and deliver only about 0.82 of the
+    configured sigma; here ``units_per_sigma`` is 8192 or less, whatever
+    keeps the longest tail inside int16, and the kernel's jitter is scaled
+    by ``NETEM_DIST_SCALE / units_per_sigma`` to match (``shaping.qdisc``).
+    The sim link draws ``entries / units_per_sigma``, so the two legs share
+    one law: same median, same sigma, same tail, nothing clipped.
+    """
+
+    entries: tuple[int, ...]
+    units_per_sigma: int
+
+    @property
+    def reach_sigmas(self) -> float:
+        """How far from the mean the farthest entry lies, in sigmas."""
+        return max(abs(entry) for entry in self.entries) / self.units_per_sigma
+
+    @functools.cached_property
+    def in_sigmas(self) -> np.ndarray:
+        return np.array(self.entries) / self.units_per_sigma
+
+
+def _quantised(table: np.ndarray) -> JitterTable:
+    units = min(NETEM_DIST_SCALE, math.floor(_INT16_MAX / np.abs(table).max()))
+    return JitterTable(tuple(int(entry) for entry in np.rint(table * units)), units)
+
+
+JITTER_TABLES: dict[str, JitterTable] = {name: _quantised(table)
+                                         for name, table in _inverse_cdf_tables().items()}
 
 
 class JitterSource:
     """One-way delay per packet: ``delay_ms`` plus a jitter offset, as netem draws it.
 
     uniform: offset uniform on [-jitter, +jitter] (sigma = jitter / sqrt(3));
-    normal, pareto, paretonormal: inverse-CDF tables with sigma = jitter (see
-    ``_inverse_cdf_tables``).  The result is clipped at 0.
+    normal, pareto, paretonormal: the entry at ``floor(u * 4096)`` of the
+    distribution's ``JitterTable`` (sigma = jitter), the very table netem
+    gets.  The result is clipped at 0 (netem sends a packet whose time has
+    passed at once).
 
     Correlation works like netem's ``get_crandom``: the uniform behind each
     draw is ``(1 - rho) * fresh + rho * previous``.  As in netem, this also
@@ -150,7 +183,7 @@ class JitterSource:
     def _offset_in_jitter_units(self, uniform: float) -> float:
         if self._spec.jitter_distribution == "uniform":
             return 2.0 * uniform - 1.0
-        table = _INVERSE_CDF_TABLES[self._spec.jitter_distribution]
+        table = JITTER_TABLES[self._spec.jitter_distribution].in_sigmas
         return float(table[int(uniform * _TABLE_SIZE)])
 
 

@@ -69,8 +69,9 @@ payload, 66 + 1448 per full frame):
   direction is assumed similar), so a window-limited TCP sender keeps the
   bottleneck busy after a multiplicative decrease (Reno needs 1 BDP of
   buffer, CUBIC 0.43), plus a 50 ms floor for short paths.
-  ``jitter_reach`` is ``jitter_ms`` for uniform jitter and ``4 * jitter_ms``
-  for the table distributions (their int16 entries end at 4 sigma).
+  ``jitter_reach`` is ``jitter_ms`` for uniform jitter and the table's
+  farthest entry for the table distributions (``JitterTable.reach_sigmas``
+  times ``jitter_ms``: 3.7 for normal, 23 for pareto).
 
 netem ``limit`` (packets, counted in its time queue): everything that can be
 in flight in the delay line plus tbf's backlog, counted in the smallest TCP
@@ -83,8 +84,9 @@ Encodings (what ``tc`` sends)
 - ``tc_netem_qopt.latency``/``.jitter``: psched ticks (64 ns), saturating at
   2^32-1, as iproute2 <= 6.8 sends them; plus ``TCA_NETEM_LATENCY64`` and
   ``TCA_NETEM_JITTER64`` in nanoseconds (s64), as iproute2 >= 6.9 sends them.
-  Kernels >= 4.15 use the 64-bit values; both agree.  Jitter is capped by the
-  kernel at 2^31-1 ns (2.1 s); larger values are refused here.
+  Kernels >= 4.15 use the 64-bit values; both agree.  The jitter sent is
+  ``netem_jitter``'s (scaled for the table distributions, below); the kernel
+  caps it at 2^31-1 ns (2.1 s), and larger values are refused here.
 - percentages: ``rint(pct / 100 * (2^32 - 1))`` (iproute2's ``set_percent``).
 - ``TCA_NETEM_CORR`` (delay correlation) and ``TCA_NETEM_RATE`` are always
   sent, zeros included: a netlink change keeps the old value of any
@@ -96,9 +98,14 @@ Encodings (what ``tc`` sends)
   (iproute2 takes ``1-h`` and inverts it), ``k1 = u32(loss in good)``;
   ``qopt.loss`` = 0.  An absent ``TCA_NETEM_LOSS`` resets the kernel to
   random loss, so random loss needs no extra attribute.
-- ``TCA_NETEM_DELAY_DIST``: the s16 entries of iproute2's ``<name>.dist``
-  file (4096 entries, ``NETEM_DIST_SCALE`` = 8192 per sigma), sent when
-  jitter > 0 and the distribution is not uniform.  The kernel keeps the old
+- ``TCA_NETEM_DELAY_DIST``: the s16 entries of ``shaping.link.JITTER_TABLES``
+  (4096 entries, ``units_per_sigma`` per sigma), sent when jitter > 0 and
+  the distribution is not uniform, with the jitter scaled by
+  ``8192 / units_per_sigma`` (netem reads 8192 as one jitter).  iproute2's
+  own ``.dist`` files use 8192 per sigma, which clips pareto's tail at 4
+  sigma (int16) and delivers about 0.82 of the configured sigma; these
+  tables fit their whole tail, and the sim link draws from the same ones,
+  so both legs share one jitter law.  The kernel keeps the old
   table when a change carries none and has no way to drop a table, so a
   *change* to uniform jitter sends ``UNIFORM_TABLE`` (4096 evenly spaced
   entries over +-1 sigma), equal to netem's built-in uniform draw to 1/2048
@@ -106,9 +113,6 @@ Encodings (what ``tc`` sends)
 
 Kernel behaviour that ``shaping.link`` does not share
 -----------------------------------------------------
-- iproute2's pareto and paretonormal tables are clipped at +-4 sigma (int16),
-  so netem's jitter there has a smaller sigma than ``jitter_ms`` (about 0.82x
-  for pareto); ``shaping.link`` standardises its tables exactly.
 - netem picks the table entry (or the uniform offset) as the correlated
   random number *modulo* the table size (or 2 x jitter), which keeps little
   of ``delay_correlation_pct``.
@@ -121,13 +125,10 @@ from __future__ import annotations
 
 import errno
 import functools
-import glob
 import logging
 import math
-import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink import (NLA_F_NESTED, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
@@ -136,7 +137,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELQDISC, RTM_NEWQDISC, TC_H_ROOT
 
 from shaping import topology
-from shaping.link import HEADER_BYTES, default_burst_bytes
+from shaping.link import HEADER_BYTES, JITTER_TABLES, NETEM_DIST_SCALE, default_burst_bytes
 from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, NetworkProfile, RandomLoss
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,6 @@ UINT32_MAX = 0xFFFF_FFFF
 INT32_MAX = 0x7FFF_FFFF
 NSEC_PER_SEC = 1_000_000_000
 PSCHED_TICK_NS = 64                 # PSCHED_SHIFT = 6
-NETEM_DIST_SCALE = 8192
 NETEM_DIST_MAX = 16384
 NETEM_LOSS_GE = 2
 TC_LINKLAYER_ETHERNET = 1
@@ -164,7 +164,6 @@ UNSHAPED_RATE_BYTES_PER_S = 10e9 / 8
 NETEM_LIMIT_MIN = 1000
 NETEM_LIMIT_MAX = 1_000_000
 IN_ORDER_RATE_BYTES_PER_S = UINT32_MAX
-TABLE_REACH_SIGMAS = 4.0            # int16 entries / 8192 per sigma
 
 _ADD_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 _CHANGE_FLAGS = NLM_F_REQUEST | NLM_F_ACK          # `tc qdisc change`
@@ -191,54 +190,10 @@ def ns_to_ticks(ns: int) -> int:
 
 
 # Distribution tables ---------------------------------------------------------------
-
-def tc_lib_dirs() -> list[Path]:
-    """Where iproute2 keeps ``*.dist``: $TC_LIB_DIR, then the usual library folders."""
-    candidates = [os.environ.get("TC_LIB_DIR", "")]
-    candidates += ["/usr/lib/tc", "/usr/lib64/tc", "/usr/local/lib/tc"]
-    candidates += sorted(glob.glob("/usr/lib/*-linux-gnu*/tc"))
-    return [Path(path) for path in candidates if path and Path(path).is_dir()]
-
-
-def parse_distribution(text: str, source: str = "<table>") -> tuple[int, ...]:
-    """Entries of a ``.dist`` file the way iproute2's ``get_distribution`` reads them.
-
-    Lines that are empty or start with ``#`` are skipped; every other line is
-    a list of integers (C ``strtol`` syntax, so ``0x`` hex is allowed).
-    """
-    entries: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line or line.startswith("#"):
-            continue
-        for token in line.split():
-            try:
-                value = int(token, 0)
-            except ValueError:
-                raise ValueError(f"{source}:{number}: not an integer: {token!r}") from None
-            if not -32768 <= value <= 32767:
-                raise ValueError(f"{source}:{number}: {value} does not fit in int16")
-            entries.append(value)
-    if not entries:
-        raise ValueError(f"{source}: no entries")
-    if len(entries) > NETEM_DIST_MAX:
-        raise ValueError(f"{source}: {len(entries)} entries, the kernel takes {NETEM_DIST_MAX}")
-    return tuple(entries)
-
-
-@functools.lru_cache(maxsize=None)
-def load_distribution(name: str) -> tuple[int, ...]:
-    """iproute2's table ``<name>.dist`` (normal, pareto, paretonormal, ...)."""
-    if not name.replace("_", "").isalnum():
-        raise ValueError(f"bad distribution name {name!r}")
-    searched = tc_lib_dirs()
-    for folder in searched:
-        path = folder / f"{name}.dist"
-        if path.is_file():
-            return parse_distribution(path.read_text(), str(path))
-    raise FileNotFoundError(
-        f"no {name}.dist in {', '.join(map(str, searched)) or 'any tc library folder'} "
-        "(install iproute2, or set TC_LIB_DIR)")
-
+#
+# The table distributions come from ``shaping.link.JITTER_TABLES`` (the sim link draws from the
+# same tables), not from iproute2's files; uniform jitter is netem's own draw, and a change *to*
+# uniform jitter sends this table (the kernel cannot drop a table it has).
 
 UNIFORM_TABLE: tuple[int, ...] = tuple(4 * i + 2 - NETEM_DIST_SCALE for i in range(4096))
 
@@ -257,7 +212,8 @@ def profile_needs_netem(profile: NetworkProfile) -> bool:
 
 def jitter_reach_s(spec: DirectionSpec) -> float:
     """How far from the mean a delay draw can land, in seconds."""
-    sigmas = 1.0 if spec.jitter_distribution == "uniform" else TABLE_REACH_SIGMAS
+    sigmas = (1.0 if spec.jitter_distribution == "uniform"
+              else JITTER_TABLES[spec.jitter_distribution].reach_sigmas)
     return sigmas * spec.jitter_ms / 1000.0
 
 
@@ -320,12 +276,32 @@ def netem_limit_packets(spec: DirectionSpec) -> int:
     return min(NETEM_LIMIT_MAX, max(NETEM_LIMIT_MIN, packets))
 
 
+def netem_jitter(spec: DirectionSpec, for_change: bool = False) -> tuple[int, tuple | None]:
+    """The jitter netem gets (ns) and its distribution table (None: netem's uniform draw).
+
+    netem adds ``jitter * entry / 8192`` to the delay, so a table of
+    ``units_per_sigma`` units per sigma gets the jitter scaled by
+    ``8192 / units_per_sigma``: the delivered sigma is ``jitter_ms``.
+    """
+    if spec.jitter_ms == 0:
+        return 0, None
+    if spec.jitter_distribution == "uniform":
+        jitter_ns, table = ms_to_ns(spec.jitter_ms), UNIFORM_TABLE if for_change else None
+    else:
+        jitter_table = JITTER_TABLES[spec.jitter_distribution]
+        jitter_ns = round(ms_to_ns(spec.jitter_ms) * NETEM_DIST_SCALE
+                          / jitter_table.units_per_sigma)
+        table = jitter_table.entries
+    if jitter_ns > INT32_MAX:
+        limit_ms = spec.jitter_ms * INT32_MAX / jitter_ns
+        raise ValueError(f"jitter_ms {spec.jitter_ms} is above netem's limit of "
+                         f"{limit_ms:.0f} ms for {spec.jitter_distribution} jitter")
+    return jitter_ns, table
+
+
 def netem_params(spec: DirectionSpec, *, for_change: bool = False) -> NetemParams:
     """netem settings for a direction (``for_change``: a change of a live qdisc)."""
-    jitter_ns = ms_to_ns(spec.jitter_ms)
-    if jitter_ns > INT32_MAX:
-        raise ValueError(f"jitter_ms {spec.jitter_ms} is above netem's limit of "
-                         f"{INT32_MAX / 1e6:.0f} ms")
+    jitter_ns, table = netem_jitter(spec, for_change)
     loss = spec.loss
     if isinstance(loss, RandomLoss):
         loss_u32, gemodel = percent_u32(loss.pct), None
@@ -336,12 +312,6 @@ def netem_params(spec: DirectionSpec, *, for_change: bool = False) -> NetemParam
                    percent_u32(loss.loss_in_good_pct))
     else:   # pragma: no cover - the profile schema has only these two
         raise TypeError(f"unknown loss model {loss!r}")
-    table = None
-    if jitter_ns > 0:
-        if spec.jitter_distribution != "uniform":
-            table = load_distribution(spec.jitter_distribution)
-        elif for_change:
-            table = UNIFORM_TABLE
     return NetemParams(
         latency_ns=ms_to_ns(spec.delay_ms),
         jitter_ns=jitter_ns,
@@ -537,7 +507,7 @@ def encode(msg: ShapingTcmsg, msg_type: int = RTM_NEWQDISC, flags: int = _ADD_FL
 def _send(ipr: IPRoute, msg: ShapingTcmsg, msg_type: int, flags: int) -> None:
     """Send one request and wait for its ACK (raises ``NetlinkError`` on a NACK)."""
     # pyroute2 0.9's sync IPRoute never sets the status key its nlm_request reads.
-    if "nlm_generator" not in ipr.asyncore.status:
+    if isinstance(ipr, IPRoute) and "nlm_generator" not in ipr.asyncore.status:
         ipr.asyncore.status["nlm_generator"] = False
     tuple(ipr.nlm_request(msg, msg_type=msg_type, msg_flags=flags))
 
@@ -638,7 +608,8 @@ def apply_direction(ipr: IPRoute, ifindex: int, spec: DirectionSpec, *,
         raise
 
 
-def change_direction(ipr: IPRoute, ifindex: int, spec: DirectionSpec) -> str:
+def change_direction(ipr: IPRoute, ifindex: int, spec: DirectionSpec, *,
+                     use_netem: bool | None = None) -> str:
     """Move a shaped direction to ``spec`` in place (netlink change, not delete + add).
 
     netem and tbf keep their queues; only the tbf child is added or deleted
@@ -668,14 +639,14 @@ def change_direction(ipr: IPRoute, ifindex: int, spec: DirectionSpec) -> str:
         return "netem"
     if root is not None and root.kind == "tbf" and root.handle == ROOT_HANDLE:
         if needs_netem(spec):
-            return apply_direction(ipr, ifindex, spec)    # raises if netem is missing
+            return apply_direction(ipr, ifindex, spec, use_netem=use_netem)  # raises if no netem
         if tbf is None:
             remove(ipr, ifindex)
             return "none"
         _send(ipr, tbf_message(ifindex, tbf), RTM_NEWQDISC, _CHANGE_FLAGS)
         return "tbf"
     if root is None:
-        return apply_direction(ipr, ifindex, spec)
+        return apply_direction(ipr, ifindex, spec, use_netem=use_netem)
     raise RuntimeError(f"interface {ifindex} has a root qdisc this tool did not make: "
                        f"{root.kind} {root.handle >> 16:x}:")
 
@@ -701,37 +672,61 @@ def remove(ipr: IPRoute, ifindex: int) -> bool:
     return True
 
 
-# Both directions of a LinkTopology ----------------------------------------------------------
+# Both directions of a topology -----------------------------------------------------------------
+#
+# A topology (``LinkTopology``, ``shaping.router.RouterTopology``) says where each direction is
+# shaped: ``egress(direction)`` -> (netlink handle, interface), and whether that kernel has
+# netem (``netem``: None = this host's kernel, probed).  Layouts are keyed by the direction's
+# sending side, "edge" (uplink) and "cloud" (downlink).
 
-def _each_direction(topo: "topology.LinkTopology", state: LinkState):
-    yield "edge", state.uplink       # edge -> cloud leaves through the edge end
-    yield "cloud", state.downlink    # cloud -> edge leaves through the cloud end
+def _each_direction(state: LinkState):
+    yield "edge", "uplink", state.uplink
+    yield "cloud", "downlink", state.downlink
 
 
-def apply_link(topo: "topology.LinkTopology", state: LinkState, *,
-               use_netem: bool | None = None) -> dict[str, str]:
-    """Shape uplink on the edge end's egress and downlink on the cloud end's egress."""
+def apply_link(topo, state: LinkState, *, use_netem: bool | None = None) -> dict[str, str]:
+    """Shape uplink and downlink, each on the egress its topology names."""
+    use_netem = topo.netem if use_netem is None else use_netem
     layouts = {}
-    for side, spec in _each_direction(topo, state):
-        with topo.ipr(side) as ipr:
-            index = ipr.link_lookup(ifname=topo.interface(side))[0]
+    for side, direction, spec in _each_direction(state):
+        handle, ifname = topo.egress(direction)
+        with handle as ipr:
+            index = ipr.link_lookup(ifname=ifname)[0]
             layouts[side] = apply_direction(ipr, index, spec, use_netem=use_netem)
     return layouts
 
 
-def change_link(topo: "topology.LinkTopology", state: LinkState) -> dict[str, str]:
+def change_link(topo, state: LinkState) -> dict[str, str]:
     layouts = {}
-    for side, spec in _each_direction(topo, state):
-        with topo.ipr(side) as ipr:
-            index = ipr.link_lookup(ifname=topo.interface(side))[0]
-            layouts[side] = change_direction(ipr, index, spec)
+    for side, direction, spec in _each_direction(state):
+        handle, ifname = topo.egress(direction)
+        with handle as ipr:
+            index = ipr.link_lookup(ifname=ifname)[0]
+            layouts[side] = change_direction(ipr, index, spec, use_netem=topo.netem)
     return layouts
 
 
-def remove_link(topo: "topology.LinkTopology") -> None:
-    for side in ("edge", "cloud"):
-        with topo.ipr(side) as ipr:
-            remove(ipr, ipr.link_lookup(ifname=topo.interface(side))[0])
+def remove_link(topo) -> None:
+    for direction in ("uplink", "downlink"):
+        handle, ifname = topo.egress(direction)
+        with handle as ipr:
+            remove(ipr, ipr.link_lookup(ifname=ifname)[0])
+
+
+def link_counters(topo) -> dict[str, dict]:
+    """Per direction: the root qdisc's packets and bytes, the drops of all (netem counts the
+    packets its loss model drops), the qdiscs there."""
+    found = {}
+    for direction in ("uplink", "downlink"):
+        handle, ifname = topo.egress(direction)
+        with handle as ipr:
+            qdiscs = current_qdiscs(ipr, ipr.link_lookup(ifname=ifname)[0])
+        root = next((q for q in qdiscs if q.parent == TC_H_ROOT), None)
+        found[direction] = {"qdiscs": [q.kind for q in qdiscs],
+                            "packets": root.packets_sent if root else 0,
+                            "bytes": root.bytes_sent if root else 0,
+                            "dropped_packets": sum(q.drops for q in qdiscs)}
+    return found
 
 
 # What the kernel can do ----------------------------------------------------------------------
@@ -783,8 +778,8 @@ def tbf_available() -> bool:
 __all__ = [
     "NetemOptions", "NetemParams", "NetemUnavailable", "QdiscInfo", "ShapingTcmsg",
     "TbfOptions", "TbfParams", "UNIFORM_TABLE", "apply_direction", "apply_link",
-    "change_direction", "change_link", "current_qdiscs", "encode", "load_distribution",
-    "needs_netem", "netem_available", "netem_message", "netem_params", "parse_distribution",
+    "change_direction", "change_link", "current_qdiscs", "encode", "link_counters",
+    "needs_netem", "netem_available", "netem_jitter", "netem_message", "netem_params",
     "percent_u32", "queue_latency_s", "remove", "remove_link", "tbf_available",
     "tbf_message", "tbf_params",
 ]

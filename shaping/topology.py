@@ -253,11 +253,10 @@ class LinkTopology:
             self._owner_written = True
             for namespace in (self.edge_ns, self.cloud_ns):
                 self._create_namespace(namespace)
-            with open_netns(self.edge_ns) as ipr:
-                ipr.link("add", ifname=self.edge_if, kind="veth",
-                         peer={"ifname": self.cloud_if, "net_ns_fd": self.cloud_ns})
+            self._join()
             self._configure_end(self.edge_ns, self.edge_if, self.edge_ip)
             self._configure_end(self.cloud_ns, self.cloud_if, self.cloud_ip)
+            self._configured()
             self._wait_until_up()
         except BaseException:
             self.close()
@@ -311,6 +310,22 @@ class LinkTopology:
         with self.ipr(side) as ipr:
             return ipr.link_lookup(ifname=self.interface(side))[0]
 
+    def egress(self, direction: str) -> tuple[IPRoute, str]:
+        """Where ``direction`` ("uplink" or "downlink") is shaped: a netlink handle (use it
+        with ``with``) and the interface whose egress carries it (the sender's veth end)."""
+        side = "edge" if direction == "uplink" else "cloud"
+        return self.ipr(side), self.interface(side)
+
+    netem: bool | None = None      # the shaping kernel's netem: None = probe this host's
+    UP_STATES = ("UP",)            # operational states that count as up
+
+    def wait_ready(self) -> None:
+        """Everything is up once ``create`` returns (a router topology may still be booting)."""
+
+    def health(self) -> str | None:
+        """None: a veth cannot fail on its own."""
+        return None
+
     def socket(self, side: str, family: int = socket.AF_INET,
                kind: int = socket.SOCK_STREAM) -> socket.socket:
         """A socket living in ``side``'s namespace (for probes and tests)."""
@@ -322,6 +337,15 @@ class LinkTopology:
         return run_in(namespace, argv)
 
     # -- internals ------------------------------------------------------------
+
+    def _join(self) -> None:
+        """Join the two namespaces: one veth pair, made inside them."""
+        with open_netns(self.edge_ns) as ipr:
+            ipr.link("add", ifname=self.edge_if, kind="veth",
+                     peer={"ifname": self.cloud_if, "net_ns_fd": self.cloud_ns})
+
+    def _configured(self) -> None:
+        """After both ends have their addresses (a routed topology adds its routes here)."""
 
     def _create_namespace(self, namespace: str) -> None:
         if namespace_exists(namespace):
@@ -354,7 +378,7 @@ class LinkTopology:
             namespace, ifname = pending[0]
             with open_netns(namespace) as ipr:
                 link = ipr.link("get", index=ipr.link_lookup(ifname=ifname)[0])[0]
-            if link.get("IFLA_OPERSTATE") == "UP":
+            if link.get("IFLA_OPERSTATE") in self.UP_STATES:
                 pending.pop(0)
                 continue
             if time.monotonic() > deadline:

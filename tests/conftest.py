@@ -1,7 +1,7 @@
 """Shared fixtures: checks that the suite leaves no agent, namespace, veth, owner file or qemu.
 
-Tests marked ``needs_netem`` skip on a kernel without ``sch_netem``; the VM
-test (``tests/test_vm.py``) runs them inside a VM whose kernel has it.
+Tests that need kernel netem take the ``netem_mode`` fixture: this host's
+kernel where it has ``sch_netem``, else one router VM shared by the session.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ def running_agents() -> list[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_agent_left_behind():
+def no_agent_left_behind(tmp_path_factory):
+    # only this session's (other sessions may run on the same host meanwhile)
+    ours = str(tmp_path_factory.getbasetemp()) + "/"
     before = set(running_agents())
     yield
-    left = [line for line in running_agents() if line not in before]
+    left = [line for line in running_agents() if line not in before and ours in line]
     assert not left, f"agent processes left behind: {left}"
 
 
@@ -113,13 +115,27 @@ def nothing_left_on_the_host():
     assert not any(left.values()), f"left behind by the test suite: {left}"
 
 
-def pytest_collection_modifyitems(config, items):
-    needs = [item for item in items if item.get_closest_marker("needs_netem")]
-    if not needs:
-        return
+@pytest.fixture(scope="session")
+def router_vm():
+    """One router VM (``orchestrator.vm.shared_router``) for the whole session: every vm-mode
+    run in this process shapes it instead of booting its own.  Skips without root or qemu."""
+    if os.geteuid() != 0:
+        pytest.skip("the router VM needs root")
+    from orchestrator import vm
+    missing = vm.VmHost.missing()
+    if missing:
+        pytest.skip("the router VM needs " + "; ".join(missing) + " (./setup.sh as root)")
+    with vm.shared_router() as router:
+        router.wait_ready()
+        yield router
+
+
+@pytest.fixture(scope="session")
+def netem_mode(request) -> str:
+    """Where this suite shapes with kernel netem: "emulated" (this host's kernel has it) or
+    "vm" (the session's router VM); skips, with the reason, where neither works."""
     from shaping.qdisc import netem_available
     if os.geteuid() == 0 and netem_available():
-        return
-    skip = pytest.mark.skip(reason="needs root and sch_netem (tests/test_vm.py runs these in a VM)")
-    for item in needs:
-        item.add_marker(skip)
+        return "emulated"
+    request.getfixturevalue("router_vm")
+    return "vm"

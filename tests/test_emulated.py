@@ -1,16 +1,15 @@
-"""The emulated mode end to end: agents in namespaces, the data plane on a shaped veth.
+"""The kernel-shaped modes end to end: agents in namespaces, the data plane on a shaped link.
 
-On this host (no ``sch_netem``) a rate-only profile runs natively with tbf.
-The ``needs_netem`` tests run where the kernel has netem: in CI that is the
-VM, started by ``tests/test_vm.py``, which also collects what they measure
-(``EDGESPEC_EVIDENCE_DIR``) for the closing figures.
+On this host (no ``sch_netem``) a rate-only profile runs natively with tbf
+on a veth.  The tests that need netem take the ``netem_mode`` fixture: this
+host's kernel where it has netem, else the router VM the session shares (the
+vm mode: the same namespaces and native agents, shaped inside the VM).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -23,18 +22,21 @@ import pytest
 from pyroute2 import netns
 from rich.console import Console
 
+from orchestrator import vm
 from orchestrator.configs import load_profile
+from orchestrator.launch import kernel_topology
 from orchestrator.run import RunSpec, run
 from orchestrator.summary import read_jsonl
+from shaping.emulated import EmulatedLink
 from shaping.topology import DEFAULT_PREFIX_PATTERN
 from tests.netns_helpers import snapshot
 from validation.prediction import transmit_s
-from validation.probe import ProbePlan, probe_emulated
+from validation.probe import ProbePlan, probe_emulated, probe_link
 from validation.stats import binomial_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 # The profiles issue 4 names: 10 ms; 50 ms + 10 ms normal jitter; 100 ms + 1 % loss; 10 and 1 Mbps.
-VM_PROBE_PLAN = ProbePlan(packets=200, goodput_s=1.5)    # keeps the VM part of CI short
+PROBE_PLAN = ProbePlan(packets=200, goodput_s=1.5)
 NETEM_PROFILES = ["rtt010-bw100", "rtt050-bw010-j10", "rtt100-bw010-l1", "rtt010-bw010",
                   "rtt010-bw001"]
 
@@ -44,9 +46,13 @@ def quiet_console() -> Console:
 
 
 def our_leftovers() -> list[str]:
+    """Namespaces and veths of the tool's scheme: a run's leftovers (the namespaces of the
+    router VM the session shares, if it is up, excepted)."""
     pattern = re.compile(DEFAULT_PREFIX_PATTERN + r"-(edge|cloud|e|c)")
+    router = vm.current_router()
+    shared = {router.edge_ns, router.cloud_ns} if router is not None else set()
     namespaces, veths, _ = snapshot()
-    return [name for name in namespaces + veths if pattern.fullmatch(name)]
+    return [name for name in namespaces + veths if pattern.fullmatch(name) and name not in shared]
 
 
 def emulated_run(profile: str, tmp_path: Path, mode: str = "emulated", **job):
@@ -59,16 +65,6 @@ def loss_plausible(row) -> bool:
     lost, trials = (int(n) for n in row.note.split(",")[0].split("/"))
     low, high = binomial_interval(lost, trials, confidence=0.999)
     return low * 100 <= row.expected <= high * 100
-
-
-def mode_here() -> str:
-    return "vm" if os.environ.get("EDGESPEC_IN_VM") else "emulated"
-
-
-def evidence(name: str, data: dict) -> None:
-    folder = os.environ.get("EDGESPEC_EVIDENCE_DIR")
-    if folder:
-        Path(folder, f"{name}.json").write_text(json.dumps(data, indent=2, default=float))
 
 
 # On any root host: tbf only ------------------------------------------------------------------
@@ -93,7 +89,7 @@ def test_emulated_run_with_tbf_only_crosses_the_veth(netns_ok, tmp_path):
 
 def test_probe_of_native_tbf_meets_the_rate(netns_ok):
     """The kernel probe on this host: a rate-only profile is shaped by tbf alone."""
-    report = probe_emulated(load_profile("rtt000-bw010"), "emulated", VM_PROBE_PLAN)
+    report = probe_emulated(load_profile("rtt000-bw010"), "emulated", PROBE_PLAN)
     assert report.layouts == {"edge": "tbf", "cloud": "tbf"}
     assert report.passed, [row for row in report.rows if row.ok is False]
     goodput = [row for row in report.rows if row.metric == "goodput"]
@@ -175,51 +171,41 @@ def test_doctor_names_every_capability_and_the_mode():
     assert re.search(r"^mode: (emulated|vm|sim) \(auto: ", out, re.M), out
 
 
-# Where the kernel has netem (the VM in CI) ---------------------------------------------------
+# Kernel netem: this host's, or the router VM's ------------------------------------------------
 
-@pytest.mark.needs_netem
 @pytest.mark.parametrize("profile_name", NETEM_PROFILES)
-def test_probe_kernel_netem_against_the_link_math(profile_name):
+def test_probe_kernel_netem_against_the_link_math(profile_name, netem_mode, record_property):
     profile = load_profile(profile_name)
-    report = probe_emulated(profile, mode_here(), VM_PROBE_PLAN)
-    evidence(f"probe-{profile_name}", report.to_dict())
+    with EmulatedLink(profile, topology=kernel_topology(netem_mode)).create(shape=False) as link:
+        report = probe_link(link, netem_mode, PROBE_PLAN)
+    for row in report.rows:
+        record_property(f"{row.direction} {row.metric}", [row.measured, row.error, row.ok])
     assert report.layouts == {"edge": "netem+tbf", "cloud": "netem+tbf"}
-    # Known deviation of the VM (software emulation), kept visible in the evidence and the
-    # probe's own verdict: on a link without jitter at 50 ms one way, its timers spread the
-    # uplink's delay by ~1-2 ms (IQR), which the unshaped baseline does not show.
     # Loss: the report's 95 % interval misses 1 run in 20 by design; the test asks 99.9 %.
-    vm_timer_spread = mode_here() == "vm"
     misses = [row for row in report.rows if row.ok is False
-              and not (vm_timer_spread and row.metric == "jitter sigma" and row.measured < 3.0)
               and not (row.metric == "loss" and loss_plausible(row))]
     assert not misses, misses
     assert our_leftovers() == []
 
 
 @pytest.fixture(scope="module")
-def agent_overhead_ms(tmp_path_factory) -> float:
-    """The median cycle RTT of fixed-k5 on an unshaped link: the agents' and host's own share.
-
-    Under software emulation (the VM) ZeroMQ and Python add milliseconds per
-    round trip; it is measured here, never assumed.
-    """
+def agent_overhead_ms(tmp_path_factory, netem_mode) -> float:
+    """The median cycle RTT of fixed-k5 on an unshaped link: the agents' and host's own share,
+    measured, never assumed."""
     spec, folder, summary = emulated_run("rtt000-bw100", tmp_path_factory.mktemp("baseline"),
-                                         mode_here(), strategies=["fixed-k"], k_values=[5])
+                                         netem_mode, strategies=["fixed-k"], k_values=[5])
     cycles = read_jsonl(folder / "cycles.jsonl")
-    overhead = float(cycles["rtt_ms"].median())
-    evidence("run-baseline-rtt000-bw100", {"mode": mode_here(), "measured_rtt_p50_ms": overhead,
-                                           "expected_rtt_ms": 0.0, "cycles": len(cycles)})
-    return overhead
+    return float(cycles["rtt_ms"].median())
 
 
-@pytest.mark.needs_netem
 @pytest.mark.parametrize("profile_name", NETEM_PROFILES)
-def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, agent_overhead_ms):
+def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, netem_mode, agent_overhead_ms,
+                                             record_property):
     """A full run over kernel netem: the edge's RTT is the profile's plus transmit plus overhead."""
-    mode = mode_here()
-    spec, folder, summary = emulated_run(profile_name, tmp_path, mode, max_queries=1)
+    spec, folder, summary = emulated_run(profile_name, tmp_path, netem_mode, max_queries=1)
     stats = json.loads((folder / "link_stats.json").read_text())
     assert stats["uplink"]["layout"] == "netem+tbf" == stats["downlink"]["layout"]
+    assert stats["baseline"]["packets"] > 0 and stats["baseline"]["goodput_mbps"] > 0
     cycles = read_jsonl(folder / "cycles.jsonl")
     fixed = cycles[cycles["strategy"] == "fixed-k5"]
     state = spec.profile.initial
@@ -227,23 +213,19 @@ def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, agent_overhe
         transmit_s(state.uplink, fixed["bytes_up"].median())
         + transmit_s(state.downlink, fixed["bytes_down"].median()))
     measured_ms = float(fixed["rtt_ms"].median())
-    row = summary.set_index("strategy").loc["fixed-k5"]
-    evidence(f"run-{profile_name}", {
-        "profile": profile_name, "mode": mode, "expected_rtt_ms": expected_ms,
-        "agent_overhead_ms": agent_overhead_ms,
-        "measured_rtt_p50_ms": measured_ms, "cycles": len(fixed),
-        "tokens_per_s": {s: float(v) for s, v in summary.set_index("strategy")
-                         ["tokens_per_s_p50"].items()} if "tokens_per_s_p50" in summary else {},
-        "link_stats": stats})
+    record_property("rtt_ms", {"expected": expected_ms, "measured_p50": measured_ms,
+                               "agent_overhead": agent_overhead_ms,
+                               "baseline_rtt": stats["baseline"]["rtt_ms"]})
     # The netem delay really acts: never below the profile.  Above it: the agents' overhead
     # measured on the unshaped link, plus what the host adds when the agents wait idle for a
-    # delayed message (under the VM's software emulation several ms, reported in the evidence).
+    # delayed message.
     jitter = state.uplink.jitter_ms + state.downlink.jitter_ms
     loss = state.uplink.loss_pct + state.downlink.loss_pct
     assert measured_ms >= expected_ms - 1.0 - 2 * jitter, (measured_ms, expected_ms)
     slack = max(10.0, 0.15 * expected_ms) + 2 * jitter + (250.0 if loss else 0.0)
     assert measured_ms - agent_overhead_ms - expected_ms <= slack, (
         measured_ms, agent_overhead_ms, expected_ms)
+    row = summary.set_index("strategy").loc["fixed-k5"]
     assert len(read_jsonl(folder / "queries.jsonl")) == 4      # every strategy, one query
     assert pd.notna(row["tokens_per_s_p50"]) if "tokens_per_s_p50" in row else True
     assert our_leftovers() == []

@@ -23,7 +23,8 @@ layouts in ``<linux/pkt_sched.h>`` and ``<linux/rtnetlink.h>``, the request
 ``tc`` itself cannot run netem here (no sch_netem in this kernel), so the
 expected bytes come from these layouts and iproute2's q_netem.c rules
 (percent = rint(p/100 * (2^32-1)), ``1-h`` inverted to ``h``, distribution
-entries copied as s16).  iproute2 <= 6.8 puts latency/jitter in the qopt
+entries copied as s16; the tables themselves are ``shaping.link``'s, see
+``test_iproute2s_tables_are_the_same_normal_but_clip_the_pareto_tails``).  iproute2 <= 6.8 puts latency/jitter in the qopt
 ticks, >= 6.9 in LATENCY64/JITTER64 (qopt zero); we send both.
 
 Kernel tests need root and network namespaces (they skip otherwise) and only
@@ -46,7 +47,7 @@ pytest.importorskip("pyroute2")
 
 
 from shaping import qdisc  # noqa: E402
-from shaping.link import HEADER_BYTES, MSS_BYTES, default_burst_bytes  # noqa: E402
+from shaping.link import HEADER_BYTES, JITTER_TABLES, MSS_BYTES, default_burst_bytes  # noqa: E402
 from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, RandomLoss  # noqa: E402
 from shaping.topology import LinkTopology  # noqa: E402
 from tests.netns_helpers import PrefixTracker  # noqa: E402
@@ -102,8 +103,8 @@ def netem_parts(spec: DirectionSpec, **kwargs):
 
 def read_dist_file(name: str) -> list[int]:
     """iproute2's get_distribution, re-done: '#' lines skipped, integers otherwise."""
-    for folder in ("/usr/lib/x86_64-linux-gnu/tc", "/usr/lib/tc", *qdisc.tc_lib_dirs()):
-        path = os.path.join(str(folder), f"{name}.dist")
+    for folder in ("/usr/lib/x86_64-linux-gnu/tc", "/usr/lib/tc", "/usr/lib64/tc"):
+        path = os.path.join(folder, f"{name}.dist")
         if os.path.exists(path):
             with open(path) as handle:
                 return [int(token, 0) for line in handle
@@ -141,7 +142,8 @@ def test_tbf_parameters_follow_the_documented_formula():
     rate = 1_250_000
     assert params.rate_bytes_per_s == rate
     assert params.burst_bytes == default_burst_bytes(rate) == 3028
-    latency = 0.050 + 2 * (0.020 + 4 * 0.005)       # floor + 2 x (delay + 4 sigma)
+    reach = JITTER_TABLES["normal"].reach_sigmas       # the table's farthest entry: 3.67 sigma
+    latency = 0.050 + 2 * (0.020 + reach * 0.005)       # floor + 2 x (delay + reach)
     assert params.limit_bytes == 3028 + math.ceil(rate * latency)
     assert params.buffer_ticks == 3028 * 10**9 // rate // 64
     custom = qdisc.tbf_params(DirectionSpec(bandwidth_mbps=10, burst_bytes=20000))
@@ -201,17 +203,36 @@ def test_in_order_rate_unless_reordering_is_allowed():
 
 
 @pytest.mark.parametrize("name", ["normal", "pareto", "paretonormal"])
-def test_distribution_table_is_iproute2s_file_as_int16(name):
-    expected = read_dist_file(name)
+def test_distribution_table_is_the_sim_links_with_the_jitter_scaled_to_match(name):
+    """One jitter law on both legs: netem gets the very table the sim link draws from, with
+    the jitter scaled so that ``jitter * entry / 8192`` is the same offset."""
+    table = JITTER_TABLES[name]
     _, attrs, _ = netem_parts(DirectionSpec(delay_ms=10, jitter_ms=2, jitter_distribution=name))
     payload = attrs[TCA_NETEM_DELAY_DIST]
-    assert len(payload) == 2 * len(expected) == 2 * 4096
-    table = list(struct.unpack(f"={len(payload) // 2}h", payload))
-    assert table == expected
-    assert table == list(qdisc.load_distribution(name))
-    if name == "normal":      # NETEM_DIST_SCALE: one sigma is 8192 table units
-        assert abs(statistics.fmean(table)) < 0.01 * 8192
-        assert abs(statistics.pstdev(table) / 8192 - 1) < 0.02
+    assert struct.unpack(f"={len(payload) // 2}h", payload) == table.entries
+    assert len(table.entries) == 4096
+    jitter_ns = struct.unpack("=q", attrs[TCA_NETEM_JITTER64])[0]
+    assert jitter_ns == round(2_000_000 * 8192 / table.units_per_sigma)
+    # what netem adds for each entry, in jitters: the table standardised, nothing clipped
+    offsets = [jitter_ns * entry / 8192 / 2_000_000 for entry in table.entries]
+    assert abs(statistics.fmean(offsets)) < 1e-3
+    assert abs(statistics.pstdev(offsets) - 1) < 1e-3
+    assert max(abs(entry) for entry in table.entries) <= 32767
+    assert sum(abs(entry) == 32767 for entry in table.entries) <= 1     # the tail fits
+
+
+def test_iproute2s_tables_are_the_same_normal_but_clip_the_pareto_tails():
+    """Why the tables are not iproute2's files: the normal agrees, pareto does not."""
+    ours = JITTER_TABLES["normal"]
+    theirs = sorted(read_dist_file("normal"))
+    assert ours.units_per_sigma == 8192
+    central = range(41, 4096 - 41)                  # the middle 98 %
+    assert max(abs(ours.entries[i] - theirs[i]) for i in central) < 0.01 * 8192
+    for name in ("pareto", "paretonormal"):
+        clipped = read_dist_file(name)
+        assert statistics.pstdev(clipped) / 8192 < 0.85        # ~0.82 of the configured sigma
+        assert max(clipped) >= 31000                              # piled up at int16's end
+        assert JITTER_TABLES[name].reach_sigmas > 15              # ours keeps the tail
 
 
 def test_a_change_to_uniform_jitter_sends_a_uniform_table():
@@ -262,7 +283,7 @@ def test_request_bytes_match_what_tc_would_send():
     params = qdisc.netem_params(spec)
     ours = qdisc.encode(qdisc.netem_message(7, params))
 
-    table = read_dist_file("normal")
+    table = JITTER_TABLES["normal"].entries        # 8192 per sigma, like iproute2's
     qopt = QOPT.pack(10_000_000 // 64, params.limit_packets, 0, 0, 0, 2_000_000 // 64)
     netem_attrs = (
         rta(TCA_NETEM_LATENCY64, struct.pack("=q", 10_000_000))
@@ -305,25 +326,6 @@ def test_tbf_rates_beyond_32_bits_use_rate64():
     attrs = dict(parse_rtas(split_request(qdisc.encode(qdisc.tbf_message(3, params)))[1][TCA_OPTIONS]))
     assert struct.unpack_from("=I", attrs[TCA_TBF_PARMS], 8) == (UINT32_MAX,)
     assert struct.unpack("=Q", attrs[TCA_TBF_RATE64]) == (5_000_000_000,)
-
-
-# Distribution files -----------------------------------------------------------------
-
-def test_parse_distribution_like_iproute2():
-    assert qdisc.parse_distribution("# comment\n 1 -2 0x10\n\n3\n") == (1, -2, 16, 3)
-    with pytest.raises(ValueError, match="int16"):
-        qdisc.parse_distribution("40000\n")
-    with pytest.raises(ValueError, match="no entries"):
-        qdisc.parse_distribution("# nothing\n")
-    with pytest.raises(ValueError, match="not an integer"):
-        qdisc.parse_distribution("1 two\n")
-
-
-def test_unknown_distribution_names_are_refused():
-    with pytest.raises((FileNotFoundError, ValueError)):
-        qdisc.load_distribution("../etc/passwd")
-    with pytest.raises(FileNotFoundError):
-        qdisc.load_distribution("nosuchshape")
 
 
 # On the kernel ------------------------------------------------------------------------

@@ -1,26 +1,43 @@
-"""The VM mode: the pure parts (initramfs contents, qemu command line, mode choice) and real boots.
+"""The VM: its pure parts, the vm mode's router VM for real, and commands run inside.
 
-The boots are slow tests (software emulation: ~5 s to boot, Python a few
-times slower inside).  ``test_netem_suite_inside_the_vm`` runs every
-``needs_netem`` test of the suite in one VM, the CI's real netem path: kernel
-netem + tbf probed and a full ``orchestrator run`` for each profile issue 4
-names; what those tests measure is printed as the figures of the run.
+The router tests share the session's one router VM (``router_vm`` in
+``tests/conftest.py``; software emulation: ~10-15 s to boot); the tests of the
+command line boot their own (one each), and the two ``orchestrator vm --``
+tests boot the VM that runs a command.  The full runs and probes through the
+router are in ``tests/test_emulated.py`` (``netem_mode``); what timing
+targets the router meets is measured by ``benchmarks/vm_router.py``.
 """
 
 from __future__ import annotations
 
-import json
+import ast
+import math
 import os
 import re
+import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
+from pyroute2 import netns
 
 from orchestrator import vm
 from orchestrator.doctor import Check, HostReport, choose_mode
+from shaping import qdisc, router_guest
+from shaping.emulated import EmulatedLink
+from shaping.link import DirectionLink, JitterSource
+from shaping.profile import DirectionSpec, LinkState, NetworkProfile, TimedLinkState
+from shaping.router import MTU, RouterTopology, TapEnd, router_mac
+from shaping.topology import DEFAULT_PREFIX_PATTERN, offload_state, open_netns
 from tests.conftest import qemu_processes
+from tests.netns_helpers import snapshot
+from validation.probe import KernelPaths, measure_packets, robust_sigma
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,10 +83,12 @@ def test_static_busybox_is_told_from_a_dynamic_binary():
     assert vm._is_static(busybox)
 
 
+KERNEL = vm.GuestKernel("6.1.0-9-amd64", Path("/boot/vmlinuz-6.1.0-9-amd64"),
+                        Path("/lib/modules/6.1.0-9-amd64"))
+
+
 def test_qemu_command_line_shares_root_read_only_and_results_writable(tmp_path):
-    kernel = vm.GuestKernel("6.1.0-9-amd64", Path("/boot/vmlinuz-6.1.0-9-amd64"),
-                            Path("/lib/modules/6.1.0-9-amd64"))
-    argv = vm.qemu_argv("qemu-system-x86_64", kernel, tmp_path / "i.cpio", tmp_path,
+    argv = vm.qemu_argv("qemu-system-x86_64", KERNEL, tmp_path / "i.cpio", tmp_path,
                         [Path("/work/results")], accel="tcg", cpus=2, memory_mib=1024)
     shares = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-virtfs"]
     assert shares[0].startswith("local,path=/,mount_tag=hostroot") and "readonly=on" in shares[0]
@@ -77,6 +96,49 @@ def test_qemu_command_line_shares_root_read_only_and_results_writable(tmp_path):
     assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
     assert "-no-reboot" in argv and argv[argv.index("-nic") + 1] == "none"
     assert vm.accel_args("kvm", 1) == ["-accel", "kvm", "-cpu", "host"]
+
+
+def test_router_qemu_gets_a_nic_per_tap_by_fd_and_a_control_port(tmp_path):
+    taps = [TapEnd("edge", "es1-e", 7, "52:54:00:00:00:01"),
+            TapEnd("cloud", "es1-c", 8, "52:54:00:00:00:02")]
+    argv = vm.qemu_argv("qemu", KERNEL, tmp_path / "i.cpio", tmp_path, [], accel="tcg", cpus=1,
+                        memory_mib=384, devices=vm.router_devices(taps, tmp_path / "c.sock"))
+    assert "-nic" not in argv
+    netdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-netdev"]
+    assert netdevs == ["tap,id=edge,fd=7", "tap,id=cloud,fd=8"]
+    devices = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-device"]
+    assert "virtio-net-pci,netdev=edge,mac=52:54:00:00:00:01" in devices
+    assert f"virtserialport,bus=serial.0,chardev=control,name={vm.GUEST_PORT}" in devices
+    assert f"socket,id=control,path={tmp_path / 'c.sock'},server=off" in argv
+
+
+def test_router_topology_layout_without_booting():
+    topo = RouterTopology(boot=None, prefix="es1234")
+    edge, cloud = topo.subnets["edge"], topo.subnets["cloud"]
+    assert edge.prefixlen == cloud.prefixlen == 30 and not edge.overlaps(cloud)
+    assert (topo.edge_ip, topo.router_ips["edge"]) == (str(edge[1]), str(edge[2]))
+    assert (topo.cloud_ip, topo.router_ips["cloud"]) == (str(cloud[1]), str(cloud[2]))
+    assert (topo.edge_if, topo.cloud_if) == ("es1234-e", "es1234-c")      # the TAP ends
+    assert router_mac("es1234", "edge") != router_mac("es1234", "cloud")
+    assert int(router_mac("es1234", "edge").split(":")[0], 16) & 0b10      # locally administered
+
+
+def test_the_guest_program_needs_only_the_standard_library():
+    tree = ast.parse(Path(router_guest.__file__).read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names)
+
+
+def test_the_guest_knows_where_the_kernels_answer_ends():
+    last = router_guest._last
+    error, done, new_qdisc = 2, 3, 36
+    multi, ack, dump = 2, 4, 0x300
+    assert last(error, 0, ack)                       # an ACK (or a NACK) ends any request
+    assert not last(new_qdisc, multi, dump) and last(done, multi, dump)
+    assert last(16, 0, 0) and not last(16, 0, ack)   # a get without ACK: its one answer
 
 
 def test_guest_script_quotes_every_argument():
@@ -98,17 +160,172 @@ def test_mode_choice_follows_the_issue_rule():
     assert choose_mode("auto", _report(sch_netem=False), needs_netem=False)[0] == "emulated"
     assert choose_mode("auto", _report(sch_netem=False, qemu=False))[0] == "sim"
     assert choose_mode("auto", _report(root=False))[0] == "sim"
-    assert choose_mode("auto", _report(in_vm=True))[0] == "vm"
+    assert choose_mode("auto", _report(in_vm=True))[0] == "emulated"   # the guest has netem
     assert choose_mode("sim", _report())[0] == "sim"
     with pytest.raises(ValueError, match="sch_netem"):
         choose_mode("emulated", _report(sch_netem=False))
     with pytest.raises(ValueError, match="qemu"):
         choose_mode("vm", _report(qemu=False, sch_netem=False))
+    with pytest.raises(ValueError, match="inside"):
+        choose_mode("vm", _report(in_vm=True))
     mode, reason = choose_mode("auto", _report(sch_netem=False))
-    assert "lacks sch_netem" in reason
+    assert "lacks sch_netem" in reason and "natively" in reason
 
 
-# Real boots ------------------------------------------------------------------------------------
+# The router VM (the session's) -----------------------------------------------------------------
+
+def _link(ifname: str, namespace: str) -> dict:
+    with open_netns(namespace) as ipr:
+        msg = ipr.link("get", index=ipr.link_lookup(ifname=ifname)[0])[0]
+    stats = msg.get_attr("IFLA_STATS64")
+    return {"mtu": msg.get_attr("IFLA_MTU"), "kind": msg.get_nested("IFLA_LINKINFO",
+                                                                    "IFLA_INFO_KIND"),
+            "packets": stats["rx_packets"] + stats["tx_packets"]}
+
+
+def _ping(topo, side: str, address: str, timeout_s: float = 1.0) -> bool:
+    """One ICMP echo from ``side``'s namespace; whether a reply came."""
+    with netns.create_socket(topo.namespace(side), socket.AF_INET, socket.SOCK_RAW,
+                             socket.IPPROTO_ICMP) as sock:
+        body = struct.pack("!BBHHH", 8, 0, 0, 0x4553, 1) + b"edgespec"
+        checksum = _inet_checksum(body)
+        sock.sendto(body[:2] + struct.pack("!H", checksum) + body[4:], (address, 0))
+        sock.settimeout(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                packet, (source, _) = sock.recvfrom(2048)
+            except socket.timeout:
+                return False
+            icmp = packet[(packet[0] & 0x0F) * 4:]
+            if source == address and icmp[0] == 0 and icmp[4:6] == b"\x45\x53":
+                return True
+    return False
+
+
+def _inet_checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
+def test_the_router_is_a_plain_router_with_offloads_off(router_vm):
+    topo = router_vm
+    for side in ("edge", "cloud"):
+        namespace, ifname = topo.namespace(side), topo.interface(side)
+        link = _link(ifname, namespace)
+        assert (link["kind"], link["mtu"]) == ("tun", MTU)
+        assert not any(offload_state(namespace, ifname)[flag] for flag in
+                       ("tcp-segmentation-offload", "generic-segmentation-offload",
+                        "generic-receive-offload"))
+        with open_netns(namespace) as ipr:        # no link-local address, hence no DAD
+            index = ipr.link_lookup(ifname=ifname)[0]
+            assert [a for a in ipr.get_addr(family=socket.AF_INET6) if a["index"] == index] == []
+    for name, interface in topo.guest["interfaces"].items():
+        assert interface["mtu"] == MTU, name
+        assert not any(interface["offloads"].values()), (name, interface)
+    sysctls = topo.guest["sysctls"]
+    assert sysctls["net/ipv4/ip_forward"] == "1"
+    assert sysctls["net/ipv6/conf/all/disable_ipv6"] == "1"
+    assert sysctls["net/ipv4/conf/all/send_redirects"] == "0"
+    # it forwards, and answers nothing itself
+    assert _ping(topo, "edge", topo.cloud_ip)
+    assert not _ping(topo, "edge", topo.router_ips["edge"])
+    # an idle link carries nothing: no IPv6 autoconf, no chatter of the guest's own
+    before = [_link(topo.interface(side), topo.namespace(side))["packets"]
+              for side in ("edge", "cloud")]
+    time.sleep(3.0)
+    after = [_link(topo.interface(side), topo.namespace(side))["packets"]
+             for side in ("edge", "cloud")]
+    assert after == before
+
+
+JITTER_PLAN = {"packets": 2000, "interval_s": 0.002}
+
+
+def _jitter_profile(distribution: str) -> NetworkProfile:
+    spec = DirectionSpec(delay_ms=40, jitter_ms=10, jitter_distribution=distribution,
+                         allow_reordering=True)           # the raw law, no in-order release
+    return NetworkProfile(name=f"jitter-{distribution}",
+                          initial=LinkState(uplink=spec, downlink=spec))
+
+
+def _law(paths) -> np.ndarray:
+    samples = measure_packets(paths, JITTER_PLAN["packets"], JITTER_PLAN["interval_s"], 64, 1.5)
+    return np.asarray(samples.owd_ms["uplink"])
+
+
+def _ks_distance(sample: np.ndarray, law: np.ndarray) -> float:
+    """The largest gap between the sample's distribution function and the law's."""
+    points = np.sort(sample)
+    empirical = np.arange(1, len(points) + 1) / len(points)
+    lawful = np.searchsorted(np.sort(law), points, side="right") / len(law)
+    return float(max(np.max(np.abs(empirical - lawful)),
+                     np.max(np.abs(empirical - 1 / len(points) - lawful))))
+
+
+def _sim_leg_ms(spec: DirectionSpec, n: int) -> np.ndarray:
+    """One-way delays of the sim link's model (``DirectionLink``) for single-packet messages
+    sent a second apart (TCP's in-order delivery never binds)."""
+    link = DirectionLink(spec, np.random.default_rng(3), srtt_s=0.1)
+    return np.array([(link.transit(float(i), 100).deliver_at_s - i) * 1000 for i in range(n)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distribution", ["uniform", "normal", "pareto", "paretonormal"])
+def test_one_jitter_law_on_the_kernel_and_the_sim_link(distribution, router_vm, record_property):
+    """Median and sigma of the one-way delay netem delivers (in the router VM, the raw law: no
+    in-order release) and of the sim link's model, each against the law both draw from, and
+    the whole distribution (Kolmogorov-Smirnov); the std's bound is 3 of its standard errors
+    (the law's kurtosis: about 12 % for pareto with 2000 packets)."""
+    profile = _jitter_profile(distribution)
+    spec = profile.initial.uplink
+    source = JitterSource(spec, np.random.default_rng(1))
+    law = np.array([source.sample_ms() for _ in range(200_000)])
+    paths = KernelPaths(router_vm)
+    baseline = _law(paths)                              # the router's own delay, unshaped
+    with EmulatedLink(profile, topology=router_vm).create():
+        kernel = _law(paths) - np.median(baseline)
+    n = JITTER_PLAN["packets"]
+    kurtosis = float(np.mean(((law - law.mean()) / law.std()) ** 4))
+    sigma_se = math.sqrt((kurtosis - 1) / (4 * n))     # relative SE of a sample std (pareto ~12 %)
+    for leg, measured, noise in (("kernel", kernel, robust_sigma(baseline)),
+                                 ("sim", _sim_leg_ms(spec, n), 0.0)):
+        median_bound = 3 * 1.2533 * law.std() / math.sqrt(n) + 2 * noise + 0.3
+        sigma_expected = math.hypot(law.std(), noise)
+        distance = _ks_distance(measured, law)
+        record_property(leg, {"median": float(np.median(measured)), "sigma": float(measured.std()),
+                              "law_median": float(np.median(law)), "law_sigma": float(law.std()),
+                              "ks": distance})
+        assert len(measured) >= 0.99 * n, leg
+        assert abs(np.median(measured) - np.median(law)) <= median_bound, leg
+        assert abs(measured.std() / sigma_expected - 1) <= max(0.05, 3 * sigma_se), leg
+        assert distance <= 1.95 / math.sqrt(n), leg          # Kolmogorov-Smirnov, alpha 0.001
+    # the configured sigma, not iproute2's 0.82 of it
+    assert abs(law.std() / (10 if distribution != "uniform" else 10 / math.sqrt(3)) - 1) < 0.01
+
+
+def test_a_schedule_changes_the_guests_netem_live(router_vm):
+    fast = DirectionSpec(delay_ms=5)
+    profile = NetworkProfile(name="steps", initial=LinkState(uplink=fast, downlink=fast), timeline=[
+        TimedLinkState(at_s=0.5, uplink=DirectionSpec(delay_ms=30), downlink=fast),
+        TimedLinkState(at_s=1.0, uplink=DirectionSpec(delay_ms=60, bandwidth_mbps=5),
+                       downlink=fast)])
+    with EmulatedLink(profile, topology=router_vm).create() as link:
+        time.sleep(1.5)
+        stats = link.counters()
+        handle, ifname = router_vm.egress("uplink")
+        root = [q for q in qdisc.current_qdiscs(handle, handle.link_lookup(ifname=ifname)[0])
+                if q.kind == "netem"][0]
+    assert stats["timeline"]["error"] is None
+    assert [change["at_s"] for change in stats["timeline"]["changes"]] == [0.5, 1.0]
+    for change in stats["timeline"]["changes"]:
+        assert change["at_s"] <= change["sent_s"] <= change["applied_s"] < change["at_s"] + 0.5
+    assert stats["uplink"]["layout"] == "netem+tbf" and stats["uplink"]["qdiscs"] == ["netem", "tbf"]
+    assert dict(root.options["attrs"])["TCA_NETEM_LATENCY64"] == 60_000_000
+
+
+# The command line (each boots its own router) ---------------------------------------------------
 
 def vm_ready() -> None:
     if os.geteuid() != 0:
@@ -122,6 +339,89 @@ def orchestrator(*argv: str, timeout: float = 600) -> subprocess.CompletedProces
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
+
+def run_leftovers() -> list[str]:
+    """Namespaces, veths, TAPs and owner files of the tool's scheme, but the session's router."""
+    pattern = re.compile(DEFAULT_PREFIX_PATTERN + r"(-(edge|cloud|e|c)|\.owner)")
+    shared = vm.current_router()
+    keep = ({shared.edge_ns, shared.cloud_ns, f"{shared.prefix}.owner"}
+            if shared is not None else set())
+    taps = subprocess.run(["ip", "-o", "link", "show", "type", "tun"], capture_output=True,
+                          text=True).stdout
+    names = [*sum(snapshot(), []), *re.findall(r"^\d+: ([^:@]+)", taps, re.M)]
+    return sorted(name for name in names if pattern.fullmatch(name) and name not in keep)
+
+
+LONG_JOB = {"name": "long", "model_pair": "synthetic", "prompts": "default", "max_queries": 1,
+            "strategies": ["edge-only", "fixed-k"], "k_values": [5], "max_new_tokens": 3000,
+            "warmup_tokens": 0, "receive_timeout_s": 3}
+
+
+def start_vm_run(tmp_path: Path) -> subprocess.Popen:
+    """A vm-mode run that has finished its first query (edge-only) and is mid-way through its
+    second (fixed-k, long) when this returns."""
+    job = tmp_path / "long.yaml"
+    job.write_text(yaml.safe_dump(LONG_JOB))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "run", "--mode", "vm", "--profile",
+         "rtt010-bw010", "--job", str(job), "--results", str(tmp_path / "results")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        queries = list(tmp_path.glob("results/*/queries.jsonl"))
+        cycles = list(tmp_path.glob("results/*/cycles.jsonl"))
+        if queries and queries[0].read_text().strip() and cycles and cycles[0].read_text():
+            return child
+        time.sleep(0.2)
+    child.kill()
+    pytest.fail("the vm run never got to its second query: " + child.communicate()[0][-3000:])
+
+
+def router_qemu_of(pid: int) -> int:
+    found = subprocess.run(["pgrep", "-P", str(pid), "qemu-system"], capture_output=True,
+                           text=True).stdout.split()
+    assert len(found) == 1, found
+    return int(found[0])
+
+
+@pytest.mark.slow
+def test_qemu_killed_mid_run_ends_the_run_naming_the_router(tmp_path):
+    vm_ready()
+    before, qemu_before = run_leftovers(), set(qemu_processes())
+    child = start_vm_run(tmp_path)
+    os.kill(router_qemu_of(child.pid), signal.SIGKILL)
+    output = child.communicate(timeout=120)[0]
+    assert child.returncode == 1, output[-3000:]
+    assert re.search(r"error: the link failed mid-run: router VM \(qemu pid \d+\) exited with "
+                     r"code -9", output), output[-3000:]
+    queries = next(tmp_path.glob("results/*/queries.jsonl")).read_text().splitlines()
+    assert len(queries) == 1 and '"edge-only"' in queries[0]        # the finished one is kept
+    assert run_leftovers() == before and set(qemu_processes()) == qemu_before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_vm_run_tears_everything_down(signum, tmp_path):
+    vm_ready()
+    before, qemu_before = run_leftovers(), set(qemu_processes())
+    child = start_vm_run(tmp_path)
+    child.send_signal(signum)
+    output = child.communicate(timeout=60)[0]
+    assert child.returncode in (130, 128 + signum), output[-3000:]
+    assert run_leftovers() == before and set(qemu_processes()) == qemu_before
+
+
+def test_bad_input_after_the_router_started_leaves_nothing(tmp_path):
+    vm_ready()
+    before, qemu_before = run_leftovers(), set(qemu_processes())
+    done = orchestrator("run", "--mode", "vm", "--job", "no-such-job", "--results",
+                        str(tmp_path), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and "no-such-job" in done.stderr
+    assert run_leftovers() == before and set(qemu_processes()) == qemu_before
+
+
+# Commands inside the VM -----------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_vm_passes_output_and_exit_code_and_only_writable_folders_are(tmp_path):
@@ -140,7 +440,7 @@ def test_vm_passes_output_and_exit_code_and_only_writable_folders_are(tmp_path):
     assert (tmp_path / "made").exists()
     assert "WROTE-THE-HOST" not in done.stdout and not forbidden.exists()
     assert re.search(r"^1$", done.stdout, re.M), "sch_netem is not loaded in the guest"
-    # loopback is up (the sim mode runs in the VM too): a closed port refuses, not unreachable
+    # loopback is up: a closed port refuses, not unreachable
     assert "Connection refused" in done.stdout
     assert "tcg VM" in done.stderr or "kvm VM" in done.stderr
     assert set(qemu_processes()) == before
@@ -155,38 +455,3 @@ def test_vm_timeout_stops_qemu(tmp_path):
     assert done.returncode == vm.EXIT_TIMEOUT, done.stderr
     assert "timed out" in done.stderr
     assert set(qemu_processes()) == before
-
-
-@pytest.mark.slow
-def test_netem_suite_inside_the_vm(tmp_path):
-    """Every needs_netem test, in the VM: the real netem path, run by CI."""
-    vm_ready()
-    evidence = tmp_path / "evidence"
-    evidence.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "vm", "--timeout", "540",
-         "--writable", str(evidence), "--", "env", f"EDGESPEC_EVIDENCE_DIR={evidence}",
-         sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "needs_netem",
-         "-rs", "tests/test_qdisc.py", "tests/test_emulated.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    output = done.stdout + done.stderr
-    print(output[-6000:])
-    for path in sorted(evidence.glob("*.json")):
-        print(path.name, json.dumps(_figures(json.loads(path.read_text()))))
-    assert done.returncode == 0, output[-4000:]
-    passed = re.search(r"(\d+) passed", output)
-    assert passed and int(passed.group(1)) >= 11, output[-2000:]
-    assert "skipped" not in output.split("short test summary")[-1], output[-2000:]
-    assert len(list(evidence.glob("probe-*.json"))) == 5
-    assert len(list(evidence.glob("run-*.json"))) == 6      # five profiles and the baseline
-
-
-def _figures(data: dict) -> dict:
-    """The few numbers of a probe or run record worth printing."""
-    if "rows" in data:
-        return {f"{row['direction']} {row['metric']}": [
-                    None if row["measured"] is None else round(row["measured"], 3),
-                    None if row["error"] is None else round(row["error"], 3), row["ok"]]
-                for row in data["rows"]} | {"baseline_owd_ms": data["baseline_owd_ms"]}
-    return {key: data.get(key) for key in ("expected_rtt_ms", "agent_overhead_ms",
-                                           "measured_rtt_p50_ms", "cycles")}

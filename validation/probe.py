@@ -18,8 +18,8 @@ clock), so one-way delays need no clock sync:
   sim), reported and subtracted as measured, never as a constant; its spread
   and its capacity qualify the verdicts (see ``evaluate``).
 
-Paths: ``KernelPaths`` (sockets inside the namespaces of a ``LinkTopology``:
-the emulated and vm modes) and ``SimPaths`` (loopback sockets whose
+Paths: ``KernelPaths`` (sockets inside the namespaces of a ``LinkTopology``
+or a ``RouterTopology``: the emulated and vm modes) and ``SimPaths`` (loopback sockets whose
 receiver holds each datagram or chunk until ``shaping.simlink`` delivers it,
 dropping a datagram whose first transmission the model loses).
 
@@ -53,7 +53,7 @@ SENDER = {"uplink": "edge", "downlink": "cloud"}
 RECEIVER = {"uplink": "cloud", "downlink": "edge"}
 PROBE_FORMAT = struct.Struct("!Idd")       # seq, t_sent (edge), t_echo (cloud)
 CHUNK_HEADER = struct.Struct("!dI")        # sim bulk chunks: sent_at, payload length
-UNSHAPED_BULK_BYTES = 16 * 1024 * 1024
+UNSHAPED_BULK_BYTES = 16 * 1024 * 1024      # a goodput transfer on an unshaped direction
 BULK_CHUNK_BYTES = 64 * 1024
 SOCKET_TIMEOUT_S = 5.0
 # A 2 s transfer's 10-90 % window: tbf's burst and timer slack move it by a few percent
@@ -72,6 +72,7 @@ class ProbePlan:
     payload_bytes: int = 64
     goodput_s: float = 2.0
     baseline_packets: int = 100     # at ``interval_s``: the path's own noise at the same spacing
+    baseline_bulk_bytes: int = 16 * 1024 * 1024    # the unshaped path's capacity
     drain_s: float = 1.0            # wait after the last probe, beyond the longest expected delay
 
 
@@ -515,6 +516,33 @@ def probe_sim(profile: NetworkProfile, plan: ProbePlan = ProbePlan(), seed: int 
                  profile, plan, seed=seed)
 
 
+@dataclass
+class Baseline:
+    """The unshaped path: its echo samples and its TCP capacity (``measure_baseline``)."""
+
+    samples: PacketSamples
+    goodput_mbps: float
+
+    def summary(self) -> dict:
+        """What a run records of it (``link_stats.json``): per direction the median one-way
+        delay and its spread (IQR / 1.349), the round trip's median, the capacity."""
+        return {"owd_ms": {d: float(np.median(v)) if v else math.nan
+                           for d, v in self.samples.owd_ms.items()},
+                "sigma_ms": {d: robust_sigma(v) if v else math.nan
+                             for d, v in self.samples.owd_ms.items()},
+                "rtt_ms": float(np.median(self.samples.rtt_ms)) if self.samples.rtt_ms
+                else math.nan,
+                "lost": self.samples.sent - self.samples.received["downlink"],
+                "packets": self.samples.sent, "goodput_mbps": self.goodput_mbps}
+
+
+def measure_baseline(paths: Paths, plan: ProbePlan = ProbePlan()) -> Baseline:
+    """Echo probes and one bulk transfer on an unshaped path: what the path itself costs."""
+    samples = measure_packets(paths, plan.baseline_packets, plan.interval_s, plan.payload_bytes,
+                              plan.drain_s)
+    return Baseline(samples, measure_goodput(paths, "uplink", plan.baseline_bulk_bytes))
+
+
 def probe(paths_for, mode: str, profile: NetworkProfile, plan: ProbePlan = ProbePlan(),
           shape=None, seed: int = 0) -> ProbeReport:
     """Baseline on the unshaped path, then ``shape()``, then packets and goodput.
@@ -523,10 +551,7 @@ def probe(paths_for, mode: str, profile: NetworkProfile, plan: ProbePlan = Probe
     None) applies the profile between the two phases.
     """
     state = profile.state_at(0.0)
-    unshaped = paths_for(False)
-    baseline = measure_packets(unshaped, plan.baseline_packets, plan.interval_s,
-                               plan.payload_bytes, plan.drain_s)
-    capacity = measure_goodput(unshaped, "uplink", UNSHAPED_BULK_BYTES)
+    baseline = measure_baseline(paths_for(False), plan)
     if shape is not None:
         shape()
     paths = paths_for(True)
@@ -536,14 +561,24 @@ def probe(paths_for, mode: str, profile: NetworkProfile, plan: ProbePlan = Probe
                                           bulk_bytes(getattr(state, direction), plan),
                                           max_seconds=2 * plan.goodput_s)
                for direction in DIRECTIONS}
-    return evaluate(mode, profile.name, state, plan, baseline, shaped, goodput, capacity, seed)
+    return evaluate(mode, profile.name, state, plan, baseline.samples, shaped, goodput,
+                    baseline.goodput_mbps, seed)
+
+
+def probe_link(link: EmulatedLink, mode: str, plan: ProbePlan = ProbePlan(),
+               seed: int = 0) -> ProbeReport:
+    """Probe a kernel-shaped link that is created but not yet shaped (``create(shape=False)``):
+    the baseline on its bare path (the veth, or the router VM), then its profile."""
+    paths = KernelPaths(link.topology)
+    link.topology.wait_ready()
+    report = probe(lambda shaped: paths, mode, link.profile, plan, shape=link.shape, seed=seed)
+    report.layouts = dict(link.layouts)
+    return report
 
 
 def probe_emulated(profile: NetworkProfile, mode: str = "emulated", plan: ProbePlan = ProbePlan(),
                    seed: int = 0) -> ProbeReport:
-    """Probe kernel netem + tbf between two fresh namespaces (torn down afterwards)."""
+    """Probe kernel netem + tbf between two fresh namespaces joined by a veth (torn down
+    afterwards)."""
     with EmulatedLink(profile).create(shape=False) as link:
-        paths = KernelPaths(link.topology)
-        report = probe(lambda shaped: paths, mode, profile, plan, shape=link.shape, seed=seed)
-        report.layouts = dict(link.layouts)
-    return report
+        return probe_link(link, mode, plan, seed)

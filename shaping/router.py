@@ -1,0 +1,349 @@
+"""The vm mode's link: two namespaces whose TAP devices meet in a router VM that shapes.
+
+For a run prefix ``P`` ``RouterTopology`` creates what ``LinkTopology`` does
+(namespaces ``P-edge`` and ``P-cloud``, owner file), but instead of a veth
+pair each namespace gets one end of a TAP device, ``P-e`` and ``P-c``, whose
+other end is a virtio NIC of a small VM that routes between them (a netem
+middlebox: only packets cross the VM, the agents run natively):
+
+- the TAPs are opened here (``/dev/net/tun``, not persistent), moved into
+  their namespaces and handed to qemu by file descriptor; once qemu has them
+  this process closes its copies, so a TAP lives exactly as long as the VM
+  and no TAP can outlive it (a qemu crash or a ``kill -9`` takes both away);
+- addresses: the edge side ``10.77.x.0/30`` (edge ``.1``, router ``.2``), the
+  cloud side the next ``/30`` (cloud ``.5``, router ``.6``); each namespace
+  routes the other side's /30 through the router;
+- offloads off on both TAP ends exactly as on a veth end
+  (``shaping.topology``: TSO, GSO, GRO and ``gso_max_segs`` = 1), IPv6
+  address generation off, MTU 1500 on all four ends; in the guest,
+  ``shaping.router_guest`` turns TSO, GSO and GRO off and makes the kernel
+  a plain router (forwarding, no IPv6, no redirects, no echo replies);
+- the VM itself is booted by the caller's ``boot`` (``orchestrator.vm``
+  owns qemu; this module never imports it): ``boot(taps)`` gets the TAP
+  ends and returns a ``Router``: its control connection and its health.
+
+Shaping: uplink leaves the router through its NIC on the cloud side, downlink
+through its NIC on the edge side; ``egress(direction)`` hands ``shaping.qdisc``
+a ``GuestNetlink`` for that NIC, so the very same netem/tbf requests the
+emulated mode sends to the host kernel go to the guest kernel, encoded here
+(natively) and relayed by ``shaping.router_guest``.
+
+The guest boots while the caller does other things (the agents load their
+models); ``wait_ready`` waits for its hello and configures its NICs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from pyroute2 import IPRoute
+from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+                              nlmsg)
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_GETQDISC, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWQDISC
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+from shaping.router_guest import FRAME
+from shaping.topology import LinkTopology, open_netns, subnet_for
+
+MTU = 1500
+GUEST_PORT = "edgespec.ctl"            # the virtio-serial port's name, as the guest sees it
+READY_TIMEOUT_S = 180.0                # boot to hello under software emulation on a busy host
+REQUEST_TIMEOUT_S = 10.0
+SIDES = ("edge", "cloud")
+# The router's NIC whose egress carries each direction: the one facing the receiver.
+EGRESS_SIDE = {"uplink": "cloud", "downlink": "edge"}
+
+_TUNSETIFF = 0x400454CA
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+
+
+class RouterError(RuntimeError):
+    """The router VM is gone, did not come up, or its control channel broke."""
+
+
+def open_tap(name: str) -> int:
+    """A new (non-persistent) TAP device ``name`` in this namespace; returns its fd."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TAP | _IFF_NO_PI))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def router_mac(prefix: str, side: str) -> str:
+    """A locally administered MAC for the router's NIC on ``side``, from the prefix."""
+    digest = hashlib.sha256(prefix.encode()).digest()
+    return "52:54:{:02x}:{:02x}:{:02x}:{:02x}".format(*digest[:3], SIDES.index(side) + 1)
+
+
+@dataclass(frozen=True)
+class TapEnd:
+    side: str
+    name: str
+    fd: int
+    mac: str            # of the router's NIC on this TAP
+
+
+class Router(Protocol):
+    """What ``boot`` returns: the running VM, as this module needs it."""
+
+    connection: socket.socket
+
+    def alive(self) -> bool: ...
+    def failure(self) -> str: ...
+    def close(self) -> None: ...
+
+
+# The control channel ----------------------------------------------------------------------------
+
+class GuestNetlink:
+    """The few ``IPRoute`` calls ``shaping.qdisc`` makes, answered by the router VM's kernel.
+
+    Each request is encoded here with pyroute2's message classes and sent to
+    ``shaping.router_guest``, which writes it to its netlink socket and sends
+    back whatever the kernel answered; replies are parsed with pyroute2's
+    ``MarshalRtnl``.  One request at a time (a lock): the run's timeline
+    thread and the main thread share it.  ``with`` on it does nothing: it
+    lives as long as the VM.
+    """
+
+    def __init__(self, connection: socket.socket, describe_failure=lambda: "") -> None:
+        self._connection = connection
+        self._describe_failure = describe_failure
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._indices: dict[str, int] = {}
+
+    def __enter__(self) -> "GuestNetlink":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    # frames
+    def _read_exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            try:
+                chunk = self._connection.recv(n - len(data))
+            except socket.timeout:
+                raise RouterError(f"the router VM did not answer within "
+                                  f"{self._connection.gettimeout():.0f} s"
+                                  f"{self._describe_failure()}") from None
+            if not chunk:
+                raise RouterError("the router VM's control channel closed"
+                                  f"{self._describe_failure()}")
+            data += chunk
+        return data
+
+    def _read_frame(self) -> tuple[str, bytes]:
+        length, kind = FRAME.unpack(self._read_exact(FRAME.size))
+        return chr(kind), self._read_exact(length - 1)
+
+    def _write_frame(self, kind: str, payload: bytes) -> None:
+        try:
+            self._connection.sendall(FRAME.pack(len(payload) + 1, ord(kind)) + payload)
+        except OSError as error:
+            raise RouterError(f"the router VM's control channel broke: {error}"
+                              f"{self._describe_failure()}") from None
+
+    def hello(self, timeout_s: float) -> dict:
+        """Wait for the guest's hello (it comes once, when the guest is up)."""
+        with self._lock:
+            self._connection.settimeout(timeout_s)
+            kind, payload = self._read_frame()
+            self._connection.settimeout(REQUEST_TIMEOUT_S)
+        if kind != "H":
+            raise RouterError(f"the router VM said {kind!r} before its hello")
+        return json.loads(payload)
+
+    def quit(self) -> None:
+        with contextlib.suppress(OSError, RouterError), self._lock:
+            self._write_frame("Q", b"")
+
+    # netlink
+    def nlm_request(self, msg: nlmsg, msg_type: int, msg_flags: int) -> list[nlmsg]:
+        """Send ``msg`` to the guest kernel; its answer (``NetlinkError`` on a NACK)."""
+        with self._lock:
+            self._seq += 1
+            msg["header"]["type"] = msg_type
+            msg["header"]["flags"] = msg_flags
+            msg["header"]["sequence_number"] = self._seq
+            msg["header"]["pid"] = 0
+            msg.encode()
+            self._write_frame("N", bytes(msg.data))
+            kind, payload = self._read_frame()
+        if kind == "E":
+            raise RouterError(f"the router VM could not relay a netlink request: "
+                              f"{payload.decode(errors='replace')}")
+        replies = list(MarshalRtnl().parse(payload))
+        for reply in replies:
+            error = reply["header"].get("error")
+            if error is not None:
+                raise error
+        return [reply for reply in replies if reply["header"]["type"] > 3]   # not ACK/DONE
+
+    def tc(self, command: str) -> list[nlmsg]:
+        if command != "dump":
+            raise ValueError(f"GuestNetlink.tc supports only 'dump', not {command!r}")
+        msg = tcmsg()
+        msg["family"] = socket.AF_UNSPEC
+        return [reply for reply in self.nlm_request(msg, RTM_GETQDISC,
+                                                    NLM_F_REQUEST | NLM_F_DUMP)
+                if reply["header"]["type"] == RTM_NEWQDISC]
+
+    def link_lookup(self, ifname: str) -> list[int]:
+        if ifname not in self._indices:
+            msg = ifinfmsg()
+            msg["family"] = socket.AF_UNSPEC
+            msg["attrs"] = [["IFLA_IFNAME", ifname]]
+            try:
+                (reply,) = self.nlm_request(msg, RTM_GETLINK, NLM_F_REQUEST)
+            except NetlinkError:
+                return []
+            self._indices[ifname] = reply["index"]
+        return [self._indices[ifname]]
+
+    def link_up(self, index: int, mtu: int) -> None:
+        msg = ifinfmsg()
+        msg["family"] = socket.AF_UNSPEC
+        msg["index"] = index
+        msg["flags"] = IFF_UP
+        msg["change"] = IFF_UP
+        msg["attrs"] = [["IFLA_MTU", mtu]]
+        self.nlm_request(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
+
+    def address_add(self, index: int, address: str, prefixlen: int) -> None:
+        msg = ifaddrmsg()
+        msg["family"] = socket.AF_INET
+        msg["prefixlen"] = prefixlen
+        msg["index"] = index
+        msg["attrs"] = [["IFA_LOCAL", address], ["IFA_ADDRESS", address]]
+        self.nlm_request(msg, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+
+
+# The topology -------------------------------------------------------------------------------------
+
+class RouterTopology(LinkTopology):
+    """Namespaces ``P-edge``/``P-cloud`` joined through a router VM by TAPs ``P-e``/``P-c``.
+
+    ``boot(taps: list[TapEnd]) -> Router`` starts the VM.  ``create`` returns
+    once the namespaces are configured and the VM is starting;
+    ``wait_ready`` (called by everything that needs the guest) waits for it.
+    ``close`` stops the VM (the TAPs go with it), then removes the rest.
+    """
+
+    netem = True        # the guest kernel's: the VM is only booted with sch_netem at hand
+    UP_STATES = ("UP", "UNKNOWN")     # a TAP reports no link state of its own
+
+    def __init__(self, boot, prefix: str | None = None) -> None:
+        super().__init__(prefix)
+        self._boot = boot
+        edge_net = subnet_for(self.prefix)
+        cloud_net = ipaddress.IPv4Network((int(edge_net.network_address) + edge_net.num_addresses,
+                                           edge_net.prefixlen))
+        self.subnets = {"edge": edge_net, "cloud": cloud_net}
+        self.edge_ip, self.cloud_ip = (str(next(net.hosts())) for net in (edge_net, cloud_net))
+        self.router_ips = {side: str(list(net.hosts())[1]) for side, net in self.subnets.items()}
+        self.router: Router | None = None
+        self.netlink: GuestNetlink | None = None
+        self.guest: dict | None = None          # the guest's hello, once ready
+        self.guest_interfaces: dict[str, str] = {}
+        self.died: str | None = None            # why the VM was gone when it was closed
+
+    def _join(self) -> None:
+        taps = []
+        try:
+            for side in SIDES:
+                name = self.interface(side)
+                taps.append(TapEnd(side, name, open_tap(name), router_mac(self.prefix, side)))
+                with IPRoute() as ipr:
+                    ipr.link("set", index=ipr.link_lookup(ifname=name)[0],
+                             net_ns_fd=self.namespace(side))
+            self.router = self._boot(taps)
+            self.netlink = GuestNetlink(self.router.connection, self._router_failure)
+        finally:
+            for tap in taps:          # qemu holds them now (or nothing does and they vanish)
+                os.close(tap.fd)
+
+    def create(self) -> "RouterTopology":
+        try:
+            return super().create()
+        except Exception as error:      # close() has run: did the VM die under it?
+            if self.died is None:
+                raise
+            raise RouterError(self.died) from error
+
+    def _configured(self) -> None:
+        for side in SIDES:
+            other = "cloud" if side == "edge" else "edge"
+            with open_netns(self.namespace(side)) as ipr:
+                index = ipr.link_lookup(ifname=self.interface(side))[0]
+                ipr.link("set", index=index, mtu=MTU)
+                ipr.route("add", dst=str(self.subnets[other]), gateway=self.router_ips[side])
+
+    def _router_failure(self) -> str:
+        if self.router is None or self.router.alive():
+            return ""
+        return f": {self.router.failure()}"
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait for the guest's hello, then address and raise its two NICs (once)."""
+        if self.guest is not None:
+            return
+        hello = self.netlink.hello(timeout_s)
+        by_mac = {info["mac"]: name for name, info in hello["interfaces"].items()}
+        for side in SIDES:
+            mac = router_mac(self.prefix, side)
+            if mac not in by_mac:
+                raise RouterError(f"the router VM has no NIC with MAC {mac}: {hello}")
+            self.guest_interfaces[side] = by_mac[mac]
+            index = self.netlink.link_lookup(ifname=by_mac[mac])[0]
+            self.netlink.address_add(index, self.router_ips[side], self.prefixlen)
+            self.netlink.link_up(index, MTU)
+        still_on = {name: [flag for flag, on in info["offloads"].items() if on]
+                    for name, info in hello["interfaces"].items()}
+        if any(still_on.values()):
+            raise RouterError(f"the router VM could not turn off its offloads: {still_on}")
+        self.guest = hello
+
+    def egress(self, direction: str):
+        self.wait_ready()
+        return self.netlink, self.guest_interfaces[EGRESS_SIDE[direction]]
+
+    def health(self) -> str | None:
+        """None while the router runs; else why it is gone."""
+        if self.router is None or self.router.alive():
+            return None
+        return self.router.failure()
+
+    def close(self) -> None:
+        if self.router is not None:
+            self.died = self.health()
+            if self.netlink is not None and self.died is None:
+                self.netlink.quit()
+            self.router.close()
+            self.router = None
+        super().close()
+
+    def __repr__(self) -> str:
+        return (f"RouterTopology({self.prefix!r}, {self.edge_ns}/{self.edge_if} {self.edge_ip} "
+                f"<-> router <-> {self.cloud_ns}/{self.cloud_if} {self.cloud_ip})")
+
