@@ -106,7 +106,8 @@ class EmulatedLink:
                 return
             sent = now()
             try:
-                self.layouts = qdisc.change_link(self.topology, self.profile.state_at(offset))
+                self.layouts = qdisc.change_link(self.topology, self.profile.state_at(offset),
+                                                 self.layouts)
             except Exception as error:    # reported by counters(); the run goes on unshaped
                 log.error("%s: applying the change at %.3f s failed: %s", self.prefix, offset, error)
                 self.timeline_error = error

@@ -608,47 +608,88 @@ def apply_direction(ipr: IPRoute, ifindex: int, spec: DirectionSpec, *,
         raise
 
 
-def change_direction(ipr: IPRoute, ifindex: int, spec: DirectionSpec, *,
-                     use_netem: bool | None = None) -> str:
-    """Move a shaped direction to ``spec`` in place (netlink change, not delete + add).
+@dataclass(frozen=True)
+class Request:
+    """One netlink request: a message, its type and its flags."""
+
+    msg: ShapingTcmsg
+    msg_type: int
+    flags: int
+
+
+def change_requests(layout: str, ifindex: int, spec: DirectionSpec) -> list[Request] | None:
+    """The requests that move a direction shaped as ``layout`` to ``spec`` in place (pure).
 
     netem and tbf keep their queues; only the tbf child is added or deleted
-    when the rate limit appears or disappears.  Where the current root cannot
-    express ``spec`` (a tbf-only root and a spec with delay on a kernel that
-    has netem after all, or nothing applied yet) it falls back to
-    ``apply_direction``.
+    when the rate limit appears or disappears.  None where the root cannot
+    express ``spec`` (nothing applied yet, or a tbf-only root and a spec that
+    needs netem): that takes ``apply_direction``.
     """
-    qdiscs = current_qdiscs(ipr, ifindex)
-    root = _root(qdiscs)
     tbf = tbf_params(spec)
-    if root is not None and root.kind == "netem" and root.handle == ROOT_HANDLE:
-        _send(ipr, netem_message(ifindex, netem_params(spec, for_change=True)),
-              RTM_NEWQDISC, _CHANGE_FLAGS)
-        child = _child(qdiscs)
+    child_msg = (tbf_message(ifindex, tbf, handle=TBF_CHILD_HANDLE, parent=TBF_CHILD_PARENT)
+                 if tbf is not None else None)
+    if layout in ("netem", "netem+tbf"):
+        requests = [Request(netem_message(ifindex, netem_params(spec, for_change=True)),
+                            RTM_NEWQDISC, _CHANGE_FLAGS)]
         if tbf is not None:
-            msg = tbf_message(ifindex, tbf, handle=TBF_CHILD_HANDLE, parent=TBF_CHILD_PARENT)
-            if child is not None and child.kind == "tbf":
-                _send(ipr, msg, RTM_NEWQDISC, _CHANGE_FLAGS)
-            else:
-                if child is not None:
-                    _delete(ipr, ifindex, child.handle, child.parent)
-                _send(ipr, msg, RTM_NEWQDISC, _ADD_FLAGS)
-            return "netem+tbf"
-        if child is not None:
-            _delete(ipr, ifindex, child.handle, child.parent)
-        return "netem"
-    if root is not None and root.kind == "tbf" and root.handle == ROOT_HANDLE:
-        if needs_netem(spec):
-            return apply_direction(ipr, ifindex, spec, use_netem=use_netem)  # raises if no netem
+            flags = _CHANGE_FLAGS if layout == "netem+tbf" else _ADD_FLAGS
+            requests.append(Request(child_msg, RTM_NEWQDISC, flags))
+        elif layout == "netem+tbf":
+            requests.append(Request(_tcmsg(None, ifindex, TBF_CHILD_HANDLE, TBF_CHILD_PARENT),
+                                    RTM_DELQDISC, _DELETE_FLAGS))
+        return requests
+    if layout == "tbf" and not needs_netem(spec):
         if tbf is None:
-            remove(ipr, ifindex)
-            return "none"
-        _send(ipr, tbf_message(ifindex, tbf), RTM_NEWQDISC, _CHANGE_FLAGS)
-        return "tbf"
+            return [Request(_tcmsg(None, ifindex, ROOT_HANDLE, TC_H_ROOT), RTM_DELQDISC,
+                            _DELETE_FLAGS)]
+        return [Request(tbf_message(ifindex, tbf), RTM_NEWQDISC, _CHANGE_FLAGS)]
+    return None
+
+
+def layout_after(layout: str, spec: DirectionSpec) -> str:
+    """The layout ``change_requests`` leaves."""
+    if layout in ("netem", "netem+tbf"):
+        return "netem+tbf" if spec.bandwidth_mbps is not None else "netem"
+    return "tbf" if spec.bandwidth_mbps is not None else "none"
+
+
+def current_layout(ipr: IPRoute, ifindex: int) -> str:
+    """How the direction is shaped now; a foreign child at netem's class is deleted, a
+    foreign root refused."""
+    qdiscs = current_qdiscs(ipr, ifindex)
+    root, child = _root(qdiscs), _child(qdiscs)
     if root is None:
-        return apply_direction(ipr, ifindex, spec, use_netem=use_netem)
-    raise RuntimeError(f"interface {ifindex} has a root qdisc this tool did not make: "
-                       f"{root.kind} {root.handle >> 16:x}:")
+        return "none"
+    if root.handle != ROOT_HANDLE or root.kind not in ("netem", "tbf"):
+        raise RuntimeError(f"interface {ifindex} has a root qdisc this tool did not make: "
+                           f"{root.kind} {root.handle >> 16:x}:")
+    if root.kind == "tbf":
+        return "tbf"
+    if child is not None and child.kind != "tbf":
+        _delete(ipr, ifindex, child.handle, child.parent)
+        child = None
+    return "netem+tbf" if child is not None else "netem"
+
+
+def change_direction(ipr: IPRoute, ifindex: int, spec: DirectionSpec, *,
+                     use_netem: bool | None = None, layout: str | None = None) -> str:
+    """Move a shaped direction to ``spec`` in place (netlink change, not delete + add).
+
+    ``layout``: how it is shaped now, when the caller knows (it made it: no
+    dump of the qdiscs first); see ``change_requests``, which falls back to
+    ``apply_direction``.  Returns the new layout.
+    """
+    layout = current_layout(ipr, ifindex) if layout is None else layout
+    requests = change_requests(layout, ifindex, spec)
+    if requests is None:
+        return apply_direction(ipr, ifindex, spec, use_netem=use_netem)   # raises if no netem
+    if isinstance(ipr, IPRoute):
+        for request in requests:
+            _send(ipr, request.msg, request.msg_type, request.flags)
+    else:           # a relay (shaping.router.GuestNetlink): all in one round trip
+        ipr.nlm_requests([(request.msg, request.msg_type, request.flags)
+                          for request in requests])
+    return layout_after(layout, spec)
 
 
 def _delete(ipr: IPRoute, ifindex: int, handle: int, parent: int) -> None:
@@ -696,14 +737,18 @@ def apply_link(topo, state: LinkState, *, use_netem: bool | None = None) -> dict
     return layouts
 
 
-def change_link(topo, state: LinkState) -> dict[str, str]:
-    layouts = {}
-    for side, direction, spec in _each_direction(state):
-        handle, ifname = topo.egress(direction)
-        with handle as ipr:
-            index = ipr.link_lookup(ifname=ifname)[0]
-            layouts[side] = change_direction(ipr, index, spec, use_netem=topo.netem)
-    return layouts
+def change_link(topo, state: LinkState, layouts: dict[str, str] | None = None) -> dict[str, str]:
+    """Change both directions in place; ``layouts``: how they are shaped now, as
+    ``apply_link``/``change_link`` returned it (skips reading the qdiscs first)."""
+    changed = {}
+    with topo.batch():
+        for side, direction, spec in _each_direction(state):
+            handle, ifname = topo.egress(direction)
+            with handle as ipr:
+                index = ipr.link_lookup(ifname=ifname)[0]
+                changed[side] = change_direction(ipr, index, spec, use_netem=topo.netem,
+                                                 layout=(layouts or {}).get(side))
+    return changed
 
 
 def remove_link(topo) -> None:
@@ -777,8 +822,9 @@ def tbf_available() -> bool:
 
 __all__ = [
     "NetemOptions", "NetemParams", "NetemUnavailable", "QdiscInfo", "ShapingTcmsg",
-    "TbfOptions", "TbfParams", "UNIFORM_TABLE", "apply_direction", "apply_link",
-    "change_direction", "change_link", "current_qdiscs", "encode", "link_counters",
+    "Request", "TbfOptions", "TbfParams", "UNIFORM_TABLE", "apply_direction", "apply_link",
+    "change_direction", "change_link", "change_requests", "current_layout", "current_qdiscs",
+    "encode", "layout_after", "link_counters",
     "needs_netem", "netem_available", "netem_jitter", "netem_message", "netem_params",
     "percent_u32", "queue_latency_s", "remove", "remove_link", "tbf_available",
     "tbf_message", "tbf_params",

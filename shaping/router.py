@@ -128,6 +128,7 @@ class GuestNetlink:
         self._connection = connection
         self._describe_failure = describe_failure
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._seq = 0
         self._indices: dict[str, int] = {}
 
@@ -181,14 +182,48 @@ class GuestNetlink:
     # netlink
     def nlm_request(self, msg: nlmsg, msg_type: int, msg_flags: int) -> list[nlmsg]:
         """Send ``msg`` to the guest kernel; its answer (``NetlinkError`` on a NACK)."""
+        return self.nlm_requests([(msg, msg_type, msg_flags)])
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Inside: this thread's changes are held (and answer nothing); at the end they go
+        to the guest in one round trip, in order.  For changes that must land together.
+        A read (a dump, a lookup) first sends what is held."""
+        self._local.held = []
+        try:
+            yield
+            held = self._local.held
+        finally:
+            self._local.held = None
+        if held:
+            self.nlm_requests(held)
+
+    def nlm_requests(self, requests: list[tuple[nlmsg, int, int]]) -> list[nlmsg]:
+        """Send several requests in one go (one round trip; the kernel takes them in
+        order); every answer, or the first ``NetlinkError``."""
+        if not requests:
+            return []
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            if not any(_is_read(msg_type) for _, msg_type, _ in requests):
+                held.extend(requests)
+                return []
+            self._local.held = None        # a read sees every change held before it
+            try:
+                self.nlm_requests(held)
+            finally:
+                self._local.held = []
         with self._lock:
-            self._seq += 1
-            msg["header"]["type"] = msg_type
-            msg["header"]["flags"] = msg_flags
-            msg["header"]["sequence_number"] = self._seq
-            msg["header"]["pid"] = 0
-            msg.encode()
-            self._write_frame("N", bytes(msg.data))
+            data = b""
+            for msg, msg_type, msg_flags in requests:
+                self._seq += 1
+                msg["header"]["type"] = msg_type
+                msg["header"]["flags"] = msg_flags
+                msg["header"]["sequence_number"] = self._seq
+                msg["header"]["pid"] = 0
+                msg.encode()
+                data += bytes(msg.data)
+            self._write_frame("N", data)
             kind, payload = self._read_frame()
         if kind == "E":
             raise RouterError(f"the router VM could not relay a netlink request: "
@@ -237,6 +272,11 @@ class GuestNetlink:
         msg["index"] = index
         msg["attrs"] = [["IFA_LOCAL", address], ["IFA_ADDRESS", address]]
         self.nlm_request(msg, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+
+
+def _is_read(msg_type: int) -> bool:
+    """RTM_GET* (18, 22, 26, ... : type % 4 == 2) asks; the others change something."""
+    return msg_type % 4 == 2
 
 
 # The topology -------------------------------------------------------------------------------------
@@ -327,6 +367,10 @@ class RouterTopology(LinkTopology):
     def egress(self, direction: str):
         self.wait_ready()
         return self.netlink, self.guest_interfaces[EGRESS_SIDE[direction]]
+
+    def batch(self):
+        """Changes of both directions in one round trip to the guest."""
+        return self.netlink.batch()
 
     def health(self) -> str | None:
         """None while the router runs; else why it is gone."""

@@ -21,9 +21,10 @@ At start it makes the guest a plain router, then says hello:
   MTU and offload flags, the kernel and its clock source.
 
 Frames on the port, both ways: a 4-byte big-endian length, one kind byte,
-the payload.  Kinds from the host: ``N`` one netlink request (the reply is
-``N`` with every netlink message the kernel answered, up to the ACK or, for
-a dump, ``NLMSG_DONE``); ``Q`` quit.  From the guest: ``H`` hello (JSON),
+the payload.  Kinds from the host: ``N`` netlink requests, one or several
+back to back (the reply is ``N`` with every netlink message the kernel
+answered, up to each request's ACK or, for a dump, ``NLMSG_DONE``); ``Q``
+quit.  From the guest: ``H`` hello (JSON),
 ``N`` replies, ``E`` an error text.
 """
 
@@ -142,21 +143,27 @@ def _last(kind: int, flags: int, request_flags: int) -> bool:
     return not request_flags & NLM_F_ACK and not flags & NLM_F_MULTI
 
 
-def netlink_exchange(nl: socket.socket, request: bytes) -> bytes:
-    """Send one request; collect the kernel's messages up to its ACK or error, the end of a
-    dump, or (a request without ACK) its one answer."""
-    _, _, request_flags, seq, _ = NLMSG_HEADER.unpack_from(request)
-    nl.send(request)
+def netlink_exchange(nl: socket.socket, requests: bytes) -> bytes:
+    """Send one or more requests (one send: the kernel takes them in order); collect the
+    kernel's messages until each has its ACK or error, the end of its dump, or (a request
+    without ACK) its one answer."""
+    pending, offset = {}, 0
+    while offset + NLMSG_HEADER.size <= len(requests):
+        length, _, flags, seq, _ = NLMSG_HEADER.unpack_from(requests, offset)
+        pending[seq] = flags
+        offset += (length + 3) & ~3
+    nl.send(requests)
     answer = []
-    while True:
+    while pending:
         data = nl.recv(1 << 20)
         answer.append(data)
         offset = 0
         while offset + NLMSG_HEADER.size <= len(data):
-            length, kind, flags, msg_seq, _ = NLMSG_HEADER.unpack_from(data, offset)
-            if msg_seq == seq and _last(kind, flags, request_flags):
-                return b"".join(answer)
+            length, kind, flags, seq, _ = NLMSG_HEADER.unpack_from(data, offset)
+            if seq in pending and _last(kind, flags, pending[seq]):
+                del pending[seq]
             offset += (length + 3) & ~3
+    return b"".join(answer)
 
 
 def main() -> None:

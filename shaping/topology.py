@@ -36,6 +36,7 @@ is idempotent.  While a topology is up, an owner file
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import ipaddress
@@ -321,6 +322,10 @@ class LinkTopology:
 
     def wait_ready(self) -> None:
         """Everything is up once ``create`` returns (a router topology may still be booting)."""
+
+    def batch(self) -> contextlib.AbstractContextManager:
+        """Where changes of both directions can be sent together (a router); not here."""
+        return contextlib.nullcontext()
 
     def health(self) -> str | None:
         """None: a veth cannot fail on its own."""

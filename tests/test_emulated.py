@@ -206,6 +206,10 @@ def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, netem_mode, 
     stats = json.loads((folder / "link_stats.json").read_text())
     assert stats["uplink"]["layout"] == "netem+tbf" == stats["downlink"]["layout"]
     assert stats["baseline"]["packets"] > 0 and stats["baseline"]["goodput_mbps"] > 0
+    if netem_mode == "vm":          # the router: where it ran, its NICs' offloads off
+        assert stats["router"]["accel"] in ("tcg", "kvm")
+        assert not any(any(nic["offloads"].values())
+                       for nic in stats["router"]["interfaces"].values())
     cycles = read_jsonl(folder / "cycles.jsonl")
     fixed = cycles[cycles["strategy"] == "fixed-k5"]
     state = spec.profile.initial

@@ -29,7 +29,9 @@ ticks, >= 6.9 in LATENCY64/JITTER64 (qopt zero); we send both.
 
 Kernel tests need root and network namespaces (they skip otherwise) and only
 touch namespaces named ``tq<8 hex>-edge``/``-cloud`` they create; a fixture
-checks none is left.  The goodput test is marked slow.
+checks none is left.  netem itself runs on this host's kernel where it has
+netem, else in the session's router VM (``netem_mode``).  The goodput test is
+marked slow.
 """
 
 from __future__ import annotations
@@ -247,6 +249,28 @@ def test_a_change_to_uniform_jitter_sends_a_uniform_table():
     assert TCA_NETEM_DELAY_DIST not in attrs
 
 
+def test_change_requests_follow_the_layout_in_place():
+    """What a schedule change sends, from the layout alone (no dump): changes in place; the
+    tbf child comes and goes with the rate; what the root cannot express is an apply."""
+    from pyroute2.netlink.rtnl import RTM_DELQDISC, RTM_NEWQDISC
+    delay, rated = DirectionSpec(delay_ms=20), DirectionSpec(delay_ms=20, bandwidth_mbps=5)
+
+    def kinds(layout, spec):
+        requests = qdisc.change_requests(layout, 3, spec)
+        return None if requests is None else [
+            (r.msg.get_attr("TCA_KIND"), r.msg_type, bool(r.flags & 0x400)) for r in requests]
+    change, add, delete = (RTM_NEWQDISC, False), (RTM_NEWQDISC, True), (RTM_DELQDISC, False)
+    assert kinds("netem+tbf", rated) == [("netem", *change), ("tbf", *change)]
+    assert kinds("netem", rated) == [("netem", *change), ("tbf", *add)]
+    assert kinds("netem+tbf", delay) == [("netem", *change), (None, *delete)]
+    assert kinds("tbf", DirectionSpec(bandwidth_mbps=5)) == [("tbf", *change)]
+    assert kinds("tbf", DirectionSpec()) == [(None, *delete)]
+    assert kinds("tbf", delay) is None and kinds("none", delay) is None     # apply instead
+    assert qdisc.layout_after("netem", rated) == "netem+tbf"
+    assert qdisc.layout_after("netem+tbf", delay) == "netem"
+    assert qdisc.layout_after("tbf", DirectionSpec()) == "none"
+
+
 def test_random_loss_goes_in_qopt():
     qopt, attrs, _ = netem_parts(DirectionSpec(loss=RandomLoss(pct=2.5)))
     assert qopt[2] == u32(2.5)
@@ -409,19 +433,40 @@ def test_tbf_apply_change_remove(topo):
         assert qdisc.remove(ipr, topo.ifindex("cloud")) is False     # nothing left to remove
 
 
-@pytest.mark.needs_netem
-def test_netem_on_a_kernel_that_has_it(topo):
+@pytest.fixture
+def netem_topo(netem_mode):
+    """A topology whose shaping kernel has netem: a fresh veth here, or the router VM."""
+    if netem_mode == "emulated":
+        with LinkTopology(PREFIXES.fresh()) as topo:
+            yield topo
+        return
+    from orchestrator import vm
+    topo = vm.current_router()
+    yield topo
+    qdisc.remove_link(topo)
+
+
+def _egress_qdiscs(topo, direction):
+    handle, ifname = topo.egress(direction)
+    with handle as ipr:
+        return qdisc.current_qdiscs(ipr, ipr.link_lookup(ifname=ifname)[0])
+
+
+def test_netem_on_a_kernel_that_has_it(netem_topo):
+    topo = netem_topo
     spec = DirectionSpec(delay_ms=20, jitter_ms=5, jitter_distribution="normal",
                          bandwidth_mbps=10)
     assert qdisc.apply_link(topo, LinkState(uplink=spec, downlink=spec))["edge"] == "netem+tbf"
-    kinds = {(q.kind, q.parent) for q in _qdiscs(topo, "edge")}
+    kinds = {(q.kind, q.parent) for q in _egress_qdiscs(topo, "uplink")}
     assert ("netem", TC_H_ROOT) in kinds and ("tbf", qdisc.TBF_CHILD_PARENT) in kinds
     slower = DirectionSpec(delay_ms=50, bandwidth_mbps=5)
     assert qdisc.change_link(topo, LinkState(uplink=slower, downlink=spec))["edge"] == "netem+tbf"
     no_rate = DirectionSpec(delay_ms=50)
     assert qdisc.change_link(topo, LinkState(uplink=no_rate, downlink=spec))["edge"] == "netem"
-    assert [q.kind for q in _qdiscs(topo, "edge") if q.parent == qdisc.TBF_CHILD_PARENT] == []
+    assert [q.kind for q in _egress_qdiscs(topo, "uplink")
+            if q.parent == qdisc.TBF_CHILD_PARENT] == []
     qdisc.remove_link(topo)
+    assert qdisc._root(_egress_qdiscs(topo, "uplink")) is None
 
 
 # Goodput through tbf ------------------------------------------------------------------

@@ -322,7 +322,7 @@ def test_a_schedule_changes_the_guests_netem_live(router_vm):
     for change in stats["timeline"]["changes"]:
         assert change["at_s"] <= change["sent_s"] <= change["applied_s"] < change["at_s"] + 0.5
     assert stats["uplink"]["layout"] == "netem+tbf" and stats["uplink"]["qdiscs"] == ["netem", "tbf"]
-    assert dict(root.options["attrs"])["TCA_NETEM_LATENCY64"] == 60_000_000
+    assert root.options["delay"] == 60_000_000 // 64                   # psched ticks
 
 
 # The command line (each boots its own router) ---------------------------------------------------
@@ -369,10 +369,10 @@ def start_vm_run(tmp_path: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:
         queries = list(tmp_path.glob("results/*/queries.jsonl"))
-        cycles = list(tmp_path.glob("results/*/cycles.jsonl"))
-        if queries and queries[0].read_text().strip() and cycles and cycles[0].read_text():
+        if queries and queries[0].read_text().strip():      # edge-only is done, fixed-k runs
+            time.sleep(1.0)
             return child
-        time.sleep(0.2)
+        time.sleep(0.1)
     child.kill()
     pytest.fail("the vm run never got to its second query: " + child.communicate()[0][-3000:])
 
