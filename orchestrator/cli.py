@@ -253,7 +253,7 @@ def report_command(run_dir) -> None:
               help="Network profile: a name under configs/profiles or a YAML path.")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="Which link to probe: the sim link model, kernel netem here (emulated), "
-                   "or kernel netem in the VM; auto as for `run`.")
+                   "or kernel netem in the router VM (vm); auto as for `run`.")
 @click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
 @click.option("--packets", type=click.IntRange(10), default=ProbePlan.packets, show_default=True,
               help="UDP echo probes (one every --interval-ms).")

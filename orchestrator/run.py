@@ -1,8 +1,8 @@
 """One run: every strategy of a job over every prompt, on one network profile.
 
 Lifecycle: resolve and save the config, start the deployment of the mode
-(``orchestrator.launch``: sim, or emulated, which the vm mode runs inside its
-VM), send each query to the edge, append the
+(``orchestrator.launch``: sim, emulated, or vm with its router VM as the
+link), send each query to the edge, append the
 records as they arrive, stop everything (also on errors and signals), then
 summarize with the analytic prediction beside every measured rate.
 """

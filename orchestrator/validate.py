@@ -1,12 +1,11 @@
 """`orchestrator validate`: one job's cells in sim and in emulated (or vm) mode, compared.
 
-Steps, all on the same machine (in vm mode all of them inside the VM, so
-both legs share one CPU and one clock):
+Steps, all on the same machine, the agents native in every leg (in vm mode
+the router VM is the link, booted once for the whole validation):
 
 1. calibrate: an unshaped cell in the measured mode; the median cycle RTT
    there is the path's own round trip (the agents, ZeroMQ and the kernel
-   path; several ms under the VM's software emulation), measured, never
-   assumed;
+   path, and in vm mode the router), measured, never assumed;
 2. the measured leg: every cell, a sweep in that mode;
 3. the sim leg: every cell with the calibrated round trip added to its RTT,
    so the link model stands for the path plus the profile, not the profile

@@ -31,7 +31,7 @@ from shaping.emulated import EmulatedLink
 from shaping.topology import DEFAULT_PREFIX_PATTERN
 from tests.netns_helpers import snapshot
 from validation.prediction import transmit_s
-from validation.probe import ProbePlan, probe_emulated, probe_link
+from validation.probe import ProbePlan, probe_link
 from validation.stats import binomial_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,8 @@ def test_emulated_run_with_tbf_only_crosses_the_veth(netns_ok, tmp_path):
 
 def test_probe_of_native_tbf_meets_the_rate(netns_ok):
     """The kernel probe on this host: a rate-only profile is shaped by tbf alone."""
-    report = probe_emulated(load_profile("rtt000-bw010"), "emulated", PROBE_PLAN)
+    with EmulatedLink(load_profile("rtt000-bw010")).create(shape=False) as link:
+        report = probe_link(link, "emulated", PROBE_PLAN)
     assert report.layouts == {"edge": "tbf", "cloud": "tbf"}
     assert report.passed, [row for row in report.rows if row.ok is False]
     goodput = [row for row in report.rows if row.metric == "goodput"]

@@ -1,6 +1,6 @@
 """Link probes: the expectation math, the verdicts, and a real probe of the sim link.
 
-Kernel probes (netem) run in the VM: ``tests/test_emulated.py``.
+Kernel probes (netem: this host's, or the router VM's) are in ``tests/test_emulated.py``.
 """
 
 from __future__ import annotations

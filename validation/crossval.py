@@ -15,10 +15,9 @@ Legs and tolerances (relative):
 
 A miss with a known cause carries it in its note: on a cell with loss, the
 link model's TCP has no tail-loss probe, no congestion window and no loss on
-ACKs; a P95 over few queries of a jittered link is itself noisy; and in the
-VM, software emulation stretches the agents' compute past the latency
-profile the closed form assumes, and its timer wake-ups spread the path's
-round trip, of which the sim leg adds only the median.
+ACKs; a P95 over few queries of a jittered link is itself noisy; and in vm
+mode the router VM's timer wake-ups spread the path's round trip, of which
+the sim leg adds only the median.
 """
 
 from __future__ import annotations
@@ -58,15 +57,11 @@ ANALYTIC_VS_SIM = Check("analytic vs sim", "tokens_per_s", 0.03, static_only=Tru
 LOSS_CAUSE = ("the link model's TCP simplifies loss recovery (RTO only: no tail-loss probe, "
               "no congestion window, no ACK loss)")
 JITTER_CAUSE = "a tail percentile over few queries of a jittered link is itself noisy"
-VM_TIMER_CAUSE = ("the VM's timer wake-ups spread the path's own round trip; the sim leg adds "
-                  "only its median")
-VM_COMPUTE_CAUSE = ("under the VM's software emulation the agents' compute runs past the latency "
-                    "profile the closed form assumes (draft and verify steps take longer)")
+VM_TIMER_CAUSE = ("the router VM's timer wake-ups spread the path's own round trip; the sim "
+                  "leg adds only its median")
 
 
 def _known_cause(row: pd.Series, check: Check, mode: str) -> str:
-    if check is ANALYTIC_VS_SIM and mode == "vm":
-        return VM_COMPUTE_CAUSE
     if row["loss_pct"] > 0:
         return LOSS_CAUSE
     if mode == "vm" and check.metric.startswith("rtt_ms_p9"):

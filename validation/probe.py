@@ -192,6 +192,7 @@ class PacketSamples:
     received: dict[str, int] = field(default_factory=lambda: {d: 0 for d in DIRECTIONS})
     reordered: dict[str, int] = field(default_factory=lambda: {d: 0 for d in DIRECTIONS})
     rtt_ms: list[float] = field(default_factory=list)
+    rtt_sent_at: list[float] = field(default_factory=list)    # each round trip's send instant
 
 
 def _count_reordering(seq: int, highest: list[int]) -> int:
@@ -238,6 +239,7 @@ def measure_packets(paths: Paths, packets: int, interval_s: float, payload_bytes
 
         def round_trip(seq: int, t_sent: float, t_arrived: float) -> None:
             samples.rtt_ms.append((t_arrived - t_sent) * 1000.0)
+            samples.rtt_sent_at.append(t_sent)
 
         threads = [threading.Thread(target=listen, args=(cloud, "uplink", echo), daemon=True),
                    threading.Thread(target=listen, args=(edge, "downlink", round_trip),
@@ -401,6 +403,14 @@ def robust_sigma(values) -> float:
     return float((q75 - q25) / 1.349)
 
 
+def sigma_se(simulated: np.ndarray, n: int) -> float:
+    """Standard error of ``robust_sigma`` over ``n`` probes: its spread across the simulated
+    runs of ``n`` probes each (``expected_echo_delays_ms`` concatenates them); a heavy tail
+    (pareto) makes it several times a normal's."""
+    runs = np.asarray(simulated)[: len(simulated) // n * n].reshape(-1, n)
+    return float(np.std([robust_sigma(run) for run in runs])) if len(runs) > 1 else 0.0
+
+
 def median_difference_se(sigma: float, n: int) -> float:
     """Standard error of the difference of two independent medians of ``n`` normal samples
     with spread ``sigma`` each (one measured, one simulated): sqrt(2) * 1.2533 * sigma / sqrt(n)."""
@@ -452,13 +462,15 @@ def evaluate(mode: str, profile_name: str, state: LinkState, plan: ProbePlan,
                             float(np.percentile(owd, 95)), None, "reported", None))
             sigma_expected = math.hypot(robust_sigma(expected), baseline_sigma[direction])
             sigma = robust_sigma(owd)
+            sampling = 3 * sigma_se(expected, plan.packets)
             # the path's own noise is heavy-tailed under emulation: its sigma is itself uncertain
-            bound = max(0.5, 0.15 * sigma_expected) + baseline_sigma[direction]
+            bound = max(0.5, 0.15 * sigma_expected, sampling) + baseline_sigma[direction]
             rows.append(Row(direction, "jitter sigma", "ms", sigma_expected, sigma,
                             sigma - sigma_expected, f"±{bound:.2f} ms",
                             bool(abs(sigma - sigma_expected) <= bound),
                             f"IQR/1.349; std {np.std(owd):.3f} ms; profile {spec.jitter_ms:g} ms "
-                            f"{spec.jitter_distribution}; baseline {baseline_sigma[direction]:.3f} ms"))
+                            f"{spec.jitter_distribution}; baseline {baseline_sigma[direction]:.3f} ms"
+                            f"; 3 SE {sampling:.2f} ms"))
         # downlink losses are counted among the probes that crossed the uplink
         trials = shaped.sent if direction == "uplink" else shaped.received["uplink"]
         lost = trials - shaped.received[direction]
@@ -575,10 +587,3 @@ def probe_link(link: EmulatedLink, mode: str, plan: ProbePlan = ProbePlan(),
     report.layouts = dict(link.layouts)
     return report
 
-
-def probe_emulated(profile: NetworkProfile, mode: str = "emulated", plan: ProbePlan = ProbePlan(),
-                   seed: int = 0) -> ProbeReport:
-    """Probe kernel netem + tbf between two fresh namespaces joined by a veth (torn down
-    afterwards)."""
-    with EmulatedLink(profile).create(shape=False) as link:
-        return probe_link(link, mode, plan, seed)
