@@ -96,11 +96,11 @@ def probes(out: Path, packets: int) -> None:
     (out / "probes.json").write_text(json.dumps(found, indent=1, default=float))
 
 
-def per_token(folder: Path) -> pd.DataFrame:
-    """Per strategy: cloud compute ms per output token, draft ms per drafted token (edge-only:
-    its decode time per token)."""
-    queries = read_jsonl(folder / ResultsFolder.QUERIES)
-    cycles = read_jsonl(folder / ResultsFolder.CYCLES)
+def per_token(folders: list[Path]) -> pd.DataFrame:
+    """Per strategy, pooled over ``folders``: cloud compute ms per output token, draft ms per
+    drafted token (edge-only: its decode time per token)."""
+    queries = pd.concat([read_jsonl(folder / ResultsFolder.QUERIES) for folder in folders])
+    cycles = pd.concat([read_jsonl(folder / ResultsFolder.CYCLES) for folder in folders])
     rows = {}
     for label, group in queries.groupby("strategy"):
         own = cycles[cycles["strategy"] == label] if not cycles.empty else cycles
@@ -113,23 +113,26 @@ def per_token(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def compute(out: Path, job: str, profile: str, pairs: int) -> None:
-    print(f"\n== compute: job {job!r} on {profile}, sim then vm, {pairs} pair(s) back to back ==")
+def compute(out: Path, job: str, profile: str, pairs: int, repetitions: int | None) -> None:
+    print(f"\n== compute: job {job!r} on {profile}, sim and vm back to back, {pairs} pair(s) "
+          "in alternating order ==")
     root = out / "compute"
-    ratios = []
+    folders: dict[str, list[Path]] = {"sim": [], "vm": []}
     for pair in range(pairs):
-        tables = {}
-        for mode in ("sim", "vm"):
+        for mode in ("sim", "vm") if pair % 2 == 0 else ("vm", "sim"):
             started, before = time.monotonic(), load()
-            folder, _ = run(RunSpec.load(job, profile, mode), root, Console(file=io.StringIO()))
-            tables[mode] = per_token(folder)
+            spec = RunSpec.load(job, profile, mode, job_overrides={"repetitions": repetitions})
+            folder, _ = run(spec, root, Console(file=io.StringIO()))
+            folders[mode].append(folder)
             print(f"pair {pair + 1} {mode:3s}: {time.monotonic() - started:6.1f} s, "
                   f"{before} -> {load()}", flush=True)
-        ratio = tables["vm"] / tables["sim"]
-        ratios.append(ratio.assign(pair=pair + 1))
-        print(pd.concat({"sim": tables["sim"], "vm": tables["vm"], "vm/sim": ratio}, axis=1)
-              .round(3).to_string())
-    pd.concat(ratios).to_csv(out / "compute_ratios.csv")
+        ratio = per_token(folders["vm"][-1:]) / per_token(folders["sim"][-1:])
+        print(f"pair {pair + 1}, vm/sim:\n" + ratio.round(3).to_string())
+    tables = {mode: per_token(found) for mode, found in folders.items()}
+    pooled = pd.concat({"sim": tables["sim"], "vm": tables["vm"],
+                        "vm/sim": tables["vm"] / tables["sim"]}, axis=1)
+    print("pooled over every pair:\n" + pooled.round(3).to_string())
+    pooled.to_csv(out / "compute_ratios.csv")
 
 
 def schedule(out: Path, seconds: float) -> None:
@@ -233,7 +236,8 @@ def main() -> int:
     parser.add_argument("--packets", type=int, default=300, help="probes: echoes [300]")
     parser.add_argument("--job", default="default", help="compute: the job [default]")
     parser.add_argument("--profile", default="4g", help="compute: the profile [4g]")
-    parser.add_argument("--pairs", type=int, default=1, help="compute: sim/vm pairs [1]")
+    parser.add_argument("--pairs", type=int, default=2, help="compute: sim/vm pairs [2]")
+    parser.add_argument("--repetitions", type=int, help="compute: [the job's]")
     parser.add_argument("--seconds", type=float, default=22.0, help="schedule: how long [22]")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="edgespec-bench-vm-"))
@@ -245,7 +249,7 @@ def main() -> int:
         if "probes" in args.parts:
             probes(out, args.packets)
         if "compute" in args.parts:
-            compute(out, args.job, args.profile, args.pairs)
+            compute(out, args.job, args.profile, args.pairs, args.repetitions)
         if "schedule" in args.parts:
             schedule(out, args.seconds)
     return 0
