@@ -2,7 +2,8 @@
 
 Bad input (a CLI value, a profile, a job, a model pair) ends with one line,
 ``error: <where>: <what>``, and exit code 2; a failed agent with exit code 1;
-Ctrl-C or SIGTERM with 130 after everything started has been stopped.
+Ctrl-C (SIGINT) with 130 and SIGTERM with 143, after everything started has
+been stopped (``orchestrator.interrupts``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.console import Console
 
 from agents.control import AgentError
 from agents.protocol import ProtocolError
-from orchestrator import vm
+from orchestrator import interrupts, vm
 from orchestrator.configs import ConfigError, available, load_job, load_profile
 from orchestrator.doctor import MODES, HostReport, choose_mode
 from orchestrator.job import ALL_STRATEGIES
@@ -142,7 +143,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     if chosen == "vm" and not vm.in_vm():
         console.print("vm: booting the VM; the run inside prints below", highlight=False)
         console.file.flush()
-        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
+        inner = [sys.executable, "-m", "orchestrator", *ctx.obj["argv"]]
         if mode == "auto":
             inner += ["--mode", "vm"]
         ctx.exit(run_in_vm(inner, [results_root], vm_timeout))
@@ -201,7 +202,7 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root, vm_
                 raise click.UsageError(str(error)) from None
     console.print(f"mode: {chosen} ({reason})")
     if chosen == "vm" and not vm.in_vm():
-        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
+        inner = [sys.executable, "-m", "orchestrator", *ctx.obj["argv"]]
         if mode == "auto":
             inner += ["--mode", "vm"]
         ctx.exit(run_in_vm(inner, [resume_dir or results_root], vm_timeout))
@@ -246,7 +247,7 @@ def validate_command(ctx, job_name, mode, results_root, vm_timeout) -> None:
         raise click.UsageError(f"validate needs the emulated or vm mode, and {reason}")
     console.print(f"mode: {chosen} ({reason})")
     if chosen == "vm" and not vm.in_vm():
-        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
+        inner = [sys.executable, "-m", "orchestrator", *ctx.obj["argv"]]
         ctx.exit(run_in_vm(inner + (["--mode", "vm"] if mode == "auto" else []),
                            [results_root], vm_timeout))
     _, comparison = validate(job, chosen, results_root, console)
@@ -297,7 +298,7 @@ def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput
     chosen, reason = resolve_mode(mode, profile)
     console.print(f"mode: {chosen} ({reason})")
     if chosen == "vm" and not vm.in_vm():
-        inner = [sys.executable, "-m", "orchestrator.cli", *ctx.obj["argv"]]
+        inner = [sys.executable, "-m", "orchestrator", *ctx.obj["argv"]]
         ctx.exit(run_in_vm(inner + (["--mode", "vm"] if mode == "auto" else []),
                            [results_root], vm_timeout))
     plan = ProbePlan(packets=packets, interval_s=interval_ms / 1000.0, goodput_s=goodput_s)
@@ -386,24 +387,11 @@ def profiles_command() -> None:
                    f"{timeline}")
 
 
-def _interrupt_handler(main_pid: int):
-    """Ctrl-C and SIGTERM unwind the orchestrator (so everything it started stops).
-
-    Only in the orchestrator itself: pyroute2 forks helper processes to enter
-    namespaces, and a fork that inherited this handler must die on a signal,
-    not unwind a copy of the orchestrator's stack (and its teardown).
-    """
-    def handler(signum, frame) -> None:
-        if os.getpid() != main_pid:
-            os._exit(128 + signum)
-        raise KeyboardInterrupt
-    return handler
-
-
 def main(argv: list[str] | None = None) -> int:
-    handler = _interrupt_handler(os.getpid())
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)  # even if started with SIGINT ignored
+    """Run the command line; its exit code.  Signal handling: ``orchestrator.interrupts``
+    (installed here unless ``orchestrator.__main__`` did it before the imports)."""
+    if interrupts.received() is None:
+        interrupts.install()
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         # without standalone mode click returns ctx.exit()'s code instead of raising
@@ -421,9 +409,16 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {error}", err=True)
         return 1
     except (KeyboardInterrupt, click.Abort):
-        click.echo("interrupted: everything the run started has been stopped", err=True)
-        return 130
+        return _interrupted()
+    if interrupts.received() is not None:     # its exception was lost (see interrupts)
+        return _interrupted()
     return code if isinstance(code, int) else 0
+
+
+def _interrupted() -> int:
+    click.echo(f"interrupted ({signal.Signals(interrupts.exit_code() - 128).name}): "
+               "everything the run started has been stopped", err=True)
+    return interrupts.exit_code()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ one line naming the file and the field, which the CLI prints with exit code 2.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +37,36 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 def find(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
-    """The file for ``name_or_path``: an existing path, or a shipped config by name."""
+    """The file for ``name_or_path``, absolute: an existing path, or a shipped config by name
+    (``4g``, or with its sub-folder, ``grid/rtt050-bw010``)."""
     path = Path(name_or_path)
     if path.is_file():
-        return path
+        return path.resolve()
+    folder = CONFIG_DIR / kind
+    shipped = folder / (name_or_path if path.suffix else name_or_path + suffix)
+    if shipped.is_file():
+        return shipped
     if path.suffix or "/" in name_or_path:
         raise ConfigError(f"{name_or_path}: no such file")
-    folder = CONFIG_DIR / kind
     matches = sorted(folder.rglob(f"{name_or_path}{suffix}"))
     if not matches:
-        names = sorted(p.stem for p in folder.rglob(f"*{suffix}"))
-        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        raise ConfigError(f"{kind[:-1]} {name_or_path!r} not found: give a path or one of {shown}")
+        raise ConfigError(_not_found(kind, name_or_path, suffix))
     return matches[0]
+
+
+def _not_found(kind: str, name: str, suffix: str) -> str:
+    """'<kind> <name> not found', the closest shipped names, and every shipped name (each
+    sub-folder's as a count and range)."""
+    folder = CONFIG_DIR / kind
+    close = difflib.get_close_matches(name, available(kind, suffix), n=3, cutoff=0.6)
+    guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    names = ", ".join(sorted(p.stem for p in folder.glob(f"*{suffix}")))
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        inside = sorted(p.stem for p in sub.rglob(f"*{suffix}"))
+        if inside:
+            names += f", or one of the {len(inside)} in {sub.name}/ ({inside[0]} ... {inside[-1]})"
+    listing = "; `orchestrator profiles` lists them all" if kind == "profiles" else ""
+    return f"{kind[:-1]} {name!r} not found: {guess}give a path or one of {names}{listing}"
 
 
 def available(kind: str, suffix: str = ".yaml") -> list[str]:
