@@ -109,17 +109,23 @@ class EdgeAgent:
         t_submit = now()
         sequence = TokenSequence(self.models.draft, prompt_ids, request.sampling)
         t_first = t_last = t_submit
+        compute_s = first_s = 0.0
         while len(sequence.generated) < request.max_new_tokens:
-            token = choose_token(sequence.next_probs(), request.sampling.decoding, rng)
+            t_forward = now()
+            probs = sequence.next_probs()
+            compute_s += now() - t_forward
+            token = choose_token(probs, request.sampling.decoding, rng)
             sequence.extend([token])
             t_last = now()
             if len(sequence.generated) == 1:
-                t_first = t_last
+                t_first, first_s = t_last, compute_s
             if token == eos_id:
                 break
         output = sequence.generated
-        return self._record(request, prompt_ids, output, t_submit, t_first, t_last,
-                            bool(output) and output[-1] == eos_id), []
+        record = self._record(request, prompt_ids, output, t_submit, t_first, t_last,
+                              bool(output) and output[-1] == eos_id)
+        record.edge_compute_s, record.edge_first_s = compute_s, first_s
+        return record, []
 
     def _exchange(self, message: Message, expect: str) -> tuple[Message, int, int, float, float]:
         """Send, await the answer of type ``expect``; return it, bytes up/down and both instants."""

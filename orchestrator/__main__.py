@@ -14,8 +14,8 @@ from orchestrator import interrupts
 
 
 def main(argv: list[str] | None = None) -> int:
-    interrupts.install()
     try:
+        interrupts.install()          # a signal pending since start-up is raised right here
         from orchestrator.cli import main as cli_main
     except KeyboardInterrupt:
         print("interrupted while starting: nothing was started", file=sys.stderr)

@@ -27,13 +27,19 @@ class ConfigError(ValueError):
 
 
 def describe_validation_error(error: ValidationError) -> str:
+    """``<field path>: <what is wrong>`` of the first error (and how many more there are)."""
+    return ": ".join(first_error(error))
+
+
+def first_error(error: ValidationError) -> tuple[str, str]:
+    """(where: the first error's dotted field path or ``(top level)``, what is wrong)."""
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if "input" in first and not isinstance(first["input"], (dict, list)):
         message += f" (got {first['input']!r})"
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where}: {message}{more}"
+    return where, message + more
 
 
 def find(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
@@ -100,10 +106,46 @@ def _without_unset(overrides: dict | None) -> dict:
     return {key: value for key, value in (overrides or {}).items() if value not in (None, [])}
 
 
+# The command-line flag that overrides a job field, where it is not --<field-name>.
+FLAGS = {"strategies": "--strategy", "k_values": "--k", "max_queries": "--queries"}
+
+
+def flag(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def _flags_text(given: dict) -> str:
+    return " ".join(f"{flag(field)} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+                    for field, value in given.items())
+
+
 def load_job(name_or_path: str, overrides: dict | None = None) -> JobConfig:
-    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file."""
+    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file.
+
+    An error is blamed on the flags when they cause it: on the flag of the failing field,
+    or on every flag given when the file alone is valid (a conflict between the flags and
+    the file, e.g. ``--decoding sampling --codec ids``).
+    """
     path = find("jobs", name_or_path)
-    return validate(JobConfig, {**read_yaml(path), **_without_unset(overrides)}, str(path))
+    data, given = read_yaml(path), _without_unset(overrides)
+    try:
+        return TypeAdapter(JobConfig).validate_python({**data, **given})
+    except ValidationError as error:
+        where, message = first_error(error)
+        field = where.split(".")[0]
+        if field in given:
+            raise ConfigError(f"{_flags_text({field: given[field]})}: {message}") from None
+        if given and _valid(JobConfig, data):
+            raise ConfigError(f"{_flags_text(given)} (with job {path}): {message}") from None
+        raise ConfigError(f"{path}: {where}: {message}") from None
+
+
+def _valid(schema: Any, data: dict) -> bool:
+    try:
+        TypeAdapter(schema).validate_python(data)
+    except ValidationError:
+        return False
+    return True
 
 
 def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkProfile:

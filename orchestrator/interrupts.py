@@ -51,10 +51,12 @@ def _handler(signum: int, frame) -> None:
 
 
 def install() -> None:
-    """Handle SIGINT and SIGTERM in this process from now on (SIGINT even if it was ignored)."""
+    """Handle SIGINT and SIGTERM in this process from now on, even if the parent left them
+    ignored or blocked (a signal pending since start-up is handled at once)."""
     _State.main_pid, _State.received = os.getpid(), None
     for signum in SIGNALS:
         signal.signal(signum, _handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 def received() -> int | None:

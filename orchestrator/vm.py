@@ -398,12 +398,9 @@ def kvm_works(host: VmHost) -> bool:
     """Whether KVM boots the guest quickly here; probed once per host uptime."""
     if not kvm_device_usable():
         return False
-    try:
-        cached = json.loads(KVM_PROBE_FILE.read_text())
-        if cached.get("boot_id") == _boot_id():
-            return bool(cached["works"])
-    except (OSError, ValueError, KeyError):
-        pass
+    recorded = recorded_kvm_probe()
+    if recorded is not None:
+        return recorded
     works = False
     started = time.monotonic()
     try:
@@ -419,6 +416,17 @@ def kvm_works(host: VmHost) -> bool:
     except OSError:
         pass
     return works
+
+
+def recorded_kvm_probe() -> bool | None:
+    """What the probe boot found since this host booted (None: no probe yet)."""
+    try:
+        cached = json.loads(KVM_PROBE_FILE.read_text())
+        if cached.get("boot_id") == _boot_id():
+            return bool(cached["works"])
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    return None
 
 
 def _boot_id() -> str:

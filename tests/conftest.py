@@ -55,16 +55,16 @@ def _finished_cells(path: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def resumed_sweep(tmp_path_factory) -> ResumedSweep:
     """``tests/fixtures/sweep-small.yaml`` in sim mode, interrupted (SIGINT) once two cells
-    have finished, then finished with ``--resume``: shared by the sweep and report tests."""
+    have finished, then finished with ``--resume``: shared by the sweep and report tests.
+    Run from a folder outside the checkout, into its default results folder."""
     root = tmp_path_factory.mktemp("sweep")
-    command = [sys.executable, "-m", "orchestrator.cli", "sweep", "--mode", "sim",
-               "--results", str(root)]
-    first = subprocess.Popen(command + ["--job", str(SMALL_SWEEP_JOB)], cwd=ROOT, text=True,
+    command = [sys.executable, "-m", "orchestrator.cli", "sweep", "--mode", "sim"]
+    first = subprocess.Popen(command + ["--job", str(SMALL_SWEEP_JOB)], cwd=root, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     path = None
     while time.monotonic() < deadline and first.poll() is None:
-        folders = list(root.glob("*-sweep-small-sim"))
+        folders = list(root.glob("results/*-sweep-small-sim"))
         if folders and len(_finished_cells(folders[0])) >= 2:
             path = folders[0]
             break
@@ -73,7 +73,7 @@ def resumed_sweep(tmp_path_factory) -> ResumedSweep:
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)
     finished = _finished_cells(path)
-    resumed = subprocess.run(command + ["--resume", str(path)], cwd=ROOT, text=True,
+    resumed = subprocess.run(command + ["--resume", str(path)], cwd=root, text=True,
                              capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return ResumedSweep(path, finished, first.returncode, resumed.stdout)

@@ -19,8 +19,8 @@ from tests.conftest import running_agents
 REPO = Path(__file__).resolve().parent.parent
 
 
-def orchestrator(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=REPO,
+def orchestrator(*args: str, cwd: Path = REPO, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -54,16 +54,23 @@ def wait_until_no_agents(before: set[str], timeout_s: float) -> list[str]:
 
 
 def test_smoke_run_writes_results_and_is_lossless(tmp_path):
+    """Run from a folder outside the checkout, into the default results folder there."""
     process = orchestrator("run", "--mode", "sim", "--profile", "wifi", "--job", "smoke",
-                           "--results", str(tmp_path))
+                           cwd=tmp_path)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
-    folder = only_folder(tmp_path)
+    folder = only_folder(tmp_path / "results")
     assert f"results: {folder}" in out.replace("\n", "")
     assert "fixed-k5" in out and "cloud-only" in out
     for name in ("config.yaml", "queries.jsonl", "cycles.jsonl", "summary.csv", "link_stats.json",
                  "edge.log", "cloud.log"):
         assert (folder / name).exists(), name
+    edge_log, cloud_log = ((folder / f"{side}.log").read_text() for side in ("edge", "cloud"))
+    for log in (edge_log, cloud_log):
+        assert "started: pid" in log and "numpy" in log and "loaded in" in log
+        assert "stopped by the orchestrator" in log
+    assert edge_log.count(" query ") == 4 * 2
+    assert "session fixed-k5/1/0 opened" in cloud_log and "cloud-only generated 16" in cloud_log
 
     queries = read_jsonl(folder / "queries.jsonl")
     assert sorted({q["strategy"] for q in queries}) == ["cloud-only", "cloud-spec", "edge-only",
