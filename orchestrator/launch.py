@@ -77,6 +77,18 @@ class ChildProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def wait(self, timeout_s: float) -> int:
+        """Its exit code once it ends (``subprocess.TimeoutExpired`` after ``timeout_s``);
+        a Ctrl-C whose exception was lost ends the wait too (``interrupts``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            raise_if_interrupted()
+            try:
+                return self.process.wait(min(0.5, max(deadline - time.monotonic(), 0.0)))
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
+
     def failure(self) -> str:
         """Why the process is gone: exit code and the tail of its log."""
         tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]

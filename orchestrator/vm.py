@@ -363,7 +363,7 @@ class VmHost:
             qemu = ChildProcess("qemu", command, job_dir / "qemu.log", stdout=output)
             try:
                 try:
-                    qemu.process.wait(timeout_s)
+                    qemu.wait(timeout_s)
                 except subprocess.TimeoutExpired:
                     qemu.stop()
                     return VmResult(EXIT_TIMEOUT, chosen, time.monotonic() - started,
