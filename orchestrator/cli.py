@@ -390,8 +390,7 @@ def profiles_command() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; its exit code.  Signal handling: ``orchestrator.interrupts``
     (installed here unless ``orchestrator.__main__`` did it before the imports)."""
-    if interrupts.received() is None:
-        interrupts.install()
+    interrupts.install_once()
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         # without standalone mode click returns ctx.exit()'s code instead of raising

@@ -59,6 +59,12 @@ def install() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
+def install_once() -> None:
+    """``install``, unless this process did already (it keeps what it received so far)."""
+    if _State.main_pid != os.getpid():
+        install()
+
+
 def received() -> int | None:
     """The first signal this process got since ``install``, if any."""
     return _State.received
