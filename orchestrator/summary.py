@@ -12,6 +12,7 @@ output equals cloud-only's token for token (losslessness).
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -267,8 +268,8 @@ GLOSSARY = {
                    "interval",
     "TTFT p50, p95": "time from submitting a query to its first output token on the edge, "
                      "ms: median and 95th percentile over queries",
-    "e2e p95": "time from submitting a query to its last token, s: 95th percentile over "
-               "queries",
+    "e2e p95, p99": "time from submitting a query to its last token, s: 95th and 99th "
+                    "percentile over queries",
     "accepted/drafted": "accepted draft tokens over drafted ones (summary.csv acceptance): "
                         "drafts after a rejection are never tested, so this is below alpha",
     "alpha": "per-token acceptance, accepted / (accepted + rejections) (summary.csv "
@@ -291,52 +292,64 @@ GLOSSARY = {
     "too close to call": INTERVAL_RULE,
 }
 
-SPEED_COLUMNS = [("rank", None), ("tok/s [low, high]", "tokens_per_s"),
-                 ("model", "predicted_tokens_per_s"), ("model vs CI", None),
-                 ("TTFT p50 ms", "ttft_ms_p50"), ("TTFT p95 ms", "ttft_ms_p95"),
-                 ("e2e p95 s", "e2e_s_p95")]
-SPECULATION_COLUMNS = [("accepted/drafted", "acceptance", 2), ("alpha", "per_token_acceptance", 2),
-                       ("cycle p50", "cycle_ms_p50", 1), ("cycle p99", "cycle_ms_p99", 1),
-                       ("RTT p50", "rtt_ms_p50", 1), ("net", "network_ratio", 2),
-                       ("B/tok", "bytes_up_per_token", 0), ("cloud ms/tok", "cloud_ms_per_token", 1),
-                       ("crossover", "crossover_rtt_ms", None), ("accuracy", "accuracy", 2),
-                       ("lossless", "lossless", 2)]
+def _formatted(column: str, digits: int = 1):
+    return partial(format_number_of, column=column, digits=digits)
 
 
-def _table(title: str, headers: list[str]) -> Table:
+def format_number_of(row, column: str, digits: int = 1) -> str:
+    return format_number(row.get(column, np.nan), digits)
+
+
+def _rank_of(row) -> str:
+    return format_rank(row["rank_tokens_per_s"], row["lossy"])
+
+
+def _crossover_of(row) -> str:
+    return format_crossover(row.get("crossover_rtt_ms", np.nan))
+
+
+# header -> how a summary row shows in it
+SPEED_COLUMNS = {
+    "rank": _rank_of,
+    "tok/s [low, high]": partial(format_measured, column="tokens_per_s"),
+    "model": _formatted("predicted_tokens_per_s"),
+    "model vs CI": lambda row: model_vs_measured(row) or "-",
+    "TTFT p50 ms": partial(format_measured, column="ttft_ms_p50", digits=0),
+    "TTFT p95 ms": partial(format_measured, column="ttft_ms_p95", digits=0),
+    "e2e p95 s": partial(format_measured, column="e2e_s_p95", digits=2),
+    "e2e p99 s": partial(format_measured, column="e2e_s_p99", digits=2),
+}
+SPECULATION_COLUMNS = {
+    "accepted/drafted": _formatted("acceptance", 2),
+    "alpha": _formatted("per_token_acceptance", 2),
+    "cycle p50": _formatted("cycle_ms_p50"), "cycle p99": _formatted("cycle_ms_p99"),
+    "RTT p50": _formatted("rtt_ms_p50"), "net": _formatted("network_ratio", 2),
+    "B/tok": _formatted("bytes_up_per_token", 0),
+    "cloud ms/tok": _formatted("cloud_ms_per_token"),
+    "crossover": _crossover_of, "accuracy": _formatted("accuracy", 2),
+    "lossless": _formatted("lossless", 2),
+}
+
+
+def formatted_frame(summary: pd.DataFrame, columns: dict, first=("strategy",)) -> pd.DataFrame:
+    """One formatted row per summary row: the ``first`` columns as they are, then
+    ``columns`` (header -> formatter of a row).  Speed ranks are added where missing."""
+    if "rank_tokens_per_s" not in summary:
+        summary = summary.join(speed_ranks(summary))
+    return pd.DataFrame([{**{name: row[name] for name in first},
+                          **{header: show(row) for header, show in columns.items()}}
+                         for _, row in summary.iterrows()],
+                        columns=[*first, *columns])
+
+
+def rich_table(frame: pd.DataFrame, title: str, text_columns=("strategy",)) -> Table:
+    """``frame`` (already formatted) as a terminal table; ``text_columns`` left-aligned."""
     table = Table(title=escape(title), title_justify="left")
-    table.add_column("strategy")
-    for header in headers:
-        table.add_column(escape(header), justify="right")
-    return table
-
-
-def _add_row(table: Table, cells: list[str]) -> None:
-    table.add_row(*map(escape, cells))
-
-
-def speed_table(summary: pd.DataFrame, title: str) -> Table:
-    """Rank, tokens/s with its interval beside the model, TTFT and e2e with intervals."""
-    ranked = summary.join(speed_ranks(summary))
-    table = _table(title, [header for header, _ in SPEED_COLUMNS])
-    for _, row in ranked.iterrows():
-        _add_row(table, [row["strategy"], format_rank(row["rank_tokens_per_s"], row["lossy"]),
-                      format_measured(row, "tokens_per_s"),
-                      format_number(row.get("predicted_tokens_per_s", np.nan)),
-                      model_vs_measured(row) or "-", format_measured(row, "ttft_ms_p50", 0),
-                      format_measured(row, "ttft_ms_p95", 0), format_measured(row, "e2e_s_p95", 2)])
-    return table
-
-
-def speculation_table(summary: pd.DataFrame, title: str) -> Table:
-    """Acceptance both ways, cycle and RTT, network share, bytes, cloud cost, crossover,
-    accuracy, losslessness."""
-    table = _table(title, [header for header, _, _ in SPECULATION_COLUMNS])
-    for _, row in summary.iterrows():
-        _add_row(table, [row["strategy"], *[
-            format_crossover(row.get(key, np.nan)) if digits is None
-            else format_number(row.get(key, np.nan), digits)
-            for _, key, digits in SPECULATION_COLUMNS]])
+    for column in frame.columns:
+        table.add_column(escape(column), justify="left" if column in text_columns else "right",
+                         overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(escape(str(cell)) for cell in row))
     return table
 
 
@@ -354,9 +367,10 @@ def text_list(title: str, items) -> Table:
 def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     """The two summary tables, every column defined, then what the intervals allow."""
     queries = int(summary["queries"].max()) if len(summary) else 0
-    console.print(speed_table(summary, f"{title}: speed ({queries} queries per strategy, "
-                                       "95 % intervals)"))
-    console.print(speculation_table(summary, f"{title}: speculation, cost, quality"))
+    console.print(rich_table(formatted_frame(summary, SPEED_COLUMNS),
+                             f"{title}: speed ({queries} queries per strategy, 95 % intervals)"))
+    console.print(rich_table(formatted_frame(summary, SPECULATION_COLUMNS),
+                             f"{title}: speculation, cost, quality"))
     console.print(text_list("columns", GLOSSARY.items()))
     console.print(text_list("what the intervals allow",
                             [("-", line + ".") for line in conclusions(summary)]))
