@@ -72,14 +72,14 @@ def key_frame(board: pd.DataFrame) -> pd.DataFrame:
             fastest = ranked.iloc[0]
             row.update({
                 "fastest lossless": fastest["strategy"],
-                "tok/s [low, high]": format_measured(fastest, "tokens_per_s"),
+                "tok/s": format_measured(fastest, "tokens_per_s"),
                 "runner-up": _lead(fastest, ranked.iloc[1] if len(ranked) > 1 else None),
                 "model": " ".join(filter(None, [
                     format_number(fastest.get("predicted_tokens_per_s", np.nan)),
                     model_vs_measured(fastest)])),
                 "cloud-only": format_number(cloud["tokens_per_s"]) if cloud is not None else "-",
                 "speed-up": _speed_up(fastest, cloud)})
-        row["lossy, unranked"] = ", ".join(f"{r['strategy']} {format_number(r['tokens_per_s'])}"
+        row["lossy (unranked)"] = ", ".join(f"{r['strategy']} {format_number(r['tokens_per_s'])}"
                                            for _, r in lossy.iterrows()) or "-"
         row["most accurate"] = (f"{accurate['strategy']} {format_number(accurate['accuracy'], 2)}"
                                 if pd.notna(accurate["accuracy"]) else "-")
@@ -149,24 +149,35 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
 
 KEY_TITLE = "leaderboard (per cell; full table in leaderboard.csv)"
 REVERSAL_TITLE = "performance reversal: RTT (ms) above which cloud-only decodes faster"
-TEXT_COLUMNS = {"cell", "fastest lossless", "runner-up", "lossy, unranked", "most accurate",
+TEXT_COLUMNS = {"cell", "fastest lossless", "runner-up", "lossy (unranked)", "most accurate",
                 "bandwidth", "codec", "strategy", "RTTs swept", "note", "conclusive"}
 KEY_LEGEND = {
+    "cell": "one network condition of the sweep (profile or grid point; @codec where the "
+            "sweep compares payload codecs), or the run",
     "fastest lossless": "the strategy with the most tok/s among those whose output is the "
-                        "target model's; [low, high]: its 95 % interval",
+                        "target model's",
+    "tok/s": GLOSSARY["tok/s"] + "; [low, high]: its 95 % interval",
     "runner-up": "the second fastest lossless strategy; clear: the two tok/s intervals do "
                  "not overlap; overlaps: too close to call",
     "model": "the analytic model's tok/s for the fastest, and whether it lies inside, above "
              "or below the measured interval",
     "cloud-only": "cloud-only's tok/s (its interval is in the full leaderboard)",
     "speed-up": "fastest lossless over cloud-only; clear or overlaps as for the runner-up",
-    "lossy, unranked": "strategies whose output is not the target model's, with their tok/s: "
+    "lossy (unranked)": "strategies whose output is not the target model's, with their tok/s: "
                        "never ranked for speed",
     "most accurate": "the strategy with the largest share of right answers, and that share; "
                      "- where the prompts have no answers",
-    "conclusive": "whether the measured reversal rests on tok/s intervals of fixed-K and "
-                  "cloud-only that do not overlap at the RTTs around it",
-    "predicted ms": "the model's reversal RTT; never: slower than cloud-only even at zero RTT",
+}
+REVERSAL_LEGEND = {
+    "measured ms": "the RTT where fixed-K's seconds per token cross cloud-only's, "
+                   "interpolated linearly between the swept RTTs; - where they do not cross "
+                   "in the range (the note says which side)",
+    "conclusive": "whether the measured verdict rests on tok/s intervals of fixed-K and "
+                  "cloud-only that do not overlap at the RTTs around the crossing (every RTT "
+                  "without one); no: too wide to conclude",
+    "predicted ms": "the model's reversal RTT; never: slower than cloud-only even at zero RTT "
+                    "(reversal.csv keeps the negative number)",
+    "RTTs swept": "the RTTs of the series' cells (same bandwidth, jitter, loss and codec)",
 }
 
 
@@ -299,7 +310,6 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
     captions = {plot.name: plot.caption for plot in PLOTS}
     summary = pd.DataFrame(job_summary(path, board, config).items())
     speed, speculation = leaderboard_frames(board)
-    reversal_terms = {term: KEY_LEGEND[term] for term in ("conclusive", "predicted ms")}
     parts = [
         f"<h1>Cloud-edge speculative decoding: {html.escape(path.name)}</h1>",
         table_html(summary, header=False, classes="summary"),
@@ -311,7 +321,7 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
         "</ul>",
         "<h2>Per cell</h2>", table_html(key_frame(board)), _legend_html(KEY_LEGEND),
         "<h2>Performance reversal</h2>",
-        (table_html(reversal_frame(reversals)) + _legend_html(reversal_terms)
+        (table_html(reversal_frame(reversals)) + _legend_html(REVERSAL_LEGEND)
          if len(reversals) else
          "<p>No series of static cells spans two RTTs with cloud-only and fixed-K: "
          "no reversal to compute.</p>"),
@@ -354,9 +364,9 @@ def report_folder(path: Path, console: Console) -> Path:
     terms = dict(KEY_LEGEND)
     if not reversals.empty:
         console.print(rich_table(reversal_frame(reversals), REVERSAL_TITLE, TEXT_COLUMNS))
-    else:
-        terms = {t: v for t, v in terms.items() if t not in ("conclusive", "predicted ms")}
-    console.print(text_list("columns (every term: report.html, How to read)", terms.items()))
+        terms.update(REVERSAL_LEGEND)
+    console.print(text_list("columns (every term: report.html, How to read this page)",
+                            terms.items()))
     console.print(text_list("what the intervals allow",
                             [("-", line + ".") for line in board_conclusions(board, reversals)]))
     written, skipped = write_plots(results, path / PLOTS_FOLDER)

@@ -266,16 +266,16 @@ GLOSSARY = {
              "verify + transfer + RTT)",
     "model vs CI": "whether the model's tok/s lies inside, above or below the measured "
                    "interval",
-    "TTFT p50, p95": "time from submitting a query to its first output token on the edge, "
-                     "ms: median and 95th percentile over queries",
-    "e2e p95, p99": "time from submitting a query to its last token, s: 95th and 99th "
-                    "percentile over queries",
+    "TTFT p50, TTFT p95": "time from submitting a query to its first output token on the "
+                          "edge, ms: median and 95th percentile over queries",
+    "e2e p95, e2e p99": "time from submitting a query to its last token, s: 95th and 99th "
+                        "percentile over queries",
     "accepted/drafted": "accepted draft tokens over drafted ones (summary.csv acceptance): "
                         "drafts after a rejection are never tested, so this is below alpha",
     "alpha": "per-token acceptance, accepted / (accepted + rejections) (summary.csv "
              "per_token_acceptance): the maximum-likelihood chance that one drafted token "
              "passes verification, the a of the analytic model",
-    "cycle p50, p99": "wall time of one speculation cycle on the edge (draft, send, verify, "
+    "cycle p50, cycle p99": "wall time of one speculation cycle on the edge (draft, send, verify, "
                       "receive), ms, over cycles; - for strategies without cycles",
     "RTT p50": "a cycle's network round trip on the edge, send to receive minus the cloud's "
                "reported compute, ms, median over cycles",
@@ -311,13 +311,13 @@ def _crossover_of(row) -> str:
 # header -> how a summary row shows in it
 SPEED_COLUMNS = {
     "rank": _rank_of,
-    "tok/s [low, high]": partial(format_measured, column="tokens_per_s"),
+    "tok/s": partial(format_measured, column="tokens_per_s"),
     "model": _formatted("predicted_tokens_per_s"),
     "model vs CI": lambda row: model_vs_measured(row) or "-",
-    "TTFT p50 ms": partial(format_measured, column="ttft_ms_p50", digits=0),
-    "TTFT p95 ms": partial(format_measured, column="ttft_ms_p95", digits=0),
-    "e2e p95 s": partial(format_measured, column="e2e_s_p95", digits=2),
-    "e2e p99 s": partial(format_measured, column="e2e_s_p99", digits=2),
+    "TTFT p50": partial(format_measured, column="ttft_ms_p50", digits=0),
+    "TTFT p95": partial(format_measured, column="ttft_ms_p95", digits=0),
+    "e2e p95": partial(format_measured, column="e2e_s_p95", digits=2),
+    "e2e p99": partial(format_measured, column="e2e_s_p99", digits=2),
 }
 SPECULATION_COLUMNS = {
     "accepted/drafted": _formatted("acceptance", 2),

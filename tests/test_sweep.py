@@ -88,11 +88,17 @@ def test_the_leaderboard_ranks_each_cell_by_speed_and_accuracy(resumed_sweep):
     board = leaderboard(load_results(resumed_sweep.path))
     assert list(board["cell"].unique()) == [c.name for c in expand(load_job(str(SMALL_SWEEP_JOB)))]
     for _, rows in board.groupby("cell"):
-        assert list(rows["rank_tokens_per_s"]) == list(range(1, len(rows) + 1))
-        assert rows["tokens_per_s"].is_monotonic_decreasing
+        lossless = rows[~rows["lossy"]]
+        assert list(lossless["rank_tokens_per_s"]) == list(range(1, len(lossless) + 1))
+        assert lossless["tokens_per_s"].is_monotonic_decreasing
+        assert rows["lossy"].tolist()[-1] and rows["strategy"].tolist()[-1] == "edge-only"
     fast = board[board["cell"] == "rtt000-bw010"].set_index("strategy")
-    # synthetic pair: the edge drafts at 250 tok/s, the cloud decodes at 33
-    assert fast.loc["edge-only", "rank_tokens_per_s"] == 1
+    # synthetic pair: the edge drafts at 250 tok/s, the cloud decodes at 33: the fastest by far,
+    # but lossy (the draft's output), so flagged and never ranked for speed
+    assert fast.loc["edge-only", "tokens_per_s"] == fast["tokens_per_s"].max()
+    assert fast.loc["edge-only", "lossy"] and pd.isna(fast.loc["edge-only", "rank_tokens_per_s"])
+    assert not fast.drop(index="edge-only")["lossy"].any()
+    assert fast["rank_tokens_per_s"].min() == 1
     # a 30 ms decode step per token, plus the prefill spread over 16 tokens
     assert 30.0 <= fast.loc["cloud-only", "cloud_ms_per_token"] <= 40.0
     # speculation verifies several tokens per 32.5 ms forward: the cloud's cost per token drops
