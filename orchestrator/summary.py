@@ -145,7 +145,7 @@ def speed_ranks(cell: pd.DataFrame) -> pd.DataFrame:
     lossless_rates = cell["tokens_per_s"].where(~cell["lossy"].astype(bool))
     ranks = lossless_rates.rank(ascending=False, method="min")
     order = ranks.dropna().sort_values(kind="stable").index
-    apart = pd.Series(None, index=cell.index, dtype=object)
+    apart = pd.Series([None] * len(cell), index=cell.index, dtype=object)
     for here, below in zip(order, order[1:]):
         apart[here] = separated(interval(cell.loc[here], "tokens_per_s"),
                                 interval(cell.loc[below], "tokens_per_s"))
@@ -206,12 +206,10 @@ def speed_conclusion(cell: pd.DataFrame) -> str:
     second = ranked.iloc[1]
     runner_up = (f"the runner-up {second['strategy']} "
                  f"({format_measured(second, 'tokens_per_s')})")
-    verdict = first["separated_from_next"]
-    if verdict is None:
-        return f"{text}; not told apart from {runner_up}: no interval (fewer than 2 queries)"
-    if verdict:
-        return f"{text}; clear of {runner_up}: the intervals do not overlap"
-    return f"{text}; too close to call: the intervals of it and {runner_up} overlap"
+    verdict = {True: f"clear of {runner_up}: the intervals do not overlap",
+               False: f"too close to call: the intervals of it and {runner_up} overlap"}
+    return f"{text}; " + verdict.get(first["separated_from_next"], f"not told apart from "
+                                     f"{runner_up}: no interval (fewer than 2 queries)")
 
 
 def model_conclusion(cell: pd.DataFrame) -> str | None:
