@@ -25,7 +25,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 from orchestrator.analysis import reversal
 from orchestrator.results import ResultsFolder
 from orchestrator.run import predicted_curve
-from orchestrator.summary import read_jsonl
+from orchestrator.summary import read_jsonl, verdict_of
 
 DPI = 100
 MARKERS = "osD^vPX*<>ph"
@@ -150,7 +150,7 @@ def _mark_reversal(ax, row: pd.Series) -> None:
     """A dotted line at the measured reversal RTT, or the reason there is none."""
     rtt = row["measured_reversal_rtt_ms"]
     if np.isfinite(rtt):
-        shaky = row.get("measured_reversal_conclusive") is False
+        shaky = verdict_of(row.get("measured_reversal_conclusive")) is False
         ax.axvline(rtt, color="black", linestyle=":", lw=1.5)
         ax.annotate(f"reversal {rtt:.0f} ms" + (" (intervals overlap)" if shaky else ""),
                     (rtt, 0.5), xycoords=("data", "axes fraction"),

@@ -27,7 +27,7 @@ from orchestrator.results import ResultsFolder
 from orchestrator.summary import (GLOSSARY, INTERVAL_RULE, SPECULATION_COLUMNS, SPEED_COLUMNS,
                                   format_crossover, format_measured, format_number,
                                   formatted_frame, interval, model_vs_measured, rich_table,
-                                  text_list)
+                                  text_list, verdict_of)
 from validation.stats import separated
 from orchestrator.sweep import SweepFolder
 
@@ -39,7 +39,7 @@ def _lead(fastest: pd.Series, runner_up: pd.Series | None) -> str:
     """The runner-up and whether the fastest's tokens/s interval clears it."""
     if runner_up is None:
         return "-"
-    verdict = {True: "clear", False: "overlaps"}.get(fastest["separated_from_next"],
+    verdict = {True: "clear", False: "overlaps"}.get(verdict_of(fastest["separated_from_next"]),
                                                      "no interval")
     return f"{runner_up['strategy']}: {verdict}"
 
@@ -97,7 +97,8 @@ def reversal_frame(reversals: pd.DataFrame) -> pd.DataFrame:
         "loss %": reversals["loss_pct"].map(lambda v: format_number(v, 0)),
         "codec": reversals["codec"], "strategy": reversals["strategy"],
         "measured ms": reversals["measured_reversal_rtt_ms"].map(format_number),
-        "conclusive": conclusive.map({True: "yes", False: "no: overlap"}).fillna("-"),
+        "conclusive": conclusive.map(lambda value: {True: "yes", False: "no: overlap"}.get(
+            verdict_of(value), "-")),
         "predicted ms": reversals["predicted_reversal_rtt_ms"].map(format_crossover),
         "RTTs swept": reversals["rtts"], "note": reversals["note"]})
 
@@ -113,15 +114,18 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
     clears its runner-up, which strategies are lossy, where the model lies against the
     measured interval, and which measured reversals rest on overlapping intervals."""
     cells = board["cell"].nunique()
-    firsts = board[board["rank_tokens_per_s"] == 1].drop_duplicates("cell")
-    verdicts = firsts["separated_from_next"]
-    close = [f"{row['cell']} ({row['strategy']})" for (_, row), verdict in
-             zip(firsts.iterrows(), verdicts) if verdict is False]
+    ranked = board.dropna(subset=["rank_tokens_per_s"])      # fastest first within a cell
+    leaders = ranked.groupby("cell", sort=False)["strategy"].agg(lambda names: " vs ".join(
+        names.iloc[:2]))
+    firsts = ranked.drop_duplicates("cell")
+    verdicts = firsts["separated_from_next"].map(verdict_of)
+    close = [f"{row['cell']} ({leaders[row['cell']]})"
+             for (_, row), verdict in zip(firsts.iterrows(), verdicts) if verdict is False]
+    unknown = sum(verdict is None for verdict in verdicts)
     lines = [f"the fastest lossless strategy clears its runner-up in "
-             f"{sum(v is True for v in verdicts)} of {cells} cells"
+             f"{sum(verdict is True for verdict in verdicts)} of {cells} cells"
              + (f"; too close to call in {_listed(close)}" if close else "")
-             + (f"; no interval to tell in {sum(v is None for v in verdicts)}"
-                if any(v is None for v in verdicts) and len(firsts) else "")]
+             + (f"; no interval (or no runner-up) to tell in {unknown}" if unknown else "")]
     lossy = sorted(board.loc[board["lossy"].astype(bool), "strategy"].unique())
     if lossy:
         lines.append(f"lossy, shown but never ranked for speed: {', '.join(lossy)}")
@@ -137,13 +141,12 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
                      f"{(judged == 'inside').sum()} of {len(judged)} measured points"
                      + (f"; outside for {_listed(outside)}" if outside else ""))
     if len(reversals) and "measured_reversal_conclusive" in reversals:
-        shaky = reversals[reversals["measured_reversal_conclusive"].map(lambda v: v is False)]
-        settled = reversals["measured_reversal_conclusive"].map(lambda v: v is True).sum()
+        conclusive = reversals["measured_reversal_conclusive"].map(verdict_of)
+        shaky = [f"{row.strategy} ({bandwidth_label(row.bandwidth_mbps)}, {row.codec})"
+                 for row, verdict in zip(reversals.itertuples(), conclusive) if verdict is False]
         lines.append(f"measured reversal verdicts resting on intervals that do not overlap: "
-                     f"{settled} of {len(reversals)}"
-                     + (f"; too wide to conclude for "
-                        f"{_listed([f'{r.strategy} ({bandwidth_label(r.bandwidth_mbps)}, {r.codec})' for r in shaky.itertuples()])}"
-                        if len(shaky) else ""))
+                     f"{sum(verdict is True for verdict in conclusive)} of {len(reversals)}"
+                     + (f"; too wide to conclude for {_listed(shaky)}" if shaky else ""))
     return lines
 
 

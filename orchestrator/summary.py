@@ -152,6 +152,13 @@ def speed_ranks(cell: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"rank_tokens_per_s": ranks, "separated_from_next": apart})
 
 
+def verdict_of(value) -> bool | None:
+    """A stored yes/no verdict (``separated_from_next``, ``measured_reversal_conclusive``) as
+    True or False, or None where it is unknown (None, NaN)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) \
+        else bool(value)
+
+
 def model_vs_measured(row) -> str | None:
     """Where the model's tokens/s lies against the measured interval (``inside``, ``above``,
     ``below``; None when either is unknown)."""
@@ -208,7 +215,7 @@ def speed_conclusion(cell: pd.DataFrame) -> str:
                  f"({format_measured(second, 'tokens_per_s')})")
     verdict = {True: f"clear of {runner_up}: the intervals do not overlap",
                False: f"too close to call: the intervals of it and {runner_up} overlap"}
-    return f"{text}; " + verdict.get(first["separated_from_next"], f"not told apart from "
+    return f"{text}; " + verdict.get(verdict_of(first["separated_from_next"]), f"not told apart from "
                                      f"{runner_up}: no interval (fewer than 2 queries)")
 
 
