@@ -7,6 +7,9 @@ no display, no global state) and writes it; it raises ``Skipped`` with the
 reason when the folder's data cannot support the figure (one RTT, no jitter
 layers, no codec sweep...).  ``PLOTS`` lists them with the sentence the
 report page shows under each; ``write_plots`` draws them all into a folder.
+Every measured point carries a bar spanning its 95 % interval (the
+``<column>_low`` / ``<column>_high`` of the summary), and lossy strategies
+are marked as such in the legends.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
 """The report of a results folder: CSVs, the terminal's key tables, plots, one HTML page.
 
-``report_folder`` writes ``leaderboard.csv``, ``reversal.csv`` and
-``rank/all_rank.csv`` (Ianvs layout) next to the cells, the figures of
-``orchestrator.plots`` under ``plots/``, and ``report.html``: one
-self-contained page (figures inlined as data URIs, inline CSS, no script, no
-external address) with the job, the key per-cell table, the full leaderboard,
-the reversal RTTs, every figure, the figures skipped and why, and how to read
-it all.  On the terminal it prints the key table and the reversal table.
+``report_folder`` writes ``leaderboard.csv`` (with ``lossy``, the speed rank
+among lossless strategies, ``separated_from_next``, ``model_vs_measured`` and
+every interval), ``reversal.csv`` and ``rank/all_rank.csv`` (Ianvs layout)
+next to the cells, the figures of ``orchestrator.plots`` under ``plots/``,
+and ``report.html``: one self-contained page (figures inlined as data URIs,
+inline CSS, no script, no external address) that fits a 1280 px window
+(text and intervals wrap; the full leaderboard is two tables) with the job,
+what the intervals allow one to conclude, the key per-cell table, the
+reversal RTTs, every figure, the figures skipped and why, the full
+leaderboard, and every term defined.  On the terminal it prints the key
+table, the reversal table, their legend and the conclusions.
 """
 
 from __future__ import annotations

@@ -1,12 +1,22 @@
-"""From per-query and per-cycle records to the per-strategy summary.
+"""From per-query and per-cycle records to the per-strategy summary, and how it reads.
 
 One row per strategy label (``cloud-only``, ``fixed-k5``, ...): percentiles
 over queries of tokens/s, TTFT and end-to-end latency; the aggregate rate
 (all decoded tokens over all decode time, the figure the analytic model
-predicts); acceptance; cycle time and RTT percentiles; network share of the
+predicts); acceptance (accepted/drafted, and the per-token maximum-likelihood
+alpha the model uses); cycle time and RTT percentiles; network share of the
 cycle; bytes and cloud compute per output token; task accuracy where the
-prompts have answers; and, under greedy decoding, the share of queries whose
-output equals cloud-only's token for token (losslessness).
+prompts have answers; under greedy decoding, the share of queries whose
+output equals cloud-only's token for token (losslessness); and ``lossy``,
+whether the strategy's output is not the target model's.  Every query-level
+figure carries its 95 % interval as ``<column>_low`` / ``<column>_high``
+(``validation.stats``: a seeded bootstrap over query rows).
+
+Reading it (pure functions shared by the terminal and the report): speed
+ranks among lossless strategies only, with whether each lead is clear of the
+next (the intervals do not overlap) or too close to call; where the model's
+prediction lies against the measured interval; the sentences that say so;
+the formatted tables, and ``GLOSSARY``, the definition of every column.
 """
 
 from __future__ import annotations
