@@ -30,8 +30,8 @@ from orchestrator.plots import PLOTS, bandwidth_label, write_plots
 from orchestrator.results import ResultsFolder
 from orchestrator.summary import (GLOSSARY, INTERVAL_RULE, SPECULATION_COLUMNS, SPEED_COLUMNS,
                                   format_crossover, format_measured, format_number,
-                                  formatted_frame, interval, model_vs_measured, rich_table,
-                                  text_list, verdict_of)
+                                  formatted_frame, interval, model_miss, model_vs_measured,
+                                  rich_table, text_list, verdict_of)
 from validation.stats import separated
 from orchestrator.sweep import SweepFolder
 
@@ -136,9 +136,7 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
     model = board.apply(model_vs_measured, axis=1) if len(board) else pd.Series(dtype=object)
     judged = model.dropna()
     if len(judged):
-        outside = [f"{row['cell']} {row['strategy']} (model "
-                   f"{format_number(row['predicted_tokens_per_s'])}, measured "
-                   f"{format_measured(row, 'tokens_per_s')})"
+        outside = [f"{row['cell']} {model_miss(row)}"
                    for (_, row), verdict in zip(board.iterrows(), model)
                    if verdict in ("above", "below")]
         lines.append(f"the model's tok/s lies inside the measured interval for "
