@@ -152,6 +152,9 @@ def speed_ranks(cell: pd.DataFrame) -> pd.DataFrame:
     strategies (1 fastest, ties share the better rank; NaN for lossy ones, never ranked for
     speed) and ``separated_from_next`` (its tokens/s interval does not overlap the next-ranked
     lossless strategy's; None for the last one or where an interval is missing)."""
+    if cell.empty:
+        return pd.DataFrame(index=cell.index, columns=["rank_tokens_per_s",
+                                                       "separated_from_next"], dtype=object)
     lossless_rates = cell["tokens_per_s"].where(~cell["lossy"].astype(bool))
     ranks = lossless_rates.rank(ascending=False, method="min")
     order = ranks.dropna().sort_values(kind="stable").index
@@ -262,6 +265,8 @@ def lossy_conclusion(cell: pd.DataFrame) -> str | None:
 
 def conclusions(cell: pd.DataFrame) -> list[str]:
     """What one run's (or sweep cell's) intervals allow one to conclude, as sentences."""
+    if cell.empty:
+        return ["no strategy finished a query: nothing to conclude"]
     return [line for line in (speed_conclusion(cell), lossy_conclusion(cell),
                               model_conclusion(cell)) if line]
 
@@ -369,9 +374,9 @@ def rich_table(frame: pd.DataFrame, title: str, text_columns=("strategy",)) -> T
     narrow terminal other columns wrap, but a cell or strategy name is never broken or cut."""
     table = Table(title=escape(title), title_justify="left")
     for column in frame.columns:
-        names = frame[column].astype(str) if column in NAME_COLUMNS else pd.Series([""])
+        names = frame[column].astype(str) if column in NAME_COLUMNS else pd.Series(dtype=str)
         table.add_column(escape(column), justify="left" if column in text_columns else "right",
-                         overflow="fold", min_width=int(names.str.len().max()))
+                         overflow="fold", min_width=max(names.str.len(), default=None))
     for row in frame.itertuples(index=False):
         table.add_row(*(escape(str(cell)) for cell in row))
     return table

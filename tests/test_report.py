@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,20 @@ def test_a_folder_that_is_neither_exits_2_with_one_error_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "neither a sweep folder" in lines[0]
     assert not (tmp_path / REPORT).exists()
+
+
+def test_a_run_summarized_before_intervals_still_reports(run_report, tmp_path):
+    folder, _ = run_report
+    old = tmp_path / folder.name
+    shutil.copytree(folder, old)
+    summary = pd.read_csv(old / "summary.csv")
+    summary.drop(columns=[c for c in summary.columns
+                          if c.endswith(("_low", "_high")) or c == "lossy"]).to_csv(
+        old / "summary.csv", index=False)
+    reported = orchestrator("report", str(old))
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    board = pd.read_csv(old / "leaderboard.csv").set_index("strategy")
+    assert board["lossy"].to_dict() == {"cloud-spec": False, "fixed-k5": False,
+                                        "cloud-only": False, "edge-only": True}
+    assert board["separated_from_next"].isna().all()
+    assert "no interval (or no runner-up) to tell in 1" in reported.stdout

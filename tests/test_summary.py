@@ -138,3 +138,8 @@ def test_a_single_query_has_no_interval_and_reads_as_a_bare_number():
     one = summarize(queries.groupby("strategy").head(1), cycles).set_index("strategy")
     assert np.isnan(one["tokens_per_s_low"]).all() and np.isnan(one["tokens_per_s_high"]).all()
     assert speed_ranks(one)["separated_from_next"].isna().all()
+
+
+def test_a_run_without_queries_prints_empty_tables_and_the_legend():
+    text = printed(summarize(pd.DataFrame(columns=["strategy"]), pd.DataFrame()))
+    assert "nothing to conclude" in text and "accepted/drafted" in text
