@@ -32,20 +32,23 @@ from orchestrator.summary import (GLOSSARY, INTERVAL_RULE, SPECULATION_COLUMNS, 
                                   format_crossover, format_measured, format_number,
                                   formatted_frame, interval, model_miss, model_vs_measured,
                                   rich_table, text_list, verdict_of)
-from validation.stats import separated
 from orchestrator.sweep import SweepFolder
+from validation.stats import separated
 
 PLOTS_FOLDER = "plots"
 REPORT = "report.html"
+
+
+def _clear_or_overlaps(verdict) -> str:
+    """A separation verdict as the key table words it."""
+    return {True: "clear", False: "overlaps"}.get(verdict_of(verdict), "no interval")
 
 
 def _lead(fastest: pd.Series, runner_up: pd.Series | None) -> str:
     """The runner-up and whether the fastest's tokens/s interval clears it."""
     if runner_up is None:
         return "-"
-    verdict = {True: "clear", False: "overlaps"}.get(verdict_of(fastest["separated_from_next"]),
-                                                     "no interval")
-    return f"{runner_up['strategy']}: {verdict}"
+    return f"{runner_up['strategy']}: {_clear_or_overlaps(fastest['separated_from_next'])}"
 
 
 def _speed_up(fastest: pd.Series, cloud: pd.Series | None) -> str:
@@ -56,7 +59,7 @@ def _speed_up(fastest: pd.Series, cloud: pd.Series | None) -> str:
     if fastest["strategy"] == cloud["strategy"]:
         return ratio
     verdict = separated(interval(fastest, "tokens_per_s"), interval(cloud, "tokens_per_s"))
-    return f"{ratio} " + {True: "clear", False: "overlaps"}.get(verdict, "no interval")
+    return f"{ratio} {_clear_or_overlaps(verdict)}"
 
 
 def key_frame(board: pd.DataFrame) -> pd.DataFrame:
