@@ -8,7 +8,7 @@ the acceptance is the one measured in the run where there is one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -63,8 +63,8 @@ def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | N
     verify times; the plain decoding steps from cloud-only's streamed tokens and from
     edge-only's own loop where the run has them (steps of their own: cloud-only skips
     the verifier's work, edge-only decodes without waiting on the network).  The cloud's
-    draft is taken to run as fast as the edge's.  None when the run has no speculation
-    cycles."""
+    draft (cloud-spec) is taken to run as fast as the edge's does in a loop of its own:
+    edge-only's step where the run has it.  None when the run has no speculation cycles."""
     drafted = cycles[cycles["k"] > 0] if not cycles.empty else cycles
     if drafted.empty:
         return None
@@ -78,8 +78,9 @@ def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | N
     times = ComputeTimes(draft_token_s=draft_token_s, verify_base_s=max(base, 0.0),
                          verify_per_token_s=per_token,
                          decode_s=plain_step_s(queries, "cloud-only", "cloud"))
-    return HostTimes(edge=times, cloud=times,
-                     edge_decode_s=plain_step_s(queries, "edge-only", "edge"))
+    edge_decode_s = plain_step_s(queries, "edge-only", "edge")
+    cloud = times if edge_decode_s is None else replace(times, draft_token_s=edge_decode_s)
+    return HostTimes(edge=times, cloud=cloud, edge_decode_s=edge_decode_s)
 
 
 def transmit_s(direction: DirectionSpec, message_bytes: float) -> float:
