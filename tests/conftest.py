@@ -21,20 +21,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_SWEEP_JOB = ROOT / "tests" / "fixtures" / "sweep-small.yaml"
 
-# Agents this suite starts keep their settings under pytest's temporary folders.
-AGENT_PATTERN = "agents[.](edge|cloud) --settings .*pytest-of-"
+# Agents keep their settings in their run's folder: this session's are under its own
+# temporary folder, which tells them from the agents of any other run on the host.
+AGENT_PATTERN = "agents[.](edge|cloud) --settings "
 
 
-def running_agents() -> list[str]:
-    found = subprocess.run(["pgrep", "-af", AGENT_PATTERN], capture_output=True, text=True)
+def running_agents(under: Path | str = "pytest-of-") -> list[str]:
+    """Agent processes whose settings file lies under ``under`` (by default: any pytest's)."""
+    found = subprocess.run(["pgrep", "-af", AGENT_PATTERN + f".*{under}"], capture_output=True,
+                           text=True)
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_agent_left_behind():
-    before = set(running_agents())
+def no_agent_left_behind(tmp_path_factory):
+    """After the whole suite: no agent this session started is still running."""
+    ours = tmp_path_factory.getbasetemp()
     yield
-    left = [line for line in running_agents() if line not in before]
+    left = running_agents(ours)
     assert not left, f"agent processes left behind: {left}"
 
 

@@ -58,7 +58,6 @@ def test_a_signal_at_any_point_of_a_run_ends_it_with_128_plus_its_number(tmp_pat
                                                                          delay_s):
     """0 s: sent before the interpreter even started (held blocked until the handler is in,
     so it lands in the import window); later: imports, agents starting, queries."""
-    before = set(running_agents())
     child = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "run", "--mode", "sim", "--job", "smoke",
          "--profile", "rtt050-bw010", "--strategy", "fixed-k", "--max-new-tokens", "200",
@@ -74,6 +73,6 @@ def test_a_signal_at_any_point_of_a_run_ends_it_with_128_plus_its_number(tmp_pat
     assert child.returncode == 128 + getattr(signal, stop), err
     assert "interrupted" in err and "Traceback" not in err, err
     deadline = time.monotonic() + 10
-    while set(running_agents()) - before and time.monotonic() < deadline:
+    while running_agents(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not set(running_agents()) - before
+    assert not running_agents(tmp_path)
