@@ -80,5 +80,6 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[hf,dev]'
+# setuptools prints a 10-line banner for every editable install; it says nothing about this one.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e '.[hf,dev]'
 echo "setup: ready (.venv/bin/orchestrator)"

@@ -18,6 +18,7 @@ Run as a process: ``python -m agents.cloud --settings FILE``.
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 
@@ -25,11 +26,11 @@ import numpy as np
 import zmq
 from pydantic import ValidationError
 
-from agents.backends import HostModels, build_models
+from agents.backends import HostModels
 from agents.backends.base import TokenSequence
 from agents.codecs import DraftCodec, DraftPayload, encode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, error_message
-from agents.runtime import AgentRuntime, settings_from_argv
+from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.settings import AgentSettings
 from agents.sampling import SamplingConfig
 from agents.speculative import (apply_verdict, choose_token, draft_tokens, session_rng,
@@ -38,6 +39,7 @@ from agents.verification import pad_to_width
 from shaping.clock import now
 
 MAX_SESSIONS = 64
+log = logging.getLogger("cloud")
 
 
 @dataclass
@@ -69,11 +71,14 @@ class CloudAgent:
             elif message.type == "generate":
                 self._generate(message, peer, received_at)
             elif message.type == "close":
-                self.sessions.pop(message.session, None)
+                if self.sessions.pop(message.session, None) is not None:
+                    log.info("session %s closed", message.session)
             else:
                 raise ProtocolError(f"unexpected message type {message.type!r}")
         except (ProtocolError, ValueError, KeyError, ValidationError) as error:
             self.sessions.pop(message.session, None)
+            log.warning("session %s: %s answered with an error: %s: %s", message.session,
+                        message.type, type(error).__name__, error)
             self.channel.send(error_message(message.session, message.seq,
                                             f"{type(error).__name__}: {error}"), peer)
 
@@ -100,6 +105,8 @@ class CloudAgent:
         token = choose_token(target.next_probs(), sampling.decoding, rng)
         target.extend([token])
         self.sessions[message.session] = VerifySession(target, sampling, codec, rng)
+        log.info("session %s opened: %d prompt tokens, codec %s, %s decoding",
+                 message.session, target.prompt_length, codec.name, sampling.decoding)
         self.channel.send(Message("opened", message.session, message.seq, {
             "token": token, "eos": token == self.eos_id,
             "compute_s": now() - received_at}), peer)
@@ -154,6 +161,8 @@ class CloudAgent:
                 {"ids": np.asarray(new_tokens, dtype=np.int32)}),
                 peer)
             if finished:
+                log.info("session %s: %s generated %d tokens", message.session, strategy,
+                         len(target.generated))
                 return
             started = now()
             committed_length = len(target.tokens)
@@ -176,9 +185,10 @@ class CloudAgent:
 
 
 def serve(settings: AgentSettings) -> int:
+    start_log("cloud", settings)
     runtime = AgentRuntime(settings, zmq.ROUTER, receives_on="uplink")
     channel = runtime.channel
-    agent = CloudAgent(build_models(settings.model_pair, "cloud"), channel)
+    agent = CloudAgent(load_models(settings.model_pair, "cloud", log), channel)
     handlers = runtime.handlers()
     poller = zmq.Poller()
     poller.register(runtime.socket, zmq.POLLIN)
@@ -192,10 +202,11 @@ def serve(settings: AgentSettings) -> int:
                 except ReceiveTimeout:
                     continue
                 except ProtocolError as error:
-                    print(f"cloud: dropped a malformed message: {error}", file=sys.stderr)
+                    log.warning("dropped a malformed message: %s", error)
                     continue
                 agent.handle(message, peer, now())
             if runtime.control.socket in ready and runtime.control.serve_one(handlers) == "stop":
+                log.info("stopped by the orchestrator")
                 return 0
     finally:
         runtime.close()

@@ -8,6 +8,8 @@ missing answer as a dead agent.
 
 from __future__ import annotations
 
+import logging
+import time
 import traceback
 from typing import Any, Callable
 
@@ -15,6 +17,7 @@ import msgpack
 import zmq
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+WAIT_SLICE_S = 0.2   # how often a waiting caller gets to look elsewhere (agent alive? Ctrl-C?)
 
 
 class AgentError(RuntimeError):
@@ -39,6 +42,7 @@ class ControlServer:
             try:
                 reply = handler(request)
             except Exception as error:  # report to the orchestrator, keep serving
+                logging.getLogger(__name__).exception("control command %r failed", command)
                 reply = {"error": f"{type(error).__name__}: {error}",
                          "traceback": traceback.format_exc()}
         self.socket.send(msgpack.packb(reply, use_bin_type=True))
@@ -59,10 +63,24 @@ class ControlClient:
         self.socket.setsockopt(zmq.REQ_CORRELATE, 1)
         self.socket.connect(address)
 
-    def call(self, command: str, timeout_s: float, **arguments: Any) -> dict[str, Any]:
+    def call(self, command: str, timeout_s: float, while_waiting: Callable[[], None] | None = None,
+             **arguments: Any) -> dict[str, Any]:
+        """Send ``command`` and return the agent's answer.
+
+        ``while_waiting`` is called every ``WAIT_SLICE_S`` until the answer
+        comes; it may raise to abandon the call (the agent died, Ctrl-C).
+        """
         self.socket.send(msgpack.packb({"cmd": command, **arguments}, use_bin_type=True))
-        if not self.socket.poll(int(timeout_s * 1000)):
-            raise AgentError(f"{command!r} got no answer from {self.address} within {timeout_s:.0f} s")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AgentError(f"{command!r} got no answer from {self.address} "
+                                 f"within {timeout_s:.0f} s")
+            if self.socket.poll(int(1000 * min(left, WAIT_SLICE_S if while_waiting else left))):
+                break
+            if while_waiting is not None:
+                while_waiting()
         reply = msgpack.unpackb(self.socket.recv(), raw=False)
         if "error" in reply:
             raise AgentError(f"{command!r} failed in the agent: {reply['error']}")

@@ -15,6 +15,7 @@ sends ``query`` requests over the control plane and gets the records back.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Literal, Protocol
 
@@ -22,12 +23,12 @@ import numpy as np
 import zmq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agents.backends import HostModels, build_models
+from agents.backends import HostModels
 from agents.backends.base import TokenSequence
 from agents.codecs import decode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
-from agents.runtime import AgentRuntime, settings_from_argv
+from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.sampling import SamplingConfig
 from agents.speculative import (apply_verdict, choose_token, draft_tokens, sample_correction,
                                 session_rng)
@@ -35,6 +36,7 @@ from agents.verification import Verdict
 from shaping.clock import now
 
 StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", "fixed-k"]
+log = logging.getLogger("edge")
 
 
 class QueryRequest(BaseModel):
@@ -107,17 +109,23 @@ class EdgeAgent:
         t_submit = now()
         sequence = TokenSequence(self.models.draft, prompt_ids, request.sampling)
         t_first = t_last = t_submit
+        compute_s = first_s = 0.0
         while len(sequence.generated) < request.max_new_tokens:
-            token = choose_token(sequence.next_probs(), request.sampling.decoding, rng)
+            t_forward = now()
+            probs = sequence.next_probs()
+            compute_s += now() - t_forward
+            token = choose_token(probs, request.sampling.decoding, rng)
             sequence.extend([token])
             t_last = now()
             if len(sequence.generated) == 1:
-                t_first = t_last
+                t_first, first_s = t_last, compute_s
             if token == eos_id:
                 break
         output = sequence.generated
-        return self._record(request, prompt_ids, output, t_submit, t_first, t_last,
-                            bool(output) and output[-1] == eos_id), []
+        record = self._record(request, prompt_ids, output, t_submit, t_first, t_last,
+                              bool(output) and output[-1] == eos_id)
+        record.edge_compute_s, record.edge_first_s = compute_s, first_s
+        return record, []
 
     def _exchange(self, message: Message, expect: str) -> tuple[Message, int, int, float, float]:
         """Send, await the answer of type ``expect``; return it, bytes up/down and both instants."""
@@ -239,11 +247,15 @@ class EdgeAgent:
 
 def main(argv: list[str] | None = None) -> int:
     settings = settings_from_argv(argv, "Edge agent (started by the orchestrator)")
+    start_log("edge", settings)
     runtime = AgentRuntime(settings, zmq.DEALER, receives_on="downlink")
-    agent = EdgeAgent(build_models(settings.model_pair, "edge"), runtime.channel)
+    agent = EdgeAgent(load_models(settings.model_pair, "edge", log), runtime.channel)
 
     def query(request: dict) -> dict:
         record, cycles = agent.run_query(QueryRequest.model_validate(request["request"]))
+        log.info("query %s/%s/%d: %d tokens, TTFT %.1f ms, %.1f tokens/s, %d cycles",
+                 record.strategy, record.query_id, record.repetition, record.n_tokens,
+                 1000 * record.ttft_s, record.tokens_per_s, len(cycles))
         return {"query": record.as_dict(), "cycles": [c.as_dict() for c in cycles]}
 
     handlers = runtime.handlers(query=query)
@@ -252,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         runtime.close()
+    log.info("stopped by the orchestrator")
     return 0
 
 

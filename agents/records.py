@@ -53,6 +53,8 @@ class QueryRecord:
     bytes_down: int = 0
     cloud_compute_s: float = 0.0
     cloud_first_s: float = 0.0  # the cloud's compute for the first token (prefill included)
+    edge_compute_s: float = 0.0  # edge-only: the draft model's forwards, all tokens
+    edge_first_s: float = 0.0    # edge-only: the forward of the first token (prefill included)
     finished_by_eos: bool = False
     output_ids: list[int] = field(default_factory=list)
     output_text: str = ""

@@ -1,19 +1,35 @@
-"""What every agent process has: settings from the command line, a ZeroMQ
-context, the control server, the data-plane channel (emulating the direction
-it receives on, in sim mode) and the control commands common to all agents.
+"""What every agent process has: settings from the command line, its log, a
+ZeroMQ context, the control server, the data-plane channel (emulating the
+direction it receives on, in sim mode), its models, and the control
+commands common to all agents.
+
+The log goes to stderr, which the orchestrator writes to ``edge.log`` /
+``cloud.log`` in the run folder: start-up (versions, addresses, where the
+link is shaped, the models, their device and load time), one line per
+session or query, and every error with its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import platform
+import sys
+import time
+from importlib import metadata
 from typing import Any
 
 import zmq
 
+from agents.backends import Host, HostModels, ModelPairConfig, build_models
 from agents.control import ControlServer, Handler
 from agents.protocol import Channel
 from agents.settings import AgentSettings
 from shaping.simlink import Direction, SimulatedDirection
+
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s"
+VERSIONED = ("numpy", "pyzmq", "torch", "transformers")
 
 
 def settings_from_argv(argv: list[str] | None, description: str) -> AgentSettings:
@@ -22,6 +38,53 @@ def settings_from_argv(argv: list[str] | None, description: str) -> AgentSetting
     args = parser.parse_args(argv)
     with open(args.settings) as handle:
         return AgentSettings.model_validate_json(handle.read())
+
+
+def start_log(host: Host, settings: AgentSettings) -> logging.Logger:
+    """The agent's logger, on stderr; logs what this process is and where it talks."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT,
+                        datefmt="%H:%M:%S")
+    log = logging.getLogger(host)
+    versions = []
+    for package in VERSIONED:
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    log.info("started: pid %d, python %s, %s", os.getpid(), platform.python_version(),
+             ", ".join(versions))
+    link = ("sim link model on the direction received" if settings.sim_link is not None
+            else f"kernel link; network namespace {_namespace()}")
+    log.info("data plane %s (%s); control %s", settings.data_address, link,
+             settings.control_address)
+    return log
+
+
+def _namespace() -> str:
+    """The named network namespace this process runs in (``ip netns exec``), or the host's."""
+    try:
+        own = os.stat("/proc/self/ns/net").st_ino
+        for entry in os.scandir("/run/netns"):
+            if os.stat(entry.path).st_ino == own:
+                return entry.name
+    except OSError:
+        pass
+    return "of the host"
+
+
+def load_models(config: ModelPairConfig, host: Host, log: logging.Logger) -> HostModels:
+    """``build_models``, timed and logged (backend, models, device, load time)."""
+    started = time.perf_counter()
+    models = build_models(config, host)
+    if config.backend == "hf":
+        device = config.edge_device if host == "edge" else config.cloud_device
+        what = (f"draft {config.draft}" + (f", target {config.target}" if host == "cloud" else "")
+                + f" ({config.dtype} on {device})")
+    else:
+        what = f"acceptance {config.acceptance}, vocabulary {config.vocab_size}"
+    log.info("models of pair %r (%s): %s, loaded in %.2f s", config.name, config.backend, what,
+             time.perf_counter() - started)
+    return models
 
 
 class AgentRuntime:

@@ -31,6 +31,7 @@ from nasd.analytic import expected_tokens_per_cycle  # noqa: E402
 from orchestrator.results import ResultsFolder  # noqa: E402
 from orchestrator.run import RunSpec, run  # noqa: E402
 from orchestrator.summary import read_jsonl  # noqa: E402
+from validation.prediction import plain_step_s  # noqa: E402
 
 K = 5
 
@@ -46,8 +47,7 @@ def speedup(args) -> None:
     queries = read_jsonl(folder / ResultsFolder.QUERIES)
     cycles = read_jsonl(folder / ResultsFolder.CYCLES)
     cloud_only = queries[(queries["strategy"] == "cloud-only") & (queries["n_tokens"] > 1)]
-    t_decode = ((cloud_only["cloud_compute_s"] - cloud_only["cloud_first_s"]).sum()
-                / (cloud_only["n_tokens"] - 1).sum())
+    t_decode = plain_step_s(queries, "cloud-only", "cloud")
     full = cycles[cycles["k"] == K]
     t_draft = full["t_draft"].mean() / K
     t_verify = full["t_verify"].mean()

@@ -46,18 +46,22 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="edgespec-bench-"))
 
     print("fixed-k5, acceptance 0.7, 100 Mbps, no jitter, no loss")
+    print("model: the pair's modeled compute (goal within 5 %); stages: the run's measured "
+          "compute, modeled link; tau: tokens per cycle against E[tau]")
     print("overhead: cycle wall time - modeled compute - modeled link time (goal <= 0.3 ms)")
     print(f"{'RTT ms':>7} {'RTT p50 ms':>11} {'err ms':>7} {'tok/s':>8} {'model':>8} "
-          f"{'err %':>6} {'cycles':>6} {'overhead p50 ms':>16} {'p95 ms':>7}")
+          f"{'err %':>6} {'stages %':>8} {'tau %':>6} {'cycles':>6} {'overhead p50 ms':>16} "
+          f"{'p95 ms':>7}")
     for rtt in RTTS_MS:
         spec = RunSpec.load("accuracy", f"rtt{rtt:03d}-bw100", "sim", job_overrides=overrides)
         folder, summary = run_quietly(spec, root)
-        check = rate_check(summary, "fixed-k5", spec.profile.initial)
         cycles = read_jsonl(folder / ResultsFolder.CYCLES)
+        check = rate_check(summary, cycles, "fixed-k5", spec.profile.initial)
         overhead = percentiles(overhead_per_cycle_ms(cycles, spec.model_pair, spec.profile.initial))
         print(f"{rtt:7d} {check.rtt_measured_p50_ms:11.3f} {check.rtt_error_ms:7.3f} "
               f"{check.tokens_per_s:8.2f} {check.predicted_tokens_per_s:8.2f} "
-              f"{100 * check.rate_error:6.2f} {check.cycles:6d} {overhead['p50']:16.3f} "
+              f"{100 * check.rate_error:6.2f} {100 * check.stage_rate_error:8.2f} "
+              f"{100 * check.token_error:6.2f} {check.cycles:6d} {overhead['p50']:16.3f} "
               f"{overhead['p95']:7.3f}")
 
     spec = RunSpec.load("accuracy", "rtt050-bw010-l5", "sim",

@@ -2,12 +2,15 @@
 
 - ``load_results``: every finished cell's summary, one row per (cell,
   strategy), with the cell's link (RTT, bandwidth, jitter, loss) and codec.
-- ``leaderboard``: per cell, strategies ranked by tokens/s and by accuracy
-  (1 is best; ties share the better rank), cloud compute per output token
-  beside the latency figures.
+- ``leaderboard``: per cell, the lossless strategies ranked by tokens/s (lossy
+  ones, such as edge-only, flagged and never ranked for speed) with whether
+  each one's interval clears the next one's, and every strategy ranked by
+  accuracy (1 is best; ties share the better rank), cloud compute per output
+  token beside the latency figures.
 - ``reversal``: per series of cells that differ only in RTT, the RTT where
   each fixed-K (and the best fixed-K at each RTT) falls below cloud-only,
-  measured and as the analytic model predicts it.
+  measured and as the analytic model predicts it, and whether the measured
+  verdict rests on intervals that do not overlap.
 - ``ianvs_rank``: the leaderboard in Ianvs' ``rank/all_rank.csv`` layout.
 
 Pure pandas over the files the runs wrote; no plotting, no printing.
@@ -24,7 +27,9 @@ import yaml
 from orchestrator.configs import ConfigError
 from orchestrator.job import JobConfig
 from orchestrator.results import ResultsFolder
+from orchestrator.summary import interval, is_lossy, speed_ranks
 from orchestrator.sweep import SweepFolder
+from validation.stats import separated
 
 CELL_COLUMNS = ["cell", "rtt_ms", "bandwidth_mbps", "jitter_ms", "loss_pct", "codec"]
 SERIES_COLUMNS = ["bandwidth_mbps", "jitter_ms", "loss_pct", "codec"]
@@ -62,6 +67,9 @@ def load_results(path: Path) -> pd.DataFrame:
     frames = []
     for name, folder in cell_folders(path):
         summary = pd.read_csv(folder / ResultsFolder.SUMMARY)
+        if "lossy" not in summary:          # written before lossy strategies were flagged
+            summary["lossy"] = [is_lossy(row["strategy"], row.get("lossless", np.nan))
+                                for _, row in summary.iterrows()]
         config = yaml.safe_load((folder / ResultsFolder.CONFIG).read_text())
         link = cell_link(config)
         frames.append(summary.assign(cell=name, folder=str(folder), **link))
@@ -73,44 +81,73 @@ def load_results(path: Path) -> pd.DataFrame:
 
 
 def leaderboard(results: pd.DataFrame) -> pd.DataFrame:
-    """``results`` with per-cell ranks by tokens/s and by accuracy, fastest first."""
-    ranked = results.copy()
-    by_cell = ranked.groupby("cell", sort=False)
-    ranked["rank_tokens_per_s"] = by_cell["tokens_per_s"].rank(ascending=False, method="min")
-    ranked["rank_accuracy"] = by_cell["accuracy"].rank(ascending=False, method="min")
+    """``results`` with per-cell speed ranks of the lossless strategies (``speed_ranks``) and
+    accuracy ranks of all; per cell the ranked ones fastest first, then the lossy ones."""
+    ranked = results.reset_index(drop=True)
+    ranked = ranked.join(pd.concat([speed_ranks(cell)
+                                    for _, cell in ranked.groupby("cell", sort=False)]))
+    ranked["rank_accuracy"] = ranked.groupby("cell", sort=False)["accuracy"].rank(
+        ascending=False, method="min")
     order = {cell: i for i, cell in enumerate(ranked["cell"].unique())}
-    ranked = ranked.sort_values(["cell", "rank_tokens_per_s"],
-                                key=lambda c: c.map(order) if c.name == "cell" else c)
-    return ranked.reset_index(drop=True)
+    ranked = ranked.assign(_cell=ranked["cell"].map(order), _rate=-ranked["tokens_per_s"])
+    ranked = ranked.sort_values(["_cell", "rank_tokens_per_s", "_rate"], na_position="last",
+                                kind="stable")
+    return ranked.drop(columns=["_cell", "_rate"]).reset_index(drop=True)
 
 
-def _first_crossing(rtts: np.ndarray, gap: np.ndarray) -> tuple[float, str]:
-    """Where ``gap`` (speculation's seconds per token minus cloud-only's) turns positive.
+def _first_crossing(rtts: np.ndarray, gap: np.ndarray) -> tuple[float, str, list[float]]:
+    """Where ``gap`` (speculation's seconds per token minus cloud-only's) turns positive,
+    why there is no such RTT, and the RTTs the verdict rests on (the two around the
+    crossing, or every RTT when there is none).
 
     Seconds per token grow linearly with the RTT under the model, so a
     linear interpolation between the grid's RTTs is exact where it holds.
     """
     if np.all(gap > 0):
-        return np.nan, f"slower than cloud-only at every RTT (from {rtts[0]:g} ms)"
+        return np.nan, f"slower than cloud-only at every RTT (from {rtts[0]:g} ms)", list(rtts)
     for i in range(1, len(rtts)):
         if gap[i - 1] <= 0 < gap[i]:
             share = -gap[i - 1] / (gap[i] - gap[i - 1])
-            return float(rtts[i - 1] + share * (rtts[i] - rtts[i - 1])), ""
-    return np.nan, f"faster than cloud-only up to the largest RTT ({rtts[-1]:g} ms)"
+            return (float(rtts[i - 1] + share * (rtts[i] - rtts[i - 1])), "",
+                    [rtts[i - 1], rtts[i]])
+    return (np.nan, f"faster than cloud-only up to the largest RTT ({rtts[-1]:g} ms)",
+            list(rtts))
+
+
+def _rates_by_rtt(rows: pd.DataFrame) -> pd.DataFrame:
+    """Measured tokens/s and its interval bounds per RTT (the mean where cells repeat one)."""
+    columns = ["tokens_per_s", "tokens_per_s_low", "tokens_per_s_high"]
+    return rows.reindex(columns=["rtt_ms"] + columns).groupby("rtt_ms")[columns].mean()
+
+
+def _settled(speculation: pd.DataFrame, cloud: pd.DataFrame,
+             rtts: list[float]) -> tuple[bool | None, list[float]]:
+    """Whether speculation's and cloud-only's tokens/s intervals are apart at every one of
+    ``rtts`` (None where an interval is missing), and the RTTs where they overlap."""
+    verdicts = {rtt: separated(interval(speculation.loc[rtt], "tokens_per_s"),
+                               interval(cloud.loc[rtt], "tokens_per_s")) for rtt in rtts}
+    overlapping = [rtt for rtt, apart in verdicts.items() if apart is False]
+    if overlapping:
+        return False, overlapping
+    return (None if None in verdicts.values() else True), []
 
 
 def reversal(results: pd.DataFrame) -> pd.DataFrame:
     """Measured and predicted reversal RTT per series and fixed-K (and ``best fixed-K``).
 
     A series is the static cells that share bandwidth, jitter, loss and codec
-    and span at least two RTTs; each needs cloud-only and fixed-K rows.
+    and span at least two RTTs; each needs cloud-only and fixed-K rows.  The
+    measured verdict (a reversal RTT, or none in the range) is ``conclusive``
+    when at the RTTs it rests on (the two around the crossing, or every RTT
+    without one) fixed-K's and cloud-only's tokens/s intervals do not overlap;
+    None where intervals are missing.
     """
     rows = []
     static = results[results["static"]] if "static" in results else results
     for key, series in static.groupby(SERIES_COLUMNS, sort=False, dropna=False):
         if series["rtt_ms"].nunique() < 2:
             continue
-        cloud = series[series["strategy"] == "cloud-only"].groupby("rtt_ms")["tokens_per_s"].mean()
+        cloud = _rates_by_rtt(series[series["strategy"] == "cloud-only"])
         fixed = series[series["strategy"].str.startswith("fixed-k")]
         if cloud.empty or fixed.empty:
             continue
@@ -118,25 +155,34 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
         best = fixed.loc[fixed.groupby("rtt_ms")["tokens_per_s"].idxmax()]
         per_label["best fixed-K"] = best
         for label, group in per_label.items():
-            rate = group.groupby("rtt_ms")["tokens_per_s"].mean()
+            rate = _rates_by_rtt(group)
             rtts = np.array(sorted(set(rate.index) & set(cloud.index)))
             if len(rtts) < 2:
                 continue
-            gap = 1.0 / rate.loc[rtts].to_numpy() - 1.0 / cloud.loc[rtts].to_numpy()
-            measured, note = _first_crossing(rtts, gap)
+            gap = (1.0 / rate.loc[rtts, "tokens_per_s"].to_numpy()
+                   - 1.0 / cloud.loc[rtts, "tokens_per_s"].to_numpy())
+            measured, note, basis = _first_crossing(rtts, gap)
+            conclusive, overlapping = _settled(rate, cloud, basis)
             predicted = (group["crossover_rtt_ms"].median() if "crossover_rtt_ms" in group
                          else np.nan)
+            notes = [note]
+            if overlapping:
+                notes.append("too wide to conclude: the tokens/s intervals of it and "
+                             "cloud-only overlap at "
+                             + ", ".join(f"{rtt:g}" for rtt in overlapping) + " ms")
             if predicted < 0:
-                note = "; ".join(filter(None, [note, "the model predicts it never pays (a "
-                                               "negative reversal RTT)"]))
+                notes.append("the model predicts it never pays (a negative reversal RTT)")
             rows.append({**dict(zip(SERIES_COLUMNS, key)), "strategy": label,
                          "rtts": " ".join(f"{r:g}" for r in rtts),
                          "measured_reversal_rtt_ms": measured,
-                         "predicted_reversal_rtt_ms": predicted, "note": note})
+                         "measured_reversal_conclusive": conclusive,
+                         "predicted_reversal_rtt_ms": predicted,
+                         "note": "; ".join(filter(None, notes))})
     return pd.DataFrame(rows)
 
 
-IANVS_METRICS = {"tokens_per_s": "throughput", "ttft_ms_p50": "ttft_ms_p50",
+IANVS_METRICS = {"tokens_per_s": "throughput", "tokens_per_s_low": "throughput_low",
+                 "tokens_per_s_high": "throughput_high", "ttft_ms_p50": "ttft_ms_p50",
                  "ttft_ms_p95": "ttft_ms_p95", "e2e_s_p50": "e2e_latency_s_p50",
                  "acceptance": "acceptance_rate", "accuracy": "accuracy",
                  "cloud_ms_per_token": "cloud_ms_per_token",
@@ -148,8 +194,9 @@ def ianvs_rank(board: pd.DataFrame, model_pair: str) -> pd.DataFrame:
     time url``, written space-separated with ``rank`` as the index label.
 
     Ianvs ranks one benchmark; here each network cell is one, so ``rank`` is
-    the position by throughput within the cell, and the cell's link is among
-    the hyperparameters.
+    the position by throughput among the cell's lossless strategies (``nan``
+    for lossy ones, which ``lossy`` flags), and the cell's link is among the
+    hyperparameters.
     """
     table = pd.DataFrame({"rank": board["rank_tokens_per_s"].astype("Int64"),
                           "algorithm": board["strategy"]})
@@ -157,7 +204,8 @@ def ianvs_rank(board: pd.DataFrame, model_pair: str) -> pd.DataFrame:
         table[metric] = board[column] if column in board else np.nan
     table["paradigm"] = "jointinference"
     table["edgemodel"], table["cloudmodel"] = f"{model_pair}:draft", f"{model_pair}:target"
-    for column in ("cell", "rtt_ms", "bandwidth_mbps", "jitter_ms", "loss_pct", "codec", "k"):
+    for column in ("cell", "rtt_ms", "bandwidth_mbps", "jitter_ms", "loss_pct", "codec", "k",
+                   "lossy"):
         table[column] = board[column]
     table["time"] = pd.Timestamp.now().strftime("%Y-%m-%d %H:%M:%S").replace(" ", "T")
     table["url"] = board["folder"]

@@ -2,7 +2,8 @@
 
 Bad input (a CLI value, a profile, a job, a model pair) ends with one line,
 ``error: <where>: <what>``, and exit code 2; a failed agent with exit code 1;
-Ctrl-C or SIGTERM with 130 after everything started has been stopped.
+Ctrl-C (SIGINT) with 130 and SIGTERM with 143, after everything started has
+been stopped (``orchestrator.interrupts``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -17,7 +19,7 @@ from rich.console import Console
 
 from agents.control import AgentError
 from agents.protocol import ProtocolError
-from orchestrator import vm
+from orchestrator import interrupts, vm
 from orchestrator.configs import ConfigError, available, load_job, load_profile
 from orchestrator.doctor import MODES, HostReport, choose_mode
 from orchestrator.job import ALL_STRATEGIES
@@ -151,14 +153,14 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     """
     console = make_console()
     profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
-    chosen = enter_mode(ctx, mode, [profile], console)
-    spec = RunSpec.load(job_name, profile_name, chosen, job_overrides={
+    spec = RunSpec.load(job_name, profile_name, mode, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "max_queries": max_queries,
         "repetitions": repetitions, "seed": seed}, profile_overrides={"rtt_ms": rtt_ms})
-    run(spec, results_root, console)
+    # all input is checked before a router VM boots
+    run(replace(spec, mode=enter_mode(ctx, mode, [profile], console)), results_root, console)
 
 
 @cli.command("sweep")
@@ -368,24 +370,10 @@ def profiles_command() -> None:
                    f"{timeline}")
 
 
-def _interrupt_handler(main_pid: int):
-    """Ctrl-C and SIGTERM unwind the orchestrator (so everything it started stops).
-
-    Only in the orchestrator itself: pyroute2 forks helper processes to enter
-    namespaces, and a fork that inherited this handler must die on a signal,
-    not unwind a copy of the orchestrator's stack (and its teardown).
-    """
-    def handler(signum, frame) -> None:
-        if os.getpid() != main_pid:
-            os._exit(128 + signum)
-        raise KeyboardInterrupt
-    return handler
-
-
 def main(argv: list[str] | None = None) -> int:
-    handler = _interrupt_handler(os.getpid())
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)  # even if started with SIGINT ignored
+    """Run the command line; its exit code.  Signal handling: ``orchestrator.interrupts``
+    (installed here unless ``orchestrator.__main__`` did it before the imports)."""
+    interrupts.install_once()
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         # without standalone mode click returns ctx.exit()'s code instead of raising
@@ -403,9 +391,16 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {error}", err=True)
         return 1
     except (KeyboardInterrupt, click.Abort):
-        click.echo("interrupted: everything the run started has been stopped", err=True)
-        return 130
+        return _interrupted()
+    if interrupts.received() is not None:     # its exception was lost (see interrupts)
+        return _interrupted()
     return code if isinstance(code, int) else 0
+
+
+def _interrupted() -> int:
+    click.echo(f"interrupted ({signal.Signals(interrupts.exit_code() - 128).name}): "
+               "everything the run started has been stopped", err=True)
+    return interrupts.exit_code()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ one line naming the file and the field, which the CLI prints with exit code 2.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +27,52 @@ class ConfigError(ValueError):
 
 
 def describe_validation_error(error: ValidationError) -> str:
+    """``<field path>: <what is wrong>`` of the first error (and how many more there are)."""
+    return ": ".join(first_error(error))
+
+
+def first_error(error: ValidationError) -> tuple[str, str]:
+    """(where: the first error's dotted field path or ``(top level)``, what is wrong)."""
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if "input" in first and not isinstance(first["input"], (dict, list)):
         message += f" (got {first['input']!r})"
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{where}: {message}{more}"
+    return where, message + more
 
 
 def find(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
-    """The file for ``name_or_path``: an existing path, or a shipped config by name."""
+    """The file for ``name_or_path``, absolute: an existing path, or a shipped config by name
+    (``4g``, or with its sub-folder, ``grid/rtt050-bw010``)."""
     path = Path(name_or_path)
     if path.is_file():
-        return path
+        return path.resolve()
+    folder = CONFIG_DIR / kind
+    shipped = folder / (name_or_path if path.suffix else name_or_path + suffix)
+    if shipped.is_file():
+        return shipped
     if path.suffix or "/" in name_or_path:
         raise ConfigError(f"{name_or_path}: no such file")
-    folder = CONFIG_DIR / kind
     matches = sorted(folder.rglob(f"{name_or_path}{suffix}"))
     if not matches:
-        names = sorted(p.stem for p in folder.rglob(f"*{suffix}"))
-        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        raise ConfigError(f"{kind[:-1]} {name_or_path!r} not found: give a path or one of {shown}")
+        raise ConfigError(_not_found(kind, name_or_path, suffix))
     return matches[0]
+
+
+def _not_found(kind: str, name: str, suffix: str) -> str:
+    """'<kind> <name> not found', the closest shipped names, and every shipped name (each
+    sub-folder's as a count and range)."""
+    folder = CONFIG_DIR / kind
+    close = difflib.get_close_matches(name, available(kind, suffix), n=3, cutoff=0.6)
+    guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    names = ", ".join(sorted(p.stem for p in folder.glob(f"*{suffix}")))
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        inside = sorted(p.stem for p in sub.rglob(f"*{suffix}"))
+        if inside:
+            names += f", or one of the {len(inside)} in {sub.name}/ ({inside[0]} ... {inside[-1]})"
+    listing = "; `orchestrator profiles` lists them all" if kind == "profiles" else ""
+    return f"{kind[:-1]} {name!r} not found: {guess}give a path or one of {names}{listing}"
 
 
 def available(kind: str, suffix: str = ".yaml") -> list[str]:
@@ -82,10 +106,46 @@ def _without_unset(overrides: dict | None) -> dict:
     return {key: value for key, value in (overrides or {}).items() if value not in (None, [])}
 
 
+# The command-line flag that overrides a job field, where it is not --<field-name>.
+FLAGS = {"strategies": "--strategy", "k_values": "--k", "max_queries": "--queries"}
+
+
+def flag(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def _flags_text(given: dict) -> str:
+    return " ".join(f"{flag(field)} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+                    for field, value in given.items())
+
+
 def load_job(name_or_path: str, overrides: dict | None = None) -> JobConfig:
-    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file."""
+    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file.
+
+    An error is blamed on the flags when they cause it: on the flag of the failing field,
+    or on every flag given when the file alone is valid (a conflict between the flags and
+    the file, e.g. ``--decoding sampling --codec ids``).
+    """
     path = find("jobs", name_or_path)
-    return validate(JobConfig, {**read_yaml(path), **_without_unset(overrides)}, str(path))
+    data, given = read_yaml(path), _without_unset(overrides)
+    try:
+        return TypeAdapter(JobConfig).validate_python({**data, **given})
+    except ValidationError as error:
+        where, message = first_error(error)
+        field = where.split(".")[0]
+        if field in given:
+            raise ConfigError(f"{_flags_text({field: given[field]})}: {message}") from None
+        if given and _valid(JobConfig, data):
+            raise ConfigError(f"{_flags_text(given)} (with job {path}): {message}") from None
+        raise ConfigError(f"{path}: {where}: {message}") from None
+
+
+def _valid(schema: Any, data: dict) -> bool:
+    try:
+        TypeAdapter(schema).validate_python(data)
+    except ValidationError:
+        return False
+    return True
 
 
 def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkProfile:

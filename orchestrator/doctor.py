@@ -91,9 +91,10 @@ def _namespace_checks() -> tuple[bool, bool, str]:
 def _kvm(probe: bool) -> tuple[bool, str]:
     if not vm.kvm_device_usable():
         return False, "/dev/kvm absent or not accessible: the VM uses software emulation (TCG)"
-    if not probe:
+    recorded = vm.recorded_kvm_probe()
+    if not probe and recorded is None:
         return True, "/dev/kvm present (a probe boot at the first VM run decides KVM or TCG)"
-    works = vm.kvm_works(vm.VmHost.find())
+    works = recorded if recorded is not None else vm.kvm_works(vm.VmHost.find())
     return works, ("a probe boot under KVM worked: the VM uses KVM" if works else
                    "a probe boot under KVM failed or crawled: the VM uses software emulation")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.codecs import get_codec
 from agents.edge import StrategyName
@@ -84,6 +84,13 @@ class JobConfig(BaseModel):
                                "and first-call costs stay out of the first query's TTFT")
     network: NetworkSpace | None = Field(default=None, description="what `orchestrator sweep` "
                                          "covers; `run` takes --profile instead")
+
+    @field_validator("codec")
+    @classmethod
+    def _known_codec(cls, name: str | None) -> str | None:
+        if name is not None:
+            get_codec(name)
+        return name
 
     @model_validator(mode="after")
     def _codec_fits_decoding(self) -> "JobConfig":

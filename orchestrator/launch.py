@@ -30,6 +30,7 @@ import zmq
 from agents.backends import ModelPairConfig
 from agents.control import AgentError, ControlClient
 from agents.settings import AgentSettings
+from orchestrator.interrupts import raise_if_interrupted
 from shaping.clock import now
 from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
@@ -60,12 +61,17 @@ LOG = object()   # ChildProcess(stdout=LOG): stdout goes to the log file with st
 
 
 class ChildProcess:
-    """One child: stderr (and stdout, unless ``stdout`` says where else) to ``log_path``."""
+    """One child: stderr (and stdout, unless ``stdout`` says where else) to ``log_path``.
+
+    It runs in the project's root folder (so ``python -m agents...`` imports
+    this checkout's code), not the user's: every path handed to it must be
+    absolute.
+    """
 
     def __init__(self, name: str, argv: list[str], log_path: Path, stdout=LOG,
                  pass_fds: list[int] = ()) -> None:
         self.name = name
-        self.log_path = log_path
+        self.log_path = log_path.resolve()
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
             argv, stdout=self._log if stdout is LOG else stdout,
@@ -75,6 +81,18 @@ class ChildProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def wait(self, timeout_s: float) -> int:
+        """Its exit code once it ends (``subprocess.TimeoutExpired`` after ``timeout_s``);
+        a Ctrl-C whose exception was lost ends the wait too (``interrupts``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            raise_if_interrupted()
+            try:
+                return self.process.wait(min(0.5, max(deadline - time.monotonic(), 0.0)))
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
 
     def failure(self) -> str:
         """Why the process is gone: exit code and the tail of its log."""
@@ -94,34 +112,44 @@ class ChildProcess:
 
 
 class AgentProcess(ChildProcess):
+    """An agent and its control client.  While a call waits, the orchestrator keeps looking:
+    at Ctrl-C, and at every process in ``watched`` (the run's agents), so a dead agent
+    ends the call at once with its exit code and log, whichever agent it was."""
+
     def __init__(self, name: str, module: str, settings: AgentSettings, folder: Path,
-                 context: zmq.Context, argv_prefix: list[str] = ()) -> None:
-        settings_path = folder / f"{name}.settings.json"
+                 context: zmq.Context, argv_prefix: list[str] = (),
+                 watched: list[ChildProcess] | None = None) -> None:
+        settings_path = folder.resolve() / f"{name}.settings.json"
         settings_path.write_text(settings.model_dump_json(indent=2))
         super().__init__(name, [*argv_prefix, sys.executable, "-m", module,
                                 "--settings", str(settings_path)], folder / f"{name}.log")
         self.control = ControlClient(context, settings.control_address)
+        self.watched = watched if watched is not None else [self]
+
+    def _while_waiting(self) -> None:
+        raise_if_interrupted()
+        for process in self.watched:
+            if not process.alive():
+                raise AgentError(process.failure())
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.alive():
-                raise AgentError(self.failure())
+            self._while_waiting()
             try:
-                self.control.call("ping", timeout_s=1.0)
+                self.control.call("ping", timeout_s=1.0, while_waiting=self._while_waiting)
                 return
             except AgentError:
                 continue
         raise AgentError(f"{self.name} did not answer within {timeout_s:.0f} s")
 
     def call(self, command: str, timeout_s: float, **arguments) -> dict:
-        if not self.alive():
-            raise AgentError(self.failure())
+        self._while_waiting()
         try:
-            return self.control.call(command, timeout_s, **arguments)
+            return self.control.call(command, timeout_s, while_waiting=self._while_waiting,
+                                     **arguments)
         except AgentError:
-            if not self.alive():
-                raise AgentError(self.failure()) from None
+            self._while_waiting()
             raise
 
     def stop(self) -> None:
@@ -179,7 +207,7 @@ class Deployment:
                                      control_address=f"ipc://{self.socket_dir}/{name}.ctl",
                                      receive_timeout_s=self.receive_timeout_s, sim_link=sim_link)
             self.agents.append(AgentProcess(name, module, settings, self.run_dir, self.context,
-                                            (argv_prefix or {}).get(name, [])))
+                                            (argv_prefix or {}).get(name, []), self.agents))
         self.cloud, self.edge = self.agents
         for agent in self.agents:
             agent.wait_ready()
@@ -280,6 +308,8 @@ class EmulatedDeployment(Deployment):
         topology = self.link.topology
         self._start_agents(f"tcp://{topology.cloud_ip}:{self.DATA_PORT}", argv_prefix={
             side: topology.run_in(side, []) for side in ("edge", "cloud")})
+        for agent in self.agents:         # a call also ends when the link's VM dies
+            agent.watched = [*self.agents, *topology.watched()]
         topology.wait_ready()
         self.baseline = measure_baseline(KernelPaths(topology), self.BASELINE_PLAN)
         self.link.shape()

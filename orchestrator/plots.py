@@ -7,6 +7,9 @@ no display, no global state) and writes it; it raises ``Skipped`` with the
 reason when the folder's data cannot support the figure (one RTT, no jitter
 layers, no codec sweep...).  ``PLOTS`` lists them with the sentence the
 report page shows under each; ``write_plots`` draws them all into a folder.
+Every measured point carries a bar spanning its 95 % interval (the
+``<column>_low`` / ``<column>_high`` of the summary), and lossy strategies
+are marked as such in the legends.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 from orchestrator.analysis import reversal
 from orchestrator.results import ResultsFolder
 from orchestrator.run import predicted_curve
-from orchestrator.summary import read_jsonl
+from orchestrator.summary import read_jsonl, verdict_of
 
 DPI = 100
 MARKERS = "osD^vPX*<>ph"
@@ -93,8 +96,31 @@ def _log_if_decades(ax, values) -> None:
         ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1.5, 0.5)))
 
 
-def _strategy_handles(styles: dict[str, dict], labels) -> list[Line2D]:
-    return [Line2D([], [], label=label, **styles[label]) for label in labels]
+def _strategy_handles(styles: dict[str, dict], labels, lossy=()) -> list[Line2D]:
+    """One legend entry per strategy; lossy ones (output not the target's) say so."""
+    return [Line2D([], [], label=label + (" (lossy)" if label in lossy else ""), **styles[label])
+            for label in labels]
+
+
+def lossy_strategies(results: pd.DataFrame) -> set[str]:
+    return set(results.loc[results["lossy"].astype(bool), "strategy"]) if "lossy" in results \
+        else set()
+
+
+def interval_errors(rows: pd.DataFrame, column: str, scale: float = 1.0) -> np.ndarray:
+    """errorbar's ``yerr`` for ``column``: a (2, n) array of the distances from each value
+    down to its interval's low bound and up to its high bound (0 where there is none)."""
+    bounds = rows.reindex(columns=[column, f"{column}_low", f"{column}_high"]).to_numpy(float)
+    value, low, high = (scale * bounds).T
+    return np.nan_to_num(np.clip([value - low, high - value], 0.0, None))
+
+
+INTERVAL_HANDLE_LABEL = "bars: 95 % interval\n(queries x repetitions)"
+
+
+def _interval_handle() -> Line2D:
+    return Line2D([], [], color="grey", marker="|", markersize=12, linestyle="none",
+                  label=INTERVAL_HANDLE_LABEL)
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -127,8 +153,10 @@ def _mark_reversal(ax, row: pd.Series) -> None:
     """A dotted line at the measured reversal RTT, or the reason there is none."""
     rtt = row["measured_reversal_rtt_ms"]
     if np.isfinite(rtt):
+        shaky = verdict_of(row.get("measured_reversal_conclusive")) is False
         ax.axvline(rtt, color="black", linestyle=":", lw=1.5)
-        ax.annotate(f"reversal {rtt:.0f} ms", (rtt, 0.5), xycoords=("data", "axes fraction"),
+        ax.annotate(f"reversal {rtt:.0f} ms" + (" (intervals overlap)" if shaky else ""),
+                    (rtt, 0.5), xycoords=("data", "axes fraction"),
                     xytext=(-2, 0), textcoords="offset points", rotation=90, ha="right",
                     va="center", fontsize=8)
     else:
@@ -152,7 +180,9 @@ def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
         for label, rows in panel.groupby("strategy", sort=False):
             rows = rows.sort_values("rtt_ms")
             style = styles[label]
-            ax.plot(rows["rtt_ms"], rows["tokens_per_s"], linestyle="none", markersize=7, **style)
+            ax.errorbar(rows["rtt_ms"], rows["tokens_per_s"],
+                        yerr=interval_errors(rows, "tokens_per_s"), linestyle="none",
+                        markersize=7, capsize=3, **style)
             ax.plot(grid, predicted_curve(Path(reference["folder"]), label, grid),
                     color=style["color"], lw=1.3)
         ax.set_title(f"{bandwidth_label(bw)} (model fitted on {reference['cell']})",
@@ -163,9 +193,9 @@ def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
     first = panels[0][0]
     _log_if_decades(first, cells["tokens_per_s"])
     first.set_ylabel("decode tokens/s (excl. prefill)")
-    handles = _strategy_handles(styles, cells["strategy"].unique()) + [
+    handles = _strategy_handles(styles, cells["strategy"].unique(), lossy_strategies(cells)) + [
         Line2D([], [], color="grey", marker="o", linestyle="none", label="measured"),
-        Line2D([], [], color="grey", label="analytic model"),
+        _interval_handle(), Line2D([], [], color="grey", label="analytic model"),
         Line2D([], [], color="black", linestyle=":", label="measured reversal\n(best fixed-K)")]
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(f"Decode throughput vs RTT (codec {codec}, no jitter, no loss)")
@@ -173,7 +203,8 @@ def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
 
 
 def plot_ttft(results: pd.DataFrame, path: Path) -> None:
-    """TTFT P50 per strategy vs RTT, with a bar up to the P95."""
+    """TTFT P50 (filled, solid) and P95 (hollow, dashed) per strategy vs RTT, each with its
+    95 % interval."""
     cells = baseline_cells(results)
     _needs_rtts(cells, "TTFT vs RTT")
     styles = strategy_styles(results)
@@ -181,14 +212,18 @@ def plot_ttft(results: pd.DataFrame, path: Path) -> None:
     for ax, _, panel in panels:
         for label, rows in panel.groupby("strategy", sort=False):
             rows = rows.sort_values("rtt_ms")
-            p50 = rows["ttft_ms_p50"]
-            ax.errorbar(rows["rtt_ms"], p50, yerr=[np.zeros(len(rows)), rows["ttft_ms_p95"] - p50],
-                        capsize=3, lw=1, markersize=6, **styles[label])
+            for column, line, fill in (("ttft_ms_p50", "-", "full"), ("ttft_ms_p95", "--", "none")):
+                ax.errorbar(rows["rtt_ms"], rows[column], yerr=interval_errors(rows, column),
+                            capsize=3, lw=1, markersize=6, linestyle=line, fillstyle=fill,
+                            **styles[label])
     first = panels[0][0]
     _log_if_decades(first, cells[["ttft_ms_p50", "ttft_ms_p95"]].to_numpy().ravel())
-    first.set_ylabel("TTFT (ms): P50, bar up to P95")
-    fig.legend(handles=_strategy_handles(styles, cells["strategy"].unique()),
-               loc="outside right center", fontsize=9)
+    first.set_ylabel("TTFT (ms)")
+    handles = _strategy_handles(styles, cells["strategy"].unique(), lossy_strategies(cells)) + [
+        Line2D([], [], color="grey", marker="o", label="P50"),
+        Line2D([], [], color="grey", marker="o", linestyle="--", fillstyle="none", label="P95"),
+        _interval_handle()]
+    fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(f"Time to first token vs RTT (codec {default_codec(results)}, "
                  "no jitter, no loss)")
     _save(fig, path)
@@ -231,16 +266,17 @@ def plot_tail_latency(results: pd.DataFrame, path: Path) -> None:
                 continue
             for label, rows in cells.groupby("strategy", sort=False):
                 rows = rows.sort_values(dim)
-                style = styles[label]
-                ax.plot(rows[dim], 1000 * rows["e2e_s_p95"], color=style["color"],
-                        marker=style["marker"])
-                ax.plot(rows[dim], 1000 * rows["e2e_s_p99"], color=style["color"],
-                        marker=style["marker"], linestyle="--", fillstyle="none")
+                for column, line, fill in (("e2e_s_p95", "-", "full"), ("e2e_s_p99", "--", "none")):
+                    ax.errorbar(rows[dim], 1000 * rows[column],
+                                yerr=interval_errors(rows, column, 1000.0), capsize=3,
+                                linestyle=line, fillstyle=fill, **styles[label])
             _log_if_decades(ax, cells[["e2e_s_p95", "e2e_s_p99"]].to_numpy().ravel())
             ax.grid(True, alpha=0.3)
-    handles = _strategy_handles(styles, results["strategy"].unique()) + [
+    handles = _strategy_handles(styles, results["strategy"].unique(),
+                                lossy_strategies(results)) + [
         Line2D([], [], color="grey", marker="o", label="P95"),
-        Line2D([], [], color="grey", marker="o", linestyle="--", fillstyle="none", label="P99")]
+        Line2D([], [], color="grey", marker="o", linestyle="--", fillstyle="none", label="P99"),
+        _interval_handle()]
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(f"Tail latency under jitter and loss (codec {default_codec(results)})")
     _save(fig, path)
@@ -287,8 +323,9 @@ def plot_bytes_per_token_codec(results: pd.DataFrame, path: Path) -> None:
     for ax, (column, ylabel) in zip(axes[0], panels):
         for (codec, label), rows in fixed.groupby(["codec", "strategy"], sort=False):
             rows = rows.sort_values("bandwidth_mbps")
-            ax.plot(rows["bandwidth_mbps"].map(positions), rows[column], color=colour[codec],
-                    **shape[label])
+            ax.errorbar(rows["bandwidth_mbps"].map(positions), rows[column],
+                        yerr=interval_errors(rows, column), capsize=3, color=colour[codec],
+                        **shape[label])
         ax.set_xscale("log")
         ax.set_xticks(list(positions.values()), [bandwidth_label(b) for b in positions])
         ax.minorticks_off()
@@ -301,7 +338,8 @@ def plot_bytes_per_token_codec(results: pd.DataFrame, path: Path) -> None:
     handles = [Line2D([], [], color=colour[codec], lw=3, label=f"codec {codec}")
                for codec in codecs]
     handles += [Line2D([], [], color="grey", label=label, **shape[label]) for label in ks]
-    handles += [Line2D([], [], color="black", lw=2, alpha=0.5, label="cloud-only\n(tokens/s)")]
+    handles += [Line2D([], [], color="black", lw=2, alpha=0.5, label="cloud-only\n(tokens/s)"),
+                _interval_handle()]
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(f"Payload codecs at RTT {rtt:g} ms, no jitter, no loss: bytes per token "
                  "and throughput")
@@ -360,17 +398,22 @@ class Plot:
 PLOTS = [
     Plot("tokens_per_s_vs_rtt.png", plot_tokens_per_s_vs_rtt,
          "Decode tokens/s per strategy against RTT, one panel per bandwidth: markers are "
-         "measured, lines the analytic model's prediction, the dotted line the measured RTT "
-         "above which the best fixed-K falls behind cloud-only."),
+         "measured, with bars spanning their 95 % interval over queries and repetitions; lines "
+         "the analytic model's prediction; the dotted line the measured RTT above which the "
+         "best fixed-K falls behind cloud-only. A line through a bar agrees with the "
+         "measurement; one that misses the bar does not."),
     Plot("ttft.png", plot_ttft,
-         "Time to first token per strategy against RTT, one panel per bandwidth: the marker "
-         "is the median over queries, the bar reaches the 95th percentile."),
+         "Time to first token per strategy against RTT, one panel per bandwidth: the median "
+         "(filled, solid) and the 95th percentile (hollow, dashed) over queries, each with a "
+         "bar spanning its 95 % interval."),
     Plot("tail_latency_jitter_loss.png", plot_tail_latency,
          "95th (solid) and 99th (dashed) percentile of the end-to-end latency per query as "
-         "jitter (without loss) or random loss (without jitter) is added at one RTT."),
+         "jitter (without loss) or random loss (without jitter) is added at one RTT, with bars "
+         "spanning their 95 % intervals (which cannot reach past the slowest query measured)."),
     Plot("bytes_per_token_codec.png", plot_bytes_per_token_codec,
          "What each draft payload codec costs on the wire (bytes per output token, each "
-         "direction) and what it yields (tokens/s) against bandwidth, for every fixed-K."),
+         "direction) and what it yields (tokens/s) against bandwidth, for every fixed-K, with "
+         "bars spanning the 95 % intervals."),
     Plot("k_per_cycle.png", plot_k_per_cycle,
          "The draft length K of every speculation cycle in run order, with the tokens the "
          "cloud accepted and the RTT the edge measured for that cycle."),

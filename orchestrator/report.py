@@ -1,88 +1,192 @@
 """The report of a results folder: CSVs, the terminal's key tables, plots, one HTML page.
 
-``report_folder`` writes ``leaderboard.csv``, ``reversal.csv`` and
-``rank/all_rank.csv`` (Ianvs layout) next to the cells, the figures of
-``orchestrator.plots`` under ``plots/``, and ``report.html``: one
-self-contained page (figures inlined as data URIs, inline CSS, no script, no
-external address) with the job, the key per-cell table, the full leaderboard,
-the reversal RTTs, every figure, the figures skipped and why, and how to read
-it all.  On the terminal it prints the key table and the reversal table.
+``report_folder`` writes ``leaderboard.csv`` (with ``lossy``, the speed rank
+among lossless strategies, ``separated_from_next``, ``model_vs_measured`` and
+every interval), ``reversal.csv`` and ``rank/all_rank.csv`` (Ianvs layout)
+next to the cells, the figures of ``orchestrator.plots`` under ``plots/``,
+and ``report.html``: one self-contained page (figures inlined as data URIs,
+inline CSS, no script, no external address) that fits a 1280 px window
+(text and intervals wrap; the full leaderboard is two tables) with the job,
+what the intervals allow one to conclude, the key per-cell table, the
+reversal RTTs, every figure, the figures skipped and why, the full
+leaderboard, and every term defined.  On the terminal it prints the key
+table, the reversal table, their legend and the conclusions.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator.analysis import leaderboard, load_results, reversal, write_ianvs_rank
 from orchestrator.plots import PLOTS, bandwidth_label, write_plots
 from orchestrator.results import ResultsFolder
-from orchestrator.summary import format_number
+from orchestrator.summary import (GLOSSARY, INTERVAL_RULE, SPECULATION_COLUMNS, SPEED_COLUMNS,
+                                  format_crossover, format_measured, format_number,
+                                  formatted_frame, interval, model_miss, model_vs_measured,
+                                  rich_table, text_list, verdict_of)
 from orchestrator.sweep import SweepFolder
+from validation.stats import separated
 
 PLOTS_FOLDER = "plots"
 REPORT = "report.html"
 
 
+def _clear_or_overlaps(verdict) -> str:
+    """A separation verdict as the key table words it."""
+    return {True: "clear", False: "overlaps"}.get(verdict_of(verdict), "no interval")
+
+
+def _lead(fastest: pd.Series, runner_up: pd.Series | None) -> str:
+    """The runner-up and whether the fastest's tokens/s interval clears it."""
+    if runner_up is None:
+        return "-"
+    return f"{runner_up['strategy']}: {_clear_or_overlaps(fastest['separated_from_next'])}"
+
+
+def _speed_up(fastest: pd.Series, cloud: pd.Series | None) -> str:
+    """Fastest lossless over cloud-only, and whether their intervals are apart."""
+    if cloud is None:
+        return "-"
+    ratio = format_number(fastest["tokens_per_s"] / cloud["tokens_per_s"], 2) + "x"
+    if fastest["strategy"] == cloud["strategy"]:
+        return ratio
+    verdict = separated(interval(fastest, "tokens_per_s"), interval(cloud, "tokens_per_s"))
+    return f"{ratio} {_clear_or_overlaps(verdict)}"
+
+
 def key_frame(board: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell (formatted): the fastest strategy, cloud-only, the best fixed-K,
-    the most accurate."""
+    """One row per cell (formatted): the fastest lossless strategy with its interval, whether
+    it clears the runner-up, the model beside it, cloud-only and the speed-up, the lossy
+    strategies (shown, never ranked), the most accurate.  Costs (cloud compute, bytes) are in
+    the full leaderboard."""
     rows = []
     for cell, group in board.groupby("cell", sort=False):
-        fastest = group.iloc[0]
-        cloud = group.loc[group["strategy"] == "cloud-only", "tokens_per_s"]
-        cloud_rate = cloud.iloc[0] if len(cloud) else np.nan
-        fixed = group[group["strategy"].str.startswith("fixed-k")]
-        accurate = group.sort_values("rank_accuracy").iloc[0]
-        rows.append({
-            "cell": cell, "fastest": fastest["strategy"],
-            "tok/s": format_number(fastest["tokens_per_s"]),
-            "model": format_number(fastest.get("predicted_tokens_per_s", np.nan)),
-            "cloud-only tok/s": format_number(cloud_rate),
-            "speed-up": format_number(fastest["tokens_per_s"] / cloud_rate, 2) + "x",
-            "best fixed-K": fixed["strategy"].iloc[0] if len(fixed) else "-",
-            "fixed-K tok/s": format_number(fixed["tokens_per_s"].iloc[0]) if len(fixed) else "-",
-            "most accurate": accurate["strategy"] if pd.notna(accurate["accuracy"]) else "-",
-            "accuracy": format_number(accurate["accuracy"], 2),
-            "cloud ms/tok": format_number(fastest.get("cloud_ms_per_token", np.nan))})
-    return pd.DataFrame(rows)
+        ranked = group.dropna(subset=["rank_tokens_per_s"])
+        cloud = group[group["strategy"] == "cloud-only"]
+        cloud = cloud.iloc[0] if len(cloud) else None
+        lossy = group[group["lossy"].astype(bool)]
+        accurate = group.sort_values("rank_accuracy", kind="stable").iloc[0]
+        row = {"cell": cell}
+        if len(ranked):
+            fastest = ranked.iloc[0]
+            row.update({
+                "fastest lossless": fastest["strategy"],
+                "tok/s": format_measured(fastest, "tokens_per_s"),
+                "runner-up": _lead(fastest, ranked.iloc[1] if len(ranked) > 1 else None),
+                "model": " ".join(filter(None, [
+                    format_number(fastest.get("predicted_tokens_per_s", np.nan)),
+                    model_vs_measured(fastest)])),
+                "cloud-only": format_number(cloud["tokens_per_s"]) if cloud is not None else "-",
+                "speed-up": _speed_up(fastest, cloud)})
+        row["lossy (unranked)"] = ", ".join(f"{r['strategy']} {format_number(r['tokens_per_s'])}"
+                                           for _, r in lossy.iterrows()) or "-"
+        row["most accurate"] = (f"{accurate['strategy']} {format_number(accurate['accuracy'], 2)}"
+                                if pd.notna(accurate["accuracy"]) else "-")
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-")
 
 
 def reversal_frame(reversals: pd.DataFrame) -> pd.DataFrame:
-    """The reversal RTTs per series (formatted)."""
+    """The reversal RTTs per series (formatted); a negative prediction reads ``never``."""
+    conclusive = reversals.get("measured_reversal_conclusive",
+                               pd.Series(None, index=reversals.index, dtype=object))
     return pd.DataFrame({
         "bandwidth": reversals["bandwidth_mbps"].map(bandwidth_label),
         "jitter ms": reversals["jitter_ms"].map(lambda v: format_number(v, 0)),
         "loss %": reversals["loss_pct"].map(lambda v: format_number(v, 0)),
         "codec": reversals["codec"], "strategy": reversals["strategy"],
         "measured ms": reversals["measured_reversal_rtt_ms"].map(format_number),
-        "predicted ms": reversals["predicted_reversal_rtt_ms"].map(format_number),
+        "conclusive": conclusive.map(lambda value: {True: "yes", False: "no: overlap"}.get(
+            verdict_of(value), "-")),
+        "predicted ms": reversals["predicted_reversal_rtt_ms"].map(format_crossover),
         "RTTs swept": reversals["rtts"], "note": reversals["note"]})
+
+
+def _listed(items: list[str], most: int = 8) -> str:
+    """``a, b, c`` (at most ``most``, then how many more)."""
+    shown = ", ".join(items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]:
+    """What the intervals allow over all cells: whether each cell's fastest lossless strategy
+    clears its runner-up, which strategies are lossy, where the model lies against the
+    measured interval, and which measured reversals rest on overlapping intervals."""
+    cells = board["cell"].nunique()
+    ranked = board.dropna(subset=["rank_tokens_per_s"])      # fastest first within a cell
+    leaders = ranked.groupby("cell", sort=False)["strategy"].agg(lambda names: " vs ".join(
+        names.iloc[:2]))
+    firsts = ranked.drop_duplicates("cell")
+    verdicts = firsts["separated_from_next"].map(verdict_of)
+    close = [f"{row['cell']} ({leaders[row['cell']]})"
+             for (_, row), verdict in zip(firsts.iterrows(), verdicts) if verdict is False]
+    unknown = sum(verdict is None for verdict in verdicts)
+    lines = [f"the fastest lossless strategy clears its runner-up in "
+             f"{sum(verdict is True for verdict in verdicts)} of {cells} cells"
+             + (f"; too close to call in {_listed(close)}" if close else "")
+             + (f"; no interval (or no runner-up) to tell in {unknown}" if unknown else "")]
+    lossy = sorted(board.loc[board["lossy"].astype(bool), "strategy"].unique())
+    if lossy:
+        lines.append(f"lossy, shown but never ranked for speed: {', '.join(lossy)}")
+    model = board.apply(model_vs_measured, axis=1) if len(board) else pd.Series(dtype=object)
+    judged = model.dropna()
+    if len(judged):
+        outside = [f"{row['cell']} {model_miss(row)}"
+                   for (_, row), verdict in zip(board.iterrows(), model)
+                   if verdict in ("above", "below")]
+        lines.append(f"the model's tok/s lies inside the measured interval for "
+                     f"{(judged == 'inside').sum()} of {len(judged)} measured points"
+                     + (f"; outside for {_listed(outside)}" if outside else ""))
+    if len(reversals) and "measured_reversal_conclusive" in reversals:
+        conclusive = reversals["measured_reversal_conclusive"].map(verdict_of)
+        shaky = [f"{row.strategy} ({bandwidth_label(row.bandwidth_mbps)}, {row.codec})"
+                 for row, verdict in zip(reversals.itertuples(), conclusive) if verdict is False]
+        lines.append(f"measured reversal verdicts resting on intervals that do not overlap: "
+                     f"{sum(verdict is True for verdict in conclusive)} of {len(reversals)}"
+                     + (f"; too wide to conclude for {_listed(shaky)}" if shaky else ""))
+    return lines
 
 
 KEY_TITLE = "leaderboard (per cell; full table in leaderboard.csv)"
 REVERSAL_TITLE = "performance reversal: RTT (ms) above which cloud-only decodes faster"
-TEXT_COLUMNS = {"cell", "fastest", "best fixed-K", "most accurate", "bandwidth", "codec",
-                "strategy", "RTTs swept", "note"}
-LEGEND = ("tok/s: decoded tokens over decode time; model: the analytic prediction; "
-          "speed-up: fastest over cloud-only; cloud ms/tok: the cloud's compute per "
-          "output token of the fastest")
-
-
-def rich_table(frame: pd.DataFrame, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in frame.columns:
-        table.add_column(column, justify="left" if column in TEXT_COLUMNS else "right")
-    for row in frame.itertuples(index=False):
-        table.add_row(*map(str, row))
-    return table
+TEXT_COLUMNS = {"cell", "fastest lossless", "runner-up", "lossy (unranked)", "most accurate",
+                "bandwidth", "codec", "strategy", "RTTs swept", "note", "conclusive"}
+KEY_LEGEND = {
+    "cell": "one network condition of the sweep (profile or grid point; @codec where the "
+            "sweep compares payload codecs), or the run",
+    "fastest lossless": "the strategy with the most tok/s among those whose output is the "
+                        "target model's",
+    "tok/s": GLOSSARY["tok/s"] + "; [low, high]: its 95 % interval",
+    "runner-up": "the second fastest lossless strategy; clear: the two tok/s intervals do "
+                 "not overlap; overlaps: too close to call",
+    "model": "the analytic model's tok/s for the fastest, and whether it lies inside, above "
+             "or below the measured interval",
+    "cloud-only": "cloud-only's tok/s (its interval is in the full leaderboard)",
+    "speed-up": "fastest lossless over cloud-only; clear or overlaps as for the runner-up",
+    "lossy (unranked)": "strategies whose output is not the target model's, with their tok/s: "
+                       "never ranked for speed",
+    "most accurate": "the strategy with the largest share of right answers, and that share; "
+                     "- where the prompts have no answers",
+}
+REVERSAL_LEGEND = {
+    "measured ms": "the RTT where fixed-K's seconds per token cross cloud-only's, "
+                   "interpolated linearly between the swept RTTs; - where they do not cross "
+                   "in the range (the note says which side)",
+    "conclusive": "whether the measured verdict rests on tok/s intervals of fixed-K and "
+                  "cloud-only that do not overlap at the RTTs around the crossing (every RTT "
+                  "without one); no: too wide to conclude",
+    "predicted ms": "the model's reversal RTT; never: slower than cloud-only even at zero RTT "
+                    "(reversal.csv keeps the negative number)",
+    "RTTs swept": "the RTTs of the series' cells (same bandwidth, jitter, loss and codec)",
+}
 
 
 def run_config(board: pd.DataFrame) -> dict:
@@ -121,55 +225,85 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
 
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222;
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1240px; color: #222;
        padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-th, td { padding: 0.2em 0.6em; border-bottom: 1px solid #e4e4e4; text-align: right;
-         white-space: nowrap; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; max-width: 100%; }
+th, td { padding: 0.2em 0.5em; border-bottom: 1px solid #e4e4e4; text-align: right;
+         vertical-align: top; }
 th { background: #f3f3f3; position: sticky; top: 0; }
-td:first-child, th:first-child { text-align: left; }
+td { white-space: nowrap; }
+td.text, th.text { text-align: left; }
+td.text { white-space: normal; min-width: 6em; }
+td.note { white-space: normal; min-width: 16em; text-align: left; }
+.ci { color: #666; font-size: 0.92em; white-space: nowrap; }
+td.measured { white-space: normal; min-width: 5.5em; }
 table.summary td { text-align: left; white-space: normal; }
-.scroll { overflow: auto; max-height: 40em; border: 1px solid #ddd; }
+ul.conclusions li { margin: 0.3em 0; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.95em; color: #444; margin-top: 0.3em; }
-dt { font-weight: bold; margin-top: 0.5em; } dd { margin-left: 1.5em; }
+dl.legend dt { font-weight: bold; margin-top: 0.4em; } dl.legend dd { margin-left: 1.5em; }
+p.legend { font-size: 0.9em; color: #444; }
 """
 
-HOW_TO_READ = {
-    "tok/s": "decoded tokens over decode time, (n_tokens - 1) / (t_last - t_first) per "
-             "query and summed over queries for the cell's figure: prefill and the first "
-             "token are excluded (they are in TTFT).",
-    "model": "the analytic model's prediction for the same strategy in the same cell: "
-             "E[tokens per cycle] over (K drafts + verify + transfer of the cycle's bytes + "
-             "RTT), with the cell's measured acceptance and compute times.",
-    "speed-up": "the fastest strategy's tok/s over cloud-only's in the same cell; edge-only "
-                "is fastest where it runs but is lossy (the draft's output, see accuracy).",
+REPORT_TERMS = {
+    "speed-up": "the fastest lossless strategy's tok/s over cloud-only's in the same cell.",
     "reversal RTT": "the RTT above which cloud-only decodes faster than fixed-K, "
                     "interpolated between the swept RTTs (measured) or from the model "
-                    "(predicted; negative: slower than cloud-only even at zero RTT).",
-    "TTFT, e2e": "query submitted to first output token, and to last, on the edge (ms, s); "
-                 "P50/P95/P99 are over queries and repetitions.",
+                    "(predicted; never: slower than cloud-only even at zero RTT; reversal.csv "
+                    "keeps the negative number).",
     "bytes per token": "data-plane payload bytes per output token, edge to cloud (up) and "
                        "cloud to edge (down).",
-    "cloud ms/tok": "the cloud's compute seconds per output token: the cloud's cost.",
-    "accuracy, lossless": "share of answers that are right, where the prompts have answers; "
-                          "share of outputs identical to cloud-only's (greedy decoding).",
-    "ranks, bandwidth": "rank 1 is best within a cell, ties share the better rank; "
-                        "bandwidth inf means the link was not rate-limited (unshaped).",
+    "ranks, bandwidth": "rank 1 is best within a cell, ties share the better rank; rank_accuracy "
+                        "ranks every strategy, lossy ones included; bandwidth inf (unshaped) "
+                        "means the link was not rate-limited.",
+    "leaderboard.csv": "every summary column per cell and strategy, each interval as "
+                       "<column>_low and <column>_high, lossy, rank_tokens_per_s (empty for "
+                       "lossy strategies), separated_from_next, model_vs_measured, "
+                       "rank_accuracy.",
 }
+HOW_TO_READ = {**GLOSSARY, **REPORT_TERMS}
+
+MEASURED = re.compile(r"^(\S+) \[(\S+), (\S+)\]$")
 
 
-def _table_html(frame: pd.DataFrame, **options) -> str:
-    return frame.to_html(index=False, border=0, na_rep="-", **options)
+def _cell_html(text, column: str, text_columns) -> str:
+    """One table cell: a measured figure with its interval set below it in grey."""
+    value = str(text)
+    found = MEASURED.match(value)
+    if found:
+        number, low, high = map(html.escape, found.groups())
+        return (f'<td class="measured">{number} <span class="ci">[{low},&nbsp;{high}]'
+                f"</span></td>")
+    kind = "note" if column == "note" else "text" if column in text_columns else ""
+    return f'<td class="{kind}">{html.escape(value)}</td>' if kind else \
+        f"<td>{html.escape(value)}</td>"
 
 
-def leaderboard_html(board: pd.DataFrame) -> str:
-    """The whole leaderboard, ranks beside the strategy, without the run folders."""
-    ranks = ["rank_tokens_per_s", "rank_accuracy"]
-    rest = [c for c in board.columns if c not in ranks + ["cell", "strategy", "folder", "mode"]]
-    return _table_html(board[["cell", "strategy"] + ranks + rest],
-                       float_format=lambda v: f"{v:.4g}")
+def table_html(frame: pd.DataFrame, text_columns=TEXT_COLUMNS, header: bool = True,
+               classes: str = "") -> str:
+    """``frame`` (already formatted) as an HTML table that wraps text and intervals."""
+    head = ("<thead><tr>" + "".join(
+        f'<th class="{"text" if column in text_columns else ""}">{html.escape(str(column))}</th>'
+        for column in frame.columns) + "</tr></thead>") if header else ""
+    body = "".join("<tr>" + "".join(_cell_html(value, column, text_columns)
+                                    for column, value in zip(frame.columns, row)) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f'<table class="{classes}">{head}<tbody>{body}</tbody></table>'
+
+
+def leaderboard_frames(board: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The whole leaderboard as two formatted tables that fit a page: speed and latency;
+    speculation, cost and quality (every column also in leaderboard.csv)."""
+    first = ("cell", "strategy")
+    return (formatted_frame(board, SPEED_COLUMNS, first),
+            formatted_frame(board, SPECULATION_COLUMNS, first))
+
+
+def _legend_html(terms: dict[str, str]) -> str:
+    return ('<p class="legend">' + "; ".join(
+        f"<b>{html.escape(term)}</b>: {html.escape(text)}" for term, text in terms.items())
+        + ".</p>")
 
 
 def _figure_html(path: Path, caption: str) -> str:
@@ -183,13 +317,20 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
               written: list[Path], skipped: dict[str, str]) -> str:
     captions = {plot.name: plot.caption for plot in PLOTS}
     summary = pd.DataFrame(job_summary(path, board, config).items())
+    speed, speculation = leaderboard_frames(board)
     parts = [
         f"<h1>Cloud-edge speculative decoding: {html.escape(path.name)}</h1>",
-        _table_html(summary, header=False, classes="summary"),
-        f"<h2>Per cell</h2><p>{html.escape(LEGEND)}.</p>",
-        f'<div class="scroll">{_table_html(key_frame(board))}</div>',
+        table_html(summary, header=False, classes="summary"),
+        "<h2>What the intervals allow</h2>",
+        f"<p>Rule: {html.escape(INTERVAL_RULE)}. Intervals are 95 % bootstrap intervals over "
+        "queries and repetitions.</p>",
+        '<ul class="conclusions">',
+        *(f"<li>{html.escape(line)}.</li>" for line in board_conclusions(board, reversals)),
+        "</ul>",
+        "<h2>Per cell</h2>", table_html(key_frame(board)), _legend_html(KEY_LEGEND),
         "<h2>Performance reversal</h2>",
-        (_table_html(reversal_frame(reversals)) if len(reversals) else
+        (table_html(reversal_frame(reversals)) + _legend_html(REVERSAL_LEGEND)
+         if len(reversals) else
          "<p>No series of static cells spans two RTTs with cloud-only and fixed-K: "
          "no reversal to compute.</p>"),
         "<h2>Figures</h2>",
@@ -199,14 +340,17 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
         parts += ["<h3>Skipped figures</h3><ul>",
                   *(f"<li><b>{html.escape(name)}</b>: {html.escape(why)}</li>"
                     for name, why in skipped.items()), "</ul>"]
-    parts += ["<h2>Full leaderboard</h2><p>Every strategy of every cell, fastest first "
-              "within a cell (also in leaderboard.csv).</p>",
-              f'<div class="scroll">{leaderboard_html(board)}</div>',
-              "<h2>How to read this page</h2><dl>",
+    parts += ["<h2>Full leaderboard</h2><p>Every strategy of every cell, lossless ones fastest "
+              "first within a cell, then the lossy ones; every column (and more) is in "
+              "leaderboard.csv.</p>",
+              "<h3>Speed and latency</h3>", table_html(speed),
+              "<h3>Speculation, cost and quality</h3>", table_html(speculation),
+              '<h2>How to read this page</h2><dl class="legend">',
               *(f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>"
                 for term, text in HOW_TO_READ.items()), "</dl>"]
     body = "\n".join(parts)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(path.name)}: report</title><style>{CSS}</style></head>"
             f"<body>\n{body}\n</body></html>\n")
 
@@ -218,19 +362,25 @@ def report_folder(path: Path, console: Console) -> Path:
         console.print(f"{path}: no finished cell yet")
         return path
     board = leaderboard(results)
+    board["model_vs_measured"] = board.apply(model_vs_measured, axis=1)
     reversals = reversal(board)
     config = run_config(board)
     board.to_csv(path / "leaderboard.csv", index=False)
     reversals.to_csv(path / "reversal.csv", index=False)
     write_ianvs_rank(board, config["job"]["model_pair"], path)
-    console.print(rich_table(key_frame(board), KEY_TITLE))
+    console.print(rich_table(key_frame(board), KEY_TITLE, TEXT_COLUMNS))
+    terms = dict(KEY_LEGEND)
     if not reversals.empty:
-        console.print(rich_table(reversal_frame(reversals), REVERSAL_TITLE))
-    console.print(LEGEND)
+        console.print(rich_table(reversal_frame(reversals), REVERSAL_TITLE, TEXT_COLUMNS))
+        terms.update(REVERSAL_LEGEND)
+    console.print(text_list("columns (every term: report.html, How to read this page)",
+                            terms.items()))
+    console.print(text_list("what the intervals allow",
+                            [("-", line + ".") for line in board_conclusions(board, reversals)]))
     written, skipped = write_plots(results, path / PLOTS_FOLDER)
     (path / REPORT).write_text(html_page(path, board, reversals, config, written, skipped))
     for name, why in skipped.items():
-        console.print(f"plot {name} skipped: {why}")
+        console.print(f"plot {name} skipped: {why}", highlight=False)
     console.print(f"report: {path / REPORT} (figures: {len(written)} under {PLOTS_FOLDER}/, "
-                  f"{len(skipped)} skipped)")
+                  f"{len(skipped)} skipped)", highlight=False)
     return path

@@ -34,9 +34,11 @@ class ResultsFolder:
 
     @staticmethod
     def new_path(root: Path, label: str) -> Path:
-        """A new, empty folder under ``root`` named by the time and ``label``."""
+        """A new, empty folder under ``root`` named by the time and ``label``; absolute, since
+        the agents that write into it do not run in the user's working folder."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = re.sub(r"[^A-Za-z0-9_.@-]+", "-", label)
+        root = root.resolve()
         path = root / f"{stamp}-{safe}"
         suffix = 1
         while path.exists():

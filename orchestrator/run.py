@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from agents.backends import ModelPairConfig
 from agents.edge import QueryRequest
@@ -26,6 +26,7 @@ from orchestrator.configs import ConfigError, load_job, load_model_pair, load_pr
 from orchestrator.datasets import Prompt, load_dataset
 from orchestrator.job import JobConfig, StrategyRun, plan
 from orchestrator.launch import DEPLOYMENTS
+from orchestrator.progress import work_progress
 from orchestrator.results import ResultsFolder
 from orchestrator.summary import mark_queries, print_summary, read_jsonl, summarize
 from shaping.profile import LinkState, NetworkProfile, with_rtt
@@ -107,15 +108,10 @@ def query_timeout_s(job: JobConfig) -> float:
     return job.receive_timeout_s * (job.max_new_tokens + 2)
 
 
-def query_progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True)
-
-
 def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
     results = ResultsFolder.create(results_root, f"{spec.profile.name}-{spec.mode}")
     console.print(f"results: {results.path}")
-    with query_progress(console) as progress:
+    with work_progress(console) as progress:
         summary = execute(spec, results, progress)
     print_summary(summary, console, title=f"{spec.profile.name} ({spec.mode})")
     return results.path, summary
@@ -126,7 +122,7 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
     and write the summary; the deployment is stopped however this ends."""
     results.write_config(spec.resolved())
     requests = spec.requests()
-    task = progress.add_task("queries", total=len(requests))
+    task = progress.add_task("queries", total=len(requests), unit="queries")
     try:
         with DEPLOYMENTS[spec.mode](results.path, spec.model_pair, spec.profile, spec.job.seed,
                                     spec.job.receive_timeout_s) as deployment:

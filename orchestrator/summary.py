@@ -1,27 +1,40 @@
-"""From per-query and per-cycle records to the per-strategy summary.
+"""From per-query and per-cycle records to the per-strategy summary, and how it reads.
 
 One row per strategy label (``cloud-only``, ``fixed-k5``, ...): percentiles
 over queries of tokens/s, TTFT and end-to-end latency; the aggregate rate
 (all decoded tokens over all decode time, the figure the analytic model
-predicts); acceptance; cycle time and RTT percentiles; network share of the
+predicts); acceptance (accepted/drafted, and the per-token maximum-likelihood
+alpha the model uses); cycle time and RTT percentiles; network share of the
 cycle; bytes and cloud compute per output token; task accuracy where the
-prompts have answers; and, under greedy decoding, the share of queries whose
-output equals cloud-only's token for token (losslessness).
+prompts have answers; under greedy decoding, the share of queries whose
+output equals cloud-only's token for token (losslessness); and ``lossy``,
+whether the strategy's output is not the target model's.  Every query-level
+figure carries its 95 % interval as ``<column>_low`` / ``<column>_high``
+(``validation.stats``: a seeded bootstrap over query rows).
+
+Reading it (pure functions shared by the terminal and the report): speed
+ranks among lossless strategies only, with whether each lead is clear of the
+next (the intervals do not overlap) or too close to call; where the model's
+prediction lies against the measured interval; the sentences that say so;
+the formatted tables, and ``GLOSSARY``, the definition of every column.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nasd.analytic import acceptance_from_counts
 from validation.accuracy import is_correct
-from validation.stats import percentiles
+from validation.stats import (percentile_interval, percentiles, prediction_verdict,
+                              ratio_interval, separated)
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
@@ -30,12 +43,45 @@ def read_jsonl(path: Path) -> pd.DataFrame:
     return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line])
 
 
-def _with_percentiles(row: dict, prefix: str, values, scale: float = 1.0) -> None:
-    for name, value in percentiles(np.asarray(values, dtype=float) * scale).items():
+def _with_percentiles(row: dict, prefix: str, values, scale: float = 1.0,
+                      intervals: bool = False) -> None:
+    """``<prefix>_p50/p95/p99``, and with ``intervals`` each one's ``_low``/``_high`` bounds."""
+    scaled = np.asarray(values, dtype=float) * scale
+    for name, value in percentiles(scaled).items():
         row[f"{prefix}_{name}"] = value
+        if intervals:
+            _with_interval(row, f"{prefix}_{name}",
+                           percentile_interval(scaled, float(name.removeprefix("p"))))
+
+
+def _with_interval(row: dict, column: str, bounds: tuple[float, float]) -> None:
+    row[f"{column}_low"], row[f"{column}_high"] = bounds
+
+
+def _with_ratio(row: dict, column: str, numerators, denominators, scale: float = 1.0) -> None:
+    """``column`` = scale * sum(numerators) / sum(denominators) over queries, and its interval."""
+    numerators = np.asarray(numerators, dtype=float) * scale
+    denominators = np.asarray(denominators, dtype=float)
+    total = denominators.sum()
+    row[column] = numerators.sum() / total if total > 0 else np.nan
+    _with_interval(row, column, ratio_interval(numerators, denominators))
+
+
+def interval(row, column: str) -> tuple[float, float]:
+    """The (low, high) bounds stored beside ``column`` in a summary row (NaN where none)."""
+    return (float(row.get(f"{column}_low", np.nan)), float(row.get(f"{column}_high", np.nan)))
 
 
 LOSSLESS_STRATEGIES = ("cloud-spec", "fixed-k")
+LOSSY_STRATEGIES = ("edge-only",)
+
+
+def is_lossy(strategy: str, lossless_share: float = np.nan, cutoff_cycles: int = 0) -> bool:
+    """Whether a strategy's output is not the target model's: edge-only (the draft's output)
+    by design, any strategy that served cycles edge-only (a NASD cutoff), and any whose
+    greedy outputs differed from cloud-only's (a lossless share below 1)."""
+    return (strategy.startswith(LOSSY_STRATEGIES) or cutoff_cycles > 0
+            or (pd.notna(lossless_share) and lossless_share < 1.0))
 
 
 def mark_queries(queries: pd.DataFrame, prompt_kinds: dict[str, str], greedy: bool) -> pd.DataFrame:
@@ -66,18 +112,12 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for label, group in queries.groupby("strategy", sort=False):
         tokens = group["n_tokens"].sum()
-        decoded = (group["n_tokens"] - 1).clip(lower=0).sum()
-        row = {
-            "strategy": label,
-            "k": group["k"].iloc[0],
-            "queries": len(group),
-            "tokens": int(tokens),
-            "tokens_per_s": decoded / group["decode_s"].sum() if group["decode_s"].sum() > 0
-            else np.nan,
-        }
-        _with_percentiles(row, "tokens_per_s", group["tokens_per_s"])
-        _with_percentiles(row, "ttft_ms", group["ttft_s"], 1000.0)
-        _with_percentiles(row, "e2e_s", group["e2e_s"])
+        row = {"strategy": label, "k": group["k"].iloc[0], "queries": len(group),
+               "tokens": int(tokens)}
+        _with_ratio(row, "tokens_per_s", (group["n_tokens"] - 1).clip(lower=0), group["decode_s"])
+        _with_percentiles(row, "tokens_per_s", group["tokens_per_s"], intervals=True)
+        _with_percentiles(row, "ttft_ms", group["ttft_s"], 1000.0, intervals=True)
+        _with_percentiles(row, "e2e_s", group["e2e_s"], intervals=True)
         drafted, accepted = group["drafted"].sum(), group["accepted"].sum()
         row["acceptance"] = accepted / drafted if drafted else np.nan
         row["per_token_acceptance"] = (acceptance_from_counts(int(accepted), int(group["rejections"].sum()))
@@ -93,14 +133,50 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
             row["bytes_down_per_cycle"] = own_cycles["bytes_down"].mean()
             row["t_draft_ms"] = own_cycles["t_draft"].mean() * 1000.0
             row["t_verify_ms"] = own_cycles["t_verify"].mean() * 1000.0
-        row["bytes_up_per_token"] = group["bytes_up"].sum() / tokens if tokens else np.nan
-        row["bytes_down_per_token"] = group["bytes_down"].sum() / tokens if tokens else np.nan
-        row["cloud_ms_per_token"] = 1000.0 * group["cloud_compute_s"].sum() / tokens if tokens \
-            else np.nan
+        _with_ratio(row, "bytes_up_per_token", group["bytes_up"], group["n_tokens"])
+        _with_ratio(row, "bytes_down_per_token", group["bytes_down"], group["n_tokens"])
+        _with_ratio(row, "cloud_ms_per_token", group["cloud_compute_s"], group["n_tokens"], 1000.0)
         row["accuracy"] = _share(group["correct"])
         row["lossless"] = _share(group["lossless"])
+        cutoffs = (int(own_cycles["nasd_cutoff"].sum())
+                   if len(own_cycles) and "nasd_cutoff" in own_cycles else 0)
+        row["lossy"] = is_lossy(label, row["lossless"], cutoffs)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---- reading a summary: ranks, verdicts, formatting ------------------------------------------
+
+def speed_ranks(cell: pd.DataFrame) -> pd.DataFrame:
+    """Per row of one run's (or sweep cell's) summary: ``rank_tokens_per_s`` among the lossless
+    strategies (1 fastest, ties share the better rank; NaN for lossy ones, never ranked for
+    speed) and ``separated_from_next`` (its tokens/s interval does not overlap the next-ranked
+    lossless strategy's; None for the last one or where an interval is missing)."""
+    if cell.empty:
+        return pd.DataFrame(index=cell.index, columns=["rank_tokens_per_s",
+                                                       "separated_from_next"], dtype=object)
+    lossless_rates = cell["tokens_per_s"].where(~cell["lossy"].astype(bool))
+    ranks = lossless_rates.rank(ascending=False, method="min")
+    order = ranks.dropna().sort_values(kind="stable").index
+    apart = pd.Series([None] * len(cell), index=cell.index, dtype=object)
+    for here, below in zip(order, order[1:]):
+        apart[here] = separated(interval(cell.loc[here], "tokens_per_s"),
+                                interval(cell.loc[below], "tokens_per_s"))
+    return pd.DataFrame({"rank_tokens_per_s": ranks, "separated_from_next": apart})
+
+
+def verdict_of(value) -> bool | None:
+    """A stored yes/no verdict (``separated_from_next``, ``measured_reversal_conclusive``) as
+    True or False, or None where it is unknown (None, NaN)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) \
+        else bool(value)
+
+
+def model_vs_measured(row) -> str | None:
+    """Where the model's tokens/s lies against the measured interval (``inside``, ``above``,
+    ``below``; None when either is unknown)."""
+    return prediction_verdict(float(row.get("predicted_tokens_per_s", np.nan)),
+                              interval(row, "tokens_per_s"))
 
 
 def format_number(value, digits: int = 1) -> str:
@@ -110,27 +186,220 @@ def format_number(value, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def format_interval(bounds: tuple[float, float], digits: int = 1) -> str:
+    """``[low, high]``; ``-`` where there is no interval."""
+    if any(not np.isfinite(bound) for bound in bounds):
+        return "-"
+    return f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+
+
+def format_measured(row, column: str, digits: int = 1) -> str:
+    """A measured figure with its interval: ``171.0 [162.0, 180.0]`` (the value alone where
+    there is no interval)."""
+    bounds = interval(row, column)
+    text = format_number(row.get(column, np.nan), digits)
+    return text if format_interval(bounds) == "-" else f"{text} {format_interval(bounds, digits)}"
+
+
+def format_crossover(rtt_ms: float) -> str:
+    """A predicted crossover RTT; ``never`` for a negative one (slower than cloud-only even at
+    zero RTT)."""
+    return "never" if pd.notna(rtt_ms) and rtt_ms < 0 else format_number(rtt_ms)
+
+
+def format_rank(rank: float, lossy: bool) -> str:
+    return "lossy" if lossy else format_number(rank, 0)
+
+
+def speed_conclusion(cell: pd.DataFrame) -> str:
+    """One sentence: the fastest lossless strategy and whether its lead over the runner-up
+    is clear (the intervals do not overlap) or too close to call."""
+    ranked = cell.join(speed_ranks(cell)).dropna(subset=["rank_tokens_per_s"])
+    ranked = ranked.sort_values("rank_tokens_per_s", kind="stable")
+    if ranked.empty:
+        return "no lossless strategy to rank"
+    first = ranked.iloc[0]
+    text = (f"fastest lossless: {first['strategy']}, "
+            f"{format_measured(first, 'tokens_per_s')} tok/s")
+    if len(ranked) == 1:
+        return text + " (the only lossless strategy)"
+    second = ranked.iloc[1]
+    runner_up = (f"the runner-up {second['strategy']} "
+                 f"({format_measured(second, 'tokens_per_s')})")
+    verdicts = {True: f"clear of {runner_up}: the intervals do not overlap",
+                False: f"too close to call: the intervals of it and {runner_up} overlap",
+                None: f"not told apart from {runner_up}: no interval (fewer than 2 queries)"}
+    return f"{text}; {verdicts[verdict_of(first['separated_from_next'])]}"
+
+
+def model_miss(row) -> str:
+    """``fixed-k3 (model 115.0, measured 70.2 [66.1, 74.0])``."""
+    return (f"{row['strategy']} (model {format_number(row['predicted_tokens_per_s'])}, "
+            f"measured {format_measured(row, 'tokens_per_s')})")
+
+
+def model_conclusion(cell: pd.DataFrame) -> str | None:
+    """One sentence: which strategies' model prediction lies inside the measured interval and
+    which outside (with both figures); None when no row has both."""
+    verdicts = cell.apply(model_vs_measured, axis=1) if len(cell) else pd.Series(dtype=object)
+    inside = cell.loc[verdicts == "inside", "strategy"].tolist()
+    outside = [model_miss(row) for (_, row), verdict in zip(cell.iterrows(), verdicts)
+               if verdict in ("above", "below")]
+    if not inside and not outside:
+        return None
+    parts = [f"inside the measured interval for {', '.join(inside)}" if inside else "",
+             f"outside it for {', '.join(outside)}" if outside else ""]
+    return "the model's tok/s is " + "; ".join(filter(None, parts))
+
+
+def lossy_conclusion(cell: pd.DataFrame) -> str | None:
+    """One sentence naming the lossy strategies (shown, never ranked for speed)."""
+    lossy = cell[cell["lossy"].astype(bool)]
+    if lossy.empty:
+        return None
+    named = [f"{row['strategy']} ({format_number(row['tokens_per_s'])} tok/s, accuracy "
+             f"{format_number(row.get('accuracy', np.nan), 2)})" for _, row in lossy.iterrows()]
+    return ("lossy, not ranked for speed (output not the target model's): "
+            + ", ".join(named))
+
+
+def conclusions(cell: pd.DataFrame) -> list[str]:
+    """What one run's (or sweep cell's) intervals allow one to conclude, as sentences."""
+    if cell.empty:
+        return ["no strategy finished a query: nothing to conclude"]
+    return [line for line in (speed_conclusion(cell), lossy_conclusion(cell),
+                              model_conclusion(cell)) if line]
+
+
+INTERVAL_RULE = ("two measured figures differ conclusively only when their 95 % intervals do "
+                 "not overlap (overlap: too close to call with these queries, not equal); a "
+                 "prediction agrees with a measurement when it lies inside its interval")
+
+GLOSSARY = {
+    "rank": "speed rank among lossless strategies (1 fastest, ties share the better rank); "
+            "lossy: the output is not the target model's (edge-only serves the draft's), so "
+            "it is shown but never ranked for speed",
+    "tok/s": "decoded tokens over decode seconds, all queries and repetitions together: "
+             "the sum of (n_tokens - 1) over the sum of (t_last - t_first), so prefill and "
+             "the first token (in TTFT) are excluded",
+    "[low, high]": "95 % interval over queries and repetitions: a seeded percentile "
+                   "bootstrap (2000 resamples of the query rows); none with fewer than 2 "
+                   "queries; a P95/P99 interval cannot reach past the largest query measured",
+    "model": "the analytic model's tok/s for the same strategy with this run's measured "
+             "acceptance (alpha), stage times and bytes: E[tokens per cycle] over (K drafts + "
+             "verify + transfer + RTT)",
+    "model vs CI": "whether the model's tok/s lies inside, above or below the measured "
+                   "interval",
+    "TTFT p50, TTFT p95": "time from submitting a query to its first output token on the "
+                          "edge, ms: median and 95th percentile over queries",
+    "e2e p95, e2e p99": "time from submitting a query to its last token, s: 95th and 99th "
+                        "percentile over queries",
+    "accepted/drafted": "accepted draft tokens over drafted ones (summary.csv acceptance): "
+                        "drafts after a rejection are never tested, so this is below alpha",
+    "alpha": "per-token acceptance, accepted / (accepted + rejections) (summary.csv "
+             "per_token_acceptance): the maximum-likelihood chance that one drafted token "
+             "passes verification, the a of the analytic model",
+    "cycle p50, cycle p99": "wall time of one speculation cycle on the edge (draft, send, verify, "
+                      "receive), ms, over cycles; - for strategies without cycles",
+    "RTT p50": "a cycle's network round trip on the edge, send to receive minus the cloud's "
+               "reported compute, ms, median over cycles",
+    "net": "network share of the cycle: network seconds over cycle seconds",
+    "B/tok": "data-plane payload bytes sent edge to cloud per output token",
+    "cloud ms/tok": "the cloud's compute ms per output token: the cloud's cost",
+    "crossover": "the RTT (ms) above which cloud-only decodes faster than this fixed K, by "
+                 "the analytic model; never: slower than cloud-only even at zero RTT (a "
+                 "negative crossover, kept as a number in summary.csv)",
+    "accuracy": "share of answers right; - where the prompt set has no answers (nothing to "
+                "score)",
+    "lossless": "share of outputs equal to cloud-only's token for token (greedy decoding; - "
+                "under sampling and for strategies not meant to match)",
+    "too close to call": INTERVAL_RULE,
+}
+
+def _formatted(column: str, digits: int = 1):
+    return partial(format_number_of, column=column, digits=digits)
+
+
+def format_number_of(row, column: str, digits: int = 1) -> str:
+    return format_number(row.get(column, np.nan), digits)
+
+
+def _rank_of(row) -> str:
+    return format_rank(row["rank_tokens_per_s"], row["lossy"])
+
+
+def _crossover_of(row) -> str:
+    return format_crossover(row.get("crossover_rtt_ms", np.nan))
+
+
+# header -> how a summary row shows in it
+SPEED_COLUMNS = {
+    "rank": _rank_of,
+    "tok/s": partial(format_measured, column="tokens_per_s"),
+    "model": _formatted("predicted_tokens_per_s"),
+    "model vs CI": lambda row: model_vs_measured(row) or "-",
+    "TTFT p50": partial(format_measured, column="ttft_ms_p50", digits=0),
+    "TTFT p95": partial(format_measured, column="ttft_ms_p95", digits=0),
+    "e2e p95": partial(format_measured, column="e2e_s_p95", digits=2),
+    "e2e p99": partial(format_measured, column="e2e_s_p99", digits=2),
+}
+SPECULATION_COLUMNS = {
+    "accepted/drafted": _formatted("acceptance", 2),
+    "alpha": _formatted("per_token_acceptance", 2),
+    "cycle p50": _formatted("cycle_ms_p50"), "cycle p99": _formatted("cycle_ms_p99"),
+    "RTT p50": _formatted("rtt_ms_p50"), "net": _formatted("network_ratio", 2),
+    "B/tok": _formatted("bytes_up_per_token", 0),
+    "cloud ms/tok": _formatted("cloud_ms_per_token"),
+    "crossover": _crossover_of, "accuracy": _formatted("accuracy", 2),
+    "lossless": _formatted("lossless", 2),
+}
+
+
+def formatted_frame(summary: pd.DataFrame, columns: dict, first=("strategy",)) -> pd.DataFrame:
+    """One formatted row per summary row: the ``first`` columns as they are, then
+    ``columns`` (header -> formatter of a row).  Speed ranks are added where missing."""
+    if "rank_tokens_per_s" not in summary:
+        summary = summary.join(speed_ranks(summary))
+    return pd.DataFrame([{**{name: row[name] for name in first},
+                          **{header: show(row) for header, show in columns.items()}}
+                         for _, row in summary.iterrows()],
+                        columns=[*first, *columns])
+
+
+NAME_COLUMNS = ("cell", "strategy")
+
+
+def rich_table(frame: pd.DataFrame, title: str, text_columns=("strategy",)) -> Table:
+    """``frame`` (already formatted) as a terminal table; ``text_columns`` left-aligned.  On a
+    narrow terminal other columns wrap, but a cell or strategy name is never broken or cut."""
+    table = Table(title=escape(title), title_justify="left")
+    for column in frame.columns:
+        names = frame[column].astype(str) if column in NAME_COLUMNS else pd.Series(dtype=str)
+        table.add_column(escape(column), justify="left" if column in text_columns else "right",
+                         overflow="fold", min_width=max(names.str.len(), default=None))
+    for row in frame.itertuples(index=False):
+        table.add_row(*(escape(str(cell)) for cell in row))
+    return table
+
+
+def text_list(title: str, items) -> Table:
+    """A titled two-column grid of (term, text) pairs whose text wraps beside its term."""
+    grid = Table.grid(padding=(0, 1))
+    grid.title, grid.title_justify = escape(title), "left"
+    grid.add_column(justify="right", no_wrap=True, style="bold")
+    grid.add_column()
+    for term, text in items:
+        grid.add_row(escape(term), escape(text))
+    return grid
+
+
 def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    columns = [
-        ("strategy", "strategy", None), ("tok/s", "tokens_per_s", 1),
-        ("model", "predicted_tokens_per_s", 1), ("TTFT p50", "ttft_ms_p50", 0),
-        ("TTFT p95", "ttft_ms_p95", 0), ("accept", "acceptance", 2),
-        ("cycle p50", "cycle_ms_p50", 1), ("cycle p99", "cycle_ms_p99", 1),
-        ("RTT p50", "rtt_ms_p50", 1), ("net", "network_ratio", 2),
-        ("B/tok", "bytes_up_per_token", 0), ("cloud/tok", "cloud_ms_per_token", 1),
-        ("crossover", "crossover_rtt_ms", 1), ("accuracy", "accuracy", 2),
-        ("lossless", "lossless", 2),
-    ]
-    present = [c for c in columns if c[1] in summary.columns]
-    for header, _, _ in present:
-        table.add_column(header, justify="left" if header == "strategy" else "right")
-    for _, row in summary.iterrows():
-        table.add_row(*[str(row[key]) if digits is None else format_number(row[key], digits)
-                        for _, key, digits in present])
-    console.print(table)
-    console.print("tok/s: decoded tokens over decode time (prefill excluded); model: the analytic "
-                  "prediction; times in ms; B/tok: bytes sent up per output token; "
-                  "cloud/tok: cloud compute ms per output token; crossover: the RTT (ms) above which "
-                  "cloud-only beats this fixed K, by the analytic model; accuracy: share of answers "
-                  "right; lossless: share of outputs equal to cloud-only's (greedy)")
+    """The two summary tables, every column defined, then what the intervals allow."""
+    queries = int(summary["queries"].max()) if len(summary) else 0
+    console.print(rich_table(formatted_frame(summary, SPEED_COLUMNS),
+                             f"{title}: speed ({queries} queries per strategy, 95 % intervals)"))
+    console.print(rich_table(formatted_frame(summary, SPECULATION_COLUMNS),
+                             f"{title}: speculation, cost, quality"))
+    console.print(text_list("columns", GLOSSARY.items()))
+    console.print(text_list("what the intervals allow",
+                            [("-", line + ".") for line in conclusions(summary)]))

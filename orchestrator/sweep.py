@@ -25,7 +25,8 @@ from orchestrator.configs import ConfigError, load_model_pair, load_profile, val
 from orchestrator.datasets import load_dataset
 from orchestrator.job import JobConfig, NetworkGrid
 from orchestrator.results import ResultsFolder
-from orchestrator.run import RunSpec, execute, query_progress
+from orchestrator.progress import work_progress
+from orchestrator.run import RunSpec, execute
 from shaping.profile import NetworkProfile, ProfileFile, resolve
 
 
@@ -146,8 +147,9 @@ def sweep(folder: SweepFolder, job: JobConfig, mode: str, cells: list[Cell],
     prompts = load_dataset(job.prompts)
     RunSpec.build(job, cells[0].profile, mode, model_pair, prompts)     # bad input fails here
     ran = []
-    with query_progress(console) as progress:
-        overall = progress.add_task("cells", total=len(cells), completed=len(finished))
+    with work_progress(console) as progress:
+        overall = progress.add_task("cells", total=len(cells), completed=len(finished),
+                                    unit="cells")
         for cell in todo:
             progress.update(overall, description=f"cell {cell.name}")
             path = folder.cell_path(cell.name)

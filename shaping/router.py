@@ -40,9 +40,11 @@ import hashlib
 import ipaddress
 import json
 import os
+import select
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +65,7 @@ MTU = 1500
 GUEST_PORT = "edgespec.ctl"            # the virtio-serial port's name, as the guest sees it
 READY_TIMEOUT_S = 180.0                # boot to hello under software emulation on a busy host
 REQUEST_TIMEOUT_S = 10.0
+WAIT_SLICE_S = 0.5
 SIDES = ("edge", "cloud")
 # The router's NIC whose egress carries each direction: the one facing the receiver.
 EGRESS_SIDE = {"uplink": "cloud", "downlink": "edge"}
@@ -165,12 +168,19 @@ class GuestNetlink:
             raise RouterError(f"the router VM's control channel broke: {error}"
                               f"{self._describe_failure()}") from None
 
-    def hello(self, timeout_s: float) -> dict:
-        """Wait for the guest's hello (it comes once, when the guest is up)."""
+    def hello(self, timeout_s: float, while_waiting=None) -> dict:
+        """Wait for the guest's hello (it comes once, when the guest is up);
+        ``while_waiting`` is called every ``WAIT_SLICE_S`` meanwhile (it may raise)."""
+        deadline = time.monotonic() + timeout_s
         with self._lock:
-            self._connection.settimeout(timeout_s)
-            kind, payload = self._read_frame()
+            while not select.select([self._connection], [], [], WAIT_SLICE_S)[0]:
+                if time.monotonic() > deadline:
+                    raise RouterError(f"the router VM did not come up within {timeout_s:.0f} s"
+                                      f"{self._describe_failure()}")
+                if while_waiting is not None:
+                    while_waiting()
             self._connection.settimeout(REQUEST_TIMEOUT_S)
+            kind, payload = self._read_frame()
         if kind != "H":
             raise RouterError(f"the router VM said {kind!r} before its hello")
         return json.loads(payload)
@@ -286,16 +296,19 @@ class RouterTopology(LinkTopology):
 
     ``boot(taps: list[TapEnd]) -> Router`` starts the VM.  ``create`` returns
     once the namespaces are configured and the VM is starting;
-    ``wait_ready`` (called by everything that needs the guest) waits for it.
+    ``wait_ready`` (called by everything that needs the guest) waits for it,
+    calling ``while_waiting`` (if given) every half second: it may raise to
+    give up (a Ctrl-C whose exception was lost).
     ``close`` stops the VM (the TAPs go with it), then removes the rest.
     """
 
     netem = True        # the guest kernel's: the VM is only booted with sch_netem at hand
     UP_STATES = ("UP", "UNKNOWN")     # a TAP reports no link state of its own
 
-    def __init__(self, boot, prefix: str | None = None) -> None:
+    def __init__(self, boot, prefix: str | None = None, while_waiting=None) -> None:
         super().__init__(prefix)
         self._boot = boot
+        self._while_waiting = while_waiting
         edge_net = subnet_for(self.prefix)
         cloud_net = ipaddress.IPv4Network((int(edge_net.network_address) + edge_net.num_addresses,
                                            edge_net.prefixlen))
@@ -348,7 +361,7 @@ class RouterTopology(LinkTopology):
         """Wait for the guest's hello, then address and raise its two NICs (once)."""
         if self.guest is not None:
             return
-        hello = self.netlink.hello(timeout_s)
+        hello = self.netlink.hello(timeout_s, self._while_waiting)
         by_mac = {info["mac"]: name for name, info in hello["interfaces"].items()}
         for side in SIDES:
             mac = router_mac(self.prefix, side)
@@ -371,6 +384,10 @@ class RouterTopology(LinkTopology):
     def batch(self):
         """Changes of both directions in one round trip to the guest."""
         return self.netlink.batch()
+
+    def watched(self) -> list:
+        """What can die under a run on its own: the VM (``alive()``, ``failure()``)."""
+        return [self.router] if self.router is not None else []
 
     def health(self) -> str | None:
         """None while the router runs; else why it is gone."""

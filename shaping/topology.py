@@ -331,6 +331,10 @@ class LinkTopology:
         """None: a veth cannot fail on its own."""
         return None
 
+    def watched(self) -> list:
+        """Processes a run on this topology depends on (none: the kernel is the link)."""
+        return []
+
     def socket(self, side: str, family: int = socket.AF_INET,
                kind: int = socket.SOCK_STREAM) -> socket.socket:
         """A socket living in ``side``'s namespace (for probes and tests)."""

@@ -21,22 +21,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_SWEEP_JOB = ROOT / "tests" / "fixtures" / "sweep-small.yaml"
 
-# Agents this suite starts keep their settings under pytest's temporary folders.
-AGENT_PATTERN = "agents[.](edge|cloud) --settings .*pytest-of-"
+# Agents keep their settings in their run's folder: this session's are under its own
+# temporary folder, which tells them from the agents of any other run on the host.
+AGENT_PATTERN = "agents[.](edge|cloud) --settings "
 
 
-def running_agents() -> list[str]:
-    found = subprocess.run(["pgrep", "-af", AGENT_PATTERN], capture_output=True, text=True)
+def running_agents(under: Path | str = "pytest-of-") -> list[str]:
+    """Agent processes whose settings file lies under ``under`` (by default: any pytest's)."""
+    found = subprocess.run(["pgrep", "-af", AGENT_PATTERN + f".*{under}"], capture_output=True,
+                           text=True)
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_agent_left_behind(tmp_path_factory):
-    # only this session's (other sessions may run on the same host meanwhile)
-    ours = str(tmp_path_factory.getbasetemp()) + "/"
-    before = set(running_agents())
+    """After the whole suite: no agent this session started is still running."""
+    ours = tmp_path_factory.getbasetemp()
     yield
-    left = [line for line in running_agents() if line not in before and ours in line]
+    left = running_agents(ours)
     assert not left, f"agent processes left behind: {left}"
 
 
@@ -57,16 +59,16 @@ def _finished_cells(path: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def resumed_sweep(tmp_path_factory) -> ResumedSweep:
     """``tests/fixtures/sweep-small.yaml`` in sim mode, interrupted (SIGINT) once two cells
-    have finished, then finished with ``--resume``: shared by the sweep and report tests."""
+    have finished, then finished with ``--resume``: shared by the sweep and report tests.
+    Run from a folder outside the checkout, into its default results folder."""
     root = tmp_path_factory.mktemp("sweep")
-    command = [sys.executable, "-m", "orchestrator.cli", "sweep", "--mode", "sim",
-               "--results", str(root)]
-    first = subprocess.Popen(command + ["--job", str(SMALL_SWEEP_JOB)], cwd=ROOT, text=True,
+    command = [sys.executable, "-m", "orchestrator.cli", "sweep", "--mode", "sim"]
+    first = subprocess.Popen(command + ["--job", str(SMALL_SWEEP_JOB)], cwd=root, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     path = None
     while time.monotonic() < deadline and first.poll() is None:
-        folders = list(root.glob("*-sweep-small-sim"))
+        folders = list(root.glob("results/*-sweep-small-sim"))
         if folders and len(_finished_cells(folders[0])) >= 2:
             path = folders[0]
             break
@@ -75,7 +77,7 @@ def resumed_sweep(tmp_path_factory) -> ResumedSweep:
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)
     finished = _finished_cells(path)
-    resumed = subprocess.run(command + ["--resume", str(path)], cwd=ROOT, text=True,
+    resumed = subprocess.run(command + ["--resume", str(path)], cwd=root, text=True,
                              capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return ResumedSweep(path, finished, first.returncode, resumed.stdout)

@@ -176,6 +176,12 @@ BAD_INPUT = {
     "k-0": (None, ["run", "--k", "0"], ["--k"]),
     "strategy-bogus": (None, ["run", "--strategy", "bogus"], ["--strategy", "bogus"]),
     "max-new-tokens-abc": (None, ["run", "--max-new-tokens", "abc"], ["--max-new-tokens"]),
+    "codec-bogus": (None, ["run", "--codec", "bogus"], ["--codec bogus", "unknown codec"]),
+    # the conflict comes from the flags, not from the (valid) job file: they are named
+    "flags-sampling-ids": (None, ["run", "--decoding", "sampling", "--codec", "ids"],
+                           ["--decoding sampling --codec ids", "draft probabilities"]),
+    "profile-typo": (None, ["run", "--profile", "4gg"], ["did you mean '4g'?", "wifi",
+                                                          "orchestrator profiles"]),
 }
 
 
@@ -231,6 +237,20 @@ def test_bad_profile_leaves_no_agent_process_behind(tmp_path):
     assert seen == []
     assert agent_processes(str(results)) == []
     assert not (tmp_path / "results").exists()
+
+
+def test_shipped_configs_are_found_by_name_and_by_sub_folder():
+    assert configs.find("profiles", "grid/rtt050-bw010") == configs.find("profiles",
+                                                                           "rtt050-bw010")
+    assert load_profile("grid/rtt050-bw010-j10").name == "rtt050-bw010-j10"
+    with pytest.raises(ConfigError, match="did you mean 'wifi'"):
+        load_profile("wfi")
+
+
+def test_a_relative_config_path_is_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("rtt_ms: 20\n")
+    monkeypatch.chdir(tmp_path)
+    assert configs.find("profiles", "mine.yaml") == tmp_path / "mine.yaml"
 
 
 def test_missing_profile_path_is_a_config_error(tmp_path):

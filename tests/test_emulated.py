@@ -112,13 +112,13 @@ def start_long_run(tmp_path: Path) -> subprocess.Popen:
 
 
 def test_sigterm_mid_run_tears_everything_down(netns_ok, tmp_path):
-    """SIGTERM while the agents run in their namespaces: exit 130 and nothing left."""
+    """SIGTERM while the agents run in their namespaces: exit 143 and nothing left."""
     before = set(our_leftovers())
     child = start_long_run(tmp_path)
     assert set(our_leftovers()) - before, "the run never built its namespaces"
     child.terminate()
     output = child.communicate(timeout=30)[0].decode(errors="replace")
-    assert child.returncode == 130, output[-2000:]
+    assert child.returncode == 143, output[-2000:]
     assert set(our_leftovers()) == before, output[-2000:]
 
 

@@ -9,7 +9,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from shaping.profile import DirectionSpec, LinkState, RandomLoss
 from validation.probe import (PacketSamples, ProbePlan, _middle_rate_mbps,
                               expected_echo_delays_ms, evaluate, payload_rate_mbps, probe_sim)
 
-ROOT = Path(__file__).resolve().parent.parent
 PLAN = ProbePlan(packets=200)
 
 
@@ -112,13 +110,13 @@ def test_probe_of_the_sim_link_meets_its_own_math():
 
 
 def test_probe_cli_writes_json_and_says_the_mode(tmp_path):
+    """From a folder outside the checkout, into the default results folder there."""
     done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "probe", "--mode", "sim",
-                           "--profile", "rtt010-bw010", "--packets", "50", "--goodput-s", "0.5",
-                           "--results", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--profile", "rtt010-bw010", "--packets", "50", "--goodput-s", "0.5"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "mode: sim (asked for with --mode sim)" in done.stdout
-    saved = json.loads(next(tmp_path.glob("probe-*-rtt010-bw010-sim.json")).read_text())
+    saved = json.loads(next(tmp_path.glob("results/probe-*-rtt010-bw010-sim.json")).read_text())
     assert saved["passed"] is True and saved["plan"]["packets"] == 50
     assert {row["metric"] for row in saved["rows"]} >= {"one-way delay p50", "jitter sigma",
                                                         "loss", "reordered", "goodput"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
+from orchestrator.analysis import leaderboard, load_results, reversal
 from orchestrator.plots import PLOTS
-from orchestrator.report import PLOTS_FOLDER, REPORT
+from orchestrator.report import (HOW_TO_READ, KEY_LEGEND, PLOTS_FOLDER, REPORT, REVERSAL_LEGEND,
+                                 key_frame, reversal_frame)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,27 +88,82 @@ def test_the_page_embeds_every_plot_and_fetches_nothing(sweep_report):
     assert "synthetic" in page and "sim" in page
 
 
-def test_leaderboard_ranks_each_cell_by_tokens_per_s(sweep_report):
+def test_leaderboard_ranks_the_lossless_strategies_of_each_cell_by_tokens_per_s(sweep_report):
     path, _ = sweep_report
     board = pd.read_csv(path / "leaderboard.csv")
     assert sorted(board["cell"].unique()) == cell_names(path)
     for cell, rows in board.groupby("cell"):
-        assert sorted(rows["rank_tokens_per_s"]) == list(range(1, len(rows) + 1)), cell
-        fastest_first = rows.sort_values("tokens_per_s", ascending=False)
-        assert fastest_first["rank_tokens_per_s"].tolist() == list(range(1, len(rows) + 1))
         assert set(rows["strategy"]) == {"cloud-only", "cloud-spec", "edge-only", "fixed-k3",
                                          "fixed-k5"}
+        lossy = rows[rows["lossy"]]
+        assert lossy["strategy"].tolist() == ["edge-only"]          # the draft's output
+        assert lossy["rank_tokens_per_s"].isna().all()              # shown, never ranked
+        lossless = rows[~rows["lossy"]].sort_values("tokens_per_s", ascending=False)
+        assert lossless["rank_tokens_per_s"].tolist() == list(range(1, len(lossless) + 1)), cell
+        # each interval holds its figure, and "separated" is exactly "the intervals do not
+        # overlap" with the next-ranked lossless strategy
+        for column in ("tokens_per_s", "ttft_ms_p50", "ttft_ms_p95", "e2e_s_p95", "e2e_s_p99",
+                       "bytes_up_per_token"):
+            assert (rows[f"{column}_low"] <= rows[column] + 1e-9).all(), (cell, column)
+            assert (rows[column] <= rows[f"{column}_high"] + 1e-9).all(), (cell, column)
+        for (_, first), (_, second) in zip(lossless.iloc[:-1].iterrows(),
+                                           lossless.iloc[1:].iterrows()):
+            apart = first["tokens_per_s_low"] > second["tokens_per_s_high"]
+            assert first["separated_from_next"] == apart, (cell, first["strategy"])
+        assert set(rows["model_vs_measured"].dropna()) <= {"inside", "above", "below"}
+
+
+def test_no_lossy_strategy_is_called_fastest(sweep_report):
+    path, reported = sweep_report
+    board = leaderboard(load_results(path))
+    key = key_frame(board)
+    assert "edge-only" not in set(key["fastest lossless"])
+    assert key["lossy (unranked)"].str.startswith("edge-only ").all()
+    assert "fastest lossless" in reported.stdout
+    page = (path / REPORT).read_text()
+    assert "What the intervals allow</h2>" in page
+    assert "lossy, shown but never ranked for speed: edge-only" in page
+
+
+def test_every_column_of_the_report_tables_is_defined(sweep_report):
+    path, reported = sweep_report
+    board = leaderboard(load_results(path))
+    key_terms = set(KEY_LEGEND) | set(REVERSAL_LEGEND)
+    assert set(key_frame(board).columns) <= key_terms
+    reversal_frame_columns = set(reversal_frame(reversal(board)).columns)
+    assert reversal_frame_columns - key_terms <= {"bandwidth", "jitter ms", "loss %", "codec",
+                                                  "strategy", "note"}
+    for term in key_terms:
+        assert term in reported.stdout, term
+    page = (path / REPORT).read_text()
+    for term in HOW_TO_READ:
+        assert f"<dt>{html.escape(term)}</dt>" in page
+
+
+def test_the_reversal_says_never_for_a_negative_prediction_and_keeps_the_number():
+    reversals = pd.DataFrame([{"bandwidth_mbps": 10.0, "jitter_ms": 0.0, "loss_pct": 0.0,
+                               "codec": "ids", "strategy": "fixed-k5", "rtts": "0 40",
+                               "measured_reversal_rtt_ms": float("nan"),
+                               "measured_reversal_conclusive": True,
+                               "predicted_reversal_rtt_ms": -153.0, "note": "slower"}])
+    shown = reversal_frame(reversals).iloc[0]
+    assert shown["predicted ms"] == "never" and shown["measured ms"] == "-"
+    assert shown["conclusive"] == "yes"
+    assert reversals["predicted_reversal_rtt_ms"].iloc[0] == -153.0
 
 
 def test_ianvs_rank_reads_back_with_its_columns(sweep_report):
     path, _ = sweep_report
     rank = pd.read_csv(path / "rank" / "all_rank.csv", sep=" ")
     columns = list(rank.columns)
-    assert columns[:2] == ["rank", "algorithm"] and columns[-2:] == ["time", "url"]
+    assert columns[:3] == ["rank", "algorithm", "throughput"] and columns[-2:] == ["time", "url"]
+    assert {"throughput_low", "throughput_high", "lossy"} <= set(columns)
     assert columns.index("paradigm") > columns.index("throughput")
     assert (rank["paradigm"] == "jointinference").all()
     assert len(rank) == len(pd.read_csv(path / "leaderboard.csv"))
-    assert set(rank["rank"]) == {1, 2, 3, 4, 5}
+    assert set(rank["rank"].dropna()) == {1, 2, 3, 4}
+    assert rank.loc[rank["rank"].isna(), "algorithm"].unique().tolist() == ["edge-only"]
+    assert rank.loc[rank["algorithm"] == "edge-only", "lossy"].all()
 
 
 def test_a_single_run_reports_with_the_sweep_plots_skipped(run_report):
@@ -130,3 +188,20 @@ def test_a_folder_that_is_neither_exits_2_with_one_error_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "neither a sweep folder" in lines[0]
     assert not (tmp_path / REPORT).exists()
+
+
+def test_a_run_summarized_before_intervals_still_reports(run_report, tmp_path):
+    folder, _ = run_report
+    old = tmp_path / folder.name
+    shutil.copytree(folder, old)
+    summary = pd.read_csv(old / "summary.csv")
+    summary.drop(columns=[c for c in summary.columns
+                          if c.endswith(("_low", "_high")) or c == "lossy"]).to_csv(
+        old / "summary.csv", index=False)
+    reported = orchestrator("report", str(old))
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    board = pd.read_csv(old / "leaderboard.csv").set_index("strategy")
+    assert board["lossy"].to_dict() == {"cloud-spec": False, "fixed-k5": False,
+                                        "cloud-only": False, "edge-only": True}
+    assert board["separated_from_next"].isna().all()
+    assert "no interval (or no runner-up) to tell in 1" in reported.stdout

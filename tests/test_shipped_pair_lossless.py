@@ -63,3 +63,14 @@ def check_against_transformers(spec, queries):
                                    assistant_model=draft)
         assert plain[0, inputs.shape[1]:].tolist() == outputs[prompt.id]
         assert assisted.tolist() == plain.tolist()
+
+
+def test_the_default_job_drafts_every_k_it_lists_to_its_full_length(tmp_path):
+    """Its answers are long enough that no two K values of the default job run alike."""
+    spec = RunSpec.load("default", "rtt000-bw100", "sim",
+                        job_overrides={"strategies": ["fixed-k"], "max_queries": 3})
+    folder, _ = run(spec, tmp_path, Console(file=io.StringIO()))
+    cycles = [json.loads(line) for line in (folder / "cycles.jsonl").read_text().splitlines()]
+    for k in spec.job.k_values:
+        drafted = [c["k"] for c in cycles if c["strategy"] == f"fixed-k{k}"]
+        assert max(drafted) == k and drafted.count(k) >= 3, (k, drafted)

@@ -3,7 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from validation.stats import binomial_interval, percentiles, relative_error
+from validation.stats import (binomial_interval, bootstrap_interval, percentile_interval,
+                              percentiles, prediction_verdict, ratio_interval, relative_error,
+                              separated)
 
 
 def test_binomial_interval_known_values():
@@ -74,3 +76,66 @@ def test_relative_error():
     assert relative_error(0.0, 0.0) == 0.0
     assert relative_error(0.5, 0.0) == math.inf
     assert relative_error(-0.5, 0.0) == -math.inf
+
+
+# ---- bootstrap intervals and what they allow -------------------------------------------------
+
+
+def test_a_bootstrap_interval_is_the_same_for_the_same_rows_and_seed():
+    rng = np.random.default_rng(7)
+    tokens, seconds = rng.integers(20, 60, 12), rng.uniform(0.5, 2.0, 12)
+    assert ratio_interval(tokens, seconds) == ratio_interval(tokens, seconds)
+    assert ratio_interval(tokens, seconds, seed=1) != ratio_interval(tokens, seconds)
+
+
+def test_a_ratio_interval_holds_the_pooled_ratio_and_is_exact_for_a_constant_one():
+    assert ratio_interval([10, 40, 20], [1.0, 4.0, 2.0]) == pytest.approx((10.0, 10.0))
+    rng = np.random.default_rng(3)
+    tokens, seconds = rng.integers(10, 100, 30), rng.uniform(0.2, 3.0, 30)
+    low, high = ratio_interval(tokens, seconds)
+    assert low < tokens.sum() / seconds.sum() < high
+
+
+def test_an_interval_narrows_with_more_rows():
+    rng = np.random.default_rng(5)
+    def width(rows):
+        low, high = percentile_interval(rng.exponential(100.0, rows), 50)
+        return high - low
+    assert width(1000) < width(100) / 2 < width(10) / 4
+
+
+def test_a_95_percent_interval_covers_the_true_median_about_95_percent_of_the_time():
+    # 300 experiments of 60 exponential latencies, true median 100 ln 2
+    rng = np.random.default_rng(11)
+    truth = 100.0 * math.log(2.0)
+    covered = [low <= truth <= high for low, high in
+               (percentile_interval(rng.exponential(100.0, 60), 50, resamples=500)
+                for _ in range(300))]
+    assert 0.89 <= np.mean(covered) <= 0.99
+
+
+def test_too_few_rows_give_no_interval_and_nans_are_ignored():
+    assert all(math.isnan(b) for b in percentile_interval([5.0], 50))
+    assert all(math.isnan(b) for b in ratio_interval([], []))
+    assert all(math.isnan(b) for b in ratio_interval([3.0, 4.0], [0.0, 0.0]))
+    assert percentile_interval([1.0, math.nan, 1.0, math.nan], 95) == (1.0, 1.0)
+    with pytest.raises(ValueError):
+        ratio_interval([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        bootstrap_interval(lambda draws: draws.sum(axis=1), 5, confidence=1.0)
+
+
+def test_separated_is_non_overlap_and_unknown_without_bounds():
+    assert separated((1.0, 2.0), (2.5, 3.0)) is True
+    assert separated((2.5, 3.0), (1.0, 2.0)) is True
+    assert separated((1.0, 2.6), (2.5, 3.0)) is False
+    assert separated((1.0, 2.0), (math.nan, 3.0)) is None
+
+
+def test_a_prediction_is_inside_above_or_below_the_measured_interval():
+    assert prediction_verdict(10.0, (9.0, 11.0)) == "inside"
+    assert prediction_verdict(9.0, (9.0, 11.0)) == "inside"
+    assert prediction_verdict(12.0, (9.0, 11.0)) == "above"
+    assert prediction_verdict(8.0, (9.0, 11.0)) == "below"
+    assert prediction_verdict(math.nan, (9.0, 11.0)) is None
+    assert prediction_verdict(10.0, (math.nan, math.nan)) is None

@@ -13,6 +13,7 @@ import pytest
 
 from orchestrator.analysis import ianvs_rank, leaderboard, load_results, reversal
 from orchestrator.configs import load_job, load_profile
+from orchestrator.summary import verdict_of
 from orchestrator.sweep import expand, grid_profile
 from tests.conftest import ROOT, SMALL_SWEEP_JOB
 
@@ -88,11 +89,17 @@ def test_the_leaderboard_ranks_each_cell_by_speed_and_accuracy(resumed_sweep):
     board = leaderboard(load_results(resumed_sweep.path))
     assert list(board["cell"].unique()) == [c.name for c in expand(load_job(str(SMALL_SWEEP_JOB)))]
     for _, rows in board.groupby("cell"):
-        assert list(rows["rank_tokens_per_s"]) == list(range(1, len(rows) + 1))
-        assert rows["tokens_per_s"].is_monotonic_decreasing
+        lossless = rows[~rows["lossy"]]
+        assert list(lossless["rank_tokens_per_s"]) == list(range(1, len(lossless) + 1))
+        assert lossless["tokens_per_s"].is_monotonic_decreasing
+        assert rows["lossy"].tolist()[-1] and rows["strategy"].tolist()[-1] == "edge-only"
     fast = board[board["cell"] == "rtt000-bw010"].set_index("strategy")
-    # synthetic pair: the edge drafts at 250 tok/s, the cloud decodes at 33
-    assert fast.loc["edge-only", "rank_tokens_per_s"] == 1
+    # synthetic pair: the edge drafts at 250 tok/s, the cloud decodes at 33: the fastest by far,
+    # but lossy (the draft's output), so flagged and never ranked for speed
+    assert fast.loc["edge-only", "tokens_per_s"] == fast["tokens_per_s"].max()
+    assert fast.loc["edge-only", "lossy"] and pd.isna(fast.loc["edge-only", "rank_tokens_per_s"])
+    assert not fast.drop(index="edge-only")["lossy"].any()
+    assert fast["rank_tokens_per_s"].min() == 1
     # a 30 ms decode step per token, plus the prefill spread over 16 tokens
     assert 30.0 <= fast.loc["cloud-only", "cloud_ms_per_token"] <= 40.0
     # speculation verifies several tokens per 32.5 ms forward: the cloud's cost per token drops
@@ -132,6 +139,48 @@ def test_reversal_says_when_there_is_none_in_the_range():
     assert math.isnan(never["measured_reversal_rtt_ms"]) and "slower" in never["note"]
     always = reversal(_series([0, 50], [40.0, 30.0], 25.0)).iloc[0]
     assert math.isnan(always["measured_reversal_rtt_ms"]) and "faster" in always["note"]
+
+
+def with_intervals(series: pd.DataFrame, spread: float) -> pd.DataFrame:
+    return series.assign(tokens_per_s_low=series["tokens_per_s"] * (1 - spread),
+                         tokens_per_s_high=series["tokens_per_s"] * (1 + spread))
+
+
+def test_a_reversal_resting_on_overlapping_intervals_is_too_wide_to_conclude():
+    rtts = [0, 50, 100]
+    series = _series(rtts, [3 / (0.060 + rtt / 1000) for rtt in rtts], 25.0)
+    tight = reversal(with_intervals(series, 0.01)).set_index("strategy").loc["fixed-k5"]
+    assert verdict_of(tight["measured_reversal_conclusive"]) is True
+    assert "too wide" not in tight["note"]
+    wide = reversal(with_intervals(series, 0.2)).set_index("strategy").loc["fixed-k5"]
+    assert wide["measured_reversal_rtt_ms"] == pytest.approx(60.0)    # the number stays
+    assert verdict_of(wide["measured_reversal_conclusive"]) is False
+    assert "too wide to conclude" in wide["note"] and "overlap at 50, 100 ms" in wide["note"]
+    unknown = reversal(series).set_index("strategy").loc["fixed-k5"]   # no interval columns
+    assert verdict_of(unknown["measured_reversal_conclusive"]) is None
+
+
+def test_no_reversal_in_range_is_conclusive_only_if_every_rtt_is_apart():
+    series = with_intervals(_series([0, 50, 100], [40.0, 34.0, 26.0], 25.0), 0.03)
+    row = reversal(series).set_index("strategy").loc["fixed-k5"]
+    assert math.isnan(row["measured_reversal_rtt_ms"]) and "faster" in row["note"]
+    assert verdict_of(row["measured_reversal_conclusive"]) is False
+    assert "overlap at 100 ms" in row["note"]
+
+
+def test_a_lossy_strategy_is_never_ranked_for_speed_and_close_calls_are_flagged():
+    rows = [("edge-only", 250.0, 0.02, True), ("cloud-spec", 44.0, 0.05, False),
+            ("fixed-k5", 43.0, 0.05, False), ("cloud-only", 33.0, 0.01, False)]
+    results = pd.DataFrame([{"cell": "c", "strategy": name, "tokens_per_s": rate,
+                             "tokens_per_s_low": rate * (1 - spread),
+                             "tokens_per_s_high": rate * (1 + spread), "lossy": lossy,
+                             "accuracy": np.nan} for name, rate, spread, lossy in rows])
+    board = leaderboard(results).set_index("strategy")
+    assert list(board.index) == ["cloud-spec", "fixed-k5", "cloud-only", "edge-only"]
+    assert board["rank_tokens_per_s"].tolist()[:3] == [1, 2, 3]
+    assert math.isnan(board.loc["edge-only", "rank_tokens_per_s"])
+    assert verdict_of(board.loc["cloud-spec", "separated_from_next"]) is False   # 44, 43 +- 5 %
+    assert verdict_of(board.loc["fixed-k5", "separated_from_next"]) is True
 
 
 def test_ianvs_rank_has_its_columns_in_order(resumed_sweep):

@@ -8,7 +8,7 @@ the acceptance is the one measured in the run where there is one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -24,10 +24,17 @@ from shaping.profile import DirectionSpec, LinkState
 
 @dataclass(frozen=True)
 class HostTimes:
-    """Compute times with the draft on the edge (fixed-K) and in the cloud (cloud-spec)."""
+    """Compute times with the draft on the edge (fixed-K) and in the cloud (cloud-spec), and
+    the draft's plain decoding step on the edge (edge-only) where it was measured as a stage
+    of its own: a draft token inside a speculation cycle costs more than one in a hot
+    decoding loop (the cycle's first forward follows a wait on the network)."""
 
     edge: ComputeTimes
     cloud: ComputeTimes
+    edge_decode_s: float | None = None
+
+    def edge_only_step_s(self) -> float:
+        return self.edge_decode_s if self.edge_decode_s is not None else self.edge.draft_token_s
 
 
 def modeled_times(pair: ModelPairConfig) -> HostTimes:
@@ -36,15 +43,28 @@ def modeled_times(pair: ModelPairConfig) -> HostTimes:
     times = lambda draft: ComputeTimes(draft_token_s=draft.seconds(1),  # noqa: E731
                                        verify_base_s=target.base_ms / 1000.0,
                                        verify_per_token_s=target.per_token_ms / 1000.0)
-    return HostTimes(edge=times(pair.latency.edge_draft), cloud=times(pair.latency.cloud_draft))
+    return HostTimes(edge=times(pair.latency.edge_draft), cloud=times(pair.latency.cloud_draft),
+                     edge_decode_s=pair.latency.edge_draft.seconds(1))
+
+
+def plain_step_s(queries: pd.DataFrame, strategy: str, side: str) -> float | None:
+    """Compute seconds per token after the first, on ``side``, over ``strategy``'s queries
+    (from its ``<side>_compute_s`` and ``<side>_first_s`` fields); None without any."""
+    own = queries[(queries["strategy"] == strategy) & (queries["n_tokens"] > 1)]
+    if own.empty or f"{side}_compute_s" not in own:
+        return None
+    return float((own[f"{side}_compute_s"] - own[f"{side}_first_s"]).sum()
+                 / (own["n_tokens"] - 1).sum())
 
 
 def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | None:
     """From a run of real models, stage by stage: draft time per token from the cycles;
     t_verify(k) = base + per_token * (k + 1) fitted by least squares to the cycles'
-    verify times; the plain decoding step from cloud-only's streamed tokens where the run
-    has them (a step of its own: it skips the verifier's work).  The cloud's draft is
-    taken to run as fast as the edge's.  None when the run has no speculation cycles."""
+    verify times; the plain decoding steps from cloud-only's streamed tokens and from
+    edge-only's own loop where the run has them (steps of their own: cloud-only skips
+    the verifier's work, edge-only decodes without waiting on the network).  The cloud's
+    draft (cloud-spec) is taken to run as fast as the edge's does in a loop of its own:
+    edge-only's step where the run has it.  None when the run has no speculation cycles."""
     drafted = cycles[cycles["k"] > 0] if not cycles.empty else cycles
     if drafted.empty:
         return None
@@ -55,12 +75,12 @@ def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | N
         per_token = max(per_token, 0.0)
     else:
         per_token, base = 0.0, float(seconds.mean())
-    streamed = queries[(queries["strategy"] == "cloud-only") & (queries["n_tokens"] > 1)]
-    decode_s = ((streamed["cloud_compute_s"] - streamed["cloud_first_s"]).sum()
-                / (streamed["n_tokens"] - 1).sum()) if len(streamed) else None
     times = ComputeTimes(draft_token_s=draft_token_s, verify_base_s=max(base, 0.0),
-                         verify_per_token_s=per_token, decode_s=decode_s)
-    return HostTimes(edge=times, cloud=times)
+                         verify_per_token_s=per_token,
+                         decode_s=plain_step_s(queries, "cloud-only", "cloud"))
+    edge_decode_s = plain_step_s(queries, "edge-only", "edge")
+    cloud = times if edge_decode_s is None else replace(times, draft_token_s=edge_decode_s)
+    return HostTimes(edge=times, cloud=cloud, edge_decode_s=edge_decode_s)
 
 
 def transmit_s(direction: DirectionSpec, message_bytes: float) -> float:
@@ -80,7 +100,7 @@ def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
     over cycles.
     """
     if strategy == "edge-only":
-        return 1.0 / times.edge.draft_token_s
+        return 1.0 / times.edge_only_step_s()
     if strategy == "cloud-only":
         return cloud_only_throughput(times.cloud)
     if strategy == "cloud-spec":

@@ -1,14 +1,35 @@
 """Small statistics helpers shared by the metrics and the validation code.
 
 Owns: exact binomial confidence intervals (loss rates, acceptance rates),
-the P50/P95/P99 summaries every report uses, and relative error against an
-expected value.  Pure: no I/O, no clocks.
+the P50/P95/P99 summaries every report uses, relative error against an
+expected value, and the bootstrap intervals of measured figures with the
+rule that says what they allow one to conclude.  Pure: no I/O, no clocks.
+
+Intervals of measured figures (``bootstrap_interval``, ``ratio_interval``,
+``percentile_interval``) are seeded percentile bootstraps over rows (one row
+a query of one repetition): the rows are drawn with replacement as often as
+there are rows, ``BOOTSTRAP_RESAMPLES`` times from ``BOOTSTRAP_SEED``, the
+figure is recomputed on each draw, and the interval is the central
+``confidence`` share of those figures.  Same rows, same interval.  Fewer than
+``MIN_ROWS`` rows give no interval (NaN bounds).  Caveats: repetitions of one
+prompt count as rows of their own, so few prompts repeated often speak about
+those prompts; and a tail percentile's interval cannot reach past the largest
+row measured, so a P95 or P99 of a few dozen queries is bounded too tightly
+from above.
+
+What intervals allow one to conclude (``separated``, ``prediction_verdict``):
+two figures differ conclusively only when their intervals do not overlap;
+overlapping intervals mean "too close to call with these rows", not "equal".
+For two 95 % intervals of similar width, non-overlap is stricter than a 5 %
+test of the difference (about 0.6 %), so a call made this way is safe.  A
+prediction agrees with a measurement when it lies inside the measurement's
+interval.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy.stats import binomtest
@@ -57,3 +78,84 @@ def relative_error(measured: float, expected: float) -> float:
     if expected == 0:
         return 0.0 if measured == 0 else math.copysign(math.inf, measured)
     return (measured - expected) / expected
+
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+MIN_ROWS = 2
+NO_INTERVAL = (math.nan, math.nan)
+
+
+def bootstrap_interval(
+    statistic: Callable[[np.ndarray], np.ndarray], rows: int, confidence: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a figure computed from ``rows`` rows.
+
+    ``statistic`` gets an integer array of shape (resamples, rows), each line
+    one draw of row indices with replacement, and returns the figure of each
+    draw (NaN where a draw has none); the interval is the central
+    ``confidence`` share of the finite ones.  Deterministic for a seed.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if rows < MIN_ROWS:
+        return NO_INTERVAL
+    draws = np.random.default_rng(seed).integers(0, rows, size=(resamples, rows))
+    figures = np.asarray(statistic(draws), dtype=np.float64)
+    figures = figures[np.isfinite(figures)]
+    if figures.size == 0:
+        return NO_INTERVAL
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.percentile(figures, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def ratio_interval(numerators: Sequence[float], denominators: Sequence[float],
+                   **bootstrap) -> tuple[float, float]:
+    """Interval of sum(numerators) / sum(denominators) over rows (an aggregate rate such
+    as decoded tokens over decode seconds); a draw whose denominators sum to 0 has none."""
+    top = np.asarray(numerators, dtype=np.float64)
+    bottom = np.asarray(denominators, dtype=np.float64)
+    if top.shape != bottom.shape:
+        raise ValueError(f"{top.size} numerators but {bottom.size} denominators")
+    known = np.isfinite(top) & np.isfinite(bottom)
+    top, bottom = top[known], bottom[known]
+
+    def ratio(draws: np.ndarray) -> np.ndarray:
+        below = bottom[draws].sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(below > 0, top[draws].sum(axis=1) / below, np.nan)
+
+    return bootstrap_interval(ratio, top.size, **bootstrap)
+
+
+def percentile_interval(values: Iterable[float], q: float, **bootstrap) -> tuple[float, float]:
+    """Interval of the ``q``-th percentile (as ``percentiles`` computes it; NaNs ignored)."""
+    samples = np.asarray(list(values), dtype=np.float64)
+    samples = samples[~np.isnan(samples)]
+    return bootstrap_interval(lambda draws: np.percentile(samples[draws], q, axis=1),
+                              samples.size, **bootstrap)
+
+
+def _unknown(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def separated(first: tuple[float, float], second: tuple[float, float]) -> bool | None:
+    """Whether two (low, high) intervals do not overlap (the two figures differ
+    conclusively); None when either is unknown (NaN)."""
+    if any(_unknown(bound) for bound in (*first, *second)):
+        return None
+    return first[1] < second[0] or second[1] < first[0]
+
+
+def prediction_verdict(predicted: float, interval: tuple[float, float]) -> str | None:
+    """Where a prediction lies against a measured (low, high) interval: ``"inside"``,
+    ``"above"`` or ``"below"``; None when the prediction or the interval is unknown."""
+    low, high = interval
+    if any(_unknown(value) for value in (predicted, low, high)):
+        return None
+    if predicted < low:
+        return "below"
+    return "above" if predicted > high else "inside"

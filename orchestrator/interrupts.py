@@ -1,0 +1,81 @@
+"""Ctrl-C and SIGTERM in the orchestrator: every signal ends the command, deterministically.
+
+The handler records the first signal and raises ``Interrupted`` in the main
+thread, which unwinds the stack and with it every ``with`` that started
+something (agents, namespaces, the VM).  Python drops an exception raised
+while the main thread runs a finalizer or an at-fork hook (``Exception
+ignored in: <function _releaseLock ...>``: a signal that lands while
+``subprocess`` forks an agent), so the record is what counts: the waits of
+the normal flow call ``raise_if_interrupted`` (``checkpoint``), and ``cli``
+turns a recorded signal into its exit status even when the command got to
+its end.  Later signals while the first unwinds are noted, not raised, so
+teardown runs to completion.
+
+Only the orchestrator's own process unwinds: pyroute2 and ``subprocess``
+fork helpers that inherit the handler, and a fork must die on a signal, not
+run a copy of the orchestrator's teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The orchestrator got SIGINT or SIGTERM; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _State:
+    main_pid: int | None = None
+    received: int | None = None
+
+
+def _handler(signum: int, frame) -> None:
+    if os.getpid() != _State.main_pid:
+        os._exit(128 + signum)
+    if _State.received is not None:
+        return                       # already unwinding (or about to, at the next checkpoint)
+    _State.received = signum
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Handle SIGINT and SIGTERM in this process from now on, even if the parent left them
+    ignored or blocked (a signal pending since start-up is handled at once)."""
+    _State.main_pid, _State.received = os.getpid(), None
+    for signum in SIGNALS:
+        signal.signal(signum, _handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def install_once() -> None:
+    """``install``, unless this process did already (it keeps what it received so far)."""
+    if _State.main_pid != os.getpid():
+        install()
+
+
+def received() -> int | None:
+    """The first signal this process got since ``install``, if any."""
+    return _State.received
+
+
+def raise_if_interrupted() -> None:
+    """A checkpoint: raise ``Interrupted`` if a signal came in whose exception was lost."""
+    if _State.received is not None:
+        raise Interrupted(_State.received)
+
+
+def exit_code(default_signum: int = signal.SIGINT) -> int:
+    """128 + the received signal (or ``default_signum``: a plain KeyboardInterrupt)."""
+    return 128 + (_State.received or default_signum)
