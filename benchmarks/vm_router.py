@@ -113,6 +113,12 @@ def per_token(folders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def _cpu_s(router) -> float:
+    """CPU seconds the router VM's qemu has used so far."""
+    fields = Path(f"/proc/{router.router.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def compute(out: Path, job: str, profile: str, pairs: int, repetitions: int | None) -> None:
     print(f"\n== compute: job {job!r} on {profile}, sim and vm back to back, {pairs} pair(s) "
           "in alternating order ==")
@@ -120,12 +126,13 @@ def compute(out: Path, job: str, profile: str, pairs: int, repetitions: int | No
     folders: dict[str, list[Path]] = {"sim": [], "vm": []}
     for pair in range(pairs):
         for mode in ("sim", "vm") if pair % 2 == 0 else ("vm", "sim"):
-            started, before = time.monotonic(), load()
+            started, before, router_cpu = time.monotonic(), load(), _cpu_s(vm.current_router())
             spec = RunSpec.load(job, profile, mode, job_overrides={"repetitions": repetitions})
             folder, _ = run(spec, root, Console(file=io.StringIO()))
             folders[mode].append(folder)
-            print(f"pair {pair + 1} {mode:3s}: {time.monotonic() - started:6.1f} s, "
-                  f"{before} -> {load()}", flush=True)
+            wall = time.monotonic() - started
+            print(f"pair {pair + 1} {mode:3s}: {wall:6.1f} s, {before} -> {load()}; the router VM "
+                  f"used {_cpu_s(vm.current_router()) - router_cpu:.1f} s of CPU", flush=True)
         ratio = per_token(folders["vm"][-1:]) / per_token(folders["sim"][-1:])
         print(f"pair {pair + 1}, vm/sim:\n" + ratio.round(3).to_string())
     tables = {mode: per_token(found) for mode, found in folders.items()}
