@@ -39,8 +39,8 @@ from shaping.simlink import SimLinkSettings
 from shaping.topology import LinkTopology
 from validation.probe import Baseline, KernelPaths, ProbePlan, measure_baseline
 
-# Loading torch and a model takes seconds natively and minutes under the VM's software
-# emulation; waiting ends at once when the agent exits, so a long limit only bounds a hang.
+# Loading torch and a model takes seconds (the agents always run natively, also in vm mode);
+# waiting ends at once when the agent exits, so a long limit only bounds a hang.
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 5.0
 PR_SET_PDEATHSIG = 1

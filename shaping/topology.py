@@ -210,6 +210,9 @@ class LinkTopology:
     Use as a context manager; ``close`` always runs and may be called again.
     """
 
+    netem: bool | None = None      # the shaping kernel's netem: None = probe this host's
+    UP_STATES = ("UP",)            # operational states that count as up
+
     def __init__(self, prefix: str | None = None, *, offloads_off: bool = True) -> None:
         self.prefix = validate_prefix(prefix if prefix is not None else new_prefix())
         self.edge_ns = namespace_name(self.prefix, "edge")
@@ -316,9 +319,6 @@ class LinkTopology:
         with ``with``) and the interface whose egress carries it (the sender's veth end)."""
         side = "edge" if direction == "uplink" else "cloud"
         return self.ipr(side), self.interface(side)
-
-    netem: bool | None = None      # the shaping kernel's netem: None = probe this host's
-    UP_STATES = ("UP",)            # operational states that count as up
 
     def wait_ready(self) -> None:
         """Everything is up once ``create`` returns (a router topology may still be booting)."""
