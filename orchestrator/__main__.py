@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         interrupts.install()          # a signal pending since start-up is raised right here
         from orchestrator.cli import main as cli_main
-    except KeyboardInterrupt:
+    except BaseException:
+        # a C extension that was initializing turns the interrupt into an ImportError
+        if interrupts.received() is None:
+            raise
         print("interrupted while starting: nothing was started", file=sys.stderr)
         return interrupts.exit_code()
     return cli_main(argv)

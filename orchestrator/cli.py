@@ -372,35 +372,51 @@ def profiles_command() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; its exit code.  Signal handling: ``orchestrator.interrupts``
-    (installed here unless ``orchestrator.__main__`` did it before the imports)."""
+    (installed here unless ``orchestrator.__main__`` did it before the imports).
+
+    Once a signal came in, the command ends as interrupted whatever else it ended with:
+    an exception raised in a C extension that the interrupt broke, an agent error, or
+    success after the interrupt's own exception was lost.
+    """
     interrupts.install_once()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = sys.argv[1:] if argv is None else list(argv)
+        code = _dispatch(args)
+    except Exception:
+        if interrupts.received() is None:
+            raise
+        code = None
+    if interrupts.received() is not None:
+        click.echo(f"interrupted ({signal.Signals(interrupts.exit_code() - 128).name}): "
+                   "everything the run started has been stopped", err=True)
+        return interrupts.exit_code()
+    return code
+
+
+def _dispatch(args: list[str]) -> int:
+    """The command's exit code; bad input and agent failures as one ``error:`` line."""
+    try:
         # without standalone mode click returns ctx.exit()'s code instead of raising
         code = cli.main(args=args, prog_name="orchestrator", standalone_mode=False,
                         obj={"argv": args})
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as error:
-        click.echo(f"error: {error.format_message()}", err=True)
-        return error.exit_code
+        return _error(error.format_message(), error.exit_code)
     except ConfigError as error:
-        click.echo(f"error: {error}", err=True)
-        return 2
+        return _error(error, 2)
     except (AgentError, ProtocolError) as error:
-        click.echo(f"error: {error}", err=True)
-        return 1
+        return _error(error, 1)
     except (KeyboardInterrupt, click.Abort):
-        return _interrupted()
-    if interrupts.received() is not None:     # its exception was lost (see interrupts)
-        return _interrupted()
+        return interrupts.exit_code()
     return code if isinstance(code, int) else 0
 
 
-def _interrupted() -> int:
-    click.echo(f"interrupted ({signal.Signals(interrupts.exit_code() - 128).name}): "
-               "everything the run started has been stopped", err=True)
-    return interrupts.exit_code()
+def _error(message, exit_code: int) -> int:
+    """One ``error:`` line (none once interrupted: ``main`` says that instead)."""
+    if interrupts.received() is None:
+        click.echo(f"error: {message}", err=True)
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ something (agents, namespaces, the VM).  Python drops an exception raised
 while the main thread runs a finalizer or an at-fork hook (``Exception
 ignored in: <function _releaseLock ...>``: a signal that lands while
 ``subprocess`` forks an agent), so the record is what counts: the waits of
-the normal flow call ``raise_if_interrupted`` (``checkpoint``), and ``cli``
+the normal flow call ``raise_if_interrupted`` (a checkpoint), and ``cli``
 turns a recorded signal into its exit status even when the command got to
-its end.  Later signals while the first unwinds are noted, not raised, so
-teardown runs to completion.
+its end.  Where that is known to happen, around forks, ``deferred()`` keeps
+the handler from raising at all (the next checkpoint does).  Later signals
+while the first unwinds are noted, not raised, so teardown runs to completion.
 
 Only the orchestrator's own process unwinds: pyroute2 and ``subprocess``
 fork helpers that inherit the handler, and a fork must die on a signal, not
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -39,6 +41,7 @@ class Interrupted(KeyboardInterrupt):
 class _State:
     main_pid: int | None = None
     received: int | None = None
+    deferring: int = 0
 
 
 def _handler(signum: int, frame) -> None:
@@ -47,7 +50,19 @@ def _handler(signum: int, frame) -> None:
     if _State.received is not None:
         return                       # already unwinding (or about to, at the next checkpoint)
     _State.received = signum
-    raise Interrupted(signum)
+    if not _State.deferring:
+        raise Interrupted(signum)
+
+
+@contextmanager
+def deferred():
+    """Record a signal inside the block without raising: for code whose exceptions Python
+    drops (``subprocess`` forking runs at-fork hooks); a checkpoint after it raises."""
+    _State.deferring += 1
+    try:
+        yield
+    finally:
+        _State.deferring -= 1
 
 
 def install() -> None:

@@ -30,7 +30,7 @@ import zmq
 from agents.backends import ModelPairConfig
 from agents.control import AgentError, ControlClient
 from agents.settings import AgentSettings
-from orchestrator.interrupts import raise_if_interrupted
+from orchestrator import interrupts
 from shaping.clock import now
 from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
@@ -73,11 +73,12 @@ class ChildProcess:
         self.name = name
         self.log_path = log_path.resolve()
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            argv, stdout=self._log if stdout is LOG else stdout,
-            stderr=subprocess.STDOUT if stdout is LOG else self._log, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent, pass_fds=pass_fds,
-            cwd=Path(__file__).resolve().parent.parent)
+        with interrupts.deferred():      # the fork's at-fork hooks would drop its exception
+            self.process = subprocess.Popen(
+                argv, stdout=self._log if stdout is LOG else stdout,
+                stderr=subprocess.STDOUT if stdout is LOG else self._log,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+                pass_fds=pass_fds, cwd=Path(__file__).resolve().parent.parent)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -87,7 +88,7 @@ class ChildProcess:
         a Ctrl-C whose exception was lost ends the wait too (``interrupts``)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            raise_if_interrupted()
+            interrupts.raise_if_interrupted()
             try:
                 return self.process.wait(min(0.5, max(deadline - time.monotonic(), 0.0)))
             except subprocess.TimeoutExpired:
@@ -127,7 +128,7 @@ class AgentProcess(ChildProcess):
         self.watched = watched if watched is not None else [self]
 
     def _while_waiting(self) -> None:
-        raise_if_interrupted()
+        interrupts.raise_if_interrupted()
         for process in self.watched:
             if not process.alive():
                 raise AgentError(process.failure())

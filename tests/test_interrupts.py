@@ -47,6 +47,29 @@ def test_a_signal_whose_exception_python_dropped_is_raised_at_the_next_checkpoin
     assert "interrupted (SIGINT)" in done.stderr
 
 
+HELD_WHILE_FORKING = textwrap.dedent("""
+    import os, signal
+    from orchestrator import interrupts
+
+    interrupts.install()
+    with interrupts.deferred():       # as around subprocess's fork
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))
+        print("not raised inside")
+    try:
+        interrupts.raise_if_interrupted()
+    except interrupts.Interrupted as held:
+        print("raised after", held.exit_code)
+""")
+
+
+def test_a_signal_while_forking_is_held_to_the_next_checkpoint():
+    done = subprocess.run([sys.executable, "-c", HELD_WHILE_FORKING], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split("\n")[:2] == ["not raised inside", "raised after 143"], done
+    assert done.stderr == ""
+
+
 def _block_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
 
