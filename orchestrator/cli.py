@@ -397,8 +397,7 @@ def _dispatch(args: list[str]) -> int:
     """The command's exit code; bad input and agent failures as one ``error:`` line."""
     try:
         # without standalone mode click returns ctx.exit()'s code instead of raising
-        code = cli.main(args=args, prog_name="orchestrator", standalone_mode=False,
-                        obj={"argv": args})
+        code = cli.main(args=args, prog_name="orchestrator", standalone_mode=False)
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.ClickException as error:

@@ -75,8 +75,8 @@ def _block_signals() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("delay_s", [0.0, 0.7, 1.5, 2.5, 4.0])
+@pytest.mark.parametrize("delay_s, stop", [(0.0, "SIGINT"), (0.0, "SIGTERM"), (0.7, "SIGTERM"),
+                                           (1.5, "SIGINT"), (2.5, "SIGTERM"), (4.0, "SIGINT")])
 def test_a_signal_at_any_point_of_a_run_ends_it_with_128_plus_its_number(tmp_path, stop,
                                                                          delay_s):
     """0 s: sent before the interpreter even started (held blocked until the handler is in,

@@ -20,7 +20,7 @@ from orchestrator.run import RunSpec, run
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
 
-PROMPTS = 60
+PROMPTS = 30
 
 
 def run_codec(codec: str, strategies: list[str], root):
