@@ -100,7 +100,8 @@ def qemu_processes() -> list[str]:
 def host_network_state() -> tuple:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         return ()
-    from tests.netns_helpers import snapshot
+    from tests.netns_helpers import before_the_suite, snapshot
+    before_the_suite()
     return snapshot()
 
 

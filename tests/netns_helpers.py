@@ -7,6 +7,7 @@ what that module made from anything else on the host.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -31,6 +32,22 @@ def snapshot() -> tuple[list[str], list[str], list[str]]:
              for line in ip("-o", "link", "show", "type", "veth").splitlines() if line.strip()]
     owners = sorted(path.name for path in OWNER_DIR.glob("*.owner"))
     return namespaces, veths, owners
+
+
+def taps() -> list[str]:
+    """TAP (tun) devices in the root namespace."""
+    return re.findall(r"^\d+: ([^:@]+)", ip("-o", "link", "show", "type", "tun"), re.M)
+
+
+@functools.cache
+def before_the_suite() -> frozenset[str]:
+    """Every namespace, veth, owner file and TAP on the host when the suite began (the session
+    fixture in conftest takes it first): what another process left is never counted as ours."""
+    return frozenset([*sum(snapshot(), []), *taps()])
+
+
+def made_by_the_suite(names) -> list[str]:
+    return sorted(name for name in names if name not in before_the_suite())
 
 
 class PrefixTracker:

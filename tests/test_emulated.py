@@ -29,7 +29,7 @@ from orchestrator.run import RunSpec, run
 from orchestrator.summary import read_jsonl
 from shaping.emulated import EmulatedLink
 from shaping.topology import DEFAULT_PREFIX_PATTERN
-from tests.netns_helpers import snapshot
+from tests.netns_helpers import made_by_the_suite, snapshot
 from validation.prediction import transmit_s
 from validation.probe import ProbePlan, probe_link
 from validation.stats import binomial_interval
@@ -46,13 +46,14 @@ def quiet_console() -> Console:
 
 
 def our_leftovers() -> list[str]:
-    """Namespaces and veths of the tool's scheme: a run's leftovers (the namespaces of the
-    router VM the session shares, if it is up, excepted)."""
+    """Namespaces and veths of the tool's scheme that this suite made: a run's leftovers (the
+    namespaces of the router VM the session shares, if it is up, excepted)."""
     pattern = re.compile(DEFAULT_PREFIX_PATTERN + r"-(edge|cloud|e|c)")
     router = vm.current_router()
     shared = {router.edge_ns, router.cloud_ns} if router is not None else set()
     namespaces, veths, _ = snapshot()
-    return [name for name in namespaces + veths if pattern.fullmatch(name) and name not in shared]
+    return made_by_the_suite(name for name in namespaces + veths
+                             if pattern.fullmatch(name) and name not in shared)
 
 
 def emulated_run(profile: str, tmp_path: Path, mode: str = "emulated", **job):
