@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.codecs import CODEC_NAMES, encode_target_row, get_codec  # noqa: E402
 from agents.protocol import Message, encode  # noqa: E402
+from orchestrator.config.run_spec import RunSpec  # noqa: E402
+from orchestrator.lifecycle.run import run  # noqa: E402
 from shaping.link import zmtp_wire_bytes  # noqa: E402
-from orchestrator.run import RunSpec, run  # noqa: E402
 
 
 def message_bytes(message: Message) -> int:

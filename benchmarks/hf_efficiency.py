@@ -28,9 +28,10 @@ from agents.backends import build_models  # noqa: E402
 from agents.backends.base import TokenSequence  # noqa: E402
 from agents.sampling import SamplingConfig  # noqa: E402
 from nasd.analytic import expected_tokens_per_cycle  # noqa: E402
+from orchestrator.config.run_spec import RunSpec  # noqa: E402
+from orchestrator.lifecycle.run import run  # noqa: E402
+from orchestrator.reporting.summary import read_jsonl  # noqa: E402
 from orchestrator.results import ResultsFolder  # noqa: E402
-from orchestrator.run import RunSpec, run  # noqa: E402
-from orchestrator.summary import read_jsonl  # noqa: E402
 from validation.prediction import plain_step_s  # noqa: E402
 
 K = 5
@@ -67,7 +68,7 @@ def speedup(args) -> None:
 
 
 def verify_time_against_length(args) -> None:
-    from orchestrator.configs import load_model_pair
+    from orchestrator.config.loading import load_model_pair
     models = build_models(load_model_pair(args.model_pair), "cloud")
     sampling = SamplingConfig()
     rng = np.random.default_rng(0)

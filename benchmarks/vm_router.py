@@ -39,15 +39,16 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator import vm  # noqa: E402
-from orchestrator.configs import load_profile  # noqa: E402
-from orchestrator.launch import VmDeployment  # noqa: E402
+from orchestrator.config.loading import load_profile  # noqa: E402
+from orchestrator.config.run_spec import RunSpec  # noqa: E402
+from orchestrator.lifecycle import vm  # noqa: E402
+from orchestrator.lifecycle.launch import VmDeployment  # noqa: E402
+from orchestrator.lifecycle.run import query_timeout_s, run  # noqa: E402
+from orchestrator.reporting.summary import read_jsonl  # noqa: E402
 from orchestrator.results import ResultsFolder  # noqa: E402
-from orchestrator.run import RunSpec, query_timeout_s, run  # noqa: E402
-from orchestrator.summary import read_jsonl  # noqa: E402
 from shaping.clock import now  # noqa: E402
 from shaping.emulated import EmulatedLink  # noqa: E402
-from validation.probe import KernelPaths, ProbePlan, measure_packets, probe_link  # noqa: E402
+from validation.link_probe import KernelPaths, ProbePlan, measure_packets, probe_link  # noqa: E402
 
 PROBE_PROFILES = {            # what the issue names -> a shipped profile (and an override)
     "10 ms": ("rtt010-bw100", {}),

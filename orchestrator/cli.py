@@ -19,23 +19,26 @@ from rich.console import Console
 
 from agents.control import AgentError
 from agents.protocol import ProtocolError
-from orchestrator import interrupts, vm
-from orchestrator.configs import ConfigError, available, load_job, load_profile
-from orchestrator.doctor import MODES, HostReport, choose_mode
-from orchestrator.job import ALL_STRATEGIES
-from orchestrator.launch import kernel_topology
-from orchestrator.probes import print_probe_report, save_probe_report
-from orchestrator.report import report_folder
-from orchestrator.run import RunSpec, run
-from orchestrator.sweep import SweepFolder, expand, sweep
-from orchestrator.validate import validate
+from orchestrator import interrupts
+from orchestrator.config.job import ALL_STRATEGIES
+from orchestrator.config.loading import ConfigError, available, load_job, load_profile
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle import vm
+from orchestrator.lifecycle.crossvalidate import crossvalidate
+from orchestrator.lifecycle.doctor import MODES, HostReport, choose_mode
+from orchestrator.lifecycle.launch import kernel_topology
+from orchestrator.lifecycle.run import run
+from orchestrator.lifecycle.sweep import expand, sweep
+from orchestrator.reporting.probe_report import print_probe_report, save_probe_report
+from orchestrator.reporting.report import report_folder
+from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
 from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
 from shaping.qdisc import profile_needs_netem
 from shaping.router import RouterError
 from validation.crossval import passed
-from validation.probe import ProbePlan, probe_link, probe_sim
+from validation.link_probe import ProbePlan, probe_link, probe_sim
 
 
 def make_console() -> Console:
@@ -236,7 +239,7 @@ def validate_command(ctx, job_name, mode, results_root) -> None:
     job = load_job(job_name)
     cells = expand(job)
     chosen = enter_mode(ctx, mode, [cell.profile for cell in cells], console, measured=True)
-    _, comparison = validate(job, chosen, results_root, console)
+    _, comparison = crossvalidate(job, chosen, results_root, console)
     ctx.exit(0 if passed(comparison) else 1)
 
 

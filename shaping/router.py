@@ -18,7 +18,7 @@ middlebox: only packets cross the VM, the agents run natively):
   address generation off, MTU 1500 on all four ends; in the guest,
   ``shaping.router_guest`` turns TSO, GSO and GRO off and makes the kernel
   a plain router (forwarding, no IPv6, no redirects, no echo replies);
-- the VM itself is booted by the caller's ``boot`` (``orchestrator.vm``
+- the VM itself is booted by the caller's ``boot`` (``orchestrator.lifecycle.vm``
   owns qemu; this module never imports it): ``boot(taps)`` gets the TAP
   ends and returns a ``Router``: its control connection and its health.
 
@@ -49,10 +49,22 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
-                              nlmsg)
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    nlmsg,
+)
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_GETQDISC, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWQDISC
+from pyroute2.netlink.rtnl import (
+    RTM_GETLINK,
+    RTM_GETQDISC,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWQDISC,
+)
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl

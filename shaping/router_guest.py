@@ -1,6 +1,6 @@
 """The router VM's only program: a netlink relay on a virtio-serial port (guest side).
 
-Runs inside the router VM (``orchestrator.vm.RouterVm``) as
+Runs inside the router VM (``orchestrator.lifecycle.vm.RouterVm``) as
 ``python3 -S router_guest.py PORT_NAME``, so it uses the standard library
 only (importing pyroute2 or numpy under software emulation takes seconds).
 Everything that decides *what* to configure stays on the host, in

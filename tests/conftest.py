@@ -120,11 +120,11 @@ def nothing_left_on_the_host():
 
 @pytest.fixture(scope="session")
 def router_vm():
-    """One router VM (``orchestrator.vm.shared_router``) for the whole session: every vm-mode
+    """One router VM (``orchestrator.lifecycle.vm.shared_router``) for the whole session: every vm-mode
     run in this process shapes it instead of booting its own.  Skips without root or qemu."""
     if os.geteuid() != 0:
         pytest.skip("the router VM needs root")
-    from orchestrator import vm
+    from orchestrator.lifecycle import vm
     missing = vm.VmHost.missing()
     if missing:
         pytest.skip("the router VM needs " + "; ".join(missing) + " (./setup.sh as root)")

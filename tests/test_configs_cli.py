@@ -1,4 +1,4 @@
-"""Shipped configs (orchestrator/configs.py) and the orchestrator CLI on bad input."""
+"""Shipped configs (orchestrator/config/loading.py) and the orchestrator CLI on bad input."""
 
 from __future__ import annotations
 
@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import configs
-from orchestrator.datasets import load_dataset
-from orchestrator.configs import ConfigError, available, load_job, load_model_pair, load_profile
-from orchestrator.job import plan
+from orchestrator.config import loading as configs
+from orchestrator.config.datasets import load_dataset
+from orchestrator.config.job import plan
+from orchestrator.config.loading import (
+    ConfigError,
+    available,
+    load_job,
+    load_model_pair,
+    load_profile,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RTTS = (0, 10, 25, 50, 100, 200, 500)

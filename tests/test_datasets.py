@@ -1,4 +1,4 @@
-"""Dataset loaders (orchestrator/datasets.py) and answer scoring (validation/accuracy.py)."""
+"""Dataset loaders (orchestrator/config/datasets.py) and answer scoring (validation/task_accuracy.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.configs import ConfigError
-from orchestrator.datasets import Prompt, load_dataset, load_jsonl_prompts, load_mmlu
-from validation.accuracy import accuracy, extract_choice, extract_final_number, is_correct
+from orchestrator.config.datasets import (
+    Prompt,
+    load_dataset,
+    load_jsonl_prompts,
+    load_mmlu,
+)
+from orchestrator.config.loading import ConfigError
+from validation.task_accuracy import (
+    accuracy,
+    extract_choice,
+    extract_final_number,
+    is_correct,
+)
 
 MMLU = Path(__file__).resolve().parent / "fixtures" / "mmlu"
 

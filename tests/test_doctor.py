@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator import doctor, vm
+from orchestrator.lifecycle import doctor, vm
 
 
 def test_the_kvm_line_reports_a_recorded_failed_probe(tmp_path, monkeypatch):

@@ -22,16 +22,17 @@ import pytest
 from pyroute2 import netns
 from rich.console import Console
 
-from orchestrator import vm
-from orchestrator.configs import load_profile
-from orchestrator.launch import kernel_topology
-from orchestrator.run import RunSpec, run
-from orchestrator.summary import read_jsonl
+from orchestrator.config.loading import load_profile
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle import vm
+from orchestrator.lifecycle.launch import kernel_topology
+from orchestrator.lifecycle.run import run
+from orchestrator.reporting.summary import read_jsonl
 from shaping.emulated import EmulatedLink
 from shaping.topology import DEFAULT_PREFIX_PATTERN
 from tests.netns_helpers import made_by_the_suite, snapshot
+from validation.link_probe import ProbePlan, probe_link
 from validation.prediction import transmit_s
-from validation.probe import ProbePlan, probe_link
 from validation.stats import binomial_interval
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,13 @@ from agents.backends.base import TokenSequence
 from agents.backends.hf import HFPairConfig
 from agents.codecs import CODEC_NAMES, decode_target_row, encode_target_row, get_codec
 from agents.sampling import SamplingConfig
-from agents.speculative import apply_verdict, choose_token, draft_tokens, sample_correction, \
-    verify_drafts
+from agents.speculative import (
+    apply_verdict,
+    choose_token,
+    draft_tokens,
+    sample_correction,
+    verify_drafts,
+)
 from tests.hf_fixtures import CHARACTERS, save_pair
 
 pytest.importorskip("transformers")
@@ -220,7 +225,8 @@ def test_every_codec_runs_through_the_agents(tmp_path):
 
     from rich.console import Console
 
-    from orchestrator.run import RunSpec, run
+    from orchestrator.config.run_spec import RunSpec
+    from orchestrator.lifecycle.run import run
     paths = save_pair(tmp_path / "pair", noise=0.004)
     pair_file = tmp_path / "pair.yaml"
     pair_file.write_text(yaml.safe_dump({"backend": "hf", "name": "random-tiny", **paths}))

@@ -440,7 +440,7 @@ def netem_topo(netem_mode):
         with LinkTopology(PREFIXES.fresh()) as topo:
             yield topo
         return
-    from orchestrator import vm
+    from orchestrator.lifecycle import vm
     topo = vm.current_router()
     yield topo
     qdisc.remove_link(topo)

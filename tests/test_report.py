@@ -20,10 +20,17 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from orchestrator.analysis import leaderboard, load_results, reversal
-from orchestrator.plots import PLOTS
-from orchestrator.report import (HOW_TO_READ, KEY_LEGEND, PLOTS_FOLDER, REPORT, REVERSAL_LEGEND,
-                                 key_frame, reversal_frame)
+from orchestrator.reporting.analysis import leaderboard, load_results, reversal
+from orchestrator.reporting.plots import PLOTS
+from orchestrator.reporting.report import (
+    HOW_TO_READ,
+    KEY_LEGEND,
+    PLOTS_FOLDER,
+    REPORT,
+    REVERSAL_LEGEND,
+    key_frame,
+    reversal_frame,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from agents.codecs import CODEC_NAMES
-from orchestrator.run import RunSpec, run
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle.run import run
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow

@@ -12,9 +12,18 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from orchestrator.summary import (GLOSSARY, SPECULATION_COLUMNS, SPEED_COLUMNS, conclusions,
-                                  format_crossover, is_lossy, mark_queries, print_summary,
-                                  speed_ranks, summarize)
+from orchestrator.reporting.summary import (
+    GLOSSARY,
+    SPECULATION_COLUMNS,
+    SPEED_COLUMNS,
+    conclusions,
+    format_crossover,
+    is_lossy,
+    mark_queries,
+    print_summary,
+    speed_ranks,
+    summarize,
+)
 
 # per strategy: decode seconds per query (each query decodes 1 + 20 tokens), TTFT seconds
 RATES = {"cloud-only": ([0.60, 0.62, 0.61, 0.63], 0.10),

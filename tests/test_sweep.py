@@ -11,10 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.analysis import ianvs_rank, leaderboard, load_results, reversal
-from orchestrator.configs import load_job, load_profile
-from orchestrator.summary import verdict_of
-from orchestrator.sweep import expand, grid_profile
+from orchestrator.config.loading import load_job, load_profile
+from orchestrator.lifecycle.sweep import expand, grid_profile
+from orchestrator.reporting.analysis import (
+    ianvs_rank,
+    leaderboard,
+    load_results,
+    reversal,
+)
+from orchestrator.reporting.summary import verdict_of
 from tests.conftest import ROOT, SMALL_SWEEP_JOB
 
 
@@ -193,7 +198,7 @@ def test_ianvs_rank_has_its_columns_in_order(resumed_sweep):
 
 
 def test_each_strategy_warms_up_once_unrecorded_on_the_first_prompt():
-    from orchestrator.run import RunSpec
+    from orchestrator.config.run_spec import RunSpec
     spec = RunSpec.build(load_job("smoke").model_copy(update={"warmup_tokens": 4}),
                          grid_profile(10, 10), "sim")
     warmups = spec.warmups()

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from pyroute2 import netns
 
-from orchestrator import vm
-from orchestrator.doctor import Check, HostReport, choose_mode
+from orchestrator.lifecycle import vm
+from orchestrator.lifecycle.doctor import Capability, HostReport, choose_mode
 from shaping import qdisc, router_guest
 from shaping.emulated import EmulatedLink
 from shaping.link import DirectionLink, JitterSource
@@ -37,7 +37,7 @@ from shaping.router import MTU, RouterTopology, TapEnd, router_mac
 from shaping.topology import DEFAULT_PREFIX_PATTERN, offload_state, open_netns
 from tests.conftest import qemu_processes
 from tests.netns_helpers import made_by_the_suite, snapshot, taps
-from validation.probe import KernelPaths, measure_packets, robust_sigma, sigma_se
+from validation.link_probe import KernelPaths, measure_packets, robust_sigma, sigma_se
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +150,7 @@ def test_guest_script_quotes_every_argument():
 def _report(**ok: bool) -> HostReport:
     names = ("netns", "veth", "sch_netem", "sch_tbf", "qemu", "vm kernel")
     return HostReport(root=ok.pop("root", True), in_vm=ok.pop("in_vm", False),
-                      checks=[Check(name, ok.get(name.replace(" ", "_"), True), name)
+                      checks=[Capability(name, ok.get(name.replace(" ", "_"), True), name)
                               for name in names])
 
 

@@ -1,6 +1,6 @@
 """Cross-validation: the same cells in sim and in emulated (or vm) mode, and the analytic model.
 
-``compare`` takes two leaderboards (``orchestrator.analysis.load_results``
+``compare`` takes two leaderboards (``orchestrator.reporting.analysis.load_results``
 of each leg: one row per cell and strategy) and returns one row per cell,
 strategy and metric with both values, the relative difference, the
 tolerance and the verdict.  Pure pandas, no I/O.

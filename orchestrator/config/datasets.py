@@ -1,7 +1,7 @@
 """Turning dataset files into prompts: JSONL prompt sets (GSM8K style included) and MMLU.
 
 A ``Prompt`` carries the text sent to the model and, where the dataset has
-one, the expected answer that ``validation.accuracy`` scores the output
+one, the expected answer that ``validation.task_accuracy`` scores the output
 against: a letter A-D for multiple choice, text or a number for free-form.
 
 * JSONL: one object a line, ``{"id"?, "prompt" (or "question"), "answer"?,
@@ -34,7 +34,7 @@ from typing import Literal
 
 import pandas as pd
 
-from orchestrator.configs import ConfigError, find
+from orchestrator.config.loading import ConfigError, find
 
 KINDS = ("free", "multiple-choice")
 CHOICES = ("A", "B", "C", "D")

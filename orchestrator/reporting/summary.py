@@ -32,9 +32,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from nasd.analytic import acceptance_from_counts
-from validation.accuracy import is_correct
-from validation.stats import (percentile_interval, percentiles, prediction_verdict,
-                              ratio_interval, separated)
+from validation.stats import (
+    percentile_interval,
+    percentiles,
+    prediction_verdict,
+    ratio_interval,
+    separated,
+)
+from validation.task_accuracy import is_correct
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:

@@ -8,7 +8,7 @@ Prints, side by side from one invocation:
 3. 5 % random loss: cycle-time percentiles (the RTO tail) and the loss rate
    the edge saw, with its 95 % interval.
 
-    .venv/bin/python benchmarks/sim_accuracy.py [--tokens 160] [--queries 4]
+    .venv/bin/python benchmarks/sim_fidelity.py [--tokens 160] [--queries 4]
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from orchestrator.config.run_spec import RunSpec  # noqa: E402
+from orchestrator.lifecycle.run import run  # noqa: E402
+from orchestrator.reporting.summary import read_jsonl  # noqa: E402
 from orchestrator.results import ResultsFolder  # noqa: E402
-from orchestrator.run import RunSpec, run  # noqa: E402
-from orchestrator.summary import read_jsonl  # noqa: E402
-from validation.sim_accuracy import loss_from_cycles, overhead_per_cycle_ms, rate_check  # noqa: E402
+from validation.sim_fidelity import loss_from_cycles, overhead_per_cycle_ms, rate_check  # noqa: E402
 from validation.stats import percentiles  # noqa: E402
 
 RTTS_MS = (0, 10, 25, 50, 100, 200, 500)

@@ -18,14 +18,16 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
-from orchestrator import vm
+from orchestrator.lifecycle import vm
 from shaping import qdisc, topology
 
 MODES = ("auto", "sim", "emulated", "vm")
 
 
 @dataclass(frozen=True)
-class Check:
+class Capability:
+    """One thing this host can or cannot do, as `orchestrator doctor` prints it."""
+
     name: str
     ok: bool
     detail: str
@@ -35,7 +37,7 @@ class Check:
 class HostReport:
     root: bool
     in_vm: bool
-    checks: list[Check] = field(default_factory=list)
+    checks: list[Capability] = field(default_factory=list)
 
     def ok(self, name: str) -> bool:
         return any(check.name == name and check.ok for check in self.checks)
@@ -52,28 +54,28 @@ class HostReport:
     def inspect(cls, probe_kvm: bool = False) -> "HostReport":
         report = cls(root=os.geteuid() == 0, in_vm=vm.in_vm())
         add = report.checks.append
-        add(Check("root", report.root, "yes" if report.root else
+        add(Capability("root", report.root, "yes" if report.root else
                   "no: the emulated and vm modes need root (sudo)"))
         netns_ok, veth_ok, detail = _namespace_checks() if report.root else (False, False, "needs root")
-        add(Check("netns", netns_ok, detail if not netns_ok else "network namespaces work"))
-        add(Check("veth", veth_ok, "a veth pair between two namespaces works" if veth_ok else detail))
+        add(Capability("netns", netns_ok, detail if not netns_ok else "network namespaces work"))
+        add(Capability("veth", veth_ok, "a veth pair between two namespaces works" if veth_ok else detail))
         netem = report.root and qdisc.netem_available()
-        add(Check("sch_netem", netem, "netem qdisc works" if netem else
+        add(Capability("sch_netem", netem, "netem qdisc works" if netem else
                   "missing from this kernel (delay, jitter and loss need it)" if report.root
                   else "needs root to check"))
         tbf = report.root and qdisc.tbf_available()
-        add(Check("sch_tbf", tbf, "tbf qdisc works" if tbf else
+        add(Capability("sch_tbf", tbf, "tbf qdisc works" if tbf else
                   "missing" if report.root else "needs root to check"))
         missing = vm.VmHost.missing()
         qemu_gap = [gap for gap in missing if gap.startswith("qemu")]
-        add(Check("qemu", not qemu_gap, qemu_gap[0] if qemu_gap else "qemu-system-x86_64"))
+        add(Capability("qemu", not qemu_gap, qemu_gap[0] if qemu_gap else "qemu-system-x86_64"))
         other_gaps = [gap for gap in missing if not gap.startswith("qemu")]
         kernel = vm.find_kernel()
-        add(Check("vm kernel", not other_gaps,
+        add(Capability("vm kernel", not other_gaps,
                   "; ".join(other_gaps) if other_gaps else f"{kernel.image} with sch_netem"))
-        add(Check("kvm", *_kvm(probe_kvm and not missing)))
+        add(Capability("kvm", *_kvm(probe_kvm and not missing)))
         torch = importlib.util.find_spec("torch") is not None
-        add(Check("torch", torch, "installed (hf backend)" if torch else
+        add(Capability("torch", torch, "installed (hf backend)" if torch else
                   "not installed: only the synthetic pair runs (./setup.sh installs it)"))
         return report
 

@@ -1,4 +1,4 @@
-"""Showing and saving link probe reports (``validation.probe``): a terminal table and JSON."""
+"""Showing and saving link probe reports (``validation.link_probe``): a terminal table and JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from validation.probe import ProbeReport
+from validation.link_probe import ProbeReport
 
 VERDICTS = {True: "[green]ok[/]", False: "[red]MISS[/]", None: "-"}
 

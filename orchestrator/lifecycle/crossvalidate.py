@@ -24,11 +24,11 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.analysis import load_results
-from orchestrator.job import JobConfig
-from orchestrator.results import ResultsFolder
-from orchestrator.summary import read_jsonl
-from orchestrator.sweep import Cell, SweepFolder, expand, grid_profile, sweep
+from orchestrator.config.job import JobConfig
+from orchestrator.lifecycle.sweep import expand, grid_profile, sweep
+from orchestrator.reporting.analysis import load_results
+from orchestrator.reporting.summary import read_jsonl
+from orchestrator.results import Cell, ResultsFolder, SweepFolder
 from shaping.profile import with_extra_rtt
 from validation.crossval import ANALYTIC_VS_SIM, SIM_VS_MEASURED, compare, passed
 
@@ -49,7 +49,7 @@ def calibrate(job: JobConfig, mode: str, path: Path, console: Console) -> float:
     return float((networked if len(networked) else cycles)["rtt_ms"].median())
 
 
-def validate(job: JobConfig, mode: str, root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
+def crossvalidate(job: JobConfig, mode: str, root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
     path = ResultsFolder.new_path(root, f"validate-{job.name}-{mode}")
     console.print(f"validation: {path}")
     cells = expand(job)

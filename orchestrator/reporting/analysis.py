@@ -24,11 +24,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from orchestrator.configs import ConfigError
-from orchestrator.job import JobConfig
-from orchestrator.results import ResultsFolder
-from orchestrator.summary import interval, is_lossy, speed_ranks
-from orchestrator.sweep import SweepFolder
+from orchestrator.config.job import JobConfig
+from orchestrator.config.loading import ConfigError
+from orchestrator.reporting.summary import interval, is_lossy, speed_ranks
+from orchestrator.results import ResultsFolder, SweepFolder
 from validation.stats import separated
 
 CELL_COLUMNS = ["cell", "rtt_ms", "bandwidth_mbps", "jitter_ms", "loss_pct", "codec"]

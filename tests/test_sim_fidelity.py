@@ -2,7 +2,7 @@
 
 What holds on any host, however loaded (a loaded host adds scheduling delay
 to every wake-up, so timing can only grow; the accuracy figures on a quiet
-host are the benchmark's, ``benchmarks/sim_accuracy.py``, goal 5 % and 0.5 ms):
+host are the benchmark's, ``benchmarks/sim_fidelity.py``, goal 5 % and 0.5 ms):
 
 - fixed K = 5, synthetic acceptance 0.7, no jitter, no loss: the tokens per
   cycle within 5 % of E[tau] at the measured acceptance (no timing at all);
@@ -23,11 +23,12 @@ import io
 import pytest
 from rich.console import Console
 
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle.run import run
+from orchestrator.reporting.summary import read_jsonl
 from orchestrator.results import ResultsFolder
-from orchestrator.run import RunSpec, run
-from orchestrator.summary import read_jsonl
 from shaping.link import RTO_MIN_S
-from validation.sim_accuracy import loss_from_cycles, modeled_link_s, rate_check
+from validation.sim_fidelity import loss_from_cycles, modeled_link_s, rate_check
 
 pytestmark = pytest.mark.slow
 CLOCK_S = 1e-4       # timestamps on two processes: allow 0.1 ms of reading noise

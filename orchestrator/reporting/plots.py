@@ -25,10 +25,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 
-from orchestrator.analysis import reversal
+from orchestrator.reporting.analysis import reversal
+from orchestrator.reporting.run_summary import predicted_curve
+from orchestrator.reporting.summary import read_jsonl, verdict_of
 from orchestrator.results import ResultsFolder
-from orchestrator.run import predicted_curve
-from orchestrator.summary import read_jsonl, verdict_of
 
 DPI = 100
 MARKERS = "osD^vPX*<>ph"

@@ -13,10 +13,17 @@ import sys
 import numpy as np
 import pytest
 
-from orchestrator.configs import load_profile
+from orchestrator.config.loading import load_profile
 from shaping.profile import DirectionSpec, LinkState, RandomLoss
-from validation.probe import (PacketSamples, ProbePlan, _middle_rate_mbps,
-                              expected_echo_delays_ms, evaluate, payload_rate_mbps, probe_sim)
+from validation.link_probe import (
+    PacketSamples,
+    ProbePlan,
+    _middle_rate_mbps,
+    evaluate,
+    expected_echo_delays_ms,
+    payload_rate_mbps,
+    probe_sim,
+)
 
 PLAN = ProbePlan(packets=200)
 

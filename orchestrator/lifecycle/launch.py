@@ -27,6 +27,7 @@ from pathlib import Path
 
 import zmq
 
+import agents
 from agents.backends import ModelPairConfig
 from agents.control import AgentError, ControlClient
 from agents.settings import AgentSettings
@@ -37,7 +38,7 @@ from shaping.profile import NetworkProfile
 from shaping.router import RouterError
 from shaping.simlink import SimLinkSettings
 from shaping.topology import LinkTopology
-from validation.probe import Baseline, KernelPaths, ProbePlan, measure_baseline
+from validation.link_probe import Baseline, KernelPaths, ProbePlan, measure_baseline
 
 # Loading torch and a model takes seconds (the agents always run natively, also in vm mode);
 # waiting ends at once when the agent exits, so a long limit only bounds a hang.
@@ -58,14 +59,15 @@ def free_tcp_port() -> int:
 
 
 LOG = object()   # ChildProcess(stdout=LOG): stdout goes to the log file with stderr
+PACKAGES_ROOT = Path(agents.__file__).resolve().parent.parent
 
 
 class ChildProcess:
     """One child: stderr (and stdout, unless ``stdout`` says where else) to ``log_path``.
 
-    It runs in the project's root folder (so ``python -m agents...`` imports
-    this checkout's code), not the user's: every path handed to it must be
-    absolute.
+    It runs in the folder that holds the ``agents`` package (a checkout's root, or
+    site-packages), so ``python -m agents...`` imports the very code this process runs,
+    not in the user's: every path handed to it must be absolute.
     """
 
     def __init__(self, name: str, argv: list[str], log_path: Path, stdout=LOG,
@@ -78,7 +80,7 @@ class ChildProcess:
                 argv, stdout=self._log if stdout is LOG else stdout,
                 stderr=subprocess.STDOUT if stdout is LOG else self._log,
                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
-                pass_fds=pass_fds, cwd=Path(__file__).resolve().parent.parent)
+                pass_fds=pass_fds, cwd=PACKAGES_ROOT)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -262,7 +264,7 @@ def kernel_topology(mode: str) -> LinkTopology:
     joined through a router VM (vm): the one the command shares, else a new one."""
     if mode != "vm":
         return LinkTopology()
-    from orchestrator import vm        # here: orchestrator.vm imports this module
+    from orchestrator.lifecycle import vm  # here: vm imports this module
     return vm.current_router() or vm.router_topology()
 
 
@@ -274,7 +276,7 @@ class EmulatedDeployment(Deployment):
     which execs, so each agent's pid is the process inside the namespace.
 
     Order: the topology, the agents (loading their models), then the baseline
-    on the still unshaped path (``validation.probe.measure_baseline``: what
+    on the still unshaped path (``validation.link_probe.measure_baseline``: what
     the path itself costs, recorded in ``link_stats.json``), then the shaping
     and its timeline.
     """
@@ -333,7 +335,7 @@ class EmulatedDeployment(Deployment):
 
 class VmDeployment(EmulatedDeployment):
     """vm mode: as emulated, but the namespaces meet in a router VM that shapes
-    (``shaping.router``, ``orchestrator.vm.RouterVm``); the agents run natively."""
+    (``shaping.router``, ``orchestrator.lifecycle.vm.RouterVm``); the agents run natively."""
 
     mode = "vm"
 

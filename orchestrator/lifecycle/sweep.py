@@ -1,46 +1,29 @@
 """Sweeps: one job over many network cells, written cell by cell, resumable.
 
 A job's ``network`` section expands (``expand``) into cells: each named
-profile and each point of each grid, crossed with the codecs to compare.  A
-sweep folder holds ``sweep.yaml`` (the resolved job, the mode and the cell
-names, written first), one run folder per cell under ``cells/`` (the same
-files as ``orchestrator run`` writes), and ``cells.jsonl``, to which a cell
-is appended only once its summary is on disk.  Resuming skips every cell in
-``cells.jsonl`` and reruns a cell that was cut off, from scratch.
+profile and each point of each grid, crossed with the codecs to compare.  Each
+cell runs into its own run folder inside the sweep's folder
+(``orchestrator.results.SweepFolder``) and is marked finished only once its
+summary is on disk.  Resuming skips every finished cell and reruns a cell that
+was cut off, from scratch.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import shutil
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
 from rich.console import Console
 
-from orchestrator.configs import ConfigError, load_model_pair, load_profile, validate
-from orchestrator.datasets import load_dataset
-from orchestrator.job import JobConfig, NetworkGrid
-from orchestrator.results import ResultsFolder
+from orchestrator.config.datasets import load_dataset
+from orchestrator.config.job import JobConfig, NetworkGrid
+from orchestrator.config.loading import ConfigError, load_model_pair, load_profile
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle.run import execute
 from orchestrator.progress import work_progress
-from orchestrator.run import RunSpec, execute
+from orchestrator.results import Cell, ResultsFolder, SweepFolder
 from shaping.profile import NetworkProfile, ProfileFile, resolve
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One network condition (and codec) of a sweep; named ``<profile>@<codec>`` when the
-    sweep names codecs, else ``<profile>``."""
-
-    profile: NetworkProfile
-    codec: str | None = None          # None: the job's
-
-    @property
-    def name(self) -> str:
-        return self.profile.name + (f"@{self.codec}" if self.codec else "")
 
 
 def _number(value: float) -> str:
@@ -81,59 +64,6 @@ def expand(job: JobConfig) -> list[Cell]:
                 seen.add(cell.name)
                 cells.append(cell)
     return cells
-
-
-class SweepFolder:
-    """The files of one sweep on disk (see the module docstring)."""
-
-    PLAN = "sweep.yaml"
-    DONE = "cells.jsonl"
-    CELLS = "cells"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def create(cls, root: Path, job: JobConfig, mode: str, cells: list[Cell]) -> "SweepFolder":
-        return cls.create_at(ResultsFolder.new_path(root, f"sweep-{job.name}-{mode}"), job, mode,
-                             cells)
-
-    @classmethod
-    def create_at(cls, path: Path, job: JobConfig, mode: str, cells: list[Cell]) -> "SweepFolder":
-        folder = cls(path)
-        (path / cls.CELLS).mkdir(parents=True)
-        plan = {"mode": mode, "job": job.model_dump(mode="json"),
-                "cells": [cell.name for cell in cells]}
-        (path / cls.PLAN).write_text(yaml.safe_dump(plan, sort_keys=False))
-        return folder
-
-    @classmethod
-    def open(cls, path: Path) -> "SweepFolder":
-        if not (path / cls.PLAN).is_file():
-            raise ConfigError(f"{path}: not a sweep folder (no {cls.PLAN})")
-        return cls(path)
-
-    def plan(self) -> tuple[JobConfig, str, list[str]]:
-        data = yaml.safe_load((self.path / self.PLAN).read_text())
-        job = validate(JobConfig, data["job"], str(self.path / self.PLAN))
-        return job, data["mode"], list(data["cells"])
-
-    def cell_path(self, cell_name: str) -> Path:
-        return self.path / self.CELLS / cell_name
-
-    def finished(self) -> dict[str, dict]:
-        done = self.path / self.DONE
-        if not done.exists():
-            return {}
-        records = [json.loads(line) for line in done.read_text().splitlines() if line.strip()]
-        return {record["cell"]: record for record in records}
-
-    def mark_finished(self, cell: Cell, wall_s: float) -> None:
-        record = {"cell": cell.name, "profile": cell.profile.name, "codec": cell.codec,
-                  "wall_s": round(wall_s, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(self.path / self.DONE, "a") as done:
-            done.write(json.dumps(record) + "\n")
-            done.flush()
 
 
 def sweep(folder: SweepFolder, job: JobConfig, mode: str, cells: list[Cell],

@@ -3,7 +3,7 @@
 ``report_folder`` writes ``leaderboard.csv`` (with ``lossy``, the speed rank
 among lossless strategies, ``separated_from_next``, ``model_vs_measured`` and
 every interval), ``reversal.csv`` and ``rank/all_rank.csv`` (Ianvs layout)
-next to the cells, the figures of ``orchestrator.plots`` under ``plots/``,
+next to the cells, the figures of ``orchestrator.reporting.plots`` under ``plots/``,
 and ``report.html``: one self-contained page (figures inlined as data URIs,
 inline CSS, no script, no external address) that fits a 1280 px window
 (text and intervals wrap; the full leaderboard is two tables) with the job,
@@ -25,14 +25,30 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
-from orchestrator.analysis import leaderboard, load_results, reversal, write_ianvs_rank
-from orchestrator.plots import PLOTS, bandwidth_label, write_plots
-from orchestrator.results import ResultsFolder
-from orchestrator.summary import (GLOSSARY, INTERVAL_RULE, SPECULATION_COLUMNS, SPEED_COLUMNS,
-                                  format_crossover, format_measured, format_number,
-                                  formatted_frame, interval, model_miss, model_vs_measured,
-                                  rich_table, text_list, verdict_of)
-from orchestrator.sweep import SweepFolder
+from orchestrator.reporting.analysis import (
+    leaderboard,
+    load_results,
+    reversal,
+    write_ianvs_rank,
+)
+from orchestrator.reporting.plots import PLOTS, bandwidth_label, write_plots
+from orchestrator.reporting.summary import (
+    GLOSSARY,
+    INTERVAL_RULE,
+    SPECULATION_COLUMNS,
+    SPEED_COLUMNS,
+    format_crossover,
+    format_measured,
+    format_number,
+    formatted_frame,
+    interval,
+    model_miss,
+    model_vs_measured,
+    rich_table,
+    text_list,
+    verdict_of,
+)
+from orchestrator.results import ResultsFolder, SweepFolder
 from validation.stats import separated
 
 PLOTS_FOLDER = "plots"

@@ -43,7 +43,13 @@ import numpy as np
 
 from shaping.clock import now, sleep_until
 from shaping.emulated import EmulatedLink
-from shaping.link import HEADER_BYTES, MSS_BYTES, DirectionLink, JitterSource, LossProcess
+from shaping.link import (
+    HEADER_BYTES,
+    MSS_BYTES,
+    DirectionLink,
+    JitterSource,
+    LossProcess,
+)
 from shaping.profile import DirectionSpec, LinkState, NetworkProfile, RandomLoss
 from shaping.simlink import SimLinkSettings, SimulatedDirection, tcp_estimates
 from validation.stats import binomial_interval, percentiles

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Iterator
 
 from orchestrator.interrupts import raise_if_interrupted
-from orchestrator.launch import ChildProcess
+from orchestrator.lifecycle.launch import ChildProcess
 from shaping import router_guest
 from shaping.router import GUEST_PORT, RouterError, RouterTopology, TapEnd
 

@@ -8,6 +8,7 @@ one line naming the file and the field, which the CLI prints with exit code 2.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,17 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from agents.backends import ModelPairConfig
-from agents.backends.hf import HFPairConfig, ModelNotAvailable, check_available, resolve_paths
-from orchestrator.job import JobConfig
+from agents.backends.hf import (
+    HFPairConfig,
+    ModelNotAvailable,
+    check_available,
+    resolve_paths,
+)
+from orchestrator.config.job import JobConfig
 from shaping.profile import NetworkProfile, ProfileFile, resolve
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# the ``configs`` package (a folder: pip installs packages unzipped)
+CONFIG_DIR = Path(str(importlib.resources.files("configs")))
 
 
 class ConfigError(ValueError):
@@ -94,7 +101,7 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def validate(schema: Any, data: dict, source: str) -> Any:
+def parse(schema: Any, data: dict, source: str) -> Any:
     """``data`` as ``schema`` (a model class or an annotated union), or a ConfigError."""
     try:
         return TypeAdapter(schema).validate_python(data)
@@ -152,7 +159,7 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkPro
     """A resolved network profile; ``overrides`` are shorthands laid over the file."""
     path = find("profiles", name_or_path)
     data = {**read_yaml(path), **_without_unset(overrides)}
-    raw = validate(ProfileFile, data, str(path))
+    raw = parse(ProfileFile, data, str(path))
     try:
         return resolve(raw, name=path.stem, base_dir=path.parent)
     except ValidationError as error:
@@ -164,7 +171,7 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkPro
 def load_model_pair(name_or_path: str) -> ModelPairConfig:
     """A validated pair; for ``hf``, local folders resolved and every model checked present."""
     path = find("models", name_or_path)
-    pair = validate(ModelPairConfig, read_yaml(path), str(path))
+    pair = parse(ModelPairConfig, read_yaml(path), str(path))
     if isinstance(pair, HFPairConfig):
         pair = resolve_paths(pair, path.parent)
         try:

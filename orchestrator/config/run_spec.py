@@ -1,0 +1,94 @@
+"""A run's resolved configuration: the job, the network profile, the model pair, the prompts
+and the mode, built from config names (``RunSpec.load``) or read back from a run folder's
+``config.yaml`` (``RunSpec.from_folder``); it expands into the edge's query requests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from agents.backends import ModelPairConfig
+from agents.backends.synthetic import SyntheticPairConfig
+from agents.edge import QueryRequest
+from orchestrator.config.datasets import Prompt, load_dataset
+from orchestrator.config.job import JobConfig, plan
+from orchestrator.config.loading import (
+    ConfigError,
+    load_job,
+    load_model_pair,
+    load_profile,
+    parse,
+)
+from orchestrator.results import ResultsFolder
+from shaping.profile import NetworkProfile
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    job: JobConfig
+    profile: NetworkProfile
+    model_pair: ModelPairConfig
+    prompts: list[Prompt]
+    mode: str
+
+    @classmethod
+    def load(cls, job: str, profile: str, mode: str, job_overrides: dict | None = None,
+             profile_overrides: dict | None = None) -> "RunSpec":
+        """Everything a run needs, from config names or paths (``ConfigError`` on bad input)."""
+        return cls.build(load_job(job, job_overrides), load_profile(profile, profile_overrides),
+                         mode)
+
+    @classmethod
+    def build(cls, job: JobConfig, profile: NetworkProfile, mode: str,
+              model_pair: ModelPairConfig | None = None,
+              prompts: list[Prompt] | None = None) -> "RunSpec":
+        """A run of ``job`` on ``profile``; the pair and prompts are loaded unless given."""
+        model_pair = model_pair or load_model_pair(job.model_pair)
+        if isinstance(model_pair, SyntheticPairConfig) and job.sampling.reshapes:
+            raise ConfigError(f"job {job.name!r}: the synthetic pair samples its "
+                              "distributions as they are; temperature, top_k and top_p must "
+                              "keep their defaults")
+        return cls(job=job, profile=profile, model_pair=model_pair,
+                   prompts=prompts if prompts is not None else load_dataset(job.prompts),
+                   mode=mode)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "RunSpec":
+        """The spec a run folder was made with, from its ``config.yaml``."""
+        source = str(folder / ResultsFolder.CONFIG)
+        resolved = yaml.safe_load((folder / ResultsFolder.CONFIG).read_text())
+        return cls(job=parse(JobConfig, resolved["job"], source),
+                   profile=parse(NetworkProfile, resolved["profile"], source),
+                   model_pair=parse(ModelPairConfig, resolved["model_pair"], source),
+                   prompts=[Prompt(**prompt) for prompt in resolved["prompts"]],
+                   mode=resolved["mode"])
+
+    def requests(self) -> list[QueryRequest]:
+        prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
+        return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
+                             query_id=prompt.id, repetition=repetition, prompt=prompt.prompt,
+                             answer=prompt.answer, max_new_tokens=self.job.max_new_tokens,
+                             sampling=self.job.sampling, codec=self.job.resolved_codec,
+                             seed=self.job.seed)
+                for run in plan(self.job)
+                for repetition in range(self.job.repetitions)
+                for prompt in prompts]
+
+    def warmups(self) -> list[QueryRequest]:
+        """One short unrecorded query per strategy run, on the first prompt."""
+        if not self.job.warmup_tokens:
+            return []
+        first = self.requests()
+        labels = list(dict.fromkeys(request.label for request in first))
+        return [next(request for request in first if request.label == label).model_copy(
+                    update={"query_id": "warmup", "max_new_tokens": min(
+                        self.job.warmup_tokens, self.job.max_new_tokens)})
+                for label in labels]
+
+    def resolved(self) -> dict:
+        return {"mode": self.mode, "job": self.job.model_dump(mode="json"),
+                "profile": self.profile.model_dump(mode="json"),
+                "model_pair": self.model_pair.model_dump(mode="json"),
+                "prompts": [asdict(prompt) for prompt in self.prompts]}

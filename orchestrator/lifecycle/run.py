@@ -1,0 +1,64 @@
+"""One run: every strategy of a job over every prompt, on one network profile.
+
+Lifecycle: save the resolved config (``orchestrator.config.run_spec``), start the
+deployment of the mode (``orchestrator.lifecycle.launch``: sim, emulated, or vm with its
+router VM as the link), send each query to the edge, append the records as they arrive
+(``orchestrator.results``), stop everything (also on errors and signals), then summarize
+with the analytic prediction beside every measured rate (``orchestrator.reporting.run_summary``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import Progress
+
+from orchestrator.config.job import JobConfig
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle.launch import DEPLOYMENTS
+from orchestrator.progress import work_progress
+from orchestrator.reporting.run_summary import summarize_folder
+from orchestrator.reporting.summary import print_summary
+from orchestrator.results import ResultsFolder
+
+
+def query_timeout_s(job: JobConfig) -> float:
+    """Control-plane budget for one query: every token may wait a full receive timeout."""
+    return job.receive_timeout_s * (job.max_new_tokens + 2)
+
+
+def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
+    results = ResultsFolder.create(results_root, f"{spec.profile.name}-{spec.mode}")
+    console.print(f"results: {results.path}")
+    with work_progress(console) as progress:
+        summary = execute(spec, results, progress)
+    print_summary(summary, console, title=f"{spec.profile.name} ({spec.mode})")
+    return results.path, summary
+
+
+def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.DataFrame:
+    """Run every query of ``spec`` into ``results`` (one ``queries`` task on ``progress``)
+    and write the summary; the deployment is stopped however this ends."""
+    results.write_config(spec.resolved())
+    requests = spec.requests()
+    task = progress.add_task("queries", total=len(requests), unit="queries")
+    try:
+        with DEPLOYMENTS[spec.mode](results.path, spec.model_pair, spec.profile, spec.job.seed,
+                                    spec.job.receive_timeout_s) as deployment:
+            for request in spec.warmups():
+                progress.update(task, description=f"{request.label} warm-up")
+                deployment.edge.call("query", query_timeout_s(spec.job),
+                                     request=request.model_dump(mode="json"))
+            for request in requests:
+                progress.update(task, description=f"{request.label} q{request.query_id}")
+                reply = deployment.edge.call("query", query_timeout_s(spec.job),
+                                             request=request.model_dump(mode="json"))
+                results.append(reply["query"], reply["cycles"])
+                progress.advance(task)
+            deployment.write_link_stats()
+    finally:
+        results.close()
+        progress.remove_task(task)
+    return summarize_folder(results.path, spec)

@@ -1,0 +1,97 @@
+"""A finished run's summary: the measured per-strategy rows (``reporting.summary``) with the
+analytic prediction beside each rate (``validation.prediction``), from the run folder alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from agents.backends.synthetic import SyntheticPairConfig
+from orchestrator.config.job import StrategyRun, plan
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.reporting.summary import mark_queries, read_jsonl, summarize
+from orchestrator.results import ResultsFolder
+from shaping.profile import LinkState, with_rtt
+from validation.prediction import (
+    HostTimes,
+    measured_times,
+    modeled_times,
+    predicted_crossover_rtt_ms,
+    predicted_tokens_per_s,
+)
+
+
+def _records(folder: Path, spec: RunSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    queries = read_jsonl(folder / ResultsFolder.QUERIES)
+    cycles = read_jsonl(folder / ResultsFolder.CYCLES)
+    queries = mark_queries(queries, {prompt.id: prompt.kind for prompt in spec.prompts},
+                           greedy=spec.job.decoding == "greedy")
+    return queries, cycles
+
+
+def _host_times(spec: RunSpec, queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | None:
+    return (modeled_times(spec.model_pair) if isinstance(spec.model_pair, SyntheticPairConfig)
+            else measured_times(queries, cycles))
+
+
+def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
+    queries, cycles = _records(folder, spec)
+    summary = summarize(queries, cycles)
+    runs = {run.label: run for run in plan(spec.job)}
+    times = _host_times(spec, queries, cycles)
+    if times is not None:
+        link = spec.profile.initial
+        summary["predicted_tokens_per_s"] = [
+            _prediction(runs[row["strategy"]], row, spec, cycles, times, link)
+            for _, row in summary.iterrows()]
+        summary["crossover_rtt_ms"] = [_crossover(runs[row["strategy"]], row, spec, times)
+                                       for _, row in summary.iterrows()]
+    summary.to_csv(folder / ResultsFolder.SUMMARY, index=False)
+    return summary
+
+
+def predicted_curve(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
+    """The analytic tokens/s of strategy ``label`` in a finished run, had its link's RTT
+    been each of ``rtts_ms`` (same rates, acceptance, compute times and bytes per cycle)."""
+    spec = RunSpec.from_folder(folder)
+    queries, cycles = _records(folder, spec)
+    times = _host_times(spec, queries, cycles)
+    summary = pd.read_csv(folder / ResultsFolder.SUMMARY).set_index("strategy", drop=False)
+    runs = {run.label: run for run in plan(spec.job)}
+    if times is None or label not in summary.index:
+        return np.full(len(rtts_ms), np.nan)
+    row, base = summary.loc[label], spec.profile.initial
+    return np.array([_prediction(runs[label], row, spec, cycles, times, with_rtt(base, rtt))
+                     for rtt in rtts_ms])
+
+
+def _acceptance(row: pd.Series, spec: RunSpec) -> float:
+    """The run's measured per-token acceptance, or the synthetic pair's configured one."""
+    measured = row.get("per_token_acceptance")
+    if pd.notna(measured):
+        return measured
+    return getattr(spec.model_pair, "acceptance", float("nan"))
+
+
+def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
+    up, down = row.get("bytes_up_per_cycle"), row.get("bytes_down_per_cycle")
+    return (up if pd.notna(up) else 0.0), (down if pd.notna(down) else 0.0)
+
+
+def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
+                times: HostTimes, link: LinkState) -> float:
+    own = cycles[cycles["strategy"] == run.label] if not cycles.empty else cycles
+    ks = own["k"].tolist() if len(own) else [run.k]
+    return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec), times, link,
+                                  *_cycle_bytes(row))
+
+
+def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec, times: HostTimes) -> float:
+    if run.strategy != "fixed-k":
+        return float("nan")
+    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec), times, spec.profile.initial,
+                                      *_cycle_bytes(row))
