@@ -13,12 +13,14 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import click
 from rich.console import Console
 
 from agents.control import AgentError
 from agents.protocol import ProtocolError
+from agents.sampling import Decoding
 from orchestrator import interrupts
 from orchestrator.config.job import ALL_STRATEGIES
 from orchestrator.config.loading import ConfigError, available, load_job, load_profile
@@ -128,11 +130,12 @@ def cli() -> None:
               help="Strategy to run; repeat for several [default: the job's, all four].")
 @click.option("--k", "k_values", multiple=True, type=click.IntRange(1, 64),
               help="Draft length for fixed-k; repeat for several [default: the job's, 3 5 10 15].")
-@click.option("--decoding", type=click.Choice(["greedy", "sampling"]), help="[default: the job's]")
-@click.option("--temperature", type=click.FloatRange(0, 100, min_open=True),
+# the decoding flags' ranges are SamplingConfig's, checked when the job loads
+@click.option("--decoding", type=click.Choice(get_args(Decoding)), help="[default: the job's]")
+@click.option("--temperature", type=float,
               help="Sampling temperature, applied on both sides [default: the job's, 1].")
-@click.option("--top-k", type=click.IntRange(0), help="Keep the k likeliest tokens (0: all).")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Nucleus mass to keep.")
+@click.option("--top-k", type=int, help="Keep the k likeliest tokens (0: all).")
+@click.option("--top-p", type=float, help="Nucleus mass to keep.")
 @click.option("--codec", help="Draft payload codec: ids, q-scalar, topk (topkN), full16, full32 "
                               "[default: ids for greedy, q-scalar for sampling].")
 @click.option("--prompts", help="Prompt set: a name under configs/prompts, a .jsonl path, or "

@@ -68,6 +68,13 @@ def serialization_delay_s(nbytes: int, rate_bytes_per_s: float,
     return max(0.0, nbytes - burst_bytes) / rate_bytes_per_s
 
 
+def transmit_s(direction: DirectionSpec, message_bytes: float) -> float:
+    """Serialization of one message of ``message_bytes`` (ZMTP bytes) through a direction's
+    bucket: the transmit term of every cycle-time model (prediction, fidelity checks)."""
+    return serialization_delay_s(wire_bytes(int(round(message_bytes))),
+                                 direction.rate_bytes_per_s, direction.burst_bytes)
+
+
 def retransmission_timeout_s(srtt_s: float, rttvar_s: float = 0.0,
                              rto_min_s: float = RTO_MIN_S) -> float:
     """Linux's RTO before any back-off: ``srtt + max(rto_min, 4 * rttvar)``."""

@@ -32,7 +32,7 @@ from shaping.emulated import EmulatedLink
 from shaping.topology import DEFAULT_PREFIX_PATTERN
 from tests.netns_helpers import made_by_the_suite, snapshot
 from validation.link_probe import ProbePlan, probe_link
-from validation.prediction import transmit_s
+from shaping.link import transmit_s
 from validation.stats import binomial_interval
 
 ROOT = Path(__file__).resolve().parent.parent

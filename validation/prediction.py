@@ -18,8 +18,8 @@ from agents.backends import ModelPairConfig
 from nasd.analytic import (ComputeTimes, cloud_only_throughput, crossover_rtt_s,
                            cycle_time_distributed_s, cycle_time_local_s,
                            expected_tokens_per_cycle)
-from shaping.link import serialization_delay_s, wire_bytes
-from shaping.profile import DirectionSpec, LinkState
+from shaping.link import transmit_s
+from shaping.profile import LinkState
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,6 @@ def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | N
     cloud = times if edge_decode_s is None else replace(times, draft_token_s=edge_decode_s)
     return HostTimes(edge=times, cloud=cloud, edge_decode_s=edge_decode_s)
 
-
-def transmit_s(direction: DirectionSpec, message_bytes: float) -> float:
-    """Serialization of one message of ``message_bytes`` (ZMTP bytes) through the bucket."""
-    return serialization_delay_s(wire_bytes(int(round(message_bytes))),
-                                 direction.rate_bytes_per_s, direction.burst_bytes)
 
 
 def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,

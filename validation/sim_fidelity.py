@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from agents.backends import ModelPairConfig
-from nasd.analytic import expected_tokens_per_cycle
-from shaping.link import RTO_MIN_S, serialization_delay_s, wire_bytes
+from nasd.analytic import cycle_time_distributed_s, expected_tokens_per_cycle
+from shaping.link import RTO_MIN_S, transmit_s
 from shaping.profile import LinkState
+from validation.prediction import modeled_times
 from validation.stats import binomial_interval, relative_error
 
 
@@ -77,26 +78,26 @@ def rate_check(summary: pd.DataFrame, cycles: pd.DataFrame, label: str,
 
 def modeled_link_s(cycles: pd.DataFrame, link: LinkState) -> np.ndarray:
     """RTT plus the serialization of each cycle's bytes, up and down, through the buckets."""
-    return link.rtt_ms / 1000.0 + np.array([
-        serialization_delay_s(wire_bytes(up), link.uplink.rate_bytes_per_s, link.uplink.burst_bytes)
-        + serialization_delay_s(wire_bytes(down), link.downlink.rate_bytes_per_s,
-                                link.downlink.burst_bytes)
-        for up, down in zip(cycles["bytes_up"], cycles["bytes_down"])])
+    return np.array([link.rtt_ms / 1000.0 + transmit_s(link.uplink, up)
+                     + transmit_s(link.downlink, down)
+                     for up, down in zip(cycles["bytes_up"], cycles["bytes_down"])])
 
 
 def modeled_cycle_s(cycles: pd.DataFrame, pair: ModelPairConfig, link: LinkState) -> np.ndarray:
-    """Modeled compute plus modeled link time of each fixed-K cycle, in order.
+    """T_dist(k) of each fixed-K cycle, in order, with the pair's modeled compute times.
 
     A cycle's first draft forward also feeds the last drafted token when the
     previous cycle accepted everything (two pending tokens instead of one).
     """
-    draft, target = pair.latency.edge_draft, pair.latency.cloud_target
+    edge = modeled_times(pair).edge
     previous_all_accepted = (cycles["accepted"] == cycles["k"]).shift(fill_value=False)
     first_of_query = cycles["cycle"] == 1
-    extra_tokens = (previous_all_accepted & ~first_of_query).astype(int)
-    draft_s = cycles["k"] * draft.seconds(1) + extra_tokens * draft.per_token_ms / 1000.0
-    verify_s = target.base_ms / 1000.0 + (cycles["k"] + 1) * target.per_token_ms / 1000.0
-    return (draft_s + verify_s).to_numpy() + modeled_link_s(cycles, link)
+    extra_tokens = (previous_all_accepted & ~first_of_query).astype(int).to_numpy()
+    modeled = np.array([
+        cycle_time_distributed_s(int(k), edge, link.rtt_ms / 1000.0, transmit_s(link.uplink, up),
+                                 transmit_s(link.downlink, down))
+        for k, up, down in zip(cycles["k"], cycles["bytes_up"], cycles["bytes_down"])])
+    return modeled + extra_tokens * pair.latency.edge_draft.per_token_ms / 1000.0
 
 
 def overhead_per_cycle_ms(cycles: pd.DataFrame, pair: ModelPairConfig, link: LinkState) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.sampling import SamplingConfig
+from agents.verification import pad_to_width
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -119,11 +120,7 @@ class HFSession:
             self.processed += len(ids)
             logits = output.logits[0] if all_rows else output.logits[0, -1]
             probs = logits_to_probs(logits, self.sampling).cpu().numpy()
-        width = self.model.vocab_size
-        if probs.shape[-1] < width:
-            pad = [(0, 0)] * (probs.ndim - 1) + [(0, width - probs.shape[-1])]
-            probs = np.pad(probs, pad)
-        return probs
+        return pad_to_width(probs, self.model.vocab_size)    # the pair's shared width
 
     def truncate(self, length: int) -> None:
         self.cache.crop(length)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from agents.codecs import get_codec
 from agents.edge import StrategyName
-from agents.sampling import Decoding, SamplingConfig
+from agents.sampling import SamplingConfig
 from shaping.profile import JitterDistribution
 
 ALL_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
@@ -60,7 +60,10 @@ class NetworkSpace(BaseModel):
         return self
 
 
-class JobConfig(BaseModel):
+class JobConfig(SamplingConfig):
+    """A benchmark job; its decoding fields (``decoding``, ``temperature``, ``top_k``,
+    ``top_p``) are ``SamplingConfig``'s, defined there once."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = "job"
     description: str = ""
@@ -70,10 +73,6 @@ class JobConfig(BaseModel):
     strategies: list[StrategyName] = Field(default=list(ALL_STRATEGIES), min_length=1)
     k_values: list[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15], min_length=1)
     cloud_spec_k: int = Field(default=5, ge=1, le=64)
-    decoding: Decoding = "greedy"
-    temperature: float = Field(default=1.0, gt=0.0, le=100.0)
-    top_k: int = Field(default=0, ge=0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
     repetitions: int = Field(default=1, gt=0)
@@ -109,8 +108,8 @@ class JobConfig(BaseModel):
 
     @property
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(decoding=self.decoding, temperature=self.temperature,
-                              top_k=self.top_k, top_p=self.top_p)
+        """What travels with each query: the decoding fields alone."""
+        return SamplingConfig(**self.model_dump(include=set(SamplingConfig.model_fields)))
 
 
 @dataclass(frozen=True)
