@@ -32,7 +32,7 @@ from orchestrator.validate import validate
 from shaping.cleanup import leftovers, remove_leftovers
 from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
-from shaping.qdisc import profile_needs_netem
+from shaping.qdisc.parameters import profile_needs_netem
 from shaping.router import RouterError
 from validation.crossval import passed
 from validation.probe import ProbePlan, probe_link, probe_sim
