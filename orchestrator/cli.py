@@ -37,7 +37,7 @@ from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
 from shaping.emulated import EmulatedLink
 from shaping.profile import NetworkProfile
-from shaping.qdisc import profile_needs_netem
+from shaping.qdisc.parameters import profile_needs_netem
 from shaping.router import RouterError
 from validation.crossval import passed
 from validation.link_probe import ProbePlan, probe_link, probe_sim

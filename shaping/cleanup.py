@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute, netns
 
 from shaping.topology import (DEFAULT_PREFIX_PATTERN, NAMESPACE_ROLES, OWNER_DIR, PREFIX_RE,
-                              VETH_ROLES, owner_alive, remove_owner)
+                              VETH_ROLES, owner_alive, remove_namespaces, remove_owner)
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,8 @@ def remove_leftovers(prefix_pattern: str = DEFAULT_PREFIX_PATTERN, *,
                     log.warning("could not delete veth %s: %s", name, error)
                     continue
                 removed.veths.append(name)
-    for name in found.namespaces:
-        try:
-            netns.remove(name)
-        except FileNotFoundError:
-            continue
-        except OSError as error:
-            log.warning("could not remove namespace %s: %s", name, error)
-            continue
-        removed.namespaces.append(name)
+    removed.namespaces = [name for name, here in remove_namespaces(found.namespaces).items()
+                          if here]
     for prefix in found.owner_files:
         remove_owner(prefix)
         removed.owner_files.append(prefix)

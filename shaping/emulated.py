@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from shaping import qdisc
 from shaping.clock import now
 from shaping.profile import NetworkProfile
+from shaping.qdisc.operations import apply_link, change_link, link_counters, remove_link
 from shaping.simlink import TIMELINE_HORIZON_S
 from shaping.topology import LinkTopology
 
@@ -77,7 +77,7 @@ class EmulatedLink:
     def shape(self) -> None:
         """Apply the profile's initial state and start following its timeline."""
         self.topology.wait_ready()
-        self.layouts = qdisc.apply_link(self.topology, self.profile.state_at(0.0))
+        self.layouts = apply_link(self.topology, self.profile.state_at(0.0))
         self.started_at = now()
         if not self.profile.is_static:
             self._timeline = threading.Thread(target=self._follow_timeline,
@@ -93,7 +93,7 @@ class EmulatedLink:
             self.topology.close()
         elif self.layouts and self.topology.health() is None:
             try:
-                qdisc.remove_link(self.topology)
+                remove_link(self.topology)
             except Exception as error:      # the topology's owner removes it in the end
                 log.warning("%s: removing the qdiscs: %s", self.prefix, error)
         self.layouts = {}
@@ -106,8 +106,8 @@ class EmulatedLink:
                 return
             sent = now()
             try:
-                self.layouts = qdisc.change_link(self.topology, self.profile.state_at(offset),
-                                                 self.layouts)
+                self.layouts = change_link(self.topology, self.profile.state_at(offset),
+                                           self.layouts)
             except Exception as error:    # reported by counters(); the run goes on unshaped
                 log.error("%s: applying the change at %.3f s failed: %s", self.prefix, offset, error)
                 self.timeline_error = error
@@ -117,7 +117,7 @@ class EmulatedLink:
 
     def counters(self) -> dict[str, dict]:
         """Per direction: the kernel's qdisc counters where it is shaped; the timeline."""
-        found = qdisc.link_counters(self.topology)
+        found = link_counters(self.topology)
         for side, direction in (("edge", "uplink"), ("cloud", "downlink")):
             found[direction]["layout"] = self.layouts.get(side, "none")
         found["timeline"] = {"changes_applied": len(self.changes), "changes": self.changes,

@@ -46,6 +46,7 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
@@ -169,6 +170,23 @@ def namespace_exists(namespace: str) -> bool:
     return namespace in netns.listnetns()
 
 
+def remove_namespaces(names: Iterable[str]) -> dict[str, bool]:
+    """Remove these namespaces, in this order; returns the ones gone now, each with whether
+    it was removed here (False: it was gone already).  One that cannot be removed is logged
+    and left out."""
+    gone = {}
+    for name in names:
+        try:
+            netns.remove(name)
+        except FileNotFoundError:
+            gone[name] = False
+        except OSError as error:
+            log.warning("could not remove namespace %s: %s", name, error)
+        else:
+            gone[name] = True
+    return gone
+
+
 def _ethtool_in(namespace: str, ifname: str) -> IoctlEthtool:
     """pyroute2's ioctl ethtool, issuing its ioctls from inside ``namespace``."""
     ethtool = IoctlEthtool()
@@ -282,15 +300,8 @@ class LinkTopology:
                             ipr.link("del", index=indices[0])
             except Exception as error:   # the namespace removal below still runs
                 log.debug("%s: deleting the veth: %s", self.prefix, error)
-        for namespace in list(reversed(self._owned_namespaces)):
-            try:
-                netns.remove(namespace)
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                log.warning("could not remove namespace %s: %s", namespace, error)
-                continue
-            self._owned_namespaces.remove(namespace)
+        gone = remove_namespaces(reversed(self._owned_namespaces))
+        self._owned_namespaces = [name for name in self._owned_namespaces if name not in gone]
         if self._owner_written and not self._owned_namespaces:
             remove_owner(self.prefix)
             self._owner_written = False
@@ -404,6 +415,6 @@ class LinkTopology:
 __all__ = [
     "DEFAULT_PREFIX_PATTERN", "LinkTopology", "NAMESPACE_ROLES",
     "PREFIX_RE", "VETH_ROLES", "disable_offloads", "namespace_name", "new_prefix",
-    "offload_state", "open_netns", "owner_alive", "run_in", "subnet_for", "validate_prefix",
-    "veth_name",
+    "offload_state", "open_netns", "owner_alive", "remove_namespaces", "run_in", "subnet_for",
+    "validate_prefix", "veth_name",
 ]

@@ -137,7 +137,7 @@ def router_vm():
 def netem_mode(request) -> str:
     """Where this suite shapes with kernel netem: "emulated" (this host's kernel has it) or
     "vm" (the session's router VM); skips, with the reason, where neither works."""
-    from shaping.qdisc import netem_available
+    from shaping.qdisc.probes import netem_available
     if os.geteuid() == 0 and netem_available():
         return "emulated"
     request.getfixturevalue("router_vm")

@@ -17,7 +17,7 @@ from pyroute2 import netns
 
 from shaping.topology import OWNER_DIR
 
-PROBE_NAMESPACE = re.compile(r"es[0-9a-f]{8}-probe")    # shaping.qdisc's capability probes
+PROBE_NAMESPACE = re.compile(r"es[0-9a-f]{8}-probe")    # capability probes (shaping.qdisc.probes)
 
 
 def ip(*argv: str) -> str:

@@ -48,9 +48,15 @@ import pytest
 pytest.importorskip("pyroute2")
 
 
-from shaping import qdisc  # noqa: E402
 from shaping.link import HEADER_BYTES, JITTER_TABLES, MSS_BYTES, default_burst_bytes  # noqa: E402
 from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, RandomLoss  # noqa: E402
+from shaping.qdisc.messages import TBF_CHILD_PARENT, encode, netem_message, tbf_message  # noqa: E402
+from shaping.qdisc.operations import (NetemUnavailable, apply_direction, apply_link,  # noqa: E402
+                                      change_link, change_requests, current_qdiscs, layout_after,
+                                      remove, remove_link, root_qdisc)
+from shaping.qdisc.parameters import (NETEM_LIMIT_MAX, needs_netem, netem_params,  # noqa: E402
+                                      percent_u32, tbf_params)
+from shaping.qdisc.probes import netem_available, tbf_available  # noqa: E402
 from shaping.topology import LinkTopology  # noqa: E402
 from tests.netns_helpers import PrefixTracker  # noqa: E402
 
@@ -93,7 +99,7 @@ def split_request(wire: bytes) -> tuple[tuple, dict[int, bytes]]:
 
 def netem_parts(spec: DirectionSpec, **kwargs):
     """(qopt tuple, {TCA_NETEM_*: payload}, attribute order) of our netem request."""
-    wire = qdisc.encode(qdisc.netem_message(7, qdisc.netem_params(spec, **kwargs)))
+    wire = encode(netem_message(7, netem_params(spec, **kwargs)))
     tcm, top = split_request(wire)
     assert tcm == (0, 0, 0, 7, 0x10000, TC_H_ROOT, 0)
     assert top[TCA_KIND] == b"netem\0"
@@ -121,26 +127,26 @@ def u32(pct: float) -> int:
 # Units and parameters -----------------------------------------------------------
 
 def test_percent_scaling_matches_iproute2():
-    assert qdisc.percent_u32(0) == 0
-    assert qdisc.percent_u32(100) == UINT32_MAX
-    assert qdisc.percent_u32(25) == 0x40000000
-    assert qdisc.percent_u32(1) == 42949673        # rint(0.01 * (2^32 - 1))
-    assert qdisc.percent_u32(0.1) == 4294967
+    assert percent_u32(0) == 0
+    assert percent_u32(100) == UINT32_MAX
+    assert percent_u32(25) == 0x40000000
+    assert percent_u32(1) == 42949673        # rint(0.01 * (2^32 - 1))
+    assert percent_u32(0.1) == 4294967
 
 
 def test_needs_netem():
-    assert not qdisc.needs_netem(DirectionSpec())
-    assert not qdisc.needs_netem(DirectionSpec(bandwidth_mbps=10))
-    assert qdisc.needs_netem(DirectionSpec(delay_ms=1))
-    assert qdisc.needs_netem(DirectionSpec(jitter_ms=1))
-    assert qdisc.needs_netem(DirectionSpec(loss=RandomLoss(pct=0.5)))
-    assert not qdisc.needs_netem(DirectionSpec(loss=GilbertElliottLoss(
+    assert not needs_netem(DirectionSpec())
+    assert not needs_netem(DirectionSpec(bandwidth_mbps=10))
+    assert needs_netem(DirectionSpec(delay_ms=1))
+    assert needs_netem(DirectionSpec(jitter_ms=1))
+    assert needs_netem(DirectionSpec(loss=RandomLoss(pct=0.5)))
+    assert not needs_netem(DirectionSpec(loss=GilbertElliottLoss(
         model="gilbert-elliott", p_good_to_bad_pct=0, r_bad_to_good_pct=50)))
 
 
 def test_tbf_parameters_follow_the_documented_formula():
     spec = DirectionSpec(bandwidth_mbps=10, delay_ms=20, jitter_ms=5, jitter_distribution="normal")
-    params = qdisc.tbf_params(spec)
+    params = tbf_params(spec)
     rate = 1_250_000
     assert params.rate_bytes_per_s == rate
     assert params.burst_bytes == default_burst_bytes(rate) == 3028
@@ -148,24 +154,24 @@ def test_tbf_parameters_follow_the_documented_formula():
     latency = 0.050 + 2 * (0.020 + reach * 0.005)       # floor + 2 x (delay + reach)
     assert params.limit_bytes == 3028 + math.ceil(rate * latency)
     assert params.buffer_ticks == 3028 * 10**9 // rate // 64
-    custom = qdisc.tbf_params(DirectionSpec(bandwidth_mbps=10, burst_bytes=20000))
+    custom = tbf_params(DirectionSpec(bandwidth_mbps=10, burst_bytes=20000))
     assert custom.burst_bytes == 20000
     assert custom.limit_bytes == 20000 + math.ceil(rate * 0.050)
-    assert qdisc.tbf_params(DirectionSpec()) is None
+    assert tbf_params(DirectionSpec()) is None
 
 
 def test_netem_limit_covers_the_delay_line_in_the_smallest_packets():
-    assert qdisc.netem_params(DirectionSpec(bandwidth_mbps=1)).limit_packets == 1000
+    assert netem_params(DirectionSpec(bandwidth_mbps=1)).limit_packets == 1000
     spec = DirectionSpec(bandwidth_mbps=100, delay_ms=50)
     in_flight_s = 0.050 + (0.050 + 2 * 0.050)
-    assert qdisc.netem_params(spec).limit_packets == math.ceil(12.5e6 * in_flight_s / 66)
+    assert netem_params(spec).limit_packets == math.ceil(12.5e6 * in_flight_s / 66)
     unshaped = DirectionSpec(delay_ms=500)
-    assert qdisc.netem_params(unshaped).limit_packets == qdisc.NETEM_LIMIT_MAX
+    assert netem_params(unshaped).limit_packets == NETEM_LIMIT_MAX
 
 
 def test_jitter_beyond_the_kernel_limit_is_refused():
     with pytest.raises(ValueError, match="jitter_ms"):
-        qdisc.netem_params(DirectionSpec(delay_ms=5000, jitter_ms=2200))
+        netem_params(DirectionSpec(delay_ms=5000, jitter_ms=2200))
 
 
 # netem encoding -----------------------------------------------------------------------
@@ -256,7 +262,7 @@ def test_change_requests_follow_the_layout_in_place():
     delay, rated = DirectionSpec(delay_ms=20), DirectionSpec(delay_ms=20, bandwidth_mbps=5)
 
     def kinds(layout, spec):
-        requests = qdisc.change_requests(layout, 3, spec)
+        requests = change_requests(layout, 3, spec)
         return None if requests is None else [
             (r.msg.get_attr("TCA_KIND"), r.msg_type, bool(r.flags & 0x400)) for r in requests]
     change, add, delete = (RTM_NEWQDISC, False), (RTM_NEWQDISC, True), (RTM_DELQDISC, False)
@@ -266,9 +272,9 @@ def test_change_requests_follow_the_layout_in_place():
     assert kinds("tbf", DirectionSpec(bandwidth_mbps=5)) == [("tbf", *change)]
     assert kinds("tbf", DirectionSpec()) == [(None, *delete)]
     assert kinds("tbf", delay) is None and kinds("none", delay) is None     # apply instead
-    assert qdisc.layout_after("netem", rated) == "netem+tbf"
-    assert qdisc.layout_after("netem+tbf", delay) == "netem"
-    assert qdisc.layout_after("tbf", DirectionSpec()) == "none"
+    assert layout_after("netem", rated) == "netem+tbf"
+    assert layout_after("netem+tbf", delay) == "netem"
+    assert layout_after("tbf", DirectionSpec()) == "none"
 
 
 def test_random_loss_goes_in_qopt():
@@ -282,7 +288,7 @@ def test_gilbert_elliott_struct():
                               loss_in_bad_pct=70, loss_in_good_pct=0.1)
     qopt, attrs, _ = netem_parts(DirectionSpec(loss=loss))
     assert qopt[2] == 0                       # the GE model replaces random loss
-    wire = qdisc.encode(qdisc.netem_message(7, qdisc.netem_params(DirectionSpec(loss=loss))))
+    wire = encode(netem_message(7, netem_params(DirectionSpec(loss=loss))))
     options = split_request(wire)[1][TCA_OPTIONS]
     nested_types = [rtype for rtype, _ in parse_rtas(options[QOPT.size:])]
     assert TCA_NETEM_LOSS | NLA_F_NESTED in nested_types      # as iproute2 flags it
@@ -304,8 +310,8 @@ def test_request_bytes_match_what_tc_would_send():
                               loss_in_bad_pct=70, loss_in_good_pct=0.1)
     spec = DirectionSpec(delay_ms=10, jitter_ms=2, jitter_distribution="normal",
                          delay_correlation_pct=25, loss=loss, bandwidth_mbps=10)
-    params = qdisc.netem_params(spec)
-    ours = qdisc.encode(qdisc.netem_message(7, params))
+    params = netem_params(spec)
+    ours = encode(netem_message(7, params))
 
     table = JITTER_TABLES["normal"].entries        # 8192 per sigma, like iproute2's
     qopt = QOPT.pack(10_000_000 // 64, params.limit_packets, 0, 0, 0, 2_000_000 // 64)
@@ -328,8 +334,8 @@ def test_request_bytes_match_what_tc_would_send():
 # tbf encoding -------------------------------------------------------------------------
 
 def test_tbf_request_bytes():
-    params = qdisc.tbf_params(DirectionSpec(bandwidth_mbps=10))
-    tcm, top = split_request(qdisc.encode(qdisc.tbf_message(3, params)))
+    params = tbf_params(DirectionSpec(bandwidth_mbps=10))
+    tcm, top = split_request(encode(tbf_message(3, params)))
     assert tcm == (0, 0, 0, 3, 0x10000, TC_H_ROOT, 0)
     assert top[TCA_KIND] == b"tbf\0"
     attrs = dict(parse_rtas(top[TCA_OPTIONS]))
@@ -346,8 +352,8 @@ def test_tbf_request_bytes():
 
 
 def test_tbf_rates_beyond_32_bits_use_rate64():
-    params = qdisc.tbf_params(DirectionSpec(bandwidth_mbps=40_000))
-    attrs = dict(parse_rtas(split_request(qdisc.encode(qdisc.tbf_message(3, params)))[1][TCA_OPTIONS]))
+    params = tbf_params(DirectionSpec(bandwidth_mbps=40_000))
+    attrs = dict(parse_rtas(split_request(encode(tbf_message(3, params)))[1][TCA_OPTIONS]))
     assert struct.unpack_from("=I", attrs[TCA_TBF_PARMS], 8) == (UINT32_MAX,)
     assert struct.unpack("=Q", attrs[TCA_TBF_RATE64]) == (5_000_000_000,)
 
@@ -374,29 +380,29 @@ def nothing_left_at_the_end():
 
 def _qdiscs(topo, side):
     with topo.ipr(side) as ipr:
-        return qdisc.current_qdiscs(ipr, topo.ifindex(side))
+        return current_qdiscs(ipr, topo.ifindex(side))
 
 
 def test_probes_answer_and_leave_nothing(netns_ok):
-    qdisc.netem_available.cache_clear()
-    qdisc.tbf_available.cache_clear()
-    assert qdisc.tbf_available() is True
-    assert isinstance(qdisc.netem_available(), bool)
+    netem_available.cache_clear()
+    tbf_available.cache_clear()
+    assert tbf_available() is True
+    assert isinstance(netem_available(), bool)
     assert PREFIXES.ours() == ([], [], [])
 
 
 def test_netem_is_refused_cleanly_where_the_kernel_lacks_it(topo):
-    if qdisc.netem_available():
+    if netem_available():
         pytest.skip("this kernel has sch_netem")
     spec = DirectionSpec(delay_ms=20, bandwidth_mbps=10)
     with topo.ipr("edge") as ipr:
         index = topo.ifindex("edge")
-        with pytest.raises(qdisc.NetemUnavailable):
-            qdisc.apply_direction(ipr, index, spec)
-        assert qdisc._root(qdisc.current_qdiscs(ipr, index)) is None
-        with pytest.raises(qdisc.NetemUnavailable):
-            qdisc.apply_direction(ipr, index, DirectionSpec(delay_ms=20), use_netem=True)
-        assert qdisc._root(qdisc.current_qdiscs(ipr, index)) is None
+        with pytest.raises(NetemUnavailable):
+            apply_direction(ipr, index, spec)
+        assert root_qdisc(current_qdiscs(ipr, index)) is None
+        with pytest.raises(NetemUnavailable):
+            apply_direction(ipr, index, DirectionSpec(delay_ms=20), use_netem=True)
+        assert root_qdisc(current_qdiscs(ipr, index)) is None
 
 
 def _tbf_rate(info) -> int:
@@ -406,18 +412,18 @@ def _tbf_rate(info) -> int:
 
 def test_tbf_apply_change_remove(topo):
     slow, fast = DirectionSpec(bandwidth_mbps=10), DirectionSpec(bandwidth_mbps=20)
-    layouts = qdisc.apply_link(topo, LinkState(uplink=slow, downlink=slow), use_netem=False)
+    layouts = apply_link(topo, LinkState(uplink=slow, downlink=slow), use_netem=False)
     assert layouts == {"edge": "tbf", "cloud": "tbf"}
     (root,) = [q for q in _qdiscs(topo, "edge") if q.parent == TC_H_ROOT]
     assert (root.kind, root.handle, _tbf_rate(root)) == ("tbf", 0x10000, 1_250_000)
     parms = dict(root.options["attrs"])["TCA_TBF_PARMS"]
-    assert parms["limit"] == qdisc.tbf_params(slow).limit_bytes
+    assert parms["limit"] == tbf_params(slow).limit_bytes
 
     _transfer(topo, "edge", 200_000, deadline_s=5)
     sent_before = [q for q in _qdiscs(topo, "edge") if q.parent == TC_H_ROOT][0].bytes_sent
     assert sent_before > 200_000
 
-    assert qdisc.change_link(topo, LinkState(uplink=fast, downlink=slow)) == {
+    assert change_link(topo, LinkState(uplink=fast, downlink=slow)) == {
         "edge": "tbf", "cloud": "tbf"}
     (root,) = [q for q in _qdiscs(topo, "edge") if q.parent == TC_H_ROOT]
     assert (root.kind, root.handle, _tbf_rate(root)) == ("tbf", 0x10000, 2_500_000)
@@ -425,12 +431,12 @@ def test_tbf_apply_change_remove(topo):
     (other,) = [q for q in _qdiscs(topo, "cloud") if q.parent == TC_H_ROOT]
     assert _tbf_rate(other) == 1_250_000
 
-    assert qdisc.change_link(topo, LinkState(uplink=DirectionSpec(), downlink=slow))["edge"] == "none"
-    assert qdisc._root(_qdiscs(topo, "edge")) is None
-    qdisc.remove_link(topo)
-    assert qdisc._root(_qdiscs(topo, "cloud")) is None
+    assert change_link(topo, LinkState(uplink=DirectionSpec(), downlink=slow))["edge"] == "none"
+    assert root_qdisc(_qdiscs(topo, "edge")) is None
+    remove_link(topo)
+    assert root_qdisc(_qdiscs(topo, "cloud")) is None
     with topo.ipr("cloud") as ipr:
-        assert qdisc.remove(ipr, topo.ifindex("cloud")) is False     # nothing left to remove
+        assert remove(ipr, topo.ifindex("cloud")) is False     # nothing left to remove
 
 
 @pytest.fixture
@@ -443,30 +449,30 @@ def netem_topo(netem_mode):
     from orchestrator.lifecycle import vm
     topo = vm.current_router()
     yield topo
-    qdisc.remove_link(topo)
+    remove_link(topo)
 
 
 def _egress_qdiscs(topo, direction):
     handle, ifname = topo.egress(direction)
     with handle as ipr:
-        return qdisc.current_qdiscs(ipr, ipr.link_lookup(ifname=ifname)[0])
+        return current_qdiscs(ipr, ipr.link_lookup(ifname=ifname)[0])
 
 
 def test_netem_on_a_kernel_that_has_it(netem_topo):
     topo = netem_topo
     spec = DirectionSpec(delay_ms=20, jitter_ms=5, jitter_distribution="normal",
                          bandwidth_mbps=10)
-    assert qdisc.apply_link(topo, LinkState(uplink=spec, downlink=spec))["edge"] == "netem+tbf"
+    assert apply_link(topo, LinkState(uplink=spec, downlink=spec))["edge"] == "netem+tbf"
     kinds = {(q.kind, q.parent) for q in _egress_qdiscs(topo, "uplink")}
-    assert ("netem", TC_H_ROOT) in kinds and ("tbf", qdisc.TBF_CHILD_PARENT) in kinds
+    assert ("netem", TC_H_ROOT) in kinds and ("tbf", TBF_CHILD_PARENT) in kinds
     slower = DirectionSpec(delay_ms=50, bandwidth_mbps=5)
-    assert qdisc.change_link(topo, LinkState(uplink=slower, downlink=spec))["edge"] == "netem+tbf"
+    assert change_link(topo, LinkState(uplink=slower, downlink=spec))["edge"] == "netem+tbf"
     no_rate = DirectionSpec(delay_ms=50)
-    assert qdisc.change_link(topo, LinkState(uplink=no_rate, downlink=spec))["edge"] == "netem"
+    assert change_link(topo, LinkState(uplink=no_rate, downlink=spec))["edge"] == "netem"
     assert [q.kind for q in _egress_qdiscs(topo, "uplink")
-            if q.parent == qdisc.TBF_CHILD_PARENT] == []
-    qdisc.remove_link(topo)
-    assert qdisc._root(_egress_qdiscs(topo, "uplink")) is None
+            if q.parent == TBF_CHILD_PARENT] == []
+    remove_link(topo)
+    assert root_qdisc(_egress_qdiscs(topo, "uplink")) is None
 
 
 # Goodput through tbf ------------------------------------------------------------------
@@ -527,7 +533,7 @@ def _steady_goodput(samples) -> float:
 @pytest.mark.parametrize("mbps, seconds", [(1, 3.0), (10, 2.0), (100, 2.0)])
 def test_tbf_goodput_matches_the_rate(topo, mbps, seconds, record_property):
     spec = DirectionSpec(bandwidth_mbps=mbps)
-    qdisc.apply_link(topo, LinkState(uplink=spec, downlink=spec), use_netem=False)
+    apply_link(topo, LinkState(uplink=spec, downlink=spec), use_netem=False)
     payload_rate = spec.rate_bytes_per_s * MSS_BYTES / (MSS_BYTES + HEADER_BYTES)
     for side in ("edge", "cloud"):
         samples = _transfer(topo, side, int(payload_rate * seconds), deadline_s=3 * seconds + 5)
@@ -539,4 +545,4 @@ def test_tbf_goodput_matches_the_rate(topo, mbps, seconds, record_property):
               f"expected {payload_rate * 8 / 1e6:8.3f} (payload share of the wire rate), "
               f"ratio {ratio:.4f}")
         assert abs(ratio - 1) < 0.03
-    qdisc.remove_link(topo)
+    remove_link(topo)

@@ -29,10 +29,11 @@ from pyroute2 import netns
 
 from orchestrator.lifecycle import vm
 from orchestrator.lifecycle.doctor import Capability, HostReport, choose_mode
-from shaping import qdisc, router_guest
+from shaping import router_guest
 from shaping.emulated import EmulatedLink
 from shaping.link import DirectionLink, JitterSource
 from shaping.profile import DirectionSpec, LinkState, NetworkProfile, TimedLinkState
+from shaping.qdisc.operations import current_qdiscs
 from shaping.router import MTU, RouterTopology, TapEnd, router_mac
 from shaping.topology import DEFAULT_PREFIX_PATTERN, offload_state, open_netns
 from tests.conftest import qemu_processes
@@ -312,7 +313,7 @@ def test_a_schedule_changes_the_guests_netem_live(router_vm):
         time.sleep(1.5)
         stats = link.counters()
         handle, ifname = router_vm.egress("uplink")
-        root = [q for q in qdisc.current_qdiscs(handle, handle.link_lookup(ifname=ifname)[0])
+        root = [q for q in current_qdiscs(handle, handle.link_lookup(ifname=ifname)[0])
                 if q.kind == "netem"][0]
     assert stats["timeline"]["error"] is None
     assert [change["at_s"] for change in stats["timeline"]["changes"]] == [0.5, 1.0]

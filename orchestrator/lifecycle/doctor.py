@@ -19,7 +19,8 @@ import os
 from dataclasses import dataclass, field
 
 from orchestrator.lifecycle import vm
-from shaping import qdisc, topology
+from shaping import topology
+from shaping.qdisc.probes import netem_available, tbf_available
 
 MODES = ("auto", "sim", "emulated", "vm")
 
@@ -59,11 +60,11 @@ class HostReport:
         netns_ok, veth_ok, detail = _namespace_checks() if report.root else (False, False, "needs root")
         add(Capability("netns", netns_ok, detail if not netns_ok else "network namespaces work"))
         add(Capability("veth", veth_ok, "a veth pair between two namespaces works" if veth_ok else detail))
-        netem = report.root and qdisc.netem_available()
+        netem = report.root and netem_available()
         add(Capability("sch_netem", netem, "netem qdisc works" if netem else
                   "missing from this kernel (delay, jitter and loss need it)" if report.root
                   else "needs root to check"))
-        tbf = report.root and qdisc.tbf_available()
+        tbf = report.root and tbf_available()
         add(Capability("sch_tbf", tbf, "tbf qdisc works" if tbf else
                   "missing" if report.root else "needs root to check"))
         missing = vm.VmHost.missing()
