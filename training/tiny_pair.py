@@ -25,7 +25,7 @@ generation reproduces plain greedy decoding of the target.
 
 Usage::
 
-    python -m agents.backends.train_tiny_pair --out configs/models/tiny-arith
+    python -m training.tiny_pair --out configs/models/tiny-arith
 
 Layout written: ``OUT/tokenizer/``, ``OUT/draft/``, ``OUT/target/`` (each model:
 config.json, generation_config.json, model.safetensors) and, in
@@ -510,7 +510,7 @@ def save_model(model, folder: Path, tokenizer, dtype: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agents.backends.train_tiny_pair",
+        prog="python -m training.tiny_pair",
         description=__doc__.split("\n\n")[0],
         epilog="Regenerates tokenizer, draft, target and the two prompt files; "
                "prints accuracy and greedy K=5 acceptance at the end.")
