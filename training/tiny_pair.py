@@ -2,26 +2,27 @@
 
 Everything is generated here, offline and seeded, on the CPU:
 
-* a corpus of readable English arithmetic: plain questions
-  ("Question: What is 47 plus 38?" / "Answer: 47 plus 38 is 85.") and word
-  problems with one- or two-step answers ("First, 6 times 7 is 42. Then 42
-  minus 5 is 37. The answer is 37."), every example ending in EOS;
+* a corpus of readable English arithmetic (``training.arith_task``), every
+  example ending in EOS;
 * one shared byte-level BPE tokenizer (``tokenizers`` library, digits split
   one per token), saved as a ``PreTrainedTokenizerFast`` that prepends BOS;
 * two ``LlamaForCausalLM`` models built from configs, a ~3M-parameter target
   and a ~0.1M-parameter draft, trained with the loss on the answers;
 * the held-out prompt files ``arith.jsonl`` (plain questions) and
   ``arith-free.jsonl`` (word problems); none of their questions occur in the
-  training text.  The numbers are small (operands and results up to 40, the
-  2..9 times table), so every arithmetic fact is seen in training, inside
-  other questions: the models memorise facts, they do not learn an algorithm,
-  and the target's larger capacity is what makes it the more accurate.
+  training text.  Every arithmetic fact is seen in training, inside other
+  questions: the models memorise facts, they do not learn an algorithm, and
+  the target's larger capacity is what makes it the more accurate.
 
-At the end the script measures, and prints, the exact-match accuracy of both
-models on the held-out prompts and the per-token acceptance of K=5 greedy
-speculative decoding (accepted / (accepted + rejections)), with a small
-reference implementation, and it checks that transformers' own assisted
-generation reproduces plain greedy decoding of the target.
+At the end the script loads what it wrote through the agents' ``hf`` backend
+and measures, and prints, the exact-match accuracy of both models on the
+held-out prompts (scored as runs score it, ``validation.accuracy``) and the
+per-token acceptance of K=5 greedy speculative decoding (accepted /
+(accepted + rejections)) as ``cloud-spec`` runs it
+(``agents.speculative.generate_locally``).  It checks that this speculation,
+and transformers' own assisted generation, reproduce plain greedy decoding of
+the target by transformers' ``generate``.  ``--measure-only`` does just this
+on a pair already written.
 
 Usage::
 
@@ -41,215 +42,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-# ---------------------------------------------------------------------------
-# The task: generated arithmetic text
-# ---------------------------------------------------------------------------
+import numpy as np
 
-NAMES = [("Tom", "he"), ("Anna", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", "he"),
-         ("Lucy", "she"), ("Max", "he"), ("Emma", "she"), ("Leo", "he"), ("Sara", "she"),
-         ("Jack", "he"), ("Nina", "she")]
-ITEMS = ["apples", "pencils", "stickers", "cookies", "marbles", "books", "cards", "stamps",
-         "shells", "balloons"]
-CONTAINERS = {"box": "boxes", "bag": "bags", "pack": "packs", "jar": "jars"}
-ANIMALS = ["cows", "pigs", "sheep", "goats", "ducks", "horses"]
-MAX_VALUE = 40           # every operand and every result stays within 0..40 ...
-TIMES_RANGE = (2, 9)     # ... except in the times table, 2..9 x 2..9
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: str                                   # "arith" or a word-problem template name
-    prompt: str                                 # ends with "Answer:"
-    completion: str                             # " ... ." + "\n" (EOS is added by training)
-    answer: int
-    steps: tuple[tuple[str, int, int], ...]     # (op, a, b) of every step
-    key: tuple                                  # template + numbers, identifies the problem
-
-
-def _fact(op: str, a: int, b: int) -> int:
-    return {"plus": a + b, "minus": a - b, "times": a * b}[op]
-
-
-def plain_question(op: str, a: int, b: int) -> Problem:
-    r = _fact(op, a, b)
-    return Problem("arith", f"Question: What is {a} {op} {b}?\nAnswer:",
-                   f" {a} {op} {b} is {r}.\n", r, ((op, a, b),), ("arith", op, a, b))
-
-
-def random_triple(rng: random.Random, op: str) -> tuple[int, int]:
-    if op == "plus":
-        a = rng.randint(1, MAX_VALUE - 1)
-        return a, rng.randint(1, MAX_VALUE - a)
-    if op == "minus":
-        a = rng.randint(2, MAX_VALUE)
-        return a, rng.randint(1, a - 1)
-    return rng.randint(*TIMES_RANGE), rng.randint(*TIMES_RANGE)
-
-
-def _small_product(rng: random.Random) -> tuple[int, int]:
-    while True:
-        a, b = rng.randint(*TIMES_RANGE), rng.randint(*TIMES_RANGE)
-        if a * b <= MAX_VALUE:
-            return a, b
-
-
-TEMPLATES = ["have_plus", "give_minus", "box_times", "buy_give", "bags_away", "read_days",
-             "farm", "birds"]
-
-
-def word_problem(rng: random.Random, template: str) -> Problem:
-    """One word problem; numbers, names and items drawn from ``rng``."""
-    name, pron = rng.choice(NAMES)
-    friend = rng.choice([n for n, _ in NAMES if n != name])
-    item = rng.choice(ITEMS)
-    Pron = pron.capitalize()
-    if template == "have_plus":
-        a, b = random_triple(rng, "plus")
-        r = a + b
-        prompt = (f"Question: {name} has {a} {item} and buys {b} more. "
-                  f"How many {item} does {pron} have now?\nAnswer:")
-        completion = f" {name} has {a} plus {b} is {r} {item}. The answer is {r}.\n"
-        steps, key = (("plus", a, b),), (a, b)
-    elif template == "give_minus":
-        a, b = random_triple(rng, "minus")
-        r = a - b
-        prompt = (f"Question: {name} has {a} {item} and gives {b} of them to {friend}. "
-                  f"How many {item} does {name} have left?\nAnswer:")
-        completion = f" {name} has {a} minus {b} is {r} {item} left. The answer is {r}.\n"
-        steps, key = (("minus", a, b),), (a, b)
-    elif template == "box_times":
-        a, b = rng.randint(*TIMES_RANGE), rng.randint(*TIMES_RANGE)
-        box = rng.choice(list(CONTAINERS))
-        r = a * b
-        prompt = (f"Question: A {box} holds {a} {item}. {name} buys {b} {CONTAINERS[box]}. "
-                  f"How many {item} does {name} get?\nAnswer:")
-        completion = f" {name} gets {b} times {a} is {r} {item}. The answer is {r}.\n"
-        steps, key = (("times", b, a),), (a, b)
-    elif template == "buy_give":
-        a, b = random_triple(rng, "plus")
-        s = a + b
-        c = rng.randint(1, s - 1)
-        r = s - c
-        prompt = (f"Question: {name} has {a} {item}. {Pron} buys {b} more and then gives "
-                  f"{c} to {friend}. How many {item} does {name} have now?\nAnswer:")
-        completion = (f" First, {a} plus {b} is {s}. Then {s} minus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("plus", a, b), ("minus", s, c)), (a, b, c)
-    elif template == "bags_away":
-        a, b = _small_product(rng)
-        s = a * b
-        c = rng.randint(1, s - 1)
-        r = s - c
-        box = rng.choice(list(CONTAINERS))
-        prompt = (f"Question: {name} buys {a} {CONTAINERS[box]} with {b} {item} in each {box}. "
-                  f"{Pron} gives away {c} of them. How many {item} are left?\nAnswer:")
-        completion = (f" First, {a} times {b} is {s}. Then {s} minus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("times", a, b), ("minus", s, c)), (a, b, c)
-    elif template == "read_days":
-        while True:
-            a, b = _small_product(rng)
-            s = a * b
-            if s < MAX_VALUE:
-                break
-        c = rng.randint(1, MAX_VALUE - s)
-        r = s + c
-        prompt = (f"Question: {name} reads {a} pages every day for {b} days and then "
-                  f"{c} more pages. How many pages does {name} read in total?\nAnswer:")
-        completion = (f" First, {a} times {b} is {s}. Then {s} plus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("times", a, b), ("plus", s, c)), (a, b, c)
-    elif template == "farm":
-        first, second = rng.sample(ANIMALS, 2)
-        a = rng.randint(1, MAX_VALUE - 10)
-        b = rng.randint(1, MAX_VALUE - 1 - a)
-        s = a + b
-        c = rng.randint(1, MAX_VALUE - s)
-        r = s + c
-        prompt = (f"Question: A farm has {a} {first}, {b} {second} and {c} chickens. "
-                  f"How many animals are on the farm?\nAnswer:")
-        completion = (f" First, {a} plus {b} is {s}. Then {s} plus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("plus", a, b), ("plus", s, c)), (a, b, c, first, second)
-    elif template == "birds":
-        a = rng.randint(3, MAX_VALUE)
-        b = rng.randint(1, a - 2)
-        s = a - b
-        c = rng.randint(1, s - 1)
-        r = s - c
-        fly_b, fly_c = ("bird flies" if b == 1 else "birds fly"), ("flies" if c == 1 else "fly")
-        prompt = (f"Question: There are {a} birds in a tree. {b} {fly_b} away and then "
-                  f"{c} more {fly_c} away. How many birds are left in the tree?\nAnswer:")
-        completion = (f" First, {a} minus {b} is {s}. Then {s} minus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("minus", a, b), ("minus", s, c)), (a, b, c)
-    else:
-        raise ValueError(template)
-    return Problem(template, prompt, completion, r, steps, (template, *key))
-
-
-def held_out_sets(seed: int, n_arith: int, n_free: int) -> tuple[list[Problem], list[Problem]]:
-    """The shipped prompts: plain questions and word problems never used for training."""
-    rng = random.Random(seed * 1000 + 17)
-    arith: list[Problem] = []
-    seen: set = set()
-    quota = {"plus": n_arith * 2 // 5, "minus": n_arith * 2 // 5}
-    quota["times"] = n_arith - quota["plus"] - quota["minus"]
-    for op, count in quota.items():
-        while count:
-            problem = plain_question(op, *random_triple(rng, op))
-            if problem.key in seen:
-                continue
-            seen.add(problem.key)
-            arith.append(problem)
-            count -= 1
-    rng.shuffle(arith)
-    free: list[Problem] = []
-    while len(free) < n_free:
-        problem = word_problem(rng, TEMPLATES[len(free) % len(TEMPLATES)])
-        if problem.key not in seen:
-            seen.add(problem.key)
-            free.append(problem)
-    rng.shuffle(free)
-    return arith, free
-
-
-def training_corpus(seed: int, count: int, held_arith: Sequence[Problem],
-                    held_free: Sequence[Problem]) -> list[Problem]:
-    """``count`` training problems, none of them a held-out question.
-
-    The arithmetic facts themselves are not held out: a held-out "What is 17
-    plus 8?" may still meet "17 plus 8 is 25" inside a word problem's answer.
-    """
-    rng = random.Random(seed * 1000 + 29)
-    banned_keys = {p.key for p in held_arith} | {p.key for p in held_free}
-    banned_prompts = {p.prompt for p in held_arith} | {p.prompt for p in held_free}
-    corpus: list[Problem] = []
-    while len(corpus) < count:
-        roll = rng.random()
-        if roll < 0.45:
-            op = rng.choices(["plus", "minus", "times"], weights=[4, 4, 2])[0]
-            problem = plain_question(op, *random_triple(rng, op))
-        else:
-            problem = word_problem(rng, rng.choice(TEMPLATES))
-        if problem.key in banned_keys or problem.prompt in banned_prompts:
-            continue
-        corpus.append(problem)
-    return corpus
-
-
-def final_number(text: str) -> str | None:
-    """The last number in a generated answer (what exact match compares)."""
-    numbers = re.findall(r"-?\d+", text.split("\nQuestion:")[0])
-    return numbers[-1] if numbers else None
-
+from agents.backends import HostModels, build_models
+from agents.backends.base import TokenSequence
+from agents.backends.hf import HFPairConfig
+from agents.sampling import SamplingConfig
+from agents.speculative import generate_locally
+from nasd.analytic import acceptance_from_counts
+from training.arith_task import Problem, held_out_sets, prompt_rows, training_corpus
+from validation.accuracy import accuracy, is_correct
 
 # ---------------------------------------------------------------------------
 # Tokenizer and models
@@ -375,19 +181,24 @@ def train_model(model, encoded, steps: int, batch_size: int, lr: float, seed: in
     model.to("cpu").eval()
     return time.perf_counter() - start
 
-
 # ---------------------------------------------------------------------------
-# Evaluation: greedy decoding and reference greedy speculative decoding
+# Evaluation: the pair as the agents load and run it, against plain greedy
 # ---------------------------------------------------------------------------
 
-def _next_tokens(model, ids: Sequence[int]):
-    import torch
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([list(ids)])).logits[0].argmax(-1).tolist()
+def load_pair(out: Path, threads: int) -> HostModels:
+    """The pair in ``out`` loaded by the agents' ``hf`` backend, as the cloud holds it."""
+    config = HFPairConfig(backend="hf", name=out.name, draft=str(out / "draft"),
+                          target=str(out / "target"), tokenizer=str(out / "tokenizer"),
+                          dtype="float32", cpu_threads=threads)
+    return build_models(config, "cloud")
 
 
 def greedy(model, ids: Sequence[int], max_new_tokens: int, eos_id: int) -> list[int]:
-    """Plain greedy decoding with a KV cache (transformers' generate)."""
+    """Plain greedy decoding with a KV cache (transformers' generate).
+
+    The reference speculation must reproduce: transformers' code, so that it
+    stays independent of the agents' code it checks.
+    """
     import torch
     with torch.inference_mode():
         input_ids = torch.tensor([list(ids)])
@@ -397,69 +208,47 @@ def greedy(model, ids: Sequence[int], max_new_tokens: int, eos_id: int) -> list[
     return out[0, len(ids):].tolist()
 
 
-def speculative_greedy(draft, target, ids: Sequence[int], k: int, max_new_tokens: int,
-                       eos_id: int) -> tuple[list[int], int, int, int]:
-    """Reference greedy speculation, no cache: (tokens, accepted, rejections, cycles).
+def speculate(pair: HostModels, ids: Sequence[int], k: int,
+              max_new_tokens: int) -> tuple[list[int], int, int, int]:
+    """Greedy speculation as ``cloud-spec`` runs it: (tokens, accepted, rejections, cycles).
 
-    Each cycle the draft proposes up to ``k`` tokens greedily; the target scores
-    them in one pass and keeps the longest prefix that matches its own argmax,
-    then adds its own token (the correction after a mismatch, or the bonus).
+    The target picks the first token; every later commit is one cycle.
     """
-    seq = list(ids)
-    start = len(seq)
+    sampling = SamplingConfig(decoding="greedy")
+    target = TokenSequence(pair.target, ids, sampling)
+    draft = TokenSequence(pair.draft, ids, sampling)
+    commits = generate_locally(target, draft, k, "greedy", np.random.default_rng(0),
+                               pair.target.eos_id, max_new_tokens)  # greedy draws nothing
+    next(commits)
     accepted = rejections = cycles = 0
-    while len(seq) - start < max_new_tokens and (len(seq) == start or seq[-1] != eos_id):
-        room = max_new_tokens - (len(seq) - start)
-        proposal: list[int] = []
-        for _ in range(min(k, room)):
-            token = _next_tokens(draft, seq + proposal)[-1]
-            proposal.append(token)
-            if token == eos_id:
-                break
-        verdict = _next_tokens(target, seq + proposal)[len(seq) - 1:]
-        n = 0
-        while n < len(proposal) and proposal[n] == verdict[n]:
-            n += 1
+    for commit in commits:
         cycles += 1
-        accepted += n
-        seq += proposal[:n]
-        if n < len(proposal):
-            rejections += 1
-            seq.append(verdict[n])
-        elif proposal[-1:] != [eos_id] and len(seq) - start < max_new_tokens:
-            seq.append(verdict[n])
-    return seq[start:], accepted, rejections, cycles
+        accepted += commit.accepted
+        rejections += commit.accepted < commit.drafted
+    return target.generated, accepted, rejections, cycles
 
 
-def strip_eos(tokens: Sequence[int], eos_id: int) -> list[int]:
-    tokens = list(tokens)
-    return tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
+def evaluate(model, pair: HostModels, rows: Sequence[dict], max_new_tokens: int):
+    """Exact-match accuracy of the answer (as runs score it), and the decoded answers."""
+    eos_id = pair.target.eos_id
+    texts = [pair.tokenizer.decode(greedy(model, pair.tokenizer.encode(row["prompt"]),
+                                          max_new_tokens, eos_id)) for row in rows]
+    return accuracy(is_correct("free", row["answer"], text)
+                    for row, text in zip(rows, texts)), texts
 
 
-def evaluate(model, tokenizer, rows: Sequence[dict], max_new_tokens: int):
-    """Exact-match accuracy of the final number, and the decoded answers."""
-    correct, texts = 0, []
-    for row in rows:
-        ids = tokenizer.encode(row["prompt"])
-        out = greedy(model, ids, max_new_tokens, tokenizer.eos_token_id)
-        text = tokenizer.decode(strip_eos(out, tokenizer.eos_token_id), skip_special_tokens=True)
-        texts.append(text)
-        correct += final_number(text) == row["answer"]
-    return correct / max(1, len(rows)), texts
-
-
-def acceptance(draft, target, tokenizer, rows: Sequence[dict], k: int, max_new_tokens: int,
+def acceptance(pair: HostModels, rows: Sequence[dict], k: int, max_new_tokens: int,
                check_lossless: bool = True):
     accepted = rejections = cycles = tokens = 0
     for row in rows:
-        ids = tokenizer.encode(row["prompt"])
-        out, a, r, c = speculative_greedy(draft, target, ids, k, max_new_tokens,
-                                          tokenizer.eos_token_id)
-        if check_lossless and out != greedy(target, ids, max_new_tokens, tokenizer.eos_token_id):
+        ids = pair.tokenizer.encode(row["prompt"])
+        out, a, r, c = speculate(pair, ids, k, max_new_tokens)
+        if check_lossless and out != greedy(pair.target.network, ids, max_new_tokens,
+                                            pair.target.eos_id):
             raise AssertionError(f"speculation changed the target's output on {row['id']}")
         accepted, rejections, cycles, tokens = (accepted + a, rejections + r, cycles + c,
-                                                tokens + len(out))
-    return {"acceptance": accepted / max(1, accepted + rejections), "accepted": accepted,
+                                                tokens + len(out) - 1)
+    return {"acceptance": acceptance_from_counts(accepted, rejections), "accepted": accepted,
             "rejections": rejections, "cycles": cycles, "tokens": tokens,
             "tokens_per_cycle": tokens / max(1, cycles)}
 
@@ -480,14 +269,50 @@ def check_assisted_generation(draft, target, tokenizer, rows: Sequence[dict],
     return len(rows)
 
 
+def report(out: Path, arith_rows: Sequence[dict], free_rows: Sequence[dict], k: int,
+           max_new_tokens: int, threads: int, times: dict[str, float] | None = None) -> None:
+    """Measure the pair written to ``out`` on the held-out rows and print the figures."""
+    pair = load_pair(out, threads)
+    target, draft = pair.target.network, pair.draft.network
+    loaded = {"target": target, "draft": draft}
+    sizes = {role: (out / role / "model.safetensors").stat().st_size for role in loaded}
+    results = {}
+    for name, rows in (("arith", arith_rows), ("arith-free", free_rows)):
+        acc_t, texts_t = evaluate(target, pair, rows, max_new_tokens)
+        acc_d, texts_d = evaluate(draft, pair, rows, max_new_tokens)
+        spec = acceptance(pair, rows, k, max_new_tokens)
+        results[name] = (acc_t, acc_d, spec, texts_t, texts_d)
+    checked = check_assisted_generation(draft, target, pair.tokenizer.tokenizer,
+                                        list(arith_rows[:3]) + list(free_rows[:3]),
+                                        max_new_tokens)
+
+    print(f"\n=== {out.name} ===")
+    for role in ("target", "draft"):
+        trained = f", trained {times[role]:.0f}s" if times else ""
+        print(f"{role:6s}: LlamaForCausalLM {param_count(loaded[role]):,} parameters, "
+              f"{sizes[role] / 1e6:.2f} MB on disk{trained}")
+    print(f"total safetensors: {sum(sizes.values()) / 1e6:.2f} MB; "
+          f"vocab {len(pair.tokenizer.tokenizer)}")
+    total_acc = total_rej = 0
+    for name, (acc_t, acc_d, spec, texts_t, texts_d) in results.items():
+        print(f"{name:10s}: accuracy target {acc_t:.1%}  draft {acc_d:.1%}  |  K={k} greedy "
+              f"acceptance {spec['acceptance']:.3f} ({spec['accepted']} accepted, "
+              f"{spec['rejections']} rejections, {spec['tokens_per_cycle']:.2f} tokens/cycle)")
+        total_acc += spec["accepted"]
+        total_rej += spec["rejections"]
+    print(f"overall K={k} greedy acceptance: {acceptance_from_counts(total_acc, total_rej):.3f}")
+    print(f"speculation == greedy target on {len(arith_rows) + len(free_rows)} prompts; "
+          f"transformers assisted generation == greedy target on {checked}")
+    for name, rows in (("arith", arith_rows), ("arith-free", free_rows)):
+        _, _, _, texts_t, texts_d = results[name]
+        for i in range(2):
+            print(f"--- {rows[i]['id']}: {rows[i]['prompt']!r}\n  target:{texts_t[i]!r}\n"
+                  f"  draft: {texts_d[i]!r}")
+
+
 # ---------------------------------------------------------------------------
 # Writing it all out
 # ---------------------------------------------------------------------------
-
-def prompt_rows(problems: Sequence[Problem], prefix: str) -> list[dict]:
-    return [{"id": f"{prefix}-{i + 1}", "prompt": p.prompt, "answer": str(p.answer)}
-            for i, p in enumerate(problems)]
-
 
 def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -506,6 +331,10 @@ def save_model(model, folder: Path, tokenizer, dtype: str) -> None:
         pad_token_id=tokenizer.pad_token_id, do_sample=False, max_new_tokens=64)
     model.save_pretrained(folder, safe_serialization=True)
     model.to(torch.float32)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -533,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="training device (the shipped pair is trained on cpu)")
     parser.add_argument("--k", type=int, default=5, help="speculation depth for the acceptance")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--measure-only", action="store_true",
+                        help="train and write nothing: measure the pair in OUT on the prompt "
+                             "files in --prompts-dir")
     args = parser.parse_args(argv)
 
     import torch
@@ -540,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     draft_steps = args.draft_steps
     t0 = time.perf_counter()
+    if args.measure_only:
+        report(args.out, read_jsonl(args.prompts_dir / "arith.jsonl"),
+               read_jsonl(args.prompts_dir / "arith-free.jsonl"), args.k, args.max_new_tokens,
+               args.threads)
+        print(f"total wall time {time.perf_counter() - t0:.0f}s")
+        return 0
 
     held_arith, held_free = held_out_sets(args.seed, n_arith=80, n_free=40)
     arith_rows, free_rows = prompt_rows(held_arith, "arith"), prompt_rows(held_free, "free")
@@ -581,42 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_jsonl(args.prompts_dir / "arith.jsonl", arith_rows)
     write_jsonl(args.prompts_dir / "arith-free.jsonl", free_rows)
 
-    # evaluate what was written, loaded back the way users load it
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer", local_files_only=True)
-    loaded = {role: AutoModelForCausalLM.from_pretrained(out / role, local_files_only=True,
-                                                         dtype=torch.float32).eval()
-              for role in models}
-    target, draft = loaded["target"], loaded["draft"]
-    sizes = {role: (out / role / "model.safetensors").stat().st_size for role in loaded}
-    results = {}
-    for name, rows in (("arith", arith_rows), ("arith-free", free_rows)):
-        acc_t, texts_t = evaluate(target, tokenizer, rows, args.max_new_tokens)
-        acc_d, texts_d = evaluate(draft, tokenizer, rows, args.max_new_tokens)
-        spec = acceptance(draft, target, tokenizer, rows, args.k, args.max_new_tokens)
-        results[name] = (acc_t, acc_d, spec, texts_t, texts_d)
-    checked = check_assisted_generation(draft, target, tokenizer, arith_rows[:3] + free_rows[:3],
-                                        args.max_new_tokens)
-
-    print("\n=== tiny-arith ===")
-    for role in ("target", "draft"):
-        print(f"{role:6s}: LlamaForCausalLM {param_count(loaded[role]):,} parameters, "
-              f"{sizes[role] / 1e6:.2f} MB on disk, trained {times[role]:.0f}s")
-    print(f"total safetensors: {sum(sizes.values()) / 1e6:.2f} MB; vocab {len(tokenizer)}")
-    total_acc = total_rej = 0
-    for name, (acc_t, acc_d, spec, texts_t, texts_d) in results.items():
-        print(f"{name:10s}: accuracy target {acc_t:.1%}  draft {acc_d:.1%}  |  K={args.k} greedy "
-              f"acceptance {spec['acceptance']:.3f} ({spec['accepted']} accepted, "
-              f"{spec['rejections']} rejections, {spec['tokens_per_cycle']:.2f} tokens/cycle)")
-        total_acc += spec["accepted"]
-        total_rej += spec["rejections"]
-    print(f"overall K={args.k} greedy acceptance: {total_acc / max(1, total_acc + total_rej):.3f}")
-    print(f"transformers assisted generation == greedy target on {checked} prompts")
-    for name, rows in (("arith", arith_rows), ("arith-free", free_rows)):
-        _, _, _, texts_t, texts_d = results[name]
-        for i in range(2):
-            print(f"--- {rows[i]['id']}: {rows[i]['prompt']!r}\n  target:{texts_t[i]!r}\n"
-                  f"  draft: {texts_d[i]!r}")
+    # measure what was written, loaded back the way the agents load it
+    report(out, arith_rows, free_rows, args.k, args.max_new_tokens, args.threads, times)
     print(f"total wall time {time.perf_counter() - t0:.0f}s")
     return 0
 
