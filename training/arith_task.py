@@ -64,6 +64,15 @@ def _small_product(rng: random.Random) -> tuple[int, int]:
             return a, b
 
 
+def _two_steps(first: str, a: int, b: int, second: str, c: int):
+    """The answer of a two-step word problem: (completion, result, steps)."""
+    s = _fact(first, a, b)
+    r = _fact(second, s, c)
+    completion = (f" First, {a} {first} {b} is {s}. Then {s} {second} {c} is {r}. "
+                  f"The answer is {r}.\n")
+    return completion, r, ((first, a, b), (second, s, c))
+
+
 TEMPLATES = ["have_plus", "give_minus", "box_times", "buy_give", "bags_away", "read_days",
              "farm", "birds"]
 
@@ -100,23 +109,19 @@ def word_problem(rng: random.Random, template: str) -> Problem:
         a, b = random_triple(rng, "plus")
         s = a + b
         c = rng.randint(1, s - 1)
-        r = s - c
         prompt = (f"Question: {name} has {a} {item}. {Pron} buys {b} more and then gives "
                   f"{c} to {friend}. How many {item} does {name} have now?\nAnswer:")
-        completion = (f" First, {a} plus {b} is {s}. Then {s} minus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("plus", a, b), ("minus", s, c)), (a, b, c)
+        completion, r, steps = _two_steps("plus", a, b, "minus", c)
+        key = (a, b, c)
     elif template == "bags_away":
         a, b = _small_product(rng)
         s = a * b
         c = rng.randint(1, s - 1)
-        r = s - c
         box = rng.choice(list(CONTAINERS))
         prompt = (f"Question: {name} buys {a} {CONTAINERS[box]} with {b} {item} in each {box}. "
                   f"{Pron} gives away {c} of them. How many {item} are left?\nAnswer:")
-        completion = (f" First, {a} times {b} is {s}. Then {s} minus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("times", a, b), ("minus", s, c)), (a, b, c)
+        completion, r, steps = _two_steps("times", a, b, "minus", c)
+        key = (a, b, c)
     elif template == "read_days":
         while True:
             a, b = _small_product(rng)
@@ -124,36 +129,30 @@ def word_problem(rng: random.Random, template: str) -> Problem:
             if s < MAX_VALUE:
                 break
         c = rng.randint(1, MAX_VALUE - s)
-        r = s + c
         prompt = (f"Question: {name} reads {a} pages every day for {b} days and then "
                   f"{c} more pages. How many pages does {name} read in total?\nAnswer:")
-        completion = (f" First, {a} times {b} is {s}. Then {s} plus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("times", a, b), ("plus", s, c)), (a, b, c)
+        completion, r, steps = _two_steps("times", a, b, "plus", c)
+        key = (a, b, c)
     elif template == "farm":
         first, second = rng.sample(ANIMALS, 2)
         a = rng.randint(1, MAX_VALUE - 10)
         b = rng.randint(1, MAX_VALUE - 1 - a)
         s = a + b
         c = rng.randint(1, MAX_VALUE - s)
-        r = s + c
         prompt = (f"Question: A farm has {a} {first}, {b} {second} and {c} chickens. "
                   f"How many animals are on the farm?\nAnswer:")
-        completion = (f" First, {a} plus {b} is {s}. Then {s} plus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("plus", a, b), ("plus", s, c)), (a, b, c, first, second)
+        completion, r, steps = _two_steps("plus", a, b, "plus", c)
+        key = (a, b, c, first, second)
     elif template == "birds":
         a = rng.randint(3, MAX_VALUE)
         b = rng.randint(1, a - 2)
         s = a - b
         c = rng.randint(1, s - 1)
-        r = s - c
         fly_b, fly_c = ("bird flies" if b == 1 else "birds fly"), ("flies" if c == 1 else "fly")
         prompt = (f"Question: There are {a} birds in a tree. {b} {fly_b} away and then "
                   f"{c} more {fly_c} away. How many birds are left in the tree?\nAnswer:")
-        completion = (f" First, {a} minus {b} is {s}. Then {s} minus {c} is {r}. "
-                      f"The answer is {r}.\n")
-        steps, key = (("minus", a, b), ("minus", s, c)), (a, b, c)
+        completion, r, steps = _two_steps("minus", a, b, "minus", c)
+        key = (a, b, c)
     else:
         raise ValueError(template)
     return Problem(template, prompt, completion, r, steps, (template, *key))
