@@ -28,14 +28,12 @@ from pydantic import ValidationError
 
 from agents.backends import HostModels
 from agents.backends.base import TokenSequence
-from agents.codecs import DraftCodec, DraftPayload, encode_target_row, get_codec
+from agents.codecs import DraftCodec, encode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, error_message
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.settings import AgentSettings
 from agents.sampling import SamplingConfig
-from agents.speculative import (apply_verdict, choose_token, draft_tokens, session_rng,
-                                verify_drafts)
-from agents.verification import pad_to_width
+from agents.speculative import choose_token, generate_locally, session_rng, verify_drafts
 from shaping.clock import now
 
 MAX_SESSIONS = 64
@@ -142,46 +140,20 @@ class CloudAgent:
         target = TokenSequence(self.models.target, prompt, sampling)
         draft = TokenSequence(self.models.draft, prompt, sampling) if strategy == "cloud-spec" \
             else None
-        local_rows = get_codec("full32")  # in-process: the draft rows as they are
-        if draft is not None:
-            draft.prefill()
         started = received_at
-        first = choose_token(target.next_probs(), sampling.decoding, rng)
-        target.extend([first])
-        if draft is not None:
-            draft.extend([first])
-        new_tokens, finished = [first], first == self.eos_id
-        drafted = accepted = 0
-        while True:
-            finished = finished or len(target.generated) >= max_new_tokens
+        for commit in generate_locally(target, draft, k, sampling.decoding, rng, self.eos_id,
+                                       max_new_tokens):
+            eos = commit.tokens[-1] == self.eos_id
+            finished = eos or len(target.generated) >= max_new_tokens
             sent_at = now()
             self.channel.send(Message("tokens", message.session, message.seq, {
-                "finished": finished, "eos": bool(new_tokens) and new_tokens[-1] == self.eos_id,
-                "compute_s": sent_at - started, "drafted": drafted, "accepted": accepted},
-                {"ids": np.asarray(new_tokens, dtype=np.int32)}),
+                "finished": finished, "eos": eos, "compute_s": sent_at - started,
+                "drafted": commit.drafted, "accepted": commit.accepted},
+                {"ids": np.asarray(commit.tokens, dtype=np.int32)}),
                 peer)
-            if finished:
-                log.info("session %s: %s generated %d tokens", message.session, strategy,
-                         len(target.generated))
-                return
             started = now()
-            committed_length = len(target.tokens)
-            if draft is None:
-                token = choose_token(target.next_probs(), sampling.decoding, rng)
-                target.extend([token])
-                finished = token == self.eos_id
-            else:
-                remaining = max_new_tokens - len(target.generated)
-                drafts = draft_tokens(draft, min(k, remaining - 1), sampling.decoding, rng,
-                                      self.eos_id, local_rows)
-                payload = DraftPayload(np.asarray(drafts.ids, dtype=np.int64),
-                                       pad_to_width(drafts.sampled_rows, self.width), None)
-                verdict = verify_drafts(target, payload, sampling.decoding, rng,
-                                        self.eos_id).verdict
-                apply_verdict(draft, committed_length, verdict)
-                finished = verdict.finished
-                drafted, accepted = len(drafts.ids), verdict.accepted
-            new_tokens = target.tokens[committed_length:]
+        log.info("session %s: %s generated %d tokens", message.session, strategy,
+                 len(target.generated))
 
 
 def serve(settings: AgentSettings) -> int:

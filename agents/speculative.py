@@ -1,21 +1,24 @@
 """The steps of a speculation cycle, shared by the edge (fixed-K, NASD) and the
 cloud (``cloud-spec`` and verifying edge drafts): pick a token, draft K
 tokens through a payload codec, verify them against the target, commit the
-verdict on a sequence.
+verdict on a sequence; and ``generate_locally``, the whole decoding loop when
+both models are in one process (the cloud's ``generate``, the pair trainer's
+acceptance measurement).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
 from agents.backends.base import TokenSequence
-from agents.codecs import DraftCodec, DraftPayload
+from agents.codecs import DraftCodec, DraftPayload, get_codec
 from agents.sampling import Decoding
-from agents.verification import (Verdict, accept_drafts, residual_distribution, sample_token,
-                                 verify_greedy, verify_sampling)
+from agents.verification import (Verdict, accept_drafts, pad_to_width, residual_distribution,
+                                 sample_token, verify_greedy, verify_sampling)
 
 
 def session_rng(seed: int, session: str, side: str) -> np.random.Generator:
@@ -104,3 +107,44 @@ def apply_verdict(sequence: TokenSequence, committed_length: int, verdict: Verdi
     sequence.rewind(committed_length + verdict.accepted)
     if verdict.next_token is not None:
         sequence.extend([verdict.next_token])
+
+
+@dataclass(frozen=True)
+class Commit:
+    tokens: list[int]   # appended to the output by this step
+    drafted: int = 0    # drafts tested in this step (0: a plain target step)
+    accepted: int = 0
+
+
+def generate_locally(target: TokenSequence, draft: TokenSequence | None, k: int,
+                     decoding: Decoding, rng: np.random.Generator, eos_id: int | None,
+                     max_new_tokens: int) -> Iterator[Commit]:
+    """Decode with both models in this process, yielding each commit as it is made.
+
+    Without ``draft``, plain decoding: one target token a step.  With it,
+    speculation: the target picks the first token, then each cycle drafts up
+    to ``k`` tokens (fewer near ``max_new_tokens``, so the correction or bonus
+    still fits), verifies them on the draft's own rows and commits the verdict
+    on both sequences.  Stops after EOS or ``max_new_tokens`` tokens.
+    """
+    in_process = get_codec("full32")  # no wire between the models: the draft rows as they are
+    if draft is not None:
+        draft.prefill()
+    first = choose_token(target.next_probs(), decoding, rng)
+    target.extend([first])
+    if draft is not None:
+        draft.extend([first])
+    yield Commit([first])
+    while target.generated[-1] != eos_id and len(target.generated) < max_new_tokens:
+        committed_length = len(target.tokens)
+        if draft is None:
+            target.extend([choose_token(target.next_probs(), decoding, rng)])
+            yield Commit(target.tokens[committed_length:])
+            continue
+        remaining = max_new_tokens - len(target.generated)
+        drafts = draft_tokens(draft, min(k, remaining - 1), decoding, rng, eos_id, in_process)
+        payload = DraftPayload(np.asarray(drafts.ids, dtype=np.int64),
+                               pad_to_width(drafts.sampled_rows, target.vocab_size), None)
+        verdict = verify_drafts(target, payload, decoding, rng, eos_id).verdict
+        apply_verdict(draft, committed_length, verdict)
+        yield Commit(target.tokens[committed_length:], len(drafts.ids), verdict.accepted)

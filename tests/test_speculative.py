@@ -14,7 +14,8 @@ from agents.backends.base import TokenSequence
 from agents.codecs import DraftPayload, get_codec
 from agents.sampling import SamplingConfig
 from agents.backends.synthetic import SyntheticModel, SyntheticPairConfig
-from agents.speculative import apply_verdict, choose_token, draft_tokens, verify_drafts
+from agents.speculative import (apply_verdict, choose_token, draft_tokens, generate_locally,
+                                verify_drafts)
 
 INSTANT = {"base_ms": 0.0, "per_token_ms": 0.0}
 PROMPTS = [[5, 6, 7, 8], [100, 200, 300], [42], [9, 9, 9, 9, 9, 9]]
@@ -71,6 +72,23 @@ def test_greedy_speculation_is_token_identical_to_target_greedy(k):
         output, accepted = speculative(draft, target, prompt, 60, k, "greedy", rng)
         assert output == expected
         assert len(accepted) < 60 - 1  # speculation did commit several tokens per cycle
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_generate_locally_commits_target_greedy_in_cycles(k):
+    """The cloud's in-process loop (cloud-only without a draft, cloud-spec with one)."""
+    draft_model, target_model = make_pair()
+    for prompt in PROMPTS:
+        expected = target_only(target_model, prompt, 24, "greedy", None)
+        for with_draft in (False, True):
+            target = TokenSequence(target_model, prompt, PLAIN)
+            draft = TokenSequence(draft_model, prompt, PLAIN) if with_draft else None
+            commits = list(generate_locally(target, draft, k, "greedy", None, None, 24))
+            assert [t for c in commits for t in c.tokens] == target.generated == expected
+            assert commits[0].drafted == 0 and len(commits[0].tokens) == 1
+            assert all(len(c.tokens) == c.accepted + 1 and c.accepted <= c.drafted <= k
+                       for c in commits[1:])
+            assert (len(commits) < 24) == with_draft
 
 
 def test_sessions_never_recompute_the_prefix():

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from validation.accuracy import is_correct
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -39,11 +41,6 @@ def pair():
 
 def rows(path: Path = PROMPTS) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def final_number(text: str) -> str | None:
-    numbers = re.findall(r"-?\d+", text)
-    return numbers[-1] if numbers else None
 
 
 def argmax_rows(model, ids: list[int]) -> list[int]:
@@ -158,7 +155,7 @@ def test_target_is_clearly_more_accurate_than_draft(pair):
     first = rows()[:30]
 
     def accuracy(model) -> float:
-        return sum(final_number(greedy_text(model, tokenizer, row["prompt"])) == row["answer"]
+        return sum(is_correct("free", row["answer"], greedy_text(model, tokenizer, row["prompt"]))
                    for row in first) / len(first)
 
     assert accuracy(target) >= accuracy(draft) + 0.20
