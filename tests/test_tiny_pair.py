@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from validation.accuracy import is_correct
+from validation.task_accuracy import is_correct
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -16,7 +16,7 @@ Everything is generated here, offline and seeded, on the CPU:
 
 At the end the script loads what it wrote through the agents' ``hf`` backend
 and measures, and prints, the exact-match accuracy of both models on the
-held-out prompts (scored as runs score it, ``validation.accuracy``) and the
+held-out prompts (scored as runs score it, ``validation.task_accuracy``) and the
 per-token acceptance of K=5 greedy speculative decoding (accepted /
 (accepted + rejections)) as ``cloud-spec`` runs it
 (``agents.speculative.generate_locally``).  It checks that this speculation,
@@ -55,7 +55,7 @@ from agents.sampling import SamplingConfig
 from agents.speculative import generate_locally
 from nasd.analytic import acceptance_from_counts
 from training.arith_task import Problem, held_out_sets, prompt_rows, training_corpus
-from validation.accuracy import accuracy, is_correct
+from validation.task_accuracy import accuracy, is_correct
 
 # ---------------------------------------------------------------------------
 # Tokenizer and models
