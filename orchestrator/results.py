@@ -21,6 +21,7 @@ import yaml
 
 from orchestrator.config.job import JobConfig
 from orchestrator.config.loading import ConfigError, parse
+from orchestrator.config.run_spec import RESOLVED_FILE
 from shaping.profile import NetworkProfile
 
 
@@ -33,7 +34,7 @@ class ResultsFolder:
     QUERIES = "queries.jsonl"
     CYCLES = "cycles.jsonl"
     SUMMARY = "summary.csv"
-    CONFIG = "config.yaml"
+    CONFIG = RESOLVED_FILE
 
     def __init__(self, path: Path) -> None:
         self.path = path

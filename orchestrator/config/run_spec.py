@@ -21,8 +21,9 @@ from orchestrator.config.loading import (
     load_profile,
     parse,
 )
-from orchestrator.results import ResultsFolder
 from shaping.profile import NetworkProfile
+
+RESOLVED_FILE = "config.yaml"   # what ``resolved()`` is saved as in a run folder
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class RunSpec:
     @classmethod
     def from_folder(cls, folder: Path) -> "RunSpec":
         """The spec a run folder was made with, from its ``config.yaml``."""
-        source = str(folder / ResultsFolder.CONFIG)
-        resolved = yaml.safe_load((folder / ResultsFolder.CONFIG).read_text())
+        source = str(folder / RESOLVED_FILE)
+        resolved = yaml.safe_load((folder / RESOLVED_FILE).read_text())
         return cls(job=parse(JobConfig, resolved["job"], source),
                    profile=parse(NetworkProfile, resolved["profile"], source),
                    model_pair=parse(ModelPairConfig, resolved["model_pair"], source),
