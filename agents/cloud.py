@@ -158,7 +158,7 @@ class CloudAgent:
 
 def serve(settings: AgentSettings) -> int:
     start_log("cloud", settings)
-    runtime = AgentRuntime(settings, zmq.ROUTER, receives_on="uplink")
+    runtime = AgentRuntime(settings, zmq.ROUTER, side="cloud")
     channel = runtime.channel
     agent = CloudAgent(load_models(settings.model_pair, "cloud", log), channel)
     handlers = runtime.handlers()

@@ -248,7 +248,7 @@ class EdgeAgent:
 def main(argv: list[str] | None = None) -> int:
     settings = settings_from_argv(argv, "Edge agent (started by the orchestrator)")
     start_log("edge", settings)
-    runtime = AgentRuntime(settings, zmq.DEALER, receives_on="downlink")
+    runtime = AgentRuntime(settings, zmq.DEALER, side="edge")
     agent = EdgeAgent(load_models(settings.model_pair, "edge", log), runtime.channel)
 
     def query(request: dict) -> dict:

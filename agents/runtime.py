@@ -26,7 +26,8 @@ from agents.backends import Host, HostModels, ModelPairConfig, build_models
 from agents.control import ControlServer, Handler
 from agents.protocol import Channel
 from agents.settings import AgentSettings
-from shaping.simlink import Direction, SimulatedDirection
+from shaping.profile import Side, received_by
+from shaping.simlink import SimulatedDirection
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s"
 VERSIONED = ("numpy", "pyzmq", "torch", "transformers")
@@ -88,7 +89,7 @@ def load_models(config: ModelPairConfig, host: Host, log: logging.Logger) -> Hos
 
 
 class AgentRuntime:
-    def __init__(self, settings: AgentSettings, socket_type: int, receives_on: Direction) -> None:
+    def __init__(self, settings: AgentSettings, socket_type: int, side: Side) -> None:
         self.settings = settings
         self.context = zmq.Context()
         self.control = ControlServer(self.context, settings.control_address)
@@ -96,7 +97,7 @@ class AgentRuntime:
         sim_link = None
         if settings.sim_link is not None:
             link = settings.sim_link
-            sim_link = lambda stream: SimulatedDirection(link, receives_on, stream)  # noqa: E731
+            sim_link = lambda stream: SimulatedDirection(link, received_by(side), stream)  # noqa: E731
         # The channel sets the size cap, which ZeroMQ applies only to later connections.
         self.channel = Channel(self.socket, settings.receive_timeout_s,
                                settings.max_message_bytes, sim_link)

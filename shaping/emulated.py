@@ -25,7 +25,7 @@ import logging
 import threading
 
 from shaping.clock import now
-from shaping.profile import NetworkProfile
+from shaping.profile import SENDER, NetworkProfile
 from shaping.qdisc.operations import apply_link, change_link, link_counters, remove_link
 from shaping.simlink import TIMELINE_HORIZON_S
 from shaping.topology import LinkTopology
@@ -118,7 +118,7 @@ class EmulatedLink:
     def counters(self) -> dict[str, dict]:
         """Per direction: the kernel's qdisc counters where it is shaped; the timeline."""
         found = link_counters(self.topology)
-        for side, direction in (("edge", "uplink"), ("cloud", "downlink")):
+        for direction, side in SENDER.items():
             found[direction]["layout"] = self.layouts.get(side, "none")
         found["timeline"] = {"changes_applied": len(self.changes), "changes": self.changes,
                              "error": str(self.timeline_error) if self.timeline_error else None,

@@ -164,6 +164,20 @@ class ProfileFile(_Overrides):
         return self
 
 
+Side = Literal["edge", "cloud"]
+Direction = Literal["uplink", "downlink"]
+# The one definition of which side sends each direction: the edge sends its drafts up,
+# the cloud its verdicts and tokens down.  Kernel links shape a direction on the sender's
+# egress (veth) or on the router's NIC facing the receiver; the sim link in the receiver.
+SENDER: dict[Direction, Side] = {"uplink": "edge", "downlink": "cloud"}
+RECEIVER: dict[Direction, Side] = {"uplink": "cloud", "downlink": "edge"}
+
+
+def received_by(side: Side) -> Direction:
+    """The direction ``side`` receives on."""
+    return next(direction for direction, receiver in RECEIVER.items() if receiver == side)
+
+
 class LinkState(_Strict):
     """Both directions at one moment."""
 

@@ -70,6 +70,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
+from shaping.profile import RECEIVER
 from shaping.router_guest import FRAME
 from shaping.topology import LinkTopology, open_netns, subnet_for
 
@@ -79,8 +80,6 @@ READY_TIMEOUT_S = 180.0                # boot to hello under software emulation 
 REQUEST_TIMEOUT_S = 10.0
 WAIT_SLICE_S = 0.5
 SIDES = ("edge", "cloud")
-# The router's NIC whose egress carries each direction: the one facing the receiver.
-EGRESS_SIDE = {"uplink": "cloud", "downlink": "edge"}
 
 _TUNSETIFF = 0x400454CA
 _IFF_TAP = 0x0002
@@ -391,7 +390,7 @@ class RouterTopology(LinkTopology):
 
     def egress(self, direction: str):
         self.wait_ready()
-        return self.netlink, self.guest_interfaces[EGRESS_SIDE[direction]]
+        return self.netlink, self.guest_interfaces[RECEIVER[direction]]  # the NIC facing the receiver
 
     def batch(self):
         """Changes of both directions in one round trip to the guest."""

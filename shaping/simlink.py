@@ -13,15 +13,13 @@ timeline is applied as time passes, like ``netlink change`` in emulated mode.
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from shaping.link import DirectionLink
-from shaping.profile import LinkState, NetworkProfile
+from shaping.profile import Direction, LinkState, NetworkProfile
 
-Direction = Literal["uplink", "downlink"]
 TIMELINE_HORIZON_S = 7 * 24 * 3600.0
 
 

@@ -52,6 +52,8 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 from pyroute2.ethtool.ioctl import IoctlEthtool
 
+from shaping.profile import SENDER
+
 log = logging.getLogger(__name__)
 
 # Naming scheme -------------------------------------------------------------
@@ -328,8 +330,7 @@ class LinkTopology:
     def egress(self, direction: str) -> tuple[IPRoute, str]:
         """Where ``direction`` ("uplink" or "downlink") is shaped: a netlink handle (use it
         with ``with``) and the interface whose egress carries it (the sender's veth end)."""
-        side = "edge" if direction == "uplink" else "cloud"
-        return self.ipr(side), self.interface(side)
+        return self.ipr(SENDER[direction]), self.interface(SENDER[direction])
 
     def wait_ready(self) -> None:
         """Everything is up once ``create`` returns (a router topology may still be booting)."""

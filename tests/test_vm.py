@@ -269,9 +269,11 @@ def test_one_jitter_law_on_the_kernel_and_the_sim_link(distribution, router_vm, 
     """Median and sigma (the standard deviation, and IQR / 1.349) of the one-way delay netem
     delivers (in the router VM, the raw law: no in-order release) and of the sim link's model,
     each against the law both draw from.  Bounds: where 99.98 % of runs of 2000 packets drawn
-    from the law fall (at least +-5 %) (a heavy tail's sample std is skewed: a symmetric standard error misses
-    its upper side), plus the router's own noise (the unshaped baseline's spread: its std,
-    stalls included, for the std; its IQR sigma for the IQR sigma)."""
+    from the law fall, at least +-5 % (a heavy tail's sample std is skewed: a symmetric
+    standard error misses its upper side), widened by the router's own noise, the unshaped
+    baseline's spread: its std, stalls included, added linearly for the std (a bound that
+    holds however the router's delay correlates with the law's, e.g. under load); its IQR
+    sigma for the IQR sigma."""
     profile = _jitter_profile(distribution)
     spec = profile.initial.uplink
     source = JitterSource(spec, np.random.default_rng(1))
@@ -296,8 +298,9 @@ def test_one_jitter_law_on_the_kernel_and_the_sim_link(distribution, router_vm, 
                               "law_sigma": float(law.std()), "law_iqr_sigma": robust_sigma(law)})
         assert len(measured) >= 0.99 * n, leg
         assert abs(np.median(measured) - np.median(law)) <= median_bound, leg
-        assert (math.hypot(std_low, std_noise) <= measured.std()
-                <= math.hypot(std_high, std_noise)), (leg, std_low, std_high, std_noise)
+        # std(law + router) lies within std(law) -+ std(router), independent or not
+        assert std_low - std_noise <= measured.std() <= std_high + std_noise, (
+            leg, std_low, std_high, std_noise)
         assert abs(iqr_sigma - robust_sigma(law)) <= iqr_bound, leg
     # the configured sigma, not iproute2's 0.82 of it
     assert abs(law.std() / (10 if distribution != "uniform" else 10 / math.sqrt(3)) - 1) < 0.01

@@ -50,13 +50,11 @@ from shaping.link import (
     JitterSource,
     LossProcess,
 )
-from shaping.profile import DirectionSpec, LinkState, NetworkProfile, RandomLoss
+from shaping.profile import RECEIVER, SENDER, DirectionSpec, LinkState, NetworkProfile, RandomLoss
 from shaping.simlink import SimLinkSettings, SimulatedDirection, tcp_estimates
 from validation.stats import binomial_interval, percentiles
 
 DIRECTIONS = ("uplink", "downlink")
-SENDER = {"uplink": "edge", "downlink": "cloud"}
-RECEIVER = {"uplink": "cloud", "downlink": "edge"}
 PROBE_FORMAT = struct.Struct("!Idd")       # seq, t_sent (edge), t_echo (cloud)
 CHUNK_HEADER = struct.Struct("!dI")        # sim bulk chunks: sent_at, payload length
 UNSHAPED_BULK_BYTES = 16 * 1024 * 1024      # a goodput transfer on an unshaped direction
@@ -125,6 +123,10 @@ def payload_rate_mbps(spec: DirectionSpec) -> float | None:
 # Paths ---------------------------------------------------------------------------------------
 
 class Paths(Protocol):
+    # True where a Python link model delays the bytes (the receiver holds each chunk until
+    # the model delivers it, so a chunk carries its send time); False where the kernel does
+    models_the_link: bool
+
     def socket(self, side: str, kind: int) -> socket.socket: ...
     def ip(self, side: str) -> str: ...
     def arrives(self, direction: str, sent_at: float, nbytes: int,
@@ -134,6 +136,8 @@ class Paths(Protocol):
 
 class KernelPaths:
     """Sockets inside the namespaces of a ``LinkTopology``: the kernel shapes them."""
+
+    models_the_link = False
 
     def __init__(self, topology) -> None:
         self.topology = topology
@@ -157,6 +161,8 @@ class SimPaths:
     in-order release and token bucket, but its loss drops it (nothing resends
     a datagram).
     """
+
+    models_the_link = True
 
     def __init__(self, profile: NetworkProfile, seed: int = 0) -> None:
         self.started_at = now()
@@ -280,7 +286,7 @@ def measure_goodput(paths: Paths, direction: str, total_bytes: int,
     sender = paths.socket(sender_side, socket.SOCK_STREAM)
     arrivals: list[tuple[float, int]] = []
     errors: list[BaseException] = []
-    framed = isinstance(paths, SimPaths)
+    framed = paths.models_the_link
     try:
         listener.bind((paths.ip(receiver_side), 0))
         listener.listen(1)
@@ -446,72 +452,99 @@ def evaluate(mode: str, profile_name: str, state: LinkState, plan: ProbePlan,
     """Compare what was measured with what the link math expects; pure.
 
     The baseline (the same path unshaped) is the only correction: its median
-    one-way delay is subtracted, its standard deviation is added in
-    quadrature to the expected jitter and widens the delay and jitter bounds, and a rate
-    is judged only when the unshaped path carries ``CAPACITY_HEADROOM`` times as much.
+    one-way delay is subtracted, its spread is added in quadrature to the
+    expected jitter and widens the delay and jitter bounds, and a rate is
+    judged only when the unshaped path carries ``CAPACITY_HEADROOM`` times as
+    much.  Rows per direction: one-way delay p50 and p95 and jitter sigma
+    (where packets came through), loss, reordering, goodput; then the round trip.
     """
-    rows: list[Row] = []
     baseline_owd = {d: float(np.median(baseline.owd_ms[d])) if baseline.owd_ms[d] else 0.0
                     for d in DIRECTIONS}
     baseline_sigma = {d: robust_sigma(baseline.owd_ms[d]) if baseline.owd_ms[d] else 0.0
                       for d in DIRECTIONS}
     expected_delays = expected_echo_delays_ms(state, plan, seed)
+    rows: list[Row] = []
     for direction in DIRECTIONS:
         spec: DirectionSpec = getattr(state, direction)
-        expected = expected_delays[direction]
-        owd = np.asarray(shaped.owd_ms[direction])
+        expected, owd = np.asarray(expected_delays[direction]), np.asarray(shaped.owd_ms[direction])
         if owd.size:
-            rows.append(_delay_row(direction, "one-way delay p50", np.asarray(expected), owd,
-                                   baseline_owd[direction],
-                                   baseline_sigma[direction], 0.05, 0.5))
-            rows.append(Row(direction, "one-way delay p95", "ms", float(np.percentile(expected, 95)),
-                            float(np.percentile(owd, 95)), None, "reported", None))
-            sigma_expected = math.hypot(robust_sigma(expected), baseline_sigma[direction])
-            sigma = robust_sigma(owd)
-            sampling = 3 * sigma_se(expected, plan.packets)
-            # the path's own noise is heavy-tailed under emulation: its sigma is itself uncertain
-            bound = max(0.5, 0.15 * sigma_expected, sampling) + baseline_sigma[direction]
-            rows.append(Row(direction, "jitter sigma", "ms", sigma_expected, sigma,
-                            sigma - sigma_expected, f"±{bound:.2f} ms",
-                            bool(abs(sigma - sigma_expected) <= bound),
-                            f"IQR/1.349; std {np.std(owd):.3f} ms; profile {spec.jitter_ms:g} ms "
-                            f"{spec.jitter_distribution}; baseline {baseline_sigma[direction]:.3f} ms"
-                            f"; 3 SE {sampling:.2f} ms"))
-        # downlink losses are counted among the probes that crossed the uplink
-        trials = shaped.sent if direction == "uplink" else shaped.received["uplink"]
-        lost = trials - shaped.received[direction]
-        low, high = binomial_interval(lost, trials)
-        loss_pct = spec.loss_pct
-        rows.append(Row(direction, "loss", "%", loss_pct, 100.0 * lost / max(trials, 1),
-                        None, "expected inside the 95 % interval",
-                        low * 100 <= loss_pct <= high * 100,
-                        f"{lost}/{trials}, 95 % CI [{100 * low:.2f}, {100 * high:.2f}] %"))
-        rows.append(Row(direction, "reordered", "packets", 0.0 if not spec.allow_reordering
-                        else None, float(shaped.reordered[direction]), None,
-                        "none (in-order release)" if not spec.allow_reordering else "reported",
-                        shaped.reordered[direction] == 0 if not spec.allow_reordering else None))
-        rate = payload_rate_mbps(spec)
-        measured_rate = goodput_mbps.get(direction, math.nan)
-        why_not = ("unshaped" if rate is None else
-                   "loss or jitter: TCP's congestion control sets it"
-                   if spec.loss_pct or spec.jitter_ms else
-                   f"the unshaped path carries only {baseline_goodput_mbps:.1f} Mbit/s"
-                   if not baseline_goodput_mbps >= CAPACITY_HEADROOM * rate else "")
-        rows.append(Row(direction, "goodput", "Mbit/s", rate, measured_rate,
-                        measured_rate - rate if rate is not None else None,
-                        "reported" if why_not else f"±{GOODPUT_TOLERANCE:.0%}",
-                        None if why_not else bool(abs(measured_rate - rate)
-                                                  <= GOODPUT_TOLERANCE * rate),
-                        why_not))
+            rows += _delay_rows(direction, spec, expected, owd, baseline_owd[direction],
+                                baseline_sigma[direction], plan.packets)
+        rows.append(_loss_row(direction, spec, shaped))
+        rows.append(_reordering_row(direction, spec, shaped.reordered[direction]))
+        rows.append(_goodput_row(direction, spec, goodput_mbps.get(direction, math.nan),
+                                 baseline_goodput_mbps))
     if shaped.rtt_ms:
-        rows.append(_delay_row("round trip", "RTT p50", np.asarray(expected_delays["round trip"]),
-                               np.asarray(shaped.rtt_ms), sum(baseline_owd.values()),
-                               math.hypot(*baseline_sigma.values()), 0.05, 1.0))
-        stats = percentiles(shaped.rtt_ms, (95, 99))
-        rows.append(Row("round trip", "RTT p95 / p99", "ms", None, stats["p95"], None,
-                        f"p99 {stats['p99']:.2f} ms", None))
+        rows += _round_trip_rows(np.asarray(expected_delays["round trip"]),
+                                 np.asarray(shaped.rtt_ms), baseline_owd, baseline_sigma)
     return ProbeReport(mode, profile_name, asdict(plan), baseline_owd, rows, baseline_sigma,
                        baseline_goodput_mbps)
+
+
+def _delay_rows(direction: str, spec: DirectionSpec, expected: np.ndarray, owd: np.ndarray,
+                baseline_ms: float, baseline_sigma: float, packets: int) -> list[Row]:
+    """One-way delay p50 (judged) and p95 (reported); the jitter's sigma (judged)."""
+    sigma_expected = math.hypot(robust_sigma(expected), baseline_sigma)
+    sigma = robust_sigma(owd)
+    sampling = 3 * sigma_se(expected, packets)
+    # the path's own noise is heavy-tailed under emulation: its sigma is itself uncertain
+    bound = max(0.5, 0.15 * sigma_expected, sampling) + baseline_sigma
+    return [_delay_row(direction, "one-way delay p50", expected, owd, baseline_ms, baseline_sigma,
+                       0.05, 0.5),
+            Row(direction, "one-way delay p95", "ms", float(np.percentile(expected, 95)),
+                float(np.percentile(owd, 95)), None, "reported", None),
+            Row(direction, "jitter sigma", "ms", sigma_expected, sigma, sigma - sigma_expected,
+                f"±{bound:.2f} ms", bool(abs(sigma - sigma_expected) <= bound),
+                f"IQR/1.349; std {np.std(owd):.3f} ms; profile {spec.jitter_ms:g} ms "
+                f"{spec.jitter_distribution}; baseline {baseline_sigma:.3f} ms"
+                f"; 3 SE {sampling:.2f} ms")]
+
+
+def _loss_row(direction: str, spec: DirectionSpec, shaped: PacketSamples) -> Row:
+    """The configured loss inside the measured rate's 95 % interval; downlink losses are
+    counted among the probes that crossed the uplink."""
+    trials = shaped.sent if direction == "uplink" else shaped.received["uplink"]
+    lost = trials - shaped.received[direction]
+    low, high = binomial_interval(lost, trials)
+    return Row(direction, "loss", "%", spec.loss_pct, 100.0 * lost / max(trials, 1),
+               None, "expected inside the 95 % interval",
+               low * 100 <= spec.loss_pct <= high * 100,
+               f"{lost}/{trials}, 95 % CI [{100 * low:.2f}, {100 * high:.2f}] %")
+
+
+def _reordering_row(direction: str, spec: DirectionSpec, reordered: int) -> Row:
+    """None reordered under in-order release; reported where the profile allows it."""
+    if spec.allow_reordering:
+        return Row(direction, "reordered", "packets", None, float(reordered), None, "reported",
+                   None)
+    return Row(direction, "reordered", "packets", 0.0, float(reordered), None,
+               "none (in-order release)", reordered == 0)
+
+
+def _goodput_row(direction: str, spec: DirectionSpec, measured: float,
+                 baseline_goodput_mbps: float) -> Row:
+    """The bulk rate against the profile's payload rate; only reported where TCP's congestion
+    control or the unshaped path's capacity, not the bucket, sets it."""
+    rate = payload_rate_mbps(spec)
+    why_not = ("unshaped" if rate is None else
+               "loss or jitter: TCP's congestion control sets it"
+               if spec.loss_pct or spec.jitter_ms else
+               f"the unshaped path carries only {baseline_goodput_mbps:.1f} Mbit/s"
+               if not baseline_goodput_mbps >= CAPACITY_HEADROOM * rate else "")
+    return Row(direction, "goodput", "Mbit/s", rate, measured,
+               measured - rate if rate is not None else None,
+               "reported" if why_not else f"±{GOODPUT_TOLERANCE:.0%}",
+               None if why_not else bool(abs(measured - rate) <= GOODPUT_TOLERANCE * rate),
+               why_not)
+
+
+def _round_trip_rows(expected: np.ndarray, rtt_ms: np.ndarray, baseline_owd: dict[str, float],
+                     baseline_sigma: dict[str, float]) -> list[Row]:
+    stats = percentiles(rtt_ms, (95, 99))
+    return [_delay_row("round trip", "RTT p50", expected, rtt_ms, sum(baseline_owd.values()),
+                       math.hypot(*baseline_sigma.values()), 0.05, 1.0),
+            Row("round trip", "RTT p95 / p99", "ms", None, stats["p95"], None,
+                f"p99 {stats['p99']:.2f} ms", None)]
 
 
 def _wait_s(state: LinkState, plan: ProbePlan) -> float:

@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT
 
-from shaping.profile import DirectionSpec, LinkState
+from shaping.profile import SENDER, DirectionSpec, LinkState
 from shaping.qdisc.messages import (ADD_FLAGS, CHANGE_FLAGS, ROOT_HANDLE, TBF_CHILD_HANDLE,
                                     TBF_CHILD_PARENT, Request, ShapingTcmsg, delete_request,
                                     netem_message, send, send_together, tbf_message)
@@ -229,8 +229,8 @@ def remove(ipr: IPRoute, ifindex: int) -> bool:
 # Both directions of a topology -----------------------------------------------------------
 
 def _each_direction(state: LinkState):
-    yield "edge", "uplink", state.uplink
-    yield "cloud", "downlink", state.downlink
+    for direction, side in SENDER.items():
+        yield side, direction, getattr(state, direction)
 
 
 def apply_link(topo, state: LinkState, *, use_netem: bool | None = None) -> dict[str, str]:
