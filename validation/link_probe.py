@@ -222,6 +222,7 @@ def measure_packets(paths: Paths, packets: int, interval_s: float, payload_bytes
     edge, cloud = paths.socket("edge", socket.SOCK_DGRAM), paths.socket("cloud", socket.SOCK_DGRAM)
     samples = PacketSamples(sent=packets)
     done = threading.Event()
+    threads: list[threading.Thread] = []
     try:
         cloud.bind((paths.ip("cloud"), 0))
         edge.bind((paths.ip("edge"), 0))
@@ -253,9 +254,9 @@ def measure_packets(paths: Paths, packets: int, interval_s: float, payload_bytes
             samples.rtt_ms.append((t_arrived - t_sent) * 1000.0)
             samples.rtt_sent_at.append(t_sent)
 
-        threads = [threading.Thread(target=listen, args=(cloud, "uplink", echo), daemon=True),
-                   threading.Thread(target=listen, args=(edge, "downlink", round_trip),
-                                    daemon=True)]
+        threads += [threading.Thread(target=listen, args=(cloud, "uplink", echo), daemon=True),
+                    threading.Thread(target=listen, args=(edge, "downlink", round_trip),
+                                     daemon=True)]
         for thread in threads:
             thread.start()
         start = now()
@@ -265,10 +266,10 @@ def measure_packets(paths: Paths, packets: int, interval_s: float, payload_bytes
         deadline = now() + wait_s
         while now() < deadline and samples.received["downlink"] < packets:
             sleep_until(min(deadline, now() + 0.05))
+    finally:         # the listeners stop before their sockets close, also on an interrupt
         done.set()
         for thread in threads:
             thread.join(timeout=2.0)
-    finally:
         edge.close()
         cloud.close()
     return samples
