@@ -93,8 +93,16 @@ def netns_ok():
 
 
 def qemu_processes() -> list[str]:
+    """qemu processes ("pid argv") but those a live process outside this run started (a
+    second suite on the same host); an orphan counts, since this run may have leaked it."""
+    from tests.netns_helpers import in_this_process_tree, parent_pid
     found = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True)
-    return found.stdout.splitlines()
+    ours = []
+    for line in found.stdout.splitlines():
+        parent = parent_pid(int(line.split()[0]))
+        if parent is None or parent == 1 or in_this_process_tree(parent):
+            ours.append(line)
+    return ours
 
 
 def host_network_state() -> tuple:
@@ -107,11 +115,13 @@ def host_network_state() -> tuple:
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_on_the_host():
-    """After the whole suite: no namespace, veth, owner file or qemu that was not there before."""
+    """After the whole suite: no namespace, veth, owner file or qemu that was not there before
+    and that no other live run owns."""
     network_before, qemu_before = host_network_state(), set(qemu_processes())
     yield
+    from tests.netns_helpers import foreign
     network_after = host_network_state()
-    left = {kind: sorted(set(after) - set(before))
+    left = {kind: sorted(name for name in set(after) - set(before) if not foreign(name))
             for kind, before, after in zip(("namespaces", "veths", "owner files"),
                                            network_before, network_after)}
     left["qemu"] = sorted(set(qemu_processes()) - qemu_before)

@@ -12,10 +12,11 @@ import os
 import re
 import secrets
 import subprocess
+from pathlib import Path
 
 from pyroute2 import netns
 
-from shaping.topology import OWNER_DIR
+from shaping.topology import OWNER_DIR, owner_alive, owner_file
 
 PROBE_NAMESPACE = re.compile(r"es[0-9a-f]{8}-probe")    # capability probes (shaping.qdisc.probes)
 
@@ -39,6 +40,37 @@ def taps() -> list[str]:
     return re.findall(r"^\d+: ([^:@]+)", ip("-o", "link", "show", "type", "tun"), re.M)
 
 
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def in_this_process_tree(pid: int | None) -> bool:
+    """Whether ``pid`` is this process or descends from it."""
+    while pid is not None and pid > 1:
+        if pid == os.getpid():
+            return True
+        pid = parent_pid(pid)
+    return False
+
+
+def foreign(name: str) -> bool:
+    """Whether ``name`` (namespace, veth, TAP or owner file) belongs to a live process outside
+    this test run, such as a second suite on the same host: its prefix's owner file names a
+    running process that does not descend from this one.  A dead owner's leftovers count as
+    ours: they may be what this run leaked."""
+    prefix = re.split(r"[-.]", name, maxsplit=1)[0]
+    if not owner_alive(prefix):
+        return False
+    try:
+        pid = int(owner_file(prefix).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return not in_this_process_tree(pid)
+
+
 @functools.cache
 def before_the_suite() -> frozenset[str]:
     """Every namespace, veth, owner file and TAP on the host when the suite began (the session
@@ -47,7 +79,8 @@ def before_the_suite() -> frozenset[str]:
 
 
 def made_by_the_suite(names) -> list[str]:
-    return sorted(name for name in names if name not in before_the_suite())
+    """``names`` less what was there before the suite and what another live run owns."""
+    return sorted(name for name in names if name not in before_the_suite() and not foreign(name))
 
 
 class PrefixTracker:
