@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from shaping.clock import now, sleep_until
-from shaping.link import zmtp_wire_bytes
+from shaping.link_model import zmtp_wire_bytes
 from shaping.simlink import SimulatedDirection
 
 MESSAGE_TYPES = ("open", "opened", "draft", "verdict", "generate", "tokens", "close", "error")

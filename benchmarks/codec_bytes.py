@@ -30,7 +30,7 @@ from agents.codecs import CODEC_NAMES, encode_target_row, get_codec  # noqa: E40
 from agents.protocol import Message, encode  # noqa: E402
 from orchestrator.config.run_spec import RunSpec  # noqa: E402
 from orchestrator.lifecycle.run import run  # noqa: E402
-from shaping.link import zmtp_wire_bytes  # noqa: E402
+from shaping.link_model import zmtp_wire_bytes  # noqa: E402
 
 
 def message_bytes(message: Message) -> int:

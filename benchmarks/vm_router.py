@@ -42,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from orchestrator.config.loading import load_profile  # noqa: E402
 from orchestrator.config.run_spec import RunSpec  # noqa: E402
 from orchestrator.lifecycle import vm  # noqa: E402
-from orchestrator.lifecycle.launch import VmDeployment  # noqa: E402
+from orchestrator.lifecycle.launch import Deployment, make_link  # noqa: E402
 from orchestrator.lifecycle.run import query_timeout_s, run  # noqa: E402
 from orchestrator.reporting.summary import read_jsonl  # noqa: E402
 from orchestrator.results import ResultsFolder  # noqa: E402
 from shaping.clock import now  # noqa: E402
-from shaping.emulated import EmulatedLink  # noqa: E402
+from shaping.link import EmulatedLink  # noqa: E402
 from validation.link_probe import KernelPaths, ProbePlan, measure_packets, probe_link  # noqa: E402
 
 PROBE_PROFILES = {            # what the issue names -> a shipped profile (and an override)
@@ -196,8 +196,8 @@ def _run_cycles(profile, seconds: float, out: Path):
     results = ResultsFolder.create(out / "schedule-run", "oscillating-vm")
     results.write_config(spec.resolved())
     rows = []
-    with VmDeployment(results.path, spec.model_pair, spec.profile, spec.job.seed,
-                      spec.job.receive_timeout_s) as deployment:
+    with Deployment(results.path, spec.model_pair, make_link("vm", spec.profile, spec.job.seed),
+                    spec.job.receive_timeout_s) as deployment:
         started_at = deployment.link.started_at
         for request in spec.requests():
             called = now()

@@ -35,7 +35,7 @@ from orchestrator.reporting.probe_report import print_probe_report, save_probe_r
 from orchestrator.reporting.report import report_folder
 from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
-from shaping.emulated import EmulatedLink
+from shaping.link import EmulatedLink
 from shaping.profile import NetworkProfile
 from shaping.qdisc.parameters import profile_needs_netem
 from shaping.router import RouterError

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from shaping.link import DirectionLink
+from shaping.link_model import DirectionLink
 from shaping.profile import Direction, LinkState, NetworkProfile
 
 TIMELINE_HORIZON_S = 7 * 24 * 3600.0

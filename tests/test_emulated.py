@@ -28,11 +28,11 @@ from orchestrator.lifecycle import vm
 from orchestrator.lifecycle.launch import kernel_topology
 from orchestrator.lifecycle.run import run
 from orchestrator.reporting.summary import read_jsonl
-from shaping.emulated import EmulatedLink
+from shaping.link import EmulatedLink
 from shaping.topology import DEFAULT_PREFIX_PATTERN
 from tests.netns_helpers import made_by_the_suite, snapshot
 from validation.link_probe import ProbePlan, probe_link
-from shaping.link import transmit_s
+from shaping.link_model import transmit_s
 from validation.stats import binomial_interval
 
 ROOT = Path(__file__).resolve().parent.parent

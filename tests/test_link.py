@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from shaping.link import (
+from shaping.link_model import (
     HEADER_BYTES,
     MAX_CONSECUTIVE_LOSSES,
     MSS_BYTES,

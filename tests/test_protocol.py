@@ -11,7 +11,7 @@ import zmq
 
 from agents.protocol import (Channel, Message, ProtocolError, ReceiveTimeout, decode, encode)
 from shaping.clock import now
-from shaping.link import zmtp_wire_bytes
+from shaping.link_model import zmtp_wire_bytes
 from shaping.profile import ProfileFile, resolve
 from shaping.simlink import SimLinkSettings, SimulatedDirection
 

@@ -23,7 +23,7 @@ layouts in ``<linux/pkt_sched.h>`` and ``<linux/rtnetlink.h>``, the request
 ``tc`` itself cannot run netem here (no sch_netem in this kernel), so the
 expected bytes come from these layouts and iproute2's q_netem.c rules
 (percent = rint(p/100 * (2^32-1)), ``1-h`` inverted to ``h``, distribution
-entries copied as s16; the tables themselves are ``shaping.link``'s, see
+entries copied as s16; the tables themselves are ``shaping.link_model``'s, see
 ``test_iproute2s_tables_are_the_same_normal_but_clip_the_pareto_tails``).  iproute2 <= 6.8 puts latency/jitter in the qopt
 ticks, >= 6.9 in LATENCY64/JITTER64 (qopt zero); we send both.
 
@@ -48,7 +48,7 @@ import pytest
 pytest.importorskip("pyroute2")
 
 
-from shaping.link import HEADER_BYTES, JITTER_TABLES, MSS_BYTES, default_burst_bytes  # noqa: E402
+from shaping.link_model import HEADER_BYTES, JITTER_TABLES, MSS_BYTES, default_burst_bytes  # noqa: E402
 from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, RandomLoss  # noqa: E402
 from shaping.qdisc.messages import TBF_CHILD_PARENT, encode, netem_message, tbf_message  # noqa: E402
 from shaping.qdisc.operations import (NetemUnavailable, apply_direction, apply_link,  # noqa: E402

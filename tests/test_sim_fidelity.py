@@ -27,7 +27,7 @@ from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle.run import run
 from orchestrator.reporting.summary import read_jsonl
 from orchestrator.results import ResultsFolder
-from shaping.link import RTO_MIN_S
+from shaping.link_model import RTO_MIN_S
 from validation.sim_fidelity import loss_from_cycles, modeled_link_s, rate_check
 
 pytestmark = pytest.mark.slow

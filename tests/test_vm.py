@@ -30,8 +30,8 @@ from pyroute2 import netns
 from orchestrator.lifecycle import vm
 from orchestrator.lifecycle.doctor import Capability, HostReport, choose_mode
 from shaping import router_guest
-from shaping.emulated import EmulatedLink
-from shaping.link import DirectionLink, JitterSource
+from shaping.link import EmulatedLink
+from shaping.link_model import DirectionLink, JitterSource
 from shaping.profile import DirectionSpec, LinkState, NetworkProfile, TimedLinkState
 from shaping.qdisc.operations import current_qdiscs
 from shaping.router import MTU, RouterTopology, TapEnd, router_mac

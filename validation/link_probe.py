@@ -23,7 +23,7 @@ or a ``RouterTopology``: the emulated and vm modes) and ``SimPaths`` (loopback s
 receiver holds each datagram or chunk until ``shaping.simlink`` delivers it,
 dropping a datagram whose first transmission the model loses).
 
-Expectations reuse the sim mode's link math (``shaping.link.JitterSource``):
+Expectations reuse the sim mode's link math (``shaping.link_model.JitterSource``):
 netem's delay draws, with the in-order release the tool configures unless
 the profile allows reordering, simulated on the probe schedule; loss is the
 profile's mean rate; goodput the tbf rate times the TCP payload share of a
@@ -42,8 +42,8 @@ from typing import Protocol
 import numpy as np
 
 from shaping.clock import now, sleep_until
-from shaping.emulated import EmulatedLink
-from shaping.link import (
+from shaping.link import EmulatedLink
+from shaping.link_model import (
     HEADER_BYTES,
     MSS_BYTES,
     DirectionLink,

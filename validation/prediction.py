@@ -18,7 +18,7 @@ from agents.backends import ModelPairConfig
 from nasd.analytic import (ComputeTimes, cloud_only_throughput, crossover_rtt_s,
                            cycle_time_distributed_s, cycle_time_local_s,
                            expected_tokens_per_cycle)
-from shaping.link import transmit_s
+from shaping.link_model import transmit_s
 from shaping.profile import LinkState
 
 

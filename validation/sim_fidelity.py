@@ -15,7 +15,7 @@ import pandas as pd
 
 from agents.backends import ModelPairConfig
 from nasd.analytic import cycle_time_distributed_s, expected_tokens_per_cycle
-from shaping.link import RTO_MIN_S, transmit_s
+from shaping.link_model import RTO_MIN_S, transmit_s
 from shaping.profile import LinkState
 from validation.prediction import modeled_times
 from validation.stats import binomial_interval, relative_error

@@ -4,12 +4,9 @@
 session (a Ctrl-C in the terminal reaches only the orchestrator, which then
 stops its children in order) and dies with the orchestrator even after a
 ``kill -9`` (PR_SET_PDEATHSIG).  ``AgentProcess`` adds the control plane.
-``Deployment`` starts and stops the two agents of a run: ``SimDeployment``
-on loopback, each agent emulating the link direction it receives on;
-``EmulatedDeployment`` each in its own network namespace of an
-``EmulatedLink`` (kernel netem + tbf on a veth); ``VmDeployment`` the same
-with the namespaces joined through a router VM that shapes (the agents stay
-native).
+``Deployment`` starts and stops the two agents of a run on the ``shaping.link``
+of its mode (``make_link``): on loopback with the sim link, or each in its own
+network namespace of a kernel-shaped link (a veth, or the router VM).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import ctypes
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,11 +28,9 @@ from agents.backends import ModelPairConfig
 from agents.control import AgentError, ControlClient
 from agents.settings import AgentSettings
 from orchestrator import interrupts
-from shaping.clock import now
-from shaping.emulated import EmulatedLink
+from shaping.link import EmulatedLink, Link, RouterLink, SimLink
 from shaping.profile import NetworkProfile
 from shaping.router import RouterError
-from shaping.simlink import SimLinkSettings
 from shaping.topology import LinkTopology
 from validation.link_probe import Baseline, KernelPaths, ProbePlan, measure_baseline
 
@@ -50,12 +44,6 @@ PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 LOG = object()   # ChildProcess(stdout=LOG): stdout goes to the log file with stderr
@@ -129,6 +117,13 @@ class AgentProcess(ChildProcess):
         self.control = ControlClient(context, settings.control_address)
         self.watched = watched if watched is not None else [self]
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stats(self) -> dict:
+        return self.call("stats", 5.0)
+
     def _while_waiting(self) -> None:
         interrupts.raise_if_interrupted()
         for process in self.watched:
@@ -166,95 +161,6 @@ class AgentProcess(ChildProcess):
         super().stop()
 
 
-class Deployment:
-    """Cloud and edge agents of one run; subclasses say where they run and what shapes the link.
-
-    Use as a context manager: everything started is stopped on exit, also
-    after an error or a signal.
-    """
-
-    LINK_STATS = "link_stats.json"
-    mode = ""
-
-    def __init__(self, run_dir: Path, model_pair: ModelPairConfig, profile: NetworkProfile,
-                 seed: int, receive_timeout_s: float) -> None:
-        self.run_dir = run_dir
-        self.model_pair = model_pair
-        self.profile = profile
-        self.seed = seed
-        self.receive_timeout_s = receive_timeout_s
-        self.agents: list[AgentProcess] = []
-        self.edge: AgentProcess | None = None
-        self.cloud: AgentProcess | None = None
-        self.context = zmq.Context()
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="edgespec-"))
-
-    def __enter__(self) -> "Deployment":
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def _start(self) -> None:
-        raise NotImplementedError
-
-    def _start_agents(self, data_address: str, sim_link: SimLinkSettings | None = None,
-                      argv_prefix: dict[str, list[str]] | None = None) -> None:
-        for name, module in (("cloud", "agents.cloud"), ("edge", "agents.edge")):
-            settings = AgentSettings(model_pair=self.model_pair, data_address=data_address,
-                                     control_address=f"ipc://{self.socket_dir}/{name}.ctl",
-                                     receive_timeout_s=self.receive_timeout_s, sim_link=sim_link)
-            self.agents.append(AgentProcess(name, module, settings, self.run_dir, self.context,
-                                            (argv_prefix or {}).get(name, []), self.agents))
-        self.cloud, self.edge = self.agents
-        for agent in self.agents:
-            agent.wait_ready()
-
-    def link_stats(self) -> dict:
-        raise NotImplementedError
-
-    def write_link_stats(self) -> dict:
-        """What each direction of the link carried and lost, saved beside the results."""
-        stats = self.link_stats()
-        (self.run_dir / self.LINK_STATS).write_text(json.dumps(stats, indent=2))
-        return stats
-
-    def close(self) -> None:
-        for agent in reversed(self.agents):
-            agent.stop()
-        self.agents.clear()
-        self.context.term()
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-
-class SimDeployment(Deployment):
-    """Sim mode: both agents on loopback; each receiving channel applies the link model."""
-
-    mode = "sim"
-
-    def _start(self) -> None:
-        link = SimLinkSettings(profile=self.profile, seed=self.seed, started_at=now())
-        self._start_agents(f"tcp://127.0.0.1:{free_tcp_port()}", sim_link=link)
-
-    def link_stats(self) -> dict:
-        return {"uplink": self.cloud.call("stats", 5.0)["sim_link"],
-                "downlink": self.edge.call("stats", 5.0)["sim_link"]}
-
-
-def tcp_counters(pid: int) -> dict[str, int]:
-    """The TCP counters of the network namespace ``pid`` lives in (``/proc/PID/net/snmp``)."""
-    lines = [line.split() for line in Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
-             if line.startswith("Tcp:")]
-    names, values = lines[0][1:], lines[1][1:]
-    counters = dict(zip(names, map(int, values)))
-    return {"segments_out": counters["OutSegs"], "retransmitted_segments": counters["RetransSegs"]}
-
-
 class LinkError(AgentError):
     """The link under the agents failed (the router VM died, or never came up)."""
 
@@ -268,84 +174,93 @@ def kernel_topology(mode: str) -> LinkTopology:
     return vm.current_router() or vm.router_topology()
 
 
-class EmulatedDeployment(Deployment):
-    """Emulated mode: each agent in its own namespace; the data plane crosses the shaped veth.
+def make_link(mode: str, profile: NetworkProfile, seed: int) -> Link:
+    """The link of ``mode`` for ``profile`` (not created yet)."""
+    if mode == "sim":
+        return SimLink(profile, seed)
+    if mode == "vm":
+        return RouterLink(profile, topology=kernel_topology(mode))
+    return EmulatedLink(profile, topology=kernel_topology(mode))
 
-    The control plane stays on ``ipc://`` sockets, which reach across network
-    namespaces (they are files).  The agents are started with ``ip netns exec``,
-    which execs, so each agent's pid is the process inside the namespace.
 
-    Order: the topology, the agents (loading their models), then the baseline
-    on the still unshaped path (``validation.link_probe.measure_baseline``: what
-    the path itself costs, recorded in ``link_stats.json``), then the shaping
-    and its timeline.
+class Deployment:
+    """Cloud and edge agents of one run on a link; a context manager: everything started
+    is stopped on exit, also after an error or a signal.
+
+    Order: the link, the agents (loading their models), then on a kernel path the
+    baseline of the still unshaped path (``validation.link_probe.measure_baseline``: what
+    the path itself costs, recorded in ``link_stats.json``), then the shaping and its
+    timeline.  The control plane is ``ipc://`` sockets, which reach across network
+    namespaces (they are files).
     """
 
-    mode = "emulated"
-    DATA_PORT = 5555
+    LINK_STATS = "link_stats.json"
     BASELINE_PLAN = ProbePlan(baseline_packets=100, interval_s=0.005, drain_s=0.5,
                               baseline_bulk_bytes=4 * 1024 * 1024)
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.link: EmulatedLink | None = None
+    def __init__(self, run_dir: Path, model_pair: ModelPairConfig, link: Link,
+                 receive_timeout_s: float) -> None:
+        self.run_dir = run_dir
+        self.model_pair = model_pair
+        self.link = link
+        self.receive_timeout_s = receive_timeout_s
+        self.agents: list[AgentProcess] = []
+        self.edge: AgentProcess | None = None
+        self.cloud: AgentProcess | None = None
         self.baseline: Baseline | None = None
-        self._tcp_at_start: dict[str, dict[str, int]] = {}
+        self.context = zmq.Context()
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="edgespec-"))
 
-    def __enter__(self) -> "EmulatedDeployment":
+    def __enter__(self) -> "Deployment":
         try:
-            return super().__enter__()
+            self._start()
         except RouterError as error:
+            self.close()
             raise LinkError(str(error)) from None
+        except BaseException:
+            self.close()
+            raise
+        return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        gone = self.link.topology.health() if self.link is not None else None
+        gone = self.link.health()
         self.close()
         if gone is not None and exc_type is not None and issubclass(exc_type, Exception):
             raise LinkError(f"the link failed mid-run: {gone}; the queries that finished are "
                             f"kept in {self.run_dir}") from exc
 
     def _start(self) -> None:
-        self.link = EmulatedLink(self.profile, topology=kernel_topology(self.mode))
         self.link.create(shape=False)
-        topology = self.link.topology
-        self._start_agents(f"tcp://{topology.cloud_ip}:{self.DATA_PORT}", argv_prefix={
-            side: topology.run_in(side, []) for side in ("edge", "cloud")})
+        for name, module in (("cloud", "agents.cloud"), ("edge", "agents.edge")):
+            settings = AgentSettings(model_pair=self.model_pair,
+                                     data_address=self.link.data_address,
+                                     control_address=f"ipc://{self.socket_dir}/{name}.ctl",
+                                     receive_timeout_s=self.receive_timeout_s,
+                                     sim_link=self.link.sim_link)
+            self.agents.append(AgentProcess(name, module, settings, self.run_dir, self.context,
+                                            self.link.agent_argv(name), self.agents))
+        self.cloud, self.edge = self.agents
         for agent in self.agents:         # a call also ends when the link's VM dies
-            agent.watched = [*self.agents, *topology.watched()]
-        topology.wait_ready()
-        self.baseline = measure_baseline(KernelPaths(topology), self.BASELINE_PLAN)
-        self.link.shape()
-        self._tcp_at_start = {agent.name: tcp_counters(agent.process.pid) for agent in self.agents}
+            agent.watched = [*self.agents, *self.link.watched()]
+        for agent in self.agents:
+            agent.wait_ready()
+        self.link.wait_ready()
+        if self.link.topology is not None:
+            self.baseline = measure_baseline(KernelPaths(self.link.topology), self.BASELINE_PLAN)
+        self.link.shape({"edge": self.edge, "cloud": self.cloud})
 
-    def link_stats(self) -> dict:
-        stats = self.link.counters()
-        for direction, agent in (("uplink", self.edge), ("downlink", self.cloud)):
-            start, end = self._tcp_at_start[agent.name], tcp_counters(agent.process.pid)
-            stats[direction]["tcp"] = {name: end[name] - start[name] for name in end}
-        stats["prefix"] = self.link.prefix
-        stats["baseline"] = self.baseline.summary()
+    def write_link_stats(self) -> dict:
+        """What each direction of the link carried and lost, saved beside the results."""
+        stats = self.link.stats({"edge": self.edge, "cloud": self.cloud})
+        if self.baseline is not None:
+            stats["baseline"] = self.baseline.summary()
+        (self.run_dir / self.LINK_STATS).write_text(json.dumps(stats, indent=2))
         return stats
 
     def close(self) -> None:
-        super().close()
-        if self.link is not None:
-            self.link.close()
-
-
-class VmDeployment(EmulatedDeployment):
-    """vm mode: as emulated, but the namespaces meet in a router VM that shapes
-    (``shaping.router``, ``orchestrator.lifecycle.vm.RouterVm``); the agents run natively."""
-
-    mode = "vm"
-
-    def link_stats(self) -> dict:
-        stats = super().link_stats()
-        topology = self.link.topology
-        stats["router"] = {"accel": topology.router.accel, "kernel": topology.guest["kernel"],
-                           "interfaces": topology.guest["interfaces"],
-                           "qemu_pid": topology.router.pid}
-        return stats
-
-
-DEPLOYMENTS = {"sim": SimDeployment, "emulated": EmulatedDeployment, "vm": VmDeployment}
+        for agent in reversed(self.agents):
+            agent.stop()
+        self.agents.clear()
+        self.context.term()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        self.link.close()

@@ -17,7 +17,7 @@ from rich.progress import Progress
 
 from orchestrator.config.job import JobConfig
 from orchestrator.config.run_spec import RunSpec
-from orchestrator.lifecycle.launch import DEPLOYMENTS
+from orchestrator.lifecycle.launch import Deployment, make_link
 from orchestrator.progress import work_progress
 from orchestrator.reporting.run_summary import summarize_folder
 from orchestrator.reporting.summary import print_summary
@@ -45,8 +45,9 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
     requests = spec.requests()
     task = progress.add_task("queries", total=len(requests), unit="queries")
     try:
-        with DEPLOYMENTS[spec.mode](results.path, spec.model_pair, spec.profile, spec.job.seed,
-                                    spec.job.receive_timeout_s) as deployment:
+        link = make_link(spec.mode, spec.profile, spec.job.seed)
+        with Deployment(results.path, spec.model_pair, link,
+                        spec.job.receive_timeout_s) as deployment:
             for request in spec.warmups():
                 progress.update(task, description=f"{request.label} warm-up")
                 deployment.edge.call("query", query_timeout_s(spec.job),

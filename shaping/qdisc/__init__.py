@@ -45,7 +45,7 @@ byte limit sized from the bandwidth-delay product), so each limit means one
 thing; with tbf at the root, netem would replace tbf's FIFO and one packet
 limit would have to cover both.  It is also the arrangement the netem
 documentation shows.  For a constant delay this equals rate-then-delay
-exactly (a token bucket is shift invariant), which is what ``shaping.link``
+exactly (a token bucket is shift invariant), which is what ``shaping.link_model``
 models; jitter is applied before the bucket, so a backlogged bucket smooths
 it.
 

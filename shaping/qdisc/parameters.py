@@ -4,7 +4,7 @@ The units are the kernel's (ns and 64 ns psched ticks, bytes/s, percentages as
 fractions of 2^32-1) and the rules iproute2's, so the requests
 ``shaping.qdisc.messages`` builds from these equal what ``tc`` would send.
 
-What netem does with them that the sim link (``shaping.link``) does not:
+What netem does with them that the sim link (``shaping.link_model``) does not:
 
 - it picks the table entry (or the uniform offset) as the correlated random
   number *modulo* the table size (or 2 x jitter), which keeps little of
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from shaping.link import HEADER_BYTES, JITTER_TABLES, NETEM_DIST_SCALE, default_burst_bytes
+from shaping.link_model import HEADER_BYTES, JITTER_TABLES, NETEM_DIST_SCALE, default_burst_bytes
 from shaping.profile import DirectionSpec, GilbertElliottLoss, NetworkProfile, RandomLoss
 
 # Kernel units and limits (uapi <linux/pkt_sched.h>, include/net/pkt_sched.h)
@@ -120,7 +120,7 @@ def tbf_params(spec: DirectionSpec) -> TbfParams | None:
 
     In wire bytes, as tbf counts them (Ethernet + IP + TCP headers + payload,
     66 + 1448 per full frame): rate ``R = bandwidth_mbps * 1e6 / 8``; burst
-    ``burst_bytes`` or ``shaping.link.default_burst_bytes(R)`` (two full
+    ``burst_bytes`` or ``shaping.link_model.default_burst_bytes(R)`` (two full
     frames, and at least one 1 ms timer tick of rate); queue limit the burst
     plus ``ceil(R * queue_latency_s)``.
     """
@@ -172,7 +172,7 @@ def netem_limit_packets(spec: DirectionSpec) -> int:
 def netem_jitter(spec: DirectionSpec, for_change: bool = False) -> tuple[int, tuple | None]:
     """The jitter netem gets (ns) and its distribution table (None: netem's uniform draw).
 
-    The tables are ``shaping.link.JITTER_TABLES``, the ones the sim link
+    The tables are ``shaping.link_model.JITTER_TABLES``, the ones the sim link
     draws from, not iproute2's files (``JitterTable`` says why).  netem adds
     ``jitter * entry / 8192`` to the delay, so a table of ``units_per_sigma``
     units per sigma gets the jitter scaled by ``8192 / units_per_sigma``: the
