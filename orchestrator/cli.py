@@ -32,7 +32,6 @@ from orchestrator.lifecycle.launch import kernel_topology
 from orchestrator.lifecycle.run import run
 from orchestrator.lifecycle.sweep import expand, sweep
 from orchestrator.reporting.probe_report import print_probe_report, save_probe_report
-from orchestrator.reporting.report import report_folder
 from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
 from shaping.link import EmulatedLink
@@ -216,6 +215,7 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root) -> 
     console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
                   f"`orchestrator sweep --resume {folder.path}`")
     sweep(folder, job, chosen, cells, console)
+    from orchestrator.reporting.report import report_folder  # matplotlib: only when plotting
     report_folder(folder.path, console)
 
 
@@ -253,6 +253,7 @@ def report_command(run_dir) -> None:
 
     RUN_DIR is a sweep folder or the folder of one `run`.
     """
+    from orchestrator.reporting.report import report_folder  # matplotlib: only when plotting
     report_folder(run_dir, make_console())
 
 

@@ -32,7 +32,6 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-from scipy.stats import binomtest
 
 
 def binomial_interval(
@@ -48,6 +47,8 @@ def binomial_interval(
         raise ValueError(f"need 0 <= successes <= trials, got {successes} of {trials}")
     if trials == 0:
         return 0.0, 1.0
+    from scipy.stats import binomtest  # here: scipy.stats takes a second to import, and
+    #                                    every CLI start (even a bad flag) imports this module
     interval = binomtest(successes, trials).proportion_ci(
         confidence_level=confidence, method="exact"
     )
