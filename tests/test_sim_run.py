@@ -3,6 +3,7 @@ loopback TCP, results on disk, losslessness across strategies, clean stops."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from rich.console import Console
 
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle.run import run
 from tests.conftest import running_agents
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,6 +104,36 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
     assert summary.loc["edge-only", "bytes_up_per_token"] == 0
     link = json.loads((folder / "link_stats.json").read_text())
     assert link["uplink"]["messages"] >= len(cycles)
+
+
+ADAPTIVE = ["nasd", "hf-heuristic", "bandit"]
+
+
+def test_adaptive_k_policies_are_lossless_and_adapt_through_the_agents(tmp_path):
+    """Greedy output of every adaptive policy equals cloud-only's token for token; the K of
+    their cycles moves (HF's schedule step by step, within [k_min, k_max])."""
+    spec = RunSpec.load("smoke", "wifi", "sim", job_overrides={
+        "strategies": ["cloud-only", *ADAPTIVE], "max_new_tokens": 40, "nasd_k_min": 2,
+        "nasd_k_max": 12})
+    folder, _ = run(spec, tmp_path, Console(file=io.StringIO()))
+    queries = read_jsonl(folder / "queries.jsonl")
+    outputs = {(q["strategy"], q["query_id"]): q["output_ids"] for q in queries}
+    for strategy in ADAPTIVE:
+        for query_id in ("1", "2"):
+            assert len(outputs[(strategy, query_id)]) == 40
+            assert outputs[(strategy, query_id)] == outputs[("cloud-only", query_id)], strategy
+    cycles = pd.DataFrame(read_jsonl(folder / "cycles.jsonl"))
+    for strategy in ADAPTIVE:
+        own = cycles[cycles["strategy"] == strategy]
+        assert own["k"].nunique() > 1, strategy
+        for _, query in own.groupby("query_id"):
+            ks = query["k"].tolist()[:-1]   # the last cycle drafts what the budget leaves
+            assert min(ks) >= 2 and max(ks) <= 12, (strategy, ks)
+            if strategy == "hf-heuristic":
+                accepted = query["accepted"].tolist()
+                for i in range(len(ks) - 1):
+                    grown = ks[i] + 2 if accepted[i] == ks[i] else ks[i] - 1
+                    assert ks[i + 1] == min(max(grown, 2), 12), (ks, accepted)
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
