@@ -94,7 +94,8 @@ class EdgeAgent:
                 t_submit: float, t_first: float, t_last: float, eos: bool) -> QueryRecord:
         rate, decode_s = decode_rate(len(output), t_first, t_last)
         return QueryRecord(
-            strategy=request.label, k=request.k, query_id=request.query_id,
+            label=request.label, strategy=request.strategy, k=request.k,
+            query_id=request.query_id,
             repetition=request.repetition, prompt_tokens=len(prompt_ids), n_tokens=len(output),
             ttft_s=t_first - t_submit, e2e_s=t_last - t_submit, tokens_per_s=rate,
             decode_s=decode_s, finished_by_eos=eos, output_ids=list(output),
@@ -217,7 +218,7 @@ class EdgeAgent:
                 apply_verdict(draft, committed_length, verdict)
                 cloud_s = fields["compute_s"]
                 cycle = CycleRecord(
-                    strategy=request.label, query_id=request.query_id,
+                    label=request.label, strategy=request.strategy, query_id=request.query_id,
                     repetition=request.repetition, cycle=len(cycles) + 1, k=len(drafts.ids),
                     accepted=verdict.accepted, tokens=len(draft.tokens) - committed_length,
                     rtt_ms=(t_last - t_send - cloud_s) * 1000.0, bytes_up=up, bytes_down=down,
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     def query(request: dict) -> dict:
         record, cycles = agent.run_query(QueryRequest.model_validate(request["request"]))
         log.info("query %s/%s/%d: %d tokens, TTFT %.1f ms, %.1f tokens/s, %d cycles",
-                 record.strategy, record.query_id, record.repetition, record.n_tokens,
+                 record.label, record.query_id, record.repetition, record.n_tokens,
                  1000 * record.ttft_s, record.tokens_per_s, len(cycles))
         return {"query": record.as_dict(), "cycles": [c.as_dict() for c in cycles]}
 

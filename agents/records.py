@@ -3,6 +3,12 @@
 Field names are the column names of ``queries.jsonl``, ``cycles.jsonl`` and
 the summary (DESIGN.md section 5).  Times are seconds unless the name says
 ``_ms``; wall-clock instants are ``time.perf_counter`` readings on the edge.
+
+A record names its strategy run twice: structured, as ``strategy`` (the
+strategy's name: ``fixed-k``, ``nasd``, ...) and, on a query, the run's ``k``
+(None where the strategy has no fixed one); and as ``label`` (``fixed-k5``),
+which tells the runs of one job apart and is what tables show.  Code decides
+on the structured fields and groups by the label; it never parses a label.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class CycleRecord:
-    strategy: str
+    label: str             # the strategy run (``fixed-k5``): for grouping and display
+    strategy: str          # its strategy's name (``fixed-k``, ``nasd``, ...)
     query_id: str
     repetition: int
     cycle: int
@@ -35,8 +42,9 @@ class CycleRecord:
 
 @dataclass
 class QueryRecord:
+    label: str
     strategy: str
-    k: int | None
+    k: int | None          # the run's K (fixed-k, cloud-spec); None: none, or chosen per cycle
     query_id: str
     repetition: int
     prompt_tokens: int

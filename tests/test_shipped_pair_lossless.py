@@ -32,7 +32,7 @@ def run_codec(codec: str, strategies: list[str], root):
         "codec": codec, "max_new_tokens": 32})
     folder, summary = run(spec, root, Console(file=io.StringIO()))
     queries = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
-    return spec, summary.set_index("strategy"), queries
+    return spec, summary.set_index("label"), queries
 
 
 @pytest.mark.parametrize("codec", CODEC_NAMES)
@@ -74,7 +74,7 @@ def test_the_default_job_drafts_every_k_it_lists_to_its_full_length(tmp_path):
     folder, _ = run(spec, tmp_path, Console(file=io.StringIO()))
     cycles = [json.loads(line) for line in (folder / "cycles.jsonl").read_text().splitlines()]
     for k in spec.job.k_values:
-        drafted = [c["k"] for c in cycles if c["strategy"] == f"fixed-k{k}"]
+        drafted = [c["k"] for c in cycles if c["label"] == f"fixed-k{k}"]
         assert max(drafted) == k and drafted.count(k) >= 3, (k, drafted)
 
 

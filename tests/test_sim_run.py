@@ -78,10 +78,13 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
     assert "session fixed-k5/1/0 opened" in cloud_log and "cloud-only generated 16" in cloud_log
 
     queries = read_jsonl(folder / "queries.jsonl")
-    assert sorted({q["strategy"] for q in queries}) == ["cloud-only", "cloud-spec", "edge-only",
-                                                         "fixed-k5"]
+    assert sorted({q["label"] for q in queries}) == ["cloud-only", "cloud-spec", "edge-only",
+                                                      "fixed-k5"]
+    assert {(q["label"], q["strategy"], q["k"]) for q in queries} == {
+        ("cloud-only", "cloud-only", None), ("cloud-spec", "cloud-spec", 5),
+        ("edge-only", "edge-only", None), ("fixed-k5", "fixed-k", 5)}
     assert len(queries) == 4 * 2
-    outputs = {(q["strategy"], q["query_id"]): q["output_ids"] for q in queries}
+    outputs = {(q["label"], q["query_id"]): q["output_ids"] for q in queries}
     for query_id in ("1", "2"):
         reference = outputs[("cloud-only", query_id)]
         assert len(reference) == 16
@@ -89,7 +92,8 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
         assert outputs[("cloud-spec", query_id)] == reference
 
     cycles = read_jsonl(folder / "cycles.jsonl")
-    assert cycles and all(c["strategy"] == "fixed-k5" for c in cycles)
+    assert cycles and all((c["label"], c["strategy"]) == ("fixed-k5", "fixed-k")
+                          for c in cycles)
     assert all(0 <= c["accepted"] <= c["k"] <= 5 and c["tokens"] == c["accepted"] + 1
                for c in cycles)
     by_query = {}
@@ -97,7 +101,7 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
         by_query[c["query_id"]] = by_query.get(c["query_id"], 0) + c["tokens"]
     assert by_query == {"1": 15, "2": 15}  # every token after the first came from a cycle
 
-    summary = pd.read_csv(folder / "summary.csv").set_index("strategy")
+    summary = pd.read_csv(folder / "summary.csv").set_index("label")
     assert summary.loc["fixed-k5", "queries"] == 2
     # wifi: 12 ms +- 3 ms jitter; a loaded host only adds its wake-up delay (15.7 ms seen)
     assert 10.0 < summary.loc["fixed-k5", "rtt_ms_p50"] < 12.0 + 10.0
