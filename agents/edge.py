@@ -199,7 +199,9 @@ class EdgeAgent:
         try:
             while not finished and len(draft.generated) < request.max_new_tokens:
                 remaining = request.max_new_tokens - len(draft.generated)
-                k = min(policy.next_k(), remaining - 1)
+                policy_k = policy.next_k()
+                rtt_estimate_ms = policy.rtt_estimate_ms   # what policy_k was chosen on
+                k = min(policy_k, remaining - 1)
                 t_start = now()
                 committed_length = len(draft.tokens)
                 drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec)
@@ -220,6 +222,7 @@ class EdgeAgent:
                 cycle = CycleRecord(
                     label=request.label, strategy=request.strategy, query_id=request.query_id,
                     repetition=request.repetition, cycle=len(cycles) + 1, k=len(drafts.ids),
+                    policy_k=policy_k, nasd_rtt_estimate_ms=rtt_estimate_ms,
                     accepted=verdict.accepted, tokens=len(draft.tokens) - committed_length,
                     rtt_ms=(t_last - t_send - cloud_s) * 1000.0, bytes_up=up, bytes_down=down,
                     t_draft=t_send - t_start, t_verify=cloud_s,

@@ -23,7 +23,8 @@ class CycleRecord:
     query_id: str
     repetition: int
     cycle: int
-    k: int
+    k: int                 # tokens drafted: the policy's K, capped by the token budget (or EOS)
+    policy_k: int          # the K the strategy's policy chose for this cycle
     accepted: int
     tokens: int            # tokens committed by this cycle (accepted + correction/bonus)
     rtt_ms: float          # send -> receive on the edge, minus the cloud's compute time
@@ -35,6 +36,7 @@ class CycleRecord:
     t_cycle: float
     t_start: float         # since the query was submitted
     nasd_cutoff: bool = False
+    nasd_rtt_estimate_ms: float | None = None  # the RTT the controller chose K on (nasd only)
 
     def as_dict(self) -> dict:
         return asdict(self)

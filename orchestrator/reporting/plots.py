@@ -367,6 +367,9 @@ def plot_k_per_cycle(results: pd.DataFrame, path: Path) -> None:
         number = np.arange(1, len(own) + 1)
         rtt_axis = ax.twinx()
         rtt_axis.plot(number, own["rtt_ms"], color="grey", lw=0.8, alpha=0.7)
+        if own.get("nasd_rtt_estimate_ms", pd.Series(dtype=float)).notna().any():
+            rtt_axis.plot(number, own["nasd_rtt_estimate_ms"], color="black", lw=0.8,
+                          linestyle="--")
         rtt_axis.set_ylabel("RTT (ms)", color="grey")
         ax.step(number, own["k"], where="mid", color=styles[label]["color"], lw=1.5)
         ax.plot(number, own["accepted"], ".", color="black", markersize=3)
@@ -382,6 +385,9 @@ def plot_k_per_cycle(results: pd.DataFrame, path: Path) -> None:
                for label in strategies]
     handles += [Line2D([], [], color="black", marker=".", linestyle="none", label="accepted"),
                 Line2D([], [], color="grey", lw=0.8, label="RTT (right axis)")]
+    if cycles.get("nasd_rtt_estimate_ms", pd.Series(dtype=float)).notna().any():
+        handles.append(Line2D([], [], color="black", lw=0.8, linestyle="--",
+                              label="RTT estimate K was\nchosen on (nasd)"))
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(f"Draft length K per cycle in cell {cell['cell']}"
                  + ("" if cell["static"] else " (changing profile)"))
@@ -416,7 +422,8 @@ PLOTS = [
          "bars spanning the 95 % intervals."),
     Plot("k_per_cycle.png", plot_k_per_cycle,
          "The draft length K of every speculation cycle in run order, with the tokens the "
-         "cloud accepted and the RTT the edge measured for that cycle."),
+         "cloud accepted and the RTT the edge measured for that cycle (and, for nasd, the RTT "
+         "estimate its K was chosen on, dashed)."),
 ]
 
 
