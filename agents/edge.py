@@ -5,9 +5,10 @@ Strategies on the edge side:
 - ``edge-only``: the draft model decodes alone, no network.
 - ``cloud-only`` / ``cloud-spec``: the prompt goes up once and the cloud
   streams tokens back (plain decoding, or speculation inside the cloud).
-- ``fixed-k``: the edge drafts K tokens per cycle and the cloud verifies them
-  (one round trip per cycle).  The K of each cycle comes from a ``KPolicy``,
-  which is where NASD plugs in.
+- ``fixed-k``, ``nasd``, ``hf-heuristic``, ``bandit``: the edge drafts K tokens
+  per cycle and the cloud verifies them (one round trip per cycle).  The K of
+  each cycle comes from the strategy's ``nasd.policy.KPolicy``, which sees
+  every finished cycle; one policy serves all queries of a strategy run.
 
 Run as a process: ``python -m agents.edge --settings FILE``; the orchestrator
 sends ``query`` requests over the control plane and gets the records back.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, Protocol
+from typing import Literal, get_args
 
 import numpy as np
 import zmq
@@ -33,9 +34,11 @@ from agents.sampling import SamplingConfig
 from agents.speculative import (apply_verdict, choose_token, draft_tokens, sample_correction,
                                 session_rng)
 from agents.verification import Verdict
+from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, POLICY_NAMES, KPolicy, PolicyName, make_policy
 from shaping.clock import now
 
-StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", "fixed-k"]
+StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", PolicyName]
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 log = logging.getLogger("edge")
 
 
@@ -44,6 +47,8 @@ class QueryRequest(BaseModel):
     strategy: StrategyName
     label: str
     k: int | None = Field(default=None, ge=0)
+    k_min: int = Field(default=DEFAULT_K_MIN, ge=1)   # adaptive K policies: the range of K
+    k_max: int = Field(default=DEFAULT_K_MAX, ge=1)
     query_id: str
     repetition: int = 0
     prompt: str
@@ -60,27 +65,18 @@ class QueryRequest(BaseModel):
         return name
 
 
-class KPolicy(Protocol):
-    def next_k(self) -> int: ...
-
-    def observe(self, cycle: CycleRecord) -> None: ...
-
-
-class FixedK:
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def next_k(self) -> int:
-        return self.k
-
-    def observe(self, cycle: CycleRecord) -> None:
-        pass
-
-
 class EdgeAgent:
     def __init__(self, models: HostModels, channel: Channel) -> None:
         self.models = models
         self.channel = channel
+        self.policies: dict[tuple, KPolicy] = {}  # one per strategy run, across its queries
+
+    def policy(self, request: QueryRequest) -> KPolicy:
+        key = (request.label, request.strategy, request.k, request.k_min, request.k_max)
+        if key not in self.policies:
+            self.policies[key] = make_policy(request.strategy, request.k, request.k_min,
+                                             request.k_max)
+        return self.policies[key]
 
     def run_query(self, request: QueryRequest) -> tuple[QueryRecord, list[CycleRecord]]:
         session = f"{request.label}/{request.query_id}/{request.repetition}"
@@ -91,13 +87,15 @@ class EdgeAgent:
             return self._edge_only(request, session, prompt_ids)
         if request.strategy in ("cloud-only", "cloud-spec"):
             return self._cloud_streamed(request, session, prompt_ids)
-        return self._speculative(request, session, prompt_ids, FixedK(request.k or 0))
+        assert request.strategy in POLICY_NAMES, request.strategy
+        return self._speculative(request, session, prompt_ids, self.policy(request))
 
     def _record(self, request: QueryRequest, prompt_ids: list[int], output: list[int],
                 t_submit: float, t_first: float, t_last: float, eos: bool) -> QueryRecord:
         rate, decode_s = decode_rate(len(output), t_first, t_last)
         return QueryRecord(
-            strategy=request.label, k=request.k, query_id=request.query_id,
+            label=request.label, strategy=request.strategy, k=request.k,
+            query_id=request.query_id,
             repetition=request.repetition, prompt_tokens=len(prompt_ids), n_tokens=len(output),
             ttft_s=t_first - t_submit, e2e_s=t_last - t_submit, tokens_per_s=rate,
             decode_s=decode_s, finished_by_eos=eos, output_ids=list(output),
@@ -201,7 +199,9 @@ class EdgeAgent:
         try:
             while not finished and len(draft.generated) < request.max_new_tokens:
                 remaining = request.max_new_tokens - len(draft.generated)
-                k = min(policy.next_k(), remaining - 1)
+                policy_k = policy.next_k()
+                rtt_estimate_ms = policy.rtt_estimate_ms   # what policy_k was chosen on
+                k = min(policy_k, remaining - 1)
                 t_start = now()
                 committed_length = len(draft.tokens)
                 drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec)
@@ -220,8 +220,9 @@ class EdgeAgent:
                 apply_verdict(draft, committed_length, verdict)
                 cloud_s = fields["compute_s"]
                 cycle = CycleRecord(
-                    strategy=request.label, query_id=request.query_id,
+                    label=request.label, strategy=request.strategy, query_id=request.query_id,
                     repetition=request.repetition, cycle=len(cycles) + 1, k=len(drafts.ids),
+                    policy_k=policy_k, nasd_rtt_estimate_ms=rtt_estimate_ms,
                     accepted=verdict.accepted, tokens=len(draft.tokens) - committed_length,
                     rtt_ms=(t_last - t_send - cloud_s) * 1000.0, bytes_up=up, bytes_down=down,
                     t_draft=t_send - t_start, t_verify=cloud_s,
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     def query(request: dict) -> dict:
         record, cycles = agent.run_query(QueryRequest.model_validate(request["request"]))
         log.info("query %s/%s/%d: %d tokens, TTFT %.1f ms, %.1f tokens/s, %d cycles",
-                 record.strategy, record.query_id, record.repetition, record.n_tokens,
+                 record.label, record.query_id, record.repetition, record.n_tokens,
                  1000 * record.ttft_s, record.tokens_per_s, len(cycles))
         return {"query": record.as_dict(), "cycles": [c.as_dict() for c in cycles]}
 

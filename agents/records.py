@@ -3,6 +3,12 @@
 Field names are the column names of ``queries.jsonl``, ``cycles.jsonl`` and
 the summary (DESIGN.md section 5).  Times are seconds unless the name says
 ``_ms``; wall-clock instants are ``time.perf_counter`` readings on the edge.
+
+A record names its strategy run twice: structured, as ``strategy`` (the
+strategy's name: ``fixed-k``, ``nasd``, ...) and, on a query, the run's ``k``
+(None where the strategy has no fixed one); and as ``label`` (``fixed-k5``),
+which tells the runs of one job apart and is what tables show.  Code decides
+on the structured fields and groups by the label; it never parses a label.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class CycleRecord:
-    strategy: str
+    label: str             # the strategy run (``fixed-k5``): for grouping and display
+    strategy: str          # its strategy's name (``fixed-k``, ``nasd``, ...)
     query_id: str
     repetition: int
     cycle: int
-    k: int
+    k: int                 # tokens drafted: the policy's K, capped by the token budget (or EOS)
+    policy_k: int          # the K the strategy's policy chose for this cycle
     accepted: int
     tokens: int            # tokens committed by this cycle (accepted + correction/bonus)
     rtt_ms: float          # send -> receive on the edge, minus the cloud's compute time
@@ -28,6 +36,7 @@ class CycleRecord:
     t_cycle: float
     t_start: float         # since the query was submitted
     nasd_cutoff: bool = False
+    nasd_rtt_estimate_ms: float | None = None  # the RTT the controller chose K on (nasd only)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -35,8 +44,9 @@ class CycleRecord:
 
 @dataclass
 class QueryRecord:
+    label: str
     strategy: str
-    k: int | None
+    k: int | None          # the run's K (fixed-k, cloud-spec); None: none, or chosen per cycle
     query_id: str
     repetition: int
     prompt_tokens: int

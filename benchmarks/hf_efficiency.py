@@ -44,7 +44,7 @@ def speedup(args) -> None:
         "cloud_spec_k": K, "max_new_tokens": args.tokens})
     folder, summary = run(spec, Path(tempfile.mkdtemp(prefix="edgespec-hf-")),
                           Console(file=io.StringIO()))
-    rows = summary.set_index("strategy")
+    rows = summary.set_index("label")
     queries = read_jsonl(folder / ResultsFolder.QUERIES)
     cycles = read_jsonl(folder / ResultsFolder.CYCLES)
     cloud_only = queries[(queries["strategy"] == "cloud-only") & (queries["n_tokens"] > 1)]

@@ -103,8 +103,8 @@ def per_token(folders: list[Path]) -> pd.DataFrame:
     queries = pd.concat([read_jsonl(folder / ResultsFolder.QUERIES) for folder in folders])
     cycles = pd.concat([read_jsonl(folder / ResultsFolder.CYCLES) for folder in folders])
     rows = {}
-    for label, group in queries.groupby("strategy"):
-        own = cycles[cycles["strategy"] == label] if not cycles.empty else cycles
+    for label, group in queries.groupby("label"):
+        own = cycles[cycles["label"] == label] if not cycles.empty else cycles
         draft = (1000 * own["t_draft"].sum() / own["k"].sum() if len(own) and own["k"].sum()
                  else 1000 * group["decode_s"].sum() / (group["n_tokens"] - 1).sum()
                  if label == "edge-only" else math.nan)

@@ -4,7 +4,8 @@ This module owns the closed forms every other part compares against or plans
 with: tokens per cycle E[tau] under i.i.d. per-token acceptance, the acceptance
 estimate from verified cycles, cycle times on one node and across a link,
 throughput, the crossover RTT past which cloud-edge speculation loses to plain
-cloud decoding, and the throughput-optimal speculation depth K.
+cloud decoding, and the throughput-optimal speculation depth K (the objective a
+K controller maximises, ``distributed_throughputs``, and its argmax, ``optimal_k``).
 
 Model: each drafted token is accepted independently with probability ``a``;
 a cycle stops at the first rejection, so the number accepted is a geometric
@@ -16,7 +17,7 @@ Pure: no I/O, no clocks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -144,30 +145,52 @@ def crossover_rtt_s(
     )
 
 
-def optimal_k(
+def distributed_throughputs(
     acceptance: float,
     times: ComputeTimes,
     rtt_s: float,
-    k_max: int = 32,
+    depths: Sequence[int],
     transmit_s: Callable[[int], float] | None = None,
-) -> int:
-    """argmax over k in 1..k_max of E[tau(k)] / T_dist(k); ties go to the smaller k.
+) -> np.ndarray:
+    """E[tau(k)] / T_dist(k) for each k of ``depths``: what a K controller maximises.
 
     ``transmit_s(k)`` is the total serialisation time (up plus down) of a
-    cycle with k drafts; omitted means zero.  Whether speculating at all beats
-    cloud-only decoding is a separate question (``crossover_rtt_s``).
+    cycle with k drafts; omitted means zero.
     """
-    if k_max < 1:
-        raise ValueError(f"k_max must be at least 1, got {k_max}")
-    depths = range(1, k_max + 1)
-    throughputs = [
+    return np.array([
         throughput_tokens_per_s(
             acceptance,
             k,
             cycle_time_distributed_s(k, times, rtt_s, transmit_s(k) if transmit_s else 0.0),
         )
         for k in depths
-    ]
+    ])
+
+
+def optimal_k(
+    acceptance: float,
+    times: ComputeTimes,
+    rtt_s: float,
+    k_max: int = 32,
+    transmit_s: Callable[[int], float] | None = None,
+    k_min: int = 1,
+) -> int:
+    """argmax over k in k_min..k_max of E[tau(k)] / T_dist(k); ties go to the smaller k.
+
+    ``transmit_s(k)`` is the total serialisation time (up plus down) of a
+    cycle with k drafts; omitted means zero.  Whether speculating at all beats
+    cloud-only decoding is a separate question (``crossover_rtt_s``).
+
+    The argmax never decreases as ``rtt_s`` grows (a delay-monotone threshold):
+    log E[tau(k)] - log(T_local(k) + transmit(k) + RTT) has increasing
+    differences in (k, RTT) whenever the cycle's own time grows with k.
+    """
+    if k_min < 1:
+        raise ValueError(f"k_min must be at least 1, got {k_min}")
+    if k_max < k_min:
+        raise ValueError(f"k_max must be at least k_min ({k_min}), got {k_max}")
+    depths = range(k_min, k_max + 1)
+    throughputs = distributed_throughputs(acceptance, times, rtt_s, depths, transmit_s)
     return depths[int(np.argmax(throughputs))]
 
 

@@ -126,9 +126,15 @@ def cli() -> None:
 @click.option("--model-pair", help="Model pair: a name under configs/models or a YAML path "
                                    "[default: the job's].")
 @click.option("--strategy", "strategies", multiple=True, type=click.Choice(ALL_STRATEGIES),
-              help="Strategy to run; repeat for several [default: the job's, all four].")
+              help="Strategy to run; repeat for several [default: the job's; a job without "
+                   "strategies runs cloud-only, cloud-spec, edge-only and fixed-k].  nasd, "
+                   "hf-heuristic and bandit choose K per cycle within --nasd-k-min..--nasd-k-max.")
 @click.option("--k", "k_values", multiple=True, type=click.IntRange(1, 64),
               help="Draft length for fixed-k; repeat for several [default: the job's, 3 5 10 15].")
+@click.option("--nasd-k-min", type=click.IntRange(1, 64),
+              help="Smallest K of nasd, hf-heuristic, bandit [default: the job's, 1].")
+@click.option("--nasd-k-max", type=click.IntRange(1, 64),
+              help="Largest K of nasd, hf-heuristic, bandit [default: the job's, 15].")
 # the decoding flags' ranges are SamplingConfig's, checked when the job loads
 @click.option("--decoding", type=click.Choice(get_args(Decoding)), help="[default: the job's]")
 @click.option("--temperature", type=float,
@@ -147,9 +153,9 @@ def cli() -> None:
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
 @click.pass_context
-def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, decoding,
-                temperature, top_k, top_p, codec, prompts, max_new_tokens, max_queries,
-                repetitions, seed, rtt_ms, results_root) -> None:
+def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, nasd_k_min,
+                nasd_k_max, decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
+                max_queries, repetitions, seed, rtt_ms, results_root) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
     Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen),
@@ -160,6 +166,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
     spec = RunSpec.load(job_name, profile_name, mode, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
+        "nasd_k_min": nasd_k_min, "nasd_k_max": nasd_k_max,
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "max_queries": max_queries,

@@ -158,7 +158,7 @@ def test_measured_times_take_each_stage_from_its_own_records():
     from validation.prediction import measured_times
     cycles = pd.DataFrame({"k": [3, 5, 5, 1], "t_draft": [0.003, 0.005, 0.005, 0.001],
                            "t_verify": [0.0055, 0.0065, 0.0065, 0.0045]})
-    queries = pd.DataFrame({"strategy": ["cloud-only", "fixed-k5"], "n_tokens": [11, 11],
+    queries = pd.DataFrame({"strategy": ["cloud-only", "fixed-k"], "n_tokens": [11, 11],
                             "cloud_compute_s": [0.035, 0.02], "cloud_first_s": [0.01, 0.01]})
     times = measured_times(queries, cycles).edge
     assert times.draft_token_s == pytest.approx(0.001)

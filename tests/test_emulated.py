@@ -222,7 +222,7 @@ def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, netem_mode, 
         assert not any(any(nic["offloads"].values())
                        for nic in stats["router"]["interfaces"].values())
     cycles = read_jsonl(folder / "cycles.jsonl")
-    fixed = cycles[cycles["strategy"] == "fixed-k5"]
+    fixed = cycles[cycles["label"] == "fixed-k5"]
     state = spec.profile.initial
     expected_ms = state.rtt_ms + 1000 * (
         transmit_s(state.uplink, fixed["bytes_up"].median())
@@ -240,7 +240,7 @@ def test_emulated_run_sees_the_profiles_rtt(profile_name, tmp_path, netem_mode, 
     slack = max(10.0, 0.15 * expected_ms) + 2 * jitter + (250.0 if loss else 0.0)
     assert measured_ms - agent_overhead_ms - expected_ms <= slack, (
         measured_ms, agent_overhead_ms, expected_ms)
-    row = summary.set_index("strategy").loc["fixed-k5"]
+    row = summary.set_index("label").loc["fixed-k5"]
     assert len(read_jsonl(folder / "queries.jsonl")) == 4      # every strategy, one query
     assert pd.notna(row["tokens_per_s_p50"]) if "tokens_per_s_p50" in row else True
     assert our_leftovers() == []

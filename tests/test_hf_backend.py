@@ -237,7 +237,7 @@ def test_every_codec_runs_through_the_agents(tmp_path):
             "decoding": decoding, "top_k": 12 if decoding == "sampling" else None,
             "codec": codec, "max_new_tokens": 13})
         folder, summary = run(spec, tmp_path / codec, Console(file=io.StringIO()))
-        row = summary.set_index("strategy").loc["fixed-k4"]
+        row = summary.set_index("label").loc["fixed-k4"]
         assert 0 < row["per_token_acceptance"] < 1, codec
         queries = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
         assert len(queries) == 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -100,10 +101,11 @@ def test_leaderboard_ranks_the_lossless_strategies_of_each_cell_by_tokens_per_s(
     board = pd.read_csv(path / "leaderboard.csv")
     assert sorted(board["cell"].unique()) == cell_names(path)
     for cell, rows in board.groupby("cell"):
-        assert set(rows["strategy"]) == {"cloud-only", "cloud-spec", "edge-only", "fixed-k3",
-                                         "fixed-k5"}
+        assert set(rows["label"]) == {"cloud-only", "cloud-spec", "edge-only", "fixed-k3",
+                                      "fixed-k5"}
+        assert set(rows["strategy"]) == {"cloud-only", "cloud-spec", "edge-only", "fixed-k"}
         lossy = rows[rows["lossy"]]
-        assert lossy["strategy"].tolist() == ["edge-only"]          # the draft's output
+        assert lossy["label"].tolist() == ["edge-only"]             # the draft's output
         assert lossy["rank_tokens_per_s"].isna().all()              # shown, never ranked
         lossless = rows[~rows["lossy"]].sort_values("tokens_per_s", ascending=False)
         assert lossless["rank_tokens_per_s"].tolist() == list(range(1, len(lossless) + 1)), cell
@@ -116,7 +118,7 @@ def test_leaderboard_ranks_the_lossless_strategies_of_each_cell_by_tokens_per_s(
         for (_, first), (_, second) in zip(lossless.iloc[:-1].iterrows(),
                                            lossless.iloc[1:].iterrows()):
             apart = first["tokens_per_s_low"] > second["tokens_per_s_high"]
-            assert first["separated_from_next"] == apart, (cell, first["strategy"])
+            assert first["separated_from_next"] == apart, (cell, first["label"])
         assert set(rows["model_vs_measured"].dropna()) <= {"inside", "above", "below"}
 
 
@@ -149,7 +151,8 @@ def test_every_column_of_the_report_tables_is_defined(sweep_report):
 
 def test_the_reversal_says_never_for_a_negative_prediction_and_keeps_the_number():
     reversals = pd.DataFrame([{"bandwidth_mbps": 10.0, "jitter_ms": 0.0, "loss_pct": 0.0,
-                               "codec": "ids", "strategy": "fixed-k5", "rtts": "0 40",
+                               "codec": "ids", "label": "fixed-k5", "strategy": "fixed-k",
+                               "k": 5, "rtts": "0 40",
                                "measured_reversal_rtt_ms": float("nan"),
                                "measured_reversal_conclusive": True,
                                "predicted_reversal_rtt_ms": -153.0, "note": "slower"}])
@@ -197,17 +200,27 @@ def test_a_folder_that_is_neither_exits_2_with_one_error_line(tmp_path):
     assert not (tmp_path / REPORT).exists()
 
 
-def test_a_run_summarized_before_intervals_still_reports(run_report, tmp_path):
+def test_a_run_summarized_before_intervals_and_labels_still_reports(run_report, tmp_path):
+    """Written before intervals, ``lossy`` and the label split (``strategy`` held the label)."""
     folder, _ = run_report
     old = tmp_path / folder.name
     shutil.copytree(folder, old)
-    summary = pd.read_csv(old / "summary.csv")
+    unsplit = lambda frame: frame.drop(columns="strategy").rename(  # noqa: E731
+        columns={"label": "strategy"})
+    summary = unsplit(pd.read_csv(old / "summary.csv"))
     summary.drop(columns=[c for c in summary.columns
                           if c.endswith(("_low", "_high")) or c == "lossy"]).to_csv(
         old / "summary.csv", index=False)
+    for records in ("queries.jsonl", "cycles.jsonl"):
+        rows = [json.loads(line) for line in (old / records).read_text().splitlines()]
+        (old / records).write_text("".join(json.dumps(
+            {("strategy" if name == "label" else name): value for name, value in row.items()
+             if name != "strategy"}) + "\n" for row in rows))
     reported = orchestrator("report", str(old))
     assert reported.returncode == 0, reported.stdout + reported.stderr
-    board = pd.read_csv(old / "leaderboard.csv").set_index("strategy")
+    board = pd.read_csv(old / "leaderboard.csv").set_index("label")
+    assert board["strategy"].to_dict() == {"cloud-spec": "cloud-spec", "fixed-k5": "fixed-k",
+                                           "cloud-only": "cloud-only", "edge-only": "edge-only"}
     assert board["lossy"].to_dict() == {"cloud-spec": False, "fixed-k5": False,
                                         "cloud-only": False, "edge-only": True}
     assert board["separated_from_next"].isna().all()

@@ -3,7 +3,8 @@
 Greedy, fp32, sim mode at RTT 0: for every payload codec and K in
 {1, 3, 5, 10}, fixed-K output equals cloud-only output token for token on 60
 prompts, cloud-only equals transformers' own greedy ``generate``, and the
-target's accuracy survives speculation while edge-only's is the draft's.
+target's accuracy survives speculation while edge-only's is the draft's; so
+does the output of the adaptive K policies (nasd, hf-heuristic, bandit).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def run_codec(codec: str, strategies: list[str], root):
         "codec": codec, "max_new_tokens": 32})
     folder, summary = run(spec, root, Console(file=io.StringIO()))
     queries = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
-    return spec, summary.set_index("strategy"), queries
+    return spec, summary.set_index("label"), queries
 
 
 @pytest.mark.parametrize("codec", CODEC_NAMES)
@@ -73,5 +74,16 @@ def test_the_default_job_drafts_every_k_it_lists_to_its_full_length(tmp_path):
     folder, _ = run(spec, tmp_path, Console(file=io.StringIO()))
     cycles = [json.loads(line) for line in (folder / "cycles.jsonl").read_text().splitlines()]
     for k in spec.job.k_values:
-        drafted = [c["k"] for c in cycles if c["strategy"] == f"fixed-k{k}"]
+        drafted = [c["k"] for c in cycles if c["label"] == f"fixed-k{k}"]
         assert max(drafted) == k and drafted.count(k) >= 3, (k, drafted)
+
+
+def test_adaptive_k_policies_are_token_identical_to_cloud_only(tmp_path):
+    """nasd, hf-heuristic and bandit choose K per cycle; the output stays the target's."""
+    _, summary, queries = run_codec("ids", ["cloud-only", "nasd", "hf-heuristic", "bandit"],
+                                    tmp_path)
+    reference = {q["query_id"]: q["output_ids"] for q in queries if q["strategy"] == "cloud-only"}
+    for strategy in ("nasd", "hf-heuristic", "bandit"):
+        outputs = {q["query_id"]: q["output_ids"] for q in queries if q["strategy"] == strategy}
+        assert outputs == reference, strategy
+        assert summary.loc[strategy, "accuracy"] == summary.loc["cloud-only", "accuracy"]

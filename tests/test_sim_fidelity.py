@@ -58,7 +58,7 @@ def test_random_loss_shows_the_rto_tail(tmp_path):
                         job_overrides={"max_new_tokens": 96, "max_queries": 4})
     folder, summary = run_quietly(spec, tmp_path)
     cycles = read_jsonl(folder / ResultsFolder.CYCLES)
-    row = summary.set_index("strategy").loc["fixed-k5"]
+    row = summary.set_index("label").loc["fixed-k5"]
     assert row["cycle_ms_p50"] < 50 + 60          # most cycles see no loss
     assert row["cycle_ms_p99"] > row["cycle_ms_p50"] + 1000 * RTO_MIN_S  # a retransmission
     loss = loss_from_cycles(cycles, spec.profile.initial)

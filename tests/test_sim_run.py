@@ -3,6 +3,7 @@ loopback TCP, results on disk, losslessness across strategies, clean stops."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,9 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle.run import run
 from tests.conftest import running_agents
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,10 +79,13 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
     assert "session fixed-k5/1/0 opened" in cloud_log and "cloud-only generated 16" in cloud_log
 
     queries = read_jsonl(folder / "queries.jsonl")
-    assert sorted({q["strategy"] for q in queries}) == ["cloud-only", "cloud-spec", "edge-only",
-                                                         "fixed-k5"]
+    assert sorted({q["label"] for q in queries}) == ["cloud-only", "cloud-spec", "edge-only",
+                                                      "fixed-k5"]
+    assert {(q["label"], q["strategy"], q["k"]) for q in queries} == {
+        ("cloud-only", "cloud-only", None), ("cloud-spec", "cloud-spec", 5),
+        ("edge-only", "edge-only", None), ("fixed-k5", "fixed-k", 5)}
     assert len(queries) == 4 * 2
-    outputs = {(q["strategy"], q["query_id"]): q["output_ids"] for q in queries}
+    outputs = {(q["label"], q["query_id"]): q["output_ids"] for q in queries}
     for query_id in ("1", "2"):
         reference = outputs[("cloud-only", query_id)]
         assert len(reference) == 16
@@ -85,7 +93,8 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
         assert outputs[("cloud-spec", query_id)] == reference
 
     cycles = read_jsonl(folder / "cycles.jsonl")
-    assert cycles and all(c["strategy"] == "fixed-k5" for c in cycles)
+    assert cycles and all((c["label"], c["strategy"]) == ("fixed-k5", "fixed-k")
+                          for c in cycles)
     assert all(0 <= c["accepted"] <= c["k"] <= 5 and c["tokens"] == c["accepted"] + 1
                for c in cycles)
     by_query = {}
@@ -93,13 +102,58 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
         by_query[c["query_id"]] = by_query.get(c["query_id"], 0) + c["tokens"]
     assert by_query == {"1": 15, "2": 15}  # every token after the first came from a cycle
 
-    summary = pd.read_csv(folder / "summary.csv").set_index("strategy")
+    summary = pd.read_csv(folder / "summary.csv").set_index("label")
     assert summary.loc["fixed-k5", "queries"] == 2
     # wifi: 12 ms +- 3 ms jitter; a loaded host only adds its wake-up delay (15.7 ms seen)
     assert 10.0 < summary.loc["fixed-k5", "rtt_ms_p50"] < 12.0 + 10.0
     assert summary.loc["edge-only", "bytes_up_per_token"] == 0
     link = json.loads((folder / "link_stats.json").read_text())
     assert link["uplink"]["messages"] >= len(cycles)
+
+
+ADAPTIVE = ["nasd", "hf-heuristic", "bandit"]
+
+
+def test_adaptive_k_policies_are_lossless_and_adapt_through_the_agents(tmp_path):
+    """Greedy output of every adaptive policy equals cloud-only's token for token (and the
+    summary says so); the K of their cycles moves within [k_min, k_max] (HF's schedule step by
+    step), and each cycle records the K its policy chose and, for nasd, the RTT estimate it
+    chose it on."""
+    spec = RunSpec.load("smoke", "wifi", "sim", job_overrides={
+        "strategies": ["cloud-only", *ADAPTIVE], "max_new_tokens": 40, "nasd_k_min": 2,
+        "nasd_k_max": 12})
+    folder, _ = run(spec, tmp_path, Console(file=io.StringIO()))
+    queries = read_jsonl(folder / "queries.jsonl")
+    outputs = {(q["strategy"], q["query_id"]): q["output_ids"] for q in queries}
+    for strategy in ADAPTIVE:
+        for query_id in ("1", "2"):
+            assert len(outputs[(strategy, query_id)]) == 40
+            assert outputs[(strategy, query_id)] == outputs[("cloud-only", query_id)], strategy
+    summary = pd.read_csv(folder / "summary.csv").set_index("label")
+    assert (summary.loc[ADAPTIVE, "lossless"] == 1.0).all()
+    assert not summary.loc[ADAPTIVE, "lossy"].any()
+    cycles = pd.DataFrame(read_jsonl(folder / "cycles.jsonl"))
+    for strategy in ADAPTIVE:
+        own = cycles[cycles["strategy"] == strategy]
+        assert own["policy_k"].between(2, 12).all() and own["policy_k"].nunique() > 1, strategy
+        # drafted as chosen, but where the token budget caps a cycle: 40 tokens, the first
+        # from the prefill, and the correction or bonus must fit after the drafts
+        before = own.groupby("query_id")["tokens"].cumsum() - own["tokens"]
+        room = 40 - 1 - before - 1
+        assert (own["k"] == np.minimum(own["policy_k"], room)).all()
+        estimates = own["nasd_rtt_estimate_ms"]
+        if strategy == "nasd":
+            # wifi: 12 +- 3 ms; K was chosen on an estimate from the second cycle on
+            assert estimates.iloc[0] is None or np.isnan(estimates.iloc[0])
+            assert estimates.iloc[1:].between(5.0, 30.0).all(), estimates.tolist()
+        else:
+            assert estimates.isna().all()
+    # HF's schedule, cycle after cycle, across the queries of the run (one policy serves them)
+    hf = cycles[cycles["strategy"] == "hf-heuristic"]
+    chosen, accepted = hf["policy_k"].tolist(), hf["accepted"].tolist()
+    for i in range(len(chosen) - 1):
+        grown = chosen[i] + 2 if accepted[i] == chosen[i] else chosen[i] - 1
+        assert chosen[i + 1] == min(max(grown, 2), 12), (chosen, accepted)
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])

@@ -22,6 +22,7 @@ from orchestrator.reporting.summary import (
     mark_queries,
     print_summary,
     speed_ranks,
+    structured,
     summarize,
 )
 
@@ -33,9 +34,10 @@ RATES = {"cloud-only": ([0.60, 0.62, 0.61, 0.63], 0.10),
 TOKENS = 21
 
 
-def query(strategy: str, number: int, decode_s: float, ttft_s: float, answer=None) -> dict:
+def query(label: str, number: int, decode_s: float, ttft_s: float, answer=None) -> dict:
+    strategy = "fixed-k" if label == "fixed-k5" else label
     output = list(range(TOKENS)) if strategy != "edge-only" else [7] * TOKENS
-    return {"strategy": strategy, "k": 5 if strategy != "cloud-only" else None,
+    return {"label": label, "strategy": strategy, "k": 5 if strategy != "cloud-only" else None,
             "query_id": str(number), "repetition": 0, "n_tokens": TOKENS, "ttft_s": ttft_s,
             "e2e_s": ttft_s + decode_s, "decode_s": decode_s,
             "tokens_per_s": (TOKENS - 1) / decode_s, "drafted": 30 if "spec" in strategy or
@@ -46,7 +48,8 @@ def query(strategy: str, number: int, decode_s: float, ttft_s: float, answer=Non
 
 
 def cycle(number: int) -> dict:
-    return {"strategy": "fixed-k5", "query_id": str(number), "k": 5, "accepted": 2, "tokens": 3,
+    return {"label": "fixed-k5", "strategy": "fixed-k", "query_id": str(number), "k": 5,
+            "accepted": 2, "tokens": 3,
             "t_cycle": 0.07, "rtt_ms": 20.0, "t_network": 0.02, "bytes_up": 50,
             "bytes_down": 20, "t_draft": 0.02, "t_verify": 0.03, "nasd_cutoff": False}
 
@@ -64,7 +67,7 @@ def summary() -> pd.DataFrame:
     frame = summarize(*records())
     frame["predicted_tokens_per_s"] = [32.5, 43.5, 100.0, 300.0]
     frame["crossover_rtt_ms"] = [math.nan, math.nan, -153.0, math.nan]
-    return frame.set_index("strategy", drop=False)
+    return frame.set_index("label", drop=False)
 
 
 def test_the_aggregate_rate_has_a_seeded_interval_around_it(summary):
@@ -76,17 +79,44 @@ def test_the_aggregate_rate_has_a_seeded_interval_around_it(summary):
     for column in ("ttft_ms_p50", "ttft_ms_p95", "e2e_s_p95", "e2e_s_p99", "bytes_up_per_token",
                    "cloud_ms_per_token"):
         assert row[f"{column}_low"] <= row[column] <= row[f"{column}_high"], column
-    again = summarize(*records()).set_index("strategy")
+    again = summarize(*records()).set_index("label")
     pd.testing.assert_series_equal(again["tokens_per_s_low"],
-                                   summary.set_index("strategy")["tokens_per_s_low"])
+                                   summary.set_index("label")["tokens_per_s_low"])
 
 
 def test_only_a_strategy_whose_output_is_not_the_targets_is_lossy(summary):
     assert summary["lossy"].to_dict() == {"cloud-only": False, "cloud-spec": False,
                                           "fixed-k5": False, "edge-only": True}
-    assert is_lossy("fixed-k3", lossless_share=0.5)          # greedy output differed
-    assert is_lossy("nasd", cutoff_cycles=2)                  # served cycles edge-only
-    assert not is_lossy("fixed-k3", lossless_share=math.nan)  # sampling: nothing to compare
+    assert is_lossy("fixed-k", lossless_share=0.5)          # greedy output differed
+    assert is_lossy("nasd", cutoff_cycles=2)                 # served cycles edge-only
+    assert not is_lossy("fixed-k", lossless_share=math.nan)  # sampling: nothing to compare
+
+
+def test_rows_carry_the_structured_strategy_beside_the_label(summary):
+    assert summary[["strategy", "k"]].loc["fixed-k5"].tolist() == ["fixed-k", 5]
+    assert summary.loc["cloud-only", "strategy"] == "cloud-only"
+    assert math.isnan(summary.loc["cloud-only", "k"])
+
+
+def test_every_k_policy_is_held_to_cloud_only_output():
+    queries = pd.DataFrame([query(label, 0, 0.5, 0.1) for label in ("cloud-only", "fixed-k5")]
+                           + [{**query("fixed-k5", 0, 0.5, 0.1), "label": name,
+                               "strategy": name, "k": None}
+                              for name in ("nasd", "hf-heuristic", "bandit")])
+    queries.at[4, "output_ids"] = [1, 2, 3]     # bandit's output differs
+    marked = mark_queries(queries, {}, greedy=True).set_index("label")["lossless"]
+    assert marked.to_dict() == {"cloud-only": None, "fixed-k5": True, "nasd": True,
+                                "hf-heuristic": True, "bandit": False}
+
+
+def test_records_written_before_the_label_split_read_as_structured():
+    legacy = pd.DataFrame({"strategy": ["cloud-only", "fixed-k15", "cloud-spec", "edge-only"],
+                           "k": [None, 15, 5, None]})
+    read = structured(legacy)
+    assert read["label"].tolist() == ["cloud-only", "fixed-k15", "cloud-spec", "edge-only"]
+    assert read["strategy"].tolist() == ["cloud-only", "fixed-k", "cloud-spec", "edge-only"]
+    assert list(read.columns) == ["label", "strategy", "k"]
+    assert structured(read) is read
 
 
 def test_speed_ranks_leave_lossy_strategies_out_and_say_when_a_lead_is_clear(summary):
@@ -136,19 +166,19 @@ def test_accuracy_without_answers_is_nothing_to_score_not_zero(summary):
     speculation = [line for line in printed(summary).splitlines()
                    if line.startswith("│ edge-only")][-1]          # the second table's row
     assert speculation.rstrip(" │").endswith("-")     # accuracy, lossless: '-' not 0.00
-    scored = summarize(*records(answer="13")).set_index("strategy")
+    scored = summarize(*records(answer="13")).set_index("label")
     assert (scored["accuracy"] == 1.0).all()
-    wrong = summarize(*records(answer="12")).set_index("strategy")
+    wrong = summarize(*records(answer="12")).set_index("label")
     assert (wrong["accuracy"] == 0.0).all()
 
 
 def test_a_single_query_has_no_interval_and_reads_as_a_bare_number():
     queries, cycles = records()
-    one = summarize(queries.groupby("strategy").head(1), cycles).set_index("strategy")
+    one = summarize(queries.groupby("label").head(1), cycles).set_index("label")
     assert np.isnan(one["tokens_per_s_low"]).all() and np.isnan(one["tokens_per_s_high"]).all()
     assert speed_ranks(one)["separated_from_next"].isna().all()
 
 
 def test_a_run_without_queries_prints_empty_tables_and_the_legend():
-    text = printed(summarize(pd.DataFrame(columns=["strategy"]), pd.DataFrame()))
+    text = printed(summarize(pd.DataFrame(columns=["label", "strategy"]), pd.DataFrame()))
     assert "nothing to conclude" in text and "accepted/drafted" in text

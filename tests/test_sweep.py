@@ -98,7 +98,8 @@ def test_the_leaderboard_ranks_each_cell_by_speed_and_accuracy(resumed_sweep):
         assert list(lossless["rank_tokens_per_s"]) == list(range(1, len(lossless) + 1))
         assert lossless["tokens_per_s"].is_monotonic_decreasing
         assert rows["lossy"].tolist()[-1] and rows["strategy"].tolist()[-1] == "edge-only"
-    fast = board[board["cell"] == "rtt000-bw010"].set_index("strategy")
+    fast = board[board["cell"] == "rtt000-bw010"].set_index("label")
+    assert fast.loc["fixed-k5", ["strategy", "k"]].tolist() == ["fixed-k", 5]
     # synthetic pair: the edge drafts at 250 tok/s, the cloud decodes at 33: the fastest by far,
     # but lossy (the draft's output), so flagged and never ranked for speed
     assert fast.loc["edge-only", "tokens_per_s"] == fast["tokens_per_s"].max()
@@ -109,8 +110,8 @@ def test_the_leaderboard_ranks_each_cell_by_speed_and_accuracy(resumed_sweep):
     assert 30.0 <= fast.loc["cloud-only", "cloud_ms_per_token"] <= 40.0
     # speculation verifies several tokens per 32.5 ms forward: the cloud's cost per token drops
     assert fast.loc["fixed-k5", "cloud_ms_per_token"] < fast.loc["cloud-only", "cloud_ms_per_token"]
-    full16 = board[board["cell"] == "rtt040-bw001@full16"].set_index("strategy")
-    ids = board[board["cell"] == "rtt040-bw010"].set_index("strategy")
+    full16 = board[board["cell"] == "rtt040-bw001@full16"].set_index("label")
+    ids = board[board["cell"] == "rtt040-bw010"].set_index("label")
     assert full16.loc["fixed-k5", "codec"] == "full16" and ids.loc["fixed-k5", "codec"] == "ids"
     assert full16.loc["fixed-k5", "bytes_up_per_token"] > 10 * ids.loc["fixed-k5",
                                                                         "bytes_up_per_token"]
@@ -119,9 +120,11 @@ def test_the_leaderboard_ranks_each_cell_by_speed_and_accuracy(resumed_sweep):
 def _series(rtts, spec_rates, cloud_rate) -> pd.DataFrame:
     rows = []
     for rtt, rate in zip(rtts, spec_rates):
-        for strategy, tokens_per_s, crossover in (("cloud-only", cloud_rate, math.nan),
-                                                  ("fixed-k5", rate, 42.0)):
-            rows.append({"cell": f"rtt{rtt}", "strategy": strategy, "rtt_ms": rtt,
+        for label, strategy, k, tokens_per_s, crossover in (
+                ("cloud-only", "cloud-only", None, cloud_rate, math.nan),
+                ("fixed-k5", "fixed-k", 5, rate, 42.0)):
+            rows.append({"cell": f"rtt{rtt}", "label": label, "strategy": strategy, "k": k,
+                         "rtt_ms": rtt,
                          "bandwidth_mbps": 10.0, "jitter_ms": 0.0, "loss_pct": 0.0,
                          "codec": "ids", "static": True, "tokens_per_s": tokens_per_s,
                          "crossover_rtt_ms": crossover})
@@ -133,10 +136,11 @@ def test_reversal_interpolates_seconds_per_token_linearly():
     rtts = [0, 50, 100]
     spec = [3 / (0.060 + rtt / 1000) for rtt in rtts]
     found = reversal(_series(rtts, spec, 25.0))
-    row = found[found["strategy"] == "fixed-k5"].iloc[0]
+    row = found[found["label"] == "fixed-k5"].iloc[0]
     assert row["measured_reversal_rtt_ms"] == pytest.approx(60.0)   # 3 * 40 - 60
     assert row["predicted_reversal_rtt_ms"] == 42.0
-    assert set(found["strategy"]) == {"fixed-k5", "best fixed-K"}
+    assert set(found["label"]) == {"fixed-k5", "best fixed-K"}
+    assert set(found["strategy"]) == {"fixed-k"} and row["k"] == 5
 
 
 def test_reversal_says_when_there_is_none_in_the_range():
@@ -154,20 +158,20 @@ def with_intervals(series: pd.DataFrame, spread: float) -> pd.DataFrame:
 def test_a_reversal_resting_on_overlapping_intervals_is_too_wide_to_conclude():
     rtts = [0, 50, 100]
     series = _series(rtts, [3 / (0.060 + rtt / 1000) for rtt in rtts], 25.0)
-    tight = reversal(with_intervals(series, 0.01)).set_index("strategy").loc["fixed-k5"]
+    tight = reversal(with_intervals(series, 0.01)).set_index("label").loc["fixed-k5"]
     assert verdict_of(tight["measured_reversal_conclusive"]) is True
     assert "too wide" not in tight["note"]
-    wide = reversal(with_intervals(series, 0.2)).set_index("strategy").loc["fixed-k5"]
+    wide = reversal(with_intervals(series, 0.2)).set_index("label").loc["fixed-k5"]
     assert wide["measured_reversal_rtt_ms"] == pytest.approx(60.0)    # the number stays
     assert verdict_of(wide["measured_reversal_conclusive"]) is False
     assert "too wide to conclude" in wide["note"] and "overlap at 50, 100 ms" in wide["note"]
-    unknown = reversal(series).set_index("strategy").loc["fixed-k5"]   # no interval columns
+    unknown = reversal(series).set_index("label").loc["fixed-k5"]   # no interval columns
     assert verdict_of(unknown["measured_reversal_conclusive"]) is None
 
 
 def test_no_reversal_in_range_is_conclusive_only_if_every_rtt_is_apart():
     series = with_intervals(_series([0, 50, 100], [40.0, 34.0, 26.0], 25.0), 0.03)
-    row = reversal(series).set_index("strategy").loc["fixed-k5"]
+    row = reversal(series).set_index("label").loc["fixed-k5"]
     assert math.isnan(row["measured_reversal_rtt_ms"]) and "faster" in row["note"]
     assert verdict_of(row["measured_reversal_conclusive"]) is False
     assert "overlap at 100 ms" in row["note"]
@@ -176,11 +180,11 @@ def test_no_reversal_in_range_is_conclusive_only_if_every_rtt_is_apart():
 def test_a_lossy_strategy_is_never_ranked_for_speed_and_close_calls_are_flagged():
     rows = [("edge-only", 250.0, 0.02, True), ("cloud-spec", 44.0, 0.05, False),
             ("fixed-k5", 43.0, 0.05, False), ("cloud-only", 33.0, 0.01, False)]
-    results = pd.DataFrame([{"cell": "c", "strategy": name, "tokens_per_s": rate,
+    results = pd.DataFrame([{"cell": "c", "label": name, "tokens_per_s": rate,
                              "tokens_per_s_low": rate * (1 - spread),
                              "tokens_per_s_high": rate * (1 + spread), "lossy": lossy,
                              "accuracy": np.nan} for name, rate, spread, lossy in rows])
-    board = leaderboard(results).set_index("strategy")
+    board = leaderboard(results).set_index("label")
     assert list(board.index) == ["cloud-spec", "fixed-k5", "cloud-only", "edge-only"]
     assert board["rank_tokens_per_s"].tolist()[:3] == [1, 2, 3]
     assert math.isnan(board.loc["edge-only", "rank_tokens_per_s"])

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from scipy.stats import chisquare
 
 from agents.backends import build_models
 from agents.backends.base import TokenSequence
@@ -17,9 +19,12 @@ from agents.backends.synthetic import (
     ForwardLatency,
     SyntheticModel,
     SyntheticPairConfig,
+    minimum_vocab_size,
     support_size,
 )
 from agents.backends.tokenizer import ByteTokenizer
+from agents.speculative import generate_locally
+from nasd.analytic import expected_tokens_per_cycle
 from validation.stats import binomial_interval
 
 ZERO = {"base_ms": 0.0, "per_token_ms": 0.0}
@@ -105,6 +110,19 @@ def test_models_return_p_for_target_and_q_for_draft():
     assert np.array_equal(draft.row((1, 2, 3)), q)
     assert target.vocab_size == draft.vocab_size == config.vocab_size
     assert target.eos_id == config.eos_id
+
+
+@pytest.mark.parametrize("acceptance", [0.01, 0.02, 0.99])
+def test_the_smallest_vocabulary_still_decides_greedy_agreement_by_the_coin(acceptance):
+    needed = minimum_vocab_size(acceptance)
+    assert needed > 257                     # below it, the prompt bytes need more ids anyway
+    dists = ContextDistributions(pair(acceptance=acceptance, vocab_size=needed))
+    for context in random_contexts(needed, 200):
+        p, agreeing = dists.rows(context, coin=0.0)
+        _, disagreeing = dists.rows(context, coin=0.999999)
+        assert np.argmax(agreeing) == np.argmax(p) != np.argmax(disagreeing)
+    with pytest.raises(ValidationError, match=f"at least {needed}"):
+        pair(acceptance=acceptance, vocab_size=needed - 1)
 
 
 def test_infeasible_and_invalid_configs_are_rejected():
@@ -293,3 +311,68 @@ def test_build_models_uses_a_tokenizer_that_skips_eos():
     assert edge.draft.row((1, 2)).tolist() == cloud.draft.row((1, 2)).tolist()
     ids = edge.tokenizer.encode("".join(chr(c) for c in range(128)))
     assert 3 not in ids and len(ids) == 128
+
+
+# --------------------------------------------------------------------------- the acceptance process
+
+
+def accepted_per_cycle(decoding: str, acceptance: float, k: int, window: int, prompts: int = 12,
+                       n_tokens: int = 320) -> list[list[int]]:
+    """Drafts accepted in each full cycle of K, per prompt (the last, budget-cut cycle left
+    out), from whole speculative generations on the synthetic pair."""
+    config = pair(acceptance=acceptance, seed=11, context_window=window)
+    draft = SyntheticModel(config, "draft", ForwardLatency(**ZERO))
+    target = SyntheticModel(config, "target", ForwardLatency(**ZERO))
+    rng = np.random.default_rng(5)
+    runs = []
+    for prompt in random_contexts(config.vocab_size, prompts, seed=99):
+        commits = generate_locally(TokenSequence(target, list(prompt), PLAIN),
+                                   TokenSequence(draft, list(prompt), PLAIN), k, decoding, rng,
+                                   None, n_tokens)
+        runs.append([commit.accepted for commit in commits if commit.drafted == k])
+    return runs
+
+
+@pytest.mark.parametrize("decoding, acceptance, window", [
+    ("greedy", 0.7, 4), ("greedy", 0.5, 4), ("sampling", 0.7, 4),
+    ("greedy", 0.7, 1), ("sampling", 0.7, 1)])    # window 1: greedy text loops within tokens
+def test_acceptance_is_the_configured_iid_process(decoding, acceptance, window):
+    """Per-token acceptance a, tokens per cycle truncated-geometric at K, and cycles independent
+    of each other: what E[tau] = (1 - a^(K+1)) / (1 - a) assumes, in greedy and sampling mode,
+    also where the contexts repeat."""
+    k = 5
+    runs = accepted_per_cycle(decoding, acceptance, k, window)
+    counts = np.concatenate([np.asarray(run) for run in runs])
+    n = len(counts)
+    assert n > 1000
+    # per token: accepted / (accepted + rejections) is a binomial share of the drafts tested
+    accepted, rejections = int(counts.sum()), int((counts < k).sum())
+    low, high = binomial_interval(accepted, accepted + rejections, confidence=0.999)
+    assert low <= acceptance <= high, (accepted / (accepted + rejections), low, high)
+    # per cycle: P(j accepted) = a^j (1 - a) for j < K, a^K for j = K
+    law = np.array([acceptance ** j * (1 - acceptance) for j in range(k)] + [acceptance ** k])
+    observed = np.bincount(counts, minlength=k + 1)
+    assert chisquare(observed, law * n).pvalue > 0.001, (observed, np.round(law * n))
+    tokens = counts + 1
+    assert abs(tokens.mean() - expected_tokens_per_cycle(acceptance, k)) \
+        < 3.3 * tokens.std() / math.sqrt(n)
+    # and one cycle says nothing of the next (a per-context coin repeats in greedy loops)
+    pairs = np.array([(a, b) for run in runs for a, b in zip(run, run[1:])])
+    correlation = np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]
+    assert abs(correlation) < 3.3 / math.sqrt(len(pairs)), correlation
+
+
+def test_the_greedy_coin_follows_the_sequence_not_the_context():
+    config = pair(acceptance=0.7, context_window=2)
+    draft = SyntheticModel(config, "draft", ForwardLatency(**ZERO))
+    # one context (7, 8) after many different prefixes: q's greedy choice varies with them
+    agree = []
+    for first in range(200):
+        session = draft.session(PLAIN)
+        q = session.forward([first + 300, 7, 8])
+        p = draft.distributions.rows((7, 8))[0]
+        agree.append(int(np.argmax(q)) == int(np.argmax(p)))
+        session.truncate(1)                     # the chain is cut with the history
+        assert np.array_equal(session.forward([7, 8]), q)
+    low, high = binomial_interval(sum(agree), len(agree), confidence=0.999)
+    assert low <= 0.7 <= high

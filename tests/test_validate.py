@@ -17,7 +17,8 @@ from tests.conftest import ROOT
 
 def _leg(tokens_per_s: float, ttft_p95: float, rtt_p50: float, jitter: float = 0.0,
          loss: float = 0.0, predicted: float = np.nan) -> pd.DataFrame:
-    return pd.DataFrame([{"cell": "c", "strategy": "fixed-k5", "jitter_ms": jitter,
+    return pd.DataFrame([{"cell": "c", "label": "fixed-k5", "strategy": "fixed-k",
+                          "jitter_ms": jitter,
                           "loss_pct": loss, "tokens_per_s": tokens_per_s,
                           "tokens_per_s_p50": tokens_per_s, "ttft_ms_p50": 100.0,
                           "ttft_ms_p95": ttft_p95, "rtt_ms_p50": rtt_p50, "rtt_ms_p95": rtt_p50,
@@ -72,7 +73,7 @@ def test_validate_runs_both_legs_and_exits_by_its_verdicts(tmp_path):
     assert done.returncode == (0 if calibration["passed"] else 1), done.stdout + done.stderr
     assert calibration["passed"] == (not (comparison["verdict"] == "miss").any())
     assert 0 < calibration["path_rtt_ms"] < 20
-    assert set(comparison["strategy"]) == {"cloud-only", "fixed-k5"}
+    assert set(comparison["label"]) == {"cloud-only", "fixed-k5"}
     assert {"analytic vs sim", "sim vs emulated"} == set(comparison["legs"])
     for leg in ("sim", "emulated", "calibration"):
         assert (folder / leg / "cells.jsonl").read_text().count("\n") == 1

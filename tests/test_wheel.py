@@ -70,6 +70,6 @@ def test_an_installed_wheel_runs_the_shipped_pair_outside_the_checkout(wheel, tm
     resolved = (folder / "config.yaml").read_text()
     assert f"{site}/configs/models/tiny-arith/target" in resolved
     queries = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
-    assert {query["strategy"] for query in queries} == {"cloud-only", "fixed-k5"}
+    assert {query["label"] for query in queries} == {"cloud-only", "fixed-k5"}
     assert all(query["n_tokens"] > 0 for query in queries)
     assert "fixed-k5" in done.stdout

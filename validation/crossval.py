@@ -81,7 +81,7 @@ def _row(cell: pd.Series, check: Check, mode: str, reference: float, measured: f
         verdict, note = "reported", "jitter or loss: the closed form has neither"
     elif not within:
         note = _known_cause(cell, check, mode)
-    return {"cell": cell["cell"], "strategy": cell["strategy"],
+    return {"cell": cell["cell"], "label": cell["label"], "strategy": cell["strategy"],
             "legs": check.legs.format(mode=mode), "metric": check.metric,
             "reference": reference, "measured": measured, "difference": difference,
             "tolerance": check.label, "verdict": verdict, "note": note}
@@ -89,7 +89,7 @@ def _row(cell: pd.Series, check: Check, mode: str, reference: float, measured: f
 
 def compare(sim: pd.DataFrame, measured: pd.DataFrame, mode: str) -> pd.DataFrame:
     """Every check of every (cell, strategy) the two legs share; see the module docstring."""
-    keyed = measured.set_index(["cell", "strategy"])
+    keyed = measured.set_index(["cell", "label"])
     rows = []
     for _, cell in sim.iterrows():
         static = cell["jitter_ms"] == 0 and cell["loss_pct"] == 0
@@ -97,9 +97,9 @@ def compare(sim: pd.DataFrame, measured: pd.DataFrame, mode: str) -> pd.DataFram
         if np.isfinite(predicted):
             rows.append(_row(cell, ANALYTIC_VS_SIM, mode, predicted, cell["tokens_per_s"],
                              judged=static or not ANALYTIC_VS_SIM.static_only))
-        if (cell["cell"], cell["strategy"]) not in keyed.index:
+        if (cell["cell"], cell["label"]) not in keyed.index:
             continue
-        other = keyed.loc[(cell["cell"], cell["strategy"])]
+        other = keyed.loc[(cell["cell"], cell["label"])]
         for check in SIM_VS_MEASURED:
             if check.metric in cell and pd.notna(cell[check.metric]):
                 rows.append(_row(cell, check, mode, cell[check.metric], other[check.metric],

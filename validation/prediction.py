@@ -18,6 +18,7 @@ from agents.backends import ModelPairConfig
 from nasd.analytic import (ComputeTimes, cloud_only_throughput, crossover_rtt_s,
                            cycle_time_distributed_s, cycle_time_local_s,
                            expected_tokens_per_cycle)
+from nasd.policy import POLICY_NAMES
 from shaping.link_model import transmit_s
 from shaping.profile import LinkState
 
@@ -100,7 +101,7 @@ def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
         return cloud_only_throughput(times.cloud)
     if strategy == "cloud-spec":
         cycle_s = lambda k: cycle_time_local_s(k, times.cloud)  # noqa: E731
-    elif strategy == "fixed-k":
+    elif strategy in POLICY_NAMES:    # edge drafts, cloud verifies, a round trip per cycle
         up, down = transmit_s(link.uplink, bytes_up), transmit_s(link.downlink, bytes_down)
         cycle_s = lambda k: cycle_time_distributed_s(k, times.edge, link.rtt_ms / 1000.0, up,  # noqa: E731
                                                      down)

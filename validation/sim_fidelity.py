@@ -63,8 +63,8 @@ class RateCheck:
 
 def rate_check(summary: pd.DataFrame, cycles: pd.DataFrame, label: str,
                link: LinkState) -> RateCheck:
-    row = summary.set_index("strategy").loc[label]
-    own = cycles[cycles["strategy"] == label]
+    row = summary.set_index("label").loc[label]
+    own = cycles[cycles["label"] == label]
     acceptance = float(row["per_token_acceptance"])
     expected = float(np.mean([expected_tokens_per_cycle(acceptance, int(k)) for k in own["k"]]))
     measured_tokens = float(own["tokens"].mean())

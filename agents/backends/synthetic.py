@@ -2,13 +2,18 @@
 
 For every context (the last ``context_window`` tokens) a seeded generator
 builds the target distribution ``p`` on a small support ``S`` and the draft
-distribution ``q = a*p + (1-a)*r`` with ``r`` supported outside ``S``.  Hence:
+distribution ``q = a*p + (1-a)*r`` with ``r`` supported outside ``S``.  A
+drafted token is then accepted i.i.d. with probability ``a`` at every
+position, the process the analytic model assumes:
 
 - sampling: the acceptance probability of a drafted token, sum(min(p, q)),
-  is exactly ``a`` in every context;
-- greedy: a seeded per-context coin with probability ``a`` decides whether
-  ``r`` is spread thinly (argmax q == argmax p) or is a point mass that beats
-  p's mode (``p`` is flattened so its mode stays below (1-a)/a).
+  is exactly ``a`` in every context, and each test draws its own randomness;
+- greedy: a coin with probability ``a`` decides whether ``r`` is spread
+  thinly (argmax q == argmax p) or is a point mass that beats p's mode (``p``
+  is flattened so its mode stays below (1-a)/a).  The coin is seeded by the
+  whole sequence before the position (a hash chained token by token), not by
+  the context: greedy text falls into short loops whose contexts repeat, and
+  a per-context coin would repeat with them.
 
 Real rejection sampling runs on these rows.  Compute takes the time of a
 latency profile, ``t_forward(n) = base_ms + per_token_ms * n``: the real work
@@ -63,10 +68,10 @@ class SyntheticPairConfig(BaseModel):
 
     @model_validator(mode="after")
     def _feasible(self) -> "SyntheticPairConfig":
-        support = support_size(self.acceptance)
-        if 2 * support + 2 > self.vocab_size:
+        needed = minimum_vocab_size(self.acceptance)
+        if needed > self.vocab_size:
             raise ValueError(
-                f"acceptance {self.acceptance} needs a vocab_size of at least {2 * support + 2}")
+                f"acceptance {self.acceptance} needs a vocab_size of at least {needed}")
         if not 0 <= self.eos_id < self.vocab_size:
             raise ValueError("eos_id must lie inside the vocabulary")
         return self
@@ -75,6 +80,13 @@ class SyntheticPairConfig(BaseModel):
 def support_size(acceptance: float) -> int:
     """Size of p's support: large enough that p's mode can stay below 0.9*(1-a)/a."""
     return max(8, math.ceil(1.5 * acceptance / (0.9 * (1.0 - acceptance))))
+
+
+def minimum_vocab_size(acceptance: float) -> int:
+    """The smallest vocabulary for ``acceptance``: room for r outside p's support (and EOS),
+    spread so thinly that (1 - a) / |outside| stays below a * (smallest mode of p, 1/m)."""
+    m = support_size(acceptance)
+    return max(2 * m + 2, m + 2 + math.floor(m * (1.0 - acceptance) / acceptance))
 
 
 class ContextDistributions:
@@ -90,14 +102,28 @@ class ContextDistributions:
         self.mode_cap = 0.9 * (1.0 - config.acceptance) / config.acceptance
         self.tokens = np.array([t for t in range(config.vocab_size) if t != config.eos_id])
         self.key = config.seed.to_bytes(8, "little", signed=True)
+        # the coin chain of the empty sequence: a domain of its own, apart from p's hashes
+        self.root = hashlib.blake2b(b"greedy coin", digest_size=16, key=self.key).digest()
+
+    def chained(self, prefix: bytes, token: int) -> bytes:
+        """The coin chain of a sequence from its prefix's and its last token."""
+        return hashlib.blake2b(prefix + int(token).to_bytes(8, "little", signed=True),
+                               digest_size=16, key=self.key).digest()
+
+    @staticmethod
+    def coin(chain: bytes) -> float:
+        """Uniform in [0, 1), from a sequence's coin chain."""
+        return int.from_bytes(chain[:8], "little") / 2.0 ** 64
 
     def _generator(self, context: tuple[int, ...]) -> np.random.Generator:
         digest = hashlib.blake2b(np.asarray(context, dtype=np.int64).tobytes(),
                                  digest_size=8, key=self.key).digest()
         return np.random.default_rng(int.from_bytes(digest, "little"))
 
-    def rows(self, context: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """(p, q) as float32 rows of width vocab_size."""
+    def rows(self, context: tuple[int, ...],
+             coin: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(p, q) as float32 rows of width vocab_size; ``coin`` (uniform in [0, 1)) decides
+        q's greedy agreement, drawn from the context where none is given."""
         a, m, vocab = self.config.acceptance, self.support, self.config.vocab_size
         rng = self._generator(context)
         picked = rng.permutation(len(self.tokens))
@@ -109,7 +135,7 @@ class ContextDistributions:
         p = np.zeros(vocab)
         p[support] = weights
         r = np.zeros(vocab)
-        if rng.random() < a:
+        if (rng.random() if coin is None else coin) < a:
             r[outside] = 1.0 / len(outside)
         else:
             r[outside[0]] = 1.0
@@ -123,6 +149,7 @@ class SyntheticSession:
     def __init__(self, model: "SyntheticModel") -> None:
         self.model = model
         self.history: list[int] = []
+        self.chains = [model.distributions.root]   # chains[n]: the first n tokens'
 
     @property
     def processed(self) -> int:
@@ -132,16 +159,19 @@ class SyntheticSession:
         started = now()
         window = self.model.distributions.config.context_window
         rows = []
+        distributions = self.model.distributions
         for position, token in enumerate(ids):
             self.history.append(int(token))
+            self.chains.append(distributions.chained(self.chains[-1], token))
             if all_rows or position == len(ids) - 1:
                 context = tuple(self.history[-window:])
-                rows.append(self.model.row(context))
+                rows.append(self.model.row(context, distributions.coin(self.chains[-1])))
         sleep_until(started + self.model.latency.seconds(len(ids)))
         return np.stack(rows) if all_rows else rows[-1]
 
     def truncate(self, length: int) -> None:
         del self.history[length:]
+        del self.chains[length + 1:]
 
 
 class SyntheticModel:
@@ -155,8 +185,8 @@ class SyntheticModel:
         self.vocab_size = config.vocab_size
         self.eos_id = config.eos_id
 
-    def row(self, context: tuple[int, ...]) -> np.ndarray:
-        p, q = self.distributions.rows(context)
+    def row(self, context: tuple[int, ...], coin: float | None = None) -> np.ndarray:
+        p, q = self.distributions.rows(context, coin)
         return p if self.role == "target" else q
 
     def session(self, sampling: SamplingConfig) -> SyntheticSession:

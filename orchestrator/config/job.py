@@ -1,7 +1,9 @@
 """Jobs: which strategies to run, on which model pair and prompts, how often.
 
 ``JobConfig`` is the validated job file; ``plan`` expands it into the
-strategy runs (one per strategy, one per K for ``fixed-k``).  Its optional
+strategy runs (one per strategy, one per K for ``fixed-k``; the adaptive K
+policies ``nasd``, ``hf-heuristic`` and ``bandit`` choose K within
+[``nasd_k_min``, ``nasd_k_max``]).  Its optional
 ``network`` section (``NetworkSpace``) is what ``orchestrator sweep`` expands
 into cells: named profiles and grids of RTT x bandwidth x jitter x loss,
 each crossed with the payload codecs to compare.
@@ -15,11 +17,14 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.codecs import get_codec
-from agents.edge import StrategyName
+from agents.edge import STRATEGY_NAMES, StrategyName
 from agents.sampling import SamplingConfig
+from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN
 from shaping.profile import JitterDistribution
 
-ALL_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
+ALL_STRATEGIES: tuple[StrategyName, ...] = STRATEGY_NAMES
+# what a job without ``strategies`` runs: the baselines and fixed K (name the adaptive ones)
+DEFAULT_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
 
 NonNegative = Annotated[float, Field(ge=0.0)]
 
@@ -70,9 +75,13 @@ class JobConfig(SamplingConfig):
     model_pair: str = "synthetic"
     prompts: str = "default"
     max_queries: Annotated[int, Field(gt=0)] | None = None
-    strategies: list[StrategyName] = Field(default=list(ALL_STRATEGIES), min_length=1)
+    strategies: list[StrategyName] = Field(default=list(DEFAULT_STRATEGIES), min_length=1)
     k_values: list[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15], min_length=1)
     cloud_spec_k: int = Field(default=5, ge=1, le=64)
+    nasd_k_min: int = Field(default=DEFAULT_K_MIN, ge=1, le=64,
+                            description="nasd, hf-heuristic, bandit: the smallest K they choose")
+    nasd_k_max: int = Field(default=DEFAULT_K_MAX, ge=1, le=64,
+                            description="nasd, hf-heuristic, bandit: the largest K they choose")
     codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
     repetitions: int = Field(default=1, gt=0)
@@ -90,6 +99,13 @@ class JobConfig(SamplingConfig):
         if name is not None:
             get_codec(name)
         return name
+
+    @model_validator(mode="after")
+    def _k_range(self) -> "JobConfig":
+        if self.nasd_k_min > self.nasd_k_max:
+            raise ValueError(f"nasd_k_min ({self.nasd_k_min}) is above nasd_k_max "
+                             f"({self.nasd_k_max})")
+        return self
 
     @model_validator(mode="after")
     def _codec_fits_decoding(self) -> "JobConfig":
@@ -115,7 +131,7 @@ class JobConfig(SamplingConfig):
 @dataclass(frozen=True)
 class StrategyRun:
     strategy: StrategyName
-    k: int | None
+    k: int | None   # fixed-k, cloud-spec: the K of every cycle; None: no K, or an adaptive one
 
     @property
     def label(self) -> str:

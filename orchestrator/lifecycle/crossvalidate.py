@@ -24,6 +24,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from nasd.policy import POLICY_NAMES
 from orchestrator.config.job import JobConfig
 from orchestrator.lifecycle.sweep import expand, grid_profile, sweep
 from orchestrator.reporting.analysis import load_results
@@ -45,7 +46,7 @@ def calibrate(job: JobConfig, mode: str, path: Path, console: Console) -> float:
     if cycles.empty:
         raise ValueError(f"job {job.name!r}: validate needs a strategy with cycles "
                          "(fixed-k or cloud-spec) to measure the path's round trip")
-    networked = cycles[cycles["strategy"].str.startswith("fixed-k")]
+    networked = cycles[cycles["strategy"].isin(POLICY_NAMES)]
     return float((networked if len(networked) else cycles)["rtt_ms"].median())
 
 
@@ -85,14 +86,14 @@ def print_comparison(comparison: pd.DataFrame, overhead_ms: float, mode: str,
         header = f"{check.legs.format(mode=mode)}\n{check.metric} {check.label}"
         headers[(check.legs.format(mode=mode), check.metric)] = header
         table.add_column(header, justify="right")
-    for (cell, strategy), rows in comparison.groupby(["cell", "strategy"], sort=False):
+    for (cell, label), rows in comparison.groupby(["cell", "label"], sort=False):
         by_check = {(row["legs"], row["metric"]): row for _, row in rows.iterrows()}
-        table.add_row(cell, strategy, *[_verdict_text(by_check[key]) if key in by_check else "-"
+        table.add_row(cell, label, *[_verdict_text(by_check[key]) if key in by_check else "-"
                                         for key in headers])
     console.print(table)
     misses = comparison[comparison["verdict"] == "miss"]
     for _, row in misses.iterrows():
-        console.print(f"miss: {row['cell']} {row['strategy']} {row['legs']} {row['metric']}: "
+        console.print(f"miss: {row['cell']} {row['label']} {row['legs']} {row['metric']}: "
                       f"{row['reference']:.2f} -> {row['measured']:.2f} "
                       f"({100 * row['difference']:+.1f}%, tolerance {row['tolerance']})"
                       + (f"; known cause: {row['note']}" if row["note"] else ""),

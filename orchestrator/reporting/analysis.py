@@ -1,7 +1,8 @@
 """From a results folder (a sweep or one run) to answers: leaderboard, reversal RTT.
 
 - ``load_results``: every finished cell's summary, one row per (cell,
-  strategy), with the cell's link (RTT, bandwidth, jitter, loss) and codec.
+  strategy run: its ``label`` and structured ``strategy``, ``k``), with the
+  cell's link (RTT, bandwidth, jitter, loss) and codec.
 - ``leaderboard``: per cell, the lossless strategies ranked by tokens/s (lossy
   ones, such as edge-only, flagged and never ranked for speed) with whether
   each one's interval clears the next one's, and every strategy ranked by
@@ -26,12 +27,13 @@ import yaml
 
 from orchestrator.config.job import JobConfig
 from orchestrator.config.loading import ConfigError
-from orchestrator.reporting.summary import interval, is_lossy, speed_ranks
+from orchestrator.reporting.summary import interval, is_lossy, speed_ranks, structured
 from orchestrator.results import ResultsFolder, SweepFolder
 from validation.stats import separated
 
 CELL_COLUMNS = ["cell", "rtt_ms", "bandwidth_mbps", "jitter_ms", "loss_pct", "codec"]
 SERIES_COLUMNS = ["bandwidth_mbps", "jitter_ms", "loss_pct", "codec"]
+BEST_FIXED_K = "best fixed-K"   # the label of reversal's row for the fastest fixed K at each RTT
 
 
 def cell_folders(path: Path) -> list[tuple[str, Path]]:
@@ -65,7 +67,7 @@ def load_results(path: Path) -> pd.DataFrame:
     """One row per (cell, strategy): the cell's link columns, then its summary's."""
     frames = []
     for name, folder in cell_folders(path):
-        summary = pd.read_csv(folder / ResultsFolder.SUMMARY)
+        summary = structured(pd.read_csv(folder / ResultsFolder.SUMMARY))
         if "lossy" not in summary:          # written before lossy strategies were flagged
             summary["lossy"] = [is_lossy(row["strategy"], row.get("lossless", np.nan))
                                 for _, row in summary.iterrows()]
@@ -73,7 +75,7 @@ def load_results(path: Path) -> pd.DataFrame:
         link = cell_link(config)
         frames.append(summary.assign(cell=name, folder=str(folder), **link))
     if not frames:
-        return pd.DataFrame(columns=CELL_COLUMNS + ["strategy"])
+        return pd.DataFrame(columns=CELL_COLUMNS + ["label", "strategy"])
     table = pd.concat(frames, ignore_index=True)
     first = CELL_COLUMNS + ["profile", "mode", "static", "folder"]
     return table[first + [c for c in table.columns if c not in first]]
@@ -147,12 +149,12 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
         if series["rtt_ms"].nunique() < 2:
             continue
         cloud = _rates_by_rtt(series[series["strategy"] == "cloud-only"])
-        fixed = series[series["strategy"].str.startswith("fixed-k")]
+        fixed = series[series["strategy"] == "fixed-k"]
         if cloud.empty or fixed.empty:
             continue
-        per_label = {label: group for label, group in fixed.groupby("strategy", sort=False)}
+        per_label = {label: group for label, group in fixed.groupby("label", sort=False)}
         best = fixed.loc[fixed.groupby("rtt_ms")["tokens_per_s"].idxmax()]
-        per_label["best fixed-K"] = best
+        per_label[BEST_FIXED_K] = best
         for label, group in per_label.items():
             rate = _rates_by_rtt(group)
             rtts = np.array(sorted(set(rate.index) & set(cloud.index)))
@@ -171,7 +173,8 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
                              + ", ".join(f"{rtt:g}" for rtt in overlapping) + " ms")
             if predicted < 0:
                 notes.append("the model predicts it never pays (a negative reversal RTT)")
-            rows.append({**dict(zip(SERIES_COLUMNS, key)), "strategy": label,
+            rows.append({**dict(zip(SERIES_COLUMNS, key)), "label": label, "strategy": "fixed-k",
+                         "k": group["k"].iloc[0] if label != BEST_FIXED_K else None,
                          "rtts": " ".join(f"{r:g}" for r in rtts),
                          "measured_reversal_rtt_ms": measured,
                          "measured_reversal_conclusive": conclusive,
@@ -198,7 +201,7 @@ def ianvs_rank(board: pd.DataFrame, model_pair: str) -> pd.DataFrame:
     hyperparameters.
     """
     table = pd.DataFrame({"rank": board["rank_tokens_per_s"].astype("Int64"),
-                          "algorithm": board["strategy"]})
+                          "algorithm": board["label"]})
     for column, metric in IANVS_METRICS.items():
         table[metric] = board[column] if column in board else np.nan
     table["paradigm"] = "jointinference"

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 
-from orchestrator.reporting.analysis import reversal
+from orchestrator.reporting.analysis import BEST_FIXED_K, reversal
 from orchestrator.reporting.run_summary import predicted_curve
 from orchestrator.reporting.summary import read_jsonl, verdict_of
 from orchestrator.results import ResultsFolder
@@ -61,7 +61,7 @@ def bandwidth_label(mbps: float) -> str:
 def strategy_styles(results: pd.DataFrame) -> dict[str, dict]:
     """Colour and marker per strategy, the same in every figure (order of first appearance)."""
     return {label: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
-            for i, label in enumerate(results["strategy"].unique())}
+            for i, label in enumerate(results["label"].unique())}
 
 
 def _figure(rows: int, cols: int, width: float, height: float, **shared):
@@ -103,7 +103,7 @@ def _strategy_handles(styles: dict[str, dict], labels, lossy=()) -> list[Line2D]
 
 
 def lossy_strategies(results: pd.DataFrame) -> set[str]:
-    return set(results.loc[results["lossy"].astype(bool), "strategy"]) if "lossy" in results \
+    return set(results.loc[results["lossy"].astype(bool), "label"]) if "lossy" in results \
         else set()
 
 
@@ -171,13 +171,13 @@ def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
     _needs_rtts(cells, "tokens/s vs RTT")
     styles, codec = strategy_styles(results), default_codec(results)
     reversals = reversal(cells)
-    best = (reversals[reversals["strategy"] == "best fixed-K"].set_index("bandwidth_mbps")
+    best = (reversals[reversals["label"] == BEST_FIXED_K].set_index("bandwidth_mbps")
             if len(reversals) else pd.DataFrame())
     fig, panels = _bandwidth_panels(cells)
     for ax, bw, panel in panels:
         reference = panel.sort_values("rtt_ms", kind="stable").iloc[0]
         grid = np.linspace(0, panel["rtt_ms"].max(), MODEL_POINTS)
-        for label, rows in panel.groupby("strategy", sort=False):
+        for label, rows in panel.groupby("label", sort=False):
             rows = rows.sort_values("rtt_ms")
             style = styles[label]
             ax.errorbar(rows["rtt_ms"], rows["tokens_per_s"],
@@ -193,7 +193,7 @@ def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
     first = panels[0][0]
     _log_if_decades(first, cells["tokens_per_s"])
     first.set_ylabel("decode tokens/s (excl. prefill)")
-    handles = _strategy_handles(styles, cells["strategy"].unique(), lossy_strategies(cells)) + [
+    handles = _strategy_handles(styles, cells["label"].unique(), lossy_strategies(cells)) + [
         Line2D([], [], color="grey", marker="o", linestyle="none", label="measured"),
         _interval_handle(), Line2D([], [], color="grey", label="analytic model"),
         Line2D([], [], color="black", linestyle=":", label="measured reversal\n(best fixed-K)")]
@@ -210,7 +210,7 @@ def plot_ttft(results: pd.DataFrame, path: Path) -> None:
     styles = strategy_styles(results)
     fig, panels = _bandwidth_panels(cells)
     for ax, _, panel in panels:
-        for label, rows in panel.groupby("strategy", sort=False):
+        for label, rows in panel.groupby("label", sort=False):
             rows = rows.sort_values("rtt_ms")
             for column, line, fill in (("ttft_ms_p50", "-", "full"), ("ttft_ms_p95", "--", "none")):
                 ax.errorbar(rows["rtt_ms"], rows[column], yerr=interval_errors(rows, column),
@@ -219,7 +219,7 @@ def plot_ttft(results: pd.DataFrame, path: Path) -> None:
     first = panels[0][0]
     _log_if_decades(first, cells[["ttft_ms_p50", "ttft_ms_p95"]].to_numpy().ravel())
     first.set_ylabel("TTFT (ms)")
-    handles = _strategy_handles(styles, cells["strategy"].unique(), lossy_strategies(cells)) + [
+    handles = _strategy_handles(styles, cells["label"].unique(), lossy_strategies(cells)) + [
         Line2D([], [], color="grey", marker="o", label="P50"),
         Line2D([], [], color="grey", marker="o", linestyle="--", fillstyle="none", label="P95"),
         _interval_handle()]
@@ -264,7 +264,7 @@ def plot_tail_latency(results: pd.DataFrame, path: Path) -> None:
                 ax.text(0.5, 0.5, f"no {dim.split('_')[0]} layers here", ha="center",
                         transform=ax.transAxes)
                 continue
-            for label, rows in cells.groupby("strategy", sort=False):
+            for label, rows in cells.groupby("label", sort=False):
                 rows = rows.sort_values(dim)
                 for column, line, fill in (("e2e_s_p95", "-", "full"), ("e2e_s_p99", "--", "none")):
                     ax.errorbar(rows[dim], 1000 * rows[column],
@@ -272,7 +272,7 @@ def plot_tail_latency(results: pd.DataFrame, path: Path) -> None:
                                 linestyle=line, fillstyle=fill, **styles[label])
             _log_if_decades(ax, cells[["e2e_s_p95", "e2e_s_p99"]].to_numpy().ravel())
             ax.grid(True, alpha=0.3)
-    handles = _strategy_handles(styles, results["strategy"].unique(),
+    handles = _strategy_handles(styles, results["label"].unique(),
                                 lossy_strategies(results)) + [
         Line2D([], [], color="grey", marker="o", label="P95"),
         Line2D([], [], color="grey", marker="o", linestyle="--", fillstyle="none", label="P99"),
@@ -305,10 +305,10 @@ def bandwidth_positions(bandwidths) -> dict[float, float]:
 def plot_bytes_per_token_codec(results: pd.DataFrame, path: Path) -> None:
     """Bytes up and down per output token and tokens/s per codec vs bandwidth (fixed-K)."""
     rtt, cells = codec_sweep(results)
-    fixed = cells[cells["strategy"].str.startswith("fixed-k")]
+    fixed = cells[cells["strategy"] == "fixed-k"]
     if fixed.empty:
         raise Skipped(f"the codec sweep at RTT {rtt:g} ms has no fixed-K strategy")
-    codecs, ks = list(fixed["codec"].unique()), list(fixed["strategy"].unique())
+    codecs, ks = list(fixed["codec"].unique()), list(fixed["label"].unique())
     colour = {codec: f"C{i % 10}" for i, codec in enumerate(codecs)}
     shape = {label: {"marker": MARKERS[i % len(MARKERS)], "linestyle": LINESTYLES[i % 4]}
              for i, label in enumerate(ks)}
@@ -321,7 +321,7 @@ def plot_bytes_per_token_codec(results: pd.DataFrame, path: Path) -> None:
     cloud_rate = cloud.groupby("bandwidth_mbps")["tokens_per_s"].mean()
     axes[0][-1].plot(cloud_rate.index.map(positions), cloud_rate, color="black", lw=2, alpha=0.5)
     for ax, (column, ylabel) in zip(axes[0], panels):
-        for (codec, label), rows in fixed.groupby(["codec", "strategy"], sort=False):
+        for (codec, label), rows in fixed.groupby(["codec", "label"], sort=False):
             rows = rows.sort_values("bandwidth_mbps")
             ax.errorbar(rows["bandwidth_mbps"].map(positions), rows[column],
                         yerr=interval_errors(rows, column), capsize=3, color=colour[codec],
@@ -360,13 +360,16 @@ def plot_k_per_cycle(results: pd.DataFrame, path: Path) -> None:
     if cycles.empty:
         raise Skipped(f"cell {cell['cell']} recorded no speculation cycles")
     styles = strategy_styles(results)
-    strategies = list(cycles["strategy"].unique())
+    strategies = list(cycles["label"].unique())
     fig, axes = _figure(len(strategies), 1, 9.0, 2.0, sharex=True)
     for (ax,), label in zip(axes, strategies):
-        own = cycles[cycles["strategy"] == label]
+        own = cycles[cycles["label"] == label]
         number = np.arange(1, len(own) + 1)
         rtt_axis = ax.twinx()
         rtt_axis.plot(number, own["rtt_ms"], color="grey", lw=0.8, alpha=0.7)
+        if own.get("nasd_rtt_estimate_ms", pd.Series(dtype=float)).notna().any():
+            rtt_axis.plot(number, own["nasd_rtt_estimate_ms"], color="black", lw=0.8,
+                          linestyle="--")
         rtt_axis.set_ylabel("RTT (ms)", color="grey")
         ax.step(number, own["k"], where="mid", color=styles[label]["color"], lw=1.5)
         ax.plot(number, own["accepted"], ".", color="black", markersize=3)
@@ -382,6 +385,9 @@ def plot_k_per_cycle(results: pd.DataFrame, path: Path) -> None:
                for label in strategies]
     handles += [Line2D([], [], color="black", marker=".", linestyle="none", label="accepted"),
                 Line2D([], [], color="grey", lw=0.8, label="RTT (right axis)")]
+    if cycles.get("nasd_rtt_estimate_ms", pd.Series(dtype=float)).notna().any():
+        handles.append(Line2D([], [], color="black", lw=0.8, linestyle="--",
+                              label="RTT estimate K was\nchosen on (nasd)"))
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(f"Draft length K per cycle in cell {cell['cell']}"
                  + ("" if cell["static"] else " (changing profile)"))
@@ -416,7 +422,8 @@ PLOTS = [
          "bars spanning the 95 % intervals."),
     Plot("k_per_cycle.png", plot_k_per_cycle,
          "The draft length K of every speculation cycle in run order, with the tokens the "
-         "cloud accepted and the RTT the edge measured for that cycle."),
+         "cloud accepted and the RTT the edge measured for that cycle (and, for nasd, the RTT "
+         "estimate its K was chosen on, dashed)."),
 ]
 
 

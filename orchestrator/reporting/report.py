@@ -64,7 +64,7 @@ def _lead(fastest: pd.Series, runner_up: pd.Series | None) -> str:
     """The runner-up and whether the fastest's tokens/s interval clears it."""
     if runner_up is None:
         return "-"
-    return f"{runner_up['strategy']}: {_clear_or_overlaps(fastest['separated_from_next'])}"
+    return f"{runner_up['label']}: {_clear_or_overlaps(fastest['separated_from_next'])}"
 
 
 def _speed_up(fastest: pd.Series, cloud: pd.Series | None) -> str:
@@ -72,7 +72,7 @@ def _speed_up(fastest: pd.Series, cloud: pd.Series | None) -> str:
     if cloud is None:
         return "-"
     ratio = format_number(fastest["tokens_per_s"] / cloud["tokens_per_s"], 2) + "x"
-    if fastest["strategy"] == cloud["strategy"]:
+    if fastest["label"] == cloud["label"]:
         return ratio
     verdict = separated(interval(fastest, "tokens_per_s"), interval(cloud, "tokens_per_s"))
     return f"{ratio} {_clear_or_overlaps(verdict)}"
@@ -94,7 +94,7 @@ def key_frame(board: pd.DataFrame) -> pd.DataFrame:
         if len(ranked):
             fastest = ranked.iloc[0]
             row.update({
-                "fastest lossless": fastest["strategy"],
+                "fastest lossless": fastest["label"],
                 "tok/s": format_measured(fastest, "tokens_per_s"),
                 "runner-up": _lead(fastest, ranked.iloc[1] if len(ranked) > 1 else None),
                 "model": " ".join(filter(None, [
@@ -102,9 +102,9 @@ def key_frame(board: pd.DataFrame) -> pd.DataFrame:
                     model_vs_measured(fastest)])),
                 "cloud-only": format_number(cloud["tokens_per_s"]) if cloud is not None else "-",
                 "speed-up": _speed_up(fastest, cloud)})
-        row["lossy (unranked)"] = ", ".join(f"{r['strategy']} {format_number(r['tokens_per_s'])}"
+        row["lossy (unranked)"] = ", ".join(f"{r['label']} {format_number(r['tokens_per_s'])}"
                                            for _, r in lossy.iterrows()) or "-"
-        row["most accurate"] = (f"{accurate['strategy']} {format_number(accurate['accuracy'], 2)}"
+        row["most accurate"] = (f"{accurate['label']} {format_number(accurate['accuracy'], 2)}"
                                 if pd.notna(accurate["accuracy"]) else "-")
         rows.append(row)
     return pd.DataFrame(rows).fillna("-")
@@ -118,7 +118,7 @@ def reversal_frame(reversals: pd.DataFrame) -> pd.DataFrame:
         "bandwidth": reversals["bandwidth_mbps"].map(bandwidth_label),
         "jitter ms": reversals["jitter_ms"].map(lambda v: format_number(v, 0)),
         "loss %": reversals["loss_pct"].map(lambda v: format_number(v, 0)),
-        "codec": reversals["codec"], "strategy": reversals["strategy"],
+        "codec": reversals["codec"], "strategy": reversals["label"],
         "measured ms": reversals["measured_reversal_rtt_ms"].map(format_number),
         "conclusive": conclusive.map(lambda value: {True: "yes", False: "no: overlap"}.get(
             verdict_of(value), "-")),
@@ -138,7 +138,7 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
     measured interval, and which measured reversals rest on overlapping intervals."""
     cells = board["cell"].nunique()
     ranked = board.dropna(subset=["rank_tokens_per_s"])      # fastest first within a cell
-    leaders = ranked.groupby("cell", sort=False)["strategy"].agg(lambda names: " vs ".join(
+    leaders = ranked.groupby("cell", sort=False)["label"].agg(lambda names: " vs ".join(
         names.iloc[:2]))
     firsts = ranked.drop_duplicates("cell")
     verdicts = firsts["separated_from_next"].map(verdict_of)
@@ -149,7 +149,7 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
              f"{sum(verdict is True for verdict in verdicts)} of {cells} cells"
              + (f"; too close to call in {_listed(close)}" if close else "")
              + (f"; no interval (or no runner-up) to tell in {unknown}" if unknown else "")]
-    lossy = sorted(board.loc[board["lossy"].astype(bool), "strategy"].unique())
+    lossy = sorted(board.loc[board["lossy"].astype(bool), "label"].unique())
     if lossy:
         lines.append(f"lossy, shown but never ranked for speed: {', '.join(lossy)}")
     model = board.apply(model_vs_measured, axis=1) if len(board) else pd.Series(dtype=object)
@@ -163,7 +163,7 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
                      + (f"; outside for {_listed(outside)}" if outside else ""))
     if len(reversals) and "measured_reversal_conclusive" in reversals:
         conclusive = reversals["measured_reversal_conclusive"].map(verdict_of)
-        shaky = [f"{row.strategy} ({bandwidth_label(row.bandwidth_mbps)}, {row.codec})"
+        shaky = [f"{row.label} ({bandwidth_label(row.bandwidth_mbps)}, {row.codec})"
                  for row, verdict in zip(reversals.itertuples(), conclusive) if verdict is False]
         lines.append(f"measured reversal verdicts resting on intervals that do not overlap: "
                      f"{sum(verdict is True for verdict in conclusive)} of {len(reversals)}"

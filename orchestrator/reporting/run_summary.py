@@ -13,7 +13,7 @@ import pandas as pd
 from agents.backends.synthetic import SyntheticPairConfig
 from orchestrator.config.job import StrategyRun, plan
 from orchestrator.config.run_spec import RunSpec
-from orchestrator.reporting.summary import mark_queries, read_jsonl, summarize
+from orchestrator.reporting.summary import mark_queries, read_jsonl, structured, summarize
 from orchestrator.results import ResultsFolder
 from shaping.profile import LinkState, with_rtt
 from validation.prediction import (
@@ -46,9 +46,9 @@ def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
     if times is not None:
         link = spec.profile.initial
         summary["predicted_tokens_per_s"] = [
-            _prediction(runs[row["strategy"]], row, spec, cycles, times, link)
+            _prediction(runs[row["label"]], row, spec, cycles, times, link)
             for _, row in summary.iterrows()]
-        summary["crossover_rtt_ms"] = [_crossover(runs[row["strategy"]], row, spec, times)
+        summary["crossover_rtt_ms"] = [_crossover(runs[row["label"]], row, spec, times)
                                        for _, row in summary.iterrows()]
     summary.to_csv(folder / ResultsFolder.SUMMARY, index=False)
     return summary
@@ -60,7 +60,8 @@ def predicted_curve(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.nd
     spec = RunSpec.from_folder(folder)
     queries, cycles = _records(folder, spec)
     times = _host_times(spec, queries, cycles)
-    summary = pd.read_csv(folder / ResultsFolder.SUMMARY).set_index("strategy", drop=False)
+    summary = structured(pd.read_csv(folder / ResultsFolder.SUMMARY)).set_index("label",
+                                                                                 drop=False)
     runs = {run.label: run for run in plan(spec.job)}
     if times is None or label not in summary.index:
         return np.full(len(rtts_ms), np.nan)
@@ -84,7 +85,7 @@ def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
 
 def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
                 times: HostTimes, link: LinkState) -> float:
-    own = cycles[cycles["strategy"] == run.label] if not cycles.empty else cycles
+    own = cycles[cycles["label"] == run.label] if not cycles.empty else cycles
     ks = own["k"].tolist() if len(own) else [run.k]
     return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec), times, link,
                                   *_cycle_bytes(row))

@@ -1,6 +1,8 @@
 """From per-query and per-cycle records to the per-strategy summary, and how it reads.
 
-One row per strategy label (``cloud-only``, ``fixed-k5``, ...): percentiles
+One row per strategy run, its ``label`` (``cloud-only``, ``fixed-k5``, ...) beside the
+structured ``strategy`` and ``k`` it stands for (the label is for grouping and display;
+decisions read the structured fields): percentiles
 over queries of tokens/s, TTFT and end-to-end latency; the aggregate rate
 (all decoded tokens over all decode time, the figure the analytic model
 predicts); acceptance (accepted/drafted, and the per-token maximum-likelihood
@@ -31,7 +33,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agents.edge import STRATEGY_NAMES
 from nasd.analytic import acceptance_from_counts
+from nasd.policy import POLICY_NAMES
 from validation.stats import (
     percentile_interval,
     percentiles,
@@ -43,9 +47,24 @@ from validation.task_accuracy import is_correct
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
+    """Query or cycle records (``structured``: also those written before the label split)."""
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line])
+    return structured(pd.DataFrame([json.loads(line)
+                                    for line in path.read_text().splitlines() if line]))
+
+
+def structured(frame: pd.DataFrame) -> pd.DataFrame:
+    """Records or summary rows with ``label`` and the structured ``strategy``.  Folders written
+    before the two were split hold the label in ``strategy`` (``fixed-k5``); for them alone the
+    name is read back off the label (the only place that does)."""
+    if "label" in frame or "strategy" not in frame:
+        return frame
+    legacy = frame.rename(columns={"strategy": "label"})
+    legacy.insert(legacy.columns.get_loc("label") + 1, "strategy", [
+        label if label in STRATEGY_NAMES else str(label).rstrip("0123456789")
+        for label in legacy["label"]])
+    return legacy
 
 
 def _with_percentiles(row: dict, prefix: str, values, scale: float = 1.0,
@@ -77,15 +96,17 @@ def interval(row, column: str) -> tuple[float, float]:
     return (float(row.get(f"{column}_low", np.nan)), float(row.get(f"{column}_high", np.nan)))
 
 
-LOSSLESS_STRATEGIES = ("cloud-spec", "fixed-k")
+# strategies meant to give the target's output (compared with cloud-only's), and not
+LOSSLESS_STRATEGIES = ("cloud-spec", *POLICY_NAMES)
 LOSSY_STRATEGIES = ("edge-only",)
 
 
 def is_lossy(strategy: str, lossless_share: float = np.nan, cutoff_cycles: int = 0) -> bool:
     """Whether a strategy's output is not the target model's: edge-only (the draft's output)
     by design, any strategy that served cycles edge-only (a NASD cutoff), and any whose
-    greedy outputs differed from cloud-only's (a lossless share below 1)."""
-    return (strategy.startswith(LOSSY_STRATEGIES) or cutoff_cycles > 0
+    greedy outputs differed from cloud-only's (a lossless share below 1).  ``strategy`` is
+    the strategy's name."""
+    return (strategy in LOSSY_STRATEGIES or cutoff_cycles > 0
             or (pd.notna(lossless_share) and lossless_share < 1.0))
 
 
@@ -102,7 +123,7 @@ def mark_queries(queries: pd.DataFrame, prompt_kinds: dict[str, str], greedy: bo
     marked["lossless"] = [
         reference[(q.query_id, q.repetition)] == q.output_ids
         if greedy and (q.query_id, q.repetition) in reference
-        and q.strategy.startswith(LOSSLESS_STRATEGIES) else None
+        and q.strategy in LOSSLESS_STRATEGIES else None
         for q in marked.itertuples()]
     return marked
 
@@ -115,10 +136,10 @@ def _share(values: pd.Series) -> float:
 def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
     """``queries`` as marked by ``mark_queries``."""
     rows = []
-    for label, group in queries.groupby("strategy", sort=False):
+    for label, group in queries.groupby("label", sort=False):
         tokens = group["n_tokens"].sum()
-        row = {"strategy": label, "k": group["k"].iloc[0], "queries": len(group),
-               "tokens": int(tokens)}
+        row = {"label": label, "strategy": group["strategy"].iloc[0], "k": group["k"].iloc[0],
+               "queries": len(group), "tokens": int(tokens)}
         _with_ratio(row, "tokens_per_s", (group["n_tokens"] - 1).clip(lower=0), group["decode_s"])
         _with_percentiles(row, "tokens_per_s", group["tokens_per_s"], intervals=True)
         _with_percentiles(row, "ttft_ms", group["ttft_s"], 1000.0, intervals=True)
@@ -127,7 +148,7 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
         row["acceptance"] = accepted / drafted if drafted else np.nan
         row["per_token_acceptance"] = (acceptance_from_counts(int(accepted), int(group["rejections"].sum()))
                                        if drafted else np.nan)
-        own_cycles = cycles[cycles["strategy"] == label] if not cycles.empty else cycles
+        own_cycles = cycles[cycles["label"] == label] if not cycles.empty else cycles
         if len(own_cycles):
             row["accepted_per_cycle"] = own_cycles["accepted"].mean()
             row["tokens_per_cycle"] = own_cycles["tokens"].mean()
@@ -145,7 +166,7 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
         row["lossless"] = _share(group["lossless"])
         cutoffs = (int(own_cycles["nasd_cutoff"].sum())
                    if len(own_cycles) and "nasd_cutoff" in own_cycles else 0)
-        row["lossy"] = is_lossy(label, row["lossless"], cutoffs)
+        row["lossy"] = is_lossy(row["strategy"], row["lossless"], cutoffs)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -224,12 +245,12 @@ def speed_conclusion(cell: pd.DataFrame) -> str:
     if ranked.empty:
         return "no lossless strategy to rank"
     first = ranked.iloc[0]
-    text = (f"fastest lossless: {first['strategy']}, "
+    text = (f"fastest lossless: {first['label']}, "
             f"{format_measured(first, 'tokens_per_s')} tok/s")
     if len(ranked) == 1:
         return text + " (the only lossless strategy)"
     second = ranked.iloc[1]
-    runner_up = (f"the runner-up {second['strategy']} "
+    runner_up = (f"the runner-up {second['label']} "
                  f"({format_measured(second, 'tokens_per_s')})")
     verdicts = {True: f"clear of {runner_up}: the intervals do not overlap",
                 False: f"too close to call: the intervals of it and {runner_up} overlap",
@@ -239,7 +260,7 @@ def speed_conclusion(cell: pd.DataFrame) -> str:
 
 def model_miss(row) -> str:
     """``fixed-k3 (model 115.0, measured 70.2 [66.1, 74.0])``."""
-    return (f"{row['strategy']} (model {format_number(row['predicted_tokens_per_s'])}, "
+    return (f"{row['label']} (model {format_number(row['predicted_tokens_per_s'])}, "
             f"measured {format_measured(row, 'tokens_per_s')})")
 
 
@@ -247,7 +268,7 @@ def model_conclusion(cell: pd.DataFrame) -> str | None:
     """One sentence: which strategies' model prediction lies inside the measured interval and
     which outside (with both figures); None when no row has both."""
     verdicts = cell.apply(model_vs_measured, axis=1) if len(cell) else pd.Series(dtype=object)
-    inside = cell.loc[verdicts == "inside", "strategy"].tolist()
+    inside = cell.loc[verdicts == "inside", "label"].tolist()
     outside = [model_miss(row) for (_, row), verdict in zip(cell.iterrows(), verdicts)
                if verdict in ("above", "below")]
     if not inside and not outside:
@@ -262,7 +283,7 @@ def lossy_conclusion(cell: pd.DataFrame) -> str | None:
     lossy = cell[cell["lossy"].astype(bool)]
     if lossy.empty:
         return None
-    named = [f"{row['strategy']} ({format_number(row['tokens_per_s'])} tok/s, accuracy "
+    named = [f"{row['label']} ({format_number(row['tokens_per_s'])} tok/s, accuracy "
              f"{format_number(row.get('accuracy', np.nan), 2)})" for _, row in lossy.iterrows()]
     return ("lossy, not ranked for speed (output not the target model's): "
             + ", ".join(named))
@@ -360,12 +381,17 @@ SPECULATION_COLUMNS = {
 }
 
 
+# a table's ``strategy`` column shows the run's label (``fixed-k5``)
+SHOWN_AS = {"strategy": "label"}
+
+
 def formatted_frame(summary: pd.DataFrame, columns: dict, first=("strategy",)) -> pd.DataFrame:
-    """One formatted row per summary row: the ``first`` columns as they are, then
-    ``columns`` (header -> formatter of a row).  Speed ranks are added where missing."""
+    """One formatted row per summary row: the ``first`` columns as they are (``strategy``
+    showing the label), then ``columns`` (header -> formatter of a row).  Speed ranks are
+    added where missing."""
     if "rank_tokens_per_s" not in summary:
         summary = summary.join(speed_ranks(summary))
-    return pd.DataFrame([{**{name: row[name] for name in first},
+    return pd.DataFrame([{**{name: row[SHOWN_AS.get(name, name)] for name in first},
                           **{header: show(row) for header, show in columns.items()}}
                          for _, row in summary.iterrows()],
                         columns=[*first, *columns])

@@ -1,0 +1,170 @@
+"""What a K controller plans with, and how it is learned online from finished cycles.
+
+``Calibration`` is one snapshot of the quantities the closed form needs:
+per-token acceptance, the compute stages (draft time per token, the verify
+time line), bytes per cycle as lines in K, seconds per byte on the link.  Its
+``throughputs`` and ``best_k`` are ``nasd.analytic``'s closed forms evaluated
+on it (nothing here recomputes them).
+
+``StageEstimator`` refreshes a calibration from each observed cycle with
+exponential forgetting (``memory`` per cycle, so it follows drift), and keeps
+the RTT estimate as an EWMA of each cycle's network time minus its modeled
+transmission.  The edge measures a cycle's network time as send-to-receive
+minus the cloud's compute, which holds the RTT and both transfers together.
+Seconds per byte is the slope of the change in network time against the
+change in bytes from one cycle to the next: first differences, because K
+(hence the bytes) follows the RTT, so a plain regression of network time on
+bytes would read a drifting RTT as link speed.  It is trusted only when the
+bytes varied enough for the slope to stand out of the jitter.
+
+Pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from nasd.analytic import ComputeTimes, acceptance_from_counts, distributed_throughputs, optimal_k
+
+
+class Cycle(Protocol):
+    """What a policy learns from one finished cycle (``agents.records.CycleRecord`` has it)."""
+
+    k: int              # tokens drafted
+    accepted: int       # drafts the cloud accepted
+    tokens: int         # tokens the cycle committed (accepted + correction or bonus)
+    t_draft: float      # seconds drafting
+    t_verify: float     # the cloud's compute seconds
+    t_network: float    # send to receive minus the cloud's compute: RTT plus both transfers
+    t_cycle: float
+    bytes_up: int
+    bytes_down: int
+
+
+@dataclass(frozen=True)
+class Line:
+    """y = intercept + slope * x."""
+
+    intercept: float
+    slope: float = 0.0
+
+    def __call__(self, x: float) -> float:
+        return self.intercept + self.slope * x
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The stage model a controller maximises over K: acceptance, compute, bytes, link speed."""
+
+    acceptance: float
+    times: ComputeTimes
+    bytes_up: Line = Line(0.0)       # bytes up per cycle against K
+    bytes_down: Line = Line(0.0)     # bytes down per cycle against K
+    seconds_per_byte: float = 0.0    # serialisation, both directions together
+
+    def transmit_s(self, k: int) -> float:
+        return self.seconds_per_byte * (self.bytes_up(k) + self.bytes_down(k))
+
+    def throughputs(self, rtt_s: float, depths: Sequence[int]) -> np.ndarray:
+        """Expected tokens/s of each K of ``depths`` on a link with this RTT."""
+        return distributed_throughputs(self.acceptance, self.times, rtt_s, depths,
+                                       self.transmit_s)
+
+    def best_k(self, rtt_s: float, k_min: int, k_max: int) -> int:
+        return optimal_k(self.acceptance, self.times, rtt_s, k_max, self.transmit_s, k_min)
+
+
+class DecayedLine:
+    """A weighted least-squares line through (x, y) points whose weights decay by ``memory``
+    per added point; ``fit`` gives a non-negative slope, or none (0) while the x values are
+    too alike, or the slope too small against its standard error (``min_t``) to be told."""
+
+    def __init__(self, memory: float, min_t: float = 0.0) -> None:
+        self.memory, self.min_t = memory, min_t
+        self.sums = np.zeros(6)      # w, wx, wy, wxx, wxy, wyy
+        self.squared_weights = 0.0   # sum of w^2: each decays by memory^2
+
+    def add(self, x: float, y: float) -> None:
+        self.sums = self.memory * self.sums + (1.0, x, y, x * x, x * y, y * y)
+        self.squared_weights = self.memory ** 2 * self.squared_weights + 1.0
+
+    def fit(self) -> Line:
+        w, sx, sy, sxx, sxy, syy = self.sums
+        if w <= 0:
+            return Line(0.0)
+        mean_x, mean_y = sx / w, sy / w
+        var_x = sxx / w - mean_x ** 2
+        if var_x <= 1e-12 * max(1.0, mean_x ** 2):
+            return Line(mean_y)
+        slope = (sxy / w - mean_x * mean_y) / var_x
+        if slope <= 0:
+            return Line(mean_y)
+        if self.min_t > 0:
+            residual = max(syy / w - mean_y ** 2 - slope ** 2 * var_x, 0.0)
+            n_effective = w * w / self.squared_weights
+            if n_effective <= 2:
+                return Line(mean_y)
+            standard_error = math.sqrt(residual / (var_x * (n_effective - 2)))
+            if slope < self.min_t * standard_error:
+                return Line(mean_y)
+        return Line(mean_y - slope * mean_x, slope)
+
+
+class StageEstimator:
+    """A ``Calibration`` and an RTT estimate, refreshed from each observed cycle."""
+
+    def __init__(self, memory: float = 0.98, prior_acceptance: float = 0.5,
+                 prior_weight: float = 2.0, rtt_smoothing: float = 0.3) -> None:
+        if not 0 < memory <= 1:
+            raise ValueError(f"memory must be in (0, 1], got {memory}")
+        if not 0 < rtt_smoothing <= 1:
+            raise ValueError(f"rtt_smoothing must be in (0, 1], got {rtt_smoothing}")
+        self.memory, self.rtt_smoothing = memory, rtt_smoothing
+        # acceptance counts start at a prior worth ``prior_weight`` tested drafts
+        self.accepted = prior_acceptance * prior_weight
+        self.rejections = (1.0 - prior_acceptance) * prior_weight
+        self.drafted = self.draft_s = 0.0
+        self.verify = DecayedLine(memory)            # t_verify against positions (k + 1)
+        self.bytes_up, self.bytes_down = DecayedLine(memory), DecayedLine(memory)
+        # change of t_network against change of bytes up + down, cycle to cycle
+        self.network = DecayedLine(memory, min_t=3.0)
+        self.last: tuple[int, float] | None = None   # the previous cycle's bytes and t_network
+        self.rtt_s: float | None = None
+
+    def observe(self, cycle: Cycle, seconds_per_byte: float | None = None) -> None:
+        """Learn from ``cycle``; its RTT is its network time less its bytes at
+        ``seconds_per_byte`` (None: at the learned rate)."""
+        m = self.memory
+        self.accepted = m * self.accepted + cycle.accepted
+        self.rejections = m * self.rejections + (cycle.accepted < cycle.k)
+        self.drafted = m * self.drafted + cycle.k
+        self.draft_s = m * self.draft_s + cycle.t_draft
+        self.verify.add(cycle.k + 1, cycle.t_verify)
+        self.bytes_up.add(cycle.k, cycle.bytes_up)
+        self.bytes_down.add(cycle.k, cycle.bytes_down)
+        carried = cycle.bytes_up + cycle.bytes_down
+        if self.last is not None:
+            self.network.add(carried - self.last[0], cycle.t_network - self.last[1])
+        self.last = (carried, cycle.t_network)
+        rate = self.network.fit().slope if seconds_per_byte is None else seconds_per_byte
+        sample = max(cycle.t_network - rate * carried, 0.0)
+        self.rtt_s = sample if self.rtt_s is None else (
+            (1.0 - self.rtt_smoothing) * self.rtt_s + self.rtt_smoothing * sample)
+
+    def calibration(self) -> Calibration | None:
+        """What the cycles so far say; None before the first cycle that drafted."""
+        if self.drafted <= 0:
+            return None
+        verify = self.verify.fit()
+        times = ComputeTimes(draft_token_s=self.draft_s / self.drafted,
+                             # a floor keeps the model defined if the cloud reported no time
+                             verify_base_s=max(verify.intercept, 1e-9),
+                             verify_per_token_s=verify.slope)
+        return Calibration(acceptance=acceptance_from_counts(self.accepted, self.rejections),
+                           times=times, bytes_up=self.bytes_up.fit(),
+                           bytes_down=self.bytes_down.fit(),
+                           seconds_per_byte=self.network.fit().slope)

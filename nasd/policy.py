@@ -1,0 +1,212 @@
+"""K policies: how many tokens the edge drafts in its next speculation cycle.
+
+One interface, in the spirit of HF transformers' candidate generators (a
+generator of candidates with an update hook): each cycle the edge asks
+``next_k()``, drafts that many (fewer when the token budget is nearly spent),
+has them verified, and hands the finished cycle to ``observe(cycle)``.  A
+policy lives as long as its strategy run on the edge (every query of the run,
+its warm-up first), so what it learned carries from one query to the next.
+
+- ``FixedK`` (``fixed-k``): the same K every cycle.
+- ``HFHeuristic`` (``hf-heuristic``): HF assisted generation's "heuristic"
+  schedule: K + 2 after a cycle that accepted all its drafts, K - 1 otherwise,
+  kept within [k_min, k_max].
+- ``NasdController`` (``nasd``): per cycle K* = argmax over K in [k_min, k_max]
+  of E[tau(K)] / (K t_draft + t_verify(K) + transmit(bytes(K)) + RTT_est)
+  (``nasd.analytic`` through ``nasd.estimator.Calibration``), its inputs
+  learned online from the cycles (``StageEstimator``), or fixed by a
+  calibration; the RTT it decides on moves only when the estimate leaves a
+  band around it, and K moves only for a clear gain, so K does not flap.
+- ``Bandit`` (``bandit``): discounted UCB over K on measured seconds per
+  committed token.
+
+Pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal, get_args
+
+import numpy as np
+
+from nasd.estimator import Calibration, Cycle, StageEstimator
+
+PolicyName = Literal["fixed-k", "nasd", "hf-heuristic", "bandit"]
+POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
+DEFAULT_K_MIN, DEFAULT_K_MAX = 1, 15
+HF_START_K = 20   # HF's default num_assistant_tokens, where its schedule starts
+
+
+class KPolicy:
+    """Chooses each cycle's K and learns from the finished cycle."""
+
+    name: ClassVar[str]
+    # the RTT (ms) the last K was chosen on; None for policies that do not estimate one
+    rtt_estimate_ms: float | None = None
+
+    def next_k(self) -> int:
+        raise NotImplementedError
+
+    def observe(self, cycle: Cycle) -> None:
+        """The update hook: called with every cycle this policy's K started."""
+
+
+class FixedK(KPolicy):
+    name = "fixed-k"
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"fixed-k needs K >= 1, got {k}")
+        self.k = k
+
+    def next_k(self) -> int:
+        return self.k
+
+
+class AdaptiveK(KPolicy):
+    """A policy choosing K within [k_min, k_max]."""
+
+    def __init__(self, k_min: int = DEFAULT_K_MIN, k_max: int = DEFAULT_K_MAX) -> None:
+        if not 1 <= k_min <= k_max:
+            raise ValueError(f"need 1 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
+        self.k_min, self.k_max = k_min, k_max
+
+    def clamp(self, k: int) -> int:
+        return min(max(k, self.k_min), self.k_max)
+
+
+class HFHeuristic(AdaptiveK):
+    """K + 2 when every draft of the cycle was accepted, else K - 1, within [k_min, k_max]
+    (HF's schedule compares the matches with the K it asked for, so a cycle the token
+    budget cut short counts as not fully accepted)."""
+
+    name = "hf-heuristic"
+
+    def __init__(self, k_min: int = DEFAULT_K_MIN, k_max: int = DEFAULT_K_MAX,
+                 k_start: int = HF_START_K) -> None:
+        super().__init__(k_min, k_max)
+        self.k = self.clamp(k_start)
+
+    def next_k(self) -> int:
+        return self.k
+
+    def observe(self, cycle: Cycle) -> None:
+        self.k = self.clamp(self.k + 2 if cycle.accepted >= self.k else self.k - 1)
+
+
+class NasdController(AdaptiveK):
+    """K* = argmax of the closed-form throughput on the current calibration and RTT estimate.
+
+    ``calibration``: the stage model to start from (and to keep, with ``learn=False``,
+    learning only the RTT); with ``learn=True`` the estimates refreshed from observed
+    cycles replace it from the first cycle on.  Until there is a calibration and an RTT
+    estimate, K is ``k_start``.  The RTT decided on follows the EWMA estimate only when
+    it leaves a band of ``rtt_band`` (relative) or ``rtt_floor_ms`` around it; the K in
+    use is kept while its predicted throughput is within ``switch_margin`` of the best.
+    """
+
+    name = "nasd"
+
+    def __init__(self, k_min: int = DEFAULT_K_MIN, k_max: int = DEFAULT_K_MAX,
+                 calibration: Calibration | None = None, learn: bool = True,
+                 k_start: int = 5, rtt_smoothing: float = 0.3, rtt_band: float = 0.1,
+                 rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
+                 memory: float = 0.98) -> None:
+        super().__init__(k_min, k_max)
+        if not learn and calibration is None:
+            raise ValueError("a controller that does not learn needs a calibration")
+        self.calibration, self.learn = calibration, learn
+        self.estimator = StageEstimator(memory=memory, rtt_smoothing=rtt_smoothing)
+        self.rtt_band, self.rtt_floor_s = rtt_band, rtt_floor_ms / 1000.0
+        self.switch_margin = switch_margin
+        self.decision_rtt_s: float | None = None
+        self.k = self.clamp(k_start)
+
+    def plan(self) -> Calibration | None:
+        """The calibration K is chosen on: the learned one once there is one."""
+        learned = self.estimator.calibration() if self.learn else None
+        return learned or self.calibration
+
+    def _decision_rtt_s(self) -> float | None:
+        estimate = self.estimator.rtt_s
+        if estimate is None:
+            return None
+        decided = self.decision_rtt_s
+        if decided is None or abs(estimate - decided) > max(self.rtt_band * decided,
+                                                            self.rtt_floor_s):
+            self.decision_rtt_s = estimate
+        return self.decision_rtt_s
+
+    def next_k(self) -> int:
+        rtt_s, plan = self._decision_rtt_s(), self.plan()
+        self.rtt_estimate_ms = None if rtt_s is None else 1000.0 * rtt_s
+        if rtt_s is None or plan is None:
+            return self.k
+        best = plan.best_k(rtt_s, self.k_min, self.k_max)
+        current, top = plan.throughputs(rtt_s, (self.k, best))
+        if current < (1.0 - self.switch_margin) * top:
+            self.k = best
+        return self.k
+
+    def observe(self, cycle: Cycle) -> None:
+        self.estimator.observe(cycle, None if self.learn else self.calibration.seconds_per_byte)
+
+
+class Bandit(AdaptiveK):
+    """Discounted UCB over the arms K = k_min..k_max, minimising seconds per committed token
+    (each arm's cycle seconds over its tokens, old cycles fading by ``discount`` per cycle);
+    every arm is tried once first.  A cycle the token budget cut short is not its arm's."""
+
+    name = "bandit"
+
+    def __init__(self, k_min: int = DEFAULT_K_MIN, k_max: int = DEFAULT_K_MAX,
+                 exploration: float = 0.5, discount: float = 0.995) -> None:
+        super().__init__(k_min, k_max)
+        self.exploration, self.discount = exploration, discount
+        self.arms = np.arange(k_min, k_max + 1)
+        self.seconds, self.tokens, self.plays = (np.zeros(len(self.arms)) for _ in range(3))
+        self.k = k_min
+
+    def costs(self) -> np.ndarray:
+        """Seconds per committed token of each arm so far (NaN for arms not yet played)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.tokens > 0, self.seconds / self.tokens, np.nan)
+
+    def next_k(self) -> int:
+        unplayed = np.flatnonzero(self.plays == 0)
+        if len(unplayed):
+            self.k = int(self.arms[unplayed[0]])
+            return self.k
+        costs = self.costs()
+        bonus = (self.exploration * np.nanmin(costs)
+                 * np.sqrt(2.0 * math.log(max(self.plays.sum(), 1.0)) / self.plays))
+        self.k = int(self.arms[int(np.argmin(costs - bonus))])
+        return self.k
+
+    def observe(self, cycle: Cycle) -> None:
+        if cycle.k != self.k:
+            return
+        arm = self.k - self.k_min
+        for stat in (self.seconds, self.tokens, self.plays):
+            stat *= self.discount
+        self.seconds[arm] += cycle.t_cycle
+        self.tokens[arm] += cycle.tokens
+        self.plays[arm] += 1.0
+
+
+ADAPTIVE: dict[str, type[AdaptiveK]] = {policy.name: policy
+                                        for policy in (NasdController, HFHeuristic, Bandit)}
+
+
+def make_policy(name: str, k: int | None = None, k_min: int = DEFAULT_K_MIN,
+                k_max: int = DEFAULT_K_MAX) -> KPolicy:
+    """The policy a strategy names: ``fixed-k`` with its ``k``, the others within
+    [k_min, k_max]."""
+    if name == FixedK.name:
+        if k is None:
+            raise ValueError("fixed-k needs a K")
+        return FixedK(k)
+    if name not in ADAPTIVE:
+        raise ValueError(f"unknown K policy {name!r}; known: {', '.join(POLICY_NAMES)}")
+    return ADAPTIVE[name](k_min=k_min, k_max=k_max)

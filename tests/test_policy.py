@@ -1,0 +1,259 @@
+"""K policies (nasd/policy.py) and the online stage estimates they plan with
+(nasd/estimator.py): HF's schedule on a given acceptance sequence, the NASD
+controller against the closed-form oracle on synthetic stage times, its K as
+RTT grows, its hysteresis, and the bandit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from nasd.analytic import ComputeTimes
+from nasd.estimator import Calibration, DecayedLine, Line, StageEstimator
+from nasd.policy import (POLICY_NAMES, Bandit, FixedK, HFHeuristic, KPolicy, NasdController,
+                         make_policy)
+from orchestrator.config.job import JobConfig, StrategyRun, plan
+
+# a 0.5B-class draft on the edge, a 7B-class target in the cloud (the shipped synthetic pair's)
+TIMES = ComputeTimes(draft_token_s=0.004, verify_base_s=0.0295, verify_per_token_s=0.0005)
+IDS = Calibration(0.7, TIMES, bytes_up=Line(60, 4), bytes_down=Line(40))
+# full16 rows of a 1024-token vocabulary on a 10 Mbit/s link: transfers that grow with K
+FULL16 = Calibration(0.7, TIMES, bytes_up=Line(100, 2048), bytes_down=Line(40),
+                     seconds_per_byte=8 / 10e6)
+DEPTHS = range(1, 16)
+
+
+@dataclass
+class Cycle:
+    """What the edge hands a policy (the fields of ``agents.records.CycleRecord`` it reads)."""
+
+    k: int
+    accepted: int
+    tokens: int
+    t_draft: float
+    t_verify: float
+    t_network: float
+    t_cycle: float
+    bytes_up: int
+    bytes_down: int
+
+
+def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Generator,
+                    jitter_s: float = 0.0) -> Cycle:
+    """A cycle of K drafts on the stage model ``truth``: i.i.d. acceptance, exact stage times."""
+    accepted = 0
+    while accepted < k and rng.random() < truth.acceptance:
+        accepted += 1
+    draft, verify = k * truth.times.draft_token_s, truth.times.verify_time_s(k)
+    network = max(rtt_s + rng.normal(0.0, jitter_s) if jitter_s else rtt_s, 0.0) \
+        + truth.transmit_s(k)
+    return Cycle(k, accepted, accepted + 1, draft, verify, network, draft + verify + network,
+                 int(truth.bytes_up(k)), int(truth.bytes_down(k)))
+
+
+def drive(policy: KPolicy, truth: Calibration, rtts_s, seed: int = 1,
+          jitter_s: float = 0.0) -> list[int]:
+    """Run ``policy`` for one cycle per RTT of ``rtts_s``; the K of each cycle."""
+    rng, ks = np.random.default_rng(seed), []
+    for rtt_s in rtts_s:
+        ks.append(policy.next_k())
+        policy.observe(simulated_cycle(ks[-1], truth, rtt_s, rng, jitter_s))
+    return ks
+
+
+def full(k: int, accepted: int) -> Cycle:
+    return Cycle(k, accepted, accepted + 1, 0.004 * k, 0.03, 0.05, 0.1, 60, 40)
+
+
+# --------------------------------------------------------------------------- fixed, HF
+
+
+def test_fixed_k_is_constant_and_the_names_make_their_policies():
+    policy = make_policy("fixed-k", k=7)
+    assert isinstance(policy, FixedK)
+    for accepted in (7, 0, 3):
+        assert policy.next_k() == 7
+        policy.observe(full(7, accepted))
+    assert policy.rtt_estimate_ms is None
+    kinds = {"nasd": NasdController, "hf-heuristic": HFHeuristic, "bandit": Bandit}
+    for name, kind in kinds.items():
+        made = make_policy(name, k_min=2, k_max=9)
+        assert isinstance(made, kind) and (made.k_min, made.k_max) == (2, 9)
+        assert 2 <= made.next_k() <= 9
+    assert set(POLICY_NAMES) == {"fixed-k", *kinds}
+    with pytest.raises(ValueError, match="needs a K"):
+        make_policy("fixed-k")
+    with pytest.raises(ValueError, match="unknown K policy"):
+        make_policy("fixed-k5")
+    with pytest.raises(ValueError, match="k_min <= k_max"):
+        make_policy("nasd", k_min=6, k_max=5)
+
+
+def test_hf_heuristic_adds_two_on_full_acceptance_and_drops_one_otherwise():
+    policy = HFHeuristic(k_min=2, k_max=10, k_start=5)
+    # (accepted out of the K it asked for) -> the K it asks for next
+    steps = [(5, 7), (3, 6), (6, 8), (8, 10), (10, 10), (0, 9), (9, 10), (4, 9)] \
+        + [(0, k) for k in (8, 7, 6, 5, 4, 3, 2, 2, 2)] + [(2, 4)]
+    for accepted, expected in steps:
+        k = policy.next_k()
+        policy.observe(full(k, accepted))
+        assert policy.next_k() == expected, (k, accepted)
+
+
+def test_hf_heuristic_counts_a_cycle_cut_short_as_not_fully_accepted():
+    policy = HFHeuristic(k_min=1, k_max=15, k_start=6)
+    policy.observe(full(3, 3))     # the token budget let only 3 of the 6 drafts go out
+    assert policy.next_k() == 5
+
+
+def test_hf_heuristic_starts_where_hf_does_within_the_range():
+    assert HFHeuristic(1, 15).next_k() == 15       # HF's default 20, clamped
+    assert HFHeuristic(1, 64).next_k() == 20
+    assert HFHeuristic(1, 4, k_start=2).next_k() == 2
+
+
+# --------------------------------------------------------------------------- NASD
+
+
+@pytest.mark.parametrize("truth", [IDS, FULL16, replace(IDS, acceptance=0.9),
+                                   replace(FULL16, acceptance=0.5)])
+def test_the_closed_form_k_is_a_delay_monotone_threshold(truth):
+    rtts_s = np.linspace(0.0, 1.0, 401)
+    ks = [truth.best_k(rtt_s, 1, 15) for rtt_s in rtts_s]
+    assert all(a <= b for a, b in zip(ks, ks[1:])), ks
+    assert ks[0] < ks[-1]
+
+
+def test_with_a_fixed_calibration_k_never_decreases_as_the_rtt_grows():
+    controller = NasdController(1, 15, calibration=IDS, learn=False, k_start=15)
+    rtts_s = np.linspace(0.0, 0.6, 300)
+    ks = drive(controller, IDS, rtts_s)
+    assert ks[0] == 15                      # before any cycle: k_start
+    chosen = ks[1:]
+    assert all(a <= b for a, b in zip(chosen, chosen[1:])), chosen
+    assert chosen[0] == IDS.best_k(0.0, 1, 15) == 3
+    # the last K is within the switch margin (1 %) of the best at the last RTT
+    rates = IDS.throughputs(0.6, DEPTHS)
+    assert rates[chosen[-1] - 1] >= 0.99 * rates.max()
+    assert chosen[-1] >= 8
+    assert controller.rtt_estimate_ms == pytest.approx(600.0, rel=0.1)
+
+
+@pytest.mark.parametrize("truth, rtt_s", [(replace(IDS, acceptance=0.6), 0.05),
+                                          (replace(IDS, acceptance=0.5), 0.3),
+                                          (replace(FULL16, acceptance=0.6), 0.1),
+                                          (replace(FULL16, acceptance=0.8), 0.0)])
+def test_the_controller_picks_the_oracle_k_from_stage_times_it_learned(truth, rtt_s):
+    """Long memory (an acceptance estimate within 0.02), no switch margin (any gain moves K)."""
+    oracle = truth.best_k(rtt_s, 1, 15)
+    controller = NasdController(1, 15, memory=0.999, switch_margin=0.0)
+    ks = drive(controller, truth, [rtt_s] * 800)
+    learned = controller.plan()
+    # the stages it learned are the synthetic ones
+    assert learned.times.draft_token_s == pytest.approx(TIMES.draft_token_s)
+    assert learned.times.verify_base_s == pytest.approx(TIMES.verify_base_s)
+    assert learned.times.verify_per_token_s == pytest.approx(TIMES.verify_per_token_s)
+    assert learned.bytes_up.slope == pytest.approx(truth.bytes_up.slope)
+    assert learned.seconds_per_byte == pytest.approx(truth.seconds_per_byte, abs=1e-12)
+    assert controller.estimator.rtt_s == pytest.approx(rtt_s, abs=1e-9)
+    assert learned.acceptance == pytest.approx(truth.acceptance, abs=0.02)
+    # the oracle does not hinge on the last digit of the acceptance
+    near = {replace(truth, acceptance=truth.acceptance + d).best_k(rtt_s, 1, 15)
+            for d in (-0.025, 0.025)}
+    assert near == {oracle}
+    assert ks[-1] == oracle and set(ks[-300:]) == {oracle}
+
+
+@pytest.mark.parametrize("truth", [IDS, FULL16])
+def test_the_controller_stays_within_one_percent_of_the_oracle(truth):
+    """With its default (short) memory, across acceptances and RTTs."""
+    for acceptance in (0.5, 0.7, 0.9):
+        model = replace(truth, acceptance=acceptance)
+        for rtt_s in (0.0, 0.025, 0.1, 0.5):
+            ks = drive(NasdController(1, 15), model, [rtt_s] * 400)
+            rates = model.throughputs(rtt_s, DEPTHS)
+            achieved = np.mean([rates[k - 1] for k in ks[100:]]) / rates.max()
+            assert achieved >= 0.99, (acceptance, rtt_s, achieved)
+
+
+def test_the_hysteresis_keeps_k_from_flapping_on_a_jittery_link():
+    # an RTT right at a threshold of the closed form, with 10 ms of jitter
+    rtts_s = np.linspace(0.0, 0.3, 3001)
+    ks = np.array([IDS.best_k(rtt_s, 1, 15) for rtt_s in rtts_s])
+    threshold = rtts_s[np.argmax(ks > ks[len(ks) // 2])]
+    steady = dict(calibration=IDS, learn=False)
+    damped = drive(NasdController(1, 15, **steady), IDS, [threshold] * 400, jitter_s=0.010)
+    raw = drive(NasdController(1, 15, rtt_band=0.0, rtt_floor_ms=0.0, switch_margin=0.0,
+                               **steady), IDS, [threshold] * 400, jitter_s=0.010)
+    changes = lambda ks: sum(a != b for a, b in zip(ks[1:], ks[2:]))  # noqa: E731
+    assert changes(raw) >= 20
+    assert changes(damped) <= 3, damped
+
+
+def test_the_rtt_estimate_is_the_one_k_was_chosen_on():
+    controller = NasdController(1, 15)
+    assert controller.next_k() == 5 and controller.rtt_estimate_ms is None
+    controller.observe(full(5, 2))          # 50 ms of network time, 100 bytes
+    controller.next_k()
+    assert controller.rtt_estimate_ms == pytest.approx(50.0)
+    controller.observe(replace(full(5, 2), t_network=0.052))   # inside the 10 % band
+    controller.next_k()
+    assert controller.rtt_estimate_ms == pytest.approx(50.0)
+    for _ in range(10):
+        controller.observe(replace(full(5, 2), t_network=0.080))
+    controller.next_k()
+    assert controller.rtt_estimate_ms == pytest.approx(80.0, rel=0.05)
+
+
+def test_a_controller_that_does_not_learn_needs_a_calibration():
+    with pytest.raises(ValueError, match="calibration"):
+        NasdController(1, 15, learn=False)
+
+
+def test_a_line_is_trusted_only_when_its_slope_stands_out_of_the_noise():
+    rng = np.random.default_rng(0)
+    exact, noisy, flat = DecayedLine(0.99, min_t=3), DecayedLine(0.99, min_t=3), DecayedLine(0.99)
+    for _ in range(200):
+        x = float(rng.integers(100, 110))
+        exact.add(x, 0.05 + 1e-6 * x)
+        noisy.add(x, 0.05 + 1e-6 * x + rng.normal(0, 0.005))   # 5 ms of jitter, 10 us spread
+        flat.add(50.0, 3.0)
+    assert exact.fit().slope == pytest.approx(1e-6) and exact.fit()(0) == pytest.approx(0.05)
+    assert noisy.fit().slope == 0.0
+    assert flat.fit().slope == 0.0 and flat.fit()(7.0) == pytest.approx(3.0)
+    assert StageEstimator().calibration() is None
+
+
+# --------------------------------------------------------------------------- bandit
+
+
+def test_the_bandit_settles_on_a_k_near_the_oracle():
+    truth, rtt_s = IDS, 0.05
+    bandit = Bandit(1, 15)
+    ks = drive(bandit, truth, [rtt_s] * 1500, seed=3)
+    assert ks[:15] == list(DEPTHS)                   # every arm once first
+    rates = truth.throughputs(rtt_s, DEPTHS)
+    favourite = int(np.bincount(ks[500:]).argmax())
+    assert rates[favourite - 1] >= 0.97 * rates.max(), (favourite, truth.best_k(rtt_s, 1, 15))
+    assert np.mean([rates[k - 1] for k in ks[500:]]) >= 0.93 * rates.max()
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_jobs_name_the_policies_and_validate_their_range_once():
+    job = JobConfig(strategies=["cloud-only", "nasd", "hf-heuristic", "bandit", "fixed-k"],
+                    k_values=[3], nasd_k_min=2, nasd_k_max=12)
+    assert plan(job) == [StrategyRun("cloud-only", None), StrategyRun("nasd", None),
+                         StrategyRun("hf-heuristic", None), StrategyRun("bandit", None),
+                         StrategyRun("fixed-k", 3)]
+    assert JobConfig().strategies == ["cloud-only", "cloud-spec", "edge-only", "fixed-k"]
+    with pytest.raises(ValidationError, match="nasd_k_min"):
+        JobConfig(nasd_k_min=8, nasd_k_max=4)
+    with pytest.raises(ValidationError):
+        JobConfig(nasd_k_max=65)
+    with pytest.raises(ValidationError):
+        JobConfig(strategies=["nasd-k5"])
