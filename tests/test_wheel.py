@@ -10,6 +10,7 @@ path without running its editable-install hook, so nothing of the checkout is im
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def sh(*argv, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``argv``; without PYTHONPATH, which could make the checkout importable."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     done = subprocess.run([str(arg) for arg in argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
