@@ -28,13 +28,12 @@ from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle import vm
 from orchestrator.lifecycle.crossvalidate import crossvalidate
 from orchestrator.lifecycle.doctor import MODES, HostReport, choose_mode
-from orchestrator.lifecycle.launch import kernel_topology
+from orchestrator.lifecycle.launch import make_link
 from orchestrator.lifecycle.run import run
 from orchestrator.lifecycle.sweep import expand, sweep
 from orchestrator.reporting.probe_report import print_probe_report, save_probe_report
 from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
-from shaping.link import EmulatedLink
 from shaping.profile import NetworkProfile
 from shaping.qdisc.parameters import profile_needs_netem
 from shaping.router import RouterError
@@ -300,7 +299,7 @@ def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput
         if chosen == "sim":
             report = probe_sim(profile, plan, seed)
         else:
-            with EmulatedLink(profile, topology=kernel_topology(chosen)).create(shape=False) as link:
+            with make_link(chosen, profile, seed=0).create(shape=False) as link:
                 report = probe_link(link, chosen, plan, seed)
     path = save_probe_report(report, results_root)
     print_probe_report(report, console)

@@ -58,7 +58,6 @@ class Link:
     """The data plane of one run, shaped by ``profile``; a context manager (see the module
     docstring for the order of the calls)."""
 
-    mode = ""
     topology: LinkTopology | None = None
 
     def __init__(self, profile: NetworkProfile) -> None:
@@ -119,8 +118,6 @@ def free_tcp_port() -> int:
 class SimLink(Link):
     """Loopback; each receiving agent applies the link model (see the module docstring)."""
 
-    mode = "sim"
-
     def __init__(self, profile: NetworkProfile, seed: int) -> None:
         super().__init__(profile)
         self.seed = seed
@@ -157,7 +154,6 @@ def tcp_counters(pid: int) -> dict[str, int]:
 class EmulatedLink(Link):
     """A kernel-shaped topology and its qdiscs (see the module docstring)."""
 
-    mode = "emulated"
     DATA_PORT = 5555
 
     def __init__(self, profile: NetworkProfile, prefix: str | None = None,
@@ -282,8 +278,6 @@ class EmulatedLink(Link):
 
 class RouterLink(EmulatedLink):
     """An ``EmulatedLink`` whose namespaces meet in the router VM, which shapes."""
-
-    mode = "vm"
 
     def stats(self, agents: Mapping[Side, Agent]) -> dict:
         stats = super().stats(agents)
