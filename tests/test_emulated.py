@@ -30,9 +30,10 @@ from orchestrator.lifecycle.run import run
 from orchestrator.reporting.summary import read_jsonl
 from shaping.link import EmulatedLink
 from shaping.topology import DEFAULT_PREFIX_PATTERN
+from shaping.link_model import transmit_s
+from tests.loaded_host import late_allowance_ms
 from tests.netns_helpers import made_by_the_suite, snapshot
 from validation.link_probe import ProbePlan, probe_link
-from shaping.link_model import transmit_s
 from validation.stats import binomial_interval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,13 +72,13 @@ def capped(row) -> bool:
 
 def load_proof(row) -> bool:
     """A delay or jitter row, judged for what a loaded host cannot fake: a median delay is
-    never early and at most max(5 ms, 25 %) late (after the baseline); a jitter sigma is
+    never early and late by at most ``late_allowance_ms`` (after the baseline); a jitter sigma is
     within max(2 ms, 30 %) of the law's.  A TCG router on a busy 2-core host moves both by
     a millisecond or two (a 1 Mbit/s cell missed the probe's own bounds twice beside a second
     suite); the tight bounds are the probe's verdicts and the figures of
     ``benchmarks/vm_router.py probes``."""
     if row.metric in ("one-way delay p50", "RTT p50"):
-        return -1.0 - 0.05 * row.expected <= row.error <= max(5.0, 0.25 * row.expected)
+        return -1.0 - 0.05 * row.expected <= row.error <= late_allowance_ms(row.expected)
     if row.metric == "jitter sigma":
         return abs(row.measured - row.expected) <= max(2.0, 0.3 * row.expected)
     return False

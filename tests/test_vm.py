@@ -37,6 +37,7 @@ from shaping.qdisc.operations import current_qdiscs
 from shaping.router import MTU, RouterTopology, TapEnd, router_mac
 from shaping.topology import DEFAULT_PREFIX_PATTERN, offload_state, open_netns
 from tests.conftest import qemu_processes
+from tests.loaded_host import late_allowance_ms
 from tests.netns_helpers import made_by_the_suite, snapshot, taps
 from validation.link_probe import KernelPaths, measure_packets, robust_sigma, sigma_se
 
@@ -273,7 +274,8 @@ def test_one_jitter_law_on_the_kernel_and_the_sim_link(distribution, router_vm, 
     standard error misses its upper side), widened by the router's own noise, the unshaped
     baseline's spread: its std, stalls included, added linearly for the std (a bound that
     holds however the router's delay correlates with the law's, e.g. under load); its IQR
-    sigma for the IQR sigma."""
+    sigma for the IQR sigma.  The kernel's median may also be late by the timer allowance of
+    a loaded host (``tests/loaded_host.py``): the baseline has no netem timer on its path."""
     profile = _jitter_profile(distribution)
     spec = profile.initial.uplink
     source = JitterSource(spec, np.random.default_rng(1))
@@ -291,13 +293,14 @@ def test_one_jitter_law_on_the_kernel_and_the_sim_link(distribution, router_vm, 
             ("kernel", kernel, robust_sigma(baseline), float(baseline.std())),
             ("sim", _sim_leg_ms(spec, n), 0.0, 0.0)):
         median_bound = 3 * 1.2533 * law.std() / math.sqrt(n) + 2 * noise + 0.3
+        late = late_allowance_ms(spec.delay_ms) if leg == "kernel" else 0.0
         iqr_sigma = robust_sigma(measured)
         iqr_bound = 3 * iqr_se + noise
         record_property(leg, {"median": float(np.median(measured)), "sigma": float(measured.std()),
                               "iqr_sigma": iqr_sigma, "law_median": float(np.median(law)),
                               "law_sigma": float(law.std()), "law_iqr_sigma": robust_sigma(law)})
         assert len(measured) >= 0.99 * n, leg
-        assert abs(np.median(measured) - np.median(law)) <= median_bound, leg
+        assert -median_bound <= np.median(measured) - np.median(law) <= median_bound + late, leg
         # std(law + router) lies within std(law) -+ std(router), independent or not
         assert std_low - std_noise <= measured.std() <= std_high + std_noise, (
             leg, std_low, std_high, std_noise)
