@@ -4,11 +4,19 @@ Serves a ROUTER socket on the data plane and the control plane beside it.
 Per session it keeps the target's sequence (and, for ``cloud-spec``, its own
 draft's).  Messages it answers:
 
-- ``open``: prefill the prompt, answer ``opened`` with the first token;
+- ``open``: prefill the prompt, answer ``opened`` with the first token (and
+  with ``stream: n``, go on decoding n more and stream them as ``tokens``:
+  a stretch handed over before the first draft);
 - ``draft``: verify the drafted tokens, answer ``verdict``;
+- ``decode``: a stretch the edge hands over (NASD's K = 0): decode that many
+  tokens on the session and stream them as ``tokens`` messages;
 - ``generate``: decode the whole answer here (plain or speculative) and
   stream ``tokens`` messages as tokens are committed;
 - ``close``: forget the session.
+
+``draft`` and ``decode`` first catch the session up with what the edge
+committed that the cloud has not seen: the edge's q-scalar correction, then
+the tokens of a stretch the edge's draft served alone (the edge-only cutoff).
 
 Every answer carries ``compute_s``, the time from receiving the request to
 sending the answer, which the edge subtracts to measure the network RTT.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import zmq
@@ -33,10 +42,12 @@ from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, err
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.settings import AgentSettings
 from agents.sampling import SamplingConfig
-from agents.speculative import choose_token, generate_locally, session_rng, verify_drafts
+from agents.speculative import (Commit, choose_token, decode_plainly, generate_locally,
+                                session_rng, verify_drafts)
 from shaping.clock import now
 
 MAX_SESSIONS = 64
+MAX_STRETCH_TOKENS = 4096   # a job's max_new_tokens at most
 log = logging.getLogger("cloud")
 
 
@@ -66,6 +77,8 @@ class CloudAgent:
                 self._open(message, peer, received_at)
             elif message.type == "draft":
                 self._verify(message, peer, received_at)
+            elif message.type == "decode":
+                self._decode(message, peer, received_at)
             elif message.type == "generate":
                 self._generate(message, peer, received_at)
             elif message.type == "close":
@@ -96,6 +109,7 @@ class CloudAgent:
 
     def _open(self, message: Message, peer: bytes, received_at: float) -> None:
         sampling, codec, _, seed = self._settings(message)
+        stream = self._stretch_tokens(message, "stream", minimum=0)
         if len(self.sessions) >= MAX_SESSIONS:
             raise ProtocolError(f"more than {MAX_SESSIONS} open sessions")
         target = TokenSequence(self.models.target, self._prompt(message), sampling)
@@ -108,8 +122,18 @@ class CloudAgent:
         self.channel.send(Message("opened", message.session, message.seq, {
             "token": token, "eos": token == self.eos_id,
             "compute_s": now() - received_at}), peer)
+        if token != self.eos_id and stream:
+            self._decode(message, peer, now(), "stream")
 
-    def _verify(self, message: Message, peer: bytes, received_at: float) -> None:
+    @staticmethod
+    def _stretch_tokens(message: Message, field: str, minimum: int = 1) -> int:
+        tokens = message.fields.get(field, 0)
+        if not isinstance(tokens, int) or not minimum <= tokens <= MAX_STRETCH_TOKENS:
+            raise ProtocolError(f"{field!r} must be an integer in {minimum}..{MAX_STRETCH_TOKENS}")
+        return tokens
+
+    def _caught_up(self, message: Message) -> VerifySession:
+        """The message's session, with the edge's correction and cutoff tokens committed."""
         session = self.sessions.get(message.session)
         if session is None:
             raise ProtocolError(f"no open session {message.session!r}")
@@ -119,6 +143,15 @@ class CloudAgent:
                 raise ProtocolError("expected the edge's correction token after a q-scalar rejection")
             session.target.extend([correction])
             session.awaiting_correction = False
+        served = message.arrays.get("served")
+        if served is not None:
+            if served.ndim != 1 or (len(served) and (served.min() < 0 or served.max() >= self.width)):
+                raise ProtocolError("'served' must be a 1-d array of ids in the vocabulary")
+            session.target.extend(served.tolist())
+        return session
+
+    def _verify(self, message: Message, peer: bytes, received_at: float) -> None:
+        session = self._caught_up(message)
         payload = session.codec.decode(message.arrays, self.width)
         verification = verify_drafts(session.target, payload, session.sampling.decoding,
                                      session.rng, self.eos_id)
@@ -131,6 +164,31 @@ class CloudAgent:
             "residual": residual_row is not None, "finished": verdict.finished,
             "compute_s": now() - received_at}, arrays), peer)
 
+    def _decode(self, message: Message, peer: bytes, received_at: float,
+                field: str = "tokens") -> None:
+        """Decode the stretch the edge handed over (``field`` of the message tokens long),
+        streaming each token."""
+        session = self._caught_up(message)
+        tokens = self._stretch_tokens(message, field)
+        decoded = decode_plainly(session.target, tokens, session.sampling.decoding, session.rng,
+                                 self.eos_id)
+        self._stream((Commit([token]) for token in decoded), tokens, message, peer, received_at)
+
+    def _stream(self, commits: Iterator[Commit], tokens: int, message: Message, peer: bytes,
+                started: float) -> None:
+        """Send each commit as a ``tokens`` message as it is made; the last says ``finished``
+        (after EOS, or once ``tokens`` tokens are sent)."""
+        sent = 0
+        for commit in commits:
+            sent += len(commit.tokens)
+            eos = commit.tokens[-1] == self.eos_id
+            sent_at = now()
+            self.channel.send(Message("tokens", message.session, message.seq, {
+                "finished": eos or sent >= tokens, "eos": eos, "compute_s": sent_at - started,
+                "drafted": commit.drafted, "accepted": commit.accepted},
+                {"ids": np.asarray(commit.tokens, dtype=np.int32)}), peer)
+            started = now()
+
     def _generate(self, message: Message, peer: bytes, received_at: float) -> None:
         """Decode here and stream each commit; cloud-spec drafts with the cloud's draft model."""
         sampling, _, max_new_tokens, seed = self._settings(message)
@@ -140,18 +198,8 @@ class CloudAgent:
         target = TokenSequence(self.models.target, prompt, sampling)
         draft = TokenSequence(self.models.draft, prompt, sampling) if strategy == "cloud-spec" \
             else None
-        started = received_at
-        for commit in generate_locally(target, draft, k, sampling.decoding, rng, self.eos_id,
-                                       max_new_tokens):
-            eos = commit.tokens[-1] == self.eos_id
-            finished = eos or len(target.generated) >= max_new_tokens
-            sent_at = now()
-            self.channel.send(Message("tokens", message.session, message.seq, {
-                "finished": finished, "eos": eos, "compute_s": sent_at - started,
-                "drafted": commit.drafted, "accepted": commit.accepted},
-                {"ids": np.asarray(commit.tokens, dtype=np.int32)}),
-                peer)
-            started = now()
+        self._stream(generate_locally(target, draft, k, sampling.decoding, rng, self.eos_id,
+                                      max_new_tokens), max_new_tokens, message, peer, received_at)
         log.info("session %s: %s generated %d tokens", message.session, strategy,
                  len(target.generated))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, get_args
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import zmq
@@ -31,10 +31,11 @@ from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.sampling import SamplingConfig
-from agents.speculative import (apply_verdict, choose_token, draft_tokens, sample_correction,
+from agents.speculative import (apply_verdict, decode_plainly, draft_tokens, sample_correction,
                                 session_rng)
 from agents.verification import Verdict
-from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, POLICY_NAMES, KPolicy, PolicyName, make_policy
+from nasd.policy import (DEFAULT_K_MAX, DEFAULT_K_MIN, HAND_OFF, POLICY_NAMES, KPolicy, PolicyName,
+                         make_policy)
 from shaping.clock import now
 
 StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", PolicyName]
@@ -49,6 +50,7 @@ class QueryRequest(BaseModel):
     k: int | None = Field(default=None, ge=0)
     k_min: int = Field(default=DEFAULT_K_MIN, ge=1)   # adaptive K policies: the range of K
     k_max: int = Field(default=DEFAULT_K_MAX, ge=1)
+    edge_only_cutoff: bool = False   # nasd: may serve stretches with the draft alone (lossy)
     query_id: str
     repetition: int = 0
     prompt: str
@@ -66,16 +68,21 @@ class QueryRequest(BaseModel):
 
 
 class EdgeAgent:
-    def __init__(self, models: HostModels, channel: Channel) -> None:
+    def __init__(self, models: HostModels, channel: Channel,
+                 policy_for: Callable[..., KPolicy] = make_policy) -> None:
+        """``policy_for(strategy, k, k_min, k_max, edge_only_cutoff)`` makes a strategy run's
+        K policy."""
         self.models = models
         self.channel = channel
+        self.policy_for = policy_for
         self.policies: dict[tuple, KPolicy] = {}  # one per strategy run, across its queries
 
     def policy(self, request: QueryRequest) -> KPolicy:
-        key = (request.label, request.strategy, request.k, request.k_min, request.k_max)
+        key = (request.label, request.strategy, request.k, request.k_min, request.k_max,
+               request.edge_only_cutoff)
         if key not in self.policies:
-            self.policies[key] = make_policy(request.strategy, request.k, request.k_min,
-                                             request.k_max)
+            self.policies[key] = self.policy_for(request.strategy, request.k, request.k_min,
+                                                 request.k_max, request.edge_only_cutoff)
         return self.policies[key]
 
     def run_query(self, request: QueryRequest) -> tuple[QueryRecord, list[CycleRecord]]:
@@ -107,18 +114,13 @@ class EdgeAgent:
         t_submit = now()
         sequence = TokenSequence(self.models.draft, prompt_ids, request.sampling)
         t_first = t_last = t_submit
-        compute_s = first_s = 0.0
-        while len(sequence.generated) < request.max_new_tokens:
-            t_forward = now()
-            probs = sequence.next_probs()
-            compute_s += now() - t_forward
-            token = choose_token(probs, request.sampling.decoding, rng)
-            sequence.extend([token])
-            t_last = now()
+        first_s = 0.0
+        for _ in decode_plainly(sequence, request.max_new_tokens, request.sampling.decoding, rng,
+                                eos_id):
+            t_last = now()     # each step: the draft's forward and its choice of token
             if len(sequence.generated) == 1:
-                t_first, first_s = t_last, compute_s
-            if token == eos_id:
-                break
+                t_first, first_s = t_last, t_last - t_submit
+        compute_s = t_last - t_submit
         output = sequence.generated
         record = self._record(request, prompt_ids, output, t_submit, t_first, t_last,
                               bool(output) and output[-1] == eos_id)
@@ -179,71 +181,192 @@ class EdgeAgent:
         return record, []
 
     def _speculative(self, request, session, prompt_ids, policy: KPolicy):
-        codec = get_codec(request.codec)
-        decoding = request.sampling.decoding
-        rng = session_rng(request.seed, session, "edge")
-        eos_id = self.models.draft.eos_id
-        draft = TokenSequence(self.models.draft, prompt_ids, request.sampling)
-        t_submit = now()
-        self.channel.send(Message("open", session, 0, self._generate_fields(request),
-                                  {"prompt": np.asarray(prompt_ids, dtype=np.int32)}))
-        draft.prefill()  # overlaps with the upload and the cloud's prefill
+        """Cycles until the answer is complete: each the policy's K drafted and verified, or,
+        when the policy answers ``HAND_OFF``, a stretch served without drafts.  A stretch
+        for the cloud decided before the prompt goes up rides on the ``open`` (as
+        cloud-only's stream: its round trip is in the TTFT, not paid again)."""
+        query = SpeculationQuery(request, session, prompt_ids, self.models, policy)
+        decision = (policy.next_k(), policy.rtt_estimate_ms)
+        opening = policy.stretch.tokens if decision[0] == HAND_OFF \
+            and policy.stretch.served_by == "cloud" else 0
+        stream = max(min(opening, request.max_new_tokens) - 1, 0)   # after the first token
+        query.t_submit = t_start = now()
+        message = Message("open", session, 0, {**self._generate_fields(request), "stream": stream},
+                          {"prompt": np.asarray(prompt_ids, dtype=np.int32)})
+        self.channel.send(message)
+        query.draft.prefill()  # overlaps with the upload and the cloud's prefill
         opened, _, bytes_down = self.channel.recv()
-        t_first = t_last = now()
-        self._check(opened, Message("open", session), "opened")
-        draft.extend([opened.fields["token"]])
-        finished = eos = opened.fields["eos"]
-        cycles: list[CycleRecord] = []
-        compute_s = opened.fields["compute_s"]
-        correction: dict = {}  # a q-scalar correction the cloud has yet to hear about
+        query.t_first = query.t_last = now()
+        self._check(opened, message, "opened")
+        query.draft.extend([opened.fields["token"]])
+        query.finished = query.eos = opened.fields["eos"]
         try:
-            while not finished and len(draft.generated) < request.max_new_tokens:
-                remaining = request.max_new_tokens - len(draft.generated)
-                policy_k = policy.next_k()
-                rtt_estimate_ms = policy.rtt_estimate_ms   # what policy_k was chosen on
-                k = min(policy_k, remaining - 1)
+            if stream and not query.finished:
+                network_s = query.t_first - query.t_submit - opened.fields["compute_s"]
+                measured = self._streamed(query, message, query.t_first)
+                measured.update(rtt_ms=network_s * 1000.0, t_network=measured["t_network"]
+                                + network_s)
+                self._cycle(query, decision, t_start, measured)
+                decision = None
+            while not query.finished and query.remaining > 0:
+                decision = decision or (policy.next_k(), policy.rtt_estimate_ms)
                 t_start = now()
-                committed_length = len(draft.tokens)
-                drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec)
-                message = Message("draft", session, len(cycles) + 1, correction,
-                                  codec.encode(drafts.ids, drafts.model_rows))
-                reply, up, down, t_send, t_last = self._exchange(message, "verdict")
-                fields = reply.fields
-                token = None if fields["token"] < 0 else fields["token"]
-                if fields["residual"]:
-                    target_row = decode_target_row(reply.arrays, drafts.sampled_rows.shape[1])
-                    token = sample_correction(target_row, drafts.sampled_rows[fields["accepted"]],
-                                              rng)
-                correction = {"correction": token} if fields["residual"] else {}
-                verdict = Verdict(accepted=fields["accepted"], next_token=token,
-                                  finished=fields["finished"] or token == eos_id)
-                apply_verdict(draft, committed_length, verdict)
-                cloud_s = fields["compute_s"]
-                cycle = CycleRecord(
-                    label=request.label, strategy=request.strategy, query_id=request.query_id,
-                    repetition=request.repetition, cycle=len(cycles) + 1, k=len(drafts.ids),
-                    policy_k=policy_k, nasd_rtt_estimate_ms=rtt_estimate_ms,
-                    accepted=verdict.accepted, tokens=len(draft.tokens) - committed_length,
-                    rtt_ms=(t_last - t_send - cloud_s) * 1000.0, bytes_up=up, bytes_down=down,
-                    t_draft=t_send - t_start, t_verify=cloud_s,
-                    t_network=t_last - t_send - cloud_s, t_cycle=t_last - t_start,
-                    t_start=t_start - t_submit)
-                cycles.append(cycle)
-                policy.observe(cycle)
-                compute_s += cloud_s
-                finished = eos = verdict.finished
+                if decision[0] != HAND_OFF:
+                    measured = self._speculation_cycle(query, min(decision[0],
+                                                                  query.remaining - 1))
+                elif policy.stretch.served_by == "cloud":
+                    measured = self._cloud_stretch(query, min(policy.stretch.tokens,
+                                                              query.remaining))
+                else:
+                    measured = self._edge_stretch(query, min(policy.stretch.tokens,
+                                                             query.remaining))
+                self._cycle(query, decision, t_start, measured)
+                decision = None
         finally:
             self.channel.send(Message("close", session))
-        record = self._record(request, prompt_ids, draft.generated, t_submit, t_first, t_last, eos)
+        return query.record(self, opened, bytes_down), query.cycles
+
+    @staticmethod
+    def _cycle(query: SpeculationQuery, decision: tuple[int, float | None], t_start: float,
+               measured: dict) -> None:
+        """Record a finished cycle or stretch and hand it to the policy."""
+        request = query.request
+        cycle = CycleRecord(
+            label=request.label, strategy=request.strategy, query_id=request.query_id,
+            repetition=request.repetition, cycle=len(query.cycles) + 1, policy_k=decision[0],
+            nasd_rtt_estimate_ms=decision[1], t_start=t_start - query.t_submit,
+            t_cycle=query.t_last - t_start, **measured)
+        query.cycles.append(cycle)
+        query.policy.observe(cycle)
+
+    def _speculation_cycle(self, query: SpeculationQuery, k: int) -> dict:
+        """Draft ``k`` tokens, have the cloud verify them, commit its verdict."""
+        draft, rng, codec = query.draft, query.rng, query.codec
+        t_start = now()
+        committed_length = len(draft.tokens)
+        drafts = draft_tokens(draft, k, query.decoding, rng, query.eos_id, codec)
+        message = Message("draft", query.session, len(query.cycles) + 1,
+                          query.catch_up_fields(), {**codec.encode(drafts.ids, drafts.model_rows),
+                                                    **query.catch_up_arrays()})
+        reply, up, down, t_send, query.t_last = self._exchange(message, "verdict")
+        fields = reply.fields
+        token = None if fields["token"] < 0 else fields["token"]
+        if fields["residual"]:
+            target_row = decode_target_row(reply.arrays, drafts.sampled_rows.shape[1])
+            token = sample_correction(target_row, drafts.sampled_rows[fields["accepted"]], rng)
+        query.caught_up(correction=token if fields["residual"] else None)
+        verdict = Verdict(accepted=fields["accepted"], next_token=token,
+                          finished=fields["finished"] or token == query.eos_id)
+        apply_verdict(draft, committed_length, verdict)
+        query.finished = query.eos = verdict.finished
+        cloud_s = fields["compute_s"]
+        query.cloud_compute_s += cloud_s
+        network_s = query.t_last - t_send - cloud_s
+        return dict(k=len(drafts.ids), accepted=verdict.accepted,
+                    tokens=len(draft.tokens) - committed_length, rtt_ms=network_s * 1000.0,
+                    bytes_up=up, bytes_down=down, t_draft=t_send - t_start, t_verify=cloud_s,
+                    t_network=network_s)
+
+    def _cloud_stretch(self, query: SpeculationQuery, tokens: int) -> dict:
+        """K = 0: the cloud decodes ``tokens`` tokens and streams them; one round trip."""
+        message = Message("decode", query.session, len(query.cycles) + 1,
+                          {"tokens": tokens, **query.catch_up_fields()}, query.catch_up_arrays())
+        t_send = now()
+        bytes_up = self.channel.send(message)
+        query.caught_up()
+        measured = self._streamed(query, message, t_send)
+        return {**measured, "bytes_up": bytes_up}
+
+    def _streamed(self, query: SpeculationQuery, message: Message, t_send: float) -> dict:
+        """Receive the tokens the cloud streams for ``message`` (sent at ``t_send``) until it
+        says finished; commit them on the draft's sequence.  The stretch's measurements:
+        ``rtt_ms`` the first token's network time."""
+        received, bytes_down, cloud_s, first_network_s = [], 0, 0.0, None
+        while True:
+            reply, _, size = self.channel.recv()
+            query.t_last = now()
+            self._check(reply, message, "tokens")
+            cloud_s += reply.fields["compute_s"]
+            if first_network_s is None:
+                first_network_s = query.t_last - t_send - cloud_s
+            received.extend(int(t) for t in reply.arrays["ids"])
+            bytes_down += size
+            if reply.fields["finished"]:
+                break
+        query.draft.extend(received)
+        query.finished = query.eos = bool(reply.fields["eos"])
+        query.cloud_compute_s += cloud_s
+        query.handoff_tokens += len(received)
+        return dict(k=0, accepted=0, tokens=len(received), rtt_ms=first_network_s * 1000.0,
+                    bytes_up=0, bytes_down=bytes_down, t_draft=0.0, t_verify=cloud_s,
+                    t_network=query.t_last - t_send - cloud_s, served_by="cloud")
+
+    def _edge_stretch(self, query: SpeculationQuery, tokens: int) -> dict:
+        """The edge-only cutoff: the draft decodes ``tokens`` tokens alone, unverified (the
+        cloud hears of them with the next message)."""
+        t_start = now()
+        served = list(decode_plainly(query.draft, tokens, query.decoding, query.rng,
+                                     query.eos_id))
+        query.t_last = now()
+        query.served.extend(served)
+        query.cutoff_tokens += len(served)
+        query.finished = query.eos = served[-1] == query.eos_id
+        return dict(k=0, accepted=0, tokens=len(served), rtt_ms=float("nan"), bytes_up=0,
+                    bytes_down=0, t_draft=query.t_last - t_start, t_verify=0.0, t_network=0.0,
+                    served_by="edge", nasd_cutoff=True)
+
+
+class SpeculationQuery:
+    """One query under a speculative strategy, on the edge: the draft's sequence, what the
+    cloud has yet to hear (a q-scalar correction, tokens the draft served alone), the cycles
+    so far and the query's clocks."""
+
+    def __init__(self, request: QueryRequest, session: str, prompt_ids: list[int],
+                 models: HostModels, policy: KPolicy) -> None:
+        self.request, self.session, self.prompt_ids = request, session, prompt_ids
+        self.policy = policy
+        self.codec = get_codec(request.codec)
+        self.decoding = request.sampling.decoding
+        self.rng = session_rng(request.seed, session, "edge")
+        self.eos_id = models.draft.eos_id
+        self.draft = TokenSequence(models.draft, prompt_ids, request.sampling)
+        self.cycles: list[CycleRecord] = []
+        self.correction: int | None = None   # the edge's q-scalar correction, not yet sent
+        self.served: list[int] = []          # cutoff tokens, not yet sent
+        self.finished = self.eos = False
+        self.t_submit = self.t_first = self.t_last = 0.0
+        self.cloud_compute_s = 0.0
+        self.handoff_tokens = self.cutoff_tokens = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.request.max_new_tokens - len(self.draft.generated)
+
+    def catch_up_fields(self) -> dict:
+        return {} if self.correction is None else {"correction": self.correction}
+
+    def catch_up_arrays(self) -> dict:
+        return {"served": np.asarray(self.served, dtype=np.int32)} if self.served else {}
+
+    def caught_up(self, correction: int | None = None) -> None:
+        """The cloud has what was pending; ``correction``: the next one it must hear of."""
+        self.correction, self.served = correction, []
+
+    def record(self, agent: EdgeAgent, opened: Message, open_bytes_down: int) -> QueryRecord:
+        cycles = self.cycles
+        record = agent._record(self.request, self.prompt_ids, self.draft.generated,
+                               self.t_submit, self.t_first, self.t_last, self.eos)
         record.cycles = len(cycles)
         record.drafted = sum(c.k for c in cycles)
         record.accepted = sum(c.accepted for c in cycles)
         record.rejections = sum(1 for c in cycles if c.accepted < c.k)
         record.bytes_up = sum(c.bytes_up for c in cycles)
-        record.bytes_down = bytes_down + sum(c.bytes_down for c in cycles)
-        record.cloud_compute_s = compute_s
+        record.bytes_down = open_bytes_down + sum(c.bytes_down for c in cycles)
+        record.cloud_compute_s = opened.fields["compute_s"] + self.cloud_compute_s
         record.cloud_first_s = opened.fields["compute_s"]
-        return record, cycles
+        record.handoff_tokens, record.cutoff_tokens = self.handoff_tokens, self.cutoff_tokens
+        record.nasd_cutoff_triggered = self.cutoff_tokens > 0
+        return record
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,8 @@ from shaping.clock import now, sleep_until
 from shaping.link_model import zmtp_wire_bytes
 from shaping.simlink import SimulatedDirection
 
-MESSAGE_TYPES = ("open", "opened", "draft", "verdict", "generate", "tokens", "close", "error")
+MESSAGE_TYPES = ("open", "opened", "draft", "verdict", "decode", "generate", "tokens", "close",
+                 "error")
 WIRE_DTYPES = {"int32": np.int32, "float16": np.float16, "float32": np.float32, "float64": np.float64}
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 HEADER_MAX_BYTES = 64 * 1024

@@ -24,7 +24,7 @@ class CycleRecord:
     repetition: int
     cycle: int
     k: int                 # tokens drafted: the policy's K, capped by the token budget (or EOS)
-    policy_k: int          # the K the strategy's policy chose for this cycle
+    policy_k: int          # the K the strategy's policy chose for this cycle (0: a stretch)
     accepted: int
     tokens: int            # tokens committed by this cycle (accepted + correction/bonus)
     rtt_ms: float          # send -> receive on the edge, minus the cloud's compute time
@@ -35,7 +35,11 @@ class CycleRecord:
     t_network: float       # cycle time minus drafting and cloud compute
     t_cycle: float
     t_start: float         # since the query was submitted
-    nasd_cutoff: bool = False
+    # "speculation"; or a stretch served without drafts (k = 0): "cloud" (handed off, the
+    # rtt_ms of its first token; as a query's cycle 1 it rode on the open, its round trip in
+    # the TTFT), "edge" (the edge-only cutoff: unverified, rtt_ms NaN)
+    served_by: str = "speculation"
+    nasd_cutoff: bool = False  # served_by == "edge": tokens the target never saw
     nasd_rtt_estimate_ms: float | None = None  # the RTT the controller chose K on (nasd only)
 
     def as_dict(self) -> dict:
@@ -65,6 +69,9 @@ class QueryRecord:
     cloud_first_s: float = 0.0  # the cloud's compute for the first token (prefill included)
     edge_compute_s: float = 0.0  # edge-only: the draft model's forwards, all tokens
     edge_first_s: float = 0.0    # edge-only: the forward of the first token (prefill included)
+    handoff_tokens: int = 0      # nasd: tokens of stretches the cloud decoded (K = 0)
+    cutoff_tokens: int = 0       # nasd: tokens of stretches the draft served alone (lossy)
+    nasd_cutoff_triggered: bool = False
     finished_by_eos: bool = False
     output_ids: list[int] = field(default_factory=list)
     output_text: str = ""

@@ -1,9 +1,10 @@
 """The steps of a speculation cycle, shared by the edge (fixed-K, NASD) and the
 cloud (``cloud-spec`` and verifying edge drafts): pick a token, draft K
 tokens through a payload codec, verify them against the target, commit the
-verdict on a sequence; and ``generate_locally``, the whole decoding loop when
-both models are in one process (the cloud's ``generate``, the pair trainer's
-acceptance measurement).
+verdict on a sequence; plain decoding (``decode_plainly``: the cloud's streams
+and hand-offs, edge-only and the edge's cutoff stretches); and
+``generate_locally``, the whole decoding loop when both models are in one
+process (the cloud's ``generate``, the pair trainer's acceptance measurement).
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ def choose_token(probs: np.ndarray, decoding: Decoding, rng: np.random.Generator
     if decoding == "greedy":
         return int(np.argmax(probs))
     return sample_token(probs, rng)
+
+
+def decode_plainly(sequence: TokenSequence, tokens: int, decoding: Decoding,
+                   rng: np.random.Generator, eos_id: int | None) -> Iterator[int]:
+    """Decode up to ``tokens`` tokens onto ``sequence``, one forward each, yielding each
+    token once it is on the sequence; stops after EOS."""
+    for _ in range(tokens):
+        token = choose_token(sequence.next_probs(), decoding, rng)
+        sequence.extend([token])
+        yield token
+        if token == eos_id:
+            return
 
 
 @dataclass
@@ -127,20 +140,17 @@ def generate_locally(target: TokenSequence, draft: TokenSequence | None, k: int,
     still fits), verifies them on the draft's own rows and commits the verdict
     on both sequences.  Stops after EOS or ``max_new_tokens`` tokens.
     """
+    if draft is None:
+        yield from (Commit([token]) for token in
+                    decode_plainly(target, max_new_tokens, decoding, rng, eos_id))
+        return
     in_process = get_codec("full32")  # no wire between the models: the draft rows as they are
-    if draft is not None:
-        draft.prefill()
-    first = choose_token(target.next_probs(), decoding, rng)
-    target.extend([first])
-    if draft is not None:
-        draft.extend([first])
+    draft.prefill()
+    first = next(decode_plainly(target, 1, decoding, rng, eos_id))
+    draft.extend([first])
     yield Commit([first])
     while target.generated[-1] != eos_id and len(target.generated) < max_new_tokens:
         committed_length = len(target.tokens)
-        if draft is None:
-            target.extend([choose_token(target.next_probs(), decoding, rng)])
-            yield Commit(target.tokens[committed_length:])
-            continue
         remaining = max_new_tokens - len(target.generated)
         drafts = draft_tokens(draft, min(k, remaining - 1), decoding, rng, eos_id, in_process)
         payload = DraftPayload(np.asarray(drafts.ids, dtype=np.int64),

@@ -5,7 +5,12 @@ with: tokens per cycle E[tau] under i.i.d. per-token acceptance, the acceptance
 estimate from verified cycles, cycle times on one node and across a link,
 throughput, the crossover RTT past which cloud-edge speculation loses to plain
 cloud decoding, and the throughput-optimal speculation depth K (the objective a
-K controller maximises, ``distributed_throughputs``, and its argmax, ``optimal_k``).
+K controller maximises, ``distributed_throughputs``, and its argmax, ``optimal_k``);
+and the stretches a controller serves without speculating once it stops paying:
+handed to the cloud to decode (one round trip, then streamed tokens,
+``stretch_throughput``), or, with the edge-only cutoff, decoded by the draft
+alone; ``stretch_tokens`` sizes a stretch so its one round trip stays a small
+share of it.
 
 Model: each drafted token is accepted independently with probability ``a``;
 a cycle stops at the first rejection, so the number accepted is a geometric
@@ -16,6 +21,7 @@ Pure: no I/O, no clocks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -119,6 +125,25 @@ def throughput_tokens_per_s(acceptance: float, k: int, cycle_time_s: float) -> f
 def cloud_only_throughput(times: ComputeTimes) -> float:
     """1 / t_decode: the target decoding alone (streaming hides the RTT after the first token)."""
     return 1.0 / times.decode_time_s()
+
+
+def stretch_throughput(step_s: float, tokens: int, rtt_s: float = 0.0) -> float:
+    """tokens / (RTT + tokens * step): a stretch decoded one ``step_s`` a token after one
+    round trip (a cloud hand-off: the request up, then streamed tokens; no RTT for a stretch
+    the edge decodes itself)."""
+    _check_non_negative(rtt_s=rtt_s)
+    if tokens < 1 or not step_s > 0:
+        raise ValueError(f"need tokens >= 1 and a positive step, got {tokens}, {step_s}")
+    return tokens / (rtt_s + tokens * step_s)
+
+
+def stretch_tokens(step_s: float, rtt_s: float, rtt_share: float = 0.1) -> int:
+    """The fewest tokens a stretch of ``step_s`` per token needs for one round trip to be at
+    most ``rtt_share`` of its time: ceil(RTT (1 - share) / (share * step)), at least 1."""
+    if not 0 < rtt_share < 1:
+        raise ValueError(f"rtt_share must be in (0, 1), got {rtt_share}")
+    _check_non_negative(rtt_s=rtt_s)
+    return max(1, math.ceil(rtt_s * (1.0 - rtt_share) / (rtt_share * step_s)))
 
 
 def crossover_rtt_s(

@@ -15,7 +15,9 @@ Seconds per byte is the slope of the change in network time against the
 change in bytes from one cycle to the next: first differences, because K
 (hence the bytes) follows the RTT, so a plain regression of network time on
 bytes would read a drifting RTT as link speed.  It is trusted only when the
-bytes varied enough for the slope to stand out of the jitter.
+bytes varied enough for the slope to stand out of the jitter.  A stretch handed
+to the cloud (K = 0) teaches the RTT and the cloud's decoding step; one the
+edge decoded alone teaches nothing.
 
 Pure: no I/O, no clocks.
 """
@@ -28,7 +30,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from nasd.analytic import ComputeTimes, acceptance_from_counts, distributed_throughputs, optimal_k
+from nasd.analytic import (ComputeTimes, acceptance_from_counts, distributed_throughputs,
+                           optimal_k, stretch_throughput, stretch_tokens)
 
 
 class Cycle(Protocol):
@@ -43,6 +46,7 @@ class Cycle(Protocol):
     t_cycle: float
     bytes_up: int
     bytes_down: int
+    served_by: str      # "speculation"; a stretch without drafts: "cloud" (K = 0) or "edge"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,28 @@ class Calibration:
 
     def best_k(self, rtt_s: float, k_min: int, k_max: int) -> int:
         return optimal_k(self.acceptance, self.times, rtt_s, k_max, self.transmit_s, k_min)
+
+    def cloud_stretch(self, rtt_s: float, rtt_share: float) -> Stretch:
+        """A stretch handed to the cloud: its one round trip ``rtt_share`` of it."""
+        decode_s = self.times.decode_time_s()
+        tokens = stretch_tokens(decode_s, rtt_s, rtt_share)
+        return Stretch("cloud", tokens, stretch_throughput(decode_s, tokens, rtt_s))
+
+    def edge_stretch(self, rtt_s: float, rtt_share: float) -> Stretch:
+        """A stretch the draft decodes alone, long enough that the round trip of the
+        speculation cycle after it (which measures the link again) is ``rtt_share`` of it."""
+        draft_s = self.times.draft_token_s
+        return Stretch("edge", stretch_tokens(draft_s, rtt_s, rtt_share), 1.0 / draft_s)
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Tokens served without drafting: by the cloud decoding (``cloud``, K = 0: lossless) or
+    by the draft alone (``edge``, the edge-only cutoff: lossy), at a predicted rate."""
+
+    served_by: str
+    tokens: int
+    tokens_per_s: float
 
 
 class DecayedLine:
@@ -134,10 +160,17 @@ class StageEstimator:
         self.network = DecayedLine(memory, min_t=3.0)
         self.last: tuple[int, float] | None = None   # the previous cycle's bytes and t_network
         self.rtt_s: float | None = None
+        self.decode_s: float | None = None       # the cloud's step, from stretches handed to it
 
     def observe(self, cycle: Cycle, seconds_per_byte: float | None = None) -> None:
         """Learn from ``cycle``; its RTT is its network time less its bytes at
         ``seconds_per_byte`` (None: at the learned rate)."""
+        if cycle.served_by == "edge":      # no network, nothing verified: nothing to learn
+            return
+        if cycle.served_by == "cloud":     # one round trip, then the cloud's decoding steps
+            self.decode_s = cycle.t_verify / max(cycle.tokens, 1)
+            self._observe_rtt(cycle.t_network)
+            return
         m = self.memory
         self.accepted = m * self.accepted + cycle.accepted
         self.rejections = m * self.rejections + (cycle.accepted < cycle.k)
@@ -151,9 +184,18 @@ class StageEstimator:
             self.network.add(carried - self.last[0], cycle.t_network - self.last[1])
         self.last = (carried, cycle.t_network)
         rate = self.network.fit().slope if seconds_per_byte is None else seconds_per_byte
-        sample = max(cycle.t_network - rate * carried, 0.0)
+        self._observe_rtt(cycle.t_network - rate * carried)
+
+    def _observe_rtt(self, sample_s: float) -> None:
+        sample = max(sample_s, 0.0)
         self.rtt_s = sample if self.rtt_s is None else (
             (1.0 - self.rtt_smoothing) * self.rtt_s + self.rtt_smoothing * sample)
+
+    def acceptance_upper(self, confidence: float = 0.95) -> float:
+        """The acceptance the (decayed) counts cannot rule out at ``confidence``: the upper
+        quantile of its Beta posterior (the prior's pseudo-counts included)."""
+        from scipy.special import betaincinv   # here: only a controller weighing a hand-off
+        return float(betaincinv(self.accepted, self.rejections, confidence))
 
     def calibration(self) -> Calibration | None:
         """What the cycles so far say; None before the first cycle that drafted."""
@@ -163,7 +205,7 @@ class StageEstimator:
         times = ComputeTimes(draft_token_s=self.draft_s / self.drafted,
                              # a floor keeps the model defined if the cloud reported no time
                              verify_base_s=max(verify.intercept, 1e-9),
-                             verify_per_token_s=verify.slope)
+                             verify_per_token_s=verify.slope, decode_s=self.decode_s)
         return Calibration(acceptance=acceptance_from_counts(self.accepted, self.rejections),
                            times=times, bytes_up=self.bytes_up.fit(),
                            bytes_down=self.bytes_down.fit(),

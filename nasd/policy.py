@@ -17,6 +17,11 @@ its warm-up first), so what it learned carries from one query to the next.
   learned online from the cycles (``StageEstimator``), or fixed by a
   calibration; the RTT it decides on moves only when the estimate leaves a
   band around it, and K moves only for a clear gain, so K does not flap.
+  Past the reversal, when even the best K loses to handing a stretch to the
+  cloud, it answers K = 0 (``HAND_OFF``) with the ``stretch`` to serve: the
+  cloud decodes it (lossless), or, with the edge-only cutoff, the draft
+  decodes it alone when that is faster (lossy, flagged), a speculation cycle
+  after each such stretch measuring the link again.
 - ``Bandit`` (``bandit``): discounted UCB over K on measured seconds per
   committed token.
 
@@ -26,16 +31,18 @@ Pure: no I/O, no clocks.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import ClassVar, Literal, get_args
 
 import numpy as np
 
-from nasd.estimator import Calibration, Cycle, StageEstimator
+from nasd.estimator import Calibration, Cycle, StageEstimator, Stretch
 
 PolicyName = Literal["fixed-k", "nasd", "hf-heuristic", "bandit"]
 POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 DEFAULT_K_MIN, DEFAULT_K_MAX = 1, 15
 HF_START_K = 20   # HF's default num_assistant_tokens, where its schedule starts
+HAND_OFF = 0      # next_k() == HAND_OFF: draft nothing, serve the policy's ``stretch``
 
 
 class KPolicy:
@@ -44,8 +51,11 @@ class KPolicy:
     name: ClassVar[str]
     # the RTT (ms) the last K was chosen on; None for policies that do not estimate one
     rtt_estimate_ms: float | None = None
+    # what to serve when next_k() answered HAND_OFF
+    stretch: Stretch | None = None
 
     def next_k(self) -> int:
+        """The next cycle's K: at least 1, or ``HAND_OFF`` with ``stretch`` set."""
         raise NotImplementedError
 
     def observe(self, cycle: Cycle) -> None:
@@ -104,6 +114,12 @@ class NasdController(AdaptiveK):
     estimate, K is ``k_start``.  The RTT decided on follows the EWMA estimate only when
     it leaves a band of ``rtt_band`` (relative) or ``rtt_floor_ms`` around it; the K in
     use is kept while its predicted throughput is within ``switch_margin`` of the best.
+    With ``hand_off``, a stretch handed to the cloud (``Calibration.cloud_stretch``: its
+    round trip ``rtt_share`` of it) replaces speculation when it is predicted faster by
+    ``switch_margin`` than the best K even at the acceptance's upper bound, which happens
+    only past the reversal RTT; with ``edge_only_cutoff`` the draft decodes that stretch
+    alone instead, where it is faster still.  Every ``probe_every`` cloud stretches, and
+    after each of the draft's, one cycle speculates to measure acceptance and the link.
     """
 
     name = "nasd"
@@ -112,8 +128,15 @@ class NasdController(AdaptiveK):
                  calibration: Calibration | None = None, learn: bool = True,
                  k_start: int = 5, rtt_smoothing: float = 0.3, rtt_band: float = 0.1,
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
-                 memory: float = 0.98) -> None:
+                 memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
+                 rtt_share: float = 0.1, probe_every: int = 8) -> None:
         super().__init__(k_min, k_max)
+        if edge_only_cutoff and not hand_off:
+            raise ValueError("the edge-only cutoff serves stretches: it needs hand_off")
+        self.hand_off, self.edge_only_cutoff, self.rtt_share = hand_off, edge_only_cutoff, rtt_share
+        # stretches served since the last speculation cycle: after ``probe_every`` of them
+        # (or one of the edge's) one cycle speculates, to keep measuring acceptance and link
+        self.probe_every, self.stretches_in_a_row = probe_every, 0
         if not learn and calibration is None:
             raise ValueError("a controller that does not learn needs a calibration")
         self.calibration, self.learn = calibration, learn
@@ -146,8 +169,29 @@ class NasdController(AdaptiveK):
         best = plan.best_k(rtt_s, self.k_min, self.k_max)
         current, top = plan.throughputs(rtt_s, (self.k, best))
         if current < (1.0 - self.switch_margin) * top:
-            self.k = best
+            self.k, current = best, top
+        self.stretch = None
+        if self.hand_off and self.stretches_in_a_row < self.probe_every:
+            cloud = plan.cloud_stretch(rtt_s, self.rtt_share)
+            if cloud.tokens_per_s > (1.0 + self.switch_margin) * self._best_case(plan, rtt_s):
+                edge = plan.edge_stretch(rtt_s, self.rtt_share) if self.edge_only_cutoff \
+                    else None
+                self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s else cloud
+                # an edge stretch measures nothing of the link: speculate right after it
+                self.stretches_in_a_row = self.probe_every if self.stretch is edge \
+                    else self.stretches_in_a_row + 1
+                return HAND_OFF
+        self.stretches_in_a_row = 0
         return self.k
+
+    def _best_case(self, plan: Calibration, rtt_s: float) -> float:
+        """The fastest speculation the evidence allows: the best K at the acceptance the
+        cycles so far cannot rule out (95 %), so that a few unlucky first cycles do not
+        hand every later one to the cloud, where nothing more is learned of acceptance."""
+        if self.learn:
+            plan = replace(plan, acceptance=max(plan.acceptance,
+                                                self.estimator.acceptance_upper()))
+        return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1)).max())
 
     def observe(self, cycle: Cycle) -> None:
         self.estimator.observe(cycle, None if self.learn else self.calibration.seconds_per_byte)
@@ -200,13 +244,16 @@ ADAPTIVE: dict[str, type[AdaptiveK]] = {policy.name: policy
 
 
 def make_policy(name: str, k: int | None = None, k_min: int = DEFAULT_K_MIN,
-                k_max: int = DEFAULT_K_MAX) -> KPolicy:
+                k_max: int = DEFAULT_K_MAX, edge_only_cutoff: bool = False) -> KPolicy:
     """The policy a strategy names: ``fixed-k`` with its ``k``, the others within
-    [k_min, k_max]."""
+    [k_min, k_max]; ``nasd`` may serve stretches without speculating, with the edge-only
+    cutoff if asked."""
     if name == FixedK.name:
         if k is None:
             raise ValueError("fixed-k needs a K")
         return FixedK(k)
     if name not in ADAPTIVE:
         raise ValueError(f"unknown K policy {name!r}; known: {', '.join(POLICY_NAMES)}")
+    if name == NasdController.name:
+        return NasdController(k_min=k_min, k_max=k_max, edge_only_cutoff=edge_only_cutoff)
     return ADAPTIVE[name](k_min=k_min, k_max=k_max)

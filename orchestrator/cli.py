@@ -134,6 +134,10 @@ def cli() -> None:
               help="Smallest K of nasd, hf-heuristic, bandit [default: the job's, 1].")
 @click.option("--nasd-k-max", type=click.IntRange(1, 64),
               help="Largest K of nasd, hf-heuristic, bandit [default: the job's, 15].")
+@click.option("--nasd-edge-only-cutoff", is_flag=True, default=None,
+              help="nasd: past the reversal RTT, serve stretches with the draft alone where "
+                   "that beats handing them to the cloud (lossy, flagged) [default: the job's, "
+                   "off].")
 # the decoding flags' ranges are SamplingConfig's, checked when the job loads
 @click.option("--decoding", type=click.Choice(get_args(Decoding)), help="[default: the job's]")
 @click.option("--temperature", type=float,
@@ -153,7 +157,7 @@ def cli() -> None:
               default=Path("results"), show_default=True, help="Where run folders go.")
 @click.pass_context
 def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, nasd_k_min,
-                nasd_k_max, decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
+                nasd_k_max, nasd_edge_only_cutoff, decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
                 max_queries, repetitions, seed, rtt_ms, results_root) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
@@ -166,6 +170,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     spec = RunSpec.load(job_name, profile_name, mode, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "nasd_k_min": nasd_k_min, "nasd_k_max": nasd_k_max,
+        "nasd_edge_only_cutoff": nasd_edge_only_cutoff,
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "max_queries": max_queries,

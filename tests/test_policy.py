@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from nasd.analytic import ComputeTimes
-from nasd.estimator import Calibration, DecayedLine, Line, StageEstimator
-from nasd.policy import (POLICY_NAMES, Bandit, FixedK, HFHeuristic, KPolicy, NasdController,
-                         make_policy)
+from nasd.analytic import ComputeTimes, crossover_rtt_s
+from nasd.estimator import Calibration, DecayedLine, Line, StageEstimator, Stretch
+from nasd.policy import (HAND_OFF, POLICY_NAMES, Bandit, FixedK, HFHeuristic, KPolicy,
+                         NasdController, make_policy)
 from orchestrator.config.job import JobConfig, StrategyRun, plan
 
 # a 0.5B-class draft on the edge, a 7B-class target in the cloud (the shipped synthetic pair's)
@@ -39,6 +39,7 @@ class Cycle:
     t_cycle: float
     bytes_up: int
     bytes_down: int
+    served_by: str = "speculation"
 
 
 def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Generator,
@@ -54,13 +55,26 @@ def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Gen
                  int(truth.bytes_up(k)), int(truth.bytes_down(k)))
 
 
+def simulated_stretch(stretch: Stretch, truth: Calibration, rtt_s: float) -> Cycle:
+    """A stretch served without drafts: the cloud's (one round trip, then its decoding
+    steps) or the edge's (the draft's steps, no network)."""
+    n = stretch.tokens
+    if stretch.served_by == "cloud":
+        decode = n * truth.times.decode_time_s()
+        return Cycle(0, 0, n, 0.0, decode, rtt_s, rtt_s + decode, 60, 40 * n, "cloud")
+    draft = n * truth.times.draft_token_s
+    return Cycle(0, 0, n, draft, 0.0, 0.0, draft, 0, 0, "edge")
+
+
 def drive(policy: KPolicy, truth: Calibration, rtts_s, seed: int = 1,
           jitter_s: float = 0.0) -> list[int]:
-    """Run ``policy`` for one cycle per RTT of ``rtts_s``; the K of each cycle."""
+    """Run ``policy`` for one cycle per RTT of ``rtts_s``; the K of each cycle (HAND_OFF for
+    a stretch)."""
     rng, ks = np.random.default_rng(seed), []
     for rtt_s in rtts_s:
         ks.append(policy.next_k())
-        policy.observe(simulated_cycle(ks[-1], truth, rtt_s, rng, jitter_s))
+        policy.observe(simulated_cycle(ks[-1], truth, rtt_s, rng, jitter_s) if ks[-1]
+                       else simulated_stretch(policy.stretch, truth, rtt_s))
     return ks
 
 
@@ -128,7 +142,7 @@ def test_the_closed_form_k_is_a_delay_monotone_threshold(truth):
 
 
 def test_with_a_fixed_calibration_k_never_decreases_as_the_rtt_grows():
-    controller = NasdController(1, 15, calibration=IDS, learn=False, k_start=15)
+    controller = NasdController(1, 15, calibration=IDS, learn=False, k_start=15, hand_off=False)
     rtts_s = np.linspace(0.0, 0.6, 300)
     ks = drive(controller, IDS, rtts_s)
     assert ks[0] == 15                      # before any cycle: k_start
@@ -149,7 +163,7 @@ def test_with_a_fixed_calibration_k_never_decreases_as_the_rtt_grows():
 def test_the_controller_picks_the_oracle_k_from_stage_times_it_learned(truth, rtt_s):
     """Long memory (an acceptance estimate within 0.02), no switch margin (any gain moves K)."""
     oracle = truth.best_k(rtt_s, 1, 15)
-    controller = NasdController(1, 15, memory=0.999, switch_margin=0.0)
+    controller = NasdController(1, 15, memory=0.999, switch_margin=0.0, hand_off=False)
     ks = drive(controller, truth, [rtt_s] * 800)
     learned = controller.plan()
     # the stages it learned are the synthetic ones
@@ -173,7 +187,7 @@ def test_the_controller_stays_within_one_percent_of_the_oracle(truth):
     for acceptance in (0.5, 0.7, 0.9):
         model = replace(truth, acceptance=acceptance)
         for rtt_s in (0.0, 0.025, 0.1, 0.5):
-            ks = drive(NasdController(1, 15), model, [rtt_s] * 400)
+            ks = drive(NasdController(1, 15, hand_off=False), model, [rtt_s] * 400)
             rates = model.throughputs(rtt_s, DEPTHS)
             achieved = np.mean([rates[k - 1] for k in ks[100:]]) / rates.max()
             assert achieved >= 0.99, (acceptance, rtt_s, achieved)
@@ -184,7 +198,7 @@ def test_the_hysteresis_keeps_k_from_flapping_on_a_jittery_link():
     rtts_s = np.linspace(0.0, 0.3, 3001)
     ks = np.array([IDS.best_k(rtt_s, 1, 15) for rtt_s in rtts_s])
     threshold = rtts_s[np.argmax(ks > ks[len(ks) // 2])]
-    steady = dict(calibration=IDS, learn=False)
+    steady = dict(calibration=IDS, learn=False, hand_off=False)
     damped = drive(NasdController(1, 15, **steady), IDS, [threshold] * 400, jitter_s=0.010)
     raw = drive(NasdController(1, 15, rtt_band=0.0, rtt_floor_ms=0.0, switch_margin=0.0,
                                **steady), IDS, [threshold] * 400, jitter_s=0.010)
@@ -194,7 +208,7 @@ def test_the_hysteresis_keeps_k_from_flapping_on_a_jittery_link():
 
 
 def test_the_rtt_estimate_is_the_one_k_was_chosen_on():
-    controller = NasdController(1, 15)
+    controller = NasdController(1, 15, hand_off=False)
     assert controller.next_k() == 5 and controller.rtt_estimate_ms is None
     controller.observe(full(5, 2))          # 50 ms of network time, 100 bytes
     controller.next_k()
@@ -206,6 +220,72 @@ def test_the_rtt_estimate_is_the_one_k_was_chosen_on():
         controller.observe(replace(full(5, 2), t_network=0.080))
     controller.next_k()
     assert controller.rtt_estimate_ms == pytest.approx(80.0, rel=0.05)
+
+
+def stretch_runs(ks: list[int]) -> list[int]:
+    """The lengths of the runs of HAND_OFF in ``ks``, first and last included."""
+    runs, length = [], 0
+    for k in ks + [1]:
+        if k == HAND_OFF:
+            length += 1
+        elif length:
+            runs, length = runs + [length], 0
+    return runs
+
+
+def reversal_rtt_s(truth: Calibration) -> float:
+    """Past this RTT every K in 1..15 decodes slower than the cloud alone (transfers free)."""
+    return max(crossover_rtt_s(truth.acceptance, k, truth.times) for k in DEPTHS)
+
+
+@pytest.mark.parametrize("cutoff", [False, True])
+def test_stretches_replace_speculation_only_past_the_reversal(cutoff):
+    """On a link whose RTT climbs from 0 to 1 s: speculation until past the reversal RTT,
+    then stretches: the cloud's (K = 0), or with the cutoff the draft's (the synthetic
+    draft, 250 tokens/s, outruns the cloud's 33), each followed by one speculation cycle
+    that measures the link again."""
+    truth = replace(IDS, bytes_up=Line(0.0), bytes_down=Line(0.0))   # the closed form's link
+    controller = NasdController(1, 15, calibration=truth, learn=False, edge_only_cutoff=cutoff)
+    rtts_s = np.linspace(0.0, 1.0, 400)
+    ks = drive(controller, truth, rtts_s)
+    reversal = reversal_rtt_s(truth)
+    assert 0.02 < reversal < 0.1
+    stretched = [rtt for k, rtt in zip(ks, rtts_s) if k == HAND_OFF]
+    assert stretched and min(stretched) > reversal        # never below the reversal
+    late = [k for k, rtt in zip(ks, rtts_s) if rtt > 2 * reversal + 0.05]
+    # one speculation cycle measures acceptance and the link again after each edge stretch,
+    # after every 8 of the cloud's
+    assert set(stretch_runs(late)[1:-1]) == {1 if cutoff else 8}
+    assert controller.stretch is None or controller.stretch.served_by == (
+        "edge" if cutoff else "cloud")
+
+
+def test_a_cloud_stretch_amortizes_its_round_trip_and_the_controller_comes_back():
+    """A stretch handed to the cloud is long enough for its RTT to be 10 % of it; the
+    stretches teach the controller the RTT and the cloud's step, so when the link
+    recovers it speculates again."""
+    controller = NasdController(1, 15)
+    rtts_s = [0.0] * 60 + [0.5] * 60 + [0.005] * 60
+    ks = drive(controller, IDS, rtts_s)
+    assert HAND_OFF not in ks[10:60] and set(stretch_runs(ks[80:120])[1:-1]) == {8}
+    assert HAND_OFF not in ks[140:]
+    decode_s = TIMES.decode_time_s()
+    assert controller.estimator.decode_s == pytest.approx(decode_s)
+    # a stretch at 500 ms: its RTT about 10 % of its time
+    stretch = controller.plan().cloud_stretch(0.5, 0.1)
+    assert 0.5 / (0.5 + stretch.tokens * decode_s) == pytest.approx(0.1, rel=0.02)
+
+
+def test_a_few_unlucky_cycles_do_not_hand_the_link_to_the_cloud():
+    """Acceptance 0.7 at 12 ms speculates faster than the cloud decodes; after a cycle that
+    accepted nothing the estimate alone (0.33) says otherwise, its upper bound does not."""
+    controller = NasdController(1, 15)
+    for _ in range(1):
+        controller.next_k()
+        controller.observe(replace(full(5, 0), t_draft=0.02, t_verify=0.0325, t_network=0.012,
+                                   t_cycle=0.0645))
+    assert controller.plan().acceptance < 0.35 and controller.estimator.acceptance_upper() > 0.7
+    assert controller.next_k() != HAND_OFF
 
 
 def test_a_controller_that_does_not_learn_needs_a_calibration():

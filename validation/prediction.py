@@ -58,6 +58,14 @@ def plain_step_s(queries: pd.DataFrame, strategy: str, side: str) -> float | Non
                  / (own["n_tokens"] - 1).sum())
 
 
+def speculation_cycles(cycles: pd.DataFrame) -> pd.DataFrame:
+    """The cycles that drafted and verified: not the stretches a controller served without
+    drafts (``served_by`` cloud or edge; folders from before stretches have none)."""
+    if "served_by" not in cycles:
+        return cycles
+    return cycles[cycles["served_by"] == "speculation"]
+
+
 def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | None:
     """From a run of real models, stage by stage: draft time per token from the cycles;
     t_verify(k) = base + per_token * (k + 1) fitted by least squares to the cycles'
@@ -66,6 +74,7 @@ def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | N
     the verifier's work, edge-only decodes without waiting on the network).  The cloud's
     draft (cloud-spec) is taken to run as fast as the edge's does in a loop of its own:
     edge-only's step where the run has it.  None when the run has no speculation cycles."""
+    cycles = speculation_cycles(cycles)
     drafted = cycles[cycles["k"] > 0] if not cycles.empty else cycles
     if drafted.empty:
         return None
@@ -87,13 +96,17 @@ def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | N
 
 def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
                            times: HostTimes, link: LinkState,
-                           bytes_up: float = 0.0, bytes_down: float = 0.0) -> float:
+                           bytes_up: float = 0.0, bytes_down: float = 0.0,
+                           stretches: Sequence[tuple[str, int, int]] = ()) -> float:
     """Decode rate (tokens/s after the first token) of one strategy.
 
     ``ks`` are the draft lengths of the cycles (the run's own where it
     recorded them, so a query's shorter last cycle and a controller's
     changing K are modeled too): expected tokens over expected time, summed
-    over cycles.
+    over cycles; ``stretches`` (served_by, tokens, cycle) are those a
+    controller served without drafts: the cloud's (one RTT, then its decoding
+    steps; no RTT for a query's cycle 1, which rode on the open) and the
+    edge's (the draft's steps).
     """
     if strategy == "edge-only":
         return 1.0 / times.edge_only_step_s()
@@ -107,8 +120,15 @@ def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
                                                      down)
     else:
         raise ValueError(f"no prediction for strategy {strategy!r}")
-    tokens = sum(expected_tokens_per_cycle(acceptance, k) for k in ks)
-    return tokens / sum(cycle_s(k) for k in ks)
+    def stretch_s(served_by: str, n: int, cycle: int) -> float:
+        if served_by == "edge":
+            return n * times.edge_only_step_s()
+        return (link.rtt_ms / 1000.0 if cycle > 1 else 0.0) + n * times.cloud.decode_time_s()
+
+    tokens = sum(expected_tokens_per_cycle(acceptance, k) for k in ks) \
+        + sum(n for _, n, _ in stretches)
+    return tokens / (sum(cycle_s(k) for k in ks)
+                     + sum(stretch_s(*stretch) for stretch in stretches))
 
 
 def predicted_crossover_rtt_ms(k: int, acceptance: float, times: HostTimes, link: LinkState,

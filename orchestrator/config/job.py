@@ -82,6 +82,9 @@ class JobConfig(SamplingConfig):
                             description="nasd, hf-heuristic, bandit: the smallest K they choose")
     nasd_k_max: int = Field(default=DEFAULT_K_MAX, ge=1, le=64,
                             description="nasd, hf-heuristic, bandit: the largest K they choose")
+    nasd_edge_only_cutoff: bool = Field(default=False, description="nasd: past the reversal "
+                                        "RTT, serve stretches with the draft alone where that "
+                                        "beats handing them to the cloud (lossy, flagged)")
     codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
     repetitions: int = Field(default=1, gt=0)

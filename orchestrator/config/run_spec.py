@@ -70,6 +70,7 @@ class RunSpec:
         prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
         return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
                              k_min=self.job.nasd_k_min, k_max=self.job.nasd_k_max,
+                             edge_only_cutoff=self.job.nasd_edge_only_cutoff,
                              query_id=prompt.id, repetition=repetition, prompt=prompt.prompt,
                              answer=prompt.answer, max_new_tokens=self.job.max_new_tokens,
                              sampling=self.job.sampling, codec=self.job.resolved_codec,

@@ -22,6 +22,7 @@ from validation.prediction import (
     modeled_times,
     predicted_crossover_rtt_ms,
     predicted_tokens_per_s,
+    speculation_cycles,
 )
 
 
@@ -86,9 +87,14 @@ def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
 def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
                 times: HostTimes, link: LinkState) -> float:
     own = cycles[cycles["label"] == run.label] if not cycles.empty else cycles
-    ks = own["k"].tolist() if len(own) else [run.k]
+    speculated = speculation_cycles(own)
+    ks = speculated["k"].tolist() if len(own) else [run.k]
+    stretched = own.drop(speculated.index)
     return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec), times, link,
-                                  *_cycle_bytes(row))
+                                  *_cycle_bytes(row),
+                                  stretches=list(zip(stretched.get("served_by", []),
+                                                     stretched.get("tokens", []),
+                                                     stretched.get("cycle", []))))
 
 
 def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec, times: HostTimes) -> float:

@@ -43,6 +43,7 @@ from validation.stats import (
     ratio_interval,
     separated,
 )
+from validation.prediction import speculation_cycles
 from validation.task_accuracy import is_correct
 
 
@@ -149,16 +150,21 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
         row["per_token_acceptance"] = (acceptance_from_counts(int(accepted), int(group["rejections"].sum()))
                                        if drafted else np.nan)
         own_cycles = cycles[cycles["label"] == label] if not cycles.empty else cycles
-        if len(own_cycles):
-            row["accepted_per_cycle"] = own_cycles["accepted"].mean()
-            row["tokens_per_cycle"] = own_cycles["tokens"].mean()
-            _with_percentiles(row, "cycle_ms", own_cycles["t_cycle"], 1000.0)
-            _with_percentiles(row, "rtt_ms", own_cycles["rtt_ms"])
+        speculated = speculation_cycles(own_cycles)
+        if len(speculated):
+            row["accepted_per_cycle"] = speculated["accepted"].mean()
+            row["tokens_per_cycle"] = speculated["tokens"].mean()
+            _with_percentiles(row, "cycle_ms", speculated["t_cycle"], 1000.0)
+            row["bytes_up_per_cycle"] = speculated["bytes_up"].mean()
+            row["bytes_down_per_cycle"] = speculated["bytes_down"].mean()
+            row["t_draft_ms"] = speculated["t_draft"].mean() * 1000.0
+            row["t_verify_ms"] = speculated["t_verify"].mean() * 1000.0
+        if len(own_cycles):     # stretches too: a hand-off's first token measures the RTT
+            _with_percentiles(row, "rtt_ms", own_cycles["rtt_ms"].dropna())
             row["network_ratio"] = own_cycles["t_network"].sum() / own_cycles["t_cycle"].sum()
-            row["bytes_up_per_cycle"] = own_cycles["bytes_up"].mean()
-            row["bytes_down_per_cycle"] = own_cycles["bytes_down"].mean()
-            row["t_draft_ms"] = own_cycles["t_draft"].mean() * 1000.0
-            row["t_verify_ms"] = own_cycles["t_verify"].mean() * 1000.0
+        if "handoff_tokens" in group:
+            row["handoff_share"] = group["handoff_tokens"].sum() / tokens if tokens else np.nan
+            row["cutoff_share"] = group["cutoff_tokens"].sum() / tokens if tokens else np.nan
         _with_ratio(row, "bytes_up_per_token", group["bytes_up"], group["n_tokens"])
         _with_ratio(row, "bytes_down_per_token", group["bytes_down"], group["n_tokens"])
         _with_ratio(row, "cloud_ms_per_token", group["cloud_compute_s"], group["n_tokens"], 1000.0)

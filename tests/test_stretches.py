@@ -1,0 +1,144 @@
+"""The stretches NASD serves without drafting, through the real edge and cloud agents in
+one process (ZeroMQ over inproc, the cloud in a thread): a stretch handed to the cloud
+(K = 0: on the ``open`` before the first draft, or mid-query with ``decode``) keeps the
+output the target's; a stretch the draft serves alone (the edge-only cutoff) reaches the
+cloud before it verifies anything after it, so the target continues from the very tokens
+the edge served.  A scripted policy (a real ``KPolicy``) fixes the schedule; which steps
+NASD itself chooses is tests/test_policy.py's."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import zmq
+
+from agents.backends import build_models
+from agents.backends.base import TokenSequence
+from agents.backends.synthetic import SyntheticPairConfig
+from agents.cloud import CloudAgent
+from agents.edge import EdgeAgent, QueryRequest
+from agents.protocol import Channel, ReceiveTimeout
+from agents.sampling import SamplingConfig
+from agents.speculative import decode_plainly
+from nasd.estimator import Stretch
+from nasd.policy import HAND_OFF, KPolicy
+from shaping.clock import now
+
+PAIR = SyntheticPairConfig(acceptance=0.7, latency={
+    side: {"base_ms": 0.0, "per_token_ms": 0.0}
+    for side in ("edge_draft", "cloud_draft", "cloud_target")})
+GREEDY = SamplingConfig(decoding="greedy")
+PROMPT = "stretches"
+MAX_NEW_TOKENS = 60
+
+
+class Scripted(KPolicy):
+    """The K of each cycle from a list (a ``Stretch`` for HAND_OFF); K = 2 once it runs out."""
+
+    name = "nasd"
+
+    def __init__(self, steps: list[int | Stretch]) -> None:
+        self.steps, self.observed = list(steps), []
+
+    def next_k(self) -> int:
+        step = self.steps.pop(0) if self.steps else 2
+        self.stretch = step if isinstance(step, Stretch) else None
+        return HAND_OFF if self.stretch else step
+
+    def observe(self, cycle) -> None:
+        self.observed.append(cycle)
+
+
+@contextmanager
+def edge_and_cloud(policy: KPolicy):
+    """An edge agent whose every strategy run uses ``policy``, served by a cloud agent."""
+    context = zmq.Context()
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    router.bind("inproc://stretches")
+    dealer.connect("inproc://stretches")
+    cloud = CloudAgent(build_models(PAIR, "cloud"), Channel(router, receive_timeout_s=5.0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                message, peer, _ = cloud.channel.recv(timeout_s=0.05)
+            except ReceiveTimeout:
+                continue
+            cloud.handle(message, peer, now())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield EdgeAgent(build_models(PAIR, "edge"), Channel(dealer, receive_timeout_s=5.0),
+                        policy_for=lambda *_: policy)
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
+        router.close(linger=0)
+        dealer.close(linger=0)
+        context.term()
+
+
+def run(policy: KPolicy, codec: str = "ids"):
+    with edge_and_cloud(policy) as edge:
+        return edge.run_query(QueryRequest(strategy="nasd", label="nasd", query_id="q",
+                                           prompt=PROMPT, max_new_tokens=MAX_NEW_TOKENS,
+                                           sampling=GREEDY, codec=codec))
+
+
+def continuation(model, context: list[int], n: int) -> list[int]:
+    """``model``'s greedy continuation of ``context``, ``n`` tokens (fewer after EOS)."""
+    sequence = TokenSequence(model, context, GREEDY)
+    return list(decode_plainly(sequence, n, "greedy", np.random.default_rng(0), PAIR.eos_id))
+
+
+def prompt_ids() -> list[int]:
+    return build_models(PAIR, "edge").tokenizer.encode(PROMPT)
+
+
+@pytest.mark.parametrize("codec", ["ids", "q-scalar"])
+def test_cloud_stretches_on_the_open_and_mid_query_keep_the_target_output(codec):
+    stretch = Stretch("cloud", 7, 1.0)
+    policy = Scripted([stretch, 3, stretch, 1, 4, stretch])
+    record, cycles = run(policy, codec)
+    target = build_models(PAIR, "cloud").target
+    assert record.output_ids == continuation(target, prompt_ids(), MAX_NEW_TOKENS)
+    served = [c.served_by for c in cycles]
+    assert served[:6] == ["cloud", "speculation", "cloud", "speculation", "speculation", "cloud"]
+    # the opening stretch: 7 tokens in all, the first of them the open's own
+    assert [c.tokens for c in cycles if c.served_by == "cloud"][:3] == [6, 7, 7]
+    assert all(c.k == 0 and c.accepted == 0 for c in cycles if c.served_by == "cloud")
+    assert record.handoff_tokens == 20 and record.cutoff_tokens == 0
+    assert not record.nasd_cutoff_triggered
+    assert sum(c.tokens for c in cycles) == len(record.output_ids) - 1
+    assert policy.observed == cycles
+
+
+@pytest.mark.parametrize("codec", ["ids", "q-scalar"])
+def test_the_cloud_verifies_after_the_tokens_the_draft_served_alone(codec):
+    """Greedy: each step's tokens are the continuation of all tokens before them by the
+    model that served them: the target's for cycles and cloud stretches, the draft's for
+    cutoff stretches (the draft's greedy text differs from the target's)."""
+    edge_stretch, cloud_stretch = Stretch("edge", 5, 1.0), Stretch("cloud", 4, 1.0)
+    policy = Scripted([3, edge_stretch, 2, edge_stretch, cloud_stretch, edge_stretch, 4])
+    record, cycles = run(policy, codec)
+    models = build_models(PAIR, "cloud")
+    context = prompt_ids()
+    output = record.output_ids
+    assert output[:1] == continuation(models.target, context, 1)
+    position = 1
+    for cycle in cycles:
+        model = models.draft if cycle.served_by == "edge" else models.target
+        tokens = output[position:position + cycle.tokens]
+        assert tokens == continuation(model, context + output[:position], cycle.tokens), cycle
+        position += cycle.tokens
+    assert position == len(output)
+    edge = [c for c in cycles if c.served_by == "edge"]
+    assert len(edge) == 3 and all(c.nasd_cutoff and c.bytes_up == 0 and np.isnan(c.rtt_ms)
+                                  for c in edge)
+    assert record.cutoff_tokens == 15 and record.nasd_cutoff_triggered
+    assert output != continuation(models.target, context, MAX_NEW_TOKENS)   # lossy, as flagged
