@@ -14,7 +14,9 @@ Object model: a ``Link`` carries one run's data plane and shapes it by a
   ``change`` from a background thread, at the offsets the sim link uses
   (``NetworkProfile.change_times``, counted from ``started_at``); each applied
   change of the current timeline is recorded with its planned offset and the
-  offsets at which it was sent and acknowledged.  Given a topology that is already up (a router VM
+  offsets at which it was sent and acknowledged.  A restart waits until the
+  qdiscs hold nothing of the last query, then ``change``s the link back to the
+  initial state and follows the timeline again.  Given a topology that is already up (a router VM
   shared by several runs) it shapes it and, on closing, only removes its
   qdiscs; otherwise closing removes everything it created.
 - ``RouterLink``: an ``EmulatedLink`` on a ``shaping.router.RouterTopology``:
@@ -40,6 +42,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Mapping, Protocol
 
@@ -190,6 +193,8 @@ class EmulatedLink(Link):
     """A kernel-shaped topology and its qdiscs (see the module docstring)."""
 
     DATA_PORT = 5555
+    DRAIN_LIMIT_S = 5.0     # a restart waits at most this long for the link to empty
+    DRAIN_POLL_S = 0.005
 
     def __init__(self, profile: NetworkProfile, prefix: str | None = None,
                  topology: LinkTopology | None = None) -> None:
@@ -259,15 +264,32 @@ class EmulatedLink(Link):
             self._follow_from_here()
 
     def _restart_timeline(self, agents: Mapping[Side, Agent]) -> float:
-        """Stop following the timeline, ``change`` the link back to the initial state (the
-        new timeline's first change, at offset 0) and follow it again from there."""
+        """Stop following the timeline, wait until the link holds nothing of the last query
+        (netem releases in order: the next query's first packet would wait behind them, in
+        the old state's delay), ``change`` it back to the initial state (the new timeline's
+        first change, at offset 0, recorded with the seconds it waited: ``drain_s``) and
+        follow the timeline again from there."""
         self._stop_following()
+        drain_s = self._drain()
         started_at = now()
         self.changes = []
-        self._change(0.0, started_at, self.changes)
+        if self._change(0.0, started_at, self.changes):
+            self.changes[0]["drain_s"] = round(drain_s, 6)
         self.started_at = started_at
         self._follow_from_here()
         return started_at
+
+    def _drain(self) -> float:
+        """Seconds until no qdisc of the link holds a packet (at most ``DRAIN_LIMIT_S``)."""
+        started = now()
+        while any(link_counters(self.topology)[direction]["queued_packets"]
+                  for direction in SENDER):
+            if now() - started >= self.DRAIN_LIMIT_S:
+                log.warning("%s: the link still holds packets after %.1f s; restarting its "
+                            "timeline anyway", self.prefix, self.DRAIN_LIMIT_S)
+                break
+            time.sleep(self.DRAIN_POLL_S)
+        return now() - started
 
     def _follow_from_here(self) -> None:
         """Follow the timeline from ``started_at`` in a background thread."""

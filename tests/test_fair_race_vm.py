@@ -41,6 +41,7 @@ def test_restarting_the_timeline_applies_it_again_from_offset_0(router_vm):
             assert timeline["error"] is None
             assert (timeline["starts"], timeline["changes_applied"]) == (1 + restart, 2 + 3 * restart)
             assert [change["at_s"] for change in timeline["changes"]] == [0.0, 0.5, 1.0]
+            assert 0.0 <= timeline["changes"][0]["drain_s"] < link.DRAIN_LIMIT_S
             for change in timeline["changes"]:
                 assert change["at_s"] <= change["sent_s"] <= change["applied_s"] < change["at_s"] + 0.5
         assert link.counters()["uplink"]["layout"] == "netem+tbf"
