@@ -59,6 +59,9 @@ class QueryRequest(BaseModel):
     codec: str = "ids"
     seed: int = 0
     answer: str | None = None   # expected answer, when the prompt set has one (for accuracy)
+    # the perf_counter instant the link's timeline started again for this query (None: a
+    # static profile); the record gives it relative to the query's submit
+    timeline_started_at: float | None = None
 
     @field_validator("codec")
     @classmethod
@@ -106,7 +109,9 @@ class EdgeAgent:
             repetition=request.repetition, prompt_tokens=len(prompt_ids), n_tokens=len(output),
             ttft_s=t_first - t_submit, e2e_s=t_last - t_submit, tokens_per_s=rate,
             decode_s=decode_s, finished_by_eos=eos, output_ids=list(output),
-            output_text=self.models.tokenizer.decode(output), answer=request.answer)
+            output_text=self.models.tokenizer.decode(output), answer=request.answer,
+            timeline_start_s=None if request.timeline_started_at is None
+            else request.timeline_started_at - t_submit)
 
     def _edge_only(self, request, session, prompt_ids):
         rng = session_rng(request.seed, session, "edge")

@@ -120,7 +120,8 @@ class Channel:
 
     ``sim_link``, in sim mode, makes the link model for each peer's stream
     (one per edge on a ROUTER); every received message is then held until
-    that model delivers it.
+    that model delivers it.  ``restart_timeline`` moves the origin of the
+    profile's timeline for every stream, also those of peers yet to come.
     """
 
     def __init__(self, socket: zmq.Socket, receive_timeout_s: float,
@@ -136,6 +137,7 @@ class Channel:
         self.bytes_received = 0
         self.sim_link = sim_link
         self.sim_links: dict[bytes | None, SimulatedDirection] = {}
+        self.timeline_started_at: float | None = None   # None: where the settings say
 
     def send(self, message: Message, peer: bytes | None = None) -> int:
         """Send ``message``; return its size on the wire in bytes."""
@@ -175,7 +177,17 @@ class Channel:
         link = self.sim_links.get(peer)
         if link is None:
             link = self.sim_links[peer] = self.sim_link(len(self.sim_links))
+            if self.timeline_started_at is not None:
+                link.restart_timeline(self.timeline_started_at)
         return link
+
+    def restart_timeline(self, started_at: float) -> None:
+        """The sim link's timeline starts again at ``started_at`` (``perf_counter``)."""
+        if self.sim_link is None:
+            raise ProtocolError("only a sim link has a timeline in the agent")
+        self.timeline_started_at = started_at
+        for link in self.sim_links.values():
+            link.restart_timeline(started_at)
 
     def link_stats(self) -> dict | None:
         """Counters of the sim link (summed over peers); None outside sim mode."""

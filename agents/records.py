@@ -76,6 +76,9 @@ class QueryRecord:
     output_ids: list[int] = field(default_factory=list)
     output_text: str = ""
     answer: str | None = None  # the prompt set's expected answer, if any
+    # when the link's timeline (re)started for this query, in seconds since its submit (<= 0;
+    # None: a static profile): a cycle met the profile at offset t_start - timeline_start_s
+    timeline_start_s: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

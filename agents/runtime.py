@@ -107,13 +107,18 @@ class AgentRuntime:
             self.socket.connect(settings.data_address)
 
     def handlers(self, **specific: Handler) -> dict[str, Handler]:
-        """``ping``, ``stop`` and ``stats`` plus the agent's own commands."""
+        """``ping``, ``stop``, ``stats`` and ``restart_timeline`` (sim: the link's timeline
+        counts from the request's ``started_at`` on) plus the agent's own commands."""
         def stats(_: dict[str, Any]) -> dict[str, Any]:
             return {"bytes_sent": self.channel.bytes_sent,
                     "bytes_received": self.channel.bytes_received,
                     "sim_link": self.channel.link_stats()}
+
+        def restart_timeline(request: dict[str, Any]) -> dict[str, Any]:
+            self.channel.restart_timeline(float(request["started_at"]))
+            return {"ok": True}
         return {"ping": lambda _: {"ok": True}, "stop": lambda _: {"ok": True}, "stats": stats,
-                **specific}
+                "restart_timeline": restart_timeline, **specific}
 
     def close(self) -> None:
         self.socket.close(linger=0)

@@ -13,8 +13,10 @@ Object model: a ``Link`` carries one run's data plane and shapes it by a
   (``shaping.qdisc``), following the profile's timeline live with netlink
   ``change`` from a background thread, at the offsets the sim link uses
   (``NetworkProfile.change_times``, counted from ``started_at``); each applied
-  change is recorded with its planned offset and the offsets at which it was
-  sent and acknowledged.  Given a topology that is already up (a router VM
+  change of the current timeline is recorded with its planned offset and the
+  offsets at which it was sent and acknowledged.  A restart waits until the
+  qdiscs hold nothing of the last query, then ``change``s the link back to the
+  initial state and follows the timeline again.  Given a topology that is already up (a router VM
   shared by several runs) it shapes it and, on closing, only removes its
   qdiscs; otherwise closing removes everything it created.
 - ``RouterLink``: an ``EmulatedLink`` on a ``shaping.router.RouterTopology``:
@@ -23,9 +25,15 @@ Object model: a ``Link`` carries one run's data plane and shapes it by a
 A link's life, as a run's deployment drives it: ``create()`` builds what
 carries the bytes; ``data_address``, ``agent_argv(side)`` and ``sim_link``
 say where the cloud listens, how each agent is started and what it applies
-itself; ``wait_ready()``; ``shape(agents)`` starts the profile; ``stats(agents)``
-is what each direction carried (saved as ``link_stats.json``); ``close()``
-removes what it created.  ``topology`` is the kernel path, where there is one
+itself; ``wait_ready()``; ``shape(agents)`` starts the profile;
+``restart_timeline(agents)``, before each query, starts the profile's timeline
+again from offset 0 (its initial state), so that every query of every strategy
+meets the same link at the same offsets from its start (a fair race on a
+time-varying link; a query longer than the timeline's period meets offsets 0
+to its length), and returns the instant it did (a ``perf_counter`` reading:
+CLOCK_MONOTONIC, shared by every process of the host); on a static profile
+it does nothing and returns None.  ``stats(agents)`` is what each direction
+carried (saved as ``link_stats.json``); ``close()`` removes what it created.  ``topology`` is the kernel path, where there is one
 (a probe measures it); ``health()`` says why the link broke, if it did.
 """
 
@@ -34,6 +42,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Mapping, Protocol
 
@@ -52,6 +61,13 @@ class Agent(Protocol):
     pid: int
 
     def stats(self) -> dict: ...
+
+    def ping(self) -> None:
+        """Returns once the agent has handled what it was doing (a sim link's agent holds a
+        message until its modeled delivery and answers only then)."""
+
+    def restart_timeline(self, started_at: float) -> None:
+        """Count its sim link's timeline from ``started_at`` on."""
 
 
 class Link:
@@ -98,6 +114,17 @@ class Link:
     def shape(self, agents: Mapping[Side, Agent] | None = None) -> None:
         """Start the profile."""
 
+    def restart_timeline(self, agents: Mapping[Side, Agent]) -> float | None:
+        """Start the profile's timeline again at offset 0; the instant it started (None: a
+        static profile, where nothing is done)."""
+        if self.profile.is_static:
+            return None
+        self.started_at = self._restart_timeline(agents)
+        return self.started_at
+
+    def _restart_timeline(self, agents: Mapping[Side, Agent]) -> float:
+        raise NotImplementedError
+
     def stats(self, agents: Mapping[Side, Agent]) -> dict:
         raise NotImplementedError
 
@@ -138,6 +165,17 @@ class SimLink(Link):
     def sim_link(self) -> SimLinkSettings:
         return SimLinkSettings(profile=self.profile, seed=self.seed, started_at=self.started_at)
 
+    def _restart_timeline(self, agents: Mapping[Side, Agent]) -> float:
+        """Both agents' link models count from the same instant, taken once both are idle
+        (the cloud may still hold the last query's ``close`` for its delivery): nothing is
+        in flight then, and the timeline does not start before the next query."""
+        for agent in agents.values():
+            agent.ping()
+        started_at = now()
+        for agent in agents.values():
+            agent.restart_timeline(started_at)
+        return started_at
+
     def stats(self, agents: Mapping[Side, Agent]) -> dict:
         return {direction: agents[side].stats()["sim_link"] for direction, side in RECEIVER.items()}
 
@@ -155,6 +193,8 @@ class EmulatedLink(Link):
     """A kernel-shaped topology and its qdiscs (see the module docstring)."""
 
     DATA_PORT = 5555
+    DRAIN_LIMIT_S = 5.0     # a restart waits at most this long for the link to empty
+    DRAIN_POLL_S = 0.005
 
     def __init__(self, profile: NetworkProfile, prefix: str | None = None,
                  topology: LinkTopology | None = None) -> None:
@@ -162,9 +202,12 @@ class EmulatedLink(Link):
         self.topology = topology if topology is not None else LinkTopology(prefix)
         self.layouts: dict[str, str] = {}
         self._tcp_at_start: dict[Side, dict[str, int]] = {}
-        self.changes: list[dict[str, float]] = []
+        self.changes: list[dict[str, float]] = []     # those of the current timeline
+        self.timeline_starts = 0
+        self.changes_applied = 0                      # over all timelines
         self._owns_topology = False
         self._created = False
+        self._change_times: list[float] | None = None
         self._stop = threading.Event()
         self._timeline: threading.Thread | None = None
         self.timeline_error: BaseException | None = None
@@ -218,15 +261,55 @@ class EmulatedLink(Link):
         self.started_at = now()
         self._tcp_at_start = {side: tcp_counters(agent.pid) for side, agent in (agents or {}).items()}
         if not self.profile.is_static:
-            self._timeline = threading.Thread(target=self._follow_timeline,
-                                              name=f"{self.prefix}-timeline", daemon=True)
-            self._timeline.start()
+            self._follow_from_here()
 
-    def close(self) -> None:
+    def _restart_timeline(self, agents: Mapping[Side, Agent]) -> float:
+        """Stop following the timeline, wait until the link holds nothing of the last query
+        (netem releases in order: the next query's first packet would wait behind them, in
+        the old state's delay), ``change`` it back to the initial state (the new timeline's
+        first change, at offset 0, recorded with the seconds it waited: ``drain_s``) and
+        follow the timeline again from there."""
+        self._stop_following()
+        drain_s = self._drain()
+        started_at = now()
+        self.changes = []
+        if self._change(0.0, started_at, self.changes):
+            self.changes[0]["drain_s"] = round(drain_s, 6)
+        self.started_at = started_at
+        self._follow_from_here()
+        return started_at
+
+    def _drain(self) -> float:
+        """Seconds until no qdisc of the link holds a packet (at most ``DRAIN_LIMIT_S``)."""
+        started = now()
+        while any(link_counters(self.topology)[direction]["queued_packets"]
+                  for direction in SENDER):
+            if now() - started >= self.DRAIN_LIMIT_S:
+                log.warning("%s: the link still holds packets after %.1f s; restarting its "
+                            "timeline anyway", self.prefix, self.DRAIN_LIMIT_S)
+                break
+            time.sleep(self.DRAIN_POLL_S)
+        return now() - started
+
+    def _follow_from_here(self) -> None:
+        """Follow the timeline from ``started_at`` in a background thread."""
+        self.timeline_starts += 1
+        if self._change_times is None:
+            self._change_times = self.profile.change_times(TIMELINE_HORIZON_S)
+        self._stop = threading.Event()
+        self._timeline = threading.Thread(
+            target=self._follow_timeline, args=(self.started_at, self.changes, self._stop),
+            name=f"{self.prefix}-timeline", daemon=True)
+        self._timeline.start()
+
+    def _stop_following(self) -> None:
         self._stop.set()
         if self._timeline is not None:
             self._timeline.join(timeout=5.0)
             self._timeline = None
+
+    def close(self) -> None:
+        self._stop_following()
         if self._owns_topology:
             self.topology.close()
         elif self.layouts and self.topology.health() is None:
@@ -236,29 +319,41 @@ class EmulatedLink(Link):
                 log.warning("%s: removing the qdiscs: %s", self.prefix, error)
         self.layouts = {}
 
-    def _follow_timeline(self) -> None:
-        for offset in self.profile.change_times(TIMELINE_HORIZON_S):
-            if offset == 0.0:
+    def _follow_timeline(self, started_at: float, changes: list[dict[str, float]],
+                         stop: threading.Event) -> None:
+        for offset in self._change_times:
+            if offset == 0.0:       # the initial state: applied by shape() or a restart
                 continue
-            if self._stop.wait(max(0.0, self.started_at + offset - now())):
+            if (stop.wait(max(0.0, started_at + offset - now()))
+                    or not self._change(offset, started_at, changes)):
                 return
-            sent = now()
-            try:
-                self.layouts = change_link(self.topology, self.profile.state_at(offset),
-                                           self.layouts)
-            except Exception as error:    # reported by counters(); the run goes on unshaped
-                log.error("%s: applying the change at %.3f s failed: %s", self.prefix, offset, error)
-                self.timeline_error = error
-                return
-            self.changes.append({"at_s": offset, "sent_s": round(sent - self.started_at, 6),
-                                 "applied_s": round(now() - self.started_at, 6)})
+
+    def _change(self, offset: float, started_at: float, changes: list[dict[str, float]]) -> bool:
+        """``change`` the link to the profile's state at ``offset`` and record it in
+        ``changes`` (the offsets of its sending and acknowledgement from ``started_at``, the
+        start of the timeline it belongs to); False if that failed."""
+        sent = now()
+        try:
+            self.layouts = change_link(self.topology, self.profile.state_at(offset), self.layouts)
+        except Exception as error:    # reported by counters(); the run goes on unshaped
+            log.error("%s: applying the change at %.3f s failed: %s", self.prefix, offset, error)
+            self.timeline_error = error
+            return False
+        changes.append({"at_s": offset, "sent_s": round(sent - started_at, 6),
+                        "applied_s": round(now() - started_at, 6)})
+        self.changes_applied += 1
+        return True
 
     def counters(self) -> dict[str, dict]:
-        """Per direction: the kernel's qdisc counters where it is shaped; the timeline."""
+        """Per direction: the kernel's qdisc counters where it is shaped; the timeline: how
+        often it started (shaping, then each restart), the changes applied over all of them,
+        those of the current one (a restart's first, at offset 0, sets the initial state
+        again), the last change that failed, the seconds since the current one started."""
         found = link_counters(self.topology)
         for direction, side in SENDER.items():
             found[direction]["layout"] = self.layouts.get(side, "none")
-        found["timeline"] = {"changes_applied": len(self.changes), "changes": self.changes,
+        found["timeline"] = {"starts": self.timeline_starts,
+                             "changes_applied": self.changes_applied, "changes": self.changes,
                              "error": str(self.timeline_error) if self.timeline_error else None,
                              "elapsed_s": round(now() - self.started_at, 3)
                              if self.started_at is not None else None}

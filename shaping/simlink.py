@@ -8,7 +8,14 @@ loss as TCP retransmission after an RTO, serialization through a token
 bucket, in order).  Loopback's own latency is absorbed inside the modeled
 delay whenever that delay is longer, so the link behaves as the profile says
 rather than as the profile plus this host's socket stack.  The profile's
-timeline is applied as time passes, like ``netlink change`` in emulated mode.
+timeline is applied as time passes, like ``netlink change`` in emulated mode,
+counted from ``started_at`` until ``restart_timeline`` moves its origin (the
+orchestrator does so before every query, telling both agents the same
+``perf_counter`` instant: CLOCK_MONOTONIC, one clock for all processes): from
+the first message sent at or after the new origin the direction is in the
+profile's state at offset 0 again and meets its changes at the same offsets.
+A message sent before the origin keeps the state it was sent in.  The queue,
+jitter correlation and loss chain carry over, as across a kernel ``change``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class SimLinkSettings(BaseModel):
     profile: NetworkProfile
     seed: int
     started_at: float  # perf_counter instant the link came up; the timeline counts from it
+    #                    until restarted (``SimulatedDirection.restart_timeline``)
 
 
 def tcp_estimates(state: LinkState) -> tuple[float, float]:
@@ -45,21 +53,30 @@ class SimulatedDirection:
     def __init__(self, settings: SimLinkSettings, direction: Direction, stream: int = 0) -> None:
         self.profile = settings.profile
         self.direction = direction
-        self.started_at = settings.started_at
+        self.started_at = settings.started_at      # the link model's time axis counts from here
         state = self.profile.state_at(0.0)
         seed = np.random.SeedSequence([settings.seed, 0 if direction == "uplink" else 1, stream])
         self.link = DirectionLink(getattr(state, direction), np.random.default_rng(seed),
                                   *tcp_estimates(state))
-        self.changes = iter(self.profile.change_times(TIMELINE_HORIZON_S))
-        self.next_change = next(self.changes, None)
+        # offset 0 leads, so that a restart sets the initial state again (none: a static profile)
+        changes = self.profile.change_times(TIMELINE_HORIZON_S)
+        self.changes = changes if changes[:1] in ([], [0.0]) else [0.0, *changes]
+        self.timeline_started_at = settings.started_at
+        self.next_change = 0
         self.messages = 0
         self.payload_bytes = 0
 
+    def restart_timeline(self, started_at: float) -> None:
+        """Count the profile's timeline from ``started_at`` (a ``perf_counter`` instant) on."""
+        self.timeline_started_at = started_at
+        self.next_change = 0
+
     def _apply_timeline(self, t: float) -> None:
-        while self.next_change is not None and t - self.started_at >= self.next_change:
-            state = self.profile.state_at(self.next_change)
+        offset = t - self.timeline_started_at
+        while self.next_change < len(self.changes) and offset >= self.changes[self.next_change]:
+            state = self.profile.state_at(self.changes[self.next_change])
             self.link.update(getattr(state, self.direction), *tcp_estimates(state))
-            self.next_change = next(self.changes, None)
+            self.next_change += 1
 
     def deliver_at(self, sent_at: float, payload_bytes: int) -> float:
         self._apply_timeline(sent_at)

@@ -140,3 +140,24 @@ def test_sim_link_holds_each_message_for_the_modeled_delay(pair):
     assert abs(np.median(delays) * 1000 - 20.0) < 0.5
     assert min(delays) >= 0.020
     assert cloud.link_stats()["messages"] == 20
+
+
+def test_a_restarted_timeline_holds_for_streams_yet_to_come(pair):
+    """The cloud's link model for an edge is made at its first message: a restart before
+    then still counts; only a sim link has a timeline in the agent."""
+    router, dealer = pair
+    profile = resolve(ProfileFile(rtt_ms=10, schedule={"steps": [{"at_s": 0.4, "rtt_ms": 200}]}),
+                      "t")
+    settings = SimLinkSettings(profile=profile, seed=0, started_at=now() - 10.0)
+    cloud = Channel(router, 2.0, sim_link=lambda stream: SimulatedDirection(settings, "uplink", stream))
+    edge = Channel(dealer, 2.0)
+    origin = now()
+    cloud.restart_timeline(origin)
+    edge.send(Message("draft", "a", arrays={"ids": np.arange(5, dtype=np.int32)}))
+    message, peer, _ = cloud.recv()
+    assert now() - message.sent_at >= 0.005
+    link = cloud.sim_links[peer]      # in the initial state (5 ms), not the 100 ms it was in
+    assert link.deliver_at(origin + 0.3, 64) - (origin + 0.3) == pytest.approx(0.005)
+    assert link.deliver_at(origin + 0.5, 64) - (origin + 0.5) == pytest.approx(0.100)
+    with pytest.raises(ProtocolError, match="sim link"):
+        edge.restart_timeline(now())

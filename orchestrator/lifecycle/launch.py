@@ -6,7 +6,9 @@ stops its children in order) and dies with the orchestrator even after a
 ``kill -9`` (PR_SET_PDEATHSIG).  ``AgentProcess`` adds the control plane.
 ``Deployment`` starts and stops the two agents of a run on the ``shaping.link``
 of its mode (``make_link``): on loopback with the sim link, or each in its own
-network namespace of a kernel-shaped link (a veth, or the router VM).
+network namespace of a kernel-shaped link (a veth, or the router VM); it hands
+each query to the edge right after restarting the link's timeline, so that
+every query of every strategy meets the same link (``Deployment.query``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import zmq
 import agents
 from agents.backends import ModelPairConfig
 from agents.control import AgentError, ControlClient
+from agents.edge import QueryRequest
 from agents.settings import AgentSettings
 from orchestrator import interrupts
 from shaping.link import EmulatedLink, Link, RouterLink, SimLink
@@ -123,6 +126,12 @@ class AgentProcess(ChildProcess):
 
     def stats(self) -> dict:
         return self.call("stats", 5.0)
+
+    def ping(self) -> None:
+        self.call("ping", 5.0)
+
+    def restart_timeline(self, started_at: float) -> None:
+        self.call("restart_timeline", 5.0, started_at=started_at)
 
     def _while_waiting(self) -> None:
         interrupts.raise_if_interrupted()
@@ -247,11 +256,24 @@ class Deployment:
         self.link.wait_ready()
         if self.link.topology is not None:
             self.baseline = measure_baseline(KernelPaths(self.link.topology), self.BASELINE_PLAN)
-        self.link.shape({"edge": self.edge, "cloud": self.cloud})
+        self.link.shape(self.sides)
+
+    @property
+    def sides(self) -> dict[str, AgentProcess]:
+        return {"edge": self.edge, "cloud": self.cloud}
+
+    def query(self, request: QueryRequest, timeout_s: float) -> dict:
+        """The edge's reply to ``request``, run on a link whose timeline starts again right
+        before (``Link.restart_timeline``; the request carries the instant, which the query
+        record gives relative to its submit)."""
+        started_at = self.link.restart_timeline(self.sides)
+        if started_at is not None:
+            request = request.model_copy(update={"timeline_started_at": started_at})
+        return self.edge.call("query", timeout_s, request=request.model_dump(mode="json"))
 
     def write_link_stats(self) -> dict:
         """What each direction of the link carried and lost, saved beside the results."""
-        stats = self.link.stats({"edge": self.edge, "cloud": self.cloud})
+        stats = self.link.stats(self.sides)
         if self.baseline is not None:
             stats["baseline"] = self.baseline.summary()
         (self.run_dir / self.LINK_STATS).write_text(json.dumps(stats, indent=2))

@@ -2,7 +2,8 @@
 
 Lifecycle: save the resolved config (``orchestrator.config.run_spec``), start the
 deployment of the mode (``orchestrator.lifecycle.launch``: sim, emulated, or vm with its
-router VM as the link), send each query to the edge, append the records as they arrive
+router VM as the link), send each query to the edge (each on the profile's timeline
+started again: ``Deployment.query``), append the records as they arrive
 (``orchestrator.results``), stop everything (also on errors and signals), then summarize
 with the analytic prediction beside every measured rate (``orchestrator.reporting.run_summary``).
 """
@@ -50,12 +51,10 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
                         spec.job.receive_timeout_s) as deployment:
             for request in spec.warmups():
                 progress.update(task, description=f"{request.label} warm-up")
-                deployment.edge.call("query", query_timeout_s(spec.job),
-                                     request=request.model_dump(mode="json"))
+                deployment.query(request, query_timeout_s(spec.job))
             for request in requests:
                 progress.update(task, description=f"{request.label} q{request.query_id}")
-                reply = deployment.edge.call("query", query_timeout_s(spec.job),
-                                             request=request.model_dump(mode="json"))
+                reply = deployment.query(request, query_timeout_s(spec.job))
                 results.append(reply["query"], reply["cycles"])
                 progress.advance(task)
             deployment.write_link_stats()

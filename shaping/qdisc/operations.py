@@ -108,6 +108,7 @@ class QdiscInfo:
     bytes_sent: int
     packets_sent: int = 0
     drops: int = 0          # netem counts the packets its loss model drops here
+    queued_packets: int = 0  # held now (netem's delay line; a child's are the child's)
 
 
 def current_qdiscs(ipr: IPRoute, ifindex: int) -> list[QdiscInfo]:
@@ -127,6 +128,7 @@ def current_qdiscs(ipr: IPRoute, ifindex: int) -> list[QdiscInfo]:
             bytes_sent=basic["bytes"] if basic is not None else 0,
             packets_sent=basic["packets"] if basic is not None else 0,
             drops=queue["drops"] if queue is not None else 0,
+            queued_packets=queue["qlen"] if queue is not None else 0,
         ))
     return found
 
@@ -268,7 +270,7 @@ def remove_link(topo) -> None:
 
 def link_counters(topo) -> dict[str, dict]:
     """Per direction: the root qdisc's packets and bytes, the drops of all (netem counts the
-    packets its loss model drops), the qdiscs there."""
+    packets its loss model drops), the packets all hold now, the qdiscs there."""
     found = {}
     for direction in ("uplink", "downlink"):
         handle, ifname = topo.egress(direction)
@@ -278,7 +280,8 @@ def link_counters(topo) -> dict[str, dict]:
         found[direction] = {"qdiscs": [q.kind for q in qdiscs],
                             "packets": root.packets_sent if root else 0,
                             "bytes": root.bytes_sent if root else 0,
-                            "dropped_packets": sum(q.drops for q in qdiscs)}
+                            "dropped_packets": sum(q.drops for q in qdiscs),
+                            "queued_packets": sum(q.queued_packets for q in qdiscs)}
     return found
 
 
