@@ -26,15 +26,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.backends import HostModels
 from agents.backends.base import TokenSequence
-from agents.codecs import decode_target_row, get_codec
+from agents.codecs import DraftCodec, decode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.sampling import SamplingConfig
-from agents.speculative import (apply_verdict, choose_token, draft_tokens, sample_correction,
-                                session_rng)
+from agents.speculative import (Drafts, apply_verdict, choose_token, draft_tokens,
+                                sample_correction, session_rng)
 from agents.verification import Verdict
+from nasd.estimator import Calibration
 from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, POLICY_NAMES, KPolicy, PolicyName, make_policy
+from nasd.table import RttTable
 from shaping.clock import now
 
 StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", PolicyName]
@@ -57,12 +59,21 @@ class QueryRequest(BaseModel):
     codec: str = "ids"
     seed: int = 0
     answer: str | None = None   # expected answer, when the prompt set has one (for accuracy)
+    nasd_rtt_table: RttTable | None = None        # nasd: K looked up for its RTT estimate
+    nasd_calibration: Calibration | None = None   # nasd: the stage model it starts from
 
     @field_validator("codec")
     @classmethod
     def _known_codec(cls, name: str) -> str:
         get_codec(name)
         return name
+
+
+def draft_message(session: str, seq: int, correction: dict, codec: DraftCodec,
+                  drafts: Drafts) -> Message:
+    """A cycle's ``draft`` message: the drafts through the codec, and a q-scalar correction
+    the cloud has yet to hear about (``{"correction": token}``, else empty)."""
+    return Message("draft", session, seq, correction, codec.encode(drafts.ids, drafts.model_rows))
 
 
 class EdgeAgent:
@@ -75,7 +86,8 @@ class EdgeAgent:
         key = (request.label, request.strategy, request.k, request.k_min, request.k_max)
         if key not in self.policies:
             self.policies[key] = make_policy(request.strategy, request.k, request.k_min,
-                                             request.k_max)
+                                             request.k_max, request.nasd_rtt_table,
+                                             request.nasd_calibration)
         return self.policies[key]
 
     def run_query(self, request: QueryRequest) -> tuple[QueryRecord, list[CycleRecord]]:
@@ -205,8 +217,7 @@ class EdgeAgent:
                 t_start = now()
                 committed_length = len(draft.tokens)
                 drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec)
-                message = Message("draft", session, len(cycles) + 1, correction,
-                                  codec.encode(drafts.ids, drafts.model_rows))
+                message = draft_message(session, len(cycles) + 1, correction, codec, drafts)
                 reply, up, down, t_send, t_last = self._exchange(message, "verdict")
                 fields = reply.fields
                 token = None if fields["token"] < 0 else fields["token"]

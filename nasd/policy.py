@@ -17,6 +17,8 @@ its warm-up first), so what it learned carries from one query to the next.
   learned online from the cycles (``StageEstimator``), or fixed by a
   calibration; the RTT it decides on moves only when the estimate leaves a
   band around it, and K moves only for a clear gain, so K does not flap.
+  Given an RTT -> K table (``nasd.table``, built offline by ``orchestrator
+  calibrate``), it looks K up for the RTT it decides on instead.
 - ``Bandit`` (``bandit``): discounted UCB over K on measured seconds per
   committed token.
 
@@ -31,6 +33,7 @@ from typing import ClassVar, Literal, get_args
 import numpy as np
 
 from nasd.estimator import Calibration, Cycle, StageEstimator
+from nasd.table import RttTable
 
 PolicyName = Literal["fixed-k", "nasd", "hf-heuristic", "bandit"]
 POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
@@ -104,6 +107,10 @@ class NasdController(AdaptiveK):
     estimate, K is ``k_start``.  The RTT decided on follows the EWMA estimate only when
     it leaves a band of ``rtt_band`` (relative) or ``rtt_floor_ms`` around it; the K in
     use is kept while its predicted throughput is within ``switch_margin`` of the best.
+
+    ``table``: K is the table's speculative K (``spec_k``) at the RTT decided on, not the
+    argmax on the calibration; where the table says cloud-only decoding pays more
+    (k = 0), the edge still speculates with that K, having no hand-over to cloud decoding.
     """
 
     name = "nasd"
@@ -112,11 +119,13 @@ class NasdController(AdaptiveK):
                  calibration: Calibration | None = None, learn: bool = True,
                  k_start: int = 5, rtt_smoothing: float = 0.3, rtt_band: float = 0.1,
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
-                 memory: float = 0.98) -> None:
+                 memory: float = 0.98, table: RttTable | None = None) -> None:
         super().__init__(k_min, k_max)
         if not learn and calibration is None:
             raise ValueError("a controller that does not learn needs a calibration")
-        self.calibration, self.learn = calibration, learn
+        if table is not None:
+            table.check_range(k_min, k_max)
+        self.calibration, self.learn, self.table = calibration, learn, table
         self.estimator = StageEstimator(memory=memory, rtt_smoothing=rtt_smoothing)
         self.rtt_band, self.rtt_floor_s = rtt_band, rtt_floor_ms / 1000.0
         self.switch_margin = switch_margin
@@ -141,6 +150,9 @@ class NasdController(AdaptiveK):
     def next_k(self) -> int:
         rtt_s, plan = self._decision_rtt_s(), self.plan()
         self.rtt_estimate_ms = None if rtt_s is None else 1000.0 * rtt_s
+        if rtt_s is not None and self.table is not None:
+            self.k = self.table.row_at(self.rtt_estimate_ms).spec_k
+            return self.k
         if rtt_s is None or plan is None:
             return self.k
         best = plan.best_k(rtt_s, self.k_min, self.k_max)
@@ -200,9 +212,15 @@ ADAPTIVE: dict[str, type[AdaptiveK]] = {policy.name: policy
 
 
 def make_policy(name: str, k: int | None = None, k_min: int = DEFAULT_K_MIN,
-                k_max: int = DEFAULT_K_MAX) -> KPolicy:
+                k_max: int = DEFAULT_K_MAX, table: RttTable | None = None,
+                calibration: Calibration | None = None) -> KPolicy:
     """The policy a strategy names: ``fixed-k`` with its ``k``, the others within
-    [k_min, k_max]."""
+    [k_min, k_max]; ``nasd`` with an RTT -> K ``table`` and a starting ``calibration``
+    where given (no other policy takes them)."""
+    if name == NasdController.name:
+        return NasdController(k_min=k_min, k_max=k_max, calibration=calibration, table=table)
+    if table is not None or calibration is not None:
+        raise ValueError(f"only nasd plans with a table or a calibration, not {name}")
     if name == FixedK.name:
         if k is None:
             raise ValueError("fixed-k needs a K")

@@ -82,6 +82,12 @@ class JobConfig(SamplingConfig):
                             description="nasd, hf-heuristic, bandit: the smallest K they choose")
     nasd_k_max: int = Field(default=DEFAULT_K_MAX, ge=1, le=64,
                             description="nasd, hf-heuristic, bandit: the largest K they choose")
+    nasd_rtt_table_path: str | None = Field(default=None, description="nasd: an RTT -> K "
+                                            "table (`orchestrator calibrate`); K is looked up "
+                                            "for the RTT estimate instead of the online argmax")
+    nasd_calibration_path: str | None = Field(default=None, description="nasd: a calibration "
+                                              "file (`orchestrator calibrate`) the controller "
+                                              "starts from, before it has learned its own")
     codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
     repetitions: int = Field(default=1, gt=0)
