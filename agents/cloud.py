@@ -42,8 +42,8 @@ from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, err
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.settings import AgentSettings
 from agents.sampling import SamplingConfig
-from agents.speculative import (Commit, choose_token, decode_plainly, generate_locally,
-                                session_rng, verify_drafts)
+from agents.speculative import (Commit, Verification, choose_token, decode_plainly,
+                                generate_locally, session_rng, verify_drafts)
 from shaping.clock import now
 
 MAX_SESSIONS = 64
@@ -58,6 +58,20 @@ class VerifySession:
     codec: DraftCodec
     rng: np.random.Generator
     awaiting_correction: bool = False  # q-scalar: the edge samples the correction
+
+
+def verdict_message(session: str, seq: int, verification: Verification,
+                    received_at: float) -> Message:
+    """The ``verdict`` answering a ``draft`` received at ``received_at``: the accepted
+    count, the correction or bonus token (-1: the edge samples it from the target row
+    that comes along), and the compute time until now."""
+    verdict, residual_row = verification.verdict, verification.residual_row
+    arrays = {} if residual_row is None else encode_target_row(residual_row)
+    return Message("verdict", session, seq, {
+        "accepted": verdict.accepted,
+        "token": -1 if verdict.next_token is None else verdict.next_token,
+        "residual": residual_row is not None, "finished": verdict.finished,
+        "compute_s": now() - received_at}, arrays)
 
 
 class CloudAgent:
@@ -155,14 +169,9 @@ class CloudAgent:
         payload = session.codec.decode(message.arrays, self.width)
         verification = verify_drafts(session.target, payload, session.sampling.decoding,
                                      session.rng, self.eos_id)
-        verdict, residual_row = verification.verdict, verification.residual_row
-        session.awaiting_correction = residual_row is not None
-        arrays = {} if residual_row is None else encode_target_row(residual_row)
-        self.channel.send(Message("verdict", message.session, message.seq, {
-            "accepted": verdict.accepted,
-            "token": -1 if verdict.next_token is None else verdict.next_token,
-            "residual": residual_row is not None, "finished": verdict.finished,
-            "compute_s": now() - received_at}, arrays), peer)
+        session.awaiting_correction = verification.residual_row is not None
+        self.channel.send(verdict_message(message.session, message.seq, verification,
+                                          received_at), peer)
 
     def _decode(self, message: Message, peer: bytes, received_at: float,
                 field: str = "tokens") -> None:

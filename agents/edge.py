@@ -26,16 +26,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.backends import HostModels
 from agents.backends.base import TokenSequence
-from agents.codecs import decode_target_row, get_codec
+from agents.codecs import DraftCodec, decode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.sampling import SamplingConfig
-from agents.speculative import (apply_verdict, decode_plainly, draft_tokens, sample_correction,
-                                session_rng)
+from agents.speculative import (Drafts, apply_verdict, decode_plainly, draft_tokens,
+                                sample_correction, session_rng)
 from agents.verification import Verdict
+from nasd.estimator import Calibration
 from nasd.policy import (DEFAULT_K_MAX, DEFAULT_K_MIN, HAND_OFF, POLICY_NAMES, KPolicy, PolicyName,
                          make_policy)
+from nasd.table import RttTable
 from shaping.clock import now
 
 StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", PolicyName]
@@ -62,12 +64,24 @@ class QueryRequest(BaseModel):
     # the perf_counter instant the link's timeline started again for this query (None: a
     # static profile); the record gives it relative to the query's submit
     timeline_started_at: float | None = None
+    nasd_rtt_table: RttTable | None = None        # nasd: K looked up for its RTT estimate
+    nasd_calibration: Calibration | None = None   # nasd: the stage model it starts from
 
     @field_validator("codec")
     @classmethod
     def _known_codec(cls, name: str) -> str:
         get_codec(name)
         return name
+
+
+def draft_message(session: str, seq: int, codec: DraftCodec, drafts: Drafts,
+                  catch_up_fields: dict | None = None,
+                  catch_up_arrays: dict | None = None) -> Message:
+    """A cycle's ``draft`` message: the drafts through the codec, and what the cloud has yet
+    to hear of (``SpeculationQuery.catch_up_fields``/``_arrays``: a q-scalar correction,
+    tokens the draft served alone)."""
+    return Message("draft", session, seq, dict(catch_up_fields or {}),
+                   {**codec.encode(drafts.ids, drafts.model_rows), **(catch_up_arrays or {})})
 
 
 class EdgeAgent:
@@ -84,8 +98,10 @@ class EdgeAgent:
         key = (request.label, request.strategy, request.k, request.k_min, request.k_max,
                request.edge_only_cutoff)
         if key not in self.policies:
-            self.policies[key] = self.policy_for(request.strategy, request.k, request.k_min,
-                                                 request.k_max, request.edge_only_cutoff)
+            self.policies[key] = self.policy_for(
+                request.strategy, request.k, request.k_min, request.k_max,
+                edge_only_cutoff=request.edge_only_cutoff, table=request.nasd_rtt_table,
+                calibration=request.nasd_calibration)
         return self.policies[key]
 
     def run_query(self, request: QueryRequest) -> tuple[QueryRecord, list[CycleRecord]]:
@@ -250,9 +266,8 @@ class EdgeAgent:
         t_start = now()
         committed_length = len(draft.tokens)
         drafts = draft_tokens(draft, k, query.decoding, rng, query.eos_id, codec)
-        message = Message("draft", query.session, len(query.cycles) + 1,
-                          query.catch_up_fields(), {**codec.encode(drafts.ids, drafts.model_rows),
-                                                    **query.catch_up_arrays()})
+        message = draft_message(query.session, len(query.cycles) + 1, codec, drafts,
+                                query.catch_up_fields(), query.catch_up_arrays())
         reply, up, down, t_send, query.t_last = self._exchange(message, "verdict")
         fields = reply.fields
         token = None if fields["token"] < 0 else fields["token"]

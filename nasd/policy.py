@@ -17,6 +17,8 @@ its warm-up first), so what it learned carries from one query to the next.
   learned online from the cycles (``StageEstimator``), or fixed by a
   calibration; the RTT it decides on moves only when the estimate leaves a
   band around it, and K moves only for a clear gain, so K does not flap.
+  Given an RTT -> K table (``nasd.table``, built offline by ``orchestrator
+  calibrate``), it looks K up for the RTT it decides on instead.
   Past the reversal, when even the best K loses to handing a stretch to the
   cloud, it answers K = 0 (``HAND_OFF``) with the ``stretch`` to serve: the
   cloud decodes it (lossless), or, with the edge-only cutoff, the draft
@@ -37,6 +39,7 @@ from typing import ClassVar, Literal, get_args
 import numpy as np
 
 from nasd.estimator import Calibration, Cycle, StageEstimator, Stretch
+from nasd.table import RttTable
 
 PolicyName = Literal["fixed-k", "nasd", "hf-heuristic", "bandit"]
 POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
@@ -120,6 +123,9 @@ class NasdController(AdaptiveK):
     only past the reversal RTT; with ``edge_only_cutoff`` the draft decodes that stretch
     alone instead, where it is faster still.  Every ``probe_every`` cloud stretches, and
     after each of the draft's, one cycle speculates to measure acceptance and the link.
+
+    ``table``: K is the table's speculative K (``spec_k``) at the RTT decided on, not the
+    argmax on the calibration; stretches are weighed on the calibration as without one.
     """
 
     name = "nasd"
@@ -129,7 +135,8 @@ class NasdController(AdaptiveK):
                  k_start: int = 5, rtt_smoothing: float = 0.3, rtt_band: float = 0.1,
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
-                 rtt_share: float = 0.1, probe_every: int = 8) -> None:
+                 rtt_share: float = 0.1, probe_every: int = 8,
+                 table: RttTable | None = None) -> None:
         super().__init__(k_min, k_max)
         if edge_only_cutoff and not hand_off:
             raise ValueError("the edge-only cutoff serves stretches: it needs hand_off")
@@ -139,7 +146,9 @@ class NasdController(AdaptiveK):
         self.probe_every, self.stretches_in_a_row = probe_every, 0
         if not learn and calibration is None:
             raise ValueError("a controller that does not learn needs a calibration")
-        self.calibration, self.learn = calibration, learn
+        if table is not None:
+            table.check_range(k_min, k_max)
+        self.calibration, self.learn, self.table = calibration, learn, table
         self.estimator = StageEstimator(memory=memory, rtt_smoothing=rtt_smoothing)
         self.rtt_band, self.rtt_floor_s = rtt_band, rtt_floor_ms / 1000.0
         self.switch_margin = switch_margin
@@ -164,12 +173,15 @@ class NasdController(AdaptiveK):
     def next_k(self) -> int:
         rtt_s, plan = self._decision_rtt_s(), self.plan()
         self.rtt_estimate_ms = None if rtt_s is None else 1000.0 * rtt_s
+        if rtt_s is not None and self.table is not None:
+            self.k = self.table.row_at(self.rtt_estimate_ms).spec_k
         if rtt_s is None or plan is None:
             return self.k
-        best = plan.best_k(rtt_s, self.k_min, self.k_max)
-        current, top = plan.throughputs(rtt_s, (self.k, best))
-        if current < (1.0 - self.switch_margin) * top:
-            self.k, current = best, top
+        if self.table is None:
+            best = plan.best_k(rtt_s, self.k_min, self.k_max)
+            current, top = plan.throughputs(rtt_s, (self.k, best))
+            if current < (1.0 - self.switch_margin) * top:
+                self.k = best
         self.stretch = None
         if self.hand_off and self.stretches_in_a_row < self.probe_every:
             cloud = plan.cloud_stretch(rtt_s, self.rtt_share)
@@ -244,16 +256,22 @@ ADAPTIVE: dict[str, type[AdaptiveK]] = {policy.name: policy
 
 
 def make_policy(name: str, k: int | None = None, k_min: int = DEFAULT_K_MIN,
-                k_max: int = DEFAULT_K_MAX, edge_only_cutoff: bool = False) -> KPolicy:
+                k_max: int = DEFAULT_K_MAX, edge_only_cutoff: bool = False,
+                table: RttTable | None = None, calibration: Calibration | None = None) -> KPolicy:
     """The policy a strategy names: ``fixed-k`` with its ``k``, the others within
-    [k_min, k_max]; ``nasd`` may serve stretches without speculating, with the edge-only
-    cutoff if asked."""
+    [k_min, k_max]; ``nasd`` may serve stretches without speculating (with the edge-only
+    cutoff if asked), and plans with an RTT -> K ``table`` and from a starting
+    ``calibration`` where given (no other policy takes those three)."""
+    if name == NasdController.name:
+        return NasdController(k_min=k_min, k_max=k_max, edge_only_cutoff=edge_only_cutoff,
+                              calibration=calibration, table=table)
+    if edge_only_cutoff or table is not None or calibration is not None:
+        raise ValueError(f"only nasd takes a table, a calibration or the edge-only cutoff, "
+                         f"not {name}")
     if name == FixedK.name:
         if k is None:
             raise ValueError("fixed-k needs a K")
         return FixedK(k)
     if name not in ADAPTIVE:
         raise ValueError(f"unknown K policy {name!r}; known: {', '.join(POLICY_NAMES)}")
-    if name == NasdController.name:
-        return NasdController(k_min=k_min, k_max=k_max, edge_only_cutoff=edge_only_cutoff)
     return ADAPTIVE[name](k_min=k_min, k_max=k_max)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import get_args
 
 import click
+import numpy as np
 from rich.console import Console
 
 from agents.control import AgentError
@@ -31,10 +32,11 @@ from orchestrator.lifecycle.doctor import MODES, HostReport, choose_mode
 from orchestrator.lifecycle.launch import make_link
 from orchestrator.lifecycle.run import run
 from orchestrator.lifecycle.sweep import expand, sweep
+from orchestrator.progress import work_progress
 from orchestrator.reporting.probe_report import print_probe_report, save_probe_report
 from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
-from shaping.profile import NetworkProfile
+from shaping.profile import DirectionSpec, LinkState, NetworkProfile
 from shaping.qdisc.parameters import profile_needs_netem
 from shaping.router import RouterError
 from validation.crossval import passed
@@ -138,6 +140,16 @@ def cli() -> None:
               help="nasd: past the reversal RTT, serve stretches with the draft alone where "
                    "that beats handing them to the cloud (lossy, flagged) [default: the job's, "
                    "off].")
+@click.option("--nasd-rtt-table", "nasd_rtt_table_path",
+              type=click.Path(dir_okay=False, path_type=str),
+              help="nasd: an RTT -> K table (CSV from `orchestrator calibrate`); K is the "
+                   "table's for the controller's RTT estimate instead of the online argmax "
+                   "[default: the job's nasd_rtt_table_path, none].")
+@click.option("--nasd-calibration", "nasd_calibration_path",
+              type=click.Path(dir_okay=False, path_type=str),
+              help="nasd: a calibration file (YAML from `orchestrator calibrate`) the "
+                   "controller plans with until it has learned its own [default: the job's "
+                   "nasd_calibration_path, none].")
 # the decoding flags' ranges are SamplingConfig's, checked when the job loads
 @click.option("--decoding", type=click.Choice(get_args(Decoding)), help="[default: the job's]")
 @click.option("--temperature", type=float,
@@ -157,7 +169,8 @@ def cli() -> None:
               default=Path("results"), show_default=True, help="Where run folders go.")
 @click.pass_context
 def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, nasd_k_min,
-                nasd_k_max, nasd_edge_only_cutoff, decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
+                nasd_k_max, nasd_edge_only_cutoff, nasd_rtt_table_path, nasd_calibration_path,
+                decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
                 max_queries, repetitions, seed, rtt_ms, results_root) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
@@ -171,12 +184,135 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "nasd_k_min": nasd_k_min, "nasd_k_max": nasd_k_max,
         "nasd_edge_only_cutoff": nasd_edge_only_cutoff,
+        "nasd_rtt_table_path": nasd_rtt_table_path, "nasd_calibration_path": nasd_calibration_path,
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "max_queries": max_queries,
         "repetitions": repetitions, "seed": seed}, profile_overrides={"rtt_ms": rtt_ms})
     # all input is checked before a router VM boots
     run(replace(spec, mode=enter_mode(ctx, mode, [profile], console)), results_root, console)
+
+
+def parse_rtt_grid(ctx, param, text: str) -> list[float]:
+    """The ``--rtt-grid`` of ms: ``0:1000:10`` (start:stop:step, stop included) or
+    ``0,10,25``, or both, comma-joined; sorted."""
+    grid: set[float] = set()
+    try:
+        for part in text.split(","):
+            if ":" in part:
+                start, stop, step = (float(value) for value in part.split(":"))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                grid.update(start + step * i for i in range(int((stop - start) / step + 1e-9) + 1))
+            else:
+                grid.add(float(part))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected START:STOP:STEP (a positive step) or "
+                                 "comma-separated RTTs in ms") from None
+    if not grid or min(grid) < 0 or not all(np.isfinite(value) for value in grid):
+        raise click.BadParameter(f"{text!r}: RTTs must be finite and non-negative")
+    return sorted(grid)
+
+
+@cli.command("calibrate")
+@click.option("--job", "job_name", default="default", show_default=True,
+              help="Job file: a name under configs/jobs or a YAML path; its model pair, prompts "
+                   "(prefill lengths, the text drafted), decoding, codec, max_new_tokens, seed "
+                   "and nasd_k_min..nasd_k_max are used.")
+@click.option("--model-pair", help="Model pair: a name under configs/models or a YAML path "
+                                   "[default: the job's].")
+@click.option("--codec", help="Draft payload codec whose bytes are measured [default: the job's].")
+@click.option("--k-min", type=click.IntRange(1, 64),
+              help="Smallest K of the table [default: the job's nasd_k_min].")
+@click.option("--k-max", type=click.IntRange(1, 64),
+              help="Largest K measured and in the table [default: the job's nasd_k_max].")
+@click.option("--cycles", "cycles_per_k", type=click.IntRange(1), default=20, show_default=True,
+              help="Speculation cycles measured at each K in 0..--k-max.")
+@click.option("--repetitions", type=click.IntRange(1), default=5, show_default=True,
+              help="Repetitions of each prefill measurement.")
+@click.option("--rtt-grid", "grid", default="0:1000:10", show_default=True,
+              callback=parse_rtt_grid,
+              help="RTTs of the table in ms: START:STOP:STEP (stop included) or a comma list.")
+@click.option("--bandwidth-mbps", type=click.FloatRange(0, min_open=True),
+              help="Link rate for the transfers' time in the table (both directions) "
+                   "[default: unshaped, no transfer time].")
+@click.option("--from-calibration", "calibration_path",
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Measure nothing: build the table from this calibration file.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for calibration.yaml and rtt_table.csv [default: "
+                   "calibration/<pair>-<codec>, or beside --from-calibration].")
+def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, repetitions,
+                      grid, bandwidth_mbps, calibration_path, out_dir) -> None:
+    """Measure a model pair with a payload codec on this host, then build the RTT -> K table.
+
+    Both models run in this process (no agents, no network): draft time per token,
+    t_verify(K) for K = 0..--k-max, the cloud's plain decoding step, edge and cloud
+    prefill per prompt length, bytes on the wire per cycle at each K, and the acceptance
+    (pooled and per position), each with a 95 % interval, into calibration.yaml.  From it,
+    with the closed form of nasd.analytic, rtt_table.csv: per grid RTT the best K in
+    [--k-min, --k-max] and the predicted tokens/s, k = 0 where cloud-only decoding is
+    predicted faster.  Progress goes to stderr.  A run uses the table with
+    `orchestrator run --strategy nasd --nasd-rtt-table FILE` (its K within the run's
+    nasd K range).
+    """
+    from nasd.table import build_table
+    from orchestrator.config.nasd_files import (
+        load_calibration,
+        write_calibration,
+        write_table,
+    )
+    job = load_job(job_name, {"model_pair": model_pair, "codec": codec, "nasd_k_min": k_min,
+                              "nasd_k_max": k_max})
+    if calibration_path is not None:
+        measured = load_calibration(calibration_path)
+        if measured.k_max < job.nasd_k_max:
+            raise click.UsageError(f"--k-max {job.nasd_k_max}: {calibration_path} measured K "
+                                   f"up to {measured.k_max}")
+        out_dir = out_dir or calibration_path.parent
+    else:
+        measured = measure(job, cycles_per_k, repetitions)
+        out_dir = out_dir or Path("calibration") / f"{measured.model_pair}-{measured.codec}"
+        write_calibration(out_dir / "calibration.yaml", measured)
+        click.echo(f"calibration: {out_dir / 'calibration.yaml'}")
+    seconds_per_byte = (0.0 if bandwidth_mbps is None
+                        else 1.0 / DirectionSpec(bandwidth_mbps=bandwidth_mbps).rate_bytes_per_s)
+    table = build_table(measured.calibration(seconds_per_byte), grid, job.nasd_k_min,
+                        job.nasd_k_max)
+    link = "unshaped" if bandwidth_mbps is None else f"{bandwidth_mbps:g} Mbit/s"
+    write_table(out_dir / "rtt_table.csv", table, [
+        f"RTT -> K table of {measured.model_pair}, codec {measured.codec}, "
+        f"{measured.decoding} decoding, measured {measured.created} on {measured.host['node']}",
+        f"link: {link}; K in [{job.nasd_k_min}, {job.nasd_k_max}]; "
+        "k = 0: cloud-only decoding is predicted faster (spec_k: the best K all the same)"])
+    click.echo(f"table: {out_dir / 'rtt_table.csv'} ({len(table.rows)} RTTs, {link})")
+    reversal = next((row.rtt_ms for row in table.rows if row.k == 0), None)
+    click.echo(f"acceptance {measured.acceptance.rate:.3f}; K {table.rows[0].spec_k} at "
+               f"{table.rows[0].rtt_ms:g} ms to {table.rows[-1].spec_k} at "
+               f"{table.rows[-1].rtt_ms:g} ms; " + (
+                   f"cloud-only pays more from {reversal:g} ms" if reversal is not None
+                   else "speculation pays at every RTT of the grid"))
+
+
+def measure(job, cycles_per_k: int, repetitions: int):
+    """The calibration of ``job``'s pair and codec on this host, progress on stderr."""
+    from orchestrator.lifecycle.calibrate import CalibrationPlan, Calibrator
+    no_link = LinkState(uplink=DirectionSpec(), downlink=DirectionSpec())
+    # the checks a run of the job gets (pair, prompts, decoding), on no link at all
+    spec = RunSpec.build(job, NetworkProfile(name="in-process", initial=no_link), "sim")
+    prompts = spec.prompts[: job.max_queries] if job.max_queries else spec.prompts
+    plan = CalibrationPlan(pair_name=spec.model_pair.name, prompts=[p.prompt for p in prompts],
+                           sampling=job.sampling, codec=job.resolved_codec,
+                           max_new_tokens=job.max_new_tokens, k_max=job.nasd_k_max,
+                           cycles_per_k=cycles_per_k, repetitions=repetitions, seed=job.seed)
+    console = Console(stderr=True)
+    console.print(f"measuring {plan.pair_name}, codec {plan.codec}: prefill of "
+                  f"{len(prompts)} prompts, cloud-only steps, {cycles_per_k} cycles at each K "
+                  f"in 0..{plan.k_max}")
+    with console.status(f"loading {plan.pair_name}"):
+        calibrator = Calibrator(spec.model_pair, plan)
+    with work_progress(console) as progress:
+        return calibrator.run(progress)
 
 
 @cli.command("sweep")
@@ -226,7 +362,9 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root) -> 
     console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
                   f"`orchestrator sweep --resume {folder.path}`")
     sweep(folder, job, chosen, cells, console)
-    from orchestrator.reporting.report import report_folder  # matplotlib: only when plotting
+    from orchestrator.reporting.report import (
+        report_folder,  # matplotlib: only when plotting
+    )
     report_folder(folder.path, console)
 
 
@@ -264,7 +402,9 @@ def report_command(run_dir) -> None:
 
     RUN_DIR is a sweep folder or the folder of one `run`.
     """
-    from orchestrator.reporting.report import report_folder  # matplotlib: only when plotting
+    from orchestrator.reporting.report import (
+        report_folder,  # matplotlib: only when plotting
+    )
     report_folder(run_dir, make_console())
 
 

@@ -74,7 +74,7 @@ def edge_and_cloud(policy: KPolicy):
     thread.start()
     try:
         yield EdgeAgent(build_models(PAIR, "edge"), Channel(dealer, receive_timeout_s=5.0),
-                        policy_for=lambda *_: policy)
+                        policy_for=lambda *_, **__: policy)
     finally:
         stop.set()
         thread.join(timeout=5.0)

@@ -85,6 +85,12 @@ class JobConfig(SamplingConfig):
     nasd_edge_only_cutoff: bool = Field(default=False, description="nasd: past the reversal "
                                         "RTT, serve stretches with the draft alone where that "
                                         "beats handing them to the cloud (lossy, flagged)")
+    nasd_rtt_table_path: str | None = Field(default=None, description="nasd: an RTT -> K "
+                                            "table (`orchestrator calibrate`); K is looked up "
+                                            "for the RTT estimate instead of the online argmax")
+    nasd_calibration_path: str | None = Field(default=None, description="nasd: a calibration "
+                                              "file (`orchestrator calibrate`) the controller "
+                                              "starts from, before it has learned its own")
     codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
     repetitions: int = Field(default=1, gt=0)

@@ -114,7 +114,9 @@ def _without_unset(overrides: dict | None) -> dict:
 
 
 # The command-line flag that overrides a job field, where it is not --<field-name>.
-FLAGS = {"strategies": "--strategy", "k_values": "--k", "max_queries": "--queries"}
+FLAGS = {"strategies": "--strategy", "k_values": "--k", "max_queries": "--queries",
+         "nasd_rtt_table_path": "--nasd-rtt-table", "nasd_calibration_path": "--nasd-calibration"}
+JOB_PATHS = ("nasd_rtt_table_path", "nasd_calibration_path")   # job fields naming files
 
 
 def flag(field: str) -> str:
@@ -135,6 +137,11 @@ def load_job(name_or_path: str, overrides: dict | None = None) -> JobConfig:
     """
     path = find("jobs", name_or_path)
     data, given = read_yaml(path), _without_unset(overrides)
+    for field in JOB_PATHS:   # relative: to the job file's folder, or to here for a flag
+        if field in data and field not in given and data[field] is not None:
+            data[field] = str(path.parent / str(data[field]))
+    given.update({field: str(Path(given[field]).resolve()) for field in JOB_PATHS
+                  if field in given})
     try:
         return TypeAdapter(JobConfig).validate_python({**data, **given})
     except ValidationError as error:

@@ -12,15 +12,19 @@ import yaml
 from agents.backends import ModelPairConfig
 from agents.backends.synthetic import SyntheticPairConfig
 from agents.edge import QueryRequest
+from nasd.estimator import Calibration
+from nasd.table import RttTable
 from orchestrator.config.datasets import Prompt, load_dataset
 from orchestrator.config.job import JobConfig, plan
 from orchestrator.config.loading import (
     ConfigError,
+    flag,
     load_job,
     load_model_pair,
     load_profile,
     parse,
 )
+from orchestrator.config.nasd_files import load_calibration, load_rtt_table
 from shaping.profile import NetworkProfile
 
 RESOLVED_FILE = "config.yaml"   # what ``resolved()`` is saved as in a run folder
@@ -33,6 +37,8 @@ class RunSpec:
     model_pair: ModelPairConfig
     prompts: list[Prompt]
     mode: str
+    nasd_rtt_table: RttTable | None = None        # the job's nasd_rtt_table_path, loaded
+    nasd_calibration: Calibration | None = None   # the job's nasd_calibration_path, loaded
 
     @classmethod
     def load(cls, job: str, profile: str, mode: str, job_overrides: dict | None = None,
@@ -53,7 +59,7 @@ class RunSpec:
                               "keep their defaults")
         return cls(job=job, profile=profile, model_pair=model_pair,
                    prompts=prompts if prompts is not None else load_dataset(job.prompts),
-                   mode=mode)
+                   mode=mode, **nasd_files(job))
 
     @classmethod
     def from_folder(cls, folder: Path) -> "RunSpec":
@@ -68,9 +74,11 @@ class RunSpec:
 
     def requests(self) -> list[QueryRequest]:
         prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
+        nasd = {"nasd_rtt_table": self.nasd_rtt_table, "nasd_calibration": self.nasd_calibration,
+                "edge_only_cutoff": self.job.nasd_edge_only_cutoff}
         return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
                              k_min=self.job.nasd_k_min, k_max=self.job.nasd_k_max,
-                             edge_only_cutoff=self.job.nasd_edge_only_cutoff,
+                             **(nasd if run.strategy == "nasd" else {}),
                              query_id=prompt.id, repetition=repetition, prompt=prompt.prompt,
                              answer=prompt.answer, max_new_tokens=self.job.max_new_tokens,
                              sampling=self.job.sampling, codec=self.job.resolved_codec,
@@ -95,3 +103,21 @@ class RunSpec:
                 "profile": self.profile.model_dump(mode="json"),
                 "model_pair": self.model_pair.model_dump(mode="json"),
                 "prompts": [asdict(prompt) for prompt in self.prompts]}
+
+
+def nasd_files(job: JobConfig) -> dict:
+    """The job's NASD files, loaded and checked (the table's K within the job's nasd_k
+    range): the ``RunSpec`` fields ``nasd_rtt_table`` and ``nasd_calibration``."""
+    loaders = {
+        "nasd_rtt_table": lambda path: load_rtt_table(path, job.nasd_k_min, job.nasd_k_max),
+        "nasd_calibration": lambda path: load_calibration(path).calibration(),
+    }
+    loaded = {}
+    for name, load in loaders.items():
+        field = f"{name}_path"
+        if getattr(job, field):
+            try:
+                loaded[name] = load(Path(getattr(job, field)))
+            except ConfigError as error:
+                raise ConfigError(f"{field} ({flag(field)}): {error}") from None
+    return loaded
