@@ -97,7 +97,7 @@ def test_the_controller_takes_k_from_the_table_for_its_rtt_estimate():
     controller = make_policy("nasd", k_min=1, k_max=15, table=table)
     assert isinstance(controller, NasdController) and controller.next_k() == 5   # k_start
     for rtt_s in (0.0, 0.05, 0.3, 0.9):
-        controller = NasdController(table=table)
+        controller = NasdController(table=table, hand_off=False)   # K alone
         for _ in range(3):
             controller.observe(cycle(controller.next_k(), rtt_s))
         assert controller.next_k() == table.row_at(controller.rtt_estimate_ms).spec_k
