@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from validation.stats import (binomial_interval, bootstrap_interval, percentile_interval,
-                              percentiles, prediction_verdict, ratio_interval, relative_error,
-                              separated)
+                              percentiles, prediction_verdict, rate_ratio_interval, ratio_interval,
+                              relative_error, separated)
 
 
 def test_binomial_interval_known_values():
@@ -139,3 +139,14 @@ def test_a_prediction_is_inside_above_or_below_the_measured_interval():
     assert prediction_verdict(8.0, (9.0, 11.0)) == "below"
     assert prediction_verdict(math.nan, (9.0, 11.0)) is None
     assert prediction_verdict(10.0, (math.nan, math.nan)) is None
+
+
+def test_a_rate_ratio_interval_holds_the_ratio_and_resamples_each_group_alone():
+    tokens, seconds = [10, 40, 20, 30], [1.0, 4.0, 2.0, 3.0]     # 10 tokens/s in every row
+    assert rate_ratio_interval(tokens, seconds, tokens, [s / 2 for s in seconds]) \
+        == pytest.approx((0.5, 0.5))
+    rng = np.random.default_rng(0)
+    fast, slow = rng.normal(20, 2, 30), rng.normal(10, 1, 40)
+    low, high = rate_ratio_interval(fast, np.ones(30), slow, np.ones(40))
+    assert low < fast.mean() / slow.mean() < high and 1.7 < low and high < 2.3
+    assert np.isnan(rate_ratio_interval([1], [1], [1, 2], [1, 1])[0])

@@ -103,7 +103,12 @@ def bootstrap_interval(
     if rows < MIN_ROWS:
         return NO_INTERVAL
     draws = np.random.default_rng(seed).integers(0, rows, size=(resamples, rows))
-    figures = np.asarray(statistic(draws), dtype=np.float64)
+    return _central(statistic(draws), confidence)
+
+
+def _central(figures, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` share of the finite bootstrap figures."""
+    figures = np.asarray(figures, dtype=np.float64)
     figures = figures[np.isfinite(figures)]
     if figures.size == 0:
         return NO_INTERVAL
@@ -129,6 +134,27 @@ def ratio_interval(numerators: Sequence[float], denominators: Sequence[float],
             return np.where(below > 0, top[draws].sum(axis=1) / below, np.nan)
 
     return bootstrap_interval(ratio, top.size, **bootstrap)
+
+
+def rate_ratio_interval(numerators_a: Sequence[float], denominators_a: Sequence[float],
+                        numerators_b: Sequence[float], denominators_b: Sequence[float],
+                        confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Interval of one aggregate rate over another, (sum num_a / sum den_a) / (sum num_b /
+    sum den_b), such as one strategy's tokens/s over another's: each group's rows resampled
+    on their own (percentile bootstrap, deterministic for a seed)."""
+    groups = [(np.asarray(top, dtype=np.float64), np.asarray(bottom, dtype=np.float64))
+              for top, bottom in ((numerators_a, denominators_a), (numerators_b, denominators_b))]
+    if any(top.size < MIN_ROWS or top.shape != bottom.shape for top, bottom in groups):
+        return NO_INTERVAL
+    rng = np.random.default_rng(seed)
+    rates = []
+    for top, bottom in groups:
+        draws = rng.integers(0, top.size, size=(resamples, top.size))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rates.append(top[draws].sum(axis=1) / bottom[draws].sum(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _central(rates[0] / rates[1], confidence)
 
 
 def percentile_interval(values: Iterable[float], q: float, **bootstrap) -> tuple[float, float]:
