@@ -162,6 +162,30 @@ def test_the_reversal_says_never_for_a_negative_prediction_and_keeps_the_number(
     assert reversals["predicted_reversal_rtt_ms"].iloc[0] == -153.0
 
 
+def test_the_reversal_table_has_a_row_for_each_adaptive_policy():
+    """nasd hands stretches to the cloud past the reversal: it keeps within a token/s of
+    cloud-only where fixed K falls far behind, so no crossing of its is conclusive."""
+    rows = []
+    for rtt, rates in ((10, {"cloud-only": 33, "fixed-k3": 40, "nasd": 40}),
+                       (100, {"cloud-only": 33, "fixed-k3": 14, "nasd": 32.5}),
+                       (200, {"cloud-only": 33, "fixed-k3": 9, "nasd": 32.8})):
+        for label, rate in rates.items():
+            rows.append({"bandwidth_mbps": 100.0, "jitter_ms": 0.0, "loss_pct": 0.0,
+                         "codec": "ids", "rtt_ms": rtt, "static": True, "label": label,
+                         "strategy": "fixed-k" if label == "fixed-k3" else label,
+                         "k": 3 if label == "fixed-k3" else None,
+                         "tokens_per_s": rate, "tokens_per_s_low": rate - 1,
+                         "tokens_per_s_high": rate + 1,
+                         "crossover_rtt_ms": 28.0 if label == "fixed-k3" else float("nan")})
+    found = reversal(pd.DataFrame(rows)).set_index("label")
+    assert set(found.index) == {"fixed-k3", "best fixed-K", "nasd"}
+    assert 10 < found.loc["fixed-k3", "measured_reversal_rtt_ms"] < 100
+    assert found.loc["fixed-k3", "measured_reversal_conclusive"]
+    assert found.loc["nasd", "strategy"] == "nasd"
+    assert not found.loc["nasd", "measured_reversal_conclusive"]
+    assert "overlap" in found.loc["nasd", "note"]
+
+
 def test_ianvs_rank_reads_back_with_its_columns(sweep_report):
     path, _ = sweep_report
     rank = pd.read_csv(path / "rank" / "all_rank.csv", sep=" ")

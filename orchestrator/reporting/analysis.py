@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from nasd.policy import ADAPTIVE
 from orchestrator.config.job import JobConfig
 from orchestrator.config.loading import ConfigError
 from orchestrator.reporting.summary import interval, is_lossy, speed_ranks, structured
@@ -34,6 +35,7 @@ from validation.stats import separated
 CELL_COLUMNS = ["cell", "rtt_ms", "bandwidth_mbps", "jitter_ms", "loss_pct", "codec"]
 SERIES_COLUMNS = ["bandwidth_mbps", "jitter_ms", "loss_pct", "codec"]
 BEST_FIXED_K = "best fixed-K"   # the label of reversal's row for the fastest fixed K at each RTT
+ADAPTIVE_POLICIES = tuple(ADAPTIVE)   # nasd, hf-heuristic, bandit: K chosen per cycle
 
 
 def cell_folders(path: Path) -> list[tuple[str, Path]]:
@@ -134,7 +136,9 @@ def _settled(speculation: pd.DataFrame, cloud: pd.DataFrame,
 
 
 def reversal(results: pd.DataFrame) -> pd.DataFrame:
-    """Measured and predicted reversal RTT per series and fixed-K (and ``best fixed-K``).
+    """Measured and predicted reversal RTT per series and fixed-K (and ``best fixed-K``), and
+    the measured one of each adaptive K policy (nasd, which hands stretches to the cloud past
+    the reversal, should show none).
 
     A series is the static cells that share bandwidth, jitter, loss and codec
     and span at least two RTTs; each needs cloud-only and fixed-K rows.  The
@@ -155,6 +159,8 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
         per_label = {label: group for label, group in fixed.groupby("label", sort=False)}
         best = fixed.loc[fixed.groupby("rtt_ms")["tokens_per_s"].idxmax()]
         per_label[BEST_FIXED_K] = best
+        adaptive = series[series["strategy"].isin(ADAPTIVE_POLICIES)]
+        per_label.update({label: group for label, group in adaptive.groupby("label", sort=False)})
         for label, group in per_label.items():
             rate = _rates_by_rtt(group)
             rtts = np.array(sorted(set(rate.index) & set(cloud.index)))
@@ -173,7 +179,8 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
                              + ", ".join(f"{rtt:g}" for rtt in overlapping) + " ms")
             if predicted < 0:
                 notes.append("the model predicts it never pays (a negative reversal RTT)")
-            rows.append({**dict(zip(SERIES_COLUMNS, key)), "label": label, "strategy": "fixed-k",
+            strategy = group["strategy"].iloc[0]
+            rows.append({**dict(zip(SERIES_COLUMNS, key)), "label": label, "strategy": strategy,
                          "k": group["k"].iloc[0] if label != BEST_FIXED_K else None,
                          "rtts": " ".join(f"{r:g}" for r in rtts),
                          "measured_reversal_rtt_ms": measured,

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 
 from orchestrator.reporting.analysis import BEST_FIXED_K, reversal
-from orchestrator.reporting.run_summary import predicted_curve
+from orchestrator.reporting.run_summary import planned_k, predicted_curve
 from orchestrator.reporting.summary import read_jsonl, verdict_of
 from orchestrator.results import ResultsFolder
 
@@ -394,6 +394,38 @@ def plot_k_per_cycle(results: pd.DataFrame, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_k_vs_rtt(results: pd.DataFrame, path: Path) -> None:
+    """Each adaptive policy's K per cycle (0: a stretch served without drafts) against the
+    RTT estimate it was chosen on, beside the K the closed form chooses at each RTT."""
+    cell = k_cell(results)
+    cycles = read_jsonl(Path(cell["folder"]) / ResultsFolder.CYCLES)
+    chosen = cycles[cycles["nasd_rtt_estimate_ms"].notna()] \
+        if "nasd_rtt_estimate_ms" in cycles else cycles.iloc[:0]
+    if chosen.empty:
+        raise Skipped(f"cell {cell['cell']} has no cycles of a policy that estimates the RTT "
+                      "(nasd)")
+    styles = strategy_styles(results)
+    fig, ((ax,),) = _figure(1, 1, 7.5, 4.0)
+    grid = np.linspace(0.0, chosen["nasd_rtt_estimate_ms"].max() * 1.05, MODEL_POINTS)
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(chosen))
+    for label, own in chosen.groupby("label", sort=False):
+        color = styles[label]["color"]
+        ax.plot(own["nasd_rtt_estimate_ms"], own["policy_k"] + jitter[:len(own)], ".",
+                color=color, markersize=3, alpha=0.5)
+        ax.step(grid, planned_k(Path(cell["folder"]), label, grid), where="post", color=color,
+                lw=1.5)
+    ax.set_xlabel("RTT estimate the K was chosen on (ms)")
+    ax.set_ylabel("K (0: stretch without drafts)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    handles = [Line2D([], [], color=styles[label]["color"], marker=".", linestyle="none",
+                      label=f"{label}: chosen per cycle") for label in chosen["label"].unique()]
+    handles.append(Line2D([], [], color="grey", lw=1.5, label="closed form's K\n(the table's)"))
+    fig.legend(handles=handles, loc="outside right center", fontsize=9)
+    fig.suptitle(f"K against RTT in cell {cell['cell']}")
+    _save(fig, path)
+
+
 @dataclass(frozen=True)
 class Plot:
     name: str
@@ -424,6 +456,12 @@ PLOTS = [
          "The draft length K of every speculation cycle in run order, with the tokens the "
          "cloud accepted and the RTT the edge measured for that cycle (and, for nasd, the RTT "
          "estimate its K was chosen on, dashed)."),
+    Plot("k_vs_rtt.png", plot_k_vs_rtt,
+         "The K nasd chose in every cycle (dots; 0 for a stretch it served without drafts, "
+         "handed to the cloud or, with the cutoff, to the draft alone) against the RTT "
+         "estimate it chose it on, and the K the closed form picks at each RTT on the run's "
+         "measured acceptance, stage times and bytes (line; 0 where cloud-only is faster): "
+         "the RTT -> K table `orchestrator calibrate` writes."),
 ]
 
 

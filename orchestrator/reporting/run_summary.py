@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 
 from agents.backends.synthetic import SyntheticPairConfig
+from nasd.estimator import Calibration, Line
+from nasd.table import build_table
 from orchestrator.config.job import StrategyRun, plan
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.reporting.summary import mark_queries, read_jsonl, structured, summarize
 from orchestrator.results import ResultsFolder
+from shaping.link_model import transmit_s
 from shaping.profile import LinkState, with_rtt
 from validation.prediction import (
     HostTimes,
@@ -69,6 +72,28 @@ def predicted_curve(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.nd
     row, base = summary.loc[label], spec.profile.initial
     return np.array([_prediction(runs[label], row, spec, cycles, times, with_rtt(base, rtt))
                      for rtt in rtts_ms])
+
+
+def planned_k(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
+    """The K the closed form chooses for strategy ``label`` of a finished run at each of
+    ``rtts_ms`` (``nasd.table``, on the run's acceptance, compute times and bytes per cycle
+    and its link's bandwidth; 0 where cloud-only decodes faster); NaN without a model."""
+    spec = RunSpec.from_folder(folder)
+    queries, cycles = _records(folder, spec)
+    times = _host_times(spec, queries, cycles)
+    summary = structured(pd.read_csv(folder / ResultsFolder.SUMMARY)).set_index("label",
+                                                                                 drop=False)
+    if times is None or label not in summary.index:
+        return np.full(len(rtts_ms), np.nan)
+    row, link = summary.loc[label], spec.profile.initial
+    up, down = _cycle_bytes(row)
+    transfer_s = transmit_s(link.uplink, up) + transmit_s(link.downlink, down)
+    calibration = Calibration(_acceptance(row, spec), times.edge, bytes_up=Line(up),
+                              bytes_down=Line(down),
+                              seconds_per_byte=transfer_s / (up + down) if up + down else 0.0)
+    table = build_table(calibration, sorted(set(rtts_ms)), spec.job.nasd_k_min,
+                        spec.job.nasd_k_max)
+    return np.array([table.row_at(rtt).k for rtt in rtts_ms], dtype=float)
 
 
 def _acceptance(row: pd.Series, spec: RunSpec) -> float:

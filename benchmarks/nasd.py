@@ -1,0 +1,177 @@
+"""Benchmark: NASD against fixed K, on stable links and on links that drift.
+
+``stable``: for each model pair and RTT, sim mode, one run per strategy run, several at once
+(each its own agents; the synthetic pair's compute is modeled by sleeping, so runs side by
+side do not slow each other; the shipped pair computes, so it gets fewer side by side):
+
+- the oracle: the fastest fixed K in 1..15 as measured (its tokens/s and interval; picking
+  the best of fifteen noisy figures flatters it, which only makes the ratio below harder);
+- nasd: its tokens/s, its ratio to the oracle with a 95 % interval (each strategy's queries
+  resampled alone; goal >= 0.99), the share of its tokens served in stretches handed to the
+  cloud (K = 0), and cloud-only's tokens/s beside it;
+- nasd with the edge-only cutoff: the share of its tokens the draft served alone, against the
+  reversal RTT the analytic model gives (cutoff goal: only past the reversal).
+
+``drift``: the shipped ``oscillating`` profile and a seeded random walk of the RTT (a trace
+written for the run), long answers on the synthetic pair so each query meets the timeline
+(which restarts with every query): nasd, bandit and hf-heuristic against fixed K in
+{1, 3, 5, 10, 15}, each adaptive one's ratio to the best fixed K (goal >= 1.15).
+
+    .venv/bin/python benchmarks/nasd.py stable [--pairs synthetic tiny-arith]
+        [--rtts 0 10 25 50 100 200 500] [--queries 4] [--repetitions 2] [--tokens 64]
+    .venv/bin/python benchmarks/nasd.py drift [--tokens 700] [--queries 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from orchestrator.reporting.summary import read_jsonl  # noqa: E402
+from orchestrator.results import ResultsFolder  # noqa: E402
+from validation.stats import rate_ratio_interval  # noqa: E402
+
+FIXED_KS = tuple(range(1, 16))
+DRIFT_KS = (1, 3, 5, 10, 15)
+SIDE_BY_SIDE = {"synthetic": 8, "tiny-arith": 2}
+
+
+def run_cell(out: Path, link: list[str], pair: str, args, extra: list[str]) -> Path:
+    """One sim run of one strategy run on the link ``link`` (profile flags); its folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "orchestrator.cli", "run", "--mode", "sim", *link,
+               "--job", "default", "--model-pair", pair, "--queries", str(args.queries),
+               "--repetitions", str(args.repetitions), "--max-new-tokens", str(args.tokens),
+               "--results", str(out), *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{out}: {done.stderr.strip()[-400:]}")
+    (folder,) = out.iterdir()
+    return folder
+
+
+def run_side_by_side(root: Path, link: list[str], pair: str, args,
+                     runs: dict[str, list[str]]) -> dict[str, Path]:
+    with ThreadPoolExecutor(max_workers=SIDE_BY_SIDE.get(pair, 2)) as pool:
+        futures = {label: pool.submit(run_cell, root / label, link, pair, args, extra)
+                   for label, extra in runs.items()}
+        return {label: future.result() for label, future in futures.items()}
+
+
+def fixed_runs(ks) -> dict[str, list[str]]:
+    return {f"fixed-k{k}": ["--strategy", "fixed-k", "--k", str(k)] for k in ks}
+
+
+def rates(folder: Path) -> pd.DataFrame:
+    queries = read_jsonl(folder / ResultsFolder.QUERIES)
+    return queries.assign(decoded=(queries["n_tokens"] - 1).clip(lower=0))
+
+
+def rate(queries: pd.DataFrame) -> float:
+    return queries["decoded"].sum() / queries["decode_s"].sum()
+
+
+def over(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """a's rate over b's, with its 95 % interval."""
+    low, high = rate_ratio_interval(a["decoded"], a["decode_s"], b["decoded"], b["decode_s"])
+    return f"{rate(a) / rate(b):.3f} [{low:.3f}, {high:.3f}]"
+
+
+def best_fixed(measured: dict[str, pd.DataFrame]) -> str:
+    fixed = {label: rate(q) for label, q in measured.items() if label.startswith("fixed-k")}
+    return max(fixed, key=fixed.get)
+
+
+def stable(args) -> None:
+    root = Path(tempfile.mkdtemp(prefix="edgespec-nasd-stable-"))
+    runs = {**fixed_runs(FIXED_KS), "nasd": ["--strategy", "nasd"],
+            "nasd-cutoff": ["--strategy", "nasd", "--nasd-edge-only-cutoff"],
+            "cloud-only": ["--strategy", "cloud-only"]}
+    print("pair, RTT: the oracle (best fixed K measured) and nasd, tok/s; nasd/oracle [95 %]; "
+          "nasd's share of tokens handed to the cloud; cloud-only; with the edge-only cutoff: "
+          "its share of tokens served by the draft alone, its tok/s, and the model's reversal "
+          "RTT (past it every K loses to cloud-only)")
+    for pair in args.pairs:
+        for rtt_ms in args.rtts:
+            started = time.monotonic()
+            link = ["--profile", "rtt000-bw100", "--rtt-ms", f"{rtt_ms:g}"]
+            folders = run_side_by_side(root / pair / f"rtt{rtt_ms:g}", link, pair, args, runs)
+            measured = {label: rates(folder) for label, folder in folders.items()}
+            oracle = best_fixed(measured)
+            nasd, cutoff = measured["nasd"], measured["nasd-cutoff"]
+            reversal = max(pd.read_csv(folders[label] / "summary.csv")["crossover_rtt_ms"].iloc[0]
+                           for label in fixed_runs(FIXED_KS))
+            print(f"{pair:>10} {rtt_ms:4g} ms: oracle {oracle:>9} {rate(measured[oracle]):6.1f}"
+                  f"  nasd {rate(nasd):6.1f}  ratio {over(nasd, measured[oracle])}  hand-off "
+                  f"{nasd['handoff_tokens'].sum() / nasd['n_tokens'].sum():.2f}  cloud-only "
+                  f"{rate(measured['cloud-only']):6.1f}  cutoff "
+                  f"{cutoff['cutoff_tokens'].sum() / cutoff['n_tokens'].sum():.2f} at "
+                  f"{rate(cutoff):6.1f} (model reversal {reversal:.0f} ms)  "
+                  f"[{time.monotonic() - started:.0f} s]", flush=True)
+    print(f"runs under {root}")
+
+
+def random_walk_profile(folder: Path, seed: int = 7) -> Path:
+    """A profile whose RTT walks in log space between 5 and 400 ms, a step every 0.5 s for
+    60 s (the trace beside it)."""
+    rng = np.random.default_rng(seed)
+    log_rtt, lines = np.log(20.0), []
+    for step in range(120):
+        lines.append(f"{0.5 * step:g} {np.exp(log_rtt):.1f}")
+        log_rtt = float(np.clip(log_rtt + rng.normal(0.0, 0.5), np.log(5.0), np.log(400.0)))
+    (folder / "random-walk.trace").write_text("\n".join(lines) + "\n")
+    profile = folder / "random-walk.yaml"
+    profile.write_text("description: RTT random walk, 5-400 ms, a step every 0.5 s\n"
+                       "rtt_ms: 20\nbandwidth_mbps: 100\ntrace: random-walk.trace\n")
+    return profile
+
+
+def drift(args) -> None:
+    root = Path(tempfile.mkdtemp(prefix="edgespec-nasd-drift-"))
+    runs = {**fixed_runs(DRIFT_KS), **{name: ["--strategy", name]
+                                       for name in ("nasd", "bandit", "hf-heuristic")}}
+    print("profile: each strategy's tok/s; each adaptive one over the best fixed K [95 %]")
+    for name, profile in (("oscillating", "oscillating"),
+                          ("random-walk", str(random_walk_profile(root)))):
+        started = time.monotonic()
+        folders = run_side_by_side(root / name, ["--profile", profile], "synthetic", args, runs)
+        measured = {label: rates(folder) for label, folder in folders.items()}
+        best = best_fixed(measured)
+        print(f"{name}: " + "  ".join(f"{label} {rate(q):.1f}" for label, q in measured.items())
+              + f"  [{time.monotonic() - started:.0f} s]")
+        for adaptive in ("nasd", "bandit", "hf-heuristic"):
+            print(f"    {adaptive} / {best}: {over(measured[adaptive], measured[best])}", flush=True)
+    print(f"runs under {root}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    stable_parser = commands.add_parser("stable", help="NASD against the oracle fixed K")
+    stable_parser.add_argument("--pairs", nargs="+", default=["synthetic", "tiny-arith"])
+    stable_parser.add_argument("--rtts", nargs="+", type=float,
+                               default=[0, 10, 25, 50, 100, 200, 500])
+    stable_parser.add_argument("--queries", type=int, default=4)
+    stable_parser.add_argument("--repetitions", type=int, default=2)
+    stable_parser.add_argument("--tokens", type=int, default=64, help="new tokens per query")
+    drift_parser = commands.add_parser("drift", help="adaptive K on drifting links")
+    drift_parser.add_argument("--queries", type=int, default=2)
+    drift_parser.add_argument("--repetitions", type=int, default=1)
+    drift_parser.add_argument("--tokens", type=int, default=700, help="new tokens per query")
+    args = parser.parse_args()
+    {"stable": stable, "drift": drift}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
