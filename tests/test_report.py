@@ -102,8 +102,9 @@ def test_leaderboard_ranks_the_lossless_strategies_of_each_cell_by_tokens_per_s(
     assert sorted(board["cell"].unique()) == cell_names(path)
     for cell, rows in board.groupby("cell"):
         assert set(rows["label"]) == {"cloud-only", "cloud-spec", "edge-only", "fixed-k3",
-                                      "fixed-k5"}
-        assert set(rows["strategy"]) == {"cloud-only", "cloud-spec", "edge-only", "fixed-k"}
+                                      "fixed-k5", "nasd"}
+        assert set(rows["strategy"]) == {"cloud-only", "cloud-spec", "edge-only", "fixed-k",
+                                         "nasd"}
         lossy = rows[rows["lossy"]]
         assert lossy["label"].tolist() == ["edge-only"]             # the draft's output
         assert lossy["rank_tokens_per_s"].isna().all()              # shown, never ranked
@@ -195,7 +196,7 @@ def test_ianvs_rank_reads_back_with_its_columns(sweep_report):
     assert columns.index("paradigm") > columns.index("throughput")
     assert (rank["paradigm"] == "jointinference").all()
     assert len(rank) == len(pd.read_csv(path / "leaderboard.csv"))
-    assert set(rank["rank"].dropna()) == {1, 2, 3, 4}
+    assert set(rank["rank"].dropna()) == {1, 2, 3, 4, 5}
     assert rank.loc[rank["rank"].isna(), "algorithm"].unique().tolist() == ["edge-only"]
     assert rank.loc[rank["algorithm"] == "edge-only", "lossy"].all()
 
