@@ -14,7 +14,8 @@ its warm-up first), so what it learned carries from one query to the next.
 - ``NasdController`` (``nasd``): per cycle K* = argmax over K in [k_min, k_max]
   of E[tau(K)] / (K t_draft + t_verify(K) + transmit(bytes(K)) + RTT_est)
   (``nasd.analytic`` through ``nasd.estimator.Calibration``), its inputs
-  learned online from the cycles (``StageEstimator``), or fixed by a
+  learned online from the cycles (``StageEstimator``: acceptance by position
+  in the block, stage times, bytes, RTT), or fixed by a
   calibration; the RTT it decides on moves only when the estimate leaves a
   band around it, and K moves only for a clear gain, so K does not flap.
 - ``Bandit`` (``bandit``): discounted UCB over K on measured seconds per
