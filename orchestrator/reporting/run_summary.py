@@ -16,8 +16,10 @@ from orchestrator.config.run_spec import RunSpec
 from orchestrator.reporting.summary import mark_queries, read_jsonl, structured, summarize
 from orchestrator.results import ResultsFolder
 from shaping.profile import LinkState, with_rtt
+from nasd.analytic import Acceptance
 from validation.prediction import (
     HostTimes,
+    measured_acceptance,
     measured_times,
     modeled_times,
     predicted_crossover_rtt_ms,
@@ -48,7 +50,7 @@ def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
         summary["predicted_tokens_per_s"] = [
             _prediction(runs[row["label"]], row, spec, cycles, times, link)
             for _, row in summary.iterrows()]
-        summary["crossover_rtt_ms"] = [_crossover(runs[row["label"]], row, spec, times)
+        summary["crossover_rtt_ms"] = [_crossover(runs[row["label"]], row, spec, cycles, times)
                                        for _, row in summary.iterrows()]
     summary.to_csv(folder / ResultsFolder.SUMMARY, index=False)
     return summary
@@ -70,12 +72,16 @@ def predicted_curve(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.nd
                      for rtt in rtts_ms])
 
 
-def _acceptance(row: pd.Series, spec: RunSpec) -> float:
-    """The run's measured per-token acceptance, or the synthetic pair's configured one."""
+def _acceptance(row: pd.Series, spec: RunSpec, own_cycles: pd.DataFrame) -> Acceptance:
+    """The run's measured acceptance: by position from the strategy's own cycles where it has
+    them, else the synthetic pair's configured law, else the pooled per-token rate."""
+    by_position = measured_acceptance(own_cycles)
+    if by_position is not None:
+        return by_position
+    if isinstance(spec.model_pair, SyntheticPairConfig):
+        return spec.model_pair.acceptance_law
     measured = row.get("per_token_acceptance")
-    if pd.notna(measured):
-        return measured
-    return getattr(spec.model_pair, "acceptance", float("nan"))
+    return measured if pd.notna(measured) else float("nan")
 
 
 def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
@@ -85,14 +91,19 @@ def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
 
 def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
                 times: HostTimes, link: LinkState) -> float:
-    own = cycles[cycles["label"] == run.label] if not cycles.empty else cycles
+    own = _own_cycles(run, cycles)
     ks = own["k"].tolist() if len(own) else [run.k]
-    return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec), times, link,
+    return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec, own), times, link,
                                   *_cycle_bytes(row))
 
 
-def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec, times: HostTimes) -> float:
+def _own_cycles(run: StrategyRun, cycles: pd.DataFrame) -> pd.DataFrame:
+    return cycles[cycles["label"] == run.label] if not cycles.empty else cycles
+
+
+def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
+               times: HostTimes) -> float:
     if run.strategy != "fixed-k":
         return float("nan")
-    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec), times, spec.profile.initial,
-                                      *_cycle_bytes(row))
+    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec, _own_cycles(run, cycles)),
+                                      times, spec.profile.initial, *_cycle_bytes(row))
