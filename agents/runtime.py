@@ -82,7 +82,7 @@ def load_models(config: ModelPairConfig, host: Host, log: logging.Logger) -> Hos
         what = (f"draft {config.draft}" + (f", target {config.target}" if host == "cloud" else "")
                 + f" ({config.dtype} on {device})")
     else:
-        what = f"acceptance {config.acceptance}, vocabulary {config.vocab_size}"
+        what = f"acceptance {config.acceptance_law}, vocabulary {config.vocab_size}"
     log.info("models of pair %r (%s): %s, loaded in %.2f s", config.name, config.backend, what,
              time.perf_counter() - started)
     return models

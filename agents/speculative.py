@@ -55,7 +55,8 @@ class Drafts:
 
 def draft_tokens(sequence: TokenSequence, k: int, decoding: Decoding, rng: np.random.Generator,
                  eos_id: int | None, codec: DraftCodec) -> Drafts:
-    """Draft up to ``k`` tokens onto ``sequence`` (stopping after EOS)."""
+    """Draft up to ``k`` tokens onto ``sequence`` (stopping after EOS), as one block."""
+    sequence.start_block()
     ids, model_rows, sampled_rows = [], [], []
     for _ in range(k):
         probs = sequence.next_probs()

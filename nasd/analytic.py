@@ -1,20 +1,26 @@
 """The analytic model of speculative decoding, local and split across a network.
 
 This module owns the closed forms every other part compares against or plans
-with: tokens per cycle E[tau] under i.i.d. per-token acceptance, the acceptance
-estimate from verified cycles, cycle times on one node and across a link,
-throughput, the crossover RTT past which cloud-edge speculation loses to plain
-cloud decoding, and the throughput-optimal speculation depth K (the objective a
-K controller maximises, ``distributed_throughputs``, and its argmax, ``optimal_k``);
-and the stretches a controller serves without speculating once it stops paying:
-handed to the cloud to decode (one round trip, then streamed tokens,
+with: tokens per cycle E[tau] under per-position acceptance (i.i.d. as the
+special case), the acceptance estimates from verified cycles (pooled and by
+position), cycle times on one node and across a link, throughput, the
+crossover RTT past which cloud-edge speculation loses to plain cloud
+decoding, the throughput-optimal speculation depth K (the objective a K
+controller maximises, ``distributed_throughputs``, and its argmax,
+``optimal_k``), and the expected decode time of a whole query whose last
+cycles draft fewer tokens to fit its token budget (``query_decode_time_s``);
+and the stretches a controller serves without speculating once it stops
+paying: handed to the cloud to decode (one round trip, then streamed tokens,
 ``stretch_throughput``), or, with the edge-only cutoff, decoded by the draft
 alone; ``stretch_tokens`` sizes a stretch so its one round trip stays a small
 share of it.
 
-Model: each drafted token is accepted independently with probability ``a``;
-a cycle stops at the first rejection, so the number accepted is a geometric
-count truncated at K, and the cycle commits that many plus one target token.
+Model: draft i of a cycle (position i = 1..K in the block) is accepted with
+probability a_i given that drafts 1..i-1 were (``Acceptance``: one rate for
+every position is the i.i.d. process); a cycle stops at the first rejection,
+so it accepts at least j drafts with probability S_j = a_1 a_2 ... a_j
+(``acceptance_survival``, the one place the law is evaluated) and commits
+the accepted drafts plus one target token.
 
 Pure: no I/O, no clocks.
 """
@@ -23,24 +29,56 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import numpy as np
 
+Acceptance = Union[float, Sequence[float]]
+"""Per-token acceptance: one rate a for every position (the i.i.d. process), or the
+rates a_1, a_2, ... by position in the block, a_i being the probability that draft i
+is accepted given that drafts 1..i-1 were; positions past the end of the sequence
+take its last value."""
 
-def expected_tokens_per_cycle(acceptance: float, k: int) -> float:
-    """E[tau] = (1 - a^(k+1)) / (1 - a): expected tokens committed per cycle.
 
-    Computed as the equal finite sum 1 + a + ... + a^k, which needs no special
-    case at a == 1 (giving k + 1) and stays accurate as a approaches 1.
-    """
-    _check_acceptance(acceptance)
+def position_rates(acceptance: Acceptance, k: int) -> np.ndarray:
+    """a_1..a_k, shape (k,): ``acceptance`` spread over the k positions of a block."""
     _check_depth(k)
-    return float(np.sum(acceptance ** np.arange(k + 1)))
+    rates = np.asarray(acceptance, dtype=np.float64).reshape(-1)
+    if rates.size == 0:
+        raise ValueError("acceptance by position needs at least one rate")
+    if not np.all((rates >= 0.0) & (rates <= 1.0)):
+        raise ValueError(f"acceptance rates must be in [0, 1], got {rates.tolist()}")
+    if k <= rates.size:
+        return rates[:k]
+    return np.concatenate([rates, np.full(k - rates.size, rates[-1])])
+
+
+def acceptance_survival(acceptance: Acceptance, k: int) -> np.ndarray:
+    """S_0..S_k, shape (k+1,): S_j = a_1 ... a_j (S_0 = 1) is the probability that a cycle
+    of k drafts accepts at least j of them; for i.i.d. acceptance, S_j = a^j."""
+    return np.concatenate([[1.0], np.cumprod(position_rates(acceptance, k))])
+
+
+def expected_tokens_per_cycle(acceptance: Acceptance, k: int) -> float:
+    """E[tau] = S_0 + S_1 + ... + S_k = 1 + a_1 + a_1 a_2 + ... + a_1...a_k: expected tokens
+    committed per cycle of k drafts (the accepted drafts, each counted by the probability
+    of reaching it, plus the target's correction or bonus token).
+
+    For i.i.d. acceptance a it is the finite sum 1 + a + ... + a^k = (1 - a^(k+1)) / (1 - a),
+    which needs no special case at a == 1 (giving k + 1).
+    """
+    return float(acceptance_survival(acceptance, k).sum())
+
+
+def accepted_distribution(acceptance: Acceptance, k: int) -> np.ndarray:
+    """P(exactly j drafts accepted) for j = 0..k, shape (k+1,): S_j - S_(j+1) for j < k, S_k
+    for j = k (all kept); the cycle then commits j + 1 tokens."""
+    survival = acceptance_survival(acceptance, k)
+    return survival - np.append(survival[1:], 0.0)
 
 
 def acceptance_from_counts(accepted: int, rejections: int) -> float:
-    """Maximum-likelihood per-token acceptance from verified cycles.
+    """Maximum-likelihood pooled (i.i.d.) per-token acceptance from verified cycles.
 
     ``accepted`` is the total number of drafted tokens accepted over all
     cycles; ``rejections`` the number of cycles that ended on a rejected draft
@@ -62,6 +100,61 @@ def acceptance_from_counts(accepted: int, rejections: int) -> float:
     if tested == 0:
         return float("nan")
     return accepted / tested
+
+
+def position_counts(drafted: Sequence[int], accepted: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position evidence from verified cycles: ``drafted[c]`` and ``accepted[c]`` are
+    cycle c's drafts and accepted drafts.  Returns (reached, kept), each of shape (P,) with
+    P the longest cycle: reached[i-1] counts the cycles that tested position i (drafted at
+    least i and accepted the i-1 before it), kept[i-1] those that accepted it."""
+    drafted, accepted = np.asarray(drafted, dtype=int), np.asarray(accepted, dtype=int)
+    if drafted.shape != accepted.shape or np.any(accepted < 0) or np.any(accepted > drafted):
+        raise ValueError("need one accepted count in 0..drafted per cycle")
+    positions = np.arange(1, int(drafted.max(initial=0)) + 1)[:, None]
+    reached = (drafted >= positions) & (accepted >= positions - 1)    # (P, cycles)
+    kept = accepted >= positions
+    return reached.sum(axis=1).astype(float), kept.sum(axis=1).astype(float)
+
+
+def acceptance_by_position_from_counts(reached: Sequence[float], kept: Sequence[float],
+                                       pooled: float | None = None,
+                                       prior_weight: float | None = None) -> tuple[float, ...]:
+    """Per-position acceptance a_1..a_P from the counts of ``position_counts`` (or decayed ones).
+
+    Each a_i is kept_i / reached_i, the maximum-likelihood estimate (the likelihood of
+    verified cycles factorises over positions), shrunk toward ``pooled`` by ``prior_weight``
+    pseudo-observations: (kept_i + w * pooled) / (reached_i + w), so a position seen in few
+    cycles stays near the pooled rate.  ``pooled`` defaults to the pooled maximum-likelihood
+    rate of the same counts (``acceptance_from_counts``: sum kept over sum reached).
+    ``prior_weight`` 0 gives the plain maximum-likelihood rates; None (the default) an
+    empirical-Bayes weight, w = p (1 - p) / tau^2, with tau^2 the spread of the true rates
+    around the pooled one p estimated by moments from the same counts: the weighted spread
+    of the plain rates, sum reached_i (kept_i / reached_i - p)^2 / sum reached_i, less what
+    sampling alone gives, (P - 1) p (1 - p) / sum reached_i.  An i.i.d. pair (no spread
+    beyond sampling) then gets the pooled rate at every position, a pair whose rates do
+    vary gets them.  Only the positions ever reached are returned; beyond them an
+    ``Acceptance`` takes the last value.  Empty when nothing was reached.
+    """
+    reached, kept = np.asarray(reached, dtype=float), np.asarray(kept, dtype=float)
+    if reached.shape != kept.shape or np.any(kept < 0) or np.any(kept > reached + 1e-9):
+        raise ValueError("need kept counts in 0..reached at every position")
+    if prior_weight is not None and prior_weight < 0:
+        raise ValueError(f"prior_weight must be non-negative, got {prior_weight}")
+    seen = reached > 0
+    reached, kept = reached[seen], kept[seen]
+    if pooled is None:
+        pooled = acceptance_from_counts(kept.sum(), (reached - kept).sum())
+    if not reached.size:
+        return ()
+    _check_acceptance(pooled)
+    if prior_weight is None:
+        variance = pooled * (1.0 - pooled)
+        spread = (reached * (kept / reached - pooled) ** 2).sum() - (reached.size - 1) * variance
+        if spread <= 0 or variance <= 0:
+            return (float(pooled),) * reached.size
+        prior_weight = variance * reached.sum() / spread
+    estimate = (kept + prior_weight * pooled) / (reached + prior_weight)
+    return tuple(float(rate) for rate in np.clip(estimate, 0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -115,7 +208,7 @@ def cycle_time_distributed_s(
     return cycle_time_local_s(k, times) + rtt_s + transmit_up_s + transmit_down_s
 
 
-def throughput_tokens_per_s(acceptance: float, k: int, cycle_time_s: float) -> float:
+def throughput_tokens_per_s(acceptance: Acceptance, k: int, cycle_time_s: float) -> float:
     """E[tau(k)] / T: committed tokens per second at steady state."""
     if not cycle_time_s > 0:
         raise ValueError(f"cycle_time_s must be positive, got {cycle_time_s}")
@@ -146,8 +239,30 @@ def stretch_tokens(step_s: float, rtt_s: float, rtt_share: float = 0.1) -> int:
     return max(1, math.ceil(rtt_s * (1.0 - rtt_share) / (rtt_share * step_s)))
 
 
+def query_decode_time_s(acceptance: Acceptance, k: int, new_tokens: int,
+                        cycle_time_s: Callable[[int], float]) -> float:
+    """Expected seconds for cycles to commit ``new_tokens`` tokens when each drafts
+    min(k, remaining - 1), so that its correction or bonus still fits the budget (as the
+    edge does), a cycle of d drafts taking ``cycle_time_s(d)``.  No sequence ends early.
+
+    By the recursion over the tokens still to commit, r = 1..new_tokens:
+    E[T(r)] = cycle_time_s(d) + sum_j P(j accepted of d) E[T(r - j - 1)], d = min(k, r - 1),
+    E[T(0)] = 0.  A query of N tokens decodes N - 1 of them after its first at the rate
+    (N - 1) / query_decode_time_s(..., N - 1, ...); long queries approach E[tau] / T(k).
+    """
+    _check_depth(k)
+    if new_tokens < 0:
+        raise ValueError(f"new_tokens must be non-negative, got {new_tokens}")
+    expected = np.zeros(new_tokens + 1)
+    for remaining in range(1, new_tokens + 1):
+        depth = min(k, remaining - 1)
+        after = expected[remaining - 1 - np.arange(depth + 1)]   # j accepted: j + 1 committed
+        expected[remaining] = cycle_time_s(depth) + accepted_distribution(acceptance, depth) @ after
+    return float(expected[new_tokens])
+
+
 def crossover_rtt_s(
-    acceptance: float,
+    acceptance: Acceptance,
     k: int,
     times: ComputeTimes,
     transmit_up_s: float = 0.0,
@@ -171,7 +286,7 @@ def crossover_rtt_s(
 
 
 def distributed_throughputs(
-    acceptance: float,
+    acceptance: Acceptance,
     times: ComputeTimes,
     rtt_s: float,
     depths: Sequence[int],
@@ -193,7 +308,7 @@ def distributed_throughputs(
 
 
 def optimal_k(
-    acceptance: float,
+    acceptance: Acceptance,
     times: ComputeTimes,
     rtt_s: float,
     k_max: int = 32,

@@ -1,13 +1,18 @@
 """What a K controller plans with, and how it is learned online from finished cycles.
 
 ``Calibration`` is one snapshot of the quantities the closed form needs:
-per-token acceptance, the compute stages (draft time per token, the verify
+acceptance by position in the block (``nasd.analytic.Acceptance``), the compute stages (draft time per token, the verify
 time line), bytes per cycle as lines in K, seconds per byte on the link.  Its
 ``throughputs`` and ``best_k`` are ``nasd.analytic``'s closed forms evaluated
 on it (nothing here recomputes them).
 
 ``StageEstimator`` refreshes a calibration from each observed cycle with
-exponential forgetting (``memory`` per cycle, so it follows drift), and keeps
+exponential forgetting (``memory`` per cycle, so it follows drift).  Acceptance
+is learned per position from the decayed counts of cycles that reached and that
+accepted each position, shrunk toward the pooled rate where a position has few
+observations, by an empirical-Bayes weight: as much as the rates' spread
+across positions calls for (``nasd.analytic.acceptance_by_position_from_counts``).
+It keeps
 the RTT estimate as an EWMA of each cycle's network time minus its modeled
 transmission.  The edge measures a cycle's network time as send-to-receive
 minus the cloud's compute, which holds the RTT and both transfers together.
@@ -30,8 +35,9 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from nasd.analytic import (ComputeTimes, acceptance_from_counts, distributed_throughputs,
-                           optimal_k, stretch_throughput, stretch_tokens)
+from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from_counts,
+                           acceptance_from_counts, distributed_throughputs, optimal_k,
+                           position_counts, stretch_throughput, stretch_tokens)
 
 
 class Cycle(Protocol):
@@ -62,9 +68,10 @@ class Line:
 
 @dataclass(frozen=True)
 class Calibration:
-    """The stage model a controller maximises over K: acceptance, compute, bytes, link speed."""
+    """The stage model a controller maximises over K: acceptance (one rate, or rates by
+    position in the block), compute, bytes, link speed."""
 
-    acceptance: float
+    acceptance: Acceptance
     times: ComputeTimes
     bytes_up: Line = Line(0.0)       # bytes up per cycle against K
     bytes_down: Line = Line(0.0)     # bytes down per cycle against K
@@ -144,15 +151,22 @@ class StageEstimator:
     """A ``Calibration`` and an RTT estimate, refreshed from each observed cycle."""
 
     def __init__(self, memory: float = 0.98, prior_acceptance: float = 0.5,
-                 prior_weight: float = 2.0, rtt_smoothing: float = 0.3) -> None:
+                 prior_weight: float = 2.0, rtt_smoothing: float = 0.3,
+                 position_prior_weight: float | None = None) -> None:
+        """``prior_acceptance`` is worth ``prior_weight`` tested drafts in the pooled rate;
+        each position's rate is shrunk toward the pooled one by ``position_prior_weight``
+        cycles' worth of evidence (None: by as much as the positions' spread calls for,
+        ``acceptance_by_position_from_counts``)."""
         if not 0 < memory <= 1:
             raise ValueError(f"memory must be in (0, 1], got {memory}")
         if not 0 < rtt_smoothing <= 1:
             raise ValueError(f"rtt_smoothing must be in (0, 1], got {rtt_smoothing}")
         self.memory, self.rtt_smoothing = memory, rtt_smoothing
-        # acceptance counts start at a prior worth ``prior_weight`` tested drafts
-        self.accepted = prior_acceptance * prior_weight
-        self.rejections = (1.0 - prior_acceptance) * prior_weight
+        self.prior_accepted = prior_acceptance * prior_weight
+        self.prior_rejections = (1.0 - prior_acceptance) * prior_weight
+        self.position_prior_weight = position_prior_weight
+        # decayed counts by position: cycles that tested position i, and that accepted it
+        self.reached, self.kept = np.zeros(0), np.zeros(0)
         self.drafted = self.draft_s = 0.0
         self.verify = DecayedLine(memory)            # t_verify against positions (k + 1)
         self.bytes_up, self.bytes_down = DecayedLine(memory), DecayedLine(memory)
@@ -172,8 +186,10 @@ class StageEstimator:
             self._observe_rtt(cycle.t_network)
             return
         m = self.memory
-        self.accepted = m * self.accepted + cycle.accepted
-        self.rejections = m * self.rejections + (cycle.accepted < cycle.k)
+        reached, kept = position_counts([cycle.k], [cycle.accepted])
+        size = max(len(self.reached), len(reached))
+        self.reached = m * _padded(self.reached, size) + _padded(reached, size)
+        self.kept = m * _padded(self.kept, size) + _padded(kept, size)
         self.drafted = m * self.drafted + cycle.k
         self.draft_s = m * self.draft_s + cycle.t_draft
         self.verify.add(cycle.k + 1, cycle.t_verify)
@@ -191,11 +207,28 @@ class StageEstimator:
         self.rtt_s = sample if self.rtt_s is None else (
             (1.0 - self.rtt_smoothing) * self.rtt_s + self.rtt_smoothing * sample)
 
+    def pooled_acceptance(self) -> float:
+        """The per-token rate over every position, the prior included."""
+        return acceptance_from_counts(*self._pooled_counts())
+
+    def _pooled_counts(self) -> tuple[float, float]:
+        """Drafts accepted and rejected over every position, the prior's pseudo-counts in."""
+        return (self.prior_accepted + self.kept.sum(),
+                self.prior_rejections + (self.reached - self.kept).sum())
+
+    def acceptance(self) -> Acceptance:
+        """Rates by position, each shrunk toward the pooled rate; the pooled rate alone
+        before any position was tested."""
+        pooled = self.pooled_acceptance()
+        by_position = acceptance_by_position_from_counts(self.reached, self.kept, pooled,
+                                                         self.position_prior_weight)
+        return by_position or pooled
+
     def acceptance_upper(self, confidence: float = 0.95) -> float:
-        """The acceptance the (decayed) counts cannot rule out at ``confidence``: the upper
+        """The pooled rate the (decayed) counts cannot rule out at ``confidence``: the upper
         quantile of its Beta posterior (the prior's pseudo-counts included)."""
         from scipy.special import betaincinv   # here: only a controller weighing a hand-off
-        return float(betaincinv(self.accepted, self.rejections, confidence))
+        return float(betaincinv(*self._pooled_counts(), confidence))
 
     def calibration(self) -> Calibration | None:
         """What the cycles so far say; None before the first cycle that drafted."""
@@ -206,7 +239,10 @@ class StageEstimator:
                              # a floor keeps the model defined if the cloud reported no time
                              verify_base_s=max(verify.intercept, 1e-9),
                              verify_per_token_s=verify.slope, decode_s=self.decode_s)
-        return Calibration(acceptance=acceptance_from_counts(self.accepted, self.rejections),
-                           times=times, bytes_up=self.bytes_up.fit(),
+        return Calibration(acceptance=self.acceptance(), times=times, bytes_up=self.bytes_up.fit(),
                            bytes_down=self.bytes_down.fit(),
                            seconds_per_byte=self.network.fit().slope)
+
+
+def _padded(counts: np.ndarray, size: int) -> np.ndarray:
+    return np.pad(counts, (0, size - len(counts)))

@@ -14,7 +14,8 @@ its warm-up first), so what it learned carries from one query to the next.
 - ``NasdController`` (``nasd``): per cycle K* = argmax over K in [k_min, k_max]
   of E[tau(K)] / (K t_draft + t_verify(K) + transmit(bytes(K)) + RTT_est)
   (``nasd.analytic`` through ``nasd.estimator.Calibration``), its inputs
-  learned online from the cycles (``StageEstimator``), or fixed by a
+  learned online from the cycles (``StageEstimator``: acceptance by position
+  in the block, stage times, bytes, RTT), or fixed by a
   calibration; the RTT it decides on moves only when the estimate leaves a
   band around it, and K moves only for a clear gain, so K does not flap.
   Given an RTT -> K table (``nasd.table``, built offline by ``orchestrator
@@ -197,12 +198,15 @@ class NasdController(AdaptiveK):
         return self.k
 
     def _best_case(self, plan: Calibration, rtt_s: float) -> float:
-        """The fastest speculation the evidence allows: the best K at the acceptance the
-        cycles so far cannot rule out (95 %), so that a few unlucky first cycles do not
-        hand every later one to the cloud, where nothing more is learned of acceptance."""
+        """The fastest speculation the evidence allows: the best K with every position's
+        acceptance at least the pooled rate the cycles so far cannot rule out (95 %), so that
+        a few unlucky first cycles do not hand every later one to the cloud, where nothing
+        more is learned of acceptance."""
         if self.learn:
-            plan = replace(plan, acceptance=max(plan.acceptance,
-                                                self.estimator.acceptance_upper()))
+            upper = self.estimator.acceptance_upper()
+            rates = np.maximum(np.atleast_1d(plan.acceptance), upper)
+            plan = replace(plan, acceptance=float(rates[0]) if rates.size == 1
+                           else rates.tolist())
         return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1)).max())
 
     def observe(self, cycle: Cycle) -> None:

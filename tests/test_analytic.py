@@ -5,13 +5,19 @@ import pytest
 
 from nasd.analytic import (
     ComputeTimes,
+    acceptance_by_position_from_counts,
     acceptance_from_counts,
+    acceptance_survival,
+    accepted_distribution,
     cloud_only_throughput,
     crossover_rtt_s,
     cycle_time_distributed_s,
     cycle_time_local_s,
     expected_tokens_per_cycle,
     optimal_k,
+    position_counts,
+    position_rates,
+    query_decode_time_s,
     throughput_tokens_per_s,
 )
 
@@ -166,3 +172,107 @@ def test_measured_times_take_each_stage_from_its_own_records():
     assert times.decode_time_s() == pytest.approx(0.0025)     # cloud-only's 10 streamed steps
     no_cloud_only = measured_times(queries[queries["strategy"] != "cloud-only"], cycles).edge
     assert no_cloud_only.decode_time_s() == pytest.approx(0.004)
+
+
+# --------------------------------------------------------------------------- acceptance by position
+
+FALLING = (0.95, 0.85, 0.7, 0.55, 0.4, 0.3)
+
+
+@pytest.mark.parametrize("acceptance", [0.0, 0.35, 0.7, 1.0])
+def test_a_constant_profile_is_the_iid_process(acceptance):
+    for k in (0, 1, 4, 12):
+        iid = expected_tokens_per_cycle(acceptance, k)
+        assert expected_tokens_per_cycle([acceptance] * k or [acceptance], k) == pytest.approx(iid)
+        assert expected_tokens_per_cycle([acceptance], k) == pytest.approx(iid)  # last value on
+        assert iid == pytest.approx(sum(acceptance ** j for j in range(k + 1)))
+        law = accepted_distribution(acceptance, k)
+        assert law.sum() == pytest.approx(1.0)
+        assert law @ (np.arange(k + 1) + 1) == pytest.approx(iid)
+
+
+def test_positions_past_the_profile_take_its_last_value():
+    assert position_rates(FALLING, 9).tolist() == list(FALLING) + [0.3] * 3
+    assert position_rates(FALLING, 2).tolist() == [0.95, 0.85]
+    assert acceptance_survival((0.5, 1.0), 3).tolist() == [1.0, 0.5, 0.5, 0.5]
+    with pytest.raises(ValueError):
+        position_rates((0.5, 1.2), 2)
+    with pytest.raises(ValueError):
+        position_rates((), 2)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6, 10])
+def test_expected_tokens_of_a_falling_profile_matches_monte_carlo(k):
+    rng = np.random.default_rng(k)
+    tests = rng.random((CYCLES, k)) < position_rates(FALLING, k)
+    accepted = np.cumprod(tests, axis=1).sum(axis=1)
+    tokens = accepted + 1
+    assert abs(tokens.mean() - expected_tokens_per_cycle(FALLING, k)) \
+        < 4 * tokens.std() / math.sqrt(CYCLES)
+    # the law of the accepted count, and the estimate by position recovers the profile
+    observed = np.bincount(accepted, minlength=k + 1) / CYCLES
+    assert np.abs(observed - accepted_distribution(FALLING, k)).max() < 0.015
+    reached, kept = position_counts(np.full(CYCLES, k), accepted)
+    assert reached[0] == CYCLES and np.all(np.diff(reached) <= 0)
+    estimate = acceptance_by_position_from_counts(reached, kept, prior_weight=0.0)
+    truth = position_rates(FALLING, k)
+    assert np.all(np.abs(np.array(estimate) - truth) < 4 * np.sqrt(truth * (1 - truth) / reached))
+    # a falling profile commits fewer tokens than the i.i.d. rate of its first draft
+    assert (expected_tokens_per_cycle(FALLING, k) < expected_tokens_per_cycle(FALLING[0], k)) \
+        == (k > 1)
+
+
+def test_position_counts_and_the_pooled_rate_agree():
+    drafted, accepted = [3, 3, 5, 2, 4], [3, 0, 2, 1, 4]
+    reached, kept = position_counts(drafted, accepted)
+    assert reached.tolist() == [5, 4, 3, 1, 0]     # position i tested: drafted >= i, i-1 kept
+    assert kept.tolist() == [4, 3, 2, 1, 0]
+    rejections = sum(a < d for d, a in zip(drafted, accepted))
+    assert kept.sum() / reached.sum() == acceptance_from_counts(sum(accepted), rejections)
+    assert acceptance_by_position_from_counts(reached, kept, prior_weight=0.0) \
+        == (0.8, 0.75, 2 / 3, 1.0)                 # position 5 never tested
+    # shrinkage pulls each position toward the pooled rate, the less the more it was seen
+    shrunk = acceptance_by_position_from_counts(reached, kept, pooled=0.5, prior_weight=4.0)
+    assert shrunk == pytest.approx(((4 + 2) / 9, (3 + 2) / 8, (2 + 2) / 7, (1 + 2) / 5))
+    assert acceptance_by_position_from_counts([0.0], [0.0]) == ()
+
+
+def test_empirical_bayes_pools_an_iid_pair_and_keeps_a_falling_one():
+    rng = np.random.default_rng(3)
+    for profile, pooled_out in ((0.7, True), (FALLING, False)):
+        tests = rng.random((3000, 6)) < position_rates(profile, 6)
+        counts = position_counts(np.full(3000, 6), np.cumprod(tests, axis=1).sum(axis=1))
+        estimate = np.array(acceptance_by_position_from_counts(*counts))
+        if pooled_out:
+            assert np.ptp(estimate) < 0.02
+        else:
+            assert np.abs(estimate - FALLING).max() < 0.04
+
+
+@pytest.mark.parametrize("acceptance", [0.7, FALLING])
+def test_a_long_query_decodes_at_the_steady_state_rate(acceptance):
+    cycle_s = lambda k: cycle_time_distributed_s(k, TIMES, 0.05)  # noqa: E731
+    for k in (1, 5, 15):
+        steady = throughput_tokens_per_s(acceptance, k, cycle_s(k))
+        long_rate = 8000 / query_decode_time_s(acceptance, k, 8000, cycle_s)
+        assert long_rate == pytest.approx(steady, rel=0.005)
+    # one token left: one cycle of no drafts; k = 0 is plain decoding through the verifier
+    assert query_decode_time_s(acceptance, 5, 1, cycle_s) == pytest.approx(cycle_s(0))
+    assert query_decode_time_s(acceptance, 0, 7, cycle_s) == pytest.approx(7 * cycle_s(0))
+
+
+def test_the_finite_horizon_matches_a_simulated_budget():
+    """Monte Carlo of the edge's loop: k = min(K, remaining - 1), falling profile."""
+    rng, k, budget, runs = np.random.default_rng(8), 6, 25, 4000
+    cycle_s = lambda d: 0.01 + d * 0.001  # noqa: E731
+    totals = []
+    for _ in range(runs):
+        remaining, seconds = budget, 0.0
+        while remaining > 0:
+            depth = min(k, remaining - 1)
+            tests = rng.random(depth) < position_rates(FALLING, depth)
+            remaining -= int(np.cumprod(tests).sum()) + 1
+            seconds += cycle_s(depth)
+        totals.append(seconds)
+    expected = query_decode_time_s(FALLING, k, budget, cycle_s)
+    assert abs(np.mean(totals) - expected) < 4 * np.std(totals) / math.sqrt(runs)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from nasd.analytic import ComputeTimes, crossover_rtt_s
+from nasd.analytic import ComputeTimes, crossover_rtt_s, position_rates
 from nasd.estimator import Calibration, DecayedLine, Line, StageEstimator, Stretch
 from nasd.policy import (HAND_OFF, POLICY_NAMES, Bandit, FixedK, HFHeuristic, KPolicy,
                          NasdController, make_policy)
@@ -44,9 +44,10 @@ class Cycle:
 
 def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Generator,
                     jitter_s: float = 0.0) -> Cycle:
-    """A cycle of K drafts on the stage model ``truth``: i.i.d. acceptance, exact stage times."""
-    accepted = 0
-    while accepted < k and rng.random() < truth.acceptance:
+    """A cycle of K drafts on the stage model ``truth``: its acceptance by position (i.i.d.
+    for one rate), exact stage times."""
+    rates, accepted = position_rates(truth.acceptance, k), 0
+    while accepted < k and rng.random() < rates[accepted]:
         accepted += 1
     draft, verify = k * truth.times.draft_token_s, truth.times.verify_time_s(k)
     network = max(rtt_s + rng.normal(0.0, jitter_s) if jitter_s else rtt_s, 0.0) \
@@ -173,7 +174,11 @@ def test_the_controller_picks_the_oracle_k_from_stage_times_it_learned(truth, rt
     assert learned.bytes_up.slope == pytest.approx(truth.bytes_up.slope)
     assert learned.seconds_per_byte == pytest.approx(truth.seconds_per_byte, abs=1e-12)
     assert controller.estimator.rtt_s == pytest.approx(rtt_s, abs=1e-9)
-    assert learned.acceptance == pytest.approx(truth.acceptance, abs=0.02)
+    assert controller.estimator.pooled_acceptance() == pytest.approx(truth.acceptance, abs=0.02)
+    # each position it tested often is the i.i.d. rate too
+    reached = controller.estimator.reached
+    often = position_rates(learned.acceptance, len(reached))[reached >= 100]
+    assert len(often) >= 2 and np.all(np.abs(often - truth.acceptance) < 0.1), often
     # the oracle does not hinge on the last digit of the acceptance
     near = {replace(truth, acceptance=truth.acceptance + d).best_k(rtt_s, 1, 15)
             for d in (-0.025, 0.025)}
@@ -284,7 +289,8 @@ def test_a_few_unlucky_cycles_do_not_hand_the_link_to_the_cloud():
         controller.next_k()
         controller.observe(replace(full(5, 0), t_draft=0.02, t_verify=0.0325, t_network=0.012,
                                    t_cycle=0.0645))
-    assert controller.plan().acceptance < 0.35 and controller.estimator.acceptance_upper() > 0.7
+    assert controller.estimator.pooled_acceptance() < 0.35
+    assert controller.estimator.acceptance_upper() > 0.7
     assert controller.next_k() != HAND_OFF
 
 
@@ -337,3 +343,21 @@ def test_jobs_name_the_policies_and_validate_their_range_once():
         JobConfig(nasd_k_max=65)
     with pytest.raises(ValidationError):
         JobConfig(strategies=["nasd-k5"])
+
+
+def test_the_controller_learns_a_falling_profile_and_plans_with_it():
+    """Acceptance that falls with the position in the block: the pooled i.i.d. rate would
+    send K far past the oracle; the rates learned by position keep it near it."""
+    profile = (0.95, 0.9, 0.8, 0.6, 0.4, 0.25)
+    truth = replace(IDS, acceptance=profile)
+    for rtt_s in (0.02, 0.1, 0.3):
+        controller = NasdController(1, 15, memory=0.995, hand_off=False)
+        ks = drive(controller, truth, [rtt_s] * 600)
+        rates = truth.throughputs(rtt_s, DEPTHS)
+        achieved = np.mean([rates[k - 1] for k in ks[200:]]) / rates.max()
+        pooled_k = replace(IDS, acceptance=controller.estimator.pooled_acceptance()).best_k(
+            rtt_s, 1, 15)
+        assert achieved >= 0.98, (rtt_s, achieved)
+        assert achieved > rates[pooled_k - 1] / rates.max() + 0.03, (rtt_s, pooled_k)
+        learned = position_rates(controller.plan().acceptance, 4)
+        assert np.all(np.abs(learned - profile[:4]) < 0.08), learned

@@ -24,7 +24,7 @@ from agents.backends.synthetic import (
 )
 from agents.backends.tokenizer import ByteTokenizer
 from agents.speculative import generate_locally
-from nasd.analytic import expected_tokens_per_cycle
+from nasd.analytic import accepted_distribution, expected_tokens_per_cycle, position_rates
 from validation.stats import binomial_interval
 
 ZERO = {"base_ms": 0.0, "per_token_ms": 0.0}
@@ -316,11 +316,14 @@ def test_build_models_uses_a_tokenizer_that_skips_eos():
 # --------------------------------------------------------------------------- the acceptance process
 
 
-def accepted_per_cycle(decoding: str, acceptance: float, k: int, window: int, prompts: int = 12,
+def accepted_per_cycle(decoding: str, acceptance, k: int, window: int, prompts: int = 12,
                        n_tokens: int = 320) -> list[list[int]]:
     """Drafts accepted in each full cycle of K, per prompt (the last, budget-cut cycle left
-    out), from whole speculative generations on the synthetic pair."""
-    config = pair(acceptance=acceptance, seed=11, context_window=window)
+    out), from whole speculative generations on the synthetic pair (``acceptance``: one
+    rate, or rates by position)."""
+    law = ({"acceptance": acceptance} if np.isscalar(acceptance)
+           else {"acceptance_by_position": acceptance})
+    config = pair(seed=11, context_window=window, **law)
     draft = SyntheticModel(config, "draft", ForwardLatency(**ZERO))
     target = SyntheticModel(config, "target", ForwardLatency(**ZERO))
     rng = np.random.default_rng(5)
@@ -376,3 +379,58 @@ def test_the_greedy_coin_follows_the_sequence_not_the_context():
         assert np.array_equal(session.forward([7, 8]), q)
     low, high = binomial_interval(sum(agree), len(agree), confidence=0.999)
     assert low <= 0.7 <= high
+
+
+HEAVY_HEAD = (0.9, 0.8, 0.65, 0.5, 0.35)
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "sampling"])
+def test_acceptance_follows_the_configured_profile_by_position(decoding):
+    """A draft at position i of a block is accepted with a_i given the ones before it were
+    (the last rate past the profile's end): the law of tokens per cycle, chi-square."""
+    k = 6
+    runs = accepted_per_cycle(decoding, HEAVY_HEAD, k, window=4)
+    counts = np.concatenate([np.asarray(run) for run in runs])
+    n = len(counts)
+    law = accepted_distribution(HEAVY_HEAD, k)
+    observed = np.bincount(counts, minlength=k + 1)
+    assert chisquare(observed, law * n).pvalue > 0.001, (observed, np.round(law * n))
+    tokens = counts + 1
+    assert abs(tokens.mean() - expected_tokens_per_cycle(HEAVY_HEAD, k)) \
+        < 3.3 * tokens.std() / math.sqrt(n)
+    # position by position, each rate a binomial share of the cycles that tested it
+    for i, rate in enumerate(position_rates(HEAVY_HEAD, k)[:4], start=1):
+        tested, kept = int((counts >= i - 1).sum()), int((counts >= i).sum())
+        low, high = binomial_interval(kept, tested, confidence=0.999)
+        assert low <= rate <= high, (i, kept / tested, rate)
+
+
+def test_the_profile_is_validated_at_load():
+    config = pair(acceptance_by_position=[0.9, 0.0, 1.0])
+    assert config.acceptance is None and config.acceptance_law == (0.9, 0.0, 1.0)
+    assert [config.rate_at(i) for i in (1, 2, 3, 7)] == [0.9, 0.0, 1.0, 1.0]
+    assert pair().acceptance_law == 0.7                        # i.i.d. by default
+    for bad in ([0.9, 1.2], [-0.1], []):
+        with pytest.raises(ValidationError):
+            pair(acceptance_by_position=bad)
+    with pytest.raises(ValidationError, match="not both"):
+        pair(acceptance=0.7, acceptance_by_position=[0.9])
+    with pytest.raises(ValidationError, match="vocab_size"):
+        pair(acceptance_by_position=[0.99, 0.05], vocab_size=300)
+    # a resolved config (both keys, one None) loads back
+    assert SyntheticPairConfig.model_validate(config.model_dump()) == config
+
+
+def test_rows_outside_a_block_are_position_one_and_p_never_moves():
+    config = pair(acceptance_by_position=[0.9, 0.2])
+    dists = ContextDistributions(config)
+    for context in random_contexts(config.vocab_size, 50):
+        p1, q1 = dists.rows(context, position=1)
+        p2, q2 = dists.rows(context, position=2)
+        assert np.array_equal(p1, p2)
+        assert float(np.minimum(p1, q1).sum(dtype=np.float64)) == pytest.approx(0.9, abs=1e-5)
+        assert float(np.minimum(p2, q2).sum(dtype=np.float64)) == pytest.approx(0.2, abs=1e-5)
+    session = SyntheticModel(config, "draft", ForwardLatency(**ZERO)).session(PLAIN)
+    assert session.position(5) == 1
+    session.start_block(4)
+    assert [session.position(i) for i in (3, 4, 5, 9)] == [1, 1, 2, 6]

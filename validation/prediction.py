@@ -3,21 +3,23 @@
 Bridges runs to ``nasd.analytic``: compute times come from the pair's latency
 profile where it has one (synthetic) and are measured from the run's own
 records otherwise (real models); the link state gives RTT and serialization;
-the acceptance is the one measured in the run where there is one.
+the acceptance is the one measured in the run where there is one, by position
+in the block (``measured_acceptance``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from agents.backends import ModelPairConfig
-from nasd.analytic import (ComputeTimes, cloud_only_throughput, crossover_rtt_s,
-                           cycle_time_distributed_s, cycle_time_local_s,
-                           expected_tokens_per_cycle)
+from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from_counts,
+                           cloud_only_throughput, crossover_rtt_s, cycle_time_distributed_s,
+                           cycle_time_local_s, expected_tokens_per_cycle, position_counts,
+                           query_decode_time_s)
 from nasd.policy import POLICY_NAMES
 from shaping.link_model import transmit_s
 from shaping.profile import LinkState
@@ -94,7 +96,27 @@ def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | N
 
 
 
-def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
+def measured_acceptance(cycles: pd.DataFrame) -> Acceptance | None:
+    """Acceptance by position, maximum likelihood over ``cycles`` (their ``k`` and
+    ``accepted``); None without a cycle that drafted."""
+    if cycles.empty or not (cycles["k"] > 0).any():
+        return None
+    return acceptance_by_position_from_counts(*position_counts(cycles["k"], cycles["accepted"]),
+                                              prior_weight=0.0)
+
+
+def cycle_time_s(strategy: str, times: HostTimes, link: LinkState, bytes_up: float = 0.0,
+                 bytes_down: float = 0.0) -> Callable[[int], float]:
+    """Seconds of one cycle of k drafts under a speculating ``strategy``."""
+    if strategy == "cloud-spec":
+        return lambda k: cycle_time_local_s(k, times.cloud)
+    if strategy in POLICY_NAMES:    # edge drafts, cloud verifies, a round trip per cycle
+        up, down = transmit_s(link.uplink, bytes_up), transmit_s(link.downlink, bytes_down)
+        return lambda k: cycle_time_distributed_s(k, times.edge, link.rtt_ms / 1000.0, up, down)
+    raise ValueError(f"no prediction for strategy {strategy!r}")
+
+
+def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: Acceptance,
                            times: HostTimes, link: LinkState,
                            bytes_up: float = 0.0, bytes_down: float = 0.0,
                            stretches: Sequence[tuple[str, int, int]] = ()) -> float:
@@ -112,14 +134,8 @@ def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
         return 1.0 / times.edge_only_step_s()
     if strategy == "cloud-only":
         return cloud_only_throughput(times.cloud)
-    if strategy == "cloud-spec":
-        cycle_s = lambda k: cycle_time_local_s(k, times.cloud)  # noqa: E731
-    elif strategy in POLICY_NAMES:    # edge drafts, cloud verifies, a round trip per cycle
-        up, down = transmit_s(link.uplink, bytes_up), transmit_s(link.downlink, bytes_down)
-        cycle_s = lambda k: cycle_time_distributed_s(k, times.edge, link.rtt_ms / 1000.0, up,  # noqa: E731
-                                                     down)
-    else:
-        raise ValueError(f"no prediction for strategy {strategy!r}")
+    cycle_s = cycle_time_s(strategy, times, link, bytes_up, bytes_down)
+
     def stretch_s(served_by: str, n: int, cycle: int) -> float:
         if served_by == "edge":
             return n * times.edge_only_step_s()
@@ -131,7 +147,19 @@ def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: float,
                      + sum(stretch_s(*stretch) for stretch in stretches))
 
 
-def predicted_crossover_rtt_ms(k: int, acceptance: float, times: HostTimes, link: LinkState,
+def predicted_query_tokens_per_s(strategy: str, k: int, n_tokens: int, acceptance: Acceptance,
+                                 times: HostTimes, link: LinkState, bytes_up: float = 0.0,
+                                 bytes_down: float = 0.0) -> float:
+    """Decode rate of a speculating strategy at fixed ``k`` over queries of ``n_tokens``
+    tokens, a priori: the last cycles of each draft fewer to fit the budget
+    (``nasd.analytic.query_decode_time_s``), so short answers decode slower than
+    E[tau] / T(k)."""
+    seconds = query_decode_time_s(acceptance, k, n_tokens - 1,
+                                  cycle_time_s(strategy, times, link, bytes_up, bytes_down))
+    return (n_tokens - 1) / seconds
+
+
+def predicted_crossover_rtt_ms(k: int, acceptance: Acceptance, times: HostTimes, link: LinkState,
                                bytes_up: float = 0.0, bytes_down: float = 0.0) -> float:
     """The RTT above which cloud-only decodes faster than fixed-K cloud-edge speculation."""
     return 1000.0 * crossover_rtt_s(acceptance, k, times.edge,

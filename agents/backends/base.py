@@ -4,7 +4,10 @@ A ``ModelSession`` is one sequence's state inside a model (for a transformer,
 its KV cache).  ``forward`` appends tokens and returns the next-token
 distributions after them, already transformed by the decoding settings (so
 verification sees exactly what sampling used); ``truncate`` drops everything
-after a length.  ``TokenSequence`` keeps the committed tokens beside the
+after a length; ``start_block`` says that the tokens from a length on are one
+speculation cycle's drafts (only a backend whose rows depend on the position
+in the block, the synthetic pair's per-position acceptance, uses it).
+``TokenSequence`` keeps the committed tokens beside the
 session and feeds only what the session has not processed yet, which is how
 both the draft and the target avoid recomputing the prefix.
 """
@@ -27,6 +30,10 @@ class ModelSession(Protocol):
 
     def truncate(self, length: int) -> None:
         """Forget every processed token from position ``length`` on."""
+
+    def start_block(self, length: int) -> None:
+        """The tokens from index ``length`` on are drafted as one block: the rows that
+        predict them are its positions 1, 2, ..."""
 
 
 class LanguageModel(Protocol):
@@ -72,6 +79,10 @@ class TokenSequence:
         if len(pending) < k + 1:
             raise RuntimeError(f"need {k + 1} unprocessed tokens to score {k} drafts")
         return self.model_session.forward(pending, all_rows=True)[-(k + 1):]
+
+    def start_block(self) -> None:
+        """The next tokens drafted onto this sequence form one speculation block."""
+        self.model_session.start_block(len(self.tokens))
 
     def extend(self, ids: Sequence[int]) -> None:
         self.tokens.extend(int(t) for t in ids)

@@ -126,6 +126,9 @@ class HFSession:
         self.cache.crop(length)
         self.processed = length
 
+    def start_block(self, length: int) -> None:
+        """A real model's rows do not depend on where a draft block starts."""
+
 
 class HFModel:
     """One transformers model on one device, handing out cache-owning sessions."""

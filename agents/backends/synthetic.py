@@ -2,15 +2,20 @@
 
 For every context (the last ``context_window`` tokens) a seeded generator
 builds the target distribution ``p`` on a small support ``S`` and the draft
-distribution ``q = a*p + (1-a)*r`` with ``r`` supported outside ``S``.  A
-drafted token is then accepted i.i.d. with probability ``a`` at every
-position, the process the analytic model assumes:
+distribution ``q = a*p + (1-a)*r`` with ``r`` supported outside ``S``.  The
+rate ``a`` is ``acceptance`` at every position (i.i.d., the default), or
+``acceptance_by_position[i-1]`` for the i-th draft of a block (the last value
+past the list's end): the draft session learns where each block starts from
+``start_block``, and rows outside a block (the draft decoding alone) are
+position 1's.  A drafted token is then accepted with probability a_i given
+that the drafts before it were, the process the analytic model assumes:
 
 - sampling: the acceptance probability of a drafted token, sum(min(p, q)),
   is exactly ``a`` in every context, and each test draws its own randomness;
 - greedy: a coin with probability ``a`` decides whether ``r`` is spread
   thinly (argmax q == argmax p) or is a point mass that beats p's mode (``p``
-  is flattened so its mode stays below (1-a)/a).  The coin is seeded by the
+  is flattened so its mode stays below (1-a)/a for the largest a below 1 of
+  the law).  The coin is seeded by the
   whole sequence before the position (a hash chained token by token), not by
   the context: greedy text falls into short loops whose contexts repeat, and
   a per-context coin would repeat with them.
@@ -28,6 +33,8 @@ from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nasd.analytic import Acceptance
 
 from agents.sampling import SamplingConfig
 from shaping.clock import now, sleep_until
@@ -51,6 +58,9 @@ class SyntheticLatency(BaseModel):
     cloud_target: ForwardLatency
 
 
+DEFAULT_ACCEPTANCE = 0.7
+
+
 class SyntheticPairConfig(BaseModel):
     """A synthetic draft/target pair (a model-pair file with ``backend: synthetic``)."""
 
@@ -60,33 +70,81 @@ class SyntheticPairConfig(BaseModel):
     description: str = ""
     vocab_size: int = Field(default=1024, ge=257, le=65536,
                             description="at least 257: one id per byte for prompts, plus EOS")
-    acceptance: float = Field(default=0.7, ge=0.01, le=0.99)
+    acceptance: float | None = Field(default=None, ge=0.01, le=0.99,
+                                     description="i.i.d. per-token acceptance (default 0.7)")
+    acceptance_by_position: tuple[float, ...] | None = Field(
+        default=None, min_length=1,
+        description="acceptance of the 1st, 2nd, ... draft of a block given the ones before "
+                    "it were accepted, each in [0, 1]; later positions take the last value")
     context_window: int = Field(default=4, ge=1, le=64)
     eos_id: int = 0
     seed: int = 0
     latency: SyntheticLatency
 
+    @model_validator(mode="before")
+    @classmethod
+    def _iid_by_default(cls, data):
+        if isinstance(data, dict) and data.get("acceptance_by_position") is None \
+                and data.get("acceptance") is None:
+            data = {**data, "acceptance": DEFAULT_ACCEPTANCE}
+        return data
+
     @model_validator(mode="after")
     def _feasible(self) -> "SyntheticPairConfig":
-        needed = minimum_vocab_size(self.acceptance)
+        if self.acceptance_by_position is not None:
+            if self.acceptance is not None:
+                raise ValueError("give acceptance (i.i.d.) or acceptance_by_position, not both")
+            if not all(0.0 <= rate <= 1.0 for rate in self.acceptance_by_position):
+                raise ValueError("acceptance_by_position: every rate must be in [0, 1]")
+        needed = minimum_vocab_size(self.rates)
         if needed > self.vocab_size:
-            raise ValueError(
-                f"acceptance {self.acceptance} needs a vocab_size of at least {needed}")
+            raise ValueError(f"acceptance {self.acceptance_law} needs a vocab_size of at "
+                             f"least {needed}")
         if not 0 <= self.eos_id < self.vocab_size:
             raise ValueError("eos_id must lie inside the vocabulary")
         return self
 
 
-def support_size(acceptance: float) -> int:
-    """Size of p's support: large enough that p's mode can stay below 0.9*(1-a)/a."""
-    return max(8, math.ceil(1.5 * acceptance / (0.9 * (1.0 - acceptance))))
+    @property
+    def acceptance_law(self) -> Acceptance:
+        """The configured acceptance as ``nasd.analytic`` takes it: one rate, or rates by position."""
+        return self.acceptance if self.acceptance_by_position is None else self.acceptance_by_position
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """Every rate of the law (one for i.i.d.)."""
+        return self.acceptance_by_position or (self.acceptance,)
+
+    def rate_at(self, position: int) -> float:
+        """a_i of the ``position``-th draft of a block (1-based)."""
+        rates = self.rates
+        return rates[min(position, len(rates)) - 1]
 
 
-def minimum_vocab_size(acceptance: float) -> int:
-    """The smallest vocabulary for ``acceptance``: room for r outside p's support (and EOS),
-    spread so thinly that (1 - a) / |outside| stays below a * (smallest mode of p, 1/m)."""
-    m = support_size(acceptance)
-    return max(2 * m + 2, m + 2 + math.floor(m * (1.0 - acceptance) / acceptance))
+def mixing_rates(rates: Acceptance) -> tuple[float, ...]:
+    """The rates of a law (one, or by position) that shape p and the vocabulary: those
+    strictly between 0 and 1 (at 0, q is r alone and never agrees; at 1, q is p and always
+    does)."""
+    return tuple(float(rate) for rate in np.atleast_1d(rates) if 0.0 < rate < 1.0)
+
+
+def support_size(rates: Acceptance) -> int:
+    """Size of p's support: large enough that p's mode can stay below 0.9*(1-a)/a for the
+    largest mixing rate a."""
+    mixing = mixing_rates(rates)
+    if not mixing:
+        return 8
+    a = max(mixing)
+    return max(8, math.ceil(1.5 * a / (0.9 * (1.0 - a))))
+
+
+def minimum_vocab_size(rates: Acceptance) -> int:
+    """The smallest vocabulary for the law ``rates``: room for r outside p's support (and EOS),
+    spread so thinly that (1 - a) / |outside| stays below a * (smallest mode of p, 1/m) for
+    the smallest mixing rate a."""
+    m, mixing = support_size(rates), mixing_rates(rates)
+    spread = math.floor(m * (1.0 - min(mixing)) / min(mixing)) if mixing else 0
+    return max(2 * m + 2, m + 2 + spread)
 
 
 class ContextDistributions:
@@ -98,8 +156,9 @@ class ContextDistributions:
 
     def __init__(self, config: SyntheticPairConfig) -> None:
         self.config = config
-        self.support = support_size(config.acceptance)
-        self.mode_cap = 0.9 * (1.0 - config.acceptance) / config.acceptance
+        self.support = support_size(config.rates)
+        mixing = mixing_rates(config.rates)
+        self.mode_cap = 0.9 * (1.0 - max(mixing)) / max(mixing) if mixing else 1.0
         self.tokens = np.array([t for t in range(config.vocab_size) if t != config.eos_id])
         self.key = config.seed.to_bytes(8, "little", signed=True)
         # the coin chain of the empty sequence: a domain of its own, apart from p's hashes
@@ -120,11 +179,12 @@ class ContextDistributions:
                                  digest_size=8, key=self.key).digest()
         return np.random.default_rng(int.from_bytes(digest, "little"))
 
-    def rows(self, context: tuple[int, ...],
-             coin: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(p, q) as float32 rows of width vocab_size; ``coin`` (uniform in [0, 1)) decides
-        q's greedy agreement, drawn from the context where none is given."""
-        a, m, vocab = self.config.acceptance, self.support, self.config.vocab_size
+    def rows(self, context: tuple[int, ...], coin: float | None = None,
+             position: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(p, q) as float32 rows of width vocab_size, q for the ``position``-th draft of a
+        block (p does not depend on it); ``coin`` (uniform in [0, 1)) decides q's greedy
+        agreement, drawn from the context where none is given."""
+        a, m, vocab = self.config.rate_at(position), self.support, self.config.vocab_size
         rng = self._generator(context)
         picked = rng.permutation(len(self.tokens))
         support, outside = self.tokens[picked[:m]], self.tokens[picked[m:]]
@@ -150,6 +210,7 @@ class SyntheticSession:
         self.model = model
         self.history: list[int] = []
         self.chains = [model.distributions.root]   # chains[n]: the first n tokens'
+        self.block_start: int | None = None        # index of a draft block's first token
 
     @property
     def processed(self) -> int:
@@ -165,9 +226,19 @@ class SyntheticSession:
             self.chains.append(distributions.chained(self.chains[-1], token))
             if all_rows or position == len(ids) - 1:
                 context = tuple(self.history[-window:])
-                rows.append(self.model.row(context, distributions.coin(self.chains[-1])))
+                rows.append(self.model.row(context, distributions.coin(self.chains[-1]),
+                                           self.position(len(self.history))))
         sleep_until(started + self.model.latency.seconds(len(ids)))
         return np.stack(rows) if all_rows else rows[-1]
+
+    def position(self, index: int) -> int:
+        """Position in the current block of the token at ``index`` (1 outside a block)."""
+        if self.block_start is None or index < self.block_start:
+            return 1
+        return index - self.block_start + 1
+
+    def start_block(self, length: int) -> None:
+        self.block_start = length
 
     def truncate(self, length: int) -> None:
         del self.history[length:]
@@ -185,8 +256,9 @@ class SyntheticModel:
         self.vocab_size = config.vocab_size
         self.eos_id = config.eos_id
 
-    def row(self, context: tuple[int, ...], coin: float | None = None) -> np.ndarray:
-        p, q = self.distributions.rows(context, coin)
+    def row(self, context: tuple[int, ...], coin: float | None = None,
+            position: int = 1) -> np.ndarray:
+        p, q = self.distributions.rows(context, coin, position)
         return p if self.role == "target" else q
 
     def session(self, sampling: SamplingConfig) -> SyntheticSession:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from agents.backends.synthetic import SyntheticPairConfig
+from nasd.analytic import Acceptance
 from nasd.estimator import Calibration, Line
 from nasd.table import build_table
 from orchestrator.config.job import StrategyRun, plan
@@ -21,6 +22,7 @@ from shaping.link_model import transmit_s
 from shaping.profile import LinkState, with_rtt
 from validation.prediction import (
     HostTimes,
+    measured_acceptance,
     measured_times,
     modeled_times,
     predicted_crossover_rtt_ms,
@@ -52,7 +54,7 @@ def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
         summary["predicted_tokens_per_s"] = [
             _prediction(runs[row["label"]], row, spec, cycles, times, link)
             for _, row in summary.iterrows()]
-        summary["crossover_rtt_ms"] = [_crossover(runs[row["label"]], row, spec, times)
+        summary["crossover_rtt_ms"] = [_crossover(runs[row["label"]], row, spec, cycles, times)
                                        for _, row in summary.iterrows()]
     summary.to_csv(folder / ResultsFolder.SUMMARY, index=False)
     return summary
@@ -88,7 +90,8 @@ def planned_k(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
     row, link = summary.loc[label], spec.profile.initial
     up, down = _cycle_bytes(row)
     transfer_s = transmit_s(link.uplink, up) + transmit_s(link.downlink, down)
-    calibration = Calibration(_acceptance(row, spec), times.edge, bytes_up=Line(up),
+    own = speculation_cycles(_own_cycles(label, cycles))
+    calibration = Calibration(_acceptance(row, spec, own), times.edge, bytes_up=Line(up),
                               bytes_down=Line(down),
                               seconds_per_byte=transfer_s / (up + down) if up + down else 0.0)
     table = build_table(calibration, sorted(set(rtts_ms)), spec.job.nasd_k_min,
@@ -96,12 +99,16 @@ def planned_k(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
     return np.array([table.row_at(rtt).k for rtt in rtts_ms], dtype=float)
 
 
-def _acceptance(row: pd.Series, spec: RunSpec) -> float:
-    """The run's measured per-token acceptance, or the synthetic pair's configured one."""
+def _acceptance(row: pd.Series, spec: RunSpec, own_cycles: pd.DataFrame) -> Acceptance:
+    """The run's measured acceptance: by position from the strategy's own cycles where it has
+    them, else the synthetic pair's configured law, else the pooled per-token rate."""
+    by_position = measured_acceptance(own_cycles)
+    if by_position is not None:
+        return by_position
+    if isinstance(spec.model_pair, SyntheticPairConfig):
+        return spec.model_pair.acceptance_law
     measured = row.get("per_token_acceptance")
-    if pd.notna(measured):
-        return measured
-    return getattr(spec.model_pair, "acceptance", float("nan"))
+    return measured if pd.notna(measured) else float("nan")
 
 
 def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
@@ -111,19 +118,24 @@ def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
 
 def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
                 times: HostTimes, link: LinkState) -> float:
-    own = cycles[cycles["label"] == run.label] if not cycles.empty else cycles
+    own = _own_cycles(run.label, cycles)
     speculated = speculation_cycles(own)
     ks = speculated["k"].tolist() if len(own) else [run.k]
     stretched = own.drop(speculated.index)
-    return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec), times, link,
-                                  *_cycle_bytes(row),
+    return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec, speculated), times,
+                                  link, *_cycle_bytes(row),
                                   stretches=list(zip(stretched.get("served_by", []),
                                                      stretched.get("tokens", []),
                                                      stretched.get("cycle", []))))
 
 
-def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec, times: HostTimes) -> float:
+def _own_cycles(label: str, cycles: pd.DataFrame) -> pd.DataFrame:
+    return cycles[cycles["label"] == label] if not cycles.empty else cycles
+
+
+def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
+               times: HostTimes) -> float:
     if run.strategy != "fixed-k":
         return float("nan")
-    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec), times, spec.profile.initial,
-                                      *_cycle_bytes(row))
+    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec, _own_cycles(run.label, cycles)),
+                                      times, spec.profile.initial, *_cycle_bytes(row))
