@@ -31,8 +31,7 @@ from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.sampling import SamplingConfig
-from agents.speculative import (Drafts, apply_verdict, decode_plainly, draft_tokens,
-                                sample_correction, session_rng)
+from agents.speculative import Drafts, decode_plainly, session_rng, speculation_step
 from agents.verification import Verdict
 from nasd.estimator import Calibration
 from nasd.policy import (DEFAULT_K_MAX, DEFAULT_K_MIN, HAND_OFF, POLICY_NAMES, KPolicy, PolicyName,
@@ -82,6 +81,15 @@ def draft_message(session: str, seq: int, codec: DraftCodec, drafts: Drafts,
     tokens the draft served alone)."""
     return Message("draft", session, seq, dict(catch_up_fields or {}),
                    {**codec.encode(drafts.ids, drafts.model_rows), **(catch_up_arrays or {})})
+
+
+def read_verdict(reply: Message, width: int) -> tuple[Verdict, np.ndarray | None]:
+    """A ``verdict`` message as ``speculation_step`` takes it: the verdict, and the target row
+    the edge samples the correction from where the cloud left that to it (q-scalar)."""
+    fields = reply.fields
+    token = None if fields["token"] < 0 else fields["token"]
+    target_row = decode_target_row(reply.arrays, width) if fields["residual"] else None
+    return Verdict(fields["accepted"], token, fields["finished"]), target_row
 
 
 class EdgeAgent:
@@ -262,30 +270,29 @@ class EdgeAgent:
 
     def _speculation_cycle(self, query: SpeculationQuery, k: int) -> dict:
         """Draft ``k`` tokens, have the cloud verify them, commit its verdict."""
-        draft, rng, codec = query.draft, query.rng, query.codec
         t_start = now()
-        committed_length = len(draft.tokens)
-        drafts = draft_tokens(draft, k, query.decoding, rng, query.eos_id, codec)
-        message = draft_message(query.session, len(query.cycles) + 1, codec, drafts,
-                                query.catch_up_fields(), query.catch_up_arrays())
-        reply, up, down, t_send, query.t_last = self._exchange(message, "verdict")
-        fields = reply.fields
-        token = None if fields["token"] < 0 else fields["token"]
-        if fields["residual"]:
-            target_row = decode_target_row(reply.arrays, drafts.sampled_rows.shape[1])
-            token = sample_correction(target_row, drafts.sampled_rows[fields["accepted"]], rng)
-        query.caught_up(correction=token if fields["residual"] else None)
-        verdict = Verdict(accepted=fields["accepted"], next_token=token,
-                          finished=fields["finished"] or token == query.eos_id)
-        apply_verdict(draft, committed_length, verdict)
+        sent: dict = {}
+
+        def verify(drafts: Drafts) -> tuple[Verdict, np.ndarray | None]:
+            message = draft_message(query.session, len(query.cycles) + 1, query.codec, drafts,
+                                    query.catch_up_fields(), query.catch_up_arrays())
+            sent["reply"], sent["up"], sent["down"], sent["at"], query.t_last = self._exchange(
+                message, "verdict")
+            return read_verdict(sent["reply"], drafts.sampled_rows.shape[1])
+
+        drafts, verdict = speculation_step(query.draft, k, query.decoding, query.rng,
+                                           query.eos_id, query.codec, verify)
+        fields = sent["reply"].fields
+        # a correction the edge sampled (q-scalar): the cloud hears of it with the next message
+        query.caught_up(correction=verdict.next_token if fields["residual"] else None)
         query.finished = query.eos = verdict.finished
         cloud_s = fields["compute_s"]
         query.cloud_compute_s += cloud_s
-        network_s = query.t_last - t_send - cloud_s
+        network_s = query.t_last - sent["at"] - cloud_s
         return dict(k=len(drafts.ids), accepted=verdict.accepted,
-                    tokens=len(draft.tokens) - committed_length, rtt_ms=network_s * 1000.0,
-                    bytes_up=up, bytes_down=down, t_draft=t_send - t_start, t_verify=cloud_s,
-                    t_network=network_s)
+                    tokens=verdict.accepted + (verdict.next_token is not None),
+                    rtt_ms=network_s * 1000.0, bytes_up=sent["up"], bytes_down=sent["down"],
+                    t_draft=sent["at"] - t_start, t_verify=cloud_s, t_network=network_s)
 
     def _cloud_stretch(self, query: SpeculationQuery, tokens: int) -> dict:
         """K = 0: the cloud decodes ``tokens`` tokens and streams them; one round trip."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -109,6 +109,30 @@ def verify_drafts(target: TokenSequence, payload: DraftPayload, decoding: Decodi
     return Verification(verdict, residual_row)
 
 
+# what verification answers for a block of drafts: the verdict, and where the codec left the
+# correction to the draft side (q-scalar), the target row to sample it from (the verdict's
+# next token is then None)
+Verify = Callable[[Drafts], tuple[Verdict, "np.ndarray | None"]]
+
+
+def speculation_step(draft: TokenSequence, k: int, decoding: Decoding, rng: np.random.Generator,
+                     eos_id: int | None, codec: DraftCodec,
+                     verify: Verify) -> tuple[Drafts, Verdict]:
+    """One speculation cycle on the draft's side, wherever the target is: draft up to ``k``
+    tokens on ``draft``, have ``verify`` judge them (the cloud over the wire, or a target in
+    this process), sample the correction from the target row it returns when the codec left
+    that to the draft side, and commit the verdict on ``draft``.  The one cycle loop body of
+    the edge, ``generate_locally`` and ``orchestrator calibrate``."""
+    committed_length = len(draft.tokens)
+    drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec)
+    verdict, target_row = verify(drafts)
+    if target_row is not None:
+        token = sample_correction(target_row, drafts.sampled_rows[verdict.accepted], rng)
+        verdict = Verdict(verdict.accepted, token, verdict.finished or token == eos_id)
+    apply_verdict(draft, committed_length, verdict)
+    return drafts, verdict
+
+
 def sample_correction(target_row: np.ndarray, sampled_row: np.ndarray,
                       rng: np.random.Generator) -> int:
     """The edge's half of a q-scalar rejection: a token from max(0, p - q), normalized."""
@@ -150,12 +174,14 @@ def generate_locally(target: TokenSequence, draft: TokenSequence | None, k: int,
     first = next(decode_plainly(target, 1, decoding, rng, eos_id))
     draft.extend([first])
     yield Commit([first])
+    def verify(drafts: Drafts) -> tuple[Verdict, None]:
+        payload = DraftPayload(np.asarray(drafts.ids, dtype=np.int64),
+                               pad_to_width(drafts.sampled_rows, target.vocab_size), None)
+        return verify_drafts(target, payload, decoding, rng, eos_id).verdict, None
+
     while target.generated[-1] != eos_id and len(target.generated) < max_new_tokens:
         committed_length = len(target.tokens)
         remaining = max_new_tokens - len(target.generated)
-        drafts = draft_tokens(draft, min(k, remaining - 1), decoding, rng, eos_id, in_process)
-        payload = DraftPayload(np.asarray(drafts.ids, dtype=np.int64),
-                               pad_to_width(drafts.sampled_rows, target.vocab_size), None)
-        verdict = verify_drafts(target, payload, decoding, rng, eos_id).verdict
-        apply_verdict(draft, committed_length, verdict)
+        drafts, verdict = speculation_step(draft, min(k, remaining - 1), decoding, rng, eos_id,
+                                           in_process, verify)
         yield Commit(target.tokens[committed_length:], len(drafts.ids), verdict.accepted)

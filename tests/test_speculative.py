@@ -14,7 +14,7 @@ from agents.backends.base import TokenSequence
 from agents.codecs import DraftPayload, get_codec
 from agents.sampling import SamplingConfig
 from agents.backends.synthetic import SyntheticModel, SyntheticPairConfig
-from agents.speculative import (apply_verdict, choose_token, draft_tokens, generate_locally,
+from agents.speculative import (choose_token, draft_tokens, generate_locally,
                                 verify_drafts)
 
 INSTANT = {"base_ms": 0.0, "per_token_ms": 0.0}
@@ -44,23 +44,13 @@ def target_only(target, prompt, n, decoding, rng):
 
 
 def speculative(draft_model, target_model, prompt, n, k, decoding, rng):
-    """The edge/cloud cycle without the network: returns output and per-cycle accepted counts."""
+    """Speculation with both models here (``generate_locally``, the cycle the edge runs too):
+    the output and each cycle's accepted count."""
     target, draft = TokenSequence(target_model, prompt, PLAIN), \
         TokenSequence(draft_model, prompt, PLAIN)
-    draft.prefill()
-    first = choose_token(target.next_probs(), decoding, rng)
-    target.extend([first])
-    draft.extend([first])
-    accepted = []
-    while len(target.generated) < n:
-        committed = len(target.tokens)
-        drafts = draft_tokens(draft, min(k, n - len(target.generated) - 1), decoding, rng, None,
-                              FULL_ROWS)
-        verdict = verify_drafts(target, payload(drafts), decoding, rng, None).verdict
-        apply_verdict(draft, committed, verdict)
-        assert draft.tokens == target.tokens
-        accepted.append(verdict.accepted)
-    return target.generated, accepted
+    commits = list(generate_locally(target, draft, k, decoding, rng, None, n))
+    assert draft.tokens == target.tokens
+    return target.generated, [commit.accepted for commit in commits[1:]]
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 10])

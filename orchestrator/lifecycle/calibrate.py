@@ -36,20 +36,17 @@ from rich.progress import Progress
 from agents.backends import ModelPairConfig, build_models
 from agents.backends.base import LanguageModel, TokenSequence
 from agents.cloud import verdict_message
-from agents.codecs import decode_target_row, get_codec
-from agents.edge import draft_message
+from agents.codecs import get_codec
+from agents.edge import draft_message, read_verdict
 from agents.protocol import encode
 from agents.sampling import SamplingConfig
 from agents.speculative import (
-    apply_verdict,
     choose_token,
-    draft_tokens,
     generate_locally,
-    sample_correction,
     session_rng,
+    speculation_step,
     verify_drafts,
 )
-from agents.verification import Verdict
 from nasd.analytic import acceptance_from_counts
 from orchestrator.config.nasd_files import (
     Acceptance,
@@ -209,30 +206,34 @@ class Calibrator:
         finished, correction, samples = first == self.target.eos_id, {}, []
         while not finished and len(draft.generated) < plan.max_new_tokens:
             remaining = plan.max_new_tokens - len(draft.generated)
-            committed_length = len(draft.tokens)
-            started = now()
-            drafts = draft_tokens(draft, min(k, remaining - 1), decoding, edge_rng, eos_id, codec)
-            message = draft_message(session, len(samples) + 1, codec, drafts, correction)
-            received = now()
-            if correction:
-                target.extend([correction["correction"]])
-            verification = verify_drafts(target, codec.decode(message.arrays, target.vocab_size),
-                                         decoding, cloud_rng, self.target.eos_id)
-            reply = verdict_message(session, message.seq, verification, received)
-            answered = now()
-            fields = reply.fields
-            token = None if fields["token"] < 0 else fields["token"]
-            if fields["residual"]:
-                token = sample_correction(decode_target_row(reply.arrays, draft.vocab_size),
-                                          drafts.sampled_rows[fields["accepted"]], edge_rng)
-            correction = {"correction": token} if fields["residual"] else {}
-            verdict = Verdict(fields["accepted"], token, fields["finished"] or token == eos_id)
-            apply_verdict(draft, committed_length, verdict)
+            wire: dict = {"started": now()}
+
+            def verify(drafts):
+                """The cloud's ``_verify`` on the message the edge would send, timed."""
+                wire["message"] = message = draft_message(session, len(samples) + 1, codec,
+                                                          drafts, correction)
+                wire["received"] = received = now()
+                if correction:
+                    target.extend([correction["correction"]])
+                verification = verify_drafts(target, codec.decode(message.arrays,
+                                                                  target.vocab_size),
+                                             decoding, cloud_rng, self.target.eos_id)
+                wire["reply"] = reply = verdict_message(session, message.seq, verification,
+                                                        received)
+                wire["answered"] = now()
+                return read_verdict(reply, draft.vocab_size)
+
+            drafts, verdict = speculation_step(draft, min(k, remaining - 1), decoding, edge_rng,
+                                               eos_id, codec, verify)
+            residual = wire["reply"].fields["residual"]
+            correction = {"correction": verdict.next_token} if residual else {}
             finished = verdict.finished
             samples.append(CycleSample(
-                k=len(drafts.ids), accepted=verdict.accepted, t_draft=received - started,
-                t_verify=answered - received, bytes_up=zmtp_wire_bytes(encode(message)),
-                bytes_down=zmtp_wire_bytes(encode(reply))))
+                k=len(drafts.ids), accepted=verdict.accepted,
+                t_draft=wire["received"] - wire["started"],
+                t_verify=wire["answered"] - wire["received"],
+                bytes_up=zmtp_wire_bytes(encode(wire["message"])),
+                bytes_down=zmtp_wire_bytes(encode(wire["reply"]))))
         return samples
 
 
