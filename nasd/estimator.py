@@ -12,17 +12,18 @@ is learned per position from the decayed counts of cycles that reached and that
 accepted each position, shrunk toward the pooled rate where a position has few
 observations, by an empirical-Bayes weight: as much as the rates' spread
 across positions calls for (``nasd.analytic.acceptance_by_position_from_counts``).
-It keeps
-the RTT estimate as an EWMA of each cycle's network time minus its modeled
-transmission.  The edge measures a cycle's network time as send-to-receive
-minus the cloud's compute, which holds the RTT and both transfers together.
+It keeps the RTT estimate as an EWMA of each cycle's network time minus its
+modeled transmission.  The edge measures a cycle's network time as
+send-to-receive minus the cloud's compute, which holds the RTT and both
+transfers together.
 Seconds per byte is the slope of the change in network time against the
 change in bytes from one cycle to the next: first differences, because K
 (hence the bytes) follows the RTT, so a plain regression of network time on
 bytes would read a drifting RTT as link speed.  It is trusted only when the
 bytes varied enough for the slope to stand out of the jitter.  A stretch handed
-to the cloud (K = 0) teaches the RTT and the cloud's decoding step; one the
-edge decoded alone teaches nothing.
+to the cloud (K = 0) teaches the RTT and the cloud's decoding step (until one
+has, that step is read off the verify line at the fewest positions verified);
+one the edge decoded alone teaches nothing.
 
 Pure: no I/O, no clocks.
 """
@@ -114,10 +115,12 @@ class Stretch:
 class DecayedLine:
     """A weighted least-squares line through (x, y) points whose weights decay by ``memory``
     per added point; ``fit`` gives a non-negative slope, or none (0) while the x values are
-    too alike, or the slope too small against its standard error (``min_t``) to be told."""
+    too alike, or the slope too small against its standard error (``min_t``) to be told, or
+    (with ``min_t``) while the points weigh less than ``min_points`` (a t-test on three or
+    four noisy points passes by chance too often to plan on)."""
 
-    def __init__(self, memory: float, min_t: float = 0.0) -> None:
-        self.memory, self.min_t = memory, min_t
+    def __init__(self, memory: float, min_t: float = 0.0, min_points: float = 3.0) -> None:
+        self.memory, self.min_t, self.min_points = memory, min_t, max(min_points, 3.0)
         self.sums = np.zeros(6)      # w, wx, wy, wxx, wxy, wyy
         self.squared_weights = 0.0   # sum of w^2: each decays by memory^2
 
@@ -139,7 +142,7 @@ class DecayedLine:
         if self.min_t > 0:
             residual = max(syy / w - mean_y ** 2 - slope ** 2 * var_x, 0.0)
             n_effective = w * w / self.squared_weights
-            if n_effective <= 2:
+            if n_effective < self.min_points:
                 return Line(mean_y)
             standard_error = math.sqrt(residual / (var_x * (n_effective - 2)))
             if slope < self.min_t * standard_error:
@@ -171,10 +174,11 @@ class StageEstimator:
         self.verify = DecayedLine(memory)            # t_verify against positions (k + 1)
         self.bytes_up, self.bytes_down = DecayedLine(memory), DecayedLine(memory)
         # change of t_network against change of bytes up + down, cycle to cycle
-        self.network = DecayedLine(memory, min_t=3.0)
+        self.network = DecayedLine(memory, min_t=3.0, min_points=10.0)
         self.last: tuple[int, float] | None = None   # the previous cycle's bytes and t_network
         self.rtt_s: float | None = None
         self.decode_s: float | None = None       # the cloud's step, from stretches handed to it
+        self.fewest_positions: int | None = None  # the smallest k + 1 verified so far
 
     def observe(self, cycle: Cycle, seconds_per_byte: float | None = None) -> None:
         """Learn from ``cycle``; its RTT is its network time less its bytes at
@@ -193,6 +197,7 @@ class StageEstimator:
         self.drafted = m * self.drafted + cycle.k
         self.draft_s = m * self.draft_s + cycle.t_draft
         self.verify.add(cycle.k + 1, cycle.t_verify)
+        self.fewest_positions = min(self.fewest_positions or cycle.k + 1, cycle.k + 1)
         self.bytes_up.add(cycle.k, cycle.bytes_up)
         self.bytes_down.add(cycle.k, cycle.bytes_down)
         carried = cycle.bytes_up + cycle.bytes_down
@@ -235,10 +240,15 @@ class StageEstimator:
         if self.drafted <= 0:
             return None
         verify = self.verify.fit()
+        # until a stretch measured it, the cloud's plain step is the verify line where it was
+        # measured (the fewest positions verified), not extrapolated below: an intercept fitted
+        # on noisy large-K cycles could make a hand-off look faster than it is
+        decode_s = self.decode_s if self.decode_s is not None \
+            else max(verify(self.fewest_positions), 1e-9)
         times = ComputeTimes(draft_token_s=self.draft_s / self.drafted,
                              # a floor keeps the model defined if the cloud reported no time
                              verify_base_s=max(verify.intercept, 1e-9),
-                             verify_per_token_s=verify.slope, decode_s=self.decode_s)
+                             verify_per_token_s=verify.slope, decode_s=decode_s)
         return Calibration(acceptance=self.acceptance(), times=times, bytes_up=self.bytes_up.fit(),
                            bytes_down=self.bytes_down.fit(),
                            seconds_per_byte=self.network.fit().slope)
