@@ -312,7 +312,7 @@ def test_a_line_is_trusted_only_when_its_slope_stands_out_of_the_noise():
     assert flat.fit().slope == 0.0 and flat.fit()(7.0) == pytest.approx(3.0)
     assert StageEstimator().calibration() is None
     # a clear slope through too few points is not planned on yet
-    few = DecayedLine(0.99, min_t=3, min_points=10)
+    few = DecayedLine(1.0, min_t=3, min_points=10)
     for x in range(1, 13):
         few.add(float(x), 2.0 * x + rng.normal(0, 0.1))
         assert (few.fit().slope > 0) == (x >= 10), x
