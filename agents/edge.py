@@ -52,6 +52,8 @@ class QueryRequest(BaseModel):
     k_min: int = Field(default=DEFAULT_K_MIN, ge=1)   # adaptive K policies: the range of K
     k_max: int = Field(default=DEFAULT_K_MAX, ge=1)
     edge_only_cutoff: bool = False   # nasd: may serve stretches with the draft alone (lossy)
+    # nasd: stop drafting before a position whose likeliest draft token is less likely
+    confidence_floor: float = Field(default=0.0, ge=0.0, le=1.0)
     query_id: str
     repetition: int = 0
     prompt: str
@@ -281,7 +283,8 @@ class EdgeAgent:
             return read_verdict(sent["reply"], drafts.sampled_rows.shape[1])
 
         drafts, verdict = speculation_step(query.draft, k, query.decoding, query.rng,
-                                           query.eos_id, query.codec, verify)
+                                           query.eos_id, query.codec, verify,
+                                           query.request.confidence_floor)
         fields = sent["reply"].fields
         # a correction the edge sampled (q-scalar): the cloud hears of it with the next message
         query.caught_up(correction=verdict.next_token if fields["residual"] else None)

@@ -54,13 +54,20 @@ class Drafts:
 
 
 def draft_tokens(sequence: TokenSequence, k: int, decoding: Decoding, rng: np.random.Generator,
-                 eos_id: int | None, codec: DraftCodec) -> Drafts:
-    """Draft up to ``k`` tokens onto ``sequence`` (stopping after EOS), as one block."""
+                 eos_id: int | None, codec: DraftCodec, confidence_floor: float = 0.0) -> Drafts:
+    """Draft up to ``k`` tokens onto ``sequence`` (stopping after EOS), as one block.
+
+    ``confidence_floor``: the early stop on the draft's own confidence (training-free, as
+    SpecDec++ and AdaEDL stop on theirs): after the first draft, stop before a position whose
+    likeliest token the draft gives less than this probability, since a draft it is unsure of
+    is unlikely to be accepted; ``k`` stays the ceiling."""
     sequence.start_block()
     ids, model_rows, sampled_rows = [], [], []
     for _ in range(k):
         probs = sequence.next_probs()
         distribution = codec.distribution(probs)
+        if ids and distribution.max() < confidence_floor:
+            break
         token = choose_token(distribution, decoding, rng)
         sequence.extend([token])
         ids.append(token)
@@ -116,15 +123,16 @@ Verify = Callable[[Drafts], tuple[Verdict, "np.ndarray | None"]]
 
 
 def speculation_step(draft: TokenSequence, k: int, decoding: Decoding, rng: np.random.Generator,
-                     eos_id: int | None, codec: DraftCodec,
-                     verify: Verify) -> tuple[Drafts, Verdict]:
+                     eos_id: int | None, codec: DraftCodec, verify: Verify,
+                     confidence_floor: float = 0.0) -> tuple[Drafts, Verdict]:
     """One speculation cycle on the draft's side, wherever the target is: draft up to ``k``
     tokens on ``draft``, have ``verify`` judge them (the cloud over the wire, or a target in
     this process), sample the correction from the target row it returns when the codec left
     that to the draft side, and commit the verdict on ``draft``.  The one cycle loop body of
-    the edge, ``generate_locally`` and ``orchestrator calibrate``."""
+    the edge, ``generate_locally`` and ``orchestrator calibrate``.  ``confidence_floor``: the
+    draft's early stop (``draft_tokens``)."""
     committed_length = len(draft.tokens)
-    drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec)
+    drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec, confidence_floor)
     verdict, target_row = verify(drafts)
     if target_row is not None:
         token = sample_correction(target_row, drafts.sampled_rows[verdict.accepted], rng)

@@ -140,6 +140,10 @@ def cli() -> None:
               help="nasd: past the reversal RTT, serve stretches with the draft alone where "
                    "that beats handing them to the cloud (lossy, flagged) [default: the job's, "
                    "off].")
+@click.option("--nasd-confidence-floor", type=click.FloatRange(0.0, 1.0),
+              help="nasd: within a cycle, stop drafting before a position whose likeliest "
+                   "draft token has a lower probability; K stays the ceiling [default: the "
+                   "job's, 0: never].")
 @click.option("--nasd-rtt-table", "nasd_rtt_table_path",
               type=click.Path(dir_okay=False, path_type=str),
               help="nasd: an RTT -> K table (CSV from `orchestrator calibrate`); K is the "
@@ -169,7 +173,8 @@ def cli() -> None:
               default=Path("results"), show_default=True, help="Where run folders go.")
 @click.pass_context
 def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, nasd_k_min,
-                nasd_k_max, nasd_edge_only_cutoff, nasd_rtt_table_path, nasd_calibration_path,
+                nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_table_path,
+                nasd_calibration_path,
                 decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
                 max_queries, repetitions, seed, rtt_ms, results_root) -> None:
     """Run a job's strategies on one network profile and summarize them.
@@ -184,6 +189,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "nasd_k_min": nasd_k_min, "nasd_k_max": nasd_k_max,
         "nasd_edge_only_cutoff": nasd_edge_only_cutoff,
+        "nasd_confidence_floor": nasd_confidence_floor,
         "nasd_rtt_table_path": nasd_rtt_table_path, "nasd_calibration_path": nasd_calibration_path,
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,

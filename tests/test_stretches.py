@@ -83,11 +83,12 @@ def edge_and_cloud(policy: KPolicy):
         context.term()
 
 
-def run(policy: KPolicy, codec: str = "ids"):
+def run(policy: KPolicy, codec: str = "ids", confidence_floor: float = 0.0):
     with edge_and_cloud(policy) as edge:
         return edge.run_query(QueryRequest(strategy="nasd", label="nasd", query_id="q",
                                            prompt=PROMPT, max_new_tokens=MAX_NEW_TOKENS,
-                                           sampling=GREEDY, codec=codec))
+                                           sampling=GREEDY, codec=codec,
+                                           confidence_floor=confidence_floor))
 
 
 def continuation(model, context: list[int], n: int) -> list[int]:
@@ -142,3 +143,22 @@ def test_the_cloud_verifies_after_the_tokens_the_draft_served_alone(codec):
                                   for c in edge)
     assert record.cutoff_tokens == 15 and record.nasd_cutoff_triggered
     assert output != continuation(models.target, context, MAX_NEW_TOKENS)   # lossy, as flagged
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.3, 1.0])
+def test_the_confidence_floor_stops_drafting_early_and_the_output_stays_the_targets(floor):
+    """K = 6 is the ceiling: with no floor every cycle drafts it, with a floor no draft row
+    reaches every cycle drafts one, in between the draft's confidence decides."""
+    record, cycles = run(Scripted([6] * 200), confidence_floor=floor)
+    target = build_models(PAIR, "cloud").target
+    assert record.output_ids == continuation(target, prompt_ids(), MAX_NEW_TOKENS)
+    committed = 1 + np.cumsum([0] + [c.tokens for c in cycles])[:-1]
+    ceiling = np.minimum(6, MAX_NEW_TOKENS - committed - 1)   # the token budget caps K too
+    drafted = np.array([c.k for c in cycles])
+    if floor == 0.0:
+        assert (drafted == ceiling).all()
+    elif floor == 1.0:
+        assert (drafted == np.minimum(1, ceiling)).all()
+    else:
+        assert (np.minimum(1, ceiling) <= drafted).all() and (drafted <= ceiling).all()
+        assert (drafted < ceiling).any() and (drafted == ceiling).any()

@@ -85,6 +85,10 @@ class JobConfig(SamplingConfig):
     nasd_edge_only_cutoff: bool = Field(default=False, description="nasd: past the reversal "
                                         "RTT, serve stretches with the draft alone where that "
                                         "beats handing them to the cloud (lossy, flagged)")
+    nasd_confidence_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="nasd: "
+                                         "within a cycle, stop drafting before a position "
+                                         "whose likeliest draft token has a lower probability "
+                                         "(0: never; K stays the ceiling)")
     nasd_rtt_table_path: str | None = Field(default=None, description="nasd: an RTT -> K "
                                             "table (`orchestrator calibrate`); K is looked up "
                                             "for the RTT estimate instead of the online argmax")

@@ -75,7 +75,8 @@ class RunSpec:
     def requests(self) -> list[QueryRequest]:
         prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
         nasd = {"nasd_rtt_table": self.nasd_rtt_table, "nasd_calibration": self.nasd_calibration,
-                "edge_only_cutoff": self.job.nasd_edge_only_cutoff}
+                "edge_only_cutoff": self.job.nasd_edge_only_cutoff,
+                "confidence_floor": self.job.nasd_confidence_floor}
         return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
                              k_min=self.job.nasd_k_min, k_max=self.job.nasd_k_max,
                              **(nasd if run.strategy == "nasd" else {}),
