@@ -12,7 +12,7 @@ is learned per position from the decayed counts of cycles that reached and that
 accepted each position, shrunk toward the pooled rate where a position has few
 observations, by an empirical-Bayes weight: as much as the rates' spread
 across positions calls for (``nasd.analytic.acceptance_by_position_from_counts``).
-It keeps the RTT estimate as an EWMA of each cycle's network time minus its
+It keeps the RTT estimate as an EWMA in time of each cycle's network time minus its
 modeled transmission.  The edge measures a cycle's network time as
 send-to-receive minus the cloud's compute, which holds the RTT and both
 transfers together.
@@ -154,17 +154,19 @@ class StageEstimator:
     """A ``Calibration`` and an RTT estimate, refreshed from each observed cycle."""
 
     def __init__(self, memory: float = 0.98, prior_acceptance: float = 0.5,
-                 prior_weight: float = 2.0, rtt_smoothing: float = 0.3,
+                 prior_weight: float = 2.0, rtt_time_constant_s: float = 0.2,
                  position_prior_weight: float | None = None) -> None:
         """``prior_acceptance`` is worth ``prior_weight`` tested drafts in the pooled rate;
         each position's rate is shrunk toward the pooled one by ``position_prior_weight``
         cycles' worth of evidence (None: by as much as the positions' spread calls for,
-        ``acceptance_by_position_from_counts``)."""
+        ``acceptance_by_position_from_counts``).  The RTT estimate forgets with time, not
+        with cycles: a sample moves it by 1 - exp(-t_cycle / ``rtt_time_constant_s``), so a
+        long stretch's fresh sample counts for what it covers."""
         if not 0 < memory <= 1:
             raise ValueError(f"memory must be in (0, 1], got {memory}")
-        if not 0 < rtt_smoothing <= 1:
-            raise ValueError(f"rtt_smoothing must be in (0, 1], got {rtt_smoothing}")
-        self.memory, self.rtt_smoothing = memory, rtt_smoothing
+        if not rtt_time_constant_s > 0:
+            raise ValueError(f"rtt_time_constant_s must be positive, got {rtt_time_constant_s}")
+        self.memory, self.rtt_time_constant_s = memory, rtt_time_constant_s
         self.prior_accepted = prior_acceptance * prior_weight
         self.prior_rejections = (1.0 - prior_acceptance) * prior_weight
         self.position_prior_weight = position_prior_weight
@@ -183,11 +185,13 @@ class StageEstimator:
     def observe(self, cycle: Cycle, seconds_per_byte: float | None = None) -> None:
         """Learn from ``cycle``; its RTT is its network time less its bytes at
         ``seconds_per_byte`` (None: at the learned rate)."""
+        if cycle.served_by != "speculation":
+            self.last = None   # link speed: first differences of consecutive cycles only
         if cycle.served_by == "edge":      # no network, nothing verified: nothing to learn
             return
         if cycle.served_by == "cloud":     # one round trip, then the cloud's decoding steps
             self.decode_s = cycle.t_verify / max(cycle.tokens, 1)
-            self._observe_rtt(cycle.t_network)
+            self._observe_rtt(cycle.t_network, cycle.t_cycle)
             return
         m = self.memory
         reached, kept = position_counts([cycle.k], [cycle.accepted])
@@ -205,12 +209,13 @@ class StageEstimator:
             self.network.add(carried - self.last[0], cycle.t_network - self.last[1])
         self.last = (carried, cycle.t_network)
         rate = self.network.fit().slope if seconds_per_byte is None else seconds_per_byte
-        self._observe_rtt(cycle.t_network - rate * carried)
+        self._observe_rtt(cycle.t_network - rate * carried, cycle.t_cycle)
 
-    def _observe_rtt(self, sample_s: float) -> None:
+    def _observe_rtt(self, sample_s: float, elapsed_s: float) -> None:
         sample = max(sample_s, 0.0)
+        weight = 1.0 - math.exp(-max(elapsed_s, 0.0) / self.rtt_time_constant_s)
         self.rtt_s = sample if self.rtt_s is None else (
-            (1.0 - self.rtt_smoothing) * self.rtt_s + self.rtt_smoothing * sample)
+            (1.0 - weight) * self.rtt_s + weight * sample)
 
     def pooled_acceptance(self) -> float:
         """The per-token rate over every position, the prior included."""

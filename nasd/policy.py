@@ -133,7 +133,7 @@ class NasdController(AdaptiveK):
 
     def __init__(self, k_min: int = DEFAULT_K_MIN, k_max: int = DEFAULT_K_MAX,
                  calibration: Calibration | None = None, learn: bool = True,
-                 k_start: int = 5, rtt_smoothing: float = 0.3, rtt_band: float = 0.1,
+                 k_start: int = 5, rtt_time_constant_s: float = 0.2, rtt_band: float = 0.1,
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
                  rtt_share: float = 0.1, probe_every: int = 8,
@@ -150,7 +150,7 @@ class NasdController(AdaptiveK):
         if table is not None:
             table.check_range(k_min, k_max)
         self.calibration, self.learn, self.table = calibration, learn, table
-        self.estimator = StageEstimator(memory=memory, rtt_smoothing=rtt_smoothing)
+        self.estimator = StageEstimator(memory=memory, rtt_time_constant_s=rtt_time_constant_s)
         self.rtt_band, self.rtt_floor_s = rtt_band, rtt_floor_ms / 1000.0
         self.switch_margin = switch_margin
         self.decision_rtt_s: float | None = None
