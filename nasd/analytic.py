@@ -230,13 +230,17 @@ def stretch_throughput(step_s: float, tokens: int, rtt_s: float = 0.0) -> float:
     return tokens / (rtt_s + tokens * step_s)
 
 
-def stretch_tokens(step_s: float, rtt_s: float, rtt_share: float = 0.1) -> int:
+def stretch_tokens(step_s: float, rtt_s: float, rtt_share: float = 0.1,
+                   max_s: float = math.inf) -> int:
     """The fewest tokens a stretch of ``step_s`` per token needs for one round trip to be at
-    most ``rtt_share`` of its time: ceil(RTT (1 - share) / (share * step)), at least 1."""
+    most ``rtt_share`` of its time, ceil(RTT (1 - share) / (share * step)), but no more than
+    ``max_s`` of steps (how long a decision on one RTT sample may stand), and at least 1."""
     if not 0 < rtt_share < 1:
         raise ValueError(f"rtt_share must be in (0, 1), got {rtt_share}")
     _check_non_negative(rtt_s=rtt_s)
-    return max(1, math.ceil(rtt_s * (1.0 - rtt_share) / (rtt_share * step_s)))
+    amortizing = math.ceil(rtt_s * (1.0 - rtt_share) / (rtt_share * step_s))
+    return max(1, min(amortizing, math.floor(max_s / step_s) if math.isfinite(max_s)
+                      else amortizing))
 
 
 def query_decode_time_s(acceptance: Acceptance, k: int, new_tokens: int,

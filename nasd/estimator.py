@@ -89,17 +89,19 @@ class Calibration:
     def best_k(self, rtt_s: float, k_min: int, k_max: int) -> int:
         return optimal_k(self.acceptance, self.times, rtt_s, k_max, self.transmit_s, k_min)
 
-    def cloud_stretch(self, rtt_s: float, rtt_share: float) -> Stretch:
-        """A stretch handed to the cloud: its one round trip ``rtt_share`` of it."""
+    def cloud_stretch(self, rtt_s: float, rtt_share: float, max_s: float) -> Stretch:
+        """A stretch handed to the cloud: its one round trip ``rtt_share`` of it, at most
+        ``max_s`` of decoding (``nasd.analytic.stretch_tokens``)."""
         decode_s = self.times.decode_time_s()
-        tokens = stretch_tokens(decode_s, rtt_s, rtt_share)
+        tokens = stretch_tokens(decode_s, rtt_s, rtt_share, max_s)
         return Stretch("cloud", tokens, stretch_throughput(decode_s, tokens, rtt_s))
 
-    def edge_stretch(self, rtt_s: float, rtt_share: float) -> Stretch:
+    def edge_stretch(self, rtt_s: float, rtt_share: float, max_s: float) -> Stretch:
         """A stretch the draft decodes alone, long enough that the round trip of the
-        speculation cycle after it (which measures the link again) is ``rtt_share`` of it."""
+        speculation cycle after it (which measures the link again) is ``rtt_share`` of it,
+        at most ``max_s`` of drafting."""
         draft_s = self.times.draft_token_s
-        return Stretch("edge", stretch_tokens(draft_s, rtt_s, rtt_share), 1.0 / draft_s)
+        return Stretch("edge", stretch_tokens(draft_s, rtt_s, rtt_share, max_s), 1.0 / draft_s)
 
 
 @dataclass(frozen=True)

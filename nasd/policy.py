@@ -119,7 +119,8 @@ class NasdController(AdaptiveK):
     it leaves a band of ``rtt_band`` (relative) or ``rtt_floor_ms`` around it; the K in
     use is kept while its predicted throughput is within ``switch_margin`` of the best.
     With ``hand_off``, a stretch handed to the cloud (``Calibration.cloud_stretch``: its
-    round trip ``rtt_share`` of it) replaces speculation when it is predicted faster by
+    round trip ``rtt_share`` of it, but at most ``stretch_max_s`` long, since the link may
+    change under a decision made on one RTT sample) replaces speculation when it is predicted faster by
     ``switch_margin`` than the best K even at the acceptance's upper bound, which happens
     only past the reversal RTT; with ``edge_only_cutoff`` the draft decodes that stretch
     alone instead, where it is faster still.  Every ``probe_every`` cloud stretches, and
@@ -136,12 +137,13 @@ class NasdController(AdaptiveK):
                  k_start: int = 5, rtt_time_constant_s: float = 0.2, rtt_band: float = 0.1,
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
-                 rtt_share: float = 0.1, probe_every: int = 8,
+                 rtt_share: float = 0.1, stretch_max_s: float = 1.0, probe_every: int = 8,
                  table: RttTable | None = None) -> None:
         super().__init__(k_min, k_max)
         if edge_only_cutoff and not hand_off:
             raise ValueError("the edge-only cutoff serves stretches: it needs hand_off")
-        self.hand_off, self.edge_only_cutoff, self.rtt_share = hand_off, edge_only_cutoff, rtt_share
+        self.hand_off, self.edge_only_cutoff = hand_off, edge_only_cutoff
+        self.rtt_share, self.stretch_max_s = rtt_share, stretch_max_s
         # stretches served since the last speculation cycle: after ``probe_every`` of them
         # (or one of the edge's) one cycle speculates, to keep measuring acceptance and link
         self.probe_every, self.stretches_in_a_row = probe_every, 0
@@ -185,10 +187,10 @@ class NasdController(AdaptiveK):
                 self.k = best
         self.stretch = None
         if self.hand_off and self.stretches_in_a_row < self.probe_every:
-            cloud = plan.cloud_stretch(rtt_s, self.rtt_share)
+            cloud = plan.cloud_stretch(rtt_s, self.rtt_share, self.stretch_max_s)
             if cloud.tokens_per_s > (1.0 + self.switch_margin) * self._best_case(plan, rtt_s):
-                edge = plan.edge_stretch(rtt_s, self.rtt_share) if self.edge_only_cutoff \
-                    else None
+                edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
+                    if self.edge_only_cutoff else None
                 self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s else cloud
                 # an edge stretch measures nothing of the link: speculate right after it
                 self.stretches_in_a_row = self.probe_every if self.stretch is edge \
