@@ -19,8 +19,9 @@ transfers together.
 Seconds per byte is the slope of the change in network time against the
 change in bytes from one cycle to the next: first differences, because K
 (hence the bytes) follows the RTT, so a plain regression of network time on
-bytes would read a drifting RTT as link speed.  It is trusted only when the
-bytes varied enough for the slope to stand out of the jitter.  A stretch handed
+bytes would read a drifting RTT as link speed; a robust one (``RobustSlope``,
+Theil-Sen), because at a step of the RTT one difference holds the step; and
+trusted only when the bytes varied enough for it to stand out of the jitter.  A stretch handed
 to the cloud (K = 0) teaches the RTT and the cloud's decoding step (until one
 has, that step is read off the verify line at the fewest positions verified);
 one the edge decoded alone teaches nothing.
@@ -31,6 +32,8 @@ Pure: no I/O, no clocks.
 from __future__ import annotations
 
 import math
+import warnings
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -152,6 +155,33 @@ class DecayedLine:
         return Line(mean_y - slope * mean_x, slope)
 
 
+class RobustSlope:
+    """The slope of y against x over the last ``window`` points with x != 0 (a point with
+    x = 0 says nothing of it), Theil-Sen (the median of the pairwise slopes: a few points
+    from a moment the RTT itself jumped cannot drag it), and trusted only once
+    ``min_points`` are in and its 95 % interval excludes zero."""
+
+    def __init__(self, window: int = 64, min_points: int = 3) -> None:
+        self.points: deque[tuple[float, float]] = deque(maxlen=window)
+        self.min_points = min_points
+
+    def add(self, x: float, y: float) -> None:
+        if x != 0:
+            self.points.append((x, y))
+
+    def slope(self) -> float:
+        if len(self.points) < self.min_points:
+            return 0.0
+        x, y = np.array(self.points).T
+        if np.ptp(x) == 0:
+            return 0.0
+        from scipy.stats import theilslopes   # here: scipy.stats takes a second to import
+        with warnings.catch_warnings():   # exact points (no jitter) make its interval degenerate
+            warnings.simplefilter("ignore", RuntimeWarning)
+            slope, _, low, _ = theilslopes(y, x, alpha=0.95)
+        return float(slope) if low > 0 else 0.0
+
+
 class StageEstimator:
     """A ``Calibration`` and an RTT estimate, refreshed from each observed cycle."""
 
@@ -178,7 +208,7 @@ class StageEstimator:
         self.verify = DecayedLine(memory)            # t_verify against positions (k + 1)
         self.bytes_up, self.bytes_down = DecayedLine(memory), DecayedLine(memory)
         # change of t_network against change of bytes up + down, cycle to cycle
-        self.network = DecayedLine(memory, min_t=3.0, min_points=10.0)
+        self.network = RobustSlope()
         self.last: tuple[int, float] | None = None   # the previous cycle's bytes and t_network
         self.rtt_s: float | None = None
         self.decode_s: float | None = None       # the cloud's step, from stretches handed to it
@@ -210,7 +240,7 @@ class StageEstimator:
         if self.last is not None:
             self.network.add(carried - self.last[0], cycle.t_network - self.last[1])
         self.last = (carried, cycle.t_network)
-        rate = self.network.fit().slope if seconds_per_byte is None else seconds_per_byte
+        rate = self.network.slope() if seconds_per_byte is None else seconds_per_byte
         self._observe_rtt(cycle.t_network - rate * carried, cycle.t_cycle)
 
     def _observe_rtt(self, sample_s: float, elapsed_s: float) -> None:
@@ -258,7 +288,7 @@ class StageEstimator:
                              verify_per_token_s=verify.slope, decode_s=decode_s)
         return Calibration(acceptance=self.acceptance(), times=times, bytes_up=self.bytes_up.fit(),
                            bytes_down=self.bytes_down.fit(),
-                           seconds_per_byte=self.network.fit().slope)
+                           seconds_per_byte=self.network.slope())
 
 
 def _padded(counts: np.ndarray, size: int) -> np.ndarray:
