@@ -301,14 +301,13 @@ def distributed_throughputs(
     ``transmit_s(k)`` is the total serialisation time (up plus down) of a
     cycle with k drafts; omitted means zero.
     """
-    return np.array([
-        throughput_tokens_per_s(
-            acceptance,
-            k,
-            cycle_time_distributed_s(k, times, rtt_s, transmit_s(k) if transmit_s else 0.0),
-        )
-        for k in depths
-    ])
+    depths = [int(k) for k in depths]
+    # E[tau(k)] for every k at once: the running sums of one survival curve
+    taus = np.cumsum(acceptance_survival(acceptance, max(depths, default=0)))
+    seconds = np.array([
+        cycle_time_distributed_s(k, times, rtt_s, transmit_s(k) if transmit_s else 0.0)
+        for k in depths])
+    return taus[depths] / seconds
 
 
 def optimal_k(

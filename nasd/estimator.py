@@ -164,12 +164,19 @@ class RobustSlope:
     def __init__(self, window: int = 64, min_points: int = 3) -> None:
         self.points: deque[tuple[float, float]] = deque(maxlen=window)
         self.min_points = min_points
+        self.fitted: float | None = None   # the slope of the points as they are
 
     def add(self, x: float, y: float) -> None:
         if x != 0:
             self.points.append((x, y))
+            self.fitted = None
 
     def slope(self) -> float:
+        if self.fitted is None:
+            self.fitted = self._fit()
+        return self.fitted
+
+    def _fit(self) -> float:
         if len(self.points) < self.min_points:
             return 0.0
         x, y = np.array(self.points).T
