@@ -182,7 +182,7 @@ class RobustSlope:
         x, y = np.array(self.points).T
         if np.ptp(x) == 0:
             return 0.0
-        from scipy.stats import theilslopes   # here: scipy.stats takes a second to import
+        from scipy.stats import theilslopes
         with warnings.catch_warnings():   # exact points (no jitter) make its interval degenerate
             warnings.simplefilter("ignore", RuntimeWarning)
             slope, _, low, _ = theilslopes(y, x, alpha=0.95)
@@ -203,6 +203,11 @@ class StageEstimator:
         long stretch's fresh sample counts for what it covers."""
         if not 0 < memory <= 1:
             raise ValueError(f"memory must be in (0, 1], got {memory}")
+        # scipy.stats takes up to a second to import: here, when a run's controller is made
+        # (its warm-up), not inside the first measured cycle that fits a slope; and not when
+        # the module is (every CLI start imports it)
+        import scipy.special  # noqa: F401
+        import scipy.stats  # noqa: F401
         if not rtt_time_constant_s > 0:
             raise ValueError(f"rtt_time_constant_s must be positive, got {rtt_time_constant_s}")
         self.memory, self.rtt_time_constant_s = memory, rtt_time_constant_s
@@ -276,7 +281,7 @@ class StageEstimator:
     def acceptance_upper(self, confidence: float = 0.95) -> float:
         """The pooled rate the (decayed) counts cannot rule out at ``confidence``: the upper
         quantile of its Beta posterior (the prior's pseudo-counts included)."""
-        from scipy.special import betaincinv   # here: only a controller weighing a hand-off
+        from scipy.special import betaincinv
         return float(betaincinv(*self._pooled_counts(), confidence))
 
     def calibration(self) -> Calibration | None:
