@@ -124,7 +124,10 @@ class NasdController(AdaptiveK):
     ``switch_margin`` than the best K even at the acceptance's upper bound, which happens
     only past the reversal RTT; with ``edge_only_cutoff`` the draft decodes that stretch
     alone instead, where it is faster still.  Every ``probe_every`` cloud stretches, and
-    after each of the draft's, one cycle speculates to measure acceptance and the link.
+    after each of the draft's, one cycle speculates to measure acceptance and the link; and
+    no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
+    is a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such
+    an error had served the draft's tokens 9 ms below the reversal RTT).
 
     ``table``: K is the table's speculative K (``spec_k``) at the RTT decided on, not the
     argmax on the calibration; stretches are weighed on the calibration as without one.
@@ -138,6 +141,7 @@ class NasdController(AdaptiveK):
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
                  rtt_share: float = 0.1, stretch_max_s: float = 1.0, probe_every: int = 8,
+                 evidence_cycles: int = 10,
                  table: RttTable | None = None) -> None:
         super().__init__(k_min, k_max)
         if edge_only_cutoff and not hand_off:
@@ -147,6 +151,8 @@ class NasdController(AdaptiveK):
         # stretches served since the last speculation cycle: after ``probe_every`` of them
         # (or one of the edge's) one cycle speculates, to keep measuring acceptance and link
         self.probe_every, self.stretches_in_a_row = probe_every, 0
+        # speculation cycles seen: none is replaced by a stretch before ``evidence_cycles``
+        self.evidence_cycles, self.speculated = evidence_cycles, 0
         if not learn and calibration is None:
             raise ValueError("a controller that does not learn needs a calibration")
         if table is not None:
@@ -186,7 +192,8 @@ class NasdController(AdaptiveK):
             if current < (1.0 - self.switch_margin) * top:
                 self.k = best
         self.stretch = None
-        if self.hand_off and self.stretches_in_a_row < self.probe_every:
+        if self.hand_off and self.speculated >= self.evidence_cycles \
+                and self.stretches_in_a_row < self.probe_every:
             cloud = plan.cloud_stretch(rtt_s, self.rtt_share, self.stretch_max_s)
             if cloud.tokens_per_s > (1.0 + self.switch_margin) * self._best_case(plan, rtt_s):
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
@@ -212,6 +219,7 @@ class NasdController(AdaptiveK):
         return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1)).max())
 
     def observe(self, cycle: Cycle) -> None:
+        self.speculated += cycle.served_by == "speculation"
         self.estimator.observe(cycle, None if self.learn else self.calibration.seconds_per_byte)
 
 
