@@ -1,7 +1,7 @@
 """The ``hf`` backend on real transformers models (tiny, random, saved to disk).
 
-Greedy speculation through every codec and K is token-identical to the
-target's own greedy decoding and to transformers' assisted generation;
+Greedy speculation through every codec (K = 1 and 10) is token-identical to
+the target's own greedy decoding and to transformers' assisted generation;
 sampled speculation follows the target's distribution (and a broken verifier
 is caught); the KV cache is fed only new tokens and cropped on rejection.
 """
@@ -95,7 +95,7 @@ def speculate(models, prompt_ids, n_new, k, codec_name, sampling, rng, first_tok
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [1, 3, 5, 10])
+@pytest.mark.parametrize("k", [1, 10])   # the shortest block and a long one
 def test_greedy_is_identical_to_transformers_for_every_codec(close_pair, k):
     import torch
     tokenizer, greedy = close_pair.tokenizer, SamplingConfig()
@@ -154,7 +154,8 @@ def fixed_first_token(models, prompt_ids, sampling):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("codec", ["q-scalar", "topk", "full16", "full32"])
+# full32 verifies as full16 does, at another precision (greedy full32: test_shipped_pair_lossless)
+@pytest.mark.parametrize("codec", ["q-scalar", "topk", "full16"])
 def test_sampled_speculation_follows_the_target(loose_pair, codec):
     sampling = SamplingConfig(decoding="sampling", temperature=0.8, top_k=20)
     prompt_ids = loose_pair.tokenizer.encode("abc")
@@ -230,7 +231,7 @@ def test_every_codec_runs_through_the_agents(tmp_path):
     paths = save_pair(tmp_path / "pair", noise=0.004)
     pair_file = tmp_path / "pair.yaml"
     pair_file.write_text(yaml.safe_dump({"backend": "hf", "name": "random-tiny", **paths}))
-    for codec in CODEC_NAMES:
+    for codec in ("ids", "q-scalar", "topk", "full16"):   # full32: as full16, wider floats
         decoding = "greedy" if codec == "ids" else "sampling"
         spec = RunSpec.load("smoke", "rtt010-bw010", "sim", job_overrides={
             "model_pair": str(pair_file), "strategies": ["cloud-only", "fixed-k"], "k_values": [4],

@@ -38,7 +38,7 @@ def run_quietly(spec: RunSpec, root):
     return run(spec, root, Console(file=io.StringIO()))
 
 
-@pytest.mark.parametrize("rtt_ms", [0, 10, 50])
+@pytest.mark.parametrize("rtt_ms", [0, 50])   # no link and a long one
 def test_fixed_k_rate_matches_the_analytic_model(tmp_path, rtt_ms):
     spec = RunSpec.load("accuracy", f"rtt{rtt_ms:03d}-bw100", "sim",
                         job_overrides={"max_new_tokens": 128, "max_queries": 4})
