@@ -2,7 +2,7 @@
 
 ``stable``: for each model pair and RTT, sim mode, one run per strategy run, several at once
 (each its own agents; the synthetic pair's compute is modeled by sleeping, so runs side by
-side do not slow each other; the shipped pair computes, so it gets fewer side by side):
+side do not slow each other; the shipped pair computes, so its runs go one at a time):
 
 - the oracle: the fastest fixed K in 1..15 as measured (its tokens/s and interval; picking
   the best of fifteen noisy figures flatters it, which only makes the ratio below harder);
