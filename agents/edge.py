@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable, Literal, get_args
+from typing import Callable, Iterator, Literal, get_args
 
 import numpy as np
 import zmq
@@ -181,6 +181,17 @@ class EdgeAgent:
                 "sampling": request.sampling.model_dump(), "codec": request.codec,
                 "seed": request.seed}
 
+    def _token_stream(self, message: Message) -> Iterator[tuple[Message, int, float]]:
+        """The ``tokens`` replies the cloud streams for ``message``, each with its size and
+        when it arrived, up to the one that says finished."""
+        while True:
+            reply, _, size = self.channel.recv()
+            received_at = now()
+            self._check(reply, message, "tokens")
+            yield reply, size, received_at
+            if reply.fields["finished"]:
+                return
+
     def _cloud_streamed(self, request, session, prompt_ids):
         message = Message("generate", session, 0, self._generate_fields(request),
                           {"prompt": np.asarray(prompt_ids, dtype=np.int32)})
@@ -190,11 +201,8 @@ class EdgeAgent:
         drafted = accepted = rejections = 0
         first_compute_s = 0.0
         t_first = t_last = t_submit
-        finished = eos = False
-        while not finished:
-            reply, _, size = self.channel.recv()
-            t_last = now()
-            self._check(reply, message, "tokens")
+        eos = False
+        for reply, size, t_last in self._token_stream(message):
             if not output:
                 t_first = t_last
                 first_compute_s = reply.fields["compute_s"]
@@ -204,7 +212,7 @@ class EdgeAgent:
             drafted += reply.fields["drafted"]
             accepted += reply.fields["accepted"]
             rejections += reply.fields["accepted"] < reply.fields["drafted"]
-            finished, eos = reply.fields["finished"], reply.fields["eos"]
+            eos = reply.fields["eos"]
         record = self._record(request, prompt_ids, output, t_submit, t_first, t_last, eos)
         record.bytes_up, record.bytes_down, record.cloud_compute_s = record_up, bytes_down, compute_s
         record.cloud_first_s = first_compute_s
@@ -312,17 +320,12 @@ class EdgeAgent:
         says finished; commit them on the draft's sequence.  The stretch's measurements:
         ``rtt_ms`` the first token's network time."""
         received, bytes_down, cloud_s, first_network_s = [], 0, 0.0, None
-        while True:
-            reply, _, size = self.channel.recv()
-            query.t_last = now()
-            self._check(reply, message, "tokens")
+        for reply, size, query.t_last in self._token_stream(message):
             cloud_s += reply.fields["compute_s"]
             if first_network_s is None:
                 first_network_s = query.t_last - t_send - cloud_s
             received.extend(int(t) for t in reply.arrays["ids"])
             bytes_down += size
-            if reply.fields["finished"]:
-                break
         query.draft.extend(received)
         query.finished = query.eos = bool(reply.fields["eos"])
         query.cloud_compute_s += cloud_s
