@@ -34,8 +34,8 @@ from agents.sampling import SamplingConfig
 from agents.speculative import Drafts, decode_plainly, session_rng, speculation_step
 from agents.verification import Verdict
 from nasd.estimator import Calibration
-from nasd.policy import (DEFAULT_K_MAX, DEFAULT_K_MIN, HAND_OFF, POLICY_NAMES, KPolicy, PolicyName,
-                         make_policy)
+from nasd.policy import (DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, HAND_OFF, MEAN, POLICY_NAMES,
+                         KPolicy, PolicyName, make_policy)
 from nasd.table import RttTable
 from shaping.clock import now
 
@@ -54,6 +54,9 @@ class QueryRequest(BaseModel):
     edge_only_cutoff: bool = False   # nasd: may serve stretches with the draft alone (lossy)
     # nasd: stop drafting before a position whose likeliest draft token is less likely
     confidence_floor: float = Field(default=0.0, ge=0.0, le=1.0)
+    rtt_estimate: str = EWMA     # nasd: the RTT it decides on (ewma, or pNN)
+    objective: str = MEAN        # nasd: what K optimises (mean, or pNN of the decode time)
+    objective_tokens: int = Field(default=64, gt=0)   # nasd: of a query this long (the job's)
     query_id: str
     repetition: int = 0
     prompt: str
@@ -97,8 +100,8 @@ def read_verdict(reply: Message, width: int) -> tuple[Verdict, np.ndarray | None
 class EdgeAgent:
     def __init__(self, models: HostModels, channel: Channel,
                  policy_for: Callable[..., KPolicy] = make_policy) -> None:
-        """``policy_for(strategy, k, k_min, k_max, edge_only_cutoff)`` makes a strategy run's
-        K policy."""
+        """``policy_for(strategy, k, k_min, k_max, **nasd_options)`` makes a strategy run's
+        K policy (``nasd.policy.make_policy``'s signature)."""
         self.models = models
         self.channel = channel
         self.policy_for = policy_for
@@ -106,12 +109,14 @@ class EdgeAgent:
 
     def policy(self, request: QueryRequest) -> KPolicy:
         key = (request.label, request.strategy, request.k, request.k_min, request.k_max,
-               request.edge_only_cutoff)
+               request.edge_only_cutoff, request.rtt_estimate, request.objective,
+               request.objective_tokens)
         if key not in self.policies:
             self.policies[key] = self.policy_for(
                 request.strategy, request.k, request.k_min, request.k_max,
                 edge_only_cutoff=request.edge_only_cutoff, table=request.nasd_rtt_table,
-                calibration=request.nasd_calibration)
+                calibration=request.nasd_calibration, rtt_estimate=request.rtt_estimate,
+                objective=request.objective, objective_tokens=request.objective_tokens)
         return self.policies[key]
 
     def run_query(self, request: QueryRequest) -> tuple[QueryRecord, list[CycleRecord]]:

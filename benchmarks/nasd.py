@@ -17,9 +17,16 @@ written for the run), long answers on the synthetic pair so each query meets the
 (which restarts with every query): nasd, bandit and hf-heuristic against fixed K in
 {1, 3, 5, 10, 15}, each adaptive one's ratio to the best fixed K (goal >= 1.15).
 
+``tail``: nasd's RTT estimate (EWMA or the median of the last second's samples) and its
+objective (mean tokens/s, or the 95th percentile of a query's decode time) on jittery links
+(the shipped ``4g`` profile and a heavy-tailed 100 ms link written for the run): each
+variant's tokens/s and the 50th and 95th percentiles of its queries' decode times (with a
+bootstrap 95 % interval), beside the fixed K that does best on each.
+
     .venv/bin/python benchmarks/nasd.py stable [--pairs synthetic tiny-arith]
         [--rtts 0 10 25 50 100 200 500] [--queries 4] [--repetitions 2] [--tokens 64]
     .venv/bin/python benchmarks/nasd.py drift [--tokens 700] [--queries 2]
+    .venv/bin/python benchmarks/nasd.py tail [--queries 10] [--repetitions 4]
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator.reporting.summary import read_jsonl  # noqa: E402
 from orchestrator.results import ResultsFolder  # noqa: E402
-from validation.stats import rate_ratio_interval  # noqa: E402
+from validation.stats import percentile_interval, rate_ratio_interval  # noqa: E402
 
 FIXED_KS = tuple(range(1, 16))
 DRIFT_KS = (1, 3, 5, 10, 15)
@@ -154,6 +161,49 @@ def drift(args) -> None:
     print(f"runs under {root}")
 
 
+NASD_VARIANTS = {
+    "nasd": [],
+    "nasd-p50-rtt": ["--nasd-rtt-estimate", "p50"],
+    "nasd-p95-objective": ["--nasd-objective", "p95"],
+    "nasd-p50-rtt-p95-objective": ["--nasd-rtt-estimate", "p50", "--nasd-objective", "p95"],
+}
+
+
+def heavy_tailed_profile(folder: Path) -> Path:
+    profile = folder / "heavy-tailed.yaml"
+    profile.write_text("description: 100 ms with 30 ms of Pareto jitter and 0.5 % loss\n"
+                       "rtt_ms: 100\njitter_ms: 30\njitter_distribution: pareto\n"
+                       "loss_pct: 0.5\nbandwidth_mbps: 20\n")
+    return profile
+
+
+def decode_percentile(queries: pd.DataFrame, q: float) -> str:
+    low, high = percentile_interval(queries["decode_s"], q)
+    return f"{np.percentile(queries['decode_s'], q):.3f} s [{low:.3f}, {high:.3f}]"
+
+
+def tail(args) -> None:
+    root = Path(tempfile.mkdtemp(prefix="edgespec-nasd-tail-"))
+    runs = {**fixed_runs(FIXED_KS),
+            **{label: ["--strategy", "nasd", *flags] for label, flags in NASD_VARIANTS.items()}}
+    print("profile, strategy: tok/s; a query's decode time p50 and p95 [95 %]; the fixed K "
+          "with the best tok/s and the one with the lowest p95")
+    for name, profile in (("4g", "4g"), ("heavy-tailed", str(heavy_tailed_profile(root)))):
+        started = time.monotonic()
+        folders = run_side_by_side(root / name, ["--profile", profile], "synthetic", args, runs)
+        measured = {label: rates(folder) for label, folder in folders.items()}
+        fastest = best_fixed(measured)
+        steadiest = min((label for label in measured if label.startswith("fixed-k")),
+                        key=lambda label: np.percentile(measured[label]["decode_s"], 95))
+        for label in (*NASD_VARIANTS, fastest, steadiest):
+            queries = measured[label]
+            print(f"{name:>12} {label:>26}: {rate(queries):6.1f} tok/s  p50 "
+                  f"{decode_percentile(queries, 50)}  p95 {decode_percentile(queries, 95)}",
+                  flush=True)
+        print(f"{name:>12} [{time.monotonic() - started:.0f} s]")
+    print(f"runs under {root}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -168,8 +218,12 @@ def main() -> int:
     drift_parser.add_argument("--queries", type=int, default=2)
     drift_parser.add_argument("--repetitions", type=int, default=1)
     drift_parser.add_argument("--tokens", type=int, default=700, help="new tokens per query")
+    tail_parser = commands.add_parser("tail", help="nasd's RTT estimates and objectives")
+    tail_parser.add_argument("--queries", type=int, default=10)
+    tail_parser.add_argument("--repetitions", type=int, default=4)
+    tail_parser.add_argument("--tokens", type=int, default=64, help="new tokens per query")
     args = parser.parse_args()
-    {"stable": stable, "drift": drift}[args.command](args)
+    {"stable": stable, "drift": drift, "tail": tail}[args.command](args)
     return 0
 
 

@@ -7,8 +7,10 @@ position), cycle times on one node and across a link, throughput, the
 crossover RTT past which cloud-edge speculation loses to plain cloud
 decoding, the throughput-optimal speculation depth K (the objective a K
 controller maximises, ``distributed_throughputs``, and its argmax,
-``optimal_k``), and the expected decode time of a whole query whose last
-cycles draft fewer tokens to fit its token budget (``query_decode_time_s``);
+``optimal_k``), the tail objective a controller may minimise instead (a percentile
+of the time to commit a query's tokens, ``decode_time_quantiles_s``), the expected
+decode time of a whole query whose last cycles draft fewer tokens to fit its token
+budget (``query_decode_time_s``);
 and the stretches a controller serves without speculating once it stops
 paying: handed to the cloud to decode (one round trip, then streamed tokens,
 ``stretch_throughput``), or, with the edge-only cutoff, decoded by the draft
@@ -308,6 +310,45 @@ def distributed_throughputs(
         cycle_time_distributed_s(k, times, rtt_s, transmit_s(k) if transmit_s else 0.0)
         for k in depths])
     return taus[depths] / seconds
+
+
+def decode_time_quantiles_s(
+    acceptance: Acceptance,
+    times: ComputeTimes,
+    rtt_s: float,
+    rtt_variance_s2: float,
+    depths: Sequence[int],
+    tokens: int,
+    quantile: float,
+    transmit_s: Callable[[int], float] | None = None,
+) -> np.ndarray:
+    """The ``quantile`` of the seconds to commit ``tokens`` tokens at each k of ``depths``,
+    cycles' RTTs independent with mean ``rtt_s`` and variance ``rtt_variance_s2``: what a
+    K controller minimises when it optimises a tail percentile instead of the mean.
+
+    Cycles form a renewal-reward process (a cycle of k drafts lasts T = T_dist(k) with the
+    RTT random, and commits tau tokens, tau independent of T), so the time to commit N
+    tokens is about normal (the renewal central limit theorem) with mean N m and variance
+    N (Var T + m^2 Var tau) / E[tau], where m = E[T] / E[tau]; the quantile is
+    N m + z_q sqrt(that variance).  Its mean term is N over ``distributed_throughputs``;
+    the spread term weighs the K whose cycles are longer and their tau more variable.
+    """
+    from scipy.stats import norm
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    _check_non_negative(rtt_variance_s2=rtt_variance_s2, tokens=tokens)
+    depths = [int(k) for k in depths]
+    committed = np.arange(1, max(depths, default=0) + 2)    # j accepted: j + 1 committed
+    quantiles = []
+    for k in depths:
+        chances = accepted_distribution(acceptance, k)
+        tau_mean = chances @ committed[:k + 1]
+        tau_variance = chances @ committed[:k + 1] ** 2 - tau_mean ** 2
+        per_token = cycle_time_distributed_s(k, times, rtt_s,
+                                             transmit_s(k) if transmit_s else 0.0) / tau_mean
+        variance = tokens * (rtt_variance_s2 + per_token ** 2 * tau_variance) / tau_mean
+        quantiles.append(tokens * per_token + norm.ppf(quantile) * math.sqrt(variance))
+    return np.array(quantiles)
 
 
 def optimal_k(

@@ -40,8 +40,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from_counts,
-                           acceptance_from_counts, distributed_throughputs, optimal_k,
-                           position_counts, stretch_throughput, stretch_tokens)
+                           acceptance_from_counts, decode_time_quantiles_s,
+                           distributed_throughputs, optimal_k, position_counts,
+                           stretch_throughput, stretch_tokens)
 
 
 class Cycle(Protocol):
@@ -88,6 +89,14 @@ class Calibration:
         """Expected tokens/s of each K of ``depths`` on a link with this RTT."""
         return distributed_throughputs(self.acceptance, self.times, rtt_s, depths,
                                        self.transmit_s)
+
+    def tail_throughputs(self, rtt_s: float, rtt_variance_s2: float, depths: Sequence[int],
+                         tokens: int, quantile: float) -> np.ndarray:
+        """Each K's tokens/s at the ``quantile`` of the time to commit ``tokens`` tokens
+        (``nasd.analytic.decode_time_quantiles_s``): larger is better, as for the mean."""
+        return tokens / decode_time_quantiles_s(self.acceptance, self.times, rtt_s,
+                                                rtt_variance_s2, depths, tokens, quantile,
+                                                self.transmit_s)
 
     def best_k(self, rtt_s: float, k_min: int, k_max: int) -> int:
         return optimal_k(self.acceptance, self.times, rtt_s, k_max, self.transmit_s, k_min)
@@ -194,13 +203,16 @@ class StageEstimator:
 
     def __init__(self, memory: float = 0.98, prior_acceptance: float = 0.5,
                  prior_weight: float = 2.0, rtt_time_constant_s: float = 0.2,
-                 position_prior_weight: float | None = None) -> None:
+                 position_prior_weight: float | None = None, rtt_window_s: float = 1.0,
+                 rtt_window_min: int = 8) -> None:
         """``prior_acceptance`` is worth ``prior_weight`` tested drafts in the pooled rate;
         each position's rate is shrunk toward the pooled one by ``position_prior_weight``
         cycles' worth of evidence (None: by as much as the positions' spread calls for,
         ``acceptance_by_position_from_counts``).  The RTT estimate forgets with time, not
         with cycles: a sample moves it by 1 - exp(-t_cycle / ``rtt_time_constant_s``), so a
-        long stretch's fresh sample counts for what it covers."""
+        long stretch's fresh sample counts for what it covers.  Beside it, the samples of the
+        last ``rtt_window_s`` of cycles (at least the last ``rtt_window_min``) are kept for
+        a percentile estimate and the RTT's spread."""
         if not 0 < memory <= 1:
             raise ValueError(f"memory must be in (0, 1], got {memory}")
         # scipy.stats takes up to a second to import: here, when a run's controller is made
@@ -223,6 +235,9 @@ class StageEstimator:
         self.network = RobustSlope()
         self.last: tuple[int, float] | None = None   # the previous cycle's bytes and t_network
         self.rtt_s: float | None = None
+        self.rtt_window_s, self.rtt_window_min = rtt_window_s, rtt_window_min
+        self.rtt_window: deque[tuple[float, float]] = deque(maxlen=512)  # (clock, sample)
+        self.clock_s = 0.0      # the cycles' time so far
         self.decode_s: float | None = None       # the cloud's step, from stretches handed to it
         self.fewest_positions: int | None = None  # the smallest k + 1 verified so far
 
@@ -256,10 +271,26 @@ class StageEstimator:
         self._observe_rtt(cycle.t_network - rate * carried, cycle.t_cycle)
 
     def _observe_rtt(self, sample_s: float, elapsed_s: float) -> None:
-        sample = max(sample_s, 0.0)
-        weight = 1.0 - math.exp(-max(elapsed_s, 0.0) / self.rtt_time_constant_s)
+        sample, elapsed_s = max(sample_s, 0.0), max(elapsed_s, 0.0)
+        weight = 1.0 - math.exp(-elapsed_s / self.rtt_time_constant_s)
         self.rtt_s = sample if self.rtt_s is None else (
             (1.0 - weight) * self.rtt_s + weight * sample)
+        self.clock_s += elapsed_s
+        self.rtt_window.append((self.clock_s, sample))
+        while len(self.rtt_window) > self.rtt_window_min \
+                and self.rtt_window[0][0] < self.clock_s - self.rtt_window_s:
+            self.rtt_window.popleft()
+
+    def rtt_percentile_s(self, percentile: float) -> float | None:
+        """The ``percentile`` (0-100) of the recent RTT samples; None before the first."""
+        if not self.rtt_window:
+            return None
+        return float(np.percentile([sample for _, sample in self.rtt_window], percentile))
+
+    def rtt_variance_s2(self) -> float:
+        """The spread of the recent RTT samples (0 with fewer than two)."""
+        samples = [sample for _, sample in self.rtt_window]
+        return float(np.var(samples, ddof=1)) if len(samples) > 1 else 0.0
 
     def pooled_acceptance(self) -> float:
         """The per-token rate over every position, the prior included."""

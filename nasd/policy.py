@@ -47,6 +47,22 @@ POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 DEFAULT_K_MIN, DEFAULT_K_MAX = 1, 15
 HF_START_K = 20   # HF's default num_assistant_tokens, where its schedule starts
 HAND_OFF = 0      # next_k() == HAND_OFF: draft nothing, serve the policy's ``stretch``
+EWMA, MEAN = "ewma", "mean"   # the default RTT estimate and objective; "pNN" names a percentile
+
+
+def percentile_of(choice: str, default: str) -> float | None:
+    """None for ``default``; NN for ``pNN`` (a percentile strictly between 0 and 100, e.g.
+    ``p90`` or ``p99.9``); anything else is a ValueError naming both forms."""
+    if choice == default:
+        return None
+    try:
+        percentile = float(choice[1:]) if choice.startswith("p") else math.nan
+    except ValueError:
+        percentile = math.nan
+    if not 0.0 < percentile < 100.0:
+        raise ValueError(f"expected {default!r} or a percentile such as 'p90' "
+                         f"(0 < p < 100), got {choice!r}")
+    return percentile
 
 
 class KPolicy:
@@ -129,6 +145,13 @@ class NasdController(AdaptiveK):
     is a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such
     an error had served the draft's tokens 9 ms below the reversal RTT).
 
+    ``rtt_estimate``: the RTT decided on is the EWMA (``ewma``) or a percentile of the
+    recent samples (``p90``: robust to a few late cycles, slower to follow a change).
+    ``objective``: K maximises the expected tokens/s (``mean``), or minimises a percentile
+    of the time to commit ``objective_tokens`` tokens (``p95``: the tail of a query's decode
+    time, ``nasd.analytic.decode_time_quantiles_s``, with the recent RTT samples' spread);
+    hand-offs are weighed on the mean either way.
+
     ``table``: K is the table's speculative K (``spec_k``) at the RTT decided on, not the
     argmax on the calibration; stretches are weighed on the calibration as without one.
     """
@@ -141,9 +164,18 @@ class NasdController(AdaptiveK):
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
                  rtt_share: float = 0.1, stretch_max_s: float = 1.0, probe_every: int = 8,
-                 evidence_cycles: int = 10,
-                 table: RttTable | None = None) -> None:
+                 evidence_cycles: int = 10, rtt_estimate: str = EWMA, objective: str = MEAN,
+                 objective_tokens: int = 64, table: RttTable | None = None) -> None:
         super().__init__(k_min, k_max)
+        self.rtt_percentile = percentile_of(rtt_estimate, EWMA)
+        tail = percentile_of(objective, MEAN)
+        self.tail_quantile = None if tail is None else tail / 100.0
+        if self.tail_quantile is not None and table is not None:
+            raise ValueError("an RTT -> K table holds the mean objective's K: it cannot serve "
+                             f"the {objective} objective")
+        if objective_tokens < 1:
+            raise ValueError(f"objective_tokens must be at least 1, got {objective_tokens}")
+        self.objective_tokens = objective_tokens
         if edge_only_cutoff and not hand_off:
             raise ValueError("the edge-only cutoff serves stretches: it needs hand_off")
         self.hand_off, self.edge_only_cutoff = hand_off, edge_only_cutoff
@@ -170,7 +202,8 @@ class NasdController(AdaptiveK):
         return learned or self.calibration
 
     def _decision_rtt_s(self) -> float | None:
-        estimate = self.estimator.rtt_s
+        estimate = self.estimator.rtt_s if self.rtt_percentile is None \
+            else self.estimator.rtt_percentile_s(self.rtt_percentile)
         if estimate is None:
             return None
         decided = self.decision_rtt_s
@@ -187,10 +220,9 @@ class NasdController(AdaptiveK):
         if rtt_s is None or plan is None:
             return self.k
         if self.table is None:
-            best = plan.best_k(rtt_s, self.k_min, self.k_max)
-            current, top = plan.throughputs(rtt_s, (self.k, best))
-            if current < (1.0 - self.switch_margin) * top:
-                self.k = best
+            scores = self._scores(plan, rtt_s)
+            if scores[self.k - self.k_min] < (1.0 - self.switch_margin) * scores.max():
+                self.k = self.k_min + int(np.argmax(scores))
         self.stretch = None
         if self.hand_off and self.speculated >= self.evidence_cycles \
                 and self.stretches_in_a_row < self.probe_every:
@@ -205,6 +237,15 @@ class NasdController(AdaptiveK):
                 return HAND_OFF
         self.stretches_in_a_row = 0
         return self.k
+
+    def _scores(self, plan: Calibration, rtt_s: float) -> np.ndarray:
+        """Each K's tokens/s in [k_min, k_max] under the objective: at the mean, or at the
+        tail percentile of a query's decode time."""
+        depths = range(self.k_min, self.k_max + 1)
+        if self.tail_quantile is None:
+            return plan.throughputs(rtt_s, depths)
+        return plan.tail_throughputs(rtt_s, self.estimator.rtt_variance_s2(), depths,
+                                     self.objective_tokens, self.tail_quantile)
 
     def _best_case(self, plan: Calibration, rtt_s: float) -> float:
         """The fastest speculation the evidence allows: the best K with every position's
@@ -271,17 +312,22 @@ ADAPTIVE: dict[str, type[AdaptiveK]] = {policy.name: policy
 
 def make_policy(name: str, k: int | None = None, k_min: int = DEFAULT_K_MIN,
                 k_max: int = DEFAULT_K_MAX, edge_only_cutoff: bool = False,
-                table: RttTable | None = None, calibration: Calibration | None = None) -> KPolicy:
+                table: RttTable | None = None, calibration: Calibration | None = None,
+                rtt_estimate: str = EWMA, objective: str = MEAN,
+                objective_tokens: int = 64) -> KPolicy:
     """The policy a strategy names: ``fixed-k`` with its ``k``, the others within
     [k_min, k_max]; ``nasd`` may serve stretches without speculating (with the edge-only
-    cutoff if asked), and plans with an RTT -> K ``table`` and from a starting
-    ``calibration`` where given (no other policy takes those three)."""
+    cutoff if asked), plans with an RTT -> K ``table`` and from a starting ``calibration``
+    where given, on the ``rtt_estimate`` and for the ``objective`` (over a query of
+    ``objective_tokens``) asked for; no other policy takes those."""
     if name == NasdController.name:
         return NasdController(k_min=k_min, k_max=k_max, edge_only_cutoff=edge_only_cutoff,
-                              calibration=calibration, table=table)
-    if edge_only_cutoff or table is not None or calibration is not None:
-        raise ValueError(f"only nasd takes a table, a calibration or the edge-only cutoff, "
-                         f"not {name}")
+                              calibration=calibration, table=table, rtt_estimate=rtt_estimate,
+                              objective=objective, objective_tokens=objective_tokens)
+    if edge_only_cutoff or table is not None or calibration is not None \
+            or rtt_estimate != EWMA or objective != MEAN:
+        raise ValueError(f"only nasd takes a table, a calibration, the edge-only cutoff, an "
+                         f"RTT estimate or an objective, not {name}")
     if name == FixedK.name:
         if k is None:
             raise ValueError("fixed-k needs a K")

@@ -144,6 +144,12 @@ def cli() -> None:
               help="nasd: within a cycle, stop drafting before a position whose likeliest "
                    "draft token has a lower probability; K stays the ceiling [default: the "
                    "job's, 0: never].")
+@click.option("--nasd-rtt-estimate",
+              help="nasd: the RTT it decides on: ewma, or a percentile of the last second's "
+                   "samples such as p50 or p90 [default: the job's, ewma].")
+@click.option("--nasd-objective",
+              help="nasd: what K optimises: mean (expected tokens/s), or a percentile of a "
+                   "query's decode time such as p95 [default: the job's, mean].")
 @click.option("--nasd-rtt-table", "nasd_rtt_table_path",
               type=click.Path(dir_okay=False, path_type=str),
               help="nasd: an RTT -> K table (CSV from `orchestrator calibrate`); K is the "
@@ -173,8 +179,8 @@ def cli() -> None:
               default=Path("results"), show_default=True, help="Where run folders go.")
 @click.pass_context
 def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, nasd_k_min,
-                nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_table_path,
-                nasd_calibration_path,
+                nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_estimate,
+                nasd_objective, nasd_rtt_table_path, nasd_calibration_path,
                 decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
                 max_queries, repetitions, seed, rtt_ms, results_root) -> None:
     """Run a job's strategies on one network profile and summarize them.
@@ -190,6 +196,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "nasd_k_min": nasd_k_min, "nasd_k_max": nasd_k_max,
         "nasd_edge_only_cutoff": nasd_edge_only_cutoff,
         "nasd_confidence_floor": nasd_confidence_floor,
+        "nasd_rtt_estimate": nasd_rtt_estimate, "nasd_objective": nasd_objective,
         "nasd_rtt_table_path": nasd_rtt_table_path, "nasd_calibration_path": nasd_calibration_path,
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,

@@ -13,6 +13,8 @@ from nasd.analytic import (
     crossover_rtt_s,
     cycle_time_distributed_s,
     cycle_time_local_s,
+    decode_time_quantiles_s,
+    distributed_throughputs,
     expected_tokens_per_cycle,
     optimal_k,
     position_counts,
@@ -276,3 +278,48 @@ def test_the_finite_horizon_matches_a_simulated_budget():
         totals.append(seconds)
     expected = query_decode_time_s(FALLING, k, budget, cycle_s)
     assert abs(np.mean(totals) - expected) < 4 * np.std(totals) / math.sqrt(runs)
+
+
+def simulated_decode_times(acceptance, k, tokens, rtt_s, rtt_sd_s, queries, rng):
+    """Seconds to commit ``tokens`` tokens in each of ``queries`` simulated queries, the
+    edge's loop (k = min(K, remaining - 1)), each cycle's RTT gamma-distributed."""
+    remaining, seconds = np.full(queries, tokens), np.zeros(queries)
+    shape = (rtt_s / rtt_sd_s) ** 2
+    while (active := remaining > 0).any():
+        depth = np.clip(remaining - 1, 0, k)
+        tests = rng.random((queries, k)) < acceptance
+        kept = np.minimum(np.cumprod(tests, axis=1).sum(axis=1), depth)
+        rtt = rng.gamma(shape, rtt_s / shape, queries)
+        cycle = np.array([cycle_time_local_s(int(d), TIMES) for d in depth]) + rtt
+        seconds += np.where(active, cycle, 0.0)
+        remaining -= np.where(active, kept + 1, 0)
+    return seconds
+
+
+@pytest.mark.parametrize("k, rtt_sd_s, quantile", [(3, 0.02, 0.95), (10, 0.005, 0.95),
+                                                    (5, 0.03, 0.5)])
+def test_the_tail_objective_matches_simulated_queries(k, rtt_sd_s, quantile):
+    """The renewal CLT's percentile of a query's decode time against the edge's loop."""
+    times = simulated_decode_times(0.7, k, 64, 0.05, rtt_sd_s, 4000, np.random.default_rng(k))
+    predicted = decode_time_quantiles_s(0.7, TIMES, 0.05, rtt_sd_s ** 2, [k], 64, quantile)[0]
+    assert predicted == pytest.approx(np.quantile(times, quantile), rel=0.04)
+
+
+def test_the_tail_objectives_median_is_the_mean_objective():
+    depths = range(1, 16)
+    medians = decode_time_quantiles_s(FALLING, TIMES, 0.08, 0.01 ** 2, depths, 200, 0.5)
+    assert medians == pytest.approx(200 / distributed_throughputs(FALLING, TIMES, 0.08, depths))
+
+
+def test_the_tail_prefers_steadier_cycles_and_jitter_pushes_back_to_longer_ones():
+    """At the 95th percentile, fewer drafts (tau less variable) than the mean's K; the RTT's
+    own spread favours fewer, longer cycles (fewer round trips to draw)."""
+    depths = range(1, 16)
+    mean_k = depths[int(np.argmax(distributed_throughputs(0.7, TIMES, 0.2, depths)))]
+    tail_k = {sd: depths[int(np.argmin(decode_time_quantiles_s(0.7, TIMES, 0.2, sd ** 2, depths,
+                                                               64, 0.95)))]
+              for sd in (0.0, 0.2)}
+    assert tail_k[0.0] < mean_k
+    assert tail_k[0.0] < tail_k[0.2] <= mean_k
+    with pytest.raises(ValueError, match="quantile"):
+        decode_time_quantiles_s(0.7, TIMES, 0.2, 0.0, depths, 64, 1.0)

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from nasd.analytic import ComputeTimes, crossover_rtt_s, position_rates
+from nasd.analytic import ComputeTimes, crossover_rtt_s, decode_time_quantiles_s, position_rates
 from nasd.estimator import Calibration, DecayedLine, Line, StageEstimator, Stretch
 from nasd.policy import (HAND_OFF, POLICY_NAMES, Bandit, FixedK, HFHeuristic, KPolicy,
-                         NasdController, make_policy)
+                         NasdController, make_policy, percentile_of)
+from nasd.table import build_table
 from orchestrator.config.job import JobConfig, StrategyRun, plan
 
 # a 0.5B-class draft on the edge, a 7B-class target in the cloud (the shipped synthetic pair's)
@@ -371,3 +372,47 @@ def test_the_controller_learns_a_falling_profile_and_plans_with_it():
         assert achieved > rates[pooled_k - 1] / rates.max() + 0.03, (rtt_s, pooled_k)
         learned = position_rates(controller.plan().acceptance, 4)
         assert np.all(np.abs(learned - profile[:4]) < 0.08), learned
+
+
+def test_a_percentile_estimate_shrugs_off_rare_late_cycles_that_move_the_ewma():
+    """One cycle in ten 200 ms late (a retransmission): the EWMA the late cycle lands on
+    jumps with it, the median of the last second's samples stays on the common RTT."""
+    rtts_s = [0.25 if i % 10 == 9 else 0.05 for i in range(60)]
+    estimates = {}
+    for estimate in ("ewma", "p50"):
+        controller = NasdController(1, 15, calibration=IDS, learn=False, hand_off=False,
+                                    rtt_estimate=estimate)
+        drive(controller, IDS, rtts_s)
+        controller.next_k()
+        estimates[estimate] = controller.rtt_estimate_ms
+    assert estimates["p50"] == pytest.approx(50.0, abs=1.0)
+    assert estimates["ewma"] > 100.0
+
+
+def test_the_tail_objective_drafts_fewer_tokens_than_the_mean_on_a_steady_link():
+    """The 95th percentile of a query's decode time weighs how variable tau is: fewer drafts
+    than the mean's K, within the switch margin (1 %) of the best K that objective has."""
+    steady = dict(calibration=IDS, learn=False, hand_off=False)
+    mean = drive(NasdController(1, 15, **steady), IDS, [0.2] * 40)
+    tail = drive(NasdController(1, 15, objective="p95", objective_tokens=64, **steady), IDS,
+                 [0.2] * 40)
+    scores = 64 / decode_time_quantiles_s(0.7, TIMES, 0.2, 0.0, DEPTHS, 64, 0.95)
+    assert mean[-1] == IDS.best_k(0.2, 1, 15)
+    assert tail[-1] < mean[-1]
+    assert scores[tail[-1] - 1] >= 0.99 * scores.max()
+
+
+def test_the_rtt_estimate_and_objective_are_named_once_and_only_nasd_takes_them():
+    assert percentile_of("ewma", "ewma") is None and percentile_of("p99.9", "ewma") == 99.9
+    for bad in ("p100", "p0", "p", "median", "P90", "p-5"):
+        with pytest.raises(ValueError, match="percentile such as 'p90'"):
+            percentile_of(bad, "mean")
+    with pytest.raises(ValueError, match="only nasd"):
+        make_policy("bandit", rtt_estimate="p90")
+    with pytest.raises(ValueError, match="mean objective"):
+        NasdController(1, 15, objective="p95", table=build_table(IDS, [0.0, 0.1], 1, 15))
+    assert JobConfig(nasd_rtt_estimate="p90", nasd_objective="p99").nasd_objective == "p99"
+    with pytest.raises(ValidationError, match="nasd_rtt_estimate"):
+        JobConfig(nasd_rtt_estimate="p900")
+    with pytest.raises(ValidationError, match="mean objective"):
+        JobConfig(nasd_objective="p95", nasd_rtt_table_path="table.csv")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agents.codecs import get_codec
 from agents.edge import STRATEGY_NAMES, StrategyName
 from agents.sampling import SamplingConfig
-from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN
+from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, percentile_of
 from shaping.profile import JitterDistribution
 
 ALL_STRATEGIES: tuple[StrategyName, ...] = STRATEGY_NAMES
@@ -89,6 +89,12 @@ class JobConfig(SamplingConfig):
                                          "within a cycle, stop drafting before a position "
                                          "whose likeliest draft token has a lower probability "
                                          "(0: never; K stays the ceiling)")
+    nasd_rtt_estimate: str = Field(default=EWMA, description="nasd: the RTT it decides on: "
+                                   "ewma, or a percentile of the last second's samples "
+                                   "(p50, p90, ...)")
+    nasd_objective: str = Field(default=MEAN, description="nasd: what K optimises: mean "
+                                "(expected tokens/s), or a percentile of a query's decode "
+                                "time (p95, ...)")
     nasd_rtt_table_path: str | None = Field(default=None, description="nasd: an RTT -> K "
                                             "table (`orchestrator calibrate`); K is looked up "
                                             "for the RTT estimate instead of the online argmax")
@@ -112,6 +118,25 @@ class JobConfig(SamplingConfig):
         if name is not None:
             get_codec(name)
         return name
+
+    @field_validator("nasd_rtt_estimate")
+    @classmethod
+    def _rtt_estimate(cls, choice: str) -> str:
+        percentile_of(choice, EWMA)
+        return choice
+
+    @field_validator("nasd_objective")
+    @classmethod
+    def _objective(cls, choice: str) -> str:
+        percentile_of(choice, MEAN)
+        return choice
+
+    @model_validator(mode="after")
+    def _table_is_for_the_mean(self) -> "JobConfig":
+        if self.nasd_rtt_table_path and self.nasd_objective != MEAN:
+            raise ValueError(f"nasd_rtt_table_path holds the mean objective's K: it cannot "
+                             f"serve nasd_objective {self.nasd_objective!r}")
+        return self
 
     @model_validator(mode="after")
     def _k_range(self) -> "JobConfig":

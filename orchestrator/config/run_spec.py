@@ -76,7 +76,9 @@ class RunSpec:
         prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
         nasd = {"nasd_rtt_table": self.nasd_rtt_table, "nasd_calibration": self.nasd_calibration,
                 "edge_only_cutoff": self.job.nasd_edge_only_cutoff,
-                "confidence_floor": self.job.nasd_confidence_floor}
+                "confidence_floor": self.job.nasd_confidence_floor,
+                "rtt_estimate": self.job.nasd_rtt_estimate, "objective": self.job.nasd_objective,
+                "objective_tokens": self.job.max_new_tokens}
         return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
                              k_min=self.job.nasd_k_min, k_max=self.job.nasd_k_max,
                              **(nasd if run.strategy == "nasd" else {}),

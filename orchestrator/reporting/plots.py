@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 
 from orchestrator.reporting.analysis import BEST_FIXED_K, reversal
-from orchestrator.reporting.run_summary import planned_k, predicted_curve
+from orchestrator.reporting.run_summary import FinishedRun
 from orchestrator.reporting.summary import read_jsonl, verdict_of
 from orchestrator.results import ResultsFolder
 
@@ -176,6 +176,7 @@ def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
     fig, panels = _bandwidth_panels(cells)
     for ax, bw, panel in panels:
         reference = panel.sort_values("rtt_ms", kind="stable").iloc[0]
+        model = FinishedRun.load(Path(reference["folder"]))
         grid = np.linspace(0, panel["rtt_ms"].max(), MODEL_POINTS)
         for label, rows in panel.groupby("label", sort=False):
             rows = rows.sort_values("rtt_ms")
@@ -183,7 +184,7 @@ def plot_tokens_per_s_vs_rtt(results: pd.DataFrame, path: Path) -> None:
             ax.errorbar(rows["rtt_ms"], rows["tokens_per_s"],
                         yerr=interval_errors(rows, "tokens_per_s"), linestyle="none",
                         markersize=7, capsize=3, **style)
-            ax.plot(grid, predicted_curve(Path(reference["folder"]), label, grid),
+            ax.plot(grid, model.predicted_curve(label, grid),
                     color=style["color"], lw=1.3)
         ax.set_title(f"{bandwidth_label(bw)} (model fitted on {reference['cell']})",
                      fontsize=9)
@@ -408,11 +409,12 @@ def plot_k_vs_rtt(results: pd.DataFrame, path: Path) -> None:
     fig, ((ax,),) = _figure(1, 1, 7.5, 4.0)
     grid = np.linspace(0.0, chosen["nasd_rtt_estimate_ms"].max() * 1.05, MODEL_POINTS)
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(chosen))
+    model = FinishedRun.load(Path(cell["folder"]))
     for label, own in chosen.groupby("label", sort=False):
         color = styles[label]["color"]
         ax.plot(own["nasd_rtt_estimate_ms"], own["policy_k"] + jitter[:len(own)], ".",
                 color=color, markersize=3, alpha=0.5)
-        ax.step(grid, planned_k(Path(cell["folder"]), label, grid), where="post", color=color,
+        ax.step(grid, model.planned_k(label, grid), where="post", color=color,
                 lw=1.5)
     ax.set_xlabel("RTT estimate the K was chosen on (ms)")
     ax.set_ylabel("K (0: stretch without drafts)")

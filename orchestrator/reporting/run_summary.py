@@ -4,6 +4,7 @@ analytic prediction beside each rate (``validation.prediction``), from the run f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -60,43 +61,56 @@ def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
     return summary
 
 
-def predicted_curve(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
-    """The analytic tokens/s of strategy ``label`` in a finished run, had its link's RTT
-    been each of ``rtts_ms`` (same rates, acceptance, compute times and bytes per cycle)."""
-    spec = RunSpec.from_folder(folder)
-    queries, cycles = _records(folder, spec)
-    times = _host_times(spec, queries, cycles)
-    summary = structured(pd.read_csv(folder / ResultsFolder.SUMMARY)).set_index("label",
-                                                                                 drop=False)
-    runs = {run.label: run for run in plan(spec.job)}
-    if times is None or label not in summary.index:
-        return np.full(len(rtts_ms), np.nan)
-    row, base = summary.loc[label], spec.profile.initial
-    return np.array([_prediction(runs[label], row, spec, cycles, times, with_rtt(base, rtt))
-                     for rtt in rtts_ms])
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished run folder, read once: what its predictions at other RTTs are made from."""
 
+    spec: RunSpec
+    cycles: pd.DataFrame
+    times: HostTimes | None
+    summary: pd.DataFrame      # summary.csv by label
+    runs: dict[str, StrategyRun]
 
-def planned_k(folder: Path, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
-    """The K the closed form chooses for strategy ``label`` of a finished run at each of
-    ``rtts_ms`` (``nasd.table``, on the run's acceptance, compute times and bytes per cycle
-    and its link's bandwidth; 0 where cloud-only decodes faster); NaN without a model."""
-    spec = RunSpec.from_folder(folder)
-    queries, cycles = _records(folder, spec)
-    times = _host_times(spec, queries, cycles)
-    summary = structured(pd.read_csv(folder / ResultsFolder.SUMMARY)).set_index("label",
-                                                                                 drop=False)
-    if times is None or label not in summary.index:
-        return np.full(len(rtts_ms), np.nan)
-    row, link = summary.loc[label], spec.profile.initial
-    up, down = _cycle_bytes(row)
-    transfer_s = transmit_s(link.uplink, up) + transmit_s(link.downlink, down)
-    own = speculation_cycles(_own_cycles(label, cycles))
-    calibration = Calibration(_acceptance(row, spec, own), times.edge, bytes_up=Line(up),
-                              bytes_down=Line(down),
-                              seconds_per_byte=transfer_s / (up + down) if up + down else 0.0)
-    table = build_table(calibration, sorted(set(rtts_ms)), spec.job.nasd_k_min,
-                        spec.job.nasd_k_max)
-    return np.array([table.row_at(rtt).k for rtt in rtts_ms], dtype=float)
+    @classmethod
+    def load(cls, folder: Path) -> "FinishedRun":
+        spec = RunSpec.from_folder(folder)
+        queries, cycles = _records(folder, spec)
+        summary = structured(pd.read_csv(folder / ResultsFolder.SUMMARY)).set_index(
+            "label", drop=False)
+        return cls(spec, cycles, _host_times(spec, queries, cycles), summary,
+                   {run.label: run for run in plan(spec.job)})
+
+    def _row(self, label: str) -> pd.Series | None:
+        return None if self.times is None or label not in self.summary.index \
+            else self.summary.loc[label]
+
+    def predicted_curve(self, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
+        """The analytic tokens/s of strategy ``label``, had the link's RTT been each of
+        ``rtts_ms`` (same rates, acceptance, compute times and bytes per cycle)."""
+        row = self._row(label)
+        if row is None:
+            return np.full(len(rtts_ms), np.nan)
+        base = self.spec.profile.initial
+        return np.array([_prediction(self.runs[label], row, self.spec, self.cycles, self.times,
+                                     with_rtt(base, rtt)) for rtt in rtts_ms])
+
+    def planned_k(self, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
+        """The K the closed form chooses for strategy ``label`` at each of ``rtts_ms``
+        (``nasd.table``, on the run's acceptance, compute times and bytes per cycle and its
+        link's bandwidth; 0 where cloud-only decodes faster); NaN without a model."""
+        row = self._row(label)
+        if row is None:
+            return np.full(len(rtts_ms), np.nan)
+        link = self.spec.profile.initial
+        up, down = _cycle_bytes(row)
+        transfer_s = transmit_s(link.uplink, up) + transmit_s(link.downlink, down)
+        own = speculation_cycles(_own_cycles(label, self.cycles))
+        calibration = Calibration(_acceptance(row, self.spec, own), self.times.edge,
+                                  bytes_up=Line(up), bytes_down=Line(down),
+                                  seconds_per_byte=transfer_s / (up + down) if up + down else 0.0)
+        table = build_table(calibration, sorted(set(rtts_ms)), self.spec.job.nasd_k_min,
+                            self.spec.job.nasd_k_max)
+        return np.array([table.row_at(rtt).k for rtt in rtts_ms], dtype=float)
 
 
 def _acceptance(row: pd.Series, spec: RunSpec, own_cycles: pd.DataFrame) -> Acceptance:

@@ -35,7 +35,7 @@ from rich.table import Table
 
 from agents.edge import STRATEGY_NAMES
 from nasd.analytic import acceptance_from_counts
-from nasd.policy import POLICY_NAMES
+from nasd.policy import POLICY_NAMES, NasdController
 from validation.stats import (
     percentile_interval,
     percentiles,
@@ -162,7 +162,7 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
         if len(own_cycles):     # stretches too: a hand-off's first token measures the RTT
             _with_percentiles(row, "rtt_ms", own_cycles["rtt_ms"].dropna())
             row["network_ratio"] = own_cycles["t_network"].sum() / own_cycles["t_cycle"].sum()
-        if "handoff_tokens" in group:
+        if "handoff_tokens" in group and row["strategy"] == NasdController.name:
             row["handoff_share"] = group["handoff_tokens"].sum() / tokens if tokens else np.nan
             row["cutoff_share"] = group["cutoff_tokens"].sum() / tokens if tokens else np.nan
         _with_ratio(row, "bytes_up_per_token", group["bytes_up"], group["n_tokens"])
@@ -338,6 +338,10 @@ GLOSSARY = {
     "net": "network share of the cycle: network seconds over cycle seconds",
     "B/tok": "data-plane payload bytes sent edge to cloud per output token",
     "cloud ms/tok": "the cloud's compute ms per output token: the cloud's cost",
+    "handed off": "share of output tokens the cloud decoded in stretches the policy handed it "
+                  "without drafts (nasd's K = 0, past the reversal; lossless)",
+    "cut off": "share of output tokens the draft served alone under the edge-only cutoff "
+               "(lossy, flagged per cycle as nasd_cutoff)",
     "crossover": "the RTT (ms) above which cloud-only decodes faster than this fixed K, by "
                  "the analytic model; never: slower than cloud-only even at zero RTT (a "
                  "negative crossover, kept as a number in summary.csv)",
@@ -382,6 +386,7 @@ SPECULATION_COLUMNS = {
     "RTT p50": _formatted("rtt_ms_p50"), "net": _formatted("network_ratio", 2),
     "B/tok": _formatted("bytes_up_per_token", 0),
     "cloud ms/tok": _formatted("cloud_ms_per_token"),
+    "handed off": _formatted("handoff_share", 2), "cut off": _formatted("cutoff_share", 2),
     "crossover": _crossover_of, "accuracy": _formatted("accuracy", 2),
     "lossless": _formatted("lossless", 2),
 }
