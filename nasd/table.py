@@ -5,8 +5,8 @@
 speculative K in [k_min, k_max] and its predicted tokens/s, beside cloud-only decoding's;
 the row's ``k`` is that K, or 0 where cloud-only decoding is predicted faster (past the
 reversal RTT).  ``RttTable.row_at`` answers for any RTT with the row of the nearest grid
-RTT: a bisection of the sorted grid, a few steps for any grid a person would write, and no
-closed form evaluated per cycle.
+RTT, and evaluates no closed form per cycle: on an evenly spaced grid (what ``orchestrator
+calibrate`` writes) the row's index is arithmetic, O(1); on any other grid a bisection.
 
 The speculative K never decreases as the RTT grows (``nasd.analytic.optimal_k``), and
 cloud-only's rate does not depend on the RTT while speculation's falls with it, so the
@@ -21,6 +21,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from nasd.analytic import cloud_only_throughput
 from nasd.estimator import Calibration
@@ -63,9 +64,19 @@ class RttTable:
                 raise ValueError(f"rtt {row.rtt_ms:g} ms: k must be spec_k ({row.spec_k}) "
                                  f"or {CLOUD_ONLY_K} (cloud-only), got {row.k}")
 
-    @property
+    @cached_property
     def rtts_ms(self) -> list[float]:
         return [row.rtt_ms for row in self.rows]
+
+    @cached_property
+    def step_ms(self) -> float | None:
+        """The grid's spacing where it is even (to a part in 1e9), else None."""
+        grid = self.rtts_ms
+        if len(grid) < 2:
+            return None
+        step = (grid[-1] - grid[0]) / (len(grid) - 1)
+        even = all(math.isclose(b - a, step, rel_tol=1e-9) for a, b in zip(grid, grid[1:]))
+        return step if even else None
 
     def check_range(self, k_min: int, k_max: int) -> None:
         """ValueError unless every K of the table lies within [k_min, k_max]."""
@@ -76,7 +87,11 @@ class RttTable:
     def row_at(self, rtt_ms: float) -> TableRow:
         """The row of the grid RTT nearest ``rtt_ms`` (the end rows beyond the grid; the
         lower row halfway between two)."""
-        grid = self.rtts_ms
+        grid, step = self.rtts_ms, self.step_ms
+        if step is not None:
+            # the nearest index, halfway rounding down; clamped to the grid
+            i = min(max(math.ceil((rtt_ms - grid[0]) / step - 0.5), 0), len(grid) - 1)
+            return self.rows[i]
         i = bisect.bisect_left(grid, rtt_ms)
         if i == len(grid) or (i > 0 and rtt_ms - grid[i - 1] <= grid[i] - rtt_ms):
             i -= 1

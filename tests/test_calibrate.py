@@ -75,6 +75,10 @@ def test_lookup_is_the_nearest_grid_row_at_between_and_beyond_the_grid():
     assert table.row_at(74.0) == rows[50] and table.row_at(76.0) == rows[100]
     assert table.row_at(10_000.0) == rows[500]
     fine = build_table(FULL16, GRID, 1, 15)
+    # an evenly spaced grid is indexed by arithmetic (O(1)), any other by bisection
+    assert table.step_ms is None and fine.step_ms == pytest.approx(GRID[1] - GRID[0])
+    assert fine.row_at(GRID[0] + fine.step_ms / 2) == fine.rows[0]   # halfway: the lower row
+    assert fine.row_at(-5.0) == fine.rows[0]
     for rtt in np.random.default_rng(0).uniform(0, 1000, 200):
         nearest = fine.rows[int(np.argmin([abs(g - rtt) for g in GRID]))]
         assert fine.row_at(rtt) == nearest
