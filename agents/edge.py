@@ -404,6 +404,11 @@ class SpeculationQuery:
         record.cloud_first_s = opened.fields["compute_s"]
         record.handoff_tokens, record.cutoff_tokens = self.handoff_tokens, self.cutoff_tokens
         record.nasd_cutoff_triggered = self.cutoff_tokens > 0
+        record.nasd_k_per_cycle = [c.policy_k for c in cycles]
+        record.nasd_rtt_per_cycle = [c.nasd_rtt_estimate_ms for c in cycles]
+        record.acceptance_rate_per_cycle = [c.accepted / c.k if c.k else None for c in cycles]
+        record.network_overhead_per_cycle = [c.t_network / c.t_cycle if c.t_cycle > 0 else 0.0
+                                             for c in cycles]
         return record
 
 

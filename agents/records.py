@@ -72,6 +72,13 @@ class QueryRecord:
     handoff_tokens: int = 0      # nasd: tokens of stretches the cloud decoded (K = 0)
     cutoff_tokens: int = 0       # nasd: tokens of stretches the draft served alone (lossy)
     nasd_cutoff_triggered: bool = False
+    # the query's cycles in order, under the seed proposal's names (cycles.jsonl has them
+    # whole): the policy's K (0: a stretch), the RTT estimate it chose K on (nasd; None for
+    # others), accepted / drafted (None for a stretch), network time / cycle time
+    nasd_k_per_cycle: list[int] = field(default_factory=list)
+    nasd_rtt_per_cycle: list[float | None] = field(default_factory=list)
+    acceptance_rate_per_cycle: list[float | None] = field(default_factory=list)
+    network_overhead_per_cycle: list[float] = field(default_factory=list)
     finished_by_eos: bool = False
     output_ids: list[int] = field(default_factory=list)
     output_text: str = ""

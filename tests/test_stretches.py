@@ -143,6 +143,16 @@ def test_the_cloud_verifies_after_the_tokens_the_draft_served_alone(codec):
                                   for c in edge)
     assert record.cutoff_tokens == 15 and record.nasd_cutoff_triggered
     assert output != continuation(models.target, context, MAX_NEW_TOKENS)   # lossy, as flagged
+    # the query's trace under the seed proposal's names, cycle by cycle
+    assert record.nasd_k_per_cycle == [c.policy_k for c in cycles]
+    assert record.nasd_k_per_cycle[:7] == [3, 0, 2, 0, 0, 0, 4]
+    assert record.acceptance_rate_per_cycle == [c.accepted / c.k if c.k else None
+                                                for c in cycles]
+    assert [rate is None for rate in record.acceptance_rate_per_cycle[:3]] == [False, True, False]
+    assert all(0.0 <= share < 1.0 for share in record.network_overhead_per_cycle)
+    assert [share == 0.0 for share, c in zip(record.network_overhead_per_cycle, cycles)
+            if c.served_by == "edge"] == [True] * 3
+    assert len(record.nasd_rtt_per_cycle) == len(cycles)
 
 
 @pytest.mark.parametrize("floor", [0.0, 0.3, 1.0])
