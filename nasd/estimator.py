@@ -168,12 +168,16 @@ class RobustSlope:
     """The slope of y against x over the last ``window`` points with x != 0 (a point with
     x = 0 says nothing of it), Theil-Sen (the median of the pairwise slopes: a few points
     from a moment the RTT itself jumped cannot drag it), and trusted only once
-    ``min_points`` are in and its 95 % interval excludes zero."""
+    ``min_points`` are in and its 95 % interval excludes zero.  With few points that interval
+    is rough and, tested again at every new point, now and then excludes zero by chance
+    (a link's jitter, 3 ms with ids payloads, faked 0.5 ms per byte from 3 points): K
+    recovers as more points come, but a decision that would lock itself in on a false slope
+    takes ``lower``, the interval's lower end once ``decisive_points`` are in (else 0)."""
 
-    def __init__(self, window: int = 64, min_points: int = 3) -> None:
+    def __init__(self, window: int = 64, min_points: int = 3, decisive_points: int = 8) -> None:
         self.points: deque[tuple[float, float]] = deque(maxlen=window)
-        self.min_points = min_points
-        self.fitted: float | None = None   # the slope of the points as they are
+        self.min_points, self.decisive_points = min_points, decisive_points
+        self.fitted: tuple[float, float] | None = None   # (slope, lower) of the points as they are
 
     def add(self, x: float, y: float) -> None:
         if x != 0:
@@ -181,21 +185,27 @@ class RobustSlope:
             self.fitted = None
 
     def slope(self) -> float:
+        return self._fitted()[0]
+
+    def lower(self) -> float:
+        return self._fitted()[1] if len(self.points) >= self.decisive_points else 0.0
+
+    def _fitted(self) -> tuple[float, float]:
         if self.fitted is None:
             self.fitted = self._fit()
         return self.fitted
 
-    def _fit(self) -> float:
+    def _fit(self) -> tuple[float, float]:
         if len(self.points) < self.min_points:
-            return 0.0
+            return 0.0, 0.0
         x, y = np.array(self.points).T
         if np.ptp(x) == 0:
-            return 0.0
+            return 0.0, 0.0
         from scipy.stats import theilslopes
         with warnings.catch_warnings():   # exact points (no jitter) make its interval degenerate
             warnings.simplefilter("ignore", RuntimeWarning)
             slope, _, low, _ = theilslopes(y, x, alpha=0.95)
-        return float(slope) if low > 0 else 0.0
+        return (float(slope), float(low)) if low > 0 else (0.0, 0.0)
 
 
 class StageEstimator:

@@ -249,14 +249,17 @@ class NasdController(AdaptiveK):
 
     def _best_case(self, plan: Calibration, rtt_s: float) -> float:
         """The fastest speculation the evidence allows: the best K with every position's
-        acceptance at least the pooled rate the cycles so far cannot rule out (95 %), so that
-        a few unlucky first cycles do not hand every later one to the cloud, where nothing
-        more is learned of acceptance."""
+        acceptance at least the pooled rate the cycles so far cannot rule out (95 %), and the
+        link's seconds per byte at the lower end of its interval, so that a few unlucky first
+        cycles, or a slope the jitter faked, do not hand every later cycle to the cloud,
+        where nothing more is learned of either."""
         if self.learn:
             upper = self.estimator.acceptance_upper()
             rates = np.maximum(np.atleast_1d(plan.acceptance), upper)
             plan = replace(plan, acceptance=float(rates[0]) if rates.size == 1
-                           else rates.tolist())
+                           else rates.tolist(),
+                           seconds_per_byte=min(plan.seconds_per_byte,
+                                                self.estimator.network.lower()))
         return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1)).max())
 
     def observe(self, cycle: Cycle) -> None:

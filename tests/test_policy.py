@@ -416,3 +416,15 @@ def test_the_rtt_estimate_and_objective_are_named_once_and_only_nasd_takes_them(
         JobConfig(nasd_rtt_estimate="p900")
     with pytest.raises(ValidationError, match="mean objective"):
         JobConfig(nasd_objective="p95", nasd_rtt_table_path="table.csv")
+
+
+@pytest.mark.parametrize("rtt_s", [0.005, 0.020])
+def test_jitter_does_not_fake_a_slow_link_that_hands_the_query_to_the_cloud(rtt_s):
+    """Far below the reversal RTT (34 ms), 3 ms of jitter on ids payloads (4 bytes a draft):
+    a slope fitted on the first few K changes can look like 0.5 ms per byte, and a hand-off
+    decided on it would lock in (stretches add no points).  Seed 3 at 5 ms did so before
+    the hand-off weighed the link at its interval's lower end from 8 points."""
+    assert reversal_rtt_s(IDS) > 0.030
+    for seed in range(12):
+        ks = drive(NasdController(1, 15), IDS, [rtt_s] * 400, seed=seed, jitter_s=0.003)
+        assert HAND_OFF not in ks, (seed, ks.index(HAND_OFF))
