@@ -131,6 +131,12 @@ class NasdController(AdaptiveK):
 
     ``table``: K is the table's speculative K (``spec_k``) at the RTT decided on, not the
     argmax on the calibration; stretches are weighed on the calibration as without one.
+
+    ``draft_ahead``: the edge pipelines blocks that deep (``agents.edge``), so K is the argmax
+    of the pipelined throughput (``nasd.analytic.pipelined_throughput``), and so is the
+    speculation a stretch must beat; K is chosen as each block is drafted, up to
+    ``draft_ahead`` blocks before the verdicts in flight are seen.  Not with a table (built
+    for speculation without draft-ahead).
     """
 
     name = "nasd"
@@ -142,8 +148,11 @@ class NasdController(AdaptiveK):
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
                  rtt_share: float = 0.1, stretch_max_s: float = 1.0, probe_every: int = 8,
                  evidence_cycles: int = 10,
-                 table: RttTable | None = None) -> None:
+                 table: RttTable | None = None, draft_ahead: int = 0) -> None:
         super().__init__(k_min, k_max)
+        if draft_ahead and table is not None:
+            raise ValueError("an RTT -> K table plans without draft-ahead")
+        self.draft_ahead = draft_ahead
         if edge_only_cutoff and not hand_off:
             raise ValueError("the edge-only cutoff serves stretches: it needs hand_off")
         self.hand_off, self.edge_only_cutoff = hand_off, edge_only_cutoff
@@ -187,8 +196,8 @@ class NasdController(AdaptiveK):
         if rtt_s is None or plan is None:
             return self.k
         if self.table is None:
-            best = plan.best_k(rtt_s, self.k_min, self.k_max)
-            current, top = plan.throughputs(rtt_s, (self.k, best))
+            best = plan.best_k(rtt_s, self.k_min, self.k_max, self.draft_ahead)
+            current, top = plan.throughputs(rtt_s, (self.k, best), self.draft_ahead)
             if current < (1.0 - self.switch_margin) * top:
                 self.k = best
         self.stretch = None
@@ -216,7 +225,8 @@ class NasdController(AdaptiveK):
             rates = np.maximum(np.atleast_1d(plan.acceptance), upper)
             plan = replace(plan, acceptance=float(rates[0]) if rates.size == 1
                            else rates.tolist())
-        return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1)).max())
+        return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1),
+                                      self.draft_ahead).max())
 
     def observe(self, cycle: Cycle) -> None:
         self.speculated += cycle.served_by == "speculation"
@@ -271,17 +281,21 @@ ADAPTIVE: dict[str, type[AdaptiveK]] = {policy.name: policy
 
 def make_policy(name: str, k: int | None = None, k_min: int = DEFAULT_K_MIN,
                 k_max: int = DEFAULT_K_MAX, edge_only_cutoff: bool = False,
-                table: RttTable | None = None, calibration: Calibration | None = None) -> KPolicy:
+                table: RttTable | None = None, calibration: Calibration | None = None,
+                draft_ahead: int = 0) -> KPolicy:
     """The policy a strategy names: ``fixed-k`` with its ``k``, the others within
     [k_min, k_max]; ``nasd`` may serve stretches without speculating (with the edge-only
     cutoff if asked), and plans with an RTT -> K ``table`` and from a starting
-    ``calibration`` where given (no other policy takes those three)."""
+    ``calibration`` where given (no other policy takes those three), and for the edge's
+    ``draft_ahead`` depth (fixed-k's K stays what it is; no other policy drafts ahead)."""
     if name == NasdController.name:
         return NasdController(k_min=k_min, k_max=k_max, edge_only_cutoff=edge_only_cutoff,
-                              calibration=calibration, table=table)
+                              calibration=calibration, table=table, draft_ahead=draft_ahead)
     if edge_only_cutoff or table is not None or calibration is not None:
         raise ValueError(f"only nasd takes a table, a calibration or the edge-only cutoff, "
                          f"not {name}")
+    if draft_ahead and name != FixedK.name:
+        raise ValueError(f"only fixed-k and nasd draft ahead, not {name}")
     if name == FixedK.name:
         if k is None:
             raise ValueError("fixed-k needs a K")

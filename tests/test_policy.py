@@ -41,6 +41,7 @@ class Cycle:
     bytes_up: int
     bytes_down: int
     served_by: str = "speculation"
+    ahead: bool = False
 
 
 def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Generator,

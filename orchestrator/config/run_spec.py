@@ -78,6 +78,7 @@ class RunSpec:
                 "edge_only_cutoff": self.job.nasd_edge_only_cutoff,
                 "confidence_floor": self.job.nasd_confidence_floor}
         return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
+                             draft_ahead=run.draft_ahead,
                              k_min=self.job.nasd_k_min, k_max=self.job.nasd_k_max,
                              **(nasd if run.strategy == "nasd" else {}),
                              query_id=prompt.id, repetition=repetition, prompt=prompt.prompt,
