@@ -27,6 +27,10 @@ from agents.sampling import SamplingConfig
 from agents.speculative import (decode_plainly, draft_tokens, settle_verdict, speculation_step,
                                 verify_drafts)
 from nasd.estimator import Stretch
+from orchestrator.config.datasets import Prompt
+from orchestrator.config.job import JobConfig, StrategyRun, plan
+from orchestrator.config.loading import load_profile
+from orchestrator.config.run_spec import RunSpec
 from tests.inproc_agents import edge_and_cloud
 from tests.test_stretches import Scripted
 
@@ -228,3 +232,21 @@ def test_the_token_in_the_deferred_bonus_place_follows_the_target(codec):
                                                                       for c in big)]
     wanted = [expected[cell] for cell in big] + [samples - sum(expected[c] for c in big)]
     assert chisquare(observed, wanted).pvalue > 0.01
+
+
+def test_a_job_drafts_ahead_with_fixed_k_and_nasd_and_runs_the_baselines_as_they_are():
+    job = JobConfig(model_pair="synthetic", strategies=["cloud-only", "fixed-k", "nasd"],
+                    k_values=[3, 5], draft_ahead=2)
+    assert plan(job) == [StrategyRun("cloud-only", None), StrategyRun("fixed-k", 3, 2),
+                         StrategyRun("fixed-k", 5, 2), StrategyRun("nasd", None, 2)]
+    assert [run.label for run in plan(job)] == ["cloud-only", "fixed-k3+ahead2",
+                                                "fixed-k5+ahead2", "nasd+ahead2"]
+    spec = RunSpec.build(job, load_profile("lan"), "sim",
+                         prompts=[Prompt(id="p", prompt="draft ahead")])
+    assert [(r.strategy, r.k, r.draft_ahead) for r in spec.requests()] == [
+        ("cloud-only", None, 0), ("fixed-k", 3, 2), ("fixed-k", 5, 2), ("nasd", None, 2)]
+    with pytest.raises(ValueError, match="not bandit"):
+        JobConfig(strategies=["fixed-k", "bandit"], draft_ahead=1)
+    with pytest.raises(ValueError, match="only fixed-k and nasd"):
+        QueryRequest(strategy="cloud-only", label="x", query_id="q", prompt="p",
+                     max_new_tokens=4, draft_ahead=1)
