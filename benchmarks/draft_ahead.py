@@ -9,8 +9,11 @@ load and do not slow each other much):
 - for each depth D: fixed K with draft-ahead D at the K the closed form picks for it
   (``nasd.analytic.pipelined_throughput`` on the pair's configured acceptance and latency,
   chosen before anything is measured) and at its two neighbours; the headline ratio is the
-  model's K over the oracle, with a 95 % interval (each run's queries resampled on their own,
-  ``validation.stats.rate_ratio_interval``), the best of the three beside it;
+  model's K over the oracle, with two 95 % intervals (``validation.stats.rate_ratio_interval``):
+  each run's queries resampled on their own, and paired (a prompt and repetition resampled
+  together under both strategies: greedy decoding on the synthetic pair gives every run
+  the same texts and the same acceptances along them, so what a prompt makes easy or hard
+  for both cancels out); the best of the three beside it;
 - the closed form's tok/s beside each measured one (the oracle's plain E[tau] / T_dist).
 
 Pairs: ``synthetic`` (i.i.d. acceptance 0.7) and ``synthetic-a0.9`` (the same pair at
@@ -19,6 +22,7 @@ texts, so all of them meet the same acceptances along them.
 
     .venv/bin/python benchmarks/draft_ahead.py --pair synthetic --rtt 100
         [--depths 1 2] [--queries 4] [--repetitions 2] [--tokens 128] [--side-by-side 11]
+        [--runs ROOT]   # the figures again from the runs a former call left under ROOT
 """
 
 from __future__ import annotations
@@ -30,16 +34,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.backends.synthetic import SyntheticPairConfig  # noqa: E402
-from benchmarks.nasd import FIXED_KS, over, rate, rates, run_cell  # noqa: E402
+from benchmarks.nasd import FIXED_KS, rate, rates, run_cell  # noqa: E402
 from nasd.analytic import (cycle_time_distributed_s, pipelined_throughput,  # noqa: E402
                            throughput_tokens_per_s)
 from orchestrator.config.loading import load_model_pair  # noqa: E402
 from validation.prediction import modeled_times  # noqa: E402
+from validation.stats import rate_ratio_interval  # noqa: E402
 
 HIGH_ACCEPTANCE = 0.9
 
@@ -66,6 +72,19 @@ def modeled(config: SyntheticPairConfig, rtt_s: float, k: int, depth: int) -> fl
     return pipelined_throughput(config.acceptance_law, k, depth, times, rtt_s)
 
 
+def over(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """a's rate over b's, with its 95 % interval, each run's queries resampled alone, and
+    paired (by prompt and repetition)."""
+    a, b = (q.sort_values(["query_id", "repetition"]) for q in (a, b))
+    assert (a["query_id"].tolist(), a["repetition"].tolist()) == \
+        (b["query_id"].tolist(), b["repetition"].tolist())
+    alone, paired = (rate_ratio_interval(a["decoded"], a["decode_s"], b["decoded"],
+                                         b["decode_s"], paired=pairing)
+                     for pairing in (False, True))
+    return (f"{rate(a) / rate(b):.3f} [{alone[0]:.3f}, {alone[1]:.3f}] paired "
+            f"[{paired[0]:.3f}, {paired[1]:.3f}]")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", default="synthetic",
@@ -76,9 +95,11 @@ def main() -> int:
     parser.add_argument("--repetitions", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per query")
     parser.add_argument("--side-by-side", type=int, default=11)
+    parser.add_argument("--runs", type=Path, help="report on the runs a former call with the "
+                        "same arguments left under this folder instead of running them")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="edgespec-draft-ahead-"))
+    root = args.runs or Path(tempfile.mkdtemp(prefix="edgespec-draft-ahead-"))
     pair, config = pair_file(args.pair, root)
     rtt_s = args.rtt / 1000.0
     runs = {f"fixed-k{k}": ["--strategy", "fixed-k", "--k", str(k)] for k in FIXED_KS}
@@ -92,10 +113,13 @@ def main() -> int:
                                                     "--draft-ahead", str(depth)]
     started = time.monotonic()
     link = ["--profile", "rtt000-bw100", "--rtt-ms", f"{args.rtt:g}"]
-    with ThreadPoolExecutor(max_workers=args.side_by_side) as pool:
-        futures = {label: pool.submit(run_cell, root / label, link, pair, args, extra)
-                   for label, extra in runs.items()}
-        measured = {label: rates(future.result()) for label, future in futures.items()}
+    if args.runs:
+        measured = {label: rates(next((root / label).iterdir())) for label in runs}
+    else:
+        with ThreadPoolExecutor(max_workers=args.side_by_side) as pool:
+            futures = {label: pool.submit(run_cell, root / label, link, pair, args, extra)
+                       for label, extra in runs.items()}
+            measured = {label: rates(future.result()) for label, future in futures.items()}
     fixed = {f"fixed-k{k}": measured[f"fixed-k{k}"] for k in FIXED_KS}
     oracle = max(fixed, key=lambda label: rate(fixed[label]))
     oracle_k = int(oracle.removeprefix("fixed-k"))
