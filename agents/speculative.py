@@ -3,8 +3,9 @@ cloud (``cloud-spec`` and verifying edge drafts): pick a token, draft K
 tokens through a payload codec, verify them against the target, commit the
 verdict on a sequence (``settle_verdict``: the draft side's half, the q-scalar
 correction included; a verdict that kept its whole block and deferred the bonus
-to a block drafted ahead leaves the sequence as it is); plain decoding (``decode_plainly``: the cloud's streams
-and hand-offs, edge-only and the edge's cutoff stretches); and
+to a block drafted ahead leaves the sequence as it is); plain decoding
+(``decode_plainly``: the cloud's streams and hand-offs, edge-only and the
+edge's cutoff stretches); and
 ``generate_locally``, the whole decoding loop when both models are in one
 process (the cloud's ``generate``, the pair trainer's acceptance measurement).
 """

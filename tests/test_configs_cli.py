@@ -304,8 +304,8 @@ def test_run_help_lists_its_options(help_and_listing):
     result = help_and_listing["run"]
     assert result.returncode == 0 and result.stderr == ""
     for option in ("--profile", "--mode", "--job", "--model-pair", "--strategy", "--k",
-                   "--draft-ahead", "--decoding", "--max-new-tokens", "--queries", "--repetitions", "--seed",
-                   "--rtt-ms", "--results"):
+                   "--draft-ahead", "--decoding", "--max-new-tokens", "--queries",
+                   "--repetitions", "--seed", "--rtt-ms", "--results"):
         assert option in result.stdout, option
 
 
