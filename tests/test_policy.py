@@ -372,3 +372,29 @@ def test_the_controller_learns_a_falling_profile_and_plans_with_it():
         assert achieved > rates[pooled_k - 1] / rates.max() + 0.03, (rtt_s, pooled_k)
         learned = position_rates(controller.plan().acceptance, 4)
         assert np.all(np.abs(learned - profile[:4]) < 0.08), learned
+
+
+# --------------------------------------------------------------------------- draft-ahead
+
+
+def test_under_draft_ahead_nasd_plans_on_the_pipelined_throughput():
+    """The argmax of ``nasd.analytic.pipelined_throughput`` (shorter blocks than the plain
+    argmax: an epoch commits 1 / (1 - a) tokens whatever K), and no RTT learned from a block
+    sent ahead (its network time holds its wait behind the blocks before it)."""
+    truth = Calibration(0.9, TIMES)
+    plain = NasdController(calibration=truth, learn=False, hand_off=False)
+    ahead = NasdController(calibration=truth, learn=False, hand_off=False, draft_ahead=2)
+    for policy in (plain, ahead):
+        policy.observe(Cycle(5, 5, 6, 0.02, 0.03, 0.1, 0.15, 60, 40))
+    plain_k, ahead_k = plain.next_k(), ahead.next_k()
+    assert plain_k == truth.best_k(0.1, 1, 15) and ahead_k == truth.best_k(0.1, 1, 15, ahead=2)
+    assert ahead_k < plain_k
+    assert truth.throughputs(0.1, [ahead_k], 2)[0] > truth.throughputs(0.1, [plain_k])[0]
+    rtt = ahead.estimator.rtt_s
+    ahead.observe(Cycle(5, 5, 5, 0.02, 0.03, 0.4, 0.45, 60, 40, ahead=True))
+    assert ahead.estimator.rtt_s == rtt
+    made = make_policy("nasd", draft_ahead=2, calibration=truth)
+    assert isinstance(made, NasdController) and made.draft_ahead == 2
+    with pytest.raises(ValueError, match="only fixed-k and nasd"):
+        make_policy("bandit", draft_ahead=1)
+    assert make_policy("fixed-k", k=4, draft_ahead=2).next_k() == 4
