@@ -7,7 +7,15 @@ draft's).  Messages it answers:
 - ``open``: prefill the prompt, answer ``opened`` with the first token (and
   with ``stream: n``, go on decoding n more and stream them as ``tokens``:
   a stretch handed over before the first draft);
-- ``draft``: verify the drafted tokens, answer ``verdict``;
+- ``draft``: verify the drafted tokens, answer ``verdict``.  Under draft-ahead
+  a block carries its premise (``epoch``: the verdicts so far that did not keep
+  their whole block with the bonus deferred; ``start``: the sequence length it
+  was drafted from) and ``ahead_follows`` (a block drafted on the premise that
+  this one is kept whole follows: keeping it whole commits no bonus, the next
+  block's first draft is tested in its place).  A block whose epoch is not the
+  session's is stale, drafted on a premise a verdict already broke: it is
+  dropped unanswered (the edge knows which blocks it sent on that premise and
+  waits for no answer to them), before anything it carries is looked at;
 - ``decode``: a stretch the edge hands over (NASD's K = 0): decode that many
   tokens on the session and stream them as ``tokens`` messages;
 - ``generate``: decode the whole answer here (plain or speculative) and
@@ -58,6 +66,8 @@ class VerifySession:
     codec: DraftCodec
     rng: np.random.Generator
     awaiting_correction: bool = False  # q-scalar: the edge samples the correction
+    epoch: int = 0      # draft-ahead: verdicts that did not keep their block whole, deferred
+    dropped: int = 0    # draft-ahead: stale blocks dropped unanswered
 
 
 def verdict_message(session: str, seq: int, verification: Verification,
@@ -96,8 +106,10 @@ class CloudAgent:
             elif message.type == "generate":
                 self._generate(message, peer, received_at)
             elif message.type == "close":
-                if self.sessions.pop(message.session, None) is not None:
-                    log.info("session %s closed", message.session)
+                closed = self.sessions.pop(message.session, None)
+                if closed is not None:
+                    log.info("session %s closed%s", message.session, f" ({closed.dropped} "
+                             "stale blocks dropped)" if closed.dropped else "")
             else:
                 raise ProtocolError(f"unexpected message type {message.type!r}")
         except (ProtocolError, ValueError, KeyError, ValidationError) as error:
@@ -165,13 +177,38 @@ class CloudAgent:
         return session
 
     def _verify(self, message: Message, peer: bytes, received_at: float) -> None:
+        fields = message.fields
+        if "epoch" in fields and self._stale(message):
+            return
         session = self._caught_up(message)
+        if "start" in fields and fields["start"] != len(session.target.tokens):
+            raise ProtocolError(f"a block drafted from length {fields['start']} in epoch "
+                                f"{session.epoch}, where the session has "
+                                f"{len(session.target.tokens)} tokens")
         payload = session.codec.decode(message.arrays, self.width)
         verification = verify_drafts(session.target, payload, session.sampling.decoding,
-                                     session.rng, self.eos_id)
+                                     session.rng, self.eos_id,
+                                     bonus=not fields.get("ahead_follows", False))
         session.awaiting_correction = verification.residual_row is not None
+        if not verification.verdict.bonus_deferred(len(payload.ids)):
+            session.epoch += 1
         self.channel.send(verdict_message(message.session, message.seq, verification,
                                           received_at), peer)
+
+    def _stale(self, message: Message) -> bool:
+        """Whether a draft-ahead block was drafted on a premise a verdict has broken (its
+        epoch is behind the session's); such a block is counted and dropped unanswered."""
+        session = self.sessions.get(message.session)
+        if session is None:
+            raise ProtocolError(f"no open session {message.session!r}")
+        epoch = message.fields["epoch"]
+        if not isinstance(epoch, int) or not 0 <= epoch <= session.epoch:
+            raise ProtocolError(f"a block of epoch {epoch!r}, where the session is in epoch "
+                                f"{session.epoch}")
+        if epoch == session.epoch:
+            return False
+        session.dropped += 1
+        return True
 
     def _decode(self, message: Message, peer: bytes, received_at: float,
                 field: str = "tokens") -> None:

@@ -9,6 +9,17 @@ Strategies on the edge side:
   per cycle and the cloud verifies them (one round trip per cycle).  The K of
   each cycle comes from the strategy's ``nasd.policy.KPolicy``, which sees
   every finished cycle; one policy serves all queries of a strategy run.
+- draft-ahead (``fixed-k`` and ``nasd`` with ``draft_ahead`` D > 0): while a
+  verdict is in flight the edge drafts and sends the next blocks, up to D of
+  them beyond the oldest, each on the premise that every block before it is
+  kept whole (``EdgeAgent._pipeline``).  A block followed by one drafted on
+  it says so (``ahead_follows``): kept whole, it commits no bonus, and the next
+  block's first draft, the draft's own token at that position, is tested in
+  the bonus's place, so the output stays the target's.  A verdict that does
+  not keep its block whole (a rejection, a bonus, an EOS) ends the epoch: the
+  edge commits it, rolls its draft back (the blocks after it with it), counts
+  those blocks dropped (the cloud drops them unanswered: each carries the
+  epoch it was drafted in) and starts again from the corrected context.
 
 Run as a process: ``python -m agents.edge --settings FILE``; the orchestrator
 sends ``query`` requests over the control plane and gets the records back.
@@ -17,12 +28,15 @@ sends ``query`` requests over the control plane and gets the records back.
 from __future__ import annotations
 
 import logging
+import math
 import sys
+from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, get_args
 
 import numpy as np
 import zmq
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.backends import HostModels
 from agents.backends.base import TokenSequence
@@ -31,7 +45,8 @@ from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.sampling import SamplingConfig
-from agents.speculative import Drafts, decode_plainly, session_rng, speculation_step
+from agents.speculative import (Drafts, decode_plainly, draft_tokens, session_rng, settle_verdict,
+                                speculation_step)
 from agents.verification import Verdict
 from nasd.estimator import Calibration
 from nasd.policy import (DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, HAND_OFF, MEAN, POLICY_NAMES,
@@ -41,6 +56,8 @@ from shaping.clock import now
 
 StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", PolicyName]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+AHEAD_STRATEGIES = ("fixed-k", "nasd")   # the strategies that can draft ahead
+MAX_DRAFT_AHEAD = 16
 log = logging.getLogger("edge")
 
 
@@ -57,6 +74,8 @@ class QueryRequest(BaseModel):
     rtt_estimate: str = EWMA     # nasd: the RTT it decides on (ewma, or pNN)
     objective: str = MEAN        # nasd: what K optimises (mean, or pNN of the decode time)
     objective_tokens: int = Field(default=64, gt=0)   # nasd: of a query this long (the job's)
+    # fixed-k, nasd: blocks in flight beyond the oldest unanswered one (0: no draft-ahead)
+    draft_ahead: int = Field(default=0, ge=0, le=MAX_DRAFT_AHEAD)
     query_id: str
     repetition: int = 0
     prompt: str
@@ -77,14 +96,22 @@ class QueryRequest(BaseModel):
         get_codec(name)
         return name
 
+    @model_validator(mode="after")
+    def _ahead_strategy(self) -> "QueryRequest":
+        if self.draft_ahead and self.strategy not in AHEAD_STRATEGIES:
+            raise ValueError(f"draft_ahead: only {' and '.join(AHEAD_STRATEGIES)} draft "
+                             f"ahead, not {self.strategy}")
+        return self
+
 
 def draft_message(session: str, seq: int, codec: DraftCodec, drafts: Drafts,
                   catch_up_fields: dict | None = None,
-                  catch_up_arrays: dict | None = None) -> Message:
-    """A cycle's ``draft`` message: the drafts through the codec, and what the cloud has yet
+                  catch_up_arrays: dict | None = None, premise: dict | None = None) -> Message:
+    """A cycle's ``draft`` message: the drafts through the codec, what the cloud has yet
     to hear of (``SpeculationQuery.catch_up_fields``/``_arrays``: a q-scalar correction,
-    tokens the draft served alone)."""
-    return Message("draft", session, seq, dict(catch_up_fields or {}),
+    tokens the draft served alone), and under draft-ahead the block's ``premise``
+    (``Block.premise``: its epoch and start, and whether a block drafted on it follows)."""
+    return Message("draft", session, seq, {**(catch_up_fields or {}), **(premise or {})},
                    {**codec.encode(drafts.ids, drafts.model_rows), **(catch_up_arrays or {})})
 
 
@@ -100,8 +127,8 @@ def read_verdict(reply: Message, width: int) -> tuple[Verdict, np.ndarray | None
 class EdgeAgent:
     def __init__(self, models: HostModels, channel: Channel,
                  policy_for: Callable[..., KPolicy] = make_policy) -> None:
-        """``policy_for(strategy, k, k_min, k_max, **nasd_options)`` makes a strategy run's
-        K policy (``nasd.policy.make_policy``'s signature)."""
+        """``policy_for(strategy, k, k_min, k_max, **options)`` makes a strategy run's K
+        policy (``nasd.policy.make_policy``'s signature)."""
         self.models = models
         self.channel = channel
         self.policy_for = policy_for
@@ -110,13 +137,14 @@ class EdgeAgent:
     def policy(self, request: QueryRequest) -> KPolicy:
         key = (request.label, request.strategy, request.k, request.k_min, request.k_max,
                request.edge_only_cutoff, request.rtt_estimate, request.objective,
-               request.objective_tokens)
+               request.objective_tokens, request.draft_ahead)
         if key not in self.policies:
             self.policies[key] = self.policy_for(
                 request.strategy, request.k, request.k_min, request.k_max,
                 edge_only_cutoff=request.edge_only_cutoff, table=request.nasd_rtt_table,
                 calibration=request.nasd_calibration, rtt_estimate=request.rtt_estimate,
-                objective=request.objective, objective_tokens=request.objective_tokens)
+                objective=request.objective, objective_tokens=request.objective_tokens,
+                draft_ahead=request.draft_ahead)
         return self.policies[key]
 
     def run_query(self, request: QueryRequest) -> tuple[QueryRecord, list[CycleRecord]]:
@@ -136,7 +164,7 @@ class EdgeAgent:
         rate, decode_s = decode_rate(len(output), t_first, t_last)
         return QueryRecord(
             label=request.label, strategy=request.strategy, k=request.k,
-            query_id=request.query_id,
+            draft_ahead=request.draft_ahead, query_id=request.query_id,
             repetition=request.repetition, prompt_tokens=len(prompt_ids), n_tokens=len(output),
             ttft_s=t_first - t_submit, e2e_s=t_last - t_submit, tokens_per_s=rate,
             decode_s=decode_s, finished_by_eos=eos, output_ids=list(output),
@@ -255,6 +283,9 @@ class EdgeAgent:
             while not query.finished and query.remaining > 0:
                 decision = decision or (policy.next_k(), policy.rtt_estimate_ms)
                 t_start = now()
+                if decision[0] != HAND_OFF and request.draft_ahead:
+                    decision = self._pipeline(query, decision)
+                    continue
                 if decision[0] != HAND_OFF:
                     measured = self._speculation_cycle(query, min(decision[0],
                                                                   query.remaining - 1))
@@ -273,7 +304,8 @@ class EdgeAgent:
     @staticmethod
     def _cycle(query: SpeculationQuery, decision: tuple[int, float | None], t_start: float,
                measured: dict) -> None:
-        """Record a finished cycle or stretch and hand it to the policy."""
+        """Record a finished cycle or stretch and hand it to the policy (not a block dropped
+        unverified: it served nothing)."""
         request = query.request
         cycle = CycleRecord(
             label=request.label, strategy=request.strategy, query_id=request.query_id,
@@ -281,7 +313,89 @@ class EdgeAgent:
             nasd_rtt_estimate_ms=decision[1], t_start=t_start - query.t_submit,
             t_cycle=query.t_last - t_start, **measured)
         query.cycles.append(cycle)
-        query.policy.observe(cycle)
+        if cycle.served_by != "dropped":
+            query.policy.observe(cycle)
+
+    def _pipeline(self, query: SpeculationQuery, decision: tuple[int, float | None]
+                  ) -> tuple[int, float | None] | None:
+        """Draft-ahead, one epoch: blocks of the policy's K, up to ``draft_ahead`` of them in
+        flight beyond the oldest unanswered one, each drafted on the premise that the ones
+        before it are kept whole; each verdict committed as it comes, in order.  The epoch
+        ends at the first verdict that does not keep its block whole with the bonus deferred
+        (the blocks after it are dropped: the cloud answers none of them), or once the
+        blocks drain: the token budget leaves no room for another, or the policy handed
+        off.  Returns a decision taken but not served (a hand-off, or the K of a block the
+        epoch ended before), or None.
+
+        The edge drafts the window's blocks back to back and waits for the oldest verdict
+        only when the window is full (or no block may follow), so a window that holds more
+        than a round trip of drafting delays the first verdict's handling."""
+        in_flight: deque[Block] = deque()
+        while True:
+            while decision is not None and decision[0] != HAND_OFF \
+                    and len(in_flight) <= query.request.draft_ahead:
+                block = self._send_block(query, decision, ahead=bool(in_flight))
+                in_flight.append(block)
+                decision = (query.policy.next_k(), query.policy.rtt_estimate_ms) \
+                    if block.premise["ahead_follows"] else None
+            if not in_flight:
+                return decision
+            block = in_flight.popleft()
+            if not self._block_verdict(query, block):
+                query.epoch += 1
+                for stale in in_flight:
+                    self._cycle(query, stale.decision, stale.t_start, dict(
+                        k=len(stale.drafts.ids), accepted=0, tokens=0, rtt_ms=math.nan,
+                        bytes_up=stale.bytes_up, bytes_down=0, t_draft=stale.t_draft,
+                        t_verify=0.0, t_network=0.0, served_by="dropped", ahead=True))
+                return decision
+
+    def _send_block(self, query: SpeculationQuery, decision: tuple[int, float | None],
+                    ahead: bool) -> Block:
+        """Draft one block at the end of the draft's sequence (after every block in flight)
+        and send it with its premise."""
+        t_start = now()
+        start = len(query.draft.tokens)
+        drafts = draft_tokens(query.draft, min(decision[0], query.remaining - 1), query.decoding,
+                              query.rng, query.eos_id, query.codec,
+                              query.request.confidence_floor)
+        # another block may follow this one on its premise: room for one draft and the token
+        # after it, and the premise (all kept) leaves the sequence open
+        follows = query.remaining >= 2 and not (drafts.ids and drafts.ids[-1] == query.eos_id)
+        premise = {"epoch": query.epoch, "start": start, "ahead_follows": follows}
+        message = draft_message(query.session, query.next_seq(), query.codec, drafts,
+                                query.catch_up_fields(), query.catch_up_arrays(), premise)
+        t_sent = now()
+        bytes_up = self.channel.send(message)
+        query.caught_up()
+        return Block(message, drafts, start, premise, decision, ahead, t_start, t_sent, bytes_up)
+
+    def _block_verdict(self, query: SpeculationQuery, block: Block) -> bool:
+        """Receive the verdict on ``block``, commit it, record the block; whether its premise
+        still holds for the blocks after it (kept whole, the bonus deferred)."""
+        reply, _, bytes_down = self.channel.recv()
+        query.t_last = now()
+        self._check(reply, block.message, "verdict")
+        if reply.seq != block.message.seq:
+            raise ProtocolError(f"expected the verdict on message {block.message.seq}, got "
+                                f"one on {reply.seq}")
+        drafts = block.drafts
+        verdict, target_row = read_verdict(reply, drafts.sampled_rows.shape[1])
+        verdict = settle_verdict(query.draft, block.start, drafts, verdict, target_row,
+                                 query.rng, query.eos_id)
+        if reply.fields["residual"]:   # the cloud hears of the edge's correction next
+            query.caught_up(correction=verdict.next_token)
+        query.finished = query.eos = verdict.finished
+        cloud_s = reply.fields["compute_s"]
+        query.cloud_compute_s += cloud_s
+        network_s = query.t_last - block.t_sent - cloud_s
+        self._cycle(query, block.decision, block.t_start, dict(
+            k=len(drafts.ids), accepted=verdict.accepted,
+            tokens=verdict.accepted + (verdict.next_token is not None),
+            rtt_ms=math.nan if block.ahead else network_s * 1000.0, bytes_up=block.bytes_up,
+            bytes_down=bytes_down, t_draft=block.t_draft, t_verify=cloud_s,
+            t_network=network_s, ahead=block.ahead))
+        return verdict.bonus_deferred(len(drafts.ids))
 
     def _speculation_cycle(self, query: SpeculationQuery, k: int) -> dict:
         """Draft ``k`` tokens, have the cloud verify them, commit its verdict."""
@@ -289,7 +403,7 @@ class EdgeAgent:
         sent: dict = {}
 
         def verify(drafts: Drafts) -> tuple[Verdict, np.ndarray | None]:
-            message = draft_message(query.session, len(query.cycles) + 1, query.codec, drafts,
+            message = draft_message(query.session, query.next_seq(), query.codec, drafts,
                                     query.catch_up_fields(), query.catch_up_arrays())
             sent["reply"], sent["up"], sent["down"], sent["at"], query.t_last = self._exchange(
                 message, "verdict")
@@ -312,7 +426,7 @@ class EdgeAgent:
 
     def _cloud_stretch(self, query: SpeculationQuery, tokens: int) -> dict:
         """K = 0: the cloud decodes ``tokens`` tokens and streams them; one round trip."""
-        message = Message("decode", query.session, len(query.cycles) + 1,
+        message = Message("decode", query.session, query.next_seq(),
                           {"tokens": tokens, **query.catch_up_fields()}, query.catch_up_arrays())
         t_send = now()
         bytes_up = self.channel.send(message)
@@ -354,10 +468,33 @@ class EdgeAgent:
                     served_by="edge", nasd_cutoff=True)
 
 
+@dataclass(frozen=True)
+class Block:
+    """A draft-ahead block in flight: its message and drafts, where on the draft's sequence
+    it starts, its ``premise`` (``epoch``: the verdicts so far that did not keep their block
+    whole with the bonus deferred; ``start``; ``ahead_follows``), the policy's decision it
+    drafted, whether it was sent ``ahead`` (before the verdict on the block before it), and
+    its clocks and size."""
+
+    message: Message
+    drafts: Drafts
+    start: int
+    premise: dict
+    decision: tuple[int, float | None]
+    ahead: bool
+    t_start: float
+    t_sent: float
+    bytes_up: int
+
+    @property
+    def t_draft(self) -> float:
+        return self.t_sent - self.t_start
+
+
 class SpeculationQuery:
     """One query under a speculative strategy, on the edge: the draft's sequence, what the
-    cloud has yet to hear (a q-scalar correction, tokens the draft served alone), the cycles
-    so far and the query's clocks."""
+    cloud has yet to hear (a q-scalar correction, tokens the draft served alone), the
+    draft-ahead epoch, the cycles so far and the query's clocks."""
 
     def __init__(self, request: QueryRequest, session: str, prompt_ids: list[int],
                  models: HostModels, policy: KPolicy) -> None:
@@ -369,6 +506,8 @@ class SpeculationQuery:
         self.eos_id = models.draft.eos_id
         self.draft = TokenSequence(models.draft, prompt_ids, request.sampling)
         self.cycles: list[CycleRecord] = []
+        self.seq = 0                         # data messages sent after the open
+        self.epoch = 0                       # draft-ahead: as the cloud counts it (cloud.py)
         self.correction: int | None = None   # the edge's q-scalar correction, not yet sent
         self.served: list[int] = []          # cutoff tokens, not yet sent
         self.finished = self.eos = False
@@ -378,7 +517,12 @@ class SpeculationQuery:
 
     @property
     def remaining(self) -> int:
+        """Tokens the budget leaves after the draft's sequence (blocks in flight included)."""
         return self.request.max_new_tokens - len(self.draft.generated)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
 
     def catch_up_fields(self) -> dict:
         return {} if self.correction is None else {"correction": self.correction}
@@ -394,11 +538,15 @@ class SpeculationQuery:
         cycles = self.cycles
         record = agent._record(self.request, self.prompt_ids, self.draft.generated,
                                self.t_submit, self.t_first, self.t_last, self.eos)
+        verified = [c for c in cycles if c.served_by != "dropped"]
         record.cycles = len(cycles)
-        record.drafted = sum(c.k for c in cycles)
-        record.accepted = sum(c.accepted for c in cycles)
-        record.rejections = sum(1 for c in cycles if c.accepted < c.k)
-        record.bytes_up = sum(c.bytes_up for c in cycles)
+        record.drafted = sum(c.k for c in verified)
+        record.accepted = sum(c.accepted for c in verified)
+        record.rejections = sum(1 for c in verified if c.accepted < c.k)
+        record.ahead_blocks_kept = sum(1 for c in verified if c.ahead)
+        record.ahead_blocks_dropped = len(cycles) - len(verified)
+        record.ahead_drafts_dropped = sum(c.k for c in cycles if c.served_by == "dropped")
+        record.bytes_up = sum(c.bytes_up for c in cycles)   # dropped blocks crossed too
         record.bytes_down = open_bytes_down + sum(c.bytes_down for c in cycles)
         record.cloud_compute_s = opened.fields["compute_s"] + self.cloud_compute_s
         record.cloud_first_s = opened.fields["compute_s"]

@@ -6,7 +6,8 @@ the summary (DESIGN.md section 5).  Times are seconds unless the name says
 
 A record names its strategy run twice: structured, as ``strategy`` (the
 strategy's name: ``fixed-k``, ``nasd``, ...) and, on a query, the run's ``k``
-(None where the strategy has no fixed one); and as ``label`` (``fixed-k5``),
+(None where the strategy has no fixed one) and ``draft_ahead`` depth; and as
+``label`` (``fixed-k5``, ``fixed-k5+ahead1``),
 which tells the runs of one job apart and is what tables show.  Code decides
 on the structured fields and groups by the label; it never parses a label.
 """
@@ -38,7 +39,14 @@ class CycleRecord:
     # "speculation"; or a stretch served without drafts (k = 0): "cloud" (handed off, the
     # rtt_ms of its first token; as a query's cycle 1 it rode on the open, its round trip in
     # the TTFT), "edge" (the edge-only cutoff: unverified, rtt_ms NaN)
+    # "dropped" (draft-ahead): a block sent ahead whose premise a verdict broke before the
+    # cloud reached it; the cloud dropped it unverified (accepted = tokens = 0, rtt_ms NaN,
+    # t_cycle until the edge knew; its bytes_up crossed the link all the same)
     served_by: str = "speculation"
+    # draft-ahead: sent before the verdict on the block before it, on the premise that that
+    # one is kept whole; its rtt_ms is NaN (send to receive holds its wait behind the blocks
+    # before it, t_network keeps it)
+    ahead: bool = False
     nasd_cutoff: bool = False  # served_by == "edge": tokens the target never saw
     nasd_rtt_estimate_ms: float | None = None  # the RTT the controller chose K on (nasd only)
 
@@ -59,6 +67,7 @@ class QueryRecord:
     e2e_s: float
     tokens_per_s: float    # (n_tokens - 1) / (t_last - t_first): excludes prefill
     decode_s: float        # t_last - t_first
+    draft_ahead: int = 0   # the run's draft-ahead depth (fixed-k, nasd; 0: none)
     cycles: int = 0
     drafted: int = 0
     accepted: int = 0
@@ -71,6 +80,9 @@ class QueryRecord:
     edge_first_s: float = 0.0    # edge-only: the forward of the first token (prefill included)
     handoff_tokens: int = 0      # nasd: tokens of stretches the cloud decoded (K = 0)
     cutoff_tokens: int = 0       # nasd: tokens of stretches the draft served alone (lossy)
+    ahead_blocks_kept: int = 0     # draft-ahead: blocks sent ahead and verified
+    ahead_blocks_dropped: int = 0  # draft-ahead: blocks sent ahead and dropped unverified
+    ahead_drafts_dropped: int = 0  # draft-ahead: the drafts of the dropped blocks
     nasd_cutoff_triggered: bool = False
     # the query's cycles in order, under the seed proposal's names (cycles.jsonl has them
     # whole): the policy's K (0: a stretch), the RTT estimate it chose K on (nasd; None for

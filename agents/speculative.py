@@ -1,8 +1,11 @@
 """The steps of a speculation cycle, shared by the edge (fixed-K, NASD) and the
 cloud (``cloud-spec`` and verifying edge drafts): pick a token, draft K
 tokens through a payload codec, verify them against the target, commit the
-verdict on a sequence; plain decoding (``decode_plainly``: the cloud's streams
-and hand-offs, edge-only and the edge's cutoff stretches); and
+verdict on a sequence (``settle_verdict``: the draft side's half, the q-scalar
+correction included; a verdict that kept its whole block and deferred the bonus
+to a block drafted ahead leaves the sequence as it is); plain decoding
+(``decode_plainly``: the cloud's streams and hand-offs, edge-only and the
+edge's cutoff stretches); and
 ``generate_locally``, the whole decoding loop when both models are in one
 process (the cloud's ``generate``, the pair trainer's acceptance measurement).
 """
@@ -87,13 +90,18 @@ class Verification:
 
 
 def verify_drafts(target: TokenSequence, payload: DraftPayload, decoding: Decoding,
-                  rng: np.random.Generator, eos_id: int | None) -> Verification:
+                  rng: np.random.Generator, eos_id: int | None,
+                  bonus: bool = True) -> Verification:
     """Score the drafts with the target, verify them, and commit on ``target``.
 
     With a payload that carries only q_i(d_i) (``q-scalar``), a rejection
     leaves the correction to the edge: the verdict has no next token, the
     target row comes back in ``residual_row``, and the edge's choice arrives
-    with its next message (``apply_correction``).
+    with its next message (the cloud's ``_caught_up``).  ``bonus=False``
+    (draft-ahead: a block drafted on the premise that this one is kept whole
+    follows): keeping every draft commits no bonus; the next block's first
+    draft is tested against the target row after them, which ``target`` keeps
+    (``TokenSequence.score_last``).
     """
     draft_ids = [int(t) for t in payload.ids]
     committed_length = len(target.tokens)
@@ -101,17 +109,19 @@ def verify_drafts(target: TokenSequence, payload: DraftPayload, decoding: Decodi
     target_rows = target.score_last(len(draft_ids))
     residual_row = None
     if decoding == "greedy":
-        verdict = verify_greedy(payload.ids, target_rows, eos_id)
+        verdict = verify_greedy(payload.ids, target_rows, eos_id, bonus)
     elif payload.rows is not None:
-        verdict = verify_sampling(payload.ids, payload.rows, target_rows, rng, eos_id)
+        verdict = verify_sampling(payload.ids, payload.rows, target_rows, rng, eos_id, bonus)
     else:
         accepted, ended = accept_drafts(payload.ids, payload.token_probs, target_rows, rng, eos_id)
         if ended or accepted < len(draft_ids):
             verdict = Verdict(accepted, None, ended)
             residual_row = None if ended else target_rows[accepted]
+        elif not bonus:
+            verdict = Verdict(accepted, None, False)
         else:
-            bonus = sample_token(target_rows[accepted], rng)
-            verdict = Verdict(accepted, bonus, bonus == eos_id)
+            token = sample_token(target_rows[accepted], rng)
+            verdict = Verdict(accepted, token, token == eos_id)
     apply_verdict(target, committed_length, verdict)
     return Verification(verdict, residual_row)
 
@@ -134,11 +144,25 @@ def speculation_step(draft: TokenSequence, k: int, decoding: Decoding, rng: np.r
     committed_length = len(draft.tokens)
     drafts = draft_tokens(draft, k, decoding, rng, eos_id, codec, confidence_floor)
     verdict, target_row = verify(drafts)
+    return drafts, settle_verdict(draft, committed_length, drafts, verdict, target_row, rng,
+                                  eos_id)
+
+
+def settle_verdict(draft: TokenSequence, committed_length: int, drafts: Drafts, verdict: Verdict,
+                   target_row: np.ndarray | None, rng: np.random.Generator,
+                   eos_id: int | None) -> Verdict:
+    """The draft side's half of a verdict on ``drafts`` (drafted on ``draft`` from
+    ``committed_length`` on): sample the correction from ``target_row`` where the codec left
+    it to this side (q-scalar), then commit (``apply_verdict``: keep the accepted drafts,
+    drop everything after them, add the correction or bonus).  A verdict that kept the whole
+    block with its bonus deferred (``Verdict.bonus_deferred``) leaves ``draft`` as it is: the
+    blocks drafted ahead on it stay.  Returns the verdict with the correction in it."""
     if target_row is not None:
         token = sample_correction(target_row, drafts.sampled_rows[verdict.accepted], rng)
         verdict = Verdict(verdict.accepted, token, verdict.finished or token == eos_id)
-    apply_verdict(draft, committed_length, verdict)
-    return drafts, verdict
+    if not verdict.bonus_deferred(len(drafts.ids)):
+        apply_verdict(draft, committed_length, verdict)
+    return verdict
 
 
 def sample_correction(target_row: np.ndarray, sampled_row: np.ndarray,

@@ -8,7 +8,11 @@ them (the correction on a rejection, the bonus when every draft is kept).
 
 ``verify_sampling`` keeps the committed tokens distributed exactly as the
 target would have sampled them (Leviathan et al. 2023, Chen et al. 2023);
-``verify_greedy`` is its temperature-0 form.  Vocabularies of different width
+``verify_greedy`` is its temperature-0 form.  With ``bonus=False`` (draft-ahead: the
+draft side has already sent the next block, drafted on the premise that every draft of this
+one is kept) a block kept whole gets no bonus token: the first draft of the next block takes
+its place and is tested against the same target row, so every committed token is still an
+accepted draft or a target sample.  Vocabularies of different width
 (a draft and a target with slightly different embedding tables) are handled by
 treating the missing tail of the narrower one as zero probability.
 
@@ -29,8 +33,9 @@ class Verdict:
     ``accepted`` drafted tokens are kept (0..k).  ``next_token`` is the
     target's token after them: the correction on a rejection, the bonus when
     all k drafts were kept, and None when an accepted draft was EOS (the
-    sequence ends there).  ``finished`` is True when the committed tokens end
-    with EOS.
+    sequence ends there) or when all k were kept and the bonus was deferred to
+    the next block (``bonus_deferred``).  ``finished`` is True when the
+    committed tokens end with EOS.
     """
 
     accepted: int
@@ -43,6 +48,11 @@ class Verdict:
         if self.next_token is not None:
             tokens.append(self.next_token)
         return tokens
+
+    def bonus_deferred(self, drafted: int) -> bool:
+        """Whether this verdict on ``drafted`` drafts kept them all and committed nothing after
+        them: the premise of a block drafted ahead on this one holds (draft-ahead)."""
+        return self.accepted == drafted and self.next_token is None and not self.finished
 
 
 def pad_to_width(rows: np.ndarray, width: int) -> np.ndarray:
@@ -106,14 +116,15 @@ def residual_distribution(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def verify_greedy(
-    draft_ids: np.ndarray, target_probs: np.ndarray, eos_id: int | None
+    draft_ids: np.ndarray, target_probs: np.ndarray, eos_id: int | None, bonus: bool = True
 ) -> Verdict:
     """Greedy verification: keep drafts while each equals the target's argmax.
 
     ``target_probs`` has shape (k+1, V): row i is the target's next-token
     distribution before draft i, row k the one after all drafts.  Logits work
     as well, since only the argmax is used.  A draft id beyond V has zero
-    target probability and is therefore rejected.
+    target probability and is therefore rejected.  ``bonus=False``: all k kept
+    commit no bonus (it is deferred to the next block).
     """
     draft_ids = _validated_draft_ids(draft_ids)
     k = draft_ids.size
@@ -125,8 +136,10 @@ def verify_greedy(
             return Verdict(position, correction, correction == eos_id)
         if token == eos_id:
             return Verdict(position + 1, None, True)
-    bonus = int(target_choices[k])
-    return Verdict(k, bonus, bonus == eos_id)
+    if not bonus:
+        return Verdict(k, None, False)
+    bonus_token = int(target_choices[k])
+    return Verdict(k, bonus_token, bonus_token == eos_id)
 
 
 def accept_drafts(
@@ -166,6 +179,7 @@ def verify_sampling(
     target_probs: np.ndarray,
     rng: np.random.Generator,
     eos_id: int | None,
+    bonus: bool = True,
 ) -> Verdict:
     """Lossless speculative sampling (rejection sampling against the target).
 
@@ -174,8 +188,8 @@ def verify_sampling(
     ``verify_greedy``.  Draft i is kept with probability min(1, p_i(d)/q_i(d));
     the first rejection is replaced by a sample from the residual
     normalize(max(0, p_i - q_i)); if all k are kept a bonus is sampled from
-    p_k.  An accepted EOS ends the sequence: nothing after it is tested or
-    sampled.
+    p_k (with ``bonus=False``, none: it is deferred to the next block).  An
+    accepted EOS ends the sequence: nothing after it is tested or sampled.
     """
     draft_ids = _validated_draft_ids(draft_ids)
     k = draft_ids.size
@@ -194,8 +208,10 @@ def verify_sampling(
         correction = sample_token(
             residual_distribution(target_probs[accepted], draft_probs[accepted]), rng)
         return Verdict(accepted, correction, correction == eos_id)
-    bonus = sample_token(target_probs[k], rng)
-    return Verdict(k, bonus, bonus == eos_id)
+    if not bonus:
+        return Verdict(k, None, False)
+    bonus_token = sample_token(target_probs[k], rng)
+    return Verdict(k, bonus_token, bonus_token == eos_id)
 
 
 def _validated_draft_ids(draft_ids) -> np.ndarray:

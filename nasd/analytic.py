@@ -15,7 +15,8 @@ and the stretches a controller serves without speculating once it stops
 paying: handed to the cloud to decode (one round trip, then streamed tokens,
 ``stretch_throughput``), or, with the edge-only cutoff, decoded by the draft
 alone; ``stretch_tokens`` sizes a stretch so its one round trip stays a small
-share of it.
+share of it; and draft-ahead, blocks pipelined on the premise that the block
+before each is kept whole (``pipelined_throughput``, below).
 
 Model: draft i of a cycle (position i = 1..K in the block) is accepted with
 probability a_i given that drafts 1..i-1 were (``Acceptance``: one rate for
@@ -23,6 +24,15 @@ every position is the i.i.d. process); a cycle stops at the first rejection,
 so it accepts at least j drafts with probability S_j = a_1 a_2 ... a_j
 (``acceptance_survival``, the one place the law is evaluated) and commits
 the accepted drafts plus one target token.
+
+Draft-ahead of depth D: the edge keeps up to D + 1 blocks of k drafts in
+flight, each drafted on the premise that every block before it is kept whole;
+a block kept whole commits no bonus (the next block's first draft takes its
+place), so an epoch (from a corrected context to the next verdict that does
+not keep its block whole) commits its blocks' drafts up to the first rejection
+plus the correction: (E[tau(k)] - S_k) / (1 - S_k) tokens
+(``pipelined_tokens_per_epoch``; 1 / (1 - a) for i.i.d. a, whatever k), and
+lasts until the edge holds that verdict (``pipelined_notice_times``).
 
 Pure: no I/O, no clocks.
 """
@@ -265,6 +275,93 @@ def query_decode_time_s(acceptance: Acceptance, k: int, new_tokens: int,
         after = expected[remaining - 1 - np.arange(depth + 1)]   # j accepted: j + 1 committed
         expected[remaining] = cycle_time_s(depth) + accepted_distribution(acceptance, depth) @ after
     return float(expected[new_tokens])
+
+
+def pipelined_tokens_per_epoch(acceptance: Acceptance, k: int) -> float:
+    """Draft-ahead: expected tokens committed from a corrected context up to and including
+    the next correction, blocks of ``k`` drafts each kept whole with probability S_k and a
+    kept block's bonus deferred to the next block: sum over blocks j of S_k^j (A + 1 - S_k),
+    A = S_1 + ... + S_k the expected accepted drafts of a block, that is
+    (E[tau(k)] - S_k) / (1 - S_k); infinite when S_k = 1."""
+    if k < 1:
+        raise ValueError(f"draft-ahead blocks need k >= 1, got {k}")
+    whole = float(acceptance_survival(acceptance, k)[-1])
+    if whole >= 1.0:
+        return math.inf
+    return (expected_tokens_per_cycle(acceptance, k) - whole) / (1.0 - whole)
+
+
+def pipelined_notice_times(block_draft_s: float, verify_s: float, rtt_s: float, depth: int,
+                           blocks: int) -> np.ndarray:
+    """Draft-ahead: r_0..r_{blocks-1}, the instants (from an epoch's start) the edge holds the
+    verdicts of the epoch's blocks, all kept whole, each block taking ``block_draft_s`` to
+    draft and ``verify_s`` at the cloud, ``rtt_s`` the round trip (transfers included).
+
+    The edge drafts and sends blocks 0..D back to back (block j sent at s_j = (j + 1) d),
+    then waits for the oldest verdict; on holding verdict j it drafts and sends block
+    j + D + 1 (at r_j + d) and waits for verdict j + 1.  The cloud verifies one block at a
+    time, in order: it finishes block j at g_j = max(s_j, g_(j-1)) + c on a clock shifted
+    by the uplink's delay, and the verdict reaches the edge at v_j = g_j + RTT.  The edge
+    holds it at r_0 = max(v_0, (D + 1) d), r_(j+1) = max(v_(j+1), r_j + d).
+
+    While D + 1 blocks do not cover a round trip, (D + 1) max(d, c) <= d + c + RTT, this is
+    r_(m(D+1)+i) = d + c + RTT + i max(d, c) + m (d + c + RTT): D + 1 verdicts a max(d, c)
+    apart, a round trip per D + 1 blocks.
+    """
+    _check_non_negative(block_draft_s=block_draft_s, verify_s=verify_s, rtt_s=rtt_s)
+    if depth < 0 or blocks < 0:
+        raise ValueError(f"need depth >= 0 and blocks >= 0, got {depth}, {blocks}")
+    sent, held = np.zeros(blocks), np.zeros(blocks)
+    finished = 0.0
+    for j in range(blocks):
+        sent[j] = (j + 1) * block_draft_s if j <= depth \
+            else held[j - depth - 1] + block_draft_s
+        finished = max(sent[j], finished) + verify_s
+        ready = (depth + 1) * block_draft_s if j == 0 else held[j - 1] + block_draft_s
+        held[j] = max(finished + rtt_s, ready)
+    return held
+
+
+def pipelined_throughput(acceptance: Acceptance, k: int, depth: int, times: ComputeTimes,
+                         rtt_s: float, transmit_up_s: float = 0.0,
+                         transmit_down_s: float = 0.0) -> float:
+    """Expected tokens/s of fixed-k speculation with draft-ahead of depth ``depth`` (0: none,
+    the plain E[tau] / T_dist): tokens per epoch (``pipelined_tokens_per_epoch``) over the
+    epoch's expected length, sum_j S_k^j (1 - S_k) r_j with r_j the instant the edge holds
+    block j's verdict (``pipelined_notice_times``; the transfers count in the round trip).
+    The sum runs over the verdict times computed for the first blocks and continues them
+    periodically (D + 1 blocks per period, as the recursion settles to) in closed form.
+    In the regime where D + 1 blocks do not cover a round trip (``pipelined_notice_times``),
+    with L = D + 1, d = k t_draft, c = t_verify(k), delta = max(d, c), P = d + c + RTT and
+    S = S_k, this is the closed form
+
+        E[epoch] = (1 - S) / (1 - S^L) * sum_{i<L} S^i (P + i delta) + P S^L / (1 - S^L):
+
+    a round trip P per L blocks kept whole.  With i.i.d. acceptance a an epoch commits
+    1 / (1 - a) tokens whatever k and D, the bound plain fixed K approaches as K grows, so
+    what draft-ahead gains is time: blocks short enough to draft and verify fast, a round
+    trip per D + 1 of them rather than per block.
+    """
+    if depth == 0:
+        return throughput_tokens_per_s(acceptance, k, cycle_time_distributed_s(
+            k, times, rtt_s, transmit_up_s, transmit_down_s))
+    _check_non_negative(transmit_up_s=transmit_up_s, transmit_down_s=transmit_down_s)
+    period = depth + 1
+    whole = float(acceptance_survival(acceptance, k)[-1])
+    first = 4 * period   # blocks summed term by term; beyond them, period by period
+    held = pipelined_notice_times(k * times.draft_token_s, times.verify_time_s(k),
+                                  rtt_s + transmit_up_s + transmit_down_s, depth,
+                                  first + period + 1)
+    step = held[first + period] - held[first]     # one period's length, settled
+    if whole >= 1.0:
+        return k * period / step
+    weights = whole ** np.arange(first) * (1.0 - whole)
+    tail_weights = whole ** np.arange(period)
+    repeat = whole ** period
+    tail = (1.0 - whole) * whole ** first * (
+        tail_weights @ held[first:first + period] / (1.0 - repeat)
+        + tail_weights.sum() * step * repeat / (1.0 - repeat) ** 2)
+    return pipelined_tokens_per_epoch(acceptance, k) / (weights @ held[:first] + tail)
 
 
 def crossover_rtt_s(

@@ -13,7 +13,8 @@ accepted each position, shrunk toward the pooled rate where a position has few
 observations, by an empirical-Bayes weight: as much as the rates' spread
 across positions calls for (``nasd.analytic.acceptance_by_position_from_counts``).
 It keeps the RTT estimate as an EWMA in time of each cycle's network time minus its
-modeled transmission.  The edge measures a cycle's network time as
+modeled transmission (not of a block sent ahead under draft-ahead, whose network time
+holds its wait behind the blocks before it).  The edge measures a cycle's network time as
 send-to-receive minus the cloud's compute, which holds the RTT and both
 transfers together.
 Seconds per byte is the slope of the change in network time against the
@@ -41,8 +42,8 @@ import numpy as np
 
 from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from_counts,
                            acceptance_from_counts, decode_time_quantiles_s,
-                           distributed_throughputs, optimal_k, position_counts,
-                           stretch_throughput, stretch_tokens)
+                           distributed_throughputs, optimal_k, pipelined_throughput,
+                           position_counts, stretch_throughput, stretch_tokens)
 
 
 class Cycle(Protocol):
@@ -58,6 +59,7 @@ class Cycle(Protocol):
     bytes_up: int
     bytes_down: int
     served_by: str      # "speculation"; a stretch without drafts: "cloud" (K = 0) or "edge"
+    ahead: bool         # draft-ahead: sent before the verdict on the block before it
 
 
 @dataclass(frozen=True)
@@ -85,21 +87,29 @@ class Calibration:
     def transmit_s(self, k: int) -> float:
         return self.seconds_per_byte * (self.bytes_up(k) + self.bytes_down(k))
 
-    def throughputs(self, rtt_s: float, depths: Sequence[int]) -> np.ndarray:
-        """Expected tokens/s of each K of ``depths`` on a link with this RTT."""
-        return distributed_throughputs(self.acceptance, self.times, rtt_s, depths,
-                                       self.transmit_s)
+    def throughputs(self, rtt_s: float, depths: Sequence[int], ahead: int = 0) -> np.ndarray:
+        """Expected tokens/s of each K of ``depths`` on a link with this RTT, with draft-ahead
+        of depth ``ahead`` (``nasd.analytic.pipelined_throughput``; 0: none)."""
+        if not ahead:
+            return distributed_throughputs(self.acceptance, self.times, rtt_s, depths,
+                                           self.transmit_s)
+        return np.array([pipelined_throughput(self.acceptance, k, ahead, self.times, rtt_s,
+                                              self.transmit_s(k)) for k in depths])
 
     def tail_throughputs(self, rtt_s: float, rtt_variance_s2: float, depths: Sequence[int],
                          tokens: int, quantile: float) -> np.ndarray:
         """Each K's tokens/s at the ``quantile`` of the time to commit ``tokens`` tokens
-        (``nasd.analytic.decode_time_quantiles_s``): larger is better, as for the mean."""
+        (``nasd.analytic.decode_time_quantiles_s``; no draft-ahead): larger is better, as
+        for the mean."""
         return tokens / decode_time_quantiles_s(self.acceptance, self.times, rtt_s,
                                                 rtt_variance_s2, depths, tokens, quantile,
                                                 self.transmit_s)
 
-    def best_k(self, rtt_s: float, k_min: int, k_max: int) -> int:
-        return optimal_k(self.acceptance, self.times, rtt_s, k_max, self.transmit_s, k_min)
+    def best_k(self, rtt_s: float, k_min: int, k_max: int, ahead: int = 0) -> int:
+        if not ahead:
+            return optimal_k(self.acceptance, self.times, rtt_s, k_max, self.transmit_s, k_min)
+        depths = range(k_min, k_max + 1)
+        return depths[int(np.argmax(self.throughputs(rtt_s, depths, ahead)))]
 
     def cloud_stretch(self, rtt_s: float, rtt_share: float, max_s: float) -> Stretch:
         """A stretch handed to the cloud: its one round trip ``rtt_share`` of it, at most
@@ -273,6 +283,9 @@ class StageEstimator:
         self.fewest_positions = min(self.fewest_positions or cycle.k + 1, cycle.k + 1)
         self.bytes_up.add(cycle.k, cycle.bytes_up)
         self.bytes_down.add(cycle.k, cycle.bytes_down)
+        if cycle.ahead:   # its network time holds its wait behind the blocks before it
+            self.last = None
+            return
         carried = cycle.bytes_up + cycle.bytes_down
         if self.last is not None:
             self.network.add(carried - self.last[0], cycle.t_network - self.last[1])

@@ -154,6 +154,12 @@ class NasdController(AdaptiveK):
 
     ``table``: K is the table's speculative K (``spec_k``) at the RTT decided on, not the
     argmax on the calibration; stretches are weighed on the calibration as without one.
+
+    ``draft_ahead``: the edge pipelines blocks that deep (``agents.edge``), so K is the argmax
+    of the pipelined throughput (``nasd.analytic.pipelined_throughput``), and so is the
+    speculation a stretch must beat; K is chosen as each block is drafted, up to
+    ``draft_ahead`` blocks before the verdicts in flight are seen.  Not with a table (built
+    for speculation without draft-ahead).
     """
 
     name = "nasd"
@@ -165,14 +171,20 @@ class NasdController(AdaptiveK):
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
                  rtt_share: float = 0.1, stretch_max_s: float = 1.0, probe_every: int = 8,
                  evidence_cycles: int = 10, rtt_estimate: str = EWMA, objective: str = MEAN,
-                 objective_tokens: int = 64, table: RttTable | None = None) -> None:
+                 objective_tokens: int = 64, table: RttTable | None = None,
+                 draft_ahead: int = 0) -> None:
         super().__init__(k_min, k_max)
+        if draft_ahead and table is not None:
+            raise ValueError("an RTT -> K table plans without draft-ahead")
+        self.draft_ahead = draft_ahead
         self.rtt_percentile = percentile_of(rtt_estimate, EWMA)
         tail = percentile_of(objective, MEAN)
         self.tail_quantile = None if tail is None else tail / 100.0
         if self.tail_quantile is not None and table is not None:
             raise ValueError("an RTT -> K table holds the mean objective's K: it cannot serve "
                              f"the {objective} objective")
+        if self.tail_quantile is not None and draft_ahead:
+            raise ValueError(f"the {objective} objective is modelled without draft-ahead")
         if objective_tokens < 1:
             raise ValueError(f"objective_tokens must be at least 1, got {objective_tokens}")
         self.objective_tokens = objective_tokens
@@ -243,7 +255,7 @@ class NasdController(AdaptiveK):
         tail percentile of a query's decode time."""
         depths = range(self.k_min, self.k_max + 1)
         if self.tail_quantile is None:
-            return plan.throughputs(rtt_s, depths)
+            return plan.throughputs(rtt_s, depths, self.draft_ahead)
         return plan.tail_throughputs(rtt_s, self.estimator.rtt_variance_s2(), depths,
                                      self.objective_tokens, self.tail_quantile)
 
@@ -260,7 +272,8 @@ class NasdController(AdaptiveK):
                            else rates.tolist(),
                            seconds_per_byte=min(plan.seconds_per_byte,
                                                 self.estimator.network.lower()))
-        return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1)).max())
+        return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1),
+                                      self.draft_ahead).max())
 
     def observe(self, cycle: Cycle) -> None:
         self.speculated += cycle.served_by == "speculation"
@@ -317,20 +330,25 @@ def make_policy(name: str, k: int | None = None, k_min: int = DEFAULT_K_MIN,
                 k_max: int = DEFAULT_K_MAX, edge_only_cutoff: bool = False,
                 table: RttTable | None = None, calibration: Calibration | None = None,
                 rtt_estimate: str = EWMA, objective: str = MEAN,
-                objective_tokens: int = 64) -> KPolicy:
+                objective_tokens: int = 64, draft_ahead: int = 0) -> KPolicy:
     """The policy a strategy names: ``fixed-k`` with its ``k``, the others within
     [k_min, k_max]; ``nasd`` may serve stretches without speculating (with the edge-only
     cutoff if asked), plans with an RTT -> K ``table`` and from a starting ``calibration``
     where given, on the ``rtt_estimate`` and for the ``objective`` (over a query of
-    ``objective_tokens``) asked for; no other policy takes those."""
+    ``objective_tokens``) asked for, no other policy taking those; and ``nasd`` plans for
+    the edge's ``draft_ahead`` depth (fixed-k's K stays what it is; no other policy drafts
+    ahead)."""
     if name == NasdController.name:
         return NasdController(k_min=k_min, k_max=k_max, edge_only_cutoff=edge_only_cutoff,
                               calibration=calibration, table=table, rtt_estimate=rtt_estimate,
-                              objective=objective, objective_tokens=objective_tokens)
+                              objective=objective, objective_tokens=objective_tokens,
+                              draft_ahead=draft_ahead)
     if edge_only_cutoff or table is not None or calibration is not None \
             or rtt_estimate != EWMA or objective != MEAN:
         raise ValueError(f"only nasd takes a table, a calibration, the edge-only cutoff, an "
                          f"RTT estimate or an objective, not {name}")
+    if draft_ahead and name != FixedK.name:
+        raise ValueError(f"only fixed-k and nasd draft ahead, not {name}")
     if name == FixedK.name:
         if k is None:
             raise ValueError("fixed-k needs a K")

@@ -23,7 +23,7 @@ from agents.control import AgentError
 from agents.protocol import ProtocolError
 from agents.sampling import Decoding
 from orchestrator import interrupts
-from orchestrator.config.job import ALL_STRATEGIES
+from orchestrator.config.job import ALL_STRATEGIES, MAX_DRAFT_AHEAD
 from orchestrator.config.loading import ConfigError, available, load_job, load_profile
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle import vm
@@ -150,6 +150,10 @@ def cli() -> None:
 @click.option("--nasd-objective",
               help="nasd: what K optimises: mean (expected tokens/s), or a percentile of a "
                    "query's decode time such as p95 [default: the job's, mean].")
+@click.option("--draft-ahead", type=click.IntRange(0, MAX_DRAFT_AHEAD),
+              help="fixed-k, nasd: while a verdict is in flight, draft and send up to N further "
+                   "blocks, each on the premise that the blocks before it are kept whole "
+                   "(lossless; labels gain +aheadN) [default: the job's, 0: none].")
 @click.option("--nasd-rtt-table", "nasd_rtt_table_path",
               type=click.Path(dir_okay=False, path_type=str),
               help="nasd: an RTT -> K table (CSV from `orchestrator calibrate`); K is the "
@@ -180,7 +184,7 @@ def cli() -> None:
 @click.pass_context
 def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, nasd_k_min,
                 nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_estimate,
-                nasd_objective, nasd_rtt_table_path, nasd_calibration_path,
+                nasd_objective, draft_ahead, nasd_rtt_table_path, nasd_calibration_path,
                 decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
                 max_queries, repetitions, seed, rtt_ms, results_root) -> None:
     """Run a job's strategies on one network profile and summarize them.
@@ -197,6 +201,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "nasd_edge_only_cutoff": nasd_edge_only_cutoff,
         "nasd_confidence_floor": nasd_confidence_floor,
         "nasd_rtt_estimate": nasd_rtt_estimate, "nasd_objective": nasd_objective,
+        "draft_ahead": draft_ahead,
         "nasd_rtt_table_path": nasd_rtt_table_path, "nasd_calibration_path": nasd_calibration_path,
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,

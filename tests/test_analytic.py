@@ -17,6 +17,9 @@ from nasd.analytic import (
     distributed_throughputs,
     expected_tokens_per_cycle,
     optimal_k,
+    pipelined_notice_times,
+    pipelined_throughput,
+    pipelined_tokens_per_epoch,
     position_counts,
     position_rates,
     query_decode_time_s,
@@ -323,3 +326,83 @@ def test_the_tail_prefers_steadier_cycles_and_jitter_pushes_back_to_longer_ones(
     assert tail_k[0.0] < tail_k[0.2] <= mean_k
     with pytest.raises(ValueError, match="quantile"):
         decode_time_quantiles_s(0.7, TIMES, 0.2, 0.0, depths, 64, 1.0)
+
+
+# ---- draft-ahead: pipelined blocks -------------------------------------------------------
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_an_iid_epoch_commits_one_over_one_minus_a_whatever_k(k):
+    assert pipelined_tokens_per_epoch(0.7, k) == pytest.approx(1 / 0.3)
+    assert pipelined_tokens_per_epoch(1.0, k) == math.inf
+
+
+def test_an_epoch_of_a_falling_profile_matches_monte_carlo():
+    """Blocks of k drafts, each drafted from position 1 of the profile, until the first
+    rejection: its accepted drafts and the correction."""
+    profile, k, epochs = (0.9, 0.8, 0.6), 3, 20_000
+    rng = np.random.default_rng(3)
+    rates = np.array(profile)
+    tokens = np.zeros(epochs)
+    for epoch in range(epochs):
+        while True:
+            accepted = int(np.cumprod(rng.random(k) < rates).sum())
+            tokens[epoch] += accepted
+            if accepted < k:
+                tokens[epoch] += 1
+                break
+    error = tokens.std() / math.sqrt(epochs)
+    assert abs(tokens.mean() - pipelined_tokens_per_epoch(profile, k)) < 4 * error
+
+
+def test_pipelined_throughput_at_depth_zero_is_the_plain_cycle():
+    for k in (1, 4, 9):
+        plain = throughput_tokens_per_s(0.7, k, cycle_time_distributed_s(k, TIMES, 0.1, 0.001))
+        assert pipelined_throughput(0.7, k, 0, TIMES, 0.1, 0.001) == plain
+
+
+@pytest.mark.parametrize("k, depth, rtt_s", [(3, 1, 0.1), (5, 2, 0.2), (2, 3, 0.3)])
+def test_while_the_window_does_not_cover_a_round_trip_verdicts_come_a_period_apart(k, depth,
+                                                                                  rtt_s):
+    d, c = k * TIMES.draft_token_s, TIMES.verify_time_s(k)
+    period, spacing = d + c + rtt_s, max(d, c)
+    assert (depth + 1) * spacing <= period
+    held = pipelined_notice_times(d, c, rtt_s, depth, 5 * (depth + 1))
+    expected = [period + (j % (depth + 1)) * spacing + (j // (depth + 1)) * period
+                for j in range(len(held))]
+    assert held == pytest.approx(expected)
+
+
+def test_a_deep_window_streams_at_the_slower_of_drafting_and_verifying():
+    d, c = 0.012, 0.031
+    held = pipelined_notice_times(d, c, 0.05, 20, 60)
+    assert np.diff(held[25:]) == pytest.approx(np.full(34, c))
+    held = pipelined_notice_times(0.05, c, 0.05, 20, 60)   # drafting is the slower
+    assert np.diff(held) == pytest.approx(np.full(59, 0.05))
+
+
+@pytest.mark.parametrize("acceptance, k, depth", [(0.7, 3, 1), (0.9, 2, 2), (0.97, 1, 4)])
+def test_pipelined_throughput_matches_simulated_epochs(acceptance, k, depth):
+    """Epochs drawn block by block (each kept whole with probability a^k), each lasting until
+    the edge holds its last verdict: tokens over time, against the closed form and its
+    periodic tail."""
+    rtt_s = 0.1
+    held = pipelined_notice_times(k * TIMES.draft_token_s, TIMES.verify_time_s(k), rtt_s, depth,
+                                  2000)
+    rng = np.random.default_rng(k)
+    most = int(np.ceil(np.log(1e-7) / np.log(acceptance ** k)))   # blocks an epoch may reach
+    tests = rng.random((20_000, most * k)) < acceptance            # the epochs' drafts in order
+    accepted = np.cumprod(tests, axis=1).sum(axis=1)               # before the first rejection
+    blocks = accepted // k                                         # kept whole
+    tokens, seconds = (accepted + 1).sum(), held[blocks].sum()
+    assert tokens / seconds == pytest.approx(
+        pipelined_throughput(acceptance, k, depth, TIMES, rtt_s), rel=0.02)
+
+
+def test_draft_ahead_gains_most_where_acceptance_is_high():
+    """At RTT 100 ms: the best pipelined K over the best plain K, D = 2."""
+    def gain(acceptance):
+        plain = max(throughput_tokens_per_s(acceptance, k, cycle_time_distributed_s(
+            k, TIMES, 0.1)) for k in range(1, 16))
+        return max(pipelined_throughput(acceptance, k, 2, TIMES, 0.1) for k in range(1, 16)) \
+            / plain
+    assert 1.0 < gain(0.7) < gain(0.9)

@@ -192,6 +192,10 @@ BAD_INPUT = {
                            ["--decoding sampling --codec ids", "draft probabilities"]),
     "profile-typo": (None, ["run", "--profile", "4gg"], ["did you mean '4g'?", "wifi",
                                                           "orchestrator profiles"]),
+    "flags-ahead-bandit": (None, ["run", "--strategy", "bandit", "--draft-ahead", "1"],
+                           ["--strategy bandit --draft-ahead 1", "only fixed-k and nasd"]),
+    "job-ahead-hf": (("ahead.yaml", "strategies: [cloud-only, hf-heuristic]\ndraft_ahead: 2\n"),
+                     ["run", "--job", "FILE"], ["draft_ahead", "not hf-heuristic", "FILE"]),
 }
 
 
@@ -300,8 +304,8 @@ def test_run_help_lists_its_options(help_and_listing):
     result = help_and_listing["run"]
     assert result.returncode == 0 and result.stderr == ""
     for option in ("--profile", "--mode", "--job", "--model-pair", "--strategy", "--k",
-                   "--decoding", "--max-new-tokens", "--queries", "--repetitions", "--seed",
-                   "--rtt-ms", "--results"):
+                   "--draft-ahead", "--decoding", "--max-new-tokens", "--queries",
+                   "--repetitions", "--seed", "--rtt-ms", "--results"):
         assert option in result.stdout, option
 
 

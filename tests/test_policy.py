@@ -42,6 +42,7 @@ class Cycle:
     bytes_up: int
     bytes_down: int
     served_by: str = "speculation"
+    ahead: bool = False
 
 
 def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Generator,
@@ -416,6 +417,10 @@ def test_the_rtt_estimate_and_objective_are_named_once_and_only_nasd_takes_them(
         JobConfig(nasd_rtt_estimate="p900")
     with pytest.raises(ValidationError, match="mean objective"):
         JobConfig(nasd_objective="p95", nasd_rtt_table_path="table.csv")
+    with pytest.raises(ValueError, match="without draft-ahead"):
+        NasdController(1, 15, objective="p95", draft_ahead=1)
+    with pytest.raises(ValidationError, match="without draft-ahead"):
+        JobConfig(strategies=["nasd"], draft_ahead=1, nasd_objective="p95")
 
 
 @pytest.mark.parametrize("rtt_s", [0.005, 0.020])
@@ -428,3 +433,29 @@ def test_jitter_does_not_fake_a_slow_link_that_hands_the_query_to_the_cloud(rtt_
     for seed in range(12):
         ks = drive(NasdController(1, 15), IDS, [rtt_s] * 400, seed=seed, jitter_s=0.003)
         assert HAND_OFF not in ks, (seed, ks.index(HAND_OFF))
+
+
+# --------------------------------------------------------------------------- draft-ahead
+
+
+def test_under_draft_ahead_nasd_plans_on_the_pipelined_throughput():
+    """The argmax of ``nasd.analytic.pipelined_throughput`` (shorter blocks than the plain
+    argmax: an epoch commits 1 / (1 - a) tokens whatever K), and no RTT learned from a block
+    sent ahead (its network time holds its wait behind the blocks before it)."""
+    truth = Calibration(0.9, TIMES)
+    plain = NasdController(calibration=truth, learn=False, hand_off=False)
+    ahead = NasdController(calibration=truth, learn=False, hand_off=False, draft_ahead=2)
+    for policy in (plain, ahead):
+        policy.observe(Cycle(5, 5, 6, 0.02, 0.03, 0.1, 0.15, 60, 40))
+    plain_k, ahead_k = plain.next_k(), ahead.next_k()
+    assert plain_k == truth.best_k(0.1, 1, 15) and ahead_k == truth.best_k(0.1, 1, 15, ahead=2)
+    assert ahead_k < plain_k
+    assert truth.throughputs(0.1, [ahead_k], 2)[0] > truth.throughputs(0.1, [plain_k])[0]
+    rtt = ahead.estimator.rtt_s
+    ahead.observe(Cycle(5, 5, 5, 0.02, 0.03, 0.4, 0.45, 60, 40, ahead=True))
+    assert ahead.estimator.rtt_s == rtt
+    made = make_policy("nasd", draft_ahead=2, calibration=truth)
+    assert isinstance(made, NasdController) and made.draft_ahead == 2
+    with pytest.raises(ValueError, match="only fixed-k and nasd"):
+        make_policy("bandit", draft_ahead=1)
+    assert make_policy("fixed-k", k=4, draft_ahead=2).next_k() == 4

@@ -7,7 +7,10 @@ says: greedy verification reads ids alone, so what they add is their own
 encoding, and full rows cost a vocabulary per position in sim time),
 cloud-only equals transformers' own greedy ``generate``, and the target's
 accuracy survives speculation while edge-only's is the draft's; so does the
-output of the adaptive K policies (nasd, hf-heuristic, bandit).
+output of the adaptive K policies (nasd, hf-heuristic, bandit), and of
+draft-ahead (the transformers path of the deferred bonus: the target row kept
+from the block before, the KV cache rolled back over dropped blocks, answers
+that end on EOS inside a pipelined block).
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ CODEC_PLAN = {"ids": (PROMPTS, K_VALUES), "q-scalar": (6, K_VALUES), "topk": (6,
 
 
 def run_codec(codec: str, strategies: list[str], root, prompts: int = PROMPTS,
-              k_values=K_VALUES):
+              k_values=K_VALUES, draft_ahead: int = 0):
     spec = RunSpec.load("default", "rtt000-bw100", "sim", job_overrides={
         "model_pair": "tiny-arith", "prompts": "arith", "max_queries": prompts,
         "strategies": strategies, "k_values": list(k_values), "decoding": "greedy",
-        "codec": codec, "max_new_tokens": 32})
+        "codec": codec, "max_new_tokens": 32, "draft_ahead": draft_ahead})
     folder, summary = run(spec, root, Console(file=io.StringIO()))
     queries = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
     return spec, summary.set_index("label"), queries
@@ -100,3 +103,16 @@ def test_adaptive_k_policies_are_token_identical_to_cloud_only(tmp_path):
         outputs = {q["query_id"]: q["output_ids"] for q in queries if q["strategy"] == strategy}
         assert outputs == reference, strategy
         assert summary.loc[strategy, "accuracy"] == summary.loc["cloud-only", "accuracy"]
+
+
+@pytest.mark.parametrize("codec, depth", [("ids", 1), ("q-scalar", 2)])
+def test_draft_ahead_is_token_identical_to_cloud_only(codec, depth, tmp_path):
+    _, summary, queries = run_codec(codec, ["cloud-only", "fixed-k", "nasd"], tmp_path,
+                                    prompts=5, k_values=(1, 4), draft_ahead=depth)
+    for label in ("fixed-k1", "fixed-k4", "nasd"):
+        row = summary.loc[f"{label}+ahead{depth}"]
+        assert row["lossless"] == 1.0 and row["draft_ahead"] == depth, label
+    ahead = [q for q in queries if q["draft_ahead"]]
+    assert sum(q["ahead_blocks_kept"] for q in ahead) > 0
+    assert sum(q["ahead_blocks_dropped"] for q in ahead) > 0
+    assert any(q["finished_by_eos"] for q in ahead)

@@ -150,3 +150,19 @@ def test_a_rate_ratio_interval_holds_the_ratio_and_resamples_each_group_alone():
     low, high = rate_ratio_interval(fast, np.ones(30), slow, np.ones(40))
     assert low < fast.mean() / slow.mean() < high and 1.7 < low and high < 2.3
     assert np.isnan(rate_ratio_interval([1], [1], [1, 2], [1, 1])[0])
+
+
+def test_a_paired_rate_ratio_interval_cancels_what_the_rows_share():
+    """Rows whose rates swing together (one prompt easy for both strategies, another hard):
+    the paired interval is far tighter than resampling each group alone, and holds the
+    ratio."""
+    rng = np.random.default_rng(2)
+    seconds = rng.uniform(0.5, 3.0, 20)
+    tokens = 100.0 * np.ones(20)
+    faster = seconds / 1.1 * rng.normal(1.0, 0.01, 20)
+    alone = rate_ratio_interval(tokens, faster, tokens, seconds)
+    paired = rate_ratio_interval(tokens, faster, tokens, seconds, paired=True)
+    assert paired[0] < 1.1 < paired[1] and alone[0] < paired[0] and paired[1] < alone[1]
+    assert paired[1] - paired[0] < 0.2 * (alone[1] - alone[0])
+    with pytest.raises(ValueError, match="as many rows"):
+        rate_ratio_interval(tokens, seconds, tokens[:5], seconds[:5], paired=True)

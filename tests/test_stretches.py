@@ -1,5 +1,5 @@
 """The stretches NASD serves without drafting, through the real edge and cloud agents in
-one process (ZeroMQ over inproc, the cloud in a thread): a stretch handed to the cloud
+one process (``tests.inproc_agents``): a stretch handed to the cloud
 (K = 0: on the ``open`` before the first draft, or mid-query with ``decode``) keeps the
 output the target's; a stretch the draft serves alone (the edge-only cutoff) reaches the
 cloud before it verifies anything after it, so the target continues from the very tokens
@@ -8,24 +8,18 @@ NASD itself chooses is tests/test_policy.py's."""
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
-import zmq
 
 from agents.backends import build_models
 from agents.backends.base import TokenSequence
 from agents.backends.synthetic import SyntheticPairConfig
-from agents.cloud import CloudAgent
-from agents.edge import EdgeAgent, QueryRequest
-from agents.protocol import Channel, ReceiveTimeout
+from agents.edge import QueryRequest
 from agents.sampling import SamplingConfig
 from agents.speculative import decode_plainly
 from nasd.estimator import Stretch
 from nasd.policy import HAND_OFF, KPolicy
-from shaping.clock import now
+from tests.inproc_agents import edge_and_cloud
 
 PAIR = SyntheticPairConfig(acceptance=0.7, latency={
     side: {"base_ms": 0.0, "per_token_ms": 0.0}
@@ -52,39 +46,8 @@ class Scripted(KPolicy):
         self.observed.append(cycle)
 
 
-@contextmanager
-def edge_and_cloud(policy: KPolicy):
-    """An edge agent whose every strategy run uses ``policy``, served by a cloud agent."""
-    context = zmq.Context()
-    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
-    router.bind("inproc://stretches")
-    dealer.connect("inproc://stretches")
-    cloud = CloudAgent(build_models(PAIR, "cloud"), Channel(router, receive_timeout_s=5.0))
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                message, peer, _ = cloud.channel.recv(timeout_s=0.05)
-            except ReceiveTimeout:
-                continue
-            cloud.handle(message, peer, now())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield EdgeAgent(build_models(PAIR, "edge"), Channel(dealer, receive_timeout_s=5.0),
-                        policy_for=lambda *_, **__: policy)
-    finally:
-        stop.set()
-        thread.join(timeout=5.0)
-        router.close(linger=0)
-        dealer.close(linger=0)
-        context.term()
-
-
 def run(policy: KPolicy, codec: str = "ids", confidence_floor: float = 0.0):
-    with edge_and_cloud(policy) as edge:
+    with edge_and_cloud(PAIR, lambda *_, **__: policy) as (edge, _):
         return edge.run_query(QueryRequest(strategy="nasd", label="nasd", query_id="q",
                                            prompt=PROMPT, max_new_tokens=MAX_NEW_TOKENS,
                                            sampling=GREEDY, codec=codec,

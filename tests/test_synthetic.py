@@ -205,8 +205,8 @@ def test_prefill_then_next_probs_feeds_only_unprocessed_tokens(model):
     seq.prefill()
     assert seq.model_session.processed == 4
     assert model.fed == [[5, 6, 7, 8]]
-    with pytest.raises(RuntimeError):
-        seq.next_probs()                          # nothing pending
+    kept = seq.next_probs()                       # nothing pending: the prefill's row, kept
+    assert model.fed == [[5, 6, 7, 8]] and np.array_equal(kept, model.row((6, 7, 8)))
     seq.extend([9])
     row = seq.next_probs()
     assert model.fed[-1] == [9]
@@ -266,9 +266,23 @@ def test_score_last_needs_enough_pending_tokens(model):
     seq = TokenSequence(model, [1, 2], PLAIN)
     seq.prefill()
     seq.extend([3, 4])
-    with pytest.raises(RuntimeError, match="need 3"):
-        seq.score_last(2)
+    with pytest.raises(RuntimeError, match="need 4"):
+        seq.score_last(3)
     assert seq.model_session.processed == 2       # nothing was fed
+    # the row before 3 is the prefill's, kept (draft-ahead's deferred bonus): only 3, 4 fed
+    rows = seq.score_last(2)
+    assert model.fed[-1] == [3, 4]
+    assert np.array_equal(rows, np.stack([model.row(c) for c in ((1, 2), (1, 2, 3), (2, 3, 4))]))
+
+
+def test_nothing_pending_and_no_kept_row_is_an_error(model):
+    seq = TokenSequence(model, [1, 2, 3], PLAIN)
+    seq.prefill()
+    seq.extend([4])
+    seq.next_probs()
+    seq.rewind(3)                                 # processed 4 -> 3: the row after 4 is dropped
+    with pytest.raises(RuntimeError, match="every token is processed"):
+        seq.next_probs()
 
 
 def test_empty_prompt_is_rejected(model):

@@ -18,8 +18,8 @@ import pandas as pd
 from agents.backends import ModelPairConfig
 from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from_counts,
                            cloud_only_throughput, crossover_rtt_s, cycle_time_distributed_s,
-                           cycle_time_local_s, expected_tokens_per_cycle, position_counts,
-                           query_decode_time_s)
+                           cycle_time_local_s, expected_tokens_per_cycle, pipelined_throughput,
+                           position_counts, query_decode_time_s)
 from nasd.policy import POLICY_NAMES
 from shaping.link_model import transmit_s
 from shaping.profile import LinkState
@@ -62,7 +62,8 @@ def plain_step_s(queries: pd.DataFrame, strategy: str, side: str) -> float | Non
 
 def speculation_cycles(cycles: pd.DataFrame) -> pd.DataFrame:
     """The cycles that drafted and verified: not the stretches a controller served without
-    drafts (``served_by`` cloud or edge; folders from before stretches have none)."""
+    drafts (``served_by`` cloud or edge; folders from before stretches have none), nor the
+    draft-ahead blocks dropped unverified (``dropped``)."""
     if "served_by" not in cycles:
         return cycles
     return cycles[cycles["served_by"] == "speculation"]
@@ -119,7 +120,8 @@ def cycle_time_s(strategy: str, times: HostTimes, link: LinkState, bytes_up: flo
 def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: Acceptance,
                            times: HostTimes, link: LinkState,
                            bytes_up: float = 0.0, bytes_down: float = 0.0,
-                           stretches: Sequence[tuple[str, int, int]] = ()) -> float:
+                           stretches: Sequence[tuple[str, int, int]] = (),
+                           draft_ahead: int = 0) -> float:
     """Decode rate (tokens/s after the first token) of one strategy.
 
     ``ks`` are the draft lengths of the cycles (the run's own where it
@@ -129,11 +131,22 @@ def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: Accepta
     controller served without drafts: the cloud's (one RTT, then its decoding
     steps; no RTT for a query's cycle 1, which rode on the open) and the
     edge's (the draft's steps).
+
+    With ``draft_ahead`` (blocks pipelined that deep) a cycle is no longer the
+    unit of time: the rate is the steady state of pipelined blocks of the K
+    most of the run's blocks drafted (``nasd.analytic.pipelined_throughput``),
+    stretches aside; a short query's last blocks, drafted fewer to fit its
+    budget, are not modeled.
     """
     if strategy == "edge-only":
         return 1.0 / times.edge_only_step_s()
     if strategy == "cloud-only":
         return cloud_only_throughput(times.cloud)
+    if draft_ahead and strategy in POLICY_NAMES and len(ks):
+        up, down = transmit_s(link.uplink, bytes_up), transmit_s(link.downlink, bytes_down)
+        k = int(pd.Series(ks).mode().max())
+        return pipelined_throughput(acceptance, k, draft_ahead, times.edge,
+                                    link.rtt_ms / 1000.0, up, down)
     cycle_s = cycle_time_s(strategy, times, link, bytes_up, bytes_down)
 
     def stretch_s(served_by: str, n: int, cycle: int) -> float:

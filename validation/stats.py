@@ -139,18 +139,25 @@ def ratio_interval(numerators: Sequence[float], denominators: Sequence[float],
 def rate_ratio_interval(numerators_a: Sequence[float], denominators_a: Sequence[float],
                         numerators_b: Sequence[float], denominators_b: Sequence[float],
                         confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
-                        seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+                        seed: int = BOOTSTRAP_SEED, paired: bool = False) -> tuple[float, float]:
     """Interval of one aggregate rate over another, (sum num_a / sum den_a) / (sum num_b /
     sum den_b), such as one strategy's tokens/s over another's: each group's rows resampled
-    on their own (percentile bootstrap, deterministic for a seed)."""
+    on their own (percentile bootstrap, deterministic for a seed); with ``paired``, row i of
+    one group and row i of the other are one unit, resampled together (the same prompt and
+    repetition under two strategies: where both meet the same text, as greedy decoding on a
+    pair whose acceptance the text decides, what the prompts share cancels out)."""
     groups = [(np.asarray(top, dtype=np.float64), np.asarray(bottom, dtype=np.float64))
               for top, bottom in ((numerators_a, denominators_a), (numerators_b, denominators_b))]
     if any(top.size < MIN_ROWS or top.shape != bottom.shape for top, bottom in groups):
         return NO_INTERVAL
+    if paired and groups[0][0].shape != groups[1][0].shape:
+        raise ValueError("paired rows need as many rows in each group")
     rng = np.random.default_rng(seed)
     rates = []
+    shared = rng.integers(0, groups[0][0].size, size=(resamples, groups[0][0].size)) \
+        if paired else None
     for top, bottom in groups:
-        draws = rng.integers(0, top.size, size=(resamples, top.size))
+        draws = shared if paired else rng.integers(0, top.size, size=(resamples, top.size))
         with np.errstate(divide="ignore", invalid="ignore"):
             rates.append(top[draws].sum(axis=1) / bottom[draws].sum(axis=1))
     with np.errstate(divide="ignore", invalid="ignore"):

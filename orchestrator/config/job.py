@@ -3,7 +3,8 @@
 ``JobConfig`` is the validated job file; ``plan`` expands it into the
 strategy runs (one per strategy, one per K for ``fixed-k``; the adaptive K
 policies ``nasd``, ``hf-heuristic`` and ``bandit`` choose K within
-[``nasd_k_min``, ``nasd_k_max``]).  Its optional
+[``nasd_k_min``, ``nasd_k_max``]; ``fixed-k`` and ``nasd`` draft ahead by the
+job's ``draft_ahead``, the baselines run as they are beside them).  Its optional
 ``network`` section (``NetworkSpace``) is what ``orchestrator sweep`` expands
 into cells: named profiles and grids of RTT x bandwidth x jitter x loss,
 each crossed with the payload codecs to compare.
@@ -17,9 +18,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.codecs import get_codec
-from agents.edge import STRATEGY_NAMES, StrategyName
+from agents.edge import AHEAD_STRATEGIES, MAX_DRAFT_AHEAD, STRATEGY_NAMES, StrategyName
 from agents.sampling import SamplingConfig
-from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, percentile_of
+from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, POLICY_NAMES, percentile_of
 from shaping.profile import JitterDistribution
 
 ALL_STRATEGIES: tuple[StrategyName, ...] = STRATEGY_NAMES
@@ -101,6 +102,10 @@ class JobConfig(SamplingConfig):
     nasd_calibration_path: str | None = Field(default=None, description="nasd: a calibration "
                                               "file (`orchestrator calibrate`) the controller "
                                               "starts from, before it has learned its own")
+    draft_ahead: int = Field(default=0, ge=0, le=MAX_DRAFT_AHEAD, description="fixed-k, "
+                             "nasd: while a verdict is in flight, draft and send up to this "
+                             "many further blocks, each on the premise that the blocks before "
+                             "it are kept whole (lossless; 0: none)")
     codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
     max_new_tokens: int = Field(default=64, gt=0, le=4096)
     repetitions: int = Field(default=1, gt=0)
@@ -146,6 +151,22 @@ class JobConfig(SamplingConfig):
         return self
 
     @model_validator(mode="after")
+    def _ahead_strategies(self) -> "JobConfig":
+        if self.draft_ahead:
+            others = [s for s in self.strategies if s in POLICY_NAMES and s not in AHEAD_STRATEGIES]
+            if others:
+                raise ValueError(f"draft_ahead: only {' and '.join(AHEAD_STRATEGIES)} draft "
+                                 f"ahead, not {', '.join(others)}")
+            if self.nasd_rtt_table_path and "nasd" in self.strategies:
+                raise ValueError("draft_ahead: an RTT -> K table (nasd_rtt_table_path) plans "
+                                 "without draft-ahead; nasd draft-ahead plans on its own")
+            if self.nasd_objective != MEAN and "nasd" in self.strategies:
+                raise ValueError(f"draft_ahead: nasd_objective {self.nasd_objective!r} is "
+                                 "modelled without draft-ahead; nasd draft-ahead plans for "
+                                 "the mean")
+        return self
+
+    @model_validator(mode="after")
     def _codec_fits_decoding(self) -> "JobConfig":
         codecs = ([self.codec] if self.codec else []) + (
             self.network.codecs + [c for grid in self.network.grids for c in grid.codecs]
@@ -170,17 +191,24 @@ class JobConfig(SamplingConfig):
 class StrategyRun:
     strategy: StrategyName
     k: int | None   # fixed-k, cloud-spec: the K of every cycle; None: no K, or an adaptive one
+    draft_ahead: int = 0   # fixed-k, nasd: blocks in flight beyond the oldest (0: none)
 
     @property
     def label(self) -> str:
-        return f"fixed-k{self.k}" if self.strategy == "fixed-k" else self.strategy
+        """For display and grouping only (``fixed-k5``, ``nasd+ahead2``): code decides on the
+        fields."""
+        name = f"fixed-k{self.k}" if self.strategy == "fixed-k" else self.strategy
+        return f"{name}+ahead{self.draft_ahead}" if self.draft_ahead else name
 
 
 def plan(job: JobConfig) -> list[StrategyRun]:
     runs = []
+    ahead = job.draft_ahead
     for strategy in job.strategies:
         if strategy == "fixed-k":
-            runs += [StrategyRun("fixed-k", k) for k in job.k_values]
+            runs += [StrategyRun("fixed-k", k, ahead) for k in job.k_values]
+        elif strategy == "nasd":
+            runs.append(StrategyRun("nasd", None, ahead))
         elif strategy == "cloud-spec":
             runs.append(StrategyRun("cloud-spec", job.cloud_spec_k))
         else:

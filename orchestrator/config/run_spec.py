@@ -80,6 +80,7 @@ class RunSpec:
                 "rtt_estimate": self.job.nasd_rtt_estimate, "objective": self.job.nasd_objective,
                 "objective_tokens": self.job.max_new_tokens}
         return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
+                             draft_ahead=run.draft_ahead,
                              k_min=self.job.nasd_k_min, k_max=self.job.nasd_k_max,
                              **(nasd if run.strategy == "nasd" else {}),
                              query_id=prompt.id, repetition=repetition, prompt=prompt.prompt,

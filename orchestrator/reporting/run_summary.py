@@ -136,11 +136,14 @@ def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.Data
     speculated = speculation_cycles(own)
     ks = speculated["k"].tolist() if len(own) else [run.k]
     stretched = own.drop(speculated.index)
+    stretched = stretched[stretched["served_by"] != "dropped"] if "served_by" in stretched \
+        else stretched
     return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec, speculated), times,
                                   link, *_cycle_bytes(row),
                                   stretches=list(zip(stretched.get("served_by", []),
                                                      stretched.get("tokens", []),
-                                                     stretched.get("cycle", []))))
+                                                     stretched.get("cycle", []))),
+                                  draft_ahead=run.draft_ahead)
 
 
 def _own_cycles(label: str, cycles: pd.DataFrame) -> pd.DataFrame:

@@ -162,6 +162,10 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
         if len(own_cycles):     # stretches too: a hand-off's first token measures the RTT
             _with_percentiles(row, "rtt_ms", own_cycles["rtt_ms"].dropna())
             row["network_ratio"] = own_cycles["t_network"].sum() / own_cycles["t_cycle"].sum()
+        if group.get("draft_ahead", pd.Series([0])).max() > 0:
+            row["draft_ahead"] = int(group["draft_ahead"].max())
+            for field in ("ahead_blocks_kept", "ahead_blocks_dropped", "ahead_drafts_dropped"):
+                row[field] = int(group[field].sum())
         if "handoff_tokens" in group and row["strategy"] == NasdController.name:
             row["handoff_share"] = group["handoff_tokens"].sum() / tokens if tokens else np.nan
             row["cutoff_share"] = group["cutoff_tokens"].sum() / tokens if tokens else np.nan
