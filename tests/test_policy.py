@@ -13,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from nasd.analytic import ComputeTimes, crossover_rtt_s, decode_time_quantiles_s, position_rates
-from nasd.estimator import Calibration, DecayedLine, Line, StageEstimator, Stretch
+from nasd.estimator import (Calibration, DecayedLine, Line, RobustSlope, StageEstimator,
+                            Stretch)
 from nasd.policy import (HAND_OFF, POLICY_NAMES, Bandit, FixedK, HFHeuristic, KPolicy,
                          NasdController, make_policy, percentile_of)
 from nasd.table import build_table
@@ -323,6 +324,20 @@ def test_a_line_is_trusted_only_when_its_slope_stands_out_of_the_noise():
     for x in range(1, 13):
         few.add(float(x), 2.0 * x + rng.normal(0, 0.1))
         assert (few.fit().slope > 0) == (x >= 10), x
+
+
+def test_the_link_speed_is_learned_from_steps_of_many_bytes_only():
+    """Steps of a few bytes (an id payload's K, a header's varint) against 3 ms of jitter say
+    nothing of a link's speed; steps of a row (2 KB a draft at 10 Mbit/s) do."""
+    rng = np.random.default_rng(5)
+    small, rows = RobustSlope(), RobustSlope()
+    for _ in range(64):
+        step = float(rng.choice([-8, -4, -1, 1, 4, 8]))
+        small.add(step, rng.normal(0.0, 0.003) + 0.001 * step)    # a "slope" of 1 ms per byte
+        row_step = float(rng.choice([-2, -1, 1, 2])) * 2048
+        rows.add(row_step, rng.normal(0.0, 0.003) + 8e-7 * row_step)
+    assert len(small.points) == 0 and small.slope() == small.lower() == 0.0
+    assert rows.slope() == pytest.approx(8e-7, rel=0.5) and 0 < rows.lower() < rows.slope()
 
 
 # --------------------------------------------------------------------------- bandit
