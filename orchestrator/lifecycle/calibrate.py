@@ -297,7 +297,7 @@ def acceptance(cycles: list[CycleSample]) -> Acceptance:
 def host() -> dict[str, str]:
     """What the figures were measured on."""
     described = {"node": platform.node(), "machine": platform.machine(),
-                 "processor": platform.processor() or platform.machine(),
+                 "processor": cpu_model() or platform.processor() or platform.machine(),
                  "python": platform.python_version()}
     for package in ("numpy", "torch", "transformers"):
         try:
@@ -305,3 +305,15 @@ def host() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return described
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), where ``platform`` says only the
+    architecture."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None

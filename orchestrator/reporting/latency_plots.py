@@ -1,0 +1,102 @@
+"""The latency model's figures: predicted against measured per stage, and the transfer
+error against the number of calibration samples.
+
+Drawn with matplotlib's object API (``Figure`` through the Agg canvas: no pyplot, no global
+state), from what ``nasd.latency.models.evaluate`` and ``nasd.latency.transfer.
+curve_summary`` return.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+DPI = 100
+MODEL_STYLE = {"roofline": ("o", "tab:blue"), "linear": ("s", "tab:orange"),
+               "forest": ("^", "tab:green")}
+METHOD_STYLE = {"none": ("k", ":"), "A": ("tab:blue", "-"), "B": ("tab:orange", "--"),
+                "C": ("tab:green", "-.")}
+
+
+def plot_predicted_vs_measured(predictions: dict[str, pd.DataFrame], report: dict,
+                               path: Path, title: str = "") -> Path:
+    """One panel per stage: each model's held-out prediction against the measured median
+    (log-log), the roofline bound beneath, the diagonal and its +-5 % band."""
+    stages = list(predictions)
+    figure = Figure(figsize=(4.2 * len(stages), 4.4), dpi=DPI, layout="constrained")
+    for axes, stage in zip(figure.subplots(1, len(stages), squeeze=False)[0], stages):
+        rows = predictions[stage]
+        measured = rows["seconds"].to_numpy() * 1e3
+        for name, (marker, colour) in MODEL_STYLE.items():
+            mape = report[stage]["models"][name]["mape_pct"]
+            axes.scatter(measured, rows[name] * 1e3, s=9, marker=marker, color=colour,
+                         alpha=0.55, label=f"{name} ({mape:.1f} %)")
+        axes.scatter(measured, rows["bound"] * 1e3, s=6, marker=".", color="grey",
+                     label="roofline bound")
+        low, high = measured.min() / 1.5, measured.max() * 1.5
+        line = np.geomspace(low, high, 50)
+        axes.plot(line, line, color="black", linewidth=0.8)
+        axes.fill_between(line, line * 0.95, line * 1.05, color="black", alpha=0.08)
+        axes.set(xscale="log", yscale="log", xlim=(low, high), title=stage,
+                 xlabel="measured (ms, median of repeats)", ylabel="predicted (ms)")
+        axes.legend(fontsize=7, loc="upper left")
+    if title:
+        figure.suptitle(title)
+    figure.savefig(path)
+    return path
+
+
+def plot_transfer(summary: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """MAPE and the 95th percentile of the absolute error against N, for every method (the
+    mean over draws; ``none`` as a flat line), over all stages' rows."""
+    rows = summary[summary["stage"] == "all"]
+    ns = sorted(n for n in rows["n"].unique() if n > 0)
+    figure = Figure(figsize=(10, 4.2), dpi=DPI, layout="constrained")
+    panels = figure.subplots(1, 2)
+    for axes, column, label in ((panels[0], "mape_pct", "MAPE (%)"),
+                                (panels[1], "p95_abs_s", "P95 absolute error (ms)")):
+        scale = 1e3 if column == "p95_abs_s" else 1.0
+        for method, (colour, style) in METHOD_STYLE.items():
+            own = rows[rows["method"] == method].sort_values("n")
+            if own.empty:
+                continue
+            if method == "none":
+                axes.plot(ns, [own[column].iloc[0] * scale] * len(ns), color=colour,
+                          linestyle=style, label="none (source as is)")
+            else:
+                axes.plot(own["n"], own[column] * scale, color=colour, linestyle=style,
+                          marker="o", label=method)
+        if column == "mape_pct":
+            for goal_n, goal in ((10, 10.0), (50, 5.0)):
+                axes.scatter([goal_n], [goal], marker="_", s=300, color="red")
+            axes.set_yscale("log")
+        axes.set(xlabel="target samples used to recalibrate (N)", ylabel=label, xticks=ns)
+        axes.legend(fontsize=8)
+    figure.suptitle(title or "recalibration error on held-out target samples "
+                    "(red: the goals)")
+    figure.savefig(path)
+    return path
+
+
+def plot_transfer_by_stage(summary: pd.DataFrame, path: Path) -> Path:
+    """MAPE against N per stage, one panel each."""
+    stages = [s for s in summary["stage"].unique() if s != "all"]
+    ns = sorted(n for n in summary["n"].unique() if n > 0)
+    figure = Figure(figsize=(3.6 * len(stages), 3.6), dpi=DPI, layout="constrained")
+    for axes, stage in zip(figure.subplots(1, len(stages), squeeze=False)[0], stages):
+        rows = summary[summary["stage"] == stage]
+        for method, (colour, style) in METHOD_STYLE.items():
+            own = rows[rows["method"] == method].sort_values("n")
+            if own.empty:
+                continue
+            values = ([own["mape_pct"].iloc[0]] * len(ns) if method == "none"
+                      else own["mape_pct"].tolist())
+            axes.plot(ns, values, color=colour, linestyle=style,
+                      marker=None if method == "none" else "o", label=method)
+        axes.set(title=stage, xlabel="N", ylabel="MAPE (%)", yscale="log", xticks=ns)
+        axes.legend(fontsize=7)
+    figure.savefig(path)
+    return path
