@@ -9,7 +9,9 @@ asks of the latency model, and writes them beside the tables (JSON and PNG):
   bound above a measured time; goal: none); goal MAPE <= 5 % for draft_token and verify;
 - transfer from the source table's hardware to the target's (another dtype or thread count
   of this CPU): MAPE and P95 absolute error against N for none, A, B, C on held-out target
-  samples; goal MAPE <= 10 % at N = 10 and <= 5 % at N = 50.
+  samples; goal MAPE <= 10 % at N = 10 and <= 5 % at N = 50;
+- the budget guardrail on the held-out predictions: violation and false-reject rates at
+  budget fractions 0.5, 0.7, 0.85, 1.0 with and without it; goal violations <= 2 % at 0.85.
 
     .venv/bin/python benchmarks/latency_model.py [--source float32-t1] [--target bfloat16-t1]
         [--device dev-epyc-2c] [--draws 20] [--holdout 60]
@@ -51,6 +53,26 @@ def print_heldout(name: str, report: dict) -> None:
         print(f"goal <= 5 % for {stage}: best {best[0]} {best[1]['mape_pct']:.1f}% ({verdict})")
 
 
+def print_guardrail(guard: dict) -> None:
+    print(f"\n-- guardrail ({guard['model']}, {guard['coverage']:.0%} conformal intervals from "
+          f"{guard['calibration_samples']} held-out samples; {guard['candidates']} candidates on "
+          f"{guard['judged_samples']} others; budget = the f-quantile of their measured s/token) --")
+    print(f"{'fraction':>8s} {'budget':>10s}  {'violations':>21s}  {'false rejects':>21s}  "
+          f"{'measure':>7s}")
+    print(f"{'':8s} {'':10s}  {'guarded':>10s} {'unguarded':>10s}  {'guarded':>10s} "
+          f"{'unguarded':>10s}")
+    for row in guard["fractions"]:
+        g, u = row["guarded"], row["unguarded"]
+        print(f"{row['fraction']:8.2f} {row['budget_s_per_token'] * 1e3:7.2f} ms  "
+              f"{100 * g['violation_rate']:9.1f}% {100 * u['violation_rate']:9.1f}%  "
+              f"{100 * g['false_reject_rate']:9.1f}% {100 * u['false_reject_rate']:9.1f}%  "
+              f"{100 * g['measured'] / g['candidates']:6.1f}%")
+    at = next(row for row in guard["fractions"] if row["fraction"] == 0.85)
+    verdict = "meets" if at["guarded"]["violation_rate"] <= 0.02 else "misses"
+    print(f"goal violations <= 2 % at 0.85 with the guardrail: "
+          f"{100 * at['guarded']['violation_rate']:.1f}% ({verdict})")
+
+
 def print_transfer(result: dict) -> None:
     print(f"\n== transfer {result['source']['campaign']} -> {result['target']['campaign']}: "
           f"{len(result['held_out_samples'])} held-out target samples, mean of "
@@ -86,7 +108,9 @@ def main() -> None:
     tables = {name: load_latency_table(MEASURED / f"{name}.csv")
               for name in (args.source, args.target)}
     for name, table in tables.items():
-        print_heldout(name, fit_report(table, device, MEASURED / name))
+        report = fit_report(table, device, MEASURED / name)
+        print_heldout(name, report)
+        print_guardrail(report["guardrail"])
     result = transfer_report(tables[args.source], tables[args.target], device,
                              MEASURED / f"transfer-{args.source}-to-{args.target}",
                              draws=args.draws, holdout=args.holdout)

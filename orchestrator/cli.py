@@ -639,8 +639,9 @@ def parse_ns(ctx, param, text: str) -> list[int]:
 def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
     """Fit the stage-aware estimator on a measured table and judge it on model shapes it
     never saw: MAPE, MAE and P95 absolute error per stage for the roofline-shaped, linear
-    and random-forest models, the forest's importances, and how often the roofline bound
-    sat above a measured time (it must never)."""
+    and random-forest models, the forest's importances, how often the roofline bound sat
+    above a measured time (it must never), and the budget guardrail on those held-out
+    predictions (violation and false-reject rates at budget fractions 0.5..1)."""
     from orchestrator.config.loading import load_device, load_latency_table
     from orchestrator.reporting.latency_report import fit_report
     table, device = load_latency_table(table_path), load_device(device_name)
@@ -652,7 +653,15 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
         mape = {name: f"{values['mape_pct']:.1f}%" for name, values in row["models"].items()}
         click.echo(f"{stage:14s} {row['samples']:7d} {row['groups']:6d} {mape['roofline']:>9s} "
                    f"{mape['linear']:>7s} {mape['forest']:>7s}  {row['bound']['violations']}")
-    click.echo(f"written: {out_dir}/estimator.json, heldout.json, predicted_vs_measured.png")
+    for row in report["guardrail"]["fractions"]:
+        guarded, unguarded = row["guarded"], row["unguarded"]
+        click.echo(f"guardrail at budget fraction {row['fraction']:g}: violations "
+                   f"{100 * guarded['violation_rate']:.1f}% (unguarded "
+                   f"{100 * unguarded['violation_rate']:.1f}%), false rejects "
+                   f"{100 * guarded['false_reject_rate']:.1f}% (unguarded "
+                   f"{100 * unguarded['false_reject_rate']:.1f}%), left to measuring "
+                   f"{guarded['measured']}/{guarded['candidates']}")
+    click.echo(f"written: {out_dir}/estimator.json, heldout.json, guardrail.json and plots")
 
 
 @latency_group.command("transfer")

@@ -291,3 +291,48 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path):
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
         assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- guardrail
+
+
+def test_a_conformal_interval_covers_new_samples_as_stated():
+    from nasd.latency.guardrail import conformal_interval
+    rng = np.random.default_rng(7)
+    predicted = rng.uniform(0.001, 0.1, 4000)
+    measured = predicted * np.exp(0.1 * rng.standard_normal(4000))
+    interval = conformal_interval(measured[:200], predicted[:200], coverage=0.9)
+    ratio = measured[200:] / predicted[200:]
+    covered = np.mean((ratio >= interval.low) & (ratio <= interval.high))
+    assert 0.86 < covered < 0.95 and interval.low < 1 < interval.high and interval.n == 200
+    with pytest.raises(ValueError, match="two"):
+        conformal_interval([1.0], [1.0])
+
+
+def test_the_guardrail_accepts_what_fits_rejects_what_breaks_and_measures_the_rest():
+    from nasd.analytic import expected_tokens_per_cycle
+    from nasd.latency.guardrail import decide, per_token
+    assert decide([1, 3, 1], [2, 4, 4], [1.5, 3.5, 2], budget=2.5).tolist() == [
+        "accept", "reject", "measure"]
+    assert decide([1, 3, 1], [2, 4, 4], [1.5, 3.5, 2], 2.5, guarded=False).tolist() == [
+        "accept", "reject", "accept"]
+    seconds = per_token("fixed-k", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7)
+    assert seconds == pytest.approx((4 * 0.002 + 0.01 + 0.05 + 0.001)
+                                    / expected_tokens_per_cycle(0.7, 4))
+    assert per_token("cloud-only", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7) == 0.009
+
+
+def test_the_guardrail_keeps_violations_low_where_the_point_prediction_does_not():
+    from nasd.latency.guardrail import guardrail_analysis
+    table = synthetic_table(TRUE, 200, seed=8, noise=0.08)
+    table["bytes_up"], table["bytes_down"] = 120, 140
+    frames = stage_frames(table)
+    estimator = fit_estimator(frames, HOST)
+    heldout = {stage: frame[["sample", "seconds"]].assign(
+        roofline=estimator.stages[stage].seconds(HOST, frame)) for stage, frame in frames.items()}
+    guard = guardrail_analysis(heldout, table, coverage=0.9)
+    at = {row["fraction"]: row for row in guard["fractions"]}
+    assert at[0.85]["guarded"]["violation_rate"] <= 0.02
+    assert at[0.85]["unguarded"]["violation_rate"] > at[0.85]["guarded"]["violation_rate"]
+    assert at[1.0]["guarded"]["violation_rate"] == 0.0
+    assert guard["candidates"] == guard["judged_samples"] * 4 * 2

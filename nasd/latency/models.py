@@ -3,20 +3,23 @@ configurations they never saw.
 
 Owns the three model families compared per stage and their group-wise evaluation:
 
-- **roofline-shaped** (``RooflineParams``, fitted by ``fit_roofline``):
-  ``overhead + per_layer * layers + smoothmax(memory / eta_bw, compute / eta_flops)``, where
-  memory and compute are the roofline's two times on the device (``nasd.latency.roofline``:
-  bytes at the bandwidth of the level the working set fits in, FLOPs at the dtype's peak),
-  the efficiencies ``eta_*`` in (0, 1] say how much of each peak the stage reaches, the
-  overheads are the fixed cost of a call and of each layer (kernel dispatch), and the smooth
-  maximum ``(a^p + b^p)^(1/p)`` (p fitted in [1, 16]: 1 is a sum, 16 almost the hard max)
-  lets the ridge point be as sharp as the stage shows it: verify is flat in K while the
-  weights' bytes dominate and grows once the FLOPs do.  Fitted by ``scipy.optimize.
-  least_squares`` on log errors (relative: what MAPE judges) with a soft-L1 loss (a sample a
-  busy neighbour slowed weighs less), optionally with a Gaussian prior on the log parameters
-  (how ``nasd.latency.transfer`` refits from a few samples on new hardware);
+- **roofline-shaped** (``RooflineParams``, fitted by ``fit_roofline``): ``overhead +
+  per_layer * layers + per_activation * activations + per_block / K + smoothmax(memory /
+  eta_bw, compute / eta_flops)``, where memory and compute are the roofline's two times on the
+  device (``nasd.latency.roofline``: bytes at main memory's bandwidth, the KV cache's share
+  counted ``kv_factor`` times, and FLOPs at the dtype's peak), the efficiencies ``eta_*`` in
+  (0, 1] say how much of each peak the stage reaches, the overheads are the fixed cost of a
+  call, of each layer (kernel dispatch), of the per-token vector work and (``draft_token``
+  only) of a draft block shared by its K tokens, and the smooth maximum
+  ``(a^p + b^p)^(1/p)`` (p fitted in [1, 16]: 1 is a sum, 16 almost the hard max) lets the
+  ridge point be as sharp as the stage shows it: verify is flat in K while the weights'
+  bytes dominate and grows once the FLOPs do.  Fitted by ``scipy.optimize.least_squares`` on
+  log errors (relative: what MAPE judges) with a soft-L1 loss (a sample a busy neighbour
+  slowed weighs less), optionally with a Gaussian prior on the parameters (how
+  ``nasd.latency.transfer`` refits from a few samples on new hardware);
 - **linear** (``fit_linear``): scikit-learn's non-negative least squares of the time on the
-  work (bytes, FLOPs, layers, tokens), weighted by 1 / t^2 so the errors are relative;
+  same work terms (bytes, KV bytes, FLOPs, layers, activation elements, block share), weighted
+  by 1 / t^2 so the errors are relative;
 - **random forest** (``fit_forest``): scikit-learn's forest on the log time from the
   configuration and its work; its impurity importances say what the time depends on.
 
@@ -39,17 +42,21 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import GroupKFold
 
-from nasd.latency.roofline import Device, bound_seconds, clamp_to_bound, compute_seconds, memory_seconds
+from nasd.latency.roofline import (Device, bound_seconds, clamp_to_bound, compute_seconds,
+                                   memory_seconds)
 
-LINEAR_FEATURES = ("bytes", "flops", "layers", "tokens")
+LINEAR_FEATURES = ("bytes", "kv_bytes", "flops", "layers", "activations", "blocks")
 FOREST_FEATURES = ("params", "layers", "hidden", "tokens", "prompt_tokens", "context_tokens", "k",
-                   "dtype_bytes", "bytes", "flops")
-PARAMETERS = ("overhead_s", "per_layer_s", "eta_bw", "eta_flops", "sharpness")
-# bounds of each parameter (the log of all but sharpness is what is fitted)
-LOWER = {"overhead_s": 1e-7, "per_layer_s": 1e-8, "eta_bw": 1e-4, "eta_flops": 1e-4,
-         "sharpness": 1.0}
-UPPER = {"overhead_s": 10.0, "per_layer_s": 1.0, "eta_bw": 1.0, "eta_flops": 1.0,
-         "sharpness": 16.0}
+                   "dtype_bytes", "bytes", "flops", "activations")
+PARAMETERS = ("overhead_s", "per_layer_s", "per_activation_s", "per_block_s", "eta_bw",
+              "eta_flops", "kv_factor", "sharpness")
+LINEAR_SCALE = ("kv_factor", "sharpness")     # fitted as they are; the rest as logs
+LOWER = {"overhead_s": 1e-7, "per_layer_s": 1e-8, "per_activation_s": 1e-15, "per_block_s": 1e-9,
+         "eta_bw": 1e-4, "eta_flops": 1e-4, "kv_factor": 1.0, "sharpness": 1.0}
+UPPER = {"overhead_s": 10.0, "per_layer_s": 1.0, "per_activation_s": 1e-6, "per_block_s": 1.0,
+         "eta_bw": 1.0, "eta_flops": 1.0, "kv_factor": 20.0, "sharpness": 16.0}
+START = {"overhead_s": 1e-4, "per_layer_s": 1e-5, "per_activation_s": 1e-10, "per_block_s": 1e-5,
+         "eta_bw": 0.1, "eta_flops": 0.1, "kv_factor": 2.0, "sharpness": 2.0}
 
 
 @dataclass(frozen=True)
@@ -58,45 +65,52 @@ class RooflineParams:
 
     overhead_s: float
     per_layer_s: float
+    per_activation_s: float
+    per_block_s: float
     eta_bw: float
     eta_flops: float
+    kv_factor: float
     sharpness: float
 
     def seconds(self, device: Device, frame: pd.DataFrame) -> np.ndarray:
         """Predicted seconds of each row of a stage frame (``nasd.latency.stages``)."""
-        return roofline_seconds(self, device, frame)
+        return form(self, roofline_terms(device, frame))
 
     def to_vector(self) -> np.ndarray:
         values = asdict(self)
-        return np.array([np.log(values[name]) if name != "sharpness" else values[name]
+        return np.array([values[name] if name in LINEAR_SCALE else np.log(values[name])
                          for name in PARAMETERS])
 
     @classmethod
     def from_vector(cls, vector) -> "RooflineParams":
-        return cls(**{name: float(np.exp(value) if name != "sharpness" else value)
+        return cls(**{name: float(value if name in LINEAR_SCALE else np.exp(value))
                       for name, value in zip(PARAMETERS, vector)})
 
 
-def roofline_times(device: Device, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(memory seconds at main memory's bandwidth, compute seconds at the dtype's peak) of
-    each row: the two times the roofline-shaped form divides by its efficiencies."""
-    return (memory_seconds(device, frame["bytes"], frame["working_set"], cached=False),
-            compute_seconds(device, frame["flops"], frame["dtype"].to_numpy()))
+def roofline_terms(device: Device, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What the form combines, per row: the memory time of all bytes and of the KV cache's
+    at main memory's bandwidth, the compute time at the dtype's peak, and the counts the
+    overheads scale with (layers, activation elements, the block share)."""
+    main = np.asarray(memory_seconds(device, frame["bytes"], frame["working_set"], cached=False))
+    return {"memory": main, "kv": main * (frame["kv_bytes"].to_numpy(dtype=float)
+                                          / frame["bytes"].to_numpy(dtype=float)),
+            "compute": compute_seconds(device, frame["flops"], frame["dtype"].to_numpy()),
+            **{name: frame[name].to_numpy(dtype=float)
+               for name in ("layers", "activations", "blocks")}}
 
 
-def roofline_seconds(params: RooflineParams, device: Device, frame: pd.DataFrame,
-                     times: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    memory, compute = times if times is not None else roofline_times(device, frame)
-    return form(params, memory, compute, frame["layers"].to_numpy(dtype=float))
-
-
-def form(params: RooflineParams, memory: np.ndarray, compute: np.ndarray,
-         layers: np.ndarray) -> np.ndarray:
-    """The roofline-shaped time from the two roofline times and the layer count."""
-    a, b, p = memory / params.eta_bw, compute / params.eta_flops, params.sharpness
+def form(params: RooflineParams, terms: dict[str, np.ndarray]) -> np.ndarray:
+    """overhead + per layer + per activation element + the block's share + the smooth
+    maximum of the memory time (the KV cache's bytes moved ``kv_factor`` times) and the
+    compute time, each over its efficiency."""
+    a = (terms["memory"] + (params.kv_factor - 1) * terms["kv"]) / params.eta_bw
+    b = terms["compute"] / params.eta_flops
+    p = params.sharpness
     top = np.maximum(a, b)
     smooth = top * ((a / top) ** p + (b / top) ** p) ** (1.0 / p)   # scaled: no overflow
-    return params.overhead_s + params.per_layer_s * layers + smooth
+    return (params.overhead_s + params.per_layer_s * terms["layers"]
+            + params.per_activation_s * terms["activations"]
+            + params.per_block_s * terms["blocks"] + smooth)
 
 
 def bounds(frame: pd.DataFrame, device: Device) -> np.ndarray:
@@ -108,33 +122,31 @@ def bounds(frame: pd.DataFrame, device: Device) -> np.ndarray:
 def fit_roofline(frame: pd.DataFrame, device: Device, prior: RooflineParams | None = None,
                  prior_sigma: float = 0.5) -> RooflineParams:
     """The stage's roofline-shaped model fitted to ``frame``'s seconds; with ``prior``, the
-    maximum a posteriori fit under a Gaussian prior on the log parameters (sd
-    ``prior_sigma``; the sharpness's sd is ``4 * prior_sigma`` on its own scale)."""
+    maximum a posteriori fit under a Gaussian prior on the parameters (sd ``prior_sigma`` on
+    the logs; on ``kv_factor`` and ``sharpness``, ``4 * prior_sigma`` on their own scale)."""
     seconds = frame["seconds"].to_numpy(dtype=float)
     if len(seconds) == 0 or np.any(seconds <= 0):
         raise ValueError("fitting needs positive measured seconds")
-    memory, compute = roofline_times(device, frame)
-    layers = frame["layers"].to_numpy(dtype=float)
-    lower, upper = (np.array([np.log(limit[n]) if n != "sharpness" else limit[n]
-                              for n in PARAMETERS]) for limit in (LOWER, UPPER))
-    sigma = np.array([prior_sigma] * 4 + [4 * prior_sigma])
+    terms = roofline_terms(device, frame)
+    lower, upper = (RooflineParams(**limit).to_vector() for limit in (LOWER, UPPER))
+    sigma = np.array([4 * prior_sigma if name in LINEAR_SCALE else prior_sigma
+                      for name in PARAMETERS])
 
     def residuals(vector):
-        predicted = form(RooflineParams.from_vector(vector), memory, compute, layers)
-        fit = np.log(predicted) - np.log(seconds)
+        fit = np.log(form(RooflineParams.from_vector(vector), terms)) - np.log(seconds)
         if prior is None:
             return fit
         return np.concatenate([fit, (vector - prior.to_vector()) / sigma])
 
     starts = [prior.to_vector()] if prior is not None else [
-        RooflineParams(overhead_s=max(0.3 * seconds.min(), 2e-7), per_layer_s=1e-5,
-                       eta_bw=eta, eta_flops=eta, sharpness=2.0).to_vector()
+        RooflineParams(**(START | {"overhead_s": max(0.3 * seconds.min(), 2e-7),
+                                   "eta_bw": eta, "eta_flops": eta})).to_vector()
         for eta in (0.05, 0.3)]
     best = None
     for start in starts:
         start = np.clip(start, lower + 1e-9, upper - 1e-9)
         result = least_squares(residuals, start, bounds=(lower, upper), loss="soft_l1",
-                               f_scale=0.05, x_scale="jac")
+                               f_scale=0.05)
         if best is None or result.cost < best.cost:
             best = result
     return RooflineParams.from_vector(best.x)
@@ -208,7 +220,7 @@ def errors(measured, predicted) -> dict[str, float]:
     measured, predicted = np.asarray(measured, dtype=float), np.asarray(predicted, dtype=float)
     absolute = np.abs(predicted - measured)
     return {"mape_pct": float(100 * np.mean(absolute / measured)), "mae_s": float(absolute.mean()),
-            "p95_abs_s": float(np.percentile(absolute, 95)), "n": int(len(measured))}
+            "p95_abs_s": float(np.percentile(absolute, 95)), "rows": int(len(measured))}
 
 
 def bound_check(measured, bound) -> dict[str, float]:
@@ -216,7 +228,7 @@ def bound_check(measured, bound) -> dict[str, float]:
     it came (the largest bound / measured ratio)."""
     measured, bound = np.asarray(measured, dtype=float), np.asarray(bound, dtype=float)
     return {"violations": int(np.sum(bound > measured)),
-            "max_bound_over_measured": float(np.max(bound / measured)), "n": int(len(measured))}
+            "max_bound_over_measured": float(np.max(bound / measured)), "rows": int(len(measured))}
 
 
 def evaluate(frames: dict[str, pd.DataFrame], device: Device, folds: int = 5,

@@ -11,7 +11,8 @@ every cycle):
 - ``edge_prefill`` / ``cloud_prefill``: the prompt of P tokens through the draft / the
   target from an empty cache (the cloud's with its first token chosen);
 - ``draft_token``: one drafted token, averaged over a block of K (the i-th feeds one token
-  onto a cache of C - 1 + i; the average cache is C - 1 + (K - 1) / 2);
+  onto a cache of C - 1 + i; the average cache is C - 1 + (K - 1) / 2), carrying 1/K of the
+  block's fixed cost (``blocks``);
 - ``verify``: the target scoring K drafts in one pass (K + 1 tokens onto C - 1), with the
   payload decoded and the verdict built;
 - ``decode``: one plain target step (1 token onto C - 1).
@@ -21,14 +22,17 @@ embedding only for the rows looked up), the KV cache is read whole and the new e
 written.  FLOPs: 2 per weight per token through the matrices (the output layer for every
 row: transformers computes logits for each fed token), and attention's QK^T and AV over the
 cache and the causal block.  Both are lower counts of what a pass really does (activations,
-norms and softmax are left out), which is what the roofline bound needs.
+norms and softmax are left out), which is what the roofline bound needs.  Beside them, for
+the fitted models only: the KV cache's share of the bytes (a runtime may move it more than
+once: transformers' cache appends by copying) and the elements the per-token vector work
+touches (``activations``).
 
 Pure: no I/O, no clocks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Mapping
 
 import numpy as np
@@ -105,6 +109,10 @@ class Work:
     working_set: float   # bytes that must be resident: weights and the KV cache
     tokens: int          # new tokens through the pass
     layers: int
+    kv_bytes: float = 0.0      # of ``bytes``: the KV cache's
+    activations: float = 0.0   # elements the per-token vector work touches (norms, rotary,
+                               # activation function, residuals): tokens x layers x (h + i)
+    blocks: float = 0.0        # the share of a draft block's fixed cost this unit carries (1/K)
 
 
 def forward_work(shape: ModelShape, tokens: int, cached: float, dtype_bytes: float) -> Work:
@@ -117,10 +125,11 @@ def forward_work(shape: ModelShape, tokens: int, cached: float, dtype_bytes: flo
     attention = 4 * shape.layers * shape.heads * shape.head_dim * attended
     kv_per_token = shape.kv_bytes_per_token(dtype_bytes)
     weights = shape.weight_bytes_read(tokens, dtype_bytes)
-    return Work(flops=2 * matrices * tokens + attention,
-                bytes=weights + kv_per_token * (cached + tokens),
-                working_set=shape.parameters * dtype_bytes + kv_per_token * (cached + tokens),
-                tokens=tokens, layers=shape.layers)
+    kv_bytes = kv_per_token * (cached + tokens)
+    return Work(flops=2 * matrices * tokens + attention, bytes=weights + kv_bytes,
+                working_set=shape.parameters * dtype_bytes + kv_bytes, tokens=tokens,
+                layers=shape.layers, kv_bytes=kv_bytes,
+                activations=tokens * shape.layers * (shape.hidden + shape.intermediate))
 
 
 def stage_work(stage: Stage, shape: ModelShape, dtype: str, prompt_tokens: int = 1,
@@ -133,7 +142,8 @@ def stage_work(stage: Stage, shape: ModelShape, dtype: str, prompt_tokens: int =
         raise ValueError(f"context_tokens must be >= 1 (got {context_tokens})")
     cached = context_tokens - 1
     if stage == "draft_token":
-        return forward_work(shape, 1, cached + (max(k, 1) - 1) / 2, dtype_bytes)
+        work = forward_work(shape, 1, cached + (max(k, 1) - 1) / 2, dtype_bytes)
+        return replace(work, blocks=1.0 / max(k, 1))
     if stage == "verify":
         return forward_work(shape, k + 1, cached, dtype_bytes)
     if stage == "decode":
@@ -160,7 +170,8 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
     """One row per measured sample of ``stage``: its seconds (``seconds``: the median of the
     repeats), the configuration, the model's shape (``group``: a name of that shape, which a
     group-wise split holds out whole) and the stage's work (``flops``, ``bytes``,
-    ``working_set``, ``tokens``, ``layers``, ``params``)."""
+    ``working_set``, ``tokens``, ``layers``, ``kv_bytes``, ``activations``, ``blocks``,
+    ``params``)."""
     role = ROLE[stage]
     seconds = f"{stage}_s"
     rows = table[table[seconds].notna()]
@@ -181,16 +192,11 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
         "context_tokens": rows["context_tokens"].to_numpy(), "k": rows["k"].to_numpy(),
         "flops": [w.flops for w in works], "bytes": [w.bytes for w in works],
         "working_set": [w.working_set for w in works], "tokens": [w.tokens for w in works],
-        "layers": [w.layers for w in works]})
+        "layers": [w.layers for w in works], "kv_bytes": [w.kv_bytes for w in works],
+        "activations": [w.activations for w in works], "blocks": [w.blocks for w in works]})
     if "load_1m" in rows:
         frame["load_1m"] = rows["load_1m"].to_numpy()
     return frame.reset_index(drop=True)
-
-
-def as_arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The work columns of a stage frame as float arrays (what the roofline forms take)."""
-    return {name: frame[name].to_numpy(dtype=float)
-            for name in ("flops", "bytes", "working_set", "tokens", "layers")}
 
 
 def required_columns() -> list[str]:

@@ -100,3 +100,38 @@ def plot_transfer_by_stage(summary: pd.DataFrame, path: Path) -> Path:
         axes.legend(fontsize=7)
     figure.savefig(path)
     return path
+
+
+def plot_guardrail(analysis: dict, path: Path) -> Path:
+    """Left: the violation rate (accepted candidates that break the budget) against the
+    budget fraction, with and without the guardrail, and the share left to measuring.
+    Right: false rejects against false accepts, one point per fraction and policy."""
+    rows = analysis["fractions"]
+    fractions = [row["fraction"] for row in rows]
+    figure = Figure(figsize=(10, 4.2), dpi=DPI, layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for policy, colour in (("guarded", "tab:green"), ("unguarded", "tab:red")):
+        left.plot(fractions, [100 * row[policy]["violation_rate"] for row in rows], marker="o",
+                  color=colour, label=f"violations, {policy}")
+        right.plot([100 * row[policy]["false_accept_rate"] for row in rows],
+                   [100 * row[policy]["false_reject_rate"] for row in rows], marker="o",
+                   color=colour, label=policy)
+        for row in rows:
+            right.annotate(f"{row['fraction']:g}", (100 * row[policy]["false_accept_rate"],
+                                                    100 * row[policy]["false_reject_rate"]),
+                           fontsize=7, textcoords="offset points", xytext=(4, 4))
+    left.plot(fractions, [100 * row["guarded"]["measured"] / row["guarded"]["candidates"]
+                          for row in rows], color="grey", linestyle="--",
+              label="left to measuring, guarded")
+    left.axhline(2.0, color="black", linewidth=0.7, linestyle=":")
+    left.set(xlabel="budget fraction (the budget f of the candidates meet)", ylabel="%",
+             xticks=fractions, title="violation rate vs budget")
+    right.set(xlabel="false accepts (% of candidates over budget)",
+              ylabel="false rejects (% of candidates within budget)",
+              title="false reject vs false accept")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    figure.suptitle(f"guardrail on {analysis['model']} predictions, "
+                    f"{analysis['coverage']:.0%} conformal intervals")
+    figure.savefig(path)
+    return path

@@ -4,8 +4,10 @@
 ``fit_report``: the estimator fitted on a whole table (``estimator.json``, what
 ``nasd.latency.estimator.stage_seconds`` predicts with), the group-wise held-out errors of
 the roofline-shaped, linear and random-forest models per stage with the forest's
-importances and the bound's check (``heldout.json``), and predicted against measured
-(``predicted_vs_measured.png``).  ``transfer_report``: the source table's estimator
+importances and the bound's check (``heldout.json``), predicted against measured
+(``predicted_vs_measured.png``), and the budget guardrail judged on the held-out predictions
+(``guardrail.json``, ``guardrail.png``: violation rate against the budget fraction with and
+without it, false rejects against false accepts).  ``transfer_report``: the source table's estimator
 recalibrated to the target table's hardware by each method at each N, scored on held-out
 target samples (``transfer.json``, ``transfer_error_vs_n.png``,
 ``transfer_by_stage.png``).  Reads tables, writes files, starts nothing.
@@ -19,11 +21,13 @@ from pathlib import Path
 import pandas as pd
 
 from nasd.latency.estimator import fit_estimator
+from nasd.latency.guardrail import guardrail_analysis
 from nasd.latency.models import evaluate
 from nasd.latency.roofline import Device
 from nasd.latency.stages import stage_frames
 from nasd.latency.transfer import curve_summary, transfer_curve
 from orchestrator.reporting.latency_plots import (
+    plot_guardrail,
     plot_predicted_vs_measured,
     plot_transfer,
     plot_transfer_by_stage,
@@ -65,7 +69,10 @@ def fit_report(table: pd.DataFrame, device: Device, out_dir: Path, folds: int = 
     plot_predicted_vs_measured(predictions, report, out_dir / "predicted_vs_measured.png",
                                f"{describe(table)['campaign']}: held-out predictions "
                                f"(group-wise, {device.name})")
-    return heldout
+    guard = guardrail_analysis(predictions, table, seed=seed)
+    write_json(out_dir / "guardrail.json", {"table": describe(table), **guard})
+    plot_guardrail(guard, out_dir / "guardrail.png")
+    return heldout | {"guardrail": guard}
 
 
 def transfer_report(source: pd.DataFrame, target: pd.DataFrame, device: Device, out_dir: Path,
