@@ -168,9 +168,9 @@ def predict_linear(model: LinearRegression, frame: pd.DataFrame) -> np.ndarray:
     return model.predict(frame[list(LINEAR_FEATURES)].to_numpy(dtype=float))
 
 
-def fit_forest(frame: pd.DataFrame, seed: int = 0) -> RandomForestRegressor:
+def fit_forest(frame: pd.DataFrame, seed: int = 0, trees: int = 200) -> RandomForestRegressor:
     """A random forest of the log seconds on the configuration and its work."""
-    model = RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=seed,
+    model = RandomForestRegressor(n_estimators=trees, min_samples_leaf=2, random_state=seed,
                                   n_jobs=1)
     model.fit(frame[list(FOREST_FEATURES)].to_numpy(dtype=float),
               np.log(frame["seconds"].to_numpy(dtype=float)))
@@ -193,7 +193,8 @@ class HeldOut:
     folds: int
 
 
-def held_out(frame: pd.DataFrame, device: Device, folds: int = 5, seed: int = 0) -> HeldOut:
+def held_out(frame: pd.DataFrame, device: Device, folds: int = 5, seed: int = 0,
+             trees: int = 200) -> HeldOut:
     """Group-wise cross-validation of the three models on one stage frame."""
     groups = frame["group"].to_numpy()
     folds = min(folds, len(set(groups)))
@@ -207,7 +208,7 @@ def held_out(frame: pd.DataFrame, device: Device, folds: int = 5, seed: int = 0)
         fit, judged = frame.iloc[train], frame.iloc[test]
         predicted["roofline"][test] = fit_roofline(fit, device).seconds(device, judged)
         predicted["linear"][test] = predict_linear(fit_linear(fit), judged)
-        forest = fit_forest(fit, seed)
+        forest = fit_forest(fit, seed, trees)
         predicted["forest"][test] = predict_forest(forest, judged)
         importance += forest.feature_importances_ / folds
     for name, values in predicted.items():
@@ -231,15 +232,15 @@ def bound_check(measured, bound) -> dict[str, float]:
             "max_bound_over_measured": float(np.max(bound / measured)), "rows": int(len(measured))}
 
 
-def evaluate(frames: dict[str, pd.DataFrame], device: Device, folds: int = 5,
-             seed: int = 0) -> tuple[dict, dict[str, pd.DataFrame]]:
+def evaluate(frames: dict[str, pd.DataFrame], device: Device, folds: int = 5, seed: int = 0,
+             trees: int = 200) -> tuple[dict, dict[str, pd.DataFrame]]:
     """``held_out`` on every stage frame: a JSON-ready report per stage (the samples and
     groups, each model's errors and how many of its predictions the bound raised, the
     bound's check against the measurements, the forest's importances) and the held-out
     predictions themselves."""
     report, predictions = {}, {}
     for stage, frame in frames.items():
-        judged = held_out(frame, device, folds, seed)
+        judged = held_out(frame, device, folds, seed, trees)
         rows = judged.predictions
         report[stage] = {
             "samples": int(len(frame)), "groups": int(frame["group"].nunique()),

@@ -210,8 +210,9 @@ def load_latency_table(path: str | Path) -> pd.DataFrame:
         raise ConfigError(f"{path}: not a readable CSV table: {error}") from None
     missing = [column for column in required_columns() if column not in table.columns]
     if missing:
-        raise ConfigError(f"{path}: missing column {missing[0]!r} (+{len(missing) - 1} more); "
-                          "a table of `orchestrator latency measure` has them")
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"{path}: missing column {missing[0]!r}{more}; a table of "
+                          "`orchestrator latency measure` has them")
     if table.empty:
         raise ConfigError(f"{path}: no samples")
     for column in (c for c in required_columns() if c.endswith("_s")):
