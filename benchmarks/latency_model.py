@@ -37,15 +37,19 @@ GOAL_STAGES = ("draft_token", "verify")
 
 def print_heldout(name: str, report: dict) -> None:
     print(f"\n== {name}: held-out MAPE per stage (group-wise over model shapes) ==")
+    print("(noise floor: the MAPE a perfect model would show, from the spread of each sample's "
+          "repeats)")
     print(f"{'stage':14s} {'n':>4s} {'groups':>6s} {'roofline':>9s} {'linear':>8s} {'forest':>8s} "
-          f"{'P95 abs (roofline)':>19s} {'bound>measured':>15s}  top forest features")
+          f"{'P95 abs (roofline)':>19s} {'noise floor':>11s} {'bound>measured':>15s}  "
+          "top forest features")
     for stage, row in report["stages"].items():
         models = row["models"]
         top = sorted(row["forest_importances"].items(), key=lambda kv: -kv[1])[:3]
         print(f"{stage:14s} {row['samples']:4d} {row['groups']:6d} "
               f"{models['roofline']['mape_pct']:8.1f}% {models['linear']['mape_pct']:7.1f}% "
               f"{models['forest']['mape_pct']:7.1f}% "
-              f"{models['roofline']['p95_abs_s'] * 1e3:16.2f} ms {row['bound']['violations']:15d}  "
+              f"{models['roofline']['p95_abs_s'] * 1e3:16.2f} ms "
+              f"{row['noise_floor_mape_pct'] or float('nan'):10.1f}% {row['bound']['violations']:15d}  "
               + ", ".join(f"{k} {v:.2f}" for k, v in top))
     for stage in GOAL_STAGES:
         best = min(report["stages"][stage]["models"].items(), key=lambda kv: kv[1]["mape_pct"])

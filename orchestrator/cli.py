@@ -556,11 +556,17 @@ def latency_group() -> None:
               show_default=True, help="Do no round that would end after this many seconds (one round at least).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the draw of configurations and the scaled models' weights.")
+@click.option("--max-load", type=click.FloatRange(0, min_open=True),
+              help="Before each round, wait (up to --quiet-wait-s) until the 1-minute load "
+                   "average is at most this (this campaign counts about 1 per thread) "
+                   "[default: no waiting].")
+@click.option("--quiet-wait-s", type=click.FloatRange(0), default=120.0, show_default=True,
+              help="The longest wait before a round for --max-load.")
 @click.option("--campaign", help="Label of the campaign in every row [default: DTYPE-tTHREADS].")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV to write [default: latency/CAMPAIGN.csv].")
 def latency_measure_command(job_name, model_pair, dtype, threads, samples, repeats, budget_s,
-                            seed, campaign, out_path) -> None:
+                            seed, max_load, quiet_wait_s, campaign, out_path) -> None:
     """Time every stage of a speculation cycle over sampled configurations on this host.
 
     Stages: edge_prefill, draft_token, cloud_prefill, verify (K drafts), decode, with the
@@ -582,7 +588,8 @@ def latency_measure_command(job_name, model_pair, dtype, threads, samples, repea
     plan = LatencyPlan(shipped=spec.model_pair, texts=[p.prompt for p in spec.prompts],
                        sampling=job.sampling, codec=job.resolved_codec, dtype=dtype,
                        threads=threads, samples=samples, repeats=repeats, budget_s=budget_s,
-                       seed=seed, campaign=campaign)
+                       seed=seed, campaign=campaign, max_load=max_load,
+                       quiet_wait_s=quiet_wait_s)
     out_path = out_path or Path("latency") / f"{campaign}.csv"
     console = Console(stderr=True)
     console.print(f"measuring {samples} samples ({dtype}, {threads} thread(s), {repeats} "

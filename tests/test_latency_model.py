@@ -348,3 +348,15 @@ def test_the_guardrail_keeps_violations_low_where_the_point_prediction_does_not(
     assert at[0.85]["unguarded"]["violation_rate"] > at[0.85]["guarded"]["violation_rate"]
     assert at[1.0]["guarded"]["violation_rate"] == 0.0
     assert guard["candidates"] == guard["judged_samples"] * 4 * 2
+
+
+def test_a_model_known_by_its_size_gets_the_nearest_published_shape():
+    from nasd.latency.stages import QWEN2_5, shape_for_parameters
+    # the published counts: Qwen2.5-0.5B 0.49 B, -7B 7.6 B (without the q/k/v biases)
+    assert QWEN2_5["0.5B"].parameters == pytest.approx(494e6, rel=0.01)
+    assert QWEN2_5["7B"].parameters == pytest.approx(7.62e9, rel=0.01)
+    assert QWEN2_5["7B"] == QWEN_7B
+    assert shape_for_parameters(0.5e9) == QWEN2_5["0.5B"]
+    assert shape_for_parameters(7e9) == QWEN2_5["7B"]
+    with pytest.raises(ValueError):
+        shape_for_parameters(0)

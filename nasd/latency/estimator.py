@@ -9,7 +9,11 @@ efficiencies, plus the fitted overheads, and never below the device's roofline b
 (``at_bound`` says when the bound decided).  On the device it was fitted on that is the
 fitted model; on another device the efficiencies and overheads carry over unchanged (the
 "no recalibration" of ``nasd.latency.transfer``) unless the estimator was recalibrated
-there (``transfer.recalibrate_roofline``, method C).
+there (``transfer.recalibrated_estimator``, method C): a CPU's per-layer dispatch overhead
+carried to a GPU as it is says more about the CPU than the GPU, so an emulated device wants
+its own estimator (a few samples measured on it, or efficiencies and overheads assumed for
+it).  A model known only by its size gets a published shape from
+``nasd.latency.stages.shape_for_parameters``.
 
 Pure: no I/O, no clocks.
 """

@@ -32,6 +32,7 @@ Pure: no I/O, no clocks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal, Mapping
 
@@ -97,6 +98,29 @@ class ModelShape:
         read = self.parameters - (0 if self.tied_embeddings else self.embedding_parameters)
         looked_up = 0 if self.tied_embeddings else tokens * self.hidden
         return (read + looked_up) * dtype_bytes
+
+
+# The Qwen2.5 family's published shapes (each model's config.json on its hub page,
+# Qwen/Qwen2.5-<size>; their q/k/v biases, a few thousand weights a layer, left out): what
+# ``shape_for_parameters`` answers with for a model known only by its size.
+QWEN2_5 = {
+    "0.5B": ModelShape(24, 896, 14, 2, 64, 4864, 151936, True),
+    "1.5B": ModelShape(28, 1536, 12, 2, 128, 8960, 151936, True),
+    "3B": ModelShape(36, 2048, 16, 2, 128, 11008, 151936, True),
+    "7B": ModelShape(28, 3584, 28, 4, 128, 18944, 152064, False),
+    "14B": ModelShape(48, 5120, 40, 8, 128, 13824, 152064, False),
+    "32B": ModelShape(64, 5120, 40, 8, 128, 27648, 152064, False),
+    "72B": ModelShape(80, 8192, 64, 8, 128, 29568, 152064, False),
+}
+
+
+def shape_for_parameters(parameters: float) -> ModelShape:
+    """The published shape (``QWEN2_5``) nearest to ``parameters`` in log scale: a model
+    declared by its size alone ("a 0.5 B draft, a 7 B target") gets a real architecture's
+    layers, KV heads and vocabulary, which its time depends on beside its size."""
+    if not parameters > 0:
+        raise ValueError(f"parameters must be > 0 (got {parameters})")
+    return min(QWEN2_5.values(), key=lambda shape: abs(math.log(shape.parameters / parameters)))
 
 
 @dataclass(frozen=True)
@@ -196,6 +220,9 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
         "activations": [w.activations for w in works], "blocks": [w.blocks for w in works]})
     if "load_1m" in rows:
         frame["load_1m"] = rows["load_1m"].to_numpy()
+    if f"{stage}_iqr_s" in rows and "repeats" in rows:
+        frame["iqr_s"] = rows[f"{stage}_iqr_s"].to_numpy(dtype=float)
+        frame["repeats"] = rows["repeats"].to_numpy(dtype=float)
     return frame.reset_index(drop=True)
 
 

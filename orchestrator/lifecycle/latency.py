@@ -75,6 +75,8 @@ class LatencyPlan:
     budget_s: float = 480.0
     seed: int = 0
     campaign: str = ""
+    max_load: float | None = None    # wait before a round until the 1-min load is this low
+    quiet_wait_s: float = 120.0      # ... for at most this long
     shapes: tuple[tuple[int, int, int, int], ...] = SCALED_SHAPES
     prompt_tokens: tuple[int, ...] = PROMPT_TOKENS
     context_tokens: tuple[int, ...] = CONTEXT_TOKENS
@@ -290,6 +292,8 @@ class SampleRun:
             row[f"{role}_params"] = self.pair.params[role]
         for stage, values in self.times.items():
             row[f"{stage}_s"], row[f"{stage}_min_s"], row[f"{stage}_iqr_s"] = summarize(values)
+        for stage, values in self.times.items():     # every round's time, for re-analysis
+            row[f"{stage}_rounds_s"] = " ".join(f"{value:.6g}" for value in values)
         up, down = zip(*self.bytes)
         return row | {"codec_encode_s": float(np.median(self.encode_s)),
                       "bytes_up": int(np.median(up)), "bytes_down": int(np.median(down)),
@@ -334,6 +338,7 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
             progress.advance(setup)
         task = progress.add_task("rounds", total=plan.repeats * len(runs), unit="turns")
         for round_index in range(plan.repeats):
+            wait_for_quiet(plan, progress)
             round_started = time.monotonic()
             for run in runs:
                 progress.update(task, description=f"round {round_index + 1}: {run.config.pair}")
@@ -349,6 +354,22 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
                                        f"{round_index + 1} rounds")
                 break
     return len(runs)
+
+
+def wait_for_quiet(plan: LatencyPlan, progress: Progress) -> None:
+    """Before a round, wait (at most ``plan.quiet_wait_s``) for the host's 1-minute load
+    average to fall to ``plan.max_load``: on a shared host, a round measured while others
+    compute is slower throughout (the medians drop one such round, not several)."""
+    if plan.max_load is None:
+        return
+    deadline = time.monotonic() + plan.quiet_wait_s
+    announced = False
+    while os.getloadavg()[0] > plan.max_load and time.monotonic() < deadline:
+        if not announced:
+            progress.console.print(f"load {os.getloadavg()[0]:.1f} > {plan.max_load:g}: "
+                                   f"waiting up to {plan.quiet_wait_s:g} s")
+            announced = True
+        time.sleep(2.0)
 
 
 def write_rows(out: Path, rows: list[dict]) -> None:

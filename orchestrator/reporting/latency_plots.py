@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 DPI = 100
 MODEL_STYLE = {"roofline": ("o", "tab:blue"), "linear": ("s", "tab:orange"),
@@ -24,10 +25,12 @@ METHOD_STYLE = {"none": ("k", ":"), "A": ("tab:blue", "-"), "B": ("tab:orange", 
 def plot_predicted_vs_measured(predictions: dict[str, pd.DataFrame], report: dict,
                                path: Path, title: str = "") -> Path:
     """One panel per stage: each model's held-out prediction against the measured median
-    (log-log), the roofline bound beneath, the diagonal and its +-5 % band."""
+    (log-log), the roofline bound beneath, the diagonal and its +-5 % band; the last panel:
+    each model's MAPE per stage beside the noise floor of the measurements."""
     stages = list(predictions)
-    figure = Figure(figsize=(4.2 * len(stages), 4.4), dpi=DPI, layout="constrained")
-    for axes, stage in zip(figure.subplots(1, len(stages), squeeze=False)[0], stages):
+    figure = Figure(figsize=(15, 9), dpi=DPI, layout="constrained")
+    panels = figure.subplots(2, 3).ravel()
+    for axes, stage in zip(panels, stages):
         rows = predictions[stage]
         measured = rows["seconds"].to_numpy() * 1e3
         for name, (marker, colour) in MODEL_STYLE.items():
@@ -42,7 +45,23 @@ def plot_predicted_vs_measured(predictions: dict[str, pd.DataFrame], report: dic
         axes.fill_between(line, line * 0.95, line * 1.05, color="black", alpha=0.08)
         axes.set(xscale="log", yscale="log", xlim=(low, high), title=stage,
                  xlabel="measured (ms, median of repeats)", ylabel="predicted (ms)")
+        axes.xaxis.set_minor_formatter(NullFormatter())
         axes.legend(fontsize=7, loc="upper left")
+    summary = panels[len(stages)]
+    width = 0.2
+    x = np.arange(len(stages))
+    for offset, (name, (_, colour)) in enumerate(MODEL_STYLE.items()):
+        summary.bar(x + (offset - 1.5) * width, [report[s]["models"][name]["mape_pct"]
+                                                 for s in stages], width, color=colour,
+                    label=name)
+    floors = [report[s].get("noise_floor_mape_pct") or 0.0 for s in stages]
+    summary.bar(x + 1.5 * width, floors, width, color="grey", label="noise floor")
+    summary.axhline(5.0, color="red", linewidth=0.8, linestyle=":", label="goal 5 %")
+    summary.set_xticks(x, [s.replace("_", "\n") for s in stages], fontsize=8)
+    summary.set(ylabel="held-out MAPE (%)", title="MAPE per stage")
+    summary.legend(fontsize=7)
+    for extra in panels[len(stages) + 1:]:
+        extra.set_axis_off()
     if title:
         figure.suptitle(title)
     figure.savefig(path)
@@ -72,7 +91,7 @@ def plot_transfer(summary: pd.DataFrame, path: Path, title: str = "") -> Path:
         if column == "mape_pct":
             for goal_n, goal in ((10, 10.0), (50, 5.0)):
                 axes.scatter([goal_n], [goal], marker="_", s=300, color="red")
-            axes.set_yscale("log")
+            axes.set_ylim(bottom=0)
         axes.set(xlabel="target samples used to recalibrate (N)", ylabel=label, xticks=ns)
         axes.legend(fontsize=8)
     figure.suptitle(title or "recalibration error on held-out target samples "
@@ -96,7 +115,8 @@ def plot_transfer_by_stage(summary: pd.DataFrame, path: Path) -> Path:
                       else own["mape_pct"].tolist())
             axes.plot(ns, values, color=colour, linestyle=style,
                       marker=None if method == "none" else "o", label=method)
-        axes.set(title=stage, xlabel="N", ylabel="MAPE (%)", yscale="log", xticks=ns)
+        axes.set(title=stage, xlabel="N", ylabel="MAPE (%)", xticks=ns)
+        axes.set_ylim(bottom=0)
         axes.legend(fontsize=7)
     figure.savefig(path)
     return path
