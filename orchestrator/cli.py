@@ -577,7 +577,8 @@ def latency_measure_command(job_name, model_pair, dtype, threads, samples, repea
     description and load average, rewritten after every round; progress on stderr.
     """
     from agents.backends.hf import HFPairConfig
-    from orchestrator.lifecycle.latency import LatencyPlan, measure as measure_latency
+    from orchestrator.lifecycle.latency import LatencyPlan
+    from orchestrator.lifecycle.latency import measure as measure_latency
     job = load_job(job_name, {"model_pair": model_pair})
     no_link = LinkState(uplink=DirectionSpec(), downlink=DirectionSpec())
     spec = RunSpec.build(job, NetworkProfile(name="in-process", initial=no_link), "sim")

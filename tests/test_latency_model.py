@@ -16,14 +16,37 @@ import pandas as pd
 import pytest
 
 from nasd.latency.estimator import LatencyEstimator, fit_estimator, stage_seconds
-from nasd.latency.models import (RooflineParams, bound_check, errors, evaluate, fit_roofline,
-                                 held_out)
+from nasd.latency.models import (
+    RooflineParams,
+    bound_check,
+    errors,
+    evaluate,
+    fit_roofline,
+    held_out,
+)
 from nasd.latency.roofline import Device, clamp_to_bound, roofline_bound
-from nasd.latency.stages import (STAGES, ModelShape, forward_work, required_columns,
-                                 shape_columns, stage_frames, stage_work)
-from nasd.latency.transfer import curve_summary, fit_affine, recalibrate, select, transfer_curve
-from orchestrator.config.loading import (ConfigError, available, load_device,
-                                         load_latency_table)
+from nasd.latency.stages import (
+    STAGES,
+    ModelShape,
+    forward_work,
+    required_columns,
+    shape_columns,
+    stage_frames,
+    stage_work,
+)
+from nasd.latency.transfer import (
+    curve_summary,
+    fit_affine,
+    recalibrate,
+    select,
+    transfer_curve,
+)
+from orchestrator.config.loading import (
+    ConfigError,
+    available,
+    load_device,
+    load_latency_table,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MEASURED = REPO / "benchmarks" / "measured" / "latency"

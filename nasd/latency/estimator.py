@@ -39,7 +39,7 @@ class LatencyEstimator:
                 "stages": {stage: asdict(params) for stage, params in self.stages.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LatencyEstimator":
+    def from_dict(cls, data: dict) -> LatencyEstimator:
         unknown = sorted(set(data["stages"]) - set(STAGES))
         if unknown:
             raise ValueError(f"stages: unknown stage {unknown[0]!r}: one of {', '.join(STAGES)}")

@@ -32,7 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nasd.analytic import ComputeTimes, cycle_time_distributed_s, expected_tokens_per_cycle
+from nasd.analytic import (
+    ComputeTimes,
+    cycle_time_distributed_s,
+    expected_tokens_per_cycle,
+)
 
 FRACTIONS = (0.5, 0.7, 0.85, 1.0)
 DECISIONS = ("accept", "reject", "measure")
@@ -92,7 +96,7 @@ def rates(decisions: np.ndarray, true: np.ndarray, budget: float) -> dict:
             "false_accept_rate": float(np.sum(accepted & ~fits) / max(1, np.sum(~fits))),
             "accepted": int(accepted.sum()), "rejected": int(rejected.sum()),
             "measured": int(np.sum(decisions == "measure")), "fit": int(fits.sum()),
-            "candidates": int(len(true))}
+            "candidates": len(true)}
 
 
 def candidates(heldout: dict[str, pd.DataFrame], table: pd.DataFrame, model: str,
@@ -169,6 +173,6 @@ def guardrail_analysis(heldout: dict[str, pd.DataFrame], table: pd.DataFrame,
             "intervals": {stage: vars(i) for stage, i in intervals.items()},
             "calibration_samples": len(calibrate),
             "judged_samples": int(frame["sample"].nunique()),
-            "candidates": int(len(frame)),
+            "candidates": len(frame),
             "budget": "the f-quantile of the judged candidates' measured seconds per token",
             "fractions": results}

@@ -42,8 +42,13 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import GroupKFold
 
-from nasd.latency.roofline import (Device, bound_seconds, clamp_to_bound, compute_seconds,
-                                   memory_seconds)
+from nasd.latency.roofline import (
+    Device,
+    bound_seconds,
+    clamp_to_bound,
+    compute_seconds,
+    memory_seconds,
+)
 
 LINEAR_FEATURES = ("bytes", "kv_bytes", "flops", "layers", "activations", "blocks")
 FOREST_FEATURES = ("params", "layers", "hidden", "tokens", "prompt_tokens", "context_tokens", "k",
@@ -82,7 +87,7 @@ class RooflineParams:
                          for name in PARAMETERS])
 
     @classmethod
-    def from_vector(cls, vector) -> "RooflineParams":
+    def from_vector(cls, vector) -> RooflineParams:
         return cls(**{name: float(value if name in LINEAR_SCALE else np.exp(value))
                       for name, value in zip(PARAMETERS, vector)})
 
@@ -221,7 +226,7 @@ def errors(measured, predicted) -> dict[str, float]:
     measured, predicted = np.asarray(measured, dtype=float), np.asarray(predicted, dtype=float)
     absolute = np.abs(predicted - measured)
     return {"mape_pct": float(100 * np.mean(absolute / measured)), "mae_s": float(absolute.mean()),
-            "p95_abs_s": float(np.percentile(absolute, 95)), "rows": int(len(measured))}
+            "p95_abs_s": float(np.percentile(absolute, 95)), "rows": len(measured)}
 
 
 def noise_floor_pct(frame: pd.DataFrame) -> float | None:
@@ -240,7 +245,7 @@ def bound_check(measured, bound) -> dict[str, float]:
     it came (the largest bound / measured ratio)."""
     measured, bound = np.asarray(measured, dtype=float), np.asarray(bound, dtype=float)
     return {"violations": int(np.sum(bound > measured)),
-            "max_bound_over_measured": float(np.max(bound / measured)), "rows": int(len(measured))}
+            "max_bound_over_measured": float(np.max(bound / measured)), "rows": len(measured)}
 
 
 def evaluate(frames: dict[str, pd.DataFrame], device: Device, folds: int = 5, seed: int = 0,
@@ -254,7 +259,7 @@ def evaluate(frames: dict[str, pd.DataFrame], device: Device, folds: int = 5, se
         judged = held_out(frame, device, folds, seed, trees)
         rows = judged.predictions
         report[stage] = {
-            "samples": int(len(frame)), "groups": int(frame["group"].nunique()),
+            "samples": len(frame), "groups": int(frame["group"].nunique()),
             "folds": judged.folds,
             "models": {name: {**errors(rows["seconds"], rows[name]),
                               "at_bound": int(rows[f"{name}_at_bound"].sum())}

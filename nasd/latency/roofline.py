@@ -61,7 +61,7 @@ class Device(BaseModel):
         default=None, description="for a measured host: how and when (micro-benchmarks)")
 
     @model_validator(mode="after")
-    def _check(self) -> "Device":
+    def _check(self) -> Device:
         unknown = sorted(set(self.peak_tflops) - set(DTYPE_BYTES))
         if unknown:
             raise ValueError(f"peak_tflops: unknown dtype {unknown[0]!r}: one of "

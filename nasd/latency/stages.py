@@ -33,10 +33,10 @@ Pure: no I/O, no clocks.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal, Mapping
+from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 Stage = Literal["edge_prefill", "draft_token", "cloud_prefill", "verify", "decode"]
@@ -62,7 +62,7 @@ class ModelShape:
     tied_embeddings: bool = True
 
     @classmethod
-    def from_config(cls, config: Mapping) -> "ModelShape":
+    def from_config(cls, config: Mapping) -> ModelShape:
         """From a transformers config (``config.json`` as a mapping)."""
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])

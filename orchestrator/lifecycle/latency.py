@@ -6,7 +6,7 @@ length, K; the campaign's dtype and torch threads are its "hardware") and times 
 of a speculation cycle through the agents' own code, with ``orchestrator calibrate``'s
 measuring pieces (``time_prefill``, ``timed_cycle``): the hf backend loading each model from
 a folder, ``TokenSequence`` sessions with their KV cache, the codec and the wire messages.
-Model pairs: the shipped pair, and pairs of randomly initialized Llama models shaped like it
+Model pairs: the job's own pair, and pairs of randomly initialized Llama models shaped like it
 but scaled (hidden size, layers, heads, KV heads), written to a scratch folder and loaded
 from there like any local model (weights do not change a pass's time, so random ones time
 as trained ones would).  Measured in rounds (``measure``): each round times every stage of
@@ -18,9 +18,9 @@ with the machine's description and the median 1-minute load average of its turns
 is rewritten after every round (a cut-off campaign keeps every finished round).
 
 ``measure_device`` measures this host's peaks with micro-benchmarks in torch: read
-bandwidth (a reduction over arrays in the last-level cache and far beyond it) and matmul
-FLOP/s per dtype, all cores, the best of several tries: a roofline bound must not sit
-above what a real pass achieves.
+bandwidth (a reduction over arrays in the last-level cache and far beyond it) and the FLOP/s
+of a linear layer per dtype, on 1 thread and all cores, the best of several tries: a
+roofline bound must not sit above what a real pass achieves.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import re
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,6 @@ from nasd.latency.stages import SHAPE_FIELDS, STAGES, ModelShape
 from orchestrator.lifecycle.calibrate import host, time_prefill, timed_cycle
 from shaping.clock import now
 
-SHIPPED = "tiny-arith"
 # scaled shapes (hidden, layers, heads, kv_heads): head_dim = hidden / heads, the MLP
 # 8/3 of the hidden size; pairs take a smaller one as draft and a larger one as target
 SCALED_SHAPES: tuple[tuple[int, int, int, int], ...] = (
@@ -59,12 +58,11 @@ SCALED_SHAPES: tuple[tuple[int, int, int, int], ...] = (
 PROMPT_TOKENS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192)
 CONTEXT_TOKENS = (8, 16, 32, 64, 96, 128, 160, 192, 256, 320, 384)
 KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15)
-SHIPPED_MAX_POSITIONS = 256
 
 
 @dataclass(frozen=True)
 class LatencyPlan:
-    shipped: HFPairConfig            # the shipped pair (its tokenizer serves every pair)
+    shipped: HFPairConfig            # the job's pair (its tokenizer and shape serve every pair)
     texts: list[str]                 # text the prompts and contexts are cut from
     sampling: SamplingConfig
     codec: str
@@ -85,7 +83,7 @@ class LatencyPlan:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    pair: str                        # "tiny-arith", or "<draft shape>/<target shape>"
+    pair: str                        # the job's pair by name, or "<draft shape>/<target shape>"
     prompt_tokens: int
     context_tokens: int
     k: int
@@ -117,7 +115,7 @@ def parse_shape_name(name: str) -> tuple[int, int, int, int]:
 def pair_names(plan: LatencyPlan) -> list[str]:
     """The shipped pair and every scaled pair of a smaller draft and a larger target."""
     ordered = sorted(plan.shapes, key=lambda s: ModelShape(**scaled_config_shape(s)).parameters)
-    return [SHIPPED] + [f"{shape_name(a)}/{shape_name(b)}"
+    return [plan.shipped.name] + [f"{shape_name(a)}/{shape_name(b)}"
                         for a, b in itertools.combinations(ordered, 2)]
 
 
@@ -132,14 +130,20 @@ def sample_configs(plan: LatencyPlan) -> list[SampleConfig]:
         config = SampleConfig(pairs[rng.integers(len(pairs))],
                               int(rng.choice(plan.prompt_tokens)),
                               int(rng.choice(plan.context_tokens)), int(rng.choice(plan.ks)))
-        if config.pair == SHIPPED:
+        if config.pair == plan.shipped.name:   # within its positions
             config = SampleConfig(config.pair, config.prompt_tokens,
                                   min(config.context_tokens,
-                                      SHIPPED_MAX_POSITIONS - max(plan.ks) - 1), config.k)
+                                      shipped_positions(plan) - max(plan.ks) - 1), config.k)
         if config not in seen:
             seen.add(config)
             chosen.append(config)
     return chosen
+
+
+def shipped_positions(plan: LatencyPlan) -> int:
+    """The longest sequence the job's own pair takes (its target's position embeddings)."""
+    config = json.loads((Path(plan.shipped.target) / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 2048)
 
 
 def scaled_config_shape(shape: tuple[int, int, int, int]) -> dict:
@@ -169,7 +173,7 @@ class PairCache:
 
     def _load(self, name: str) -> LoadedPair:
         update = {"dtype": self.plan.dtype, "cpu_threads": self.plan.threads}
-        if name != SHIPPED:
+        if name != self.plan.shipped.name:
             draft, target = (self._write(part) for part in name.split("/"))
             update |= {"draft": str(draft), "target": str(target), "name": name}
         pair = self.plan.shipped.model_copy(update=update)
@@ -257,12 +261,13 @@ class SampleRun:
         reset(self.context, self.target)
         return elapsed
 
+    def prefill(self) -> tuple[float, float]:
+        return time_prefill(self.pair.draft, self.pair.target, self.prompt, self.plan.sampling,
+                            self.rngs[1])
+
     def turn(self) -> None:
-        sampling = self.plan.sampling
-        prefill = lambda: time_prefill(self.pair.draft, self.pair.target, self.prompt,  # noqa: E731
-                                       sampling, self.rngs[1])
-        prefill()
-        edge_s, cloud_s = prefill()
+        self.prefill()
+        edge_s, cloud_s = self.prefill()
         self.cycle()
         sample = self.cycle()
         self.decode()
@@ -319,7 +324,7 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
     """
     configs = sample_configs(plan)
     machine = host() | {"cores": os.cpu_count(), "torch_threads": plan.threads}
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="latency-models-") as scratch:
@@ -492,6 +497,6 @@ def device_file(measured: DeviceMeasurement, name: str) -> dict:
         "sources": [{"what": "every figure", "cite": "measured on this host with torch "
                      "micro-benchmarks (orchestrator/lifecycle/latency.py measure_device): the "
                      "best of several tries over 1 thread and all cores"}],
-        "measured": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured": {"created": datetime.now(UTC).isoformat(timespec="seconds"),
                      "host": machine, **measured.details},
     }

@@ -40,7 +40,7 @@ def describe(table: pd.DataFrame) -> dict:
     host = {key.removeprefix("host_"): first[key] for key in table.columns
             if key.startswith("host_")}
     load = table["load_1m"] if "load_1m" in table else pd.Series(dtype=float)
-    return {"campaign": str(first.get("campaign", "")), "samples": int(len(table)),
+    return {"campaign": str(first.get("campaign", "")), "samples": len(table),
             "dtype": sorted(table["dtype"].unique().tolist()),
             "threads": sorted(int(t) for t in table["threads"].unique()),
             "host": {key: (value.item() if hasattr(value, "item") else value)
