@@ -39,7 +39,7 @@ from nasd.analytic import (
 )
 
 FRACTIONS = (0.5, 0.7, 0.85, 1.0)
-DECISIONS = ("accept", "reject", "measure")
+UNCERTAIN = ("draft_token", "verify", "decode")   # the stages a candidate's latency uses
 
 
 @dataclass(frozen=True)
@@ -100,47 +100,35 @@ def rates(decisions: np.ndarray, true: np.ndarray, budget: float) -> dict:
 
 
 def candidates(heldout: dict[str, pd.DataFrame], table: pd.DataFrame, model: str,
-               rtts_s=(0.0, 0.01, 0.05, 0.1), bandwidth_bps: float = 100e6,
-               acceptance: float = 0.7) -> pd.DataFrame:
-    """Every held-out sample x strategy x RTT: its true and predicted seconds per token and
-    the predicted parts (for the interval).  ``heldout``: per stage, the held-out predictions
-    of ``nasd.latency.models.held_out`` (columns sample, seconds, ``model``)."""
-    def column(stage, name):
-        return heldout[stage].set_index("sample")[name]
+               rtts_s=(0.0, 0.01, 0.05, 0.1), bandwidth_bps: float = 100e6) -> pd.DataFrame:
+    """Every held-out sample x strategy x RTT, with its K, its bytes' transfer time, and each
+    uncertain stage's measured (``<stage>_true``) and predicted (``<stage>_pred``) seconds.
+    ``heldout``: per stage, the held-out predictions of ``nasd.latency.models.held_out``
+    (columns sample, seconds, ``model``)."""
+    by_sample = table.set_index("sample")
     frame = pd.DataFrame({
-        "k": table.set_index("sample")["k"],
-        "transfer_s": table.set_index("sample").eval("(bytes_up + bytes_down) * 8")
-        / bandwidth_bps,
-        **{f"{stage}_true": column(stage, "seconds") for stage in ("draft_token", "verify", "decode")},
-        **{f"{stage}_pred": column(stage, model) for stage in ("draft_token", "verify", "decode")},
+        "k": by_sample["k"],
+        "transfer_s": (by_sample["bytes_up"] + by_sample["bytes_down"]) * 8 / bandwidth_bps,
+        **{f"{stage}_true": heldout[stage].set_index("sample")["seconds"] for stage in UNCERTAIN},
+        **{f"{stage}_pred": heldout[stage].set_index("sample")[model] for stage in UNCERTAIN},
     }).dropna()
-    rows = []
-    for sample, row in frame.iterrows():
-        for rtt in rtts_s:
-            for strategy in ("fixed-k", "cloud-only"):
-                rows.append({"sample": sample, "strategy": strategy, "rtt_s": rtt, **row})
-    out = pd.DataFrame(rows)
-    for kind in ("true", "pred"):
-        out[kind] = [per_token(r.strategy, int(r.k), r[f"draft_token_{kind}"],
-                               r[f"verify_{kind}"], r[f"decode_{kind}"], r.rtt_s, r.transfer_s,
-                               acceptance)
-                     for _, r in out.iterrows()]
-    return out
+    rows = [{"sample": sample, "strategy": strategy, "rtt_s": rtt, **row}
+            for sample, row in frame.iterrows() for rtt in rtts_s
+            for strategy in ("fixed-k", "cloud-only")]
+    return pd.DataFrame(rows)
 
 
-def bounds_of(frame: pd.DataFrame, intervals: dict[str, StageInterval],
-              acceptance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each candidate's latency with every uncertain stage at its interval's low (high) end:
-    the stages err together (the conservative assumption)."""
-    ends = []
-    for end in ("low", "high"):
-        scale = {stage: getattr(intervals[stage], end) for stage in intervals}
-        ends.append(np.array([
-            per_token(r.strategy, int(r.k), r.draft_token_pred * scale["draft_token"],
-                      r.verify_pred * scale["verify"], r.decode_pred * scale["decode"],
-                      r.rtt_s, r.transfer_s, acceptance)
-            for _, r in frame.iterrows()]))
-    return ends[0], ends[1]
+def latencies(frame: pd.DataFrame, kind: str, acceptance: float,
+              scale: dict[str, float] | None = None) -> np.ndarray:
+    """Each candidate's seconds per token from its ``kind`` (true or pred) stage times, each
+    stage multiplied by ``scale`` (an interval's end) when given."""
+    scale = scale or {stage: 1.0 for stage in UNCERTAIN}
+    return np.array([per_token(row.strategy, int(row.k),
+                               getattr(row, f"draft_token_{kind}") * scale["draft_token"],
+                               getattr(row, f"verify_{kind}") * scale["verify"],
+                               getattr(row, f"decode_{kind}") * scale["decode"],
+                               row.rtt_s, row.transfer_s, acceptance)
+                     for row in frame.itertuples()])
 
 
 def guardrail_analysis(heldout: dict[str, pd.DataFrame], table: pd.DataFrame,
@@ -149,18 +137,21 @@ def guardrail_analysis(heldout: dict[str, pd.DataFrame], table: pd.DataFrame,
                        rtts_s=(0.0, 0.01, 0.05, 0.1)) -> dict:
     """The intervals calibrated on half of the held-out samples, the guardrail judged on the
     other half: per budget fraction, the rates with and without it."""
-    samples = np.array(sorted(set(heldout["verify"]["sample"]) & set(heldout["draft_token"]["sample"])
-                              & set(heldout["decode"]["sample"])))
+    samples = np.array(sorted(set.intersection(*(set(heldout[stage]["sample"])
+                                                 for stage in UNCERTAIN))))
     rng = np.random.default_rng(seed)
     calibrate = set(rng.choice(samples, size=len(samples) // 2, replace=False).tolist())
     intervals = {}
-    for stage in ("draft_token", "verify", "decode"):
+    for stage in UNCERTAIN:
         rows = heldout[stage][heldout[stage]["sample"].isin(calibrate)]
         intervals[stage] = conformal_interval(rows["seconds"], rows[model], coverage)
     judged = {stage: rows[~rows["sample"].isin(calibrate)] for stage, rows in heldout.items()}
-    frame = candidates(judged, table, model, rtts_s, acceptance=acceptance)
-    low, high = bounds_of(frame, intervals, acceptance)
-    true, point = frame["true"].to_numpy(), frame["pred"].to_numpy()
+    frame = candidates(judged, table, model, rtts_s)
+    true, point = (latencies(frame, kind, acceptance) for kind in ("true", "pred"))
+    # every stage at its interval's end at once: the stages err together (conservative)
+    low, high = (latencies(frame, "pred", acceptance,
+                           {stage: getattr(intervals[stage], end) for stage in UNCERTAIN})
+                 for end in ("low", "high"))
     results = []
     for fraction in fractions:
         budget = float(np.quantile(true, fraction))
