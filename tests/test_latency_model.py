@@ -322,10 +322,11 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
     capsys.readouterr()
     assert main(["latency", "fit", str(tmp_path / "negative.csv"), "--device", "h100-sxm"]) == 2
     assert main(["latency", "fit", str(tmp_path / "good.csv"), "--device", "nowhere"]) == 2
+    assert main(["latency", "measure", "--model-pair", "synthetic"]) == 2
     stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 2 and all(line.startswith("error: ")
+    assert stderr.count("\n") == 3 and all(line.startswith("error: ")
                                            for line in stderr.splitlines())
-    assert "device 'nowhere' not found" in stderr
+    assert "device 'nowhere' not found" in stderr and "needs an hf pair" in stderr
 
 
 # --------------------------------------------------------------------------- guardrail
