@@ -10,7 +10,8 @@ Owns the three model families compared per stage and their group-wise evaluation
   counted ``kv_factor`` times, and FLOPs at the dtype's peak), the efficiencies ``eta_*`` in
   (0, 1] say how much of each peak the stage reaches, the overheads are the fixed cost of a
   call, of each layer (kernel dispatch), of the per-token vector work and (``draft_token``
-  only) of a draft block shared by its K tokens, and the smooth maximum
+  only, reported at its floor elsewhere) of a draft block shared by its K tokens, and the
+  smooth maximum
   ``(a^p + b^p)^(1/p)`` (p fitted in [1, 16]: 1 is a sum, 16 almost the hard max) lets the
   ridge point be as sharp as the stage shows it: verify is flat in K while the weights'
   bytes dominate and grows once the FLOPs do.  Fitted by ``scipy.optimize.least_squares`` on
@@ -33,7 +34,7 @@ Pure: no I/O, no clocks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -154,7 +155,10 @@ def fit_roofline(frame: pd.DataFrame, device: Device, prior: RooflineParams | No
                                f_scale=0.05)
         if best is None or result.cost < best.cost:
             best = result
-    return RooflineParams.from_vector(best.x)
+    fitted = RooflineParams.from_vector(best.x)
+    if not np.any(terms["blocks"]):    # a stage without draft blocks: the term never applies
+        fitted = replace(fitted, per_block_s=LOWER["per_block_s"])
+    return fitted
 
 
 def relative_weights(seconds: np.ndarray) -> np.ndarray:
