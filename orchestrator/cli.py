@@ -532,6 +532,183 @@ def cleanup_command(dry_run, include_live) -> None:
         click.echo("nothing to clean up")
 
 
+@cli.group("latency")
+def latency_group() -> None:
+    """The latency model (nasd/latency): measure each stage of a cycle on this host, fit the
+    stage-aware estimator, recalibrate it to other hardware from a few samples."""
+
+
+@latency_group.command("measure")
+@click.option("--job", "job_name", default="default", show_default=True,
+              help="Job file: its model pair (an hf pair: its tokenizer and shape are the "
+                   "base of the scaled pairs), prompts (the text cut into prompts and "
+                   "contexts), decoding and codec are used.")
+@click.option("--model-pair", help="[default: the job's]")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+              default="float32", show_default=True, help="Weights and compute dtype.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads (with --dtype, the \"hardware\" of the campaign).")
+@click.option("--samples", type=click.IntRange(1), default=200, show_default=True,
+              help="Configurations drawn from the grid (pair, prompt, context, K).")
+@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
+              help="Rounds: repeats of each stage per sample, minutes apart (the median is kept).")
+@click.option("--budget-s", type=click.FloatRange(0, min_open=True), default=480.0,
+              show_default=True, help="Do no round that would end after this many seconds (one round at least).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the draw of configurations and the scaled models' weights.")
+@click.option("--max-load", type=click.FloatRange(0, min_open=True),
+              help="Before each round, wait (up to --quiet-wait-s) until the 1-minute load "
+                   "average is at most this (this campaign counts about 1 per thread) "
+                   "[default: no waiting].")
+@click.option("--quiet-wait-s", type=click.FloatRange(0), default=120.0, show_default=True,
+              help="The longest wait before a round for --max-load.")
+@click.option("--campaign", help="Label of the campaign in every row [default: DTYPE-tTHREADS].")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV to write [default: latency/CAMPAIGN.csv].")
+def latency_measure_command(job_name, model_pair, dtype, threads, samples, repeats, budget_s,
+                            seed, max_load, quiet_wait_s, campaign, out_path) -> None:
+    """Time every stage of a speculation cycle over sampled configurations on this host.
+
+    Stages: edge_prefill, draft_token, cloud_prefill, verify (K drafts), decode, with the
+    codec's encoding time and the bytes on the wire, through the agents' own code (as
+    `orchestrator calibrate` measures).  Model pairs: the job's, and randomly initialized
+    Llama pairs of scaled shapes.  Each round times every stage of every sample once (the
+    rounds are the repeats: the median is kept); one CSV row per sample with this machine's
+    description and load average, rewritten after every round; progress on stderr.
+    """
+    from agents.backends.hf import HFPairConfig
+    from orchestrator.lifecycle.latency import LatencyPlan
+    from orchestrator.lifecycle.latency import measure as measure_latency
+    job = load_job(job_name, {"model_pair": model_pair})
+    no_link = LinkState(uplink=DirectionSpec(), downlink=DirectionSpec())
+    spec = RunSpec.build(job, NetworkProfile(name="in-process", initial=no_link), "sim")
+    if not isinstance(spec.model_pair, HFPairConfig):
+        raise click.UsageError(f"--model-pair {spec.model_pair.name}: measuring latency needs "
+                               "an hf pair (a synthetic pair computes nothing)")
+    campaign = campaign or f"{dtype}-t{threads}"
+    plan = LatencyPlan(shipped=spec.model_pair, texts=[p.prompt for p in spec.prompts],
+                       sampling=job.sampling, codec=job.resolved_codec, dtype=dtype,
+                       threads=threads, samples=samples, repeats=repeats, budget_s=budget_s,
+                       seed=seed, campaign=campaign, max_load=max_load,
+                       quiet_wait_s=quiet_wait_s)
+    out_path = out_path or Path("latency") / f"{campaign}.csv"
+    console = Console(stderr=True)
+    console.print(f"measuring {samples} samples ({dtype}, {threads} thread(s), {repeats} "
+                  f"repeats, at most {budget_s:g} s) into {out_path}")
+    with work_progress(console) as progress:
+        written = measure_latency(plan, out_path, progress)
+    click.echo(f"table: {out_path} ({written} samples)")
+
+
+@latency_group.command("device")
+@click.option("--name", default="this-host", show_default=True, help="The device's name.")
+@click.option("--tries", type=click.IntRange(1), default=7, show_default=True,
+              help="Tries of each micro-benchmark (the best is kept).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Device file to write [default: NAME.yaml].")
+def latency_device_command(name, tries, out_path) -> None:
+    """Measure this host's roofline peaks (read bandwidth in cache and main memory, matmul
+    FLOP/s per dtype) and write them as a device file (the schema of configs/devices)."""
+    import yaml
+
+    from orchestrator.lifecycle.latency import device_file, measure_device
+    console = Console(stderr=True)
+    with work_progress(console) as progress:
+        measured = measure_device(tries, progress)
+    out_path = out_path or Path(f"{name}.yaml")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(yaml.safe_dump(device_file(measured, name), sort_keys=False))
+    click.echo(f"device: {out_path} (main memory {measured.memory_bandwidth_gbps:.1f} GB/s, "
+               + ", ".join(f"{dtype} {value * 1000:.0f} GFLOP/s"
+                           for dtype, value in measured.peak_tflops.items()) + ")")
+
+
+def parse_ns(ctx, param, text: str) -> list[int]:
+    """``--n 10,25,50,100``: calibration sample counts, each >= 1."""
+    try:
+        values = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: comma-separated whole numbers") from None
+    if not values or values[0] < 1:
+        raise click.BadParameter(f"{text!r}: every N must be >= 1")
+    return values
+
+
+@latency_group.command("fit")
+@click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--device", "device_name", required=True,
+              help="The device file the table was measured on: a name under configs/devices "
+                   "or a path (its peaks scale the roofline).")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
+              help="Group-wise folds (over model shapes).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for estimator.json, heldout.json and the plot "
+                   "[default: beside TABLE, in TABLE's stem].")
+def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
+    """Fit the stage-aware estimator on a measured table and judge it on model shapes it
+    never saw: MAPE, MAE and P95 absolute error per stage for the roofline-shaped, linear
+    and random-forest models, the forest's importances, how often the roofline bound sat
+    above a measured time (it must never), and the budget guardrail on those held-out
+    predictions (violation and false-reject rates at budget fractions 0.5..1)."""
+    from orchestrator.config.loading import load_device, load_latency_table
+    from orchestrator.reporting.latency_report import fit_report
+    table, device = load_latency_table(table_path), load_device(device_name)
+    out_dir = out_dir or table_path.with_suffix("")
+    report = fit_report(table, device, out_dir, folds)
+    click.echo(f"{'stage':14s} {'samples':>7s} {'groups':>6s} {'roofline':>9s} {'linear':>7s} "
+               f"{'forest':>7s}  bound above measured")
+    for stage, row in report["stages"].items():
+        mape = {name: f"{values['mape_pct']:.1f}%" for name, values in row["models"].items()}
+        click.echo(f"{stage:14s} {row['samples']:7d} {row['groups']:6d} {mape['roofline']:>9s} "
+                   f"{mape['linear']:>7s} {mape['forest']:>7s}  {row['bound']['violations']}")
+    for row in report["guardrail"]["fractions"]:
+        guarded, unguarded = row["guarded"], row["unguarded"]
+        click.echo(f"guardrail at budget fraction {row['fraction']:g}: violations "
+                   f"{100 * guarded['violation_rate']:.1f}% (unguarded "
+                   f"{100 * unguarded['violation_rate']:.1f}%), false rejects "
+                   f"{100 * guarded['false_reject_rate']:.1f}% (unguarded "
+                   f"{100 * unguarded['false_reject_rate']:.1f}%), left to measuring "
+                   f"{guarded['measured']}/{guarded['candidates']}")
+    click.echo(f"written: {out_dir}/estimator.json, heldout.json, guardrail.json and plots")
+
+
+@latency_group.command("transfer")
+@click.argument("source_path", metavar="SOURCE", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target_path", metavar="TARGET", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--device", "device_name", required=True,
+              help="The device file of both tables (the target's hardware differs by its "
+                   "dtype or threads) or of the target: a name under configs/devices or a path.")
+@click.option("--n", "ns", default="10,25,50,100", show_default=True, callback=parse_ns,
+              help="Calibration sample counts.")
+@click.option("--holdout", type=click.IntRange(1), default=60, show_default=True,
+              help="Target samples held out for scoring (at most half the table).")
+@click.option("--draws", type=click.IntRange(1), default=20, show_default=True,
+              help="Random draws of the calibration samples per N.")
+@click.option("--prior-sigma", type=click.FloatRange(0, min_open=True), default=0.5,
+              show_default=True, help="Method C: sd of the prior on the log parameters.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for transfer.json and the plots [default: beside TARGET].")
+def latency_transfer_command(source_path, target_path, device_name, ns, holdout, draws,
+                             prior_sigma, out_dir) -> None:
+    """Recalibrate the SOURCE table's estimator to the TARGET table's hardware from N target
+    samples: none, A (per-stage affine), B (one global affine on the total), C (the
+    roofline refitted with the source as prior); MAPE and P95 absolute error on held-out
+    target samples against N."""
+    from orchestrator.config.loading import load_device, load_latency_table
+    from orchestrator.reporting.latency_report import transfer_report
+    source, target = load_latency_table(source_path), load_latency_table(target_path)
+    device = load_device(device_name)
+    out_dir = out_dir or target_path.parent / f"transfer-{source_path.stem}-to-{target_path.stem}"
+    result = transfer_report(source, target, device, out_dir, ns, holdout, draws,
+                             prior_sigma=prior_sigma)
+    rows = [row for row in result["summary"] if row["stage"] == "all"]
+    click.echo(f"{'method':6s} {'N':>4s} {'MAPE':>7s} {'P95 abs':>9s}")
+    for row in sorted(rows, key=lambda r: (r["method"] != "none", r["method"], r["n"])):
+        click.echo(f"{row['method']:6s} {row['n']:4d} {row['mape_pct']:6.1f}% "
+                   f"{row['p95_abs_s'] * 1e3:7.2f}ms")
+    click.echo(f"written: {out_dir}/transfer.json and plots")
+
+
 @cli.command("profiles")
 def profiles_command() -> None:
     """List the shipped network profiles with their RTT, bandwidth, jitter and loss."""

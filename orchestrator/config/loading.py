@@ -1,4 +1,4 @@
-"""Finding and loading the shipped YAML (profiles, model pairs, jobs, prompts).
+"""Finding and loading the shipped YAML (profiles, model pairs, jobs, prompts, devices).
 
 A name is looked up under ``configs/<kind>/`` (sub-folders included); a
 path is read as given.  Every failure becomes a ``ConfigError`` whose text is
@@ -12,6 +12,7 @@ import importlib.resources
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
@@ -22,6 +23,8 @@ from agents.backends.hf import (
     check_available,
     resolve_paths,
 )
+from nasd.latency.roofline import Device
+from nasd.latency.stages import required_columns
 from orchestrator.config.job import JobConfig
 from shaping.profile import NetworkProfile, ProfileFile, resolve
 
@@ -186,3 +189,35 @@ def load_model_pair(name_or_path: str) -> ModelPairConfig:
         except ModelNotAvailable as error:
             raise ConfigError(f"{path}: {error}") from None
     return pair
+
+
+def load_device(name_or_path: str) -> Device:
+    """A validated device file (``nasd.latency.roofline.Device``): a name under
+    ``configs/devices`` or a path."""
+    path = find("devices", name_or_path)
+    return parse(Device, read_yaml(path), str(path))
+
+
+def load_latency_table(path: str | Path) -> pd.DataFrame:
+    """A table of ``orchestrator latency measure``, checked for the columns the latency
+    model reads and for positive stage times."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: not a readable CSV table: {error}") from None
+    missing = [column for column in required_columns() if column not in table.columns]
+    if missing:
+        more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"{path}: missing column {missing[0]!r}{more}; a table of "
+                          "`orchestrator latency measure` has them")
+    if table.empty:
+        raise ConfigError(f"{path}: no samples")
+    for column in (c for c in required_columns() if c.endswith("_s")):
+        bad = table.index[~(table[column] > 0)]
+        if len(bad):
+            raise ConfigError(f"{path}: row {int(bad[0]) + 2}: {column} must be > 0 "
+                              f"(got {table.at[bad[0], column]!r})")
+    return table

@@ -18,6 +18,10 @@ No agent processes, no network.  Measured, each with its samples kept for an int
   the payload, verifying, the verdict) and its verdict, and what was accepted, counted
   per position.
 
+The measuring pieces, ``time_prefill`` (both prefills) and ``timed_cycle`` (one cycle,
+both halves, timed as each side sees it), are shared with ``orchestrator latency measure``
+(``orchestrator.lifecycle.latency``), which times the same steps at chosen contexts.
+
 A query's last cycles draft fewer tokens (the answer must fit ``max_new_tokens``, or the
 draft ended), and count for the K they drafted, as in a run's records.
 """
@@ -29,6 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 from rich.progress import Progress
@@ -36,10 +41,10 @@ from rich.progress import Progress
 from agents.backends import ModelPairConfig, build_models
 from agents.backends.base import LanguageModel, TokenSequence
 from agents.cloud import verdict_message
-from agents.codecs import get_codec
+from agents.codecs import DraftCodec, get_codec
 from agents.edge import draft_message, read_verdict
 from agents.protocol import encode
-from agents.sampling import SamplingConfig
+from agents.sampling import Decoding, SamplingConfig
 from agents.speculative import (
     choose_token,
     generate_locally,
@@ -83,6 +88,7 @@ class CycleSample:
     t_verify: float   # the cloud: payload decoded, verified, the verdict built
     bytes_up: int
     bytes_down: int
+    t_encode: float = 0.0   # of t_draft: the draft message through the codec
 
 
 def interval(values, per=None) -> Interval:
@@ -135,14 +141,10 @@ class Calibrator:
         for length, ids in sorted(lengths.items()):
             edge, cloud = [], []
             for repetition in range(plan.repetitions):
-                started = now()
-                TokenSequence(self.draft, ids, plan.sampling).prefill()
-                edge.append(now() - started)
                 rng = session_rng(plan.seed, f"prefill/{repetition}", "cloud")
-                started = now()   # the cloud's ``open``: prefill and the first token
-                choose_token(TokenSequence(self.target, ids, plan.sampling).next_probs(),
-                             plan.sampling.decoding, rng)
-                cloud.append(now() - started)
+                edge_s, cloud_s = time_prefill(self.draft, self.target, ids, plan.sampling, rng)
+                edge.append(edge_s)
+                cloud.append(cloud_s)
                 progress.advance(task)
             rows.append(PrefillAtLength(prompt_tokens=length, edge_s=interval(edge),
                                         cloud_s=interval(cloud)))
@@ -206,35 +208,63 @@ class Calibrator:
         finished, correction, samples = first == self.target.eos_id, {}, []
         while not finished and len(draft.generated) < plan.max_new_tokens:
             remaining = plan.max_new_tokens - len(draft.generated)
-            wire: dict = {"started": now()}
-
-            def verify(drafts):
-                """The cloud's ``_verify`` on the message the edge would send, timed."""
-                wire["message"] = message = draft_message(session, len(samples) + 1, codec,
-                                                          drafts, correction)
-                wire["received"] = received = now()
-                if correction:
-                    target.extend([correction["correction"]])
-                verification = verify_drafts(target, codec.decode(message.arrays,
-                                                                  target.vocab_size),
-                                             decoding, cloud_rng, self.target.eos_id)
-                wire["reply"] = reply = verdict_message(session, message.seq, verification,
-                                                        received)
-                wire["answered"] = now()
-                return read_verdict(reply, draft.vocab_size)
-
-            drafts, verdict = speculation_step(draft, min(k, remaining - 1), decoding, edge_rng,
-                                               eos_id, codec, verify)
-            residual = wire["reply"].fields["residual"]
-            correction = {"correction": verdict.next_token} if residual else {}
-            finished = verdict.finished
-            samples.append(CycleSample(
-                k=len(drafts.ids), accepted=verdict.accepted,
-                t_draft=wire["received"] - wire["started"],
-                t_verify=wire["answered"] - wire["received"],
-                bytes_up=zmtp_wire_bytes(encode(wire["message"])),
-                bytes_down=zmtp_wire_bytes(encode(wire["reply"]))))
+            sample, correction, finished = timed_cycle(
+                draft, target, min(k, remaining - 1), codec, decoding, (edge_rng, cloud_rng),
+                session, len(samples) + 1, correction, (eos_id, self.target.eos_id))
+            samples.append(sample)
         return samples
+
+
+def time_prefill(draft: LanguageModel, target: LanguageModel, ids: list[int],
+                 sampling: SamplingConfig, rng: np.random.Generator) -> tuple[float, float]:
+    """Seconds of the edge's prefill of ``ids`` on the draft, and of the cloud's ``open`` on
+    the target (its prefill and the first token)."""
+    started = now()
+    TokenSequence(draft, ids, sampling).prefill()
+    edge_s = now() - started
+    started = now()
+    choose_token(TokenSequence(target, ids, sampling).next_probs(), sampling.decoding, rng)
+    return edge_s, now() - started
+
+
+def timed_cycle(draft: TokenSequence, target: TokenSequence, k: int, codec: DraftCodec,
+                decoding: Decoding, rngs: tuple[np.random.Generator, np.random.Generator],
+                session: str, seq: int, correction: dict,
+                eos_ids: tuple[int | None, int | None]) -> tuple[CycleSample, dict, bool]:
+    """One speculation cycle with both halves here, timed as each side sees it: the edge's
+    ``speculation_step`` drafting up to ``k`` tokens on ``draft`` and building its draft
+    message, the cloud's ``_verify`` of that message on ``target`` and its verdict.
+
+    ``rngs`` and ``eos_ids``: (the edge's, the cloud's); ``correction``: the q-scalar
+    correction the edge still owes the cloud (``{}`` for none).  Returns the sample, the
+    correction the next cycle carries, and whether the answer finished.
+    """
+    edge_rng, cloud_rng = rngs
+    wire: dict = {"started": now()}
+
+    def verify(drafts):
+        """The cloud's ``_verify`` on the message the edge would send, timed."""
+        wire["drafted"] = now()
+        wire["message"] = message = draft_message(session, seq, codec, drafts, correction)
+        wire["received"] = received = now()
+        if correction:
+            target.extend([correction["correction"]])
+        verification = verify_drafts(target, codec.decode(message.arrays, target.vocab_size),
+                                     decoding, cloud_rng, eos_ids[1])
+        wire["reply"] = reply = verdict_message(session, message.seq, verification, received)
+        wire["answered"] = now()
+        return read_verdict(reply, draft.vocab_size)
+
+    drafts, verdict = speculation_step(draft, k, decoding, edge_rng, eos_ids[0], codec, verify)
+    residual = wire["reply"].fields["residual"]
+    sample = CycleSample(
+        k=len(drafts.ids), accepted=verdict.accepted,
+        t_draft=wire["received"] - wire["started"],
+        t_verify=wire["answered"] - wire["received"],
+        bytes_up=zmtp_wire_bytes(encode(wire["message"])),
+        bytes_down=zmtp_wire_bytes(encode(wire["reply"])),
+        t_encode=wire["received"] - wire["drafted"])
+    return sample, ({"correction": verdict.next_token} if residual else {}), verdict.finished
 
 
 def by_k(cycles: list[CycleSample]) -> dict[int, list[CycleSample]]:
@@ -268,7 +298,7 @@ def acceptance(cycles: list[CycleSample]) -> Acceptance:
 def host() -> dict[str, str]:
     """What the figures were measured on."""
     described = {"node": platform.node(), "machine": platform.machine(),
-                 "processor": platform.processor() or platform.machine(),
+                 "processor": cpu_model() or platform.processor() or platform.machine(),
                  "python": platform.python_version()}
     for package in ("numpy", "torch", "transformers"):
         try:
@@ -276,3 +306,16 @@ def host() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return described
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), where ``platform`` says only the
+    architecture."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None

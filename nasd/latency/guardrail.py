@@ -1,0 +1,169 @@
+"""The budget guardrail: accept a configuration only when its predicted latency, with a
+prediction interval, fits a budget.
+
+Owns the interval (``StageInterval``: split-conformal, from the ratios measured / predicted
+of samples the model never saw: the quantiles at the finite-sample level ceil((n + 1) q) / n,
+so the interval covers a new sample with the stated probability whatever the error's
+distribution), a candidate's seconds per token (``per_token``: a speculative cycle's
+K drafted tokens, its verification, the round trip and the bytes' transfer over the
+committed tokens E[tau] of ``nasd.analytic``; or cloud-only decoding's step), the decision
+(``decide``: accept when the interval's upper end fits the budget, reject when its lower
+end breaks it, otherwise measure), and its evaluation on held-out samples
+(``guardrail_analysis``).
+
+Candidates are (held-out configuration, strategy, RTT): fixed-K speculation at the
+configuration's K, and cloud-only decoding, on each RTT, at a fixed acceptance; their
+"true" latency comes from the measured stage times, the predicted one from the held-out
+predictions, the network part being the same analytic term in both (this is a guardrail on
+the compute model).  A budget fraction f sets the budget at the f-quantile of the
+candidates' true latencies (f of them fit it).  Rates: violations = accepted candidates that
+break the budget, over the accepted; false rejects = rejected candidates that fit, over those
+that fit; ``measure`` = the share left to measuring.  Without the guardrail the point
+prediction alone decides (accept when it fits).
+
+Pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from nasd.analytic import (
+    ComputeTimes,
+    cycle_time_distributed_s,
+    expected_tokens_per_cycle,
+)
+
+FRACTIONS = (0.5, 0.7, 0.85, 1.0)
+UNCERTAIN = ("draft_token", "verify", "decode")   # the stages a candidate's latency uses
+
+
+@dataclass(frozen=True)
+class StageInterval:
+    """Multiplicative prediction interval: [low * predicted, high * predicted]."""
+
+    low: float
+    high: float
+    coverage: float
+    n: int
+
+
+def conformal_interval(measured, predicted, coverage: float = 0.9) -> StageInterval:
+    """Split-conformal interval from held-out ratios measured / predicted (two-sided, equal
+    tails)."""
+    ratios = np.sort(np.asarray(measured, dtype=float) / np.asarray(predicted, dtype=float))
+    n = len(ratios)
+    if n < 2:
+        raise ValueError("a conformal interval needs at least two held-out samples")
+    tail = (1 - coverage) / 2
+    upper_rank = min(n, math.ceil((n + 1) * (1 - tail)))
+    lower_rank = max(1, math.floor((n + 1) * tail))
+    return StageInterval(float(ratios[lower_rank - 1]), float(ratios[upper_rank - 1]),
+                         coverage, n)
+
+
+def per_token(strategy: str, k: int, draft_token_s: float, verify_s: float, decode_s: float,
+              rtt_s: float, transfer_s: float, acceptance: float) -> float:
+    """Seconds per committed token: fixed-K speculation (one cycle over E[tau]) or cloud-only
+    decoding (its step; the stream's one round trip is amortized away)."""
+    if strategy == "cloud-only":
+        return float(decode_s)
+    if strategy != "fixed-k":
+        raise ValueError(f"unknown strategy {strategy!r}: fixed-k or cloud-only")
+    cycle = cycle_time_distributed_s(k, ComputeTimes(draft_token_s, verify_s, 0.0), rtt_s,
+                                     transfer_s)
+    return cycle / expected_tokens_per_cycle(acceptance, k)
+
+
+def decide(low, high, point, budget, guarded: bool = True) -> np.ndarray:
+    """``accept`` / ``reject`` / ``measure`` for each candidate; unguarded: the point
+    prediction alone, accept or reject."""
+    low, high, point = (np.asarray(v, dtype=float) for v in (low, high, point))
+    if not guarded:
+        return np.where(point <= budget, "accept", "reject")
+    return np.where(high <= budget, "accept", np.where(low > budget, "reject", "measure"))
+
+
+def rates(decisions: np.ndarray, true: np.ndarray, budget: float) -> dict:
+    fits = true <= budget
+    accepted, rejected = decisions == "accept", decisions == "reject"
+    return {"violation_rate": float(np.sum(accepted & ~fits) / max(1, np.sum(accepted))),
+            "false_reject_rate": float(np.sum(rejected & fits) / max(1, np.sum(fits))),
+            "false_accept_rate": float(np.sum(accepted & ~fits) / max(1, np.sum(~fits))),
+            "accepted": int(accepted.sum()), "rejected": int(rejected.sum()),
+            "measured": int(np.sum(decisions == "measure")), "fit": int(fits.sum()),
+            "candidates": len(true)}
+
+
+def candidates(heldout: dict[str, pd.DataFrame], table: pd.DataFrame, model: str,
+               rtts_s=(0.0, 0.01, 0.05, 0.1), bandwidth_bps: float = 100e6) -> pd.DataFrame:
+    """Every held-out sample x strategy x RTT, with its K, its bytes' transfer time, and each
+    uncertain stage's measured (``<stage>_true``) and predicted (``<stage>_pred``) seconds.
+    ``heldout``: per stage, the held-out predictions of ``nasd.latency.models.held_out``
+    (columns sample, seconds, ``model``)."""
+    by_sample = table.set_index("sample")
+    frame = pd.DataFrame({
+        "k": by_sample["k"],
+        "transfer_s": (by_sample["bytes_up"] + by_sample["bytes_down"]) * 8 / bandwidth_bps,
+        **{f"{stage}_true": heldout[stage].set_index("sample")["seconds"] for stage in UNCERTAIN},
+        **{f"{stage}_pred": heldout[stage].set_index("sample")[model] for stage in UNCERTAIN},
+    }).dropna()
+    rows = [{"sample": sample, "strategy": strategy, "rtt_s": rtt, **row}
+            for sample, row in frame.iterrows() for rtt in rtts_s
+            for strategy in ("fixed-k", "cloud-only")]
+    return pd.DataFrame(rows)
+
+
+def latencies(frame: pd.DataFrame, kind: str, acceptance: float,
+              scale: dict[str, float] | None = None) -> np.ndarray:
+    """Each candidate's seconds per token from its ``kind`` (true or pred) stage times, each
+    stage multiplied by ``scale`` (an interval's end) when given."""
+    scale = scale or {stage: 1.0 for stage in UNCERTAIN}
+    return np.array([per_token(row.strategy, int(row.k),
+                               getattr(row, f"draft_token_{kind}") * scale["draft_token"],
+                               getattr(row, f"verify_{kind}") * scale["verify"],
+                               getattr(row, f"decode_{kind}") * scale["decode"],
+                               row.rtt_s, row.transfer_s, acceptance)
+                     for row in frame.itertuples()])
+
+
+def guardrail_analysis(heldout: dict[str, pd.DataFrame], table: pd.DataFrame,
+                       model: str = "roofline", coverage: float = 0.9,
+                       fractions=FRACTIONS, acceptance: float = 0.7, seed: int = 0,
+                       rtts_s=(0.0, 0.01, 0.05, 0.1)) -> dict:
+    """The intervals calibrated on half of the held-out samples, the guardrail judged on the
+    other half: per budget fraction, the rates with and without it."""
+    samples = np.array(sorted(set.intersection(*(set(heldout[stage]["sample"])
+                                                 for stage in UNCERTAIN))))
+    rng = np.random.default_rng(seed)
+    calibrate = set(rng.choice(samples, size=len(samples) // 2, replace=False).tolist())
+    intervals = {}
+    for stage in UNCERTAIN:
+        rows = heldout[stage][heldout[stage]["sample"].isin(calibrate)]
+        intervals[stage] = conformal_interval(rows["seconds"], rows[model], coverage)
+    judged = {stage: rows[~rows["sample"].isin(calibrate)] for stage, rows in heldout.items()}
+    frame = candidates(judged, table, model, rtts_s)
+    true, point = (latencies(frame, kind, acceptance) for kind in ("true", "pred"))
+    # every stage at its interval's end at once: the stages err together (conservative)
+    low, high = (latencies(frame, "pred", acceptance,
+                           {stage: getattr(intervals[stage], end) for stage in UNCERTAIN})
+                 for end in ("low", "high"))
+    results = []
+    for fraction in fractions:
+        budget = float(np.quantile(true, fraction))
+        results.append({"fraction": fraction, "budget_s_per_token": budget,
+                        "guarded": rates(decide(low, high, point, budget), true, budget),
+                        "unguarded": rates(decide(low, high, point, budget, guarded=False),
+                                           true, budget)})
+    return {"model": model, "coverage": coverage, "acceptance": acceptance,
+            "rtts_ms": [1000 * r for r in rtts_s],
+            "intervals": {stage: vars(i) for stage, i in intervals.items()},
+            "calibration_samples": len(calibrate),
+            "judged_samples": int(frame["sample"].nunique()),
+            "candidates": len(frame),
+            "budget": "the f-quantile of the judged candidates' measured seconds per token",
+            "fractions": results}

@@ -1,0 +1,275 @@
+"""Per-stage latency models fitted on a measured table, and how well they predict
+configurations they never saw.
+
+Owns the three model families compared per stage and their group-wise evaluation:
+
+- **roofline-shaped** (``RooflineParams``, fitted by ``fit_roofline``): ``overhead +
+  per_layer * layers + per_activation * activations + per_block / K + smoothmax(memory /
+  eta_bw, compute / eta_flops)``, where memory and compute are the roofline's two times on the
+  device (``nasd.latency.roofline``: bytes at main memory's bandwidth, the KV cache's share
+  counted ``kv_factor`` times, and FLOPs at the dtype's peak), the efficiencies ``eta_*`` in
+  (0, 1] say how much of each peak the stage reaches, the overheads are the fixed cost of a
+  call, of each layer (kernel dispatch), of the per-token vector work and (``draft_token``
+  only, reported at its floor elsewhere) of a draft block shared by its K tokens, and the
+  smooth maximum
+  ``(a^p + b^p)^(1/p)`` (p fitted in [1, 16]: 1 is a sum, 16 almost the hard max) lets the
+  ridge point be as sharp as the stage shows it: verify is flat in K while the weights'
+  bytes dominate and grows once the FLOPs do.  Fitted by ``scipy.optimize.least_squares`` on
+  log errors (relative: what MAPE judges) with a soft-L1 loss (a sample a busy neighbour
+  slowed weighs less), optionally with a Gaussian prior on the parameters (how
+  ``nasd.latency.transfer`` refits from a few samples on new hardware);
+- **linear** (``fit_linear``): scikit-learn's non-negative least squares of the time on the
+  same work terms (bytes, KV bytes, FLOPs, layers, activation elements, block share), weighted
+  by 1 / t^2 so the errors are relative;
+- **random forest** (``fit_forest``): scikit-learn's forest on the log time from the
+  configuration and its work; its impurity importances say what the time depends on.
+
+``held_out`` predicts every sample with models fitted on the other groups (``GroupKFold``
+over the shape of the stage's model: a held-out sample's model size was never seen in
+training), each prediction raised to the roofline bound where it fell below it (and
+flagged); ``errors`` gives MAPE, MAE and the 95th percentile of the absolute error.
+
+Pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import GroupKFold
+
+from nasd.latency.roofline import (
+    Device,
+    bound_seconds,
+    clamp_to_bound,
+    compute_seconds,
+    memory_seconds,
+)
+
+LINEAR_FEATURES = ("bytes", "kv_bytes", "flops", "layers", "activations", "blocks")
+FOREST_FEATURES = ("params", "layers", "hidden", "tokens", "prompt_tokens", "context_tokens", "k",
+                   "dtype_bytes", "bytes", "flops", "activations")
+PARAMETERS = ("overhead_s", "per_layer_s", "per_activation_s", "per_block_s", "eta_bw",
+              "eta_flops", "kv_factor", "sharpness")
+LINEAR_SCALE = ("kv_factor", "sharpness")     # fitted as they are; the rest as logs
+LOWER = {"overhead_s": 1e-7, "per_layer_s": 1e-8, "per_activation_s": 1e-15, "per_block_s": 1e-9,
+         "eta_bw": 1e-4, "eta_flops": 1e-4, "kv_factor": 1.0, "sharpness": 1.0}
+UPPER = {"overhead_s": 10.0, "per_layer_s": 1.0, "per_activation_s": 1e-6, "per_block_s": 1.0,
+         "eta_bw": 1.0, "eta_flops": 1.0, "kv_factor": 64.0, "sharpness": 16.0}
+START = {"overhead_s": 1e-4, "per_layer_s": 1e-5, "per_activation_s": 1e-10, "per_block_s": 1e-5,
+         "eta_bw": 0.1, "eta_flops": 0.1, "kv_factor": 2.0, "sharpness": 2.0}
+
+
+@dataclass(frozen=True)
+class RooflineParams:
+    """One stage's roofline-shaped model (see the module's docstring)."""
+
+    overhead_s: float
+    per_layer_s: float
+    per_activation_s: float
+    per_block_s: float
+    eta_bw: float
+    eta_flops: float
+    kv_factor: float
+    sharpness: float
+
+    def seconds(self, device: Device, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted seconds of each row of a stage frame (``nasd.latency.stages``)."""
+        return form(self, roofline_terms(device, frame))
+
+    def to_vector(self) -> np.ndarray:
+        values = asdict(self)
+        return np.array([values[name] if name in LINEAR_SCALE else np.log(values[name])
+                         for name in PARAMETERS])
+
+    @classmethod
+    def from_vector(cls, vector) -> RooflineParams:
+        return cls(**{name: float(value if name in LINEAR_SCALE else np.exp(value))
+                      for name, value in zip(PARAMETERS, vector)})
+
+
+def roofline_terms(device: Device, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What the form combines, per row: the memory time of all bytes and of the KV cache's
+    at main memory's bandwidth, the compute time at the dtype's peak, and the counts the
+    overheads scale with (layers, activation elements, the block share)."""
+    main = np.asarray(memory_seconds(device, frame["bytes"], frame["working_set"], cached=False))
+    return {"memory": main, "kv": main * (frame["kv_bytes"].to_numpy(dtype=float)
+                                          / frame["bytes"].to_numpy(dtype=float)),
+            "compute": compute_seconds(device, frame["flops"], frame["dtype"].to_numpy()),
+            **{name: frame[name].to_numpy(dtype=float)
+               for name in ("layers", "activations", "blocks")}}
+
+
+def form(params: RooflineParams, terms: dict[str, np.ndarray]) -> np.ndarray:
+    """overhead + per layer + per activation element + the block's share + the smooth
+    maximum of the memory time (the KV cache's bytes moved ``kv_factor`` times) and the
+    compute time, each over its efficiency."""
+    a = (terms["memory"] + (params.kv_factor - 1) * terms["kv"]) / params.eta_bw
+    b = terms["compute"] / params.eta_flops
+    p = params.sharpness
+    top = np.maximum(a, b)
+    smooth = top * ((a / top) ** p + (b / top) ** p) ** (1.0 / p)   # scaled: no overflow
+    return (params.overhead_s + params.per_layer_s * terms["layers"]
+            + params.per_activation_s * terms["activations"]
+            + params.per_block_s * terms["blocks"] + smooth)
+
+
+def bounds(frame: pd.DataFrame, device: Device) -> np.ndarray:
+    """The roofline bound of each row (``nasd.latency.roofline.bound_seconds``)."""
+    return bound_seconds(device, frame["bytes"], frame["flops"], frame["working_set"],
+                         frame["dtype"].to_numpy())
+
+
+def fit_roofline(frame: pd.DataFrame, device: Device, prior: RooflineParams | None = None,
+                 prior_sigma: float = 0.5) -> RooflineParams:
+    """The stage's roofline-shaped model fitted to ``frame``'s seconds; with ``prior``, the
+    maximum a posteriori fit under a Gaussian prior on the parameters (sd ``prior_sigma`` on
+    the logs; on ``kv_factor`` and ``sharpness``, ``4 * prior_sigma`` on their own scale)."""
+    seconds = frame["seconds"].to_numpy(dtype=float)
+    if len(seconds) == 0 or np.any(seconds <= 0):
+        raise ValueError("fitting needs positive measured seconds")
+    terms = roofline_terms(device, frame)
+    lower, upper = (RooflineParams(**limit).to_vector() for limit in (LOWER, UPPER))
+    sigma = np.array([4 * prior_sigma if name in LINEAR_SCALE else prior_sigma
+                      for name in PARAMETERS])
+
+    def residuals(vector):
+        fit = np.log(form(RooflineParams.from_vector(vector), terms)) - np.log(seconds)
+        if prior is None:
+            return fit
+        return np.concatenate([fit, (vector - prior.to_vector()) / sigma])
+
+    starts = [prior.to_vector()] if prior is not None else [
+        RooflineParams(**(START | {"overhead_s": max(0.3 * seconds.min(), 2e-7),
+                                   "eta_bw": eta, "eta_flops": eta})).to_vector()
+        for eta in (0.05, 0.3)]
+    best = None
+    for start in starts:
+        start = np.clip(start, lower + 1e-9, upper - 1e-9)
+        result = least_squares(residuals, start, bounds=(lower, upper), loss="soft_l1",
+                               f_scale=0.05)
+        if best is None or result.cost < best.cost:
+            best = result
+    fitted = RooflineParams.from_vector(best.x)
+    if not np.any(terms["blocks"]):    # a stage without draft blocks: the term never applies
+        fitted = replace(fitted, per_block_s=LOWER["per_block_s"])
+    return fitted
+
+
+def relative_weights(seconds: np.ndarray) -> np.ndarray:
+    return 1.0 / np.asarray(seconds, dtype=float) ** 2
+
+
+def fit_linear(frame: pd.DataFrame) -> LinearRegression:
+    """Non-negative least squares of seconds on the work, relative (weights 1 / t^2)."""
+    model = LinearRegression(positive=True)
+    model.fit(frame[list(LINEAR_FEATURES)].to_numpy(dtype=float), frame["seconds"],
+              sample_weight=relative_weights(frame["seconds"]))
+    return model
+
+
+def predict_linear(model: LinearRegression, frame: pd.DataFrame) -> np.ndarray:
+    return model.predict(frame[list(LINEAR_FEATURES)].to_numpy(dtype=float))
+
+
+def fit_forest(frame: pd.DataFrame, seed: int = 0, trees: int = 200) -> RandomForestRegressor:
+    """A random forest of the log seconds on the configuration and its work."""
+    model = RandomForestRegressor(n_estimators=trees, min_samples_leaf=2, random_state=seed,
+                                  n_jobs=1)
+    model.fit(frame[list(FOREST_FEATURES)].to_numpy(dtype=float),
+              np.log(frame["seconds"].to_numpy(dtype=float)))
+    return model
+
+
+def predict_forest(model: RandomForestRegressor, frame: pd.DataFrame) -> np.ndarray:
+    return np.exp(model.predict(frame[list(FOREST_FEATURES)].to_numpy(dtype=float)))
+
+
+MODELS = ("roofline", "linear", "forest")
+
+
+@dataclass
+class HeldOut:
+    """Every sample of one stage predicted by models that never saw its group."""
+
+    predictions: pd.DataFrame        # sample, group, seconds, bound, <model>, <model>_at_bound
+    importances: dict[str, float]    # the forest's, averaged over the folds
+    folds: int
+
+
+def held_out(frame: pd.DataFrame, device: Device, folds: int = 5, seed: int = 0,
+             trees: int = 200) -> HeldOut:
+    """Group-wise cross-validation of the three models on one stage frame."""
+    groups = frame["group"].to_numpy()
+    folds = min(folds, len(set(groups)))
+    if folds < 2:
+        raise ValueError("a group-wise split needs samples of at least two model shapes")
+    out = frame[["sample", "group", "seconds"]].copy()
+    out["bound"] = bounds(frame, device)
+    predicted = {name: np.full(len(frame), np.nan) for name in MODELS}
+    importance = np.zeros(len(FOREST_FEATURES))
+    for train, test in GroupKFold(n_splits=folds).split(frame, groups=groups):
+        fit, judged = frame.iloc[train], frame.iloc[test]
+        predicted["roofline"][test] = fit_roofline(fit, device).seconds(device, judged)
+        predicted["linear"][test] = predict_linear(fit_linear(fit), judged)
+        forest = fit_forest(fit, seed, trees)
+        predicted["forest"][test] = predict_forest(forest, judged)
+        importance += forest.feature_importances_ / folds
+    for name, values in predicted.items():
+        out[name], out[f"{name}_at_bound"] = clamp_to_bound(values, out["bound"])
+    return HeldOut(out, dict(zip(FOREST_FEATURES, importance.round(4).tolist())), folds)
+
+
+def errors(measured, predicted) -> dict[str, float]:
+    """MAPE (%), MAE (s) and the 95th percentile of the absolute error (s)."""
+    measured, predicted = np.asarray(measured, dtype=float), np.asarray(predicted, dtype=float)
+    absolute = np.abs(predicted - measured)
+    return {"mape_pct": float(100 * np.mean(absolute / measured)), "mae_s": float(absolute.mean()),
+            "p95_abs_s": float(np.percentile(absolute, 95)), "rows": len(measured)}
+
+
+def noise_floor_pct(frame: pd.DataFrame) -> float | None:
+    """The MAPE a perfect model would still show against these measurements: the expected
+    relative error of each sample's median of R repeats, from its interquartile range under
+    normal noise (sd = IQR / 1.349; the median's sd 1.2533 sd / sqrt(R); E|error| = sqrt(2 /
+    pi) of that).  None when the table has no spread columns."""
+    if "iqr_s" not in frame or "repeats" not in frame:
+        return None
+    sd = frame["iqr_s"] / 1.349 * 1.2533 / np.sqrt(frame["repeats"])
+    return float(100 * np.mean(np.sqrt(2 / np.pi) * sd / frame["seconds"]))
+
+
+def bound_check(measured, bound) -> dict[str, float]:
+    """How often the roofline bound sat above a measured time (it must never), and how close
+    it came (the largest bound / measured ratio)."""
+    measured, bound = np.asarray(measured, dtype=float), np.asarray(bound, dtype=float)
+    return {"violations": int(np.sum(bound > measured)),
+            "max_bound_over_measured": float(np.max(bound / measured)), "rows": len(measured)}
+
+
+def evaluate(frames: dict[str, pd.DataFrame], device: Device, folds: int = 5, seed: int = 0,
+             trees: int = 200) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """``held_out`` on every stage frame: a JSON-ready report per stage (the samples and
+    groups, each model's errors and how many of its predictions the bound raised, the
+    bound's check against the measurements, the forest's importances) and the held-out
+    predictions themselves."""
+    report, predictions = {}, {}
+    for stage, frame in frames.items():
+        judged = held_out(frame, device, folds, seed, trees)
+        rows = judged.predictions
+        report[stage] = {
+            "samples": len(frame), "groups": int(frame["group"].nunique()),
+            "folds": judged.folds,
+            "models": {name: {**errors(rows["seconds"], rows[name]),
+                              "at_bound": int(rows[f"{name}_at_bound"].sum())}
+                       for name in MODELS},
+            "bound": bound_check(rows["seconds"], rows["bound"]),
+            "noise_floor_mape_pct": noise_floor_pct(frame),
+            "forest_importances": judged.importances}
+        predictions[stage] = rows
+    return report, predictions

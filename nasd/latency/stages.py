@@ -1,0 +1,238 @@
+"""The stages of a speculation cycle as work: the bytes a forward pass must move and the
+FLOPs it must compute, for a decoder-only transformer of a given shape.
+
+Owns the stage names (``STAGES``, each run by the draft or the target: ``ROLE``), the shape
+of a model (``ModelShape``: from a transformers config, its parameter count), the work of
+one forward pass (``forward_work``) and of each stage (``stage_work``), and the per-stage
+frames the fits read from a measured table (``stage_frame``).  What a stage is, at a
+committed context of C tokens (C - 1 in the cache, the last one pending, as at the start of
+every cycle):
+
+- ``edge_prefill`` / ``cloud_prefill``: the prompt of P tokens through the draft / the
+  target from an empty cache (the cloud's with its first token chosen);
+- ``draft_token``: one drafted token, averaged over a block of K (the i-th feeds one token
+  onto a cache of C - 1 + i; the average cache is C - 1 + (K - 1) / 2), carrying 1/K of the
+  block's fixed cost (``blocks``);
+- ``verify``: the target scoring K drafts in one pass (K + 1 tokens onto C - 1), with the
+  payload decoded and the verdict built;
+- ``decode``: one plain target step (1 token onto C - 1).
+
+Bytes: every weight is read once per pass (the output layer included; an untied input
+embedding only for the rows looked up), the KV cache is read whole and the new entries
+written.  FLOPs: 2 per weight per token through the matrices (the output layer for every
+row: transformers computes logits for each fed token), and attention's QK^T and AV over the
+cache and the causal block.  Both are lower counts of what a pass really does (activations,
+norms and softmax are left out), which is what the roofline bound needs.  Beside them, for
+the fitted models only: the KV cache's share of the bytes (a runtime may move it more than
+once: transformers' cache appends by copying) and the elements the per-token vector work
+touches (``activations``).
+
+Pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import pandas as pd
+
+Stage = Literal["edge_prefill", "draft_token", "cloud_prefill", "verify", "decode"]
+STAGES: tuple[Stage, ...] = ("edge_prefill", "draft_token", "cloud_prefill", "verify", "decode")
+ROLE: dict[str, str] = {"edge_prefill": "draft", "draft_token": "draft",
+                        "cloud_prefill": "target", "verify": "target", "decode": "target"}
+DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+SHAPE_FIELDS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
+                "tied_embeddings")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A decoder-only transformer (Llama/Qwen family: gated MLP, grouped-query attention)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool = True
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> ModelShape:
+        """From a transformers config (``config.json`` as a mapping)."""
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        return cls(layers=int(config["num_hidden_layers"]), hidden=hidden, heads=heads,
+                   kv_heads=int(config.get("num_key_value_heads") or heads),
+                   head_dim=int(config.get("head_dim") or hidden // heads),
+                   intermediate=int(config["intermediate_size"]), vocab=int(config["vocab_size"]),
+                   tied_embeddings=bool(config.get("tie_word_embeddings", True)))
+
+    @property
+    def layer_parameters(self) -> int:
+        """One decoder layer: q, k, v, o projections, the gated MLP, two norms."""
+        attention = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+        return attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
+
+    @property
+    def embedding_parameters(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def parameters(self) -> int:
+        """Every weight, counted as ``sum(p.numel())`` counts them (tied: once)."""
+        output = 0 if self.tied_embeddings else self.embedding_parameters
+        return (self.layers * self.layer_parameters + self.embedding_parameters + output
+                + self.hidden)
+
+    def kv_bytes_per_token(self, dtype_bytes: float) -> float:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+    def weight_bytes_read(self, tokens: int, dtype_bytes: float) -> float:
+        """Weights one pass over ``tokens`` new tokens reads: all but an untied input
+        embedding, of which only the looked-up rows."""
+        read = self.parameters - (0 if self.tied_embeddings else self.embedding_parameters)
+        looked_up = 0 if self.tied_embeddings else tokens * self.hidden
+        return (read + looked_up) * dtype_bytes
+
+
+# The Qwen2.5 family's published shapes (each model's config.json on its hub page,
+# Qwen/Qwen2.5-<size>; their q/k/v biases, a few thousand weights a layer, left out): what
+# ``shape_for_parameters`` answers with for a model known only by its size.
+QWEN2_5 = {
+    "0.5B": ModelShape(24, 896, 14, 2, 64, 4864, 151936, True),
+    "1.5B": ModelShape(28, 1536, 12, 2, 128, 8960, 151936, True),
+    "3B": ModelShape(36, 2048, 16, 2, 128, 11008, 151936, True),
+    "7B": ModelShape(28, 3584, 28, 4, 128, 18944, 152064, False),
+    "14B": ModelShape(48, 5120, 40, 8, 128, 13824, 152064, False),
+    "32B": ModelShape(64, 5120, 40, 8, 128, 27648, 152064, False),
+    "72B": ModelShape(80, 8192, 64, 8, 128, 29568, 152064, False),
+}
+
+
+def shape_for_parameters(parameters: float) -> ModelShape:
+    """The published shape (``QWEN2_5``) nearest to ``parameters`` in log scale: a model
+    declared by its size alone ("a 0.5 B draft, a 7 B target") gets a real architecture's
+    layers, KV heads and vocabulary, which its time depends on beside its size."""
+    if not parameters > 0:
+        raise ValueError(f"parameters must be > 0 (got {parameters})")
+    return min(QWEN2_5.values(), key=lambda shape: abs(math.log(shape.parameters / parameters)))
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one stage must do at least: bytes moved, FLOPs computed, and the shape facts the
+    latency models use beside them."""
+
+    flops: float
+    bytes: float
+    working_set: float   # bytes that must be resident: weights and the KV cache
+    tokens: int          # new tokens through the pass
+    layers: int
+    kv_bytes: float = 0.0      # of ``bytes``: the KV cache's
+    activations: float = 0.0   # elements the per-token vector work touches (norms, rotary,
+                               # activation function, residuals): tokens x layers x (h + i)
+    blocks: float = 0.0        # the share of a draft block's fixed cost this unit carries (1/K)
+
+
+def forward_work(shape: ModelShape, tokens: int, cached: float, dtype_bytes: float) -> Work:
+    """One forward pass of ``tokens`` new tokens onto a cache of ``cached`` tokens."""
+    if tokens < 1 or cached < 0:
+        raise ValueError(f"a pass needs tokens >= 1 and cached >= 0 (got {tokens}, {cached})")
+    matrices = shape.layers * (shape.layer_parameters - 2 * shape.hidden) + shape.embedding_parameters
+    # each new token attends to the cache and to the block up to itself: QK^T and AV
+    attended = tokens * cached + tokens * (tokens + 1) / 2
+    attention = 4 * shape.layers * shape.heads * shape.head_dim * attended
+    kv_per_token = shape.kv_bytes_per_token(dtype_bytes)
+    weights = shape.weight_bytes_read(tokens, dtype_bytes)
+    kv_bytes = kv_per_token * (cached + tokens)
+    return Work(flops=2 * matrices * tokens + attention, bytes=weights + kv_bytes,
+                working_set=shape.parameters * dtype_bytes + kv_bytes, tokens=tokens,
+                layers=shape.layers, kv_bytes=kv_bytes,
+                activations=tokens * shape.layers * (shape.hidden + shape.intermediate))
+
+
+def stage_work(stage: Stage, shape: ModelShape, dtype: str, prompt_tokens: int = 1,
+               context_tokens: int = 1, k: int = 1) -> Work:
+    """The work of ``stage`` (see the module's docstring) for the model of that stage."""
+    dtype_bytes = dtype_size(dtype)
+    if stage in ("edge_prefill", "cloud_prefill"):
+        return forward_work(shape, prompt_tokens, 0, dtype_bytes)
+    if context_tokens < 1:
+        raise ValueError(f"context_tokens must be >= 1 (got {context_tokens})")
+    cached = context_tokens - 1
+    if stage == "draft_token":
+        work = forward_work(shape, 1, cached + (max(k, 1) - 1) / 2, dtype_bytes)
+        return replace(work, blocks=1.0 / max(k, 1))
+    if stage == "verify":
+        return forward_work(shape, k + 1, cached, dtype_bytes)
+    if stage == "decode":
+        return forward_work(shape, 1, cached, dtype_bytes)
+    raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGES)}")
+
+
+def dtype_size(dtype: str) -> int:
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}: one of {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[dtype]
+
+
+def shape_columns(role: str) -> list[str]:
+    """The table's columns that hold the shape of the ``role`` model (``draft_layers``, ...)."""
+    return [f"{role}_{name}" for name in SHAPE_FIELDS]
+
+
+def shape_of(row: Mapping, role: str) -> ModelShape:
+    return ModelShape(**{name: row[f"{role}_{name}"] for name in SHAPE_FIELDS})
+
+
+def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
+    """One row per measured sample of ``stage``: its seconds (``seconds``: the median of the
+    repeats), the configuration, the model's shape (``group``: a name of that shape, which a
+    group-wise split holds out whole) and the stage's work (``flops``, ``bytes``,
+    ``working_set``, ``tokens``, ``layers``, ``kv_bytes``, ``activations``, ``blocks``,
+    ``params``)."""
+    role = ROLE[stage]
+    seconds = f"{stage}_s"
+    rows = table[table[seconds].notna()]
+    works, groups, params = [], [], []
+    for row in rows.to_dict("records"):
+        shape = shape_of(row, role)
+        works.append(stage_work(stage, shape, row["dtype"], int(row["prompt_tokens"]),
+                                int(row["context_tokens"]), int(row["k"])))
+        groups.append(f"L{shape.layers}-h{shape.hidden}-kv{shape.kv_heads}")
+        params.append(shape.parameters)
+    frame = pd.DataFrame({
+        "sample": rows["sample"].to_numpy(), "seconds": rows[seconds].to_numpy(dtype=float),
+        "group": groups, "params": params, "hidden": rows[f"{role}_hidden"].to_numpy(),
+        "dtype": rows["dtype"].to_numpy(),
+        "dtype_bytes": [dtype_size(d) for d in rows["dtype"]],
+        "threads": rows["threads"].to_numpy(),
+        "prompt_tokens": rows["prompt_tokens"].to_numpy(),
+        "context_tokens": rows["context_tokens"].to_numpy(), "k": rows["k"].to_numpy(),
+        "flops": [w.flops for w in works], "bytes": [w.bytes for w in works],
+        "working_set": [w.working_set for w in works], "tokens": [w.tokens for w in works],
+        "layers": [w.layers for w in works], "kv_bytes": [w.kv_bytes for w in works],
+        "activations": [w.activations for w in works], "blocks": [w.blocks for w in works]})
+    if "load_1m" in rows:
+        frame["load_1m"] = rows["load_1m"].to_numpy()
+    if f"{stage}_iqr_s" in rows and "repeats" in rows:
+        frame["iqr_s"] = rows[f"{stage}_iqr_s"].to_numpy(dtype=float)
+        frame["repeats"] = rows["repeats"].to_numpy(dtype=float)
+    return frame.reset_index(drop=True)
+
+
+def required_columns() -> list[str]:
+    """The columns of a measured table the latency model reads."""
+    return (["sample", "dtype", "threads", "prompt_tokens", "context_tokens", "k"]
+            + shape_columns("draft") + shape_columns("target")
+            + [f"{stage}_s" for stage in STAGES])
+
+
+def stage_frames(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``stage_frame`` of every stage."""
+    return {stage: stage_frame(table, stage) for stage in STAGES}

@@ -1,0 +1,386 @@
+"""The latency model (nasd/latency): a transformer's work per stage against transformers'
+own models, the roofline bound and the device files, the roofline-shaped fit recovering a
+known model and judged group-wise, recalibration to other hardware, the estimator's one
+prediction function, and `orchestrator latency` measuring and fitting (a tiny campaign, and
+the committed tables)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nasd.latency.estimator import LatencyEstimator, fit_estimator, stage_seconds
+from nasd.latency.models import (
+    RooflineParams,
+    bound_check,
+    errors,
+    evaluate,
+    fit_roofline,
+    held_out,
+)
+from nasd.latency.roofline import Device, clamp_to_bound, roofline_bound
+from nasd.latency.stages import (
+    STAGES,
+    ModelShape,
+    forward_work,
+    required_columns,
+    shape_columns,
+    stage_frames,
+    stage_work,
+)
+from nasd.latency.transfer import (
+    curve_summary,
+    fit_affine,
+    recalibrate,
+    select,
+    transfer_curve,
+)
+from orchestrator.config.loading import (
+    ConfigError,
+    available,
+    load_device,
+    load_latency_table,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+MEASURED = REPO / "benchmarks" / "measured" / "latency"
+HOST = Device(name="host", kind="cpu", memory_gib=16, memory_bandwidth_gbps=25.0,
+              cache={"bytes": 32 << 20, "bandwidth_gbps": 100.0},
+              peak_tflops={"float32": 0.1, "bfloat16": 0.2},
+              sources=[{"what": "all", "cite": "a test"}])
+TINY = ModelShape(layers=4, hidden=224, heads=4, kv_heads=4, head_dim=56, intermediate=640,
+                  vocab=511)
+# Qwen2.5-7B's published config.json
+QWEN_7B = ModelShape.from_config({"num_hidden_layers": 28, "hidden_size": 3584,
+                                  "num_attention_heads": 28, "num_key_value_heads": 4,
+                                  "intermediate_size": 18944, "vocab_size": 152064,
+                                  "tie_word_embeddings": False})
+
+
+def params(overhead_s, per_layer_s, eta_bw, eta_flops, sharpness, per_block_s=1e-9,
+           per_activation_s=1e-10, kv_factor=2.0) -> RooflineParams:
+    return RooflineParams(overhead_s=overhead_s, per_layer_s=per_layer_s,
+                          per_activation_s=per_activation_s, per_block_s=per_block_s,
+                          eta_bw=eta_bw, eta_flops=eta_flops, kv_factor=kv_factor,
+                          sharpness=sharpness)
+
+
+TRUE = {"edge_prefill": params(3e-4, 2e-4, 0.2, 0.5, 2.0),
+        "draft_token": params(2e-4, 1e-4, 0.25, 0.05, 8.0, per_block_s=4e-4),
+        "cloud_prefill": params(5e-4, 3e-4, 0.2, 0.6, 2.0),
+        "verify": params(6e-4, 2e-4, 0.2, 0.3, 4.0),
+        "decode": params(3e-4, 1e-4, 0.22, 0.05, 8.0)}
+SHAPES = [(64, 2, 2, 2), (128, 2, 2, 2), (128, 4, 2, 1), (192, 3, 3, 3), (256, 4, 4, 4),
+          (320, 4, 5, 5), (384, 6, 6, 6), (512, 6, 8, 4)]
+
+
+def shape(hidden, layers, heads, kv_heads) -> ModelShape:
+    return ModelShape(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
+                      head_dim=hidden // heads, intermediate=round(hidden * 8 / 3 / 32) * 32,
+                      vocab=511)
+
+
+def synthetic_table(truth: dict[str, RooflineParams], n: int, seed: int, dtype="float32",
+                    noise=0.0) -> pd.DataFrame:
+    """A measured table whose stage times are ``truth``'s on HOST (times lognormal noise)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sample in range(n):
+        a, b = sorted(rng.choice(len(SHAPES), 2, replace=False))
+        row = {"sample": sample, "campaign": f"synthetic-{dtype}", "dtype": dtype, "threads": 1,
+               "prompt_tokens": int(rng.choice([8, 32, 64, 128])),
+               "context_tokens": int(rng.choice([8, 64, 128, 256])),
+               "k": int(rng.choice([1, 3, 5, 8, 15])), "load_1m": 1.0}
+        for role, index in (("draft", a), ("target", b)):
+            own = shape(*SHAPES[index])
+            row |= dict(zip(shape_columns(role), (own.layers, own.hidden, own.heads,
+                                                  own.kv_heads, own.head_dim, own.intermediate,
+                                                  own.vocab, own.tied_embeddings)))
+        rows.append(row | {f"{stage}_s": 1.0 for stage in STAGES})
+    table = pd.DataFrame(rows)
+    for stage, frame in stage_frames(table).items():
+        table[f"{stage}_s"] = (truth[stage].seconds(HOST, frame)
+                               * np.exp(noise * rng.standard_normal(len(frame))))
+    return table
+
+
+# --------------------------------------------------------------------------- work
+
+
+def test_parameters_are_what_transformers_counts():
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = json.loads((REPO / "configs/models/tiny-arith/target/config.json").read_text())
+    for update in ({}, {"num_key_value_heads": 2}, {"tie_word_embeddings": False}):
+        with torch.device("meta"):     # shapes only: no weights to initialize
+            network = LlamaForCausalLM(LlamaConfig(**(config | update)))
+        counted = sum(p.numel() for p in network.parameters())
+        assert ModelShape.from_config(network.config.to_dict()).parameters == counted
+
+
+def test_verify_moves_the_same_weights_at_every_k_and_computes_in_proportion():
+    works = [stage_work("verify", TINY, "float32", context_tokens=100, k=k) for k in (1, 4, 15)]
+    weights = TINY.parameters * 4
+    assert all(weights < w.bytes < weights * 1.1 for w in works)   # the KV cache adds a little
+    assert works[2].flops / works[0].flops == pytest.approx(16 / 2, rel=0.05)
+    decode = stage_work("decode", TINY, "float32", context_tokens=100)
+    assert decode == forward_work(TINY, 1, 99, 4)
+    # a drafted token of a block of K sees on average (K - 1) / 2 more cached tokens
+    # and carries 1/K of the block's fixed cost
+    assert (stage_work("draft_token", TINY, "float32", context_tokens=100, k=9)
+            == replace(forward_work(TINY, 1, 99 + 4, 4), blocks=1 / 9))
+    assert stage_work("decode", TINY, "bfloat16", context_tokens=100).bytes == pytest.approx(
+        decode.bytes / 2)
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_work("network", TINY, "float32")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        stage_work("decode", TINY, "int3")
+
+
+# --------------------------------------------------------------------------- roofline
+
+
+def test_the_bound_is_the_slower_of_memory_and_compute_at_the_peaks():
+    prefill = stage_work("cloud_prefill", QWEN_7B, "bfloat16", prompt_tokens=2048)
+    decode = stage_work("decode", QWEN_7B, "bfloat16", context_tokens=2048)
+    h100 = load_device("h100-sxm")
+    assert roofline_bound(h100, decode, "bfloat16") == pytest.approx(decode.bytes / 3.35e12)
+    assert roofline_bound(h100, prefill, "bfloat16") == pytest.approx(prefill.flops / 989.5e12)
+    # a 7B decoding step on an H100 cannot beat ~4.3 ms (14 GB of bf16 weights at 3.35 TB/s)
+    assert 4.0e-3 < roofline_bound(h100, decode, "bfloat16") < 5e-3
+    # a working set in the cache reads at the cache's bandwidth
+    small = stage_work("decode", TINY, "float32", context_tokens=10)
+    assert roofline_bound(HOST, small, "float32") == pytest.approx(small.bytes / 100e9)
+    clamped, flagged = clamp_to_bound([1.0, 3.0], [2.0, 2.0])
+    assert clamped.tolist() == [2.0, 3.0] and flagged.tolist() == [True, False]
+
+
+def test_every_shipped_device_file_loads_and_cites_its_sources():
+    names = available("devices")
+    for needed in ("jetson-orin-nano", "raspberry-pi-5", "a100-sxm", "h100-sxm", "h200-sxm",
+                   "dev-epyc-2c"):
+        assert needed in names
+    for name in names:
+        device = load_device(name)
+        assert device.sources and all(source.cite for source in device.sources)
+        assert device.peak_flops("float32") > 0
+    assert load_device("dev-epyc-2c").measured is not None
+    # a CPU without bfloat16 instructions computes it at the float32 rate
+    pi = load_device("raspberry-pi-5")
+    assert pi.peak_flops("bfloat16") == pi.peak_flops("float32")
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"memory_bandwidth_gbps": 0}, "memory_bandwidth_gbps"),
+    ({"peak_tflops": {"float32": 1, "int4": 9}}, "unknown dtype 'int4'"),
+    ({"peak_tflops": {"bfloat16": 1}}, "float32 is required"),
+    ({"sources": []}, "sources"),
+    ({"kind": "fpga"}, "kind"),
+])
+def test_a_bad_device_file_is_one_config_error_naming_the_field(tmp_path, change, field):
+    import yaml
+    data = yaml.safe_load((REPO / "configs/devices/h100-sxm.yaml").read_text()) | change
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=field) as error:
+        load_device(str(path))
+    assert "\n" not in str(error.value) and str(path) in str(error.value)
+
+
+# --------------------------------------------------------------------------- fits
+
+
+def test_the_roofline_fit_recovers_a_known_model_and_predicts_unseen_shapes():
+    table = synthetic_table(TRUE, 100, seed=1)
+    frames = stage_frames(table)
+    for stage in ("draft_token", "verify"):
+        fitted = fit_roofline(frames[stage], HOST)
+        predicted = fitted.seconds(HOST, frames[stage])
+        assert errors(frames[stage]["seconds"], predicted)["mape_pct"] < 1.0
+        judged = held_out(frames[stage], HOST, folds=4, trees=10).predictions
+        assert errors(judged["seconds"], judged["roofline"])["mape_pct"] < 2.0
+        # held out by shape: no fold's test groups were in its training
+        assert judged["group"].nunique() == frames[stage]["group"].nunique()
+        assert bound_check(judged["seconds"], judged["bound"])["violations"] == 0
+
+
+def test_evaluate_reports_every_model_and_the_bound_for_every_stage():
+    table = synthetic_table(TRUE, 60, seed=2, noise=0.03)
+    report, predictions = evaluate(stage_frames(table), HOST, folds=3, trees=20)
+    assert set(report) == set(STAGES)
+    for stage, row in report.items():
+        assert set(row["models"]) == {"roofline", "linear", "forest"}
+        assert row["bound"]["violations"] == 0
+        assert row["models"]["roofline"]["mape_pct"] < 8.0
+        assert abs(sum(row["forest_importances"].values()) - 1.0) < 1e-2
+        assert len(predictions[stage]) == 60
+
+
+def test_predictions_never_fall_below_the_bound_and_say_when_it_decided():
+    estimator = LatencyEstimator("host", {stage: params(0.0, 1e-9, 1.0, 1.0, 16.0,
+                                                        per_activation_s=0.0, kv_factor=1.0)
+                                          for stage in STAGES})
+    for device in ("h100-sxm", "jetson-orin-nano"):
+        prediction = stage_seconds(estimator, "decode", load_device(device), QWEN_7B,
+                                   "bfloat16", context_tokens=512)
+        assert prediction.seconds >= prediction.bound_s
+    slow = LatencyEstimator("host", {stage: replace(TRUE[stage]) for stage in STAGES})
+    on_h100 = stage_seconds(slow, "verify", load_device("h100-sxm"), QWEN_7B, "bfloat16",
+                            context_tokens=512, k=5)
+    on_orin = stage_seconds(slow, "verify", load_device("jetson-orin-nano"), QWEN_7B,
+                            "bfloat16", context_tokens=512, k=5)
+    assert not on_h100.at_bound and on_orin.seconds > 10 * on_h100.seconds
+    assert LatencyEstimator.from_dict(json.loads(json.dumps(slow.to_dict()))) == slow
+    with pytest.raises(ValueError, match="unknown stage"):
+        LatencyEstimator.from_dict({"device": "x", "stages": {"network": {}}})
+
+
+# --------------------------------------------------------------------------- transfer
+
+
+def test_recalibration_learns_a_slower_hardware_from_ten_samples():
+    slower = {stage: replace(params, eta_bw=params.eta_bw / 2, overhead_s=params.overhead_s * 1.5)
+              for stage, params in TRUE.items()}
+    source = fit_estimator(stage_frames(synthetic_table(TRUE, 120, seed=3)), HOST)
+    target = stage_frames(synthetic_table(slower, 120, seed=4))
+    curve, held = transfer_curve(source, target, HOST, ns=(10, 50), holdout=50, draws=2)
+    summary = curve_summary(curve).set_index(["method", "n", "stage"])["mape_pct"]
+    assert summary[("none", 0, "all")] > 20
+    assert summary[("C", 10, "all")] < 8 and summary[("A", 50, "all")] < 10
+    assert len(held) == 50
+    # B scales every stage by one factor per sample: a uniform slow-down is all it can learn
+    uniform = {stage: replace(p, overhead_s=p.overhead_s * 2, per_layer_s=p.per_layer_s * 2,
+                              eta_bw=p.eta_bw / 2, eta_flops=p.eta_flops / 2)
+               for stage, p in TRUE.items()}
+    frames = stage_frames(synthetic_table(uniform, 40, seed=5))
+    fitted = recalibrate("B", source, HOST, select(frames, range(20)))
+    assert fitted.total.slope == pytest.approx(2.0, rel=0.05)
+    with pytest.raises(ValueError, match="unknown recalibration"):
+        recalibrate("D", source, HOST, frames)
+
+
+def test_an_affine_fit_falls_back_to_a_ratio_when_the_line_would_not_rise():
+    assert fit_affine([1, 2, 3], [2.1, 3.9, 6.0]).slope == pytest.approx(1.95, rel=0.05)
+    flat = fit_affine([1.0, 1.0], [2.0, 2.2])
+    assert flat.intercept == 0 and flat.slope == pytest.approx(2.1, rel=0.05)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def test_a_tiny_campaign_measures_every_stage_through_the_agents_code(tmp_path):
+    pytest.importorskip("transformers")
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from agents.sampling import SamplingConfig
+    from orchestrator.config.loading import load_model_pair
+    from orchestrator.lifecycle.latency import LatencyPlan, measure
+    plan = LatencyPlan(shipped=load_model_pair("tiny-arith"), texts=["1 + 2 = 3. 4 + 5 = 9."],
+                       sampling=SamplingConfig(), codec="ids", samples=3, repeats=2,
+                       shapes=((64, 2, 2, 2), (96, 2, 2, 1)), prompt_tokens=(4, 8),
+                       context_tokens=(4, 16), ks=(1, 3), campaign="tiny")
+    out = tmp_path / "tiny.csv"
+    with Progress(console=Console(file=open(os.devnull, "w")), disable=True) as progress:
+        assert measure(plan, out, progress) == 3
+    table = load_latency_table(out)
+    assert set(required_columns()) <= set(table.columns) and len(table) == 3
+    assert (table["draft_params"] < table["target_params"]).all()
+    assert (table["bytes_up"] > 0).all() and table["host_processor"].notna().all()
+    for row in table.to_dict("records"):    # the stage's model is the one the row names
+        shape_of_draft = ModelShape(**{c.removeprefix("draft_"): row[c]
+                                       for c in shape_columns("draft")})
+        assert shape_of_draft.parameters == row["draft_params"]
+
+
+def test_the_committed_tables_never_beat_the_measured_hosts_roofline():
+    device = load_device("dev-epyc-2c")
+    for path in sorted(MEASURED.glob("*.csv")):
+        for stage, frame in stage_frames(load_latency_table(path)).items():
+            from nasd.latency.models import bounds
+            check = bound_check(frame["seconds"], bounds(frame, device))
+            assert check["violations"] == 0, (path.name, stage, check)
+
+
+def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
+    from orchestrator.cli import main
+    good = synthetic_table(TRUE, 4, seed=6)
+    good.to_csv(tmp_path / "good.csv", index=False)
+    good.drop(columns=["verify_s"]).to_csv(tmp_path / "columns.csv", index=False)
+    good.assign(decode_s=-1.0).to_csv(tmp_path / "negative.csv", index=False)
+    for name, message in (("missing.csv", "no such file"), ("columns.csv", "verify_s"),
+                          ("negative.csv", "row 2: decode_s must be > 0")):
+        with pytest.raises(ConfigError, match=message) as error:
+            load_latency_table(tmp_path / name)
+        assert "\n" not in str(error.value)
+    capsys.readouterr()
+    assert main(["latency", "fit", str(tmp_path / "negative.csv"), "--device", "h100-sxm"]) == 2
+    assert main(["latency", "fit", str(tmp_path / "good.csv"), "--device", "nowhere"]) == 2
+    assert main(["latency", "measure", "--model-pair", "synthetic"]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 3 and all(line.startswith("error: ")
+                                           for line in stderr.splitlines())
+    assert "device 'nowhere' not found" in stderr and "needs an hf pair" in stderr
+
+
+# --------------------------------------------------------------------------- guardrail
+
+
+def test_a_conformal_interval_covers_new_samples_as_stated():
+    from nasd.latency.guardrail import conformal_interval
+    rng = np.random.default_rng(7)
+    predicted = rng.uniform(0.001, 0.1, 4000)
+    measured = predicted * np.exp(0.1 * rng.standard_normal(4000))
+    interval = conformal_interval(measured[:200], predicted[:200], coverage=0.9)
+    ratio = measured[200:] / predicted[200:]
+    covered = np.mean((ratio >= interval.low) & (ratio <= interval.high))
+    assert 0.86 < covered < 0.95 and interval.low < 1 < interval.high and interval.n == 200
+    with pytest.raises(ValueError, match="two"):
+        conformal_interval([1.0], [1.0])
+
+
+def test_the_guardrail_accepts_what_fits_rejects_what_breaks_and_measures_the_rest():
+    from nasd.analytic import expected_tokens_per_cycle
+    from nasd.latency.guardrail import decide, per_token
+    assert decide([1, 3, 1], [2, 4, 4], [1.5, 3.5, 2], budget=2.5).tolist() == [
+        "accept", "reject", "measure"]
+    assert decide([1, 3, 1], [2, 4, 4], [1.5, 3.5, 2], 2.5, guarded=False).tolist() == [
+        "accept", "reject", "accept"]
+    seconds = per_token("fixed-k", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7)
+    assert seconds == pytest.approx((4 * 0.002 + 0.01 + 0.05 + 0.001)
+                                    / expected_tokens_per_cycle(0.7, 4))
+    assert per_token("cloud-only", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7) == 0.009
+
+
+def test_the_guardrail_keeps_violations_low_where_the_point_prediction_does_not():
+    from nasd.latency.guardrail import guardrail_analysis
+    table = synthetic_table(TRUE, 200, seed=8, noise=0.08)
+    table["bytes_up"], table["bytes_down"] = 120, 140
+    frames = stage_frames(table)
+    estimator = fit_estimator(frames, HOST)
+    heldout = {stage: frame[["sample", "seconds"]].assign(
+        roofline=estimator.stages[stage].seconds(HOST, frame)) for stage, frame in frames.items()}
+    guard = guardrail_analysis(heldout, table, coverage=0.9)
+    at = {row["fraction"]: row for row in guard["fractions"]}
+    assert at[0.85]["guarded"]["violation_rate"] <= 0.02
+    assert at[0.85]["unguarded"]["violation_rate"] > at[0.85]["guarded"]["violation_rate"]
+    assert at[1.0]["guarded"]["violation_rate"] == 0.0
+    assert guard["candidates"] == guard["judged_samples"] * 4 * 2
+
+
+def test_a_model_known_by_its_size_gets_the_nearest_published_shape():
+    from nasd.latency.stages import QWEN2_5, shape_for_parameters
+    # the published counts: Qwen2.5-0.5B 0.49 B, -7B 7.6 B (without the q/k/v biases)
+    assert QWEN2_5["0.5B"].parameters == pytest.approx(494e6, rel=0.01)
+    assert QWEN2_5["7B"].parameters == pytest.approx(7.62e9, rel=0.01)
+    assert QWEN2_5["7B"] == QWEN_7B
+    assert shape_for_parameters(0.5e9) == QWEN2_5["0.5B"]
+    assert shape_for_parameters(7e9) == QWEN2_5["7B"]
+    with pytest.raises(ValueError):
+        shape_for_parameters(0)
