@@ -194,6 +194,8 @@ BAD_INPUT = {
                                                           "orchestrator profiles"]),
     "flags-ahead-bandit": (None, ["run", "--strategy", "bandit", "--draft-ahead", "1"],
                            ["--strategy bandit --draft-ahead 1", "only fixed-k and nasd"]),
+    "flags-objective-p100": (None, ["run", "--nasd-objective", "p100"],
+                             ["--nasd-objective p100", "percentile such as 'p90'"]),
     "job-ahead-hf": (("ahead.yaml", "strategies: [cloud-only, hf-heuristic]\ndraft_ahead: 2\n"),
                      ["run", "--job", "FILE"], ["draft_ahead", "not hf-heuristic", "FILE"]),
 }
@@ -230,6 +232,7 @@ def test_bad_input_is_one_error_line_with_exit_code_2(bad_input_results, case):
     assert len(line) > len("error: ")
     for word in BAD_INPUT[case][2]:
         assert (path if word == "FILE" else word) in line, line
+    assert line.count("got ") <= 1, line   # the value is named once
     assert result.returncode == 2, (result.returncode, line)
 
 

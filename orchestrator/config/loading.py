@@ -46,7 +46,9 @@ def first_error(error: ValidationError) -> tuple[str, str]:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"].removeprefix("Value error, ")
-    if "input" in first and not isinstance(first["input"], (dict, list)):
+    # the value, unless the message already names it (a validator of our own may)
+    if "input" in first and not isinstance(first["input"], (dict, list)) \
+            and repr(first["input"]) not in message:
         message += f" (got {first['input']!r})"
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return where, message + more
