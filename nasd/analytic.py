@@ -436,6 +436,7 @@ def decode_time_quantiles_s(
     _check_non_negative(rtt_variance_s2=rtt_variance_s2, tokens=tokens)
     depths = [int(k) for k in depths]
     committed = np.arange(1, max(depths, default=0) + 2)    # j accepted: j + 1 committed
+    z = norm.ppf(quantile)
     quantiles = []
     for k in depths:
         chances = accepted_distribution(acceptance, k)
@@ -444,7 +445,7 @@ def decode_time_quantiles_s(
         per_token = cycle_time_distributed_s(k, times, rtt_s,
                                              transmit_s(k) if transmit_s else 0.0) / tau_mean
         variance = tokens * (rtt_variance_s2 + per_token ** 2 * tau_variance) / tau_mean
-        quantiles.append(tokens * per_token + norm.ppf(quantile) * math.sqrt(variance))
+        quantiles.append(tokens * per_token + z * math.sqrt(variance))
     return np.array(quantiles)
 
 
