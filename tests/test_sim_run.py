@@ -159,7 +159,7 @@ def test_adaptive_k_policies_are_lossless_and_adapt_through_the_agents(tmp_path)
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_interrupt_stops_everything_and_keeps_finished_records(tmp_path, stop):
     process = orchestrator("run", "--mode", "sim", "--profile", "rtt050-bw010", "--job", "smoke",
-                           "--strategy", "fixed-k", "--max-new-tokens", "200", "--queries", "2",
+                           "--strategy", "fixed-k", "--max-new-tokens", "60", "--queries", "2",
                            "--results", str(tmp_path))
     try:
         wait_for_lines(only_folder_when_ready(tmp_path) / "queries.jsonl", 1, timeout_s=60)
@@ -171,7 +171,7 @@ def test_interrupt_stops_everything_and_keeps_finished_records(tmp_path, stop):
     assert "interrupted" in err and "Traceback" not in err
     assert wait_until_no_agents(tmp_path, timeout_s=10) == []
     records = read_jsonl(only_folder(tmp_path) / "queries.jsonl")
-    assert len(records) == 1 and records[0]["n_tokens"] == 200
+    assert len(records) == 1 and records[0]["n_tokens"] == 60
 
 
 def only_folder_when_ready(root: Path, timeout_s: float = 30) -> Path:
