@@ -23,7 +23,7 @@ from agents.control import AgentError
 from agents.protocol import ProtocolError
 from agents.sampling import Decoding
 from orchestrator import interrupts
-from orchestrator.config.job import ALL_STRATEGIES, MAX_DRAFT_AHEAD
+from orchestrator.config.job import ALL_STRATEGIES
 from orchestrator.config.loading import ConfigError, available, load_job, load_profile
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle import vm
@@ -37,7 +37,7 @@ from orchestrator.reporting.probe_report import print_probe_report, save_probe_r
 from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
 from shaping.profile import DirectionSpec, LinkState, NetworkProfile
-from shaping.qdisc.parameters import profile_needs_netem
+from shaping.qdisc.parameters import kernel_shaping_problem, profile_needs_netem
 from shaping.router import RouterError
 from validation.crossval import passed
 from validation.link_probe import ProbePlan, probe_link, probe_sim
@@ -73,6 +73,10 @@ def enter_mode(ctx: click.Context, requested: str, profiles: list[NetworkProfile
             raise click.UsageError(str(error)) from None
     if measured and chosen == "sim":
         raise click.UsageError(f"{ctx.info_name} needs the emulated or vm mode, and {why}")
+    for profile in profiles if chosen != "sim" else ():
+        problem = kernel_shaping_problem(profile)
+        if problem is not None:
+            raise ConfigError(f"profile {profile.name}: {problem} (in {chosen} mode)")
     console.print(f"mode: {chosen} ({reason or why})")
     if chosen == "vm":
         try:
@@ -111,6 +115,8 @@ def cli() -> None:
     """
 
 
+# Every flag of `run` that stands for a job or profile field is checked by that field's schema
+# as the job or profile loads (``orchestrator.config.loading``), so it keeps the file's bounds.
 @cli.command("run")
 @click.option("--profile", "profile_name", default="lan", show_default=True,
               help="Network profile: a name under configs/profiles (see `orchestrator profiles`) "
@@ -130,17 +136,17 @@ def cli() -> None:
               help="Strategy to run; repeat for several [default: the job's; a job without "
                    "strategies runs cloud-only, cloud-spec, edge-only and fixed-k].  nasd, "
                    "hf-heuristic and bandit choose K per cycle within --nasd-k-min..--nasd-k-max.")
-@click.option("--k", "k_values", multiple=True, type=click.IntRange(1, 64),
+@click.option("--k", "k_values", multiple=True, type=int,
               help="Draft length for fixed-k; repeat for several [default: the job's, 3 5 10 15].")
-@click.option("--nasd-k-min", type=click.IntRange(1, 64),
+@click.option("--nasd-k-min", type=int,
               help="Smallest K of nasd, hf-heuristic, bandit [default: the job's, 1].")
-@click.option("--nasd-k-max", type=click.IntRange(1, 64),
+@click.option("--nasd-k-max", type=int,
               help="Largest K of nasd, hf-heuristic, bandit [default: the job's, 15].")
 @click.option("--nasd-edge-only-cutoff", is_flag=True, default=None,
               help="nasd: past the reversal RTT, serve stretches with the draft alone where "
                    "that beats handing them to the cloud (lossy, flagged) [default: the job's, "
                    "off].")
-@click.option("--nasd-confidence-floor", type=click.FloatRange(0.0, 1.0),
+@click.option("--nasd-confidence-floor", type=float,
               help="nasd: within a cycle, stop drafting before a position whose likeliest "
                    "draft token has a lower probability; K stays the ceiling [default: the "
                    "job's, 0: never].")
@@ -150,7 +156,7 @@ def cli() -> None:
 @click.option("--nasd-objective",
               help="nasd: what K optimises: mean (expected tokens/s), or a percentile of a "
                    "query's decode time such as p95 [default: the job's, mean].")
-@click.option("--draft-ahead", type=click.IntRange(0, MAX_DRAFT_AHEAD),
+@click.option("--draft-ahead", type=int,
               help="fixed-k, nasd: while a verdict is in flight, draft and send up to N further "
                    "blocks, each on the premise that the blocks before it are kept whole "
                    "(lossless; labels gain +aheadN) [default: the job's, 0: none].")
@@ -164,7 +170,6 @@ def cli() -> None:
               help="nasd: a calibration file (YAML from `orchestrator calibrate`) the "
                    "controller plans with until it has learned its own [default: the job's "
                    "nasd_calibration_path, none].")
-# the decoding flags' ranges are SamplingConfig's, checked when the job loads
 @click.option("--decoding", type=click.Choice(get_args(Decoding)), help="[default: the job's]")
 @click.option("--temperature", type=float,
               help="Sampling temperature, applied on both sides [default: the job's, 1].")
@@ -174,11 +179,11 @@ def cli() -> None:
                               "[default: ids for greedy, q-scalar for sampling].")
 @click.option("--prompts", help="Prompt set: a name under configs/prompts, a .jsonl path, or "
                                 "mmlu:DIR[:subject,...] [default: the job's].")
-@click.option("--max-new-tokens", type=click.IntRange(1, 4096), help="[default: the job's]")
-@click.option("--queries", "max_queries", type=click.IntRange(1), help="Use the first N prompts.")
-@click.option("--repetitions", type=click.IntRange(1), help="[default: the job's]")
+@click.option("--max-new-tokens", type=int, help="[default: the job's]")
+@click.option("--queries", "max_queries", type=int, help="Use the first N prompts.")
+@click.option("--repetitions", type=int, help="[default: the job's]")
 @click.option("--seed", type=int, help="[default: the job's]")
-@click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
+@click.option("--rtt-ms", type=float, help="Override the profile's RTT.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
 @click.pass_context
@@ -194,7 +199,6 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     prints the summary.
     """
     console = make_console()
-    profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
     spec = RunSpec.load(job_name, profile_name, mode, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "nasd_k_min": nasd_k_min, "nasd_k_max": nasd_k_max,
@@ -208,7 +212,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "max_queries": max_queries,
         "repetitions": repetitions, "seed": seed}, profile_overrides={"rtt_ms": rtt_ms})
     # all input is checked before a router VM boots
-    run(replace(spec, mode=enter_mode(ctx, mode, [profile], console)), results_root, console)
+    run(replace(spec, mode=enter_mode(ctx, mode, [spec.profile], console)), results_root, console)
 
 
 def parse_rtt_grid(ctx, param, text: str) -> list[float]:
@@ -369,17 +373,19 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root) -> 
         cells = [cells[name] for name in names]
         if mode not in ("auto", chosen):
             raise click.UsageError(f"--mode {mode}: this sweep runs in {chosen} mode")
+        template = RunSpec.build(job, cells[0].profile, chosen)
         enter_mode(ctx, chosen, [cell.profile for cell in cells], console,
                    reason="the mode the sweep started with")
     else:
         job = load_job(job_name, {"model_pair": model_pair})
         cells = expand(job)
-        chosen = enter_mode(ctx, mode, [cell.profile for cell in cells], console)
-    if resume_dir is None:
-        folder = SweepFolder.create(results_root, job, chosen, cells)
+        template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
+        template = replace(template, mode=enter_mode(ctx, mode, [cell.profile for cell in cells],
+                                                      console))
+        folder = SweepFolder.create(results_root, job, template.mode, cells)
     console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
                   f"`orchestrator sweep --resume {folder.path}`")
-    sweep(folder, job, chosen, cells, console)
+    sweep(folder, template, cells, console)
     from orchestrator.reporting.report import (
         report_folder,  # matplotlib: only when plotting
     )
@@ -408,8 +414,9 @@ def validate_command(ctx, job_name, mode, results_root) -> None:
     console = make_console()
     job = load_job(job_name)
     cells = expand(job)
+    template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
     chosen = enter_mode(ctx, mode, [cell.profile for cell in cells], console, measured=True)
-    _, comparison = crossvalidate(job, chosen, results_root, console)
+    _, comparison = crossvalidate(replace(template, mode=chosen), cells, results_root, console)
     ctx.exit(0 if passed(comparison) else 1)
 
 
