@@ -1,7 +1,8 @@
 """The ``orchestrator`` command line.
 
-Bad input (a CLI value, a profile, a job, a model pair) ends with one line,
-``error: <where>: <what>``, and exit code 2; a failed agent with exit code 1;
+Bad input (a CLI value, a profile, a job, a model pair, a results folder that cannot be
+made) ends with one line, ``error: <where>: <what>``, and exit code 2; a failed agent or
+a disk that fails mid-run (full, read-only) with exit code 1;
 Ctrl-C (SIGINT) with 130 and SIGTERM with 143, after everything started has
 been stopped (``orchestrator.interrupts``).
 """
@@ -521,15 +522,18 @@ def vm_command(ctx, writable, timeout_s, accel, cpus, memory_mib, command) -> No
 @click.option("--include-live", is_flag=True,
               help="Also remove what a still-running orchestrator owns.")
 def cleanup_command(dry_run, include_live) -> None:
-    """Remove the namespaces, veths and owner files a killed run left behind.
+    """Remove the namespaces, veths, owner files and agents' socket folders a killed run left
+    behind.
 
     Only names of this tool's scheme (es<8 hex digits>-edge/-cloud/-probe,
-    -e/-c) whose owner process is gone are touched.
+    -e/-c; edgespec-<pid>-<start>-* in the temporary folder) whose owner process is gone
+    are touched.
     """
     found = (leftovers if dry_run else remove_leftovers)(include_live=include_live)
     verb = "would remove" if dry_run else "removed"
     for kind, names in (("namespace", found.namespaces), ("veth", found.veths),
-                        ("owner file", found.owner_files)):
+                        ("owner file", found.owner_files),
+                        ("socket folder", found.socket_folders)):
         for name in names:
             click.echo(f"{verb} {kind} {name}")
     for namespace, pids in found.processes.items():
@@ -766,6 +770,9 @@ def _dispatch(args: list[str]) -> int:
         return _error(error, 2)
     except (AgentError, ProtocolError) as error:
         return _error(error, 1)
+    except OSError as error:     # the disk (full, failing) or the host under a running command
+        return _error(f"{error.filename}: {error.strerror}" if error.filename and error.strerror
+                      else error, 1)
     except (KeyboardInterrupt, click.Abort):
         return interrupts.exit_code()
     return code if isinstance(code, int) else 0
