@@ -18,17 +18,24 @@ from typing import get_args
 
 import click
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 
 from agents.control import AgentError
 from agents.protocol import ProtocolError
-from agents.sampling import Decoding
+from agents.sampling import Decoding, Seed
 from orchestrator import interrupts
 from orchestrator.config.job import ALL_STRATEGIES
-from orchestrator.config.loading import ConfigError, available, load_job, load_profile
+from orchestrator.config.loading import (
+    ConfigError,
+    available,
+    first_error,
+    load_job,
+    load_profile,
+)
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle import vm
-from orchestrator.lifecycle.crossvalidate import crossvalidate
+from orchestrator.lifecycle.crossvalidate import check_job_for_validation, crossvalidate
 from orchestrator.lifecycle.doctor import MODES, HostReport, choose_mode
 from orchestrator.lifecycle.launch import make_link
 from orchestrator.lifecycle.run import run
@@ -37,7 +44,7 @@ from orchestrator.progress import work_progress
 from orchestrator.reporting.probe_report import print_probe_report, save_probe_report
 from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
-from shaping.profile import DirectionSpec, LinkState, NetworkProfile
+from shaping.profile import BandwidthMbps, DirectionSpec, LinkState, Milliseconds, NetworkProfile
 from shaping.qdisc.parameters import kernel_shaping_problem, profile_needs_netem
 from shaping.router import RouterError
 from validation.crossval import passed
@@ -216,25 +223,46 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     run(replace(spec, mode=enter_mode(ctx, mode, [spec.profile], console)), results_root, console)
 
 
+MAX_RTT_GRID = 100_000     # RTTs in a table of `orchestrator calibrate`
+
+
 def parse_rtt_grid(ctx, param, text: str) -> list[float]:
     """The ``--rtt-grid`` of ms: ``0:1000:10`` (start:stop:step, stop included) or
-    ``0,10,25``, or both, comma-joined; sorted."""
+    ``0,10,25``, or both, comma-joined; sorted; each RTT one a profile's ``rtt_ms`` takes."""
     grid: set[float] = set()
     try:
         for part in text.split(","):
             if ":" in part:
                 start, stop, step = (float(value) for value in part.split(":"))
-                if step <= 0 or stop < start:
+                if not (np.isfinite([start, stop, step]).all() and step > 0 and stop >= start):
                     raise ValueError
-                grid.update(start + step * i for i in range(int((stop - start) / step + 1e-9) + 1))
+                count = int((stop - start) / step + 1e-9) + 1
+                if len(grid) + count > MAX_RTT_GRID:
+                    raise click.BadParameter(f"{text!r}: more than {MAX_RTT_GRID:,} RTTs")
+                grid.update(start + step * i for i in range(count))
             else:
                 grid.add(float(part))
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected START:STOP:STEP (a positive step) or "
                                  "comma-separated RTTs in ms") from None
-    if not grid or min(grid) < 0 or not all(np.isfinite(value) for value in grid):
-        raise click.BadParameter(f"{text!r}: RTTs must be finite and non-negative")
-    return sorted(grid)
+    if len(grid) > MAX_RTT_GRID:
+        raise click.BadParameter(f"{text!r}: more than {MAX_RTT_GRID:,} RTTs")
+    return FieldType(list[Milliseconds]).convert(sorted(grid), param, ctx)
+
+
+class FieldType(click.ParamType):
+    """A flag that stands for a config field: its value parsed and bounded by the field's own
+    type (``Seed``, ``BandwidthMbps``, ...), as in a file."""
+
+    def __init__(self, annotation) -> None:
+        self.adapter = TypeAdapter(annotation)
+        self.name = getattr(annotation, "__name__", "value")
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as error:
+            self.fail(first_error(error)[1], param, ctx)
 
 
 @cli.command("calibrate")
@@ -256,7 +284,7 @@ def parse_rtt_grid(ctx, param, text: str) -> list[float]:
 @click.option("--rtt-grid", "grid", default="0:1000:10", show_default=True,
               callback=parse_rtt_grid,
               help="RTTs of the table in ms: START:STOP:STEP (stop included) or a comma list.")
-@click.option("--bandwidth-mbps", type=click.FloatRange(0, min_open=True),
+@click.option("--bandwidth-mbps", type=FieldType(BandwidthMbps),
               help="Link rate for the transfers' time in the table (both directions) "
                    "[default: unshaped, no transfer time].")
 @click.option("--from-calibration", "calibration_path",
@@ -416,6 +444,7 @@ def validate_command(ctx, job_name, mode, results_root) -> None:
     job = load_job(job_name)
     cells = expand(job)
     template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
+    check_job_for_validation(job)
     chosen = enter_mode(ctx, mode, [cell.profile for cell in cells], console, measured=True)
     _, comparison = crossvalidate(replace(template, mode=chosen), cells, results_root, console)
     ctx.exit(0 if passed(comparison) else 1)
@@ -440,14 +469,14 @@ def report_command(run_dir) -> None:
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="Which link to probe: the sim link model, kernel netem here (emulated), "
                    "or kernel netem in the router VM (vm); auto as for `run`.")
-@click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
+@click.option("--rtt-ms", type=float, help="Override the profile's RTT.")
 @click.option("--packets", type=click.IntRange(10), default=ProbePlan.packets, show_default=True,
               help="UDP echo probes (one every --interval-ms).")
 @click.option("--interval-ms", type=click.FloatRange(1), default=ProbePlan.interval_s * 1000,
               show_default=True)
 @click.option("--goodput-s", type=click.FloatRange(0.2), default=ProbePlan.goodput_s,
               show_default=True, help="Length of each bulk TCP transfer at the shaped rate.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=FieldType(Seed), default=0, show_default=True,
               help="Seed of the sim link and of the expectation's simulation.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the JSON report goes.")
@@ -565,7 +594,7 @@ def latency_group() -> None:
               help="Rounds: repeats of each stage per sample, minutes apart (the median is kept).")
 @click.option("--budget-s", type=click.FloatRange(0, min_open=True), default=480.0,
               show_default=True, help="Do no round that would end after this many seconds (one round at least).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=FieldType(Seed), default=0, show_default=True,
               help="Seeds the draw of configurations and the scaled models' weights.")
 @click.option("--max-load", type=click.FloatRange(0, min_open=True),
               help="Before each round, wait (up to --quiet-wait-s) until the 1-minute load "

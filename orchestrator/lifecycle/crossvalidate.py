@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nasd.policy import POLICY_NAMES
-from orchestrator.config.job import plan
+from orchestrator.config.job import JobConfig, plan
 from orchestrator.config.loading import ConfigError
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle.sweep import grid_profile, sweep
@@ -51,14 +51,19 @@ def calibrate(template: RunSpec, path: Path, console: Console) -> float:
     return float((networked if len(networked) else cycles)["rtt_ms"].median())
 
 
-def crossvalidate(template: RunSpec, cells: list[Cell], root: Path,
-                  console: Console) -> tuple[Path, pd.DataFrame]:
-    """The job of ``template`` (checked: ``RunSpec.build``) on ``cells`` in its measured mode
-    and in sim; a job without speculation is refused before anything starts."""
-    job, mode = template.job, template.mode
+def check_job_for_validation(job: JobConfig) -> None:
+    """A job ``crossvalidate`` can run: one of its strategies has cycles, on which
+    ``calibrate`` measures the path's round trip."""
     if not any(run.strategy in SPECULATING for run in plan(job)):
         raise ConfigError(f"job {job.name!r}: strategies: validate needs one with cycles "
                           f"({' or '.join(SPECULATING)}) to measure the path's round trip")
+
+
+def crossvalidate(template: RunSpec, cells: list[Cell], root: Path,
+                  console: Console) -> tuple[Path, pd.DataFrame]:
+    """The job of ``template`` on ``cells`` in its measured mode and in sim (checked before:
+    ``RunSpec.build``, ``check_job_for_validation``)."""
+    job, mode = template.job, template.mode
     path = ResultsFolder.new_path(root, f"validate-{job.name}-{mode}")
     console.print(f"validation: {path}")
     overhead_ms = calibrate(template, path / CALIBRATION, console)
