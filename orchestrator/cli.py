@@ -14,7 +14,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import get_args
+from typing import Annotated, get_args, get_origin
 
 import click
 import numpy as np
@@ -237,16 +237,15 @@ def parse_rtt_grid(ctx, param, text: str) -> list[float]:
                 if not (np.isfinite([start, stop, step]).all() and step > 0 and stop >= start):
                     raise ValueError
                 count = int((stop - start) / step + 1e-9) + 1
-                if len(grid) + count > MAX_RTT_GRID:
-                    raise click.BadParameter(f"{text!r}: more than {MAX_RTT_GRID:,} RTTs")
-                grid.update(start + step * i for i in range(count))
+                values = (start + step * i for i in range(count))
             else:
-                grid.add(float(part))
+                count, values = 1, (float(part),)
+            if len(grid) + count > MAX_RTT_GRID:
+                raise click.BadParameter(f"{text!r}: more than {MAX_RTT_GRID:,} RTTs")
+            grid.update(values)
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected START:STOP:STEP (a positive step) or "
                                  "comma-separated RTTs in ms") from None
-    if len(grid) > MAX_RTT_GRID:
-        raise click.BadParameter(f"{text!r}: more than {MAX_RTT_GRID:,} RTTs")
     return FieldType(list[Milliseconds]).convert(sorted(grid), param, ctx)
 
 
@@ -256,7 +255,8 @@ class FieldType(click.ParamType):
 
     def __init__(self, annotation) -> None:
         self.adapter = TypeAdapter(annotation)
-        self.name = getattr(annotation, "__name__", "value")
+        base = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+        self.name = getattr(base, "__name__", "value")       # click's metavar: INT, FLOAT
 
     def convert(self, value, param, ctx):
         try:

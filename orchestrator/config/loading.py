@@ -165,7 +165,7 @@ class ConfigLoader(yaml.SafeLoader):
     def _count(self, nodes: int, mark) -> None:
         self._nodes += nodes
         if self._nodes > MAX_YAML_NODES:
-            raise ComposerError(None, None, f"more than {MAX_YAML_NODES} values (aliases "
+            raise ComposerError(None, None, f"more than {MAX_YAML_NODES:,} values (aliases "
                                 "expanded)", mark)
 
     def construct_mapping(self, node, deep=False):
@@ -274,7 +274,7 @@ def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkPro
         trace_path = path.parent / raw.trace       # an absolute trace path stays as it is
         try:
             trace = parse_trace(read_text(trace_path, MAX_TRACE_BYTES), str(trace_path))
-        except (ConfigError, ValueError) as error:
+        except ValueError as error:      # a ConfigError too: unreadable, too large
             raise ConfigError(f"{path}: trace: {error}") from None
     try:
         return resolve(raw, name=path.stem, trace=trace)
