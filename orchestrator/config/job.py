@@ -13,34 +13,51 @@ each crossed with the payload codecs to compare.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.codecs import get_codec
 from agents.edge import AHEAD_STRATEGIES, MAX_DRAFT_AHEAD, STRATEGY_NAMES, StrategyName
-from agents.sampling import SamplingConfig
+from agents.sampling import SamplingConfig, Seed
 from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, POLICY_NAMES, percentile_of
-from shaping.profile import JitterDistribution
+from shaping.profile import BandwidthMbps, JitterDistribution, Milliseconds, Percent
 
 ALL_STRATEGIES: tuple[StrategyName, ...] = STRATEGY_NAMES
 # what a job without ``strategies`` runs: the baselines and fixed K (name the adaptive ones)
 DEFAULT_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
 
-NonNegative = Annotated[float, Field(ge=0.0)]
+MAX_NEW_TOKENS = 4096
+MAX_RECEIVE_TIMEOUT_S = 3600.0
+MAX_SWEEP_CELLS = 10_000             # a sweep's network section: grid points and profiles x codecs
+STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+Item = TypeVar("Item")
+
+
+def _each_once(items: list) -> list:
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{item!r} is listed twice")
+        seen.add(item)
+    return items
+
+
+Distinct = Annotated[list[Item], AfterValidator(_each_once)]   # a list without repeats
 
 
 class NetworkGrid(BaseModel):
-    """The cartesian product of its axes; each point is one symmetric link."""
+    """The cartesian product of its axes; each point is one symmetric link (each axis takes
+    what the profile field of its name takes)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    rtt_ms: list[NonNegative] = Field(min_length=1)
-    bandwidth_mbps: list[Annotated[float, Field(gt=0.0)] | None] = Field(default=[None],
-                                                                         min_length=1)
-    jitter_ms: list[NonNegative] = Field(default=[0.0], min_length=1)
+    model_config = STRICT
+    rtt_ms: Distinct[Milliseconds] = Field(min_length=1)
+    bandwidth_mbps: Distinct[BandwidthMbps | None] = Field(default=[None], min_length=1)
+    jitter_ms: Distinct[Milliseconds] = Field(default=[0.0], min_length=1)
     jitter_distribution: JitterDistribution = "normal"
-    loss_pct: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(default=[0.0], min_length=1)
-    codecs: list[str] = Field(default=[], description="default: the network section's")
+    loss_pct: Distinct[Percent] = Field(default=[0.0], min_length=1)
+    codecs: Distinct[str] = Field(default=[], description="default: the network section's")
 
     @model_validator(mode="after")
     def _known_codecs(self) -> "NetworkGrid":
@@ -48,14 +65,19 @@ class NetworkGrid(BaseModel):
             get_codec(codec)
         return self
 
+    @property
+    def points(self) -> int:
+        return (len(self.rtt_ms) * len(self.bandwidth_mbps) * len(self.jitter_ms)
+                * len(self.loss_pct))
+
 
 class NetworkSpace(BaseModel):
     """What a sweep covers: profiles by name, grids, and the codecs to cross them with."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    profiles: list[str] = []
+    model_config = STRICT
+    profiles: Distinct[str] = []
     grids: list[NetworkGrid] = []
-    codecs: list[str] = Field(default=[], description="default: the job's codec")
+    codecs: Distinct[str] = Field(default=[], description="default: the job's codec")
 
     @model_validator(mode="after")
     def _not_empty(self) -> "NetworkSpace":
@@ -65,19 +87,30 @@ class NetworkSpace(BaseModel):
             get_codec(codec)
         return self
 
+    @model_validator(mode="after")
+    def _bounded_cells(self) -> "NetworkSpace":
+        codecs = max(len(self.codecs), 1)
+        cells = len(self.profiles) * codecs + sum(grid.points * (len(grid.codecs) or codecs)
+                                                  for grid in self.grids)
+        if cells > MAX_SWEEP_CELLS:
+            raise ValueError(f"{cells:,} cells (profiles and grid points, times codecs), "
+                             f"more than {MAX_SWEEP_CELLS:,}")
+        return self
+
 
 class JobConfig(SamplingConfig):
     """A benchmark job; its decoding fields (``decoding``, ``temperature``, ``top_k``,
     ``top_p``) are ``SamplingConfig``'s, defined there once."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
     name: str = "job"
     description: str = ""
     model_pair: str = "synthetic"
     prompts: str = "default"
     max_queries: Annotated[int, Field(gt=0)] | None = None
-    strategies: list[StrategyName] = Field(default=list(DEFAULT_STRATEGIES), min_length=1)
-    k_values: list[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15], min_length=1)
+    strategies: Distinct[StrategyName] = Field(default=list(DEFAULT_STRATEGIES), min_length=1)
+    k_values: Distinct[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15],
+                                                                   min_length=1)
     cloud_spec_k: int = Field(default=5, ge=1, le=64)
     nasd_k_min: int = Field(default=DEFAULT_K_MIN, ge=1, le=64,
                             description="nasd, hf-heuristic, bandit: the smallest K they choose")
@@ -107,13 +140,15 @@ class JobConfig(SamplingConfig):
                              "many further blocks, each on the premise that the blocks before "
                              "it are kept whole (lossless; 0: none)")
     codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
-    max_new_tokens: int = Field(default=64, gt=0, le=4096)
-    repetitions: int = Field(default=1, gt=0)
-    seed: int = 0
-    receive_timeout_s: float = Field(default=30.0, gt=0)
-    warmup_tokens: int = Field(default=4, ge=0, description="per strategy, one unrecorded query "
-                               "of this many tokens first (0: none): the data-plane handshake "
-                               "and first-call costs stay out of the first query's TTFT")
+    max_new_tokens: int = Field(default=64, gt=0, le=MAX_NEW_TOKENS)
+    repetitions: int = Field(default=1, gt=0, description="how often each query runs (the "
+                             "run's queries in all are bounded: ``RunSpec.build``)")
+    seed: Seed = 0
+    receive_timeout_s: float = Field(default=30.0, gt=0, le=MAX_RECEIVE_TIMEOUT_S)
+    warmup_tokens: int = Field(default=4, ge=0, le=MAX_NEW_TOKENS, description="per strategy, "
+                               "one unrecorded query of this many tokens first (0: none): the "
+                               "data-plane handshake and first-call costs stay out of the first "
+                               "query's TTFT")
     network: NetworkSpace | None = Field(default=None, description="what `orchestrator sweep` "
                                          "covers; `run` takes --profile instead")
 

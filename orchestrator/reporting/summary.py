@@ -23,7 +23,6 @@ the formatted tables, and ``GLOSSARY``, the definition of every column.
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from rich.table import Table
 from agents.edge import STRATEGY_NAMES
 from nasd.analytic import acceptance_from_counts
 from nasd.policy import POLICY_NAMES, NasdController
+from orchestrator.results import read_records
 from validation.stats import (
     percentile_interval,
     percentiles,
@@ -48,11 +48,9 @@ from validation.task_accuracy import is_correct
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
-    """Query or cycle records (``structured``: also those written before the label split)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame()
-    return structured(pd.DataFrame([json.loads(line)
-                                    for line in path.read_text().splitlines() if line]))
+    """Query or cycle records (``structured``: also those written before the label split;
+    ``read_records``: a last line cut short left out)."""
+    return structured(pd.DataFrame(read_records(path)))
 
 
 def structured(frame: pd.DataFrame) -> pd.DataFrame:
