@@ -14,9 +14,8 @@ import zmq
 from agents.backends import ModelPairConfig, build_models
 from agents.cloud import CloudAgent
 from agents.edge import EdgeAgent
-from agents.protocol import Channel, ReceiveTimeout
+from agents.protocol import Channel
 from nasd.policy import KPolicy, make_policy
-from shaping.clock import now
 
 _endpoints = itertools.count()
 
@@ -36,11 +35,7 @@ def edge_and_cloud(pair: ModelPairConfig, policy_for: Callable[..., KPolicy] = m
 
     def serve() -> None:
         while not stop.is_set():
-            try:
-                message, peer, _ = cloud.channel.recv(timeout_s=0.05)
-            except ReceiveTimeout:
-                continue
-            cloud.handle(message, peer, now())
+            cloud.turn(cloud.channel.poll(cloud.wait_s(0.05)))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
