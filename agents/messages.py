@@ -5,9 +5,9 @@ anything reads it (``protocol.decode`` calls the checks here in order).
   ``type``; ``session`` a string of at most ``MAX_SESSION_CHARS``; ``seq`` a non-negative
   int; ``sent_at`` a finite number; ``fields`` a map; ``arrays`` a list of specs;
 - the arrays (``check_arrays``): per type, which names it may carry (each once), in which
-  dtypes and with how many dimensions and rows (``ArraySchema``); every dimension a
-  non-negative int; the frame exactly as long as the shape says (sizes are Python ints:
-  no product overflows);
+  dtypes and with how many dimensions and rows (``ArraySchema``); every length an int in
+  0..``MAX_DIMENSION``; the frame exactly as long as the shape says (sizes are Python
+  ints: no product overflows);
 - the fields (``check_fields``): per type a ``TypedDict`` validated strictly (no extra key,
   no bool for an int, no NaN or infinity, ranges as declared), which returns them typed
   (``sampling`` as a ``SamplingConfig``).
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, NamedTuple
 
 import numpy as np
@@ -43,6 +43,7 @@ MAX_SEQ = 2**63 - 1
 MAX_DRAFT_TOKENS = 64      # a job's K at most (orchestrator/config/job.py)
 MAX_NEW_TOKENS = 4096      # a job's max_new_tokens at most
 MAX_TOKEN_ID = 2**31 - 1   # ids travel as int32
+MAX_DIMENSION = 2**31 - 1  # an array's length along any axis (numpy's byte sizes stay in int64)
 MAX_SEED = 2**64 - 1
 MAX_ERROR_CHARS = 4096
 MAX_NAME_CHARS = 32        # a strategy's or codec's name
@@ -141,30 +142,36 @@ class ArraySchema:
 
 @dataclass(frozen=True)
 class MessageSchema:
-    fields: TypeAdapter
+    """A message type's fields (a ``TypedDict``, validated through ``adapter``) and arrays."""
+
+    fields: type
     arrays: Mapping[str, ArraySchema]
+    adapter: TypeAdapter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adapter", TypeAdapter(self.fields))
 
 
 PROMPT = {"prompt": ArraySchema(("int32",), 1)}
 SERVED = {"served": ArraySchema(("int32",), 1, MAX_NEW_TOKENS)}   # tokens the draft served alone
 SCHEMAS: dict[str, MessageSchema] = {
-    "open": MessageSchema(TypeAdapter(OpenFields), PROMPT),
-    "generate": MessageSchema(TypeAdapter(GenerateFields), PROMPT),
-    "draft": MessageSchema(TypeAdapter(DraftFields), {
+    "open": MessageSchema(OpenFields, PROMPT),
+    "generate": MessageSchema(GenerateFields, PROMPT),
+    "draft": MessageSchema(DraftFields, {
         "ids": ArraySchema(("int32",), 1, MAX_DRAFT_TOKENS),
         "q": ArraySchema(("float16", "float32"), 2, MAX_DRAFT_TOKENS),
         "top_ids": ArraySchema(("int32",), 2, MAX_DRAFT_TOKENS),
         "top_probs": ArraySchema(("float32",), 2, MAX_DRAFT_TOKENS),
         "q_ids": ArraySchema(("float64",), 1, MAX_DRAFT_TOKENS), **SERVED}),
-    "decode": MessageSchema(TypeAdapter(DecodeFields), SERVED),
-    "close": MessageSchema(TypeAdapter(NoFields), {}),
-    "opened": MessageSchema(TypeAdapter(OpenedFields), {}),
-    "verdict": MessageSchema(TypeAdapter(VerdictFields), {
+    "decode": MessageSchema(DecodeFields, SERVED),
+    "close": MessageSchema(NoFields, {}),
+    "opened": MessageSchema(OpenedFields, {}),
+    "verdict": MessageSchema(VerdictFields, {
         "p": ArraySchema(("float32",), 1), "p_ids": ArraySchema(("int32",), 1),
         "p_values": ArraySchema(("float32",), 1)}),
-    "tokens": MessageSchema(TypeAdapter(TokensFields), {
+    "tokens": MessageSchema(TokensFields, {
         "ids": ArraySchema(("int32",), 1, MAX_DRAFT_TOKENS + 1)}),
-    "error": MessageSchema(TypeAdapter(ErrorFields), {}),
+    "error": MessageSchema(ErrorFields, {}),
 }
 MESSAGE_TYPES = tuple(SCHEMAS)
 
@@ -238,9 +245,9 @@ def check_arrays(envelope: Envelope, frame_lengths: list[int]) -> list[ArraySpec
             raise refuse(f"array {name!r}: dtype {_shown(dtype_name)} is not one of "
                          f"{', '.join(schema.dtypes)}")
         if not isinstance(shape, list) or len(shape) != schema.ndim \
-                or not all(_is_int(n) and n >= 0 for n in shape):
-            raise refuse(f"array {name!r}: the shape must be {schema.ndim} non-negative "
-                         f"integers, not {_shown(shape)}")
+                or not all(_is_int(n) and 0 <= n <= MAX_DIMENSION for n in shape):
+            raise refuse(f"array {name!r}: the shape must list {schema.ndim} lengths in "
+                         f"0..{MAX_DIMENSION}, not {_shown(shape)}")
         if schema.max_rows is not None and shape[0] > schema.max_rows:
             raise refuse(f"array {name!r}: {shape[0]} rows, more than {schema.max_rows}")
         dtype = WIRE_DTYPES[dtype_name]
@@ -253,7 +260,7 @@ def check_arrays(envelope: Envelope, frame_lengths: list[int]) -> list[ArraySpec
 def check_fields(envelope: Envelope) -> dict[str, Any]:
     """The fields of ``envelope``, validated against its type's schema and typed by it."""
     try:
-        return SCHEMAS[envelope.type].fields.validate_python(envelope.fields)
+        return SCHEMAS[envelope.type].adapter.validate_python(envelope.fields)
     except ValidationError as error:
         raise MalformedMessage(f"{envelope.type}: {one_line(error)}", envelope.session,
                                envelope.seq) from None

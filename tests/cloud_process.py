@@ -53,21 +53,30 @@ class CloudUnderTest:
         return Channel(socket, receive_timeout_s)
 
     def legit_query(self, strategy: str = "fixed-k", k: int | None = 5,
-                    max_new_tokens: int = 12, peer: Channel | None = None,
+                    max_new_tokens: int = 12, query_id: str | None = None,
                     **request: object) -> QueryRecord:
-        """A query of the real edge agent (a new peer unless ``peer``) against the cloud."""
-        edge = EdgeAgent(self._edge_models, peer or self.peer())
+        """A query of the real edge agent (a new peer) against the cloud; its session is
+        ``legit/<query_id>/0``."""
+        edge = EdgeAgent(self._edge_models, self.peer())
         query = QueryRequest(strategy=strategy, label="legit", k=k,
-                             query_id=str(next(_queries)), prompt="What is 12 + 30?",
-                             max_new_tokens=max_new_tokens, **request)
+                             query_id=query_id or f"auto{next(_queries)}",
+                             prompt="What is 12 + 30?", max_new_tokens=max_new_tokens,
+                             **request)
         record, _ = edge.run_query(query)
         return record
 
     def alive(self) -> bool:
         return self.process.alive()
 
-    def stats(self) -> dict:
-        return self.process.stats()
+    def log(self) -> str:
+        return self.process.log_path.read_text()
+
+    def counts(self) -> dict[str, int]:
+        """What the cloud counted of its data plane (``CloudAgent.counts``)."""
+        return self.process.stats()["agent"]["counts"]
+
+    def sessions(self) -> int:
+        return self.process.stats()["agent"]["sessions"]
 
     def rss_kib(self) -> int:
         """The cloud process's resident memory (``VmRSS``), in KiB."""
