@@ -40,7 +40,8 @@ received; a session quiet for ``session_idle_s`` is forgotten.  Streams
 turn of the serving loop (``CloudAgent.turn``), between messages: a ``close``
 stops one between two tokens, and a peer that is gone or leaves its replies
 unread loses every session it holds at the first reply that cannot be handed
-over.  Nothing a peer sends ends the loop: a message that fails its checks
+over; a turn answers up to 16 waiting messages between two commits of each
+stream.  Nothing a peer sends ends the loop: a message that fails its checks
 (``agents.messages``) or a request refused gets an ``error`` reply and is
 counted (``CloudAgent.counts``, in the control plane's ``stats`` and the log).
 
@@ -74,6 +75,8 @@ from shaping.clock import now
 SessionKey = tuple[bytes, str]   # (the peer that opened it, the name it gave it)
 IDLE_WAIT_S = 1.0        # how long the serving loop waits for a message with no stream to run
 EXPIRY_EVERY_S = 1.0     # how often idle sessions are looked for
+MESSAGES_PER_TURN = 16   # then every stream sends a commit: a flood of messages slows them only
+#                          so much, and they slow the messages only by one commit each
 LOGGED_REFUSALS = 50     # refusals logged one by one; after these, one line per 1000
 log = logging.getLogger("cloud")
 
@@ -159,10 +162,13 @@ class CloudAgent:
         return 0.0 if any(s.stream is not None for s in self.sessions.values()) else idle_s
 
     def turn(self, message_waiting: bool) -> None:
-        """One turn: the waiting message (if any) received and answered, every stream one
-        commit further, idle sessions forgotten.  Nothing a peer sends raises out of it."""
-        if message_waiting:
+        """One turn: the waiting messages (up to ``MESSAGES_PER_TURN``) received and
+        answered, every stream one commit further, idle sessions forgotten.  Nothing a peer
+        sends raises out of it."""
+        for _ in range(MESSAGES_PER_TURN if message_waiting else 0):
             self.receive()
+            if not self.channel.poll(0):
+                break
         self.advance_streams()
         if now() >= self.next_expiry:
             self.expire_idle()

@@ -76,9 +76,10 @@ HOSTILE_VALUES = st.one_of(
 @dataclass(frozen=True)
 class HostileMessage:
     """What a hostile peer sends: ``before`` (a valid ``open`` of the session, or nothing),
-    then ``frames``; ``target`` the part it aims at; ``sessions`` the names it may have
-    opened (closed after it)."""
+    then ``frames``, a message built as a ``kind``; ``target`` the part it aims at;
+    ``sessions`` the names it may have opened (closed after it)."""
 
+    kind: str
     target: tuple[str, str, str]
     before: list[bytes]
     frames: list[bytes]
@@ -222,7 +223,8 @@ def hostile_messages(draw, target: tuple[str, str, str], width: int, session: st
         _hostile_array(draw, header, buffers, name)
     before = [] if opening is None else [bytes(frame) for frame in encode(opening)]
     if (part, name) == ("envelope", "bytes"):
-        return HostileMessage(target, before, [draw(RAW_HEADERS), *buffers], (session,))
+        return HostileMessage(kind, target, before, [draw(RAW_HEADERS), *buffers],
+                              (session,))
     named = header.get("session")
     sessions = (session, named) if isinstance(named, str) and named != session else (session,)
-    return HostileMessage(target, before, [msgpack.packb(header), *buffers], sessions)
+    return HostileMessage(kind, target, before, [msgpack.packb(header), *buffers], sessions)

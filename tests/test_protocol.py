@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
+from agents import protocol
 from agents.protocol import (Channel, Message, ProtocolError, ReceiveTimeout, decode, encode)
 from shaping.clock import now
 from shaping.link_model import zmtp_wire_bytes
@@ -165,3 +166,48 @@ def test_a_restarted_timeline_holds_for_streams_yet_to_come(pair):
     assert link.deliver_at(origin + 0.5, 64) - (origin + 0.5) == pytest.approx(0.100)
     with pytest.raises(ProtocolError, match="sim link"):
         edge.restart_timeline(now())
+
+
+def test_sim_link_models_are_kept_for_the_latest_peers_only(pair, monkeypatch):
+    """Per-peer state in sim mode is bounded: past ``MAX_SIM_LINK_PEERS`` the peer heard from
+    longest ago loses its link model (its counters stay in ``link_stats``)."""
+    monkeypatch.setattr(protocol, "MAX_SIM_LINK_PEERS", 3)
+    router, _ = pair
+    profile = resolve(ProfileFile(rtt_ms=2), "t")
+    settings = SimLinkSettings(profile=profile, seed=0, started_at=now())
+    cloud = Channel(router, 2.0, sim_link=lambda stream: SimulatedDirection(settings, "uplink", stream))
+    endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+    peers = []
+    for _ in range(5):
+        dealer = router.context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        peers.append(dealer)
+        Channel(dealer, 2.0).send(Message("close", "s"))
+        cloud.recv()
+    try:
+        assert len(cloud.sim_links) == 3 and cloud.sim_links_made == 5
+        assert cloud.link_stats()["messages"] == 5
+    finally:
+        for dealer in peers:
+            dealer.close(0)
+
+
+def test_a_peers_sent_at_is_taken_no_later_than_now_nor_earlier_than_the_link(pair):
+    """In sim mode the cloud holds a message until the link model delivers it: a sent_at in
+    the far future counts as now (one way later it is delivered), one before the link came up
+    as that instant (delivered at once); neither upsets the model for what follows."""
+    router, dealer = pair
+    settings = SimLinkSettings(profile=resolve(ProfileFile(rtt_ms=20), "t"), seed=0,
+                               started_at=now())
+    cloud = Channel(router, 2.0, sim_link=lambda stream: SimulatedDirection(settings, "uplink", stream))
+    edge = Channel(dealer, 2.0)
+    header = msgpack.unpackb(encode(Message("close", "s"))[0])
+    for forged, waits in ((now() + 3600.0, True), (1e300, True), (-1e300, False), (0.0, False),
+                          (None, True)):
+        started = now()
+        if forged is None:
+            edge.send(Message("close", "s"))
+        else:
+            dealer.send_multipart([msgpack.packb({**header, "sent_at": forged})])
+        cloud.recv()
+        assert (0.009 < now() - started < 0.1) if waits else (now() - started < 0.009)
