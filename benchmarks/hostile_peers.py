@@ -49,19 +49,22 @@ VOCAB = 1024    # the synthetic pair's
 
 
 def start_run(results: Path, args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "run", "--mode", "sim", "--profile",
-         args.profile, "--job", "smoke", *STRATEGIES, "--queries", str(args.queries),
-         "--repetitions", str(args.repetitions), "--max-new-tokens", str(args.tokens),
-         "--results", str(results)], cwd=Path(__file__).resolve().parent.parent,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """The legitimate run, its output to ``results``/run.txt."""
+    results.mkdir(parents=True)
+    with open(results / "run.txt", "w") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "run", "--mode", "sim", "--profile",
+             args.profile, "--job", "smoke", *STRATEGIES, "--queries", str(args.queries),
+             "--repetitions", str(args.repetitions), "--max-new-tokens", str(args.tokens),
+             "--results", str(results)], cwd=Path(__file__).resolve().parent.parent,
+            stdout=output, stderr=subprocess.STDOUT)
 
 
 def serving_cloud(results: Path, timeout_s: float = 300.0) -> tuple[Path, dict, int]:
     """The live run's folder, its cloud's settings and pid, once a first query is done."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for settings in results.glob("*/cloud.settings.json"):
+        for settings in results.glob("*/cloud.settings.json"):   # the run's own folder
             queries = settings.parent / "queries.jsonl"
             pids = subprocess.run(["pgrep", "-f", f"agents.cloud --settings {settings}"],
                                   capture_output=True, text=True).stdout.split()
@@ -77,7 +80,7 @@ def rss_kib(pid: int) -> int | None:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except FileNotFoundError:
         return None
-    return next(int(line.split()[1]) for line in lines if line.startswith("VmRSS:"))
+    return next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
 
 
 class Watch:
@@ -103,9 +106,9 @@ class Watch:
         return time.monotonic() - started
 
     def finished(self) -> list[dict]:
-        output, _ = self.run.communicate(timeout=3600)
-        if self.run.returncode != 0:
-            raise SystemExit(f"the run failed ({self.run.returncode}):\n{output}")
+        if self.run.wait(timeout=3600) != 0:
+            raise SystemExit(f"the run failed ({self.run.returncode}):\n"
+                             + (self.folder.parent / "run.txt").read_text())
         return [json.loads(line)
                 for line in (self.folder / "queries.jsonl").read_text().splitlines()]
 
