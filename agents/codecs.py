@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.protocol import ProtocolError
+from agents.wire_errors import ProtocolError
 
 TOPK_DEFAULT = 8
 

@@ -3,8 +3,12 @@
 A message is a ZeroMQ multipart: frame 0 is a msgpack map
 ``{type, session, seq, sent_at, fields, arrays}`` where ``arrays`` lists
 ``[name, dtype, shape]`` for each following frame, which holds that array's
-raw bytes.  Never pickle; only the dtypes in ``WIRE_DTYPES`` cross the wire;
-every received message is checked against a size cap and its declared shapes.
+raw bytes.  Never pickle; only the dtypes in ``WIRE_DTYPES`` cross the wire.
+``decode`` checks every received message before anything reads it: the size
+caps here, then the envelope, the arrays against their frames and the fields
+against the schema of the message's type (``agents.messages``); what fails is
+a ``MalformedMessage`` (the data plane's errors are ``agents.wire_errors``,
+importable from here too).
 
 ``Channel`` wraps a ZeroMQ socket with these rules: every receive has a
 timeout, every send and receive counts bytes as ZMTP puts them on the wire,
@@ -15,6 +19,7 @@ received message until the sim link releases it (``shaping.simlink``).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,23 +27,17 @@ import msgpack
 import numpy as np
 import zmq
 
+from agents.messages import (MAX_ERROR_CHARS, MESSAGE_TYPES, WIRE_DTYPES, check_arrays,
+                             check_envelope, check_fields)
+from agents.wire_errors import (MalformedMessage, PeerUnreachable, ProtocolError,
+                                 ReceiveTimeout)
 from shaping.clock import now, sleep_until
 from shaping.link_model import zmtp_wire_bytes
 from shaping.simlink import SimulatedDirection
 
-MESSAGE_TYPES = ("open", "opened", "draft", "verdict", "decode", "generate", "tokens", "close",
-                 "error")
-WIRE_DTYPES = {"int32": np.int32, "float16": np.float16, "float32": np.float32, "float64": np.float64}
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 HEADER_MAX_BYTES = 64 * 1024
-
-
-class ProtocolError(Exception):
-    """A peer sent something that breaks the protocol."""
-
-
-class ReceiveTimeout(ProtocolError):
-    """Nothing arrived within the receive timeout."""
+MAX_SIM_LINK_PEERS = 256   # sim: the peers whose link models a channel keeps (about 3 KB each)
 
 
 @dataclass
@@ -73,42 +72,32 @@ def encode(message: Message) -> list[bytes | memoryview]:
 
 
 def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
-    """Parse and check a received multipart message."""
+    """A received multipart message, every part checked before use (``agents.messages``):
+    the size caps, the envelope, the arrays against their frames, the fields against the
+    type's schema.  ``MalformedMessage`` says what failed."""
     if not frames:
-        raise ProtocolError("empty message")
+        raise MalformedMessage("empty message")
     total = sum(len(frame) for frame in frames)
     if total > max_bytes:
-        raise ProtocolError(f"message of {total} bytes exceeds the cap of {max_bytes}")
+        raise MalformedMessage(f"message of {total} bytes exceeds the cap of {max_bytes}")
     if len(frames[0]) > HEADER_MAX_BYTES:
-        raise ProtocolError("header exceeds its size cap")
+        raise MalformedMessage(f"header of {len(frames[0])} bytes exceeds its cap of "
+                               f"{HEADER_MAX_BYTES}")
     try:
         header = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
-        kind, session, seq = header["type"], header["session"], header["seq"]
-        fields, specs, sent_at = header["fields"], header["arrays"], float(header["sent_at"])
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
-        raise ProtocolError(f"malformed header: {error}") from None
-    if not isinstance(fields, dict) or not isinstance(specs, list):
-        raise ProtocolError("malformed header: fields must be a map, arrays a list")
-    if len(specs) != len(frames) - 1:
-        raise ProtocolError(f"header lists {len(specs)} arrays, message has {len(frames) - 1}")
-    arrays = {}
-    for spec, buffer in zip(specs, frames[1:]):
-        try:
-            name, dtype_name, shape = spec
-            dtype = np.dtype(WIRE_DTYPES[dtype_name])
-            shape = tuple(int(n) for n in shape)
-        except (KeyError, ValueError, TypeError):
-            raise ProtocolError(f"bad array spec {spec!r}") from None
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if any(n < 0 for n in shape) or expected != len(buffer):
-            raise ProtocolError(f"array {name!r}: {len(buffer)} bytes do not match shape {shape}")
-        arrays[name] = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-    return Message(type=kind, session=session, seq=seq, fields=fields, arrays=arrays,
-                   sent_at=sent_at)
+    except Exception as error:  # a peer's bytes: any failure to parse them is theirs
+        raise MalformedMessage(f"malformed header: {type(error).__name__}") from None
+    envelope = check_envelope(header)
+    specs = check_arrays(envelope, [len(frame) for frame in frames[1:]])
+    fields = check_fields(envelope)
+    arrays = {spec.name: np.frombuffer(buffer, dtype=spec.dtype).reshape(spec.shape)
+              for spec, buffer in zip(specs, frames[1:])}
+    return Message(type=envelope.type, session=envelope.session, seq=envelope.seq,
+                   fields=fields, arrays=arrays, sent_at=envelope.sent_at)
 
 
 def error_message(session: str, seq: int, text: str) -> Message:
-    return Message("error", session, seq, {"error": text})
+    return Message("error", session, seq, {"error": text[:MAX_ERROR_CHARS]})
 
 
 class Channel:
@@ -116,27 +105,42 @@ class Channel:
 
     A ROUTER channel prepends the peer identity to every message; ``recv``
     returns it as ``peer`` and ``send`` takes it back, so the cloud can serve
-    several edges.
+    several edges.  A ROUTER never waits on a peer: a message it cannot hand
+    over at once (the peer is gone, or has left ``SNDHWM`` messages unread)
+    raises ``PeerUnreachable``; ``peer_queue_messages`` caps how many of each
+    peer's messages wait to be received (``RCVHWM``: beyond it ZeroMQ stops
+    reading that peer).
 
     ``sim_link``, in sim mode, makes the link model for each peer's stream
     (one per edge on a ROUTER); every received message is then held until
-    that model delivers it.  ``restart_timeline`` moves the origin of the
-    profile's timeline for every stream, also those of peers yet to come.
+    that model delivers it, as sent no earlier than the link came up and no
+    later than now, whatever the peer stamped.  The models of the
+    ``MAX_SIM_LINK_PEERS`` peers heard from last are kept (a returning peer
+    gets a new one; ``link_stats`` keeps counting the retired).
+    ``restart_timeline`` moves the origin of the profile's timeline for every
+    stream, also those of peers yet to come.
     """
 
     def __init__(self, socket: zmq.Socket, receive_timeout_s: float,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 sim_link: Callable[[int], SimulatedDirection] | None = None) -> None:
+                 sim_link: Callable[[int], SimulatedDirection] | None = None,
+                 peer_queue_messages: int | None = None) -> None:
         self.socket = socket
         self.receive_timeout_s = receive_timeout_s
         self.max_message_bytes = max_message_bytes
         self.is_router = socket.type == zmq.ROUTER
         socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         socket.setsockopt(zmq.LINGER, 0)
+        if self.is_router:
+            socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            if peer_queue_messages is not None:
+                socket.setsockopt(zmq.RCVHWM, peer_queue_messages)
         self.bytes_sent = 0
         self.bytes_received = 0
         self.sim_link = sim_link
-        self.sim_links: dict[bytes | None, SimulatedDirection] = {}
+        self.sim_links: OrderedDict[bytes | None, SimulatedDirection] = OrderedDict()
+        self.sim_links_made = 0
+        self.retired_link_stats: dict[str, int] = {}
         self.timeline_started_at: float | None = None   # None: where the settings say
 
     def send(self, message: Message, peer: bytes | None = None) -> int:
@@ -147,8 +151,16 @@ class Channel:
         if self.is_router:
             if peer is None:
                 raise ProtocolError("a ROUTER channel needs the peer to send to")
-            frames = [peer, *frames]
-        self.socket.send_multipart(frames, copy=False)
+            try:
+                self.socket.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                raise PeerUnreachable(f"peer {peer.hex()} leaves its messages unread") from None
+            except zmq.ZMQError as error:
+                if error.errno != zmq.EHOSTUNREACH:
+                    raise
+                raise PeerUnreachable(f"peer {peer.hex()} is gone") from None
+        else:
+            self.socket.send_multipart(frames, copy=False)
         self.bytes_sent += size
         return size
 
@@ -156,7 +168,8 @@ class Channel:
         return bool(self.socket.poll(max(0, int(timeout_s * 1000))))
 
     def recv(self, timeout_s: float | None = None) -> tuple[Message, bytes | None, int]:
-        """Next message, its peer (ROUTER only) and its size on the wire."""
+        """Next message, its peer (ROUTER only) and its size on the wire; a message that
+        fails its checks raises ``MalformedMessage``, which names the peer."""
         deadline = time.monotonic() + (self.receive_timeout_s if timeout_s is None else timeout_s)
         while not self.socket.poll(max(0, int((deadline - time.monotonic()) * 1000)) + 1):
             if time.monotonic() >= deadline:
@@ -166,19 +179,31 @@ class Channel:
         peer = None
         if self.is_router:
             peer, frames = frames[0], frames[1:]
-        message = decode(frames, self.max_message_bytes)
+        try:
+            message = decode(frames, self.max_message_bytes)
+        except MalformedMessage as error:
+            error.peer = peer
+            raise
         size = zmtp_wire_bytes(frames)
         self.bytes_received += size
         if self.sim_link is not None:
-            sleep_until(self._link_for(peer).deliver_at(message.sent_at, size))
+            link = self._link_for(peer)
+            sent_at = min(max(message.sent_at, link.started_at), now())
+            sleep_until(link.deliver_at(sent_at, size))
         return message, peer, size
 
     def _link_for(self, peer: bytes | None) -> SimulatedDirection:
         link = self.sim_links.get(peer)
-        if link is None:
-            link = self.sim_links[peer] = self.sim_link(len(self.sim_links))
-            if self.timeline_started_at is not None:
-                link.restart_timeline(self.timeline_started_at)
+        if link is not None:
+            self.sim_links.move_to_end(peer)
+            return link
+        link = self.sim_links[peer] = self.sim_link(self.sim_links_made)
+        self.sim_links_made += 1
+        if self.timeline_started_at is not None:
+            link.restart_timeline(self.timeline_started_at)
+        if len(self.sim_links) > MAX_SIM_LINK_PEERS:
+            _, retired = self.sim_links.popitem(last=False)
+            self.retired_link_stats = _summed([self.retired_link_stats, retired.stats()])
         return link
 
     def restart_timeline(self, started_at: float) -> None:
@@ -190,11 +215,17 @@ class Channel:
             link.restart_timeline(started_at)
 
     def link_stats(self) -> dict | None:
-        """Counters of the sim link (summed over peers); None outside sim mode."""
+        """Counters of the sim link (summed over peers, retired ones too); None outside sim
+        mode."""
         if self.sim_link is None:
             return None
-        totals: dict[str, int] = {}
-        for link in self.sim_links.values():
-            for key, value in link.stats().items():
-                totals[key] = totals.get(key, 0) + value
-        return totals
+        return _summed([self.retired_link_stats,
+                        *(link.stats() for link in self.sim_links.values())])
+
+
+def _summed(counters: list[dict[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for counter in counters:
+        for key, value in counter.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals

@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -100,19 +100,24 @@ class AgentRuntime:
             sim_link = lambda stream: SimulatedDirection(link, received_by(side), stream)  # noqa: E731
         # The channel sets the size cap, which ZeroMQ applies only to later connections.
         self.channel = Channel(self.socket, settings.receive_timeout_s,
-                               settings.max_message_bytes, sim_link)
+                               settings.max_message_bytes, sim_link,
+                               settings.cloud_limits.peer_queue_messages
+                               if socket_type == zmq.ROUTER else None)
         if socket_type == zmq.ROUTER:
             self.socket.bind(settings.data_address)
         else:
             self.socket.connect(settings.data_address)
 
-    def handlers(self, **specific: Handler) -> dict[str, Handler]:
-        """``ping``, ``stop``, ``stats`` and ``restart_timeline`` (sim: the link's timeline
-        counts from the request's ``started_at`` on) plus the agent's own commands."""
+    def handlers(self, agent_stats: Callable[[], dict[str, Any]] | None = None,
+                 **specific: Handler) -> dict[str, Handler]:
+        """``ping``, ``stop``, ``stats`` (with the agent's own under ``agent``) and
+        ``restart_timeline`` (sim: the link's timeline counts from the request's
+        ``started_at`` on) plus the agent's own commands."""
         def stats(_: dict[str, Any]) -> dict[str, Any]:
             return {"bytes_sent": self.channel.bytes_sent,
                     "bytes_received": self.channel.bytes_received,
-                    "sim_link": self.channel.link_stats()}
+                    "sim_link": self.channel.link_stats(),
+                    **({"agent": agent_stats()} if agent_stats else {})}
 
         def restart_timeline(request: dict[str, Any]) -> dict[str, Any]:
             self.channel.restart_timeline(float(request["started_at"]))

@@ -1,12 +1,13 @@
 """The real edge and cloud agents in one process: ZeroMQ over inproc, the cloud serving in a
 thread.  Fast enough to run whole queries by the hundred (tests/test_stretches.py,
-tests/test_draft_ahead.py)."""
+tests/test_draft_ahead.py) and messages by the thousand (tests/test_wire_fuzz.py)."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import zmq
@@ -14,11 +15,63 @@ import zmq
 from agents.backends import ModelPairConfig, build_models
 from agents.cloud import CloudAgent
 from agents.edge import EdgeAgent
-from agents.protocol import Channel, ReceiveTimeout
+from agents.protocol import Channel
+from agents.settings import CloudLimits
 from nasd.policy import KPolicy, make_policy
-from shaping.clock import now
 
 _endpoints = itertools.count()
+
+
+@dataclass
+class ServedCloud:
+    """A cloud agent serving ``endpoint`` from a thread of this process (its loop's turns as
+    ``agents.cloud.serve`` takes them); ``alive`` until something raises out of a turn."""
+
+    agent: CloudAgent
+    context: zmq.Context
+    endpoint: str
+    thread: threading.Thread | None = None
+    sockets: list[zmq.Socket] = field(default_factory=list)
+
+    def peer(self, receive_timeout_s: float = 5.0) -> Channel:
+        """A new peer (a DEALER of its own identity) connected to the cloud."""
+        socket = self.context.socket(zmq.DEALER)
+        socket.connect(self.endpoint)
+        self.sockets.append(socket)
+        return Channel(socket, receive_timeout_s)
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+@contextmanager
+def served_cloud(pair: ModelPairConfig, limits: CloudLimits = CloudLimits()
+                 ) -> Iterator[ServedCloud]:
+    """A cloud agent on ``pair`` granting ``limits``, served in a thread until exit."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    endpoint = f"inproc://agents-{next(_endpoints)}"
+    cloud = ServedCloud(CloudAgent(build_models(pair, "cloud"),
+                                   Channel(router, receive_timeout_s=5.0), limits),
+                        context, endpoint)
+    router.bind(endpoint)
+    stop = threading.Event()
+
+    def serve() -> None:
+        agent = cloud.agent
+        while not stop.is_set():
+            agent.turn(agent.channel.poll(agent.wait_s(0.05)))
+
+    cloud.thread = threading.Thread(target=serve, daemon=True)
+    cloud.thread.start()
+    try:
+        yield cloud
+    finally:
+        stop.set()
+        cloud.thread.join(timeout=5.0)
+        for socket in [router, *cloud.sockets]:
+            socket.close(linger=0)
+        context.term()
 
 
 @contextmanager
@@ -26,30 +79,6 @@ def edge_and_cloud(pair: ModelPairConfig, policy_for: Callable[..., KPolicy] = m
                    ) -> Iterator[tuple[EdgeAgent, CloudAgent]]:
     """An edge agent on ``pair`` (its policies made by ``policy_for``), served by a cloud
     agent on the same pair."""
-    context = zmq.Context()
-    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
-    endpoint = f"inproc://agents-{next(_endpoints)}"
-    router.bind(endpoint)
-    dealer.connect(endpoint)
-    cloud = CloudAgent(build_models(pair, "cloud"), Channel(router, receive_timeout_s=5.0))
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                message, peer, _ = cloud.channel.recv(timeout_s=0.05)
-            except ReceiveTimeout:
-                continue
-            cloud.handle(message, peer, now())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield EdgeAgent(build_models(pair, "edge"), Channel(dealer, receive_timeout_s=5.0),
-                        policy_for=policy_for), cloud
-    finally:
-        stop.set()
-        thread.join(timeout=5.0)
-        router.close(linger=0)
-        dealer.close(linger=0)
-        context.term()
+    with served_cloud(pair) as cloud:
+        yield EdgeAgent(build_models(pair, "edge"), cloud.peer(), policy_for=policy_for), \
+            cloud.agent

@@ -98,7 +98,7 @@ def test_blocks_are_dropped_when_acceptance_is_low_and_both_sides_agree_on_which
     with edge_and_cloud(config) as (edge, cloud):
         stale = []
         original = cloud._stale
-        cloud._stale = lambda message: stale.append(original(message)) or stale[-1]
+        cloud._stale = lambda key, epoch: stale.append(original(key, epoch)) or stale[-1]
         for depth in (1, 2):
             stale.clear()
             record, cycles = edge.run_query(request(3, depth, "ids"))
@@ -122,8 +122,9 @@ def test_sampled_draft_ahead_keeps_edge_and_cloud_on_one_sequence(codec):
         handle = cloud.handle
 
         def keep_at_close(message, peer, received_at):
-            if message.type == "close" and message.session in cloud.sessions:
-                closed[message.session] = list(cloud.sessions[message.session].target.generated)
+            if message.type == "close" and (peer, message.session) in cloud.sessions:
+                closed[message.session] = list(
+                    cloud.sessions[peer, message.session].target.generated)
             handle(message, peer, received_at)
 
         cloud.handle = keep_at_close

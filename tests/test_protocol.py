@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
+from agents import protocol
 from agents.protocol import (Channel, Message, ProtocolError, ReceiveTimeout, decode, encode)
 from shaping.clock import now
 from shaping.link_model import zmtp_wire_bytes
@@ -19,18 +20,20 @@ from shaping.simlink import SimLinkSettings, SimulatedDirection
 def test_round_trip_keeps_fields_arrays_and_dtypes():
     arrays = {"ids": np.array([3, 1, 4], dtype=np.int32),
               "q": np.random.default_rng(0).random((3, 7)).astype(np.float16),
-              "p": np.ones((2, 2), dtype=np.float32)}
-    message = Message("draft", "s/1", 9, {"k": 3, "note": "x"}, arrays, sent_at=12.5)
+              "served": np.ones(2, dtype=np.int32)}
+    fields = {"epoch": 3, "start": 10, "ahead_follows": True, "correction": 5}
+    message = Message("draft", "s/1", 9, fields, arrays, sent_at=12.5)
     back = decode(encode(message))
     assert (back.type, back.session, back.seq, back.fields, back.sent_at) == \
-        ("draft", "s/1", 9, {"k": 3, "note": "x"}, 12.5)
+        ("draft", "s/1", 9, fields, 12.5)
     for name, array in arrays.items():
         assert back.arrays[name].dtype == array.dtype
         np.testing.assert_array_equal(back.arrays[name], array)
 
 
 def test_empty_arrays_round_trip():
-    back = decode(encode(Message("draft", "s", arrays={"q": np.zeros((0, 8), dtype=np.float32)})))
+    back = decode(encode(Message("draft", "s", arrays={"ids": np.zeros(0, dtype=np.int32),
+                                                       "q": np.zeros((0, 8), dtype=np.float32)})))
     assert back.arrays["q"].shape == (0, 8)
 
 
@@ -49,13 +52,13 @@ def test_unknown_message_type_is_refused():
 @pytest.mark.parametrize("frames, complaint", [
     ([], "empty"),
     ([b"\xc1not msgpack"], "malformed header"),
-    ([msgpack.packb({"type": "draft"})], "malformed header"),
+    ([msgpack.packb({"type": "draft"})], "the header must be a map of exactly"),
     ([msgpack.packb({"type": "draft", "session": "s", "seq": 0, "sent_at": 0, "fields": {},
-                     "arrays": [["ids", "int32", [4]]]})], "lists 1 arrays, message has 0"),
+                     "arrays": [["ids", "int32", [4]]]})], "lists 1 arrays, the message has 0"),
     ([msgpack.packb({"type": "draft", "session": "s", "seq": 0, "sent_at": 0, "fields": {},
                      "arrays": [["ids", "int32", [4]]]}), b"\0" * 12], "do not match shape"),
     ([msgpack.packb({"type": "draft", "session": "s", "seq": 0, "sent_at": 0, "fields": {},
-                     "arrays": [["ids", "int64", [1]]]}), b"\0" * 8], "bad array spec"),
+                     "arrays": [["ids", "int64", [1]]]}), b"\0" * 8], "dtype 'int64' is not one of int32"),
 ])
 def test_malformed_messages_are_refused(frames, complaint):
     with pytest.raises(ProtocolError, match=complaint):
@@ -63,8 +66,8 @@ def test_malformed_messages_are_refused(frames, complaint):
 
 
 def test_size_cap():
-    frames = encode(Message("draft", "s", arrays={"q": np.zeros(1000, dtype=np.float32)}))
-    assert decode(frames, max_bytes=5000).arrays["q"].shape == (1000,)
+    frames = encode(Message("draft", "s", arrays={"served": np.zeros(1000, dtype=np.int32)}))
+    assert decode(frames, max_bytes=5000).arrays["served"].shape == (1000,)
     with pytest.raises(ProtocolError, match="exceeds the cap"):
         decode(frames, max_bytes=3000)
 
@@ -88,13 +91,15 @@ def pair():
 def test_channel_routes_replies_and_counts_bytes(pair):
     router, dealer = pair
     cloud, edge = Channel(router, 2.0), Channel(dealer, 2.0)
-    sent = edge.send(Message("open", "a", 1, {"x": 1}, {"prompt": np.arange(5, dtype=np.int32)}))
+    sent = edge.send(Message("decode", "a", 1, {"tokens": 3},
+                             {"served": np.arange(5, dtype=np.int32)}))
     message, peer, size = cloud.recv()
-    assert (message.type, message.fields, size) == ("open", {"x": 1}, sent)
+    assert (message.type, message.fields, size) == ("decode", {"tokens": 3}, sent)
     assert message.sent_at <= now()
-    cloud.send(Message("opened", "a", 1, {"token": 7}), peer)
+    opened = {"token": 7, "eos": False, "compute_s": 0.001}
+    cloud.send(Message("opened", "a", 1, opened), peer)
     reply, _, _ = edge.recv()
-    assert reply.fields == {"token": 7}
+    assert reply.fields == opened
     assert edge.bytes_sent == cloud.bytes_received == sent
     with pytest.raises(ProtocolError, match="peer"):
         cloud.send(Message("opened", "a"))
@@ -117,7 +122,7 @@ def test_oversized_message_never_reaches_the_application():
         cloud, edge = Channel(router, 0.5, max_message_bytes=10_000), Channel(dealer, 0.5)
         port = router.bind_to_random_port("tcp://127.0.0.1")
         dealer.connect(f"tcp://127.0.0.1:{port}")
-        edge.send(Message("draft", "a", arrays={"q": np.zeros(10_000, dtype=np.float32)}))
+        edge.send(Message("draft", "a", arrays={"served": np.zeros(4000, dtype=np.int32)}))
         with pytest.raises(ReceiveTimeout):
             cloud.recv()
     finally:
@@ -161,3 +166,48 @@ def test_a_restarted_timeline_holds_for_streams_yet_to_come(pair):
     assert link.deliver_at(origin + 0.5, 64) - (origin + 0.5) == pytest.approx(0.100)
     with pytest.raises(ProtocolError, match="sim link"):
         edge.restart_timeline(now())
+
+
+def test_sim_link_models_are_kept_for_the_latest_peers_only(pair, monkeypatch):
+    """Per-peer state in sim mode is bounded: past ``MAX_SIM_LINK_PEERS`` the peer heard from
+    longest ago loses its link model (its counters stay in ``link_stats``)."""
+    monkeypatch.setattr(protocol, "MAX_SIM_LINK_PEERS", 3)
+    router, _ = pair
+    profile = resolve(ProfileFile(rtt_ms=2), "t")
+    settings = SimLinkSettings(profile=profile, seed=0, started_at=now())
+    cloud = Channel(router, 2.0, sim_link=lambda stream: SimulatedDirection(settings, "uplink", stream))
+    endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+    peers = []
+    for _ in range(5):
+        dealer = router.context.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        peers.append(dealer)
+        Channel(dealer, 2.0).send(Message("close", "s"))
+        cloud.recv()
+    try:
+        assert len(cloud.sim_links) == 3 and cloud.sim_links_made == 5
+        assert cloud.link_stats()["messages"] == 5
+    finally:
+        for dealer in peers:
+            dealer.close(0)
+
+
+def test_a_peers_sent_at_is_taken_no_later_than_now_nor_earlier_than_the_link(pair):
+    """In sim mode the cloud holds a message until the link model delivers it: a sent_at in
+    the far future counts as now (one way later it is delivered), one before the link came up
+    as that instant (delivered at once); neither upsets the model for what follows."""
+    router, dealer = pair
+    settings = SimLinkSettings(profile=resolve(ProfileFile(rtt_ms=20), "t"), seed=0,
+                               started_at=now())
+    cloud = Channel(router, 2.0, sim_link=lambda stream: SimulatedDirection(settings, "uplink", stream))
+    edge = Channel(dealer, 2.0)
+    header = msgpack.unpackb(encode(Message("close", "s"))[0])
+    for forged, waits in ((now() + 3600.0, True), (1e300, True), (-1e300, False), (0.0, False),
+                          (None, True)):
+        started = now()
+        if forged is None:
+            edge.send(Message("close", "s"))
+        else:
+            dealer.send_multipart([msgpack.packb({**header, "sent_at": forged})])
+        cloud.recv()
+        assert (0.009 < now() - started < 0.1) if waits else (now() - started < 0.009)
