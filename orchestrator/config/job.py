@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from agents.codecs import get_codec
 from agents.edge import AHEAD_STRATEGIES, MAX_DRAFT_AHEAD, STRATEGY_NAMES, StrategyName
+from agents.messages import MAX_DRAFT_TOKENS, MAX_NEW_TOKENS
 from agents.sampling import SamplingConfig, Seed
 from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, POLICY_NAMES, percentile_of
 from shaping.profile import BandwidthMbps, JitterDistribution, Milliseconds, Percent
@@ -27,7 +28,6 @@ ALL_STRATEGIES: tuple[StrategyName, ...] = STRATEGY_NAMES
 # what a job without ``strategies`` runs: the baselines and fixed K (name the adaptive ones)
 DEFAULT_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
 
-MAX_NEW_TOKENS = 4096
 MAX_RECEIVE_TIMEOUT_S = 3600.0
 MAX_SWEEP_CELLS = 10_000             # a sweep's network section: grid points and profiles x codecs
 STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -109,12 +109,12 @@ class JobConfig(SamplingConfig):
     prompts: str = "default"
     max_queries: Annotated[int, Field(gt=0)] | None = None
     strategies: Distinct[StrategyName] = Field(default=list(DEFAULT_STRATEGIES), min_length=1)
-    k_values: Distinct[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15],
+    k_values: Distinct[Annotated[int, Field(ge=1, le=MAX_DRAFT_TOKENS)]] = Field(default=[3, 5, 10, 15],
                                                                    min_length=1)
-    cloud_spec_k: int = Field(default=5, ge=1, le=64)
-    nasd_k_min: int = Field(default=DEFAULT_K_MIN, ge=1, le=64,
+    cloud_spec_k: int = Field(default=5, ge=1, le=MAX_DRAFT_TOKENS)
+    nasd_k_min: int = Field(default=DEFAULT_K_MIN, ge=1, le=MAX_DRAFT_TOKENS,
                             description="nasd, hf-heuristic, bandit: the smallest K they choose")
-    nasd_k_max: int = Field(default=DEFAULT_K_MAX, ge=1, le=64,
+    nasd_k_max: int = Field(default=DEFAULT_K_MAX, ge=1, le=MAX_DRAFT_TOKENS,
                             description="nasd, hf-heuristic, bandit: the largest K they choose")
     nasd_edge_only_cutoff: bool = Field(default=False, description="nasd: past the reversal "
                                         "RTT, serve stretches with the draft alone where that "
