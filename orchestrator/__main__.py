@@ -1,5 +1,5 @@
-"""``orchestrator`` (and ``python -m orchestrator``): the command line, with Ctrl-C and
-SIGTERM handled from the first instant.
+"""``orchestrator`` (also ``python -m orchestrator`` and ``python -m orchestrator.cli``): the
+command line, with Ctrl-C and SIGTERM handled from the first instant.
 
 Importing the CLI (pandas, matplotlib, ZeroMQ, pyroute2) takes about a second;
 the signal handlers go in before that, so a signal during start-up ends the

@@ -3,14 +3,21 @@
 Bad input (a CLI value, a profile, a job, a model pair) ends with one line,
 ``error: <where>: <what>``, and exit code 2; a failed agent with exit code 1;
 Ctrl-C (SIGINT) with 130 and SIGTERM with 143, after everything started has
-been stopped (``orchestrator.interrupts``).
+been stopped (``orchestrator.interrupts``).  ``python -m orchestrator.cli`` starts
+as ``orchestrator`` does (``orchestrator.__main__``), so its handlers are in before the
+second of imports below.
 """
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":        # the signal handlers go in before the imports below
+    from orchestrator.__main__ import main as start
+    sys.exit(start())
+
 import os
 import signal
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import get_args
@@ -462,8 +469,13 @@ def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput
         if chosen == "sim":
             report = probe_sim(profile, plan, seed)
         else:
-            with make_link(chosen, profile, seed=0).create(shape=False) as link:
+            with interrupts.shielded():        # a signal ends the probe before or after
+                link = make_link(chosen, profile, seed=0).create(shape=False)
+            try:
                 report = probe_link(link, chosen, plan, seed)
+            finally:
+                with interrupts.deferred():    # ... making and removing the link, not inside
+                    link.close()
     path = save_probe_report(report, results_root)
     print_probe_report(report, console)
     console.print(f"saved: {path}")
@@ -769,7 +781,3 @@ def _error(message, exit_code: int) -> int:
     if interrupts.received() is None:
         click.echo(f"error: {message}", err=True)
     return exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

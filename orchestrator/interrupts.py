@@ -1,22 +1,31 @@
 """Ctrl-C and SIGTERM in the orchestrator: every signal ends the command, deterministically.
 
-The handler records the first signal and raises ``Interrupted`` in the main
-thread, which unwinds the stack and with it every ``with`` that started
-something (agents, namespaces, the VM).  Python drops an exception raised
-while the main thread runs a finalizer or an at-fork hook (``Exception
-ignored in: <function _releaseLock ...>``: a signal that lands while
-``subprocess`` forks an agent), so the record is what counts: the waits of
-the normal flow call ``raise_if_interrupted`` (a checkpoint), and ``cli``
-turns a recorded signal into its exit status even when the command got to
-its end.  Where that is known to happen, around forks, ``deferred()`` keeps
-the handler from raising at all (the next checkpoint does).  Later signals
-while the first unwinds are noted, not raised, so teardown runs to completion.
+This module is the one place that handles them.  The handler records the first
+signal and raises ``Interrupted`` in the main thread, which unwinds the stack
+and with it every ``with`` that started something (agents, namespaces, the VM).
+
+A signal must never cut a step that changes the host in half: a namespace
+made but not yet recorded as the run's is one that no teardown and no
+``orchestrator cleanup`` can find, and an exception raised inside pyroute2's
+netlink code leaves its event loop broken for the teardown that follows.  So
+every such step runs ``shielded()``: a signal inside it is only recorded, and
+raised once the step is whole (creating and recording what it made), while
+the waits inside it (for an agent, for the router VM) stay checkpoints that
+raise it at once.  Teardown runs ``deferred()``: recorded, never raised inside
+it, so it always runs to its end.
+
+Python also drops an exception raised while the main thread runs a finalizer
+or an at-fork hook (``Exception ignored in: <function _releaseLock ...>``: a
+signal that lands while ``subprocess`` forks an agent), so the record is what
+counts: the waits of the normal flow call ``raise_if_interrupted`` (a
+checkpoint), and ``cli`` turns a recorded signal into its exit status even
+when the command got to its end.  Later signals while the first unwinds are
+noted, not raised, so teardown runs to completion.
 
 Only the orchestrator's own process unwinds: pyroute2 and ``subprocess``
 fork helpers that inherit the handler, and a fork must die on a signal, not
 run a copy of the orchestrator's teardown.
 """
-
 from __future__ import annotations
 
 import os
@@ -56,13 +65,25 @@ def _handler(signum: int, frame) -> None:
 
 @contextmanager
 def deferred():
-    """Record a signal inside the block without raising: for code whose exceptions Python
-    drops (``subprocess`` forking runs at-fork hooks); a checkpoint after it raises."""
+    """Record a signal inside the block without raising: for teardown, and for code whose
+    exceptions Python drops (``subprocess`` forking runs at-fork hooks); a checkpoint
+    after it raises."""
     _State.deferring += 1
     try:
         yield
     finally:
         _State.deferring -= 1
+
+
+@contextmanager
+def shielded():
+    """Run a step that changes the host to its end: a signal inside it is recorded and
+    raised when the outermost shielded (or deferred) block completes, not halfway through
+    it; checkpoints inside it (``raise_if_interrupted``) still raise at once."""
+    with deferred():
+        yield
+    if not _State.deferring:
+        raise_if_interrupted()
 
 
 def install() -> None:
