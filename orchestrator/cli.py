@@ -469,9 +469,10 @@ def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput
         if chosen == "sim":
             report = probe_sim(profile, plan, seed)
         else:
-            with interrupts.shielded():        # a signal ends the probe before or after
-                link = make_link(chosen, profile, seed=0).create(shape=False)
+            link = make_link(chosen, profile, seed=0)
             try:
+                with interrupts.shielded():    # a signal ends the probe before or after
+                    link.create(shape=False)
                 report = probe_link(link, chosen, plan, seed)
             finally:
                 with interrupts.deferred():    # ... making and removing the link, not inside

@@ -16,6 +16,7 @@ import time
 
 from rich.console import Console
 
+from orchestrator import interrupts
 from orchestrator.config.datasets import load_dataset
 from orchestrator.config.job import JobConfig, NetworkGrid
 from orchestrator.config.loading import ConfigError, load_model_pair, load_profile
@@ -90,7 +91,8 @@ def sweep(folder: SweepFolder, job: JobConfig, mode: str, cells: list[Cell],
             spec = RunSpec.build(cell_job, cell.profile, mode, model_pair, prompts)
             started = time.perf_counter()
             execute(spec, ResultsFolder(path), progress)
-            folder.mark_finished(cell, time.perf_counter() - started)
+            with interrupts.shielded():      # the cell's line in cells.jsonl is written whole
+                folder.mark_finished(cell, time.perf_counter() - started)
             ran.append(cell.name)
             progress.advance(overall)
             console.print(f"cell {cell.name}: done in {time.perf_counter() - started:.1f} s")

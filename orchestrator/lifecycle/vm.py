@@ -538,14 +538,16 @@ def shared_router() -> Iterator[RouterTopology]:
     in vm mode started meanwhile (each cell of a sweep or a validation) shapes this one
     instead of booting its own.  It boots in the background: the first run's agents load
     meanwhile."""
-    with interrupts.shielded():
-        topology = router_topology().create()
-        _SHARED.append(topology)
+    topology = router_topology()
     try:
+        with interrupts.shielded():
+            topology.create()
+            _SHARED.append(topology)
         yield topology
     finally:
         with interrupts.deferred():
-            _SHARED.remove(topology)
+            if topology in _SHARED:
+                _SHARED.remove(topology)
             topology.close()
 
 
