@@ -4,8 +4,8 @@ Bad input (a CLI value, a profile, a job, a model pair) ends with one line,
 ``error: <where>: <what>``, and exit code 2; a failed agent with exit code 1;
 Ctrl-C (SIGINT) with 130 and SIGTERM with 143, after everything started has
 been stopped (``orchestrator.interrupts``).  ``python -m orchestrator.cli`` starts
-as ``orchestrator`` does (``orchestrator.__main__``), so its handlers are in before the
-second of imports below.
+as ``orchestrator`` does (``interrupts.run_command``), so its handlers are in before
+the second of imports below.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":        # the signal handlers go in before the imports below
-    from orchestrator.__main__ import main as start
-    sys.exit(start())
+    from orchestrator import interrupts
+    sys.exit(interrupts.run_command("orchestrator.cli"))
 
 import os
 import signal

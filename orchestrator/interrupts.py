@@ -1,8 +1,13 @@
 """Ctrl-C and SIGTERM in the orchestrator: every signal ends the command, deterministically.
 
-This module is the one place that handles them.  The handler records the first
-signal and raises ``Interrupted`` in the main thread, which unwinds the stack
-and with it every ``with`` that started something (agents, namespaces, the VM).
+This module is the one place that handles them.  ``run_command`` is the
+process's entry: the handlers go in before the command's imports and are
+released (default actions again) once it returned, so a signal at any instant
+ends the process with 128 + its number (only the interpreter's own first ~30 ms,
+before any of this runs, keep Python's defaults: SIGTERM still ends it, SIGINT
+with a ``KeyboardInterrupt`` traceback).  The handler records the first signal
+and raises ``Interrupted`` in the main thread, which unwinds the stack and with
+it every ``with`` that started something (agents, namespaces, the VM).
 
 A signal must never cut a step that changes the host in half: a namespace
 made but not yet recorded as the run's is one that no teardown and no
@@ -26,10 +31,13 @@ Only the orchestrator's own process unwinds: pyroute2 and ``subprocess``
 fork helpers that inherit the handler, and a fork must die on a signal, not
 run a copy of the orchestrator's teardown.
 """
+
 from __future__ import annotations
 
+import importlib
 import os
 import signal
+import sys
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -86,6 +94,28 @@ def shielded():
         raise_if_interrupted()
 
 
+def run_command(module: str, argv: list[str] | None = None) -> int:
+    """Run ``module``'s ``main(argv)`` as this process's command, its exit code: the handlers
+    go in before ``module`` is imported (a second of pandas, ZeroMQ, pyroute2), and out again
+    once it returned (``release``), so a signal at any instant gives 128 + its number."""
+    try:
+        install()          # a signal pending since start-up is raised right here
+        command = importlib.import_module(module).main
+    except BaseException:
+        # a C extension that was initializing turns the interrupt into an ImportError
+        if _State.received is None:
+            raise
+        print("interrupted while starting: nothing was started", file=sys.stderr)
+        return exit_code()
+    code = command(argv)
+    release()
+    if _State.received is None or code == exit_code():
+        return code
+    print(f"interrupted ({signal.Signals(_State.received).name}) as the command ended: it had "
+          "stopped everything it started", file=sys.stderr)
+    return exit_code()
+
+
 def install() -> None:
     """Handle SIGINT and SIGTERM in this process from now on, even if the parent left them
     ignored or blocked (a signal pending since start-up is handled at once)."""
@@ -99,6 +129,18 @@ def install_once() -> None:
     """``install``, unless this process did already (it keeps what it received so far)."""
     if _State.main_pid != os.getpid():
         install()
+
+
+def release() -> None:
+    """For the process's last instants (its interpreter shutting down): SIGINT and SIGTERM
+    get their default action back, so a signal from here ends the process as signals do
+    (a shell reads 128 + n) instead of landing in a handler that nothing checks any more.
+    One that came in before is still ``received()``: look after this."""
+    with deferred():
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)      # runs the handler for a pending one first
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 def received() -> int | None:
