@@ -107,8 +107,12 @@ def run_command(module: str, argv: list[str] | None = None) -> int:
             raise
         print("interrupted while starting: nothing was started", file=sys.stderr)
         return exit_code()
-    code = command(argv)
-    release()
+    try:
+        code = command(argv)
+        release()
+    except Interrupted:             # the first signal, as the command returned
+        release()
+        code = None
     if _State.received is None or code == exit_code():
         return code
     print(f"interrupted ({signal.Signals(_State.received).name}) as the command ended: it had "
