@@ -4,14 +4,21 @@ Bad input (a CLI value, a profile, a job, a model pair, a results folder that ca
 made) ends with one line, ``error: <where>: <what>``, and exit code 2; a failed agent or
 a disk that fails mid-run (full, read-only) with exit code 1;
 Ctrl-C (SIGINT) with 130 and SIGTERM with 143, after everything started has
-been stopped (``orchestrator.interrupts``).
+been stopped (``orchestrator.interrupts``).  ``python -m orchestrator.cli`` starts
+as ``orchestrator`` does (``interrupts.run_command``), so its handlers are in before
+the second of imports below.
 """
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":        # the signal handlers go in before the imports below
+    from orchestrator import interrupts
+    sys.exit(interrupts.run_command("orchestrator.cli"))
+
 import os
 import signal
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, get_args, get_origin
@@ -499,8 +506,14 @@ def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput
         if chosen == "sim":
             report = probe_sim(profile, plan, seed)
         else:
-            with make_link(chosen, profile, seed=0).create(shape=False) as link:
+            link = make_link(chosen, profile, seed=0)
+            try:
+                with interrupts.shielded():    # a signal ends the probe before or after
+                    link.create(shape=False)
                 report = probe_link(link, chosen, plan, seed)
+            finally:
+                with interrupts.deferred():    # ... making and removing the link, not inside
+                    link.close()
     path = save_probe_report(report, results_root)
     print_probe_report(report, console)
     console.print(f"saved: {path}")
@@ -812,7 +825,3 @@ def _error(message, exit_code: int) -> int:
     if interrupts.received() is None:
         click.echo(f"error: {message}", err=True)
     return exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

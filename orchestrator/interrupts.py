@@ -1,16 +1,31 @@
 """Ctrl-C and SIGTERM in the orchestrator: every signal ends the command, deterministically.
 
-The handler records the first signal and raises ``Interrupted`` in the main
-thread, which unwinds the stack and with it every ``with`` that started
-something (agents, namespaces, the VM).  Python drops an exception raised
-while the main thread runs a finalizer or an at-fork hook (``Exception
-ignored in: <function _releaseLock ...>``: a signal that lands while
-``subprocess`` forks an agent), so the record is what counts: the waits of
-the normal flow call ``raise_if_interrupted`` (a checkpoint), and ``cli``
-turns a recorded signal into its exit status even when the command got to
-its end.  Where that is known to happen, around forks, ``deferred()`` keeps
-the handler from raising at all (the next checkpoint does).  Later signals
-while the first unwinds are noted, not raised, so teardown runs to completion.
+This module is the one place that handles them.  ``run_command`` is the
+process's entry: the handlers go in before the command's imports and are
+released (default actions again) once it returned, so a signal at any instant
+ends the process with 128 + its number (only the interpreter's own first ~30 ms,
+before any of this runs, keep Python's defaults: SIGTERM still ends it, SIGINT
+with a ``KeyboardInterrupt`` traceback).  The handler records the first signal
+and raises ``Interrupted`` in the main thread, which unwinds the stack and with
+it every ``with`` that started something (agents, namespaces, the VM).
+
+A signal must never cut a step that changes the host in half: a namespace
+made but not yet recorded as the run's is one that no teardown and no
+``orchestrator cleanup`` can find, and an exception raised inside pyroute2's
+netlink code leaves its event loop broken for the teardown that follows.  So
+every such step runs ``shielded()``: a signal inside it is only recorded, and
+raised once the step is whole (creating and recording what it made), while
+the waits inside it (for an agent, for the router VM) stay checkpoints that
+raise it at once.  Teardown runs ``deferred()``: recorded, never raised inside
+it, so it always runs to its end.
+
+Python also drops an exception raised while the main thread runs a finalizer
+or an at-fork hook (``Exception ignored in: <function _releaseLock ...>``: a
+signal that lands while ``subprocess`` forks an agent), so the record is what
+counts: the waits of the normal flow call ``raise_if_interrupted`` (a
+checkpoint), and ``cli`` turns a recorded signal into its exit status even
+when the command got to its end.  Later signals while the first unwinds are
+noted, not raised, so teardown runs to completion.
 
 Only the orchestrator's own process unwinds: pyroute2 and ``subprocess``
 fork helpers that inherit the handler, and a fork must die on a signal, not
@@ -19,8 +34,10 @@ run a copy of the orchestrator's teardown.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
+import sys
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -56,13 +73,51 @@ def _handler(signum: int, frame) -> None:
 
 @contextmanager
 def deferred():
-    """Record a signal inside the block without raising: for code whose exceptions Python
-    drops (``subprocess`` forking runs at-fork hooks); a checkpoint after it raises."""
+    """Record a signal inside the block without raising: for teardown, and for code whose
+    exceptions Python drops (``subprocess`` forking runs at-fork hooks); a checkpoint
+    after it raises."""
     _State.deferring += 1
     try:
         yield
     finally:
         _State.deferring -= 1
+
+
+@contextmanager
+def shielded():
+    """Run a step that changes the host to its end: a signal inside it is recorded and
+    raised when the outermost shielded (or deferred) block completes, not halfway through
+    it; checkpoints inside it (``raise_if_interrupted``) still raise at once."""
+    with deferred():
+        yield
+    if not _State.deferring:
+        raise_if_interrupted()
+
+
+def run_command(module: str, argv: list[str] | None = None) -> int:
+    """Run ``module``'s ``main(argv)`` as this process's command, its exit code: the handlers
+    go in before ``module`` is imported (a second of pandas, ZeroMQ, pyroute2), and out again
+    once it returned (``release``), so a signal at any instant gives 128 + its number."""
+    try:
+        install()          # a signal pending since start-up is raised right here
+        command = importlib.import_module(module).main
+    except BaseException:
+        # a C extension that was initializing turns the interrupt into an ImportError
+        if _State.received is None:
+            raise
+        print("interrupted while starting: nothing was started", file=sys.stderr)
+        return exit_code()
+    try:
+        code = command(argv)
+        release()
+    except Interrupted:             # the first signal, as the command returned
+        release()
+        code = None
+    if _State.received is None or code == exit_code():
+        return code
+    print(f"interrupted ({signal.Signals(_State.received).name}) as the command ended: it had "
+          "stopped everything it started", file=sys.stderr)
+    return exit_code()
 
 
 def install() -> None:
@@ -78,6 +133,18 @@ def install_once() -> None:
     """``install``, unless this process did already (it keeps what it received so far)."""
     if _State.main_pid != os.getpid():
         install()
+
+
+def release() -> None:
+    """For the process's last instants (its interpreter shutting down): SIGINT and SIGTERM
+    get their default action back, so a signal from here ends the process as signals do
+    (a shell reads 128 + n) instead of landing in a handler that nothing checks any more.
+    One that came in before is still ``received()``: look after this."""
+    with deferred():
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)      # runs the handler for a pending one first
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 def received() -> int | None:

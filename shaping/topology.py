@@ -29,9 +29,12 @@ Offloads that distort shaping are turned off on both veth ends:
 
 Teardown (``close``, also run by ``__exit__`` and when ``create`` fails half
 way) deletes the veth and removes only the namespaces this object created; it
-is idempotent.  While a topology is up, an owner file
+is idempotent.  Before anything of a topology exists, an owner file
 ``/run/edgespec/<prefix>.owner`` names the owning process, so
-``shaping.cleanup`` can tell a live run from what a ``kill -9`` left behind.
+``shaping.cleanup`` can tell a live run from what a ``kill -9`` left behind, and each
+namespace is recorded as the topology's before it is created (``create_namespace``),
+so a creation cut short anywhere still leaves nothing that ``close`` does not remove;
+the owner file goes last, once nothing of the prefix is left.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
@@ -172,6 +175,41 @@ def namespace_exists(namespace: str) -> bool:
     return namespace in netns.listnetns()
 
 
+def create_namespace(namespace: str, owned: list[str]) -> None:
+    """Create ``namespace``, entered in ``owned`` (what its owner's teardown removes) before
+    it exists: whatever cuts the creation short, a kill of pyroute2's helper or an error
+    after the mount, the teardown still finds it.  A name that turns out to be someone
+    else's is entered in nothing."""
+    if namespace_exists(namespace):
+        raise FileExistsError(
+            errno.EEXIST,
+            f"network namespace {namespace} already exists "
+            "(a leftover of a killed run? see `orchestrator cleanup`)", namespace)
+    owned.append(namespace)
+    try:
+        netns.create(namespace)
+    except FileExistsError:
+        owned.remove(namespace)
+        raise
+
+
+@contextlib.contextmanager
+def scratch_namespace(role: str = "probe") -> Iterator[str]:
+    """A throwaway namespace ``<new prefix>-<role>``: its owner file is written before it is
+    created, and both are gone when the block ends, however it ends.  Its creation's
+    ``OSError`` (no namespaces on this host) comes out of the ``with``."""
+    prefix = new_prefix()
+    owned: list[str] = []
+    write_owner(prefix)
+    try:
+        create_namespace(namespace_name(prefix, role), owned)
+        yield owned[0]
+    finally:
+        left = [name for name in owned if name not in remove_namespaces(owned)]
+        if not left:
+            remove_owner(prefix)
+
+
 def remove_namespaces(names: Iterable[str]) -> dict[str, bool]:
     """Remove these namespaces, in this order; returns the ones gone now, each with whether
     it was removed here (False: it was gone already).  One that cannot be removed is logged
@@ -276,7 +314,7 @@ class LinkTopology:
             write_owner(self.prefix)
             self._owner_written = True
             for namespace in (self.edge_ns, self.cloud_ns):
-                self._create_namespace(namespace)
+                create_namespace(namespace, self._owned_namespaces)
             self._join()
             self._configure_end(self.edge_ns, self.edge_if, self.edge_ip)
             self._configure_end(self.cloud_ns, self.cloud_if, self.cloud_ip)
@@ -368,15 +406,6 @@ class LinkTopology:
     def _configured(self) -> None:
         """After both ends have their addresses (a routed topology adds its routes here)."""
 
-    def _create_namespace(self, namespace: str) -> None:
-        if namespace_exists(namespace):
-            raise FileExistsError(
-                errno.EEXIST,
-                f"network namespace {namespace} already exists "
-                "(a leftover of a killed run? see `orchestrator cleanup`)", namespace)
-        netns.create(namespace)
-        self._owned_namespaces.append(namespace)
-
     def _configure_end(self, namespace: str, ifname: str, address: str) -> None:
         with open_netns(namespace) as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
@@ -414,8 +443,8 @@ class LinkTopology:
 
 
 __all__ = [
-    "DEFAULT_PREFIX_PATTERN", "LinkTopology", "NAMESPACE_ROLES",
-    "PREFIX_RE", "VETH_ROLES", "disable_offloads", "namespace_name", "new_prefix",
-    "offload_state", "open_netns", "owner_alive", "remove_namespaces", "run_in", "subnet_for",
-    "validate_prefix", "veth_name",
+    "DEFAULT_PREFIX_PATTERN", "LinkTopology", "NAMESPACE_ROLES", "PREFIX_RE", "VETH_ROLES",
+    "create_namespace", "disable_offloads", "namespace_name", "new_prefix", "offload_state",
+    "open_netns", "owner_alive", "remove_namespaces", "run_in", "scratch_namespace",
+    "subnet_for", "validate_prefix", "veth_name",
 ]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -189,6 +190,39 @@ def only_folder_when_ready(root: Path, timeout_s: float = 30) -> Path:
             return folders[0]
         time.sleep(0.1)
     raise AssertionError("no results folder appeared")
+
+
+@pytest.mark.parametrize("agent", ["edge", "cloud"])
+def test_a_killed_agent_ends_the_run_at_once_naming_it(tmp_path, agent):
+    """kill -9 of either agent mid-query: one error line names it and how it died, long
+    before any receive timeout (the goal is 2 s; 10 s holds on a loaded host), and the
+    query that finished before is kept."""
+    process = orchestrator("run", "--mode", "sim", "--profile", "lan", "--job", "smoke",
+                           "--strategy", "fixed-k", "--max-new-tokens", "60", "--queries", "2",
+                           "--results", str(tmp_path))
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=lambda: lines.extend(
+        (time.monotonic(), line) for line in process.stderr), daemon=True)
+    reader.start()
+    try:
+        folder = only_folder_when_ready(tmp_path)
+        wait_for_lines(folder / "queries.jsonl", 1, timeout_s=60)
+        pid = next(int(line.split()[0]) for line in running_agents(folder)
+                   if f"agents.{agent} " in line)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        process.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        process.kill()
+    errors = [(at, line) for at, line in lines if line.startswith("error:")]
+    assert process.returncode == 1 and len(errors) == 1, lines
+    at, line = errors[0]
+    assert line.startswith(f"error: the {agent} agent died (killed by SIGKILL, exit code -9)")
+    assert f"1 finished query is kept in {folder}" in line
+    assert at - killed < 10.0, f"the error came {at - killed:.1f} s after the kill"
+    assert len(read_jsonl(folder / "queries.jsonl")) == 1
+    assert wait_until_no_agents(tmp_path, timeout_s=10) == []
 
 
 def test_agents_die_with_a_killed_orchestrator_and_cleanup_removes_what_it_left(tmp_path,

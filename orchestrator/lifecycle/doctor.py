@@ -2,7 +2,8 @@
 
 ``HostReport.inspect()`` checks each capability for real (a namespace, a
 veth pair and the qdiscs are created and removed again; nothing is guessed
-from file names), and ``choose_mode`` is the pure rule that turns a report
+from file names; a signal meanwhile ends the command once the check at hand has removed
+what it made), and ``choose_mode`` is the pure rule that turns a report
 and ``--mode`` into a mode and the one line that says why:
 
 - ``emulated`` when running as root on a kernel with ``sch_netem``;
@@ -18,6 +19,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
+from orchestrator import interrupts
 from orchestrator.lifecycle import vm
 from shaping import topology
 from shaping.qdisc.probes import netem_available, tbf_available
@@ -57,14 +59,16 @@ class HostReport:
         add = report.checks.append
         add(Capability("root", report.root, "yes" if report.root else
                   "no: the emulated and vm modes need root (sudo)"))
-        netns_ok, veth_ok, detail = _namespace_checks() if report.root else (False, False, "needs root")
+        with interrupts.shielded():       # each check removes what it made before a signal ends it
+            netns_ok, veth_ok, detail = (_namespace_checks() if report.root
+                                         else (False, False, "needs root"))
+            netem = report.root and netem_available()
+            tbf = report.root and tbf_available()
         add(Capability("netns", netns_ok, detail if not netns_ok else "network namespaces work"))
         add(Capability("veth", veth_ok, "a veth pair between two namespaces works" if veth_ok else detail))
-        netem = report.root and netem_available()
         add(Capability("sch_netem", netem, "netem qdisc works" if netem else
                   "missing from this kernel (delay, jitter and loss need it)" if report.root
                   else "needs root to check"))
-        tbf = report.root and tbf_available()
         add(Capability("sch_tbf", tbf, "tbf qdisc works" if tbf else
                   "missing" if report.root else "needs root to check"))
         missing = vm.VmHost.missing()

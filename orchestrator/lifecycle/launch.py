@@ -4,11 +4,18 @@
 session (a Ctrl-C in the terminal reaches only the orchestrator, which then
 stops its children in order) and dies with the orchestrator even after a
 ``kill -9`` (PR_SET_PDEATHSIG).  ``AgentProcess`` adds the control plane.
+``ProcessWatch`` is the one place that looks after the processes a run depends
+on (its agents, the router VM): every wait for an agent's answer asks it every
+``agents.control.WAIT_SLICE_S``, so a dead agent ends the wait at once, named
+with how it ended, whatever the wait's own timeout.
 ``Deployment`` starts and stops the two agents of a run on the ``shaping.link``
 of its mode (``make_link``): on loopback with the sim link, or each in its own
 network namespace of a kernel-shaped link (a veth, or the router VM); it hands
 each query to the edge right after restarting the link's timeline, so that
 every query of every strategy meets the same link (``Deployment.query``).
+Each of its steps that changes the host runs ``interrupts.shielded()``, its
+teardown ``interrupts.deferred()``: a signal ends the run between steps, never
+inside one.
 """
 
 from __future__ import annotations
@@ -89,10 +96,22 @@ class ChildProcess:
                 if time.monotonic() >= deadline:
                     raise
 
+    @property
+    def title(self) -> str:
+        """What the process is, for messages."""
+        return self.name
+
     def failure(self) -> str:
-        """Why the process is gone: exit code and the tail of its log."""
-        tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        return f"{self.name} exited with code {self.process.returncode}: " + " | ".join(tail)
+        """Why the process is gone, in one line: how it ended, the last line of its log when
+        it ended on its own (an agent's own error), and where the log is."""
+        code = self.process.returncode
+        if code < 0:
+            how = f"died (killed by {signal.Signals(-code).name}, exit code {code})"
+        else:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            how = (f"{'died' if code else 'ended'} (exit code {code}"
+                   + (f": {lines[-1].strip()})" if lines else ")"))
+        return f"the {self.title} {how}; its log: {self.log_path}"
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; always reaps."""
@@ -106,20 +125,44 @@ class ChildProcess:
         self._log.close()
 
 
+class ProcessWatch:
+    """The processes a run depends on: its agents and what its link runs (the router VM).
+
+    Each needs ``alive()`` and ``failure()`` (how it ended, one line).  ``check`` raises
+    ``AgentError`` with the failure of the first one that is gone; it is the one test of
+    process health, called by every wait for an agent (``AgentProcess``).
+    """
+
+    def __init__(self) -> None:
+        self.processes: list = []
+
+    def add(self, *processes) -> None:
+        self.processes.extend(processes)
+
+    def check(self) -> None:
+        for process in self.processes:
+            if not process.alive():
+                raise AgentError(process.failure())
+
+
 class AgentProcess(ChildProcess):
     """An agent and its control client.  While a call waits, the orchestrator keeps looking:
-    at Ctrl-C, and at every process in ``watched`` (the run's agents), so a dead agent
-    ends the call at once with its exit code and log, whichever agent it was."""
+    at Ctrl-C (``interrupts``), and at ``watch`` (the run's: both agents and the router VM),
+    so a dead agent ends the call within ``agents.control.WAIT_SLICE_S``, named with how it
+    ended, whichever agent it was."""
 
     def __init__(self, name: str, module: str, settings: AgentSettings, folder: Path,
-                 context: zmq.Context, argv_prefix: list[str] = (),
-                 watched: list[ChildProcess] | None = None) -> None:
+                 context: zmq.Context, watch: ProcessWatch, argv_prefix: list[str] = ()) -> None:
         settings_path = folder.resolve() / f"{name}.settings.json"
         settings_path.write_text(settings.model_dump_json(indent=2))
         super().__init__(name, [*argv_prefix, sys.executable, "-m", module,
                                 "--settings", str(settings_path)], folder / f"{name}.log")
         self.control = ControlClient(context, settings.control_address)
-        self.watched = watched if watched is not None else [self]
+        self.watch = watch
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} agent"
 
     @property
     def pid(self) -> int:
@@ -136,9 +179,7 @@ class AgentProcess(ChildProcess):
 
     def _while_waiting(self) -> None:
         interrupts.raise_if_interrupted()
-        for process in self.watched:
-            if not process.alive():
-                raise AgentError(process.failure())
+        self.watch.check()
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
@@ -160,8 +201,11 @@ class AgentProcess(ChildProcess):
             self._while_waiting()
             raise
 
-    def stop(self) -> None:
-        if self.alive():
+    def stop(self, ask_first: bool = True) -> None:
+        """Ask the agent to stop (it logs that and closes its sockets), then
+        ``ChildProcess.stop``.  Without ``ask_first`` (after a failure: the agent may still be
+        busy with what the run gave up on, and could not answer) it gets SIGTERM at once."""
+        if ask_first and self.alive():
             try:
                 self.control.call("stop", timeout_s=2.0)
                 self.process.wait(STOP_TIMEOUT_S)
@@ -201,7 +245,7 @@ class Deployment:
     baseline of the still unshaped path (``validation.link_probe.measure_baseline``: what
     the path itself costs, recorded in ``link_stats.json``), then the shaping and its
     timeline.  The control plane is ``ipc://`` sockets, which reach across network
-    namespaces (they are files).
+    namespaces (they are files).  Nothing is made before ``__enter__``.
     """
 
     LINK_STATS = "link_stats.json"
@@ -217,48 +261,56 @@ class Deployment:
         self.agents: list[AgentProcess] = []
         self.edge: AgentProcess | None = None
         self.cloud: AgentProcess | None = None
+        self.watch = ProcessWatch()
         self.baseline: Baseline | None = None
-        self.context = zmq.Context()
-        # named for its owner: `orchestrator cleanup` removes it once the owner is gone
-        self.socket_dir = Path(tempfile.mkdtemp(prefix=socket_folder_prefix()))
+        self.context: zmq.Context | None = None
+        self.socket_dir: Path | None = None
 
     def __enter__(self) -> "Deployment":
         try:
             self._start()
         except RouterError as error:
-            self.close()
+            self.close(failed=True)
             raise LinkError(str(error)) from None
         except BaseException:
-            self.close()
+            self.close(failed=True)
             raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         gone = self.link.health()
-        self.close()
+        self.close(failed=exc_type is not None)
         if gone is not None and exc_type is not None and issubclass(exc_type, Exception):
-            raise LinkError(f"the link failed mid-run: {gone}; the queries that finished are "
-                            f"kept in {self.run_dir}") from exc
+            raise LinkError(f"the link failed mid-run: {gone}") from exc
+        if exc_type is None:
+            interrupts.raise_if_interrupted()       # a signal during the teardown
 
     def _start(self) -> None:
-        self.link.create(shape=False)
-        for name, module in (("cloud", "agents.cloud"), ("edge", "agents.edge")):
-            settings = AgentSettings(model_pair=self.model_pair,
-                                     data_address=self.link.data_address,
-                                     control_address=f"ipc://{self.socket_dir}/{name}.ctl",
-                                     receive_timeout_s=self.receive_timeout_s,
-                                     sim_link=self.link.sim_link)
-            self.agents.append(AgentProcess(name, module, settings, self.run_dir, self.context,
-                                            self.link.agent_argv(name), self.agents))
-        self.cloud, self.edge = self.agents
-        for agent in self.agents:         # a call also ends when the link's VM dies
-            agent.watched = [*self.agents, *self.link.watched()]
+        with interrupts.shielded():
+            self.context = zmq.Context()
+            # named for its owner: `orchestrator cleanup` removes it once the owner is gone
+            self.socket_dir = Path(tempfile.mkdtemp(prefix=socket_folder_prefix()))
+            self.link.create(shape=False)
+            for name, module in (("cloud", "agents.cloud"), ("edge", "agents.edge")):
+                settings = AgentSettings(model_pair=self.model_pair,
+                                         data_address=self.link.data_address,
+                                         control_address=f"ipc://{self.socket_dir}/{name}.ctl",
+                                         receive_timeout_s=self.receive_timeout_s,
+                                         sim_link=self.link.sim_link)
+                agent = AgentProcess(name, module, settings, self.run_dir, self.context,
+                                     self.watch, self.link.agent_argv(name))
+                self.agents.append(agent)
+                self.watch.add(agent)
+            self.cloud, self.edge = self.agents
+            self.watch.add(*self.link.watched())      # a call also ends when the link's VM dies
         for agent in self.agents:
             agent.wait_ready()
         self.link.wait_ready()
-        if self.link.topology is not None:
-            self.baseline = measure_baseline(KernelPaths(self.link.topology), self.BASELINE_PLAN)
-        self.link.shape(self.sides)
+        with interrupts.shielded():       # pyroute2 forks: a signal in an at-fork hook is lost
+            if self.link.topology is not None:
+                self.baseline = measure_baseline(KernelPaths(self.link.topology),
+                                                 self.BASELINE_PLAN)
+            self.link.shape(self.sides)
 
     @property
     def sides(self) -> dict[str, AgentProcess]:
@@ -268,23 +320,30 @@ class Deployment:
         """The edge's reply to ``request``, run on a link whose timeline starts again right
         before (``Link.restart_timeline``; the request carries the instant, which the query
         record gives relative to its submit)."""
-        started_at = self.link.restart_timeline(self.sides)
+        with interrupts.shielded():
+            started_at = self.link.restart_timeline(self.sides)
         if started_at is not None:
             request = request.model_copy(update={"timeline_started_at": started_at})
         return self.edge.call("query", timeout_s, request=request.model_dump(mode="json"))
 
     def write_link_stats(self) -> dict:
         """What each direction of the link carried and lost, saved beside the results."""
-        stats = self.link.stats(self.sides)
+        with interrupts.shielded():
+            stats = self.link.stats(self.sides)
         if self.baseline is not None:
             stats["baseline"] = self.baseline.summary()
         (self.run_dir / self.LINK_STATS).write_text(json.dumps(stats, indent=2))
         return stats
 
-    def close(self) -> None:
-        for agent in reversed(self.agents):
-            agent.stop()
-        self.agents.clear()
-        self.context.term()
-        shutil.rmtree(self.socket_dir, ignore_errors=True)
-        self.link.close()
+    def close(self, failed: bool = False) -> None:
+        """Stop everything started, whole (a signal meanwhile is only recorded); after a
+        failure without asking the agents first (``AgentProcess.stop``)."""
+        with interrupts.deferred():
+            for agent in reversed(self.agents):
+                agent.stop(ask_first=not failed)
+            self.agents.clear()
+            if self.context is not None:
+                self.context.term()
+            if self.socket_dir is not None:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.link.close()

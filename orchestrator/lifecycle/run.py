@@ -4,8 +4,9 @@ Lifecycle: save the resolved config (``orchestrator.config.run_spec``), start th
 deployment of the mode (``orchestrator.lifecycle.launch``: sim, emulated, or vm with its
 router VM as the link), send each query to the edge (each on the profile's timeline
 started again: ``Deployment.query``), append the records as they arrive
-(``orchestrator.results``), stop everything (also on errors and signals), then summarize
-with the analytic prediction beside every measured rate (``orchestrator.reporting.run_summary``).
+(``orchestrator.results``; a signal never cuts a query's records in two), stop
+everything (also on errors and signals), then summarize with the analytic prediction
+beside every measured rate (``orchestrator.reporting.run_summary``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
+from agents.control import AgentError
+from orchestrator import interrupts
 from orchestrator.config.job import JobConfig
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle.launch import Deployment, make_link
@@ -50,7 +53,8 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
     results.write_config(spec.resolved())
     requests = spec.requests()
     task = progress.add_task("queries", total=len(requests), unit="queries")
-    finished = False
+    finished = 0                       # queries whose records are on disk
+    completed = False
     try:
         link = make_link(spec.mode, spec.profile, spec.job.seed)
         with Deployment(results.path, spec.model_pair, link,
@@ -60,15 +64,20 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
                 deployment.query(request, query_timeout_s(spec.job))
             for request in requests:
                 progress.update(task, description=f"{request.label} q{request.query_id}")
-                reply = deployment.query(request, query_timeout_s(spec.job))
-                results.append(reply["query"], reply["cycles"])
+                with interrupts.shielded():    # a signal ends the wait, or waits for the
+                    reply = deployment.query(request, query_timeout_s(spec.job))
+                    results.append(reply["query"], reply["cycles"])   # reply to be on disk
+                    finished += 1
                 progress.advance(task)
             deployment.write_link_stats()
-        finished = True
+        completed = True
+    except AgentError as error:      # an agent or the link failed: say what is kept
+        kept = "1 finished query is" if finished == 1 else f"{finished} finished queries are"
+        raise type(error)(f"{error}; {kept} kept in {results.path}") from None
     finally:
         results.close()
         progress.remove_task(task)
-        if not finished:
+        if not completed:
             _summarize_cut_short(results, spec)
     return summarize_folder(results.path, spec)
 

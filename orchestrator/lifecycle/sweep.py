@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from rich.console import Console
 
+from orchestrator import interrupts
 from orchestrator.config.job import JobConfig, NetworkGrid
 from orchestrator.config.loading import ConfigError, load_profile
 from orchestrator.config.run_spec import RunSpec
@@ -88,7 +89,8 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell],
             path.mkdir(parents=True)
             started = time.perf_counter()
             execute(cell_spec(template, cell), ResultsFolder(path), progress)
-            folder.mark_finished(cell, time.perf_counter() - started)
+            with interrupts.shielded():      # the cell's line in cells.jsonl is written whole
+                folder.mark_finished(cell, time.perf_counter() - started)
             ran.append(cell.name)
             progress.advance(overall)
             console.print(f"cell {cell.name}: done in {time.perf_counter() - started:.1f} s")

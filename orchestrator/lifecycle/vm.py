@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from orchestrator.interrupts import raise_if_interrupted
+from orchestrator import interrupts
 from orchestrator.lifecycle.launch import ChildProcess
 from shaping import router_guest
 from shaping.router import GUEST_PORT, RouterError, RouterTopology, TapEnd
@@ -477,7 +477,7 @@ class RouterVm:
         listener.settimeout(0.2)
         deadline = time.monotonic() + self.CONNECT_TIMEOUT_S
         while time.monotonic() < deadline and self.alive():
-            raise_if_interrupted()
+            interrupts.raise_if_interrupted()
             try:
                 connection, _ = listener.accept()
                 return connection
@@ -526,7 +526,7 @@ def realtime_prefix() -> tuple[str, ...]:
 def router_topology(prefix: str | None = None) -> RouterTopology:
     """The vm mode's topology: namespaces joined through a router VM on this host (its boot
     wait is an interrupt checkpoint)."""
-    return RouterTopology(RouterVm.boot, prefix, while_waiting=raise_if_interrupted)
+    return RouterTopology(RouterVm.boot, prefix, while_waiting=interrupts.raise_if_interrupted)
 
 
 _SHARED: list[RouterTopology] = []
@@ -538,13 +538,17 @@ def shared_router() -> Iterator[RouterTopology]:
     in vm mode started meanwhile (each cell of a sweep or a validation) shapes this one
     instead of booting its own.  It boots in the background: the first run's agents load
     meanwhile."""
-    topology = router_topology().create()
-    _SHARED.append(topology)
+    topology = router_topology()
     try:
+        with interrupts.shielded():
+            topology.create()
+            _SHARED.append(topology)
         yield topology
     finally:
-        _SHARED.remove(topology)
-        topology.close()
+        with interrupts.deferred():
+            if topology in _SHARED:
+                _SHARED.remove(topology)
+            topology.close()
 
 
 def current_router() -> RouterTopology | None:

@@ -1,18 +1,18 @@
 """What this kernel can shape with: netem, tbf (``orchestrator doctor``, the mode choice).
 
 Each probe adds its qdisc on ``lo`` of a throwaway namespace
-``<prefix>-probe`` (named by ``shaping.topology``'s scheme, so
-``orchestrator cleanup`` finds it if the probe is killed), removes it and
-the namespace again, and is answered once per process.
+``<prefix>-probe`` (``shaping.topology.scratch_namespace``: named by its scheme
+and owned before it exists, so ``orchestrator cleanup`` finds it if the probe is
+killed), removes it and the namespace again, and is answered once per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 
-from pyroute2 import netns
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWQDISC, TC_H_ROOT
 
@@ -27,16 +27,12 @@ log = logging.getLogger(__name__)
 
 def _probe(kind: str) -> bool:
     """Add then remove a ``kind`` qdisc on ``lo`` of a throwaway namespace."""
-    prefix = topology.new_prefix()
-    namespace = topology.namespace_name(prefix, "probe")
-    try:
-        topology.write_owner(prefix)
-        netns.create(namespace)
-    except OSError as error:
-        topology.remove_owner(prefix)
-        log.info("cannot probe for %s: no network namespace (%s)", kind, error)
-        return False
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            namespace = stack.enter_context(topology.scratch_namespace("probe"))
+        except OSError as error:
+            log.info("cannot probe for %s: no network namespace (%s)", kind, error)
+            return False
         with topology.open_netns(namespace) as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
             if kind == "netem":
@@ -52,9 +48,6 @@ def _probe(kind: str) -> bool:
                 raise
             send(ipr, delete_request(lo, ROOT_HANDLE, TC_H_ROOT))
             return True
-    finally:
-        netns.remove(namespace)
-        topology.remove_owner(prefix)
 
 
 @functools.lru_cache(maxsize=None)
