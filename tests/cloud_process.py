@@ -18,7 +18,7 @@ from agents.protocol import Channel
 from agents.records import QueryRecord
 from agents.settings import AgentSettings, CloudLimits
 from orchestrator.config.loading import load_model_pair
-from orchestrator.lifecycle.launch import AgentProcess
+from orchestrator.lifecycle.launch import AgentProcess, ProcessWatch
 from shaping.link import SimLink
 from shaping.profile import ProfileFile, resolve
 
@@ -104,7 +104,9 @@ def cloud_process(folder: Path, pair: str = "synthetic", rtt_ms: float = 0.0,
                              receive_timeout_s=5.0, sim_link=link.sim_link,
                              cloud_limits=limits or CloudLimits())
     context = zmq.Context()
-    process = AgentProcess("cloud", "agents.cloud", settings, folder, context)
+    watch = ProcessWatch()
+    process = AgentProcess("cloud", "agents.cloud", settings, folder, context, watch)
+    watch.add(process)
     cloud = None
     try:
         process.wait_ready()

@@ -86,9 +86,9 @@ def test_rows_are_deterministic_in_seed_and_context():
     assert not np.array_equal(p1, p3) and not np.array_equal(q1, q3)
     p4, _ = ContextDistributions(config).rows((17, 42, 99, 6))
     assert not np.array_equal(p1, p4)
-    # negative seeds work as well and differ from their absolute value
-    p5, _ = ContextDistributions(pair(acceptance=0.7, seed=-3)).rows(context)
-    assert not np.array_equal(p1, p5)
+    # a negative seed is refused where the pair is loaded, not deep inside an agent
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        pair(acceptance=0.7, seed=-3)
 
 
 @pytest.mark.parametrize("eos_id", [0, 511, 1023])
