@@ -27,7 +27,9 @@ committed that the cloud has not seen: the edge's q-scalar correction, then
 the tokens of a stretch the edge's draft served alone (the edge-only cutoff).
 
 Every answer carries ``compute_s``, the time from receiving the request to
-sending the answer, which the edge subtracts to measure the network RTT.
+sending the answer, which the edge subtracts to measure the network RTT.  Under
+device emulation (``agents.backends.emulated``) it also carries ``stages``, the
+passes it ran since the last answer, each with its real and emulated seconds.
 
 Run as a process: ``python -m agents.cloud --settings FILE``.
 """
@@ -44,6 +46,7 @@ import zmq
 from pydantic import ValidationError
 
 from agents.backends import HostModels
+from agents.backends.emulated import wire_fields
 from agents.backends.base import TokenSequence
 from agents.codecs import DraftCodec, encode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout, error_message
@@ -71,17 +74,18 @@ class VerifySession:
 
 
 def verdict_message(session: str, seq: int, verification: Verification,
-                    received_at: float) -> Message:
+                    received_at: float, passes: dict | None = None) -> Message:
     """The ``verdict`` answering a ``draft`` received at ``received_at``: the accepted
     count, the correction or bonus token (-1: the edge samples it from the target row
-    that comes along), and the compute time until now."""
+    that comes along), the compute time until now, and ``passes`` (device emulation:
+    the passes it took, ``CloudAgent._passes``)."""
     verdict, residual_row = verification.verdict, verification.residual_row
     arrays = {} if residual_row is None else encode_target_row(residual_row)
     return Message("verdict", session, seq, {
         "accepted": verdict.accepted,
         "token": -1 if verdict.next_token is None else verdict.next_token,
         "residual": residual_row is not None, "finished": verdict.finished,
-        "compute_s": now() - received_at}, arrays)
+        "compute_s": now() - received_at, **(passes or {})}, arrays)
 
 
 class CloudAgent:
@@ -93,6 +97,11 @@ class CloudAgent:
         self.sessions: dict[str, VerifySession] = {}
         self.eos_id = models.target.eos_id
         self.width = models.target.vocab_size
+
+    def _passes(self) -> dict:
+        """Device emulation: the passes run since the last answer, as an answer carries them
+        (nothing without emulation)."""
+        return wire_fields(None if self.models.ledger is None else self.models.ledger.take())
 
     def handle(self, message: Message, peer: bytes, received_at: float) -> None:
         """Answer one data-plane message; protocol errors go back as ``error``."""
@@ -147,7 +156,7 @@ class CloudAgent:
                  message.session, target.prompt_length, codec.name, sampling.decoding)
         self.channel.send(Message("opened", message.session, message.seq, {
             "token": token, "eos": token == self.eos_id,
-            "compute_s": now() - received_at}), peer)
+            "compute_s": now() - received_at, **self._passes()}), peer)
         if token != self.eos_id and stream:
             self._decode(message, peer, now(), "stream")
 
@@ -193,7 +202,7 @@ class CloudAgent:
         if not verification.verdict.bonus_deferred(len(payload.ids)):
             session.epoch += 1
         self.channel.send(verdict_message(message.session, message.seq, verification,
-                                          received_at), peer)
+                                          received_at, self._passes()), peer)
 
     def _stale(self, message: Message) -> bool:
         """Whether a draft-ahead block was drafted on a premise a verdict has broken (its
@@ -231,7 +240,7 @@ class CloudAgent:
             sent_at = now()
             self.channel.send(Message("tokens", message.session, message.seq, {
                 "finished": eos or sent >= tokens, "eos": eos, "compute_s": sent_at - started,
-                "drafted": commit.drafted, "accepted": commit.accepted},
+                "drafted": commit.drafted, "accepted": commit.accepted, **self._passes()},
                 {"ids": np.asarray(commit.tokens, dtype=np.int32)}), peer)
             started = now()
 
@@ -254,7 +263,7 @@ def serve(settings: AgentSettings) -> int:
     start_log("cloud", settings)
     runtime = AgentRuntime(settings, zmq.ROUTER, side="cloud")
     channel = runtime.channel
-    agent = CloudAgent(load_models(settings.model_pair, "cloud", log), channel)
+    agent = CloudAgent(load_models(settings.model_pair, "cloud", log, settings.emulation), channel)
     handlers = runtime.handlers()
     poller = zmq.Poller()
     poller.register(runtime.socket, zmq.POLLIN)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends import ModelPairConfig
+from agents.backends.emulated import DeviceEmulation
 from agents.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from shaping.simlink import SimLinkSettings
 
@@ -18,4 +19,6 @@ class AgentSettings(BaseModel):
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, gt=0)
     sim_link: SimLinkSettings | None = Field(
         default=None, description="sim mode: emulate the direction this agent receives on")
+    emulation: DeviceEmulation | None = Field(
+        default=None, description="device emulation: pad every pass to the emulated device's time")
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import zmq
 
 from agents.backends import ModelPairConfig, build_models
+from agents.backends.emulated import DeviceEmulation
 from agents.cloud import CloudAgent
 from agents.edge import EdgeAgent
 from agents.protocol import Channel, ReceiveTimeout
@@ -22,16 +23,18 @@ _endpoints = itertools.count()
 
 
 @contextmanager
-def edge_and_cloud(pair: ModelPairConfig, policy_for: Callable[..., KPolicy] = make_policy
+def edge_and_cloud(pair: ModelPairConfig, policy_for: Callable[..., KPolicy] = make_policy,
+                   emulation: DeviceEmulation | None = None
                    ) -> Iterator[tuple[EdgeAgent, CloudAgent]]:
     """An edge agent on ``pair`` (its policies made by ``policy_for``), served by a cloud
-    agent on the same pair."""
+    agent on the same pair, both timed as ``emulation``'s devices where it is given."""
     context = zmq.Context()
     router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
     endpoint = f"inproc://agents-{next(_endpoints)}"
     router.bind(endpoint)
     dealer.connect(endpoint)
-    cloud = CloudAgent(build_models(pair, "cloud"), Channel(router, receive_timeout_s=5.0))
+    cloud = CloudAgent(build_models(pair, "cloud", emulation),
+                       Channel(router, receive_timeout_s=5.0))
     stop = threading.Event()
 
     def serve() -> None:
@@ -45,7 +48,7 @@ def edge_and_cloud(pair: ModelPairConfig, policy_for: Callable[..., KPolicy] = m
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield EdgeAgent(build_models(pair, "edge"), Channel(dealer, receive_timeout_s=5.0),
+        yield EdgeAgent(build_models(pair, "edge", emulation), Channel(dealer, receive_timeout_s=5.0),
                         policy_for=policy_for), cloud
     finally:
         stop.set()

@@ -1,6 +1,7 @@
-"""A run's resolved configuration: the job, the network profile, the model pair, the prompts
-and the mode, built from config names (``RunSpec.load``) or read back from a run folder's
-``config.yaml`` (``RunSpec.from_folder``); it expands into the edge's query requests."""
+"""A run's resolved configuration: the job, the network profile, the model pair, the prompts,
+the mode and the device emulation, built from config names (``RunSpec.load``) or read back
+from a run folder's ``config.yaml`` (``RunSpec.from_folder``); it expands into the edge's
+query requests."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 import yaml
 
 from agents.backends import ModelPairConfig
+from agents.backends.emulated import DeviceEmulation
 from agents.backends.synthetic import SyntheticPairConfig
 from agents.edge import QueryRequest
 from nasd.estimator import Calibration
 from nasd.table import RttTable
 from orchestrator.config.datasets import Prompt, load_dataset
+from orchestrator.config.emulation import load_emulation
 from orchestrator.config.job import JobConfig, plan
 from orchestrator.config.loading import (
     ConfigError,
@@ -39,6 +42,7 @@ class RunSpec:
     mode: str
     nasd_rtt_table: RttTable | None = None        # the job's nasd_rtt_table_path, loaded
     nasd_calibration: Calibration | None = None   # the job's nasd_calibration_path, loaded
+    emulation: DeviceEmulation | None = None      # the job's device emulation, resolved
 
     @classmethod
     def load(cls, job: str, profile: str, mode: str, job_overrides: dict | None = None,
@@ -59,7 +63,7 @@ class RunSpec:
                               "keep their defaults")
         return cls(job=job, profile=profile, model_pair=model_pair,
                    prompts=prompts if prompts is not None else load_dataset(job.prompts),
-                   mode=mode, **nasd_files(job))
+                   mode=mode, **nasd_files(job), emulation=load_emulation(job))
 
     @classmethod
     def from_folder(cls, folder: Path) -> "RunSpec":
@@ -70,7 +74,9 @@ class RunSpec:
                    profile=parse(NetworkProfile, resolved["profile"], source),
                    model_pair=parse(ModelPairConfig, resolved["model_pair"], source),
                    prompts=[Prompt(**prompt) for prompt in resolved["prompts"]],
-                   mode=resolved["mode"])
+                   mode=resolved["mode"],
+                   emulation=parse(DeviceEmulation, resolved["emulation"], source)
+                   if resolved.get("emulation") else None)
 
     def requests(self) -> list[QueryRequest]:
         prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
@@ -106,7 +112,9 @@ class RunSpec:
         return {"mode": self.mode, "job": self.job.model_dump(mode="json"),
                 "profile": self.profile.model_dump(mode="json"),
                 "model_pair": self.model_pair.model_dump(mode="json"),
-                "prompts": [asdict(prompt) for prompt in self.prompts]}
+                "prompts": [asdict(prompt) for prompt in self.prompts],
+                **({"emulation": self.emulation.model_dump(mode="json")} if self.emulation
+                   else {})}
 
 
 def nasd_files(job: JobConfig) -> dict:

@@ -1,0 +1,211 @@
+"""Device emulation: any backend's models timed as a named device would run a model of a
+declared shape, while they compute the real tokens.
+
+``EmulatedDevice`` wraps a ``LanguageModel`` (``hf``, ``synthetic``, any): each forward pass
+of its sessions runs for real, then waits (``shaping.clock.sleep_until``) until the pass has
+lasted what the emulated device takes for it (``nasd.latency.emulation.pass_seconds``: the
+pass's roofline bound on the device, for the declared shape at the declared dtype).  A pass
+that already took longer is not padded: it overran, and is counted as such, never hidden.
+This is the one place passes are padded; everything timed around them (a cycle's
+``t_draft``, the cloud's ``compute_s``, TTFT) holds the emulated time, so the analytic
+model and NASD's estimates see it.
+
+Every pass goes to its host's ``StageLedger`` as a ``PassTiming`` (the latency model's stage,
+the real and the emulated seconds).  The edge takes its own passes per cycle; the cloud
+takes the passes of each answer and sends them with it (the ``stages`` field,
+``wire_fields``), and the edge records both sides' passes: per cycle the real time beside
+the emulated one (``real_seconds``), per query the totals of each stage (``StageTally``).
+
+``DeviceEmulation`` is what both agents get in their settings (the orchestrator resolves it
+from a job: devices loaded, shapes declared); ``DeviceEmulation.wrap`` wraps a host's model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from agents.backends.base import Host, LanguageModel, ModelSession
+from agents.sampling import SamplingConfig
+from nasd.latency.emulation import Role, pass_seconds, pass_stage
+from nasd.latency.roofline import Device
+from nasd.latency.stages import STAGES, ModelShape, Stage
+from shaping.clock import now, sleep_until
+
+WIRE_FIELD = "stages"   # an answer's passes: [[stage index in STAGES, real_s, emulated_s], ...]
+
+
+class DeviceEmulation(BaseModel):
+    """The device each host emulates, the declared shape of each model (the cloud runs the
+    draft too, for cloud-spec: on its own device) and the dtype both are timed at;
+    ``*_shape_name`` says how each shape was declared."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    edge_device: Device
+    cloud_device: Device
+    draft_shape: ModelShape
+    target_shape: ModelShape
+    draft_shape_name: str
+    target_shape_name: str
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+    def device(self, host: Host) -> Device:
+        return self.edge_device if host == "edge" else self.cloud_device
+
+    def shape(self, role: Role) -> ModelShape:
+        return self.draft_shape if role == "draft" else self.target_shape
+
+    def wrap(self, model: LanguageModel, host: Host, role: Role,
+             ledger: StageLedger) -> EmulatedDevice:
+        """``model`` (the ``role`` model of ``host``) timed as its emulated device."""
+        return EmulatedDevice(model, self.device(host), self.shape(role), self.dtype, role,
+                              ledger)
+
+    def describe(self) -> str:
+        """One line: which device runs which model, and what one step of each costs there."""
+        def side(device: Device, role: Role, stage: str, tokens: int) -> str:
+            shape = self.shape(role)
+            step_ms = 1000 * pass_seconds(device, shape, self.dtype, tokens, 64)
+            name = self.draft_shape_name if role == "draft" else self.target_shape_name
+            return (f"{device.name} runs the {role} as {name} ({shape.parameters / 1e9:.2f} B "
+                    f"parameters): {stage} {step_ms:.2f} ms")
+        return (f"device emulation ({self.dtype}, roofline bounds): edge "
+                f"{side(self.edge_device, 'draft', 'a draft token', 1)}; cloud "
+                f"{side(self.cloud_device, 'target', 'a decoding step', 1)}, verifying 5 "
+                f"drafts {1000 * pass_seconds(self.cloud_device, self.target_shape, self.dtype, 6, 64):.2f} ms")
+
+
+@dataclass(frozen=True)
+class PassTiming:
+    """One forward pass under emulation: its stage, what it took for real, and what the
+    emulated device takes for it (what it was padded to, unless it overran)."""
+
+    stage: Stage
+    real_s: float
+    emulated_s: float
+
+    @property
+    def padded_s(self) -> float:
+        return max(self.emulated_s - self.real_s, 0.0)
+
+    @property
+    def overrun_s(self) -> float:
+        return max(self.real_s - self.emulated_s, 0.0)
+
+
+class StageLedger:
+    """One host's passes in the order they ran, until someone takes them."""
+
+    def __init__(self) -> None:
+        self._passes: list[PassTiming] = []
+
+    def record(self, timing: PassTiming) -> None:
+        self._passes.append(timing)
+
+    def take(self) -> list[PassTiming]:
+        """Every pass since the last take."""
+        taken, self._passes = self._passes, []
+        return taken
+
+
+class EmulatedSession:
+    """A backend's session whose every forward pass lasts at least the emulated time."""
+
+    def __init__(self, inner: ModelSession, model: EmulatedDevice) -> None:
+        self.inner = inner
+        self.model = model
+
+    @property
+    def processed(self) -> int:
+        return self.inner.processed
+
+    def forward(self, ids: Sequence[int], all_rows: bool = False) -> np.ndarray:
+        cached = self.inner.processed
+        started = now()
+        rows = self.inner.forward(ids, all_rows)
+        real_s = now() - started
+        model = self.model
+        emulated_s = pass_seconds(model.device, model.shape, model.dtype, len(ids), cached)
+        sleep_until(started + emulated_s)
+        model.ledger.record(PassTiming(pass_stage(model.role, cached, all_rows), real_s,
+                                       emulated_s))
+        return rows
+
+    def truncate(self, length: int) -> None:
+        self.inner.truncate(length)
+
+    def start_block(self, length: int) -> None:
+        self.inner.start_block(length)
+
+
+class EmulatedDevice:
+    """``inner`` (a draft or a target) as ``device`` runs a model of ``shape`` at ``dtype``."""
+
+    def __init__(self, inner: LanguageModel, device: Device, shape: ModelShape, dtype: str,
+                 role: Role, ledger: StageLedger) -> None:
+        self.inner = inner
+        self.device, self.shape, self.dtype, self.role = device, shape, dtype, role
+        self.ledger = ledger
+        self.vocab_size = inner.vocab_size
+        self.eos_id = inner.eos_id
+
+    def session(self, sampling: SamplingConfig) -> EmulatedSession:
+        return EmulatedSession(self.inner.session(sampling), self)
+
+
+def wire_fields(passes: list[PassTiming] | None) -> dict:
+    """An answer's fields for its passes (none without emulation)."""
+    if passes is None:
+        return {}
+    return {WIRE_FIELD: [[STAGES.index(p.stage), p.real_s, p.emulated_s] for p in passes]}
+
+
+def read_passes(fields: dict) -> list[PassTiming] | None:
+    """The passes an answer carries; None when the cloud does not emulate a device."""
+    if WIRE_FIELD not in fields:
+        return None
+    return [PassTiming(STAGES[int(stage)], float(real_s), float(emulated_s))
+            for stage, real_s, emulated_s in fields[WIRE_FIELD]]
+
+
+def real_seconds(seconds: float, passes: list[PassTiming] | None) -> float | None:
+    """``seconds`` measured around ``passes``, less the padding they waited: the time it took
+    for real; None without emulation."""
+    return None if passes is None else seconds - sum(p.padded_s for p in passes)
+
+
+@dataclass
+class StageTotals:
+    """One stage's passes of a query: how many, how many were padded, how many overran
+    (their real time already above the emulated one), the real and emulated seconds summed,
+    and the largest overrun."""
+
+    passes: int = 0
+    padded: int = 0
+    overruns: int = 0
+    real_s: float = 0.0
+    emulated_s: float = 0.0
+    worst_overrun_s: float = 0.0
+
+
+class StageTally:
+    """Per stage, the totals of a query's passes on both hosts."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, StageTotals] = {}
+
+    def add(self, passes: Iterable[PassTiming] | None) -> None:
+        for timing in passes or ():
+            totals = self.stages.setdefault(timing.stage, StageTotals())
+            totals.passes += 1
+            totals.padded += timing.real_s < timing.emulated_s
+            totals.overruns += timing.real_s > timing.emulated_s
+            totals.real_s += timing.real_s
+            totals.emulated_s += timing.emulated_s
+            totals.worst_overrun_s = max(totals.worst_overrun_s, timing.overrun_s)
+
+    def as_dict(self) -> dict[str, dict]:
+        return {stage: asdict(self.stages[stage]) for stage in STAGES if stage in self.stages}
