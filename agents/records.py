@@ -54,8 +54,8 @@ class CycleRecord:
     ahead: bool = False
     nasd_cutoff: bool = False  # served_by == "edge": tokens the target never saw
     nasd_rtt_estimate_ms: float | None = None  # the RTT the controller chose K on (nasd only)
-    # device emulation (None without): t_draft and t_verify as the passes took for real, the
-    # padding to the emulated device's time left out
+    # device emulation (None without): t_draft and t_verify as the passes took for real, their
+    # waits to the emulated device's time left out
     t_draft_real: float | None = None
     t_verify_real: float | None = None
 
@@ -110,7 +110,8 @@ class QueryRecord:
     # device emulation (None without): per stage of the latency model (edge_prefill,
     # draft_token, cloud_prefill, verify, decode), the query's passes on both hosts: passes,
     # padded (real below the emulated time), overruns (real above it: never padded, the
-    # emulated time exceeded), real_s and emulated_s summed, worst_overrun_s
+    # emulated time exceeded), real_s, emulated_s and lasted_s summed, late_s (lasted past
+    # both: woken late on a busy host), worst_overrun_s
     emulated_stages: dict[str, dict] | None = None
 
     def as_dict(self) -> dict:

@@ -156,6 +156,9 @@ def test_load_errors_are_config_errors(tmp_path):
 
 # --------------------------------------------------------------------------- CLI: bad input
 
+EMULATED = ["--edge-device", "jetson-orin-nano", "--cloud-device", "h100-sxm",
+            "--edge-model-params", "5e8", "--cloud-model-params", "7e9"]
+
 # id -> (file name and contents or None, argv (FILE is replaced by the file's path),
 #        words the single error line must contain)
 BAD_INPUT = {
@@ -198,6 +201,26 @@ BAD_INPUT = {
                              ["--nasd-objective p100", "percentile such as 'p90'"]),
     "job-ahead-hf": (("ahead.yaml", "strategies: [cloud-only, hf-heuristic]\ndraft_ahead: 2\n"),
                      ["run", "--job", "FILE"], ["draft_ahead", "not hf-heuristic", "FILE"]),
+    # device emulation: unknown devices and shapes list the known ones
+    "device-unknown": (None, ["run", *EMULATED[:1], "jetson-nano", *EMULATED[2:]],
+                       ["--edge-device", "did you mean 'jetson-orin-nano'?", "raspberry-pi-5"]),
+    "device-shape-unknown": (None, ["run", *EMULATED[:4], "--edge-model-shape", "llama-16m",
+                                    *EMULATED[6:]],
+                             ["--edge-model-shape", "did you mean 'llama-160m'", "qwen2.5-7b"]),
+    "device-one-only": (None, ["run", *EMULATED[:2], *EMULATED[4:6]],
+                        ["--edge-device", "needs both edge_device and cloud_device"]),
+    "device-without-size": (None, ["run", *EMULATED[:6]],
+                            ["--cloud-device h100-sxm", "cloud_model_params"]),
+    "size-without-device": (None, ["run", "--cloud-model-params", "7e9"],
+                            ["--cloud-model-params", "needs edge_device and cloud_device"]),
+    "device-model-too-big": (None, ["run", *EMULATED[:6], "--cloud-model-params", "72e9"],
+                             ["--cloud-device", "80 GiB of h100-sxm"]),
+    "job-device-calibrated-here": (("calibrated.yaml", "edge_device: jetson-orin-nano\n"
+                                    "cloud_device: h100-sxm\nedge_model_params: 5.0e+8\n"
+                                    "cloud_model_params: 7.0e+9\n"
+                                    "nasd_calibration_path: calibration.yaml\n"),
+                                   ["run", "--job", "FILE"],
+                                   ["--nasd-calibration", "not on the emulated devices"]),
 }
 
 

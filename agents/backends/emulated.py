@@ -11,7 +11,9 @@ This is the one place passes are padded; everything timed around them (a cycle's
 model and NASD's estimates see it.
 
 Every pass goes to its host's ``StageLedger`` as a ``PassTiming`` (the latency model's stage,
-the real and the emulated seconds).  The edge takes its own passes per cycle; the cloud
+the real and the emulated seconds, and how long it lasted: a busy host wakes a waiting
+process late, so a padded pass can outlast its emulated time, and that lateness is
+recorded too, never taken for real work).  The edge takes its own passes per cycle; the cloud
 takes the passes of each answer and sends them with it (the ``stages`` field,
 ``wire_fields``), and the edge records both sides' passes: per cycle the real time beside
 the emulated one (``real_seconds``), per query the totals of each stage (``StageTally``).
@@ -35,7 +37,8 @@ from nasd.latency.roofline import Device
 from nasd.latency.stages import STAGES, ModelShape, Stage
 from shaping.clock import now, sleep_until
 
-WIRE_FIELD = "stages"   # an answer's passes: [[stage index in STAGES, real_s, emulated_s], ...]
+# an answer's passes: [[stage index in STAGES, real_s, emulated_s, lasted_s], ...]
+WIRE_FIELD = "stages"
 
 
 class DeviceEmulation(BaseModel):
@@ -80,20 +83,27 @@ class DeviceEmulation(BaseModel):
 
 @dataclass(frozen=True)
 class PassTiming:
-    """One forward pass under emulation: its stage, what it took for real, and what the
-    emulated device takes for it (what it was padded to, unless it overran)."""
+    """One forward pass under emulation: its stage, what it took for real, what the emulated
+    device takes for it (what it was padded to, unless it overran), and what it lasted."""
 
     stage: Stage
     real_s: float
     emulated_s: float
+    lasted_s: float
 
     @property
-    def padded_s(self) -> float:
-        return max(self.emulated_s - self.real_s, 0.0)
+    def waited_s(self) -> float:
+        """The time it spent waiting, not computing."""
+        return self.lasted_s - self.real_s
 
     @property
     def overrun_s(self) -> float:
         return max(self.real_s - self.emulated_s, 0.0)
+
+    @property
+    def late_s(self) -> float:
+        """How far it outlasted both its real and its emulated time (woken late)."""
+        return max(self.lasted_s - max(self.real_s, self.emulated_s), 0.0)
 
 
 class StageLedger:
@@ -131,7 +141,7 @@ class EmulatedSession:
         emulated_s = pass_seconds(model.device, model.shape, model.dtype, len(ids), cached)
         sleep_until(started + emulated_s)
         model.ledger.record(PassTiming(pass_stage(model.role, cached, all_rows), real_s,
-                                       emulated_s))
+                                       emulated_s, now() - started))
         return rows
 
     def truncate(self, length: int) -> None:
@@ -160,34 +170,37 @@ def wire_fields(passes: list[PassTiming] | None) -> dict:
     """An answer's fields for its passes (none without emulation)."""
     if passes is None:
         return {}
-    return {WIRE_FIELD: [[STAGES.index(p.stage), p.real_s, p.emulated_s] for p in passes]}
+    return {WIRE_FIELD: [[STAGES.index(p.stage), p.real_s, p.emulated_s, p.lasted_s]
+                         for p in passes]}
 
 
 def read_passes(fields: dict) -> list[PassTiming] | None:
     """The passes an answer carries; None when the cloud does not emulate a device."""
     if WIRE_FIELD not in fields:
         return None
-    return [PassTiming(STAGES[int(stage)], float(real_s), float(emulated_s))
-            for stage, real_s, emulated_s in fields[WIRE_FIELD]]
+    return [PassTiming(STAGES[int(stage)], float(real_s), float(emulated_s), float(lasted_s))
+            for stage, real_s, emulated_s, lasted_s in fields[WIRE_FIELD]]
 
 
 def real_seconds(seconds: float, passes: list[PassTiming] | None) -> float | None:
-    """``seconds`` measured around ``passes``, less the padding they waited: the time it took
-    for real; None without emulation."""
-    return None if passes is None else seconds - sum(p.padded_s for p in passes)
+    """``seconds`` measured around ``passes``, less what they waited: the time it took for
+    real; None without emulation."""
+    return None if passes is None else seconds - sum(p.waited_s for p in passes)
 
 
 @dataclass
 class StageTotals:
     """One stage's passes of a query: how many, how many were padded, how many overran
-    (their real time already above the emulated one), the real and emulated seconds summed,
-    and the largest overrun."""
+    (their real time already above the emulated one), the real, emulated and lasted seconds
+    summed, how late they woke in all (``PassTiming.late_s``), and the largest overrun."""
 
     passes: int = 0
     padded: int = 0
     overruns: int = 0
     real_s: float = 0.0
     emulated_s: float = 0.0
+    lasted_s: float = 0.0
+    late_s: float = 0.0
     worst_overrun_s: float = 0.0
 
 
@@ -205,6 +218,8 @@ class StageTally:
             totals.overruns += timing.real_s > timing.emulated_s
             totals.real_s += timing.real_s
             totals.emulated_s += timing.emulated_s
+            totals.lasted_s += timing.lasted_s
+            totals.late_s += timing.late_s
             totals.worst_overrun_s = max(totals.worst_overrun_s, timing.overrun_s)
 
     def as_dict(self) -> dict[str, dict]:

@@ -56,6 +56,7 @@ class RunSpec:
               model_pair: ModelPairConfig | None = None,
               prompts: list[Prompt] | None = None) -> "RunSpec":
         """A run of ``job`` on ``profile``; the pair and prompts are loaded unless given."""
+        emulation = load_emulation(job)     # before the pair: a bad device fails at once
         model_pair = model_pair or load_model_pair(job.model_pair)
         if isinstance(model_pair, SyntheticPairConfig) and job.sampling.reshapes:
             raise ConfigError(f"job {job.name!r}: the synthetic pair samples its "
@@ -63,7 +64,7 @@ class RunSpec:
                               "keep their defaults")
         return cls(job=job, profile=profile, model_pair=model_pair,
                    prompts=prompts if prompts is not None else load_dataset(job.prompts),
-                   mode=mode, **nasd_files(job), emulation=load_emulation(job))
+                   mode=mode, emulation=emulation, **nasd_files(job))
 
     @classmethod
     def from_folder(cls, folder: Path) -> "RunSpec":

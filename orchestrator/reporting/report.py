@@ -177,14 +177,16 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
 
 
 def emulation_frame(board: pd.DataFrame) -> pd.DataFrame:
-    """Device emulation per cell (formatted): passes, the share padded, those that overran
-    the emulated time and the worst (ms, stage, strategy)."""
+    """Device emulation per cell (formatted): passes, the share padded, how late a pass woke
+    on average, those that overran the emulated time and the worst (ms, stage, strategy)."""
     rows = []
     for cell, group in board[board["emulated_passes"].notna()].groupby("cell", sort=False):
         passes, overran = group["emulated_passes"].sum(), int(group["overrun_passes"].sum())
         worst = group.loc[group["worst_overrun_ms"].idxmax()]
+        late = (group["late_ms_per_pass"] * group["emulated_passes"]).sum() / passes
         rows.append({"cell": cell, "passes": f"{passes:.0f}",
                      "padded": format_number(group["padded_passes"].sum() / passes, 3),
+                     "late ms": format_number(late, 2),
                      "overran": str(overran), "worst overrun": (
                          f"{worst['worst_overrun_ms']:.2f} ms ({worst['worst_overrun_stage']}, "
                          f"{worst['label']})" if overran else "-")})
@@ -195,6 +197,7 @@ KEY_TITLE = "leaderboard (per cell; full table in leaderboard.csv)"
 EMULATION_TITLE = "device emulation: passes padded to the emulated devices' times, per cell"
 EMULATION_LEGEND = {
     "passes": EMULATION_GLOSSARY["passes"], "padded": EMULATION_GLOSSARY["padded"],
+    "late ms": EMULATION_GLOSSARY["late ms"],
     "overran": "passes whose real time was already above the emulated one (not padded: the "
                "emulated device would have been faster)",
     "worst overrun": "the largest of those excesses, its stage and strategy "

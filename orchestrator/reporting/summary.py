@@ -189,23 +189,24 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
 def emulation_columns(per_query: pd.Series) -> dict:
     """A strategy's device emulation from its queries' ``emulated_stages``: passes, those
     padded (and their share), those that overran the emulated time, the worst overrun (ms)
-    and its stage, and per stage the mean real and emulated ms of a pass."""
+    and its stage, how late a pass woke on average (ms), and per stage the mean real,
+    emulated and lasted ms of a pass."""
     totals = pd.DataFrame([{"stage": stage, **values} for stages in per_query
                            for stage, values in stages.items()])
-    by_stage = totals.groupby("stage").agg(passes=("passes", "sum"), real_s=("real_s", "sum"),
-                                           emulated_s=("emulated_s", "sum"))
+    by_stage = totals.groupby("stage")[["passes", "real_s", "emulated_s", "lasted_s"]].sum()
     passes = int(totals["passes"].sum())
     worst = totals.loc[totals["worst_overrun_s"].idxmax()]
     row = {"emulated_passes": passes, "padded_passes": int(totals["padded"].sum()),
            "padded_share": totals["padded"].sum() / passes if passes else np.nan,
            "overrun_passes": int(totals["overruns"].sum()),
            "worst_overrun_ms": 1000.0 * worst["worst_overrun_s"],
-           "worst_overrun_stage": worst["stage"] if worst["worst_overrun_s"] > 0 else None}
+           "worst_overrun_stage": worst["stage"] if worst["worst_overrun_s"] > 0 else None,
+           "late_ms_per_pass": 1000.0 * totals["late_s"].sum() / passes if passes else np.nan}
     for stage in STAGES:
         if stage in by_stage.index:
             stage_row = by_stage.loc[stage]
-            row[f"{stage}_real_ms"] = 1000.0 * stage_row["real_s"] / stage_row["passes"]
-            row[f"{stage}_emulated_ms"] = 1000.0 * stage_row["emulated_s"] / stage_row["passes"]
+            for kind in ("real", "emulated", "lasted"):
+                row[f"{stage}_{kind}_ms"] = 1000.0 * stage_row[f"{kind}_s"] / stage_row["passes"]
     return row
 
 
@@ -217,8 +218,9 @@ def emulation_conclusion(rows: pd.DataFrame) -> str | None:
         return None
     rows = rows[rows["emulated_passes"].notna()]
     passes, overran = int(rows["emulated_passes"].sum()), int(rows["overrun_passes"].sum())
+    late = (rows["late_ms_per_pass"] * rows["emulated_passes"]).sum() / passes
     text = (f"device emulation: {passes:,} passes, {rows['padded_passes'].sum() / passes:.1%} "
-            "padded to the emulated devices' times; ")
+            f"padded to the emulated devices' times (woken {late:.2f} ms late on average); ")
     if not overran:
         return text + "none overran (no pass took longer for real than its emulated time)"
     worst = rows.loc[rows["worst_overrun_ms"].idxmax()]
@@ -410,8 +412,11 @@ EMULATION_GLOSSARY = {
     "padded": "share of passes whose real time was below the emulated one (padded to it)",
     "overran": "passes whose real time was already above the emulated one (not padded: the "
                "emulated device would have been faster), the worst by how many ms, its stage",
+    "late ms": "mean ms a pass lasted past both its real and its emulated time: the wait's "
+               "wake-up came late on a busy host (the emulated time is then exceeded too)",
     "<stage> ms": "mean real / emulated ms of one pass of the stage (edge_prefill, "
-                  "draft_token: the draft; cloud_prefill, verify, decode: the target)",
+                  "draft_token: the draft; cloud_prefill, verify, decode: the target); "
+                  "summary.csv also has the ms it lasted (<stage>_lasted_ms)",
 }
 
 def _formatted(column: str, digits: int = 1):
@@ -468,7 +473,7 @@ def _stage_ms_of(row, stage: str) -> str:
 
 EMULATION_COLUMNS = {
     "passes": _formatted("emulated_passes", 0), "padded": _formatted("padded_share", 3),
-    "overran": _overran_of,
+    "overran": _overran_of, "late ms": _formatted("late_ms_per_pass", 2),
     **{f"{stage} ms": partial(_stage_ms_of, stage=stage) for stage in STAGES},
 }
 
