@@ -85,14 +85,14 @@ def print_sweep(folder: Path, context: int) -> None:
     print(f"{'strategy':12s} {'alpha':>6s} {'measured ms':>11s} {'model ms':>9s} "
           f"{'model - measured':>16s} {'device model ms':>15s}   RTTs swept")
     for row in reversals.itertuples():
-        own = board[board["label"] == row.label]
-        k = int(own["k"].iloc[0]) if len(own) and pd.notna(own["k"].iloc[0]) else None
-        alpha = own["per_token_acceptance"].mean() if len(own) else float("nan")
-        device = 1000 * crossover_rtt_s(alpha, k, times) if k else float("nan")
-        print(f"{row.label:12s} {alpha:6.3f} {row.measured_reversal_rtt_ms:11.1f} "
-              f"{row.predicted_reversal_rtt_ms:9.1f} "
+        own = board[board["label"] == row.label]    # none for the best fixed K at each RTT
+        alpha = own["per_token_acceptance"].mean() if len(own) else None
+        device = f"{1000 * crossover_rtt_s(alpha, int(own['k'].iloc[0]), times):15.1f}" \
+            if alpha is not None else f"{'-':>15s}"
+        print(f"{row.label:12s} {'-' if alpha is None else f'{alpha:.3f}':>6s} "
+              f"{row.measured_reversal_rtt_ms:11.1f} {row.predicted_reversal_rtt_ms:9.1f} "
               f"{row.predicted_reversal_rtt_ms - row.measured_reversal_rtt_ms:16.1f} "
-              f"{device:15.1f}   {row.rtts}")
+              f"{device}   {row.rtts}")
 
 
 def main() -> int:
