@@ -1,7 +1,8 @@
 """The ``orchestrator`` command line.
 
-Bad input (a CLI value, a profile, a job, a model pair) ends with one line,
-``error: <where>: <what>``, and exit code 2; a failed agent with exit code 1;
+Bad input (a CLI value, a profile, a job, a model pair, a results folder that cannot be
+made) ends with one line, ``error: <where>: <what>``, and exit code 2; a failed agent or
+a disk that fails mid-run (full, read-only) with exit code 1;
 Ctrl-C (SIGINT) with 130 and SIGTERM with 143, after everything started has
 been stopped (``orchestrator.interrupts``).
 """
@@ -13,22 +14,29 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import get_args
+from typing import Annotated, get_args, get_origin
 
 import click
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 
 from agents.control import AgentError
 from agents.protocol import ProtocolError
-from agents.sampling import Decoding
+from agents.sampling import Decoding, Seed
 from orchestrator import interrupts
-from orchestrator.config.job import ALL_STRATEGIES, MAX_DRAFT_AHEAD
-from orchestrator.config.emulation import load_emulation
-from orchestrator.config.loading import ConfigError, available, flag, load_job, load_profile
+from orchestrator.config.job import ALL_STRATEGIES
+from orchestrator.config.loading import (
+    ConfigError,
+    available,
+    first_error,
+    flag,
+    load_job,
+    load_profile,
+)
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle import vm
-from orchestrator.lifecycle.crossvalidate import crossvalidate
+from orchestrator.lifecycle.crossvalidate import check_job_for_validation, crossvalidate
 from orchestrator.lifecycle.doctor import MODES, HostReport, choose_mode
 from orchestrator.lifecycle.launch import make_link
 from orchestrator.lifecycle.run import run
@@ -37,8 +45,8 @@ from orchestrator.progress import work_progress
 from orchestrator.reporting.probe_report import print_probe_report, save_probe_report
 from orchestrator.results import SweepFolder
 from shaping.cleanup import leftovers, remove_leftovers
-from shaping.profile import DirectionSpec, LinkState, NetworkProfile
-from shaping.qdisc.parameters import profile_needs_netem
+from shaping.profile import BandwidthMbps, DirectionSpec, LinkState, Milliseconds, NetworkProfile
+from shaping.qdisc.parameters import kernel_shaping_problem, profile_needs_netem
 from shaping.router import RouterError
 from validation.crossval import passed
 from validation.link_probe import ProbePlan, probe_link, probe_sim
@@ -74,6 +82,10 @@ def enter_mode(ctx: click.Context, requested: str, profiles: list[NetworkProfile
             raise click.UsageError(str(error)) from None
     if measured and chosen == "sim":
         raise click.UsageError(f"{ctx.info_name} needs the emulated or vm mode, and {why}")
+    for profile in profiles if chosen != "sim" else ():
+        problem = kernel_shaping_problem(profile)
+        if problem is not None:
+            raise ConfigError(f"profile {profile.name}: {problem} (in {chosen} mode)")
     console.print(f"mode: {chosen} ({reason or why})")
     if chosen == "vm":
         try:
@@ -104,7 +116,6 @@ def run_in_vm(argv: list[str], writable: list[Path], timeout_s: float, accel: st
 def device_emulation_options(command):
     """The flags of device emulation, added to ``command``, which takes them as keyword
     arguments named as their job fields (``--edge-device``: ``edge_device``)."""
-    size = click.FloatRange(0, min_open=True)
     options = [
         click.option("--edge-device", help="Device emulation: the edge computes the real "
                      "tokens, each pass of its draft padded to the time this device takes "
@@ -114,13 +125,13 @@ def device_emulation_options(command):
                      "needs --cloud-device [default: the job's, none]."),
         click.option("--cloud-device", help="Device emulation: the device the cloud's models "
                      "are timed as [default: the job's, none]."),
-        click.option("--edge-model-params", type=size, help="Device emulation: the draft's "
+        click.option("--edge-model-params", type=float, help="Device emulation: the draft's "
                      "size in parameters (0.5e9), timed as the published Qwen2.5 shape nearest "
                      "to it; or give --edge-model-shape."),
         click.option("--edge-model-shape", help="Device emulation: the draft's exact shape: "
                      "llama-68m, llama-160m, qwen2.5-0.5b ... qwen2.5-72b, or a transformers "
                      "config.json (or its model folder)."),
-        click.option("--cloud-model-params", type=size, help="Device emulation: the target's "
+        click.option("--cloud-model-params", type=float, help="Device emulation: the target's "
                      "size in parameters (7e9); or give --cloud-model-shape."),
         click.option("--cloud-model-shape", help="Device emulation: the target's exact shape, "
                      "as --edge-model-shape."),
@@ -144,6 +155,8 @@ def cli() -> None:
     """
 
 
+# Every flag of `run` that stands for a job or profile field is checked by that field's schema
+# as the job or profile loads (``orchestrator.config.loading``), so it keeps the file's bounds.
 @cli.command("run")
 @click.option("--profile", "profile_name", default="lan", show_default=True,
               help="Network profile: a name under configs/profiles (see `orchestrator profiles`) "
@@ -163,17 +176,17 @@ def cli() -> None:
               help="Strategy to run; repeat for several [default: the job's; a job without "
                    "strategies runs cloud-only, cloud-spec, edge-only and fixed-k].  nasd, "
                    "hf-heuristic and bandit choose K per cycle within --nasd-k-min..--nasd-k-max.")
-@click.option("--k", "k_values", multiple=True, type=click.IntRange(1, 64),
+@click.option("--k", "k_values", multiple=True, type=int,
               help="Draft length for fixed-k; repeat for several [default: the job's, 3 5 10 15].")
-@click.option("--nasd-k-min", type=click.IntRange(1, 64),
+@click.option("--nasd-k-min", type=int,
               help="Smallest K of nasd, hf-heuristic, bandit [default: the job's, 1].")
-@click.option("--nasd-k-max", type=click.IntRange(1, 64),
+@click.option("--nasd-k-max", type=int,
               help="Largest K of nasd, hf-heuristic, bandit [default: the job's, 15].")
 @click.option("--nasd-edge-only-cutoff", is_flag=True, default=None,
               help="nasd: past the reversal RTT, serve stretches with the draft alone where "
                    "that beats handing them to the cloud (lossy, flagged) [default: the job's, "
                    "off].")
-@click.option("--nasd-confidence-floor", type=click.FloatRange(0.0, 1.0),
+@click.option("--nasd-confidence-floor", type=float,
               help="nasd: within a cycle, stop drafting before a position whose likeliest "
                    "draft token has a lower probability; K stays the ceiling [default: the "
                    "job's, 0: never].")
@@ -183,7 +196,7 @@ def cli() -> None:
 @click.option("--nasd-objective",
               help="nasd: what K optimises: mean (expected tokens/s), or a percentile of a "
                    "query's decode time such as p95 [default: the job's, mean].")
-@click.option("--draft-ahead", type=click.IntRange(0, MAX_DRAFT_AHEAD),
+@click.option("--draft-ahead", type=int,
               help="fixed-k, nasd: while a verdict is in flight, draft and send up to N further "
                    "blocks, each on the premise that the blocks before it are kept whole "
                    "(lossless; labels gain +aheadN) [default: the job's, 0: none].")
@@ -197,7 +210,6 @@ def cli() -> None:
               help="nasd: a calibration file (YAML from `orchestrator calibrate`) the "
                    "controller plans with until it has learned its own [default: the job's "
                    "nasd_calibration_path, none].")
-# the decoding flags' ranges are SamplingConfig's, checked when the job loads
 @click.option("--decoding", type=click.Choice(get_args(Decoding)), help="[default: the job's]")
 @click.option("--temperature", type=float,
               help="Sampling temperature, applied on both sides [default: the job's, 1].")
@@ -207,11 +219,11 @@ def cli() -> None:
                               "[default: ids for greedy, q-scalar for sampling].")
 @click.option("--prompts", help="Prompt set: a name under configs/prompts, a .jsonl path, or "
                                 "mmlu:DIR[:subject,...] [default: the job's].")
-@click.option("--max-new-tokens", type=click.IntRange(1, 4096), help="[default: the job's]")
-@click.option("--queries", "max_queries", type=click.IntRange(1), help="Use the first N prompts.")
-@click.option("--repetitions", type=click.IntRange(1), help="[default: the job's]")
+@click.option("--max-new-tokens", type=int, help="[default: the job's]")
+@click.option("--queries", "max_queries", type=int, help="Use the first N prompts.")
+@click.option("--repetitions", type=int, help="[default: the job's]")
 @click.option("--seed", type=int, help="[default: the job's]")
-@click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
+@click.option("--rtt-ms", type=float, help="Override the profile's RTT.")
 @device_emulation_options
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
@@ -228,7 +240,6 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
     prints the summary.
     """
     console = make_console()
-    profile = load_profile(profile_name, {"rtt_ms": rtt_ms})
     spec = RunSpec.load(job_name, profile_name, mode, job_overrides={
         "model_pair": model_pair, "strategies": list(strategies), "k_values": list(k_values),
         "nasd_k_min": nasd_k_min, "nasd_k_max": nasd_k_max,
@@ -243,28 +254,49 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "repetitions": repetitions, "seed": seed, **emulation},
         profile_overrides={"rtt_ms": rtt_ms})
     # all input is checked before a router VM boots
-    run(replace(spec, mode=enter_mode(ctx, mode, [profile], console)), results_root, console)
+    run(replace(spec, mode=enter_mode(ctx, mode, [spec.profile], console)), results_root, console)
+
+
+MAX_RTT_GRID = 100_000     # RTTs in a table of `orchestrator calibrate`
 
 
 def parse_rtt_grid(ctx, param, text: str) -> list[float]:
     """The ``--rtt-grid`` of ms: ``0:1000:10`` (start:stop:step, stop included) or
-    ``0,10,25``, or both, comma-joined; sorted."""
+    ``0,10,25``, or both, comma-joined; sorted; each RTT one a profile's ``rtt_ms`` takes."""
     grid: set[float] = set()
     try:
         for part in text.split(","):
             if ":" in part:
                 start, stop, step = (float(value) for value in part.split(":"))
-                if step <= 0 or stop < start:
+                if not (np.isfinite([start, stop, step]).all() and step > 0 and stop >= start):
                     raise ValueError
-                grid.update(start + step * i for i in range(int((stop - start) / step + 1e-9) + 1))
+                count = int((stop - start) / step + 1e-9) + 1
+                values = (start + step * i for i in range(count))
             else:
-                grid.add(float(part))
+                count, values = 1, (float(part),)
+            if len(grid) + count > MAX_RTT_GRID:
+                raise click.BadParameter(f"{text!r}: more than {MAX_RTT_GRID:,} RTTs")
+            grid.update(values)
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected START:STOP:STEP (a positive step) or "
                                  "comma-separated RTTs in ms") from None
-    if not grid or min(grid) < 0 or not all(np.isfinite(value) for value in grid):
-        raise click.BadParameter(f"{text!r}: RTTs must be finite and non-negative")
-    return sorted(grid)
+    return FieldType(list[Milliseconds]).convert(sorted(grid), param, ctx)
+
+
+class FieldType(click.ParamType):
+    """A flag that stands for a config field: its value parsed and bounded by the field's own
+    type (``Seed``, ``BandwidthMbps``, ...), as in a file."""
+
+    def __init__(self, annotation) -> None:
+        self.adapter = TypeAdapter(annotation)
+        base = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+        self.name = getattr(base, "__name__", "value")       # click's metavar: INT, FLOAT
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.adapter.validate_python(value)
+        except ValidationError as error:
+            self.fail(first_error(error)[1], param, ctx)
 
 
 @cli.command("calibrate")
@@ -286,7 +318,7 @@ def parse_rtt_grid(ctx, param, text: str) -> list[float]:
 @click.option("--rtt-grid", "grid", default="0:1000:10", show_default=True,
               callback=parse_rtt_grid,
               help="RTTs of the table in ms: START:STOP:STEP (stop included) or a comma list.")
-@click.option("--bandwidth-mbps", type=click.FloatRange(0, min_open=True),
+@click.option("--bandwidth-mbps", type=FieldType(BandwidthMbps),
               help="Link rate for the transfers' time in the table (both directions) "
                    "[default: unshaped, no transfer time].")
 @click.option("--from-calibration", "calibration_path",
@@ -410,20 +442,21 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root,
         cells = [cells[name] for name in names]
         if mode not in ("auto", chosen):
             raise click.UsageError(f"--mode {mode}: this sweep runs in {chosen} mode")
+        template = RunSpec.build(job, cells[0].profile, chosen)
         enter_mode(ctx, chosen, [cell.profile for cell in cells], console,
                    reason="the mode the sweep started with")
     else:
         job = load_job(job_name, {"model_pair": model_pair, **emulation})
-        emulated = load_emulation(job)        # bad devices or shapes fail before any folder
-        if emulated is not None:
-            console.print(emulated.describe(), highlight=False)
         cells = expand(job)
-        chosen = enter_mode(ctx, mode, [cell.profile for cell in cells], console)
-    if resume_dir is None:
-        folder = SweepFolder.create(results_root, job, chosen, cells)
+        template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
+        template = replace(template, mode=enter_mode(ctx, mode, [cell.profile for cell in cells],
+                                                      console))
+        folder = SweepFolder.create(results_root, job, template.mode, cells)
+    if template.emulation is not None:
+        console.print(template.emulation.describe(), highlight=False)
     console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
                   f"`orchestrator sweep --resume {folder.path}`")
-    sweep(folder, job, chosen, cells, console)
+    sweep(folder, template, cells, console)
     from orchestrator.reporting.report import (
         report_folder,  # matplotlib: only when plotting
     )
@@ -452,8 +485,10 @@ def validate_command(ctx, job_name, mode, results_root) -> None:
     console = make_console()
     job = load_job(job_name)
     cells = expand(job)
+    template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
+    check_job_for_validation(job)
     chosen = enter_mode(ctx, mode, [cell.profile for cell in cells], console, measured=True)
-    _, comparison = crossvalidate(job, chosen, results_root, console)
+    _, comparison = crossvalidate(replace(template, mode=chosen), cells, results_root, console)
     ctx.exit(0 if passed(comparison) else 1)
 
 
@@ -476,14 +511,14 @@ def report_command(run_dir) -> None:
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="Which link to probe: the sim link model, kernel netem here (emulated), "
                    "or kernel netem in the router VM (vm); auto as for `run`.")
-@click.option("--rtt-ms", type=click.FloatRange(0), help="Override the profile's RTT.")
+@click.option("--rtt-ms", type=float, help="Override the profile's RTT.")
 @click.option("--packets", type=click.IntRange(10), default=ProbePlan.packets, show_default=True,
               help="UDP echo probes (one every --interval-ms).")
 @click.option("--interval-ms", type=click.FloatRange(1), default=ProbePlan.interval_s * 1000,
               show_default=True)
 @click.option("--goodput-s", type=click.FloatRange(0.2), default=ProbePlan.goodput_s,
               show_default=True, help="Length of each bulk TCP transfer at the shaped rate.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=FieldType(Seed), default=0, show_default=True,
               help="Seed of the sim link and of the expectation's simulation.")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the JSON report goes.")
@@ -558,15 +593,18 @@ def vm_command(ctx, writable, timeout_s, accel, cpus, memory_mib, command) -> No
 @click.option("--include-live", is_flag=True,
               help="Also remove what a still-running orchestrator owns.")
 def cleanup_command(dry_run, include_live) -> None:
-    """Remove the namespaces, veths and owner files a killed run left behind.
+    """Remove the namespaces, veths, owner files and agents' socket folders a killed run left
+    behind.
 
     Only names of this tool's scheme (es<8 hex digits>-edge/-cloud/-probe,
-    -e/-c) whose owner process is gone are touched.
+    -e/-c; edgespec-<pid>-<start>-* in the temporary folder) whose owner process is gone
+    are touched.
     """
     found = (leftovers if dry_run else remove_leftovers)(include_live=include_live)
     verb = "would remove" if dry_run else "removed"
     for kind, names in (("namespace", found.namespaces), ("veth", found.veths),
-                        ("owner file", found.owner_files)):
+                        ("owner file", found.owner_files),
+                        ("socket folder", found.socket_folders)):
         for name in names:
             click.echo(f"{verb} {kind} {name}")
     for namespace, pids in found.processes.items():
@@ -598,7 +636,7 @@ def latency_group() -> None:
               help="Rounds: repeats of each stage per sample, minutes apart (the median is kept).")
 @click.option("--budget-s", type=click.FloatRange(0, min_open=True), default=480.0,
               show_default=True, help="Do no round that would end after this many seconds (one round at least).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=FieldType(Seed), default=0, show_default=True,
               help="Seeds the draw of configurations and the scaled models' weights.")
 @click.option("--max-load", type=click.FloatRange(0, min_open=True),
               help="Before each round, wait (up to --quiet-wait-s) until the 1-minute load "
@@ -803,6 +841,9 @@ def _dispatch(args: list[str]) -> int:
         return _error(error, 2)
     except (AgentError, ProtocolError) as error:
         return _error(error, 1)
+    except OSError as error:     # the disk (full, failing) or the host under a running command
+        return _error(f"{error.filename}: {error.strerror}" if error.filename and error.strerror
+                      else error, 1)
     except (KeyboardInterrupt, click.Abort):
         return interrupts.exit_code()
     return code if isinstance(code, int) else 0

@@ -1,6 +1,8 @@
-"""Find and remove what a killed run left behind: namespaces, veths, owner files.
+"""Find and remove what a killed run left behind: namespaces, veths, owner files, and the
+folders of its agents' control sockets.
 
-Only names that follow the tool's naming scheme (``shaping.topology``) are
+Only names that follow the tool's naming schemes (``shaping.topology``, and
+``socket_folder_prefix`` for the socket folders) are
 ever considered: namespaces ``<prefix>-edge``, ``<prefix>-cloud`` and
 ``<prefix>-probe``, veths ``<prefix>-e`` and ``<prefix>-c`` in the root
 namespace (the tool creates its veths inside its namespaces, where they die
@@ -11,7 +13,10 @@ with them; a root-namespace one can only be a leftover), and owner files
 never touched, whatever it is called.
 
 A prefix whose owner file names a process that still runs is a live run and
-is left alone unless ``include_live`` is set.  Processes still inside a
+is left alone unless ``include_live`` is set.  A socket folder
+(``<tmp>/edgespec-<pid>-<start ticks>-<8 random>``, made in every mode, sim
+included) names its owner in its own name, and holds nothing but ``*.ctl``
+sockets; one whose owner is gone is a leftover too.  Processes still inside a
 leftover namespace are reported, not killed: removing the namespace's name
 does not stop them, and deciding to is the caller's business.
 """
@@ -19,15 +24,31 @@ does not stop them, and deciding to is the caller's business.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
 from shaping.topology import (DEFAULT_PREFIX_PATTERN, NAMESPACE_ROLES, OWNER_DIR, PREFIX_RE,
-                              VETH_ROLES, owner_alive, remove_namespaces, remove_owner)
+                              VETH_ROLES, _process_start_ticks, owner_alive, remove_namespaces,
+                              remove_owner)
 
 log = logging.getLogger(__name__)
+
+
+SOCKET_FOLDER = re.compile(r"edgespec-(?P<pid>\d+)-(?P<start>\d+)-[a-z0-9_]{8}")
+
+
+def socket_folder_prefix() -> str:
+    """The ``tempfile.mkdtemp`` prefix of this process's socket folders: its pid and start
+    time, so that ``leftovers`` knows a folder whose owner is gone (a reused pid has
+    another start time)."""
+    pid = os.getpid()
+    return f"edgespec-{pid}-{_process_start_ticks(pid)}-"
 
 
 @dataclass
@@ -35,10 +56,11 @@ class Leftovers:
     namespaces: list[str] = field(default_factory=list)
     veths: list[str] = field(default_factory=list)              # in the root namespace
     owner_files: list[str] = field(default_factory=list)        # prefixes
+    socket_folders: list[str] = field(default_factory=list)     # paths
     processes: dict[str, list[int]] = field(default_factory=dict)  # namespace -> pids
 
     def __bool__(self) -> bool:
-        return bool(self.namespaces or self.veths or self.owner_files)
+        return bool(self.namespaces or self.veths or self.owner_files or self.socket_folders)
 
 
 def _matcher(prefix_pattern: str, roles: tuple[str, ...]) -> re.Pattern:
@@ -69,6 +91,21 @@ def _owner_prefixes() -> list[str]:
     return [path.name[: -len(".owner")] for path in OWNER_DIR.glob("*.owner")]
 
 
+def _socket_folders(include_live: bool) -> list[str]:
+    """Socket folders in the temporary directory whose owner is gone (or all: ``include_live``)
+    and that hold only control sockets."""
+    found = []
+    for path in sorted(Path(tempfile.gettempdir()).glob("edgespec-*")):
+        match = SOCKET_FOLDER.fullmatch(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():
+            continue
+        alive = _process_start_ticks(int(match["pid"])) == int(match["start"])
+        if (include_live or not alive) and all(entry.suffix == ".ctl"
+                                               for entry in path.iterdir()):
+            found.append(str(path))
+    return found
+
+
 def leftovers(prefix_pattern: str = DEFAULT_PREFIX_PATTERN, *,
               include_live: bool = False) -> Leftovers:
     """What matches the naming scheme with a prefix matching ``prefix_pattern``."""
@@ -93,6 +130,7 @@ def leftovers(prefix_pattern: str = DEFAULT_PREFIX_PATTERN, *,
     if found.namespaces:
         pids = netns.ns_pids()
         found.processes = {name: sorted(pids[name]) for name in found.namespaces if name in pids}
+    found.socket_folders = _socket_folders(include_live)
     return found
 
 
@@ -119,7 +157,10 @@ def remove_leftovers(prefix_pattern: str = DEFAULT_PREFIX_PATTERN, *,
     for prefix in found.owner_files:
         remove_owner(prefix)
         removed.owner_files.append(prefix)
+    for path in found.socket_folders:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.socket_folders.append(path)
     return removed
 
 
-__all__ = ["Leftovers", "leftovers", "remove_leftovers"]
+__all__ = ["Leftovers", "leftovers", "remove_leftovers", "socket_folder_prefix"]

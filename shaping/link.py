@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Mapping, Protocol
 
 from shaping.clock import now
-from shaping.profile import RECEIVER, SENDER, NetworkProfile, Side
+from shaping.profile import RECEIVER, SENDER, TIMELINE_HORIZON_S, NetworkProfile, Side
 from shaping.qdisc.operations import apply_link, change_link, link_counters, remove_link
-from shaping.simlink import TIMELINE_HORIZON_S, SimLinkSettings
+from shaping.simlink import SimLinkSettings
 from shaping.topology import LinkTopology
 
 log = logging.getLogger(__name__)

@@ -8,28 +8,49 @@ link over time; every step is itself a set of overrides on the base profile.
 
 ``NetworkProfile`` is the resolved form every consumer uses: the sim link
 model, kernel shaping, probes and the analytic model.  Loading files by name
-and turning validation errors into one-line messages is the orchestrator's job.
+(and a trace's file, bounded) and turning validation errors into one-line
+messages is the orchestrator's job.
+
+Every number is finite and within the bounds below, declared once on the field
+types (``Milliseconds``, ``BandwidthMbps``, ``Percent``): a typo such as
+``rtt_ms: 1e308`` or ``bandwidth_mbps: 1e-300`` is refused here, not deep in an
+agent.  A timeline is bounded too: at most ``MAX_TIMELINE_STEPS`` steps, and at
+most ``MAX_CHANGE_TIMES`` changes of the link within ``TIMELINE_HORIZON_S``
+(the consumers list them all: ``NetworkProfile.change_times``).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 JitterDistribution = Literal["uniform", "normal", "pareto", "paretonormal"]
 
+MAX_DELAY_MS = 120_000.0            # a delay, jitter or RTT: two minutes
+MIN_BANDWIDTH_MBPS = 0.001          # 1 kbit/s: a full frame in 12 s
+MAX_BANDWIDTH_MBPS = 1_000_000.0    # 1 Tbit/s
+MAX_BURST_BYTES = 0xFFFF_FFFF       # tbf's 32-bit burst
+# The span of a timeline the link follows after each restart (one query: the sim link and
+# the kernel link list the changes within it), and how many changes it may hold.
+TIMELINE_HORIZON_S = 24 * 3600.0
+MAX_TIMELINE_STEPS = 100_000        # schedule steps or trace samples
+MAX_CHANGE_TIMES = 1_000_000
+MAX_TRACE_BYTES = 16 << 20          # a trace file: 100,000 samples with comments fit
+
 Percent = Annotated[float, Field(ge=0.0, le=100.0)]
-NonNegativeMs = Annotated[float, Field(ge=0.0)]
+Milliseconds = Annotated[float, Field(ge=0.0, le=MAX_DELAY_MS)]
+BandwidthMbps = Annotated[float, Field(ge=MIN_BANDWIDTH_MBPS, le=MAX_BANDWIDTH_MBPS)]
+TimelineOffsetS = Annotated[float, Field(ge=0.0, le=TIMELINE_HORIZON_S)]
+PeriodS = Annotated[float, Field(gt=0.0, le=TIMELINE_HORIZON_S)]
 
 # Times closer than this are the same instant (periods like 2.2 s are inexact in binary).
 TIME_EPSILON_S = 1e-9
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RandomLoss(_Strict):
@@ -75,13 +96,13 @@ LossSpec = Annotated[Union[RandomLoss, GilbertElliottLoss], Field(discriminator=
 class DirectionSpec(_Strict):
     """What one direction of the link does to every packet, resolved."""
 
-    delay_ms: NonNegativeMs = 0.0
-    jitter_ms: NonNegativeMs = 0.0
+    delay_ms: Milliseconds = 0.0
+    jitter_ms: Milliseconds = 0.0
     jitter_distribution: JitterDistribution = "uniform"
     delay_correlation_pct: Percent = 0.0
     loss: LossSpec = RandomLoss()
-    bandwidth_mbps: Annotated[float, Field(gt=0.0)] | None = None
-    burst_bytes: Annotated[int, Field(gt=0)] | None = None
+    bandwidth_mbps: BandwidthMbps | None = None
+    burst_bytes: Annotated[int, Field(gt=0, le=MAX_BURST_BYTES)] | None = None
     allow_reordering: bool = False
 
     @property
@@ -101,12 +122,12 @@ class DirectionSpec(_Strict):
 class _Overrides(_Strict):
     """Shorthands plus per-direction blocks; shared by profiles and schedule steps."""
 
-    rtt_ms: NonNegativeMs | None = None
-    jitter_ms: NonNegativeMs | None = None
+    rtt_ms: Milliseconds | None = None
+    jitter_ms: Milliseconds | None = None
     jitter_distribution: JitterDistribution | None = None
     delay_correlation_pct: Percent | None = None
     loss_pct: Percent | None = None
-    bandwidth_mbps: Annotated[float, Field(gt=0.0)] | None = None
+    bandwidth_mbps: BandwidthMbps | None = None
     allow_reordering: bool | None = None
     uplink: dict | None = None
     downlink: dict | None = None
@@ -130,14 +151,14 @@ class _Overrides(_Strict):
 
 
 class ScheduleStep(_Overrides):
-    at_s: NonNegativeMs
+    at_s: TimelineOffsetS
 
 
 class Schedule(_Strict):
     """Changes over time; ``repeat_every_s`` makes the steps cycle."""
 
-    steps: list[ScheduleStep] = Field(min_length=1)
-    repeat_every_s: Annotated[float, Field(gt=0.0)] | None = None
+    steps: list[ScheduleStep] = Field(min_length=1, max_length=MAX_TIMELINE_STEPS)
+    repeat_every_s: PeriodS | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> "Schedule":
@@ -146,6 +167,21 @@ class Schedule(_Strict):
             raise ValueError("steps must be in increasing at_s order")
         if self.repeat_every_s is not None and times[-1] >= self.repeat_every_s:
             raise ValueError("every step's at_s must be below repeat_every_s")
+        return self
+
+    @model_validator(mode="after")
+    def _bounded_changes(self) -> "Schedule":
+        """At most ``MAX_CHANGE_TIMES`` changes within the horizon (counted, not listed: the
+        count of ``NetworkProfile.change_times``)."""
+        if self.repeat_every_s is not None:
+            per_period = len(self.steps) + (self.steps[0].at_s > 0.0)   # + the return to base
+            changes = per_period * (math.floor(TIMELINE_HORIZON_S / self.repeat_every_s) + 1)
+            if changes > MAX_CHANGE_TIMES:
+                raise ValueError(
+                    f"repeat_every_s {self.repeat_every_s:g} with {per_period} changes a period "
+                    f"makes {changes:.3g} changes in the {TIMELINE_HORIZON_S / 3600:g} h a "
+                    f"timeline spans, more than {MAX_CHANGE_TIMES:,}: repeat every "
+                    f"{per_period * TIMELINE_HORIZON_S / MAX_CHANGE_TIMES:.3g} s or more")
         return self
 
 
@@ -207,7 +243,7 @@ def with_extra_rtt(profile: "NetworkProfile", extra_ms: float) -> "NetworkProfil
 
 
 class TimedLinkState(LinkState):
-    at_s: float
+    at_s: TimelineOffsetS
 
 
 class NetworkProfile(_Strict):
@@ -216,8 +252,8 @@ class NetworkProfile(_Strict):
     name: str
     description: str = ""
     initial: LinkState
-    timeline: list[TimedLinkState] = Field(default_factory=list)
-    repeat_every_s: float | None = None
+    timeline: list[TimedLinkState] = Field(default_factory=list, max_length=MAX_TIMELINE_STEPS)
+    repeat_every_s: PeriodS | None = None
 
     @property
     def is_static(self) -> bool:
@@ -259,12 +295,9 @@ class NetworkProfile(_Strict):
         return times
 
 
-def read_trace(path: Path) -> list[ScheduleStep]:
-    """Parse a trace of RTT samples: one ``t_s rtt_ms`` pair a line, '#' comments."""
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ValueError(f"{path}: cannot read the trace: {error.strerror}") from None
+def parse_trace(text: str, source: str) -> list[ScheduleStep]:
+    """The samples of a trace (the text of ``source``): one ``t_s rtt_ms`` pair a line,
+    '#' comments, at most ``MAX_TIMELINE_STEPS`` samples."""
     steps = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.split("#", 1)[0].replace(",", " ").strip()
@@ -272,36 +305,36 @@ def read_trace(path: Path) -> list[ScheduleStep]:
             continue
         parts = line.split()
         if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected 't_s rtt_ms', got {line!r}")
+            raise ValueError(f"{source}:{number}: expected 't_s rtt_ms', got {line!r}")
+        if len(steps) == MAX_TIMELINE_STEPS:
+            raise ValueError(f"{source}:{number}: more than {MAX_TIMELINE_STEPS:,} samples")
         try:
             t_s, rtt_ms = float(parts[0]), float(parts[1])
         except ValueError:
-            raise ValueError(f"{path}:{number}: not numbers: {line!r}") from None
+            raise ValueError(f"{source}:{number}: not numbers: {line!r}") from None
         try:
             steps.append(ScheduleStep(at_s=t_s, rtt_ms=rtt_ms))
         except ValidationError as error:
             problem = error.errors()[0]
-            raise ValueError(f"{path}:{number}: {problem['loc'][0]}: {problem['msg']}") from None
+            raise ValueError(f"{source}:{number}: {problem['loc'][0]}: {problem['msg']}") from None
     if not steps:
-        raise ValueError(f"{path}: trace has no samples")
+        raise ValueError(f"{source}: trace has no samples")
     return steps
 
 
-def resolve(raw: ProfileFile, name: str, base_dir: Path | None = None) -> NetworkProfile:
-    """Expand shorthands and the timeline into a ``NetworkProfile``.
+def resolve(raw: ProfileFile, name: str,
+            trace: list[ScheduleStep] | None = None) -> NetworkProfile:
+    """Expand shorthands and the timeline into a ``NetworkProfile``; ``trace``: the samples
+    of ``raw.trace``'s file (``parse_trace``), which the caller read.
 
     Raises ``pydantic.ValidationError`` or ``ValueError`` naming the bad field.
     """
     empty: dict[str, dict] = {"uplink": {}, "downlink": {}}
     base_fields = raw.apply_to(empty)
     initial = LinkState.model_validate(base_fields)
-    if raw.trace is not None:
-        trace_path = Path(raw.trace)
-        if not trace_path.is_absolute() and base_dir is not None:
-            trace_path = base_dir / trace_path
-        schedule = Schedule(steps=read_trace(trace_path))
-    else:
-        schedule = raw.schedule
+    if (raw.trace is None) != (trace is None):
+        raise ValueError("trace: give the samples of the trace file, and only with a trace")
+    schedule = Schedule(steps=trace) if trace is not None else raw.schedule
     timeline = []
     for step in (schedule.steps if schedule else []):
         timeline.append(TimedLinkState.model_validate(

@@ -25,9 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from shaping.link_model import DirectionLink
-from shaping.profile import Direction, LinkState, NetworkProfile
-
-TIMELINE_HORIZON_S = 7 * 24 * 3600.0
+from shaping.profile import TIMELINE_HORIZON_S, Direction, LinkState, NetworkProfile
 
 
 class SimLinkSettings(BaseModel):

@@ -127,7 +127,7 @@ def write(path: Path, text: str) -> Path:
 
 HEADER = "rtt_ms,k,tokens_per_s,spec_k,spec_tokens_per_s,cloud_only_tokens_per_s\n"
 BAD_TABLES = {
-    "missing": (None, "cannot read"),
+    "missing": (None, "no such file"),
     "columns": ("rtt,k\n0,3\n", "expected the columns"),
     "empty": (HEADER, "at least one row"),
     "range": (HEADER + "0,20,9,20,9,5\n", "outside"),

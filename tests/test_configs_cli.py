@@ -201,6 +201,11 @@ BAD_INPUT = {
                              ["--nasd-objective p100", "percentile such as 'p90'"]),
     "job-ahead-hf": (("ahead.yaml", "strategies: [cloud-only, hf-heuristic]\ndraft_ahead: 2\n"),
                      ["run", "--job", "FILE"], ["draft_ahead", "not hf-heuristic", "FILE"]),
+    "seed-2**80": (None, ["run", "--seed", str(2**80)], ["--seed", "less than"]),
+    "duplicate-key": (("twice.yaml", "rtt_ms: 10\nrtt_ms: 20\n"), ["run", "--profile", "FILE"],
+                      ["FILE", "duplicate key 'rtt_ms'"]),
+    "trace-dev-zero": (("zero.yaml", "trace: /dev/zero\n"), ["run", "--profile", "FILE"],
+                       ["FILE", "trace", "not a regular file"]),
     # device emulation: unknown devices and shapes list the known ones
     "device-unknown": (None, ["run", *EMULATED[:1], "jetson-nano", *EMULATED[2:]],
                        ["--edge-device", "did you mean 'jetson-orin-nano'?", "raspberry-pi-5"]),
@@ -257,6 +262,167 @@ def test_bad_input_is_one_error_line_with_exit_code_2(bad_input_results, case):
         assert (path if word == "FILE" else word) in line, line
     assert line.count("got ") <= 1, line   # the value is named once
     assert result.returncode == 2, (result.returncode, line)
+
+
+# --------------------------------------------------------------------------- malformed input
+
+# Files the malformed configs point at (DIR: the folder they are written to).
+AUXILIARY = {"inf.txt": "0 10\n1 inf\n", "nan.txt": "nan 10\n", "binary.txt": b"\xff\xfe0 10\n"}
+SYNTHETIC_PAIR = (REPO / "configs" / "models" / "synthetic.yaml").read_text()
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join(['*' + previous] * 9)}]\n"
+    for previous, name in zip("abcdefgh", "bcdefghi")) + "uplink: {delay_ms: *i}\n"
+RUN = ["run", "--mode", "sim", "--job", "smoke", "--results", "RESULTS"]
+SWEEP = ["sweep", "--mode", "sim", "--job", "FILE", "--results", "RESULTS"]
+PROFILE, JOB, PAIR = RUN + ["--profile", "FILE"], RUN + ["--job", "FILE"], RUN + ["--model-pair",
+                                                                                 "FILE"]
+
+# id -> (the file's text (bytes: as they are) or None, argv (FILE: the file, RESULTS: a
+#        results folder that must not appear), words the single error line must contain)
+MALFORMED = {
+    # profiles: every number finite and bounded, timelines bounded, files bounded
+    "profile-rtt-inf": ("rtt_ms: .inf\n", PROFILE, ["FILE", "rtt_ms", "finite"]),
+    "profile-rtt-nan": ("rtt_ms: .nan\n", PROFILE, ["rtt_ms", "finite"]),
+    "profile-rtt-1e308": ("rtt_ms: 1.0e+308\n", PROFILE, ["rtt_ms", "120000"]),
+    "profile-bandwidth-1e-300": ("bandwidth_mbps: 1.0e-300\n", PROFILE,
+                                 ["bandwidth_mbps", "0.001"]),
+    "profile-bandwidth-inf": ("bandwidth_mbps: .inf\n", PROFILE, ["bandwidth_mbps", "finite"]),
+    "profile-jitter-inf": ("jitter_ms: .inf\n", PROFILE, ["jitter_ms", "finite"]),
+    "profile-uplink-delay-1e308": ("uplink: {delay_ms: 1.0e+308}\n", PROFILE,
+                                   ["uplink.delay_ms", "120000"]),
+    "profile-burst-2**70": (f"bandwidth_mbps: 10\nuplink: {{burst_bytes: {2**70}}}\n", PROFILE,
+                            ["uplink.burst_bytes"]),
+    "profile-gilbert-elliott-nan": (
+        "uplink:\n  loss: {model: gilbert-elliott, p_good_to_bad_pct: .nan, "
+        "r_bad_to_good_pct: 5}\n", PROFILE, ["uplink.loss", "p_good_to_bad_pct", "finite"]),
+    "profile-repeat-every-ms": ("schedule: {repeat_every_s: 0.001, steps: [{at_s: 0, rtt_ms: 10}]}"
+                                "\n", PROFILE, ["schedule", "repeat_every_s 0.001", "1,000,000"]),
+    "profile-repeat-every-1e-300": ("schedule: {repeat_every_s: 1.0e-300, steps: [{at_s: 0}]}\n",
+                                    PROFILE, ["schedule", "repeat_every_s"]),
+    "profile-step-at-inf": ("schedule: {steps: [{at_s: 0, rtt_ms: 10}, {at_s: .inf}]}\n", PROFILE,
+                            ["schedule.steps.1.at_s", "finite"]),
+    "profile-step-after-a-day": ("schedule: {steps: [{at_s: 1.0e+6, rtt_ms: 10}]}\n", PROFILE,
+                                 ["schedule.steps.0.at_s", "86400"]),
+    "profile-trace-dev-zero": ("trace: /dev/zero\n", PROFILE,
+                               ["FILE", "trace", "/dev/zero", "not a regular file"]),
+    "profile-trace-missing": ("trace: none.txt\n", PROFILE, ["trace", "none.txt: no such file"]),
+    "profile-trace-inf": ("trace: inf.txt\n", PROFILE, ["trace", "inf.txt:2", "rtt_ms", "finite"]),
+    "profile-trace-nan": ("trace: nan.txt\n", PROFILE, ["trace", "nan.txt:1", "at_s", "finite"]),
+    "profile-trace-not-utf8": ("trace: binary.txt\n", PROFILE, ["trace", "binary.txt", "UTF-8"]),
+    "profile-duplicate-key": ("rtt_ms: 10\nrtt_ms: 20\n", PROFILE,
+                              ["FILE", "line 2", "duplicate key 'rtt_ms'", "first on line 1"]),
+    "profile-duplicate-nested-key": ("uplink: {delay_ms: 10, delay_ms: 20}\n", PROFILE,
+                                     ["duplicate key 'delay_ms'"]),
+    "profile-20000-deep": ("a: " + "[" * 20_000 + "]" * 20_000 + "\n", PROFILE,
+                           ["FILE", "nested deeper than 32 levels"]),
+    "profile-alias-bomb": (ALIAS_BOMB, PROFILE, ["FILE", "aliases expanded"]),
+    "profile-recursive-alias": ("a: &a [*a]\n", PROFILE, ["FILE", "alias inside the node"]),
+    "profile-not-utf8": (b"rtt_ms: 10\ndescription: \xff\n", PROFILE, ["FILE", "UTF-8"]),
+    "profile-over-1-mib": ("rtt_ms: 10\n#" + "x" * (1 << 20) + "\n", PROFILE,
+                           ["FILE", "larger than the 1024 KiB"]),
+    # jobs: seeds msgpack and numpy take, bounded sizes, each item once
+    "job-seed-2**80": (f"seed: {2**80}\n", JOB, ["FILE", "seed", "less than"]),
+    "job-seed-negative": ("seed: -1\n", JOB, ["seed", "greater than or equal to 0"]),
+    "job-seed-fraction": ("seed: 1.5\n", JOB, ["seed", "fractional"]),
+    "job-repetitions-1e12": ("repetitions: 1000000000000\n", JOB,
+                             ["repetitions", "more than 100,000 queries"]),
+    "job-receive-timeout-inf": ("receive_timeout_s: .inf\n", JOB, ["receive_timeout_s", "finite"]),
+    "job-receive-timeout-1e308": ("receive_timeout_s: 1.0e+308\n", JOB,
+                                  ["receive_timeout_s", "3600"]),
+    "job-temperature-nan": ("temperature: .nan\n", JOB, ["temperature", "finite"]),
+    "job-top-k-2**80": (f"top_k: {2**80}\n", JOB, ["top_k"]),
+    "job-max-new-tokens-1e9": ("max_new_tokens: 1000000000\n", JOB, ["max_new_tokens", "4096"]),
+    "job-warmup-tokens-1e9": ("warmup_tokens: 1000000000\n", JOB, ["warmup_tokens", "4096"]),
+    "job-codec-TOPK": ("codec: TOPK\n", JOB, ["FILE", "codec", "unknown codec 'TOPK'"]),
+    "job-codec-topk0": ("codec: topk0\n", JOB, ["codec", "unknown codec 'topk0'"]),
+    "job-strategy-twice": ("strategies: [fixed-k, cloud-only, fixed-k]\n", JOB,
+                           ["strategies", "'fixed-k' is listed twice"]),
+    "job-k-twice": ("k_values: [3, 5, 3]\n", JOB, ["k_values", "3 is listed twice"]),
+    "job-duplicate-key": ("seed: 1\nseed: 2\n", JOB, ["FILE", "duplicate key 'seed'"]),
+    "job-rtt-table-dev-zero": ("strategies: [nasd]\nnasd_rtt_table_path: /dev/zero\n", JOB,
+                               ["nasd_rtt_table_path", "/dev/zero", "not a regular file"]),
+    "job-calibration-dev-zero": ("strategies: [nasd]\nnasd_calibration_path: /dev/zero\n", JOB,
+                                 ["nasd_calibration_path", "not a regular file"]),
+    "job-prompts-dev-zero": ("prompts: /dev/zero\n", JOB, ["/dev/zero"]),
+    "sweep-grid-rtt-1e308": ("network:\n  grids: [{rtt_ms: [10, 1.0e+308]}]\n", SWEEP,
+                             ["FILE", "network.grids.0.rtt_ms.1", "120000"]),
+    "sweep-grid-rtt-twice": ("network:\n  grids: [{rtt_ms: [10, 10]}]\n", SWEEP,
+                             ["network.grids.0.rtt_ms", "listed twice"]),
+    "sweep-20000-cells": ("network:\n  grids:\n    - rtt_ms: [" + ", ".join(map(str, range(200)))
+                          + "]\n      bandwidth_mbps: [" + ", ".join(map(str, range(1, 101)))
+                          + "]\n", SWEEP, ["network", "20,000 cells", "more than 10,000"]),
+    "sweep-codec-TOPK": ("network: {profiles: [lan], codecs: [TOPK]}\n", SWEEP,
+                         ["network", "unknown codec 'TOPK'"]),
+    "sweep-unknown-pair": ("model_pair: nowhere\nnetwork: {profiles: [lan]}\n", SWEEP,
+                           ["'nowhere' not found"]),
+    "validate-without-cycles": ("strategies: [cloud-only]\nnetwork: {profiles: [lan]}\n",
+                                ["validate", "--job", "FILE", "--results", "RESULTS"],
+                                ["strategies", "validate needs one with cycles"]),
+    # model pairs
+    "pair-latency-inf": (SYNTHETIC_PAIR.replace("base_ms: 3.5", "base_ms: .inf"), PAIR,
+                         ["FILE", "latency.edge_draft.base_ms", "finite"]),
+    "pair-seed-2**80": (SYNTHETIC_PAIR.replace("seed: 0", f"seed: {2**80}"), PAIR,
+                        ["FILE", "seed"]),
+    "pair-duplicate-key": (SYNTHETIC_PAIR + "vocab_size: 2048\n", PAIR,
+                           ["FILE", "duplicate key 'vocab_size'"]),
+    # flags: checked as the fields they stand for
+    "flag-seed-2**80": (None, RUN + ["--seed", str(2**80)], [f"--seed {2**80}", "less than"]),
+    "flag-seed-negative": (None, RUN + ["--seed", "-1"], ["--seed -1", "greater than"]),
+    "flag-rtt-inf": (None, RUN + ["--rtt-ms", "inf"], ["--rtt-ms inf", "finite"]),
+    "flag-rtt-1e308": (None, RUN + ["--rtt-ms", "1e308"], ["--rtt-ms", "120000"]),
+    "flag-temperature-nan": (None, RUN + ["--temperature", "nan"], ["--temperature nan"]),
+    "flag-top-k-2**80": (None, RUN + ["--top-k", str(2**80)], ["--top-k", "less than"]),
+    "flag-repetitions-1e12": (None, RUN + ["--repetitions", str(10**12)],
+                              ["repetitions", "more than 100,000 queries"]),
+    "flag-k-65": (None, RUN + ["--k", "65"], ["--k 65", "64"]),
+    "flag-draft-ahead-99": (None, RUN + ["--draft-ahead", "99"], ["--draft-ahead 99"]),
+    "flag-confidence-floor-nan": (None, RUN + ["--nasd-confidence-floor", "nan"],
+                                  ["--nasd-confidence-floor nan", "finite"]),
+    "flag-codec-topk0": (None, RUN + ["--codec", "topk0"], ["--codec topk0", "unknown codec"]),
+    "flag-codec-TOPK": (None, RUN + ["--codec", "TOPK"], ["--codec TOPK", "unknown codec"]),
+    "flag-results-under-a-file": ("a file\n", RUN + ["--results", "FILE/results"],
+                                  ["FILE", "cannot create a results folder", "Not a directory"]),
+    "flag-rtt-grid-1e9-points": (None, ["calibrate", "--rtt-grid", "0:1e12:1000"],
+                                 ["--rtt-grid", "more than 100,000 RTTs"]),
+    "flag-rtt-grid-1e308": (None, ["calibrate", "--rtt-grid", "0,1e308"], ["--rtt-grid", "120000"]),
+    "flag-calibrate-bandwidth-1e-300": (None, ["calibrate", "--bandwidth-mbps", "1e-300"],
+                                        ["--bandwidth-mbps", "0.001"]),
+    "flag-probe-seed-negative": (None, ["probe", "--mode", "sim", "--seed", "-1", "--results",
+                                       "RESULTS"], ["--seed", "greater than or equal to 0"]),
+    "flag-probe-rtt-inf": (None, ["probe", "--mode", "sim", "--rtt-ms", "inf", "--results",
+                                  "RESULTS"], ["--rtt-ms inf", "finite"]),
+    "flag-latency-seed-2**80": (None, ["latency", "measure", "--seed", str(2**80)], ["--seed"]),
+}
+
+
+@pytest.fixture(scope="module")
+def malformed_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("malformed")
+    for name, content in AUXILIARY.items():
+        (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return folder
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_input_is_one_error_line_with_exit_code_2_before_anything_starts(
+        malformed_folder, case, capsys):
+    """Through the CLI's own entry point, in this process (as the console script runs it)."""
+    from orchestrator.cli import main
+    content, argv, words = MALFORMED[case]
+    path = malformed_folder / f"{case}.yaml"
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    results = malformed_folder / f"{case}-results"
+    capsys.readouterr()
+    code = main([arg.replace("FILE", str(path)).replace("RESULTS", str(results))
+                 for arg in argv])
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    for word in words:
+        assert word.replace("FILE", str(path)) in stderr, (word, stderr)
+    assert code == 2, stderr
+    assert not results.exists(), "a results folder appeared"
 
 
 def test_bad_profile_leaves_no_agent_process_behind(tmp_path):

@@ -23,13 +23,7 @@ from agents.backends.base import TokenSequence
 from agents.backends.hf import HFPairConfig
 from agents.codecs import CODEC_NAMES, decode_target_row, encode_target_row, get_codec
 from agents.sampling import SamplingConfig
-from agents.speculative import (
-    apply_verdict,
-    choose_token,
-    draft_tokens,
-    sample_correction,
-    verify_drafts,
-)
+from agents.speculative import choose_token, speculation_step, verify_drafts
 from tests.hf_fixtures import CHARACTERS, save_pair
 
 pytest.importorskip("transformers")
@@ -62,11 +56,13 @@ def prompts(n: int, seed: int = 0) -> list[str]:
 
 def speculate(models, prompt_ids, n_new, k, codec_name, sampling, rng, first_token=None,
               max_cycles=None):
-    """Edge and cloud cycles in one process, each draft message through the codec's wire form.
+    """Edge and cloud cycles in one process through ``speculation_step``, the edge's own cycle:
+    each draft message and each target row the cloud returns through the codec's wire form.
 
     ``first_token`` fixes the token the cloud would sample from its prefill,
     so a test can look at one context's cycle."""
     codec = get_codec(codec_name)
+    width = models.target.vocab_size
     target = TokenSequence(models.target, prompt_ids, sampling)
     draft = TokenSequence(models.draft, prompt_ids, sampling)
     draft.prefill()
@@ -74,21 +70,19 @@ def speculate(models, prompt_ids, n_new, k, codec_name, sampling, rng, first_tok
     first = first if first_token is None else first_token
     target.extend([first])
     draft.extend([first])
+
+    def over_the_wire(drafts):
+        payload = codec.decode(codec.encode(drafts.ids, drafts.model_rows), width)
+        verification = verify_drafts(target, payload, sampling.decoding, rng, None)
+        row = verification.residual_row
+        return verification.verdict, (None if row is None
+                                      else decode_target_row(encode_target_row(row), width))
+
     cycles = []
     while len(target.generated) < n_new and len(cycles) != max_cycles:
-        committed = len(target.tokens)
-        drafts = draft_tokens(draft, min(k, n_new - len(target.generated) - 1), sampling.decoding,
-                              rng, None, codec)
-        payload = codec.decode(codec.encode(drafts.ids, drafts.model_rows), models.target.vocab_size)
-        verification = verify_drafts(target, payload, sampling.decoding, rng, None)
-        verdict = verification.verdict
-        if verification.residual_row is not None:  # q-scalar: the edge samples, the cloud learns
-            target_row = decode_target_row(encode_target_row(verification.residual_row),
-                                           models.target.vocab_size)
-            token = sample_correction(target_row, drafts.sampled_rows[verdict.accepted], rng)
-            target.extend([token])
-            verdict = type(verdict)(verdict.accepted, token, False)
-        apply_verdict(draft, committed, verdict)
+        drafts, verdict = speculation_step(draft, min(k, n_new - len(target.generated) - 1),
+                                           sampling.decoding, rng, None, codec, over_the_wire)
+        target.extend(draft.tokens[len(target.tokens):])   # q-scalar: the edge's correction
         assert draft.tokens == target.tokens
         cycles.append((len(drafts.ids), verdict.accepted))
     return target.generated, cycles

@@ -8,7 +8,9 @@ import math
 import pytest
 from pydantic import ValidationError
 
+from orchestrator.config.loading import load_profile
 from shaping.profile import (
+    MAX_TIMELINE_STEPS,
     DirectionSpec,
     GilbertElliottLoss,
     LinkState,
@@ -16,6 +18,7 @@ from shaping.profile import (
     ProfileFile,
     RandomLoss,
     Schedule,
+    parse_trace,
     resolve,
 )
 
@@ -248,8 +251,9 @@ def test_trace_file_with_comments_and_commas(tmp_path):
         "2.5 50   # a spike\n"
         "   5,200\n"
         "7.25\t80\n")
-    raw = ProfileFile(trace="rtt.txt", bandwidth_mbps=10, uplink={"bandwidth_mbps": 5})
-    prof = resolve(raw, name="traced", base_dir=tmp_path)
+    (tmp_path / "traced.yaml").write_text(
+        "trace: rtt.txt\nbandwidth_mbps: 10\nuplink: {bandwidth_mbps: 5}\n")
+    prof = load_profile(str(tmp_path / "traced.yaml"))      # the trace: beside the profile
     assert prof.name == "traced"
     assert prof.repeat_every_s is None
     assert [step.at_s for step in prof.timeline] == [0.0, 2.5, 5.0, 7.25]
@@ -263,10 +267,12 @@ def test_trace_file_with_comments_and_commas(tmp_path):
     assert prof.change_times(5.0) == [0.0, 2.5, 5.0]
 
 
-def test_absolute_trace_path_ignores_base_dir(tmp_path):
+def test_absolute_trace_path_is_taken_as_it_is(tmp_path):
     trace = tmp_path / "abs.txt"
     trace.write_text("0 40\n1 60\n")
-    prof = resolve(ProfileFile(trace=str(trace)), name="x", base_dir=tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "p.yaml").write_text(f"trace: {trace}\n")
+    prof = load_profile(str(tmp_path / "elsewhere" / "p.yaml"))
     assert [step.rtt_ms for step in prof.timeline] == [40.0, 60.0]
 
 
@@ -275,29 +281,26 @@ def test_absolute_trace_path_ignores_base_dir(tmp_path):
     ("# header\n0 10\n\n5\n", 4),        # one column
     ("zero ten\n", 1),                   # not numbers
     ("0 10\n1, 2ms\n", 2),
+    ("0 10\n1 -5\n", 2),                 # a negative RTT
+    ("0 10\n1 inf\n", 2),                # an infinite one
+    ("nan 10\n", 1),
 ])
-def test_bad_trace_lines_name_file_and_line(tmp_path, text, line):
-    trace = tmp_path / "bad.txt"
-    trace.write_text(text)
+def test_bad_trace_lines_name_source_and_line(text, line):
     with pytest.raises(ValueError) as error:
-        resolve(ProfileFile(trace="bad.txt"), name="x", base_dir=tmp_path)
-    assert f"{trace}:{line}:" in str(error.value)
+        parse_trace(text, "bad.txt")
+    assert f"bad.txt:{line}:" in str(error.value)
 
 
-def test_trace_without_samples_is_rejected(tmp_path):
-    trace = tmp_path / "empty.txt"
-    trace.write_text("# nothing here\n\n")
+def test_trace_without_samples_is_rejected():
     with pytest.raises(ValueError) as error:
-        resolve(ProfileFile(trace="empty.txt"), name="x", base_dir=tmp_path)
-    assert str(trace) in str(error.value) and "no samples" in str(error.value)
+        parse_trace("# nothing here\n\n", "empty.txt")
+    assert "empty.txt" in str(error.value) and "no samples" in str(error.value)
 
 
-def test_trace_value_errors_name_file_and_line(tmp_path):
-    trace = tmp_path / "neg.txt"
-    trace.write_text("0 10\n1 -5\n")
-    with pytest.raises(ValueError) as error:
-        resolve(ProfileFile(trace="neg.txt"), name="x", base_dir=tmp_path)
-    assert f"{trace}:2" in str(error.value)
+def test_a_trace_stops_at_its_sample_limit():
+    text = "".join(f"{i / 100} 10\n" for i in range(MAX_TIMELINE_STEPS + 5))
+    with pytest.raises(ValueError, match=f"bad.txt:{MAX_TIMELINE_STEPS + 1}: more than"):
+        parse_trace(text, "bad.txt")
 
 
 def test_schedule_and_trace_together_are_rejected():

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from rich.console import Console
 
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle.run import run
+from orchestrator.reporting.report import report_folder
 from tests.conftest import running_agents
 
 REPO = Path(__file__).resolve().parent.parent
@@ -170,8 +172,13 @@ def test_interrupt_stops_everything_and_keeps_finished_records(tmp_path, stop):
     assert process.returncode == 128 + getattr(signal, stop)
     assert "interrupted" in err and "Traceback" not in err
     assert wait_until_no_agents(tmp_path, timeout_s=10) == []
-    records = read_jsonl(only_folder(tmp_path) / "queries.jsonl")
+    folder = only_folder(tmp_path)
+    records = read_jsonl(folder / "queries.jsonl")
     assert len(records) == 1 and records[0]["n_tokens"] == 60
+    # the summary of what finished, marked incomplete
+    summary = pd.read_csv(folder / "summary.csv")
+    assert summary[["label", "queries", "queries_planned", "complete"]].to_dict("records") == [
+        {"label": "fixed-k5", "queries": 1, "queries_planned": 2, "complete": False}]
 
 
 def only_folder_when_ready(root: Path, timeout_s: float = 30) -> Path:
@@ -184,9 +191,14 @@ def only_folder_when_ready(root: Path, timeout_s: float = 30) -> Path:
     raise AssertionError("no results folder appeared")
 
 
-def test_agents_die_with_a_killed_orchestrator(tmp_path):
+def test_agents_die_with_a_killed_orchestrator_and_cleanup_removes_what_it_left(tmp_path,
+                                                                              monkeypatch):
+    from shaping.cleanup import leftovers, remove_leftovers
+    temporary = Path(tempfile.mkdtemp(prefix="t-"))     # short: ipc:// paths stop at 107 bytes
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     process = orchestrator("run", "--mode", "sim", "--profile", "lan", "--job", "smoke",
-                           "--strategy", "fixed-k", "--max-new-tokens", "400", "--results", str(tmp_path))
+                           "--strategy", "fixed-k", "--max-new-tokens", "400", "--results",
+                           str(tmp_path), env={**os.environ, "TMPDIR": str(temporary)})
     try:
         wait_for_lines(only_folder_when_ready(tmp_path) / "edge.log", 0, timeout_s=30)
         deadline = time.monotonic() + 30
@@ -198,3 +210,14 @@ def test_agents_die_with_a_killed_orchestrator(tmp_path):
     finally:
         process.kill()
     assert wait_until_no_agents(tmp_path, timeout_s=10) == []
+    # the agents' socket folder: named for the dead orchestrator, so cleanup removes it
+    sockets = [str(path) for path in temporary.glob(f"edgespec-{process.pid}-*")]
+    assert len(sockets) == 1
+    assert leftovers().socket_folders == sockets
+    assert remove_leftovers(prefix_pattern="(?!)").socket_folders == sockets   # nothing else
+    assert not any(temporary.iterdir())
+    temporary.rmdir()
+    # report takes the folder without a summary, and says the run is incomplete
+    output = io.StringIO()
+    report_folder(only_folder(tmp_path), Console(file=output, width=200))
+    assert "an incomplete run: no query finished" in output.getvalue()

@@ -181,4 +181,4 @@ def test_a_single_query_has_no_interval_and_reads_as_a_bare_number():
 
 def test_a_run_without_queries_prints_empty_tables_and_the_legend():
     text = printed(summarize(pd.DataFrame(columns=["label", "strategy"]), pd.DataFrame()))
-    assert "nothing to conclude" in text and "accepted/drafted" in text
+    assert "nothing to conclude" in text and "accepted / drafted" in text

@@ -42,7 +42,7 @@ class HFPairConfig(BaseModel):
     edge_device: str = "cpu"
     cloud_device: str = "cpu"
     cpu_threads: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=1024,
         description="torch threads per agent on a CPU device; default: half the cores, "
                     "since edge and cloud share the host in sim and emulated mode")
 

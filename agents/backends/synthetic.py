@@ -36,16 +36,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nasd.analytic import Acceptance
 
-from agents.sampling import SamplingConfig
+from agents.sampling import SamplingConfig, Seed
 from shaping.clock import now, sleep_until
+
+
+MAX_FORWARD_MS = 60_000.0       # a modeled forward pass: a minute at most
 
 
 class ForwardLatency(BaseModel):
     """Modeled time of one forward pass over n tokens."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    base_ms: float = Field(ge=0.0)
-    per_token_ms: float = Field(ge=0.0)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    base_ms: float = Field(ge=0.0, le=MAX_FORWARD_MS)
+    per_token_ms: float = Field(ge=0.0, le=MAX_FORWARD_MS)
 
     def seconds(self, n_tokens: int) -> float:
         return (self.base_ms + self.per_token_ms * n_tokens) / 1000.0
@@ -64,7 +67,7 @@ DEFAULT_ACCEPTANCE = 0.7
 class SyntheticPairConfig(BaseModel):
     """A synthetic draft/target pair (a model-pair file with ``backend: synthetic``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     backend: Literal["synthetic"] = "synthetic"
     name: str = "synthetic"
     description: str = ""
@@ -73,12 +76,12 @@ class SyntheticPairConfig(BaseModel):
     acceptance: float | None = Field(default=None, ge=0.01, le=0.99,
                                      description="i.i.d. per-token acceptance (default 0.7)")
     acceptance_by_position: tuple[float, ...] | None = Field(
-        default=None, min_length=1,
+        default=None, min_length=1, max_length=64,
         description="acceptance of the 1st, 2nd, ... draft of a block given the ones before "
                     "it were accepted, each in [0, 1]; later positions take the last value")
     context_window: int = Field(default=4, ge=1, le=64)
     eos_id: int = 0
-    seed: int = 0
+    seed: Seed = 0
     latency: SyntheticLatency
 
     @model_validator(mode="before")

@@ -32,14 +32,14 @@ TERA = 1e12
 class Source(BaseModel):
     """Where a figure of a device file comes from."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     what: str                       # which figures
     cite: str                       # the document (vendor datasheet, product brief, measurement)
     url: str | None = None
 
 
 class Cache(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     bytes: int = Field(gt=0)
     bandwidth_gbps: float = Field(gt=0, description="GB/s (1e9 bytes) read from this level")
 
@@ -47,7 +47,7 @@ class Cache(BaseModel):
 class Device(BaseModel):
     """One device file: the peaks the roofline uses, each with its source."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     name: str
     description: str = ""
     kind: Literal["cpu", "gpu", "soc"]

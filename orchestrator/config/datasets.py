@@ -34,7 +34,7 @@ from typing import Literal
 
 import pandas as pd
 
-from orchestrator.config.loading import ConfigError, find
+from orchestrator.config.loading import MAX_DATA_BYTES, ConfigError, find, read_text
 
 KINDS = ("free", "multiple-choice")
 CHOICES = ("A", "B", "C", "D")
@@ -61,12 +61,7 @@ def gsm8k_answer(answer: str) -> str:
 def load_jsonl_prompts(path: Path) -> list[Prompt]:
     """Prompts from a JSONL file; ids default to the line number."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+    text = read_text(path, MAX_DATA_BYTES)
     prompts: list[Prompt] = []
     seen: set[str] = set()
     for number, line in enumerate(text.splitlines(), start=1):

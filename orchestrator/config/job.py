@@ -15,34 +15,51 @@ are timed for (resolved into devices and shapes by ``orchestrator.config.emulati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.codecs import get_codec
 from agents.edge import AHEAD_STRATEGIES, MAX_DRAFT_AHEAD, STRATEGY_NAMES, StrategyName
-from agents.sampling import SamplingConfig
+from agents.sampling import SamplingConfig, Seed
 from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, POLICY_NAMES, percentile_of
-from shaping.profile import JitterDistribution
+from shaping.profile import BandwidthMbps, JitterDistribution, Milliseconds, Percent
 
 ALL_STRATEGIES: tuple[StrategyName, ...] = STRATEGY_NAMES
 # what a job without ``strategies`` runs: the baselines and fixed K (name the adaptive ones)
 DEFAULT_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edge-only", "fixed-k")
 
-NonNegative = Annotated[float, Field(ge=0.0)]
+MAX_NEW_TOKENS = 4096
+MAX_RECEIVE_TIMEOUT_S = 3600.0
+MAX_SWEEP_CELLS = 10_000             # a sweep's network section: grid points and profiles x codecs
+STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+Item = TypeVar("Item")
+
+
+def _each_once(items: list) -> list:
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{item!r} is listed twice")
+        seen.add(item)
+    return items
+
+
+Distinct = Annotated[list[Item], AfterValidator(_each_once)]   # a list without repeats
 
 
 class NetworkGrid(BaseModel):
-    """The cartesian product of its axes; each point is one symmetric link."""
+    """The cartesian product of its axes; each point is one symmetric link (each axis takes
+    what the profile field of its name takes)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    rtt_ms: list[NonNegative] = Field(min_length=1)
-    bandwidth_mbps: list[Annotated[float, Field(gt=0.0)] | None] = Field(default=[None],
-                                                                         min_length=1)
-    jitter_ms: list[NonNegative] = Field(default=[0.0], min_length=1)
+    model_config = STRICT
+    rtt_ms: Distinct[Milliseconds] = Field(min_length=1)
+    bandwidth_mbps: Distinct[BandwidthMbps | None] = Field(default=[None], min_length=1)
+    jitter_ms: Distinct[Milliseconds] = Field(default=[0.0], min_length=1)
     jitter_distribution: JitterDistribution = "normal"
-    loss_pct: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(default=[0.0], min_length=1)
-    codecs: list[str] = Field(default=[], description="default: the network section's")
+    loss_pct: Distinct[Percent] = Field(default=[0.0], min_length=1)
+    codecs: Distinct[str] = Field(default=[], description="default: the network section's")
 
     @model_validator(mode="after")
     def _known_codecs(self) -> "NetworkGrid":
@@ -50,14 +67,19 @@ class NetworkGrid(BaseModel):
             get_codec(codec)
         return self
 
+    @property
+    def points(self) -> int:
+        return (len(self.rtt_ms) * len(self.bandwidth_mbps) * len(self.jitter_ms)
+                * len(self.loss_pct))
+
 
 class NetworkSpace(BaseModel):
     """What a sweep covers: profiles by name, grids, and the codecs to cross them with."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    profiles: list[str] = []
+    model_config = STRICT
+    profiles: Distinct[str] = []
     grids: list[NetworkGrid] = []
-    codecs: list[str] = Field(default=[], description="default: the job's codec")
+    codecs: Distinct[str] = Field(default=[], description="default: the job's codec")
 
     @model_validator(mode="after")
     def _not_empty(self) -> "NetworkSpace":
@@ -67,6 +89,16 @@ class NetworkSpace(BaseModel):
             get_codec(codec)
         return self
 
+    @model_validator(mode="after")
+    def _bounded_cells(self) -> "NetworkSpace":
+        codecs = max(len(self.codecs), 1)
+        cells = len(self.profiles) * codecs + sum(grid.points * (len(grid.codecs) or codecs)
+                                                  for grid in self.grids)
+        if cells > MAX_SWEEP_CELLS:
+            raise ValueError(f"{cells:,} cells (profiles and grid points, times codecs), "
+                             f"more than {MAX_SWEEP_CELLS:,}")
+        return self
+
 
 class DeviceEmulationFields(BaseModel):
     """A job's device emulation: the agents compute the real tokens, each forward pass padded
@@ -74,12 +106,13 @@ class DeviceEmulationFields(BaseModel):
     (``agents.backends.emulated``).  Both devices or neither; each side's model declared by
     its size or by its exact shape, one of the two."""
 
+    model_config = STRICT
     edge_device: str | None = Field(default=None, description="device emulation: the device "
                                     "the edge's draft runs on (a name under configs/devices, "
                                     "or a YAML path)")
     cloud_device: str | None = Field(default=None, description="device emulation: the device "
                                      "the cloud's models run on")
-    edge_model_params: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+    edge_model_params: float | None = Field(default=None, gt=0,
                                             description="device emulation: the draft's size "
                                             "in parameters, timed as the published Qwen2.5 "
                                             "shape nearest to it")
@@ -87,7 +120,7 @@ class DeviceEmulationFields(BaseModel):
                                          "draft's exact shape: a published one by name "
                                          "(llama-160m, qwen2.5-0.5b, ...) or a transformers "
                                          "config.json (or its model folder)")
-    cloud_model_params: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+    cloud_model_params: float | None = Field(default=None, gt=0,
                                              description="device emulation: the target's size "
                                              "in parameters")
     cloud_model_shape: str | None = Field(default=None, description="device emulation: the "
@@ -121,14 +154,15 @@ class JobConfig(DeviceEmulationFields, SamplingConfig):
     ``top_p``) are ``SamplingConfig``'s, defined there once, its device emulation fields
     ``DeviceEmulationFields``'."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
     name: str = "job"
     description: str = ""
     model_pair: str = "synthetic"
     prompts: str = "default"
     max_queries: Annotated[int, Field(gt=0)] | None = None
-    strategies: list[StrategyName] = Field(default=list(DEFAULT_STRATEGIES), min_length=1)
-    k_values: list[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15], min_length=1)
+    strategies: Distinct[StrategyName] = Field(default=list(DEFAULT_STRATEGIES), min_length=1)
+    k_values: Distinct[Annotated[int, Field(ge=1, le=64)]] = Field(default=[3, 5, 10, 15],
+                                                                   min_length=1)
     cloud_spec_k: int = Field(default=5, ge=1, le=64)
     nasd_k_min: int = Field(default=DEFAULT_K_MIN, ge=1, le=64,
                             description="nasd, hf-heuristic, bandit: the smallest K they choose")
@@ -158,13 +192,15 @@ class JobConfig(DeviceEmulationFields, SamplingConfig):
                              "many further blocks, each on the premise that the blocks before "
                              "it are kept whole (lossless; 0: none)")
     codec: str | None = Field(default=None, description="default: ids for greedy, q-scalar for sampling")
-    max_new_tokens: int = Field(default=64, gt=0, le=4096)
-    repetitions: int = Field(default=1, gt=0)
-    seed: int = 0
-    receive_timeout_s: float = Field(default=30.0, gt=0)
-    warmup_tokens: int = Field(default=4, ge=0, description="per strategy, one unrecorded query "
-                               "of this many tokens first (0: none): the data-plane handshake "
-                               "and first-call costs stay out of the first query's TTFT")
+    max_new_tokens: int = Field(default=64, gt=0, le=MAX_NEW_TOKENS)
+    repetitions: int = Field(default=1, gt=0, description="how often each query runs (the "
+                             "run's queries in all are bounded: ``RunSpec.build``)")
+    seed: Seed = 0
+    receive_timeout_s: float = Field(default=30.0, gt=0, le=MAX_RECEIVE_TIMEOUT_S)
+    warmup_tokens: int = Field(default=4, ge=0, le=MAX_NEW_TOKENS, description="per strategy, "
+                               "one unrecorded query of this many tokens first (0: none): the "
+                               "data-plane handshake and first-call costs stay out of the first "
+                               "query's TTFT")
     network: NetworkSpace | None = Field(default=None, description="what `orchestrator sweep` "
                                          "covers; `run` takes --profile instead")
 

@@ -2,19 +2,32 @@
 
 A name is looked up under ``configs/<kind>/`` (sub-folders included); a
 path is read as given.  Every failure becomes a ``ConfigError`` whose text is
-one line naming the file and the field, which the CLI prints with exit code 2.
+one line naming the file (or the flag) and the field, which the CLI prints with
+exit code 2.
+
+This is where every config is validated, once, as it loads: a file is read only
+if it is a regular file of bounded size (``read_text``: ``trace: /dev/zero`` is
+refused, not read), as YAML without duplicate keys, nesting deeper than
+``MAX_YAML_DEPTH`` or more than ``MAX_YAML_NODES`` nodes with aliases expanded
+(``ConfigLoader``); then against its schema, whose fields declare every range
+(``shaping.profile``, ``orchestrator.config.job``, ``agents.backends``,
+``nasd.latency.roofline``).  Command-line flags that override fields go through
+the same schema and are blamed by name (``load_job``, ``load_profile``).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.resources
+import io
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 from pydantic import TypeAdapter, ValidationError
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 
 from agents.backends import ModelPairConfig
 from agents.backends.hf import (
@@ -26,10 +39,17 @@ from agents.backends.hf import (
 from nasd.latency.roofline import Device
 from nasd.latency.stages import required_columns
 from orchestrator.config.job import JobConfig
-from shaping.profile import NetworkProfile, ProfileFile, resolve
+from shaping.profile import MAX_TRACE_BYTES, NetworkProfile, ProfileFile, parse_trace, resolve
 
 # the ``configs`` package (a folder: pip installs packages unzipped)
 CONFIG_DIR = Path(str(importlib.resources.files("configs")))
+
+# The most a config file may hold.  No shipped config comes near: they bound what
+# a typo or a hostile file can make the orchestrator read, parse and hold.
+MAX_CONFIG_BYTES = 1 << 20          # a YAML file (1 MiB parses in about 4 s)
+MAX_DATA_BYTES = 64 << 20           # a prompt set, a latency table, an RTT -> K table
+MAX_YAML_DEPTH = 32                 # nested collections (the schemas need 6)
+MAX_YAML_NODES = 1_000_000          # scalars and collections, aliases expanded
 
 
 class ConfigError(ValueError):
@@ -91,11 +111,84 @@ def available(kind: str, suffix: str = ".yaml") -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / kind).rglob(f"*{suffix}"))
 
 
-def read_yaml(path: Path) -> dict:
+def read_text(path: Path, limit_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of the regular file ``path``, refused beyond ``limit_bytes``: a device,
+    a pipe or a huge file is never read whole."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file" if not path.exists()
+                          else f"{path}: not a regular file")
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open("rb") as file:
+            data = file.read(limit_bytes + 1)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    if len(data) > limit_bytes:
+        raise ConfigError(f"{path}: larger than the {limit_bytes >> 10} KiB a file of this "
+                          "kind may hold")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing what no config needs: a key given twice in one mapping,
+    collections nested deeper than ``MAX_YAML_DEPTH`` (the composer recurses: 20,000 levels
+    exhaust Python's stack) and more than ``MAX_YAML_NODES`` nodes once aliases are expanded
+    (a few lines of nested aliases stand for billions of nodes)."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._composed: dict[int, int] = {}   # id of each node composed -> its expanded size
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if id(node) not in self._composed:
+                raise ComposerError(None, None, "an alias inside the node it names", mark)
+            self._count(self._composed[id(node)], mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+        before = self._nodes
+        self._count(1, mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        self._composed[id(node)] = self._nodes - before
+        return node
+
+    def _count(self, nodes: int, mark) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_YAML_NODES:
+            raise ComposerError(None, None, f"more than {MAX_YAML_NODES:,} values (aliases "
+                                "expanded)", mark)
+
+    def construct_mapping(self, node, deep=False):
+        lines: dict = {}              # each key -> the line it is on
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":     # ``<<: *base`` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = lines.get(key)
+            except TypeError:         # unhashable: the safe loader says so itself
+                break
+            if first is not None:
+                raise ConstructorError(None, None, f"duplicate key {key!r} (first on line "
+                                       f"{first})", key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> dict:
+    text = read_text(path)
+    try:
+        data = yaml.load(text, Loader=ConfigLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -134,12 +227,7 @@ def _flags_text(given: dict) -> str:
 
 
 def load_job(name_or_path: str, overrides: dict | None = None) -> JobConfig:
-    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file.
-
-    An error is blamed on the flags when they cause it: on the flag of the failing field,
-    or on every flag given when the file alone is valid (a conflict between the flags and
-    the file, e.g. ``--decoding sampling --codec ids``).
-    """
+    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file."""
     path = find("jobs", name_or_path)
     data, given = read_yaml(path), _without_unset(overrides)
     for field in JOB_PATHS:   # relative: to the job file's folder, or to here for a flag
@@ -147,15 +235,23 @@ def load_job(name_or_path: str, overrides: dict | None = None) -> JobConfig:
             data[field] = str(path.parent / str(data[field]))
     given.update({field: str(Path(given[field]).resolve()) for field in JOB_PATHS
                   if field in given})
+    return _validate_with_flags(JobConfig, data, given, path, "job")
+
+
+def _validate_with_flags(schema: Any, data: dict, given: dict, path: Path, kind: str) -> Any:
+    """``data`` (the ``kind`` file ``path``'s) with the flags' values ``given`` laid over it, as
+    ``schema``.  An error is blamed on the flags when they cause it: on the flag of the
+    failing field, or on every flag given when the file alone is valid (a conflict between
+    the flags and the file, e.g. ``--decoding sampling --codec ids``)."""
     try:
-        return TypeAdapter(JobConfig).validate_python({**data, **given})
+        return TypeAdapter(schema).validate_python({**data, **given})
     except ValidationError as error:
         where, message = first_error(error)
         field = where.split(".")[0]
         if field in given:
             raise ConfigError(f"{_flags_text({field: given[field]})}: {message}") from None
-        if given and _valid(JobConfig, data):
-            raise ConfigError(f"{_flags_text(given)} (with job {path}): {message}") from None
+        if given and _valid(schema, data):
+            raise ConfigError(f"{_flags_text(given)} (with {kind} {path}): {message}") from None
         raise ConfigError(f"{path}: {where}: {message}") from None
 
 
@@ -168,12 +264,20 @@ def _valid(schema: Any, data: dict) -> bool:
 
 
 def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkProfile:
-    """A resolved network profile; ``overrides`` are shorthands laid over the file."""
+    """A resolved network profile; ``overrides`` are shorthands laid over the file, and a
+    ``trace`` file is read here (bounded: ``MAX_TRACE_BYTES``)."""
     path = find("profiles", name_or_path)
-    data = {**read_yaml(path), **_without_unset(overrides)}
-    raw = parse(ProfileFile, data, str(path))
+    raw = _validate_with_flags(ProfileFile, read_yaml(path), _without_unset(overrides),
+                               path, "profile")
+    trace = None
+    if raw.trace is not None:
+        trace_path = path.parent / raw.trace       # an absolute trace path stays as it is
+        try:
+            trace = parse_trace(read_text(trace_path, MAX_TRACE_BYTES), str(trace_path))
+        except ValueError as error:      # a ConfigError too: unreadable, too large
+            raise ConfigError(f"{path}: trace: {error}") from None
     try:
-        return resolve(raw, name=path.stem, base_dir=path.parent)
+        return resolve(raw, name=path.stem, trace=trace)
     except ValidationError as error:
         raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
     except ValueError as error:
@@ -204,11 +308,10 @@ def load_latency_table(path: str | Path) -> pd.DataFrame:
     """A table of ``orchestrator latency measure``, checked for the columns the latency
     model reads and for positive stage times."""
     path = Path(path)
+    text = read_text(path, MAX_DATA_BYTES)
     try:
-        table = pd.read_csv(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, ValueError) as error:
+        table = pd.read_csv(io.StringIO(text))
+    except ValueError as error:
         raise ConfigError(f"{path}: not a readable CSV table: {error}") from None
     missing = [column for column in required_columns() if column not in table.columns]
     if missing:

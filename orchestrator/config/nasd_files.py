@@ -28,8 +28,10 @@ from nasd.analytic import ComputeTimes
 from nasd.estimator import Calibration, DecayedLine, Line
 from nasd.table import RttTable, TableRow
 from orchestrator.config.loading import (
+    MAX_DATA_BYTES,
     ConfigError,
     describe_validation_error,
+    read_text,
     read_yaml,
 )
 
@@ -37,7 +39,7 @@ NonNegative = Annotated[float, Field(ge=0.0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Interval(_Strict):
@@ -154,10 +156,7 @@ def write_table(path: Path, table: RttTable, comments: list[str]) -> None:
 
 def load_rtt_table(path: Path, k_min: int, k_max: int) -> RttTable:
     """The table at ``path``, every K of it within [k_min, k_max] (else a ``ConfigError``)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    lines = read_text(path, MAX_DATA_BYTES).splitlines()
     reader = csv.DictReader(line for line in lines if line and not line.startswith("#"))
     if tuple(reader.fieldnames or ()) != COLUMNS:
         raise ConfigError(f"{path}: not an RTT -> K table: expected the columns "

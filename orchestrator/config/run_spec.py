@@ -31,6 +31,7 @@ from orchestrator.config.nasd_files import load_calibration, load_rtt_table
 from shaping.profile import NetworkProfile
 
 RESOLVED_FILE = "config.yaml"   # what ``resolved()`` is saved as in a run folder
+MAX_QUERIES_PER_RUN = 100_000   # strategy runs x repetitions x prompts: listed before it starts
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,14 @@ class RunSpec:
             raise ConfigError(f"job {job.name!r}: the synthetic pair samples its "
                               "distributions as they are; temperature, top_k and top_p must "
                               "keep their defaults")
-        return cls(job=job, profile=profile, model_pair=model_pair,
-                   prompts=prompts if prompts is not None else load_dataset(job.prompts),
-                   mode=mode, emulation=emulation, **nasd_files(job))
+        prompts = prompts if prompts is not None else load_dataset(job.prompts)
+        runs, used = len(plan(job)), len(prompts[: job.max_queries])
+        if runs * job.repetitions * used > MAX_QUERIES_PER_RUN:
+            raise ConfigError(f"job {job.name!r}: repetitions: {job.repetitions:,} of {runs} "
+                              f"strategy runs x {used} prompts make more than "
+                              f"{MAX_QUERIES_PER_RUN:,} queries")
+        return cls(job=job, profile=profile, model_pair=model_pair, prompts=prompts, mode=mode,
+                   emulation=emulation, **nasd_files(job))
 
     @classmethod
     def from_folder(cls, folder: Path) -> "RunSpec":
@@ -80,7 +86,7 @@ class RunSpec:
                    if resolved.get("emulation") else None)
 
     def requests(self) -> list[QueryRequest]:
-        prompts = self.prompts[: self.job.max_queries] if self.job.max_queries else self.prompts
+        prompts = self.prompts[: self.job.max_queries]
         nasd = {"nasd_rtt_table": self.nasd_rtt_table, "nasd_calibration": self.nasd_calibration,
                 "edge_only_cutoff": self.job.nasd_edge_only_cutoff,
                 "confidence_floor": self.job.nasd_confidence_floor,

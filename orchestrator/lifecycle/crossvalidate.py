@@ -17,6 +17,7 @@ the router VM is the link, booted once for the whole validation):
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 from nasd.policy import POLICY_NAMES
-from orchestrator.config.job import JobConfig
-from orchestrator.lifecycle.sweep import expand, grid_profile, sweep
+from orchestrator.config.job import JobConfig, plan
+from orchestrator.config.loading import ConfigError
+from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle.sweep import grid_profile, sweep
 from orchestrator.reporting.analysis import load_results
 from orchestrator.reporting.summary import read_jsonl
 from orchestrator.results import Cell, ResultsFolder, SweepFolder
@@ -34,33 +37,42 @@ from shaping.profile import with_extra_rtt
 from validation.crossval import ANALYTIC_VS_SIM, SIM_VS_MEASURED, compare, passed
 
 COMPARISON = "validation.csv"
+SPECULATING = (*POLICY_NAMES, "cloud-spec")    # the strategies whose queries have cycles
 CALIBRATION = "calibration"
 
 
-def calibrate(job: JobConfig, mode: str, path: Path, console: Console) -> float:
-    """Median cycle RTT (ms) of the job's speculation on an unshaped link in ``mode``."""
+def calibrate(template: RunSpec, path: Path, console: Console) -> float:
+    """Median cycle RTT (ms) of the job's speculation on an unshaped link in its mode."""
     cell = Cell(grid_profile(0.0, None))
-    folder = SweepFolder.create_at(path, job, mode, [cell])
-    sweep(folder, job, mode, [cell], console)
+    folder = SweepFolder.create_at(path, template.job, template.mode, [cell])
+    sweep(folder, template, [cell], console)
     cycles = read_jsonl(folder.cell_path(cell.name) / ResultsFolder.CYCLES)
-    if cycles.empty:
-        raise ValueError(f"job {job.name!r}: validate needs a strategy with cycles "
-                         "(fixed-k or cloud-spec) to measure the path's round trip")
     networked = cycles[cycles["strategy"].isin(POLICY_NAMES)]
     return float((networked if len(networked) else cycles)["rtt_ms"].median())
 
 
-def crossvalidate(job: JobConfig, mode: str, root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
+def check_job_for_validation(job: JobConfig) -> None:
+    """A job ``crossvalidate`` can run: one of its strategies has cycles, on which
+    ``calibrate`` measures the path's round trip."""
+    if not any(run.strategy in SPECULATING for run in plan(job)):
+        raise ConfigError(f"job {job.name!r}: strategies: validate needs one with cycles "
+                          f"({' or '.join(SPECULATING)}) to measure the path's round trip")
+
+
+def crossvalidate(template: RunSpec, cells: list[Cell], root: Path,
+                  console: Console) -> tuple[Path, pd.DataFrame]:
+    """The job of ``template`` on ``cells`` in its measured mode and in sim (checked before:
+    ``RunSpec.build``, ``check_job_for_validation``)."""
+    job, mode = template.job, template.mode
     path = ResultsFolder.new_path(root, f"validate-{job.name}-{mode}")
     console.print(f"validation: {path}")
-    cells = expand(job)
-    overhead_ms = calibrate(job, mode, path / CALIBRATION, console)
+    overhead_ms = calibrate(template, path / CALIBRATION, console)
     console.print(f"path round trip on the unshaped {mode} link: {overhead_ms:.2f} ms (median "
                   "cycle RTT); the sim leg adds it to every cell's RTT")
-    sweep(SweepFolder.create_at(path / mode, job, mode, cells), job, mode, cells, console)
+    sweep(SweepFolder.create_at(path / mode, job, mode, cells), template, cells, console)
     sim_cells = [Cell(with_extra_rtt(cell.profile, overhead_ms), cell.codec) for cell in cells]
-    sweep(SweepFolder.create_at(path / "sim", job, "sim", sim_cells), job, "sim", sim_cells,
-          console)
+    sweep(SweepFolder.create_at(path / "sim", job, "sim", sim_cells),
+          replace(template, mode="sim"), sim_cells, console)
     comparison = compare(load_results(path / "sim"), load_results(path / mode), mode)
     comparison.to_csv(path / COMPARISON, index=False)
     (path / "calibration.json").write_text(json.dumps(

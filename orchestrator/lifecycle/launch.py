@@ -32,6 +32,7 @@ from agents.control import AgentError, ControlClient
 from agents.edge import QueryRequest
 from agents.settings import AgentSettings
 from orchestrator import interrupts
+from shaping.cleanup import socket_folder_prefix
 from shaping.link import EmulatedLink, Link, RouterLink, SimLink
 from shaping.profile import NetworkProfile
 from shaping.router import RouterError
@@ -220,7 +221,8 @@ class Deployment:
         self.cloud: AgentProcess | None = None
         self.baseline: Baseline | None = None
         self.context = zmq.Context()
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="edgespec-"))
+        # named for its owner: `orchestrator cleanup` removes it once the owner is gone
+        self.socket_dir = Path(tempfile.mkdtemp(prefix=socket_folder_prefix()))
 
     def __enter__(self) -> "Deployment":
         try:

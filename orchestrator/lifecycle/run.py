@@ -10,6 +10,7 @@ with the analytic prediction beside every measured rate (``orchestrator.reportin
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,8 @@ from orchestrator.progress import work_progress
 from orchestrator.reporting.run_summary import summarize_folder
 from orchestrator.reporting.summary import print_summary
 from orchestrator.results import ResultsFolder
+
+log = logging.getLogger(__name__)
 
 
 def query_timeout_s(job: JobConfig) -> float:
@@ -43,10 +46,13 @@ def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.D
 
 def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.DataFrame:
     """Run every query of ``spec`` into ``results`` (one ``queries`` task on ``progress``)
-    and write the summary; the deployment is stopped however this ends."""
+    and write the summary; the deployment is stopped however this ends, and a run cut
+    short (a signal, a dead agent, a full disk) still gets the summary of what finished,
+    marked incomplete, where the disk takes it."""
     results.write_config(spec.resolved())
     requests = spec.requests()
     task = progress.add_task("queries", total=len(requests), unit="queries")
+    finished = False
     try:
         link = make_link(spec.mode, spec.profile, spec.job.seed)
         with Deployment(results.path, spec.model_pair, link, spec.job.receive_timeout_s,
@@ -60,7 +66,19 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
                 results.append(reply["query"], reply["cycles"])
                 progress.advance(task)
             deployment.write_link_stats()
+        finished = True
     finally:
         results.close()
         progress.remove_task(task)
+        if not finished:
+            _summarize_cut_short(results, spec)
     return summarize_folder(results.path, spec)
+
+
+def _summarize_cut_short(results: ResultsFolder, spec: RunSpec) -> None:
+    """The summary of a run that stopped early; the reason it stopped is what gets raised,
+    so a summary that cannot be written (a full disk) is only logged."""
+    try:
+        summarize_folder(results.path, spec)
+    except Exception as error:
+        log.warning("%s: no summary of the queries that finished: %s", results.path, error)

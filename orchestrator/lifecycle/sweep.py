@@ -5,7 +5,8 @@ profile and each point of each grid, crossed with the codecs to compare.  Each
 cell runs into its own run folder inside the sweep's folder
 (``orchestrator.results.SweepFolder``) and is marked finished only once its
 summary is on disk.  Resuming skips every finished cell and reruns a cell that
-was cut off, from scratch.
+was cut off, from scratch.  The job, its model pair and prompts are checked once,
+before the sweep's folder exists (the ``RunSpec`` template each cell runs).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import itertools
 import shutil
 import time
+from dataclasses import replace
 
 from rich.console import Console
 
-from orchestrator.config.datasets import load_dataset
 from orchestrator.config.job import JobConfig, NetworkGrid
-from orchestrator.config.loading import ConfigError, load_model_pair, load_profile
+from orchestrator.config.loading import ConfigError, load_profile
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle.run import execute
 from orchestrator.progress import work_progress
@@ -66,16 +67,15 @@ def expand(job: JobConfig) -> list[Cell]:
     return cells
 
 
-def sweep(folder: SweepFolder, job: JobConfig, mode: str, cells: list[Cell],
+def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell],
           console: Console) -> list[str]:
-    """Run every cell not yet finished; the names of the cells run now."""
+    """Run every cell not yet finished; the names of the cells run now.  ``template``: the
+    job's run as checked before the sweep began (``RunSpec.build`` on any cell's profile):
+    each cell runs it on its own profile and codec."""
     finished = folder.finished()
     todo = [cell for cell in cells if cell.name not in finished]
     if finished:
         console.print(f"resuming: {len(finished)} of {len(cells)} cells already finished")
-    model_pair = load_model_pair(job.model_pair)
-    prompts = load_dataset(job.prompts)
-    RunSpec.build(job, cells[0].profile, mode, model_pair, prompts)     # bad input fails here
     ran = []
     with work_progress(console) as progress:
         overall = progress.add_task("cells", total=len(cells), completed=len(finished),
@@ -86,12 +86,17 @@ def sweep(folder: SweepFolder, job: JobConfig, mode: str, cells: list[Cell],
             if path.exists():          # cut off last time: nothing in it counts
                 shutil.rmtree(path)
             path.mkdir(parents=True)
-            cell_job = job.model_copy(update={"codec": cell.codec}) if cell.codec else job
-            spec = RunSpec.build(cell_job, cell.profile, mode, model_pair, prompts)
             started = time.perf_counter()
-            execute(spec, ResultsFolder(path), progress)
+            execute(cell_spec(template, cell), ResultsFolder(path), progress)
             folder.mark_finished(cell, time.perf_counter() - started)
             ran.append(cell.name)
             progress.advance(overall)
             console.print(f"cell {cell.name}: done in {time.perf_counter() - started:.1f} s")
     return ran
+
+
+def cell_spec(template: RunSpec, cell: Cell) -> RunSpec:
+    """``template`` on ``cell``'s profile, with its codec (checked with the job's network
+    section: ``JobConfig``)."""
+    job = template.job.model_copy(update={"codec": cell.codec}) if cell.codec else template.job
+    return replace(template, job=job, profile=cell.profile)

@@ -47,8 +47,17 @@ def cell_folders(path: Path) -> list[tuple[str, Path]]:
         return [(name, folder.cell_path(name)) for name in names if name in finished]
     if (path / ResultsFolder.SUMMARY).is_file():
         return [(path.name, path)]
-    raise ConfigError(f"{path}: neither a sweep folder ({SweepFolder.PLAN}) nor a finished run "
-                      f"folder ({ResultsFolder.SUMMARY})")
+    raise ConfigError(f"{path}: neither a sweep folder ({SweepFolder.PLAN}) nor a run folder "
+                      f"({ResultsFolder.SUMMARY} or {ResultsFolder.CONFIG})")
+
+
+def incomplete_run(results: pd.DataFrame) -> str | None:
+    """What to say of ``load_results`` of a run cut short (its summary: ``complete`` False),
+    or None for a finished run or a sweep (which lists finished cells only)."""
+    if results.empty or results["complete"].astype(bool).all():
+        return None
+    return (f"an incomplete run: {int(results['queries'].sum())} queries finished before it "
+            f"stopped (summary.csv: complete False); what follows covers those")
 
 
 def cell_link(config: dict) -> dict:
@@ -73,6 +82,8 @@ def load_results(path: Path) -> pd.DataFrame:
         if "lossy" not in summary:          # written before lossy strategies were flagged
             summary["lossy"] = [is_lossy(row["strategy"], row.get("lossless", np.nan))
                                 for _, row in summary.iterrows()]
+        if "complete" not in summary:       # written before a cut-short run was summarized
+            summary["complete"] = True
         config = yaml.safe_load((folder / ResultsFolder.CONFIG).read_text())
         link = cell_link(config)
         frames.append(summary.assign(cell=name, folder=str(folder), **link))

@@ -26,14 +26,17 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
+from agents.backends.emulated import DeviceEmulation
+from orchestrator.config.run_spec import RunSpec
 from orchestrator.reporting.analysis import (
+    incomplete_run,
     leaderboard,
     load_results,
     reversal,
     write_ianvs_rank,
 )
 from orchestrator.reporting.plots import PLOTS, bandwidth_label, write_plots
-from agents.backends.emulated import DeviceEmulation
+from orchestrator.reporting.run_summary import summarize_folder
 from orchestrator.reporting.summary import (
     EMULATION_GLOSSARY,
     GLOSSARY,
@@ -253,7 +256,9 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
     cells = board["cell"].nunique()
     if (path / SweepFolder.PLAN).is_file():
         cells = f"{cells} of {len(SweepFolder(path).plan()[2])} finished"
+    incomplete = incomplete_run(board)
     return {
+        **({"incomplete": incomplete} if incomplete else {}),
         "job": f"{job['name']}: {job['description']}".strip().rstrip(":"),
         "mode": ", ".join(board["mode"].unique()),
         "model pair": f"{pair['name']} ({pair['backend']}): {pair['description']}".strip(),
@@ -408,11 +413,21 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
 
 
 def report_folder(path: Path, console: Console) -> Path:
-    """Analyse ``path`` (a sweep or a run folder), write the files, print the key tables."""
+    """Analyse ``path`` (a sweep or a run folder), write the files, print the key tables.
+    A run folder cut short is reported for what finished, and said to be incomplete; one
+    killed before its summary (``kill -9``) gets its summary first."""
+    if not (path / SweepFolder.PLAN).is_file() and not (path / ResultsFolder.SUMMARY).is_file() \
+            and (path / ResultsFolder.CONFIG).is_file():
+        summarize_folder(path, RunSpec.from_folder(path))
     results = load_results(path)
     if results.empty:
-        console.print(f"{path}: no finished cell yet")
+        is_run = (path / ResultsFolder.SUMMARY).is_file()
+        console.print(f"{path}: " + ("an incomplete run: no query finished" if is_run
+                                     else "no finished cell yet"))
         return path
+    incomplete = incomplete_run(results)
+    if incomplete:
+        console.print(f"{path}: {incomplete}", highlight=False)
     board = leaderboard(results)
     board["model_vs_measured"] = board.apply(model_vs_measured, axis=1)
     reversals = reversal(board)

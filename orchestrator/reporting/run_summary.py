@@ -4,6 +4,7 @@ analytic prediction beside each rate (``validation.prediction``), from the run f
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,9 @@ from validation.prediction import (
 )
 
 
+NO_QUERIES = ["label", "strategy", "k", "queries"]   # the summary of a run that finished none
+
+
 def _records(folder: Path, spec: RunSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     queries = read_jsonl(folder / ResultsFolder.QUERIES)
     cycles = read_jsonl(folder / ResultsFolder.CYCLES)
@@ -48,10 +52,16 @@ def _host_times(spec: RunSpec, queries: pd.DataFrame, cycles: pd.DataFrame) -> H
 
 
 def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
+    """``summary.csv`` of the run in ``folder``, from what it holds: also of a run cut short,
+    whose rows then say ``complete`` False (every row: the run did not finish every query
+    it planned, ``queries_planned`` per strategy run)."""
     queries, cycles = _records(folder, spec)
-    summary = summarize(queries, cycles)
+    planned = Counter(request.label for request in spec.requests())
+    summary = summarize(queries, cycles) if len(queries) else pd.DataFrame(columns=NO_QUERIES)
+    summary["queries_planned"] = [planned[label] for label in summary["label"]]
+    summary["complete"] = len(queries) >= sum(planned.values())
     runs = {run.label: run for run in plan(spec.job)}
-    times = _host_times(spec, queries, cycles)
+    times = _host_times(spec, queries, cycles) if len(queries) else None
     if times is not None:
         link = spec.profile.initial
         summary["predicted_tokens_per_s"] = [

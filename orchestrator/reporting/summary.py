@@ -5,7 +5,7 @@ structured ``strategy`` and ``k`` it stands for (the label is for grouping and d
 decisions read the structured fields): percentiles
 over queries of tokens/s, TTFT and end-to-end latency; the aggregate rate
 (all decoded tokens over all decode time, the figure the analytic model
-predicts); acceptance (accepted/drafted, and the per-token maximum-likelihood
+predicts); acceptance (accepted / drafted, and the per-token maximum-likelihood
 alpha the model uses); cycle time and RTT percentiles; network share of the
 cycle; bytes and cloud compute per output token; task accuracy where the
 prompts have answers; under greedy decoding, the share of queries whose
@@ -25,7 +25,6 @@ the formatted tables, and ``GLOSSARY``, the definition of every column.
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from agents.edge import STRATEGY_NAMES
 from nasd.analytic import acceptance_from_counts
 from nasd.latency.stages import STAGES
 from nasd.policy import POLICY_NAMES, NasdController
+from orchestrator.results import read_records
 from validation.stats import (
     percentile_interval,
     percentiles,
@@ -51,11 +51,9 @@ from validation.task_accuracy import is_correct
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
-    """Query or cycle records (``structured``: also those written before the label split)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame()
-    return structured(pd.DataFrame([json.loads(line)
-                                    for line in path.read_text().splitlines() if line]))
+    """Query or cycle records (``structured``: also those written before the label split;
+    ``read_records``: a last line cut short left out)."""
+    return structured(pd.DataFrame(read_records(path)))
 
 
 def structured(frame: pd.DataFrame) -> pd.DataFrame:
@@ -379,7 +377,7 @@ GLOSSARY = {
                           "edge, ms: median and 95th percentile over queries",
     "e2e p95, e2e p99": "time from submitting a query to its last token, s: 95th and 99th "
                         "percentile over queries",
-    "accepted/drafted": "accepted draft tokens over drafted ones (summary.csv acceptance): "
+    "accepted / drafted": "accepted draft tokens over drafted ones (summary.csv acceptance): "
                         "drafts after a rejection are never tested, so this is below alpha",
     "alpha": "per-token acceptance, accepted / (accepted + rejections) (summary.csv "
              "per_token_acceptance): the maximum-likelihood chance that one drafted token "
@@ -447,7 +445,7 @@ SPEED_COLUMNS = {
     "e2e p99": partial(format_measured, column="e2e_s_p99", digits=2),
 }
 SPECULATION_COLUMNS = {
-    "accepted/drafted": _formatted("acceptance", 2),
+    "accepted / drafted": _formatted("acceptance", 2),
     "alpha": _formatted("per_token_acceptance", 2),
     "cycle p50": _formatted("cycle_ms_p50"), "cycle p99": _formatted("cycle_ms_p99"),
     "RTT p50": _formatted("rtt_ms_p50"), "net": _formatted("network_ratio", 2),
@@ -499,12 +497,14 @@ NAME_COLUMNS = ("cell", "strategy")
 
 def rich_table(frame: pd.DataFrame, title: str, text_columns=("strategy",)) -> Table:
     """``frame`` (already formatted) as a terminal table; ``text_columns`` left-aligned.  On a
-    narrow terminal other columns wrap, but a cell or strategy name is never broken or cut."""
+    narrow terminal other columns wrap, but a cell or strategy name, and a word of a header,
+    is never broken or cut."""
     table = Table(title=escape(title), title_justify="left")
     for column in frame.columns:
         names = frame[column].astype(str) if column in NAME_COLUMNS else pd.Series(dtype=str)
         table.add_column(escape(column), justify="left" if column in text_columns else "right",
-                         overflow="fold", min_width=max(names.str.len(), default=None))
+                         overflow="fold", min_width=max([*names.str.len(),
+                                                         *map(len, str(column).split())]))
     for row in frame.itertuples(index=False):
         table.add_row(*(escape(str(cell)) for cell in row))
     return table

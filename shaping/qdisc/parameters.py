@@ -227,9 +227,25 @@ def netem_params(spec: DirectionSpec, *, for_change: bool = False) -> NetemParam
     )
 
 
+def kernel_shaping_problem(profile: NetworkProfile) -> str | None:
+    """What of ``profile`` the kernel's netem and tbf cannot take (``<when>: <direction>:
+    <why>``), or None: checked as a kernel mode is chosen, before anything is created."""
+    for state in (profile.initial, *profile.timeline):
+        for direction in ("uplink", "downlink"):
+            spec = getattr(state, direction)
+            try:
+                tbf_params(spec)
+                netem_params(spec)
+            except ValueError as error:
+                when = f"the step at {state.at_s:g} s" if hasattr(state, "at_s") else "initial"
+                return f"{when}: {direction}: {error}"
+    return None
+
+
 __all__ = [
     "IN_ORDER_RATE_BYTES_PER_S", "NETEM_LIMIT_MAX", "NETEM_LIMIT_MIN", "UINT32_MAX",
-    "UNIFORM_TABLE", "NetemParams", "TbfParams", "jitter_reach_s", "ms_to_ns", "needs_netem",
+    "UNIFORM_TABLE", "NetemParams", "TbfParams", "jitter_reach_s", "kernel_shaping_problem",
+    "ms_to_ns", "needs_netem",
     "netem_jitter", "netem_limit_packets", "netem_params", "ns_to_ticks", "percent_u32",
     "profile_needs_netem", "queue_latency_s", "tbf_params",
 ]
