@@ -349,6 +349,10 @@ def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, r
     )
     job = load_job(job_name, {"model_pair": model_pair, "codec": codec, "nasd_k_min": k_min,
                               "nasd_k_max": k_max})
+    if job.emulates_devices:
+        raise ConfigError(f"job {job.name!r}: edge_device: `orchestrator calibrate` measures this "
+                          "host, not emulated devices (a run with them learns their times as it "
+                          "goes)")
     if calibration_path is not None:
         measured = load_calibration(calibration_path)
         if measured.k_max < job.nasd_k_max:

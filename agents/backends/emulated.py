@@ -67,18 +67,23 @@ class DeviceEmulation(BaseModel):
         return EmulatedDevice(model, self.device(host), self.shape(role), self.dtype, role,
                               ledger)
 
-    def describe(self) -> str:
-        """One line: which device runs which model, and what one step of each costs there."""
-        def side(device: Device, role: Role, stage: str, tokens: int) -> str:
-            shape = self.shape(role)
-            step_ms = 1000 * pass_seconds(device, shape, self.dtype, tokens, 64)
-            name = self.draft_shape_name if role == "draft" else self.target_shape_name
-            return (f"{device.name} runs the {role} as {name} ({shape.parameters / 1e9:.2f} B "
-                    f"parameters): {stage} {step_ms:.2f} ms")
+    def describe(self, context: int = 64) -> str:
+        """One line: which device runs which model, and what a pass costs there at a cache of
+        ``context`` tokens (a draft token; a decoding step, and a verification of 5 drafts)."""
+        def ms(device: Device, shape: ModelShape, tokens: int) -> str:
+            return f"{1000 * pass_seconds(device, shape, self.dtype, tokens, context):.2f} ms"
+
+        def runs(device: Device, role: Role, name: str) -> str:
+            return (f"{device.name} runs the {role} as {name} "
+                    f"({self.shape(role).parameters / 1e9:.2f} B parameters)")
+
+        edge, cloud, draft, target = (self.edge_device, self.cloud_device, self.draft_shape,
+                                      self.target_shape)
         return (f"device emulation ({self.dtype}, roofline bounds): edge "
-                f"{side(self.edge_device, 'draft', 'a draft token', 1)}; cloud "
-                f"{side(self.cloud_device, 'target', 'a decoding step', 1)}, verifying 5 "
-                f"drafts {1000 * pass_seconds(self.cloud_device, self.target_shape, self.dtype, 6, 64):.2f} ms")
+                f"{runs(edge, 'draft', self.draft_shape_name)}: a draft token "
+                f"{ms(edge, draft, 1)}; cloud {runs(cloud, 'target', self.target_shape_name)}: "
+                f"a decoding step {ms(cloud, target, 1)}, verifying 5 drafts "
+                f"{ms(cloud, target, 6)}")
 
 
 @dataclass(frozen=True)
