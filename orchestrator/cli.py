@@ -24,6 +24,7 @@ from rich.console import Console
 from agents.control import AgentError
 from agents.protocol import ProtocolError
 from agents.sampling import Decoding, Seed
+from nasd.latency.stages import Dtype
 from orchestrator import interrupts
 from orchestrator.config.job import ALL_STRATEGIES
 from orchestrator.config.loading import (
@@ -135,7 +136,7 @@ def device_emulation_options(command):
                      "size in parameters (7e9); or give --cloud-model-shape."),
         click.option("--cloud-model-shape", help="Device emulation: the target's exact shape, "
                      "as --edge-model-shape."),
-        click.option("--emulated-dtype", type=click.Choice(["bfloat16", "float16", "float32"]),
+        click.option("--emulated-dtype", type=click.Choice(get_args(Dtype)),
                      help="Device emulation: the dtype both models are timed at [default: the "
                           "job's, bfloat16]."),
     ]

@@ -25,7 +25,7 @@ from a job: devices loaded, shapes declared); ``DeviceEmulation.wrap`` wraps a h
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -34,7 +34,7 @@ from agents.backends.base import Host, LanguageModel, ModelSession
 from agents.sampling import SamplingConfig
 from nasd.latency.emulation import Role, pass_seconds, pass_stage
 from nasd.latency.roofline import Device
-from nasd.latency.stages import STAGES, ModelShape, Stage
+from nasd.latency.stages import STAGES, Dtype, ModelShape, Stage
 from shaping.clock import now, sleep_until
 
 # an answer's passes: [[stage index in STAGES, real_s, emulated_s, lasted_s], ...]
@@ -53,7 +53,7 @@ class DeviceEmulation(BaseModel):
     target_shape: ModelShape
     draft_shape_name: str
     target_shape_name: str
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Dtype = "bfloat16"
 
     def device(self, host: Host) -> Device:
         return self.edge_device if host == "edge" else self.cloud_device

@@ -44,7 +44,8 @@ Stage = Literal["edge_prefill", "draft_token", "cloud_prefill", "verify", "decod
 STAGES: tuple[Stage, ...] = ("edge_prefill", "draft_token", "cloud_prefill", "verify", "decode")
 ROLE: dict[str, str] = {"edge_prefill": "draft", "draft_token": "draft",
                         "cloud_prefill": "target", "verify": "target", "decode": "target"}
-DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPE_BYTES: dict[Dtype, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
 SHAPE_FIELDS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
                 "tied_embeddings")
 

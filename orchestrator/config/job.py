@@ -15,13 +15,14 @@ are timed for (resolved into devices and shapes by ``orchestrator.config.emulati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.codecs import get_codec
 from agents.edge import AHEAD_STRATEGIES, MAX_DRAFT_AHEAD, STRATEGY_NAMES, StrategyName
 from agents.sampling import SamplingConfig, Seed
+from nasd.latency.stages import Dtype
 from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, POLICY_NAMES, percentile_of
 from shaping.profile import BandwidthMbps, JitterDistribution, Milliseconds, Percent
 
@@ -125,7 +126,7 @@ class DeviceEmulationFields(BaseModel):
                                              "in parameters")
     cloud_model_shape: str | None = Field(default=None, description="device emulation: the "
                                           "target's exact shape")
-    emulated_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+    emulated_dtype: Dtype = Field(
         default="bfloat16", description="device emulation: the dtype both models are timed at")
 
     @property
