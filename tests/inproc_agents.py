@@ -48,7 +48,8 @@ def edge_and_cloud(pair: ModelPairConfig, policy_for: Callable[..., KPolicy] = m
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield EdgeAgent(build_models(pair, "edge", emulation), Channel(dealer, receive_timeout_s=5.0),
+        yield EdgeAgent(build_models(pair, "edge", emulation),
+                        Channel(dealer, receive_timeout_s=5.0),
                         policy_for=policy_for), cloud
     finally:
         stop.set()

@@ -12,8 +12,8 @@ prompts have answers; under greedy decoding, the share of queries whose
 output equals cloud-only's token for token (losslessness); ``lossy``,
 whether the strategy's output is not the target model's; and under device
 emulation, how many passes were padded to the emulated devices' times, how many
-overran them (and the worst), and each stage's real and emulated milliseconds.  Every query-level
-figure carries its 95 % interval as ``<column>_low`` / ``<column>_high``
+overran them (and the worst), and each stage's real and emulated milliseconds.
+Every query-level figure carries its 95 % interval as ``<column>_low`` / ``<column>_high``
 (``validation.stats``: a seeded bootstrap over query rows).
 
 Reading it (pure functions shared by the terminal and the report): speed
