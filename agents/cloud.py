@@ -30,7 +30,9 @@ committed that the cloud has not seen: the edge's q-scalar correction, then
 the tokens of a stretch the edge's draft served alone (the edge-only cutoff).
 
 Every answer carries ``compute_s``, the time from receiving the request to
-sending the answer, which the edge subtracts to measure the network RTT.
+sending the answer, which the edge subtracts to measure the network RTT.  Under
+device emulation (``agents.backends.emulated``) it also carries ``stages``, the
+passes it ran since the last answer, each with its real and emulated seconds.
 
 What a peer gets is bounded (``agents.settings.CloudLimits``): its open
 sessions, a prompt's tokens, a session's token budget (its ``max_new_tokens``:
@@ -61,6 +63,7 @@ import zmq
 from pydantic import ValidationError
 
 from agents.backends import HostModels
+from agents.backends.emulated import wire_fields
 from agents.backends.base import TokenSequence
 from agents.codecs import DraftCodec, encode_target_row, get_codec
 from agents.protocol import (Channel, MalformedMessage, Message, PeerUnreachable, ProtocolError,
@@ -124,17 +127,18 @@ class CloudSession:
 
 
 def verdict_message(session: str, seq: int, verification: Verification,
-                    received_at: float) -> Message:
+                    received_at: float, passes: dict | None = None) -> Message:
     """The ``verdict`` answering a ``draft`` received at ``received_at``: the accepted
     count, the correction or bonus token (-1: the edge samples it from the target row
-    that comes along), and the compute time until now."""
+    that comes along), the compute time until now, and ``passes`` (device emulation:
+    the passes it took, ``CloudAgent._passes``)."""
     verdict, residual_row = verification.verdict, verification.residual_row
     arrays = {} if residual_row is None else encode_target_row(residual_row)
     return Message("verdict", session, seq, {
         "accepted": verdict.accepted,
         "token": -1 if verdict.next_token is None else verdict.next_token,
         "residual": residual_row is not None, "finished": verdict.finished,
-        "compute_s": now() - received_at}, arrays)
+        "compute_s": now() - received_at, **(passes or {})}, arrays)
 
 
 class CloudAgent:
@@ -185,6 +189,11 @@ class CloudAgent:
             return
         self.counts["messages"] += 1
         self.handle(message, peer, now())
+
+    def _passes(self) -> dict:
+        """Device emulation: the passes run since the last answer, as an answer carries them
+        (nothing without emulation)."""
+        return wire_fields(None if self.models.ledger is None else self.models.ledger.take())
 
     def handle(self, message: Message, peer: bytes, received_at: float) -> None:
         """Answer one checked message; a refusal goes back as an ``error`` and ends the
@@ -349,7 +358,7 @@ class CloudAgent:
                  target.prompt_length, session.codec.name, sampling.decoding)
         self.channel.send(Message("opened", key[1], message.seq, {
             "token": token, "eos": token == self.eos_id,
-            "compute_s": now() - received_at}), key[0])
+            "compute_s": now() - received_at, **self._passes()}), key[0])
         if token != self.eos_id and stream:
             self._stream_plainly(session, stream, message.seq, now())
 
@@ -388,8 +397,8 @@ class CloudAgent:
         session.awaiting_correction = verification.residual_row is not None
         if not verification.verdict.bonus_deferred(len(payload.ids)):
             session.epoch += 1
-        self.channel.send(verdict_message(key[1], message.seq, verification, received_at),
-                          key[0])
+        self.channel.send(verdict_message(key[1], message.seq, verification, received_at,
+                                          self._passes()), key[0])
 
     def _stale(self, key: SessionKey, epoch: int) -> bool:
         """Whether a draft-ahead block was drafted on a premise a verdict has broken (its
@@ -440,7 +449,7 @@ class CloudAgent:
             sent_at = now()
             self.channel.send(Message("tokens", key[1], stream.seq, {
                 "finished": finished, "eos": eos, "compute_s": sent_at - stream.started,
-                "drafted": commit.drafted, "accepted": commit.accepted},
+                "drafted": commit.drafted, "accepted": commit.accepted, **self._passes()},
                 {"ids": np.asarray(commit.tokens, dtype=np.int32)}), key[0])
             stream.started = session.last_active = now()
         if finished:
@@ -454,8 +463,8 @@ class CloudAgent:
 def serve(settings: AgentSettings) -> int:
     start_log("cloud", settings)
     runtime = AgentRuntime(settings, zmq.ROUTER, side="cloud")
-    agent = CloudAgent(load_models(settings.model_pair, "cloud", log), runtime.channel,
-                       settings.cloud_limits)
+    agent = CloudAgent(load_models(settings.model_pair, "cloud", log, settings.emulation),
+                       runtime.channel, settings.cloud_limits)
     handlers = runtime.handlers(agent_stats=agent.stats)
     poller = zmq.Poller()
     poller.register(runtime.socket, zmq.POLLIN)

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from agents.backends import HostModels
 from agents.backends.base import TokenSequence
+from agents.backends.emulated import PassTiming, StageTally, read_passes, real_seconds
 from agents.codecs import DraftCodec, decode_target_row, get_codec
 from agents.protocol import Channel, Message, ProtocolError
 from agents.records import CycleRecord, QueryRecord, decode_rate
@@ -152,6 +153,7 @@ class EdgeAgent:
         prompt_ids = self.models.tokenizer.encode(request.prompt)
         if not prompt_ids:
             raise ValueError(f"query {request.query_id}: empty prompt")
+        self._own_passes()    # device emulation: a query cut short leaves none to this one
         if request.strategy == "edge-only":
             return self._edge_only(request, session, prompt_ids)
         if request.strategy in ("cloud-only", "cloud-spec"):
@@ -172,6 +174,18 @@ class EdgeAgent:
             timeline_start_s=None if request.timeline_started_at is None
             else request.timeline_started_at - t_submit)
 
+    def _own_passes(self) -> list[PassTiming] | None:
+        """Device emulation: this host's passes since it last looked (None without)."""
+        return None if self.models.ledger is None else self.models.ledger.take()
+
+    def _no_passes(self) -> list[PassTiming] | None:
+        """Device emulation: the passes of a side that ran none ([]; None without)."""
+        return None if self.models.ledger is None else []
+
+    def _emulated_stages(self, tally: StageTally) -> dict | None:
+        """A query's ``emulated_stages`` from its passes (None without device emulation)."""
+        return None if self.models.ledger is None else tally.as_dict()
+
     def _edge_only(self, request, session, prompt_ids):
         rng = session_rng(request.seed, session, "edge")
         eos_id = self.models.draft.eos_id
@@ -189,6 +203,9 @@ class EdgeAgent:
         record = self._record(request, prompt_ids, output, t_submit, t_first, t_last,
                               bool(output) and output[-1] == eos_id)
         record.edge_compute_s, record.edge_first_s = compute_s, first_s
+        tally = StageTally()
+        tally.add(self._own_passes())
+        record.emulated_stages = self._emulated_stages(tally)
         return record, []
 
     def _exchange(self, message: Message, expect: str) -> tuple[Message, int, int, float, float]:
@@ -233,6 +250,7 @@ class EdgeAgent:
         output, bytes_down, compute_s = [], 0, 0.0
         drafted = accepted = rejections = 0
         first_compute_s = 0.0
+        tally = StageTally()
         t_first = t_last = t_submit
         eos = False
         for reply, size, t_last in self._token_stream(message):
@@ -246,10 +264,12 @@ class EdgeAgent:
             accepted += reply.fields["accepted"]
             rejections += reply.fields["accepted"] < reply.fields["drafted"]
             eos = reply.fields["eos"]
+            tally.add(read_passes(reply.fields))
         record = self._record(request, prompt_ids, output, t_submit, t_first, t_last, eos)
         record.bytes_up, record.bytes_down, record.cloud_compute_s = record_up, bytes_down, compute_s
         record.cloud_first_s = first_compute_s
         record.drafted, record.accepted, record.rejections = drafted, accepted, rejections
+        record.emulated_stages = self._emulated_stages(tally)
         return record, []
 
     def _speculative(self, request, session, prompt_ids, policy: KPolicy):
@@ -267,9 +287,11 @@ class EdgeAgent:
                           {"prompt": np.asarray(prompt_ids, dtype=np.int32)})
         self.channel.send(message)
         query.draft.prefill()  # overlaps with the upload and the cloud's prefill
+        query.stages.add(self._own_passes())
         opened, _, bytes_down = self.channel.recv()
         query.t_first = query.t_last = now()
         self._check(opened, message, "opened")
+        query.stages.add(read_passes(opened.fields))
         query.draft.extend([opened.fields["token"]])
         query.finished = query.eos = opened.fields["eos"]
         try:
@@ -305,8 +327,16 @@ class EdgeAgent:
     def _cycle(query: SpeculationQuery, decision: tuple[int, float | None], t_start: float,
                measured: dict) -> None:
         """Record a finished cycle or stretch and hand it to the policy (not a block dropped
-        unverified: it served nothing)."""
+        unverified: it served nothing).  ``measured`` holds the cycle record's fields, and
+        the passes of its drafting (``draft_passes``, this host's) and of its verification
+        or stretch (``verify_passes``, the cloud's), None without device emulation: their
+        real time goes beside the emulated one, and they count in the query's totals."""
         request = query.request
+        draft_passes, verify_passes = measured.pop("draft_passes"), measured.pop("verify_passes")
+        query.stages.add(draft_passes)
+        query.stages.add(verify_passes)
+        measured.update(t_draft_real=real_seconds(measured["t_draft"], draft_passes),
+                        t_verify_real=real_seconds(measured["t_verify"], verify_passes))
         cycle = CycleRecord(
             label=request.label, strategy=request.strategy, query_id=request.query_id,
             repetition=request.repetition, cycle=len(query.cycles) + 1, policy_k=decision[0],
@@ -347,7 +377,8 @@ class EdgeAgent:
                     self._cycle(query, stale.decision, stale.t_start, dict(
                         k=len(stale.drafts.ids), accepted=0, tokens=0, rtt_ms=math.nan,
                         bytes_up=stale.bytes_up, bytes_down=0, t_draft=stale.t_draft,
-                        t_verify=0.0, t_network=0.0, served_by="dropped", ahead=True))
+                        t_verify=0.0, t_network=0.0, served_by="dropped", ahead=True,
+                        draft_passes=stale.draft_passes, verify_passes=self._no_passes()))
                 return decision
 
     def _send_block(self, query: SpeculationQuery, decision: tuple[int, float | None],
@@ -359,6 +390,7 @@ class EdgeAgent:
         drafts = draft_tokens(query.draft, min(decision[0], query.remaining - 1), query.decoding,
                               query.rng, query.eos_id, query.codec,
                               query.request.confidence_floor)
+        draft_passes = self._own_passes()
         # another block may follow this one on its premise: room for one draft and the token
         # after it, and the premise (all kept) leaves the sequence open
         follows = query.remaining >= 2 and not (drafts.ids and drafts.ids[-1] == query.eos_id)
@@ -368,7 +400,8 @@ class EdgeAgent:
         t_sent = now()
         bytes_up = self.channel.send(message)
         query.caught_up()
-        return Block(message, drafts, start, premise, decision, ahead, t_start, t_sent, bytes_up)
+        return Block(message, drafts, start, premise, decision, ahead, t_start, t_sent, bytes_up,
+                     draft_passes)
 
     def _block_verdict(self, query: SpeculationQuery, block: Block) -> bool:
         """Receive the verdict on ``block``, commit it, record the block; whether its premise
@@ -394,7 +427,8 @@ class EdgeAgent:
             tokens=verdict.accepted + (verdict.next_token is not None),
             rtt_ms=math.nan if block.ahead else network_s * 1000.0, bytes_up=block.bytes_up,
             bytes_down=bytes_down, t_draft=block.t_draft, t_verify=cloud_s,
-            t_network=network_s, ahead=block.ahead))
+            t_network=network_s, ahead=block.ahead, draft_passes=block.draft_passes,
+            verify_passes=read_passes(reply.fields)))
         return verdict.bonus_deferred(len(drafts.ids))
 
     def _speculation_cycle(self, query: SpeculationQuery, k: int) -> dict:
@@ -403,6 +437,7 @@ class EdgeAgent:
         sent: dict = {}
 
         def verify(drafts: Drafts) -> tuple[Verdict, np.ndarray | None]:
+            sent["passes"] = self._own_passes()
             message = draft_message(query.session, query.next_seq(), query.codec, drafts,
                                     query.catch_up_fields(), query.catch_up_arrays())
             sent["reply"], sent["up"], sent["down"], sent["at"], query.t_last = self._exchange(
@@ -422,7 +457,8 @@ class EdgeAgent:
         return dict(k=len(drafts.ids), accepted=verdict.accepted,
                     tokens=verdict.accepted + (verdict.next_token is not None),
                     rtt_ms=network_s * 1000.0, bytes_up=sent["up"], bytes_down=sent["down"],
-                    t_draft=sent["at"] - t_start, t_verify=cloud_s, t_network=network_s)
+                    t_draft=sent["at"] - t_start, t_verify=cloud_s, t_network=network_s,
+                    draft_passes=sent["passes"], verify_passes=read_passes(fields))
 
     def _cloud_stretch(self, query: SpeculationQuery, tokens: int) -> dict:
         """K = 0: the cloud decodes ``tokens`` tokens and streams them; one round trip."""
@@ -439,8 +475,11 @@ class EdgeAgent:
         says finished; commit them on the draft's sequence.  The stretch's measurements:
         ``rtt_ms`` the first token's network time."""
         received, bytes_down, cloud_s, first_network_s = [], 0, 0.0, None
+        verify_passes = self._no_passes()
         for reply, size, query.t_last in self._token_stream(message):
             cloud_s += reply.fields["compute_s"]
+            if verify_passes is not None:
+                verify_passes += read_passes(reply.fields) or []
             if first_network_s is None:
                 first_network_s = query.t_last - t_send - cloud_s
             received.extend(int(t) for t in reply.arrays["ids"])
@@ -451,7 +490,8 @@ class EdgeAgent:
         query.handoff_tokens += len(received)
         return dict(k=0, accepted=0, tokens=len(received), rtt_ms=first_network_s * 1000.0,
                     bytes_up=0, bytes_down=bytes_down, t_draft=0.0, t_verify=cloud_s,
-                    t_network=query.t_last - t_send - cloud_s, served_by="cloud")
+                    t_network=query.t_last - t_send - cloud_s, served_by="cloud",
+                    draft_passes=self._no_passes(), verify_passes=verify_passes)
 
     def _edge_stretch(self, query: SpeculationQuery, tokens: int) -> dict:
         """The edge-only cutoff: the draft decodes ``tokens`` tokens alone, unverified (the
@@ -465,7 +505,8 @@ class EdgeAgent:
         query.finished = query.eos = served[-1] == query.eos_id
         return dict(k=0, accepted=0, tokens=len(served), rtt_ms=float("nan"), bytes_up=0,
                     bytes_down=0, t_draft=query.t_last - t_start, t_verify=0.0, t_network=0.0,
-                    served_by="edge", nasd_cutoff=True)
+                    served_by="edge", nasd_cutoff=True, draft_passes=self._own_passes(),
+                    verify_passes=self._no_passes())
 
 
 @dataclass(frozen=True)
@@ -474,7 +515,7 @@ class Block:
     it starts, its ``premise`` (``epoch``: the verdicts so far that did not keep their block
     whole with the bonus deferred; ``start``; ``ahead_follows``), the policy's decision it
     drafted, whether it was sent ``ahead`` (before the verdict on the block before it), and
-    its clocks and size."""
+    its clocks and size; under device emulation, the passes that drafted it."""
 
     message: Message
     drafts: Drafts
@@ -485,6 +526,7 @@ class Block:
     t_start: float
     t_sent: float
     bytes_up: int
+    draft_passes: list[PassTiming] | None = None
 
     @property
     def t_draft(self) -> float:
@@ -514,6 +556,7 @@ class SpeculationQuery:
         self.t_submit = self.t_first = self.t_last = 0.0
         self.cloud_compute_s = 0.0
         self.handoff_tokens = self.cutoff_tokens = 0
+        self.stages = StageTally()           # device emulation: the passes of both hosts
 
     @property
     def remaining(self) -> int:
@@ -557,6 +600,7 @@ class SpeculationQuery:
         record.acceptance_rate_per_cycle = [c.accepted / c.k if c.k else None for c in cycles]
         record.network_overhead_per_cycle = [c.t_network / c.t_cycle if c.t_cycle > 0 else 0.0
                                              for c in cycles]
+        record.emulated_stages = agent._emulated_stages(self.stages)
         return record
 
 
@@ -564,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_argv(argv, "Edge agent (started by the orchestrator)")
     start_log("edge", settings)
     runtime = AgentRuntime(settings, zmq.DEALER, side="edge")
-    agent = EdgeAgent(load_models(settings.model_pair, "edge", log), runtime.channel)
+    agent = EdgeAgent(load_models(settings.model_pair, "edge", log, settings.emulation),
+                      runtime.channel)
 
     def query(request: dict) -> dict:
         record, cycles = agent.run_query(QueryRequest.model_validate(request["request"]))

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, NamedTuple
 
 import numpy as np
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
 
 from agents.codecs import get_codec
 from agents.sampling import SamplingConfig
 from agents.wire_errors import MalformedMessage
+from nasd.latency.stages import STAGES
 
 WIRE_DTYPES = {"int32": np.dtype(np.int32), "float16": np.dtype(np.float16),
                "float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
@@ -61,6 +62,12 @@ Budget = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)]
 DraftCount = Annotated[int, Field(ge=0, le=MAX_DRAFT_TOKENS)]
 Position = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 CodecName = Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(_known_codec)]
+Seconds = Annotated[float, Strict(), Field(ge=0)]
+# device emulation: a pass an answer's work took, [stage index in STAGES, real, emulated and
+# lasted seconds] (agents/backends/emulated.py wire_fields); msgpack hands it over as a list
+PassTiming = Annotated[tuple[Annotated[int, Strict(), Field(ge=0, lt=len(STAGES))],
+                             Seconds, Seconds, Seconds], Field(strict=False)]
+PassTimings = Annotated[list[PassTiming], Field(max_length=MAX_NEW_TOKENS)]
 
 
 class _QuerySettings(TypedDict):
@@ -105,6 +112,7 @@ class OpenedFields(TypedDict):
     token: TokenId
     eos: bool
     compute_s: float
+    stages: NotRequired[PassTimings]
 
 
 class VerdictFields(TypedDict):
@@ -114,6 +122,7 @@ class VerdictFields(TypedDict):
     residual: bool
     finished: bool
     compute_s: float
+    stages: NotRequired[PassTimings]
 
 
 class TokensFields(TypedDict):
@@ -123,6 +132,7 @@ class TokensFields(TypedDict):
     compute_s: float
     drafted: DraftCount
     accepted: DraftCount
+    stages: NotRequired[PassTimings]
 
 
 class ErrorFields(TypedDict):

@@ -10,6 +10,11 @@ strategy's name: ``fixed-k``, ``nasd``, ...) and, on a query, the run's ``k``
 ``label`` (``fixed-k5``, ``fixed-k5+ahead1``),
 which tells the runs of one job apart and is what tables show.  Code decides
 on the structured fields and groups by the label; it never parses a label.
+
+Under device emulation (``agents.backends.emulated``) the times are the emulated ones (each
+forward pass padded to the emulated device's time), and the records keep the real ones
+beside them: a cycle's ``t_draft_real`` and ``t_verify_real``, a query's
+``emulated_stages``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ class CycleRecord:
     ahead: bool = False
     nasd_cutoff: bool = False  # served_by == "edge": tokens the target never saw
     nasd_rtt_estimate_ms: float | None = None  # the RTT the controller chose K on (nasd only)
+    # device emulation (None without): t_draft and t_verify as the passes took for real, their
+    # waits to the emulated device's time left out
+    t_draft_real: float | None = None
+    t_verify_real: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +107,12 @@ class QueryRecord:
     # when the link's timeline (re)started for this query, in seconds since its submit (<= 0;
     # None: a static profile): a cycle met the profile at offset t_start - timeline_start_s
     timeline_start_s: float | None = None
+    # device emulation (None without): per stage of the latency model (edge_prefill,
+    # draft_token, cloud_prefill, verify, decode), the query's passes on both hosts: passes,
+    # padded (real below the emulated time), overruns (real above it: never padded, the
+    # emulated time exceeded), real_s, emulated_s and lasted_s summed, late_s (lasted past
+    # both: woken late on a busy host), worst_overrun_s
+    emulated_stages: dict[str, dict] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

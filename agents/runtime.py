@@ -23,6 +23,7 @@ from typing import Any, Callable
 import zmq
 
 from agents.backends import Host, HostModels, ModelPairConfig, build_models
+from agents.backends.emulated import DeviceEmulation
 from agents.control import ControlServer, Handler
 from agents.protocol import Channel
 from agents.settings import AgentSettings
@@ -73,10 +74,12 @@ def _namespace() -> str:
     return "of the host"
 
 
-def load_models(config: ModelPairConfig, host: Host, log: logging.Logger) -> HostModels:
-    """``build_models``, timed and logged (backend, models, device, load time)."""
+def load_models(config: ModelPairConfig, host: Host, log: logging.Logger,
+                emulation: DeviceEmulation | None = None) -> HostModels:
+    """``build_models``, timed and logged (backend, models, device, load time, and the device
+    it emulates)."""
     started = time.perf_counter()
-    models = build_models(config, host)
+    models = build_models(config, host, emulation)
     if config.backend == "hf":
         device = config.edge_device if host == "edge" else config.cloud_device
         what = (f"draft {config.draft}" + (f", target {config.target}" if host == "cloud" else "")
@@ -85,6 +88,8 @@ def load_models(config: ModelPairConfig, host: Host, log: logging.Logger) -> Hos
         what = f"acceptance {config.acceptance_law}, vocabulary {config.vocab_size}"
     log.info("models of pair %r (%s): %s, loaded in %.2f s", config.name, config.backend, what,
              time.perf_counter() - started)
+    if emulation is not None:
+        log.info("%s", emulation.describe())
     return models
 
 

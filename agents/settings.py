@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends import ModelPairConfig
+from agents.backends.emulated import DeviceEmulation
 from agents.messages import MAX_NEW_TOKENS
 from agents.protocol import DEFAULT_MAX_MESSAGE_BYTES
 from shaping.simlink import SimLinkSettings
@@ -39,4 +40,6 @@ class AgentSettings(BaseModel):
     sim_link: SimLinkSettings | None = Field(
         default=None, description="sim mode: emulate the direction this agent receives on")
     cloud_limits: CloudLimits = CloudLimits()
+    emulation: DeviceEmulation | None = Field(
+        default=None, description="device emulation: pad every pass to the emulated device's time")
 

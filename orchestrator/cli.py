@@ -31,12 +31,14 @@ from rich.console import Console
 from agents.control import AgentError
 from agents.protocol import ProtocolError
 from agents.sampling import Decoding, Seed
+from nasd.latency.stages import Dtype
 from orchestrator import interrupts
 from orchestrator.config.job import ALL_STRATEGIES
 from orchestrator.config.loading import (
     ConfigError,
     available,
     first_error,
+    flag,
     load_job,
     load_profile,
 )
@@ -119,6 +121,37 @@ def run_in_vm(argv: list[str], writable: list[Path], timeout_s: float, accel: st
     return result.exit_code
 
 
+def device_emulation_options(command):
+    """The flags of device emulation, added to ``command``, which takes them as keyword
+    arguments named as their job fields (``--edge-device``: ``edge_device``)."""
+    options = [
+        click.option("--edge-device", help="Device emulation: the edge computes the real "
+                     "tokens, each pass of its draft padded to the time this device takes "
+                     "for the declared draft (its roofline bound: see README, Device "
+                     "emulation): a name under configs/devices (jetson-orin-nano, "
+                     "raspberry-pi-5, a100-sxm, h100-sxm, h200-sxm, ...) or a YAML path; "
+                     "needs --cloud-device [default: the job's, none]."),
+        click.option("--cloud-device", help="Device emulation: the device the cloud's models "
+                     "are timed as [default: the job's, none]."),
+        click.option("--edge-model-params", type=float, help="Device emulation: the draft's "
+                     "size in parameters (0.5e9), timed as the published Qwen2.5 shape nearest "
+                     "to it; or give --edge-model-shape."),
+        click.option("--edge-model-shape", help="Device emulation: the draft's exact shape: "
+                     "llama-68m, llama-160m, qwen2.5-0.5b ... qwen2.5-72b, or a transformers "
+                     "config.json (or its model folder)."),
+        click.option("--cloud-model-params", type=float, help="Device emulation: the target's "
+                     "size in parameters (7e9); or give --cloud-model-shape."),
+        click.option("--cloud-model-shape", help="Device emulation: the target's exact shape, "
+                     "as --edge-model-shape."),
+        click.option("--emulated-dtype", type=click.Choice(get_args(Dtype)),
+                     help="Device emulation: the dtype both models are timed at [default: the "
+                          "job's, bfloat16]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Real-network testbed for cloud-edge speculative decoding.
@@ -199,6 +232,7 @@ def cli() -> None:
 @click.option("--repetitions", type=int, help="[default: the job's]")
 @click.option("--seed", type=int, help="[default: the job's]")
 @click.option("--rtt-ms", type=float, help="Override the profile's RTT.")
+@device_emulation_options
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
 @click.pass_context
@@ -206,7 +240,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
                 nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_estimate,
                 nasd_objective, draft_ahead, nasd_rtt_table_path, nasd_calibration_path,
                 decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
-                max_queries, repetitions, seed, rtt_ms, results_root) -> None:
+                max_queries, repetitions, seed, rtt_ms, results_root, **emulation) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
     Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen),
@@ -225,7 +259,8 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "max_queries": max_queries,
-        "repetitions": repetitions, "seed": seed}, profile_overrides={"rtt_ms": rtt_ms})
+        "repetitions": repetitions, "seed": seed, **emulation},
+        profile_overrides={"rtt_ms": rtt_ms})
     # all input is checked before a router VM boots
     run(replace(spec, mode=enter_mode(ctx, mode, [spec.profile], console)), results_root, console)
 
@@ -322,6 +357,10 @@ def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, r
     )
     job = load_job(job_name, {"model_pair": model_pair, "codec": codec, "nasd_k_min": k_min,
                               "nasd_k_max": k_max})
+    if job.emulates_devices:
+        raise ConfigError(f"job {job.name!r}: edge_device: `orchestrator calibrate` measures this "
+                          "host, not emulated devices (a run with them learns their times as it "
+                          "goes)")
     if calibration_path is not None:
         measured = load_calibration(calibration_path)
         if measured.k_max < job.nasd_k_max:
@@ -384,10 +423,12 @@ def measure(job, cycles_per_k: int, repetitions: int):
                                    "[default: the job's].")
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="As for `run`; one mode for every cell.")
+@device_emulation_options
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the sweep folder goes.")
 @click.pass_context
-def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root) -> None:
+def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root,
+                  **emulation) -> None:
     """Run a job on every cell of its network section, then rank and report.
 
     Each cell is a full run (same files as `run`) under cells/, recorded in
@@ -400,6 +441,10 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root) -> 
         raise click.UsageError("give either --job FILE (a new sweep) or --resume DIR")
     if resume_dir is not None and model_pair is not None:
         raise click.UsageError("--model-pair: a resumed sweep keeps its own")
+    given = [name for name, value in emulation.items() if value is not None]
+    if resume_dir is not None and given:
+        raise click.UsageError(f"{flag(given[0])}: a resumed sweep keeps its own device "
+                               "emulation")
     if resume_dir is not None:
         folder = SweepFolder.open(resume_dir)
         job, chosen, names = folder.plan()
@@ -413,12 +458,14 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root) -> 
         enter_mode(ctx, chosen, [cell.profile for cell in cells], console,
                    reason="the mode the sweep started with")
     else:
-        job = load_job(job_name, {"model_pair": model_pair})
+        job = load_job(job_name, {"model_pair": model_pair, **emulation})
         cells = expand(job)
         template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
         template = replace(template, mode=enter_mode(ctx, mode, [cell.profile for cell in cells],
                                                       console))
         folder = SweepFolder.create(results_root, job, template.mode, cells)
+    if template.emulation is not None:
+        console.print(template.emulation.describe(), highlight=False)
     console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
                   f"`orchestrator sweep --resume {folder.path}`")
     sweep(folder, template, cells, console)

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import zmq
 
 from agents.backends import ModelPairConfig, build_models
+from agents.backends.emulated import DeviceEmulation
 from agents.cloud import CloudAgent
 from agents.edge import EdgeAgent
 from agents.protocol import Channel
@@ -45,13 +46,14 @@ class ServedCloud:
 
 
 @contextmanager
-def served_cloud(pair: ModelPairConfig, limits: CloudLimits = CloudLimits()
-                 ) -> Iterator[ServedCloud]:
-    """A cloud agent on ``pair`` granting ``limits``, served in a thread until exit."""
+def served_cloud(pair: ModelPairConfig, limits: CloudLimits = CloudLimits(),
+                 emulation: DeviceEmulation | None = None) -> Iterator[ServedCloud]:
+    """A cloud agent on ``pair`` granting ``limits`` (timed as ``emulation``'s cloud device
+    where it is given), served in a thread until exit."""
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     endpoint = f"inproc://agents-{next(_endpoints)}"
-    cloud = ServedCloud(CloudAgent(build_models(pair, "cloud"),
+    cloud = ServedCloud(CloudAgent(build_models(pair, "cloud", emulation),
                                    Channel(router, receive_timeout_s=5.0), limits),
                         context, endpoint)
     router.bind(endpoint)
@@ -75,10 +77,11 @@ def served_cloud(pair: ModelPairConfig, limits: CloudLimits = CloudLimits()
 
 
 @contextmanager
-def edge_and_cloud(pair: ModelPairConfig, policy_for: Callable[..., KPolicy] = make_policy
+def edge_and_cloud(pair: ModelPairConfig, policy_for: Callable[..., KPolicy] = make_policy,
+                   emulation: DeviceEmulation | None = None
                    ) -> Iterator[tuple[EdgeAgent, CloudAgent]]:
     """An edge agent on ``pair`` (its policies made by ``policy_for``), served by a cloud
-    agent on the same pair."""
-    with served_cloud(pair) as cloud:
-        yield EdgeAgent(build_models(pair, "edge"), cloud.peer(), policy_for=policy_for), \
-            cloud.agent
+    agent on the same pair, both timed as ``emulation``'s devices where it is given."""
+    with served_cloud(pair, emulation=emulation) as cloud:
+        yield EdgeAgent(build_models(pair, "edge", emulation), cloud.peer(),
+                        policy_for=policy_for), cloud.agent

@@ -250,6 +250,8 @@ ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{name}: &{name} [{', '.join(['*' + previous] * 9)}]\n"
     for previous, name in zip("abcdefgh", "bcdefghi")) + "uplink: {delay_ms: *i}\n"
 RUN = ["run", "--mode", "sim", "--job", "smoke", "--results", "RESULTS"]
+EMULATED = ["--edge-device", "jetson-orin-nano", "--cloud-device", "h100-sxm",
+            "--edge-model-params", "5e8", "--cloud-model-params", "7e9"]
 SWEEP = ["sweep", "--mode", "sim", "--job", "FILE", "--results", "RESULTS"]
 PROFILE, JOB, PAIR = RUN + ["--profile", "FILE"], RUN + ["--job", "FILE"], RUN + ["--model-pair",
                                                                                  "FILE"]
@@ -369,6 +371,30 @@ MALFORMED = {
     "flag-probe-rtt-inf": (None, ["probe", "--mode", "sim", "--rtt-ms", "inf", "--results",
                                   "RESULTS"], ["--rtt-ms inf", "finite"]),
     "flag-latency-seed-2**80": (None, ["latency", "measure", "--seed", str(2**80)], ["--seed"]),
+    # device emulation: unknown devices and shapes list the known ones
+    "flag-device-unknown": (None, RUN + EMULATED[:1] + ["jetson-nano"] + EMULATED[2:],
+                            ["--edge-device", "did you mean 'jetson-orin-nano'?",
+                             "raspberry-pi-5"]),
+    "flag-device-shape-unknown": (None, RUN + EMULATED[:4] + ["--edge-model-shape", "llama-16m"]
+                                  + EMULATED[6:],
+                                  ["--edge-model-shape", "did you mean 'llama-160m'",
+                                   "qwen2.5-7b"]),
+    "flag-device-one-only": (None, RUN + EMULATED[:2] + EMULATED[4:6],
+                             ["--edge-device", "needs both edge_device and cloud_device"]),
+    "flag-device-without-size": (None, RUN + EMULATED[:6],
+                                 ["--cloud-device h100-sxm", "cloud_model_params"]),
+    "flag-size-without-device": (None, RUN + ["--cloud-model-params", "7e9"],
+                                 ["--cloud-model-params", "needs edge_device and cloud_device"]),
+    "flag-model-params-nan": (None, RUN + EMULATED[:6] + ["--cloud-model-params", "nan"],
+                              ["--cloud-model-params nan", "finite"]),
+    "flag-device-model-too-big": (None, RUN + EMULATED[:6] + ["--cloud-model-params", "72e9"],
+                                  ["--cloud-device", "80 GiB of h100-sxm"]),
+    "job-device-calibrated-here": ("edge_device: jetson-orin-nano\ncloud_device: h100-sxm\n"
+                                   "edge_model_params: 5.0e+8\ncloud_model_params: 7.0e+9\n"
+                                   "nasd_calibration_path: calibration.yaml\n", JOB,
+                                   ["--nasd-calibration", "not on the emulated devices"]),
+    "calibrate-device-emulation": (None, ["calibrate", "--job", "jetson-h100"],
+                                   ["edge_device", "measures this host"]),
 }
 
 

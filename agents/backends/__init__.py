@@ -3,23 +3,25 @@
 ``build_models`` gives each host what it runs: the edge a draft model, the
 cloud a target model and a draft model of its own (for ``cloud-spec``).
 Both models of a pair return rows of one common width (the wider vocabulary;
-the narrower model's missing ids have probability zero).
+the narrower model's missing ids have probability zero).  Under device emulation
+(``agents.backends.emulated``) the models come wrapped, their passes padded to the emulated
+device's time and recorded in the host's ledger.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Union
+from typing import Annotated, Union
 
 from pydantic import Field
 
-from agents.backends.base import LanguageModel
+from agents.backends.base import Host, LanguageModel
+from agents.backends.emulated import DeviceEmulation, StageLedger
 from agents.backends.hf import HFPairConfig
 from agents.backends.synthetic import SyntheticModel, SyntheticPairConfig
 from agents.backends.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
 ModelPairConfig = Annotated[Union[SyntheticPairConfig, HFPairConfig], Field(discriminator="backend")]
-Host = Literal["edge", "cloud"]
 
 
 @dataclass
@@ -27,9 +29,23 @@ class HostModels:
     draft: LanguageModel
     target: LanguageModel | None
     tokenizer: Tokenizer
+    ledger: StageLedger | None = None   # device emulation: every pass of these models
 
 
-def build_models(config: ModelPairConfig, host: Host) -> HostModels:
+def build_models(config: ModelPairConfig, host: Host,
+                 emulation: DeviceEmulation | None = None) -> HostModels:
+    """``host``'s models of the pair; with ``emulation``, timed as its emulated device."""
+    models = _host_models(config, host)
+    if emulation is None:
+        return models
+    ledger = StageLedger()
+    return HostModels(emulation.wrap(models.draft, host, "draft", ledger),
+                      None if models.target is None
+                      else emulation.wrap(models.target, host, "target", ledger),
+                      models.tokenizer, ledger)
+
+
+def _host_models(config: ModelPairConfig, host: Host) -> HostModels:
     if isinstance(config, SyntheticPairConfig):
         tokenizer = ByteTokenizer(config.vocab_size, reserved=(config.eos_id,))
         if host == "edge":

@@ -17,11 +17,13 @@ a verifier scoring drafts appended right after a block it already scored
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
 from agents.sampling import SamplingConfig
+
+Host = Literal["edge", "cloud"]   # which agent a model runs in
 
 
 class ModelSession(Protocol):

@@ -2,7 +2,8 @@
 FLOPs it must compute, for a decoder-only transformer of a given shape.
 
 Owns the stage names (``STAGES``, each run by the draft or the target: ``ROLE``), the shape
-of a model (``ModelShape``: from a transformers config, its parameter count), the work of
+of a model (``ModelShape``: from a transformers config, its parameter count; published ones
+by name, ``NAMED_SHAPES``, or nearest in size, ``shape_for_parameters``), the work of
 one forward pass (``forward_work``) and of each stage (``stage_work``), and the per-stage
 frames the fits read from a measured table (``stage_frame``).  What a stage is, at a
 committed context of C tokens (C - 1 in the cache, the last one pending, as at the start of
@@ -43,7 +44,8 @@ Stage = Literal["edge_prefill", "draft_token", "cloud_prefill", "verify", "decod
 STAGES: tuple[Stage, ...] = ("edge_prefill", "draft_token", "cloud_prefill", "verify", "decode")
 ROLE: dict[str, str] = {"edge_prefill": "draft", "draft_token": "draft",
                         "cloud_prefill": "target", "verify": "target", "decode": "target"}
-DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPE_BYTES: dict[Dtype, int] = {"float32": 4, "bfloat16": 2, "float16": 2}
 SHAPE_FIELDS = ("layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "vocab",
                 "tied_embeddings")
 
@@ -112,6 +114,17 @@ QWEN2_5 = {
     "32B": ModelShape(64, 5120, 40, 8, 128, 27648, 152064, False),
     "72B": ModelShape(80, 8192, 64, 8, 128, 29568, 152064, False),
 }
+
+
+# Small drafts of the speculative decoding literature (SpecInfer's JackFram/llama-68m and
+# JackFram/llama-160m, each config.json on its hub page: Llama layers, 12 heads of 64, untied
+# embeddings, a 32,000-token vocabulary).
+LLAMA_DRAFTS = {
+    "llama-68m": ModelShape(2, 768, 12, 12, 64, 3072, 32000, False),
+    "llama-160m": ModelShape(12, 768, 12, 12, 64, 3072, 32000, False),
+}
+# every published shape by the name a user gives it (``qwen2.5-0.5b``, ``llama-160m``)
+NAMED_SHAPES = {f"qwen2.5-{size.lower()}": shape for size, shape in QWEN2_5.items()} | LLAMA_DRAFTS
 
 
 def shape_for_parameters(parameters: float) -> ModelShape:

@@ -7,7 +7,9 @@ policies ``nasd``, ``hf-heuristic`` and ``bandit`` choose K within
 job's ``draft_ahead``, the baselines run as they are beside them).  Its optional
 ``network`` section (``NetworkSpace``) is what ``orchestrator sweep`` expands
 into cells: named profiles and grids of RTT x bandwidth x jitter x loss,
-each crossed with the payload codecs to compare.
+each crossed with the payload codecs to compare.  Its device emulation fields
+(``DeviceEmulationFields``) name the devices the agents act as and the model sizes they
+are timed for (resolved into devices and shapes by ``orchestrator.config.emulation``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from agents.codecs import get_codec
 from agents.edge import AHEAD_STRATEGIES, MAX_DRAFT_AHEAD, STRATEGY_NAMES, StrategyName
 from agents.messages import MAX_DRAFT_TOKENS, MAX_NEW_TOKENS
 from agents.sampling import SamplingConfig, Seed
+from nasd.latency.stages import Dtype
 from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, POLICY_NAMES, percentile_of
 from shaping.profile import BandwidthMbps, JitterDistribution, Milliseconds, Percent
 
@@ -98,9 +101,59 @@ class NetworkSpace(BaseModel):
         return self
 
 
-class JobConfig(SamplingConfig):
+class DeviceEmulationFields(BaseModel):
+    """A job's device emulation: the agents compute the real tokens, each forward pass padded
+    to the time the named device takes for a model of the declared size
+    (``agents.backends.emulated``).  Both devices or neither; each side's model declared by
+    its size or by its exact shape, one of the two."""
+
+    model_config = STRICT
+    edge_device: str | None = Field(default=None, description="device emulation: the device "
+                                    "the edge's draft runs on (a name under configs/devices, "
+                                    "or a YAML path)")
+    cloud_device: str | None = Field(default=None, description="device emulation: the device "
+                                     "the cloud's models run on")
+    edge_model_params: float | None = Field(default=None, gt=0,
+                                            description="device emulation: the draft's size "
+                                            "in parameters, timed as the published Qwen2.5 "
+                                            "shape nearest to it")
+    edge_model_shape: str | None = Field(default=None, description="device emulation: the "
+                                         "draft's exact shape: a published one by name "
+                                         "(llama-160m, qwen2.5-0.5b, ...) or a transformers "
+                                         "config.json (or its model folder)")
+    cloud_model_params: float | None = Field(default=None, gt=0,
+                                             description="device emulation: the target's size "
+                                             "in parameters")
+    cloud_model_shape: str | None = Field(default=None, description="device emulation: the "
+                                          "target's exact shape")
+    emulated_dtype: Dtype = Field(
+        default="bfloat16", description="device emulation: the dtype both models are timed at")
+
+    @property
+    def emulates_devices(self) -> bool:
+        return self.edge_device is not None
+
+    @model_validator(mode="after")
+    def _declared_per_side(self) -> "DeviceEmulationFields":
+        if (self.edge_device is None) != (self.cloud_device is None):
+            raise ValueError("device emulation needs both edge_device and cloud_device")
+        for side, role in (("edge", "draft"), ("cloud", "target")):
+            declared = [name for name in (f"{side}_model_params", f"{side}_model_shape")
+                        if getattr(self, name) is not None]
+            if not self.emulates_devices and declared:
+                raise ValueError(f"{declared[0]} declares the {role} for device emulation, "
+                                 "which needs edge_device and cloud_device")
+            if self.emulates_devices and len(declared) != 1:
+                raise ValueError(f"{side}_device: declare the {role}'s size with one of "
+                                 f"{side}_model_params and {side}_model_shape"
+                                 + (" (not both)" if declared else ""))
+        return self
+
+
+class JobConfig(DeviceEmulationFields, SamplingConfig):
     """A benchmark job; its decoding fields (``decoding``, ``temperature``, ``top_k``,
-    ``top_p``) are ``SamplingConfig``'s, defined there once."""
+    ``top_p``) are ``SamplingConfig``'s, defined there once, its device emulation fields
+    ``DeviceEmulationFields``'."""
 
     model_config = STRICT
     name: str = "job"

@@ -1,6 +1,7 @@
-"""A run's resolved configuration: the job, the network profile, the model pair, the prompts
-and the mode, built from config names (``RunSpec.load``) or read back from a run folder's
-``config.yaml`` (``RunSpec.from_folder``); it expands into the edge's query requests."""
+"""A run's resolved configuration: the job, the network profile, the model pair, the prompts,
+the mode and the device emulation, built from config names (``RunSpec.load``) or read back
+from a run folder's ``config.yaml`` (``RunSpec.from_folder``); it expands into the edge's
+query requests."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 import yaml
 
 from agents.backends import ModelPairConfig
+from agents.backends.emulated import DeviceEmulation
 from agents.backends.synthetic import SyntheticPairConfig
 from agents.edge import QueryRequest
 from nasd.estimator import Calibration
 from nasd.table import RttTable
 from orchestrator.config.datasets import Prompt, load_dataset
+from orchestrator.config.emulation import load_emulation
 from orchestrator.config.job import JobConfig, plan
 from orchestrator.config.loading import (
     ConfigError,
@@ -40,6 +43,7 @@ class RunSpec:
     mode: str
     nasd_rtt_table: RttTable | None = None        # the job's nasd_rtt_table_path, loaded
     nasd_calibration: Calibration | None = None   # the job's nasd_calibration_path, loaded
+    emulation: DeviceEmulation | None = None      # the job's device emulation, resolved
 
     @classmethod
     def load(cls, job: str, profile: str, mode: str, job_overrides: dict | None = None,
@@ -53,6 +57,7 @@ class RunSpec:
               model_pair: ModelPairConfig | None = None,
               prompts: list[Prompt] | None = None) -> "RunSpec":
         """A run of ``job`` on ``profile``; the pair and prompts are loaded unless given."""
+        emulation = load_emulation(job)     # before the pair: a bad device fails at once
         model_pair = model_pair or load_model_pair(job.model_pair)
         if isinstance(model_pair, SyntheticPairConfig) and job.sampling.reshapes:
             raise ConfigError(f"job {job.name!r}: the synthetic pair samples its "
@@ -65,7 +70,7 @@ class RunSpec:
                               f"strategy runs x {used} prompts make more than "
                               f"{MAX_QUERIES_PER_RUN:,} queries")
         return cls(job=job, profile=profile, model_pair=model_pair, prompts=prompts, mode=mode,
-                   **nasd_files(job))
+                   emulation=emulation, **nasd_files(job))
 
     @classmethod
     def from_folder(cls, folder: Path) -> "RunSpec":
@@ -76,7 +81,9 @@ class RunSpec:
                    profile=parse(NetworkProfile, resolved["profile"], source),
                    model_pair=parse(ModelPairConfig, resolved["model_pair"], source),
                    prompts=[Prompt(**prompt) for prompt in resolved["prompts"]],
-                   mode=resolved["mode"])
+                   mode=resolved["mode"],
+                   emulation=parse(DeviceEmulation, resolved["emulation"], source)
+                   if resolved.get("emulation") else None)
 
     def requests(self) -> list[QueryRequest]:
         prompts = self.prompts[: self.job.max_queries]
@@ -112,7 +119,9 @@ class RunSpec:
         return {"mode": self.mode, "job": self.job.model_dump(mode="json"),
                 "profile": self.profile.model_dump(mode="json"),
                 "model_pair": self.model_pair.model_dump(mode="json"),
-                "prompts": [asdict(prompt) for prompt in self.prompts]}
+                "prompts": [asdict(prompt) for prompt in self.prompts],
+                **({"emulation": self.emulation.model_dump(mode="json")} if self.emulation
+                   else {})}
 
 
 def nasd_files(job: JobConfig) -> dict:

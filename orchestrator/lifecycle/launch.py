@@ -34,6 +34,7 @@ import zmq
 
 import agents
 from agents.backends import ModelPairConfig
+from agents.backends.emulated import DeviceEmulation
 from agents.control import AgentError, ControlClient
 from agents.edge import QueryRequest
 from agents.settings import AgentSettings
@@ -253,9 +254,10 @@ class Deployment:
                               baseline_bulk_bytes=4 * 1024 * 1024)
 
     def __init__(self, run_dir: Path, model_pair: ModelPairConfig, link: Link,
-                 receive_timeout_s: float) -> None:
+                 receive_timeout_s: float, emulation: DeviceEmulation | None = None) -> None:
         self.run_dir = run_dir
         self.model_pair = model_pair
+        self.emulation = emulation     # device emulation (None: none), in both agents' settings
         self.link = link
         self.receive_timeout_s = receive_timeout_s
         self.agents: list[AgentProcess] = []
@@ -296,7 +298,7 @@ class Deployment:
                                          data_address=self.link.data_address,
                                          control_address=f"ipc://{self.socket_dir}/{name}.ctl",
                                          receive_timeout_s=self.receive_timeout_s,
-                                         sim_link=self.link.sim_link)
+                                         sim_link=self.link.sim_link, emulation=self.emulation)
                 agent = AgentProcess(name, module, settings, self.run_dir, self.context,
                                      self.watch, self.link.agent_argv(name))
                 self.agents.append(agent)

@@ -39,6 +39,8 @@ def query_timeout_s(job: JobConfig) -> float:
 def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
     results = ResultsFolder.create(results_root, f"{spec.profile.name}-{spec.mode}")
     console.print(f"results: {results.path}")
+    if spec.emulation is not None:
+        console.print(spec.emulation.describe(), highlight=False)
     with work_progress(console) as progress:
         summary = execute(spec, results, progress)
     print_summary(summary, console, title=f"{spec.profile.name} ({spec.mode})")
@@ -57,8 +59,8 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
     completed = False
     try:
         link = make_link(spec.mode, spec.profile, spec.job.seed)
-        with Deployment(results.path, spec.model_pair, link,
-                        spec.job.receive_timeout_s) as deployment:
+        with Deployment(results.path, spec.model_pair, link, spec.job.receive_timeout_s,
+                        spec.emulation) as deployment:
             for request in spec.warmups():
                 progress.update(task, description=f"{request.label} warm-up")
                 deployment.query(request, query_timeout_s(spec.job))

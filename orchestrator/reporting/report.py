@@ -8,9 +8,10 @@ and ``report.html``: one self-contained page (figures inlined as data URIs,
 inline CSS, no script, no external address) that fits a 1280 px window
 (text and intervals wrap; the full leaderboard is two tables) with the job,
 what the intervals allow one to conclude, the key per-cell table, the
-reversal RTTs, every figure, the figures skipped and why, the full
-leaderboard, and every term defined.  On the terminal it prints the key
-table, the reversal table, their legend and the conclusions.
+reversal RTTs, under device emulation the passes padded and overrun per cell,
+every figure, the figures skipped and why, the full leaderboard, and every
+term defined.  On the terminal it prints the key table, the reversal table,
+the device emulation table, their legend and the conclusions.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
+from agents.backends.emulated import DeviceEmulation
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.reporting.analysis import (
     incomplete_run,
@@ -36,10 +38,12 @@ from orchestrator.reporting.analysis import (
 from orchestrator.reporting.plots import PLOTS, bandwidth_label, write_plots
 from orchestrator.reporting.run_summary import summarize_folder
 from orchestrator.reporting.summary import (
+    EMULATION_GLOSSARY,
     GLOSSARY,
     INTERVAL_RULE,
     SPECULATION_COLUMNS,
     SPEED_COLUMNS,
+    emulation_conclusion,
     format_crossover,
     format_measured,
     format_number,
@@ -171,13 +175,41 @@ def board_conclusions(board: pd.DataFrame, reversals: pd.DataFrame) -> list[str]
         lines.append(f"measured reversal verdicts resting on intervals that do not overlap: "
                      f"{sum(verdict is True for verdict in conclusive)} of {len(reversals)}"
                      + (f"; too wide to conclude for {_listed(shaky)}" if shaky else ""))
-    return lines
+    emulation = emulation_conclusion(board)
+    return lines + ([emulation] if emulation else [])
+
+
+def emulation_frame(board: pd.DataFrame) -> pd.DataFrame:
+    """Device emulation per cell (formatted): passes, the share padded, how late a pass woke
+    on average, those that overran the emulated time and the worst (ms, stage, strategy)."""
+    rows = []
+    for cell, group in board[board["emulated_passes"].notna()].groupby("cell", sort=False):
+        passes, overran = group["emulated_passes"].sum(), int(group["overrun_passes"].sum())
+        worst = group.loc[group["worst_overrun_ms"].idxmax()]
+        late = (group["late_ms_per_pass"] * group["emulated_passes"]).sum() / passes
+        rows.append({"cell": cell, "passes": f"{passes:.0f}",
+                     "padded": format_number(group["padded_passes"].sum() / passes, 3),
+                     "late ms": format_number(late, 2),
+                     "overran": str(overran), "worst overrun": (
+                         f"{worst['worst_overrun_ms']:.2f} ms ({worst['worst_overrun_stage']}, "
+                         f"{worst['label']})" if overran else "-")})
+    return pd.DataFrame(rows)
 
 
 KEY_TITLE = "leaderboard (per cell; full table in leaderboard.csv)"
+EMULATION_TITLE = "device emulation: passes padded to the emulated devices' times, per cell"
+EMULATION_LEGEND = {
+    "passes": EMULATION_GLOSSARY["passes"], "padded": EMULATION_GLOSSARY["padded"],
+    "late ms": EMULATION_GLOSSARY["late ms"],
+    "overran": "passes whose real time was already above the emulated one (not padded: the "
+               "emulated device would have been faster)",
+    "worst overrun": "the largest of those excesses, its stage and strategy "
+                     "(leaderboard.csv has each stage's real and emulated ms per pass)",
+}
 REVERSAL_TITLE = "performance reversal: RTT (ms) above which cloud-only decodes faster"
 TEXT_COLUMNS = {"cell", "fastest lossless", "runner-up", "lossy (unranked)", "most accurate",
-                "bandwidth", "codec", "strategy", "RTTs swept", "note", "conclusive"}
+                "bandwidth", "codec", "strategy", "RTTs swept", "note", "conclusive",
+                "worst overrun"}
 KEY_LEGEND = {
     "cell": "one network condition of the sweep (profile or grid point; @codec where the "
             "sweep compares payload codecs), or the run",
@@ -242,6 +274,8 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
         "jitter": _values(board["jitter_ms"], " ms"),
         "random loss": _values(board["loss_pct"], " %"),
         "codecs": ", ".join(board["codec"].unique()),
+        **({"device emulation": DeviceEmulation.model_validate(config["emulation"]).describe()}
+           if config.get("emulation") else {}),
     }
 
 
@@ -354,6 +388,8 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
          if len(reversals) else
          "<p>No series of static cells spans two RTTs with cloud-only and fixed-K: "
          "no reversal to compute.</p>"),
+        *(["<h2>Device emulation</h2>", table_html(emulation_frame(board)),
+            _legend_html(EMULATION_LEGEND)] if "emulated_passes" in board else []),
         "<h2>Figures</h2>",
         *(_figure_html(figure, captions[figure.name]) for figure in written),
     ]
@@ -404,6 +440,9 @@ def report_folder(path: Path, console: Console) -> Path:
     if not reversals.empty:
         console.print(rich_table(reversal_frame(reversals), REVERSAL_TITLE, TEXT_COLUMNS))
         terms.update(REVERSAL_LEGEND)
+    if "emulated_passes" in board:
+        console.print(rich_table(emulation_frame(board), EMULATION_TITLE, TEXT_COLUMNS))
+        terms.update(EMULATION_LEGEND)
     console.print(text_list("columns (every term: report.html, How to read this page)",
                             terms.items()))
     console.print(text_list("what the intervals allow",

@@ -45,8 +45,10 @@ def _records(folder: Path, spec: RunSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _host_times(spec: RunSpec, queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | None:
-    return (modeled_times(spec.model_pair) if isinstance(spec.model_pair, SyntheticPairConfig)
-            else measured_times(queries, cycles))
+    """The synthetic pair's modeled times, unless its passes were padded to emulated
+    devices' (then, as for real models, the times its records measured)."""
+    modeled = isinstance(spec.model_pair, SyntheticPairConfig) and not spec.job.emulates_devices
+    return modeled_times(spec.model_pair) if modeled else measured_times(queries, cycles)
 
 
 def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:

@@ -9,9 +9,11 @@ predicts); acceptance (accepted / drafted, and the per-token maximum-likelihood
 alpha the model uses); cycle time and RTT percentiles; network share of the
 cycle; bytes and cloud compute per output token; task accuracy where the
 prompts have answers; under greedy decoding, the share of queries whose
-output equals cloud-only's token for token (losslessness); and ``lossy``,
-whether the strategy's output is not the target model's.  Every query-level
-figure carries its 95 % interval as ``<column>_low`` / ``<column>_high``
+output equals cloud-only's token for token (losslessness); ``lossy``,
+whether the strategy's output is not the target model's; and under device
+emulation, how many passes were padded to the emulated devices' times, how many
+overran them (and the worst), and each stage's real and emulated milliseconds.
+Every query-level figure carries its 95 % interval as ``<column>_low`` / ``<column>_high``
 (``validation.stats``: a seeded bootstrap over query rows).
 
 Reading it (pure functions shared by the terminal and the report): speed
@@ -34,6 +36,7 @@ from rich.table import Table
 
 from agents.edge import STRATEGY_NAMES
 from nasd.analytic import acceptance_from_counts
+from nasd.latency.stages import STAGES
 from nasd.policy import POLICY_NAMES, NasdController
 from orchestrator.results import read_records
 from validation.stats import (
@@ -175,8 +178,54 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
         cutoffs = (int(own_cycles["nasd_cutoff"].sum())
                    if len(own_cycles) and "nasd_cutoff" in own_cycles else 0)
         row["lossy"] = is_lossy(row["strategy"], row["lossless"], cutoffs)
+        if "emulated_stages" in group and group["emulated_stages"].notna().any():
+            row.update(emulation_columns(group["emulated_stages"].dropna()))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def emulation_columns(per_query: pd.Series) -> dict:
+    """A strategy's device emulation from its queries' ``emulated_stages``: passes, those
+    padded (and their share), those that overran the emulated time, the worst overrun (ms)
+    and its stage, how late a pass woke on average (ms), and per stage the mean real,
+    emulated and lasted ms of a pass."""
+    totals = pd.DataFrame([{"stage": stage, **values} for stages in per_query
+                           for stage, values in stages.items()])
+    by_stage = totals.groupby("stage")[["passes", "real_s", "emulated_s", "lasted_s"]].sum()
+    passes = int(totals["passes"].sum())
+    worst = totals.loc[totals["worst_overrun_s"].idxmax()]
+    row = {"emulated_passes": passes, "padded_passes": int(totals["padded"].sum()),
+           "padded_share": totals["padded"].sum() / passes if passes else np.nan,
+           "overrun_passes": int(totals["overruns"].sum()),
+           "worst_overrun_ms": 1000.0 * worst["worst_overrun_s"],
+           "worst_overrun_stage": worst["stage"] if worst["worst_overrun_s"] > 0 else None,
+           "late_ms_per_pass": 1000.0 * totals["late_s"].sum() / passes if passes else np.nan}
+    for stage in STAGES:
+        if stage in by_stage.index:
+            stage_row = by_stage.loc[stage]
+            for kind in ("real", "emulated", "lasted"):
+                row[f"{stage}_{kind}_ms"] = 1000.0 * stage_row[f"{kind}_s"] / stage_row["passes"]
+    return row
+
+
+def emulation_conclusion(rows: pd.DataFrame) -> str | None:
+    """One sentence on a run's (or a sweep's) device emulation: passes, the share padded, and
+    how many overran the emulated time, the worst where (``cell`` when ``rows`` has it); None
+    without emulation."""
+    if "emulated_passes" not in rows or not rows["emulated_passes"].notna().any():
+        return None
+    rows = rows[rows["emulated_passes"].notna()]
+    passes, overran = int(rows["emulated_passes"].sum()), int(rows["overrun_passes"].sum())
+    late = (rows["late_ms_per_pass"] * rows["emulated_passes"]).sum() / passes
+    text = (f"device emulation: {passes:,} passes, {rows['padded_passes'].sum() / passes:.1%} "
+            f"padded to the emulated devices' times (woken {late:.2f} ms late on average); ")
+    if not overran:
+        return text + "none overran (no pass took longer for real than its emulated time)"
+    worst = rows.loc[rows["worst_overrun_ms"].idxmax()]
+    where = " ".join(filter(None, [worst.get("cell"), worst["label"]]))
+    return (text + f"{overran} overran (their real time above the emulated one, not padded), "
+            f"the worst by {worst['worst_overrun_ms']:.2f} ms ({worst['worst_overrun_stage']}, "
+            f"{where})")
 
 
 # ---- reading a summary: ranks, verdicts, formatting ------------------------------------------
@@ -302,7 +351,7 @@ def conclusions(cell: pd.DataFrame) -> list[str]:
     if cell.empty:
         return ["no strategy finished a query: nothing to conclude"]
     return [line for line in (speed_conclusion(cell), lossy_conclusion(cell),
-                              model_conclusion(cell)) if line]
+                              model_conclusion(cell), emulation_conclusion(cell)) if line]
 
 
 INTERVAL_RULE = ("two measured figures differ conclusively only when their 95 % intervals do "
@@ -351,7 +400,21 @@ GLOSSARY = {
                 "score)",
     "lossless": "share of outputs equal to cloud-only's token for token (greedy decoding; - "
                 "under sampling and for strategies not meant to match)",
+
     "too close to call": INTERVAL_RULE,
+}
+# the device emulation table's columns (shown only for a run that emulates devices)
+EMULATION_GLOSSARY = {
+    "passes": "device emulation: forward passes of both models (each one run of a stage), "
+              "each padded to the time the emulated device takes for it (its roofline bound)",
+    "padded": "share of passes whose real time was below the emulated one (padded to it)",
+    "overran": "passes whose real time was already above the emulated one (not padded: the "
+               "emulated device would have been faster), the worst by how many ms, its stage",
+    "late ms": "mean ms a pass lasted past both its real and its emulated time: the wait's "
+               "wake-up came late on a busy host (the emulated time is then exceeded too)",
+    "<stage> ms": "mean real / emulated ms of one pass of the stage (edge_prefill, "
+                  "draft_token: the draft; cloud_prefill, verify, decode: the target); "
+                  "summary.csv also has the ms it lasted (<stage>_lasted_ms)",
 }
 
 def _formatted(column: str, digits: int = 1):
@@ -391,6 +454,25 @@ SPECULATION_COLUMNS = {
     "handed off": _formatted("handoff_share", 2), "cut off": _formatted("cutoff_share", 2),
     "crossover": _crossover_of, "accuracy": _formatted("accuracy", 2),
     "lossless": _formatted("lossless", 2),
+}
+
+
+def _overran_of(row) -> str:
+    overran = row.get("overrun_passes", np.nan)
+    if pd.isna(overran) or not overran:
+        return format_number(overran, 0)
+    return f"{overran:.0f} ({row['worst_overrun_ms']:.2f} ms, {row['worst_overrun_stage']})"
+
+
+def _stage_ms_of(row, stage: str) -> str:
+    real, emulated = row.get(f"{stage}_real_ms", np.nan), row.get(f"{stage}_emulated_ms", np.nan)
+    return "-" if pd.isna(real) else f"{real:.2f} / {emulated:.2f}"
+
+
+EMULATION_COLUMNS = {
+    "passes": _formatted("emulated_passes", 0), "padded": _formatted("padded_share", 3),
+    "overran": _overran_of, "late ms": _formatted("late_ms_per_pass", 2),
+    **{f"{stage} ms": partial(_stage_ms_of, stage=stage) for stage in STAGES},
 }
 
 
@@ -446,6 +528,11 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
                              f"{title}: speed ({queries} queries per strategy, 95 % intervals)"))
     console.print(rich_table(formatted_frame(summary, SPECULATION_COLUMNS),
                              f"{title}: speculation, cost, quality"))
-    console.print(text_list("columns", GLOSSARY.items()))
+    emulated = "emulated_passes" in summary
+    if emulated:
+        console.print(rich_table(formatted_frame(summary, EMULATION_COLUMNS),
+                                 f"{title}: device emulation (real / emulated)"))
+    console.print(text_list("columns", {**GLOSSARY, **(EMULATION_GLOSSARY if emulated else {})
+                                        }.items()))
     console.print(text_list("what the intervals allow",
                             [("-", line + ".") for line in conclusions(summary)]))
