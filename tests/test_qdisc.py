@@ -49,13 +49,14 @@ pytest.importorskip("pyroute2")
 
 
 from shaping.link_model import HEADER_BYTES, JITTER_TABLES, MSS_BYTES, default_burst_bytes  # noqa: E402
-from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, RandomLoss  # noqa: E402
+from shaping.profile import (MAX_DELAY_MS, DirectionSpec, GilbertElliottLoss, LinkState,  # noqa: E402
+                             RandomLoss)
 from shaping.qdisc.messages import TBF_CHILD_PARENT, encode, netem_message, tbf_message  # noqa: E402
 from shaping.qdisc.operations import (NetemUnavailable, apply_direction, apply_link,  # noqa: E402
                                       change_link, change_requests, current_qdiscs, layout_after,
                                       remove, remove_link, root_qdisc)
 from shaping.qdisc.parameters import (NETEM_LIMIT_MAX, needs_netem, netem_params,  # noqa: E402
-                                      percent_u32, tbf_params)
+                                      ns_to_ticks, percent_u32, tbf_params)
 from shaping.qdisc.probes import netem_available, tbf_available  # noqa: E402
 from shaping.topology import LinkTopology  # noqa: E402
 from tests.netns_helpers import PrefixTracker  # noqa: E402
@@ -189,10 +190,12 @@ def test_delay_and_jitter_units():
     assert TCA_NETEM_LOSS not in attrs
 
 
-def test_long_delays_saturate_the_old_ticks_but_not_the_64_bit_value():
-    qopt, attrs, _ = netem_parts(DirectionSpec(delay_ms=300_000))
-    assert qopt[0] == UINT32_MAX
-    assert struct.unpack("=q", attrs[TCA_NETEM_LATENCY64]) == (300_000_000_000,)
+def test_the_longest_delay_a_profile_allows_travels_exactly_in_the_64_bit_value():
+    qopt, attrs, _ = netem_parts(DirectionSpec(delay_ms=MAX_DELAY_MS))
+    longest_ns = round(MAX_DELAY_MS * 1e6)
+    assert qopt[0] == ns_to_ticks(longest_ns) < UINT32_MAX     # the old field still fits
+    assert struct.unpack("=q", attrs[TCA_NETEM_LATENCY64]) == (longest_ns,)
+    assert ns_to_ticks(300_000_000_000) == UINT32_MAX      # past 275 s the old field saturates
 
 
 def test_correlation_and_rate_are_always_sent():
