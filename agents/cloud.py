@@ -193,7 +193,7 @@ class CloudAgent:
     def _passes(self) -> dict:
         """Device emulation: the passes run since the last answer, as an answer carries them
         (nothing without emulation)."""
-        return wire_fields(None if self.models.ledger is None else self.models.ledger.take())
+        return wire_fields(self.models.take_passes())
 
     def handle(self, message: Message, peer: bytes, received_at: float) -> None:
         """Answer one checked message; a refusal goes back as an ``error`` and ends the

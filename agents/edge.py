@@ -153,7 +153,7 @@ class EdgeAgent:
         prompt_ids = self.models.tokenizer.encode(request.prompt)
         if not prompt_ids:
             raise ValueError(f"query {request.query_id}: empty prompt")
-        self._own_passes()    # device emulation: a query cut short leaves none to this one
+        self.models.take_passes()    # device emulation: a query cut short leaves none to this one
         if request.strategy == "edge-only":
             return self._edge_only(request, session, prompt_ids)
         if request.strategy in ("cloud-only", "cloud-spec"):
@@ -173,10 +173,6 @@ class EdgeAgent:
             output_text=self.models.tokenizer.decode(output), answer=request.answer,
             timeline_start_s=None if request.timeline_started_at is None
             else request.timeline_started_at - t_submit)
-
-    def _own_passes(self) -> list[PassTiming] | None:
-        """Device emulation: this host's passes since it last looked (None without)."""
-        return None if self.models.ledger is None else self.models.ledger.take()
 
     def _no_passes(self) -> list[PassTiming] | None:
         """Device emulation: the passes of a side that ran none ([]; None without)."""
@@ -204,7 +200,7 @@ class EdgeAgent:
                               bool(output) and output[-1] == eos_id)
         record.edge_compute_s, record.edge_first_s = compute_s, first_s
         tally = StageTally()
-        tally.add(self._own_passes())
+        tally.add(self.models.take_passes())
         record.emulated_stages = self._emulated_stages(tally)
         return record, []
 
@@ -287,7 +283,7 @@ class EdgeAgent:
                           {"prompt": np.asarray(prompt_ids, dtype=np.int32)})
         self.channel.send(message)
         query.draft.prefill()  # overlaps with the upload and the cloud's prefill
-        query.stages.add(self._own_passes())
+        query.stages.add(self.models.take_passes())
         opened, _, bytes_down = self.channel.recv()
         query.t_first = query.t_last = now()
         self._check(opened, message, "opened")
@@ -390,7 +386,7 @@ class EdgeAgent:
         drafts = draft_tokens(query.draft, min(decision[0], query.remaining - 1), query.decoding,
                               query.rng, query.eos_id, query.codec,
                               query.request.confidence_floor)
-        draft_passes = self._own_passes()
+        draft_passes = self.models.take_passes()
         # another block may follow this one on its premise: room for one draft and the token
         # after it, and the premise (all kept) leaves the sequence open
         follows = query.remaining >= 2 and not (drafts.ids and drafts.ids[-1] == query.eos_id)
@@ -437,7 +433,7 @@ class EdgeAgent:
         sent: dict = {}
 
         def verify(drafts: Drafts) -> tuple[Verdict, np.ndarray | None]:
-            sent["passes"] = self._own_passes()
+            sent["passes"] = self.models.take_passes()
             message = draft_message(query.session, query.next_seq(), query.codec, drafts,
                                     query.catch_up_fields(), query.catch_up_arrays())
             sent["reply"], sent["up"], sent["down"], sent["at"], query.t_last = self._exchange(
@@ -505,7 +501,7 @@ class EdgeAgent:
         query.finished = query.eos = served[-1] == query.eos_id
         return dict(k=0, accepted=0, tokens=len(served), rtt_ms=float("nan"), bytes_up=0,
                     bytes_down=0, t_draft=query.t_last - t_start, t_verify=0.0, t_network=0.0,
-                    served_by="edge", nasd_cutoff=True, draft_passes=self._own_passes(),
+                    served_by="edge", nasd_cutoff=True, draft_passes=self.models.take_passes(),
                     verify_passes=self._no_passes())
 
 

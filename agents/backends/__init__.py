@@ -16,7 +16,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from agents.backends.base import Host, LanguageModel
-from agents.backends.emulated import DeviceEmulation, StageLedger
+from agents.backends.emulated import DeviceEmulation, PassTiming, StageLedger
 from agents.backends.hf import HFPairConfig
 from agents.backends.synthetic import SyntheticModel, SyntheticPairConfig
 from agents.backends.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
@@ -30,6 +30,10 @@ class HostModels:
     target: LanguageModel | None
     tokenizer: Tokenizer
     ledger: StageLedger | None = None   # device emulation: every pass of these models
+
+    def take_passes(self) -> list[PassTiming] | None:
+        """Device emulation: the passes run since the last take (None without emulation)."""
+        return None if self.ledger is None else self.ledger.take()
 
 
 def build_models(config: ModelPairConfig, host: Host,
