@@ -23,6 +23,11 @@ close it.  Per session it keeps the target's sequence (and, for
 - ``generate``: decode the whole answer here (plain or speculative) and
   stream ``tokens`` messages as tokens are committed (a session of its own,
   gone once the answer is);
+- ``ping``: answer ``pong`` at once, between two commits of a stream too (the
+  edge measures the link while the cloud decodes a stretch for it);
+- ``stop``: end the session's stream with its next commit, whose ``tokens``
+  says finished (the edge ends a stretch early once the link favours
+  speculation again); nothing when the stream has ended already;
 - ``close``: forget the session (and stop its stream).
 
 ``draft`` and ``decode`` first catch the session up with what the edge
@@ -157,22 +162,32 @@ class CloudAgent:
         self.eos_id = models.target.eos_id
         self.width = models.target.vocab_size
         self.next_expiry = now() + EXPIRY_EVERY_S
+        # when the loop last found no message waiting: one read later arrived after it
+        self.looked_at = now()
 
     # -- the serving loop
 
     def wait_s(self, idle_s: float = IDLE_WAIT_S) -> float:
         """How long the loop may wait for a message before the next turn: not at all while
-        a stream has tokens to send."""
-        return 0.0 if any(s.stream is not None for s in self.sessions.values()) else idle_s
+        a stream has tokens to send; in sim mode, no longer than until the next message
+        held on its modeled link is due."""
+        if any(s.stream is not None for s in self.sessions.values()):
+            return 0.0
+        due_in_s = self.channel.due_in_s()
+        return idle_s if due_in_s is None else min(idle_s, max(due_in_s, 0.0))
 
     def turn(self, message_waiting: bool) -> None:
-        """One turn: the waiting messages (up to ``MESSAGES_PER_TURN``) received and
-        answered, every stream one commit further, idle sessions forgotten.  Nothing a peer
-        sends raises out of it."""
-        for _ in range(MESSAGES_PER_TURN if message_waiting else 0):
+        """One turn: the waiting messages (up to ``MESSAGES_PER_TURN``; in sim mode those
+        due) received and answered, every stream one commit further, idle sessions
+        forgotten.  Nothing a peer sends raises out of it."""
+        waiting = message_waiting or self.channel.poll(0)
+        for _ in range(MESSAGES_PER_TURN if waiting else 0):
             self.receive()
-            if not self.channel.poll(0):
+            waiting = self.channel.poll(0)
+            if not waiting:
                 break
+        if not waiting:
+            self.looked_at = now()    # every message that had arrived by now is answered
         self.advance_streams()
         if now() >= self.next_expiry:
             self.expire_idle()
@@ -208,6 +223,10 @@ class CloudAgent:
                 self._decode(key, message, received_at)
             elif message.type == "generate":
                 self._generate(key, message, received_at)
+            elif message.type == "ping":
+                self._pong(key, message, received_at)
+            elif message.type == "stop":
+                self._stop(key)
             elif message.type == "close":
                 self._close(key)
             else:
@@ -317,6 +336,24 @@ class CloudAgent:
             raise ProtocolError(f"session {key[1]!r} is streaming tokens")
         session.last_active = now()
         return session
+
+    def _pong(self, key: SessionKey, message: Message, received_at: float) -> None:
+        """Answer a ``ping`` on one of the peer's sessions at once (also while it streams),
+        saying how long it may have waited unread (``waited_at_most_s``: since the loop last
+        found no message waiting; a step of a stream may have run meanwhile)."""
+        if key not in self.sessions:
+            raise ProtocolError(f"no open session {key[1]!r} of this peer")
+        self.channel.send(Message("pong", key[1], message.seq, {
+            "compute_s": now() - received_at,
+            "waited_at_most_s": max(received_at - self.looked_at, 0.0)}), key[0])
+
+    def _stop(self, key: SessionKey) -> None:
+        """End the session's stream with its next commit (nothing when it has ended)."""
+        session = self.sessions.get(key)
+        if session is None:
+            raise ProtocolError(f"no open session {key[1]!r} of this peer")
+        if session.stream is not None:
+            session.stream.tokens = min(session.stream.tokens, session.stream.sent + 1)
 
     def _close(self, key: SessionKey) -> None:
         closed = self.sessions.pop(key, None)

@@ -32,7 +32,7 @@ import math
 import sys
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, get_args
+from typing import Callable, Iterator, Literal, Sequence, get_args
 
 import numpy as np
 import zmq
@@ -42,7 +42,7 @@ from agents.backends import HostModels
 from agents.backends.base import TokenSequence
 from agents.backends.emulated import PassTiming, StageTally, read_passes, real_seconds
 from agents.codecs import DraftCodec, decode_target_row, get_codec
-from agents.protocol import Channel, Message, ProtocolError
+from agents.protocol import Channel, Message, ProtocolError, ReceiveTimeout
 from agents.records import CycleRecord, QueryRecord, decode_rate
 from agents.runtime import AgentRuntime, load_models, settings_from_argv, start_log
 from agents.sampling import SamplingConfig
@@ -59,7 +59,23 @@ StrategyName = Literal["cloud-only", "cloud-spec", "edge-only", PolicyName]
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 AHEAD_STRATEGIES = ("fixed-k", "nasd")   # the strategies that can draft ahead
 MAX_DRAFT_AHEAD = 16
+PING_EVERY_S = 0.05       # a stretch the cloud decodes: how often, on average, the edge pings
+PINGS_KEPT = 5            # the link's RTT in a stretch: from the last pings that agree
 log = logging.getLogger("edge")
+
+
+def link_rtt_s(pings: Sequence[tuple[float, float]]) -> float:
+    """The link's round trip from pings, oldest first, each (its round trip less the cloud's
+    time answering it, the longest it may have waited unread at the cloud): each brackets
+    the RTT in [round trip - wait, round trip].  The brackets of the newest pings, as far
+    back as they overlap (an older one that does not was taken before the link changed),
+    intersected; the middle of what is left."""
+    low, high = 0.0, math.inf
+    for round_trip, waited in reversed(pings):
+        if round_trip < low or round_trip - waited > high:
+            break
+        low, high = max(low, round_trip - waited), min(high, round_trip)
+    return (low + high) / 2.0
 
 
 class QueryRequest(BaseModel):
@@ -134,6 +150,7 @@ class EdgeAgent:
         self.channel = channel
         self.policy_for = policy_for
         self.policies: dict[tuple, KPolicy] = {}  # one per strategy run, across its queries
+        self.ping_jitter = np.random.default_rng()   # when to ping; never the tokens' draws
 
     def policy(self, request: QueryRequest) -> KPolicy:
         key = (request.label, request.strategy, request.k, request.k_min, request.k_max,
@@ -204,11 +221,19 @@ class EdgeAgent:
         record.emulated_stages = self._emulated_stages(tally)
         return record, []
 
+    def _receive(self) -> tuple[Message, int]:
+        """The cloud's next message and its size, past answers to pings of a stretch that
+        ended before they came back."""
+        while True:
+            reply, _, size = self.channel.recv()
+            if reply.type != "pong":
+                return reply, size
+
     def _exchange(self, message: Message, expect: str) -> tuple[Message, int, int, float, float]:
         """Send, await the answer of type ``expect``; return it, bytes up/down and both instants."""
         t_send = now()
         bytes_up = self.channel.send(message)
-        reply, _, bytes_down = self.channel.recv()
+        reply, bytes_down = self._receive()
         t_reply = now()
         self._check(reply, message, expect)
         return reply, bytes_up, bytes_down, t_send, t_reply
@@ -231,7 +256,7 @@ class EdgeAgent:
         """The ``tokens`` replies the cloud streams for ``message``, each with its size and
         when it arrived, up to the one that says finished."""
         while True:
-            reply, _, size = self.channel.recv()
+            reply, size = self._receive()
             received_at = now()
             self._check(reply, message, "tokens")
             yield reply, size, received_at
@@ -284,7 +309,7 @@ class EdgeAgent:
         self.channel.send(message)
         query.draft.prefill()  # overlaps with the upload and the cloud's prefill
         query.stages.add(self.models.take_passes())
-        opened, _, bytes_down = self.channel.recv()
+        opened, bytes_down = self._receive()
         query.t_first = query.t_last = now()
         self._check(opened, message, "opened")
         query.stages.add(read_passes(opened.fields))
@@ -293,9 +318,8 @@ class EdgeAgent:
         try:
             if stream and not query.finished:
                 network_s = query.t_first - query.t_submit - opened.fields["compute_s"]
-                measured = self._streamed(query, message, query.t_first)
-                measured.update(rtt_ms=network_s * 1000.0, t_network=measured["t_network"]
-                                + network_s)
+                measured = self._streamed(query, message, query.t_first, rtt_s=network_s)
+                measured.update(t_network=measured["t_network"] + network_s)
                 self._cycle(query, decision, t_start, measured)
                 decision = None
             while not query.finished and query.remaining > 0:
@@ -402,7 +426,7 @@ class EdgeAgent:
     def _block_verdict(self, query: SpeculationQuery, block: Block) -> bool:
         """Receive the verdict on ``block``, commit it, record the block; whether its premise
         still holds for the blocks after it (kept whole, the bonus deferred)."""
-        reply, _, bytes_down = self.channel.recv()
+        reply, bytes_down = self._receive()
         query.t_last = now()
         self._check(reply, block.message, "verdict")
         if reply.seq != block.message.seq:
@@ -464,30 +488,74 @@ class EdgeAgent:
         bytes_up = self.channel.send(message)
         query.caught_up()
         measured = self._streamed(query, message, t_send)
-        return {**measured, "bytes_up": bytes_up}
+        return {**measured, "bytes_up": bytes_up + measured["bytes_up"]}
 
-    def _streamed(self, query: SpeculationQuery, message: Message, t_send: float) -> dict:
+    def _streamed(self, query: SpeculationQuery, message: Message, t_send: float,
+                  rtt_s: float | None = None) -> dict:
         """Receive the tokens the cloud streams for ``message`` (sent at ``t_send``) until it
-        says finished; commit them on the draft's sequence.  The stretch's measurements:
-        ``rtt_ms`` the first token's network time."""
-        received, bytes_down, cloud_s, first_network_s = [], 0, 0.0, None
+        says finished; commit them on the draft's sequence.
+
+        Meanwhile the edge measures the link with ``ping``s, about every ``PING_EVERY_S``
+        at random instants: a ping waits at the cloud behind the step in progress, and
+        pings sent in step with the tokens would all wait alike, which hides any RTT shorter
+        than a step.  The link's RTT is ``link_rtt_s`` of the last ``PINGS_KEPT``.  Each goes
+        to the policy (``KPolicy.continue_stretch``); once it would rather speculate, the
+        edge asks the cloud to ``stop``, and keeps the tokens already on their way (they are
+        the target's).  The stretch's measurements: ``rtt_ms`` the link's RTT when it ended
+        (if no ping came back: ``rtt_s`` as known before, else its first token's network
+        time), ``bytes_up`` its pings and stop."""
+        received, bytes_up, bytes_down, cloud_s = [], 0, 0, 0.0
         verify_passes = self._no_passes()
-        for reply, size, query.t_last in self._token_stream(message):
+        pings: dict[int, float] = {}                      # seq -> sent at
+        answered: deque[tuple[float, float]] = deque(maxlen=PINGS_KEPT)
+        next_ping_at, stopping, heard_at = self._ping_after(t_send), False, now()
+        while True:
+            silent_for = self.channel.receive_timeout_s - (now() - heard_at)
+            try:
+                reply, _, size = self.channel.recv(
+                    timeout_s=silent_for if stopping else min(silent_for, next_ping_at - now()))
+            except ReceiveTimeout:
+                if stopping or now() - heard_at >= self.channel.receive_timeout_s:
+                    raise
+                seq = query.next_seq()
+                bytes_up += self.channel.send(Message("ping", query.session, seq))
+                pings[seq], next_ping_at = now(), self._ping_after(now())
+                continue
+            arrived = heard_at = now()
+            if reply.type == "pong":
+                if reply.seq not in pings:     # a ping of an earlier stretch
+                    continue
+                answered.append((arrived - pings.pop(reply.seq) - reply.fields["compute_s"],
+                                 reply.fields["waited_at_most_s"]))
+                rtt_s = link_rtt_s(answered)
+                if not stopping and not query.policy.continue_stretch(rtt_s):
+                    bytes_up += self.channel.send(Message("stop", query.session,
+                                                          query.next_seq()))
+                    stopping = True
+                continue
+            self._check(reply, message, "tokens")
+            query.t_last = arrived
             cloud_s += reply.fields["compute_s"]
             if verify_passes is not None:
                 verify_passes += read_passes(reply.fields) or []
-            if first_network_s is None:
-                first_network_s = query.t_last - t_send - cloud_s
+            if rtt_s is None:
+                rtt_s = arrived - t_send - cloud_s
             received.extend(int(t) for t in reply.arrays["ids"])
             bytes_down += size
+            if reply.fields["finished"]:
+                break
         query.draft.extend(received)
         query.finished = query.eos = bool(reply.fields["eos"])
         query.cloud_compute_s += cloud_s
         query.handoff_tokens += len(received)
-        return dict(k=0, accepted=0, tokens=len(received), rtt_ms=first_network_s * 1000.0,
-                    bytes_up=0, bytes_down=bytes_down, t_draft=0.0, t_verify=cloud_s,
+        return dict(k=0, accepted=0, tokens=len(received), rtt_ms=rtt_s * 1000.0,
+                    bytes_up=bytes_up, bytes_down=bytes_down, t_draft=0.0, t_verify=cloud_s,
                     t_network=query.t_last - t_send - cloud_s, served_by="cloud",
                     draft_passes=self._no_passes(), verify_passes=verify_passes)
+
+    def _ping_after(self, instant: float) -> float:
+        """When to ping next: ``PING_EVERY_S`` on average after ``instant``, at random."""
+        return instant + PING_EVERY_S * self.ping_jitter.uniform(0.5, 1.5)
 
     def _edge_stretch(self, query: SpeculationQuery, tokens: int) -> dict:
         """The edge-only cutoff: the draft decodes ``tokens`` tokens alone, unverified (the

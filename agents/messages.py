@@ -135,6 +135,12 @@ class TokensFields(TypedDict):
     stages: NotRequired[PassTimings]
 
 
+class PongFields(TypedDict):
+    __pydantic_config__ = STRICT  # type: ignore[misc]
+    compute_s: float
+    waited_at_most_s: Annotated[float, Field(ge=0)]
+
+
 class ErrorFields(TypedDict):
     __pydantic_config__ = STRICT  # type: ignore[misc]
     error: Annotated[str, Field(max_length=MAX_ERROR_CHARS)]
@@ -175,6 +181,9 @@ SCHEMAS: dict[str, MessageSchema] = {
         "q_ids": ArraySchema(("float64",), 1, MAX_DRAFT_TOKENS), **SERVED}),
     "decode": MessageSchema(DecodeFields, SERVED),
     "close": MessageSchema(NoFields, {}),
+    "ping": MessageSchema(NoFields, {}),
+    "stop": MessageSchema(NoFields, {}),
+    "pong": MessageSchema(PongFields, {}),
     "opened": MessageSchema(OpenedFields, {}),
     "verdict": MessageSchema(VerdictFields, {
         "p": ArraySchema(("float32",), 1), "p_ids": ArraySchema(("int32",), 1),

@@ -13,13 +13,16 @@ importable from here too).
 ``Channel`` wraps a ZeroMQ socket with these rules: every receive has a
 timeout, every send and receive counts bytes as ZMTP puts them on the wire,
 every send stamps ``sent_at``.  In sim mode a channel also holds each
-received message until the sim link releases it (``shaping.simlink``).
+received message until the sim link releases it (``shaping.simlink``),
+without blocking: while one message is in flight the receiver may work, and
+take the others as they come due.
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
+import heapq
+import itertools
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,13 +34,14 @@ from agents.messages import (MAX_ERROR_CHARS, MESSAGE_TYPES, WIRE_DTYPES, check_
                              check_envelope, check_fields)
 from agents.wire_errors import (MalformedMessage, PeerUnreachable, ProtocolError,
                                  ReceiveTimeout)
-from shaping.clock import now, sleep_until
+from shaping.clock import SPIN_S, now, sleep_until
 from shaping.link_model import zmtp_wire_bytes
 from shaping.simlink import SimulatedDirection
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 HEADER_MAX_BYTES = 64 * 1024
 MAX_SIM_LINK_PEERS = 256   # sim: the peers whose link models a channel keeps (about 3 KB each)
+MAX_HELD_PER_PEER = 64     # sim: a peer's messages held in flight on its link model at most
 
 
 @dataclass
@@ -114,7 +118,13 @@ class Channel:
     ``sim_link``, in sim mode, makes the link model for each peer's stream
     (one per edge on a ROUTER); every received message is then held until
     that model delivers it, as sent no earlier than the link came up and no
-    later than now, whatever the peer stamped.  The models of the
+    later than now, whatever the peer stamped.  Held messages wait beside the
+    receiver, not in its way: ``recv`` returns the first one due (waiting for
+    it only as long as its timeout allows), ``due_in_s`` says when the next
+    one is, so that a cloud streaming to one peer keeps streaming while
+    another peer's message crosses its modeled link.  A peer may have
+    ``peer_queue_messages`` (default ``MAX_HELD_PER_PEER``) messages held;
+    one more is refused (``MalformedMessage``).  The models of the
     ``MAX_SIM_LINK_PEERS`` peers heard from last are kept (a returning peer
     gets a new one; ``link_stats`` keeps counting the retired).
     ``restart_timeline`` moves the origin of the profile's timeline for every
@@ -141,6 +151,11 @@ class Channel:
         self.sim_links: OrderedDict[bytes | None, SimulatedDirection] = OrderedDict()
         self.sim_links_made = 0
         self.retired_link_stats: dict[str, int] = {}
+        # sim: received messages in flight on their link model, by when each is due
+        self.held: list[tuple[float, int, Message, bytes | None, int]] = []
+        self.held_by_peer: Counter[bytes | None] = Counter()
+        self.held_per_peer = peer_queue_messages or MAX_HELD_PER_PEER
+        self._arrivals = itertools.count()
         self.timeline_started_at: float | None = None   # None: where the settings say
 
     def send(self, message: Message, peer: bytes | None = None) -> int:
@@ -165,17 +180,49 @@ class Channel:
         return size
 
     def poll(self, timeout_s: float) -> bool:
-        return bool(self.socket.poll(max(0, int(timeout_s * 1000))))
+        """Whether a message can be received within ``timeout_s`` (sim: one held is due by
+        then; a message that has arrived but is still in flight does not count)."""
+        if self.sim_link is None:
+            return bool(self.socket.poll(max(0, int(timeout_s * 1000))))
+        self._hold_arrived()
+        return bool(self.held) and self.held[0][0] <= now() + timeout_s
+
+    def due_in_s(self) -> float | None:
+        """Sim: seconds until the next held message is due (0 or less: due now); None when
+        none is held (and outside sim mode)."""
+        return self.held[0][0] - now() if self.held else None
 
     def recv(self, timeout_s: float | None = None) -> tuple[Message, bytes | None, int]:
         """Next message, its peer (ROUTER only) and its size on the wire; a message that
-        fails its checks raises ``MalformedMessage``, which names the peer."""
-        deadline = time.monotonic() + (self.receive_timeout_s if timeout_s is None else timeout_s)
-        while not self.socket.poll(max(0, int((deadline - time.monotonic()) * 1000)) + 1):
-            if time.monotonic() >= deadline:
-                raise ReceiveTimeout(
-                    f"no message within {self.receive_timeout_s if timeout_s is None else timeout_s:.1f} s")
-        frames = self.socket.recv_multipart(copy=True)
+        fails its checks raises ``MalformedMessage``, which names the peer.  Sim: the
+        first held message that is due, waited for up to the timeout."""
+        limit = self.receive_timeout_s if timeout_s is None else timeout_s
+        deadline = now() + limit
+        if self.sim_link is None:
+            while not self.socket.poll(max(0, int((deadline - now()) * 1000)) + 1):
+                if now() >= deadline:
+                    raise ReceiveTimeout(f"no message within {limit:.1f} s")
+            return self._read(self.socket.recv_multipart(copy=True))
+        while True:
+            self._hold_arrived()
+            due = self.held[0][0] if self.held else None
+            if due is not None and due <= now():
+                _, _, message, peer, size = heapq.heappop(self.held)
+                self.held_by_peer[peer] -= 1
+                if not self.held_by_peer[peer]:
+                    del self.held_by_peer[peer]
+                return message, peer, size
+            if due is not None and due <= deadline:
+                # wake for a message arriving meanwhile (another peer's may be due sooner)
+                if not self.socket.poll(max(0, int((due - now() - SPIN_S) * 1000))):
+                    sleep_until(due)
+                continue
+            if now() >= deadline:
+                raise ReceiveTimeout(f"no message within {limit:.1f} s")
+            self.socket.poll(max(0, int((deadline - now()) * 1000)) + 1)
+
+    def _read(self, frames: list[bytes]) -> tuple[Message, bytes | None, int]:
+        """A received multipart, checked: the message, its peer (ROUTER) and its size."""
         peer = None
         if self.is_router:
             peer, frames = frames[0], frames[1:]
@@ -186,11 +233,30 @@ class Channel:
             raise
         size = zmtp_wire_bytes(frames)
         self.bytes_received += size
-        if self.sim_link is not None:
-            link = self._link_for(peer)
-            sent_at = min(max(message.sent_at, link.started_at), now())
-            sleep_until(link.deliver_at(sent_at, size))
         return message, peer, size
+
+    def _hold_arrived(self) -> None:
+        """Sim: take every message waiting in the socket, each held until its link model
+        delivers it."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            message, peer, size = self._read(frames)
+            if self.held_by_peer[peer] >= self.held_per_peer:
+                error = MalformedMessage(f"more than {self.held_per_peer} messages in flight",
+                                         message.session, message.seq)
+                error.peer = peer
+                raise error
+            link = self._link_for(peer)
+            read_at = now()
+            sent_at = min(max(message.sent_at, link.started_at), read_at)
+            # due when its link model delivers it (in order, per peer); one already due is
+            # due as it is read, so those are taken in the order they came
+            due = max(link.deliver_at(sent_at, size), read_at)
+            heapq.heappush(self.held, (due, next(self._arrivals), message, peer, size))
+            self.held_by_peer[peer] += 1
 
     def _link_for(self, peer: bytes | None) -> SimulatedDirection:
         link = self.sim_links.get(peer)

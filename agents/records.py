@@ -41,9 +41,10 @@ class CycleRecord:
     t_network: float       # cycle time minus drafting and cloud compute
     t_cycle: float
     t_start: float         # since the query was submitted
-    # "speculation"; or a stretch served without drafts (k = 0): "cloud" (handed off, the
-    # rtt_ms of its first token; as a query's cycle 1 it rode on the open, its round trip in
-    # the TTFT), "edge" (the edge-only cutoff: unverified, rtt_ms NaN)
+    # "speculation"; or a stretch served without drafts (k = 0): "cloud" (handed off; rtt_ms
+    # the link's as the edge's pings measured it when the stretch ended, else its first
+    # token's; as a query's cycle 1 it rode on the open, its round trip in the TTFT), "edge"
+    # (the edge-only cutoff: unverified, rtt_ms NaN)
     # "dropped" (draft-ahead): a block sent ahead whose premise a verdict broke before the
     # cloud reached it; the cloud dropped it unverified (accepted = tokens = 0, rtt_ms NaN,
     # t_cycle until the edge knew; its bytes_up crossed the link all the same)

@@ -12,8 +12,8 @@ side do not slow each other; the shipped pair computes, so its runs go one at a 
 - nasd with the edge-only cutoff: the share of its tokens the draft served alone, against the
   reversal RTT the analytic model gives (cutoff goal: only past the reversal).
 
-``drift``: the shipped ``oscillating`` profile and a seeded random walk of the RTT (a trace
-written for the run), long answers on the synthetic pair so each query meets the timeline
+``drift``: the shipped ``oscillating`` profile and a seeded random walk of the RTT across the
+pair's reversal (a trace written for the run, ``random_walk_profile``), long answers on the synthetic pair so each query meets the timeline
 (which restarts with every query): nasd, bandit and hf-heuristic against fixed K in
 {1, 3, 5, 10, 15}, each adaptive one's ratio to the best fixed K (goal >= 1.15).
 
@@ -27,7 +27,7 @@ bootstrap 95 % interval), beside the fixed K that does best on each.
 
     .venv/bin/python benchmarks/nasd.py stable [--pairs synthetic tiny-arith]
         [--rtts 0 10 25 50 100 200 500] [--queries 4] [--repetitions 2] [--tokens 64]
-    .venv/bin/python benchmarks/nasd.py drift [--tokens 700] [--queries 2]
+    .venv/bin/python benchmarks/nasd.py drift [--tokens 700] [--queries 2] [--walk-seeds 1 2 3]
     .venv/bin/python benchmarks/nasd.py tail [--queries 10] [--repetitions 4]
 """
 
@@ -130,36 +130,73 @@ def stable(args) -> None:
     print(f"runs under {root}")
 
 
+WALK_CENTRE_MS = 35.0   # about the synthetic pair's reversal RTT (34 ms)
+
+
 def random_walk_profile(folder: Path, seed: int = 7) -> Path:
-    """A profile whose RTT walks in log space between 5 and 400 ms, a step every 0.5 s for
-    60 s (the trace beside it)."""
+    """A profile whose RTT drifts across the synthetic pair's reversal: log RTT a mean-
+    reverting random walk (Ornstein-Uhlenbeck, 10 % back toward ``WALK_CENTRE_MS`` and a
+    0.35 normal step every 0.5 s: stationary spread about x2.2 either way), within 5 and
+    400 ms, for 60 s (the trace beside it).  A walk that stays on one side of the reversal
+    asks nothing of an adaptive K: every fixed K near the best is within a few percent."""
     rng = np.random.default_rng(seed)
-    log_rtt, lines = np.log(20.0), []
+    centre = np.log(WALK_CENTRE_MS)
+    log_rtt, lines = centre, []
     for step in range(120):
         lines.append(f"{0.5 * step:g} {np.exp(log_rtt):.1f}")
-        log_rtt = float(np.clip(log_rtt + rng.normal(0.0, 0.5), np.log(5.0), np.log(400.0)))
+        log_rtt = float(np.clip(log_rtt + 0.1 * (centre - log_rtt) + rng.normal(0.0, 0.35),
+                                np.log(5.0), np.log(400.0)))
     (folder / "random-walk.trace").write_text("\n".join(lines) + "\n")
     profile = folder / "random-walk.yaml"
-    profile.write_text("description: RTT random walk, 5-400 ms, a step every 0.5 s\n"
-                       "rtt_ms: 20\nbandwidth_mbps: 100\ntrace: random-walk.trace\n")
+    profile.write_text("description: RTT random walk across the reversal, 5-400 ms, a step "
+                       "every 0.5 s\nrtt_ms: 35\nbandwidth_mbps: 100\ntrace: random-walk.trace\n")
     return profile
+
+
+def time_above_ms(trace: Path, threshold_ms: float, span_s: float) -> float:
+    """The share of the trace's first ``span_s`` seconds with its RTT above ``threshold_ms``."""
+    points = np.loadtxt(trace)
+    starts, rtts = points[:, 0], points[:, 1]
+    ends = np.append(starts[1:], np.inf)
+    overlap = np.clip(np.minimum(ends, span_s) - starts, 0.0, None)
+    return float(overlap[rtts > threshold_ms].sum() / span_s)
 
 
 def drift(args) -> None:
     root = Path(tempfile.mkdtemp(prefix="edgespec-nasd-drift-"))
     runs = {**fixed_runs(DRIFT_KS), **{name: ["--strategy", name]
                                        for name in ("nasd", "bandit", "hf-heuristic")}}
+    walks = {f"random-walk-{seed}": seed for seed in args.walk_seeds}
     print("profile: each strategy's tok/s; each adaptive one over the best fixed K [95 %]")
-    for name, profile in (("oscillating", "oscillating"),
-                          ("random-walk", str(random_walk_profile(root)))):
+    walked: dict[str, list[pd.DataFrame]] = {label: [] for label in runs}
+    for name in ("oscillating", *walks):
+        profile = name
+        if name in walks:
+            (root / name).mkdir(parents=True)
+            profile = str(random_walk_profile(root / name, walks[name]))
         started = time.monotonic()
         folders = run_side_by_side(root / name, ["--profile", profile], "synthetic", args, runs)
         measured = {label: rates(folder) for label, folder in folders.items()}
         best = best_fixed(measured)
         print(f"{name}: " + "  ".join(f"{label} {rate(q):.1f}" for label, q in measured.items())
               + f"  [{time.monotonic() - started:.0f} s]")
+        if name in walks:
+            reversal = pd.read_csv(folders[best] / "summary.csv")["crossover_rtt_ms"].max()
+            span = float(measured["nasd"]["decode_s"].max())
+            above = time_above_ms(root / name / "random-walk.trace", reversal, span)
+            print(f"    its first {span:.0f} s (a query's): RTT above the reversal "
+                  f"({reversal:.0f} ms) {above:.0%} of the time")
+            for label, queries in measured.items():
+                walked[label].append(queries)
         for adaptive in ("nasd", "bandit", "hf-heuristic"):
             print(f"    {adaptive} / {best}: {over(measured[adaptive], measured[best])}", flush=True)
+    if len(walks) > 1:
+        pooled = {label: pd.concat(frames) for label, frames in walked.items()}
+        best = best_fixed(pooled)
+        print(f"the {len(walks)} walks pooled: " + "  ".join(
+            f"{label} {rate(q):.1f}" for label, q in pooled.items()))
+        for adaptive in ("nasd", "bandit", "hf-heuristic"):
+            print(f"    {adaptive} / {best}: {over(pooled[adaptive], pooled[best])}", flush=True)
     print(f"runs under {root}")
 
 
@@ -220,6 +257,8 @@ def main() -> int:
     drift_parser.add_argument("--queries", type=int, default=2)
     drift_parser.add_argument("--repetitions", type=int, default=1)
     drift_parser.add_argument("--tokens", type=int, default=700, help="new tokens per query")
+    drift_parser.add_argument("--walk-seeds", type=int, nargs="+", default=[1, 2, 3],
+                              help="one random walk of the RTT per seed")
     tail_parser = commands.add_parser("tail", help="nasd's RTT estimates and objectives")
     tail_parser.add_argument("--queries", type=int, default=10)
     tail_parser.add_argument("--repetitions", type=int, default=4)

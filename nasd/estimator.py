@@ -55,6 +55,7 @@ class Cycle(Protocol):
     t_draft: float      # seconds drafting
     t_verify: float     # the cloud's compute seconds
     t_network: float    # send to receive minus the cloud's compute: RTT plus both transfers
+    rtt_ms: float       # a cloud stretch: the link's round trip when it ended
     t_cycle: float
     bytes_up: int
     bytes_down: int
@@ -277,7 +278,7 @@ class StageEstimator:
             return
         if cycle.served_by == "cloud":     # one round trip, then the cloud's decoding steps
             self.decode_s = cycle.t_verify / max(cycle.tokens, 1)
-            self._observe_rtt(cycle.t_network, cycle.t_cycle)
+            self._observe_rtt(cycle.rtt_ms / 1000.0, cycle.t_cycle)
             return
         m = self.memory
         reached, kept = position_counts([cycle.k], [cycle.accepted])
@@ -310,6 +311,13 @@ class StageEstimator:
         while len(self.rtt_window) > self.rtt_window_min \
                 and self.rtt_window[0][0] < self.clock_s - self.rtt_window_s:
             self.rtt_window.popleft()
+
+    def restart_rtt(self, sample_s: float) -> None:
+        """The link changed (a stretch's pings said so): the RTT estimate and its window start
+        again from ``sample_s``."""
+        self.rtt_s = max(sample_s, 0.0)
+        self.rtt_window.clear()
+        self.rtt_window.append((self.clock_s, self.rtt_s))
 
     def rtt_percentile_s(self, percentile: float) -> float | None:
         """The ``percentile`` (0-100) of the recent RTT samples; None before the first."""

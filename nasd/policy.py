@@ -81,6 +81,11 @@ class KPolicy:
     def observe(self, cycle: Cycle) -> None:
         """The update hook: called with every cycle this policy's K started."""
 
+    def continue_stretch(self, rtt_s: float) -> bool:
+        """A stretch the cloud decodes is under way, and the link's round trip measured now
+        is ``rtt_s``: whether it should go on (False: the edge stops it)."""
+        return True
+
 
 class FixedK(KPolicy):
     name = "fixed-k"
@@ -135,10 +140,12 @@ class NasdController(AdaptiveK):
     it leaves a band of ``rtt_band`` (relative) or ``rtt_floor_ms`` around it; the K in
     use is kept while its predicted throughput is within ``switch_margin`` of the best.
     With ``hand_off``, a stretch handed to the cloud (``Calibration.cloud_stretch``: its
-    round trip ``rtt_share`` of it, but at most ``stretch_max_s`` long, since the link may
-    change under a decision made on one RTT sample) replaces speculation when it is predicted faster by
-    ``switch_margin`` than the best K even at the acceptance's upper bound, which happens
-    only past the reversal RTT; with ``edge_only_cutoff`` the draft decodes that stretch
+    round trip ``rtt_share`` of it, but at most ``stretch_max_s`` long) replaces speculation
+    when it is predicted faster by ``switch_margin`` than the best K even at the
+    acceptance's upper bound, which happens only past the reversal RTT.  It is served for
+    ``stretch_max_s`` of decoding: while the cloud streams it the edge measures the link,
+    and the stretch ends early once speculation at that RTT beats the cloud's decoding by
+    ``switch_margin`` (``continue_stretch``); with ``edge_only_cutoff`` the draft decodes that stretch
     alone instead, where it is faster still.  Every ``probe_every`` cloud stretches, and
     after each of the draft's, one cycle speculates to measure acceptance and the link; and
     no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
@@ -169,7 +176,7 @@ class NasdController(AdaptiveK):
                  k_start: int = 5, rtt_time_constant_s: float = 0.2, rtt_band: float = 0.1,
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
-                 rtt_share: float = 0.1, stretch_max_s: float = 1.0, probe_every: int = 8,
+                 rtt_share: float = 0.1, stretch_max_s: float = 4.0, probe_every: int = 8,
                  evidence_cycles: int = 10, rtt_estimate: str = EWMA, objective: str = MEAN,
                  objective_tokens: int = 64, table: RttTable | None = None,
                  draft_ahead: int = 0) -> None:
@@ -206,6 +213,7 @@ class NasdController(AdaptiveK):
         self.rtt_band, self.rtt_floor_s = rtt_band, rtt_floor_ms / 1000.0
         self.switch_margin = switch_margin
         self.decision_rtt_s: float | None = None
+        self.link_changed = False    # the stretch under way is stopped: the link changed
         self.k = self.clamp(k_start)
 
     def plan(self) -> Calibration | None:
@@ -242,7 +250,11 @@ class NasdController(AdaptiveK):
             if cloud.tokens_per_s > (1.0 + self.switch_margin) * self._best_case(plan, rtt_s):
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
                     if self.edge_only_cutoff else None
-                self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s else cloud
+                # the cloud's runs as long as a decision may stand: pings stop it sooner once
+                # the link favours speculation (the RTT share sizes only the decision)
+                longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
+                self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s \
+                    else replace(cloud, tokens=longest)
                 # an edge stretch measures nothing of the link: speculate right after it
                 self.stretches_in_a_row = self.probe_every if self.stretch is edge \
                     else self.stretches_in_a_row + 1
@@ -275,9 +287,23 @@ class NasdController(AdaptiveK):
         return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1),
                                       self.draft_ahead).max())
 
+    def continue_stretch(self, rtt_s: float) -> bool:
+        """On while the cloud's decoding step, already streaming (no round trip to pay),
+        is not beaten by ``switch_margin`` by the best speculation at ``rtt_s``."""
+        plan = self.plan()
+        if plan is None or self.stretch is None or self.stretch.served_by != "cloud":
+            return True
+        speculation = float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1),
+                                             self.draft_ahead).max())
+        self.link_changed = speculation > (1.0 + self.switch_margin) / plan.times.decode_time_s()
+        return not self.link_changed
+
     def observe(self, cycle: Cycle) -> None:
         self.speculated += cycle.served_by == "speculation"
         self.estimator.observe(cycle, None if self.learn else self.calibration.seconds_per_byte)
+        if self.link_changed:     # a stretch stopped on its pings: their RTT is the link's now
+            self.estimator.restart_rtt(cycle.rtt_ms / 1000.0)
+            self.link_changed = False
 
 
 class Bandit(AdaptiveK):

@@ -111,7 +111,7 @@ def _valid(draw, kind: str, session: str, width: int) -> tuple[Message, Message 
     if kind in ("open", "generate"):
         return Message(kind, session, 0, _query_settings(draw, kind),
                        {"prompt": _ids(draw, width, PROMPT_TOKENS)}), None
-    if kind in ("draft", "decode"):
+    if kind in ("draft", "decode", "ping", "stop"):
         settings = {**_query_settings(draw, "open"), "max_new_tokens": 8}
         settings.pop("stream", None)
         prompt = _ids(draw, width, PROMPT_TOKENS)
@@ -119,6 +119,8 @@ def _valid(draw, kind: str, session: str, width: int) -> tuple[Message, Message 
         start = len(prompt) + 1
         if kind == "decode":
             return Message("decode", session, 1, {"tokens": draw(st.integers(1, 4))}), opening
+        if kind in ("ping", "stop"):
+            return Message(kind, session, 1), opening
         ids = _ids(draw, width, 4)
         rows = np.random.default_rng(draw(st.integers(0, 2**32))).dirichlet(
             np.full(width, 0.1), size=len(ids))
@@ -132,7 +134,7 @@ def _valid(draw, kind: str, session: str, width: int) -> tuple[Message, Message 
                     "compute_s": 0.01},
         "tokens": {"finished": True, "eos": False, "compute_s": 0.0, "drafted": 0,
                    "accepted": 0},
-        "error": {"error": "no"}}
+        "error": {"error": "no"}, "pong": {"compute_s": 0.0, "waited_at_most_s": 0.0}}
     arrays = {"tokens": {"ids": np.array([5], dtype=np.int32)},
               "verdict": {"p": np.full(width, 1.0 / width, dtype=np.float32)}}
     return Message(kind, session, 0, replies[kind], arrays.get(kind, {})), None

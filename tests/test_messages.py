@@ -163,6 +163,8 @@ def test_bad_query_fields_are_refused(kind, change, complaint):
                  "compute_s": 0.0}, "token"),
     ("opened", {"token": 1, "eos": False, "compute_s": float("nan")}, "compute_s"),
     ("error", {"error": 5}, "error: Input should be a valid string"),
+    ("pong", {"compute_s": float("inf")}, "compute_s"),
+    ("ping", {"at": 1.0}, "at: Extra inputs are not permitted"),
 ])
 def test_bad_fields_of_other_types_are_refused(kind, fields, complaint):
     assert complaint in refusal(raw_frames(kind, fields=fields))
@@ -170,4 +172,4 @@ def test_bad_fields_of_other_types_are_refused(kind, fields, complaint):
 
 def test_every_message_type_has_a_schema():
     assert set(SCHEMAS) == {"open", "opened", "draft", "verdict", "decode", "generate",
-                            "tokens", "close", "error"}
+                            "tokens", "close", "error", "ping", "pong", "stop"}

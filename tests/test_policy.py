@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from agents.edge import link_rtt_s
 from nasd.analytic import ComputeTimes, crossover_rtt_s, decode_time_quantiles_s, position_rates
 from nasd.estimator import (Calibration, DecayedLine, Line, RobustSlope, StageEstimator,
                             Stretch)
@@ -44,6 +45,7 @@ class Cycle:
     bytes_down: int
     served_by: str = "speculation"
     ahead: bool = False
+    rtt_ms: float = math.nan
 
 
 def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Generator,
@@ -66,7 +68,8 @@ def simulated_stretch(stretch: Stretch, truth: Calibration, rtt_s: float) -> Cyc
     n = stretch.tokens
     if stretch.served_by == "cloud":
         decode = n * truth.times.decode_time_s()
-        return Cycle(0, 0, n, 0.0, decode, rtt_s, rtt_s + decode, 60, 40 * n, "cloud")
+        return Cycle(0, 0, n, 0.0, decode, rtt_s, rtt_s + decode, 60, 40 * n, "cloud",
+                     rtt_ms=rtt_s * 1000.0)
     draft = n * truth.times.draft_token_s
     return Cycle(0, 0, n, draft, 0.0, 0.0, draft, 0, 0, "edge")
 
@@ -270,8 +273,8 @@ def test_stretches_replace_speculation_only_past_the_reversal(cutoff):
 
 
 def test_a_cloud_stretch_amortizes_its_round_trip_and_the_controller_comes_back():
-    """A stretch handed to the cloud is long enough for its RTT to be 10 % of it; the
-    stretches teach the controller the RTT and the cloud's step, so when the link
+    """A stretch handed to the cloud is long enough for its RTT to be a small share of it;
+    the stretches teach the controller the RTT and the cloud's step, so when the link
     recovers it speculates again."""
     controller = NasdController(1, 15)
     rtts_s = [0.0] * 60 + [0.5] * 60 + [0.005] * 60
@@ -287,6 +290,35 @@ def test_a_cloud_stretch_amortizes_its_round_trip_and_the_controller_comes_back(
     assert 0.5 / (0.5 + unbounded.tokens * decode_s) == pytest.approx(0.1, rel=0.02)
     assert bounded.tokens == int(1.0 / decode_s) < unbounded.tokens
     assert bounded.tokens_per_s < unbounded.tokens_per_s
+
+
+def test_a_stretch_stops_once_its_pings_find_the_link_fast_and_the_rtt_starts_there():
+    """Past the reversal the controller hands a stretch to the cloud; while it streams, pings
+    at the same RTT keep it going, pings below the reversal stop it, and the RTT the next
+    cycle is planned on is the pings' (the stretch's rtt_ms), not a blend with the old one."""
+    truth = replace(IDS, bytes_up=Line(0.0), bytes_down=Line(0.0))
+    controller = NasdController(1, 15, calibration=truth, learn=False)
+    reversal = reversal_rtt_s(truth)
+    ks = drive(controller, truth, [4 * reversal] * 40)
+    assert ks[-1] == HAND_OFF and controller.stretch.served_by == "cloud"
+    assert controller.continue_stretch(4 * reversal) and controller.continue_stretch(reversal)
+    assert not controller.continue_stretch(0.2 * reversal)
+    stretch = simulated_stretch(controller.stretch, truth, 4 * reversal)
+    controller.observe(replace(stretch, rtt_ms=200.0 * reversal))      # ended on the pings
+    assert controller.estimator.rtt_s == pytest.approx(0.2 * reversal)
+    assert controller.next_k() != HAND_OFF
+    # a policy without stretches never stops one
+    assert FixedK(3).continue_stretch(0.0) and Bandit().continue_stretch(10.0)
+
+
+def test_the_link_rtt_of_a_stretch_is_what_its_pings_brackets_agree_on():
+    """Each ping brackets the RTT in [round trip - wait, round trip]; the newest pings that
+    overlap are intersected (older ones from before a change are not)."""
+    assert link_rtt_s([(0.030, 0.030)]) == pytest.approx(0.015)
+    assert link_rtt_s([(0.040, 0.030), (0.025, 0.030), (0.032, 0.030)]) == pytest.approx(0.0175)
+    changed = [(0.210, 0.030), (0.200, 0.030), (0.020, 0.030), (0.015, 0.030)]
+    assert link_rtt_s(changed) == pytest.approx(0.0075)
+    assert link_rtt_s([(0.020, 0.0)]) == pytest.approx(0.020)
 
 
 def test_a_few_unlucky_cycles_do_not_hand_the_link_to_the_cloud():

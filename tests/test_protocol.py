@@ -10,7 +10,8 @@ import pytest
 import zmq
 
 from agents import protocol
-from agents.protocol import (Channel, Message, ProtocolError, ReceiveTimeout, decode, encode)
+from agents.protocol import (Channel, MalformedMessage, Message, ProtocolError, ReceiveTimeout,
+                             decode, encode)
 from shaping.clock import now
 from shaping.link_model import zmtp_wire_bytes
 from shaping.profile import ProfileFile, resolve
@@ -145,6 +146,34 @@ def test_sim_link_holds_each_message_for_the_modeled_delay(pair):
     assert abs(np.median(delays) * 1000 - 20.0) < 0.5
     assert min(delays) >= 0.020
     assert cloud.link_stats()["messages"] == 20
+
+
+def test_a_message_in_flight_on_the_sim_link_does_not_block_the_receiver(pair):
+    """A cloud holding one peer's message for its 100 ms one-way delay can still work: a
+    receive with no time to wait returns at once, ``due_in_s`` says when the message is
+    due, and a receive that may wait returns it then; a peer with more messages held than
+    it may have in flight is refused."""
+    router, dealer = pair
+    profile = resolve(ProfileFile(rtt_ms=200), "t")
+    settings = SimLinkSettings(profile=profile, seed=0, started_at=now())
+    cloud = Channel(router, 2.0, sim_link=lambda stream: SimulatedDirection(settings, "uplink", stream),
+                    peer_queue_messages=3)
+    edge = Channel(dealer, 2.0)
+    edge.send(Message("draft", "a", 1, arrays={"ids": np.arange(5, dtype=np.int32)}))
+    time.sleep(0.01)
+    started = now()
+    with pytest.raises(ReceiveTimeout):
+        cloud.recv(timeout_s=0)
+    assert now() - started < 0.05 and not cloud.poll(0)
+    assert 0.05 < cloud.due_in_s() <= 0.1
+    message, _, _ = cloud.recv()
+    assert message.seq == 1 and 0.1 <= now() - message.sent_at < 0.15
+    assert cloud.due_in_s() is None
+    for seq in range(4):
+        edge.send(Message("ping", "a", seq))
+    time.sleep(0.01)
+    with pytest.raises(MalformedMessage, match="more than 3 messages in flight"):
+        cloud.recv(timeout_s=0)
 
 
 def test_a_restarted_timeline_holds_for_streams_yet_to_come(pair):

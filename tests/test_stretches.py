@@ -135,3 +135,38 @@ def test_the_confidence_floor_stops_drafting_early_and_the_output_stays_the_targ
     else:
         assert (np.minimum(1, ceiling) <= drafted).all() and (drafted <= ceiling).all()
         assert (drafted < ceiling).any() and (drafted == ceiling).any()
+
+
+class StopsOnSecondPing(Scripted):
+    """One long stretch for the cloud, stopped at the second round trip its pings measure."""
+
+    def __init__(self) -> None:
+        super().__init__([Stretch("cloud", 55, 1.0)])
+        self.round_trips: list[float] = []
+
+    def continue_stretch(self, rtt_s: float) -> bool:
+        self.round_trips.append(rtt_s)
+        return len(self.round_trips) < 2
+
+
+def test_the_edge_pings_during_a_cloud_stretch_and_stops_it_keeping_the_target_output():
+    """The cloud takes 4 ms a token, so a 55-token stretch streams for about 0.2 s: pings
+    (about every 50 ms) come back between its tokens, the second stops it, and the tokens
+    already on their way are kept; the output is still the target's."""
+    slow_cloud = SyntheticPairConfig(acceptance=0.7, latency={
+        "edge_draft": {"base_ms": 0.0, "per_token_ms": 0.0},
+        "cloud_draft": {"base_ms": 0.0, "per_token_ms": 0.0},
+        "cloud_target": {"base_ms": 4.0, "per_token_ms": 0.0}})
+    policy = StopsOnSecondPing()
+    with edge_and_cloud(slow_cloud, lambda *_, **__: policy) as (edge, _):
+        record, cycles = edge.run_query(QueryRequest(
+            strategy="nasd", label="nasd", query_id="q", prompt=PROMPT,
+            max_new_tokens=MAX_NEW_TOKENS, sampling=GREEDY))
+    target = build_models(slow_cloud, "cloud").target
+    assert record.output_ids == continuation(target, prompt_ids(), MAX_NEW_TOKENS)
+    stretch = cycles[0]
+    assert stretch.served_by == "cloud" and 2 < stretch.tokens < 54
+    assert len(policy.round_trips) == 2 and all(0.0 <= rtt < 0.05 for rtt in policy.round_trips)
+    assert stretch.rtt_ms == pytest.approx(1000.0 * policy.round_trips[-1])
+    assert stretch.bytes_up > 0             # its pings and the stop crossed the link
+    assert sum(c.tokens for c in cycles) == len(record.output_ids) - 1
