@@ -27,7 +27,7 @@ from agents.backends import Host, HostModels, ModelPairConfig, build_models
 from agents.backends.emulated import DeviceEmulation
 from agents.control import ControlServer, Handler
 from agents.protocol import Channel
-from agents.security import describe, new_routing_id, secure_data_socket
+from agents.security import describe_data_plane, new_routing_id, secure_data_socket
 from agents.settings import AgentSettings
 from shaping.profile import Side, received_by
 from shaping.simlink import SimulatedDirection
@@ -104,7 +104,7 @@ class AgentRuntime:
         self.authenticator = None
         if settings.curve_keys is not None:
             self.authenticator = secure_data_socket(self.socket, side, settings.curve_keys)
-        logging.getLogger(side).info("data plane %s", describe(side, settings.curve_keys))
+        logging.getLogger(side).info("data plane %s", describe_data_plane(side, settings.curve_keys))
         if socket_type == zmq.DEALER:
             self.socket.setsockopt(zmq.ROUTING_ID, new_routing_id())
         sim_link = None

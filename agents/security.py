@@ -92,7 +92,7 @@ def secure_data_socket(socket: zmq.Socket, side: Side,
     return authenticator
 
 
-def describe(side: Side, keys: Path | None) -> str:
+def describe_data_plane(side: Side, keys: Path | None) -> str:
     """What the data plane of ``side`` is, for the agent's start-up log line."""
     if keys is None:
         return "plain: neither authenticated nor encrypted"
