@@ -104,7 +104,8 @@ class AgentRuntime:
         self.authenticator = None
         if settings.curve_keys is not None:
             self.authenticator = secure_data_socket(self.socket, side, settings.curve_keys)
-        logging.getLogger(side).info("data plane %s", describe_data_plane(side, settings.curve_keys))
+        logging.getLogger(side).info("data plane %s",
+                                     describe_data_plane(side, settings.curve_keys))
         if socket_type == zmq.DEALER:
             self.socket.setsockopt(zmq.ROUTING_ID, new_routing_id())
         sim_link = None
