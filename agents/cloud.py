@@ -3,7 +3,12 @@
 Serves a ROUTER socket on the data plane and the control plane beside it.
 A session belongs to the peer (ZeroMQ identity) that opened it: sessions are
 keyed by (peer, name), so no other peer can name, verify on, decode on or
-close it.  Per session it keeps the target's sequence (and, for
+close it.  The edge names itself with a secret random identity
+(``agents.security.new_routing_id``) that the ROUTER hands over to its newest
+connection, so an edge that reconnects after a broken TCP connection keeps its
+sessions.  With CURVE on (``agents.security``) every peer is also
+authenticated: only the holder of the run's edge key gets a message through,
+so the peer is the run's edge.  Per session it keeps the target's sequence (and, for
 ``cloud-spec``, its own draft's).  Messages it answers:
 
 - ``open``: prefill the prompt, answer ``opened`` with the first token (and

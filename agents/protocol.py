@@ -109,7 +109,10 @@ class Channel:
 
     A ROUTER channel prepends the peer identity to every message; ``recv``
     returns it as ``peer`` and ``send`` takes it back, so the cloud can serve
-    several edges.  A ROUTER never waits on a peer: a message it cannot hand
+    several edges.  It hands an identity over to the peer's newest connection
+    (``ROUTER_HANDOVER``): an edge that names its DEALER
+    (``agents.security.new_routing_id``) and reconnects is the same peer.
+    A ROUTER never waits on a peer: a message it cannot hand
     over at once (the peer is gone, or has left ``SNDHWM`` messages unread)
     raises ``PeerUnreachable``; ``peer_queue_messages`` caps how many of each
     peer's messages wait to be received (``RCVHWM``: beyond it ZeroMQ stops
@@ -143,6 +146,7 @@ class Channel:
         socket.setsockopt(zmq.LINGER, 0)
         if self.is_router:
             socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if peer_queue_messages is not None:
                 socket.setsockopt(zmq.RCVHWM, peer_queue_messages)
         self.bytes_sent = 0

@@ -1,5 +1,6 @@
 """What every agent process has: settings from the command line, its log, a
-ZeroMQ context, the control server, the data-plane channel (emulating the
+ZeroMQ context, the control server, the data-plane channel (CURVE with the
+run's keys where the settings name them, ``agents.security``; emulating the
 direction it receives on, in sim mode), its models, and the control
 commands common to all agents.
 
@@ -26,6 +27,7 @@ from agents.backends import Host, HostModels, ModelPairConfig, build_models
 from agents.backends.emulated import DeviceEmulation
 from agents.control import ControlServer, Handler
 from agents.protocol import Channel
+from agents.security import describe_data_plane, new_routing_id, secure_data_socket
 from agents.settings import AgentSettings
 from shaping.profile import Side, received_by
 from shaping.simlink import SimulatedDirection
@@ -99,6 +101,13 @@ class AgentRuntime:
         self.context = zmq.Context()
         self.control = ControlServer(self.context, settings.control_address)
         self.socket = self.context.socket(socket_type)
+        self.authenticator = None
+        if settings.curve_keys is not None:
+            self.authenticator = secure_data_socket(self.socket, side, settings.curve_keys)
+        logging.getLogger(side).info("data plane %s",
+                                     describe_data_plane(side, settings.curve_keys))
+        if socket_type == zmq.DEALER:
+            self.socket.setsockopt(zmq.ROUTING_ID, new_routing_id())
         sim_link = None
         if settings.sim_link is not None:
             link = settings.sim_link
@@ -133,4 +142,6 @@ class AgentRuntime:
     def close(self) -> None:
         self.socket.close(linger=0)
         self.control.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.term()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.backends import ModelPairConfig
@@ -42,4 +44,7 @@ class AgentSettings(BaseModel):
     cloud_limits: CloudLimits = CloudLimits()
     emulation: DeviceEmulation | None = Field(
         default=None, description="device emulation: pad every pass to the emulated device's time")
+    curve_keys: Path | None = Field(default=None, description=(
+        "the folder of the run's CURVE keys (``agents.security.create_run_keys``; private to "
+        "the run, never the results folder); None: a plain data plane"))
 

@@ -37,16 +37,24 @@ def message_bytes(message: Message) -> int:
     return zmtp_wire_bytes(encode(message))
 
 
-def cycle_bytes(codec_name: str, k: int, vocab: int, rng: np.random.Generator) -> dict[str, int]:
-    codec = get_codec(codec_name)
+VERDICT = {"accepted": 2, "token": 17, "residual": False, "finished": False, "compute_s": 0.0123}
+
+
+def draft_message(codec_name: str, k: int, vocab: int,
+                  rng: np.random.Generator) -> tuple[Message, np.ndarray]:
+    """A ``draft`` of ``k`` tokens as ``codec_name`` sends it, for a vocabulary of ``vocab``
+    (rows of a peaked Dirichlet, each drafting its argmax), and the draft's rows."""
     rows = rng.dirichlet(np.full(vocab, 0.05), size=k).astype(np.float32)
     ids = [int(np.argmax(row)) for row in rows]
-    up = message_bytes(Message("draft", "edge/q1/0", 7, {}, codec.encode(ids, rows)))
-    verdict = {"accepted": 2, "token": 17, "residual": False, "finished": False, "compute_s": 0.0123}
-    down = message_bytes(Message("verdict", "edge/q1/0", 7, verdict))
-    sizes = {"up": up, "down": down}
+    return Message("draft", "edge/q1/0", 7, {}, get_codec(codec_name).encode(ids, rows)), rows
+
+
+def cycle_bytes(codec_name: str, k: int, vocab: int, rng: np.random.Generator) -> dict[str, int]:
+    draft, rows = draft_message(codec_name, k, vocab, rng)
+    sizes = {"up": message_bytes(draft),
+             "down": message_bytes(Message("verdict", "edge/q1/0", 7, VERDICT))}
     if codec_name == "q-scalar":
-        residual = {**verdict, "token": -1, "residual": True}
+        residual = {**VERDICT, "token": -1, "residual": True}
         sizes["down_rejected"] = message_bytes(Message("verdict", "edge/q1/0", 7, residual,
                                                        encode_target_row(rows[0])))
         truncated = np.where(rows[0] >= np.sort(rows[0])[-50], rows[0], 0)  # top-k 50

@@ -194,10 +194,12 @@ def _run_cycles(profile, seconds: float, out: Path):
         "strategies": ["fixed-k"], "k_values": [5], "max_new_tokens": 300, "max_queries": 1,
         "repetitions": 50})
     results = ResultsFolder.create(out / "schedule-run", "oscillating-vm")
-    results.write_config(spec.resolved())
+    deployment = Deployment(results.path, spec.model_pair,
+                            make_link("vm", spec.profile, spec.job.seed),
+                            spec.job.receive_timeout_s, security=spec.job.data_plane_security)
+    results.write_config(spec.resolved(deployment.security))
     rows = []
-    with Deployment(results.path, spec.model_pair, make_link("vm", spec.profile, spec.job.seed),
-                    spec.job.receive_timeout_s) as deployment:
+    with deployment:
         started_at = deployment.link.started_at
         for request in spec.requests():
             called = now()

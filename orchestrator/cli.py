@@ -31,6 +31,7 @@ from rich.console import Console
 from agents.control import AgentError
 from agents.protocol import ProtocolError
 from agents.sampling import Decoding, Seed
+from agents.security import DataPlaneSecurity
 from nasd.latency.stages import Dtype
 from orchestrator import interrupts
 from orchestrator.config.job import ALL_STRATEGIES
@@ -152,6 +153,14 @@ def device_emulation_options(command):
     return command
 
 
+data_plane_security_option = click.option(
+    "--data-plane-security", type=click.Choice(get_args(DataPlaneSecurity)),
+    help="The data plane between the agents: curve (ZeroMQ CURVE, authenticated and "
+         "encrypted with keys made for the run), plain, or auto: curve whenever it leaves "
+         "this host's loopback and the run's own namespaces (the sim, emulated and vm links "
+         "never do) [default: the job's, auto].")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Real-network testbed for cloud-edge speculative decoding.
@@ -233,6 +242,7 @@ def cli() -> None:
 @click.option("--seed", type=int, help="[default: the job's]")
 @click.option("--rtt-ms", type=float, help="Override the profile's RTT.")
 @device_emulation_options
+@data_plane_security_option
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
 @click.pass_context
@@ -240,7 +250,8 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
                 nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_estimate,
                 nasd_objective, draft_ahead, nasd_rtt_table_path, nasd_calibration_path,
                 decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
-                max_queries, repetitions, seed, rtt_ms, results_root, **emulation) -> None:
+                max_queries, repetitions, seed, rtt_ms, data_plane_security, results_root,
+                **emulation) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
     Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen),
@@ -259,7 +270,8 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "max_queries": max_queries,
-        "repetitions": repetitions, "seed": seed, **emulation},
+        "repetitions": repetitions, "seed": seed, "data_plane_security": data_plane_security,
+        **emulation},
         profile_overrides={"rtt_ms": rtt_ms})
     # all input is checked before a router VM boots
     run(replace(spec, mode=enter_mode(ctx, mode, [spec.profile], console)), results_root, console)
@@ -424,11 +436,12 @@ def measure(job, cycles_per_k: int, repetitions: int):
 @click.option("--mode", type=click.Choice(MODES), default="auto", show_default=True,
               help="As for `run`; one mode for every cell.")
 @device_emulation_options
+@data_plane_security_option
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the sweep folder goes.")
 @click.pass_context
-def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root,
-                  **emulation) -> None:
+def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_security,
+                  results_root, **emulation) -> None:
     """Run a job on every cell of its network section, then rank and report.
 
     Each cell is a full run (same files as `run`) under cells/, recorded in
@@ -439,8 +452,10 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root,
     console = make_console()
     if (job_name is None) == (resume_dir is None):
         raise click.UsageError("give either --job FILE (a new sweep) or --resume DIR")
-    if resume_dir is not None and model_pair is not None:
-        raise click.UsageError("--model-pair: a resumed sweep keeps its own")
+    for name, value in (("--model-pair", model_pair),
+                        ("--data-plane-security", data_plane_security)):
+        if resume_dir is not None and value is not None:
+            raise click.UsageError(f"{name}: a resumed sweep keeps its own")
     given = [name for name, value in emulation.items() if value is not None]
     if resume_dir is not None and given:
         raise click.UsageError(f"{flag(given[0])}: a resumed sweep keeps its own device "
@@ -458,7 +473,8 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, results_root,
         enter_mode(ctx, chosen, [cell.profile for cell in cells], console,
                    reason="the mode the sweep started with")
     else:
-        job = load_job(job_name, {"model_pair": model_pair, **emulation})
+        job = load_job(job_name, {"model_pair": model_pair,
+                                  "data_plane_security": data_plane_security, **emulation})
         cells = expand(job)
         template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
         template = replace(template, mode=enter_mode(ctx, mode, [cell.profile for cell in cells],

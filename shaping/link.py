@@ -25,7 +25,9 @@ Object model: a ``Link`` carries one run's data plane and shapes it by a
 A link's life, as a run's deployment drives it: ``create()`` builds what
 carries the bytes; ``data_address``, ``agent_argv(side)`` and ``sim_link``
 say where the cloud listens, how each agent is started and what it applies
-itself; ``wait_ready()``; ``shape(agents)`` starts the profile;
+itself (``data_host`` and ``own_namespaces``, known before ``create()``, say
+whether anyone outside the run can reach the data plane:
+``agents.security.chosen_security``); ``wait_ready()``; ``shape(agents)`` starts the profile;
 ``restart_timeline(agents)``, before each query, starts the profile's timeline
 again from offset 0 (its initial state), so that every query of every strategy
 meets the same link at the same offsets from its start (a fair race on a
@@ -75,6 +77,7 @@ class Link:
     docstring for the order of the calls)."""
 
     topology: LinkTopology | None = None
+    own_namespaces = False     # the data plane crosses only network namespaces the run made
 
     def __init__(self, profile: NetworkProfile) -> None:
         self.profile = profile
@@ -93,6 +96,11 @@ class Link:
 
     @property
     def data_address(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def data_host(self) -> str:
+        """The address the cloud listens on (known before ``create()``)."""
         raise NotImplementedError
 
     def agent_argv(self, side: Side) -> list[str]:
@@ -136,9 +144,12 @@ class Link:
         pass
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def free_tcp_port() -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
 
 
@@ -154,12 +165,16 @@ class SimLink(Link):
         # the agents' timelines count from here: their settings carry it, so it is fixed
         # before they start (a kernel link's timeline starts once they are up)
         self.started_at = now()
-        self._address = f"tcp://127.0.0.1:{free_tcp_port()}"
+        self._address = f"tcp://{LOOPBACK}:{free_tcp_port()}"
         return self
 
     @property
     def data_address(self) -> str:
         return self._address
+
+    @property
+    def data_host(self) -> str:
+        return LOOPBACK
 
     @property
     def sim_link(self) -> SimLinkSettings:
@@ -193,6 +208,7 @@ class EmulatedLink(Link):
     """A kernel-shaped topology and its qdiscs (see the module docstring)."""
 
     DATA_PORT = 5555
+    own_namespaces = True       # its veth pair, or the router VM that joins its namespaces
     DRAIN_LIMIT_S = 5.0     # a restart waits at most this long for the link to empty
     DRAIN_POLL_S = 0.005
 
@@ -239,7 +255,11 @@ class EmulatedLink(Link):
 
     @property
     def data_address(self) -> str:
-        return f"tcp://{self.topology.cloud_ip}:{self.DATA_PORT}"
+        return f"tcp://{self.data_host}:{self.DATA_PORT}"
+
+    @property
+    def data_host(self) -> str:
+        return self.topology.cloud_ip
 
     def agent_argv(self, side: Side) -> list[str]:
         return self.topology.run_in(side, [])

@@ -1,13 +1,15 @@
 """A real cloud agent process (``python -m agents.cloud``) on loopback, for the tests and the
 benchmark that attack its data plane: raw peers (DEALER sockets) made here send it whatever
-they like, and a legitimate query runs the real edge agent, in this process, against it."""
+they like, and a legitimate query runs the real edge agent, in this process, against it.
+With ``curve`` the cloud has keys of its own run (``agents.security``): a peer made here
+holds the run's edge keys unless it is given other keys, or none."""
 
 from __future__ import annotations
 
 import itertools
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import msgpack
 import zmq
@@ -16,6 +18,7 @@ from agents.backends import ModelPairConfig, build_models
 from agents.edge import EdgeAgent, QueryRequest
 from agents.protocol import Channel
 from agents.records import QueryRecord
+from agents.security import create_run_keys, secure_data_socket
 from agents.settings import AgentSettings, CloudLimits
 from orchestrator.config.loading import load_model_pair
 from orchestrator.lifecycle.launch import AgentProcess, ProcessWatch
@@ -44,10 +47,19 @@ class CloudUnderTest:
         self.sockets: list[zmq.Socket] = []
         self._edge_models = build_models(pair, "edge")
 
-    def peer(self, receive_timeout_s: float = 5.0) -> Channel:
-        """A new peer (its own ROUTER identity) connected to the cloud."""
+    def peer(self, receive_timeout_s: float = 5.0, options: dict[int, int | bytes] | None = None,
+             keys: Callable[[zmq.Socket], object] | None = None) -> Channel:
+        """A new peer connected to the cloud, its socket ``options`` set first (by default
+        ZeroMQ gives it an identity of its own: ``zmq.ROUTING_ID`` chooses it); ``keys`` sets
+        its CURVE keys (default: the run's edge keys, where the cloud has keys)."""
         socket = self.context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            socket.setsockopt(option, value)
+        if keys is not None:
+            keys(socket)
+        elif self.settings.curve_keys is not None:
+            secure_data_socket(socket, "edge", self.settings.curve_keys)
         socket.connect(self.settings.data_address)
         self.sockets.append(socket)
         return Channel(socket, receive_timeout_s)
@@ -93,16 +105,19 @@ class CloudUnderTest:
 
 @contextmanager
 def cloud_process(folder: Path, pair: str = "synthetic", rtt_ms: float = 0.0,
-                  limits: CloudLimits | None = None) -> Iterator[CloudUnderTest]:
+                  limits: CloudLimits | None = None,
+                  curve: bool = False) -> Iterator[CloudUnderTest]:
     """A cloud agent process on loopback in sim mode (a link of ``rtt_ms``), its settings,
-    log and control socket in ``folder``; stopped on exit."""
+    log and control socket in ``folder`` (with ``curve``, its run's keys too); stopped on
+    exit."""
     folder.mkdir(parents=True, exist_ok=True)
     link = SimLink(resolve(ProfileFile(rtt_ms=rtt_ms), "test"), seed=0).create()
     model_pair = load_model_pair(pair)
     settings = AgentSettings(model_pair=model_pair, data_address=link.data_address,
                              control_address=f"ipc://{folder.resolve()}/cloud.ctl",
                              receive_timeout_s=5.0, sim_link=link.sim_link,
-                             cloud_limits=limits or CloudLimits())
+                             cloud_limits=limits or CloudLimits(),
+                             curve_keys=create_run_keys(folder / "curve") if curve else None)
     context = zmq.Context()
     watch = ProcessWatch()
     process = AgentProcess("cloud", "agents.cloud", settings, folder, context, watch)

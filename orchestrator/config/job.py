@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from agents.codecs import get_codec
 from agents.edge import AHEAD_STRATEGIES, MAX_DRAFT_AHEAD, STRATEGY_NAMES, StrategyName
 from agents.messages import MAX_DRAFT_TOKENS, MAX_NEW_TOKENS
+from agents.security import DataPlaneSecurity
 from agents.sampling import SamplingConfig, Seed
 from nasd.latency.stages import Dtype
 from nasd.policy import DEFAULT_K_MAX, DEFAULT_K_MIN, EWMA, MEAN, POLICY_NAMES, percentile_of
@@ -202,6 +203,10 @@ class JobConfig(DeviceEmulationFields, SamplingConfig):
                                "one unrecorded query of this many tokens first (0: none): the "
                                "data-plane handshake and first-call costs stay out of the first "
                                "query's TTFT")
+    data_plane_security: DataPlaneSecurity = Field(
+        default="auto", description="the data plane between the agents: curve (authenticated "
+        "and encrypted with keys made for the run), plain, or auto: curve whenever it leaves "
+        "this host's loopback and the run's own namespaces (`agents.security`)")
     network: NetworkSpace | None = Field(default=None, description="what `orchestrator sweep` "
                                          "covers; `run` takes --profile instead")
 

@@ -14,6 +14,7 @@ from agents.backends import ModelPairConfig
 from agents.backends.emulated import DeviceEmulation
 from agents.backends.synthetic import SyntheticPairConfig
 from agents.edge import QueryRequest
+from agents.security import Security
 from nasd.estimator import Calibration
 from nasd.table import RttTable
 from orchestrator.config.datasets import Prompt, load_dataset
@@ -115,8 +116,11 @@ class RunSpec:
                         self.job.warmup_tokens, self.job.max_new_tokens)})
                 for label in labels]
 
-    def resolved(self) -> dict:
-        return {"mode": self.mode, "job": self.job.model_dump(mode="json"),
+    def resolved(self, data_plane_security: Security) -> dict:
+        """What ``RESOLVED_FILE`` holds; ``data_plane_security``: what the run's deployment
+        uses (the job's ``auto`` resolved on its link)."""
+        return {"mode": self.mode, "data_plane_security": data_plane_security,
+                "job": self.job.model_dump(mode="json"),
                 "profile": self.profile.model_dump(mode="json"),
                 "model_pair": self.model_pair.model_dump(mode="json"),
                 "prompts": [asdict(prompt) for prompt in self.prompts],

@@ -10,7 +10,9 @@ on (its agents, the router VM): every wait for an agent's answer asks it every
 with how it ended, whatever the wait's own timeout.
 ``Deployment`` starts and stops the two agents of a run on the ``shaping.link``
 of its mode (``make_link``): on loopback with the sim link, or each in its own
-network namespace of a kernel-shaped link (a veth, or the router VM); it hands
+network namespace of a kernel-shaped link (a veth, or the router VM); its data
+plane is CURVE-authenticated where the run's security says so
+(``agents.security``), with keys made for the run in its socket folder; it hands
 each query to the edge right after restarting the link's timeline, so that
 every query of every strategy meets the same link (``Deployment.query``).
 Each of its steps that changes the host runs ``interrupts.shielded()``, its
@@ -37,6 +39,7 @@ from agents.backends import ModelPairConfig
 from agents.backends.emulated import DeviceEmulation
 from agents.control import AgentError, ControlClient
 from agents.edge import QueryRequest
+from agents.security import DataPlaneSecurity, chosen_security, create_run_keys
 from agents.settings import AgentSettings
 from orchestrator import interrupts
 from shaping.cleanup import socket_folder_prefix
@@ -247,6 +250,11 @@ class Deployment:
     the path itself costs, recorded in ``link_stats.json``), then the shaping and its
     timeline.  The control plane is ``ipc://`` sockets, which reach across network
     namespaces (they are files).  Nothing is made before ``__enter__``.
+
+    ``security`` is the data plane's as the job asks for it; ``self.security`` is what the
+    run uses (``agents.security.chosen_security`` on the link).  For CURVE the agents' keys
+    are made in the socket folder (private to the run's user, removed at teardown and by
+    `orchestrator cleanup`): the settings beside the results name only that folder.
     """
 
     LINK_STATS = "link_stats.json"
@@ -254,11 +262,13 @@ class Deployment:
                               baseline_bulk_bytes=4 * 1024 * 1024)
 
     def __init__(self, run_dir: Path, model_pair: ModelPairConfig, link: Link,
-                 receive_timeout_s: float, emulation: DeviceEmulation | None = None) -> None:
+                 receive_timeout_s: float, emulation: DeviceEmulation | None = None,
+                 security: DataPlaneSecurity = "auto") -> None:
         self.run_dir = run_dir
         self.model_pair = model_pair
         self.emulation = emulation     # device emulation (None: none), in both agents' settings
         self.link = link
+        self.security = chosen_security(security, link.data_host, link.own_namespaces)
         self.receive_timeout_s = receive_timeout_s
         self.agents: list[AgentProcess] = []
         self.edge: AgentProcess | None = None
@@ -292,13 +302,16 @@ class Deployment:
             self.context = zmq.Context()
             # named for its owner: `orchestrator cleanup` removes it once the owner is gone
             self.socket_dir = Path(tempfile.mkdtemp(prefix=socket_folder_prefix()))
+            keys = (create_run_keys(self.socket_dir / "curve") if self.security == "curve"
+                    else None)
             self.link.create(shape=False)
             for name, module in (("cloud", "agents.cloud"), ("edge", "agents.edge")):
                 settings = AgentSettings(model_pair=self.model_pair,
                                          data_address=self.link.data_address,
                                          control_address=f"ipc://{self.socket_dir}/{name}.ctl",
                                          receive_timeout_s=self.receive_timeout_s,
-                                         sim_link=self.link.sim_link, emulation=self.emulation)
+                                         sim_link=self.link.sim_link, emulation=self.emulation,
+                                         curve_keys=keys)
                 agent = AgentProcess(name, module, settings, self.run_dir, self.context,
                                      self.watch, self.link.agent_argv(name))
                 self.agents.append(agent)

@@ -52,15 +52,17 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
     and write the summary; the deployment is stopped however this ends, and a run cut
     short (a signal, a dead agent, a full disk) still gets the summary of what finished,
     marked incomplete, where the disk takes it."""
-    results.write_config(spec.resolved())
+    deployment = Deployment(results.path, spec.model_pair,     # nothing started yet
+                            make_link(spec.mode, spec.profile, spec.job.seed),
+                            spec.job.receive_timeout_s, spec.emulation,
+                            spec.job.data_plane_security)
+    results.write_config(spec.resolved(deployment.security))
     requests = spec.requests()
     task = progress.add_task("queries", total=len(requests), unit="queries")
     finished = 0                       # queries whose records are on disk
     completed = False
     try:
-        link = make_link(spec.mode, spec.profile, spec.job.seed)
-        with Deployment(results.path, spec.model_pair, link, spec.job.receive_timeout_s,
-                        spec.emulation) as deployment:
+        with deployment:
             for request in spec.warmups():
                 progress.update(task, description=f"{request.label} warm-up")
                 deployment.query(request, query_timeout_s(spec.job))
