@@ -159,6 +159,7 @@ class Channel:
         self.held: list[tuple[float, int, Message, bytes | None, int]] = []
         self.held_by_peer: Counter[bytes | None] = Counter()
         self.held_per_peer = peer_queue_messages or MAX_HELD_PER_PEER
+        self.refused: MalformedMessage | None = None   # sim: read, failed, not yet raised
         self._arrivals = itertools.count()
         self.timeline_started_at: float | None = None   # None: where the settings say
 
@@ -189,7 +190,8 @@ class Channel:
         if self.sim_link is None:
             return bool(self.socket.poll(max(0, int(timeout_s * 1000))))
         self._hold_arrived()
-        return bool(self.held) and self.held[0][0] <= now() + timeout_s
+        return self.refused is not None or (bool(self.held)
+                                            and self.held[0][0] <= now() + timeout_s)
 
     def due_in_s(self) -> float | None:
         """Sim: seconds until the next held message is due (0 or less: due now); None when
@@ -209,6 +211,9 @@ class Channel:
             return self._read(self.socket.recv_multipart(copy=True))
         while True:
             self._hold_arrived()
+            if self.refused is not None:
+                refused, self.refused = self.refused, None
+                raise refused
             due = self.held[0][0] if self.held else None
             if due is not None and due <= now():
                 _, _, message, peer, size = heapq.heappop(self.held)
@@ -240,19 +245,26 @@ class Channel:
         return message, peer, size
 
     def _hold_arrived(self) -> None:
-        """Sim: take every message waiting in the socket, each held until its link model
-        delivers it."""
-        while True:
+        """Sim: take the messages waiting in the socket, each held until its link model
+        delivers it; one that fails its checks (or is one more than its peer may have in
+        flight) waits in ``refused`` for the next ``recv`` to raise, and the rest wait in
+        the socket until then."""
+        while self.refused is None:
             try:
                 frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            message, peer, size = self._read(frames)
+            try:
+                message, peer, size = self._read(frames)
+            except MalformedMessage as error:
+                self.refused = error
+                return
             if self.held_by_peer[peer] >= self.held_per_peer:
-                error = MalformedMessage(f"more than {self.held_per_peer} messages in flight",
-                                         message.session, message.seq)
-                error.peer = peer
-                raise error
+                self.refused = MalformedMessage(
+                    f"more than {self.held_per_peer} messages in flight", message.session,
+                    message.seq)
+                self.refused.peer = peer
+                return
             link = self._link_for(peer)
             read_at = now()
             sent_at = min(max(message.sent_at, link.started_at), read_at)

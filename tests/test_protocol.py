@@ -16,6 +16,7 @@ from shaping.clock import now
 from shaping.link_model import zmtp_wire_bytes
 from shaping.profile import ProfileFile, resolve
 from shaping.simlink import SimLinkSettings, SimulatedDirection
+from tests.loaded_host import late_allowance_ms
 
 
 def test_round_trip_keeps_fields_arrays_and_dtypes():
@@ -143,8 +144,10 @@ def test_sim_link_holds_each_message_for_the_modeled_delay(pair):
         edge.send(Message("draft", "a", seq, arrays={"ids": np.arange(5, dtype=np.int32)}))
         message, _, _ = cloud.recv()
         delays.append(now() - message.sent_at)
-    assert abs(np.median(delays) * 1000 - 20.0) < 0.5
+    # never early; late only as a loaded host's scheduler makes it (the tight figure is
+    # benchmarks/sim_fidelity.py's)
     assert min(delays) >= 0.020
+    assert np.median(delays) * 1000 - 20.0 < late_allowance_ms(20.0)
     assert cloud.link_stats()["messages"] == 20
 
 
@@ -171,8 +174,13 @@ def test_a_message_in_flight_on_the_sim_link_does_not_block_the_receiver(pair):
     assert cloud.due_in_s() is None
     for seq in range(4):
         edge.send(Message("ping", "a", seq))
+    edge.socket.send_multipart([b"not msgpack"])
     time.sleep(0.01)
+    assert cloud.poll(0)       # a refusal is ready at once, held messages or not
     with pytest.raises(MalformedMessage, match="more than 3 messages in flight"):
+        cloud.recv(timeout_s=0)
+    assert cloud.poll(0)       # the malformed one came after it
+    with pytest.raises(MalformedMessage, match="malformed header"):
         cloud.recv(timeout_s=0)
 
 
