@@ -64,18 +64,18 @@ PINGS_KEPT = 5            # the link's RTT in a stretch: from the last pings tha
 log = logging.getLogger("edge")
 
 
-def link_rtt_s(pings: Sequence[tuple[float, float]]) -> float:
-    """The link's round trip from pings, oldest first, each (its round trip less the cloud's
-    time answering it, the longest it may have waited unread at the cloud): each brackets
-    the RTT in [round trip - wait, round trip].  The brackets of the newest pings, as far
-    back as they overlap (an older one that does not was taken before the link changed),
-    intersected; the middle of what is left."""
+def link_rtt_bounds(pings: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Where the link's round trip lies, from pings, oldest first, each (its round trip
+    less the cloud's time answering it, the longest it may have waited unread at the
+    cloud): each brackets the RTT in [round trip - wait, round trip].  The brackets of the
+    newest pings, as far back as they overlap (an older one that does not was taken before
+    the link changed), intersected."""
     low, high = 0.0, math.inf
     for round_trip, waited in reversed(pings):
         if round_trip < low or round_trip - waited > high:
             break
         low, high = max(low, round_trip - waited), min(high, round_trip)
-    return (low + high) / 2.0
+    return low, high
 
 
 class QueryRequest(BaseModel):
@@ -498,11 +498,11 @@ class EdgeAgent:
         Meanwhile the edge measures the link with ``ping``s, about every ``PING_EVERY_S``
         at random instants: a ping waits at the cloud behind the step in progress, and
         pings sent in step with the tokens would all wait alike, which hides any RTT shorter
-        than a step.  The link's RTT is ``link_rtt_s`` of the last ``PINGS_KEPT``.  Each goes
-        to the policy (``KPolicy.continue_stretch``); once it would rather speculate, the
-        edge asks the cloud to ``stop``, and keeps the tokens already on their way (they are
-        the target's).  The stretch's measurements: ``rtt_ms`` the link's RTT when it ended
-        (if no ping came back: ``rtt_s`` as known before, else its first token's network
+        than a step.  The last ``PINGS_KEPT`` bracket the link's RTT (``link_rtt_bounds``); the
+        most it can be goes to the policy (``KPolicy.continue_stretch``), and once the policy
+        would rather speculate even so, the edge asks the cloud to ``stop``, and keeps the tokens already on their way (they are
+        the target's).  The stretch's measurements: ``rtt_ms`` the link's RTT when it ended, the
+        middle of its bracket (if no ping came back: ``rtt_s`` as known before, else its first token's network
         time), ``bytes_up`` its pings and stop."""
         received, bytes_up, bytes_down, cloud_s = [], 0, 0, 0.0
         verify_passes = self._no_passes()
@@ -527,8 +527,10 @@ class EdgeAgent:
                     continue
                 answered.append((arrived - pings.pop(reply.seq) - reply.fields["compute_s"],
                                  reply.fields["waited_at_most_s"]))
-                rtt_s = link_rtt_s(answered)
-                if not stopping and not query.policy.continue_stretch(rtt_s):
+                low, high = link_rtt_bounds(answered)
+                rtt_s = (low + high) / 2.0
+                # stopped only if speculation wins even at the most the RTT can be
+                if not stopping and not query.policy.continue_stretch(high):
                     bytes_up += self.channel.send(Message("stop", query.session,
                                                           query.next_seq()))
                     stopping = True

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from agents.edge import link_rtt_s
+from agents.edge import link_rtt_bounds
 from nasd.analytic import ComputeTimes, crossover_rtt_s, decode_time_quantiles_s, position_rates
 from nasd.estimator import (Calibration, DecayedLine, Line, RobustSlope, StageEstimator,
                             Stretch)
@@ -314,11 +314,12 @@ def test_a_stretch_stops_once_its_pings_find_the_link_fast_and_the_rtt_starts_th
 def test_the_link_rtt_of_a_stretch_is_what_its_pings_brackets_agree_on():
     """Each ping brackets the RTT in [round trip - wait, round trip]; the newest pings that
     overlap are intersected (older ones from before a change are not)."""
-    assert link_rtt_s([(0.030, 0.030)]) == pytest.approx(0.015)
-    assert link_rtt_s([(0.040, 0.030), (0.025, 0.030), (0.032, 0.030)]) == pytest.approx(0.0175)
+    assert link_rtt_bounds([(0.030, 0.030)]) == pytest.approx((0.0, 0.030))
+    assert link_rtt_bounds([(0.040, 0.030), (0.025, 0.030), (0.032, 0.030)]) \
+        == pytest.approx((0.010, 0.025))
     changed = [(0.210, 0.030), (0.200, 0.030), (0.020, 0.030), (0.015, 0.030)]
-    assert link_rtt_s(changed) == pytest.approx(0.0075)
-    assert link_rtt_s([(0.020, 0.0)]) == pytest.approx(0.020)
+    assert link_rtt_bounds(changed) == pytest.approx((0.0, 0.015))
+    assert link_rtt_bounds([(0.020, 0.0)]) == pytest.approx((0.020, 0.020))
 
 
 def test_a_few_unlucky_cycles_do_not_hand_the_link_to_the_cloud():
