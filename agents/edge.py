@@ -221,19 +221,20 @@ class EdgeAgent:
         record.emulated_stages = self._emulated_stages(tally)
         return record, []
 
-    def _receive(self) -> tuple[Message, int]:
-        """The cloud's next message and its size, past answers to pings of a stretch that
-        ended before they came back."""
+    def _receive(self, session: str) -> tuple[Message, int]:
+        """The cloud's next message on ``session`` and its size, past answers to pings of a
+        stretch that ended before they came back and errors on another session (an earlier
+        query's: the close after its failure may have found nothing left to close)."""
         while True:
             reply, _, size = self.channel.recv()
-            if reply.type != "pong":
+            if reply.type != "pong" and (reply.type != "error" or reply.session == session):
                 return reply, size
 
     def _exchange(self, message: Message, expect: str) -> tuple[Message, int, int, float, float]:
         """Send, await the answer of type ``expect``; return it, bytes up/down and both instants."""
         t_send = now()
         bytes_up = self.channel.send(message)
-        reply, bytes_down = self._receive()
+        reply, bytes_down = self._receive(message.session)
         t_reply = now()
         self._check(reply, message, expect)
         return reply, bytes_up, bytes_down, t_send, t_reply
@@ -256,7 +257,7 @@ class EdgeAgent:
         """The ``tokens`` replies the cloud streams for ``message``, each with its size and
         when it arrived, up to the one that says finished."""
         while True:
-            reply, size = self._receive()
+            reply, size = self._receive(message.session)
             received_at = now()
             self._check(reply, message, "tokens")
             yield reply, size, received_at
@@ -309,7 +310,7 @@ class EdgeAgent:
         self.channel.send(message)
         query.draft.prefill()  # overlaps with the upload and the cloud's prefill
         query.stages.add(self.models.take_passes())
-        opened, bytes_down = self._receive()
+        opened, bytes_down = self._receive(session)
         query.t_first = query.t_last = now()
         self._check(opened, message, "opened")
         query.stages.add(read_passes(opened.fields))
@@ -426,7 +427,7 @@ class EdgeAgent:
     def _block_verdict(self, query: SpeculationQuery, block: Block) -> bool:
         """Receive the verdict on ``block``, commit it, record the block; whether its premise
         still holds for the blocks after it (kept whole, the bonus deferred)."""
-        reply, bytes_down = self._receive()
+        reply, bytes_down = self._receive(query.session)
         query.t_last = now()
         self._check(reply, block.message, "verdict")
         if reply.seq != block.message.seq:

@@ -66,10 +66,10 @@ class CloudUnderTest:
 
     def legit_query(self, strategy: str = "fixed-k", k: int | None = 5,
                     max_new_tokens: int = 12, query_id: str | None = None,
-                    **request: object) -> QueryRecord:
-        """A query of the real edge agent (a new peer) against the cloud; its session is
-        ``legit/<query_id>/0``."""
-        edge = EdgeAgent(self._edge_models, self.peer())
+                    peer: Channel | None = None, **request: object) -> QueryRecord:
+        """A query of the real edge agent (on ``peer``, by default a new one) against the
+        cloud; its session is ``legit/<query_id>/0``."""
+        edge = EdgeAgent(self._edge_models, peer or self.peer())
         query = QueryRequest(strategy=strategy, label="legit", k=k,
                              query_id=query_id or f"auto{next(_queries)}",
                              prompt="What is 12 + 30?", max_new_tokens=max_new_tokens,

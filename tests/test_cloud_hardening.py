@@ -68,6 +68,17 @@ def test_one_message_does_not_crash_the_cloud(cloud, name):
     assert record.n_tokens == 12
 
 
+def test_an_error_left_on_an_earlier_session_is_not_taken_for_the_next_query(cloud):
+    """After a failed query the edge closes its session, which the cloud may already have
+    dropped: the error answering that close waits on the edge's socket, and the next query
+    on the same edge must not read it as its own."""
+    peer = cloud.peer()
+    peer.send(Message("close", "earlier/q/0"))
+    time.sleep(0.2)
+    assert peer.poll(0)                  # the error is waiting
+    assert cloud.legit_query(peer=peer).n_tokens == 12
+
+
 def test_a_far_future_sent_at_does_not_stall_the_cloud(cloud):
     attacker = cloud.peer()
     attacker.socket.send_multipart(raw_frames("close", sent_at=now() + 3600.0))
