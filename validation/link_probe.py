@@ -308,6 +308,9 @@ def measure_goodput(paths: Paths, direction: str, total_bytes: int,
 
         receiver = threading.Thread(target=receive, daemon=True)
         receiver.start()
+        # a path that breaks mid-transfer must not hold a blocking connect or send until TCP
+        # gives up (a router VM starved on a loaded host once took 976 s to say so)
+        sender.settimeout(SOCKET_TIMEOUT_S + min(max_seconds, total_bytes / 1e4))
         sender.connect(listener.getsockname())
         payload = bytes(BULK_CHUNK_BYTES)
         sent, stop_at = 0, now() + max_seconds
