@@ -245,18 +245,22 @@ def cli() -> None:
 @data_plane_security_option
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where run folders go.")
+@click.option("--report/--no-report", "write_html", default=True, show_default=True,
+              help="Write the plots and report.html once the run is summarized (what "
+                   "`orchestrator report` writes; a few seconds).")
 @click.pass_context
 def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, nasd_k_min,
                 nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_estimate,
                 nasd_objective, draft_ahead, nasd_rtt_table_path, nasd_calibration_path,
                 decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
                 max_queries, repetitions, seed, rtt_ms, data_plane_security, results_root,
-                **emulation) -> None:
+                write_html, **emulation) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
     Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen),
-    summary.csv and link_stats.json into a new folder under --results, and
-    prints the summary.
+    summary.csv and link_stats.json into a new folder under --results, prints
+    the summary, then writes the plots, leaderboard.csv, reversal.csv and
+    report.html beside them (--no-report: not).
     """
     console = make_console()
     spec = RunSpec.load(job_name, profile_name, mode, job_overrides={
@@ -274,7 +278,13 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         **emulation},
         profile_overrides={"rtt_ms": rtt_ms})
     # all input is checked before a router VM boots
-    run(replace(spec, mode=enter_mode(ctx, mode, [spec.profile], console)), results_root, console)
+    path, _ = run(replace(spec, mode=enter_mode(ctx, mode, [spec.profile], console)),
+                  results_root, console)
+    if write_html:
+        from orchestrator.reporting.report import write_report  # matplotlib: only when plotting
+        report = write_report(path)
+        if report is not None:
+            console.print(report.line(path), highlight=False)
 
 
 MAX_RTT_GRID = 100_000     # RTTs in a table of `orchestrator calibrate`

@@ -22,6 +22,7 @@ from orchestrator.reporting.run_summary import _host_times
 from orchestrator.reporting.summary import emulation_columns, emulation_conclusion
 from shaping.clock import now
 from tests.inproc_agents import edge_and_cloud
+from tests.loaded_host import late_allowance_ms
 
 JETSON, H100 = load_device("jetson-orin-nano"), load_device("h100-sxm")
 # the draft 4.1 ms a pass on the Jetson, the target 8.3 ms on the H100 (roofline bounds)
@@ -138,18 +139,24 @@ def test_overruns_reach_the_summary_and_its_conclusion():
     assert f"{verified} overran" in sentence and "fixed-k3" in sentence
 
 
+def late_by_load(seconds: float) -> float:
+    """The latest a pass emulated to take ``seconds`` may be seen on a loaded host."""
+    return seconds + late_allowance_ms(1000.0 * seconds) / 1000.0
+
+
 def test_the_analytic_model_and_nasd_see_the_emulated_times():
     with edge_and_cloud(synthetic(0.2, 0.5), emulation=EMULATION) as (edge, _):
         nasd = request("nasd", tokens=40)
         record, cycles = edge.run_query(nasd)
         learned = edge.policy(nasd).estimator.calibration().times
-    # the emulated times (and this host's overheads around the passes), not the 0.2 ms ones
-    assert DRAFT_S <= learned.draft_token_s < 1.5 * DRAFT_S
-    assert TARGET_S <= learned.verify_time_s(3) < 1.5 * TARGET_S
+    # the emulated times (and this host's overheads around the passes, late as a loaded
+    # host makes them: a CI loop run saw 6.6 ms for 4.1), not the 0.2 ms ones
+    assert DRAFT_S <= learned.draft_token_s < late_by_load(DRAFT_S)
+    assert TARGET_S <= learned.verify_time_s(3) < late_by_load(TARGET_S)
     emulated = JobConfig(edge_device="jetson-orin-nano", cloud_device="h100-sxm",
                          edge_model_shape="llama-68m", cloud_model_shape="qwen2.5-14b")
     spec = RunSpec(emulated, load_profile("lan"), synthetic(0.2, 0.5), [], "sim")
     queries = pd.DataFrame([record.as_dict()])
     times = _host_times(spec, queries, pd.DataFrame([c.as_dict() for c in cycles]))
     # the records' times, not the synthetic profile's 0.2 ms
-    assert DRAFT_S <= times.edge.draft_token_s < 1.5 * DRAFT_S
+    assert DRAFT_S <= times.edge.draft_token_s < late_by_load(DRAFT_S)

@@ -72,8 +72,10 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
     assert f"results: {folder}" in out.replace("\n", "")
     assert "fixed-k5" in out and "cloud-only" in out
     for name in ("config.yaml", "queries.jsonl", "cycles.jsonl", "summary.csv", "link_stats.json",
-                 "edge.log", "cloud.log"):
+                 "edge.log", "cloud.log", "leaderboard.csv", "reversal.csv", "report.html"):
         assert (folder / name).exists(), name
+    assert f"report: {folder / 'report.html'}" in out.replace("\n", "")
+    assert list((folder / "plots").glob("*.png"))          # the report's figures, beside it
     edge_log, cloud_log = ((folder / f"{side}.log").read_text() for side in ("edge", "cloud"))
     for log in (edge_log, cloud_log):
         assert "started: pid" in log and "numpy" in log and "loaded in" in log

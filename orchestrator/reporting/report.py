@@ -1,6 +1,6 @@
 """The report of a results folder: CSVs, the terminal's key tables, plots, one HTML page.
 
-``report_folder`` writes ``leaderboard.csv`` (with ``lossy``, the speed rank
+``write_report`` writes ``leaderboard.csv`` (with ``lossy``, the speed rank
 among lossless strategies, ``separated_from_next``, ``model_vs_measured`` and
 every interval), ``reversal.csv`` and ``rank/all_rank.csv`` (Ianvs layout)
 next to the cells, the figures of ``orchestrator.reporting.plots`` under ``plots/``,
@@ -10,8 +10,10 @@ inline CSS, no script, no external address) that fits a 1280 px window
 what the intervals allow one to conclude, the key per-cell table, the
 reversal RTTs, under device emulation the passes padded and overrun per cell,
 every figure, the figures skipped and why, the full leaderboard, and every
-term defined.  On the terminal it prints the key table, the reversal table,
-the device emulation table, their legend and the conclusions.
+term defined (``orchestrator run`` calls it after its own summary).
+``report_folder`` (``orchestrator report``, the end of a sweep) writes the same and
+prints the key table, the reversal table, the device emulation table, their legend
+and the conclusions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -412,19 +415,72 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
             f"<body>\n{body}\n</body></html>\n")
 
 
-def report_folder(path: Path, console: Console) -> Path:
-    """Analyse ``path`` (a sweep or a run folder), write the files, print the key tables.
-    A run folder cut short is reported for what finished, and said to be incomplete; one
-    killed before its summary (``kill -9``) gets its summary first."""
+@dataclass(frozen=True)
+class WrittenReport:
+    """What ``write_report`` made of a folder: the leaderboard and reversal tables, the
+    plots written and skipped (with why), and what to say of a run cut short (or None)."""
+
+    board: pd.DataFrame
+    reversals: pd.DataFrame
+    written: list
+    skipped: dict[str, str]
+    incomplete: str | None
+
+    def line(self, path: Path) -> str:
+        return (f"report: {path / REPORT} (figures: {len(self.written)} under {PLOTS_FOLDER}/, "
+                f"{len(self.skipped)} skipped)")
+
+
+def write_report(path: Path) -> WrittenReport | None:
+    """Analyse ``path`` (a sweep or a run folder) and write ``leaderboard.csv``,
+    ``reversal.csv``, the rank file, the plots and ``report.html``; None when no query
+    finished.  A run folder killed before its summary (``kill -9``) gets its summary first."""
     if not (path / SweepFolder.PLAN).is_file() and not (path / ResultsFolder.SUMMARY).is_file() \
             and (path / ResultsFolder.CONFIG).is_file():
         summarize_folder(path, RunSpec.from_folder(path))
     results = load_results(path)
     if results.empty:
+        return None
+    board = leaderboard(results)
+    board["model_vs_measured"] = board.apply(model_vs_measured, axis=1)
+    reversals = reversal(board)
+    config = run_config(board)
+    board.to_csv(path / "leaderboard.csv", index=False)
+    reversals.to_csv(path / "reversal.csv", index=False)
+    write_ianvs_rank(board, config["job"]["model_pair"], path)
+    written, skipped = write_plots(results, path / PLOTS_FOLDER)
+    (path / REPORT).write_text(html_page(path, board, reversals, config, written, skipped))
+    return WrittenReport(board, reversals, written, skipped, incomplete_run(results))
+
+
+def report_folder(path: Path, console: Console) -> Path:
+    """``write_report``, then print the key tables and what was written.  A run folder cut
+    short is reported for what finished, and said to be incomplete."""
+    report = write_report(path)
+    if report is None:
         is_run = (path / ResultsFolder.SUMMARY).is_file()
         console.print(f"{path}: " + ("an incomplete run: no query finished" if is_run
                                      else "no finished cell yet"))
         return path
+    board, reversals = report.board, report.reversals
+    if report.incomplete:
+        console.print(f"{path}: {report.incomplete}", highlight=False)
+    console.print(rich_table(key_frame(board), KEY_TITLE, TEXT_COLUMNS))
+    terms = dict(KEY_LEGEND)
+    if not reversals.empty:
+        console.print(rich_table(reversal_frame(reversals), REVERSAL_TITLE, TEXT_COLUMNS))
+        terms.update(REVERSAL_LEGEND)
+    if "emulated_passes" in board:
+        console.print(rich_table(emulation_frame(board), EMULATION_TITLE, TEXT_COLUMNS))
+        terms.update(EMULATION_LEGEND)
+    console.print(text_list("columns (every term: report.html, How to read this page)",
+                            terms.items()))
+    console.print(text_list("what the intervals allow",
+                            [("-", line + ".") for line in board_conclusions(board, reversals)]))
+    for name, why in report.skipped.items():
+        console.print(f"plot {name} skipped: {why}", highlight=False)
+    console.print(report.line(path), highlight=False)
+    return path
     incomplete = incomplete_run(results)
     if incomplete:
         console.print(f"{path}: {incomplete}", highlight=False)
