@@ -9,9 +9,10 @@ inline CSS, no script, no external address) that fits a 1280 px window
 (text and intervals wrap; the full leaderboard is two tables) with the job,
 what the intervals allow one to conclude, the key per-cell table, the
 reversal RTTs, under device emulation the passes padded and overrun per cell,
+under a budget guardrail its decision on every strategy run (also ``guardrail.csv``),
 every figure, the figures skipped and why, the full leaderboard, and every
 term defined.  On the terminal it prints the key table, the reversal table,
-the device emulation table, their legend and the conclusions.
+the device emulation table, the guardrail's, their legend and the conclusions.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rich.console import Console
 from agents.backends.emulated import DeviceEmulation
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.reporting.analysis import (
+    guardrail_decisions,
     incomplete_run,
     leaderboard,
     load_results,
@@ -196,6 +198,59 @@ def emulation_frame(board: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _held(value) -> str:
+    return {True: "yes", False: "NO"}.get(verdict_of(value), "-")
+
+
+def guardrail_frame(decisions: pd.DataFrame) -> pd.DataFrame:
+    """The guardrail's decision on each strategy run (formatted): its verdict (a rejected
+    run was skipped), the predicted ms per token with its interval, the budget, what the run
+    measured, whether that kept the budget and whether the verdict held, and why."""
+    def ms(row, column: str) -> str:
+        return format_number(row.get(column), 2)
+    return pd.DataFrame([{
+        "cell": row["cell"], "strategy": row["label"],
+        "verdict": "reject: skipped" if row["verdict"] == "reject" else row["verdict"],
+        "predicted ms": (f"{ms(row, 'predicted_ms')} [{ms(row, 'predicted_low_ms')}, "
+                         f"{ms(row, 'predicted_high_ms')}]"
+                         if pd.notna(row.get("predicted_ms")) else "-"),
+        "budget ms": format_number(row["budget_ms_per_token"], 2),
+        "measured ms": ms(row, "measured_ms"),
+        "in budget": _held(row.get("within_budget")),
+        "held": _held(row.get("verdict_held")), "why": row["why"]}
+        for _, row in decisions.iterrows()])
+
+
+def guardrail_conclusion(decisions: pd.DataFrame) -> str:
+    """One sentence: what the guardrail skipped, and how its verdicts fared where measured."""
+    whole = skipped_whole(decisions)
+    ran = decisions[decisions["ran"].astype(bool)]
+    budget = ", ".join(f"{value:g}" for value in decisions["budget_ms_per_token"].unique())
+    parts = [f"the budget guardrail ({budget} ms per token) skipped "
+             f"{int((decisions['verdict'] == 'reject').sum())} of {len(decisions)} strategy "
+             f"runs ({whole} cell{'' if whole == 1 else 's'} whole)"]
+    for verdict, what in (("accept", "accepted"), ("measure", "left to measuring")):
+        rows = ran[ran["verdict"] == verdict]
+        if len(rows):
+            kept = int(rows["within_budget"].map(verdict_of).eq(True).sum())
+            parts.append(f"of the {len(rows)} runs it {what}, {kept} kept the budget")
+    return "; ".join(parts)
+
+
+GUARDRAIL_TITLE = ("budget guardrail: ms per committed token, predicted against the budget "
+                   "(guardrail.csv)")
+GUARDRAIL_LEGEND = {
+    "verdict": "accept: even the interval's high end fits the budget; reject: even its low "
+               "end breaks it, so the run was skipped (never run); measure: in between, or "
+               "a strategy the latency model does not predict: run",
+    "predicted ms": "seconds per committed token from the fitted stages, the link's RTT and "
+                    "the codec's bytes, [low, high]: every stage at its split-conformal "
+                    "interval's end, the least and most context, RTT and acceptance at once",
+    "measured ms": "what the run measured: 1000 / tok/s",
+    "in budget": "whether the measured ms per token fit the budget",
+    "held": "whether the verdict held: an accepted run in budget, or NO; - for measure (no "
+            "claim) and for skipped runs (not measured)",
+}
 KEY_TITLE = "leaderboard (per cell; full table in leaderboard.csv)"
 EMULATION_TITLE = "device emulation: passes padded to the emulated devices' times, per cell"
 EMULATION_LEGEND = {
@@ -255,7 +310,10 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
     prompts = min(len(config["prompts"]), job["max_queries"] or len(config["prompts"]))
     cells = board["cell"].nunique()
     if (path / SweepFolder.PLAN).is_file():
-        cells = f"{cells} of {len(SweepFolder(path).plan()[2])} finished"
+        whole = skipped_whole(guardrail_decisions(path))
+        cells = (f"{cells + whole} of {len(SweepFolder(path).plan()[2])} finished"
+                 + (f": {cells} run, {whole} skipped whole by the budget guardrail"
+                    if whole else ""))
     incomplete = incomplete_run(board)
     return {
         **({"incomplete": incomplete} if incomplete else {}),
@@ -277,6 +335,12 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
         **({"device emulation": DeviceEmulation.model_validate(config["emulation"]).describe()}
            if config.get("emulation") else {}),
     }
+
+
+def skipped_whole(decisions: pd.DataFrame) -> int:
+    """The cells the budget guardrail skipped whole (``guardrail_decisions``)."""
+    return (0 if decisions.empty
+            else decisions.loc[decisions["cell_skipped"].astype(bool), "cell"].nunique())
 
 
 CSS = """
@@ -369,7 +433,9 @@ def _figure_html(path: Path, caption: str) -> str:
 
 
 def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: dict,
-              written: list[Path], skipped: dict[str, str]) -> str:
+              written: list[Path], skipped: dict[str, str],
+              decisions: pd.DataFrame | None = None) -> str:
+    decisions = decisions if decisions is not None else pd.DataFrame()
     captions = {plot.name: plot.caption for plot in PLOTS}
     summary = pd.DataFrame(job_summary(path, board, config).items())
     speed, speculation = leaderboard_frames(board)
@@ -390,6 +456,10 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
          "no reversal to compute.</p>"),
         *(["<h2>Device emulation</h2>", table_html(emulation_frame(board)),
             _legend_html(EMULATION_LEGEND)] if "emulated_passes" in board else []),
+        *(["<h2>Budget guardrail</h2>",
+           f"<p>{html.escape(guardrail_conclusion(decisions))}.</p>",
+           table_html(guardrail_frame(decisions), TEXT_COLUMNS | {"verdict", "why"}),
+           _legend_html(GUARDRAIL_LEGEND)] if len(decisions) else []),
         "<h2>Figures</h2>",
         *(_figure_html(figure, captions[figure.name]) for figure in written),
     ]
@@ -412,6 +482,17 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
             f"<body>\n{body}\n</body></html>\n")
 
 
+def print_guardrail(decisions: pd.DataFrame, console: Console) -> None:
+    """The guardrail's table, its legend and its conclusion (nothing for an unguarded
+    sweep)."""
+    if decisions.empty:
+        return
+    console.print(rich_table(guardrail_frame(decisions), GUARDRAIL_TITLE,
+                             TEXT_COLUMNS | {"verdict", "why"}))
+    console.print(text_list("guardrail columns", GUARDRAIL_LEGEND.items()))
+    console.print(f"- {guardrail_conclusion(decisions)}.", highlight=False)
+
+
 def report_folder(path: Path, console: Console) -> Path:
     """Analyse ``path`` (a sweep or a run folder), write the files, print the key tables.
     A run folder cut short is reported for what finished, and said to be incomplete; one
@@ -420,9 +501,14 @@ def report_folder(path: Path, console: Console) -> Path:
             and (path / ResultsFolder.CONFIG).is_file():
         summarize_folder(path, RunSpec.from_folder(path))
     results = load_results(path)
+    decisions = guardrail_decisions(path)
+    if len(decisions):
+        decisions.to_csv(path / "guardrail.csv", index=False)
     if results.empty:
         is_run = (path / ResultsFolder.SUMMARY).is_file()
+        print_guardrail(decisions, console)
         console.print(f"{path}: " + ("an incomplete run: no query finished" if is_run
+                                     else "no cell ran" if len(decisions)
                                      else "no finished cell yet"))
         return path
     incomplete = incomplete_run(results)
@@ -445,10 +531,12 @@ def report_folder(path: Path, console: Console) -> Path:
         terms.update(EMULATION_LEGEND)
     console.print(text_list("columns (every term: report.html, How to read this page)",
                             terms.items()))
+    print_guardrail(decisions, console)
     console.print(text_list("what the intervals allow",
                             [("-", line + ".") for line in board_conclusions(board, reversals)]))
     written, skipped = write_plots(results, path / PLOTS_FOLDER)
-    (path / REPORT).write_text(html_page(path, board, reversals, config, written, skipped))
+    (path / REPORT).write_text(html_page(path, board, reversals, config, written, skipped,
+                                         decisions))
     for name, why in skipped.items():
         console.print(f"plot {name} skipped: {why}", highlight=False)
     console.print(f"report: {path / REPORT} (figures: {len(written)} under {PLOTS_FOLDER}/, "
