@@ -26,41 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.codecs import CODEC_NAMES, encode_target_row, get_codec  # noqa: E402
-from agents.protocol import Message, encode  # noqa: E402
+from agents.codecs import CODEC_NAMES  # noqa: E402
+from agents.payload_bytes import cycle_bytes  # noqa: E402
 from orchestrator.config.run_spec import RunSpec  # noqa: E402
 from orchestrator.lifecycle.run import run  # noqa: E402
-from shaping.link_model import zmtp_wire_bytes  # noqa: E402
-
-
-def message_bytes(message: Message) -> int:
-    return zmtp_wire_bytes(encode(message))
-
-
-VERDICT = {"accepted": 2, "token": 17, "residual": False, "finished": False, "compute_s": 0.0123}
-
-
-def draft_message(codec_name: str, k: int, vocab: int,
-                  rng: np.random.Generator) -> tuple[Message, np.ndarray]:
-    """A ``draft`` of ``k`` tokens as ``codec_name`` sends it, for a vocabulary of ``vocab``
-    (rows of a peaked Dirichlet, each drafting its argmax), and the draft's rows."""
-    rows = rng.dirichlet(np.full(vocab, 0.05), size=k).astype(np.float32)
-    ids = [int(np.argmax(row)) for row in rows]
-    return Message("draft", "edge/q1/0", 7, {}, get_codec(codec_name).encode(ids, rows)), rows
-
-
-def cycle_bytes(codec_name: str, k: int, vocab: int, rng: np.random.Generator) -> dict[str, int]:
-    draft, rows = draft_message(codec_name, k, vocab, rng)
-    sizes = {"up": message_bytes(draft),
-             "down": message_bytes(Message("verdict", "edge/q1/0", 7, VERDICT))}
-    if codec_name == "q-scalar":
-        residual = {**VERDICT, "token": -1, "residual": True}
-        sizes["down_rejected"] = message_bytes(Message("verdict", "edge/q1/0", 7, residual,
-                                                       encode_target_row(rows[0])))
-        truncated = np.where(rows[0] >= np.sort(rows[0])[-50], rows[0], 0)  # top-k 50
-        sizes["down_rejected_top50"] = message_bytes(Message("verdict", "edge/q1/0", 7, residual,
-                                                             encode_target_row(truncated)))
-    return sizes
 
 
 def main() -> int:

@@ -42,9 +42,9 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agents.payload_bytes import VERDICT, draft_message, message_bytes  # noqa: E402
 from agents.protocol import Channel, Message  # noqa: E402
 from agents.security import Security, create_run_keys, secure_data_socket  # noqa: E402
-from benchmarks.codec_bytes import VERDICT, draft_message, message_bytes  # noqa: E402
 from orchestrator.config.run_spec import RunSpec  # noqa: E402
 from orchestrator.lifecycle.run import run  # noqa: E402
 from shaping.link import LOOPBACK, free_tcp_port  # noqa: E402

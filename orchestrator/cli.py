@@ -447,23 +447,42 @@ def measure(job, cycles_per_k: int, repetitions: int):
               help="As for `run`; one mode for every cell.")
 @device_emulation_options
 @data_plane_security_option
+@click.option("--latency-budget-ms-per-token", type=float,
+              help="Budget guardrail: skip each strategy run of a cell that the fitted latency "
+                   "model (--guardrail) predicts will break this many ms per committed token "
+                   "even at the low end of its interval; the rest run as usual [default: the "
+                   "job's latency_budget_ms_per_token, none].")
+@click.option("--guardrail", "guardrail_path", type=click.Path(path_type=str),
+              help="A folder `orchestrator latency fit` wrote (estimator.json, guardrail.json) "
+                   "for this host, dtype and threads; needs an hf pair [default: the job's "
+                   "guardrail_path].")
+@click.option("--guardrail-acceptance", nargs=2, type=float, metavar="LOW HIGH",
+              help="The least and most per-token acceptance the guardrail assumes [default: "
+                   "the job's guardrail_acceptance, 0 1: any].")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the sweep folder goes.")
 @click.pass_context
 def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_security,
+                  latency_budget_ms_per_token, guardrail_path, guardrail_acceptance,
                   results_root, **emulation) -> None:
     """Run a job on every cell of its network section, then rank and report.
 
     Each cell is a full run (same files as `run`) under cells/, recorded in
     cells.jsonl once finished; Ctrl-C stops cleanly and `--resume DIR`
     continues without redoing finished cells.  At the end: leaderboard.csv,
-    reversal.csv, rank/ (Ianvs layout), plots and report.html.
+    reversal.csv, rank/ (Ianvs layout), plots and report.html.  With a budget
+    guardrail, the strategy runs predicted to break the budget are skipped;
+    cells.jsonl, guardrail.csv and the report say which, and how each decision
+    compares with what the runs measured.
     """
     console = make_console()
     if (job_name is None) == (resume_dir is None):
         raise click.UsageError("give either --job FILE (a new sweep) or --resume DIR")
     for name, value in (("--model-pair", model_pair),
-                        ("--data-plane-security", data_plane_security)):
+                        ("--data-plane-security", data_plane_security),
+                        ("--latency-budget-ms-per-token", latency_budget_ms_per_token),
+                        ("--guardrail", guardrail_path),
+                        ("--guardrail-acceptance", guardrail_acceptance or None)):
         if resume_dir is not None and value is not None:
             raise click.UsageError(f"{name}: a resumed sweep keeps its own")
     given = [name for name, value in emulation.items() if value is not None]
@@ -480,25 +499,41 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
         if mode not in ("auto", chosen):
             raise click.UsageError(f"--mode {mode}: this sweep runs in {chosen} mode")
         template = RunSpec.build(job, cells[0].profile, chosen)
+        guardrail = sweep_guardrail(template)
         enter_mode(ctx, chosen, [cell.profile for cell in cells], console,
                    reason="the mode the sweep started with")
     else:
         job = load_job(job_name, {"model_pair": model_pair,
-                                  "data_plane_security": data_plane_security, **emulation})
+                                  "data_plane_security": data_plane_security,
+                                  "latency_budget_ms_per_token": latency_budget_ms_per_token,
+                                  "guardrail_path": guardrail_path,
+                                  "guardrail_acceptance": list(guardrail_acceptance or []),
+                                  **emulation})
         cells = expand(job)
         template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
+        guardrail = sweep_guardrail(template)
         template = replace(template, mode=enter_mode(ctx, mode, [cell.profile for cell in cells],
                                                       console))
         folder = SweepFolder.create(results_root, job, template.mode, cells)
     if template.emulation is not None:
         console.print(template.emulation.describe(), highlight=False)
+    if guardrail is not None:
+        console.print(guardrail.describe(), highlight=False)
     console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
                   f"`orchestrator sweep --resume {folder.path}`")
-    sweep(folder, template, cells, console)
+    sweep(folder, template, cells, console, guardrail)
     from orchestrator.reporting.report import (
         report_folder,  # matplotlib: only when plotting
     )
     report_folder(folder.path, console)
+
+
+def sweep_guardrail(spec: RunSpec):
+    """The job's budget guardrail, checked (``orchestrator.config.guardrail``), or None."""
+    if not spec.job.guarded:
+        return None
+    from orchestrator.config.guardrail import load_guardrail  # scikit-learn: only when asked
+    return load_guardrail(spec)
 
 
 @cli.command("validate")

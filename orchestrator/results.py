@@ -6,7 +6,9 @@ to ``cycles.jsonl``, flushed at once, so a crash loses nothing finished; ``summa
 comes last (also after an interrupted run, marked incomplete).  A sweep's folder
 (``SweepFolder``): ``sweep.yaml`` (the resolved job, the mode and the cell names, written
 first), one run folder per cell under ``cells/``, and ``cells.jsonl``, to which a cell is
-appended only once its summary is on disk.
+appended only once its summary is on disk, or, under a budget guardrail, once the guardrail
+skipped every strategy run of it (``skipped``: no folder); a guarded sweep's line holds the
+guardrail's decision on each run (``guardrail``).
 
 A folder is created atomically under a name of its own, however many runs start at
 once (``ResultsFolder.new_path``).  Every JSONL line is written whole or not at all
@@ -191,10 +193,20 @@ class SweepFolder:
         return self.path / self.CELLS / cell_name
 
     def finished(self) -> dict[str, dict]:
+        """Every cell done with, run or skipped: its line in ``cells.jsonl``."""
         return {record["cell"]: record for record in read_records(self.path / self.DONE)}
 
-    def mark_finished(self, cell: Cell, wall_s: float) -> None:
+    def ran(self) -> list[str]:
+        """The cells that ran (have a run folder), in the order they finished."""
+        return [name for name, record in self.finished().items() if not record.get("skipped")]
+
+    def mark_finished(self, cell: Cell, wall_s: float, guardrail: list[dict] | None = None,
+                      skipped: bool = False) -> None:
+        """``cell`` done with: run (its summary on disk), or ``skipped`` by the guardrail;
+        ``guardrail``: its decision on each strategy run (``RunVerdict.record``)."""
         record = {"cell": cell.name, "profile": cell.profile.name, "codec": cell.codec,
-                  "wall_s": round(wall_s, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                  "wall_s": round(wall_s, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  **({"skipped": True} if skipped else {}),
+                  **({"guardrail": guardrail} if guardrail is not None else {})}
         with open_records(self.path / self.DONE) as done:
             append_record(done, record)

@@ -138,7 +138,7 @@ class HFModel:
         torch = _torch()
         from transformers import AutoModelForCausalLM
         if torch.device(device).type == "cpu":
-            torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 2) // 2))
+            torch.set_num_threads(torch_threads(config))
         dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
         try:
             network = AutoModelForCausalLM.from_pretrained(
@@ -154,11 +154,22 @@ class HFModel:
         return HFSession(self, sampling)
 
 
+def torch_threads(config: HFPairConfig) -> int:
+    """The torch threads each agent computes with on a CPU device."""
+    return config.cpu_threads or max(1, (os.cpu_count() or 2) // 2)
+
+
+def model_configs(config: HFPairConfig) -> dict[str, dict]:
+    """The transformers config of the ``draft`` and the ``target``, as mappings."""
+    from transformers import AutoConfig
+    return {role: AutoConfig.from_pretrained(source,
+                                             local_files_only=config.local_files_only).to_dict()
+            for role, source in (("draft", config.draft), ("target", config.target))}
+
+
 def pair_width(config: HFPairConfig) -> int:
     """The common row width of a pair: the wider of the two output layers."""
-    from transformers import AutoConfig
-    return max(AutoConfig.from_pretrained(source, local_files_only=config.local_files_only).vocab_size
-               for source in (config.draft, config.target))
+    return max(int(model["vocab_size"]) for model in model_configs(config).values())
 
 
 def resolve_paths(config: HFPairConfig, base_dir: Path) -> HFPairConfig:

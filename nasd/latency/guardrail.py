@@ -6,10 +6,14 @@ of samples the model never saw: the quantiles at the finite-sample level ceil((n
 so the interval covers a new sample with the stated probability whatever the error's
 distribution), a candidate's seconds per token (``per_token``: a speculative cycle's
 K drafted tokens, its verification, the round trip and the bytes' transfer over the
-committed tokens E[tau] of ``nasd.analytic``; or cloud-only decoding's step), the decision
-(``decide``: accept when the interval's upper end fits the budget, reject when its lower
-end breaks it, otherwise measure), and its evaluation on held-out samples
-(``guardrail_analysis``).
+committed tokens E[tau] of ``nasd.analytic``; cloud-spec's cycle on one node; or cloud-only
+decoding's step), which strategies it can predict (``unpredictable`` says why not), a
+candidate's interval (``per_token_spread``: every stage, the link and the acceptance at
+their ends at once), the decision (``decide``: accept when the interval's upper end fits the
+budget, reject when its lower end breaks it, otherwise measure), whether a decision held
+once the candidate was measured (``verdict_held``), and its evaluation on held-out samples
+(``guardrail_analysis``).  ``orchestrator sweep`` skips the strategy runs it rejects
+(``orchestrator.config.guardrail``).
 
 Candidates are (held-out configuration, strategy, RTT): fixed-K speculation at the
 configuration's K, and cloud-only decoding, on each RTT, at a fixed acceptance; their
@@ -35,11 +39,14 @@ import pandas as pd
 from nasd.analytic import (
     ComputeTimes,
     cycle_time_distributed_s,
+    cycle_time_local_s,
     expected_tokens_per_cycle,
 )
 
 FRACTIONS = (0.5, 0.7, 0.85, 1.0)
 UNCERTAIN = ("draft_token", "verify", "decode")   # the stages a candidate's latency uses
+PREDICTED = ("fixed-k", "cloud-spec", "cloud-only")   # the strategies ``per_token`` models
+VERDICTS = ("accept", "reject", "measure")
 
 
 @dataclass(frozen=True)
@@ -68,15 +75,56 @@ def conformal_interval(measured, predicted, coverage: float = 0.9) -> StageInter
 
 def per_token(strategy: str, k: int, draft_token_s: float, verify_s: float, decode_s: float,
               rtt_s: float, transfer_s: float, acceptance: float) -> float:
-    """Seconds per committed token: fixed-K speculation (one cycle over E[tau]) or cloud-only
-    decoding (its step; the stream's one round trip is amortized away)."""
+    """Seconds per committed token: fixed-K speculation (one cycle over E[tau]), cloud-spec
+    (the same cycle on one node: no round trip, no transfer) or cloud-only decoding (its
+    step; the stream's one round trip is amortized away)."""
     if strategy == "cloud-only":
         return float(decode_s)
-    if strategy != "fixed-k":
-        raise ValueError(f"unknown strategy {strategy!r}: fixed-k or cloud-only")
-    cycle = cycle_time_distributed_s(k, ComputeTimes(draft_token_s, verify_s, 0.0), rtt_s,
-                                     transfer_s)
+    times = ComputeTimes(draft_token_s, verify_s, 0.0)
+    if strategy == "cloud-spec":
+        cycle = cycle_time_local_s(k, times)
+    elif strategy == "fixed-k":
+        cycle = cycle_time_distributed_s(k, times, rtt_s, transfer_s)
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}: one of {', '.join(PREDICTED)}")
     return cycle / expected_tokens_per_cycle(acceptance, k)
+
+
+def unpredictable(strategy: str, draft_ahead: int = 0) -> str | None:
+    """Why ``per_token`` cannot predict a strategy run (None: it can)."""
+    if strategy in PREDICTED:
+        return ("draft-ahead pipelines blocks; the model has one block per round trip"
+                if draft_ahead else None)
+    if strategy == "edge-only":
+        return "the latency model has no stage of the draft decoding on its own"
+    return f"{strategy} chooses K per cycle; the model predicts one K"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A quantity's least, central and largest value (the high end may be infinite)."""
+
+    low: float
+    point: float
+    high: float
+
+
+def per_token_spread(strategy: str, k: int, stages: dict[str, Spread],
+                     intervals: dict[str, StageInterval], rtt_s: Spread, transfer_s: Spread,
+                     acceptance: Spread) -> Spread:
+    """A candidate's seconds per token with its prediction interval.  ``stages``: each
+    uncertain stage's predicted seconds at the least, central and largest work (context) the
+    candidate meets; the low end takes them times their interval's lower end with the least
+    RTT and transfer and the highest acceptance, the high end the opposite, the point the
+    predictions as they are: every term at its end at once (the stages err together;
+    conservative, as in ``guardrail_analysis``)."""
+    def at(end: str, scale: str | None, accepted: float) -> float:
+        seconds = [getattr(stages[stage], end) * (getattr(intervals[stage], scale) if scale
+                                                   else 1.0) for stage in UNCERTAIN]
+        return per_token(strategy, k, *seconds, getattr(rtt_s, end), getattr(transfer_s, end),
+                         accepted)
+    return Spread(at("low", "low", acceptance.high), at("point", None, acceptance.point),
+                  at("high", "high", acceptance.low))
 
 
 def decide(low, high, point, budget, guarded: bool = True) -> np.ndarray:
@@ -86,6 +134,15 @@ def decide(low, high, point, budget, guarded: bool = True) -> np.ndarray:
     if not guarded:
         return np.where(point <= budget, "accept", "reject")
     return np.where(high <= budget, "accept", np.where(low > budget, "reject", "measure"))
+
+
+def verdict_held(verdict: str, measured_s: float, budget_s: float) -> bool | None:
+    """Whether a decision held once its candidate was measured (seconds per token): an
+    accept when the measured fits the budget, a reject when it breaks it; a measure claims
+    nothing (None), nor does a candidate without a measurement (NaN)."""
+    if verdict == "measure" or not math.isfinite(measured_s):
+        return None
+    return bool(measured_s <= budget_s) == (verdict == "accept")
 
 
 def rates(decisions: np.ndarray, true: np.ndarray, budget: float) -> dict:

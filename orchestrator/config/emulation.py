@@ -16,14 +16,9 @@ from nasd.latency.emulation import weight_bytes
 from nasd.latency.roofline import Device
 from nasd.latency.stages import NAMED_SHAPES, ModelShape, shape_for_parameters
 from orchestrator.config.job import JobConfig
-from orchestrator.config.loading import ConfigError, flag, load_device
+from orchestrator.config.loading import ConfigError, flag, load_device, named
 
 CALIBRATED_ON_THIS_HOST = ("nasd_calibration_path", "nasd_rtt_table_path")
-
-
-def named(field: str) -> str:
-    """``edge_device (--edge-device)``: a job field as the file and the command line call it."""
-    return f"{field} ({flag(field)})"
 
 
 def load_emulation(job: JobConfig) -> DeviceEmulation | None:

@@ -7,7 +7,10 @@ policies ``nasd``, ``hf-heuristic`` and ``bandit`` choose K within
 job's ``draft_ahead``, the baselines run as they are beside them).  Its optional
 ``network`` section (``NetworkSpace``) is what ``orchestrator sweep`` expands
 into cells: named profiles and grids of RTT x bandwidth x jitter x loss,
-each crossed with the payload codecs to compare.  Its device emulation fields
+each crossed with the payload codecs to compare, and its budget guardrail fields
+(``GuardrailFields``) the per-token latency budget against which the sweep skips the
+strategy runs a fitted latency model predicts will break it (``orchestrator.config.guardrail``;
+``narrowed`` is a job cut to the runs kept).  Its device emulation fields
 (``DeviceEmulationFields``) name the devices the agents act as and the model sizes they
 are timed for (resolved into devices and shapes by ``orchestrator.config.emulation``).
 """
@@ -151,10 +154,53 @@ class DeviceEmulationFields(BaseModel):
         return self
 
 
-class JobConfig(DeviceEmulationFields, SamplingConfig):
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class GuardrailFields(BaseModel):
+    """A sweep's budget guardrail: the budget, the folder of the fitted latency model that
+    predicts each strategy run against it, and the acceptance to assume.  The budget and the
+    folder together or neither."""
+
+    model_config = STRICT
+    latency_budget_ms_per_token: float | None = Field(
+        default=None, gt=0, description="sweep: the budget in ms per committed token; a "
+        "strategy run of a cell the guardrail predicts will break it is skipped (needs "
+        "guardrail_path; `run` ignores it)")
+    guardrail_path: str | None = Field(
+        default=None, description="sweep: a folder of `orchestrator latency fit` "
+        "(estimator.json, guardrail.json): the fitted stages and their conformal intervals "
+        "the guardrail predicts with")
+    guardrail_acceptance: tuple[Probability, Probability] = Field(
+        default=(0.0, 1.0), description="sweep guardrail: the least and the most per-token "
+        "acceptance to assume (default: any)")
+
+    @property
+    def guarded(self) -> bool:
+        return self.guardrail_path is not None
+
+    @model_validator(mode="after")
+    def _budget_with_model(self) -> "GuardrailFields":
+        if (self.latency_budget_ms_per_token is None) != (self.guardrail_path is None):
+            given, needed = (("latency_budget_ms_per_token", "guardrail_path")
+                             if self.guardrail_path is None
+                             else ("guardrail_path", "latency_budget_ms_per_token"))
+            raise ValueError(f"{given} needs {needed}: the guardrail judges a budget with a "
+                             "fitted latency model")
+        low, high = self.guardrail_acceptance
+        if low > high:
+            raise ValueError(f"guardrail_acceptance: the least ({low:g}) is above the most "
+                             f"({high:g})")
+        if not self.guarded and self.guardrail_acceptance != (0.0, 1.0):
+            raise ValueError("guardrail_acceptance needs guardrail_path and "
+                             "latency_budget_ms_per_token")
+        return self
+
+
+class JobConfig(GuardrailFields, DeviceEmulationFields, SamplingConfig):
     """A benchmark job; its decoding fields (``decoding``, ``temperature``, ``top_k``,
     ``top_p``) are ``SamplingConfig``'s, defined there once, its device emulation fields
-    ``DeviceEmulationFields``'."""
+    ``DeviceEmulationFields``', its guardrail fields ``GuardrailFields``'."""
 
     model_config = STRICT
     name: str = "job"
@@ -292,6 +338,19 @@ class StrategyRun:
         fields."""
         name = f"fixed-k{self.k}" if self.strategy == "fixed-k" else self.strategy
         return f"{name}+ahead{self.draft_ahead}" if self.draft_ahead else name
+
+
+def narrowed(job: JobConfig, runs: list[StrategyRun]) -> JobConfig:
+    """``job`` cut to ``runs`` (some of ``plan(job)``): the strategies and the fixed K they
+    keep, so ``plan`` of the result is ``runs``."""
+    kept = {run.strategy for run in runs}
+    cut = job.model_copy(update={
+        "strategies": [strategy for strategy in job.strategies if strategy in kept],
+        "k_values": [k for k in job.k_values
+                     if any(run.strategy == "fixed-k" and run.k == k for run in runs)]
+                    or job.k_values})
+    assert plan(cut) == runs, (plan(cut), runs)
+    return cut
 
 
 def plan(job: JobConfig) -> list[StrategyRun]:

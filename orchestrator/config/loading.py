@@ -213,12 +213,18 @@ def _without_unset(overrides: dict | None) -> dict:
 
 # The command-line flag that overrides a job field, where it is not --<field-name>.
 FLAGS = {"strategies": "--strategy", "k_values": "--k", "max_queries": "--queries",
-         "nasd_rtt_table_path": "--nasd-rtt-table", "nasd_calibration_path": "--nasd-calibration"}
-JOB_PATHS = ("nasd_rtt_table_path", "nasd_calibration_path")   # job fields naming files
+         "nasd_rtt_table_path": "--nasd-rtt-table", "nasd_calibration_path": "--nasd-calibration",
+         "guardrail_path": "--guardrail"}
+JOB_PATHS = ("nasd_rtt_table_path", "nasd_calibration_path", "guardrail_path")   # naming files
 
 
 def flag(field: str) -> str:
     return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def named(field: str) -> str:
+    """``edge_device (--edge-device)``: a job field as the file and the command line call it."""
+    return f"{field} ({flag(field)})"
 
 
 def _flags_text(given: dict) -> str:

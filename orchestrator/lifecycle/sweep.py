@@ -7,6 +7,12 @@ cell runs into its own run folder inside the sweep's folder
 summary is on disk.  Resuming skips every finished cell and reruns a cell that
 was cut off, from scratch.  The job, its model pair and prompts are checked once,
 before the sweep's folder exists (the ``RunSpec`` template each cell runs).
+
+Under a budget guardrail (``orchestrator.config.guardrail``) each cell's strategy runs are
+decided first: the rejected ones are skipped (the cell runs the job cut to the others,
+``narrowed``; a cell with none left runs nothing and is marked skipped), and the cell's
+line in ``cells.jsonl`` keeps every decision, with each run's measured ms per token beside
+it and whether the decision held.
 """
 
 from __future__ import annotations
@@ -15,17 +21,21 @@ import itertools
 import shutil
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from orchestrator import interrupts
-from orchestrator.config.job import JobConfig, NetworkGrid
+from orchestrator.config.job import JobConfig, NetworkGrid, StrategyRun, narrowed, plan
 from orchestrator.config.loading import ConfigError, load_profile
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle.run import execute
 from orchestrator.progress import work_progress
 from orchestrator.results import Cell, ResultsFolder, SweepFolder
 from shaping.profile import NetworkProfile, ProfileFile, resolve
+
+if TYPE_CHECKING:    # its latency model imports scikit-learn: only a guarded sweep loads it
+    from orchestrator.config.guardrail import SweepGuardrail
 
 
 def _number(value: float) -> str:
@@ -68,11 +78,11 @@ def expand(job: JobConfig) -> list[Cell]:
     return cells
 
 
-def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell],
-          console: Console) -> list[str]:
+def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Console,
+          guardrail: SweepGuardrail | None = None) -> list[str]:
     """Run every cell not yet finished; the names of the cells run now.  ``template``: the
     job's run as checked before the sweep began (``RunSpec.build`` on any cell's profile):
-    each cell runs it on its own profile and codec."""
+    each cell runs it on its own profile and codec, without the runs ``guardrail`` rejects."""
     finished = folder.finished()
     todo = [cell for cell in cells if cell.name not in finished]
     if finished:
@@ -83,22 +93,37 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell],
                                     unit="cells")
         for cell in todo:
             progress.update(overall, description=f"cell {cell.name}")
+            verdicts = (guardrail.judge(cell.profile, cell_spec(template, cell).job.resolved_codec,
+                                        plan(template.job)) if guardrail else [])
+            for skipped in (v for v in verdicts if v.verdict == "reject"):
+                console.print(f"cell {cell.name}: {skipped.run.label} skipped by the guardrail: "
+                              f"{skipped.why}", highlight=False)
+            runs = [v.run for v in verdicts if v.verdict != "reject"] if guardrail else None
             path = folder.cell_path(cell.name)
             if path.exists():          # cut off last time: nothing in it counts
                 shutil.rmtree(path)
+            if runs == []:
+                with interrupts.shielded():
+                    folder.mark_finished(cell, 0.0, [v.record() for v in verdicts], skipped=True)
+                progress.advance(overall)
+                continue
             path.mkdir(parents=True)
             started = time.perf_counter()
-            execute(cell_spec(template, cell), ResultsFolder(path), progress)
+            summary = execute(cell_spec(template, cell, runs), ResultsFolder(path), progress)
+            measured = {row["label"]: row for row in summary.to_dict("records")}
+            records = [v.record(measured.get(v.run.label)) for v in verdicts] if guardrail \
+                else None
             with interrupts.shielded():      # the cell's line in cells.jsonl is written whole
-                folder.mark_finished(cell, time.perf_counter() - started)
+                folder.mark_finished(cell, time.perf_counter() - started, records)
             ran.append(cell.name)
             progress.advance(overall)
             console.print(f"cell {cell.name}: done in {time.perf_counter() - started:.1f} s")
     return ran
 
 
-def cell_spec(template: RunSpec, cell: Cell) -> RunSpec:
+def cell_spec(template: RunSpec, cell: Cell, runs: list[StrategyRun] | None = None) -> RunSpec:
     """``template`` on ``cell``'s profile, with its codec (checked with the job's network
-    section: ``JobConfig``)."""
+    section: ``JobConfig``), cut to ``runs`` when given (``narrowed``)."""
     job = template.job.model_copy(update={"codec": cell.codec}) if cell.codec else template.job
-    return replace(template, job=job, profile=cell.profile)
+    return replace(template, job=narrowed(job, runs) if runs is not None else job,
+                   profile=cell.profile)

@@ -13,6 +13,8 @@
   measured and as the analytic model predicts it, and whether the measured
   verdict rests on intervals that do not overlap.
 - ``ianvs_rank``: the leaderboard in Ianvs' ``rank/all_rank.csv`` layout.
+- ``guardrail_decisions``: under a budget guardrail, its decision on every strategy run
+  of every cell (skipped or run, predicted against the budget, measured beside it).
 
 Pure pandas over the files the runs wrote; no plotting, no printing.
 """
@@ -39,16 +41,33 @@ ADAPTIVE_POLICIES = tuple(ADAPTIVE)   # nasd, hf-heuristic, bandit: K chosen per
 
 
 def cell_folders(path: Path) -> list[tuple[str, Path]]:
-    """(cell name, run folder) of every finished cell: a sweep's in order, or the run itself."""
+    """(cell name, run folder) of every finished cell that ran (not those the guardrail
+    skipped whole): a sweep's in order, or the run itself."""
     if (path / SweepFolder.PLAN).is_file():
         folder = SweepFolder(path)
         _, _, names = folder.plan()
-        finished = folder.finished()
-        return [(name, folder.cell_path(name)) for name in names if name in finished]
+        ran = set(folder.ran())
+        return [(name, folder.cell_path(name)) for name in names if name in ran]
     if (path / ResultsFolder.SUMMARY).is_file():
         return [(path.name, path)]
     raise ConfigError(f"{path}: neither a sweep folder ({SweepFolder.PLAN}) nor a run folder "
                       f"({ResultsFolder.SUMMARY} or {ResultsFolder.CONFIG})")
+
+
+def guardrail_decisions(path: Path) -> pd.DataFrame:
+    """One row per strategy run a sweep's budget guardrail decided on (``cells.jsonl``'s
+    ``guardrail``: ``orchestrator.config.guardrail.RunVerdict.record``), with its cell and
+    whether the cell was skipped whole, cells in the sweep's order; empty for an unguarded
+    sweep or a run folder."""
+    if not (path / SweepFolder.PLAN).is_file():
+        return pd.DataFrame()
+    folder = SweepFolder(path)
+    finished = folder.finished()
+    return pd.DataFrame([{"cell": name, "profile": finished[name]["profile"],
+                          "codec": finished[name]["codec"],
+                          "cell_skipped": bool(finished[name].get("skipped")), **decision}
+                         for name in folder.plan()[2] if name in finished
+                         for decision in finished[name].get("guardrail", [])])
 
 
 def incomplete_run(results: pd.DataFrame) -> str | None:

@@ -9,11 +9,12 @@ inline CSS, no script, no external address) that fits a 1280 px window
 (text and intervals wrap; the full leaderboard is two tables) with the job,
 what the intervals allow one to conclude, the key per-cell table, the
 reversal RTTs, under device emulation the passes padded and overrun per cell,
+under a budget guardrail its decision on every strategy run (also ``guardrail.csv``),
 every figure, the figures skipped and why, the full leaderboard, and every
 term defined (``orchestrator run`` calls it after its own summary).
 ``report_folder`` (``orchestrator report``, the end of a sweep) writes the same and
-prints the key table, the reversal table, the device emulation table, their legend
-and the conclusions.
+prints the key table, the reversal table, the device emulation table, the
+guardrail's, their legend and the conclusions.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rich.console import Console
 from agents.backends.emulated import DeviceEmulation
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.reporting.analysis import (
+    guardrail_decisions,
     incomplete_run,
     leaderboard,
     load_results,
@@ -199,6 +201,59 @@ def emulation_frame(board: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _held(value) -> str:
+    return {True: "yes", False: "NO"}.get(verdict_of(value), "-")
+
+
+def guardrail_frame(decisions: pd.DataFrame) -> pd.DataFrame:
+    """The guardrail's decision on each strategy run (formatted): its verdict (a rejected
+    run was skipped), the predicted ms per token with its interval, the budget, what the run
+    measured, whether that kept the budget and whether the verdict held, and why."""
+    def ms(row, column: str) -> str:
+        return format_number(row.get(column), 2)
+    return pd.DataFrame([{
+        "cell": row["cell"], "strategy": row["label"],
+        "verdict": "reject: skipped" if row["verdict"] == "reject" else row["verdict"],
+        "predicted ms": (f"{ms(row, 'predicted_ms')} [{ms(row, 'predicted_low_ms')}, "
+                         f"{ms(row, 'predicted_high_ms')}]"
+                         if pd.notna(row.get("predicted_ms")) else "-"),
+        "budget ms": format_number(row["budget_ms_per_token"], 2),
+        "measured ms": ms(row, "measured_ms"),
+        "in budget": _held(row.get("within_budget")),
+        "held": _held(row.get("verdict_held")), "why": row["why"]}
+        for _, row in decisions.iterrows()])
+
+
+def guardrail_conclusion(decisions: pd.DataFrame) -> str:
+    """One sentence: what the guardrail skipped, and how its verdicts fared where measured."""
+    whole = skipped_whole(decisions)
+    ran = decisions[decisions["ran"].astype(bool)]
+    budget = ", ".join(f"{value:g}" for value in decisions["budget_ms_per_token"].unique())
+    parts = [f"the budget guardrail ({budget} ms per token) skipped "
+             f"{int((decisions['verdict'] == 'reject').sum())} of {len(decisions)} strategy "
+             f"runs ({whole} cell{'' if whole == 1 else 's'} whole)"]
+    for verdict, what in (("accept", "accepted"), ("measure", "left to measuring")):
+        rows = ran[ran["verdict"] == verdict]
+        if len(rows):
+            kept = int(rows["within_budget"].map(verdict_of).eq(True).sum())
+            parts.append(f"of the {len(rows)} runs it {what}, {kept} kept the budget")
+    return "; ".join(parts)
+
+
+GUARDRAIL_TITLE = ("budget guardrail: ms per committed token, predicted against the budget "
+                   "(guardrail.csv)")
+GUARDRAIL_LEGEND = {
+    "verdict": "accept: even the interval's high end fits the budget; reject: even its low "
+               "end breaks it, so the run was skipped (never run); measure: in between, or "
+               "a strategy the latency model does not predict: run",
+    "predicted ms": "seconds per committed token from the fitted stages, the link's RTT and "
+                    "the codec's bytes, [low, high]: every stage at its split-conformal "
+                    "interval's end, the least and most context, RTT and acceptance at once",
+    "measured ms": "what the run measured: 1000 / tok/s",
+    "in budget": "whether the measured ms per token fit the budget",
+    "held": "whether the verdict held: an accepted run in budget, or NO; - for measure (no "
+            "claim) and for skipped runs (not measured)",
+}
 KEY_TITLE = "leaderboard (per cell; full table in leaderboard.csv)"
 EMULATION_TITLE = "device emulation: passes padded to the emulated devices' times, per cell"
 EMULATION_LEGEND = {
@@ -258,7 +313,10 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
     prompts = min(len(config["prompts"]), job["max_queries"] or len(config["prompts"]))
     cells = board["cell"].nunique()
     if (path / SweepFolder.PLAN).is_file():
-        cells = f"{cells} of {len(SweepFolder(path).plan()[2])} finished"
+        whole = skipped_whole(guardrail_decisions(path))
+        cells = (f"{cells + whole} of {len(SweepFolder(path).plan()[2])} finished"
+                 + (f": {cells} run, {whole} skipped whole by the budget guardrail"
+                    if whole else ""))
     incomplete = incomplete_run(board)
     return {
         **({"incomplete": incomplete} if incomplete else {}),
@@ -280,6 +338,12 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
         **({"device emulation": DeviceEmulation.model_validate(config["emulation"]).describe()}
            if config.get("emulation") else {}),
     }
+
+
+def skipped_whole(decisions: pd.DataFrame) -> int:
+    """The cells the budget guardrail skipped whole (``guardrail_decisions``)."""
+    return (0 if decisions.empty
+            else decisions.loc[decisions["cell_skipped"].astype(bool), "cell"].nunique())
 
 
 CSS = """
@@ -372,7 +436,9 @@ def _figure_html(path: Path, caption: str) -> str:
 
 
 def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: dict,
-              written: list[Path], skipped: dict[str, str]) -> str:
+              written: list[Path], skipped: dict[str, str],
+              decisions: pd.DataFrame | None = None) -> str:
+    decisions = decisions if decisions is not None else pd.DataFrame()
     captions = {plot.name: plot.caption for plot in PLOTS}
     summary = pd.DataFrame(job_summary(path, board, config).items())
     speed, speculation = leaderboard_frames(board)
@@ -393,6 +459,10 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
          "no reversal to compute.</p>"),
         *(["<h2>Device emulation</h2>", table_html(emulation_frame(board)),
             _legend_html(EMULATION_LEGEND)] if "emulated_passes" in board else []),
+        *(["<h2>Budget guardrail</h2>",
+           f"<p>{html.escape(guardrail_conclusion(decisions))}.</p>",
+           table_html(guardrail_frame(decisions), TEXT_COLUMNS | {"verdict", "why"}),
+           _legend_html(GUARDRAIL_LEGEND)] if len(decisions) else []),
         "<h2>Figures</h2>",
         *(_figure_html(figure, captions[figure.name]) for figure in written),
     ]
@@ -418,12 +488,14 @@ def html_page(path: Path, board: pd.DataFrame, reversals: pd.DataFrame, config: 
 @dataclass(frozen=True)
 class WrittenReport:
     """What ``write_report`` made of a folder: the leaderboard and reversal tables, the
-    plots written and skipped (with why), and what to say of a run cut short (or None)."""
+    plots written and skipped (with why), the guardrail's decisions (empty for an unguarded
+    folder), and what to say of a run cut short (or None)."""
 
     board: pd.DataFrame
     reversals: pd.DataFrame
     written: list
     skipped: dict[str, str]
+    decisions: pd.DataFrame
     incomplete: str | None
 
     def line(self, path: Path) -> str:
@@ -433,12 +505,16 @@ class WrittenReport:
 
 def write_report(path: Path) -> WrittenReport | None:
     """Analyse ``path`` (a sweep or a run folder) and write ``leaderboard.csv``,
-    ``reversal.csv``, the rank file, the plots and ``report.html``; None when no query
-    finished.  A run folder killed before its summary (``kill -9``) gets its summary first."""
+    ``reversal.csv``, the rank file, ``guardrail.csv`` (under a budget guardrail), the plots
+    and ``report.html``; None when no query finished.  A run folder killed before its
+    summary (``kill -9``) gets its summary first."""
     if not (path / SweepFolder.PLAN).is_file() and not (path / ResultsFolder.SUMMARY).is_file() \
             and (path / ResultsFolder.CONFIG).is_file():
         summarize_folder(path, RunSpec.from_folder(path))
     results = load_results(path)
+    decisions = guardrail_decisions(path)
+    if len(decisions):
+        decisions.to_csv(path / "guardrail.csv", index=False)
     if results.empty:
         return None
     board = leaderboard(results)
@@ -449,8 +525,21 @@ def write_report(path: Path) -> WrittenReport | None:
     reversals.to_csv(path / "reversal.csv", index=False)
     write_ianvs_rank(board, config["job"]["model_pair"], path)
     written, skipped = write_plots(results, path / PLOTS_FOLDER)
-    (path / REPORT).write_text(html_page(path, board, reversals, config, written, skipped))
-    return WrittenReport(board, reversals, written, skipped, incomplete_run(results))
+    (path / REPORT).write_text(html_page(path, board, reversals, config, written, skipped,
+                                         decisions))
+    return WrittenReport(board, reversals, written, skipped, decisions,
+                         incomplete_run(results))
+
+
+def print_guardrail(decisions: pd.DataFrame, console: Console) -> None:
+    """The guardrail's table, its legend and its conclusion (nothing for an unguarded
+    sweep)."""
+    if decisions.empty:
+        return
+    console.print(rich_table(guardrail_frame(decisions), GUARDRAIL_TITLE,
+                             TEXT_COLUMNS | {"verdict", "why"}))
+    console.print(text_list("guardrail columns", GUARDRAIL_LEGEND.items()))
+    console.print(f"- {guardrail_conclusion(decisions)}.", highlight=False)
 
 
 def report_folder(path: Path, console: Console) -> Path:
@@ -458,8 +547,11 @@ def report_folder(path: Path, console: Console) -> Path:
     short is reported for what finished, and said to be incomplete."""
     report = write_report(path)
     if report is None:
+        decisions = guardrail_decisions(path)
         is_run = (path / ResultsFolder.SUMMARY).is_file()
+        print_guardrail(decisions, console)
         console.print(f"{path}: " + ("an incomplete run: no query finished" if is_run
+                                     else "no cell ran" if len(decisions)
                                      else "no finished cell yet"))
         return path
     board, reversals = report.board, report.reversals
@@ -475,38 +567,10 @@ def report_folder(path: Path, console: Console) -> Path:
         terms.update(EMULATION_LEGEND)
     console.print(text_list("columns (every term: report.html, How to read this page)",
                             terms.items()))
+    print_guardrail(report.decisions, console)
     console.print(text_list("what the intervals allow",
                             [("-", line + ".") for line in board_conclusions(board, reversals)]))
     for name, why in report.skipped.items():
         console.print(f"plot {name} skipped: {why}", highlight=False)
     console.print(report.line(path), highlight=False)
-    return path
-    incomplete = incomplete_run(results)
-    if incomplete:
-        console.print(f"{path}: {incomplete}", highlight=False)
-    board = leaderboard(results)
-    board["model_vs_measured"] = board.apply(model_vs_measured, axis=1)
-    reversals = reversal(board)
-    config = run_config(board)
-    board.to_csv(path / "leaderboard.csv", index=False)
-    reversals.to_csv(path / "reversal.csv", index=False)
-    write_ianvs_rank(board, config["job"]["model_pair"], path)
-    console.print(rich_table(key_frame(board), KEY_TITLE, TEXT_COLUMNS))
-    terms = dict(KEY_LEGEND)
-    if not reversals.empty:
-        console.print(rich_table(reversal_frame(reversals), REVERSAL_TITLE, TEXT_COLUMNS))
-        terms.update(REVERSAL_LEGEND)
-    if "emulated_passes" in board:
-        console.print(rich_table(emulation_frame(board), EMULATION_TITLE, TEXT_COLUMNS))
-        terms.update(EMULATION_LEGEND)
-    console.print(text_list("columns (every term: report.html, How to read this page)",
-                            terms.items()))
-    console.print(text_list("what the intervals allow",
-                            [("-", line + ".") for line in board_conclusions(board, reversals)]))
-    written, skipped = write_plots(results, path / PLOTS_FOLDER)
-    (path / REPORT).write_text(html_page(path, board, reversals, config, written, skipped))
-    for name, why in skipped.items():
-        console.print(f"plot {name} skipped: {why}", highlight=False)
-    console.print(f"report: {path / REPORT} (figures: {len(written)} under {PLOTS_FOLDER}/, "
-                  f"{len(skipped)} skipped)", highlight=False)
     return path

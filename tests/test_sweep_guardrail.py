@@ -1,0 +1,198 @@
+"""The sweep's budget guardrail: each strategy run of a cell decided from the committed fit
+of this host (benchmarks/measured/latency/float32-t1) for the shipped pair, the job's
+guardrail fields checked at load, and a real sim sweep of the shipped pair that skips what
+the guardrail rejects and reports it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from agents.payload_bytes import cycle_bytes
+from nasd.latency.guardrail import Spread, verdict_held
+from nasd.latency.stages import ModelShape
+from orchestrator.config.guardrail import SweepGuardrail, read_fit
+from orchestrator.config.job import StrategyRun, narrowed, plan
+from orchestrator.config.loading import ConfigError, load_device, load_job
+from orchestrator.lifecycle.sweep import grid_profile
+from shaping.link_model import transmit_s
+from tests.conftest import ROOT, SMALL_SWEEP_JOB
+
+FIT = ROOT / "benchmarks" / "measured" / "latency" / "float32-t1"
+PAIR = ROOT / "configs" / "models" / "tiny-arith"
+GUARDED_JOB = ROOT / "tests" / "fixtures" / "sweep-guardrail.yaml"
+CLOUD_ONLY, CLOUD_SPEC5 = StrategyRun("cloud-only", None), StrategyRun("cloud-spec", 5)
+FIXED5, AHEAD5 = StrategyRun("fixed-k", 5), StrategyRun("fixed-k", 5, 1)
+EDGE_ONLY, NASD = StrategyRun("edge-only", None), StrategyRun("nasd", None)
+
+
+def tiny_guardrail(budget_ms: float, acceptance=(0.0, 1.0)) -> SweepGuardrail:
+    """The committed fit for the shipped pair, decoding at contexts of 29 to 36 tokens (its
+    first arith-free prompt and 8 new tokens)."""
+    fitted = read_fit(FIT)
+    low, high = acceptance
+    return SweepGuardrail(
+        budget_s=budget_ms / 1000, fitted=fitted, device=load_device(fitted.estimator.device),
+        shapes={role: ModelShape.from_config(json.loads((PAIR / role / "config.json").read_text()))
+                for role in ("draft", "target")},
+        dtype="float32", width=511, contexts=Spread(29, 32.5, 36),
+        acceptance=Spread(low, (low + high) / 2, high))
+
+
+def decided(guard: SweepGuardrail, profile, runs, codec: str = "ids") -> dict:
+    return {verdict.run.label: verdict for verdict in guard.judge(profile, codec, runs)}
+
+
+def test_each_run_of_a_cell_is_decided_against_the_budget_from_the_committed_fit():
+    guard = tiny_guardrail(20.0)
+    runs = [CLOUD_ONLY, CLOUD_SPEC5, FIXED5, AHEAD5, EDGE_ONLY, NASD]
+    near = decided(guard, grid_profile(0, 100), runs)
+    assert {label: v.verdict for label, v in near.items()} == {
+        "cloud-only": "accept", "cloud-spec": "accept", "fixed-k5": "accept",
+        "fixed-k5+ahead1": "measure", "edge-only": "measure", "nasd": "measure"}
+    for label in ("fixed-k5+ahead1", "edge-only", "nasd"):       # no stage model: run them
+        assert near[label].per_token_s is None and near[label].why
+    for verdict in (near["cloud-only"], near["fixed-k5"]):
+        spread = verdict.per_token_s
+        assert 0 < spread.low <= spread.point <= spread.high <= guard.budget_s
+    far = decided(guard, grid_profile(200, 100), [CLOUD_ONLY, CLOUD_SPEC5, FIXED5])
+    assert {label: v.verdict for label, v in far.items()} == {
+        "cloud-only": "accept", "cloud-spec": "accept", "fixed-k5": "reject"}
+    assert far["fixed-k5"].per_token_s.low > guard.budget_s      # even at acceptance 1
+    assert "breaks the budget of 20 ms" in far["fixed-k5"].why
+    # jitter or loss: the model bounds nothing above, so nothing is accepted
+    jittery = decided(guard, grid_profile(10, 100, jitter_ms=10), [CLOUD_ONLY, FIXED5])
+    assert {v.verdict for v in jittery.values()} == {"measure"}
+    assert jittery["fixed-k5"].per_token_s.high == float("inf")
+    # a tighter budget than the target's decoding step alone: cloud-only is skipped
+    tight = decided(tiny_guardrail(3.0), grid_profile(0, 100), [CLOUD_ONLY, FIXED5])
+    assert (tight["cloud-only"].verdict, tight["fixed-k5"].verdict) == ("reject", "measure")
+
+
+def test_the_network_term_is_the_rtt_and_the_codecs_bytes_over_the_link_per_token():
+    guard = tiny_guardrail(20.0)
+    at = {rtt: decided(guard, grid_profile(rtt, None), [FIXED5])["fixed-k5"].per_token_s
+          for rtt in (0, 50)}
+    assert at[50].low - at[0].low == pytest.approx(0.050 / 6)     # acceptance 1: K + 1 tokens
+    assert at[50].high - at[0].high == pytest.approx(0.050)       # acceptance 0: one token
+    link = grid_profile(0, 1).initial                             # 1 Mbit/s
+    sizes = cycle_bytes("full32", 5, 511)
+    shaped = decided(guard, grid_profile(0, 1), [FIXED5], "full32")["fixed-k5"].per_token_s
+    transfer = transmit_s(link.uplink, sizes["up"]) + transmit_s(link.downlink, sizes["down"])
+    assert transfer > 0.03 and shaped.low - at[0].low == pytest.approx(transfer / 6)
+    cloud = [decided(guard, grid_profile(rtt, 1), [CLOUD_ONLY])["cloud-only"].per_token_s
+             for rtt in (0, 200)]
+    assert cloud[0] == cloud[1]                                   # streamed: no RTT per token
+    narrow = decided(tiny_guardrail(20.0, (0.6, 0.9)), grid_profile(0, None),
+                     [FIXED5])["fixed-k5"].per_token_s
+    assert at[0].low < narrow.low < narrow.high < at[0].high
+
+
+def test_a_decision_holds_when_the_measurement_agrees_with_it():
+    verdict = decided(tiny_guardrail(20.0), grid_profile(0, None), [CLOUD_ONLY])["cloud-only"]
+    assert verdict.verdict == "accept"
+    skipped = verdict.record()
+    assert skipped["ran"] is False and "measured_ms" not in skipped
+    kept = verdict.record({"tokens_per_s": 200.0, "tokens_per_s_low": 190.0,
+                           "tokens_per_s_high": 210.0})
+    assert kept["measured_ms"] == pytest.approx(5.0) and kept["within_budget"] is True
+    assert kept["verdict_held"] is True and kept["measured_low_ms"] < 5 < kept["measured_high_ms"]
+    broken = verdict.record({"tokens_per_s": 40.0})               # 25 ms: above the budget
+    assert (broken["within_budget"], broken["verdict_held"]) == (False, False)
+    assert verdict_held("reject", 0.030, 0.020) is True
+    assert verdict_held("measure", 0.030, 0.020) is None
+    assert verdict_held("accept", float("nan"), 0.020) is None
+
+
+def test_a_job_cut_to_some_runs_plans_exactly_those():
+    job = load_job("default")
+    runs = plan(job)
+    kept = [run for run in runs if run.strategy != "cloud-only" and run.k not in (3, 15)]
+    assert plan(narrowed(job, kept)) == kept
+    assert plan(narrowed(job, [CLOUD_ONLY])) == [CLOUD_ONLY]
+
+
+@pytest.mark.parametrize("write, message", [
+    (None, "no such folder"),
+    ({"estimator.json": "{"}, "estimator.json: not JSON"),
+    ({"estimator.json": (FIT / "estimator.json").read_text(), "guardrail.json": '{"model": '
+      '"roofline", "intervals": {}}'}, "no interval of the draft_token stage"),
+    ({"estimator.json": (FIT / "estimator.json").read_text(),
+      "guardrail.json": (FIT / "guardrail.json").read_text().replace('"roofline"', '"forest"')},
+     "intervals of the 'forest' model"),
+])
+def test_a_folder_that_is_not_a_fit_is_one_config_error(tmp_path, write, message):
+    folder = tmp_path / "fit"
+    if write is not None:
+        folder.mkdir()
+        for name, text in write.items():
+            (folder / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        read_fit(folder)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--latency-budget-ms-per-token", "5"], "needs guardrail_path"),
+    (["--guardrail", str(FIT)], "guardrail_path needs latency_budget_ms_per_token"),
+    (["--latency-budget-ms-per-token", "0", "--guardrail", str(FIT)], "greater than 0"),
+    (["--latency-budget-ms-per-token", "5", "--guardrail", str(FIT),
+      "--guardrail-acceptance", "0.9", "0.5"], "the least (0.9) is above the most (0.5)"),
+    (["--latency-budget-ms-per-token", "5", "--guardrail", str(FIT)],
+     "model pair 'synthetic' is a synthetic pair"),
+])
+def test_bad_guardrail_input_is_one_line_and_exit_2_before_anything_starts(
+        tmp_path, capsys, flags, message):
+    from orchestrator.cli import main
+    results = tmp_path / "results"
+    capsys.readouterr()
+    code = main(["sweep", "--job", str(SMALL_SWEEP_JOB), "--mode", "sim", "--results",
+                 str(results), *flags])
+    stderr = capsys.readouterr().err
+    assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    assert message in stderr, stderr
+    assert not results.exists()
+
+
+@pytest.mark.slow
+def test_a_guarded_sweep_skips_the_rejected_runs_and_reports_every_decision(tmp_path, capsys):
+    """``tests/fixtures/sweep-guardrail.yaml`` in sim mode on the shipped pair, pinned to the
+    one torch thread the committed fit was measured at, through the CLI's entry point."""
+    from orchestrator.cli import main
+    pair = tmp_path / "tiny-arith.yaml"
+    pair.write_text(f"name: tiny-arith\nbackend: hf\ndraft: {PAIR / 'draft'}\n"
+                    f"target: {PAIR / 'target'}\ntokenizer: {PAIR / 'tokenizer'}\n"
+                    "dtype: float32\ncpu_threads: 1\n")
+    code = main(["sweep", "--mode", "sim", "--job", str(GUARDED_JOB), "--model-pair", str(pair),
+                 "--results", str(tmp_path / "results")])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    folder, = (tmp_path / "results").glob("*-sweep-guardrail-sim")
+    cells = {json.loads(line)["cell"]: json.loads(line)
+             for line in (folder / "cells.jsonl").read_text().splitlines()}
+    assert list(cells) == ["rtt000", "rtt200"]
+    near = {d["label"]: d for d in cells["rtt000"]["guardrail"]}
+    assert (near["cloud-only"]["verdict"], near["cloud-only"]["ran"]) == ("reject", False)
+    assert near["cloud-only"]["predicted_low_ms"] > 3.0
+    ran = near["fixed-k5"]
+    assert (ran["verdict"], ran["ran"]) == ("measure", True) and ran["verdict_held"] is None
+    assert ran["measured_ms"] > 0 and ran["within_budget"] == (ran["measured_ms"] <= 3.0)
+    assert ran["predicted_low_ms"] <= 3.0 <= ran["predicted_high_ms"]
+    # the rejected run never ran: no query of it, and no folder for the cell skipped whole
+    labels = {json.loads(line)["label"]
+              for line in (folder / "cells" / "rtt000" / "queries.jsonl").read_text().splitlines()}
+    assert labels == {"fixed-k5"}
+    assert cells["rtt200"]["skipped"] and not (folder / "cells" / "rtt200").exists()
+    assert {d["verdict"] for d in cells["rtt200"]["guardrail"]} == {"reject"}
+    assert "cell rtt200: fixed-k5 skipped by the guardrail: even its least" in output
+    # the report: guardrail.csv beside the leaderboard, which has the run that ran only
+    decisions = pd.read_csv(folder / "guardrail.csv")
+    assert list(zip(decisions["cell"], decisions["label"], decisions["verdict"])) == [
+        ("rtt000", "cloud-only", "reject"), ("rtt000", "fixed-k5", "measure"),
+        ("rtt200", "cloud-only", "reject"), ("rtt200", "fixed-k5", "reject")]
+    board = pd.read_csv(folder / "leaderboard.csv")
+    assert list(zip(board["cell"], board["label"])) == [("rtt000", "fixed-k5")]
+    assert "skipped 3 of 4 strategy runs (1 cell whole)" in output
+    page = (folder / "report.html").read_text()
+    assert "Budget guardrail" in page and "1 run, 1 skipped whole by the budget guardrail" in page
