@@ -240,8 +240,8 @@ def _plot(profile, packets: dict, cycles: pd.DataFrame, link_stats: dict, path: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", default=["probes", "compute", "schedule"],
-                        choices=["probes", "compute", "schedule"])
+    parser.add_argument("parts", nargs="*", metavar="{probes,compute,schedule}",
+                        help="what to measure [all three]")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--packets", type=int, default=300, help="probes: echoes [300]")
     parser.add_argument("--job", default="default", help="compute: the job [default]")
@@ -250,6 +250,11 @@ def main() -> int:
     parser.add_argument("--repetitions", type=int, help="compute: [the job's]")
     parser.add_argument("--seconds", type=float, default=22.0, help="schedule: how long [22]")
     args = parser.parse_args()
+    # argparse (3.11) refuses an empty or default list against choices: checked here
+    parts = ("probes", "compute", "schedule")
+    if set(args.parts) - set(parts):
+        parser.error(f"parts: choose from {', '.join(parts)}")
+    args.parts = args.parts or list(parts)
     out = args.out or Path(tempfile.mkdtemp(prefix="edgespec-bench-vm-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"out: {out}; {load()}")
