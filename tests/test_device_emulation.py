@@ -108,14 +108,15 @@ def test_the_agents_record_real_and_emulated_times_per_cycle_and_per_query():
         streamed, _ = edge.run_query(request("cloud-only"))
     for cycle in cycles:    # (the last may draft none: the budget leaves one token)
         assert cycle.t_draft >= cycle.k * DRAFT_S and cycle.t_draft_real <= cycle.t_draft
-        assert cycle.t_verify >= TARGET_S and 0 < cycle.t_verify_real < cycle.t_verify
+        assert cycle.t_verify >= TARGET_S and 0 < cycle.t_verify_real <= cycle.t_verify
     stages = record.emulated_stages
     assert list(stages) == ["edge_prefill", "draft_token", "cloud_prefill", "verify"]
     assert stages["draft_token"]["passes"] == sum(c.k for c in cycles)
     assert stages["verify"]["passes"] == len(cycles)
     for totals in stages.values():      # a pass overruns only if this host stalls it
         assert totals["padded"] + totals["overruns"] == totals["passes"]
-        assert totals["lasted_s"] >= totals["emulated_s"] > totals["real_s"]
+        assert totals["lasted_s"] >= max(totals["emulated_s"], totals["real_s"])
+        assert totals["overruns"] or totals["emulated_s"] > totals["real_s"]
     assert stages["verify"]["emulated_s"] == pytest.approx(len(cycles) * TARGET_S, rel=0.01)
     assert streamed.emulated_stages["decode"]["passes"] == streamed.n_tokens - 1
     assert streamed.cloud_compute_s >= streamed.n_tokens * TARGET_S
