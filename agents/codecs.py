@@ -29,8 +29,11 @@ TOPK_DEFAULT = 8
 
 
 def normalized(rows: np.ndarray) -> np.ndarray:
-    """Rows as float64 summing to one (the form both sides sample and test on)."""
+    """Rows as float64 summing to one (the form both sides sample and test on); a row with a
+    negative, NaN or infinite entry, or no mass, is refused (a peer's bytes may hold any)."""
     rows = np.asarray(rows, dtype=np.float64)
+    if not np.all(np.isfinite(rows)) or np.any(rows < 0):
+        raise ProtocolError("a draft distribution must be finite and non-negative")
     totals = rows.sum(axis=-1, keepdims=True)
     if np.any(totals <= 0):
         raise ProtocolError("a draft distribution has no mass")
@@ -144,7 +147,7 @@ class QScalarCodec(DraftCodec):
     def decode(self, arrays, width):
         ids = self._ids(arrays, width)
         token_probs = self._array(arrays, "q_ids", (len(ids),))
-        if np.any(token_probs <= 0) or np.any(token_probs > 1):
+        if not np.all((token_probs > 0) & (token_probs <= 1)):     # NaN fails it too
             raise ProtocolError("q_ids must lie in (0, 1]")
         return DraftPayload(ids, None, token_probs)
 

@@ -9,6 +9,7 @@ import pytest
 
 from agents.cloud import verdict_message
 from agents.codecs import encode_target_row, get_codec
+from agents.wire_errors import ProtocolError
 from agents.edge import draft_message
 from agents.messages import MAX_DRAFT_TOKENS, MAX_SESSION_CHARS, SCHEMAS
 from agents.protocol import MalformedMessage, Message, decode, encode, error_message
@@ -36,6 +37,22 @@ def test_every_codecs_draft_passes(codec):
     back = round_trip(message)
     assert back.fields == message.fields
     assert set(back.arrays) == set(message.arrays)
+
+
+@pytest.mark.parametrize("codec, array", [("full32", "q"), ("full16", "q"), ("topk", "top_probs"),
+                                           ("q-scalar", "q_ids")])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.25])
+def test_a_draft_probability_that_is_no_probability_is_refused(codec, array, bad):
+    """The schema checks an array's shape, not its numbers: a NaN, infinite or negative
+    draft probability passed the old checks (normalization divided it into NaN rows, and
+    NaN slipped through q-scalar's range test)."""
+    rows = np.random.default_rng(0).dirichlet(np.ones(40), size=3)
+    drafts = Drafts(ids=[3, 1, 4], model_rows=rows, sampled_rows=rows)
+    arrays = get_codec(codec).encode(drafts.ids, rows)
+    arrays[array] = arrays[array].copy()
+    arrays[array].flat[1] = bad
+    with pytest.raises(ProtocolError, match="finite and non-negative|must lie in"):
+        get_codec(codec).decode(arrays, 40)
 
 
 def test_what_the_cloud_and_edge_send_passes():
