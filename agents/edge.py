@@ -227,8 +227,13 @@ class EdgeAgent:
         query's: the close after its failure may have found nothing left to close)."""
         while True:
             reply, _, size = self.channel.recv()
-            if reply.type != "pong" and (reply.type != "error" or reply.session == session):
+            if not self._stale(reply, session):
                 return reply, size
+
+    @staticmethod
+    def _stale(reply: Message, session: str) -> bool:
+        """A pong (its stretch has ended) or an error on another session: nothing to answer."""
+        return reply.type == "pong" or (reply.type == "error" and reply.session != session)
 
     def _exchange(self, message: Message, expect: str) -> tuple[Message, int, int, float, float]:
         """Send, await the answer of type ``expect``; return it, bytes up/down and both instants."""
@@ -523,9 +528,7 @@ class EdgeAgent:
                 pings[seq], next_ping_at = now(), self._ping_after(now())
                 continue
             arrived = heard_at = now()
-            if reply.type == "pong":
-                if reply.seq not in pings:     # a ping of an earlier stretch
-                    continue
+            if reply.type == "pong" and reply.seq in pings:
                 answered.append((arrived - pings.pop(reply.seq) - reply.fields["compute_s"],
                                  reply.fields["waited_at_most_s"]))
                 low, high = link_rtt_bounds(answered)
@@ -535,6 +538,8 @@ class EdgeAgent:
                     bytes_up += self.channel.send(Message("stop", query.session,
                                                           query.next_seq()))
                     stopping = True
+                continue
+            if self._stale(reply, query.session):    # a ping of an earlier stretch, say
                 continue
             self._check(reply, message, "tokens")
             query.t_last = arrived
