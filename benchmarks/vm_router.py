@@ -125,6 +125,7 @@ def compute(out: Path, job: str, profile: str, pairs: int, repetitions: int | No
           "in alternating order ==")
     root = out / "compute"
     folders: dict[str, list[Path]] = {"sim": [], "vm": []}
+    ratios = []
     for pair in range(pairs):
         for mode in ("sim", "vm") if pair % 2 == 0 else ("vm", "sim"):
             started, before, router_cpu = time.monotonic(), load(), _cpu_s(vm.current_router())
@@ -134,12 +135,19 @@ def compute(out: Path, job: str, profile: str, pairs: int, repetitions: int | No
             wall = time.monotonic() - started
             print(f"pair {pair + 1} {mode:3s}: {wall:6.1f} s, {before} -> {load()}; the router VM "
                   f"used {_cpu_s(vm.current_router()) - router_cpu:.1f} s of CPU", flush=True)
-        ratio = per_token(folders["vm"][-1:]) / per_token(folders["sim"][-1:])
-        print(f"pair {pair + 1}, vm/sim:\n" + ratio.round(3).to_string())
+        ratios.append(per_token(folders["vm"][-1:]) / per_token(folders["sim"][-1:]))
+        print(f"pair {pair + 1}, vm/sim:\n" + ratios[-1].round(3).to_string())
     tables = {mode: per_token(found) for mode, found in folders.items()}
     pooled = pd.concat({"sim": tables["sim"], "vm": tables["vm"],
                         "vm/sim": tables["vm"] / tables["sim"]}, axis=1)
     print("pooled over every pair:\n" + pooled.round(3).to_string())
+    # the host's speed drifts between runs; a pair's ratio cancels what both runs share
+    by_pair = pd.concat(ratios, keys=range(len(ratios))).groupby(level=1)
+    print("vm/sim, median of the pairs' ratios [lowest, highest]:\n" + pd.DataFrame(
+        {column: [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in zip(
+            by_pair[column].median(), by_pair[column].min(), by_pair[column].max())]
+         for column in ("cloud_ms_per_token", "draft_ms_per_token")},
+        index=by_pair.median().index).to_string())
     pooled.to_csv(out / "compute_ratios.csv")
 
 

@@ -2,7 +2,7 @@
 
 netem releases a packet when its timer fires: never early, but late by the timer's latency,
 which on a busy 2-core host (and in a TCG router guest above all) grows by a millisecond or
-more, and which an unshaped baseline (no timers on its path) does not contain.  Tests judge
+more, and which a bare-path baseline (no timers on its path) does not contain.  Tests judge
 the late side with this allowance; the tight figures are the benchmarks' (``benchmarks/``).
 """
 

@@ -21,6 +21,7 @@ from validation.link_probe import (
     _middle_rate_mbps,
     evaluate,
     expected_echo_delays_ms,
+    floor_state,
     payload_rate_mbps,
     probe_sim,
 )
@@ -106,6 +107,16 @@ def test_loss_verdict_is_the_binomial_interval_and_rates_need_headroom():
     assert rows[("downlink", "loss")].ok is True
     assert rows[("downlink", "goodput")].ok is None    # 265 unshaped is too close to 100
     assert "265" in rows[("downlink", "goodput")].note
+
+
+def test_a_floor_comes_off_each_one_way_delay_and_twice_off_each_round_trip():
+    samples = _samples([1.5, 2.0], [1.0, 3.0], 2, 2, 2)
+    samples.rtt_ms = [2.5, 5.0]
+    less = samples.less(0.5)
+    assert less.owd_ms == {"uplink": [1.0, 1.5], "downlink": [0.5, 2.5]}
+    assert less.rtt_ms == [1.5, 4.0] and less.sent == 2
+    assert samples.owd_ms["uplink"] == [1.5, 2.0]          # the measured samples stay as they were
+    assert floor_state(0.5).uplink == floor_state(0.5).downlink == DirectionSpec(delay_ms=0.5)
 
 
 @pytest.mark.slow

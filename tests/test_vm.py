@@ -39,7 +39,15 @@ from shaping.topology import DEFAULT_PREFIX_PATTERN, offload_state, open_netns
 from tests.conftest import qemu_processes
 from tests.loaded_host import late_allowance_ms
 from tests.netns_helpers import made_by_the_suite, snapshot, taps
-from validation.link_probe import KernelPaths, measure_packets, robust_sigma, sigma_se
+from validation.link_probe import (
+    BASELINE_FLOOR_MS,
+    KernelPaths,
+    ProbePlan,
+    measure_packets,
+    measure_path_baseline,
+    robust_sigma,
+    sigma_se,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -345,6 +353,22 @@ def test_a_schedule_changes_the_guests_netem_live(router_vm):
         assert change["at_s"] <= change["sent_s"] <= change["applied_s"] < change["at_s"] + 0.5
     assert stats["uplink"]["layout"] == "netem+tbf" and stats["uplink"]["qdiscs"] == ["netem", "tbf"]
     assert root.options["delay"] == 60_000_000 // 64                   # psched ticks
+
+
+def test_the_baseline_crosses_netems_timer_and_leaves_the_guest_bare(router_vm):
+    """The probe's baseline holds every packet ``BASELINE_FLOOR_MS`` a direction in the guest's
+    netem (never released early: no one-way delay below the floor, which the bare TCG path
+    undercuts) and takes the floor off again; afterwards no qdisc of its is left."""
+    baseline = measure_path_baseline(router_vm, ProbePlan(baseline_packets=50, interval_s=0.005,
+                                                          baseline_bulk_bytes=1024 * 1024))
+    assert baseline.floor_ms == BASELINE_FLOOR_MS == baseline.summary()["floor_ms"]
+    for direction, delays in baseline.samples.owd_ms.items():
+        assert len(delays) >= 45 and min(delays) >= -0.01, direction
+    assert baseline.goodput_mbps > 10
+    for direction in ("uplink", "downlink"):
+        handle, ifname = router_vm.egress(direction)
+        assert not [q.kind for q in current_qdiscs(handle, handle.link_lookup(ifname=ifname)[0])
+                    if q.kind in ("netem", "tbf")]
 
 
 # The command line (each boots its own router) ---------------------------------------------------

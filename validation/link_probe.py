@@ -12,11 +12,14 @@ clock), so one-way delays need no clock sync:
 - **goodput**: one TCP bulk transfer per direction; the steady payload rate
   between the arrival of 10 % and 90 % of the bytes (skips the tbf burst and
   the drain; robust to a stalled sender, see ``_middle_rate_mbps``).
-- **baseline**: the packet probe and one bulk transfer on the same path with
-  nothing shaped, run first.  Its median one-way delay is the path's own
-  systematic delay (the VM's timers and software emulation; loopback in
-  sim), reported and subtracted as measured, never as a constant; its spread
-  and its capacity qualify the verdicts (see ``evaluate``).
+- **baseline**: the packet probe and one bulk transfer on the same path,
+  run first, with nothing shaped but a netem floor of ``BASELINE_FLOOR_MS``
+  each way where the path has netem (``measure_path_baseline``; the floor is
+  subtracted again): the baseline's packets take the qdisc and timer path
+  shaped packets take.  Its median one-way delay is the path's own systematic
+  delay (the VM's timers and software emulation; loopback in sim), reported
+  and subtracted as measured, never as a constant; its spread and its
+  capacity qualify the verdicts (see ``evaluate``).
 
 Paths: ``KernelPaths`` (sockets inside the namespaces of a ``LinkTopology``
 or a ``RouterTopology``: the emulated and vm modes) and ``SimPaths`` (loopback sockets whose
@@ -36,7 +39,7 @@ import math
 import socket
 import struct
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -51,6 +54,8 @@ from shaping.link_model import (
     LossProcess,
 )
 from shaping.profile import RECEIVER, SENDER, DirectionSpec, LinkState, NetworkProfile, RandomLoss
+from shaping.qdisc.operations import apply_link, remove_link
+from shaping.qdisc.probes import netem_available
 from shaping.simlink import SimLinkSettings, SimulatedDirection, tcp_estimates
 from validation.stats import binomial_interval, percentiles
 
@@ -58,6 +63,11 @@ DIRECTIONS = ("uplink", "downlink")
 PROBE_FORMAT = struct.Struct("!Idd")       # seq, t_sent (edge), t_echo (cloud)
 CHUNK_HEADER = struct.Struct("!dI")        # sim bulk chunks: sent_at, payload length
 UNSHAPED_BULK_BYTES = 16 * 1024 * 1024      # a goodput transfer on an unshaped direction
+# The baseline's netem delay per direction, subtracted again.  A packet netem holds leaves on a
+# timer wake-up, one the bare path skips; in the router VM that wake-up is software-emulated
+# and costs 0.2-0.7 ms per round trip (measured at 2-200 ms of RTT), which a bare baseline
+# missed and every shaped median then carried as error.
+BASELINE_FLOOR_MS = 0.5
 BULK_CHUNK_BYTES = 64 * 1024
 SOCKET_TIMEOUT_S = 5.0
 # A 2 s transfer's 10-90 % window: tbf's burst and timer slack move it by a few percent
@@ -205,6 +215,13 @@ class PacketSamples:
     reordered: dict[str, int] = field(default_factory=lambda: {d: 0 for d in DIRECTIONS})
     rtt_ms: list[float] = field(default_factory=list)
     rtt_sent_at: list[float] = field(default_factory=list)    # each round trip's send instant
+
+    def less(self, floor_ms: float) -> "PacketSamples":
+        """These samples with ``floor_ms`` taken off each one-way delay (twice off each round
+        trip)."""
+        return replace(self, owd_ms={d: [v - floor_ms for v in values]
+                                     for d, values in self.owd_ms.items()},
+                       rtt_ms=[v - 2 * floor_ms for v in self.rtt_ms])
 
 
 def _count_reordering(seq: int, highest: list[int]) -> int:
@@ -573,10 +590,13 @@ def probe_sim(profile: NetworkProfile, plan: ProbePlan = ProbePlan(), seed: int 
 
 @dataclass
 class Baseline:
-    """The unshaped path: its echo samples and its TCP capacity (``measure_baseline``)."""
+    """The unshaped path: its echo samples and its TCP capacity (``measure_baseline``);
+    ``floor_ms``: the netem delay per direction it was measured through, already taken off
+    the samples."""
 
     samples: PacketSamples
     goodput_mbps: float
+    floor_ms: float = 0.0
 
     def summary(self) -> dict:
         """What a run records of it (``link_stats.json``): per direction the median one-way
@@ -588,25 +608,48 @@ class Baseline:
                 "rtt_ms": float(np.median(self.samples.rtt_ms)) if self.samples.rtt_ms
                 else math.nan,
                 "lost": self.samples.sent - self.samples.received["downlink"],
-                "packets": self.samples.sent, "goodput_mbps": self.goodput_mbps}
+                "packets": self.samples.sent, "goodput_mbps": self.goodput_mbps,
+                "floor_ms": self.floor_ms}
 
 
-def measure_baseline(paths: Paths, plan: ProbePlan = ProbePlan()) -> Baseline:
-    """Echo probes and one bulk transfer on an unshaped path: what the path itself costs."""
+def measure_baseline(paths: Paths, plan: ProbePlan = ProbePlan(), floor_ms: float = 0.0) -> Baseline:
+    """Echo probes and one bulk transfer on an unshaped path (or one that only holds each
+    packet ``floor_ms`` a direction, taken off again): what the path itself costs."""
     samples = measure_packets(paths, plan.baseline_packets, plan.interval_s, plan.payload_bytes,
-                              plan.drain_s)
-    return Baseline(samples, measure_goodput(paths, "uplink", plan.baseline_bulk_bytes))
+                              plan.drain_s + 2 * floor_ms / 1000)
+    return Baseline(samples.less(floor_ms),
+                    measure_goodput(paths, "uplink", plan.baseline_bulk_bytes), floor_ms)
+
+
+def floor_state(floor_ms: float = BASELINE_FLOOR_MS) -> LinkState:
+    """Both directions delayed ``floor_ms`` and nothing else."""
+    spec = DirectionSpec(delay_ms=floor_ms)
+    return LinkState(uplink=spec, downlink=spec)
+
+
+def measure_path_baseline(topology, plan: ProbePlan = ProbePlan()) -> Baseline:
+    """The baseline of a kernel path (a ``LinkTopology`` or ``RouterTopology``, not yet
+    shaped): through a netem floor of ``BASELINE_FLOOR_MS`` where the topology has netem,
+    removed afterwards; on the bare path where it has none (tbf alone shapes there)."""
+    if not (netem_available() if topology.netem is None else topology.netem):
+        return measure_baseline(KernelPaths(topology), plan)
+    apply_link(topology, floor_state())
+    try:
+        return measure_baseline(KernelPaths(topology), plan, BASELINE_FLOOR_MS)
+    finally:
+        remove_link(topology)
 
 
 def probe(paths_for, mode: str, profile: NetworkProfile, plan: ProbePlan = ProbePlan(),
-          shape=None, seed: int = 0) -> ProbeReport:
-    """Baseline on the unshaped path, then ``shape()``, then packets and goodput.
+          shape=None, seed: int = 0, baseline: Baseline | None = None) -> ProbeReport:
+    """Baseline on the unshaped path (unless given), then ``shape()``, then packets and
+    goodput.
 
     ``paths_for(shaped: bool)`` returns the ``Paths`` to measure; ``shape`` (or
     None) applies the profile between the two phases.
     """
     state = profile.state_at(0.0)
-    baseline = measure_baseline(paths_for(False), plan)
+    baseline = baseline or measure_baseline(paths_for(False), plan)
     if shape is not None:
         shape()
     paths = paths_for(True)
@@ -623,10 +666,12 @@ def probe(paths_for, mode: str, profile: NetworkProfile, plan: ProbePlan = Probe
 def probe_link(link: EmulatedLink, mode: str, plan: ProbePlan = ProbePlan(),
                seed: int = 0) -> ProbeReport:
     """Probe a kernel-shaped link that is created but not yet shaped (``create(shape=False)``):
-    the baseline on its bare path (the veth, or the router VM), then its profile."""
+    the baseline on its path (the veth, or the router VM: ``measure_path_baseline``), then
+    its profile."""
     paths = KernelPaths(link.topology)
     link.topology.wait_ready()
-    report = probe(lambda shaped: paths, mode, link.profile, plan, shape=link.shape, seed=seed)
+    report = probe(lambda shaped: paths, mode, link.profile, plan, shape=link.shape, seed=seed,
+                   baseline=measure_path_baseline(link.topology, plan))
     report.layouts = dict(link.layouts)
     return report
 

@@ -3,9 +3,12 @@
 Steps, all on the same machine, the agents native in every leg (in vm mode
 the router VM is the link, booted once for the whole validation):
 
-1. calibrate: an unshaped cell in the measured mode; the median cycle RTT
-   there is the path's own round trip (the agents, ZeroMQ and the kernel
-   path, and in vm mode the router), measured, never assumed;
+1. calibrate: a cell in the measured mode shaped only by the probe's netem
+   floor (``validation.link_probe.BASELINE_FLOOR_MS`` each way, so its
+   packets take the qdisc and timer path every other cell's take); the median
+   cycle RTT there less the floor is the path's own round trip (the agents,
+   ZeroMQ and the kernel path, and in vm mode the router), measured, never
+   assumed (where the mode's kernel has no netem, an unshaped cell);
 2. the measured leg: every cell, a sweep in that mode;
 3. the sim leg: every cell with the calibrated round trip added to its RTT,
    so the link model stands for the path plus the profile, not the profile
@@ -35,6 +38,8 @@ from orchestrator.reporting.summary import read_jsonl
 from orchestrator.results import Cell, ResultsFolder, SweepFolder
 from shaping.profile import with_extra_rtt
 from validation.crossval import ANALYTIC_VS_SIM, SIM_VS_MEASURED, compare, passed
+from shaping.qdisc.probes import netem_available
+from validation.link_probe import BASELINE_FLOOR_MS
 
 COMPARISON = "validation.csv"
 SPECULATING = (*POLICY_NAMES, "cloud-spec")    # the strategies whose queries have cycles
@@ -42,13 +47,16 @@ CALIBRATION = "calibration"
 
 
 def calibrate(template: RunSpec, path: Path, console: Console) -> float:
-    """Median cycle RTT (ms) of the job's speculation on an unshaped link in its mode."""
-    cell = Cell(grid_profile(0.0, None))
+    """Median cycle RTT (ms) of the job's speculation on a link in its mode shaped only by
+    the netem floor, less the floor (unshaped where the mode's kernel has no netem)."""
+    has_netem = template.mode == "vm" or netem_available()     # else tbf alone shapes
+    floor_rtt_ms = 2 * BASELINE_FLOOR_MS if has_netem else 0.0
+    cell = Cell(grid_profile(floor_rtt_ms, None))
     folder = SweepFolder.create_at(path, template.job, template.mode, [cell])
     sweep(folder, template, [cell], console)
     cycles = read_jsonl(folder.cell_path(cell.name) / ResultsFolder.CYCLES)
     networked = cycles[cycles["strategy"].isin(POLICY_NAMES)]
-    return float((networked if len(networked) else cycles)["rtt_ms"].median())
+    return float((networked if len(networked) else cycles)["rtt_ms"].median()) - floor_rtt_ms
 
 
 def check_job_for_validation(job: JobConfig) -> None:
@@ -67,8 +75,8 @@ def crossvalidate(template: RunSpec, cells: list[Cell], root: Path,
     path = ResultsFolder.new_path(root, f"validate-{job.name}-{mode}")
     console.print(f"validation: {path}")
     overhead_ms = calibrate(template, path / CALIBRATION, console)
-    console.print(f"path round trip on the unshaped {mode} link: {overhead_ms:.2f} ms (median "
-                  "cycle RTT); the sim leg adds it to every cell's RTT")
+    console.print(f"path round trip of the {mode} link: {overhead_ms:.2f} ms (median cycle RTT "
+                  "less the netem floor); the sim leg adds it to every cell's RTT")
     sweep(SweepFolder.create_at(path / mode, job, mode, cells), template, cells, console)
     sim_cells = [Cell(with_extra_rtt(cell.profile, overhead_ms), cell.codec) for cell in cells]
     sweep(SweepFolder.create_at(path / "sim", job, "sim", sim_cells),

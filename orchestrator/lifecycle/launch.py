@@ -47,7 +47,7 @@ from shaping.link import EmulatedLink, Link, RouterLink, SimLink
 from shaping.profile import NetworkProfile
 from shaping.router import RouterError
 from shaping.topology import LinkTopology
-from validation.link_probe import Baseline, KernelPaths, ProbePlan, measure_baseline
+from validation.link_probe import Baseline, ProbePlan, measure_path_baseline
 
 # Loading torch and a model takes seconds (the agents always run natively, also in vm mode);
 # waiting ends at once when the agent exits, so a long limit only bounds a hang.
@@ -246,7 +246,7 @@ class Deployment:
     is stopped on exit, also after an error or a signal.
 
     Order: the link, the agents (loading their models), then on a kernel path the
-    baseline of the still unshaped path (``validation.link_probe.measure_baseline``: what
+    baseline of the still unshaped path (``validation.link_probe.measure_path_baseline``: what
     the path itself costs, recorded in ``link_stats.json``), then the shaping and its
     timeline.  The control plane is ``ipc://`` sockets, which reach across network
     namespaces (they are files).  Nothing is made before ``__enter__``.
@@ -323,8 +323,7 @@ class Deployment:
         self.link.wait_ready()
         with interrupts.shielded():       # pyroute2 forks: a signal in an at-fork hook is lost
             if self.link.topology is not None:
-                self.baseline = measure_baseline(KernelPaths(self.link.topology),
-                                                 self.BASELINE_PLAN)
+                self.baseline = measure_path_baseline(self.link.topology, self.BASELINE_PLAN)
             self.link.shape(self.sides)
 
     @property
