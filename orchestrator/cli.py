@@ -551,11 +551,10 @@ def validate_command(ctx, job_name, mode, results_root) -> None:
 
     First measures the path's own round trip in the measured mode, on a link
     shaped only by a 0.5 ms netem floor each way where its kernel has netem
-    (taken off again), and adds it
-    to the sim leg's RTT; then prints, per cell and
-    strategy, the difference, tolerance and verdict of tokens/s, TTFT P50/P95
-    and cycle RTT P50/P95, and writes validation.csv.  Exit code 1 when a
-    check misses.
+    (taken off again), and adds it to the sim leg's RTT; then prints, per
+    cell and strategy, the difference, tolerance and verdict of tokens/s,
+    TTFT P50/P95 and cycle RTT P50/P95, and writes validation.csv.  Exit code
+    1 when a check misses.
     """
     console = make_console()
     job = load_job(job_name)
@@ -605,9 +604,9 @@ def probe_command(ctx, profile_name, mode, rtt_ms, packets, interval_ms, goodput
     One-way delay and RTT (UDP echo, one clock), jitter sigma, loss with a 95 %
     interval, reordering, and TCP goodput, each beside the expectation from
     the sim mode's link math, after a baseline on the path shaped only by a
-    0.5 ms netem floor each way where its kernel has netem (the path's own delay, timer included,
-    reported and subtracted as measured).  Prints a table,
-    writes JSON under --results; exit code 1 when a check misses.
+    0.5 ms netem floor each way where its kernel has netem (the path's own
+    delay, timer included, reported and subtracted as measured).  Prints a
+    table, writes JSON under --results; exit code 1 when a check misses.
     """
     console = make_console()
     profile = load_profile(profile_name, {"rtt_ms": rtt_ms})

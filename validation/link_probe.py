@@ -54,8 +54,7 @@ from shaping.link_model import (
     LossProcess,
 )
 from shaping.profile import RECEIVER, SENDER, DirectionSpec, LinkState, NetworkProfile, RandomLoss
-from shaping.qdisc.operations import apply_link, remove_link
-from shaping.qdisc.probes import netem_available
+from shaping.qdisc.operations import apply_link, remove_link, shapes_with_netem
 from shaping.simlink import SimLinkSettings, SimulatedDirection, tcp_estimates
 from validation.stats import binomial_interval, percentiles
 
@@ -590,9 +589,9 @@ def probe_sim(profile: NetworkProfile, plan: ProbePlan = ProbePlan(), seed: int 
 
 @dataclass
 class Baseline:
-    """The unshaped path: its echo samples and its TCP capacity (``measure_baseline``);
-    ``floor_ms``: the netem delay per direction it was measured through, already taken off
-    the samples."""
+    """The path's own cost: its echo samples and its TCP capacity (``measure_baseline``);
+    ``floor_ms``: the netem delay per direction it was measured through (0: none), already
+    taken off the samples."""
 
     samples: PacketSamples
     goodput_mbps: float
@@ -631,7 +630,7 @@ def measure_path_baseline(topology, plan: ProbePlan = ProbePlan()) -> Baseline:
     """The baseline of a kernel path (a ``LinkTopology`` or ``RouterTopology``, not yet
     shaped): through a netem floor of ``BASELINE_FLOOR_MS`` where the topology has netem,
     removed afterwards; on the bare path where it has none (tbf alone shapes there)."""
-    if not (netem_available() if topology.netem is None else topology.netem):
+    if not shapes_with_netem(topology):
         return measure_baseline(KernelPaths(topology), plan)
     apply_link(topology, floor_state())
     try:

@@ -37,8 +37,10 @@ from orchestrator.reporting.analysis import load_results
 from orchestrator.reporting.summary import read_jsonl
 from orchestrator.results import Cell, ResultsFolder, SweepFolder
 from shaping.profile import with_extra_rtt
+from shaping.qdisc.operations import shapes_with_netem
+from shaping.router import RouterTopology
+from shaping.topology import LinkTopology
 from validation.crossval import ANALYTIC_VS_SIM, SIM_VS_MEASURED, compare, passed
-from shaping.qdisc.probes import netem_available
 from validation.link_probe import BASELINE_FLOOR_MS
 
 COMPARISON = "validation.csv"
@@ -49,8 +51,8 @@ CALIBRATION = "calibration"
 def calibrate(template: RunSpec, path: Path, console: Console) -> float:
     """Median cycle RTT (ms) of the job's speculation on a link in its mode shaped only by
     the netem floor, less the floor (unshaped where the mode's kernel has no netem)."""
-    has_netem = template.mode == "vm" or netem_available()     # else tbf alone shapes
-    floor_rtt_ms = 2 * BASELINE_FLOOR_MS if has_netem else 0.0
+    topology = RouterTopology if template.mode == "vm" else LinkTopology
+    floor_rtt_ms = 2 * BASELINE_FLOOR_MS if shapes_with_netem(topology) else 0.0
     cell = Cell(grid_profile(floor_rtt_ms, None))
     folder = SweepFolder.create_at(path, template.job, template.mode, [cell])
     sweep(folder, template, [cell], console)

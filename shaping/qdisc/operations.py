@@ -235,9 +235,15 @@ def _each_direction(state: LinkState):
         yield side, direction, getattr(state, direction)
 
 
+def shapes_with_netem(topo) -> bool:
+    """Whether the kernel that shapes ``topo`` (a topology or its class) has netem: its
+    ``netem``, or this host's where that is None."""
+    return netem_available() if topo.netem is None else topo.netem
+
+
 def apply_link(topo, state: LinkState, *, use_netem: bool | None = None) -> dict[str, str]:
     """Shape uplink and downlink, each on the egress its topology names."""
-    use_netem = topo.netem if use_netem is None else use_netem
+    use_netem = shapes_with_netem(topo) if use_netem is None else use_netem
     layouts = {}
     for side, direction, spec in _each_direction(state):
         handle, ifname = topo.egress(direction)
