@@ -60,10 +60,21 @@ def _torch():
     return torch
 
 
+def _transformers():
+    """transformers, without loading scikit-learn: where scikit-learn is installed (the latency
+    model fits with it), transformers imports ``sklearn.metrics`` as it loads its generation
+    code, only to tune the confidence threshold of its own assisted generation, which this
+    backend never runs; that import was 2.4 s of the 10 s each agent took to start on the
+    build host.  Set before the generation code loads, so the hook is never taken."""
+    import transformers.utils.import_utils
+    transformers.utils.import_utils._sklearn_available = False
+    import transformers
+    return transformers
+
+
 def load_tokenizer(config: HFPairConfig):
-    from transformers import AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(config.tokenizer_source,
+        return _transformers().AutoTokenizer.from_pretrained(config.tokenizer_source,
                                              local_files_only=config.local_files_only)
     except (OSError, ValueError) as error:
         raise ModelNotAvailable(f"tokenizer {config.tokenizer_source!r}: {error}") from None
@@ -71,10 +82,10 @@ def load_tokenizer(config: HFPairConfig):
 
 def check_available(config: HFPairConfig) -> None:
     """Fail fast (before any process starts) when a model or the tokenizer is absent."""
-    from transformers import AutoConfig
     for role, source in (("draft", config.draft), ("target", config.target)):
         try:
-            AutoConfig.from_pretrained(source, local_files_only=config.local_files_only)
+            _transformers().AutoConfig.from_pretrained(
+                source, local_files_only=config.local_files_only)
         except (OSError, ValueError) as error:
             hint = " (local_files_only: nothing is downloaded)" if config.local_files_only else ""
             first_line = str(error).strip().splitlines()[0]
@@ -104,10 +115,9 @@ def logits_to_probs(logits, sampling: SamplingConfig):
 
 class HFSession:
     def __init__(self, model: "HFModel", sampling: SamplingConfig) -> None:
-        from transformers import DynamicCache
         self.model = model
         self.sampling = sampling
-        self.cache = DynamicCache()
+        self.cache = _transformers().DynamicCache()
         self.processed = 0
 
     def forward(self, ids: Sequence[int], all_rows: bool = False) -> np.ndarray:
@@ -136,7 +146,7 @@ class HFModel:
     def __init__(self, source: str, config: HFPairConfig, device: str, vocab_size: int,
                  eos_id: int | None) -> None:
         torch = _torch()
-        from transformers import AutoModelForCausalLM
+        AutoModelForCausalLM = _transformers().AutoModelForCausalLM
         if torch.device(device).type == "cpu":
             torch.set_num_threads(torch_threads(config))
         dtype = "auto" if config.dtype == "auto" else getattr(torch, config.dtype)
@@ -161,7 +171,7 @@ def torch_threads(config: HFPairConfig) -> int:
 
 def model_configs(config: HFPairConfig) -> dict[str, dict]:
     """The transformers config of the ``draft`` and the ``target``, as mappings."""
-    from transformers import AutoConfig
+    AutoConfig = _transformers().AutoConfig
     return {role: AutoConfig.from_pretrained(source,
                                              local_files_only=config.local_files_only).to_dict()
             for role, source in (("draft", config.draft), ("target", config.target))}

@@ -36,9 +36,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
+if TYPE_CHECKING:       # pandas only for the fits' frames: the agents' wire schema imports STAGES
+    import pandas as pd
 
 Stage = Literal["edge_prefill", "draft_token", "cloud_prefill", "verify", "decode"]
 STAGES: tuple[Stage, ...] = ("edge_prefill", "draft_token", "cloud_prefill", "verify", "decode")
@@ -209,6 +210,7 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
     group-wise split holds out whole) and the stage's work (``flops``, ``bytes``,
     ``working_set``, ``tokens``, ``layers``, ``kv_bytes``, ``activations``, ``blocks``,
     ``params``)."""
+    import pandas as pd
     role = ROLE[stage]
     seconds = f"{stage}_s"
     rows = table[table[seconds].notna()]
