@@ -79,7 +79,15 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
   exit 1
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
+# The venv's own pip (22.3 or newer on Python 3.11) installs editable projects (PEP 660).
 # setuptools prints a 10-line banner for every editable install; it says nothing about this one.
-PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet -e '.[hf,dev]'
+# pip byte-compiles what it installs file by file on one core (torch alone: 90 s on the build
+# host); compileall does the same with a worker per core, and Python never writes bytecode
+# itself where PYTHONDONTWRITEBYTECODE is set, so it is compiled here once.  A file written for
+# a newer Python than this one (torch ships one) does not compile: pip skips it silently, and
+# so does this step.
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet --no-compile \
+  -e '.[hf,dev]'
+site_packages=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+.venv/bin/python -m compileall -q -j 0 "$site_packages" >/dev/null 2>&1 || true
 echo "setup: ready (.venv/bin/orchestrator)"
