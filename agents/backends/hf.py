@@ -74,8 +74,8 @@ def _transformers():
 
 def load_tokenizer(config: HFPairConfig):
     try:
-        return _transformers().AutoTokenizer.from_pretrained(config.tokenizer_source,
-                                             local_files_only=config.local_files_only)
+        return _transformers().AutoTokenizer.from_pretrained(
+            config.tokenizer_source, local_files_only=config.local_files_only)
     except (OSError, ValueError) as error:
         raise ModelNotAvailable(f"tokenizer {config.tokenizer_source!r}: {error}") from None
 
