@@ -57,6 +57,25 @@ def test_the_closed_form_is_not_judged_on_lossy_cells_and_misses_name_the_cause(
     assert throughput["verdict"] == "miss" and throughput["note"] == LOSS_CAUSE
 
 
+def test_a_difference_the_legs_own_sampling_cannot_resolve_is_not_a_miss():
+    """TTFT P50 16 % apart, each leg's interval +-12 ms: sqrt(12^2 + 12^2) = 17 ms > 16 ms; the
+    same difference with +-4 ms intervals is a miss, and the analytic leg gets no allowance."""
+    def leg(ttft_p50: float, half: float, **fields) -> pd.DataFrame:
+        frame = _leg(100.0, 200.0, 50.0, jitter=10.0, **fields)
+        return frame.assign(ttft_ms_p50=ttft_p50, ttft_ms_p50_low=ttft_p50 - half,
+                            ttft_ms_p50_high=ttft_p50 + half)
+    wide = compare(leg(100.0, 12.0), leg(116.0, 12.0), "vm")
+    row = wide[wide["metric"] == "ttft_ms_p50"].iloc[0]
+    assert row["verdict"] == "unresolved" and "sampling error" in row["note"] and passed(wide)
+    narrow = compare(leg(100.0, 4.0), leg(116.0, 4.0), "vm")
+    assert narrow[narrow["metric"] == "ttft_ms_p50"].iloc[0]["verdict"] == "miss"
+    assert not passed(narrow)
+    static = _leg(100.0, 200.0, 50.0, predicted=105.0).assign(tokens_per_s_low=80.0,
+                                                              tokens_per_s_high=120.0)
+    analytic = compare(static, static, "vm")
+    assert analytic[analytic["legs"] == "analytic vs sim"].iloc[0]["verdict"] == "miss"
+
+
 @pytest.mark.usefixtures("netns_ok")
 def test_validate_runs_both_legs_and_exits_by_its_verdicts(tmp_path):
     job = tmp_path / "job.yaml"

@@ -92,7 +92,8 @@ def crossvalidate(template: RunSpec, cells: list[Cell], root: Path,
 
 
 def _verdict_text(row: pd.Series) -> str:
-    mark = {"pass": "ok", "miss": "MISS", "reported": "(not judged)"}[row["verdict"]]
+    mark = {"pass": "ok", "miss": "MISS", "unresolved": "ok~",
+            "reported": "(not judged)"}[row["verdict"]]
     return f"{100 * row['difference']:+.1f}% {mark}"
 
 
@@ -120,7 +121,15 @@ def print_comparison(comparison: pd.DataFrame, overhead_ms: float, mode: str,
                       f"({100 * row['difference']:+.1f}%, tolerance {row['tolerance']})"
                       + (f"; known cause: {row['note']}" if row["note"] else ""),
                       highlight=False)
+    unresolved = comparison[comparison["verdict"] == "unresolved"]
+    for _, row in unresolved.iterrows():
+        console.print(f"ok~: {row['cell']} {row['label']} {row['legs']} {row['metric']}: "
+                      f"{row['reference']:.2f} -> {row['measured']:.2f} "
+                      f"({100 * row['difference']:+.1f}%, tolerance {row['tolerance']}), "
+                      f"{row['note']}", highlight=False)
     judged = comparison[comparison["verdict"] != "reported"]
-    console.print(f"{len(judged) - len(misses)} of {len(judged)} checks pass; the sim leg ran "
+    console.print(f"{len(judged) - len(misses) - len(unresolved)} of {len(judged)} checks pass"
+                  + (f", {len(unresolved)} more differ by less than their legs' sampling error"
+                     if len(unresolved) else "") + "; the sim leg ran "
                   f"with the measured path round trip ({overhead_ms:.2f} ms) added to each RTT"
                   + ("" if np.isfinite(overhead_ms) else " (none measured)"))
