@@ -4,11 +4,13 @@
 (each its own agents; the synthetic pair's compute is modeled by sleeping, so runs side by
 side do not slow each other; the shipped pair computes, so its runs go one at a time):
 
-- the oracle: the fastest fixed K in 1..15 as measured (its tokens/s and interval; picking
-  the best of fifteen noisy figures flatters it, which only makes the ratio below harder);
-- nasd: its tokens/s, its ratio to the oracle with a 95 % interval (each strategy's queries
-  resampled alone; goal >= 0.99), the share of its tokens served in stretches handed to the
-  cloud (K = 0), and cloud-only's tokens/s beside it;
+- the oracle: the fixed K in 1..15 a user would pick without hindsight (the best on one
+  half of the prompts, measured on the other half, both ways: ``held_out_oracle``), and the
+  best of the fifteen figures in hindsight for reference (flattered by its own noise);
+- nasd learning online, and nasd-cal seeded by the pair's ``orchestrator calibrate`` on this
+  host: tokens/s and the ratio to the held-out oracle on the same queries, with a paired 95 %
+  interval (goal >= 0.99); nasd's share of tokens served in stretches handed to the cloud
+  (K = 0), and cloud-only's tokens/s beside it;
 - nasd with the edge-only cutoff: the share of its tokens the draft served alone, against the
   reversal RTT the analytic model gives (cutoff goal: only past the reversal).
 
@@ -26,7 +28,7 @@ variant's tokens/s and the 50th and 95th percentiles of its queries' decode time
 bootstrap 95 % interval), beside the fixed K that does best on each.
 
     .venv/bin/python benchmarks/nasd.py stable [--pairs synthetic tiny-arith]
-        [--rtts 0 10 25 50 100 200 500] [--queries 4] [--repetitions 2] [--tokens 64]
+        [--rtts 0 10 25 50 100 200 500] [--queries 16] [--repetitions 1] [--tokens 64]
     .venv/bin/python benchmarks/nasd.py drift [--tokens 700] [--queries 2] [--walk-seeds 1 2 3]
     .venv/bin/python benchmarks/nasd.py tail [--queries 10] [--repetitions 4]
 """
@@ -104,27 +106,77 @@ def best_fixed(measured: dict[str, pd.DataFrame]) -> str:
     return max(fixed, key=fixed.get)
 
 
+def held_out_oracle(measured: dict[str, pd.DataFrame]) -> tuple[str, pd.DataFrame]:
+    """The fixed K a user would have picked without hindsight: the prompts split in two halves
+    (alternate query ids), the best K on each half measured on the other, the two held-out
+    halves together.  The best of fifteen noisy figures on the same queries (``best_fixed``)
+    is flattered by its own noise where several K lie within a few percent of each other;
+    this one is not.  Returns the K picked on each half and the held-out queries."""
+    ids = sorted(next(iter(measured.values()))["query_id"].unique())
+    halves = [set(ids[0::2]), set(ids[1::2])]
+    fixed = {label: q for label, q in measured.items() if label.startswith("fixed-k")}
+    picked, held_out = [], []
+    for chosen_on, measured_on in (halves, halves[::-1]):
+        best = best_fixed({label: q[q["query_id"].isin(chosen_on)] for label, q in fixed.items()})
+        picked.append(best)
+        held_out.append(fixed[best][fixed[best]["query_id"].isin(measured_on)])
+    return "/".join(picked), pd.concat(held_out)
+
+
+def paired_over(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """a's rate over b's on the same queries (each prompt and repetition one unit), with its
+    95 % interval: greedy decoding meets the same text under every strategy, so what the
+    prompts share cancels out of the ratio."""
+    keys = ["query_id", "repetition"]
+    a, b = a.sort_values(keys), b.sort_values(keys)
+    if a[keys].values.tolist() != b[keys].values.tolist():
+        return over(a, b)
+    low, high = rate_ratio_interval(a["decoded"], a["decode_s"], b["decoded"], b["decode_s"],
+                                    paired=True)
+    return f"{rate(a) / rate(b):.3f} [{low:.3f}, {high:.3f}]"
+
+
+def calibrated(root: Path, pair: str) -> Path:
+    """``orchestrator calibrate`` of the pair on this host (the default job's prompts, no
+    link), alone before any run: the file nasd-cal starts from."""
+    out = root / pair / "calibration"
+    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "calibrate", "--job",
+                           "default", "--model-pair", pair, "--out", str(out)],
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"calibrate {pair}: {done.stderr.strip()[-400:]}")
+    return out / "calibration.yaml"
+
+
 def stable(args) -> None:
     root = Path(tempfile.mkdtemp(prefix="edgespec-nasd-stable-"))
-    runs = {**fixed_runs(FIXED_KS), "nasd": ["--strategy", "nasd"],
-            "nasd-cutoff": ["--strategy", "nasd", "--nasd-edge-only-cutoff"],
-            "cloud-only": ["--strategy", "cloud-only"]}
-    print("pair, RTT: the oracle (best fixed K measured) and nasd, tok/s; nasd/oracle [95 %]; "
-          "nasd's share of tokens handed to the cloud; cloud-only; with the edge-only cutoff: "
-          "its share of tokens served by the draft alone, its tok/s, and the model's reversal "
-          "RTT (past it every K loses to cloud-only)")
+    print("pair, RTT: the oracle, tok/s: the fixed K best on each half of the prompts, measured "
+          "on the other half (held out), and, for reference, the best fixed K in hindsight; nasd "
+          "learning online and nasd-cal seeded by `orchestrator calibrate`, tok/s and their "
+          "ratio to the held-out oracle on the same queries [95 %, paired]; nasd's share of "
+          "tokens handed to the cloud; cloud-only; with the edge-only cutoff: its share of tokens "
+          "served by the draft alone, its tok/s, and the model's reversal RTT (past it every K "
+          "loses to cloud-only)")
     for pair in args.pairs:
+        calibration = calibrated(root, pair)
+        runs = {**fixed_runs(FIXED_KS), "nasd": ["--strategy", "nasd"],
+                "nasd-cal": ["--strategy", "nasd", "--nasd-calibration", str(calibration)],
+                "nasd-cutoff": ["--strategy", "nasd", "--nasd-edge-only-cutoff"],
+                "cloud-only": ["--strategy", "cloud-only"]}
         for rtt_ms in args.rtts:
             started = time.monotonic()
             link = ["--profile", "rtt000-bw100", "--rtt-ms", f"{rtt_ms:g}"]
             folders = run_side_by_side(root / pair / f"rtt{rtt_ms:g}", link, pair, args, runs)
             measured = {label: rates(folder) for label, folder in folders.items()}
-            oracle = best_fixed(measured)
-            nasd, cutoff = measured["nasd"], measured["nasd-cutoff"]
+            picked, oracle = held_out_oracle(measured)
+            hindsight = best_fixed(measured)
+            nasd, seeded, cutoff = measured["nasd"], measured["nasd-cal"], measured["nasd-cutoff"]
             reversal = max(pd.read_csv(folders[label] / "summary.csv")["crossover_rtt_ms"].iloc[0]
                            for label in fixed_runs(FIXED_KS))
-            print(f"{pair:>10} {rtt_ms:4g} ms: oracle {oracle:>9} {rate(measured[oracle]):6.1f}"
-                  f"  nasd {rate(nasd):6.1f}  ratio {over(nasd, measured[oracle])}  hand-off "
+            print(f"{pair:>10} {rtt_ms:4g} ms: oracle {picked:>19} {rate(oracle):6.1f} (hindsight "
+                  f"{hindsight} {rate(measured[hindsight]):.1f})  nasd {rate(nasd):6.1f} "
+                  f"{paired_over(nasd, oracle)}  nasd-cal {rate(seeded):6.1f} "
+                  f"{paired_over(seeded, oracle)}  hand-off "
                   f"{nasd['handoff_tokens'].sum() / nasd['n_tokens'].sum():.2f}  cloud-only "
                   f"{rate(measured['cloud-only']):6.1f}  cutoff "
                   f"{cutoff['cutoff_tokens'].sum() / cutoff['n_tokens'].sum():.2f} at "
@@ -274,8 +326,8 @@ def main() -> int:
     stable_parser.add_argument("--pairs", nargs="+", default=["synthetic", "tiny-arith"])
     stable_parser.add_argument("--rtts", nargs="+", type=float,
                                default=[0, 10, 25, 50, 100, 200, 500])
-    stable_parser.add_argument("--queries", type=int, default=4)
-    stable_parser.add_argument("--repetitions", type=int, default=2)
+    stable_parser.add_argument("--queries", type=int, default=16)
+    stable_parser.add_argument("--repetitions", type=int, default=1)
     stable_parser.add_argument("--tokens", type=int, default=64, help="new tokens per query")
     drift_parser = commands.add_parser("drift", help="adaptive K on drifting links")
     drift_parser.add_argument("--queries", type=int, default=2)

@@ -43,7 +43,8 @@ import numpy as np
 from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from_counts,
                            acceptance_from_counts, decode_time_quantiles_s,
                            distributed_throughputs, optimal_k, pipelined_throughput,
-                           position_counts, stretch_throughput, stretch_tokens)
+                           position_counts, position_rates, stretch_throughput,
+                           stretch_tokens)
 
 
 class Cycle(Protocol):
@@ -268,6 +269,32 @@ class StageEstimator:
         self.clock_s = 0.0      # the cycles' time so far
         self.decode_s: float | None = None       # the cloud's step, from stretches handed to it
         self.fewest_positions: int | None = None  # the smallest k + 1 verified so far
+
+    def seed(self, calibration: Calibration, cycles: float, k: int) -> None:
+        """Start from ``calibration`` as if ``cycles`` cycles of K = ``k`` had shown it: the
+        counts its acceptance makes likely at each position, its draft time, its verify line
+        at 1 and k + 1 positions, its bytes lines at 1 and k, its decoding step.  The seed
+        fades by ``memory`` per observed cycle like any evidence, so the cycles' own take over
+        (a calibration from another host or prompt set is not kept), while the first cycles
+        no longer replan on a handful of coin flips and the prior's 0.5."""
+        if cycles <= 0 or k < 1:
+            raise ValueError(f"a seed needs cycles > 0 and k >= 1, got {cycles} and {k}")
+        rates = np.array(position_rates(calibration.acceptance, k))
+        reached = cycles * np.concatenate(([1.0], np.cumprod(rates[:-1])))
+        size = max(len(self.reached), k)
+        self.reached = _padded(self.reached, size) + _padded(reached, size)
+        self.kept = _padded(self.kept, size) + _padded(reached * rates, size)
+        self.drafted += cycles * k
+        self.draft_s += cycles * k * calibration.times.draft_token_s
+        times = calibration.times
+        for i in range(max(round(cycles), 2)):
+            depth = (0, k)[i % 2]     # the lines' two ends: a plain step and a full block
+            self.verify.add(depth + 1, times.verify_time_s(depth))
+            drafted = max(depth, 1)
+            self.bytes_up.add(drafted, calibration.bytes_up(drafted))
+            self.bytes_down.add(drafted, calibration.bytes_down(drafted))
+        self.fewest_positions = 1
+        self.decode_s = times.decode_time_s()
 
     def observe(self, cycle: Cycle, seconds_per_byte: float | None = None) -> None:
         """Learn from ``cycle``; its RTT is its network time less its bytes at

@@ -134,8 +134,9 @@ class NasdController(AdaptiveK):
     """K* = argmax of the closed-form throughput on the current calibration and RTT estimate.
 
     ``calibration``: the stage model to start from (and to keep, with ``learn=False``,
-    learning only the RTT); with ``learn=True`` the estimates refreshed from observed
-    cycles replace it from the first cycle on.  Until there is a calibration and an RTT
+    learning only the RTT); with ``learn=True`` it seeds the estimates as
+    ``calibration_cycles`` cycles' worth of evidence (``StageEstimator.seed``), which the
+    observed cycles then outweigh as it fades.  Until there is a calibration and an RTT
     estimate, K is ``k_start``.  The RTT decided on follows the EWMA estimate only when
     it leaves a band of ``rtt_band`` (relative) or ``rtt_floor_ms`` around it; the K in
     use is kept while its predicted throughput is within ``switch_margin`` of the best.
@@ -150,7 +151,12 @@ class NasdController(AdaptiveK):
     after each of the draft's, one cycle speculates to measure acceptance and the link; and
     no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
     is a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such
-    an error had served the draft's tokens 9 ms below the reversal RTT).
+    an error had served the draft's tokens 9 ms below the reversal RTT).  A stretch needs
+    speculation to lose even at the acceptance the counts cannot rule out at
+    ``confidence``; a lossy one (the edge's) at ``lossy_confidence``: tested again at every
+    cycle, 95 % let one prompt whose first 12 cycles accepted 5 of the 14 drafts they tested
+    (a = 0.7) send
+    the draft's tokens at 25 ms, 8 ms below the reversal.
 
     ``rtt_estimate``: the RTT decided on is the EWMA (``ewma``) or a percentile of the
     recent samples (``p90``: robust to a few late cycles, slower to follow a change).
@@ -179,7 +185,8 @@ class NasdController(AdaptiveK):
                  rtt_share: float = 0.1, stretch_max_s: float = 4.0, probe_every: int = 8,
                  evidence_cycles: int = 10, rtt_estimate: str = EWMA, objective: str = MEAN,
                  objective_tokens: int = 64, table: RttTable | None = None,
-                 draft_ahead: int = 0) -> None:
+                 draft_ahead: int = 0, calibration_cycles: float = 20.0,
+                 confidence: float = 0.95, lossy_confidence: float = 0.99) -> None:
         super().__init__(k_min, k_max)
         if draft_ahead and table is not None:
             raise ValueError("an RTT -> K table plans without draft-ahead")
@@ -198,6 +205,10 @@ class NasdController(AdaptiveK):
         if edge_only_cutoff and not hand_off:
             raise ValueError("the edge-only cutoff serves stretches: it needs hand_off")
         self.hand_off, self.edge_only_cutoff = hand_off, edge_only_cutoff
+        if not 0.5 <= confidence <= lossy_confidence < 1.0:
+            raise ValueError("need 0.5 <= confidence <= lossy_confidence < 1, got "
+                             f"{confidence} and {lossy_confidence}")
+        self.confidence, self.lossy_confidence = confidence, lossy_confidence
         self.rtt_share, self.stretch_max_s = rtt_share, stretch_max_s
         # stretches served since the last speculation cycle: after ``probe_every`` of them
         # (or one of the edge's) one cycle speculates, to keep measuring acceptance and link
@@ -210,6 +221,8 @@ class NasdController(AdaptiveK):
             table.check_range(k_min, k_max)
         self.calibration, self.learn, self.table = calibration, learn, table
         self.estimator = StageEstimator(memory=memory, rtt_time_constant_s=rtt_time_constant_s)
+        if learn and calibration is not None:
+            self.estimator.seed(calibration, calibration_cycles, k_max)
         self.rtt_band, self.rtt_floor_s = rtt_band, rtt_floor_ms / 1000.0
         self.switch_margin = switch_margin
         self.decision_rtt_s: float | None = None
@@ -247,9 +260,13 @@ class NasdController(AdaptiveK):
         if self.hand_off and self.speculated >= self.evidence_cycles \
                 and self.stretches_in_a_row < self.probe_every:
             cloud = plan.cloud_stretch(rtt_s, self.rtt_share, self.stretch_max_s)
-            if cloud.tokens_per_s > (1.0 + self.switch_margin) * self._best_case(plan, rtt_s):
+            margin = 1.0 + self.switch_margin
+            if cloud.tokens_per_s > margin * self._best_case(plan, rtt_s, self.confidence):
+                # lossy tokens need stronger evidence that the link is past the reversal
+                lossy = self.edge_only_cutoff and cloud.tokens_per_s > margin * self._best_case(
+                    plan, rtt_s, self.lossy_confidence)
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
-                    if self.edge_only_cutoff else None
+                    if lossy else None
                 # the cloud's runs as long as a decision may stand: pings stop it sooner once
                 # the link favours speculation (the RTT share sizes only the decision)
                 longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
@@ -271,14 +288,14 @@ class NasdController(AdaptiveK):
         return plan.tail_throughputs(rtt_s, self.estimator.rtt_variance_s2(), depths,
                                      self.objective_tokens, self.tail_quantile)
 
-    def _best_case(self, plan: Calibration, rtt_s: float) -> float:
+    def _best_case(self, plan: Calibration, rtt_s: float, confidence: float) -> float:
         """The fastest speculation the evidence allows: the best K with every position's
-        acceptance at least the pooled rate the cycles so far cannot rule out (95 %), and the
-        link's seconds per byte at the lower end of its interval, so that a few unlucky first
-        cycles, or a slope the jitter faked, do not hand every later cycle to the cloud,
-        where nothing more is learned of either."""
+        acceptance at least the pooled rate the cycles so far cannot rule out at
+        ``confidence``, and the link's seconds per byte at the lower end of its interval, so
+        that a few unlucky first cycles, or a slope the jitter faked, do not hand every later
+        cycle to the cloud, where nothing more is learned of either."""
         if self.learn:
-            upper = self.estimator.acceptance_upper()
+            upper = self.estimator.acceptance_upper(confidence)
             rates = np.maximum(np.atleast_1d(plan.acceptance), upper)
             plan = replace(plan, acceptance=float(rates[0]) if rates.size == 1
                            else rates.tolist(),
