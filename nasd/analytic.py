@@ -58,7 +58,7 @@ def position_rates(acceptance: Acceptance, k: int) -> np.ndarray:
     rates = np.asarray(acceptance, dtype=np.float64).reshape(-1)
     if rates.size == 0:
         raise ValueError("acceptance by position needs at least one rate")
-    if not np.all((rates >= 0.0) & (rates <= 1.0)):
+    if not ((rates >= 0.0) & (rates <= 1.0)).all():
         raise ValueError(f"acceptance rates must be in [0, 1], got {rates.tolist()}")
     if k <= rates.size:
         return rates[:k]
@@ -120,7 +120,7 @@ def position_counts(drafted: Sequence[int], accepted: Sequence[int]) -> tuple[np
     P the longest cycle: reached[i-1] counts the cycles that tested position i (drafted at
     least i and accepted the i-1 before it), kept[i-1] those that accepted it."""
     drafted, accepted = np.asarray(drafted, dtype=int), np.asarray(accepted, dtype=int)
-    if drafted.shape != accepted.shape or np.any(accepted < 0) or np.any(accepted > drafted):
+    if drafted.shape != accepted.shape or (accepted < 0).any() or (accepted > drafted).any():
         raise ValueError("need one accepted count in 0..drafted per cycle")
     positions = np.arange(1, int(drafted.max(initial=0)) + 1)[:, None]
     reached = (drafted >= positions) & (accepted >= positions - 1)    # (P, cycles)
@@ -148,7 +148,7 @@ def acceptance_by_position_from_counts(reached: Sequence[float], kept: Sequence[
     ``Acceptance`` takes the last value.  Empty when nothing was reached.
     """
     reached, kept = np.asarray(reached, dtype=float), np.asarray(kept, dtype=float)
-    if reached.shape != kept.shape or np.any(kept < 0) or np.any(kept > reached + 1e-9):
+    if reached.shape != kept.shape or (kept < 0).any() or (kept > reached + 1e-9).any():
         raise ValueError("need kept counts in 0..reached at every position")
     if prior_weight is not None and prior_weight < 0:
         raise ValueError(f"prior_weight must be non-negative, got {prior_weight}")
@@ -194,7 +194,7 @@ class ComputeTimes:
             raise ValueError("the decode time (decode_s, or verify_base_s + "
                              "verify_per_token_s) must be positive")
 
-    def verify_time_s(self, k: int) -> float:
+    def verify_time_s(self, k: int | np.ndarray) -> float | np.ndarray:
         _check_depth(k)
         return self.verify_base_s + self.verify_per_token_s * (k + 1)
 
@@ -203,19 +203,21 @@ class ComputeTimes:
         return self.decode_s if self.decode_s is not None else self.verify_time_s(0)
 
 
-def cycle_time_local_s(k: int, times: ComputeTimes) -> float:
-    """T_local(k) = k * t_draft + t_verify(k): draft and target on one node."""
+def cycle_time_local_s(k: int | np.ndarray, times: ComputeTimes) -> float | np.ndarray:
+    """T_local(k) = k * t_draft + t_verify(k): draft and target on one node (k: one depth, or
+    an array of depths, each its own time)."""
     return k * times.draft_token_s + times.verify_time_s(k)
 
 
 def cycle_time_distributed_s(
-    k: int,
+    k: int | np.ndarray,
     times: ComputeTimes,
     rtt_s: float,
-    transmit_up_s: float = 0.0,
-    transmit_down_s: float = 0.0,
-) -> float:
-    """T_dist(k) = T_local(k) + RTT + serialisation time of the drafts up and the verdict down."""
+    transmit_up_s: float | np.ndarray = 0.0,
+    transmit_down_s: float | np.ndarray = 0.0,
+) -> float | np.ndarray:
+    """T_dist(k) = T_local(k) + RTT + serialisation time of the drafts up and the verdict down
+    (k and the transmissions: scalars, or arrays of one entry per depth)."""
     _check_non_negative(rtt_s=rtt_s, transmit_up_s=transmit_up_s, transmit_down_s=transmit_down_s)
     return cycle_time_local_s(k, times) + rtt_s + transmit_up_s + transmit_down_s
 
@@ -401,12 +403,12 @@ def distributed_throughputs(
     cycle with k drafts; omitted means zero.
     """
     depths = [int(k) for k in depths]
-    # E[tau(k)] for every k at once: the running sums of one survival curve
+    # E[tau(k)] for every k at once: the running sums of one survival curve; T_dist(k) for
+    # every k in one array expression (the controller evaluates this twice per cycle)
     taus = np.cumsum(acceptance_survival(acceptance, max(depths, default=0)))
-    seconds = np.array([
-        cycle_time_distributed_s(k, times, rtt_s, transmit_s(k) if transmit_s else 0.0)
-        for k in depths])
-    return taus[depths] / seconds
+    transmit = np.array([transmit_s(k) for k in depths]) if transmit_s else 0.0
+    return taus[depths] / cycle_time_distributed_s(np.array(depths, dtype=int), times, rtt_s,
+                                                   transmit)
 
 
 def decode_time_quantiles_s(
@@ -481,12 +483,12 @@ def _check_acceptance(acceptance: float) -> None:
         raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
 
 
-def _check_depth(k: int) -> None:
-    if k < 0:
+def _check_depth(k: int | np.ndarray) -> None:
+    if (np.asarray(k) < 0).any():
         raise ValueError(f"k must be non-negative, got {k}")
 
 
-def _check_non_negative(**values: float) -> None:
+def _check_non_negative(**values: float | np.ndarray) -> None:
     for name, value in values.items():
-        if not value >= 0:
+        if not (np.asarray(value) >= 0).all():
             raise ValueError(f"{name} must be non-negative, got {value}")

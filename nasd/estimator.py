@@ -400,4 +400,6 @@ class StageEstimator:
 
 
 def _padded(counts: np.ndarray, size: int) -> np.ndarray:
-    return np.pad(counts, (0, size - len(counts)))
+    """``counts`` with zeros appended up to ``size`` (not ``np.pad``: ten times slower on a
+    few counts, and the controller pads at every cycle)."""
+    return counts if len(counts) >= size else np.concatenate((counts, np.zeros(size - len(counts))))
