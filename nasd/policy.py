@@ -151,12 +151,12 @@ class NasdController(AdaptiveK):
     after each of the draft's, one cycle speculates to measure acceptance and the link; and
     no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
     is a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such
-    an error had served the draft's tokens 9 ms below the reversal RTT).  A stretch needs
-    speculation to lose even at the acceptance the counts cannot rule out at
-    ``confidence``; a lossy one (the edge's) at ``lossy_confidence``: tested again at every
-    cycle, 95 % let one prompt whose first 12 cycles accepted 5 of the 14 drafts they tested
-    (a = 0.7) send
-    the draft's tokens at 25 ms, 8 ms below the reversal.
+    an error had served the draft's tokens 9 ms below the reversal RTT).  A lossy stretch
+    (the edge's) waits for ``lossy_evidence_cycles`` speculation cycles when acceptance is
+    learned (the test is made again at every cycle: after 12 cycles, one prompt whose drafts
+    were accepted 5 times in 14 tests at a = 0.7 sent the draft's tokens at 25 ms, 8 ms below
+    the reversal); until then the cloud serves the stretches, lossless, with one cycle
+    speculating after each of them so that the evidence comes.
 
     ``rtt_estimate``: the RTT decided on is the EWMA (``ewma``) or a percentile of the
     recent samples (``p90``: robust to a few late cycles, slower to follow a change).
@@ -186,7 +186,7 @@ class NasdController(AdaptiveK):
                  evidence_cycles: int = 10, rtt_estimate: str = EWMA, objective: str = MEAN,
                  objective_tokens: int = 64, table: RttTable | None = None,
                  draft_ahead: int = 0, calibration_cycles: float = 20.0,
-                 confidence: float = 0.95, lossy_confidence: float = 0.99) -> None:
+                 lossy_evidence_cycles: int = 30) -> None:
         super().__init__(k_min, k_max)
         if draft_ahead and table is not None:
             raise ValueError("an RTT -> K table plans without draft-ahead")
@@ -205,10 +205,7 @@ class NasdController(AdaptiveK):
         if edge_only_cutoff and not hand_off:
             raise ValueError("the edge-only cutoff serves stretches: it needs hand_off")
         self.hand_off, self.edge_only_cutoff = hand_off, edge_only_cutoff
-        if not 0.5 <= confidence <= lossy_confidence < 1.0:
-            raise ValueError("need 0.5 <= confidence <= lossy_confidence < 1, got "
-                             f"{confidence} and {lossy_confidence}")
-        self.confidence, self.lossy_confidence = confidence, lossy_confidence
+        self.lossy_evidence_cycles = max(lossy_evidence_cycles, evidence_cycles)
         self.rtt_share, self.stretch_max_s = rtt_share, stretch_max_s
         # stretches served since the last speculation cycle: after ``probe_every`` of them
         # (or one of the edge's) one cycle speculates, to keep measuring acceptance and link
@@ -260,20 +257,20 @@ class NasdController(AdaptiveK):
         if self.hand_off and self.speculated >= self.evidence_cycles \
                 and self.stretches_in_a_row < self.probe_every:
             cloud = plan.cloud_stretch(rtt_s, self.rtt_share, self.stretch_max_s)
-            margin = 1.0 + self.switch_margin
-            if cloud.tokens_per_s > margin * self._best_case(plan, rtt_s, self.confidence):
-                # lossy tokens need stronger evidence that the link is past the reversal
-                lossy = self.edge_only_cutoff and cloud.tokens_per_s > margin * self._best_case(
-                    plan, rtt_s, self.lossy_confidence)
+            if cloud.tokens_per_s > (1.0 + self.switch_margin) * self._best_case(plan, rtt_s):
+                # lossy tokens need more evidence of the acceptance it learns: until there is,
+                # the cloud serves, and a cycle speculates after each of its stretches
+                gathering = self.edge_only_cutoff and self.learn \
+                    and self.speculated < self.lossy_evidence_cycles
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
-                    if lossy else None
+                    if self.edge_only_cutoff and not gathering else None
                 # the cloud's runs as long as a decision may stand: pings stop it sooner once
                 # the link favours speculation (the RTT share sizes only the decision)
                 longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
                 self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s \
                     else replace(cloud, tokens=longest)
                 # an edge stretch measures nothing of the link: speculate right after it
-                self.stretches_in_a_row = self.probe_every if self.stretch is edge \
+                self.stretches_in_a_row = self.probe_every if self.stretch is edge or gathering \
                     else self.stretches_in_a_row + 1
                 return HAND_OFF
         self.stretches_in_a_row = 0
@@ -288,14 +285,14 @@ class NasdController(AdaptiveK):
         return plan.tail_throughputs(rtt_s, self.estimator.rtt_variance_s2(), depths,
                                      self.objective_tokens, self.tail_quantile)
 
-    def _best_case(self, plan: Calibration, rtt_s: float, confidence: float) -> float:
+    def _best_case(self, plan: Calibration, rtt_s: float) -> float:
         """The fastest speculation the evidence allows: the best K with every position's
-        acceptance at least the pooled rate the cycles so far cannot rule out at
-        ``confidence``, and the link's seconds per byte at the lower end of its interval, so
-        that a few unlucky first cycles, or a slope the jitter faked, do not hand every later
-        cycle to the cloud, where nothing more is learned of either."""
+        acceptance at least the pooled rate the cycles so far cannot rule out (95 %), and the
+        link's seconds per byte at the lower end of its interval, so that a few unlucky first
+        cycles, or a slope the jitter faked, do not hand every later cycle to the cloud,
+        where nothing more is learned of either."""
         if self.learn:
-            upper = self.estimator.acceptance_upper(confidence)
+            upper = self.estimator.acceptance_upper()
             rates = np.maximum(np.atleast_1d(plan.acceptance), upper)
             plan = replace(plan, acceptance=float(rates[0]) if rates.size == 1
                            else rates.tolist(),
