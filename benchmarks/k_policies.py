@@ -27,10 +27,10 @@ the run. Each
 variant's tokens/s and the 50th and 95th percentiles of its queries' decode times (with a
 bootstrap 95 % interval), beside the fixed K that does best on each.
 
-    .venv/bin/python benchmarks/nasd.py stable [--pairs synthetic tiny-arith]
+    .venv/bin/python benchmarks/k_policies.py stable [--pairs synthetic tiny-arith]
         [--rtts 0 10 25 50 100 200 500] [--queries 16] [--repetitions 1] [--tokens 64]
-    .venv/bin/python benchmarks/nasd.py drift [--tokens 700] [--queries 2] [--walk-seeds 1 2 3]
-    .venv/bin/python benchmarks/nasd.py tail [--queries 10] [--repetitions 4]
+    .venv/bin/python benchmarks/k_policies.py drift [--tokens 700] [--queries 2] [--walk-seeds 1 2 3]
+    .venv/bin/python benchmarks/k_policies.py tail [--queries 10] [--repetitions 4]
 """
 
 from __future__ import annotations
