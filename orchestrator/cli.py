@@ -224,8 +224,9 @@ def cli() -> None:
                    "[default: the job's nasd_rtt_table_path, none].")
 @click.option("--nasd-calibration", "nasd_calibration_path",
               type=click.Path(dir_okay=False, path_type=str),
-              help="nasd: a calibration file (YAML from `orchestrator calibrate`) the "
-                   "controller plans with until it has learned its own [default: the job's "
+              help="nasd: a calibration file (YAML from `orchestrator calibrate`) that "
+                   "seeds the controller's online estimates (20 cycles' worth of evidence, "
+                   "fading as its own cycles come) [default: the job's "
                    "nasd_calibration_path, none].")
 @click.option("--decoding", type=click.Choice(get_args(Decoding)), help="[default: the job's]")
 @click.option("--temperature", type=float,

@@ -233,8 +233,8 @@ class JobConfig(GuardrailFields, DeviceEmulationFields, SamplingConfig):
                                             "table (`orchestrator calibrate`); K is looked up "
                                             "for the RTT estimate instead of the online argmax")
     nasd_calibration_path: str | None = Field(default=None, description="nasd: a calibration "
-                                              "file (`orchestrator calibrate`) the controller "
-                                              "starts from, before it has learned its own")
+                                              "file (`orchestrator calibrate`) that seeds "
+                                              "the controller's online estimates")
     draft_ahead: int = Field(default=0, ge=0, le=MAX_DRAFT_AHEAD, description="fixed-k, "
                              "nasd: while a verdict is in flight, draft and send up to this "
                              "many further blocks, each on the premise that the blocks before "
