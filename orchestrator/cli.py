@@ -358,9 +358,15 @@ class FieldType(click.ParamType):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for calibration.yaml and rtt_table.csv [default: "
                    "calibration/<pair>-<codec>, or beside --from-calibration].")
+@device_emulation_options
 def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, repetitions,
-                      grid, bandwidth_mbps, calibration_path, out_dir) -> None:
+                      grid, bandwidth_mbps, calibration_path, out_dir, **emulation) -> None:
     """Measure a model pair with a payload codec on this host, then build the RTT -> K table.
+
+    With device emulation (the job's, or the --edge-device ... flags) every pass is
+    padded to its emulated device's time as in a run, and both files record the
+    emulation: a run takes them only with the same one (and a run without emulation
+    only files measured without).
 
     Both models run in this process (no agents, no network): draft time per token,
     t_verify(K) for K = 0..--k-max, the cloud's plain decoding step, edge and cloud
@@ -374,16 +380,13 @@ def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, r
     """
     from nasd.table import build_table
     from orchestrator.config.nasd_files import (
+        EMULATION_COMMENT,
         load_calibration,
         write_calibration,
         write_table,
     )
     job = load_job(job_name, {"model_pair": model_pair, "codec": codec, "nasd_k_min": k_min,
-                              "nasd_k_max": k_max})
-    if job.emulates_devices:
-        raise ConfigError(f"job {job.name!r}: edge_device: `orchestrator calibrate` measures this "
-                          "host, not emulated devices (a run with them learns their times as it "
-                          "goes)")
+                              "nasd_k_max": k_max, **emulation})
     if calibration_path is not None:
         measured = load_calibration(calibration_path)
         if measured.k_max < job.nasd_k_max:
@@ -404,7 +407,8 @@ def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, r
         f"RTT -> K table of {measured.model_pair}, codec {measured.codec}, "
         f"{measured.decoding} decoding, measured {measured.created} on {measured.host['node']}",
         f"link: {link}; K in [{job.nasd_k_min}, {job.nasd_k_max}]; "
-        "k = 0: cloud-only decoding is predicted faster (spec_k: the best K all the same)"])
+        "k = 0: cloud-only decoding is predicted faster (spec_k: the best K all the same)",
+        *([f"{EMULATION_COMMENT}{measured.emulation}"] if measured.emulation else [])])
     click.echo(f"table: {out_dir / 'rtt_table.csv'} ({len(table.rows)} RTTs, {link})")
     reversal = next((row.rtt_ms for row in table.rows if row.k == 0), None)
     click.echo(f"acceptance {measured.acceptance.rate:.3f}; K {table.rows[0].spec_k} at "
@@ -429,8 +433,10 @@ def measure(job, cycles_per_k: int, repetitions: int):
     console.print(f"measuring {plan.pair_name}, codec {plan.codec}: prefill of "
                   f"{len(prompts)} prompts, cloud-only steps, {cycles_per_k} cycles at each K "
                   f"in 0..{plan.k_max}")
+    if spec.emulation is not None:
+        console.print(spec.emulation.describe(), soft_wrap=True, highlight=False)
     with console.status(f"loading {plan.pair_name}"):
-        calibrator = Calibrator(spec.model_pair, plan)
+        calibrator = Calibrator(spec.model_pair, plan, spec.emulation)
     with work_progress(console) as progress:
         return calibrator.run(progress)
 

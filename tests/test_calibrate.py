@@ -272,3 +272,36 @@ def test_a_sim_run_takes_k_from_the_table(tmp_path):
     assert later["policy_k"].tolist() == expected
     assert set(expected) & {7, 11}, later["nasd_rtt_estimate_ms"].tolist()
     assert str(tmp_path / "table.csv") in (folder / "config.yaml").read_text()
+
+
+def test_calibrate_measures_the_emulated_devices_and_runs_take_only_their_own(tmp_path):
+    """The jetson-h100 job: every pass padded to its roofline bound on the device that runs it,
+    so the calibration holds the Jetson's draft token and the H100's decoding step, not this
+    host's; it records the emulation, and a run takes it only under the same one."""
+    from orchestrator.config.emulation import load_emulation
+    from orchestrator.config.loading import load_job, load_profile
+    from orchestrator.config.run_spec import RunSpec
+    from nasd.latency.emulation import pass_seconds
+    result = cli("calibrate", "--job", "jetson-h100", "--k-max", "2", "--cycles", "2",
+                 "--repetitions", "1", "--rtt-grid", "0:100:50", "--out", "cal", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    emulation = load_emulation(load_job("jetson-h100"))
+    assert emulation.describe() in result.stderr
+    measured = load_calibration(tmp_path / "cal" / "calibration.yaml")
+    assert measured.emulation == emulation.identity
+    # padded, never faster than the bound: a draft token onto the prompt's cache, one step
+    draft_bound = pass_seconds(emulation.edge_device, emulation.draft_shape, "bfloat16", 1, 1)
+    step_bound = pass_seconds(emulation.cloud_device, emulation.target_shape, "bfloat16", 1, 1)
+    assert draft_bound <= measured.draft_token_s.mean < 1.5 * draft_bound + 0.002
+    assert step_bound <= measured.decode_s.mean < 1.5 * step_bound + 0.002
+    table = (tmp_path / "cal" / "rtt_table.csv").read_text()
+    assert f"# emulation: {emulation.identity}" in table
+    profile = load_profile("lan")
+    for name in ("nasd_calibration_path", "nasd_rtt_table_path"):
+        path = str(tmp_path / "cal" / ("calibration.yaml" if "calibration" in name
+                                       else "rtt_table.csv"))
+        spec = RunSpec.build(load_job("jetson-h100", {name: path}), profile, "sim")
+        assert (spec.nasd_calibration or spec.nasd_rtt_table) is not None
+        with pytest.raises(ConfigError, match="emulating edge jetson-orin-nano.*this host's own"):
+            RunSpec.build(load_job("smoke", {name: path, "model_pair": "tiny-arith"}), profile,
+                          "sim")

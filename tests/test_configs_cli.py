@@ -263,7 +263,16 @@ def test_bad_input_is_one_error_line_with_exit_code_2(spawned_bad_input, case, t
 # --------------------------------------------------------------------------- malformed input
 
 # Files the malformed configs point at (DIR: the folder they are written to).
-AUXILIARY = {"inf.txt": "0 10\n1 inf\n", "nan.txt": "nan 10\n", "binary.txt": b"\xff\xfe0 10\n"}
+MEASURED = "{mean: 0.01, low: 0.009, high: 0.011, n: 9}"
+# a calibration measured on this host's own devices (no emulation recorded)
+HOST_CALIBRATION = (
+    f"model_pair: tiny-arith\ncodec: ids\ndecoding: greedy\nhost: {{node: here}}\n"
+    f"created: '2026-12-03'\nk_max: 1\ndraft_token_s: {MEASURED}\ndecode_s: {MEASURED}\n"
+    f"verify: [{{k: 0, seconds: {MEASURED}}}, {{k: 1, seconds: {MEASURED}}}]\nprefill: []\n"
+    "bytes: [{k: 1, cycles: 9, up: 90, down: 60}]\n"
+    "acceptance: {rate: 0.5, low: 0.2, high: 0.8, accepted: 4, rejections: 4, positions: []}\n")
+AUXILIARY = {"inf.txt": "0 10\n1 inf\n", "nan.txt": "nan 10\n", "binary.txt": b"\xff\xfe0 10\n",
+             "calibration.yaml": HOST_CALIBRATION}
 SYNTHETIC_PAIR = (REPO / "configs" / "models" / "synthetic.yaml").read_text()
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{name}: &{name} [{', '.join(['*' + previous] * 9)}]\n"
@@ -417,9 +426,8 @@ MALFORMED = {
     "job-device-calibrated-here": ("edge_device: jetson-orin-nano\ncloud_device: h100-sxm\n"
                                    "edge_model_params: 5.0e+8\ncloud_model_params: 7.0e+9\n"
                                    "nasd_calibration_path: calibration.yaml\n", JOB,
-                                   ["--nasd-calibration", "not on the emulated devices"]),
-    "calibrate-device-emulation": (None, ["calibrate", "--job", "jetson-h100"],
-                                   ["edge_device", "measures this host"]),
+                                   ["--nasd-calibration", "measured for this host's own devices",
+                                    "the run is for emulating edge jetson-orin-nano"]),
 }
 
 

@@ -58,6 +58,12 @@ class DeviceEmulation(BaseModel):
     def device(self, host: Host) -> Device:
         return self.edge_device if host == "edge" else self.cloud_device
 
+    @property
+    def identity(self) -> str:
+        """What a calibration measured under this emulation records, and a run checks."""
+        return (f"edge {self.edge_device.name} drafting {self.draft_shape_name}, cloud "
+                f"{self.cloud_device.name} verifying {self.target_shape_name}, {self.dtype}")
+
     def shape(self, role: Role) -> ModelShape:
         return self.draft_shape if role == "draft" else self.target_shape
 

@@ -16,20 +16,12 @@ from nasd.latency.emulation import weight_bytes
 from nasd.latency.roofline import Device
 from nasd.latency.stages import NAMED_SHAPES, ModelShape, shape_for_parameters
 from orchestrator.config.job import JobConfig
-from orchestrator.config.loading import ConfigError, flag, load_device, named
-
-CALIBRATED_ON_THIS_HOST = ("nasd_calibration_path", "nasd_rtt_table_path")
-
+from orchestrator.config.loading import ConfigError, load_device, named
 
 def load_emulation(job: JobConfig) -> DeviceEmulation | None:
     """The job's device emulation, or None when it emulates no device."""
     if not job.emulates_devices:
         return None
-    for field in CALIBRATED_ON_THIS_HOST:
-        if getattr(job, field):
-            raise ConfigError(f"{named(field)}: `orchestrator calibrate` measured it on this "
-                              "host, not on the emulated devices; drop it or the device "
-                              f"emulation ({flag('edge_device')}, {flag('cloud_device')})")
     edge, cloud = device(job, "edge"), device(job, "cloud")
     (draft, draft_name), (target, target_name) = shape(job, "edge"), shape(job, "cloud")
     fits(job, "edge", edge, [(draft_name, draft)])

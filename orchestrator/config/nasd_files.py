@@ -43,9 +43,11 @@ class _Strict(BaseModel):
 
 
 class Interval(_Strict):
-    """A measured figure: its mean over ``n`` samples and a 95 % interval (NaN: too few)."""
+    """A measured figure: its mean over ``n`` samples and a 95 % interval (NaN: too few, as
+    ``--repetitions 1`` gives each prefill)."""
 
-    mean: NonNegative
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=True)
+    mean: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
     low: float
     high: float
     n: int = Field(ge=1)
@@ -104,6 +106,8 @@ class CalibrationFile(_Strict):
     prefill: list[PrefillAtLength]
     bytes: list[BytesAtK] = Field(min_length=1)
     acceptance: Acceptance
+    # measured under device emulation: its ``DeviceEmulation.identity``; None: this host's own
+    emulation: str | None = None
 
     def calibration(self, seconds_per_byte: float = 0.0) -> Calibration:
         """The controller's stage model: the verify time and the bytes as least-squares
@@ -154,9 +158,28 @@ def write_table(path: Path, table: RttTable, comments: list[str]) -> None:
                              for value in dataclasses.astuple(row)])
 
 
-def load_rtt_table(path: Path, k_min: int, k_max: int) -> RttTable:
-    """The table at ``path``, every K of it within [k_min, k_max] (else a ``ConfigError``)."""
+EMULATION_COMMENT = "emulation: "   # a table's comment line naming the emulation it is for
+
+
+def check_emulation(path: Path, recorded: str | None, emulation: str | None) -> None:
+    """A ``ConfigError`` unless the file at ``path`` was measured under the device
+    ``emulation`` a run uses (an identity, None: this host's own devices)."""
+    if recorded != emulation:
+        def what(identity: str | None) -> str:
+            return "this host's own devices" if identity is None else f"emulating {identity}"
+        raise ConfigError(f"{path}: measured for {what(recorded)}, but the run is for "
+                          f"{what(emulation)}: calibrate with the run's job (`orchestrator "
+                          "calibrate --job ...`)")
+
+
+def load_rtt_table(path: Path, k_min: int, k_max: int,
+                   emulation: str | None = None) -> RttTable:
+    """The table at ``path``, every K of it within [k_min, k_max], built for the device
+    ``emulation`` given (its ``# emulation:`` line; else a ``ConfigError``)."""
     lines = read_text(path, MAX_DATA_BYTES).splitlines()
+    recorded = next((line.split(EMULATION_COMMENT, 1)[1].strip() for line in lines
+                     if line.startswith(f"# {EMULATION_COMMENT}")), None)
+    check_emulation(path, recorded, emulation)
     reader = csv.DictReader(line for line in lines if line and not line.startswith("#"))
     if tuple(reader.fieldnames or ()) != COLUMNS:
         raise ConfigError(f"{path}: not an RTT -> K table: expected the columns "

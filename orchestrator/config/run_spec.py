@@ -28,7 +28,7 @@ from orchestrator.config.loading import (
     load_profile,
     parse,
 )
-from orchestrator.config.nasd_files import load_calibration, load_rtt_table
+from orchestrator.config.nasd_files import check_emulation, load_calibration, load_rtt_table
 from shaping.profile import NetworkProfile
 
 RESOLVED_FILE = "config.yaml"   # what ``resolved()`` is saved as in a run folder
@@ -71,7 +71,7 @@ class RunSpec:
                               f"strategy runs x {used} prompts make more than "
                               f"{MAX_QUERIES_PER_RUN:,} queries")
         return cls(job=job, profile=profile, model_pair=model_pair, prompts=prompts, mode=mode,
-                   emulation=emulation, **nasd_files(job))
+                   emulation=emulation, **nasd_files(job, emulation))
 
     @classmethod
     def from_folder(cls, folder: Path) -> "RunSpec":
@@ -128,12 +128,21 @@ class RunSpec:
                    else {})}
 
 
-def nasd_files(job: JobConfig) -> dict:
+def nasd_files(job: JobConfig, emulation: DeviceEmulation | None = None) -> dict:
     """The job's NASD files, loaded and checked (the table's K within the job's nasd_k
-    range): the ``RunSpec`` fields ``nasd_rtt_table`` and ``nasd_calibration``."""
+    range; both measured under the run's device ``emulation``, or both on this host's own
+    devices without one): the ``RunSpec`` fields ``nasd_rtt_table`` and
+    ``nasd_calibration``."""
+    identity = None if emulation is None else emulation.identity
+
+    def calibration(path: Path):
+        measured = load_calibration(path)
+        check_emulation(path, measured.emulation, identity)
+        return measured.calibration()
     loaders = {
-        "nasd_rtt_table": lambda path: load_rtt_table(path, job.nasd_k_min, job.nasd_k_max),
-        "nasd_calibration": lambda path: load_calibration(path).calibration(),
+        "nasd_rtt_table": lambda path: load_rtt_table(path, job.nasd_k_min, job.nasd_k_max,
+                                                      identity),
+        "nasd_calibration": calibration,
     }
     loaded = {}
     for name, load in loaders.items():

@@ -1,5 +1,5 @@
 """Measuring a calibration (``orchestrator calibrate``): a model pair, a payload codec,
-this host.
+this host, or the devices a job emulates (each pass padded as a run pads it).
 
 Both models run in this process, on the agents' own code: the backends
 (``agents.backends.build_models``: the edge's draft and the cloud's target, each as its
@@ -39,6 +39,7 @@ import numpy as np
 from rich.progress import Progress
 
 from agents.backends import ModelPairConfig, build_models
+from agents.backends.emulated import DeviceEmulation
 from agents.backends.base import LanguageModel, TokenSequence
 from agents.cloud import verdict_message
 from agents.codecs import DraftCodec, get_codec
@@ -102,11 +103,15 @@ def interval(values, per=None) -> Interval:
 class Calibrator:
     """The pair's edge draft and cloud target, loaded once; ``run`` measures the plan."""
 
-    def __init__(self, pair: ModelPairConfig, plan: CalibrationPlan) -> None:
-        self.plan = plan
-        edge = build_models(pair, "edge")
+    def __init__(self, pair: ModelPairConfig, plan: CalibrationPlan,
+                 emulation: DeviceEmulation | None = None) -> None:
+        """With ``emulation`` each pass is padded to its emulated device's time, as in a run
+        (the draft as the edge's device runs it, the target as the cloud's), and the
+        calibration records which emulation it measured."""
+        self.plan, self.emulation = plan, emulation
+        edge = build_models(pair, "edge", emulation)
         self.draft: LanguageModel = edge.draft
-        self.target: LanguageModel = build_models(pair, "cloud").target
+        self.target: LanguageModel = build_models(pair, "cloud", emulation).target
         self.codec = get_codec(plan.codec)
         self.prompts = [edge.tokenizer.encode(text) for text in plan.prompts]
         if not self.prompts or not all(self.prompts):
@@ -131,7 +136,8 @@ class Calibrator:
             bytes=[BytesAtK(k=k, cycles=len(own), up=float(np.mean([c.bytes_up for c in own])),
                             down=float(np.mean([c.bytes_down for c in own])))
                    for k, own in by_k(cycles).items()],
-            acceptance=acceptance(cycles))
+            acceptance=acceptance(cycles),
+            emulation=None if self.emulation is None else self.emulation.identity)
 
     def prefill(self, progress: Progress) -> list[PrefillAtLength]:
         plan = self.plan
