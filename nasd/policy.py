@@ -249,15 +249,21 @@ class NasdController(AdaptiveK):
             self.k = self.table.row_at(self.rtt_estimate_ms).spec_k
         if rtt_s is None or plan is None:
             return self.k
+        # the estimate's best mean tokens/s, where the scores hold it: the best case is never
+        # below it, so a cloud stretch that does not beat it needs no best case computed
+        plain_best = None
         if self.table is None:
             scores = self._scores(plan, rtt_s)
             if scores[self.k - self.k_min] < (1.0 - self.switch_margin) * scores.max():
                 self.k = self.k_min + int(np.argmax(scores))
+            plain_best = scores.max() if self.tail_quantile is None else None
         self.stretch = None
         if self.hand_off and self.speculated >= self.evidence_cycles \
                 and self.stretches_in_a_row < self.probe_every:
             cloud = plan.cloud_stretch(rtt_s, self.rtt_share, self.stretch_max_s)
-            if cloud.tokens_per_s > (1.0 + self.switch_margin) * self._best_case(plan, rtt_s):
+            beats = cloud.tokens_per_s / (1.0 + self.switch_margin)
+            if (plain_best is None or beats > plain_best) \
+                    and beats > self._best_case(plan, rtt_s):
                 # lossy tokens need more evidence of the acceptance it learns: until there is,
                 # the cloud serves, and a cycle speculates after each of its stretches
                 gathering = self.edge_only_cutoff and self.learn \
