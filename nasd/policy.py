@@ -151,12 +151,11 @@ class NasdController(AdaptiveK):
     after each of the draft's, one cycle speculates to measure acceptance and the link; and
     no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
     is a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such
-    an error had served the draft's tokens 9 ms below the reversal RTT).  A lossy stretch
-    (the edge's) waits for ``lossy_evidence_cycles`` speculation cycles when acceptance is
-    learned (the test is made again at every cycle: after 12 cycles, one prompt whose drafts
-    were accepted 5 times in 14 tests at a = 0.7 sent the draft's tokens at 25 ms, 8 ms below
-    the reversal); until then the cloud serves the stretches, lossless, with one cycle
-    speculating after each of them so that the evidence comes.
+    an error had served the draft's tokens 9 ms below the reversal RTT).  With the
+    edge-only cutoff (and acceptance learned) the first stretch waits for
+    ``lossy_evidence_cycles`` speculation cycles instead: the test is made again at every
+    cycle, and after 12 cycles one prompt whose drafts were accepted 5 times in 14 tests
+    (a = 0.7) sent the draft's lossy tokens at 25 ms, 8 ms below the reversal.
 
     ``rtt_estimate``: the RTT decided on is the EWMA (``ewma``) or a percentile of the
     recent samples (``p90``: robust to a few late cycles, slower to follow a change).
@@ -205,7 +204,9 @@ class NasdController(AdaptiveK):
         if edge_only_cutoff and not hand_off:
             raise ValueError("the edge-only cutoff serves stretches: it needs hand_off")
         self.hand_off, self.edge_only_cutoff = hand_off, edge_only_cutoff
-        self.lossy_evidence_cycles = max(lossy_evidence_cycles, evidence_cycles)
+        # lossy stretches rest on more evidence of the acceptance it learns
+        if edge_only_cutoff and learn:
+            evidence_cycles = max(evidence_cycles, lossy_evidence_cycles)
         self.rtt_share, self.stretch_max_s = rtt_share, stretch_max_s
         # stretches served since the last speculation cycle: after ``probe_every`` of them
         # (or one of the edge's) one cycle speculates, to keep measuring acceptance and link
@@ -264,19 +265,15 @@ class NasdController(AdaptiveK):
             beats = cloud.tokens_per_s / (1.0 + self.switch_margin)
             if (plain_best is None or beats > plain_best) \
                     and beats > self._best_case(plan, rtt_s):
-                # lossy tokens need more evidence of the acceptance it learns: until there is,
-                # the cloud serves, and a cycle speculates after each of its stretches
-                gathering = self.edge_only_cutoff and self.learn \
-                    and self.speculated < self.lossy_evidence_cycles
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
-                    if self.edge_only_cutoff and not gathering else None
+                    if self.edge_only_cutoff else None
                 # the cloud's runs as long as a decision may stand: pings stop it sooner once
                 # the link favours speculation (the RTT share sizes only the decision)
                 longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
                 self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s \
                     else replace(cloud, tokens=longest)
                 # an edge stretch measures nothing of the link: speculate right after it
-                self.stretches_in_a_row = self.probe_every if self.stretch is edge or gathering \
+                self.stretches_in_a_row = self.probe_every if self.stretch is edge \
                     else self.stretches_in_a_row + 1
                 return HAND_OFF
         self.stretches_in_a_row = 0
