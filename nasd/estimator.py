@@ -279,14 +279,13 @@ class StageEstimator:
         no longer replan on a handful of coin flips and the prior's 0.5."""
         if cycles <= 0 or k < 1:
             raise ValueError(f"a seed needs cycles > 0 and k >= 1, got {cycles} and {k}")
-        rates = np.array(position_rates(calibration.acceptance, k))
+        rates, times = position_rates(calibration.acceptance, k), calibration.times
         reached = cycles * np.concatenate(([1.0], np.cumprod(rates[:-1])))
         size = max(len(self.reached), k)
         self.reached = _padded(self.reached, size) + _padded(reached, size)
         self.kept = _padded(self.kept, size) + _padded(reached * rates, size)
         self.drafted += cycles * k
-        self.draft_s += cycles * k * calibration.times.draft_token_s
-        times = calibration.times
+        self.draft_s += cycles * k * times.draft_token_s
         for i in range(max(round(cycles), 2)):
             depth = (0, k)[i % 2]     # the lines' two ends: a plain step and a full block
             self.verify.add(depth + 1, times.verify_time_s(depth))
@@ -402,4 +401,5 @@ class StageEstimator:
 def _padded(counts: np.ndarray, size: int) -> np.ndarray:
     """``counts`` with zeros appended up to ``size`` (not ``np.pad``: ten times slower on a
     few counts, and the controller pads at every cycle)."""
-    return counts if len(counts) >= size else np.concatenate((counts, np.zeros(size - len(counts))))
+    missing = size - len(counts)
+    return counts if missing <= 0 else np.concatenate((counts, np.zeros(missing)))

@@ -18,6 +18,7 @@ from nasd.latency.stages import NAMED_SHAPES, ModelShape, shape_for_parameters
 from orchestrator.config.job import JobConfig
 from orchestrator.config.loading import ConfigError, load_device, named
 
+
 def load_emulation(job: JobConfig) -> DeviceEmulation | None:
     """The job's device emulation, or None when it emulates no device."""
     if not job.emulates_devices:

@@ -114,19 +114,16 @@ def print_comparison(comparison: pd.DataFrame, overhead_ms: float, mode: str,
         table.add_row(cell, label, *[_verdict_text(by_check[key]) if key in by_check else "-"
                                         for key in headers])
     console.print(table)
+    # one line per check that did not pass: its figures, then why (a miss's known cause, or
+    # the sampling bound an unresolved difference lies within)
+    for verdict, mark, why in (("miss", "miss", "; known cause: "), ("unresolved", "ok~", ", ")):
+        for _, row in comparison[comparison["verdict"] == verdict].iterrows():
+            console.print(f"{mark}: {row['cell']} {row['label']} {row['legs']} {row['metric']}: "
+                          f"{row['reference']:.2f} -> {row['measured']:.2f} "
+                          f"({100 * row['difference']:+.1f}%, tolerance {row['tolerance']})"
+                          + (f"{why}{row['note']}" if row["note"] else ""), highlight=False)
     misses = comparison[comparison["verdict"] == "miss"]
-    for _, row in misses.iterrows():
-        console.print(f"miss: {row['cell']} {row['label']} {row['legs']} {row['metric']}: "
-                      f"{row['reference']:.2f} -> {row['measured']:.2f} "
-                      f"({100 * row['difference']:+.1f}%, tolerance {row['tolerance']})"
-                      + (f"; known cause: {row['note']}" if row["note"] else ""),
-                      highlight=False)
     unresolved = comparison[comparison["verdict"] == "unresolved"]
-    for _, row in unresolved.iterrows():
-        console.print(f"ok~: {row['cell']} {row['label']} {row['legs']} {row['metric']}: "
-                      f"{row['reference']:.2f} -> {row['measured']:.2f} "
-                      f"({100 * row['difference']:+.1f}%, tolerance {row['tolerance']}), "
-                      f"{row['note']}", highlight=False)
     judged = comparison[comparison["verdict"] != "reported"]
     console.print(f"{len(judged) - len(misses) - len(unresolved)} of {len(judged)} checks pass"
                   + (f", {len(unresolved)} more differ by less than their legs' sampling error"
