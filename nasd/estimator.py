@@ -24,8 +24,10 @@ bytes would read a drifting RTT as link speed; a robust one (``RobustSlope``,
 Theil-Sen), because at a step of the RTT one difference holds the step; and
 trusted only when the bytes varied enough for it to stand out of the jitter.  A stretch handed
 to the cloud (K = 0) teaches the RTT and the cloud's decoding step (until one
-has, that step is read off the verify line at the fewest positions verified);
-one the edge decoded alone teaches nothing.
+has, that step is read off the verify line at the fewest positions verified, an
+upper bound: a verification does work a plain step does not, which is why the NASD
+controller hands the cloud a short stretch first); one the edge decoded alone
+teaches nothing.
 
 Pure: no I/O, no clocks.
 """
@@ -303,7 +305,8 @@ class StageEstimator:
         if cycle.served_by == "edge":      # no network, nothing verified: nothing to learn
             return
         if cycle.served_by == "cloud":     # one round trip, then the cloud's decoding steps
-            self.decode_s = cycle.t_verify / max(cycle.tokens, 1)
+            if cycle.tokens:
+                self.decode_s = cycle.t_verify / cycle.tokens
             self._observe_rtt(cycle.rtt_ms / 1000.0, cycle.t_cycle)
             return
         m = self.memory

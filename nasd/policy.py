@@ -24,7 +24,12 @@ its warm-up first), so what it learned carries from one query to the next.
   cloud, it answers K = 0 (``HAND_OFF``) with the ``stretch`` to serve: the
   cloud decodes it (lossless), or, with the edge-only cutoff, the draft
   decodes it alone when that is faster (lossy, flagged), a speculation cycle
-  after each such stretch measuring the link again.
+  after each such stretch measuring the link again.  To weigh a stretch it
+  must know the cloud's plain decoding step, which a verification's compute
+  does not tell (that holds the payload's decoding and the rejection
+  sampling): a controller that learns and has no calibration hands the cloud
+  one short stretch first (``PROBE_TOKENS``, riding on the open of its first
+  query, the warm-up where the run has one).
 - ``Bandit`` (``bandit``): discounted UCB over K on measured seconds per
   committed token.
 
@@ -47,6 +52,8 @@ POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)
 DEFAULT_K_MIN, DEFAULT_K_MAX = 1, 15
 HF_START_K = 20   # HF's default num_assistant_tokens, where its schedule starts
 HAND_OFF = 0      # next_k() == HAND_OFF: draft nothing, serve the policy's ``stretch``
+PROBE_TOKENS = 8  # nasd: the stretch that measures the cloud's plain decoding step
+PROBES = 3        # nasd: at most this many such stretches (one that measured no token retried)
 EWMA, MEAN = "ewma", "mean"   # the default RTT estimate and objective; "pNN" names a percentile
 
 
@@ -146,8 +153,13 @@ class NasdController(AdaptiveK):
     acceptance's upper bound, which happens only past the reversal RTT.  It is served for
     ``stretch_max_s`` of decoding: while the cloud streams it the edge measures the link,
     and the stretch ends early once speculation at that RTT beats the cloud's decoding by
-    ``switch_margin`` (``continue_stretch``); with ``edge_only_cutoff`` the draft decodes that stretch
-    alone instead, where it is faster still.  Every ``probe_every`` cloud stretches, and
+    ``switch_margin`` (``continue_stretch``); with ``edge_only_cutoff`` the draft decodes that
+    stretch alone instead, where it is faster still.  Until a stretch or the calibration told
+    it the cloud's plain decoding step, its first decision is a stretch of ``PROBE_TOKENS``
+    handed to the cloud to measure it (a verify's time is no stand-in: on the shipped pair on
+    a CPU, a verify at 2 positions took 4.9 ms where a plain step took 2.0 ms, so no stretch
+    was ever handed off at 0 ms while cloud-only decoded 1.7 times faster).  Every
+    ``probe_every`` cloud stretches, and
     after each of the draft's, one cycle speculates to measure acceptance and the link; and
     no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
     is a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such
@@ -224,6 +236,7 @@ class NasdController(AdaptiveK):
         self.rtt_band, self.rtt_floor_s = rtt_band, rtt_floor_ms / 1000.0
         self.switch_margin = switch_margin
         self.decision_rtt_s: float | None = None
+        self.probes_left = PROBES if hand_off and learn else 0
         self.link_changed = False    # the stretch under way is stopped: the link changed
         self.k = self.clamp(k_start)
 
@@ -244,6 +257,10 @@ class NasdController(AdaptiveK):
         return self.decision_rtt_s
 
     def next_k(self) -> int:
+        if self.probes_left and self.estimator.decode_s is None:
+            self.probes_left -= 1
+            self.stretch = Stretch("cloud", PROBE_TOKENS, math.nan)
+            return HAND_OFF
         rtt_s, plan = self._decision_rtt_s(), self.plan()
         self.rtt_estimate_ms = None if rtt_s is None else 1000.0 * rtt_s
         if rtt_s is not None and self.table is not None:

@@ -16,7 +16,7 @@ import pytest
 
 from nasd.analytic import ComputeTimes, cloud_only_throughput, optimal_k
 from nasd.estimator import Calibration, Line
-from nasd.policy import NasdController, make_policy
+from nasd.policy import HAND_OFF, PROBE_TOKENS, NasdController, make_policy
 from nasd.table import CLOUD_ONLY_K, RttTable, TableRow, build_table
 from orchestrator.config.loading import ConfigError
 from orchestrator.config.nasd_files import load_calibration, load_rtt_table, write_table
@@ -99,7 +99,10 @@ def test_a_table_checks_its_rows():
 def test_the_controller_takes_k_from_the_table_for_its_rtt_estimate():
     table = build_table(FULL16, GRID, 1, 15)
     controller = make_policy("nasd", k_min=1, k_max=15, table=table)
-    assert isinstance(controller, NasdController) and controller.next_k() == 5   # k_start
+    assert isinstance(controller, NasdController)
+    # first the stretch that measures the cloud's plain step; without hand-offs, k_start
+    assert controller.next_k() == HAND_OFF and controller.stretch.tokens == PROBE_TOKENS
+    assert NasdController(table=table, hand_off=False).next_k() == 5
     for rtt_s in (0.0, 0.05, 0.3, 0.9):
         controller = NasdController(table=table, hand_off=False)   # K alone
         for _ in range(3):
@@ -254,7 +257,8 @@ def test_calibrate_measures_the_shipped_pair(tmp_path):
 
 def test_a_sim_run_takes_k_from_the_table(tmp_path):
     """A table whose K steps at 8, 16 and 30 ms (wifi: 12 +- 3 ms): every nasd cycle after
-    the first drafts the table's K at the RTT estimate it records."""
+    the first (a stretch the cloud decodes) drafts the table's K at the RTT estimate it
+    records."""
     rows = [TableRow(0.0, 2, 9.0, 2, 9.0, 5.0), TableRow(16.0, 7, 9.0, 7, 9.0, 5.0),
             TableRow(32.0, 11, 9.0, 11, 9.0, 5.0), TableRow(60.0, 0, 5.0, 12, 4.0, 5.0)]
     table = RttTable(tuple(rows), 2, 12)
@@ -266,7 +270,9 @@ def test_a_sim_run_takes_k_from_the_table(tmp_path):
     folder = next((tmp_path / "results").iterdir())
     cycles = pd.DataFrame(read_jsonl(folder / "cycles.jsonl"))
     assert (cycles["strategy"] == "nasd").all() and len(cycles) > 4
-    assert cycles.loc[0, "policy_k"] == 5                      # no RTT estimate yet: k_start
+    # the first decision: a stretch the cloud decodes (it measures the cloud's plain step
+    # and the RTT), riding on the open
+    assert cycles.loc[0, "served_by"] == "cloud" and cycles.loc[0, "policy_k"] == 0
     later = cycles.drop(index=0)
     expected = [table.row_at(rtt).spec_k for rtt in later["nasd_rtt_estimate_ms"]]
     assert later["policy_k"].tolist() == expected

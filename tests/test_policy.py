@@ -16,8 +16,8 @@ from agents.edge import link_rtt_bounds
 from nasd.analytic import ComputeTimes, crossover_rtt_s, decode_time_quantiles_s, position_rates
 from nasd.estimator import (Calibration, DecayedLine, Line, RobustSlope, StageEstimator,
                             Stretch)
-from nasd.policy import (HAND_OFF, POLICY_NAMES, Bandit, FixedK, HFHeuristic, KPolicy,
-                         NasdController, make_policy, percentile_of)
+from nasd.policy import (HAND_OFF, POLICY_NAMES, PROBE_TOKENS, Bandit, FixedK, HFHeuristic,
+                         KPolicy, NasdController, make_policy, percentile_of)
 from nasd.table import build_table
 from orchestrator.config.job import JobConfig, StrategyRun, plan
 
@@ -86,6 +86,14 @@ def drive(policy: KPolicy, truth: Calibration, rtts_s, seed: int = 1,
     return ks
 
 
+def probed(controller: NasdController, truth: Calibration, rtt_s: float) -> NasdController:
+    """``controller`` after its first decision, the stretch that measures the cloud's plain
+    decoding step, served on ``truth`` at ``rtt_s``."""
+    assert controller.next_k() == HAND_OFF and controller.stretch.served_by == "cloud"
+    controller.observe(simulated_stretch(controller.stretch, truth, rtt_s))
+    return controller
+
+
 def full(k: int, accepted: int) -> Cycle:
     return Cycle(k, accepted, accepted + 1, 0.004 * k, 0.03, 0.05, 0.1, 60, 40)
 
@@ -104,7 +112,8 @@ def test_fixed_k_is_constant_and_the_names_make_their_policies():
     for name, kind in kinds.items():
         made = make_policy(name, k_min=2, k_max=9)
         assert isinstance(made, kind) and (made.k_min, made.k_max) == (2, 9)
-        assert 2 <= made.next_k() <= 9
+        first = made.next_k()   # nasd first measures the cloud's decoding step
+        assert first == HAND_OFF if name == "nasd" else 2 <= first <= 9
     assert set(POLICY_NAMES) == {"fixed-k", *kinds}
     with pytest.raises(ValueError, match="needs a K"):
         make_policy("fixed-k")
@@ -292,6 +301,28 @@ def test_a_cloud_stretch_amortizes_its_round_trip_and_the_controller_comes_back(
     assert bounded.tokens_per_s < unbounded.tokens_per_s
 
 
+# the shipped pair on a CPU (a sim run at 0 ms): a verify costs twice a plain decoding step
+SHIPPED = Calibration(0.75, ComputeTimes(draft_token_s=0.00103, verify_base_s=0.0043,
+                                         verify_per_token_s=0.00026, decode_s=0.00203),
+                      bytes_up=Line(97), bytes_down=Line(136))
+
+
+def test_the_first_decision_measures_the_clouds_plain_step_so_a_cheap_cloud_is_found():
+    """A verify holds work a plain step does not (the payload's decoding, the rejection
+    sampling): read off the verify line, the cloud's step looked 4.8 ms where it is 2.0 ms,
+    and at 1 ms every cycle speculated at about half cloud-only's rate.  The first decision
+    is a short stretch handed to the cloud; from it the controller hands the link over once
+    the evidence gate opens.  A calibration says the step, so a seeded controller skips it."""
+    controller = NasdController(1, 15)
+    ks = drive(controller, SHIPPED, [0.001] * 100)
+    assert ks[0] == HAND_OFF and controller.estimator.decode_s == pytest.approx(0.00203)
+    assert HAND_OFF not in ks[1:11] and ks[11:].count(HAND_OFF) / len(ks[11:]) > 0.85
+    unprobed = NasdController(1, 15)
+    unprobed.probes_left = 0
+    assert HAND_OFF not in drive(unprobed, SHIPPED, [0.001] * 100)
+    assert NasdController(1, 15, calibration=SHIPPED).next_k() != HAND_OFF
+
+
 def test_a_stretch_stops_once_its_pings_find_the_link_fast_and_the_rtt_starts_there():
     """Past the reversal the controller hands a stretch to the cloud; while it streams, pings
     at the same RTT keep it going, pings below the reversal stop it, and the RTT the next
@@ -325,7 +356,7 @@ def test_the_link_rtt_of_a_stretch_is_what_its_pings_brackets_agree_on():
 def test_a_few_unlucky_cycles_do_not_hand_the_link_to_the_cloud():
     """Acceptance 0.7 at 12 ms speculates faster than the cloud decodes; after a cycle that
     accepted nothing the estimate alone (0.33) says otherwise, its upper bound does not."""
-    controller = NasdController(1, 15)
+    controller = probed(NasdController(1, 15), IDS, 0.012)
     for _ in range(1):
         controller.next_k()
         controller.observe(replace(full(5, 0), t_draft=0.02, t_verify=0.0325, t_network=0.012,
@@ -341,7 +372,9 @@ def test_an_unlucky_prompt_below_the_reversal_is_not_served_by_the_draft():
     again at every cycle, lets that hand a stretch over; with the edge-only cutoff the first
     stretch waits for 30 speculation cycles of evidence, so these 12 keep speculating."""
     def replay(**options) -> list[str]:
-        controller, served = NasdController(1, 15, edge_only_cutoff=True, **options), []
+        controller = probed(NasdController(1, 15, edge_only_cutoff=True, **options), IDS,
+                            0.025)
+        served = []
         for accepted in [1, 1, 0, 1, 0, 1, 0, 0, 1, 0, 0, 0]:
             k = controller.next_k()
             if k == HAND_OFF:
@@ -503,7 +536,8 @@ def test_jitter_does_not_fake_a_slow_link_that_hands_the_query_to_the_cloud(rtt_
     the hand-off weighed the link at its interval's lower end from 8 points."""
     assert reversal_rtt_s(IDS) > 0.030
     for seed in range(12):
-        ks = drive(NasdController(1, 15), IDS, [rtt_s] * 400, seed=seed, jitter_s=0.003)
+        ks = drive(probed(NasdController(1, 15), IDS, rtt_s), IDS, [rtt_s] * 400, seed=seed,
+                   jitter_s=0.003)
         assert HAND_OFF not in ks, (seed, ks.index(HAND_OFF))
 
 
