@@ -34,7 +34,7 @@ from agents.sampling import Decoding, Seed
 from agents.security import DataPlaneSecurity
 from nasd.latency.stages import Dtype
 from orchestrator import interrupts
-from orchestrator.config.job import ALL_STRATEGIES
+from orchestrator.config.job import ALL_STRATEGIES, QUERY_ORDERS
 from orchestrator.config.loading import (
     ConfigError,
     available,
@@ -241,6 +241,10 @@ def cli() -> None:
 @click.option("--queries", "max_queries", type=int, help="Use the first N prompts.")
 @click.option("--repetitions", type=int, help="[default: the job's]")
 @click.option("--seed", type=int, help="[default: the job's]")
+@click.option("--query-order", type=click.Choice(QUERY_ORDERS),
+              help="interleaved: each prompt goes to every strategy before the next prompt, so "
+                   "a host whose speed drifts slows every strategy alike; by-strategy: one "
+                   "strategy's queries after another's [default: the job's, interleaved].")
 @click.option("--rtt-ms", type=float, help="Override the profile's RTT.")
 @device_emulation_options
 @data_plane_security_option
@@ -254,8 +258,8 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
                 nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_estimate,
                 nasd_objective, draft_ahead, nasd_rtt_table_path, nasd_calibration_path,
                 decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
-                max_queries, repetitions, seed, rtt_ms, data_plane_security, results_root,
-                write_html, **emulation) -> None:
+                max_queries, repetitions, seed, query_order, rtt_ms, data_plane_security,
+                results_root, write_html, **emulation) -> None:
     """Run a job's strategies on one network profile and summarize them.
 
     Writes config.yaml, queries.jsonl, cycles.jsonl (as they happen),
@@ -275,8 +279,8 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,
         "max_queries": max_queries,
-        "repetitions": repetitions, "seed": seed, "data_plane_security": data_plane_security,
-        **emulation},
+        "repetitions": repetitions, "seed": seed, "query_order": query_order,
+        "data_plane_security": data_plane_security, **emulation},
         profile_overrides={"rtt_ms": rtt_ms})
     # all input is checked before a router VM boots
     path, _ = run(replace(spec, mode=enter_mode(ctx, mode, [spec.profile], console)),

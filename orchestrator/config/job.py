@@ -18,7 +18,7 @@ are timed for (resolved into devices and shapes by ``orchestrator.config.emulati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -38,6 +38,10 @@ DEFAULT_STRATEGIES: tuple[StrategyName, ...] = ("cloud-only", "cloud-spec", "edg
 MAX_RECEIVE_TIMEOUT_S = 3600.0
 MAX_SWEEP_CELLS = 10_000             # a sweep's network section: grid points and profiles x codecs
 STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# the order a run sends its queries in: each prompt to every strategy run before the next
+# prompt, or each strategy run's queries together
+QueryOrder = Literal["interleaved", "by-strategy"]
+QUERY_ORDERS: tuple[str, ...] = get_args(QueryOrder)
 
 Item = TypeVar("Item")
 
@@ -244,6 +248,11 @@ class JobConfig(GuardrailFields, DeviceEmulationFields, SamplingConfig):
     repetitions: int = Field(default=1, gt=0, description="how often each query runs (the "
                              "run's queries in all are bounded: ``RunSpec.build``)")
     seed: Seed = 0
+    query_order: QueryOrder = Field(default="interleaved", description="interleaved: each "
+                                    "prompt (and repetition) goes to every strategy run before "
+                                    "the next, so a host whose speed drifts slows every "
+                                    "strategy alike; by-strategy: one strategy run's queries "
+                                    "after another's")
     receive_timeout_s: float = Field(default=30.0, gt=0, le=MAX_RECEIVE_TIMEOUT_S)
     warmup_tokens: int = Field(default=4, ge=0, le=MAX_NEW_TOKENS, description="per strategy, "
                                "one unrecorded query of this many tokens first (0: none): the "

@@ -93,6 +93,12 @@ class RunSpec:
                 "confidence_floor": self.job.nasd_confidence_floor,
                 "rtt_estimate": self.job.nasd_rtt_estimate, "objective": self.job.nasd_objective,
                 "objective_tokens": self.job.max_new_tokens}
+        runs, queries = plan(self.job), [(repetition, prompt)
+                                         for repetition in range(self.job.repetitions)
+                                         for prompt in prompts]
+        order = [(run, query) for query in queries for run in runs] \
+            if self.job.query_order == "interleaved" \
+            else [(run, query) for run in runs for query in queries]
         return [QueryRequest(strategy=run.strategy, label=run.label, k=run.k,
                              draft_ahead=run.draft_ahead,
                              k_min=self.job.nasd_k_min, k_max=self.job.nasd_k_max,
@@ -101,9 +107,7 @@ class RunSpec:
                              answer=prompt.answer, max_new_tokens=self.job.max_new_tokens,
                              sampling=self.job.sampling, codec=self.job.resolved_codec,
                              seed=self.job.seed)
-                for run in plan(self.job)
-                for repetition in range(self.job.repetitions)
-                for prompt in prompts]
+                for run, (repetition, prompt) in order]
 
     def warmups(self) -> list[QueryRequest]:
         """One short unrecorded query per strategy run, on the first prompt."""
