@@ -193,6 +193,14 @@ class Channel:
         return self.refused is not None or (bool(self.held)
                                             and self.held[0][0] <= now() + timeout_s)
 
+    def held_until(self) -> float | None:
+        """Sim: when the last message held on its link model is due (``perf_counter``; None:
+        none is held, and outside sim mode)."""
+        if self.sim_link is None:
+            return None
+        self._hold_arrived()
+        return max(held[0] for held in self.held) if self.held else None
+
     def due_in_s(self) -> float | None:
         """Sim: seconds until the next held message is due (0 or less: due now); None when
         none is held (and outside sim mode)."""

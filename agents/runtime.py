@@ -124,7 +124,8 @@ class AgentRuntime:
 
     def handlers(self, agent_stats: Callable[[], dict[str, Any]] | None = None,
                  **specific: Handler) -> dict[str, Handler]:
-        """``ping``, ``stop``, ``stats`` (with the agent's own under ``agent``) and
+        """``ping``, ``stop``, ``stats`` (with the agent's own under ``agent``),
+        ``held_until`` (sim: when the last message its link model holds is due) and
         ``restart_timeline`` (sim: the link's timeline counts from the request's
         ``started_at`` on) plus the agent's own commands."""
         def stats(_: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +138,7 @@ class AgentRuntime:
             self.channel.restart_timeline(float(request["started_at"]))
             return {"ok": True}
         return {"ping": lambda _: {"ok": True}, "stop": lambda _: {"ok": True}, "stats": stats,
+                "held_until": lambda _: {"due": self.channel.held_until()},
                 "restart_timeline": restart_timeline, **specific}
 
     def close(self) -> None:

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Protocol
 
-from shaping.clock import now
+from shaping.clock import now, sleep_until
 from shaping.profile import RECEIVER, SENDER, TIMELINE_HORIZON_S, NetworkProfile, Side
 from shaping.qdisc.operations import apply_link, change_link, link_counters, remove_link
 from shaping.simlink import SimLinkSettings
@@ -64,9 +64,8 @@ class Agent(Protocol):
 
     def stats(self) -> dict: ...
 
-    def ping(self) -> None:
-        """Returns once the agent has handled what it was doing (a sim link's agent holds a
-        message until its modeled delivery and answers only then)."""
+    def held_until(self) -> float | None:
+        """Sim: when the last message its link model holds is due (None: none is held)."""
 
     def restart_timeline(self, started_at: float) -> None:
         """Count its sim link's timeline from ``started_at`` on."""
@@ -145,6 +144,7 @@ class Link:
 
 
 LOOPBACK = "127.0.0.1"
+DRAIN_ROUNDS = 3      # sim: a restart asks the agents this often at most for messages held
 
 
 def free_tcp_port() -> int:
@@ -181,11 +181,17 @@ class SimLink(Link):
         return SimLinkSettings(profile=self.profile, seed=self.seed, started_at=self.started_at)
 
     def _restart_timeline(self, agents: Mapping[Side, Agent]) -> float:
-        """Both agents' link models count from the same instant, taken once both are idle
-        (the cloud may still hold the last query's ``close`` for its delivery): nothing is
-        in flight then, and the timeline does not start before the next query."""
-        for agent in agents.values():
-            agent.ping()
+        """Both agents' link models count from the same instant, taken once neither holds a
+        message of the last query (the cloud holds its ``close`` until the old state
+        delivers it, and messages arrive in order: the next ``open`` would wait behind it,
+        a whole one-way delay of the old state): nothing is in flight then, and the
+        timeline does not start before the next query."""
+        for _ in range(DRAIN_ROUNDS):   # nobody sends meanwhile: the second finds none
+            held = [due for due in (agent.held_until() for agent in agents.values())
+                    if due is not None]
+            if not held:
+                break
+            sleep_until(max(held))
         started_at = now()
         for agent in agents.values():
             agent.restart_timeline(started_at)

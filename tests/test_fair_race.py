@@ -28,8 +28,8 @@ LATE_MS = 50.0
 
 @pytest.mark.slow
 def test_every_query_of_every_strategy_meets_the_same_timeline(tmp_path):
-    """cloud-only runs first, fixed-k3 after it: without a restart fixed-k would meet only
-    the 200 ms tail of the timeline.  Each query records when its timeline started; every
+    """Each prompt goes to cloud-only first, to fixed-k3 after it: without a restart fixed-k
+    would meet only the 200 ms tail of the timeline.  Each query records when its timeline started; every
     cycle's RTT is the profile's at the cycle's offset from there, the second query of a
     strategy starts in the first state again, and cloud-only's first token pays the first
     state's round trip."""
@@ -37,8 +37,12 @@ def test_every_query_of_every_strategy_meets_the_same_timeline(tmp_path):
                              "max_new_tokens": 30, "max_queries": 2, "warmup_tokens": 4})
     folder, _ = run(RunSpec.build(job, TWO_STEPS, "sim"), tmp_path, Console(file=io.StringIO()))
     queries = pd.DataFrame(read_jsonl(folder / "queries.jsonl")).set_index(["label", "query_id"])
-    assert list(queries.index) == [("cloud-only", "1"), ("cloud-only", "2"),
-                                   ("fixed-k3", "1"), ("fixed-k3", "2")]
+    assert list(queries.index) == [("cloud-only", "1"), ("fixed-k3", "1"),
+                                   ("cloud-only", "2"), ("fixed-k3", "2")]
+    by_strategy = RunSpec.build(job.model_copy(update={"query_order": "by-strategy"}),
+                                TWO_STEPS, "sim").requests()
+    assert [(r.label, r.query_id) for r in by_strategy] == [
+        ("cloud-only", "1"), ("cloud-only", "2"), ("fixed-k3", "1"), ("fixed-k3", "2")]
     # each timeline started right before its query was submitted
     assert queries["timeline_start_s"].between(-0.2, 0.0).all(), queries["timeline_start_s"]
 

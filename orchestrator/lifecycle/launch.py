@@ -175,8 +175,8 @@ class AgentProcess(ChildProcess):
     def stats(self) -> dict:
         return self.call("stats", 5.0)
 
-    def ping(self) -> None:
-        self.call("ping", 5.0)
+    def held_until(self) -> float | None:
+        return self.call("held_until", 5.0)["due"]
 
     def restart_timeline(self, started_at: float) -> None:
         self.call("restart_timeline", 5.0, started_at=started_at)
