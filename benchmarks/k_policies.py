@@ -1,8 +1,11 @@
 """Benchmark: NASD against fixed K, on stable links and on links that drift.
 
-``stable``: for each model pair and RTT, sim mode, one run per strategy run, several at once
-(each its own agents; the synthetic pair's compute is modeled by sleeping, so runs side by
-side do not slow each other; the shipped pair computes, so its runs go one at a time):
+``stable``: for each model pair and RTT, sim mode.  The synthetic pair's compute is modeled
+by sleeping, so its strategy runs go side by side, one run each, several at once (each its own
+agents).  The shipped pair computes, so fixed K 1..15, nasd and cloud-only race in one run
+whose queries are interleaved (each prompt to every strategy before the next: a host whose
+speed drifts slows each alike), and nasd-cal and nasd-cutoff (options of their own) run
+after it, one at a time:
 
 - the oracle: the fixed K in 1..15 a user would pick without hindsight (the best on one
   half of the prompts, measured on the other half, both ways: ``held_out_oracle``), and the
@@ -82,6 +85,31 @@ def run_side_by_side(root: Path, link: list[str], pair: str, args,
         return {label: future.result() for label, future in futures.items()}
 
 
+def race(root: Path, link: list[str], pair: str, args, ks, strategies,
+         apart: dict[str, list[str]]) -> dict[str, pd.DataFrame]:
+    """Each strategy run's queries, by label: fixed K for each of ``ks``, each of
+    ``strategies`` with the job's options, and ``apart``'s runs (label: their flags).  Side
+    by side, one run each, for a pair whose compute is modeled; for one that computes, the
+    first two as one run with its queries interleaved, then ``apart``'s one after another.
+    Each frame carries the folder of its run (``attrs["folder"]``)."""
+    together = {**fixed_runs(ks), **{name: ["--strategy", name] for name in strategies}}
+    if SIDE_BY_SIDE.get(pair, 2) > 1:
+        folders = run_side_by_side(root, link, pair, args, {**together, **apart})
+    else:
+        flags = [*(f for name in ("fixed-k", *strategies) for f in ("--strategy", name)),
+                 *(f for k in ks for f in ("--k", str(k)))]
+        shared = run_cell(root / "together", link, pair, args, flags)
+        folders = {**dict.fromkeys(together, shared),
+                   **{label: run_cell(root / label, link, pair, args, extra)
+                      for label, extra in apart.items()}}
+    measured = {}
+    for label, folder in folders.items():
+        queries = rates(folder)
+        measured[label] = queries[queries["label"] == label]
+        measured[label].attrs["folder"] = folder
+    return measured
+
+
 def fixed_runs(ks) -> dict[str, list[str]]:
     return {f"fixed-k{k}": ["--strategy", "fixed-k", "--k", str(k)] for k in ks}
 
@@ -159,19 +187,17 @@ def stable(args) -> None:
           "loses to cloud-only)")
     for pair in args.pairs:
         calibration = calibrated(root, pair)
-        runs = {**fixed_runs(FIXED_KS), "nasd": ["--strategy", "nasd"],
-                "nasd-cal": ["--strategy", "nasd", "--nasd-calibration", str(calibration)],
-                "nasd-cutoff": ["--strategy", "nasd", "--nasd-edge-only-cutoff"],
-                "cloud-only": ["--strategy", "cloud-only"]}
+        apart = {"nasd-cal": ["--strategy", "nasd", "--nasd-calibration", str(calibration)],
+                 "nasd-cutoff": ["--strategy", "nasd", "--nasd-edge-only-cutoff"]}
         for rtt_ms in args.rtts:
             started = time.monotonic()
             link = ["--profile", "rtt000-bw100", "--rtt-ms", f"{rtt_ms:g}"]
-            folders = run_side_by_side(root / pair / f"rtt{rtt_ms:g}", link, pair, args, runs)
-            measured = {label: rates(folder) for label, folder in folders.items()}
+            measured = race(root / pair / f"rtt{rtt_ms:g}", link, pair, args, FIXED_KS,
+                            ("nasd", "cloud-only"), apart)
             picked, oracle = held_out_oracle(measured)
             hindsight = best_fixed(measured)
             nasd, seeded, cutoff = measured["nasd"], measured["nasd-cal"], measured["nasd-cutoff"]
-            reversal = max(pd.read_csv(folders[label] / "summary.csv")["crossover_rtt_ms"].iloc[0]
+            reversal = max(crossover_ms(measured[label].attrs["folder"], label)
                            for label in fixed_runs(FIXED_KS))
             print(f"{pair:>10} {rtt_ms:4g} ms: oracle {picked:>19} {rate(oracle):6.1f} (hindsight "
                   f"{hindsight} {rate(measured[hindsight]):.1f})  nasd {rate(nasd):6.1f} "
@@ -183,6 +209,12 @@ def stable(args) -> None:
                   f"{rate(cutoff):6.1f} (model reversal {reversal:.0f} ms)  "
                   f"[{time.monotonic() - started:.0f} s]", flush=True)
     print(f"runs under {root}")
+
+
+def crossover_ms(folder: Path, label: str) -> float:
+    """The model's crossover RTT of strategy run ``label`` in the run in ``folder``."""
+    summary = pd.read_csv(folder / ResultsFolder.SUMMARY)
+    return float(summary.loc[summary["label"] == label, "crossover_rtt_ms"].iloc[0])
 
 
 WALK_CENTRE_MS = 35.0   # about the synthetic pair's reversal RTT (34 ms)

@@ -173,7 +173,10 @@ def acceptance_by_position_from_counts(reached: Sequence[float], kept: Sequence[
 class ComputeTimes:
     """Per-stage compute times in seconds.
 
-    ``draft_token_s`` is one draft forward on the host that drafts.  Verifying
+    ``draft_token_s`` is one draft forward on the host that drafts; a cycle's drafting
+    also pays ``draft_base_s`` once, whatever k (the draft message built and sent, the
+    catch-up forward after a block kept whole):
+    t_draft(k) = draft_base_s + draft_token_s * k.  Verifying
     k drafts is one target forward over k + 1 positions:
     t_verify(k) = verify_base_s + verify_per_token_s * (k + 1).  One plain
     decoding step is ``decode_s`` where it was measured as a stage of its own
@@ -184,15 +187,22 @@ class ComputeTimes:
     verify_base_s: float
     verify_per_token_s: float
     decode_s: float | None = None
+    draft_base_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("draft_token_s", "verify_base_s", "verify_per_token_s", "decode_s"):
+        for name in ("draft_token_s", "verify_base_s", "verify_per_token_s", "decode_s",
+                     "draft_base_s"):
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite non-negative number, got {value}")
         if self.decode_time_s() <= 0:
             raise ValueError("the decode time (decode_s, or verify_base_s + "
                              "verify_per_token_s) must be positive")
+
+    def draft_time_s(self, k: int | np.ndarray) -> float | np.ndarray:
+        """Drafting k tokens in one cycle (k: one depth, or an array of depths)."""
+        _check_depth(k)
+        return self.draft_base_s + self.draft_token_s * k
 
     def verify_time_s(self, k: int | np.ndarray) -> float | np.ndarray:
         _check_depth(k)
@@ -204,9 +214,9 @@ class ComputeTimes:
 
 
 def cycle_time_local_s(k: int | np.ndarray, times: ComputeTimes) -> float | np.ndarray:
-    """T_local(k) = k * t_draft + t_verify(k): draft and target on one node (k: one depth, or
+    """T_local(k) = t_draft(k) + t_verify(k): draft and target on one node (k: one depth, or
     an array of depths, each its own time)."""
-    return k * times.draft_token_s + times.verify_time_s(k)
+    return times.draft_time_s(k) + times.verify_time_s(k)
 
 
 def cycle_time_distributed_s(
@@ -351,7 +361,7 @@ def pipelined_throughput(acceptance: Acceptance, k: int, depth: int, times: Comp
     period = depth + 1
     whole = float(acceptance_survival(acceptance, k)[-1])
     first = 4 * period   # blocks summed term by term; beyond them, period by period
-    held = pipelined_notice_times(k * times.draft_token_s, times.verify_time_s(k),
+    held = pipelined_notice_times(times.draft_time_s(k), times.verify_time_s(k),
                                   rtt_s + transmit_up_s + transmit_down_s, depth,
                                   first + period + 1)
     step = held[first + period] - held[first]     # one period's length, settled

@@ -29,6 +29,12 @@ upper bound: a verification does work a plain step does not, which is why the NA
 controller hands the cloud a short stretch first); one the edge decoded alone
 teaches nothing.
 
+The draft's time is a line in K too (``DRAFT_MIN_T``): a cycle's drafting pays a part
+that does not grow with K (the draft message built and sent, the catch-up after a block
+kept whole), 1.5 ms a cycle beside 1.0 ms a token on the shipped pair on a CPU.  Until
+the cycles' K varied enough to tell the two apart, it is the mean time per drafted
+token.
+
 Pure: no I/O, no clocks.
 """
 
@@ -229,6 +235,9 @@ class RobustSlope:
         return (float(slope), float(low)) if low > 0 else (0.0, 0.0)
 
 
+DRAFT_MIN_T = 3.0   # the draft line's slope is trusted once it stands 3 standard errors out
+
+
 class StageEstimator:
     """A ``Calibration`` and an RTT estimate, refreshed from each observed cycle."""
 
@@ -260,6 +269,7 @@ class StageEstimator:
         # decayed counts by position: cycles that tested position i, and that accepted it
         self.reached, self.kept = np.zeros(0), np.zeros(0)
         self.drafted = self.draft_s = 0.0
+        self.draft = DecayedLine(memory, min_t=DRAFT_MIN_T)   # t_draft against k
         self.verify = DecayedLine(memory)            # t_verify against positions (k + 1)
         self.bytes_up, self.bytes_down = DecayedLine(memory), DecayedLine(memory)
         # change of t_network against change of bytes up + down, cycle to cycle
@@ -274,8 +284,8 @@ class StageEstimator:
 
     def seed(self, calibration: Calibration, cycles: float, k: int) -> None:
         """Start from ``calibration`` as if ``cycles`` cycles of K = ``k`` had shown it: the
-        counts its acceptance makes likely at each position, its draft time, its verify line
-        at 1 and k + 1 positions, its bytes lines at 1 and k, its decoding step.  The seed
+        counts its acceptance makes likely at each position, its draft line at 1 and k drafts,
+        its verify line at 1 and k + 1 positions, its bytes lines at 1 and k, its decoding step.  The seed
         fades by ``memory`` per observed cycle like any evidence, so the cycles' own take over
         (a calibration from another host or prompt set is not kept), while the first cycles
         no longer replan on a handful of coin flips and the prior's 0.5."""
@@ -287,11 +297,12 @@ class StageEstimator:
         self.reached = _padded(self.reached, size) + _padded(reached, size)
         self.kept = _padded(self.kept, size) + _padded(reached * rates, size)
         self.drafted += cycles * k
-        self.draft_s += cycles * k * times.draft_token_s
+        self.draft_s += cycles * times.draft_time_s(k)
         for i in range(max(round(cycles), 2)):
             depth = (0, k)[i % 2]     # the lines' two ends: a plain step and a full block
             self.verify.add(depth + 1, times.verify_time_s(depth))
             drafted = max(depth, 1)
+            self.draft.add(drafted, times.draft_time_s(drafted))
             self.bytes_up.add(drafted, calibration.bytes_up(drafted))
             self.bytes_down.add(drafted, calibration.bytes_down(drafted))
         self.fewest_positions = 1
@@ -316,6 +327,8 @@ class StageEstimator:
         self.kept = m * _padded(self.kept, size) + _padded(kept, size)
         self.drafted = m * self.drafted + cycle.k
         self.draft_s = m * self.draft_s + cycle.t_draft
+        if cycle.k:
+            self.draft.add(cycle.k, cycle.t_draft)
         self.verify.add(cycle.k + 1, cycle.t_verify)
         self.fewest_positions = min(self.fewest_positions or cycle.k + 1, cycle.k + 1)
         self.bytes_up.add(cycle.k, cycle.bytes_up)
@@ -392,7 +405,10 @@ class StageEstimator:
         # on noisy large-K cycles could make a hand-off look faster than it is
         decode_s = self.decode_s if self.decode_s is not None \
             else max(verify(self.fewest_positions), 1e-9)
-        times = ComputeTimes(draft_token_s=self.draft_s / self.drafted,
+        draft = self.draft.fit()
+        if not (draft.slope > 0 and draft.intercept >= 0):    # not told apart yet
+            draft = Line(0.0, self.draft_s / self.drafted)
+        times = ComputeTimes(draft_token_s=draft.slope, draft_base_s=draft.intercept,
                              # a floor keeps the model defined if the cloud reported no time
                              verify_base_s=max(verify.intercept, 1e-9),
                              verify_per_token_s=verify.slope, decode_s=decode_s)

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -95,6 +96,12 @@ def test_cycle_times():
     assert cycle_time_distributed_s(5, TIMES, 0.050, 0.002, 0.001) == pytest.approx(local + 0.053)
     with pytest.raises(ValueError, match="rtt_s"):
         cycle_time_distributed_s(5, TIMES, -0.01)
+    # a cycle's drafting pays its per-cycle part once, whatever K
+    based = replace(TIMES, draft_base_s=0.0015)
+    assert based.draft_time_s(np.array([1, 5])) == pytest.approx([0.0055, 0.0215])
+    assert cycle_time_local_s(5, based) == pytest.approx(local + 0.0015)
+    with pytest.raises(ValueError, match="draft_base_s"):
+        replace(TIMES, draft_base_s=-0.001)
 
 
 def test_throughput():
@@ -177,6 +184,22 @@ def test_measured_times_take_each_stage_from_its_own_records():
     assert times.decode_time_s() == pytest.approx(0.0025)     # cloud-only's 10 streamed steps
     no_cloud_only = measured_times(queries[queries["strategy"] != "cloud-only"], cycles).edge
     assert no_cloud_only.decode_time_s() == pytest.approx(0.004)
+
+
+def test_the_drafts_line_in_k_is_fitted_only_where_two_k_were_drafted_often():
+    """The shipped pair on a CPU drafts at 1.5 ms a cycle plus 1.0 ms a token: the mean per
+    drafted token (what a fixed K's own cycles give) is 2.5 ms at K = 1 and 1.3 ms at K = 5."""
+    import pandas as pd
+    from validation.prediction import LINE_MIN_CYCLES, draft_line
+    rng = np.random.default_rng(0)
+    k = pd.Series(np.repeat([1, 2, 3, 5], LINE_MIN_CYCLES))
+    t_draft = 0.0015 + 0.001 * k + rng.normal(0.0, 1e-4, len(k))
+    line = draft_line(k, t_draft)
+    assert (line.intercept, line.slope) == pytest.approx((0.0015, 0.001), abs=1e-4)
+    # one K drafted often, its last cycles shorter: the mean per token at that K
+    capped = pd.Series([5] * 30 + [3, 2, 1])
+    line = draft_line(capped, 0.0015 + 0.001 * capped)
+    assert line.intercept == 0 and line.slope == pytest.approx((33 * 0.0015 + 0.156) / 156)
 
 
 # --------------------------------------------------------------------------- acceptance by position

@@ -200,6 +200,13 @@ def test_calibrate_measures_the_synthetic_pair(synthetic_calibration):
     assert [row.k for row in measured.verify] == list(range(7))
     times = measured.calibration().times
     assert times.draft_token_s == pytest.approx(0.004, rel=0.3)
+    # drafting is a line in K: its time per cycle at every K measured, the line through them
+    assert [row.k for row in measured.draft] == list(range(1, 7))
+    for row in measured.draft:
+        assert times.draft_time_s(row.k) == pytest.approx(row.seconds.mean, rel=0.1)
+    # a file from before the draft's line: the mean per drafted token, nothing per cycle
+    older = measured.model_copy(update={"draft": None}).calibration().times
+    assert (older.draft_base_s, older.draft_token_s) == (0.0, measured.draft_token_s.mean)
     assert times.verify_time_s(0) == pytest.approx(0.030, rel=0.15)
     assert times.verify_time_s(6) - times.verify_time_s(0) == pytest.approx(0.003, abs=0.003)
     assert measured.decode_s.mean == pytest.approx(0.030, rel=0.15)

@@ -55,7 +55,7 @@ def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Gen
     rates, accepted = position_rates(truth.acceptance, k), 0
     while accepted < k and rng.random() < rates[accepted]:
         accepted += 1
-    draft, verify = k * truth.times.draft_token_s, truth.times.verify_time_s(k)
+    draft, verify = truth.times.draft_time_s(k), truth.times.verify_time_s(k)
     network = max(rtt_s + rng.normal(0.0, jitter_s) if jitter_s else rtt_s, 0.0) \
         + truth.transmit_s(k)
     return Cycle(k, accepted, accepted + 1, draft, verify, network, draft + verify + network,
@@ -301,9 +301,11 @@ def test_a_cloud_stretch_amortizes_its_round_trip_and_the_controller_comes_back(
     assert bounded.tokens_per_s < unbounded.tokens_per_s
 
 
-# the shipped pair on a CPU (a sim run at 0 ms): a verify costs twice a plain decoding step
+# the shipped pair on a CPU (a sim run at 0 ms): a verify costs twice a plain decoding step,
+# and a cycle's drafting 1.5 ms beside 1.0 ms a token
 SHIPPED = Calibration(0.75, ComputeTimes(draft_token_s=0.00103, verify_base_s=0.0043,
-                                         verify_per_token_s=0.00026, decode_s=0.00203),
+                                         verify_per_token_s=0.00026, decode_s=0.00203,
+                                         draft_base_s=0.0015),
                       bytes_up=Line(97), bytes_down=Line(136))
 
 
@@ -321,6 +323,24 @@ def test_the_first_decision_measures_the_clouds_plain_step_so_a_cheap_cloud_is_f
     unprobed.probes_left = 0
     assert HAND_OFF not in drive(unprobed, SHIPPED, [0.001] * 100)
     assert NasdController(1, 15, calibration=SHIPPED).next_k() != HAND_OFF
+
+
+def test_the_draft_line_is_learned_once_the_cycles_k_varied_enough_to_tell_it():
+    """Cycles at one K tell only the mean per drafted token (planning on it, K = 1 looks
+    1.5 ms a cycle cheaper than it is); cycles at several K tell the per-cycle part apart."""
+    rng, one_k, several_k = np.random.default_rng(0), StageEstimator(), StageEstimator()
+    for i in range(60):
+        one_k.observe(simulated_cycle(3, SHIPPED, 0.001, rng))
+        several_k.observe(simulated_cycle(1 + i % 5, SHIPPED, 0.001, rng))
+    times = one_k.calibration().times
+    assert times.draft_base_s == 0 and times.draft_time_s(3) == pytest.approx(
+        SHIPPED.times.draft_time_s(3))
+    times = several_k.calibration().times
+    assert (times.draft_base_s, times.draft_token_s) == pytest.approx((0.0015, 0.00103))
+    seeded = StageEstimator()
+    seeded.seed(SHIPPED, 20, 15)
+    assert seeded.calibration().times.draft_time_s(7) == pytest.approx(
+        SHIPPED.times.draft_time_s(7))
 
 
 def test_a_stretch_stops_once_its_pings_find_the_link_fast_and_the_rtt_starts_there():

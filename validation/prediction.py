@@ -20,9 +20,13 @@ from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from
                            cloud_only_throughput, crossover_rtt_s, cycle_time_distributed_s,
                            cycle_time_local_s, expected_tokens_per_cycle, pipelined_throughput,
                            position_counts, query_decode_time_s)
+from nasd.estimator import Line
 from nasd.policy import POLICY_NAMES
 from shaping.link_model import transmit_s
 from shaping.profile import LinkState
+
+
+LINE_MIN_CYCLES = 10   # cycles at each of two K, at least, for the draft's line in K
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,9 @@ def speculation_cycles(cycles: pd.DataFrame) -> pd.DataFrame:
 
 
 def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | None:
-    """From a run of real models, stage by stage: draft time per token from the cycles;
+    """From a run of real models, stage by stage: t_draft(k) = base + per_token * k fitted
+    by least squares to the cycles' draft times where at least two K were drafted in
+    ``LINE_MIN_CYCLES`` cycles each (else the mean time per drafted token);
     t_verify(k) = base + per_token * (k + 1) fitted by least squares to the cycles'
     verify times; the plain decoding steps from cloud-only's streamed tokens and from
     edge-only's own loop where the run has them (steps of their own: cloud-only skips
@@ -81,20 +87,34 @@ def measured_times(queries: pd.DataFrame, cycles: pd.DataFrame) -> HostTimes | N
     drafted = cycles[cycles["k"] > 0] if not cycles.empty else cycles
     if drafted.empty:
         return None
-    draft_token_s = drafted["t_draft"].sum() / drafted["k"].sum()
+    draft = draft_line(drafted["k"], drafted["t_draft"])
     positions, seconds = cycles["k"] + 1, cycles["t_verify"]
     if positions.nunique() > 1:
         per_token, base = np.polyfit(positions, seconds, 1)
         per_token = max(per_token, 0.0)
     else:
         per_token, base = 0.0, float(seconds.mean())
-    times = ComputeTimes(draft_token_s=draft_token_s, verify_base_s=max(base, 0.0),
-                         verify_per_token_s=per_token,
+    times = ComputeTimes(draft_token_s=draft.slope, draft_base_s=draft.intercept,
+                         verify_base_s=max(base, 0.0), verify_per_token_s=per_token,
                          decode_s=plain_step_s(queries, "cloud-only", "cloud"))
     edge_decode_s = plain_step_s(queries, "edge-only", "edge")
-    cloud = times if edge_decode_s is None else replace(times, draft_token_s=edge_decode_s)
+    cloud = times if edge_decode_s is None else replace(times, draft_token_s=edge_decode_s,
+                                                        draft_base_s=0.0)
     return HostTimes(edge=times, cloud=cloud, edge_decode_s=edge_decode_s)
 
+
+
+def draft_line(k: pd.Series, t_draft: pd.Series) -> Line:
+    """t_draft against k by least squares where at least two K have ``LINE_MIN_CYCLES``
+    cycles each and the line is a physical one (a positive slope, a non-negative
+    intercept); else a line through zero at the mean time per drafted token (a fixed K's
+    few shorter last cycles cannot tell a slope)."""
+    counts = k.value_counts()
+    if (counts >= LINE_MIN_CYCLES).sum() >= 2:
+        slope, intercept = np.polyfit(k, t_draft, 1)
+        if slope > 0 and intercept >= 0:
+            return Line(float(intercept), float(slope))
+    return Line(0.0, float(t_draft.sum() / k.sum()))
 
 
 def measured_acceptance(cycles: pd.DataFrame) -> Acceptance | None:

@@ -53,9 +53,9 @@ class Interval(_Strict):
     n: int = Field(ge=1)
 
 
-class VerifyAtK(_Strict):
+class SecondsAtK(_Strict):
     k: int = Field(ge=0)
-    seconds: Interval          # the target scoring k + 1 positions, and the verdict
+    seconds: Interval          # a stage's time in cycles of k drafts
 
 
 class PrefillAtLength(_Strict):
@@ -100,9 +100,12 @@ class CalibrationFile(_Strict):
     host: dict[str, str]
     created: str
     k_max: int = Field(ge=1)
-    draft_token_s: Interval
+    draft_token_s: Interval                # drafting per drafted token, all K together
     decode_s: Interval                     # cloud-only: one plain target decoding step
-    verify: list[VerifyAtK] = Field(min_length=2)
+    verify: list[SecondsAtK] = Field(min_length=2)  # the target scoring k + 1 positions
+    # a cycle's drafting at each K (the draft message built and sent included); None in
+    # files written before it was measured: then draft_token_s per token, nothing per cycle
+    draft: list[SecondsAtK] | None = None
     prefill: list[PrefillAtLength]
     bytes: list[BytesAtK] = Field(min_length=1)
     acceptance: Acceptance
@@ -110,11 +113,15 @@ class CalibrationFile(_Strict):
     emulation: str | None = None
 
     def calibration(self, seconds_per_byte: float = 0.0) -> Calibration:
-        """The controller's stage model: the verify time and the bytes as least-squares
-        lines in K (t_verify against the k + 1 positions scored), on a link at
+        """The controller's stage model: the draft and verify times and the bytes as
+        least-squares lines in K (t_verify against the k + 1 positions scored; the draft's
+        the mean per token where its line is not a physical one), on a link at
         ``seconds_per_byte``."""
         verify = _line([(row.k + 1, row.seconds.mean) for row in self.verify])
-        times = ComputeTimes(draft_token_s=self.draft_token_s.mean,
+        draft = _line([(row.k, row.seconds.mean) for row in self.draft or []])
+        if not (draft.slope > 0 and draft.intercept >= 0):
+            draft = Line(0.0, self.draft_token_s.mean)
+        times = ComputeTimes(draft_token_s=draft.slope, draft_base_s=draft.intercept,
                              verify_base_s=max(verify.intercept, 0.0),
                              verify_per_token_s=verify.slope, decode_s=self.decode_s.mean)
         return Calibration(self.acceptance.rate, times,

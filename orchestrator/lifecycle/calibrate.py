@@ -61,7 +61,7 @@ from orchestrator.config.nasd_files import (
     Interval,
     PositionCounts,
     PrefillAtLength,
-    VerifyAtK,
+    SecondsAtK,
 )
 from shaping.clock import now
 from shaping.link_model import zmtp_wire_bytes
@@ -130,8 +130,10 @@ class Calibrator:
             draft_token_s=interval([c.t_draft for c in cycles if c.k],
                                    [c.k for c in cycles if c.k]),
             decode_s=interval(decode_s),
-            verify=[VerifyAtK(k=k, seconds=interval([c.t_verify for c in own]))
+            verify=[SecondsAtK(k=k, seconds=interval([c.t_verify for c in own]))
                     for k, own in by_k(cycles).items()],
+            draft=[SecondsAtK(k=k, seconds=interval([c.t_draft for c in own]))
+                   for k, own in by_k(cycles).items() if k],
             prefill=prefill,
             bytes=[BytesAtK(k=k, cycles=len(own), up=float(np.mean([c.bytes_up for c in own])),
                             down=float(np.mean([c.bytes_down for c in own])))
