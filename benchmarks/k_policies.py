@@ -93,6 +93,7 @@ def race(root: Path, link: list[str], pair: str, args, ks, strategies,
     first two as one run with its queries interleaved, then ``apart``'s one after another.
     Each frame carries the folder of its run (``attrs["folder"]``)."""
     together = {**fixed_runs(ks), **{name: ["--strategy", name] for name in strategies}}
+    shared = None
     if SIDE_BY_SIDE.get(pair, 2) > 1:
         folders = run_side_by_side(root, link, pair, args, {**together, **apart})
     else:
@@ -104,8 +105,8 @@ def race(root: Path, link: list[str], pair: str, args, ks, strategies,
                       for label, extra in apart.items()}}
     measured = {}
     for label, folder in folders.items():
-        queries = rates(folder)
-        measured[label] = queries[queries["label"] == label]
+        queries = rates(folder)    # a run of its own: all its queries (an apart label is ours)
+        measured[label] = queries[queries["label"] == label] if folder == shared else queries
         measured[label].attrs["folder"] = folder
     return measured
 
@@ -182,9 +183,9 @@ def stable(args) -> None:
           "on the other half (held out), and, for reference, the best fixed K in hindsight; nasd "
           "learning online and nasd-cal seeded by `orchestrator calibrate`, tok/s and their "
           "ratio to the held-out oracle on the same queries [95 %, paired]; nasd's share of "
-          "tokens handed to the cloud; cloud-only; with the edge-only cutoff: its share of tokens "
-          "served by the draft alone, its tok/s, and the model's reversal RTT (past it every K "
-          "loses to cloud-only)")
+          "tokens handed to the cloud; cloud-only, and nasd over it [95 %, paired]; with the "
+          "edge-only cutoff: its share of tokens served by the draft alone, its tok/s, and the "
+          "model's reversal RTT (past it every K loses to cloud-only)")
     for pair in args.pairs:
         calibration = calibrated(root, pair)
         apart = {"nasd-cal": ["--strategy", "nasd", "--nasd-calibration", str(calibration)],
@@ -204,7 +205,8 @@ def stable(args) -> None:
                   f"{paired_over(nasd, oracle)}  nasd-cal {rate(seeded):6.1f} "
                   f"{paired_over(seeded, oracle)}  hand-off "
                   f"{nasd['handoff_tokens'].sum() / nasd['n_tokens'].sum():.2f}  cloud-only "
-                  f"{rate(measured['cloud-only']):6.1f}  cutoff "
+                  f"{rate(measured['cloud-only']):6.1f} (nasd over it "
+                  f"{paired_over(nasd, measured['cloud-only'])})  cutoff "
                   f"{cutoff['cutoff_tokens'].sum() / cutoff['n_tokens'].sum():.2f} at "
                   f"{rate(cutoff):6.1f} (model reversal {reversal:.0f} ms)  "
                   f"[{time.monotonic() - started:.0f} s]", flush=True)

@@ -280,6 +280,7 @@ class StageEstimator:
         self.rtt_window: deque[tuple[float, float]] = deque(maxlen=512)  # (clock, sample)
         self.clock_s = 0.0      # the cycles' time so far
         self.decode_s: float | None = None       # the cloud's step, from stretches handed to it
+        self.decode_tokens: float = 0.0           # the tokens that step was measured over
         self.fewest_positions: int | None = None  # the smallest k + 1 verified so far
 
     def seed(self, calibration: Calibration, cycles: float, k: int) -> None:
@@ -306,7 +307,7 @@ class StageEstimator:
             self.bytes_up.add(drafted, calibration.bytes_up(drafted))
             self.bytes_down.add(drafted, calibration.bytes_down(drafted))
         self.fewest_positions = 1
-        self.decode_s = times.decode_time_s()
+        self.decode_s, self.decode_tokens = times.decode_time_s(), math.inf   # measured apart
 
     def observe(self, cycle: Cycle, seconds_per_byte: float | None = None) -> None:
         """Learn from ``cycle``; its RTT is its network time less its bytes at
@@ -317,7 +318,7 @@ class StageEstimator:
             return
         if cycle.served_by == "cloud":     # one round trip, then the cloud's decoding steps
             if cycle.tokens:
-                self.decode_s = cycle.t_verify / cycle.tokens
+                self.decode_s, self.decode_tokens = cycle.t_verify / cycle.tokens, cycle.tokens
             self._observe_rtt(cycle.rtt_ms / 1000.0, cycle.t_cycle)
             return
         m = self.memory

@@ -29,7 +29,8 @@ its warm-up first), so what it learned carries from one query to the next.
   does not tell (that holds the payload's decoding and the rejection
   sampling): a controller that learns and has no calibration hands the cloud
   one short stretch first (``PROBE_TOKENS``, riding on the open of its first
-  query, the warm-up where the run has one).
+  query, the warm-up where the run has one), and again at the next query's
+  open when that one measured too few tokens to go by.
 - ``Bandit`` (``bandit``): discounted UCB over K on measured seconds per
   committed token.
 
@@ -53,7 +54,8 @@ DEFAULT_K_MIN, DEFAULT_K_MAX = 1, 15
 HF_START_K = 20   # HF's default num_assistant_tokens, where its schedule starts
 HAND_OFF = 0      # next_k() == HAND_OFF: draft nothing, serve the policy's ``stretch``
 PROBE_TOKENS = 8  # nasd: the stretch that measures the cloud's plain decoding step
-PROBES = 3        # nasd: at most this many such stretches (one that measured no token retried)
+PROBED_TOKENS = 4  # nasd: fewer measured, it is measured again (a warm-up's open streams 3)
+PROBES = 3        # nasd: at most this many such stretches
 EWMA, MEAN = "ewma", "mean"   # the default RTT estimate and objective; "pNN" names a percentile
 
 
@@ -158,7 +160,10 @@ class NasdController(AdaptiveK):
     it the cloud's plain decoding step, its first decision is a stretch of ``PROBE_TOKENS``
     handed to the cloud to measure it (a verify's time is no stand-in: on the shipped pair on
     a CPU, a verify at 2 positions took 4.9 ms where a plain step took 2.0 ms, so no stretch
-    was ever handed off at 0 ms while cloud-only decoded 1.7 times faster).  Every
+    was ever handed off at 0 ms while cloud-only decoded 1.7 times faster), again at the next
+    query's open while it measured fewer than ``PROBED_TOKENS`` (a 4-token warm-up streams 3,
+    and the cloud's first stream of a run pays its first calls: a step measured at twice its
+    worth would never be handed a stretch that could correct it).  Every
     ``probe_every`` cloud stretches, and
     after each of the draft's, one cycle speculates to measure acceptance and the link; and
     no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
@@ -257,7 +262,7 @@ class NasdController(AdaptiveK):
         return self.decision_rtt_s
 
     def next_k(self) -> int:
-        if self.probes_left and self.estimator.decode_s is None:
+        if self.probes_left and self.estimator.decode_tokens < PROBED_TOKENS:
             self.probes_left -= 1
             self.stretch = Stretch("cloud", PROBE_TOKENS, math.nan)
             return HAND_OFF
