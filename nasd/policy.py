@@ -168,7 +168,9 @@ class NasdController(AdaptiveK):
     after each of the draft's, one cycle speculates to measure acceptance and the link; and
     no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
     is a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such
-    an error had served the draft's tokens 9 ms below the reversal RTT).  With the
+    an error had served the draft's tokens 9 ms below the reversal RTT), unless it beats
+    speculation at any acceptance (a = 1: the evidence could not change the decision; not
+    with the cutoff).  With the
     edge-only cutoff (and acceptance learned) the first stretch waits for
     ``lossy_evidence_cycles`` speculation cycles instead: the test is made again at every
     cycle, and after 12 cycles one prompt whose drafts were accepted 5 times in 14 tests
@@ -281,12 +283,16 @@ class NasdController(AdaptiveK):
                 self.k = self.k_min + int(np.argmax(scores))
             plain_best = scores.max() if self.tail_quantile is None else None
         self.stretch = None
-        if self.hand_off and self.speculated >= self.evidence_cycles \
-                and self.stretches_in_a_row < self.probe_every:
+        evidenced = self.speculated >= self.evidence_cycles
+        # before the evidence is in, a cloud stretch must beat speculation at any acceptance;
+        # with the cutoff every stretch waits for it (the cloud's would starve the evidence
+        # the draft's lossy ones rest on: one speculation cycle in ``probe_every``)
+        if self.hand_off and self.stretches_in_a_row < self.probe_every \
+                and (evidenced or not self.edge_only_cutoff):
             cloud = plan.cloud_stretch(rtt_s, self.rtt_share, self.stretch_max_s)
             beats = cloud.tokens_per_s / (1.0 + self.switch_margin)
             if (plain_best is None or beats > plain_best) \
-                    and beats > self._best_case(plan, rtt_s):
+                    and beats > self._best_case(plan, rtt_s, None if evidenced else 1.0):
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
                     if self.edge_only_cutoff else None
                 # the cloud's runs as long as a decision may stand: pings stop it sooner once
@@ -310,19 +316,22 @@ class NasdController(AdaptiveK):
         return plan.tail_throughputs(rtt_s, self.estimator.rtt_variance_s2(), depths,
                                      self.objective_tokens, self.tail_quantile)
 
-    def _best_case(self, plan: Calibration, rtt_s: float) -> float:
+    def _best_case(self, plan: Calibration, rtt_s: float, upper: float | None = None) -> float:
         """The fastest speculation the evidence allows: the best K with every position's
-        acceptance at least the pooled rate the cycles so far cannot rule out (95 %), and the
-        link's seconds per byte at the lower end of its interval, so that a few unlucky first
-        cycles, or a slope the jitter faked, do not hand every later cycle to the cloud,
-        where nothing more is learned of either."""
-        if self.learn:
+        acceptance at least the pooled rate the cycles so far cannot rule out (95 %; or
+        ``upper``, 1.0 before the evidence is in), and the link's seconds per byte at the
+        lower end of its interval, so that a few unlucky first cycles, or a slope the
+        jitter faked, do not hand every later cycle to the cloud, where nothing more is
+        learned of either."""
+        if upper is None and self.learn:
             upper = self.estimator.acceptance_upper()
+        if upper is not None:
             rates = np.maximum(np.atleast_1d(plan.acceptance), upper)
             plan = replace(plan, acceptance=float(rates[0]) if rates.size == 1
-                           else rates.tolist(),
-                           seconds_per_byte=min(plan.seconds_per_byte,
-                                                self.estimator.network.lower()))
+                           else rates.tolist())
+        if self.learn:
+            plan = replace(plan, seconds_per_byte=min(plan.seconds_per_byte,
+                                                      self.estimator.network.lower()))
         return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1),
                                       self.draft_ahead).max())
 

@@ -350,6 +350,22 @@ def test_the_draft_line_is_learned_once_the_cycles_k_varied_enough_to_tell_it():
         SHIPPED.times.draft_time_s(7))
 
 
+def test_where_no_acceptance_could_win_the_cloud_gets_the_link_without_waiting():
+    """At 500 ms even K = 15 accepted whole (27 tokens/s) is slower than the cloud's 33: the
+    first stretch needs no evidence of the acceptance, and comes after the first cycle (the
+    one that measures the draft).  With the cutoff every stretch waits for 30 cycles: the
+    cloud's would leave one speculation cycle in 8 to gather the evidence the draft's
+    lossy stretches need."""
+    def served(controller: NasdController) -> list[str]:
+        return [controller.stretch.served_by if k == HAND_OFF else "speculation"
+                for k in drive(controller, IDS, [0.5] * 40)]
+    lossless = served(NasdController(1, 15))
+    assert lossless[:3] == ["cloud", "speculation", "cloud"]
+    assert lossless.count("speculation") <= 1 + 40 // 8
+    lossy = served(NasdController(1, 15, edge_only_cutoff=True))
+    assert lossy[1:31] == ["speculation"] * 30 and lossy[31] == "edge"
+
+
 def test_a_stretch_stops_once_its_pings_find_the_link_fast_and_the_rtt_starts_there():
     """Past the reversal the controller hands a stretch to the cloud; while it streams, pings
     at the same RTT keep it going, pings below the reversal stop it, and the RTT the next
