@@ -453,8 +453,8 @@ class EdgeAgent:
             tokens=verdict.accepted + (verdict.next_token is not None),
             rtt_ms=math.nan if block.ahead else network_s * 1000.0, bytes_up=block.bytes_up,
             bytes_down=bytes_down, t_draft=block.t_draft, t_verify=cloud_s,
-            t_network=network_s, ahead=block.ahead, draft_passes=block.draft_passes,
-            verify_passes=read_passes(reply.fields)))
+            t_network=network_s, ahead=block.ahead, draft_eos=drafts.ends_on(query.eos_id),
+            draft_passes=block.draft_passes, verify_passes=read_passes(reply.fields)))
         return verdict.bonus_deferred(len(drafts.ids))
 
     def _speculation_cycle(self, query: SpeculationQuery, k: int) -> dict:
@@ -484,7 +484,8 @@ class EdgeAgent:
                     tokens=verdict.accepted + (verdict.next_token is not None),
                     rtt_ms=network_s * 1000.0, bytes_up=sent["up"], bytes_down=sent["down"],
                     t_draft=sent["at"] - t_start, t_verify=cloud_s, t_network=network_s,
-                    draft_passes=sent["passes"], verify_passes=read_passes(fields))
+                    draft_eos=drafts.ends_on(query.eos_id), draft_passes=sent["passes"],
+                    verify_passes=read_passes(fields))
 
     def _cloud_stretch(self, query: SpeculationQuery, tokens: int) -> dict:
         """K = 0: the cloud decodes ``tokens`` tokens and streams them; one round trip."""

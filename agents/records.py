@@ -54,6 +54,9 @@ class CycleRecord:
     # before it, t_network keeps it)
     ahead: bool = False
     nasd_cutoff: bool = False  # served_by == "edge": tokens the target never saw
+    # the block ends with the draft's EOS (it drafted fewer than K for that): the draft
+    # proposed the answer's end, and kept whole it commits no bonus
+    draft_eos: bool = False
     nasd_rtt_estimate_ms: float | None = None  # the RTT the controller chose K on (nasd only)
     # device emulation (None without): t_draft and t_verify as the passes took for real, their
     # waits to the emulated device's time left out

@@ -55,6 +55,10 @@ class Drafts:
     model_rows: np.ndarray     # the draft model's distributions (what codecs encode)
     sampled_rows: np.ndarray   # what each id was sampled from (the codec's distribution)
 
+    def ends_on(self, eos_id: int | None) -> bool:
+        """Whether the block ends with ``eos_id``: the draft proposed the answer's end."""
+        return bool(self.ids) and eos_id is not None and self.ids[-1] == eos_id
+
 
 def draft_tokens(sequence: TokenSequence, k: int, decoding: Decoding, rng: np.random.Generator,
                  eos_id: int | None, codec: DraftCodec, confidence_floor: float = 0.0) -> Drafts:

@@ -11,7 +11,9 @@ exponential forgetting (``memory`` per cycle, so it follows drift).  Acceptance
 is learned per position from the decayed counts of cycles that reached and that
 accepted each position, shrunk toward the pooled rate where a position has few
 observations, by an empirical-Bayes weight: as much as the rates' spread
-across positions calls for (``nasd.analytic.acceptance_by_position_from_counts``).
+across positions calls for (``nasd.analytic.acceptance_by_position_from_counts``),
+leaving out the blocks the draft ended with its EOS (an answer's formulaic end, cut
+short and accepted far more often than the blocks K is chosen for).
 It keeps the RTT estimate as an EWMA in time of each cycle's network time minus its
 modeled transmission (not of a block sent ahead under draft-ahead, whose network time
 holds its wait behind the blocks before it).  The edge measures a cycle's network time as
@@ -70,6 +72,7 @@ class Cycle(Protocol):
     bytes_down: int
     served_by: str      # "speculation"; a stretch without drafts: "cloud" (K = 0) or "edge"
     ahead: bool         # draft-ahead: sent before the verdict on the block before it
+    draft_eos: bool     # the draft ended the block with its EOS (the answer's end)
 
 
 @dataclass(frozen=True)
@@ -322,10 +325,11 @@ class StageEstimator:
             self._observe_rtt(cycle.rtt_ms / 1000.0, cycle.t_cycle)
             return
         m = self.memory
-        reached, kept = position_counts([cycle.k], [cycle.accepted])
-        size = max(len(self.reached), len(reached))
-        self.reached = m * _padded(self.reached, size) + _padded(reached, size)
-        self.kept = m * _padded(self.kept, size) + _padded(kept, size)
+        if not cycle.draft_eos:   # the answer's formulaic end: accepted whole, cut short
+            reached, kept = position_counts([cycle.k], [cycle.accepted])
+            size = max(len(self.reached), len(reached))
+            self.reached = m * _padded(self.reached, size) + _padded(reached, size)
+            self.kept = m * _padded(self.kept, size) + _padded(kept, size)
         self.drafted = m * self.drafted + cycle.k
         self.draft_s = m * self.draft_s + cycle.t_draft
         if cycle.k:

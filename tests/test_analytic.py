@@ -429,3 +429,19 @@ def test_draft_ahead_gains_most_where_acceptance_is_high():
         return max(pipelined_throughput(acceptance, k, 2, TIMES, 0.1) for k in range(1, 16)) \
             / plain
     assert 1.0 < gain(0.7) < gain(0.9)
+
+
+def test_a_block_the_draft_ended_with_its_eos_counts_the_tokens_its_answer_had_left():
+    """The answer's end is the text's: such a block commits what was left (no bonus when kept
+    whole), not E[tau(k)] on the acceptance of the blocks before it; its time is modeled."""
+    from validation.prediction import HostTimes, predicted_tokens_per_s
+    from shaping.profile import DirectionSpec, LinkState
+    host = HostTimes(edge=TIMES, cloud=TIMES)
+    link = LinkState(uplink=DirectionSpec(delay_ms=10.0), downlink=DirectionSpec(delay_ms=10.0))
+    cycle_s = lambda k: cycle_time_distributed_s(k, TIMES, 0.020)  # noqa: E731
+    ended = predicted_tokens_per_s("fixed-k", [5] * 8, 0.7, host, link, answer_ends=[(3, 3)])
+    expected = (8 * expected_tokens_per_cycle(0.7, 5) + 3) / (8 * cycle_s(5) + cycle_s(3))
+    assert ended == pytest.approx(expected)
+    assert predicted_tokens_per_s("fixed-k", [5] * 8 + [3], 0.7, host, link) == pytest.approx(
+        (8 * expected_tokens_per_cycle(0.7, 5) + expected_tokens_per_cycle(0.7, 3))
+        / (8 * cycle_s(5) + cycle_s(3)))

@@ -46,6 +46,7 @@ class Cycle:
     served_by: str = "speculation"
     ahead: bool = False
     rtt_ms: float = math.nan
+    draft_eos: bool = False
 
 
 def simulated_cycle(k: int, truth: Calibration, rtt_s: float, rng: np.random.Generator,
@@ -364,6 +365,17 @@ def test_where_no_acceptance_could_win_the_cloud_gets_the_link_without_waiting()
     assert lossless.count("speculation") <= 1 + 40 // 8
     lossy = served(NasdController(1, 15, edge_only_cutoff=True))
     assert lossy[1:31] == ["speculation"] * 30 and lossy[31] == "edge"
+
+
+def test_a_block_the_draft_ended_with_its_eos_teaches_no_acceptance():
+    """The answer's formulaic end (the shipped pair accepted 11 of 11 such 3-draft blocks at
+    K = 15) says nothing of the mid-answer blocks K is chosen for; its times still count."""
+    estimator = StageEstimator()
+    estimator.observe(replace(full(5, 1), t_draft=0.02))
+    rates = np.atleast_1d(estimator.acceptance()).tolist()
+    estimator.observe(replace(full(3, 3), tokens=3, t_draft=0.015, draft_eos=True))
+    assert np.atleast_1d(estimator.acceptance()).tolist() == rates
+    assert estimator.drafted == pytest.approx(0.98 * 5 + 3)
 
 
 def test_a_stretch_stops_once_its_pings_find_the_link_fast_and_the_rtt_starts_there():

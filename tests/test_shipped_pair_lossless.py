@@ -92,6 +92,15 @@ def test_the_default_job_drafts_every_k_it_lists_to_its_full_length(tmp_path):
     for k in spec.job.k_values:
         drafted = [c["k"] for c in cycles if c["label"] == f"fixed-k{k}"]
         assert max(drafted) == k and drafted.count(k) >= 3, (k, drafted)
+    # a block the draft ended with its EOS is marked; kept whole it ends the answer, no bonus
+    queries = {(q["label"], q["query_id"]): q for q in map(
+        json.loads, (folder / "queries.jsonl").read_text().splitlines())}
+    last = {(c["label"], c["query_id"]): c["cycle"] for c in cycles}
+    ended = [c for c in cycles if c["draft_eos"] and c["accepted"] == c["k"]]
+    assert ended
+    for c in ended:
+        assert c["tokens"] == c["k"] and c["cycle"] == last[(c["label"], c["query_id"])]
+        assert queries[(c["label"], c["query_id"])]["finished_by_eos"]
 
 
 def test_adaptive_k_policies_are_token_identical_to_cloud_only(tmp_path):

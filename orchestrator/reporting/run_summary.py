@@ -116,7 +116,7 @@ class FinishedRun:
         link = self.spec.profile.initial
         up, down = _cycle_bytes(row)
         transfer_s = transmit_s(link.uplink, up) + transmit_s(link.downlink, down)
-        own = speculation_cycles(_own_cycles(label, self.cycles))
+        own, _ = _speculated(_own_cycles(label, self.cycles))
         calibration = Calibration(_acceptance(row, self.spec, own), self.times.edge,
                                   bytes_up=Line(up), bytes_down=Line(down),
                                   seconds_per_byte=transfer_s / (up + down) if up + down else 0.0)
@@ -145,9 +145,9 @@ def _cycle_bytes(row: pd.Series) -> tuple[float, float]:
 def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
                 times: HostTimes, link: LinkState) -> float:
     own = _own_cycles(run.label, cycles)
-    speculated = speculation_cycles(own)
+    speculated, answer_ends = _speculated(own)
     ks = speculated["k"].tolist() if len(own) else [run.k]
-    stretched = own.drop(speculated.index)
+    stretched = own.drop(speculation_cycles(own).index)
     stretched = stretched[stretched["served_by"] != "dropped"] if "served_by" in stretched \
         else stretched
     return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec, speculated), times,
@@ -155,16 +155,29 @@ def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.Data
                                   stretches=list(zip(stretched.get("served_by", []),
                                                      stretched.get("tokens", []),
                                                      stretched.get("cycle", []))),
-                                  draft_ahead=run.draft_ahead)
+                                  draft_ahead=run.draft_ahead,
+                                  answer_ends=list(zip(answer_ends["k"], answer_ends["tokens"])))
 
 
 def _own_cycles(label: str, cycles: pd.DataFrame) -> pd.DataFrame:
     return cycles[cycles["label"] == label] if not cycles.empty else cycles
 
 
+def _speculated(cycles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The speculation cycles of ``cycles``: those whose block the draft did not end with its
+    EOS (what the acceptance and E[tau] describe), and those it did (the answer's end;
+    folders from before ``draft_eos`` have none)."""
+    speculated = speculation_cycles(cycles)
+    if "draft_eos" not in speculated:
+        return speculated, speculated.iloc[:0]
+    ends = speculated["draft_eos"].fillna(False).astype(bool)
+    return speculated[~ends], speculated[ends]
+
+
 def _crossover(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.DataFrame,
                times: HostTimes) -> float:
     if run.strategy != "fixed-k":
         return float("nan")
-    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec, _own_cycles(run.label, cycles)),
-                                      times, spec.profile.initial, *_cycle_bytes(row))
+    speculated, _ = _speculated(_own_cycles(run.label, cycles))
+    return predicted_crossover_rtt_ms(run.k, _acceptance(row, spec, speculated), times,
+                                      spec.profile.initial, *_cycle_bytes(row))
