@@ -163,18 +163,17 @@ class NasdController(AdaptiveK):
     was ever handed off at 0 ms while cloud-only decoded 1.7 times faster), again at the next
     query's open while it measured fewer than ``PROBED_TOKENS`` (a 4-token warm-up streams 3,
     and the cloud's first stream of a run pays its first calls: a step measured at twice its
-    worth would never be handed a stretch that could correct it).  Every
-    ``probe_every`` cloud stretches, and
-    after each of the draft's, one cycle speculates to measure acceptance and the link; and
-    no stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision
-    is a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such
-    an error had served the draft's tokens 9 ms below the reversal RTT), unless it beats
-    speculation at any acceptance (a = 1: the evidence could not change the decision; not
-    with the cutoff).  With the
-    edge-only cutoff (and acceptance learned) the first stretch waits for
-    ``lossy_evidence_cycles`` speculation cycles instead: the test is made again at every
-    cycle, and after 12 cycles one prompt whose drafts were accepted 5 times in 14 tests
-    (a = 0.7) sent the draft's lossy tokens at 25 ms, 8 ms below the reversal.
+    worth would never be handed a stretch that could correct it).  Every ``probe_every``
+    cloud stretches, and after each of the draft's, one cycle speculates to measure
+    acceptance and the link; and no stretch comes before ``evidence_cycles`` speculation
+    cycles were seen (each decision is a test on few cycles, and over many cycles one of them
+    errs: a lossy cutoff on such an error had served the draft's tokens 9 ms below the
+    reversal RTT), unless it beats speculation at any acceptance (a = 1: the evidence could
+    not change the decision; not with the cutoff).  With the edge-only cutoff (and
+    acceptance learned) the first stretch waits for ``lossy_evidence_cycles`` speculation
+    cycles instead: the test is made again at every cycle, and after 12 cycles one prompt
+    whose drafts were accepted 5 times in 14 tests (a = 0.7) sent the draft's lossy tokens
+    at 25 ms, 8 ms below the reversal.
 
     ``rtt_estimate``: the RTT decided on is the EWMA (``ewma``) or a percentile of the
     recent samples (``p90``: robust to a few late cycles, slower to follow a change).
