@@ -289,10 +289,11 @@ class StageEstimator:
     def seed(self, calibration: Calibration, cycles: float, k: int) -> None:
         """Start from ``calibration`` as if ``cycles`` cycles of K = ``k`` had shown it: the
         counts its acceptance makes likely at each position, its draft line at 1 and k drafts,
-        its verify line at 1 and k + 1 positions, its bytes lines at 1 and k, its decoding step.  The seed
-        fades by ``memory`` per observed cycle like any evidence, so the cycles' own take over
-        (a calibration from another host or prompt set is not kept), while the first cycles
-        no longer replan on a handful of coin flips and the prior's 0.5."""
+        its verify line at 1 and k + 1 positions, its bytes lines at 1 and k, its decoding
+        step.  The seed fades by ``memory`` per observed cycle like any evidence, so the
+        cycles' own take over (a calibration from another host or prompt set is not kept),
+        while the first cycles no longer replan on a handful of coin flips and the prior's
+        0.5."""
         if cycles <= 0 or k < 1:
             raise ValueError(f"a seed needs cycles > 0 and k >= 1, got {cycles} and {k}")
         rates, times = position_rates(calibration.acceptance, k), calibration.times

@@ -29,10 +29,11 @@ LATE_MS = 50.0
 @pytest.mark.slow
 def test_every_query_of_every_strategy_meets_the_same_timeline(tmp_path):
     """Each prompt goes to cloud-only first, to fixed-k3 after it: without a restart fixed-k
-    would meet only the 200 ms tail of the timeline.  Each query records when its timeline started; every
-    cycle's RTT is the profile's at the cycle's offset from there, the second query of a
-    strategy starts in the first state again, and cloud-only's first token pays the first
-    state's round trip."""
+    would meet only the 200 ms tail of the timeline.  Each query records when its timeline
+    started; every cycle's RTT is the profile's at the cycle's offset from there, the second
+    query of a strategy starts in the first state again, and cloud-only's first token pays
+    the first state's round trip (also after a query that ended in the slow state: the
+    restart waits until no message of it is held)."""
     job = load_job("smoke", {"strategies": ["cloud-only", "fixed-k"], "k_values": [3],
                              "max_new_tokens": 30, "max_queries": 2, "warmup_tokens": 4})
     folder, _ = run(RunSpec.build(job, TWO_STEPS, "sim"), tmp_path, Console(file=io.StringIO()))
