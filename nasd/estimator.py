@@ -86,6 +86,14 @@ class Line:
         return self.intercept + self.slope * x
 
 
+def physical_draft_line(fitted: Line, per_token_s: float) -> Line:
+    """The draft's time against k: ``fitted`` where it is a physical line (a positive slope,
+    a non-negative intercept: a part paid per cycle and one per token), else a line through
+    zero at ``per_token_s``, the mean per drafted token (the K drafted did not vary enough
+    to tell the two parts apart)."""
+    return fitted if fitted.slope > 0 and fitted.intercept >= 0 else Line(0.0, per_token_s)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """The stage model a controller maximises over K: acceptance (one rate, or rates by
@@ -411,9 +419,7 @@ class StageEstimator:
         # on noisy large-K cycles could make a hand-off look faster than it is
         decode_s = self.decode_s if self.decode_s is not None \
             else max(verify(self.fewest_positions), 1e-9)
-        draft = self.draft.fit()
-        if not (draft.slope > 0 and draft.intercept >= 0):    # not told apart yet
-            draft = Line(0.0, self.draft_s / self.drafted)
+        draft = physical_draft_line(self.draft.fit(), self.draft_s / self.drafted)
         times = ComputeTimes(draft_token_s=draft.slope, draft_base_s=draft.intercept,
                              # a floor keeps the model defined if the cloud reported no time
                              verify_base_s=max(verify.intercept, 1e-9),

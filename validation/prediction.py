@@ -20,7 +20,7 @@ from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from
                            cloud_only_throughput, crossover_rtt_s, cycle_time_distributed_s,
                            cycle_time_local_s, expected_tokens_per_cycle, pipelined_throughput,
                            position_counts, query_decode_time_s)
-from nasd.estimator import Line
+from nasd.estimator import Line, physical_draft_line
 from nasd.policy import POLICY_NAMES
 from shaping.link_model import transmit_s
 from shaping.profile import LinkState
@@ -109,12 +109,11 @@ def draft_line(k: pd.Series, t_draft: pd.Series) -> Line:
     cycles each and the line is a physical one (a positive slope, a non-negative
     intercept); else a line through zero at the mean time per drafted token (a fixed K's
     few shorter last cycles cannot tell a slope)."""
-    counts = k.value_counts()
-    if (counts >= LINE_MIN_CYCLES).sum() >= 2:
+    fitted = Line(0.0)
+    if (k.value_counts() >= LINE_MIN_CYCLES).sum() >= 2:
         slope, intercept = np.polyfit(k, t_draft, 1)
-        if slope > 0 and intercept >= 0:
-            return Line(float(intercept), float(slope))
-    return Line(0.0, float(t_draft.sum() / k.sum()))
+        fitted = Line(float(intercept), float(slope))
+    return physical_draft_line(fitted, float(t_draft.sum() / k.sum()))
 
 
 def measured_acceptance(cycles: pd.DataFrame) -> Acceptance | None:

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nasd.analytic import ComputeTimes
-from nasd.estimator import Calibration, DecayedLine, Line
+from nasd.estimator import Calibration, DecayedLine, Line, physical_draft_line
 from nasd.table import RttTable, TableRow
 from orchestrator.config.loading import (
     MAX_DATA_BYTES,
@@ -118,9 +118,9 @@ class CalibrationFile(_Strict):
         the mean per token where its line is not a physical one), on a link at
         ``seconds_per_byte``."""
         verify = _line([(row.k + 1, row.seconds.mean) for row in self.verify])
-        draft = _line([(row.k, row.seconds.mean) for row in self.draft or []])
-        if not (draft.slope > 0 and draft.intercept >= 0):
-            draft = Line(0.0, self.draft_token_s.mean)
+        draft = physical_draft_line(_line([(row.k, row.seconds.mean)
+                                           for row in self.draft or []]),
+                                    self.draft_token_s.mean)
         times = ComputeTimes(draft_token_s=draft.slope, draft_base_s=draft.intercept,
                              verify_base_s=max(verify.intercept, 0.0),
                              verify_per_token_s=verify.slope, decode_s=self.decode_s.mean)
