@@ -116,6 +116,15 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
     assert link["uplink"]["messages"] >= len(cycles)
 
 
+def test_a_run_without_a_speculation_cycle_gets_its_model_prediction(tmp_path):
+    """cloud-only alone on the synthetic pair: no cycle recorded, the modeled times still
+    predict its rate (the summary once asked the missing cycles for their K)."""
+    spec = RunSpec.load("smoke", "lan", "sim", job_overrides={"strategies": ["cloud-only"]})
+    folder, summary = run(spec, tmp_path, Console(file=io.StringIO()))
+    assert not read_jsonl(folder / "cycles.jsonl")
+    assert summary["predicted_tokens_per_s"].notna().all() and len(summary) == 1
+
+
 ADAPTIVE = ["nasd", "hf-heuristic", "bandit"]
 
 

@@ -147,7 +147,7 @@ def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.Data
     own = _own_cycles(run.label, cycles)
     speculated, answer_ends = _speculated(own)
     ks = speculated["k"].tolist() if len(own) else [run.k]
-    stretched = own.drop(speculation_cycles(own).index)
+    stretched = own.drop(speculated.index.union(answer_ends.index))
     stretched = stretched[stretched["served_by"] != "dropped"] if "served_by" in stretched \
         else stretched
     return predicted_tokens_per_s(run.strategy, ks, _acceptance(row, spec, speculated), times,
@@ -156,7 +156,8 @@ def _prediction(run: StrategyRun, row: pd.Series, spec: RunSpec, cycles: pd.Data
                                                      stretched.get("tokens", []),
                                                      stretched.get("cycle", []))),
                                   draft_ahead=run.draft_ahead,
-                                  answer_ends=list(zip(answer_ends["k"], answer_ends["tokens"])))
+                                  answer_ends=list(zip(answer_ends.get("k", []),
+                                                       answer_ends.get("tokens", []))))
 
 
 def _own_cycles(label: str, cycles: pd.DataFrame) -> pd.DataFrame:
