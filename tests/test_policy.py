@@ -664,3 +664,78 @@ def test_a_seed_is_the_counts_its_calibration_makes_likely():
     assert seeded.bytes_up.slope == pytest.approx(4)
     with pytest.raises(ValueError, match="cycles > 0"):
         estimator.seed(IDS, cycles=0, k=3)
+
+
+# --------------------------------------------------------------------------- token budget
+
+
+def query_p95_ms(truth: Calibration, rtt_s: float) -> np.ndarray:
+    """Each K's ms per token at the 95th percentile of a 64-token query's decode time."""
+    return 1000.0 / truth.tail_throughputs(rtt_s, 0.0, DEPTHS, 64, 0.95)
+
+
+def test_a_token_budget_keeps_k_among_the_k_whose_tail_fits_it():
+    """At 200 ms the mean's best K is 8, whose 95th-percentile query breaks a budget of
+    104.3 ms a token; K = 6 keeps it (the mean's best of those that do), and says so."""
+    budget_ms, steady = 104.3, dict(calibration=IDS, learn=False, hand_off=False)
+    tails = query_p95_ms(IDS, 0.2)
+    keeping = [k for k in DEPTHS if tails[k - 1] <= budget_ms]
+    assert IDS.best_k(0.2, 1, 15) not in keeping and keeping == [6]
+    guarded = NasdController(1, 15, token_budget_s=budget_ms / 1000.0, **steady)
+    assert drive(guarded, IDS, [0.2] * 20)[-10:] == [6] * 10
+    assert guarded.budget_verdict == "accept"
+    free = NasdController(1, 15, **steady)
+    assert drive(free, IDS, [0.2] * 20)[-1] == IDS.best_k(0.2, 1, 15)
+    assert free.budget_verdict is None
+
+
+def test_where_every_k_breaks_the_budget_and_the_cloud_keeps_it_the_cloud_decodes():
+    """At 32 ms, below the reversal (36 ms), speculation's mean beats the cloud's decoding
+    (28.7 against 33.2 ms a token), so no stretch is handed off without a budget; but its
+    95th-percentile query takes 34.4 ms a token at the best K.  A budget of 34 ms: after the
+    evidence cycles the cloud decodes, one speculation cycle in 9 measuring the link.  A
+    budget of 33 ms, which the cloud breaks too: speculation at the mean's best K."""
+    rtt_s, steady = 0.032, dict(calibration=IDS, learn=False)
+    cloud_ms = 1000.0 / IDS.cloud_stretch(rtt_s, 0.1, 4.0).tokens_per_s
+    assert reversal_rtt_s(IDS) > rtt_s and query_p95_ms(IDS, rtt_s).min() > 34.0 > cloud_ms > 33.0
+    assert HAND_OFF not in drive(NasdController(1, 15, **steady), IDS, [rtt_s] * 40)
+    ks = drive(NasdController(1, 15, token_budget_s=0.034, **steady), IDS, [rtt_s] * 40)
+    assert HAND_OFF not in ks[:10] and stretch_runs(ks[10:]) == [8, 8, 8, 3]
+    beyond = NasdController(1, 15, token_budget_s=0.033, **steady)
+    assert HAND_OFF not in drive(beyond, IDS, [rtt_s] * 40)
+    assert beyond.budget_verdict == "reject" and beyond.k == IDS.best_k(rtt_s, 1, 15)
+
+
+def test_a_learning_controller_unsure_of_the_budget_keeps_measuring():
+    """Learning online at 20 ms, with a budget inside the evidence's interval of the best K's
+    tail: the guardrail mostly cannot decide, so K stays among the K it has not ruled out,
+    and no stretch is handed off (the cloud's 33 ms a token breaks the budget, and one taken
+    on a point prediction would starve the evidence).  Where an unlucky stretch of cycles
+    puts even the best case above the budget, every K is rejected and K is the mean's best."""
+    tails = query_p95_ms(IDS, 0.02)
+    for seed in range(3):
+        controller = probed(NasdController(1, 15, token_budget_s=tails.min() / 1000.0), IDS,
+                            0.02)
+        rng, verdicts = np.random.default_rng(seed), []
+        for _ in range(300):
+            k = controller.next_k()
+            verdicts.append(controller.budget_verdict)
+            assert k != HAND_OFF, seed
+            controller.observe(simulated_cycle(k, IDS, 0.02, rng))
+        assert verdicts[20:].count("measure") >= 0.8 * 280, (seed, verdicts)
+
+
+def test_only_nasd_keeps_a_token_budget_and_only_where_it_is_modelled():
+    with pytest.raises(ValueError, match="only nasd"):
+        make_policy("bandit", token_budget_s=0.03)
+    with pytest.raises(ValueError, match="must be positive"):
+        NasdController(1, 15, token_budget_s=0.0)
+    with pytest.raises(ValueError, match="unconstrained K"):
+        NasdController(1, 15, token_budget_s=0.03, table=build_table(IDS, [0.0, 0.1], 1, 15))
+    with pytest.raises(ValidationError, match="unconstrained K"):
+        JobConfig(nasd_token_budget_ms=30, nasd_rtt_table_path="table.csv")
+    with pytest.raises(ValidationError, match="nasd_token_budget_ms"):
+        JobConfig(strategies=["nasd"], draft_ahead=1, nasd_token_budget_ms=30)
+    with pytest.raises(ValidationError, match="greater than 0"):
+        JobConfig(nasd_token_budget_ms=-1)
+    assert make_policy("nasd", token_budget_s=0.03).token_budget_s == 0.03
