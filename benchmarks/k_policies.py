@@ -395,30 +395,31 @@ def budget(args) -> None:
     print(f"runs under {root}")
 
 
+def sized(parser: argparse.ArgumentParser, queries: int, repetitions: int,
+          tokens: int) -> argparse.ArgumentParser:
+    """A command's run size: prompts, repetitions of each, new tokens per query."""
+    parser.add_argument("--queries", type=int, default=queries)
+    parser.add_argument("--repetitions", type=int, default=repetitions)
+    parser.add_argument("--tokens", type=int, default=tokens, help="new tokens per query")
+    return parser
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    stable_parser = commands.add_parser("stable", help="NASD against the oracle fixed K")
+    stable_parser = sized(commands.add_parser("stable", help="NASD against the oracle fixed K"),
+                          queries=16, repetitions=1, tokens=64)
     stable_parser.add_argument("--pairs", nargs="+", default=["synthetic", "tiny-arith"])
     stable_parser.add_argument("--rtts", nargs="+", type=float,
                                default=[0, 10, 25, 50, 100, 200, 500])
-    stable_parser.add_argument("--queries", type=int, default=16)
-    stable_parser.add_argument("--repetitions", type=int, default=1)
-    stable_parser.add_argument("--tokens", type=int, default=64, help="new tokens per query")
-    drift_parser = commands.add_parser("drift", help="adaptive K on drifting links")
-    drift_parser.add_argument("--queries", type=int, default=2)
-    drift_parser.add_argument("--repetitions", type=int, default=1)
-    drift_parser.add_argument("--tokens", type=int, default=700, help="new tokens per query")
+    drift_parser = sized(commands.add_parser("drift", help="adaptive K on drifting links"),
+                         queries=2, repetitions=1, tokens=700)
     drift_parser.add_argument("--walk-seeds", type=int, nargs="+", default=[1, 2, 3],
                               help="one random walk of the RTT per seed")
-    tail_parser = commands.add_parser("tail", help="nasd's RTT estimates and objectives")
-    tail_parser.add_argument("--queries", type=int, default=10)
-    tail_parser.add_argument("--repetitions", type=int, default=4)
-    tail_parser.add_argument("--tokens", type=int, default=64, help="new tokens per query")
-    budget_parser = commands.add_parser("budget", help="nasd with a token budget")
-    budget_parser.add_argument("--queries", type=int, default=40)
-    budget_parser.add_argument("--repetitions", type=int, default=1)
-    budget_parser.add_argument("--tokens", type=int, default=64, help="new tokens per query")
+    sized(commands.add_parser("tail", help="nasd's RTT estimates and objectives"),
+          queries=10, repetitions=4, tokens=64)
+    budget_parser = sized(commands.add_parser("budget", help="nasd with a token budget"),
+                          queries=40, repetitions=1, tokens=64)
     budget_parser.add_argument("--budgets", type=float, nargs="+", default=[31, 34, 36],
                                help="ms per committed token")
     args = parser.parse_args()
