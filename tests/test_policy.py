@@ -310,6 +310,31 @@ SHIPPED = Calibration(0.75, ComputeTimes(draft_token_s=0.00103, verify_base_s=0.
                       bytes_up=Line(97), bytes_down=Line(136))
 
 
+def test_short_stretches_measure_again_only_when_the_round_trips_it_costs_are_a_small_share():
+    """Answers of 24 tokens, each handed whole to the cloud at 200 ms: a speculation cycle
+    after every 8 of them would add two round trips (0.4 s) to 8 stretches of 0.27 s.  One
+    comes once the stretches since the last decoded 20 times those round trips (8 s), so
+    about one query in 30 measures acceptance and the link again; it still comes."""
+    rtt_s, answer = 0.2, 24
+    controller, kinds = probed(NasdController(1, 15), SHIPPED, rtt_s), []
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        left = answer
+        while left > 0:
+            k = controller.next_k()
+            cycle = simulated_cycle(min(k, left - 1), SHIPPED, rtt_s, rng) if k \
+                else simulated_stretch(replace(controller.stretch, tokens=min(
+                    controller.stretch.tokens, left)), SHIPPED, rtt_s)
+            kinds.append(cycle.served_by)
+            controller.observe(cycle)
+            left -= cycle.tokens
+    stretch_s = rtt_s + answer * SHIPPED.times.decode_time_s()
+    later = kinds[40:]
+    measured = later.count("speculation")
+    assert 1 <= measured <= len(later) * stretch_s / (2 * rtt_s / 0.05) + 1, kinds
+    assert kinds.count("speculation") < 30
+
+
 def test_the_first_decision_measures_the_clouds_plain_step_so_a_cheap_cloud_is_found():
     """A verify holds work a plain step does not (the payload's decoding, the rejection
     sampling): read off the verify line, the cloud's step looked 4.8 ms where it is 2.0 ms,
