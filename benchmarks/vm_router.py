@@ -11,7 +11,8 @@ plot) under ``--out``; the host's load average is printed with every figure
    interval (must contain the configured rate), goodput (goal within 3 %).
 2. ``compute``: the job in sim mode and in vm mode back to back, ``--pairs``
    times: per strategy, cloud compute per output token and draft time per
-   token, vm over sim (goal 1.00 +- 0.10): the agents run natively in both.
+   token, vm over sim (goal 1.00 +- 0.10): the agents run natively in both; pooled
+   sums, each pair's ratio, and the median query's ratio with its interval.
 3. ``schedule``: the ``oscillating`` profile through the router: each
    applied change (planned offset, sent, acknowledged by the guest kernel;
    goal within 20 ms), the same changes as UDP echo probes every 5 ms see
@@ -49,6 +50,7 @@ from orchestrator.results import ResultsFolder  # noqa: E402
 from shaping.clock import now  # noqa: E402
 from shaping.link import EmulatedLink  # noqa: E402
 from validation.link_probe import KernelPaths, ProbePlan, measure_packets, probe_link  # noqa: E402
+from validation.stats import median_ratio_interval  # noqa: E402
 
 PROBE_PROFILES = {            # what the issue names -> a shipped profile (and an override)
     "10 ms": ("rtt010-bw100", {}),
@@ -114,6 +116,47 @@ def per_token(folders: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def per_query(folders: list[Path]) -> pd.DataFrame:
+    """One row per query of ``folders``: its strategy run's label, cloud compute ms per output
+    token, draft ms per drafted token (edge-only: its decode time per token)."""
+    rows = []
+    for number, folder in enumerate(folders):
+        queries = read_jsonl(folder / ResultsFolder.QUERIES)
+        cycles = read_jsonl(folder / ResultsFolder.CYCLES)
+        keys = ["label", "query_id", "repetition"]
+        drafted = (cycles.groupby(keys)[["t_draft", "k"]].sum() if not cycles.empty
+                   else pd.DataFrame(columns=["t_draft", "k"]))
+        for query in queries.itertuples():
+            own = drafted.loc[(query.label, query.query_id, query.repetition)] \
+                if (query.label, query.query_id, query.repetition) in drafted.index else None
+            draft = (1000 * own["t_draft"] / own["k"] if own is not None and own["k"]
+                     else 1000 * query.decode_s / (query.n_tokens - 1)
+                     if query.label == "edge-only" and query.n_tokens > 1 else math.nan)
+            cloud = 1000 * query.cloud_compute_s / query.n_tokens if query.n_tokens else 0.0
+            rows.append({"run": number, "label": query.label, "draft_ms_per_token": draft,
+                         "cloud_ms_per_token": cloud if cloud > 0 else math.nan})
+    return pd.DataFrame(rows)
+
+
+def median_ratios(top: list[Path], bottom: list[Path]) -> pd.DataFrame:
+    """Per strategy, the median query's cloud and draft ms per token in the runs ``top`` and
+    in the runs ``bottom`` and their ratio with a 95 % interval (``median_ratio_interval``)."""
+    found = [per_query(runs) for runs in (top, bottom)]
+    rows = {}
+    for label in sorted(set(found[1]["label"])):
+        row = {}
+        for column in ("cloud_ms_per_token", "draft_ms_per_token"):
+            vm_ms, sim_ms = (runs.loc[runs["label"] == label, column].dropna()
+                             for runs in found)
+            if vm_ms.empty or sim_ms.empty:
+                continue
+            low, high = median_ratio_interval(vm_ms, sim_ms)
+            row[column] = (f"{vm_ms.median():.3f} / {sim_ms.median():.3f} = "
+                           f"{vm_ms.median() / sim_ms.median():.3f} [{low:.3f}, {high:.3f}]")
+        rows[label] = row
+    return pd.DataFrame(rows).T.fillna("-")
+
+
 def _cpu_s(router) -> float:
     """CPU seconds the router VM's qemu has used so far."""
     fields = Path(f"/proc/{router.router.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -148,6 +191,12 @@ def compute(out: Path, job: str, profile: str, pairs: int, repetitions: int | No
             by_pair[column].median(), by_pair[column].min(), by_pair[column].max())]
          for column in ("cloud_ms_per_token", "draft_ms_per_token")},
         index=by_pair.median().index).to_string())
+    # a stalled query (the host, not the router) moves a sum; the median query it does not
+    print("the median query, vm / sim [95 %], every pair's queries together:\n"
+          + median_ratios(folders["vm"], folders["sim"]).to_string())
+    if pairs > 1:   # the same figure between runs of one mode: what the host alone moves
+        print("A/A control, sim runs of the even pairs / of the odd pairs:\n" + median_ratios(
+            folders["sim"][0::2], folders["sim"][1::2]).to_string())
     pooled.to_csv(out / "compute_ratios.csv")
 
 

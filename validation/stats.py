@@ -164,6 +164,23 @@ def rate_ratio_interval(numerators_a: Sequence[float], denominators_a: Sequence[
         return _central(rates[0] / rates[1], confidence)
 
 
+def median_ratio_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                          resamples: int = BOOTSTRAP_RESAMPLES,
+                          seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Interval of median(a) / median(b), each group's values resampled on their own
+    (percentile bootstrap; NaNs ignored): a ratio that a few stalled rows in either group
+    do not move, as they move one of sums."""
+    groups = [np.asarray(values, dtype=np.float64) for values in (a, b)]
+    groups = [values[~np.isnan(values)] for values in groups]
+    if any(values.size < MIN_ROWS for values in groups):
+        return NO_INTERVAL
+    rng = np.random.default_rng(seed)
+    medians = [np.median(values[rng.integers(0, values.size, size=(resamples, values.size))],
+                         axis=1) for values in groups]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _central(medians[0] / medians[1], confidence)
+
+
 def percentile_interval(values: Iterable[float], q: float, **bootstrap) -> tuple[float, float]:
     """Interval of the ``q``-th percentile (as ``percentiles`` computes it; NaNs ignored)."""
     samples = np.asarray(list(values), dtype=np.float64)
