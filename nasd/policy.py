@@ -178,11 +178,12 @@ class NasdController(AdaptiveK):
     draft's, one cycle speculates to measure acceptance and the link (the link's RTT the
     stretches' pings measure too; counted in stretches alone, short answers each served in
     a stretch paid two round trips every 8 queries: on the shipped pair at 200 ms, nasd
-    decoded at 0.58 of cloud-only's rate with 0.95 of its tokens handed off); and no stretch comes before ``evidence_cycles`` speculation
-    cycles were seen (each decision is a test on few cycles, and over many cycles one of them
-    errs: a lossy cutoff on such an error had served the draft's tokens 9 ms below the
-    reversal RTT), unless it beats speculation at any acceptance (a = 1: the evidence could
-    not change the decision; not with the cutoff).  With the edge-only cutoff (and
+    decoded at 0.58 of cloud-only's rate with 0.95 of its tokens handed off); and no
+    stretch comes before ``evidence_cycles`` speculation cycles were seen (each decision is
+    a test on few cycles, and over many cycles one of them errs: a lossy cutoff on such an
+    error had served the draft's tokens 9 ms below the reversal RTT), unless it beats
+    speculation at any acceptance (a = 1: the evidence could not change the decision; not
+    with the cutoff).  With the edge-only cutoff (and
     acceptance learned) the first stretch waits for ``lossy_evidence_cycles`` speculation
     cycles instead: the test is made again at every cycle, and after 12 cycles one prompt
     whose drafts were accepted 5 times in 14 tests (a = 0.7) sent the draft's lossy tokens
@@ -198,16 +199,21 @@ class NasdController(AdaptiveK):
     ``table``: K is the table's speculative K (``spec_k``) at the RTT decided on, not the
     argmax on the calibration; stretches are weighed on the calibration as without one.
 
-    ``token_budget_s``: a budget on seconds per committed token.  Each K's seconds per token
-    is predicted with an interval (``_per_token_bounds``: the low end at the best case the
-    evidence allows, as for hand-offs; the high end with every position's acceptance at
-    most the pooled rate's lower ``BUDGET_CONFIDENCE`` bound and the RTT at that percentile
-    of the recent samples) and judged as ``orchestrator sweep`` judges a strategy run
+    ``token_budget_s``: a budget on seconds per committed token, for ``BUDGET_QUANTILE`` of
+    queries of ``objective_tokens``.  Each K's seconds per token at that quantile of a
+    query's decode time (tau's spread and the recent RTT samples') is predicted with an
+    interval (``_per_token_bounds``: the low end at the best case the evidence allows, as for
+    hand-offs; the high end with every position's acceptance at most the pooled rate's lower
+    95 % bound) and judged as ``orchestrator sweep`` judges a strategy run
     (``nasd.latency.guardrail.decide``): K is the objective's best among the K accepted
-    (their high end fits), else among those it cannot decide (where the cycles themselves
-    measure it), else, where every K breaks the budget, the best of all;
-    ``budget_verdict`` says which.  Stretches are weighed as without a budget.  Not with a
-    table (it holds the unconstrained K).
+    (their high end fits), else among those it cannot decide (the cycles measure them), else
+    (every K surely breaks the budget) the best of all, unless the cloud's decoding keeps
+    the budget: then the cloud decodes a stretch, past the evidence cycles, below the
+    reversal too, until some K may keep it again (``continue_stretch``).
+    ``budget_verdict`` says how the K in use was judged.  A budget changes no decision where
+    a K is sure to keep it, and a mean budget (over E[tau]) would change none at all: the
+    mean's best K is also the best at the acceptance's either bound.  Not with a table (it
+    holds the unconstrained K) nor with draft-ahead (the tail is modelled without it).
 
     ``draft_ahead``: the edge pipelines blocks that deep (``agents.edge``), so K is the argmax
     of the pipelined throughput (``nasd.analytic.pipelined_throughput``), and so is the
@@ -236,6 +242,9 @@ class NasdController(AdaptiveK):
         if token_budget_s is not None and table is not None:
             raise ValueError("an RTT -> K table holds the unconstrained K: it cannot keep a "
                              "token budget")
+        if token_budget_s is not None and draft_ahead:
+            raise ValueError("a token budget is judged on a query's decode time modelled "
+                             "without draft-ahead")
         self.token_budget_s = token_budget_s
         self.draft_ahead = draft_ahead
         self.rtt_percentile = percentile_of(rtt_estimate, EWMA)

@@ -757,6 +757,8 @@ def test_only_nasd_keeps_a_token_budget_and_only_where_it_is_modelled():
         NasdController(1, 15, token_budget_s=0.0)
     with pytest.raises(ValueError, match="unconstrained K"):
         NasdController(1, 15, token_budget_s=0.03, table=build_table(IDS, [0.0, 0.1], 1, 15))
+    with pytest.raises(ValueError, match="without draft-ahead"):
+        NasdController(1, 15, token_budget_s=0.03, draft_ahead=1)
     with pytest.raises(ValidationError, match="unconstrained K"):
         JobConfig(nasd_token_budget_ms=30, nasd_rtt_table_path="table.csv")
     with pytest.raises(ValidationError, match="nasd_token_budget_ms"):
