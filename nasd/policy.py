@@ -339,17 +339,18 @@ class NasdController(AdaptiveK):
                 and (evidenced or not self.edge_only_cutoff):
             cloud = plan.cloud_stretch(rtt_s, self.rtt_share, self.stretch_max_s)
             beats = cloud.tokens_per_s / (1.0 + self.switch_margin)
-            # the budget: no K keeps it, the cloud's steady step does
+            # the cloud's runs as long as a decision may stand: pings stop it sooner once the
+            # link favours speculation (the RTT share sizes only the decision)
+            longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
+            # the budget: no K keeps it, the cloud's steady step (its one round trip spread
+            # over the longest stretch) does
             self.for_budget = keeps is not None and evidenced and not keeps.any() \
-                and 1.0 / cloud.tokens_per_s <= self.token_budget_s
+                and plan.times.decode_time_s() + rtt_s / longest <= self.token_budget_s
             if self.for_budget or (plain_best is None or beats > plain_best) \
                     and beats > self._best_case(plan, rtt_s, None if evidenced else 1.0):
                 # a stretch for the budget is the cloud's: lossless, and it measures the link
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
                     if self.edge_only_cutoff and not self.for_budget else None
-                # the cloud's runs as long as a decision may stand: pings stop it sooner once
-                # the link favours speculation (the RTT share sizes only the decision)
-                longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
                 self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s \
                     else replace(cloud, tokens=longest)
                 # an edge stretch measures nothing of the link: speculate right after it

@@ -715,18 +715,22 @@ def test_a_token_budget_keeps_k_among_the_k_whose_tail_fits_it():
 
 
 def test_where_every_k_breaks_the_budget_and_the_cloud_keeps_it_the_cloud_decodes():
-    """At 32 ms, below the reversal (36 ms), speculation's mean beats the cloud's decoding
-    (28.7 against 33.2 ms a token), so no stretch is handed off without a budget; but its
-    95th-percentile query takes 34.4 ms a token at the best K.  A budget of 34 ms: after the
-    evidence cycles the cloud decodes, one speculation cycle in 9 measuring the link.  A
-    budget of 33 ms, which the cloud breaks too: speculation at the mean's best K."""
+    """At 32 ms, below the reversal (36 ms), speculation's mean beats a cloud stretch sized so
+    its round trip is a tenth of it (28.7 against 33.2 ms a token), so no stretch is handed
+    off without a budget; but its 95th-percentile query takes 34.4 ms a token at the best
+    K, while the cloud's step, its round trip spread over the longest stretch (4 s), takes
+    30.2.  A budget of 34 ms: after the evidence cycles the cloud decodes, one speculation
+    cycle in 9 measuring the link.  A budget of 30 ms, which the cloud breaks too:
+    speculation at the mean's best K."""
     rtt_s, steady = 0.032, dict(calibration=IDS, learn=False)
-    cloud_ms = 1000.0 / IDS.cloud_stretch(rtt_s, 0.1, 4.0).tokens_per_s
-    assert reversal_rtt_s(IDS) > rtt_s and query_p95_ms(IDS, rtt_s).min() > 34.0 > cloud_ms > 33.0
+    step_s = IDS.times.decode_time_s()
+    steady_ms = 1000.0 * (step_s + rtt_s / int(4.0 / step_s))
+    assert reversal_rtt_s(IDS) > rtt_s and query_p95_ms(IDS, rtt_s).min() > 34.0
+    assert 30.0 < steady_ms < 34.0
     assert HAND_OFF not in drive(NasdController(1, 15, **steady), IDS, [rtt_s] * 40)
     ks = drive(NasdController(1, 15, token_budget_s=0.034, **steady), IDS, [rtt_s] * 40)
     assert HAND_OFF not in ks[:10] and stretch_runs(ks[10:]) == [8, 8, 8, 3]
-    beyond = NasdController(1, 15, token_budget_s=0.033, **steady)
+    beyond = NasdController(1, 15, token_budget_s=0.030, **steady)
     assert HAND_OFF not in drive(beyond, IDS, [rtt_s] * 40)
     assert beyond.budget_verdict == "reject" and beyond.k == IDS.best_k(rtt_s, 1, 15)
 
