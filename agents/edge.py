@@ -32,7 +32,7 @@ import math
 import sys
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, NamedTuple, Sequence, get_args
+from typing import Callable, Iterator, Literal, Sequence, get_args
 
 import numpy as np
 import zmq
@@ -78,18 +78,6 @@ def link_rtt_bounds(pings: Sequence[tuple[float, float]]) -> tuple[float, float]
     return low, high
 
 
-class Decision(NamedTuple):
-    """What the policy decided for a cycle, as its record keeps it."""
-
-    k: int                        # the policy's K (``HAND_OFF``: a stretch)
-    rtt_estimate_ms: float | None  # the RTT it was chosen on (nasd)
-    budget_verdict: str | None    # the token budget's verdict on it (nasd with a budget)
-
-    @classmethod
-    def of(cls, policy: KPolicy) -> "Decision":
-        return cls(policy.next_k(), policy.rtt_estimate_ms, policy.budget_verdict)
-
-
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     strategy: StrategyName
@@ -103,7 +91,6 @@ class QueryRequest(BaseModel):
     rtt_estimate: str = EWMA     # nasd: the RTT it decides on (ewma, or pNN)
     objective: str = MEAN        # nasd: what K optimises (mean, or pNN of the decode time)
     objective_tokens: int = Field(default=64, gt=0)   # nasd: of a query this long (the job's)
-    token_budget_ms: float | None = Field(default=None, gt=0)   # nasd: per committed token
     # fixed-k, nasd: blocks in flight beyond the oldest unanswered one (0: no draft-ahead)
     draft_ahead: int = Field(default=0, ge=0, le=MAX_DRAFT_AHEAD)
     query_id: str
@@ -168,15 +155,14 @@ class EdgeAgent:
     def policy(self, request: QueryRequest) -> KPolicy:
         key = (request.label, request.strategy, request.k, request.k_min, request.k_max,
                request.edge_only_cutoff, request.rtt_estimate, request.objective,
-               request.objective_tokens, request.draft_ahead, request.token_budget_ms)
+               request.objective_tokens, request.draft_ahead)
         if key not in self.policies:
             self.policies[key] = self.policy_for(
                 request.strategy, request.k, request.k_min, request.k_max,
                 edge_only_cutoff=request.edge_only_cutoff, table=request.nasd_rtt_table,
                 calibration=request.nasd_calibration, rtt_estimate=request.rtt_estimate,
                 objective=request.objective, objective_tokens=request.objective_tokens,
-                draft_ahead=request.draft_ahead, token_budget_s=None
-                if request.token_budget_ms is None else request.token_budget_ms / 1000.0)
+                draft_ahead=request.draft_ahead)
         return self.policies[key]
 
     def run_query(self, request: QueryRequest) -> tuple[QueryRecord, list[CycleRecord]]:
@@ -319,8 +305,8 @@ class EdgeAgent:
         for the cloud decided before the prompt goes up rides on the ``open`` (as
         cloud-only's stream: its round trip is in the TTFT, not paid again)."""
         query = SpeculationQuery(request, session, prompt_ids, self.models, policy)
-        decision = Decision.of(policy)
-        opening = policy.stretch.tokens if decision.k == HAND_OFF \
+        decision = (policy.next_k(), policy.rtt_estimate_ms)
+        opening = policy.stretch.tokens if decision[0] == HAND_OFF \
             and policy.stretch.served_by == "cloud" else 0
         stream = max(min(opening, request.max_new_tokens) - 1, 0)   # after the first token
         query.t_submit = t_start = now()
@@ -343,13 +329,13 @@ class EdgeAgent:
                 self._cycle(query, decision, t_start, measured)
                 decision = None
             while not query.finished and query.remaining > 0:
-                decision = decision or Decision.of(policy)
+                decision = decision or (policy.next_k(), policy.rtt_estimate_ms)
                 t_start = now()
-                if decision.k != HAND_OFF and request.draft_ahead:
+                if decision[0] != HAND_OFF and request.draft_ahead:
                     decision = self._pipeline(query, decision)
                     continue
-                if decision.k != HAND_OFF:
-                    measured = self._speculation_cycle(query, min(decision.k,
+                if decision[0] != HAND_OFF:
+                    measured = self._speculation_cycle(query, min(decision[0],
                                                                   query.remaining - 1))
                 elif policy.stretch.served_by == "cloud":
                     measured = self._cloud_stretch(query, min(policy.stretch.tokens,
@@ -364,7 +350,7 @@ class EdgeAgent:
         return query.record(self, opened, bytes_down), query.cycles
 
     @staticmethod
-    def _cycle(query: SpeculationQuery, decision: Decision, t_start: float,
+    def _cycle(query: SpeculationQuery, decision: tuple[int, float | None], t_start: float,
                measured: dict) -> None:
         """Record a finished cycle or stretch and hand it to the policy (not a block dropped
         unverified: it served nothing).  ``measured`` holds the cycle record's fields, and
@@ -379,16 +365,15 @@ class EdgeAgent:
                         t_verify_real=real_seconds(measured["t_verify"], verify_passes))
         cycle = CycleRecord(
             label=request.label, strategy=request.strategy, query_id=request.query_id,
-            repetition=request.repetition, cycle=len(query.cycles) + 1, policy_k=decision.k,
-            nasd_rtt_estimate_ms=decision.rtt_estimate_ms,
-            nasd_budget_verdict=decision.budget_verdict, t_start=t_start - query.t_submit,
+            repetition=request.repetition, cycle=len(query.cycles) + 1, policy_k=decision[0],
+            nasd_rtt_estimate_ms=decision[1], t_start=t_start - query.t_submit,
             t_cycle=query.t_last - t_start, **measured)
         query.cycles.append(cycle)
         if cycle.served_by != "dropped":
             query.policy.observe(cycle)
 
-    def _pipeline(self, query: SpeculationQuery, decision: Decision
-                  ) -> Decision | None:
+    def _pipeline(self, query: SpeculationQuery, decision: tuple[int, float | None]
+                  ) -> tuple[int, float | None] | None:
         """Draft-ahead, one epoch: blocks of the policy's K, up to ``draft_ahead`` of them in
         flight beyond the oldest unanswered one, each drafted on the premise that the ones
         before it are kept whole; each verdict committed as it comes, in order.  The epoch
@@ -403,11 +388,11 @@ class EdgeAgent:
         than a round trip of drafting delays the first verdict's handling."""
         in_flight: deque[Block] = deque()
         while True:
-            while decision is not None and decision.k != HAND_OFF \
+            while decision is not None and decision[0] != HAND_OFF \
                     and len(in_flight) <= query.request.draft_ahead:
                 block = self._send_block(query, decision, ahead=bool(in_flight))
                 in_flight.append(block)
-                decision = Decision.of(query.policy) \
+                decision = (query.policy.next_k(), query.policy.rtt_estimate_ms) \
                     if block.premise["ahead_follows"] else None
             if not in_flight:
                 return decision
@@ -422,13 +407,13 @@ class EdgeAgent:
                         draft_passes=stale.draft_passes, verify_passes=self._no_passes()))
                 return decision
 
-    def _send_block(self, query: SpeculationQuery, decision: Decision,
+    def _send_block(self, query: SpeculationQuery, decision: tuple[int, float | None],
                     ahead: bool) -> Block:
         """Draft one block at the end of the draft's sequence (after every block in flight)
         and send it with its premise."""
         t_start = now()
         start = len(query.draft.tokens)
-        drafts = draft_tokens(query.draft, min(decision.k, query.remaining - 1), query.decoding,
+        drafts = draft_tokens(query.draft, min(decision[0], query.remaining - 1), query.decoding,
                               query.rng, query.eos_id, query.codec,
                               query.request.confidence_floor)
         draft_passes = self.models.take_passes()
@@ -609,7 +594,7 @@ class Block:
     drafts: Drafts
     start: int
     premise: dict
-    decision: Decision
+    decision: tuple[int, float | None]
     ahead: bool
     t_start: float
     t_sent: float

@@ -58,9 +58,6 @@ class CycleRecord:
     # proposed the answer's end, and kept whole it commits no bonus
     draft_eos: bool = False
     nasd_rtt_estimate_ms: float | None = None  # the RTT the controller chose K on (nasd only)
-    # nasd with a token budget: the latency guardrail's verdict on the cycle's K (accept,
-    # measure: it could not decide, reject: every K broke it); None without one, or a stretch
-    nasd_budget_verdict: str | None = None
     # device emulation (None without): t_draft and t_verify as the passes took for real, their
     # waits to the emulated device's time left out
     t_draft_real: float | None = None

@@ -30,17 +30,10 @@ the run. Each
 variant's tokens/s and the 50th and 95th percentiles of its queries' decode times (with a
 bootstrap 95 % interval), beside the fixed K that does best on each.
 
-``budget``: nasd with a token budget (``--nasd-token-budget-ms``: decode ms per token, for
-95 % of queries) on the synthetic pair near its reversal (36 ms), where speculation's mean
-beats the cloud's decoding but its slow queries do not: 25 ms with 5 ms of normal jitter and
-a steady 32 ms.  For each budget, nasd with it, nasd without one and cloud-only, side by
-side: tok/s and the share of queries that kept the budget (``budget_kept_share``).
-
     .venv/bin/python benchmarks/k_policies.py stable [--pairs synthetic tiny-arith]
         [--rtts 0 10 25 50 100 200 500] [--queries 16] [--repetitions 1] [--tokens 64]
     .venv/bin/python benchmarks/k_policies.py drift [--tokens 700] [--queries 2] [--walk-seeds 1 2 3]
     .venv/bin/python benchmarks/k_policies.py tail [--queries 10] [--repetitions 4]
-    .venv/bin/python benchmarks/k_policies.py budget [--queries 40] [--budgets 31 34 36]
 """
 
 from __future__ import annotations
@@ -60,7 +53,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nasd.analytic import cloud_only_throughput, distributed_throughputs  # noqa: E402
 from orchestrator.config.loading import load_model_pair, load_profile  # noqa: E402
-from orchestrator.reporting.run_summary import budget_kept_share  # noqa: E402
 from orchestrator.reporting.summary import read_jsonl  # noqa: E402
 from validation.prediction import modeled_times  # noqa: E402
 from orchestrator.results import ResultsFolder  # noqa: E402
@@ -365,36 +357,6 @@ def handed_off(queries: pd.DataFrame) -> float:
     return queries["handoff_tokens"].sum() / queries["n_tokens"].sum()
 
 
-BUDGET_LINKS = {"25 ms + 5 ms jitter": "rtt_ms: 25\njitter_ms: 5\n", "32 ms": "rtt_ms: 32\n"}
-
-
-def budget(args) -> None:
-    root = Path(tempfile.mkdtemp(prefix="edgespec-nasd-budget-"))
-    runs = {"cloud-only": ["--strategy", "cloud-only"], "nasd": ["--strategy", "nasd"],
-            **{f"nasd-{b:g}ms": ["--strategy", "nasd", "--nasd-token-budget-ms", f"{b:g}"]
-               for b in args.budgets}}
-    print(f"link, budget (ms per token): tok/s and the share of queries ({args.queries} x "
-          f"{args.tokens} tokens, synthetic pair, sim) that kept the budget, for nasd with "
-          "it, nasd without one and cloud-only")
-    for name, text in BUDGET_LINKS.items():
-        folder = root / name.replace(" ", "_")
-        folder.mkdir(parents=True)
-        profile = folder / "link.yaml"
-        profile.write_text(f"description: {name}\n{text}bandwidth_mbps: 100\n")
-        started = time.monotonic()
-        found = run_side_by_side(folder, ["--profile", str(profile)], "synthetic", args, runs)
-        measured = {label: rates(run) for label, run in found.items()}
-        for b in args.budgets:
-            shown = {f"nasd-{b:g}ms": f"nasd-{b:g}ms", "nasd": "nasd", "cloud-only": "cloud-only"}
-            print(f"{name:>20} {b:5g} ms: " + "  ".join(
-                f"{label} {rate(measured[run]):5.1f} tok/s, "
-                f"{budget_kept_share(measured[run], b):.2f} kept" for label, run in shown.items())
-                + f"  (nasd-{b:g}ms handed off {handed_off(measured[f'nasd-{b:g}ms']):.2f} of "
-                f"its tokens, nasd {handed_off(measured['nasd']):.2f})", flush=True)
-        print(f"{name:>20} [{time.monotonic() - started:.0f} s]")
-    print(f"runs under {root}")
-
-
 def sized(parser: argparse.ArgumentParser, queries: int, repetitions: int,
           tokens: int) -> argparse.ArgumentParser:
     """A command's run size: prompts, repetitions of each, new tokens per query."""
@@ -418,12 +380,8 @@ def main() -> int:
                               help="one random walk of the RTT per seed")
     sized(commands.add_parser("tail", help="nasd's RTT estimates and objectives"),
           queries=10, repetitions=4, tokens=64)
-    budget_parser = sized(commands.add_parser("budget", help="nasd with a token budget"),
-                          queries=40, repetitions=1, tokens=64)
-    budget_parser.add_argument("--budgets", type=float, nargs="+", default=[31, 34, 36],
-                               help="ms per committed token")
     args = parser.parse_args()
-    {"stable": stable, "drift": drift, "tail": tail, "budget": budget}[args.command](args)
+    {"stable": stable, "drift": drift, "tail": tail}[args.command](args)
     return 0
 
 

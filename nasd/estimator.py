@@ -409,10 +409,6 @@ class StageEstimator:
         from scipy.special import betaincinv
         return float(betaincinv(*self._pooled_counts(), confidence))
 
-    def acceptance_lower(self, confidence: float = 0.95) -> float:
-        """The pooled rate's other end: the counts rule out a lower one at ``confidence``."""
-        return self.acceptance_upper(1.0 - confidence)
-
     def calibration(self) -> Calibration | None:
         """What the cycles so far say; None before the first cycle that drafted."""
         if self.drafted <= 0:

@@ -31,9 +31,6 @@ its warm-up first), so what it learned carries from one query to the next.
   one short stretch first (``PROBE_TOKENS``, riding on the open of its first
   query, the warm-up where the run has one), and again at the next query's
   open when that one measured too few tokens to go by.
-  With a budget on seconds per committed token, K is chosen among the K the
-  latency guardrail (``nasd.latency.guardrail.decide``) accepts on the
-  evidence's interval.
 - ``Bandit`` (``bandit``): discounted UCB over K on measured seconds per
   committed token.
 
@@ -49,7 +46,6 @@ from typing import ClassVar, Literal, get_args
 import numpy as np
 
 from nasd.estimator import Calibration, Cycle, StageEstimator, Stretch
-from nasd.latency.guardrail import decide
 from nasd.table import RttTable
 
 PolicyName = Literal["fixed-k", "nasd", "hf-heuristic", "bandit"]
@@ -62,7 +58,6 @@ PROBED_TOKENS = 4  # nasd: fewer measured, it is measured again (a warm-up's ope
 PROBES = 3        # nasd: at most this many such stretches
 REMEASURE_SHARE = 0.05   # nasd: the most a speculation cycle between cloud stretches may cost
 EWMA, MEAN = "ewma", "mean"   # the default RTT estimate and objective; "pNN" names a percentile
-BUDGET_QUANTILE = 0.95        # nasd's token budget: kept by this share of queries
 
 
 def percentile_of(choice: str, default: str) -> float | None:
@@ -88,9 +83,6 @@ class KPolicy:
     rtt_estimate_ms: float | None = None
     # what to serve when next_k() answered HAND_OFF
     stretch: Stretch | None = None
-    # the budget guardrail's verdict on the last K (accept, measure, reject); None for
-    # policies without a budget, and for a stretch
-    budget_verdict: str | None = None
 
     def next_k(self) -> int:
         """The next cycle's K: at least 1, or ``HAND_OFF`` with ``stretch`` set."""
@@ -199,22 +191,6 @@ class NasdController(AdaptiveK):
     ``table``: K is the table's speculative K (``spec_k``) at the RTT decided on, not the
     argmax on the calibration; stretches are weighed on the calibration as without one.
 
-    ``token_budget_s``: a budget on seconds per committed token, for ``BUDGET_QUANTILE`` of
-    queries of ``objective_tokens``.  Each K's seconds per token at that quantile of a
-    query's decode time (tau's spread and the recent RTT samples') is predicted with an
-    interval (``_per_token_bounds``: the low end at the best case the evidence allows, as for
-    hand-offs; the high end with every position's acceptance at most the pooled rate's lower
-    95 % bound) and judged as ``orchestrator sweep`` judges a strategy run
-    (``nasd.latency.guardrail.decide``): K is the objective's best among the K accepted
-    (their high end fits), else among those it cannot decide (the cycles measure them), else
-    (every K surely breaks the budget) the best of all, unless the cloud's decoding keeps
-    the budget: then the cloud decodes a stretch, past the evidence cycles, below the
-    reversal too, until some K may keep it again (``continue_stretch``).
-    ``budget_verdict`` says how the K in use was judged.  A budget changes no decision where
-    a K is sure to keep it, and a mean budget (over E[tau]) would change none at all: the
-    mean's best K is also the best at the acceptance's either bound.  Not with a table (it
-    holds the unconstrained K) nor with draft-ahead (the tail is modelled without it).
-
     ``draft_ahead``: the edge pipelines blocks that deep (``agents.edge``), so K is the argmax
     of the pipelined throughput (``nasd.analytic.pipelined_throughput``), and so is the
     speculation a stretch must beat; K is chosen as each block is drafted, up to
@@ -233,19 +209,10 @@ class NasdController(AdaptiveK):
                  evidence_cycles: int = 10, rtt_estimate: str = EWMA, objective: str = MEAN,
                  objective_tokens: int = 64, table: RttTable | None = None,
                  draft_ahead: int = 0, calibration_cycles: float = 20.0,
-                 lossy_evidence_cycles: int = 30, token_budget_s: float | None = None) -> None:
+                 lossy_evidence_cycles: int = 30) -> None:
         super().__init__(k_min, k_max)
         if draft_ahead and table is not None:
             raise ValueError("an RTT -> K table plans without draft-ahead")
-        if token_budget_s is not None and not token_budget_s > 0:
-            raise ValueError(f"token_budget_s must be positive, got {token_budget_s}")
-        if token_budget_s is not None and table is not None:
-            raise ValueError("an RTT -> K table holds the unconstrained K: it cannot keep a "
-                             "token budget")
-        if token_budget_s is not None and draft_ahead:
-            raise ValueError("a token budget is judged on a query's decode time modelled "
-                             "without draft-ahead")
-        self.token_budget_s = token_budget_s
         self.draft_ahead = draft_ahead
         self.rtt_percentile = percentile_of(rtt_estimate, EWMA)
         tail = percentile_of(objective, MEAN)
@@ -284,7 +251,6 @@ class NasdController(AdaptiveK):
         self.decision_rtt_s: float | None = None
         self.probes_left = PROBES if hand_off and learn else 0
         self.link_changed = False    # the stretch under way is stopped: the link changed
-        self.for_budget = False      # the stretch under way keeps the token budget
         self.k = self.clamp(k_start)
 
     def plan(self) -> Calibration | None:
@@ -312,7 +278,6 @@ class NasdController(AdaptiveK):
         self.rtt_estimate_ms = None if rtt_s is None else 1000.0 * rtt_s
         if rtt_s is not None and self.table is not None:
             self.k = self.table.row_at(self.rtt_estimate_ms).spec_k
-        self.budget_verdict = None
         if rtt_s is None or plan is None:
             return self.k
         # the estimate's best mean tokens/s, where the scores hold it: the best case is never
@@ -320,16 +285,9 @@ class NasdController(AdaptiveK):
         plain_best = None
         if self.table is None:
             scores = self._scores(plan, rtt_s)
-            verdicts, keeps = (None, None) if self.token_budget_s is None \
-                else self._budget_verdicts(plan, rtt_s)
-            allowed = scores if keeps is None else np.where(keeps, scores, -np.inf)
-            if allowed[self.k - self.k_min] < (1.0 - self.switch_margin) * allowed.max():
-                self.k = self.k_min + int(np.argmax(allowed))
-            if verdicts is not None:
-                self.budget_verdict = str(verdicts[self.k - self.k_min])
+            if scores[self.k - self.k_min] < (1.0 - self.switch_margin) * scores.max():
+                self.k = self.k_min + int(np.argmax(scores))
             plain_best = scores.max() if self.tail_quantile is None else None
-        else:
-            keeps = None
         self.stretch = None
         evidenced = self.speculated >= self.evidence_cycles
         # before the evidence is in, a cloud stretch must beat speculation at any acceptance;
@@ -339,18 +297,13 @@ class NasdController(AdaptiveK):
                 and (evidenced or not self.edge_only_cutoff):
             cloud = plan.cloud_stretch(rtt_s, self.rtt_share, self.stretch_max_s)
             beats = cloud.tokens_per_s / (1.0 + self.switch_margin)
-            # the cloud's runs as long as a decision may stand: pings stop it sooner once the
-            # link favours speculation (the RTT share sizes only the decision)
-            longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
-            # the budget: no K keeps it, the cloud's steady step (its one round trip spread
-            # over the longest stretch) does
-            self.for_budget = keeps is not None and evidenced and not keeps.any() \
-                and plan.times.decode_time_s() + rtt_s / longest <= self.token_budget_s
-            if self.for_budget or (plain_best is None or beats > plain_best) \
+            if (plain_best is None or beats > plain_best) \
                     and beats > self._best_case(plan, rtt_s, None if evidenced else 1.0):
-                # a stretch for the budget is the cloud's: lossless, and it measures the link
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
-                    if self.edge_only_cutoff and not self.for_budget else None
+                    if self.edge_only_cutoff else None
+                # the cloud's runs as long as a decision may stand: pings stop it sooner once
+                # the link favours speculation (the RTT share sizes only the decision)
+                longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
                 self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s \
                     else replace(cloud, tokens=longest)
                 # an edge stretch measures nothing of the link: speculate right after it
@@ -358,7 +311,6 @@ class NasdController(AdaptiveK):
                     else self.stretches_in_a_row + 1
                 if self.stretch is edge:
                     self.stretched_s = math.inf
-                self.budget_verdict = None
                 return HAND_OFF
         self.stretches_in_a_row, self.stretched_s = 0, 0.0
         return self.k
@@ -378,49 +330,23 @@ class NasdController(AdaptiveK):
                                      self.objective_tokens, self.tail_quantile)
 
     def _best_case(self, plan: Calibration, rtt_s: float, upper: float | None = None) -> float:
-        """The fastest speculation the evidence allows: the best K of ``_best_case_plan``
-        (``upper``: the acceptance it assumes at least, 1.0 before the evidence is in)."""
-        return float(self._best_case_plan(plan, upper).throughputs(
-            rtt_s, range(self.k_min, self.k_max + 1), self.draft_ahead).max())
-
-    def _best_case_plan(self, plan: Calibration, upper: float | None = None) -> Calibration:
-        """``plan`` with every position's acceptance at least the pooled rate the cycles so
-        far cannot rule out (95 %; or ``upper``), and the link's seconds per byte at the lower
-        end of its interval, so that a few unlucky first cycles, or a slope the jitter faked,
-        do not hand every later cycle to the cloud, where nothing more is learned of
-        either."""
+        """The fastest speculation the evidence allows: the best K with every position's
+        acceptance at least the pooled rate the cycles so far cannot rule out (95 %; or
+        ``upper``, 1.0 before the evidence is in), and the link's seconds per byte at the
+        lower end of its interval, so that a few unlucky first cycles, or a slope the
+        jitter faked, do not hand every later cycle to the cloud, where nothing more is
+        learned of either."""
         if upper is None and self.learn:
             upper = self.estimator.acceptance_upper()
         if upper is not None:
-            plan = _acceptance_bounded(plan, np.maximum, upper)
+            rates = np.maximum(np.atleast_1d(plan.acceptance), upper)
+            plan = replace(plan, acceptance=float(rates[0]) if rates.size == 1
+                           else rates.tolist())
         if self.learn:
             plan = replace(plan, seconds_per_byte=min(plan.seconds_per_byte,
                                                       self.estimator.network.lower()))
-        return plan
-
-    def _per_token_bounds(self, plan: Calibration, rtt_s: float) -> tuple[np.ndarray, ...]:
-        """Each K's seconds per committed token over a query of ``objective_tokens``, at the
-        ``BUDGET_QUANTILE`` of its decode time (``Calibration.tail_throughputs``: tau's
-        spread and the recent RTT samples'), in [k_min, k_max]: the least the evidence
-        allows (``_best_case_plan``), the point (the plan as it is), the most (every
-        position's acceptance at most the pooled rate's lower 95 % bound)."""
-        depths = range(self.k_min, self.k_max + 1)
-        worst = _acceptance_bounded(plan, np.minimum, self.estimator.acceptance_lower()) \
-            if self.learn else plan
-        return tuple(1.0 / bound.tail_throughputs(
-            rtt_s, self.estimator.rtt_variance_s2(), depths, self.objective_tokens,
-            BUDGET_QUANTILE) for bound in (self._best_case_plan(plan), plan, worst))
-
-    def _budget_verdicts(self, plan: Calibration, rtt_s: float) -> tuple[np.ndarray, ...]:
-        """The guardrail's verdict on each K in [k_min, k_max] against ``token_budget_s``, and
-        the K that may keep the budget: those it accepts, else those it cannot decide (the
-        cycles measure them; as for hand-offs, only a certainty stops speculating: a point
-        prediction on the first noisy cycles handed the link to the cloud, where one cycle
-        in ``probe_every`` gathers the evidence that could undo it), else none."""
-        low, point, high = self._per_token_bounds(plan, rtt_s)
-        verdicts = decide(low, high, point, self.token_budget_s)
-        accepted = verdicts == "accept"
-        return verdicts, accepted if accepted.any() else verdicts != "reject"
+        return float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1),
+                                      self.draft_ahead).max())
 
     def continue_stretch(self, rtt_s: float) -> bool:
         """On while the cloud's decoding step, already streaming (no round trip to pay),
@@ -428,9 +354,6 @@ class NasdController(AdaptiveK):
         plan = self.plan()
         if plan is None or self.stretch is None or self.stretch.served_by != "cloud":
             return True
-        if self.for_budget:      # taken for the budget: on while no K keeps it
-            self.link_changed = bool(self._budget_verdicts(plan, rtt_s)[1].any())
-            return not self.link_changed
         speculation = float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1),
                                              self.draft_ahead).max())
         self.link_changed = speculation > (1.0 + self.switch_margin) / plan.times.decode_time_s()
@@ -444,13 +367,6 @@ class NasdController(AdaptiveK):
         if self.link_changed:     # a stretch stopped on its pings: their RTT is the link's now
             self.estimator.restart_rtt(cycle.rtt_ms / 1000.0)
             self.link_changed = False
-
-
-def _acceptance_bounded(plan: Calibration, bound, rate: float) -> Calibration:
-    """``plan`` with each position's acceptance taken through ``bound`` (``np.maximum``:
-    at least ``rate``; ``np.minimum``: at most)."""
-    rates = bound(np.atleast_1d(plan.acceptance), rate)
-    return replace(plan, acceptance=float(rates[0]) if rates.size == 1 else rates.tolist())
 
 
 class Bandit(AdaptiveK):
@@ -503,24 +419,23 @@ def make_policy(name: str, k: int | None = None, k_min: int = DEFAULT_K_MIN,
                 k_max: int = DEFAULT_K_MAX, edge_only_cutoff: bool = False,
                 table: RttTable | None = None, calibration: Calibration | None = None,
                 rtt_estimate: str = EWMA, objective: str = MEAN,
-                objective_tokens: int = 64, draft_ahead: int = 0,
-                token_budget_s: float | None = None) -> KPolicy:
+                objective_tokens: int = 64, draft_ahead: int = 0) -> KPolicy:
     """The policy a strategy names: ``fixed-k`` with its ``k``, the others within
     [k_min, k_max]; ``nasd`` may serve stretches without speculating (with the edge-only
     cutoff if asked), plans with an RTT -> K ``table`` and from a starting ``calibration``
     where given, on the ``rtt_estimate`` and for the ``objective`` (over a query of
-    ``objective_tokens``) asked for and within the ``token_budget_s`` given, no other
-    policy taking those; and ``nasd`` plans for the edge's ``draft_ahead`` depth (fixed-k's
-    K stays what it is; no other policy drafts ahead)."""
+    ``objective_tokens``) asked for, no other policy taking those; and ``nasd`` plans for
+    the edge's ``draft_ahead`` depth (fixed-k's K stays what it is; no other policy drafts
+    ahead)."""
     if name == NasdController.name:
         return NasdController(k_min=k_min, k_max=k_max, edge_only_cutoff=edge_only_cutoff,
                               calibration=calibration, table=table, rtt_estimate=rtt_estimate,
                               objective=objective, objective_tokens=objective_tokens,
-                              draft_ahead=draft_ahead, token_budget_s=token_budget_s)
+                              draft_ahead=draft_ahead)
     if edge_only_cutoff or table is not None or calibration is not None \
-            or rtt_estimate != EWMA or objective != MEAN or token_budget_s is not None:
+            or rtt_estimate != EWMA or objective != MEAN:
         raise ValueError(f"only nasd takes a table, a calibration, the edge-only cutoff, an "
-                         f"RTT estimate, an objective or a token budget, not {name}")
+                         f"RTT estimate or an objective, not {name}")
     if draft_ahead and name != FixedK.name:
         raise ValueError(f"only fixed-k and nasd draft ahead, not {name}")
     if name == FixedK.name:

@@ -213,11 +213,6 @@ def cli() -> None:
 @click.option("--nasd-objective",
               help="nasd: what K optimises: mean (expected tokens/s), or a percentile of a "
                    "query's decode time such as p95 [default: the job's, mean].")
-@click.option("--nasd-token-budget-ms", type=float,
-              help="nasd: a budget on ms per committed token, kept by 95 % of queries: K "
-                   "only among the K the latency guardrail accepts on the evidence, the "
-                   "cloud's decoding where every K surely breaks it [default: the job's, "
-                   "none].")
 @click.option("--draft-ahead", type=int,
               help="fixed-k, nasd: while a verdict is in flight, draft and send up to N further "
                    "blocks, each on the premise that the blocks before it are kept whole "
@@ -261,8 +256,7 @@ def cli() -> None:
 @click.pass_context
 def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_values, nasd_k_min,
                 nasd_k_max, nasd_edge_only_cutoff, nasd_confidence_floor, nasd_rtt_estimate,
-                nasd_objective, nasd_token_budget_ms, draft_ahead, nasd_rtt_table_path,
-                nasd_calibration_path,
+                nasd_objective, draft_ahead, nasd_rtt_table_path, nasd_calibration_path,
                 decoding, temperature, top_k, top_p, codec, prompts, max_new_tokens,
                 max_queries, repetitions, seed, query_order, rtt_ms, data_plane_security,
                 results_root, write_html, **emulation) -> None:
@@ -280,7 +274,7 @@ def run_command(ctx, profile_name, mode, job_name, model_pair, strategies, k_val
         "nasd_edge_only_cutoff": nasd_edge_only_cutoff,
         "nasd_confidence_floor": nasd_confidence_floor,
         "nasd_rtt_estimate": nasd_rtt_estimate, "nasd_objective": nasd_objective,
-        "nasd_token_budget_ms": nasd_token_budget_ms, "draft_ahead": draft_ahead,
+        "draft_ahead": draft_ahead,
         "nasd_rtt_table_path": nasd_rtt_table_path, "nasd_calibration_path": nasd_calibration_path,
         "decoding": decoding, "temperature": temperature, "top_k": top_k, "top_p": top_p,
         "codec": codec, "prompts": prompts, "max_new_tokens": max_new_tokens,

@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:   # the decision itself runs in the edge agent, which has no use for pandas
-    import pandas as pd
+import pandas as pd
 
 from nasd.analytic import (
     ComputeTimes,
@@ -165,7 +162,6 @@ def candidates(heldout: dict[str, pd.DataFrame], table: pd.DataFrame, model: str
     uncertain stage's measured (``<stage>_true``) and predicted (``<stage>_pred``) seconds.
     ``heldout``: per stage, the held-out predictions of ``nasd.latency.models.held_out``
     (columns sample, seconds, ``model``)."""
-    import pandas as pd
     by_sample = table.set_index("sample")
     frame = pd.DataFrame({
         "k": by_sample["k"],

@@ -233,12 +233,6 @@ class JobConfig(GuardrailFields, DeviceEmulationFields, SamplingConfig):
     nasd_objective: str = Field(default=MEAN, description="nasd: what K optimises: mean "
                                 "(expected tokens/s), or a percentile of a query's decode "
                                 "time (p95, ...)")
-    nasd_token_budget_ms: float | None = Field(
-        default=None, gt=0, description="nasd: a budget on ms per committed token, kept by "
-        "95 % of queries of max_new_tokens: K is chosen among the K the latency guardrail "
-        "accepts on the evidence (else among those it cannot decide), and where every K "
-        "surely breaks it and the cloud's decoding keeps it, the cloud decodes (none: no "
-        "budget; not with nasd_rtt_table_path or draft_ahead)")
     nasd_rtt_table_path: str | None = Field(default=None, description="nasd: an RTT -> K "
                                             "table (`orchestrator calibrate`); K is looked up "
                                             "for the RTT estimate instead of the online argmax")
@@ -295,9 +289,6 @@ class JobConfig(GuardrailFields, DeviceEmulationFields, SamplingConfig):
         if self.nasd_rtt_table_path and self.nasd_objective != MEAN:
             raise ValueError(f"nasd_rtt_table_path holds the mean objective's K: it cannot "
                              f"serve nasd_objective {self.nasd_objective!r}")
-        if self.nasd_rtt_table_path and self.nasd_token_budget_ms is not None:
-            raise ValueError("nasd_rtt_table_path holds the unconstrained K: it cannot keep "
-                             "nasd_token_budget_ms")
         return self
 
     @model_validator(mode="after")
@@ -321,9 +312,6 @@ class JobConfig(GuardrailFields, DeviceEmulationFields, SamplingConfig):
                 raise ValueError(f"draft_ahead: nasd_objective {self.nasd_objective!r} is "
                                  "modelled without draft-ahead; nasd draft-ahead plans for "
                                  "the mean")
-            if self.nasd_token_budget_ms is not None and "nasd" in self.strategies:
-                raise ValueError("draft_ahead: nasd_token_budget_ms is judged on a query's "
-                                 "decode time modelled without draft-ahead")
         return self
 
     @model_validator(mode="after")

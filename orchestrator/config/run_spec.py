@@ -92,8 +92,7 @@ class RunSpec:
                 "edge_only_cutoff": self.job.nasd_edge_only_cutoff,
                 "confidence_floor": self.job.nasd_confidence_floor,
                 "rtt_estimate": self.job.nasd_rtt_estimate, "objective": self.job.nasd_objective,
-                "objective_tokens": self.job.max_new_tokens,
-                "token_budget_ms": self.job.nasd_token_budget_ms}
+                "objective_tokens": self.job.max_new_tokens}
         runs, queries = plan(self.job), [(repetition, prompt)
                                          for repetition in range(self.job.repetitions)
                                          for prompt in prompts]

@@ -69,19 +69,8 @@ def summarize_folder(folder: Path, spec: RunSpec) -> pd.DataFrame:
             for _, row in summary.iterrows()]
         summary["crossover_rtt_ms"] = [_crossover(runs[row["label"]], row, spec, cycles, times)
                                        for _, row in summary.iterrows()]
-    if spec.job.nasd_token_budget_ms is not None and len(queries):
-        summary["budget_kept_share"] = [
-            budget_kept_share(queries[queries["label"] == label], spec.job.nasd_token_budget_ms)
-            for label in summary["label"]]
     summary.to_csv(folder / ResultsFolder.SUMMARY, index=False)
     return summary
-
-
-def budget_kept_share(queries: pd.DataFrame, budget_ms: float) -> float:
-    """The share of ``queries`` (of more than one token) whose decode ms per token, 1 / their
-    tok/s, kept ``budget_ms``."""
-    rates = queries.loc[queries["n_tokens"] > 1, "tokens_per_s"]
-    return float((1000.0 / rates <= budget_ms).mean()) if len(rates) else float("nan")
 
 
 @dataclass(frozen=True)

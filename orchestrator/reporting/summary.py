@@ -404,11 +404,6 @@ GLOSSARY = {
     "too close to call": INTERVAL_RULE,
 }
 # the device emulation table's columns (shown only for a run that emulates devices)
-BUDGET_GLOSSARY = {
-    "in budget": "share of the queries whose decode ms per token (1 / their tok/s) kept the "
-                 "job's nasd_token_budget_ms (nasd keeps it in 95 % of queries where it can)",
-}
-
 EMULATION_GLOSSARY = {
     "passes": "device emulation: forward passes of both models (each one run of a stage), "
               "each padded to the time the emulated device takes for it (its roofline bound)",
@@ -460,8 +455,6 @@ SPECULATION_COLUMNS = {
     "crossover": _crossover_of, "accuracy": _formatted("accuracy", 2),
     "lossless": _formatted("lossless", 2),
 }
-
-BUDGET_COLUMNS = {"in budget": _formatted("budget_kept_share", 2)}   # with a token budget
 
 
 def _overran_of(row) -> str:
@@ -531,9 +524,7 @@ def text_list(title: str, items) -> Table:
 def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     """The two summary tables, every column defined, then what the intervals allow."""
     queries = int(summary["queries"].max()) if len(summary) else 0
-    budget = "budget_kept_share" in summary
-    console.print(rich_table(formatted_frame(summary, {**SPEED_COLUMNS,
-                                                       **(BUDGET_COLUMNS if budget else {})}),
+    console.print(rich_table(formatted_frame(summary, SPEED_COLUMNS),
                              f"{title}: speed ({queries} queries per strategy, 95 % intervals)"))
     console.print(rich_table(formatted_frame(summary, SPECULATION_COLUMNS),
                              f"{title}: speculation, cost, quality"))
@@ -541,7 +532,7 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     if emulated:
         console.print(rich_table(formatted_frame(summary, EMULATION_COLUMNS),
                                  f"{title}: device emulation (real / emulated)"))
-    console.print(text_list("columns", {**GLOSSARY, **(BUDGET_GLOSSARY if budget else {}),
-                                        **(EMULATION_GLOSSARY if emulated else {})}.items()))
+    console.print(text_list("columns", {**GLOSSARY, **(EMULATION_GLOSSARY if emulated else {})
+                                        }.items()))
     console.print(text_list("what the intervals allow",
                             [("-", line + ".") for line in conclusions(summary)]))
