@@ -40,7 +40,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.backends.synthetic import SyntheticPairConfig  # noqa: E402
-from benchmarks.nasd import FIXED_KS, rate, rates, run_cell  # noqa: E402
+from benchmarks.k_policies import FIXED_KS, rate, rates, run_cell  # noqa: E402
 from nasd.analytic import (cycle_time_distributed_s, pipelined_throughput,  # noqa: E402
                            throughput_tokens_per_s)
 from orchestrator.config.loading import load_model_pair  # noqa: E402
