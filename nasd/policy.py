@@ -45,6 +45,7 @@ from typing import ClassVar, Literal, get_args
 
 import numpy as np
 
+from nasd.analytic import stretch_throughput, stretch_tokens
 from nasd.estimator import Calibration, Cycle, StageEstimator, Stretch
 from nasd.table import RttTable
 
@@ -164,7 +165,9 @@ class NasdController(AdaptiveK):
     was ever handed off at 0 ms while cloud-only decoded 1.7 times faster), again at the next
     query's open while it measured fewer than ``PROBED_TOKENS`` (a 4-token warm-up streams 3,
     and the cloud's first stream of a run pays its first calls: a step measured at twice its
-    worth would never be handed a stretch that could correct it).  Every ``probe_every``
+    worth would never be handed a stretch that could correct it).  Until a cycle drafted
+    there is no plan, and it speculates to learn one unless the cloud's step beats the
+    fastest speculation could be (``_unplanned_stretch``).  Every ``probe_every``
     cloud stretches, once they decoded long enough that its round trips (the cycle's, and
     the next stretch's) cost at most ``REMEASURE_SHARE`` of their time, and after each of the
     draft's, one cycle speculates to measure acceptance and the link (the link's RTT the
@@ -251,6 +254,7 @@ class NasdController(AdaptiveK):
         self.decision_rtt_s: float | None = None
         self.probes_left = PROBES if hand_off and learn else 0
         self.link_changed = False    # the stretch under way is stopped: the link changed
+        self.probing = False         # the stretch under way measures the cloud's step
         self.k = self.clamp(k_start)
 
     def plan(self) -> Calibration | None:
@@ -270,7 +274,8 @@ class NasdController(AdaptiveK):
         return self.decision_rtt_s
 
     def next_k(self) -> int:
-        if self.probes_left and self.estimator.decode_tokens < PROBED_TOKENS:
+        self.probing = bool(self.probes_left) and self.estimator.decode_tokens < PROBED_TOKENS
+        if self.probing:
             self.probes_left -= 1
             self.stretch = Stretch("cloud", PROBE_TOKENS, math.nan)
             return HAND_OFF
@@ -278,6 +283,11 @@ class NasdController(AdaptiveK):
         self.rtt_estimate_ms = None if rtt_s is None else 1000.0 * rtt_s
         if rtt_s is not None and self.table is not None:
             self.k = self.table.row_at(self.rtt_estimate_ms).spec_k
+        if rtt_s is not None and plan is None:
+            self.stretch = self._unplanned_stretch(rtt_s)
+            if self.stretch is not None:
+                self.stretches_in_a_row += 1
+                return HAND_OFF
         if rtt_s is None or plan is None:
             return self.k
         # the estimate's best mean tokens/s, where the scores hold it: the best case is never
@@ -314,6 +324,23 @@ class NasdController(AdaptiveK):
                 return HAND_OFF
         self.stretches_in_a_row, self.stretched_s = 0, 0.0
         return self.k
+
+    def _unplanned_stretch(self, rtt_s: float) -> Stretch | None:
+        """Before any cycle drafted (no plan to weigh speculation on), a cloud stretch where
+        the cloud's measured step beats the fastest speculation could possibly be: every one
+        of ``k_max`` drafts kept, drafting free, a verification as fast as one plain step (it
+        does that step's work and more).  A bound, so no evidence is waited for (not with the
+        cutoff, whose stretches wait for it); without it the first query after the probe
+        speculated one cycle to learn a plan and paid a second round trip for its stretch
+        (0.4 s of the shipped pair's first query at 200 ms, against cloud-only's 0.03 s)."""
+        step_s = self.estimator.decode_s
+        if not self.hand_off or self.edge_only_cutoff or step_s is None:
+            return None
+        tokens = stretch_tokens(step_s, rtt_s, self.rtt_share, self.stretch_max_s)
+        cloud = stretch_throughput(step_s, tokens, rtt_s)
+        if cloud <= (1.0 + self.switch_margin) * (self.k_max + 1) / (rtt_s + step_s):
+            return None
+        return Stretch("cloud", max(tokens, int(self.stretch_max_s / step_s)), cloud)
 
     def _remeasure_due(self, rtt_s: float) -> bool:
         """Whether the next cycle speculates to measure acceptance and the link again."""
@@ -352,8 +379,11 @@ class NasdController(AdaptiveK):
         """On while the cloud's decoding step, already streaming (no round trip to pay),
         is not beaten by ``switch_margin`` by the best speculation at ``rtt_s``."""
         plan = self.plan()
-        if plan is None or self.stretch is None or self.stretch.served_by != "cloud":
+        if self.stretch is None or self.stretch.served_by != "cloud" or self.probing:
             return True
+        if plan is None:    # an unplanned stretch: on while no speculation could win
+            self.link_changed = self._unplanned_stretch(rtt_s) is None
+            return not self.link_changed
         speculation = float(plan.throughputs(rtt_s, range(self.k_min, self.k_max + 1),
                                              self.draft_ahead).max())
         self.link_changed = speculation > (1.0 + self.switch_margin) / plan.times.decode_time_s()

@@ -318,6 +318,7 @@ def test_short_stretches_measure_again_only_when_the_round_trips_it_costs_are_a_
     rtt_s, answer = 0.2, 24
     controller, kinds = probed(NasdController(1, 15), SHIPPED, rtt_s), []
     rng = np.random.default_rng(0)
+    controller.observe(simulated_cycle(3, SHIPPED, rtt_s, rng))   # a plan to measure again
     for _ in range(150):
         left = answer
         while left > 0:
@@ -333,6 +334,29 @@ def test_short_stretches_measure_again_only_when_the_round_trips_it_costs_are_a_
     measured = later.count("speculation")
     assert 1 <= measured <= len(later) * stretch_s / (2 * rtt_s / 0.05) + 1, kinds
     assert kinds.count("speculation") < 30
+
+
+@pytest.mark.parametrize("rtt_s", [0.2, 0.01])
+def test_before_any_plan_the_cloud_gets_a_stretch_only_where_no_speculation_could_win(rtt_s):
+    """After the probe nothing has drafted yet, so there is no plan to weigh speculation on.
+    At 200 ms the cloud's 2.0 ms step beats the fastest speculation could be (16 tokens a
+    round trip, drafting free: 79 tok/s), so the cloud gets the rest of the answer at once
+    instead of after a speculation cycle's round trip; at 10 ms it could not rule
+    speculation out, which speculates to learn its plan.  Not with the cutoff, whose
+    stretches wait for the evidence."""
+    probing = NasdController(1, 15)
+    assert probing.next_k() == HAND_OFF and probing.continue_stretch(0.001)   # not cut short
+    for cutoff in (False, True):
+        controller = probed(NasdController(1, 15, edge_only_cutoff=cutoff), SHIPPED, rtt_s)
+        assert controller.plan() is None
+        k = controller.next_k()
+        if rtt_s > 0.1 and not cutoff:
+            assert k == HAND_OFF and controller.stretch.served_by == "cloud"
+            assert controller.stretch.tokens >= int(4.0 / SHIPPED.times.decode_time_s())
+            # its pings find the link fast: the bound no longer rules speculation out
+            assert controller.continue_stretch(0.2) and not controller.continue_stretch(0.005)
+        else:
+            assert k >= 1
 
 
 def test_the_first_decision_measures_the_clouds_plain_step_so_a_cheap_cloud_is_found():
