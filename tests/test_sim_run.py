@@ -125,6 +125,23 @@ def test_a_run_without_a_speculation_cycle_gets_its_model_prediction(tmp_path):
     assert summary["predicted_tokens_per_s"].notna().all() and len(summary) == 1
 
 
+def test_a_nasd_run_that_never_speculated_is_summarized_and_plotted(tmp_path):
+    """At 500 ms no speculation could beat the shipped pair's cloud (16 tokens a round trip:
+    32 tok/s against some 400), so after its probes nasd hands every stretch to the cloud and
+    never drafts.  The report's K-vs-RTT figure once crashed planning K on the acceptance
+    such a run never measured (a real pair has none configured; fixed K beside it gave the
+    run its stage times); it plots the chosen K alone."""
+    spec = RunSpec.load("default", "lan", "sim", job_overrides={
+        "strategies": ["nasd", "fixed-k"], "k_values": [3], "max_new_tokens": 16,
+        "max_queries": 2}, profile_overrides={"rtt_ms": 500})
+    folder, summary = run(spec, tmp_path, Console(file=io.StringIO()))
+    cycles = pd.DataFrame(read_jsonl(folder / "cycles.jsonl"))
+    assert (cycles.loc[cycles["label"] == "nasd", "served_by"] == "cloud").all()
+    assert len(summary) == 2
+    report_folder(folder, Console(file=io.StringIO(), width=200))
+    assert (folder / "plots" / "k_vs_rtt.png").exists()
+
+
 ADAPTIVE = ["nasd", "hf-heuristic", "bandit"]
 
 

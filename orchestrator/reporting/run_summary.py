@@ -109,15 +109,17 @@ class FinishedRun:
     def planned_k(self, label: str, rtts_ms: Sequence[float]) -> np.ndarray:
         """The K the closed form chooses for strategy ``label`` at each of ``rtts_ms``
         (``nasd.table``, on the run's acceptance, compute times and bytes per cycle and its
-        link's bandwidth; 0 where cloud-only decodes faster); NaN without a model."""
+        link's bandwidth; 0 where cloud-only decodes faster); NaN without a model, or without
+        an acceptance to plan on (a run whose every cycle was a stretch)."""
         row = self._row(label)
-        if row is None:
+        own, _ = _speculated(_own_cycles(label, self.cycles))
+        acceptance = None if row is None else _acceptance(row, self.spec, own)
+        if acceptance is None or np.isnan(np.atleast_1d(acceptance)).any():
             return np.full(len(rtts_ms), np.nan)
         link = self.spec.profile.initial
         up, down = _cycle_bytes(row)
         transfer_s = transmit_s(link.uplink, up) + transmit_s(link.downlink, down)
-        own, _ = _speculated(_own_cycles(label, self.cycles))
-        calibration = Calibration(_acceptance(row, self.spec, own), self.times.edge,
+        calibration = Calibration(acceptance, self.times.edge,
                                   bytes_up=Line(up), bytes_down=Line(down),
                                   seconds_per_byte=transfer_s / (up + down) if up + down else 0.0)
         table = build_table(calibration, sorted(set(rtts_ms)), self.spec.job.nasd_k_min,
