@@ -133,11 +133,9 @@ class Calibration:
         return depths[int(np.argmax(self.throughputs(rtt_s, depths, ahead)))]
 
     def cloud_stretch(self, rtt_s: float, rtt_share: float, max_s: float) -> Stretch:
-        """A stretch handed to the cloud: its one round trip ``rtt_share`` of it, at most
-        ``max_s`` of decoding (``nasd.analytic.stretch_tokens``)."""
-        decode_s = self.times.decode_time_s()
-        tokens = stretch_tokens(decode_s, rtt_s, rtt_share, max_s)
-        return Stretch("cloud", tokens, stretch_throughput(decode_s, tokens, rtt_s))
+        """A stretch handed to the cloud at this calibration's decoding step
+        (``cloud_stretch``)."""
+        return cloud_stretch(self.times.decode_time_s(), rtt_s, rtt_share, max_s)
 
     def edge_stretch(self, rtt_s: float, rtt_share: float, max_s: float) -> Stretch:
         """A stretch the draft decodes alone, long enough that the round trip of the
@@ -155,6 +153,13 @@ class Stretch:
     served_by: str
     tokens: int
     tokens_per_s: float
+
+
+def cloud_stretch(step_s: float, rtt_s: float, rtt_share: float, max_s: float) -> Stretch:
+    """A stretch handed to a cloud decoding ``step_s`` a token: its one round trip
+    ``rtt_share`` of it, at most ``max_s`` of decoding (``nasd.analytic.stretch_tokens``)."""
+    tokens = stretch_tokens(step_s, rtt_s, rtt_share, max_s)
+    return Stretch("cloud", tokens, stretch_throughput(step_s, tokens, rtt_s))
 
 
 class DecayedLine:

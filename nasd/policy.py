@@ -45,8 +45,7 @@ from typing import ClassVar, Literal, get_args
 
 import numpy as np
 
-from nasd.analytic import stretch_throughput, stretch_tokens
-from nasd.estimator import Calibration, Cycle, StageEstimator, Stretch
+from nasd.estimator import Calibration, Cycle, StageEstimator, Stretch, cloud_stretch
 from nasd.table import RttTable
 
 PolicyName = Literal["fixed-k", "nasd", "hf-heuristic", "bandit"]
@@ -311,16 +310,13 @@ class NasdController(AdaptiveK):
                     and beats > self._best_case(plan, rtt_s, None if evidenced else 1.0):
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
                     if self.edge_only_cutoff else None
-                # the cloud's runs as long as a decision may stand: pings stop it sooner once
-                # the link favours speculation (the RTT share sizes only the decision)
-                longest = max(cloud.tokens, int(self.stretch_max_s / plan.times.decode_time_s()))
-                self.stretch = edge if edge and edge.tokens_per_s > cloud.tokens_per_s \
-                    else replace(cloud, tokens=longest)
-                # an edge stretch measures nothing of the link: speculate right after it
-                self.stretches_in_a_row = self.probe_every if self.stretch is edge \
-                    else self.stretches_in_a_row + 1
-                if self.stretch is edge:
-                    self.stretched_s = math.inf
+                if edge and edge.tokens_per_s > cloud.tokens_per_s:
+                    # it measures nothing of the link: speculate right after it
+                    self.stretch = edge
+                    self.stretches_in_a_row, self.stretched_s = self.probe_every, math.inf
+                else:
+                    self.stretch = self._longest(cloud, plan.times.decode_time_s())
+                    self.stretches_in_a_row += 1
                 return HAND_OFF
         self.stretches_in_a_row, self.stretched_s = 0, 0.0
         return self.k
@@ -336,11 +332,16 @@ class NasdController(AdaptiveK):
         step_s = self.estimator.decode_s
         if not self.hand_off or self.edge_only_cutoff or step_s is None:
             return None
-        tokens = stretch_tokens(step_s, rtt_s, self.rtt_share, self.stretch_max_s)
-        cloud = stretch_throughput(step_s, tokens, rtt_s)
-        if cloud <= (1.0 + self.switch_margin) * (self.k_max + 1) / (rtt_s + step_s):
+        cloud = cloud_stretch(step_s, rtt_s, self.rtt_share, self.stretch_max_s)
+        if cloud.tokens_per_s <= (1.0 + self.switch_margin) * (self.k_max + 1) / (rtt_s + step_s):
             return None
-        return Stretch("cloud", max(tokens, int(self.stretch_max_s / step_s)), cloud)
+        return self._longest(cloud, step_s)
+
+    def _longest(self, cloud: Stretch, step_s: float) -> Stretch:
+        """``cloud`` served as long as a decision may stand, ``stretch_max_s`` of ``step_s``
+        steps: its pings stop it sooner once the link favours speculation (the RTT share
+        sizes only the decision)."""
+        return replace(cloud, tokens=max(cloud.tokens, int(self.stretch_max_s / step_s)))
 
     def _remeasure_due(self, rtt_s: float) -> bool:
         """Whether the next cycle speculates to measure acceptance and the link again."""
