@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import sys
 import tempfile
@@ -99,43 +98,52 @@ def probes(out: Path, packets: int) -> None:
     (out / "probes.json").write_text(json.dumps(found, indent=1, default=float))
 
 
+def query_seconds(folders: list[Path]) -> pd.DataFrame:
+    """One row per query of ``folders``: its strategy run's label, the seconds its draft took
+    and the tokens it drafted (edge-only: its decode seconds and tokens after the first),
+    the cloud's compute seconds and the tokens it output."""
+    rows = []
+    for folder in folders:
+        queries = read_jsonl(folder / ResultsFolder.QUERIES)
+        cycles = read_jsonl(folder / ResultsFolder.CYCLES)
+        drafted = (cycles.groupby(["label", "query_id", "repetition"])[["t_draft", "k"]].sum()
+                   if not cycles.empty else pd.DataFrame(columns=["t_draft", "k"]))
+        for query in queries.itertuples():
+            key = (query.label, query.query_id, query.repetition)
+            if key in drafted.index:
+                draft_s, drafts = drafted.loc[key, "t_draft"], drafted.loc[key, "k"]
+            elif query.label == "edge-only":
+                draft_s, drafts = query.decode_s, max(query.n_tokens - 1, 0)
+            else:
+                draft_s, drafts = 0.0, 0
+            rows.append({"label": query.label, "draft_s": draft_s, "drafts": drafts,
+                         "cloud_s": query.cloud_compute_s, "tokens": query.n_tokens})
+    return pd.DataFrame(rows)
+
+
+def ms_per_token(seconds: pd.DataFrame) -> pd.DataFrame:
+    """Cloud compute ms per output token and draft ms per drafted token of each row of
+    ``query_seconds`` (or of its sums); NaN where a row has none."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cloud = 1000 * seconds["cloud_s"] / seconds["tokens"]
+        draft = 1000 * seconds["draft_s"] / seconds["drafts"]
+    return pd.DataFrame({"cloud_ms_per_token": cloud.where(cloud > 0),
+                         "draft_ms_per_token": draft.where(seconds["drafts"] > 0)})
+
+
 def per_token(folders: list[Path]) -> pd.DataFrame:
     """Per strategy, pooled over ``folders``: cloud compute ms per output token, draft ms per
     drafted token (edge-only: its decode time per token)."""
-    queries = pd.concat([read_jsonl(folder / ResultsFolder.QUERIES) for folder in folders])
-    cycles = pd.concat([read_jsonl(folder / ResultsFolder.CYCLES) for folder in folders])
-    rows = {}
-    for label, group in queries.groupby("label"):
-        own = cycles[cycles["label"] == label] if not cycles.empty else cycles
-        draft = (1000 * own["t_draft"].sum() / own["k"].sum() if len(own) and own["k"].sum()
-                 else 1000 * group["decode_s"].sum() / (group["n_tokens"] - 1).sum()
-                 if label == "edge-only" else math.nan)
-        cloud = 1000 * group["cloud_compute_s"].sum() / group["n_tokens"].sum()
-        rows[label] = {"cloud_ms_per_token": cloud if cloud > 0 else math.nan,
-                       "draft_ms_per_token": draft}
-    return pd.DataFrame(rows).T
+    sums = query_seconds(folders).groupby("label")[["draft_s", "drafts", "cloud_s",
+                                                   "tokens"]].sum()
+    return ms_per_token(sums.astype(float))
 
 
 def per_query(folders: list[Path]) -> pd.DataFrame:
-    """One row per query of ``folders``: its strategy run's label, cloud compute ms per output
-    token, draft ms per drafted token (edge-only: its decode time per token)."""
-    rows = []
-    for number, folder in enumerate(folders):
-        queries = read_jsonl(folder / ResultsFolder.QUERIES)
-        cycles = read_jsonl(folder / ResultsFolder.CYCLES)
-        keys = ["label", "query_id", "repetition"]
-        drafted = (cycles.groupby(keys)[["t_draft", "k"]].sum() if not cycles.empty
-                   else pd.DataFrame(columns=["t_draft", "k"]))
-        for query in queries.itertuples():
-            own = drafted.loc[(query.label, query.query_id, query.repetition)] \
-                if (query.label, query.query_id, query.repetition) in drafted.index else None
-            draft = (1000 * own["t_draft"] / own["k"] if own is not None and own["k"]
-                     else 1000 * query.decode_s / (query.n_tokens - 1)
-                     if query.label == "edge-only" and query.n_tokens > 1 else math.nan)
-            cloud = 1000 * query.cloud_compute_s / query.n_tokens if query.n_tokens else 0.0
-            rows.append({"run": number, "label": query.label, "draft_ms_per_token": draft,
-                         "cloud_ms_per_token": cloud if cloud > 0 else math.nan})
-    return pd.DataFrame(rows)
+    """``ms_per_token`` of every query of ``folders``, with its strategy run's label."""
+    seconds = query_seconds(folders)
+    return ms_per_token(seconds.astype({"draft_s": float, "drafts": float, "cloud_s": float,
+                                        "tokens": float})).assign(label=seconds["label"])
 
 
 def median_ratios(top: list[Path], bottom: list[Path]) -> pd.DataFrame:
