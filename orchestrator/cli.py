@@ -728,6 +728,10 @@ def latency_group() -> None:
               help="Configurations drawn from the grid (pair, prompt, context, K).")
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
               help="Rounds: repeats of each stage per sample, minutes apart (the median is kept).")
+@click.option("--passes", type=click.IntRange(1), default=3, show_default=True,
+              help="Timed passes of each stage per sample and round, back to back (their "
+                   "median is the round's time): one pass of a millisecond-scale stage "
+                   "varies by +-10 % on a quiet host.")
 @click.option("--budget-s", type=click.FloatRange(0, min_open=True), default=480.0,
               show_default=True, help="Do no round that would end after this many seconds (one round at least).")
 @click.option("--seed", type=FieldType(Seed), default=0, show_default=True,
@@ -741,16 +745,18 @@ def latency_group() -> None:
 @click.option("--campaign", help="Label of the campaign in every row [default: DTYPE-tTHREADS].")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV to write [default: latency/CAMPAIGN.csv].")
-def latency_measure_command(job_name, model_pair, dtype, threads, samples, repeats, budget_s,
-                            seed, max_load, quiet_wait_s, campaign, out_path) -> None:
+def latency_measure_command(job_name, model_pair, dtype, threads, samples, repeats, passes,
+                            budget_s, seed, max_load, quiet_wait_s, campaign,
+                            out_path) -> None:
     """Time every stage of a speculation cycle over sampled configurations on this host.
 
     Stages: edge_prefill, draft_token, cloud_prefill, verify (K drafts), decode, with the
     codec's encoding time and the bytes on the wire, through the agents' own code (as
     `orchestrator calibrate` measures).  Model pairs: the job's, and randomly initialized
-    Llama pairs of scaled shapes.  Each round times every stage of every sample once (the
-    rounds are the repeats: the median is kept); one CSV row per sample with this machine's
-    description and load average, rewritten after every round; progress on stderr.
+    Llama pairs of scaled shapes.  Each round times every stage of every sample (the median
+    of --passes passes; the rounds are the repeats: the median is kept); one CSV row per
+    sample with this machine's description and load average, rewritten after every round;
+    progress on stderr.
     """
     from agents.backends.hf import HFPairConfig
     from orchestrator.lifecycle.latency import LatencyPlan
@@ -764,13 +770,14 @@ def latency_measure_command(job_name, model_pair, dtype, threads, samples, repea
     campaign = campaign or f"{dtype}-t{threads}"
     plan = LatencyPlan(shipped=spec.model_pair, texts=[p.prompt for p in spec.prompts],
                        sampling=job.sampling, codec=job.resolved_codec, dtype=dtype,
-                       threads=threads, samples=samples, repeats=repeats, budget_s=budget_s,
+                       threads=threads, samples=samples, repeats=repeats, passes=passes,
+                       budget_s=budget_s,
                        seed=seed, campaign=campaign, max_load=max_load,
                        quiet_wait_s=quiet_wait_s)
     out_path = out_path or Path("latency") / f"{campaign}.csv"
     console = Console(stderr=True)
     console.print(f"measuring {samples} samples ({dtype}, {threads} thread(s), {repeats} "
-                  f"repeats, at most {budget_s:g} s) into {out_path}")
+                  f"repeats of {passes} passes, at most {budget_s:g} s) into {out_path}")
     with work_progress(console) as progress:
         written = measure_latency(plan, out_path, progress)
     click.echo(f"table: {out_path} ({written} samples)")

@@ -283,7 +283,7 @@ def test_a_tiny_campaign_measures_every_stage_through_the_agents_code(tmp_path):
     from orchestrator.config.loading import load_model_pair
     from orchestrator.lifecycle.latency import LatencyPlan, measure
     plan = LatencyPlan(shipped=load_model_pair("tiny-arith"), texts=["1 + 2 = 3. 4 + 5 = 9."],
-                       sampling=SamplingConfig(), codec="ids", samples=3, repeats=2,
+                       sampling=SamplingConfig(), codec="ids", samples=3, repeats=2, passes=2,
                        shapes=((64, 2, 2, 2), (96, 2, 2, 1)), prompt_tokens=(4, 8),
                        context_tokens=(4, 16), ks=(1, 3), campaign="tiny")
     out = tmp_path / "tiny.csv"
@@ -293,6 +293,7 @@ def test_a_tiny_campaign_measures_every_stage_through_the_agents_code(tmp_path):
     assert set(required_columns()) <= set(table.columns) and len(table) == 3
     assert (table["draft_params"] < table["target_params"]).all()
     assert (table["bytes_up"] > 0).all() and table["host_processor"].notna().all()
+    assert (table["repeats"] == 2).all() and (table["passes"] == 2).all()
     for row in table.to_dict("records"):    # the stage's model is the one the row names
         shape_of_draft = ModelShape(**{c.removeprefix("draft_"): row[c]
                                        for c in shape_columns("draft")})

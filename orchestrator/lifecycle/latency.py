@@ -70,6 +70,7 @@ class LatencyPlan:
     threads: int = 1
     samples: int = 200
     repeats: int = 5
+    passes: int = 1                  # timed passes of each stage per round (median kept)
     budget_s: float = 480.0
     seed: int = 0
     campaign: str = ""
@@ -266,19 +267,23 @@ class SampleRun:
                             self.rngs[1])
 
     def turn(self) -> None:
+        """Every stage once untimed, then ``plan.passes`` times timed: the turn's time of a
+        stage is the median of its passes."""
+        passes = self.plan.passes
         self.prefill()
-        edge_s, cloud_s = self.prefill()
+        prefills = [self.prefill() for _ in range(passes)]
         self.cycle()
-        sample = self.cycle()
+        samples = [self.cycle() for _ in range(passes)]
         self.decode()
-        decode_s = self.decode()
-        self.times["edge_prefill"].append(edge_s)
-        self.times["cloud_prefill"].append(cloud_s)
-        self.times["draft_token"].append((sample.t_draft - sample.t_encode) / sample.k)
-        self.times["verify"].append(sample.t_verify)
-        self.times["decode"].append(decode_s)
-        self.encode_s.append(sample.t_encode)
-        self.bytes.append((sample.bytes_up, sample.bytes_down))
+        decodes = [self.decode() for _ in range(passes)]
+        self.times["edge_prefill"].append(float(np.median([edge for edge, _ in prefills])))
+        self.times["cloud_prefill"].append(float(np.median([cloud for _, cloud in prefills])))
+        self.times["draft_token"].append(float(np.median(
+            [(sample.t_draft - sample.t_encode) / sample.k for sample in samples])))
+        self.times["verify"].append(float(np.median([sample.t_verify for sample in samples])))
+        self.times["decode"].append(float(np.median(decodes)))
+        self.encode_s.append(float(np.median([sample.t_encode for sample in samples])))
+        self.bytes.append((samples[-1].bytes_up, samples[-1].bytes_down))
         self.loads.append(os.getloadavg()[0])
         self.turns += 1
 
@@ -302,7 +307,8 @@ class SampleRun:
         up, down = zip(*self.bytes)
         return row | {"codec_encode_s": float(np.median(self.encode_s)),
                       "bytes_up": int(np.median(up)), "bytes_down": int(np.median(down)),
-                      "repeats": self.turns, "load_1m": float(np.median(self.loads))}
+                      "repeats": self.turns, "passes": self.plan.passes,
+                      "load_1m": float(np.median(self.loads))}
 
 
 def reset(context: list[int], *sequences: TokenSequence) -> None:
