@@ -17,10 +17,13 @@ after it, one at a time:
 - nasd with the edge-only cutoff: the share of its tokens the draft served alone, against the
   reversal RTT the analytic model gives (cutoff goal: only past the reversal).
 
-``drift``: the shipped ``oscillating`` profile and a seeded random walk of the RTT across the
-pair's reversal (a trace written for the run, ``random_walk_profile``), long answers on the synthetic pair so each query meets the timeline
-(which restarts with every query): nasd, bandit and hf-heuristic against fixed K in
-{1, 3, 5, 10, 15}, each adaptive one's ratio to the best fixed K (goal >= 1.15).
+``drift``: the shipped ``oscillating`` profile and seeded random walks of the RTT around a
+centre (the pair's reversal by default; a trace written for the run, ``random_walk_profile``),
+long answers on the synthetic pair so each query meets the timeline (which restarts with every
+query): nasd, nasd-cal, bandit and hf-heuristic against fixed K in {1, 3, 5, 10, 15}, each
+adaptive one's ratio to the best fixed K (goal >= 1.15), and nasd's to the best static choice
+(the best fixed K or cloud-only, whichever is faster on that link), beside the closed form's
+clairvoyant bound on both.
 
 ``tail``: nasd's RTT estimate (EWMA or the median of the last second's samples) and its
 objective (mean tokens/s, or the 95th percentile of a query's decode time) on jittery links
@@ -33,6 +36,7 @@ bootstrap 95 % interval), beside the fixed K that does best on each.
     .venv/bin/python benchmarks/k_policies.py stable [--pairs synthetic tiny-arith]
         [--rtts 0 10 25 50 100 200 500] [--queries 16] [--repetitions 1] [--tokens 64]
     .venv/bin/python benchmarks/k_policies.py drift [--tokens 700] [--queries 2] [--walk-seeds 1 2 3]
+        [--walk-centres-ms 35]
     .venv/bin/python benchmarks/k_policies.py tail [--queries 10] [--repetitions 4]
 """
 
@@ -60,7 +64,7 @@ from validation.stats import percentile_interval, rate_ratio_interval  # noqa: E
 
 FIXED_KS = tuple(range(1, 16))
 DRIFT_KS = (1, 3, 5, 10, 15)
-SIDE_BY_SIDE = {"synthetic": 8, "tiny-arith": 1}   # a pair that computes: one at a time
+SIDE_BY_SIDE = {"synthetic": 9, "tiny-arith": 1}   # a pair that computes: one at a time
 
 
 def run_cell(out: Path, link: list[str], pair: str, args, extra: list[str]) -> Path:
@@ -222,14 +226,15 @@ def crossover_ms(folder: Path, label: str) -> float:
 WALK_CENTRE_MS = 35.0   # about the synthetic pair's reversal RTT (34 ms)
 
 
-def random_walk_profile(folder: Path, seed: int = 7) -> Path:
-    """A profile whose RTT drifts across the synthetic pair's reversal: log RTT a mean-
-    reverting random walk (Ornstein-Uhlenbeck, 10 % back toward ``WALK_CENTRE_MS`` and a
-    0.35 normal step every 0.5 s: stationary spread about x2.2 either way), within 5 and
-    400 ms, for 60 s (the trace beside it).  A walk that stays on one side of the reversal
-    asks nothing of an adaptive K: every fixed K near the best is within a few percent."""
+def random_walk_profile(folder: Path, seed: int = 7, centre_ms: float = WALK_CENTRE_MS) -> Path:
+    """A profile whose RTT drifts around ``centre_ms`` (by default across the synthetic pair's
+    reversal): log RTT a mean-reverting random walk (Ornstein-Uhlenbeck, 10 % back toward the
+    centre and a 0.35 normal step every 0.5 s: stationary spread about x2.2 either way),
+    within 5 and 400 ms, for 60 s (the trace beside it).  A walk that stays below the
+    reversal asks little of an adaptive K (every fixed K near the best is within a few
+    percent), and one above it little of an adaptive controller over cloud-only."""
     rng = np.random.default_rng(seed)
-    centre = np.log(WALK_CENTRE_MS)
+    centre = np.log(centre_ms)
     log_rtt, lines = centre, []
     for step in range(120):
         lines.append(f"{0.5 * step:g} {np.exp(log_rtt):.1f}")
@@ -237,8 +242,9 @@ def random_walk_profile(folder: Path, seed: int = 7) -> Path:
                                 np.log(5.0), np.log(400.0)))
     (folder / "random-walk.trace").write_text("\n".join(lines) + "\n")
     profile = folder / "random-walk.yaml"
-    profile.write_text("description: RTT random walk across the reversal, 5-400 ms, a step "
-                       "every 0.5 s\nrtt_ms: 35\nbandwidth_mbps: 100\ntrace: random-walk.trace\n")
+    profile.write_text(f"description: RTT random walk around {centre_ms:g} ms, 5-400 ms, a "
+                       f"step every 0.5 s\nrtt_ms: {centre_ms:g}\nbandwidth_mbps: 100\n"
+                       "trace: random-walk.trace\n")
     return profile
 
 
@@ -252,62 +258,84 @@ def time_above_ms(trace: Path, threshold_ms: float, span_s: float) -> float:
 
 
 def clairvoyant_bound(profile: str, span_s: float, fixed_ks, pair: str = "synthetic",
-                      step_s: float = 0.01) -> tuple[float, float]:
+                      step_s: float = 0.01) -> tuple[float, float, float]:
     """By the closed form on the pair's configured stage times, over the profile's first
     ``span_s`` seconds (time-averaged tokens/s): a controller that knows the RTT at every
     instant and switches for free (the best K's speculation or the cloud's own decoding,
-    whichever is faster), and the best of ``fixed_ks`` held throughout.  What any causal
-    controller could gain over a fixed K on this link is below their ratio."""
+    whichever is faster), the best of ``fixed_ks`` held throughout, and the best static
+    choice (that K, or cloud-only throughout).  What any causal controller could gain over
+    a static choice on this link is below the ratios."""
     config = load_model_pair(pair)
     times, link = modeled_times(config).edge, load_profile(profile)
     rtts_s = [link.state_at(t).rtt_ms / 1000.0 for t in np.arange(0.0, span_s, step_s)]
     depths = range(1, 16)
     rates = np.array([distributed_throughputs(config.acceptance, times, rtt_s, depths)
                       for rtt_s in rtts_s])
-    adaptive = np.maximum(rates.max(axis=1), cloud_only_throughput(times)).mean()
+    cloud = cloud_only_throughput(times)
+    adaptive = np.maximum(rates.max(axis=1), cloud).mean()
     fixed = max(rates[:, k - 1].mean() for k in fixed_ks)
-    return float(adaptive), float(fixed)
+    return float(adaptive), float(fixed), float(max(fixed, cloud))
+
+
+ADAPTIVE = ("nasd", "nasd-cal", "bandit", "hf-heuristic")
 
 
 def drift(args) -> None:
     root = Path(tempfile.mkdtemp(prefix="edgespec-nasd-drift-"))
-    runs = {**fixed_runs(DRIFT_KS), **{name: ["--strategy", name]
-                                       for name in ("nasd", "bandit", "hf-heuristic")}}
-    walks = {f"random-walk-{seed}": seed for seed in args.walk_seeds}
-    print("profile: each strategy's tok/s; each adaptive one over the best fixed K [95 %]")
-    walked: dict[str, list[pd.DataFrame]] = {label: [] for label in runs}
+    calibration = calibrated(root, "synthetic")
+    runs = {**fixed_runs(DRIFT_KS), "cloud-only": ["--strategy", "cloud-only"],
+            **{name: ["--strategy", name] for name in ("nasd", "bandit", "hf-heuristic")},
+            "nasd-cal": ["--strategy", "nasd", "--nasd-calibration", str(calibration)]}
+    walks = {f"random-walk-{centre:g}ms-{seed}": (seed, centre)
+             for centre in args.walk_centres_ms for seed in args.walk_seeds}
+    print("profile: each strategy's tok/s; each adaptive one over the best fixed K, nasd over "
+          "the best static choice (a fixed K or cloud-only) [95 %]; nasd-cal starts from "
+          "`orchestrator calibrate`")
+    walked: dict[float, dict[str, list[pd.DataFrame]]] = {
+        centre: {label: [] for label in runs} for centre in args.walk_centres_ms}
     for name in ("oscillating", *walks):
         profile = name
         if name in walks:
             (root / name).mkdir(parents=True)
-            profile = str(random_walk_profile(root / name, walks[name]))
+            profile = str(random_walk_profile(root / name, *walks[name]))
         started = time.monotonic()
         folders = run_side_by_side(root / name, ["--profile", profile], "synthetic", args, runs)
         measured = {label: rates(folder) for label, folder in folders.items()}
-        best = best_fixed(measured)
         print(f"{name}: " + "  ".join(f"{label} {rate(q):.1f}" for label, q in measured.items())
               + f"  [{time.monotonic() - started:.0f} s]")
         span = float(measured["nasd"]["decode_s"].max())
-        adaptive, fixed = clairvoyant_bound(profile, span, DRIFT_KS)
+        adaptive, fixed, static = clairvoyant_bound(profile, span, DRIFT_KS)
         print(f"    closed form over its first {span:.0f} s (a query's): a clairvoyant "
-              f"controller {adaptive:.1f} tok/s, the best fixed K {fixed:.1f}: at most "
-              f"{adaptive / fixed:.3f}x to gain")
+              f"controller {adaptive:.1f} tok/s, the best fixed K {fixed:.1f}, the best static "
+              f"choice {static:.1f}: at most {adaptive / fixed:.3f}x and {adaptive / static:.3f}x "
+              "to gain")
         if name in walks:
+            best = best_fixed(measured)
             reversal = pd.read_csv(folders[best] / "summary.csv")["crossover_rtt_ms"].max()
             above = time_above_ms(root / name / "random-walk.trace", reversal, span)
             print(f"    RTT above the reversal ({reversal:.0f} ms) {above:.0%} of that time")
             for label, queries in measured.items():
-                walked[label].append(queries)
-        for adaptive in ("nasd", "bandit", "hf-heuristic"):
-            print(f"    {adaptive} / {best}: {over(measured[adaptive], measured[best])}", flush=True)
-    if len(walks) > 1:
-        pooled = {label: pd.concat(frames) for label, frames in walked.items()}
-        best = best_fixed(pooled)
-        print(f"the {len(walks)} walks pooled: " + "  ".join(
-            f"{label} {rate(q):.1f}" for label, q in pooled.items()))
-        for adaptive in ("nasd", "bandit", "hf-heuristic"):
-            print(f"    {adaptive} / {best}: {over(pooled[adaptive], pooled[best])}", flush=True)
+                walked[walks[name][1]][label].append(queries)
+        report_drift(measured)
+    for centre, frames in walked.items():
+        if len(args.walk_seeds) > 1:
+            pooled = {label: pd.concat(parts) for label, parts in frames.items()}
+            print(f"the {len(args.walk_seeds)} walks around {centre:g} ms pooled: " + "  ".join(
+                f"{label} {rate(q):.1f}" for label, q in pooled.items()))
+            report_drift(pooled)
     print(f"runs under {root}")
+
+
+def report_drift(measured: dict[str, pd.DataFrame]) -> None:
+    """Each adaptive strategy over the best fixed K, and nasd's two over the best static
+    choice (the best fixed K or cloud-only)."""
+    best = best_fixed(measured)
+    static = best if rate(measured[best]) >= rate(measured["cloud-only"]) else "cloud-only"
+    for adaptive in ADAPTIVE:
+        print(f"    {adaptive} / {best}: {over(measured[adaptive], measured[best])}", end="")
+        if adaptive.startswith("nasd") and static != best:
+            print(f"   / {static}: {over(measured[adaptive], measured[static])}", end="")
+        print(flush=True)
 
 
 NASD_VARIANTS = {
@@ -377,7 +405,11 @@ def main() -> int:
     drift_parser = sized(commands.add_parser("drift", help="adaptive K on drifting links"),
                          queries=2, repetitions=1, tokens=700)
     drift_parser.add_argument("--walk-seeds", type=int, nargs="+", default=[1, 2, 3],
-                              help="one random walk of the RTT per seed")
+                              help="one random walk of the RTT per seed and centre")
+    drift_parser.add_argument("--walk-centres-ms", type=float, nargs="+",
+                              default=[WALK_CENTRE_MS],
+                              help="the RTT each walk reverts to (default: about the synthetic "
+                                   "pair's reversal)")
     sized(commands.add_parser("tail", help="nasd's RTT estimates and objectives"),
           queries=10, repetitions=4, tokens=64)
     args = parser.parse_args()
