@@ -732,6 +732,10 @@ def latency_group() -> None:
               help="Timed passes of each stage per sample and round, back to back (their "
                    "median is the round's time): one pass of a millisecond-scale stage "
                    "varies by +-10 % on a quiet host.")
+@click.option("--speed-reference/--no-speed-reference", default=True, show_default=True,
+              help="Time the job's own target decoding one token at a fixed context beside "
+                   "every turn, and scale the turn's times by it (the host's speed at that "
+                   "moment taken out; the raw times are kept too).")
 @click.option("--budget-s", type=click.FloatRange(0, min_open=True), default=480.0,
               show_default=True, help="Do no round that would end after this many seconds (one round at least).")
 @click.option("--seed", type=FieldType(Seed), default=0, show_default=True,
@@ -746,7 +750,7 @@ def latency_group() -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV to write [default: latency/CAMPAIGN.csv].")
 def latency_measure_command(job_name, model_pair, dtype, threads, samples, repeats, passes,
-                            budget_s, seed, max_load, quiet_wait_s, campaign,
+                            speed_reference, budget_s, seed, max_load, quiet_wait_s, campaign,
                             out_path) -> None:
     """Time every stage of a speculation cycle over sampled configurations on this host.
 
@@ -771,7 +775,7 @@ def latency_measure_command(job_name, model_pair, dtype, threads, samples, repea
     plan = LatencyPlan(shipped=spec.model_pair, texts=[p.prompt for p in spec.prompts],
                        sampling=job.sampling, codec=job.resolved_codec, dtype=dtype,
                        threads=threads, samples=samples, repeats=repeats, passes=passes,
-                       budget_s=budget_s,
+                       speed_reference=speed_reference, budget_s=budget_s,
                        seed=seed, campaign=campaign, max_load=max_load,
                        quiet_wait_s=quiet_wait_s)
     out_path = out_path or Path("latency") / f"{campaign}.csv"

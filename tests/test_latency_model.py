@@ -284,6 +284,7 @@ def test_a_tiny_campaign_measures_every_stage_through_the_agents_code(tmp_path):
     from orchestrator.lifecycle.latency import LatencyPlan, measure
     plan = LatencyPlan(shipped=load_model_pair("tiny-arith"), texts=["1 + 2 = 3. 4 + 5 = 9."],
                        sampling=SamplingConfig(), codec="ids", samples=3, repeats=2, passes=2,
+                       speed_reference=True,
                        shapes=((64, 2, 2, 2), (96, 2, 2, 1)), prompt_tokens=(4, 8),
                        context_tokens=(4, 16), ks=(1, 3), campaign="tiny")
     out = tmp_path / "tiny.csv"
@@ -294,6 +295,12 @@ def test_a_tiny_campaign_measures_every_stage_through_the_agents_code(tmp_path):
     assert (table["draft_params"] < table["target_params"]).all()
     assert (table["bytes_up"] > 0).all() and table["host_processor"].notna().all()
     assert (table["repeats"] == 2).all() and (table["passes"] == 2).all()
+    # each turn scaled by the reference step timed beside it, the raw rounds kept
+    for row in table.to_dict("records"):
+        raw, steps = (np.array(row[column].split(), dtype=float)
+                      for column in ("verify_rounds_s", "reference_rounds_s"))
+        assert row["verify_s"] == pytest.approx(
+            np.median(raw * row["speed_reference_s"] / steps), rel=1e-4)
     for row in table.to_dict("records"):    # the stage's model is the one the row names
         shape_of_draft = ModelShape(**{c.removeprefix("draft_"): row[c]
                                        for c in shape_columns("draft")})

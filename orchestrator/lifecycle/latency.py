@@ -10,10 +10,12 @@ Model pairs: the job's own pair, and pairs of randomly initialized Llama models 
 but scaled (hidden size, layers, heads, KV heads), written to a scratch folder and loaded
 from there like any local model (weights do not change a pass's time, so random ones time
 as trained ones would).  Measured in rounds (``measure``): each round times every stage of
-every sample once, right after an untimed pass of the same stage; a sample's row keeps the
-median over the rounds (with the minimum and the interquartile range), so a busy neighbour
-that slows this shared host for a while spoils one repeat of many samples instead of every
-repeat of a few.  See ``nasd.latency.stages`` for what each stage is.  One row per sample,
+every sample (the median of a few passes), right after an untimed pass of the same stage; a
+sample's row keeps the median over the rounds (with the minimum and the interquartile range),
+so a busy neighbour that slows this shared host for a while spoils one repeat of many
+samples instead of every repeat of a few.  Beside every turn a reference step (the job's
+target decoding one token at a fixed context, ``speed_reference``) is timed, and the turn's
+times are scaled by it: the host's speed drifts over seconds, within a round.  See ``nasd.latency.stages`` for what each stage is.  One row per sample,
 with the machine's description and the median 1-minute load average of its turns; the CSV
 is rewritten after every round (a cut-off campaign keeps every finished round).
 
@@ -71,6 +73,7 @@ class LatencyPlan:
     samples: int = 200
     repeats: int = 5
     passes: int = 1                  # timed passes of each stage per round (median kept)
+    speed_reference: bool = False    # scale each turn by a reference step timed beside it
     budget_s: float = 480.0
     seed: int = 0
     campaign: str = ""
@@ -246,6 +249,7 @@ class SampleRun:
         self.encode_s: list[float] = []
         self.bytes: list[tuple[int, int]] = []
         self.loads: list[float] = []
+        self.references: list[float] = []    # the reference's step beside each turn
         self.turns = 0
 
     def cycle(self):
@@ -266,9 +270,10 @@ class SampleRun:
         return time_prefill(self.pair.draft, self.pair.target, self.prompt, self.plan.sampling,
                             self.rngs[1])
 
-    def turn(self) -> None:
+    def turn(self, reference: SampleRun | None = None) -> None:
         """Every stage once untimed, then ``plan.passes`` times timed: the turn's time of a
-        stage is the median of its passes."""
+        stage is the median of its passes; then, with a ``reference``, its decoding step
+        timed the same way: how fast the host ran at that moment."""
         passes = self.plan.passes
         self.prefill()
         prefills = [self.prefill() for _ in range(passes)]
@@ -284,12 +289,19 @@ class SampleRun:
         self.times["decode"].append(float(np.median(decodes)))
         self.encode_s.append(float(np.median([sample.t_encode for sample in samples])))
         self.bytes.append((samples[-1].bytes_up, samples[-1].bytes_down))
+        if reference is not None:
+            reference.decode()
+            self.references.append(float(np.median([reference.decode()
+                                                    for _ in range(passes)])))
         self.loads.append(os.getloadavg()[0])
         self.turns += 1
 
-    def row(self) -> dict:
+    def row(self, reference_s: float | None = None) -> dict:
         """The table row: the configuration, both shapes, each stage's median, minimum and
-        interquartile range over the turns, the codec's time and the bytes."""
+        interquartile range over the turns, the codec's time and the bytes.  With
+        ``reference_s`` (the reference step's median over the campaign) and a reference
+        timed beside each turn, a turn's times are first scaled by ``reference_s`` over the
+        reference's step beside it: the host's speed at the moment taken out."""
         config, plan = self.config, self.plan
         row: dict = {"sample": self.index, "campaign": plan.campaign, "pair": config.pair,
                      "codec": self.codec.name, "decoding": plan.sampling.decoding,
@@ -300,8 +312,13 @@ class SampleRun:
             shape = self.pair.shapes[role]
             row |= {f"{role}_{name}": getattr(shape, name) for name in SHAPE_FIELDS}
             row[f"{role}_params"] = self.pair.params[role]
+        speed = np.ones(self.turns)
+        if reference_s is not None and self.references:
+            speed = reference_s / np.asarray(self.references)
+            row["reference_rounds_s"] = " ".join(f"{value:.6g}" for value in self.references)
         for stage, values in self.times.items():
-            row[f"{stage}_s"], row[f"{stage}_min_s"], row[f"{stage}_iqr_s"] = summarize(values)
+            row[f"{stage}_s"], row[f"{stage}_min_s"], row[f"{stage}_iqr_s"] = summarize(
+                list(np.asarray(values) * speed))
         for stage, values in self.times.items():     # every round's time, for re-analysis
             row[f"{stage}_rounds_s"] = " ".join(f"{value:.6g}" for value in values)
         up, down = zip(*self.bytes)
@@ -347,15 +364,19 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
                 runs[-1] = SampleRun(pair, config, plan, tokens, index)
                 pair.warm = True
             progress.advance(setup)
+        reference = speed_reference(plan, pairs, tokens) if plan.speed_reference else None
         task = progress.add_task("rounds", total=plan.repeats * len(runs), unit="turns")
         for round_index in range(plan.repeats):
             wait_for_quiet(plan, progress)
             round_started = time.monotonic()
             for run in runs:
                 progress.update(task, description=f"round {round_index + 1}: {run.config.pair}")
-                run.turn()
+                run.turn(reference)
                 progress.advance(task)
-            write_rows(out, [run.row() | {"created": created}
+            reference_s = None if reference is None else float(np.median(
+                [step for run in runs for step in run.references]))
+            write_rows(out, [run.row(reference_s) | {"created": created,
+                                                     "speed_reference_s": reference_s}
                              | {f"host_{key}": value for key, value in machine.items()}
                              for run in runs])
             round_s = time.monotonic() - round_started
@@ -365,6 +386,19 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
                                        f"{round_index + 1} rounds")
                 break
     return len(runs)
+
+
+REFERENCE_CONTEXT = 32   # tokens before the reference's decoding step
+
+
+def speed_reference(plan: LatencyPlan, pairs: PairCache, tokens: list[int]) -> SampleRun:
+    """The run whose decoding step (the job's own target at a fixed context) is timed beside
+    every turn: on this 2-vCPU VM the host's speed drifts by +-20 % over seconds (one
+    round's samples moved together: lag-1 correlation 0.5 in the order they ran, a
+    sample's draft and verify times 0.93 correlated), more than a sample's stages vary
+    on their own, and the step beside a turn tells how fast the host ran for it."""
+    config = SampleConfig(plan.shipped.name, REFERENCE_CONTEXT, REFERENCE_CONTEXT, 1)
+    return SampleRun(pairs.get(config.pair), config, plan, tokens, -1)
 
 
 def wait_for_quiet(plan: LatencyPlan, progress: Progress) -> None:
