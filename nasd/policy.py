@@ -54,7 +54,7 @@ DEFAULT_K_MIN, DEFAULT_K_MAX = 1, 15
 HF_START_K = 20   # HF's default num_assistant_tokens, where its schedule starts
 HAND_OFF = 0      # next_k() == HAND_OFF: draft nothing, serve the policy's ``stretch``
 PROBE_TOKENS = 8  # nasd: the stretch that measures the cloud's plain decoding step
-PROBED_TOKENS = 4  # nasd: fewer measured, it is measured again (a warm-up's open streams 3)
+PROBED_TOKENS = 4  # nasd: fewer measured, it is measured again (a 5-token warm-up streams 4)
 PROBES = 3        # nasd: at most this many such stretches
 REMEASURE_SHARE = 0.05   # nasd: the most a speculation cycle between cloud stretches may cost
 EWMA, MEAN = "ewma", "mean"   # the default RTT estimate and objective; "pNN" names a percentile
@@ -162,9 +162,9 @@ class NasdController(AdaptiveK):
     handed to the cloud to measure it (a verify's time is no stand-in: on the shipped pair on
     a CPU, a verify at 2 positions took 4.9 ms where a plain step took 2.0 ms, so no stretch
     was ever handed off at 0 ms while cloud-only decoded 1.7 times faster), again at the next
-    query's open while it measured fewer than ``PROBED_TOKENS`` (a 4-token warm-up streams 3,
-    and the cloud's first stream of a run pays its first calls: a step measured at twice its
-    worth would never be handed a stretch that could correct it).  Until a cycle drafted
+    query's open while it measured fewer than ``PROBED_TOKENS`` (a step measured over a few
+    tokens at twice its worth would never be handed a stretch that could correct it; the
+    job's default 5-token warm-up streams 4, on models warmed as they loaded).  Until a cycle drafted
     there is no plan, and it speculates to learn one unless the cloud's step beats the
     fastest speculation could be (``_unplanned_stretch``).  Every ``probe_every``
     cloud stretches, once they decoded long enough that its round trips (the cycle's, and

@@ -369,7 +369,7 @@ def test_the_first_decision_measures_the_clouds_plain_step_so_a_cheap_cloud_is_f
     ks = drive(controller, SHIPPED, [0.001] * 100)
     assert ks[0] == HAND_OFF and controller.estimator.decode_s == pytest.approx(0.00203)
     assert HAND_OFF not in ks[1:11] and ks[11:].count(HAND_OFF) / len(ks[11:]) > 0.85
-    # a warm-up's open streams 3 tokens, in the cloud's first calls: measured again
+    # a warm-up shorter than the default streams 3 tokens: measured again
     rewarmed = NasdController(1, 15)
     assert rewarmed.next_k() == HAND_OFF
     rewarmed.observe(simulated_stretch(Stretch("cloud", 3, math.nan), SHIPPED, 0.001))

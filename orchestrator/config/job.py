@@ -254,10 +254,11 @@ class JobConfig(GuardrailFields, DeviceEmulationFields, SamplingConfig):
                                     "strategy alike; by-strategy: one strategy run's queries "
                                     "after another's")
     receive_timeout_s: float = Field(default=30.0, gt=0, le=MAX_RECEIVE_TIMEOUT_S)
-    warmup_tokens: int = Field(default=4, ge=0, le=MAX_NEW_TOKENS, description="per strategy, "
+    warmup_tokens: int = Field(default=5, ge=0, le=MAX_NEW_TOKENS, description="per strategy, "
                                "one unrecorded query of this many tokens first (0: none): the "
                                "data-plane handshake and first-call costs stay out of the first "
-                               "query's TTFT")
+                               "query's TTFT, and nasd's probe of the cloud's step streams the "
+                               "4 tokens after the first, enough for it to stand")
     data_plane_security: DataPlaneSecurity = Field(
         default="auto", description="the data plane between the agents: curve (authenticated "
         "and encrypted with keys made for the run), plain, or auto: curve whenever it leaves "
