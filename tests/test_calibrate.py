@@ -28,6 +28,7 @@ TIMES = ComputeTimes(draft_token_s=0.004, verify_base_s=0.0295, verify_per_token
 FULL16 = Calibration(0.7, TIMES, bytes_up=Line(100, 2048), bytes_down=Line(40),
                      seconds_per_byte=8 / 10e6)
 GRID = list(range(0, 1001, 10))
+LATE_WAKE_UPS = 1.5   # a slept stage's measured mean on a loaded host: at most this x modelled
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -197,19 +198,28 @@ def test_calibrate_measures_the_synthetic_pair(synthetic_calibration):
     assert (measured.model_pair, measured.codec, measured.decoding) == ("synthetic", "ids",
                                                                         "greedy")
     # the shipped synthetic pair's latency profile: draft 4 ms a token, verify 29.5 + 0.5 (K+1)
+    # and decode 30 ms, all slept: a sleep is never shorter than asked, and on a loaded host
+    # it wakes late, so each figure is bounded tightly below and loosely above (how close
+    # calibrate comes on a quiet host is a benchmark's figure, not a test's)
     assert [row.k for row in measured.verify] == list(range(7))
     times = measured.calibration().times
-    assert times.draft_token_s == pytest.approx(0.004, rel=0.3)
+
+    def slept(seconds: float, modelled: float) -> bool:
+        return 0.97 * modelled <= seconds <= LATE_WAKE_UPS * modelled
+
     # drafting is a line in K: its time per cycle at every K measured, the line through them
     assert [row.k for row in measured.draft] == list(range(1, 7))
     for row in measured.draft:
-        assert times.draft_time_s(row.k) == pytest.approx(row.seconds.mean, rel=0.1)
+        assert slept(row.seconds.mean, 0.004 * row.k)
+        assert times.draft_time_s(row.k) == pytest.approx(row.seconds.mean, rel=0.25)
+    assert times.draft_token_s == pytest.approx(0.004, rel=0.5)
     # a file from before the draft's line: the mean per drafted token, nothing per cycle
     older = measured.model_copy(update={"draft": None}).calibration().times
     assert (older.draft_base_s, older.draft_token_s) == (0.0, measured.draft_token_s.mean)
-    assert times.verify_time_s(0) == pytest.approx(0.030, rel=0.15)
-    assert times.verify_time_s(6) - times.verify_time_s(0) == pytest.approx(0.003, abs=0.003)
-    assert measured.decode_s.mean == pytest.approx(0.030, rel=0.15)
+    for row in measured.verify:
+        assert slept(row.seconds.mean, 0.0295 + 0.0005 * (row.k + 1))
+    assert times.verify_time_s(6) - times.verify_time_s(0) == pytest.approx(0.003, abs=0.006)
+    assert slept(measured.decode_s.mean, 0.030)
     for row in measured.verify:
         assert row.seconds.low <= row.seconds.mean <= row.seconds.high
     # ids: four bytes of int32 per drafted id, nothing else grows with K
