@@ -154,10 +154,13 @@ class NasdController(AdaptiveK):
     round trip ``rtt_share`` of it, but at most ``stretch_max_s`` long) replaces speculation
     when it is predicted faster by ``switch_margin`` than the best K even at the
     acceptance's upper bound, which happens only past the reversal RTT.  It is served for
-    ``stretch_max_s`` of decoding: while the cloud streams it the edge measures the link,
-    and the stretch ends early once speculation at that RTT beats the cloud's decoding by
-    ``switch_margin`` (``continue_stretch``); with ``edge_only_cutoff`` the draft decodes that
-    stretch alone instead, where it is faster still.  Until a stretch or the calibration told
+    ``cloud_stretch_max_s`` of decoding: while the cloud streams it the edge measures the
+    link, and the stretch ends early once speculation at that RTT beats the cloud's decoding
+    by ``switch_margin`` (``continue_stretch``), so only a link that stays slow meets the cap,
+    and each stretch costs a round trip (capped at 4 s, a 700-token answer at 55 ms paid 6-7
+    of them: 1.5 % of its time, 10 % at 500 ms); with ``edge_only_cutoff`` the draft decodes
+    a stretch alone instead, where it is faster still, for at most ``stretch_max_s`` (it
+    measures nothing of the link).  Until a stretch or the calibration told
     it the cloud's plain decoding step, its first decision is a stretch of ``PROBE_TOKENS``
     handed to the cloud to measure it (a verify's time is no stand-in: on the shipped pair on
     a CPU, a verify at 2 positions took 4.9 ms where a plain step took 2.0 ms, so no stretch
@@ -207,7 +210,8 @@ class NasdController(AdaptiveK):
                  k_start: int = 5, rtt_time_constant_s: float = 0.2, rtt_band: float = 0.1,
                  rtt_floor_ms: float = 1.0, switch_margin: float = 0.01,
                  memory: float = 0.98, hand_off: bool = True, edge_only_cutoff: bool = False,
-                 rtt_share: float = 0.1, stretch_max_s: float = 4.0, probe_every: int = 8,
+                 rtt_share: float = 0.1, stretch_max_s: float = 4.0,
+                 cloud_stretch_max_s: float = 30.0, probe_every: int = 8,
                  evidence_cycles: int = 10, rtt_estimate: str = EWMA, objective: str = MEAN,
                  objective_tokens: int = 64, table: RttTable | None = None,
                  draft_ahead: int = 0, calibration_cycles: float = 20.0,
@@ -234,6 +238,7 @@ class NasdController(AdaptiveK):
         if edge_only_cutoff and learn:
             evidence_cycles = max(evidence_cycles, lossy_evidence_cycles)
         self.rtt_share, self.stretch_max_s = rtt_share, stretch_max_s
+        self.cloud_stretch_max_s = max(cloud_stretch_max_s, stretch_max_s)
         # stretches served since the last speculation cycle, and their seconds: after
         # ``probe_every`` of them that were long enough (or one of the edge's) one cycle
         # speculates, to keep measuring acceptance and link
@@ -338,10 +343,9 @@ class NasdController(AdaptiveK):
         return self._longest(cloud, step_s)
 
     def _longest(self, cloud: Stretch, step_s: float) -> Stretch:
-        """``cloud`` served as long as a decision may stand, ``stretch_max_s`` of ``step_s``
-        steps: its pings stop it sooner once the link favours speculation (the RTT share
-        sizes only the decision)."""
-        return replace(cloud, tokens=max(cloud.tokens, int(self.stretch_max_s / step_s)))
+        """``cloud`` served for ``cloud_stretch_max_s`` of ``step_s`` steps: its pings stop it
+        sooner once the link favours speculation (the RTT share sizes only the decision)."""
+        return replace(cloud, tokens=max(cloud.tokens, int(self.cloud_stretch_max_s / step_s)))
 
     def _remeasure_due(self, rtt_s: float) -> bool:
         """Whether the next cycle speculates to measure acceptance and the link again."""

@@ -302,6 +302,28 @@ def test_a_cloud_stretch_amortizes_its_round_trip_and_the_controller_comes_back(
     assert bounded.tokens_per_s < unbounded.tokens_per_s
 
 
+def test_a_cloud_stretch_is_served_until_its_pings_stop_it_and_the_drafts_alone_for_a_while():
+    """A cloud stretch is pinged, and its pings end it once the link favours speculation, so
+    only a link that stays slow meets its cap: ``cloud_stretch_max_s`` (each stretch pays a
+    round trip: at 4 s, a 700-token answer at 55 ms paid 6-7 of them).  The draft's stretch
+    (the edge-only cutoff) measures nothing of the link, and keeps ``stretch_max_s``."""
+    decode_s = TIMES.decode_time_s()
+    for cutoff in (False, True):
+        controller = NasdController(1, 15, calibration=IDS, learn=False,
+                                    edge_only_cutoff=cutoff)
+        assert drive(controller, IDS, [0.5] * 39)[-1] == HAND_OFF
+        served = controller.stretch
+        if cutoff:
+            assert served.served_by == "edge"
+            assert served.tokens <= int(controller.stretch_max_s / TIMES.draft_token_s)
+        else:
+            assert served.served_by == "cloud"
+            assert served.tokens == int(controller.cloud_stretch_max_s / decode_s)
+            assert served.tokens * decode_s > 7 * controller.stretch_max_s
+            # and its pings end it as soon as the link recovers
+            assert controller.continue_stretch(0.5) and not controller.continue_stretch(0.005)
+
+
 # the shipped pair on a CPU (a sim run at 0 ms): a verify costs twice a plain decoding step,
 # and a cycle's drafting 1.5 ms beside 1.0 ms a token
 SHIPPED = Calibration(0.75, ComputeTimes(draft_token_s=0.00103, verify_base_s=0.0043,
