@@ -392,3 +392,13 @@ def test_a_model_known_by_its_size_gets_the_nearest_published_shape():
     assert shape_for_parameters(7e9) == QWEN2_5["7B"]
     with pytest.raises(ValueError):
         shape_for_parameters(0)
+
+
+def test_each_round_takes_the_samples_in_an_order_of_its_own():
+    """A drifting host's speed is shared by samples measured one after another: with the same
+    order every round a sample met the same neighbours every time, and its error persisted."""
+    from orchestrator.lifecycle.latency import order_of_round
+    orders = [order_of_round(0, round_index, 50) for round_index in range(5)]
+    assert all(sorted(order) == list(range(50)) for order in orders)
+    assert len({tuple(order) for order in orders}) == 5
+    assert order_of_round(0, 3, 50) == orders[3] != order_of_round(1, 3, 50)

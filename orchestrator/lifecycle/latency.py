@@ -339,7 +339,8 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
     """Measure the plan's samples into ``out`` (CSV); the number of rows written.
 
     In rounds: every sample is set up (its pair loaded, its context prefilled), then each
-    round gives every sample one ``SampleRun.turn``, and the table is rewritten after each
+    round gives every sample one ``SampleRun.turn`` (in an order of its own,
+    ``order_of_round``), and the table is rewritten after each
     round with the medians so far.  A sample's repeats are thus minutes apart, so a
     neighbour that slows the host for a while spoils one repeat of many samples (which the
     median drops) rather than every repeat of a few.  Rounds stop at ``plan.repeats``, or
@@ -369,7 +370,8 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
         for round_index in range(plan.repeats):
             wait_for_quiet(plan, progress)
             round_started = time.monotonic()
-            for run in runs:
+            for index in order_of_round(plan.seed, round_index, len(runs)):
+                run = runs[index]
                 progress.update(task, description=f"round {round_index + 1}: {run.config.pair}")
                 run.turn(reference)
                 progress.advance(task)
@@ -389,6 +391,13 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
 
 
 REFERENCE_CONTEXT = 32   # tokens before the reference's decoding step
+
+
+def order_of_round(seed: int, round_index: int, samples: int) -> list[int]:
+    """The order the samples take their turns in one round: shuffled afresh every round
+    (seeded), so no sample meets the same neighbours, or the same moment of a drifting
+    host's speed, in every round, and its rounds' errors are independent."""
+    return np.random.default_rng([seed, round_index]).permutation(samples).tolist()
 
 
 def speed_reference(plan: LatencyPlan, pairs: PairCache, tokens: list[int]) -> SampleRun:
