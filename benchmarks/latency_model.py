@@ -13,7 +13,8 @@ asks of the latency model, and writes them beside the tables (JSON and PNG):
 - the budget guardrail on the held-out predictions: violation and false-reject rates at
   budget fractions 0.5, 0.7, 0.85, 1.0 with and without it; goal violations <= 2 % at 0.85.
 
-    .venv/bin/python benchmarks/latency_model.py [--source float32-t1-ref] [--target bfloat16-t1-ref]
+    .venv/bin/python benchmarks/latency_model.py [--source float32-t1-shuffled]
+        [--target bfloat16-t1-shuffled]
         [--device dev-epyc-2c] [--draws 20] [--holdout 60]
 
 The tables come from ``orchestrator latency measure`` (see the folder's README for the
@@ -102,9 +103,9 @@ def print_transfer(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", default="float32-t1-ref",
+    parser.add_argument("--source", default="float32-t1-shuffled",
                         help="table stem under measured/latency")
-    parser.add_argument("--target", default="bfloat16-t1-ref")
+    parser.add_argument("--target", default="bfloat16-t1-shuffled")
     parser.add_argument("--device", default="dev-epyc-2c")
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--holdout", type=int, default=60)
