@@ -167,9 +167,9 @@ class NasdController(AdaptiveK):
     was ever handed off at 0 ms while cloud-only decoded 1.7 times faster), again at the next
     query's open while it measured fewer than ``PROBED_TOKENS`` (a step measured over a few
     tokens at twice its worth would never be handed a stretch that could correct it; the
-    job's default 5-token warm-up streams 4, on models warmed as they loaded).  Until a cycle drafted
-    there is no plan, and it speculates to learn one unless the cloud's step beats the
-    fastest speculation could be (``_unplanned_stretch``).  Every ``probe_every``
+    job's default 5-token warm-up streams 4, on models warmed as they loaded).  Until a
+    cycle drafted there is no plan, and it speculates to learn one unless the cloud's step
+    beats the fastest speculation could be (``_unplanned_stretch``).  Every ``probe_every``
     cloud stretches, once they decoded long enough that its round trips (the cycle's, and
     the next stretch's) cost at most ``REMEASURE_SHARE`` of their time, and after each of the
     draft's, one cycle speculates to measure acceptance and the link (the link's RTT the

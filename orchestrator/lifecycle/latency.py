@@ -15,9 +15,10 @@ sample's row keeps the median over the rounds (with the minimum and the interqua
 so a busy neighbour that slows this shared host for a while spoils one repeat of many
 samples instead of every repeat of a few.  Beside every turn a reference step (the job's
 target decoding one token at a fixed context, ``speed_reference``) is timed, and the turn's
-times are scaled by it: the host's speed drifts over seconds, within a round.  See ``nasd.latency.stages`` for what each stage is.  One row per sample,
-with the machine's description and the median 1-minute load average of its turns; the CSV
-is rewritten after every round (a cut-off campaign keeps every finished round).
+times are scaled by it: the host's speed drifts over seconds, within a round.  See
+``nasd.latency.stages`` for what each stage is.  One row per sample, with the machine's
+description and the median 1-minute load average of its turns; the CSV is rewritten after
+every round (a cut-off campaign keeps every finished round).
 
 ``measure_device`` measures this host's peaks with micro-benchmarks in torch: read
 bandwidth (a reduction over arrays in the last-level cache and far beyond it) and the FLOP/s
@@ -34,9 +35,11 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from rich.progress import Progress
@@ -60,6 +63,7 @@ SCALED_SHAPES: tuple[tuple[int, int, int, int], ...] = (
 PROMPT_TOKENS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192)
 CONTEXT_TOKENS = (8, 16, 32, 64, 96, 128, 160, 192, 256, 320, 384)
 KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -275,12 +279,9 @@ class SampleRun:
         stage is the median of its passes; then, with a ``reference``, its decoding step
         timed the same way: how fast the host ran at that moment."""
         passes = self.plan.passes
-        self.prefill()
-        prefills = [self.prefill() for _ in range(passes)]
-        self.cycle()
-        samples = [self.cycle() for _ in range(passes)]
-        self.decode()
-        decodes = [self.decode() for _ in range(passes)]
+        prefills = after_one_untimed(self.prefill, passes)
+        samples = after_one_untimed(self.cycle, passes)
+        decodes = after_one_untimed(self.decode, passes)
         self.times["edge_prefill"].append(float(np.median([edge for edge, _ in prefills])))
         self.times["cloud_prefill"].append(float(np.median([cloud for _, cloud in prefills])))
         self.times["draft_token"].append(float(np.median(
@@ -290,9 +291,8 @@ class SampleRun:
         self.encode_s.append(float(np.median([sample.t_encode for sample in samples])))
         self.bytes.append((samples[-1].bytes_up, samples[-1].bytes_down))
         if reference is not None:
-            reference.decode()
-            self.references.append(float(np.median([reference.decode()
-                                                    for _ in range(passes)])))
+            self.references.append(float(np.median(after_one_untimed(reference.decode,
+                                                                     passes))))
         self.loads.append(os.getloadavg()[0])
         self.turns += 1
 
@@ -326,6 +326,13 @@ class SampleRun:
                       "bytes_up": int(np.median(up)), "bytes_down": int(np.median(down)),
                       "repeats": self.turns, "passes": self.plan.passes,
                       "load_1m": float(np.median(self.loads))}
+
+
+def after_one_untimed(measured: Callable[[], T], passes: int) -> list[T]:
+    """``measured()`` once with its result dropped (the pass that warms what the sample's
+    neighbours cooled), then ``passes`` times: those results."""
+    measured()
+    return [measured() for _ in range(passes)]
 
 
 def reset(context: list[int], *sequences: TokenSequence) -> None:
