@@ -179,7 +179,11 @@ class EdgeAgent:
         return self._speculative(request, session, prompt_ids, self.policy(request))
 
     def _record(self, request: QueryRequest, prompt_ids: list[int], output: list[int],
-                t_submit: float, t_first: float, t_last: float, eos: bool) -> QueryRecord:
+                token_times: list[float], t_submit: float, t_first: float, t_last: float,
+                eos: bool) -> QueryRecord:
+        """The query's record; ``token_times``: the instant the edge held each output token."""
+        if len(token_times) != len(output):
+            raise RuntimeError(f"{len(output)} tokens but {len(token_times)} arrival times")
         rate, decode_s = decode_rate(len(output), t_first, t_last)
         return QueryRecord(
             label=request.label, strategy=request.strategy, k=request.k,
@@ -187,6 +191,7 @@ class EdgeAgent:
             repetition=request.repetition, prompt_tokens=len(prompt_ids), n_tokens=len(output),
             ttft_s=t_first - t_submit, e2e_s=t_last - t_submit, tokens_per_s=rate,
             decode_s=decode_s, finished_by_eos=eos, output_ids=list(output),
+            token_times_s=[round(t - t_submit, 6) for t in token_times],
             output_text=self.models.tokenizer.decode(output), answer=request.answer,
             timeline_start_s=None if request.timeline_started_at is None
             else request.timeline_started_at - t_submit)
@@ -206,15 +211,17 @@ class EdgeAgent:
         sequence = TokenSequence(self.models.draft, prompt_ids, request.sampling)
         t_first = t_last = t_submit
         first_s = 0.0
+        token_times = []
         for _ in decode_plainly(sequence, request.max_new_tokens, request.sampling.decoding, rng,
                                 eos_id):
             t_last = now()     # each step: the draft's forward and its choice of token
+            token_times.append(t_last)
             if len(sequence.generated) == 1:
                 t_first, first_s = t_last, t_last - t_submit
         compute_s = t_last - t_submit
         output = sequence.generated
-        record = self._record(request, prompt_ids, output, t_submit, t_first, t_last,
-                              bool(output) and output[-1] == eos_id)
+        record = self._record(request, prompt_ids, output, token_times, t_submit, t_first,
+                              t_last, bool(output) and output[-1] == eos_id)
         record.edge_compute_s, record.edge_first_s = compute_s, first_s
         tally = StageTally()
         tally.add(self.models.take_passes())
@@ -274,7 +281,7 @@ class EdgeAgent:
                           {"prompt": np.asarray(prompt_ids, dtype=np.int32)})
         t_submit = now()
         record_up = self.channel.send(message)
-        output, bytes_down, compute_s = [], 0, 0.0
+        output, token_times, bytes_down, compute_s = [], [], 0, 0.0
         drafted = accepted = rejections = 0
         first_compute_s = 0.0
         tally = StageTally()
@@ -285,6 +292,7 @@ class EdgeAgent:
                 t_first = t_last
                 first_compute_s = reply.fields["compute_s"]
             output.extend(int(t) for t in reply.arrays["ids"])
+            token_times.extend([t_last] * len(reply.arrays["ids"]))
             bytes_down += size
             compute_s += reply.fields["compute_s"]
             drafted += reply.fields["drafted"]
@@ -292,7 +300,8 @@ class EdgeAgent:
             rejections += reply.fields["accepted"] < reply.fields["drafted"]
             eos = reply.fields["eos"]
             tally.add(read_passes(reply.fields))
-        record = self._record(request, prompt_ids, output, t_submit, t_first, t_last, eos)
+        record = self._record(request, prompt_ids, output, token_times, t_submit, t_first,
+                              t_last, eos)
         record.bytes_up, record.bytes_down, record.cloud_compute_s = record_up, bytes_down, compute_s
         record.cloud_first_s = first_compute_s
         record.drafted, record.accepted, record.rejections = drafted, accepted, rejections
@@ -320,6 +329,7 @@ class EdgeAgent:
         self._check(opened, message, "opened")
         query.stages.add(read_passes(opened.fields))
         query.draft.extend([opened.fields["token"]])
+        query.token_times.append(query.t_first)
         query.finished = query.eos = opened.fields["eos"]
         try:
             if stream and not query.finished:
@@ -359,6 +369,8 @@ class EdgeAgent:
         real time goes beside the emulated one, and they count in the query's totals."""
         request = query.request
         draft_passes, verify_passes = measured.pop("draft_passes"), measured.pop("verify_passes")
+        query.token_times.extend(measured.pop("arrivals", None)
+                                 or [query.t_last] * measured["tokens"])
         query.stages.add(draft_passes)
         query.stages.add(verify_passes)
         measured.update(t_draft_real=real_seconds(measured["t_draft"], draft_passes),
@@ -511,7 +523,7 @@ class EdgeAgent:
         the target's).  The stretch's measurements: ``rtt_ms`` the link's RTT when it ended, the
         middle of its bracket (if no ping came back: ``rtt_s`` as known before, else its first token's network
         time), ``bytes_up`` its pings and stop."""
-        received, bytes_up, bytes_down, cloud_s = [], 0, 0, 0.0
+        received, arrivals, bytes_up, bytes_down, cloud_s = [], [], 0, 0, 0.0
         verify_passes = self._no_passes()
         pings: dict[int, float] = {}                      # seq -> sent at
         answered: deque[tuple[float, float]] = deque(maxlen=PINGS_KEPT)
@@ -550,6 +562,7 @@ class EdgeAgent:
             if rtt_s is None:
                 rtt_s = arrived - t_send - cloud_s
             received.extend(int(t) for t in reply.arrays["ids"])
+            arrivals.extend([arrived] * len(reply.arrays["ids"]))
             bytes_down += size
             if reply.fields["finished"]:
                 break
@@ -560,7 +573,8 @@ class EdgeAgent:
         return dict(k=0, accepted=0, tokens=len(received), rtt_ms=rtt_s * 1000.0,
                     bytes_up=bytes_up, bytes_down=bytes_down, t_draft=0.0, t_verify=cloud_s,
                     t_network=query.t_last - t_send - cloud_s, served_by="cloud",
-                    draft_passes=self._no_passes(), verify_passes=verify_passes)
+                    arrivals=arrivals, draft_passes=self._no_passes(),
+                    verify_passes=verify_passes)
 
     def _ping_after(self, instant: float) -> float:
         """When to ping next: ``PING_EVERY_S`` on average after ``instant``, at random."""
@@ -570,15 +584,19 @@ class EdgeAgent:
         """The edge-only cutoff: the draft decodes ``tokens`` tokens alone, unverified (the
         cloud hears of them with the next message)."""
         t_start = now()
-        served = list(decode_plainly(query.draft, tokens, query.decoding, query.rng,
-                                     query.eos_id))
-        query.t_last = now()
+        served, arrivals = [], []
+        for token in decode_plainly(query.draft, tokens, query.decoding, query.rng,
+                                    query.eos_id):
+            served.append(token)
+            arrivals.append(now())
+        query.t_last = arrivals[-1]
         query.served.extend(served)
         query.cutoff_tokens += len(served)
         query.finished = query.eos = served[-1] == query.eos_id
         return dict(k=0, accepted=0, tokens=len(served), rtt_ms=float("nan"), bytes_up=0,
                     bytes_down=0, t_draft=query.t_last - t_start, t_verify=0.0, t_network=0.0,
-                    served_by="edge", nasd_cutoff=True, draft_passes=self.models.take_passes(),
+                    served_by="edge", nasd_cutoff=True, arrivals=arrivals,
+                    draft_passes=self.models.take_passes(),
                     verify_passes=self._no_passes())
 
 
@@ -627,6 +645,7 @@ class SpeculationQuery:
         self.served: list[int] = []          # cutoff tokens, not yet sent
         self.finished = self.eos = False
         self.t_submit = self.t_first = self.t_last = 0.0
+        self.token_times: list[float] = []   # when the edge held each committed token
         self.cloud_compute_s = 0.0
         self.handoff_tokens = self.cutoff_tokens = 0
         self.stages = StageTally()           # device emulation: the passes of both hosts
@@ -653,7 +672,8 @@ class SpeculationQuery:
     def record(self, agent: EdgeAgent, opened: Message, open_bytes_down: int) -> QueryRecord:
         cycles = self.cycles
         record = agent._record(self.request, self.prompt_ids, self.draft.generated,
-                               self.t_submit, self.t_first, self.t_last, self.eos)
+                               self.token_times, self.t_submit, self.t_first, self.t_last,
+                               self.eos)
         verified = [c for c in cycles if c.served_by != "dropped"]
         record.cycles = len(cycles)
         record.drafted = sum(c.k for c in verified)

@@ -106,6 +106,9 @@ class QueryRecord:
     network_overhead_per_cycle: list[float] = field(default_factory=list)
     finished_by_eos: bool = False
     output_ids: list[int] = field(default_factory=list)
+    # when the edge held each output token, in seconds since submit (the first is the TTFT):
+    # a cycle's tokens share its verdict's arrival, a stream's each its message's
+    token_times_s: list[float] = field(default_factory=list)
     output_text: str = ""
     answer: str | None = None  # the prompt set's expected answer, if any
     # when the link's timeline (re)started for this query, in seconds since its submit (<= 0;

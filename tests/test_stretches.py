@@ -171,3 +171,46 @@ def test_the_edge_pings_during_a_cloud_stretch_and_stops_it_keeping_the_target_o
     assert 0.0 <= stretch.rtt_ms <= 1000.0 * policy.round_trips[-1]
     assert stretch.bytes_up > 0             # its pings and the stop crossed the link
     assert sum(c.tokens for c in cycles) == len(record.output_ids) - 1
+
+
+def assert_token_times(record, cycles=()) -> None:
+    """One instant per output token, in order, from the TTFT to the last token; each cycle's
+    tokens within the cycle, a speculation cycle's all at its verdict's arrival."""
+    times = np.asarray(record.token_times_s)
+    assert len(times) == record.n_tokens == len(record.output_ids)
+    assert np.all(np.diff(times) >= 0.0)
+    assert times[0] == pytest.approx(record.ttft_s, abs=1e-6)
+    assert times[-1] == pytest.approx(record.e2e_s, abs=1e-6)
+    position = 1
+    for cycle in cycles:
+        held = times[position:position + cycle.tokens]
+        end = cycle.t_start + cycle.t_cycle
+        if cycle.served_by == "speculation":
+            assert held == pytest.approx([end] * cycle.tokens, abs=1e-6), cycle
+        else:
+            assert np.all((held >= cycle.t_start - 1e-6) & (held <= end + 1e-6)), cycle
+        position += cycle.tokens
+    if cycles:
+        assert position == len(times)
+
+
+@pytest.mark.parametrize("strategy", ["cloud-only", "cloud-spec", "edge-only"])
+def test_every_strategy_records_when_each_token_reached_the_edge(strategy):
+    slow = SyntheticPairConfig(acceptance=0.7, latency={
+        side: {"base_ms": 1.0, "per_token_ms": 0.5}
+        for side in ("edge_draft", "cloud_draft", "cloud_target")})
+    with edge_and_cloud(slow) as (edge, _):
+        record, cycles = edge.run_query(QueryRequest(
+            strategy=strategy, label=strategy, query_id="q", prompt=PROMPT, k=3,
+            max_new_tokens=MAX_NEW_TOKENS, sampling=GREEDY))
+    assert cycles == []
+    assert_token_times(record)
+    assert len(set(record.token_times_s)) > 1
+
+
+def test_a_speculative_query_records_each_token_when_its_cycle_or_stream_delivered_it():
+    policy = Scripted([Stretch("cloud", 7, 1.0), 3, Stretch("edge", 5, 1.0), 2,
+                       Stretch("cloud", 6, 1.0), 4])
+    record, cycles = run(policy)
+    assert {c.served_by for c in cycles} == {"cloud", "speculation", "edge"}
+    assert_token_times(record, cycles)
