@@ -37,6 +37,10 @@ TOKENS = 21
 def query(label: str, number: int, decode_s: float, ttft_s: float, answer=None) -> dict:
     strategy = "fixed-k" if label == "fixed-k5" else label
     output = list(range(TOKENS)) if strategy != "edge-only" else [7] * TOKENS
+    # fixed-k5: 3 tokens per verdict (gaps of 0, then one per cycle); the others one by one
+    step = decode_s / (TOKENS - 1)
+    times = ([ttft_s + 3 * step * ((i + 2) // 3) for i in range(TOKENS)] if label == "fixed-k5"
+             else [ttft_s + step * i for i in range(TOKENS)])
     return {"label": label, "strategy": strategy, "k": 5 if strategy != "cloud-only" else None,
             "query_id": str(number), "repetition": 0, "n_tokens": TOKENS, "ttft_s": ttft_s,
             "e2e_s": ttft_s + decode_s, "decode_s": decode_s,
@@ -44,7 +48,7 @@ def query(label: str, number: int, decode_s: float, ttft_s: float, answer=None) 
             "fixed" in strategy else 0, "accepted": 12 if "fixed" in strategy or "spec" in
             strategy else 0, "rejections": 6, "bytes_up": 1000, "bytes_down": 400,
             "cloud_compute_s": 0.3, "output_ids": output, "output_text": " 13.",
-            "answer": answer}
+            "answer": answer, "token_times_s": times}
 
 
 def cycle(number: int) -> dict:
@@ -182,3 +186,21 @@ def test_a_single_query_has_no_interval_and_reads_as_a_bare_number():
 def test_a_run_without_queries_prints_empty_tables_and_the_legend():
     text = printed(summarize(pd.DataFrame(columns=["label", "strategy"]), pd.DataFrame()))
     assert "nothing to conclude" in text and "accepted / drafted" in text
+
+
+def test_inter_token_gaps_show_a_cycles_burst_and_its_wait(summary):
+    """One by one, every gap is the decode time's share of a token; in cycles of three, two
+    gaps in three are 0 and the third is three tokens' worth."""
+    cloud = summary.loc["cloud-only"]
+    steps = [decode / (TOKENS - 1) for decode in RATES["cloud-only"][0]]
+    assert min(steps) * 1000 <= cloud["itl_ms_p50"] <= cloud["itl_ms_p99"] <= max(steps) * 1000 + 1e-9
+    fixed = summary.loc["fixed-k5"]
+    steps = [decode / (TOKENS - 1) for decode in RATES["fixed-k5"][0]]
+    assert fixed["itl_ms_p50"] == 0.0
+    assert 3 * min(steps) * 1000 <= fixed["itl_ms_p99"] <= 3 * max(steps) * 1000 + 1e-9
+
+
+def test_records_without_token_times_leave_the_gaps_out():
+    queries, cycles = records()
+    frame = summarize(queries.drop(columns="token_times_s"), cycles)
+    assert "itl_ms_p99" not in frame

@@ -135,6 +135,16 @@ def _share(values: pd.Series) -> float:
     return float(known.astype(bool).mean()) if len(known) else np.nan
 
 
+def inter_token_gaps_s(queries: pd.DataFrame) -> np.ndarray:
+    """Every gap between two consecutive output tokens of a query, as the edge held them
+    (``token_times_s``), all queries together; none from records that lack the times."""
+    if "token_times_s" not in queries:
+        return np.array([])
+    return np.concatenate([np.diff(np.asarray(times, dtype=float))
+                           for times in queries["token_times_s"]
+                           if isinstance(times, list) and len(times) > 1] or [np.array([])])
+
+
 def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
     """``queries`` as marked by ``mark_queries``."""
     rows = []
@@ -146,6 +156,9 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
         _with_percentiles(row, "tokens_per_s", group["tokens_per_s"], intervals=True)
         _with_percentiles(row, "ttft_ms", group["ttft_s"], 1000.0, intervals=True)
         _with_percentiles(row, "e2e_s", group["e2e_s"], intervals=True)
+        gaps = inter_token_gaps_s(group)
+        if len(gaps):
+            _with_percentiles(row, "itl_ms", gaps, 1000.0)
         drafted, accepted = group["drafted"].sum(), group["accepted"].sum()
         row["acceptance"] = accepted / drafted if drafted else np.nan
         row["per_token_acceptance"] = (acceptance_from_counts(int(accepted), int(group["rejections"].sum()))
@@ -377,6 +390,10 @@ GLOSSARY = {
                           "edge, ms: median and 95th percentile over queries",
     "e2e p95, e2e p99": "time from submitting a query to its last token, s: 95th and 99th "
                         "percentile over queries",
+    "gap p99": "inter-token latency: the 99th percentile of the gaps between consecutive "
+               "output tokens as the edge held them, ms, over all queries' gaps (a "
+               "speculation cycle's tokens arrive together: gaps of 0 inside it, one long gap "
+               "per cycle; summary.csv also has itl_ms_p50 and itl_ms_p95)",
     "accepted / drafted": "accepted draft tokens over drafted ones (summary.csv acceptance): "
                         "drafts after a rejection are never tested, so this is below alpha",
     "alpha": "per-token acceptance, accepted / (accepted + rejections) (summary.csv "
@@ -443,6 +460,7 @@ SPEED_COLUMNS = {
     "TTFT p95": partial(format_measured, column="ttft_ms_p95", digits=0),
     "e2e p95": partial(format_measured, column="e2e_s_p95", digits=2),
     "e2e p99": partial(format_measured, column="e2e_s_p99", digits=2),
+    "gap p99": _formatted("itl_ms_p99"),
 }
 SPECULATION_COLUMNS = {
     "accepted / drafted": _formatted("acceptance", 2),
