@@ -167,8 +167,9 @@ def cli() -> None:
 
     Runs a draft model on an "edge" agent and a target model on a "cloud"
     agent, each its own process, exchanging drafts and verdicts over ZeroMQ
-    through a shaped link, and compares cloud-only, cloud-spec, edge-only and
-    fixed-K speculation.
+    through a shaped link, and compares cloud-only, cloud-spec, edge-only,
+    fixed-K speculation and the policies that choose K per cycle (nasd, the
+    network-adaptive controller; hf-heuristic; bandit).
     """
 
 
@@ -313,8 +314,8 @@ def parse_rtt_grid(ctx, param, text: str) -> list[float]:
                 raise click.BadParameter(f"{text!r}: more than {MAX_RTT_GRID:,} RTTs")
             grid.update(values)
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected START:STOP:STEP (a positive step) or "
-                                 "comma-separated RTTs in ms") from None
+        raise click.BadParameter(f"{text!r}: expected START:STOP:STEP (STOP >= START, a "
+                                 "positive STEP) or comma-separated RTTs in ms") from None
     return FieldType(list[Milliseconds]).convert(sorted(grid), param, ctx)
 
 
@@ -389,8 +390,14 @@ def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, r
         write_calibration,
         write_table,
     )
-    job = load_job(job_name, {"model_pair": model_pair, "codec": codec, "nasd_k_min": k_min,
-                              "nasd_k_max": k_max, **emulation})
+    chosen = {"model_pair": model_pair, "codec": codec, **emulation}
+    if k_min is not None or k_max is not None:     # named as this command's flags, not the job's
+        job = load_job(job_name, chosen)
+        lowest, highest = k_min or job.nasd_k_min, k_max or job.nasd_k_max
+        if lowest > highest:
+            raise click.UsageError(f"--k-min {lowest} is above --k-max {highest}"
+                                   + ("" if k_min and k_max else " (the job's)"))
+    job = load_job(job_name, chosen | {"nasd_k_min": k_min, "nasd_k_max": k_max})
     if calibration_path is not None:
         measured = load_calibration(calibration_path)
         if measured.k_max < job.nasd_k_max:
@@ -418,7 +425,8 @@ def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, r
     click.echo(f"acceptance {measured.acceptance.rate:.3f}; K {table.rows[0].spec_k} at "
                f"{table.rows[0].rtt_ms:g} ms to {table.rows[-1].spec_k} at "
                f"{table.rows[-1].rtt_ms:g} ms; " + (
-                   f"cloud-only pays more from {reversal:g} ms" if reversal is not None
+                   f"cloud-only decoding is faster from {reversal:g} ms (k = 0)"
+                   if reversal is not None
                    else "speculation pays at every RTT of the grid"))
 
 

@@ -397,6 +397,11 @@ MALFORMED = {
                                   ["FILE", "cannot create a results folder", "Not a directory"]),
     "flag-rtt-grid-1e9-points": (None, ["calibrate", "--rtt-grid", "0:1e12:1000"],
                                  ["--rtt-grid", "more than 100,000 RTTs"]),
+    # calibrate names its own flags, not the job fields' run flags
+    "flag-calibrate-k-range": (None, ["calibrate", "--k-min", "5", "--k-max", "3"],
+                               ["--k-min 5 is above --k-max 3"]),
+    "flag-calibrate-k-min-above-the-jobs": (None, ["calibrate", "--k-min", "40"],
+                                            ["--k-min 40 is above --k-max", "(the job's)"]),
     "flag-rtt-grid-1e308": (None, ["calibrate", "--rtt-grid", "0,1e308"], ["--rtt-grid", "120000"]),
     "flag-calibrate-bandwidth-1e-300": (None, ["calibrate", "--bandwidth-mbps", "1e-300"],
                                         ["--bandwidth-mbps", "0.001"]),
@@ -423,11 +428,16 @@ MALFORMED = {
                               ["--cloud-model-params nan", "finite"]),
     "flag-device-model-too-big": (None, RUN + EMULATED[:6] + ["--cloud-model-params", "72e9"],
                                   ["--cloud-device", "80 GiB of h100-sxm"]),
-    "job-device-calibrated-here": ("edge_device: jetson-orin-nano\ncloud_device: h100-sxm\n"
+    "job-device-calibrated-here": ("model_pair: tiny-arith\n"
+                                   "edge_device: jetson-orin-nano\ncloud_device: h100-sxm\n"
                                    "edge_model_params: 5.0e+8\ncloud_model_params: 7.0e+9\n"
                                    "nasd_calibration_path: calibration.yaml\n", JOB,
                                    ["--nasd-calibration", "measured for this host's own devices",
                                     "the run is for emulating edge jetson-orin-nano"]),
+    "job-calibration-of-another-pair": ("model_pair: synthetic\n"
+                                        "nasd_calibration_path: calibration.yaml\n", JOB,
+                                        ["--nasd-calibration", "model pair 'tiny-arith'",
+                                         "this run's 'synthetic'"]),
 }
 
 

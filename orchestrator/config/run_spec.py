@@ -71,7 +71,7 @@ class RunSpec:
                               f"strategy runs x {used} prompts make more than "
                               f"{MAX_QUERIES_PER_RUN:,} queries")
         return cls(job=job, profile=profile, model_pair=model_pair, prompts=prompts, mode=mode,
-                   emulation=emulation, **nasd_files(job, emulation))
+                   emulation=emulation, **nasd_files(job, model_pair.name, emulation))
 
     @classmethod
     def from_folder(cls, folder: Path) -> "RunSpec":
@@ -132,15 +132,18 @@ class RunSpec:
                    else {})}
 
 
-def nasd_files(job: JobConfig, emulation: DeviceEmulation | None = None) -> dict:
+def nasd_files(job: JobConfig, pair_name: str, emulation: DeviceEmulation | None = None) -> dict:
     """The job's NASD files, loaded and checked (the table's K within the job's nasd_k
-    range; both measured under the run's device ``emulation``, or both on this host's own
-    devices without one): the ``RunSpec`` fields ``nasd_rtt_table`` and
-    ``nasd_calibration``."""
+    range; the calibration of the run's pair ``pair_name``; both measured under the run's
+    device ``emulation``, or both on this host's own devices without one): the ``RunSpec``
+    fields ``nasd_rtt_table`` and ``nasd_calibration``."""
     identity = None if emulation is None else emulation.identity
 
     def calibration(path: Path):
         measured = load_calibration(path)
+        if measured.model_pair != pair_name:
+            raise ConfigError(f"{path}: measured on model pair {measured.model_pair!r}, not "
+                              f"this run's {pair_name!r}")
         check_emulation(path, measured.emulation, identity)
         return measured.calibration()
     loaders = {

@@ -165,6 +165,11 @@ def _settled(speculation: pd.DataFrame, cloud: pd.DataFrame,
     return (None if None in verdicts.values() else True), []
 
 
+REVERSAL_COLUMNS = [*SERIES_COLUMNS, "label", "strategy", "k", "rtts",
+                    "measured_reversal_rtt_ms", "measured_reversal_conclusive",
+                    "predicted_reversal_rtt_ms", "note"]
+
+
 def reversal(results: pd.DataFrame) -> pd.DataFrame:
     """Measured and predicted reversal RTT per series and fixed-K (and ``best fixed-K``), and
     the measured one of each adaptive K policy (nasd, which hands stretches to the cloud past
@@ -217,7 +222,7 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
                          "measured_reversal_conclusive": conclusive,
                          "predicted_reversal_rtt_ms": predicted,
                          "note": "; ".join(filter(None, notes))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=REVERSAL_COLUMNS)   # a single RTT: the header alone
 
 
 IANVS_METRICS = {"tokens_per_s": "throughput", "tokens_per_s_low": "throughput_low",

@@ -410,19 +410,29 @@ def plot_k_vs_rtt(results: pd.DataFrame, path: Path) -> None:
     grid = np.linspace(0.0, chosen["nasd_rtt_estimate_ms"].max() * 1.05, MODEL_POINTS)
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(chosen))
     model = FinishedRun.load(Path(cell["folder"]))
+    chosen = chosen.assign(jitter=jitter)
+    cut_off = chosen.get("served_by", pd.Series("", index=chosen.index)) == "edge"
     for label, own in chosen.groupby("label", sort=False):
         color = styles[label]["color"]
-        ax.plot(own["nasd_rtt_estimate_ms"], own["policy_k"] + jitter[:len(own)], ".",
-                color=color, markersize=3, alpha=0.5)
+        for marker, part in ((".", own[~cut_off[own.index]]), ("x", own[cut_off[own.index]])):
+            ax.plot(part["nasd_rtt_estimate_ms"], part["policy_k"] + part["jitter"], marker,
+                    color=color, markersize=3 if marker == "." else 4, alpha=0.5)
         ax.step(grid, model.planned_k(label, grid), where="post", color=color,
                 lw=1.5)
     ax.set_xlabel("RTT estimate the K was chosen on (ms)")
     ax.set_ylabel("K (0: stretch without drafts)")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    handles = [Line2D([], [], color=styles[label]["color"], marker=".", linestyle="none",
-                      label=f"{label}: chosen per cycle") for label in chosen["label"].unique()]
-    handles.append(Line2D([], [], color="grey", lw=1.5, label="closed form's K\n(the table's)"))
+    handles = []
+    for label in chosen["label"].unique():
+        color = styles[label]["color"]
+        handles += [Line2D([], [], color=color, marker=".", linestyle="none",
+                           label=f"{label}: chosen per cycle"),
+                    Line2D([], [], color=color, lw=1.5,
+                           label=f"{label}: the closed form's K\non this run's measurements")]
+    if cut_off.any():
+        handles.append(Line2D([], [], color="black", marker="x", linestyle="none",
+                              label="K = 0 served by the\ndraft alone (cutoff)"))
     fig.legend(handles=handles, loc="outside right center", fontsize=9)
     fig.suptitle(f"K against RTT in cell {cell['cell']}")
     _save(fig, path)
@@ -461,9 +471,10 @@ PLOTS = [
     Plot("k_vs_rtt.png", plot_k_vs_rtt,
          "The K nasd chose in every cycle (dots; 0 for a stretch it served without drafts, "
          "handed to the cloud or, with the cutoff, to the draft alone) against the RTT "
-         "estimate it chose it on, and the K the closed form picks at each RTT on the run's "
-         "measured acceptance, stage times and bytes (line; 0 where cloud-only is faster): "
-         "the RTT -> K table `orchestrator calibrate` writes."),
+         "estimate it chose it on (crosses: stretches the draft served alone), and the K the "
+         "closed form picks at each RTT on the run's measured acceptance, stage times and "
+         "bytes (line; 0 where cloud-only is faster): the RTT -> K table `orchestrator "
+         "calibrate` would write from this run, not a table the run loaded."),
 ]
 
 
