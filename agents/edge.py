@@ -366,7 +366,9 @@ class EdgeAgent:
         unverified: it served nothing).  ``measured`` holds the cycle record's fields, and
         the passes of its drafting (``draft_passes``, this host's) and of its verification
         or stretch (``verify_passes``, the cloud's), None without device emulation: their
-        real time goes beside the emulated one, and they count in the query's totals."""
+        real time goes beside the emulated one, and they count in the query's totals.  A
+        stretch's ``arrivals`` say when each of its tokens reached the edge; a cycle's
+        tokens all arrived with its verdict (``query.t_last``)."""
         request = query.request
         draft_passes, verify_passes = measured.pop("draft_passes"), measured.pop("verify_passes")
         query.token_times.extend(measured.pop("arrivals", None)
