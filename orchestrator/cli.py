@@ -390,14 +390,9 @@ def calibrate_command(job_name, model_pair, codec, k_min, k_max, cycles_per_k, r
         write_calibration,
         write_table,
     )
-    chosen = {"model_pair": model_pair, "codec": codec, **emulation}
-    if k_min is not None or k_max is not None:     # named as this command's flags, not the job's
-        job = load_job(job_name, chosen)
-        lowest, highest = k_min or job.nasd_k_min, k_max or job.nasd_k_max
-        if lowest > highest:
-            raise click.UsageError(f"--k-min {lowest} is above --k-max {highest}"
-                                   + ("" if k_min and k_max else " (the job's)"))
-    job = load_job(job_name, chosen | {"nasd_k_min": k_min, "nasd_k_max": k_max})
+    job = load_job(job_name, {"model_pair": model_pair, "codec": codec, "nasd_k_min": k_min,
+                              "nasd_k_max": k_max, **emulation},
+                   flags={"nasd_k_min": "--k-min", "nasd_k_max": "--k-max"})
     if calibration_path is not None:
         measured = load_calibration(calibration_path)
         if measured.k_max < job.nasd_k_max:

@@ -399,9 +399,9 @@ MALFORMED = {
                                  ["--rtt-grid", "more than 100,000 RTTs"]),
     # calibrate names its own flags, not the job fields' run flags
     "flag-calibrate-k-range": (None, ["calibrate", "--k-min", "5", "--k-max", "3"],
-                               ["--k-min 5 is above --k-max 3"]),
+                               ["--k-min 5 --k-max 3", "nasd_k_min (5) is above nasd_k_max (3)"]),
     "flag-calibrate-k-min-above-the-jobs": (None, ["calibrate", "--k-min", "40"],
-                                            ["--k-min 40 is above --k-max", "(the job's)"]),
+                                            ["--k-min 40 (with job", "nasd_k_min (40) is above"]),
     "flag-rtt-grid-1e308": (None, ["calibrate", "--rtt-grid", "0,1e308"], ["--rtt-grid", "120000"]),
     "flag-calibrate-bandwidth-1e-300": (None, ["calibrate", "--bandwidth-mbps", "1e-300"],
                                         ["--bandwidth-mbps", "0.001"]),

@@ -227,13 +227,19 @@ def named(field: str) -> str:
     return f"{field} ({flag(field)})"
 
 
-def _flags_text(given: dict) -> str:
-    return " ".join(f"{flag(field)} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+def _flags_text(given: dict, flags: dict[str, str] | None = None) -> str:
+    """The flags that gave ``given``, as typed: ``flags`` names a command's own, where they
+    differ from ``run``'s (``flag``)."""
+    return " ".join(f"{(flags or {}).get(field) or flag(field)} "
+                    f"{' '.join(map(str, value)) if isinstance(value, list) else value}"
                     for field, value in given.items())
 
 
-def load_job(name_or_path: str, overrides: dict | None = None) -> JobConfig:
-    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file."""
+def load_job(name_or_path: str, overrides: dict | None = None,
+             flags: dict[str, str] | None = None) -> JobConfig:
+    """A validated job; ``overrides`` (None or [] meaning 'keep the file's') win over the file.
+    ``flags``: the command's own flag for a field, where it is not ``run``'s (an error names
+    the flag the user typed)."""
     path = find("jobs", name_or_path)
     data, given = read_yaml(path), _without_unset(overrides)
     for field in JOB_PATHS:   # relative: to the job file's folder, or to here for a flag
@@ -241,10 +247,11 @@ def load_job(name_or_path: str, overrides: dict | None = None) -> JobConfig:
             data[field] = str(path.parent / str(data[field]))
     given.update({field: str(Path(given[field]).resolve()) for field in JOB_PATHS
                   if field in given})
-    return _validate_with_flags(JobConfig, data, given, path, "job")
+    return _validate_with_flags(JobConfig, data, given, path, "job", flags)
 
 
-def _validate_with_flags(schema: Any, data: dict, given: dict, path: Path, kind: str) -> Any:
+def _validate_with_flags(schema: Any, data: dict, given: dict, path: Path, kind: str,
+                         flags: dict[str, str] | None = None) -> Any:
     """``data`` (the ``kind`` file ``path``'s) with the flags' values ``given`` laid over it, as
     ``schema``.  An error is blamed on the flags when they cause it: on the flag of the
     failing field, or on every flag given when the file alone is valid (a conflict between
@@ -255,9 +262,10 @@ def _validate_with_flags(schema: Any, data: dict, given: dict, path: Path, kind:
         where, message = first_error(error)
         field = where.split(".")[0]
         if field in given:
-            raise ConfigError(f"{_flags_text({field: given[field]})}: {message}") from None
+            raise ConfigError(f"{_flags_text({field: given[field]}, flags)}: {message}") from None
         if given and _valid(schema, data):
-            raise ConfigError(f"{_flags_text(given)} (with {kind} {path}): {message}") from None
+            raise ConfigError(f"{_flags_text(given, flags)} (with {kind} {path}): {message}") \
+                from None
         raise ConfigError(f"{path}: {where}: {message}") from None
 
 
