@@ -13,6 +13,11 @@ middlebox: only packets cross the VM, the agents run natively):
 - addresses: the edge side ``10.77.x.0/30`` (edge ``.1``, router ``.2``), the
   cloud side the next ``/30`` (cloud ``.5``, router ``.6``); each namespace
   routes the other side's /30 through the router;
+- neighbours are static on all four ends (each namespace knows the router's
+  MAC, the router each namespace's): nothing on the shaped path waits for
+  ARP.  With ARP, the edge's requests sent while the guest boots go
+  unanswered, and its first packets afterwards waited in the neighbour
+  queue for the next retry (up to a second) or were dropped from it;
 - offloads off on both TAP ends exactly as on a veth end
   (``shaping.topology``: TSO, GSO, GRO and ``gso_max_segs`` = 1), IPv6
   address generation off, MTU 1500 on all four ends; in the guest,
@@ -63,10 +68,12 @@ from pyroute2.netlink.rtnl import (
     RTM_GETQDISC,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWNEIGH,
     RTM_NEWQDISC,
 )
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT, ndmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
@@ -294,6 +301,15 @@ class GuestNetlink:
         msg["attrs"] = [["IFA_LOCAL", address], ["IFA_ADDRESS", address]]
         self.nlm_request(msg, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
 
+    def neighbour_add(self, index: int, address: str, mac: str) -> None:
+        """A permanent ARP entry: ``address`` is at ``mac`` on ``index``."""
+        msg = ndmsg()
+        msg["family"] = socket.AF_INET
+        msg["ifindex"] = index
+        msg["state"] = NUD_PERMANENT
+        msg["attrs"] = [["NDA_DST", address], ["NDA_LLADDR", mac]]
+        self.nlm_request(msg, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+
 
 def _is_read(msg_type: int) -> bool:
     """RTM_GET* (18, 22, 26, ... : type % 4 == 2) asks; the others change something."""
@@ -330,6 +346,7 @@ class RouterTopology(LinkTopology):
         self.netlink: GuestNetlink | None = None
         self.guest: dict | None = None          # the guest's hello, once ready
         self.guest_interfaces: dict[str, str] = {}
+        self.tap_macs: dict[str, str] = {}     # of each namespace's TAP end
         self.died: str | None = None            # why the VM was gone when it was closed
 
     def _join(self) -> None:
@@ -361,7 +378,10 @@ class RouterTopology(LinkTopology):
             with open_netns(self.namespace(side)) as ipr:
                 index = ipr.link_lookup(ifname=self.interface(side))[0]
                 ipr.link("set", index=index, mtu=MTU)
+                ipr.neigh("add", dst=self.router_ips[side], ifindex=index,
+                          lladdr=router_mac(self.prefix, side), state=NUD_PERMANENT)
                 ipr.route("add", dst=str(self.subnets[other]), gateway=self.router_ips[side])
+                self.tap_macs[side] = ipr.link("get", index=index)[0].get("IFLA_ADDRESS")
 
     def _router_failure(self) -> str:
         if self.router is None or self.router.alive():
@@ -369,7 +389,8 @@ class RouterTopology(LinkTopology):
         return f": {self.router.failure()}"
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Wait for the guest's hello, then address and raise its two NICs (once)."""
+        """Wait for the guest's hello, then address and raise its two NICs and give each
+        the static neighbour behind it (once)."""
         if self.guest is not None:
             return
         hello = self.netlink.hello(timeout_s, self._while_waiting)
@@ -382,6 +403,7 @@ class RouterTopology(LinkTopology):
             index = self.netlink.link_lookup(ifname=by_mac[mac])[0]
             self.netlink.address_add(index, self.router_ips[side], self.prefixlen)
             self.netlink.link_up(index, MTU)
+            self.netlink.neighbour_add(index, self.ip(side), self.tap_macs[side])
         still_on = {name: [flag for flag, on in info["offloads"].items() if on]
                     for name, info in hello["interfaces"].items()}
         if any(still_on.values()):

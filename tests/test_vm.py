@@ -26,6 +26,9 @@ import numpy as np
 import pytest
 import yaml
 from pyroute2 import netns
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink.rtnl import RTM_GETNEIGH
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT, ndmsg
 
 from orchestrator.lifecycle import vm
 from orchestrator.lifecycle.doctor import Capability, HostReport, choose_mode
@@ -238,6 +241,21 @@ def test_the_router_is_a_plain_router_with_offloads_off(router_vm):
     assert sysctls["net/ipv4/ip_forward"] == "1"
     assert sysctls["net/ipv6/conf/all/disable_ipv6"] == "1"
     assert sysctls["net/ipv4/conf/all/send_redirects"] == "0"
+    # nothing on the shaped path waits for ARP: every end knows its next hop's MAC
+    for side in ("edge", "cloud"):
+        with open_netns(topo.namespace(side)) as ipr:
+            neighbours = {(n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"), n["state"])
+                          for n in ipr.get_neighbours(family=socket.AF_INET,
+                                                      ifindex=topo.ifindex(side))}
+        assert (topo.router_ips[side], router_mac(topo.prefix, side),
+                NUD_PERMANENT) in neighbours
+    dump = ndmsg()
+    dump["family"] = socket.AF_INET
+    guest_neighbours = {(n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR"), n["state"])
+                        for n in topo.netlink.nlm_request(dump, RTM_GETNEIGH,
+                                                          NLM_F_REQUEST | NLM_F_DUMP)}
+    for side in ("edge", "cloud"):
+        assert (topo.ip(side), topo.tap_macs[side], NUD_PERMANENT) in guest_neighbours
     # it forwards, and answers nothing itself
     assert _ping(topo, "edge", topo.cloud_ip)
     assert not _ping(topo, "edge", topo.router_ips["edge"])
