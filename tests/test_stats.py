@@ -3,9 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from validation.stats import (binomial_interval, bootstrap_interval, median_ratio_interval,
-                              percentile_interval, percentiles, prediction_verdict,
-                              rate_ratio_interval, ratio_interval, relative_error, separated)
+from validation.stats import (binomial_interval, bootstrap_interval, clustered_percentile_interval,
+                              median_ratio_interval, percentile_interval, percentiles,
+                              prediction_verdict, rate_ratio_interval, ratio_interval,
+                              relative_error, separated)
 
 
 def test_binomial_interval_known_values():
@@ -179,3 +180,31 @@ def test_a_median_ratio_shrugs_off_stalled_rows_that_move_a_ratio_of_sums():
     assert low < 1.1 < high and high - low < 0.15
     assert slow.sum() / fast.sum() > 1.9
     assert all(math.isnan(v) for v in median_ratio_interval([1.0], fast))   # one row: none
+
+
+def test_a_clustered_percentile_interval_is_the_pooled_percentile_of_whole_clusters_drawn():
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 9, size=12)
+    clusters = np.repeat([f"q{i}" for i in range(12)], sizes)
+    values = rng.exponential(50.0, size=clusters.size)
+    values[4] = np.nan
+    low, high = clustered_percentile_interval(values, clusters, 95, resamples=300, seed=7)
+    # the same draws of whole clusters, each pooled and its percentile taken directly
+    known = ~np.isnan(values)
+    names = np.unique(clusters[known])
+    draws = np.random.default_rng(7).integers(0, names.size, size=(300, names.size))
+    figures = [np.percentile(np.concatenate([values[known & (clusters == names[j])] for j in draw]),
+                             95, method="inverted_cdf") for draw in draws]
+    assert (low, high) == tuple(np.percentile(figures, [2.5, 97.5]))
+    assert low <= np.nanpercentile(values, 95) <= high
+
+
+def test_a_clustered_interval_is_as_wide_as_its_clusters_disagree():
+    # ten queries, each with 50 cycles of one RTT: 500 cycles, but only ten draws of the link
+    clusters = np.repeat(np.arange(10), 50)
+    values = np.repeat(np.arange(10.0, 110.0, 10.0), 50)
+    clustered = clustered_percentile_interval(values, clusters, 50)
+    per_cycle = percentile_interval(values, 50)
+    assert clustered[0] <= 55.0 <= clustered[1]
+    assert clustered[1] - clustered[0] >= 3 * (per_cycle[1] - per_cycle[0])
+    assert all(math.isnan(b) for b in clustered_percentile_interval([5.0, 6.0], ["a", "a"], 50))

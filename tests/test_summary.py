@@ -204,3 +204,14 @@ def test_records_without_token_times_leave_the_gaps_out():
     queries, cycles = records()
     frame = summarize(queries.drop(columns="token_times_s"), cycles)
     assert "itl_ms_p99" not in frame
+
+
+def test_cycle_rtt_percentiles_have_intervals_that_draw_whole_queries():
+    queries, cycles = records()
+    delayed = (cycles["query_id"] == "3") & (cycles.groupby("query_id").cumcount() < 2)
+    cycles.loc[delayed, "rtt_ms"] = 270.0          # one query met a loss: two cycles wait an RTO
+    row = summarize(queries, cycles).set_index("label").loc["fixed-k5"]
+    assert row["rtt_ms_p50"] == 20.0 and row["rtt_ms_p95"] > 100.0
+    # without that query a draw's P95 is the link's 20 ms; with it twice, the RTO's 270 ms
+    assert (row["rtt_ms_p95_low"], row["rtt_ms_p95_high"]) == (20.0, 270.0)
+    assert row["rtt_ms_p50_low"] == row["rtt_ms_p50_high"] == 20.0

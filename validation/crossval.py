@@ -15,7 +15,8 @@ Legs and tolerances (relative):
 
 A difference beyond its tolerance that the two legs' own sampling cannot tell from zero
 (it lies within the 95 % intervals of both legs' figures combined, sqrt(h_sim^2 + h_other^2)
-of half-widths h, where the leaderboard has intervals: tokens/s and TTFT percentiles) is
+of half-widths h, where the leaderboard has intervals: tokens/s, TTFT and cycle RTT
+percentiles) is
 not a miss but ``unresolved``: a median of 16 queries on a jittered link has a standard error
 near its 10 % tolerance, and only more queries can judge it.  The analytic leg has no such
 allowance: its prediction takes the cell's own acceptance and stage times, so the spread of

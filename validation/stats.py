@@ -84,6 +84,7 @@ def relative_error(measured: float, expected: float) -> float:
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 MIN_ROWS = 2
+_WEIGHT_CELLS = 2_000_000     # a clustered bootstrap weighs this many values at a time
 NO_INTERVAL = (math.nan, math.nan)
 
 
@@ -187,6 +188,39 @@ def percentile_interval(values: Iterable[float], q: float, **bootstrap) -> tuple
     samples = samples[~np.isnan(samples)]
     return bootstrap_interval(lambda draws: np.percentile(samples[draws], q, axis=1),
                               samples.size, **bootstrap)
+
+
+def clustered_percentile_interval(values: Sequence[float], clusters: Sequence, q: float,
+                                  **bootstrap) -> tuple[float, float]:
+    """Interval of the ``q``-th percentile of ``values`` pooled over clusters (a query's
+    cycles), from a bootstrap that draws whole clusters: one query's cycles share its
+    link and its prompt, so they are not independent draws (NaNs ignored).
+
+    Each draw's percentile is the inverted-CDF one (the smallest value whose pooled
+    share reaches ``q`` %), computed without building the draw: its values are the
+    sorted pool weighted by how often the draw took their cluster.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    clusters = np.asarray(clusters)
+    known = ~np.isnan(values)
+    order = np.argsort(values[known], kind="stable")
+    pooled = values[known][order]
+    _, cluster_of = np.unique(clusters[known][order], return_inverse=True)
+    n_clusters = int(cluster_of.max()) + 1 if pooled.size else 0
+    chunk = max(1, _WEIGHT_CELLS // max(1, pooled.size))
+
+    def statistic(draws: np.ndarray) -> np.ndarray:
+        figures = np.empty(len(draws))
+        for start in range(0, len(draws), chunk):
+            part = draws[start:start + chunk]
+            counts = np.zeros((len(part), n_clusters))
+            np.add.at(counts, (np.arange(len(part))[:, None], part), 1.0)
+            cumulative = np.cumsum(counts[:, cluster_of], axis=1)
+            reached = cumulative >= (q / 100.0) * cumulative[:, -1:]
+            figures[start:start + len(part)] = pooled[reached.argmax(axis=1)]
+        return figures
+
+    return bootstrap_interval(statistic, n_clusters, **bootstrap)
 
 
 def _unknown(value: float | None) -> bool:

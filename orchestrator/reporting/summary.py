@@ -14,7 +14,8 @@ whether the strategy's output is not the target model's; and under device
 emulation, how many passes were padded to the emulated devices' times, how many
 overran them (and the worst), and each stage's real and emulated milliseconds.
 Every query-level figure carries its 95 % interval as ``<column>_low`` / ``<column>_high``
-(``validation.stats``: a seeded bootstrap over query rows).
+(``validation.stats``: a seeded bootstrap over query rows), and so do the cycle RTT
+percentiles (a bootstrap that draws whole queries, each with all its cycles).
 
 Reading it (pure functions shared by the terminal and the report): speed
 ranks among lossless strategies only, with whether each lead is clear of the
@@ -40,6 +41,7 @@ from nasd.latency.stages import STAGES
 from nasd.policy import POLICY_NAMES, NasdController
 from orchestrator.results import read_records
 from validation.stats import (
+    clustered_percentile_interval,
     percentile_interval,
     percentiles,
     prediction_verdict,
@@ -70,14 +72,18 @@ def structured(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _with_percentiles(row: dict, prefix: str, values, scale: float = 1.0,
-                      intervals: bool = False) -> None:
-    """``<prefix>_p50/p95/p99``, and with ``intervals`` each one's ``_low``/``_high`` bounds."""
+                      intervals: bool = False, clusters=None) -> None:
+    """``<prefix>_p50/p95/p99``, and with ``intervals`` each one's ``_low``/``_high`` bounds
+    (values from several per query: ``clusters`` names each one's query, and the bootstrap
+    draws whole queries)."""
     scaled = np.asarray(values, dtype=float) * scale
     for name, value in percentiles(scaled).items():
         row[f"{prefix}_{name}"] = value
         if intervals:
-            _with_interval(row, f"{prefix}_{name}",
-                           percentile_interval(scaled, float(name.removeprefix("p"))))
+            q = float(name.removeprefix("p"))
+            _with_interval(row, f"{prefix}_{name}", percentile_interval(scaled, q)
+                           if clusters is None else
+                           clustered_percentile_interval(scaled, clusters, q))
 
 
 def _with_interval(row: dict, column: str, bounds: tuple[float, float]) -> None:
@@ -91,6 +97,14 @@ def _with_ratio(row: dict, column: str, numerators, denominators, scale: float =
     total = denominators.sum()
     row[column] = numerators.sum() / total if total > 0 else np.nan
     _with_interval(row, column, ratio_interval(numerators, denominators))
+
+
+def query_keys(records: pd.DataFrame) -> pd.Series | None:
+    """Which query (and repetition) each record belongs to; None where records do not say."""
+    if "query_id" not in records:
+        return None
+    keys = records["query_id"].astype(str)
+    return keys + "/" + records["repetition"].astype(str) if "repetition" in records else keys
 
 
 def interval(row, column: str) -> tuple[float, float]:
@@ -174,7 +188,10 @@ def summarize(queries: pd.DataFrame, cycles: pd.DataFrame) -> pd.DataFrame:
             row["t_draft_ms"] = speculated["t_draft"].mean() * 1000.0
             row["t_verify_ms"] = speculated["t_verify"].mean() * 1000.0
         if len(own_cycles):     # stretches too: a hand-off's first token measures the RTT
-            _with_percentiles(row, "rtt_ms", own_cycles["rtt_ms"].dropna())
+            timed = own_cycles.dropna(subset=["rtt_ms"])
+            queries_of = query_keys(timed)
+            _with_percentiles(row, "rtt_ms", timed["rtt_ms"], intervals=queries_of is not None,
+                              clusters=queries_of)
             row["network_ratio"] = own_cycles["t_network"].sum() / own_cycles["t_cycle"].sum()
         if group.get("draft_ahead", pd.Series([0])).max() > 0:
             row["draft_ahead"] = int(group["draft_ahead"].max())
