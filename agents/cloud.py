@@ -40,7 +40,10 @@ committed that the cloud has not seen: the edge's q-scalar correction, then
 the tokens of a stretch the edge's draft served alone (the edge-only cutoff).
 
 Every answer carries ``compute_s``, the time from receiving the request to
-sending the answer, which the edge subtracts to measure the network RTT.  Under
+sending the answer, which the edge subtracts to measure the network RTT.  A
+stream's ``tokens`` messages also carry ``interval_s``, the wall time since the
+stream's previous message: the cloud's step as the peer receives it, with the
+serving loop's own turn between two commits (which ``compute_s`` leaves out).  Under
 device emulation (``agents.backends.emulated``) it also carries ``stages``, the
 passes it ran since the last answer, each with its real and emulated seconds.
 
@@ -108,6 +111,7 @@ class Stream:
     seq: int
     started: float     # when the work on the next message began (its ``compute_s``)
     sent: int = 0
+    last_sent_at: float | None = None   # the previous message's send (None: the request's arrival)
 
 
 @dataclass
@@ -491,8 +495,10 @@ class CloudAgent:
             sent_at = now()
             self.channel.send(Message("tokens", key[1], stream.seq, {
                 "finished": finished, "eos": eos, "compute_s": sent_at - stream.started,
+                "interval_s": sent_at - (stream.last_sent_at or stream.started),
                 "drafted": commit.drafted, "accepted": commit.accepted, **self._passes()},
                 {"ids": np.asarray(commit.tokens, dtype=np.int32)}), key[0])
+            stream.last_sent_at = sent_at
             stream.started = session.last_active = now()
         if finished:
             session.stream = None

@@ -281,7 +281,7 @@ class EdgeAgent:
                           {"prompt": np.asarray(prompt_ids, dtype=np.int32)})
         t_submit = now()
         record_up = self.channel.send(message)
-        output, token_times, bytes_down, compute_s = [], [], 0, 0.0
+        output, token_times, bytes_down, compute_s, stream_s = [], [], 0, 0.0, 0.0
         drafted = accepted = rejections = 0
         first_compute_s = 0.0
         tally = StageTally()
@@ -291,6 +291,8 @@ class EdgeAgent:
             if not output:
                 t_first = t_last
                 first_compute_s = reply.fields["compute_s"]
+            else:
+                stream_s += reply.fields["interval_s"]
             output.extend(int(t) for t in reply.arrays["ids"])
             token_times.extend([t_last] * len(reply.arrays["ids"]))
             bytes_down += size
@@ -303,7 +305,7 @@ class EdgeAgent:
         record = self._record(request, prompt_ids, output, token_times, t_submit, t_first,
                               t_last, eos)
         record.bytes_up, record.bytes_down, record.cloud_compute_s = record_up, bytes_down, compute_s
-        record.cloud_first_s = first_compute_s
+        record.cloud_first_s, record.cloud_stream_s = first_compute_s, stream_s
         record.drafted, record.accepted, record.rejections = drafted, accepted, rejections
         record.emulated_stages = self._emulated_stages(tally)
         return record, []

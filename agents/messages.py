@@ -130,6 +130,7 @@ class TokensFields(TypedDict):
     finished: bool
     eos: bool
     compute_s: float
+    interval_s: float      # since the stream's previous message was sent (the first: since the request came)
     drafted: DraftCount
     accepted: DraftCount
     stages: NotRequired[PassTimings]

@@ -89,6 +89,8 @@ class QueryRecord:
     bytes_down: int = 0
     cloud_compute_s: float = 0.0
     cloud_first_s: float = 0.0  # the cloud's compute for the first token (prefill included)
+    cloud_stream_s: float = 0.0  # cloud-only, cloud-spec: the cloud's wall time from its first
+    #                              streamed message to its last (its serving loop included)
     edge_compute_s: float = 0.0  # edge-only: the draft model's forwards, all tokens
     edge_first_s: float = 0.0    # edge-only: the forward of the first token (prefill included)
     handoff_tokens: int = 0      # nasd: tokens of stretches the cloud decoded (K = 0)

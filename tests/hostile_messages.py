@@ -132,8 +132,8 @@ def _valid(draw, kind: str, session: str, width: int) -> tuple[Message, Message 
         "close": {}, "opened": {"token": 3, "eos": False, "compute_s": 0.01},
         "verdict": {"accepted": 1, "token": 4, "residual": False, "finished": False,
                     "compute_s": 0.01},
-        "tokens": {"finished": True, "eos": False, "compute_s": 0.0, "drafted": 0,
-                   "accepted": 0},
+        "tokens": {"finished": True, "eos": False, "compute_s": 0.0, "interval_s": 0.0,
+                   "drafted": 0, "accepted": 0},
         "error": {"error": "no"}, "pong": {"compute_s": 0.0, "waited_at_most_s": 0.0}}
     arrays = {"tokens": {"ids": np.array([5], dtype=np.int32)},
               "verdict": {"p": np.full(width, 1.0 / width, dtype=np.float32)}}

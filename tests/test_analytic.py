@@ -182,6 +182,9 @@ def test_measured_times_take_each_stage_from_its_own_records():
     assert times.draft_token_s == pytest.approx(0.001)
     assert (times.verify_base_s, times.verify_per_token_s) == pytest.approx((0.0035, 0.0005))
     assert times.decode_time_s() == pytest.approx(0.0025)     # cloud-only's 10 streamed steps
+    # the stream as the cloud sent it, its serving loop between two tokens included
+    timed = queries.assign(cloud_stream_s=[0.027, 0.0])
+    assert measured_times(timed, cycles).edge.decode_time_s() == pytest.approx(0.0027)
     no_cloud_only = measured_times(queries[queries["strategy"] != "cloud-only"], cycles).edge
     assert no_cloud_only.decode_time_s() == pytest.approx(0.004)
 

@@ -70,7 +70,7 @@ def test_what_the_cloud_and_edge_send_passes():
                     Message("close", "s"),
                     Message("opened", "s", 0, {"token": 3, "eos": False, "compute_s": 0.01}),
                     Message("tokens", "s", 0, {"finished": True, "eos": False, "compute_s": 0.0,
-                                               "drafted": 0, "accepted": 0},
+                                               "interval_s": 0.0, "drafted": 0, "accepted": 0},
                             {"ids": np.array([5], dtype=np.int32)}),
                     error_message("s", 0, "x" * 10_000)]:
         back = round_trip(message)

@@ -206,6 +206,11 @@ def test_every_strategy_records_when_each_token_reached_the_edge(strategy):
     assert cycles == []
     assert_token_times(record)
     assert len(set(record.token_times_s)) > 1
+    if strategy != "edge-only":
+        # the cloud's stream from its first message to its last: every step's passes, and
+        # the serving loop's turn between two of them, which its compute leaves out
+        assert 0 < record.cloud_compute_s - record.cloud_first_s <= record.cloud_stream_s
+        assert record.cloud_stream_s <= record.e2e_s - record.cloud_first_s
 
 
 def test_a_speculative_query_records_each_token_when_its_cycle_or_stream_delivered_it():
