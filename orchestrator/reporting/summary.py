@@ -400,7 +400,8 @@ GLOSSARY = {
                    "queries; a P95/P99 interval cannot reach past the largest query measured",
     "model": "the analytic model's tok/s for the same strategy with this run's measured "
              "acceptance (alpha), stage times and bytes (a synthetic pair's stage times: its "
-             "configured ones, which leave out the agents' own per-cycle work): E[tokens per "
+             "configured ones, which leave out the agents' own per-cycle work; cloud-only's "
+             "step: the cloud's stream as it ran, its serving loop included): E[tokens per "
              "cycle] over (K drafts + verify + transfer + RTT)",
     "model vs CI": "whether the model's tok/s lies inside, above or below the measured "
                    "interval",
