@@ -527,7 +527,7 @@ class EdgeAgent:
         the target's).  The stretch's measurements: ``rtt_ms`` the link's RTT when it ended, the
         middle of its bracket (if no ping came back: ``rtt_s`` as known before, else its first token's network
         time), ``bytes_up`` its pings and stop."""
-        received, arrivals, bytes_up, bytes_down, cloud_s = [], [], 0, 0, 0.0
+        received, arrivals, bytes_up, bytes_down, cloud_s, stream_s = [], [], 0, 0, 0.0, 0.0
         verify_passes = self._no_passes()
         pings: dict[int, float] = {}                      # seq -> sent at
         answered: deque[tuple[float, float]] = deque(maxlen=PINGS_KEPT)
@@ -561,10 +561,11 @@ class EdgeAgent:
             self._check(reply, message, "tokens")
             query.t_last = arrived
             cloud_s += reply.fields["compute_s"]
+            stream_s += reply.fields["interval_s"]
             if verify_passes is not None:
                 verify_passes += read_passes(reply.fields) or []
             if rtt_s is None:
-                rtt_s = arrived - t_send - cloud_s
+                rtt_s = arrived - t_send - stream_s
             received.extend(int(t) for t in reply.arrays["ids"])
             arrivals.extend([arrived] * len(reply.arrays["ids"]))
             bytes_down += size
@@ -575,8 +576,8 @@ class EdgeAgent:
         query.cloud_compute_s += cloud_s
         query.handoff_tokens += len(received)
         return dict(k=0, accepted=0, tokens=len(received), rtt_ms=rtt_s * 1000.0,
-                    bytes_up=bytes_up, bytes_down=bytes_down, t_draft=0.0, t_verify=cloud_s,
-                    t_network=query.t_last - t_send - cloud_s, served_by="cloud",
+                    bytes_up=bytes_up, bytes_down=bytes_down, t_draft=0.0, t_verify=stream_s,
+                    t_network=query.t_last - t_send - stream_s, served_by="cloud",
                     arrivals=arrivals, draft_passes=self._no_passes(),
                     verify_passes=verify_passes)
 

@@ -37,8 +37,9 @@ class CycleRecord:
     bytes_up: int
     bytes_down: int
     t_draft: float
-    t_verify: float        # the cloud's compute time for this cycle, as it reported it
-    t_network: float       # cycle time minus drafting and cloud compute
+    t_verify: float        # the cloud's compute time for this cycle, as it reported it (a cloud
+    #                        stretch: its stream's wall time there, the serving loop's turns included)
+    t_network: float       # cycle time minus drafting and t_verify
     t_cycle: float
     t_start: float         # since the query was submitted
     # "speculation"; or a stretch served without drafts (k = 0): "cloud" (handed off; rtt_ms
