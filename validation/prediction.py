@@ -1,8 +1,8 @@
 """What the analytic model predicts for a strategy on a link.
 
-Bridges runs to ``nasd.analytic``: compute times come from the pair's latency
-profile where it has one (synthetic) and are measured from the run's own
-records otherwise (real models); the link state gives RTT and serialization;
+Bridges runs to ``nasd.analytic``: compute times are measured from the run's own
+records (``measured_times``), or taken from a synthetic pair's latency profile
+(``modeled_times``: what the pair promises); the link state gives RTT and serialization;
 the acceptance is the one measured in the run where there is one, by position
 in the block (``measured_acceptance``).
 """

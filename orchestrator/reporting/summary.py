@@ -399,10 +399,9 @@ GLOSSARY = {
                    "bootstrap (2000 resamples of the query rows); none with fewer than 2 "
                    "queries; a P95/P99 interval cannot reach past the largest query measured",
     "model": "the analytic model's tok/s for the same strategy with this run's measured "
-             "acceptance (alpha), stage times and bytes (a synthetic pair's stage times: its "
-             "configured ones, which leave out the agents' own per-cycle work; cloud-only's "
-             "step: the cloud's stream as it ran, its serving loop included): E[tokens per "
-             "cycle] over (K drafts + verify + transfer + RTT)",
+             "acceptance (alpha), stage times and bytes (cloud-only's step: the cloud's stream "
+             "as it ran, its serving loop included): E[tokens per cycle] over (K drafts + "
+             "verify + transfer + RTT)",
     "model vs CI": "whether the model's tok/s lies inside, above or below the measured "
                    "interval",
     "TTFT p50, TTFT p95": "time from submitting a query to its first output token on the "
