@@ -92,6 +92,7 @@ def test_validate_runs_both_legs_and_exits_by_its_verdicts(tmp_path):
     assert done.returncode == (0 if calibration["passed"] else 1), done.stdout + done.stderr
     assert calibration["passed"] == (not (comparison["verdict"] == "miss").any())
     assert 0 < calibration["path_rtt_ms"] < 20
+    assert calibration["path_rtt_p95_above_median_ms"] >= 0
     assert set(comparison["label"]) == {"cloud-only", "fixed-k5"}
     assert {"analytic vs sim", "sim vs emulated"} == set(comparison["legs"])
     for leg in ("sim", "emulated", "calibration"):
@@ -107,5 +108,10 @@ def test_a_vm_miss_of_the_rtt_tail_names_the_routers_timers():
     comparison = compare(_leg(90.0, 200.0, 50.0, predicted=100.0), _leg(90.0, 200.0, 50.0), "vm")
     analytic = comparison[comparison["legs"] == "analytic vs sim"].iloc[0]
     assert analytic["verdict"] == "miss" and analytic["note"] == ""
-    tail = compare(_leg(90.0, 200.0, 50.0), _leg(90.0, 200.0, 60.0), "vm")
-    assert "timer" in tail[tail["metric"] == "rtt_ms_p95"].iloc[0]["note"]
+    tail = compare(_leg(90.0, 200.0, 50.0), _leg(90.0, 200.0, 60.0), "vm", path_tail_ms=6.9)
+    note = tail[tail["metric"] == "rtt_ms_p95"].iloc[0]["note"]
+    assert "timer" in note and "its P95 lay 6.9 ms above its median" in note
+    # on a lossy cell the tail holds both the router's timers and the RTOs
+    lossy = compare(_leg(90.0, 200.0, 50.0, loss=1.0), _leg(90.0, 200.0, 60.0, loss=1.0), "vm")
+    note = lossy[lossy["metric"] == "rtt_ms_p95"].iloc[0]["note"]
+    assert "loss recovery" in note and "timer" in note

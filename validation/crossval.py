@@ -26,7 +26,9 @@ A miss with a known cause carries it in its note: on a cell with loss, the
 link model's TCP has no tail-loss probe, no congestion window and no loss on
 ACKs; a P95 over few queries of a jittered link is itself noisy; and in vm
 mode the router VM's timer wake-ups spread the path's round trip, of which
-the sim leg adds only the median.
+the sim leg adds only the median (the note says how far the path's own P95
+lay above it, where validate measured that; on a lossy cell both causes are
+named: the tail holds both).
 """
 
 from __future__ import annotations
@@ -76,22 +78,26 @@ JITTER_CAUSE = "a tail percentile over few queries of a jittered link is itself 
 SAMPLING_NOTE = "within the legs' sampling error (±{bound:.3g}, 95 %): more queries would judge it"
 VM_TIMER_CAUSE = ("the router VM's timer wake-ups spread the path's own round trip; the sim "
                   "leg adds only its median")
+PATH_TAIL_NOTE = " (on the path alone, its P95 lay {tail:.1f} ms above its median)"
 
 
-def _known_cause(row: pd.Series, check: Check, mode: str) -> str:
-    if row["loss_pct"] > 0:
-        return LOSS_CAUSE
+def _known_cause(row: pd.Series, check: Check, mode: str, path_tail_ms: float) -> str:
+    causes = []
     if mode == "vm" and check.metric.startswith("rtt_ms_p9"):
-        return VM_TIMER_CAUSE
-    if row["jitter_ms"] > 0 and check.metric.endswith(("p95", "p99")):
-        return JITTER_CAUSE
-    return ""
+        causes.append(VM_TIMER_CAUSE + ("" if np.isnan(path_tail_ms)
+                                        else PATH_TAIL_NOTE.format(tail=path_tail_ms)))
+    if row["loss_pct"] > 0:
+        causes.insert(0, LOSS_CAUSE)
+    elif row["jitter_ms"] > 0 and check.metric.endswith(("p95", "p99")):
+        causes.append(JITTER_CAUSE)
+    return "; or ".join(causes)
 
 
 def _row(cell: pd.Series, check: Check, mode: str, reference: float, measured: float,
-         judged: bool, sampling: float = np.nan) -> dict:
+         judged: bool, sampling: float = np.nan, path_tail_ms: float = np.nan) -> dict:
     """One check's row; ``sampling``: the bound the legs' own sampling puts on the
-    difference (NaN: none known)."""
+    difference (NaN: none known); ``path_tail_ms``: how far the measured path's own P95
+    lies above its median (NaN: not measured)."""
     difference = (measured - reference) / reference if reference else np.nan
     within = bool(abs(measured - reference) <= check.bound(reference))
     verdict = "pass" if within else "miss"
@@ -101,15 +107,17 @@ def _row(cell: pd.Series, check: Check, mode: str, reference: float, measured: f
     elif not within and abs(measured - reference) <= sampling:
         verdict, note = "unresolved", SAMPLING_NOTE.format(bound=sampling)
     elif not within:
-        note = _known_cause(cell, check, mode)
+        note = _known_cause(cell, check, mode, path_tail_ms)
     return {"cell": cell["cell"], "label": cell["label"], "strategy": cell["strategy"],
             "legs": check.legs.format(mode=mode), "metric": check.metric,
             "reference": reference, "measured": measured, "difference": difference,
             "tolerance": check.label, "verdict": verdict, "note": note}
 
 
-def compare(sim: pd.DataFrame, measured: pd.DataFrame, mode: str) -> pd.DataFrame:
-    """Every check of every (cell, strategy) the two legs share; see the module docstring."""
+def compare(sim: pd.DataFrame, measured: pd.DataFrame, mode: str,
+            path_tail_ms: float = np.nan) -> pd.DataFrame:
+    """Every check of every (cell, strategy) the two legs share; see the module docstring.
+    ``path_tail_ms``: how far the calibrated path's P95 lay above its median."""
     keyed = measured.set_index(["cell", "label"])
     rows = []
     for _, cell in sim.iterrows():
@@ -124,7 +132,8 @@ def compare(sim: pd.DataFrame, measured: pd.DataFrame, mode: str) -> pd.DataFram
         for check in SIM_VS_MEASURED:
             if check.metric in cell and pd.notna(cell[check.metric]):
                 rows.append(_row(cell, check, mode, cell[check.metric], other[check.metric],
-                                 judged=True, sampling=check.sampling_bound(cell, other)))
+                                 judged=True, sampling=check.sampling_bound(cell, other),
+                                 path_tail_ms=path_tail_ms))
     return pd.DataFrame(rows)
 
 
