@@ -567,7 +567,9 @@ def validate_command(ctx, job_name, mode, results_root) -> None:
     shaped only by a 0.5 ms netem floor each way where its kernel has netem
     (taken off again), and adds it to the sim leg's RTT; then prints, per
     cell and strategy, the difference, tolerance and verdict of tokens/s,
-    TTFT P50/P95 and cycle RTT P50/P95, and writes validation.csv.  A sim-vs-
+    TTFT P50/P95 and cycle RTT P50/P95, and writes validation.csv (and
+    calibration.json: the path's median round trip, how far its P95 lay above
+    that, and the verdict).  A sim-vs-
     measured difference past its tolerance but within the two legs' own 95 %
     sampling error is "ok~" (unresolved: more queries would judge it), not a
     miss.  Exit code 1 when a check misses.

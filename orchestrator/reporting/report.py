@@ -326,9 +326,7 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
         "prompts": f"{job['prompts']}, {prompts} prompts x "
                    f"{job['repetitions']} repetitions, up to {job['max_new_tokens']} new tokens, "
                    f"{job['decoding']} decoding, seed {job['seed']}",
-        "strategies": ", ".join(job["strategies"]) + f" (fixed-k: K = "
-                      f"{', '.join(map(str, job['k_values']))}; cloud-spec: K = "
-                      f"{job['cloud_spec_k']})",
+        "strategies": ", ".join(job["strategies"]) + _strategy_ks(job),
         "cells": str(cells),
         "RTT": _values(board["rtt_ms"], " ms"),
         "bandwidth": ", ".join(map(bandwidth_label, sorted(board["bandwidth_mbps"].unique()))),
@@ -574,3 +572,11 @@ def report_folder(path: Path, console: Console) -> Path:
         console.print(f"plot {name} skipped: {why}", highlight=False)
     console.print(report.line(path), highlight=False)
     return path
+
+
+def _strategy_ks(job: dict) -> str:
+    """The K of the job's strategies that have one (fixed-k's, cloud-spec's), as run."""
+    ks = [f"{name}: K = {value}" for name, value in (
+        ("fixed-k", ", ".join(map(str, job["k_values"]))), ("cloud-spec", job["cloud_spec_k"]))
+        if name in job["strategies"]]
+    return f" ({'; '.join(ks)})" if ks else ""
