@@ -226,8 +226,9 @@ def cycle_time_distributed_s(
     transmit_up_s: float | np.ndarray = 0.0,
     transmit_down_s: float | np.ndarray = 0.0,
 ) -> float | np.ndarray:
-    """T_dist(k) = T_local(k) + RTT + serialisation time of the drafts up and the verdict down
-    (k and the transmissions: scalars, or arrays of one entry per depth)."""
+    """T_dist(k) = T_local(k) + RTT + the transfer of the drafts up and the verdict down
+    (serialisation, and on a lossy link the mean resend wait: ``shaping.link_model.transfer_s``;
+    k and the transmissions: scalars, or arrays of one entry per depth)."""
     _check_non_negative(rtt_s=rtt_s, transmit_up_s=transmit_up_s, transmit_down_s=transmit_down_s)
     return cycle_time_local_s(k, times) + rtt_s + transmit_up_s + transmit_down_s
 

@@ -22,7 +22,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from shaping.profile import DirectionSpec, LossSpec, RandomLoss
+from shaping.profile import DirectionSpec, LinkState, LossSpec, RandomLoss
 
 MSS_BYTES = 1448            # TCP payload per segment on a 1500-byte MTU with timestamps
 HEADER_BYTES = 66           # Ethernet 14 + IPv4 20 + TCP 32 (what tbf counts per packet)
@@ -70,9 +70,48 @@ def serialization_delay_s(nbytes: int, rate_bytes_per_s: float,
 
 def transmit_s(direction: DirectionSpec, message_bytes: float) -> float:
     """Serialization of one message of ``message_bytes`` (ZMTP bytes) through a direction's
-    bucket: the transmit term of every cycle-time model (prediction, fidelity checks)."""
+    bucket (``transfer_s`` adds what loss costs)."""
     return serialization_delay_s(wire_bytes(int(round(message_bytes))),
                                  direction.rate_bytes_per_s, direction.burst_bytes)
+
+
+def tcp_estimates(state: LinkState) -> tuple[float, float]:
+    """(srtt, rttvar) seconds that TCP would settle on for this link state."""
+    srtt = state.rtt_ms / 1000.0
+    rttvar = (state.uplink.jitter_ms + state.downlink.jitter_ms) / 2000.0
+    return srtt, rttvar
+
+
+def expected_loss_wait_s(packets: int, loss_pct: float, rto_s: float) -> float:
+    """Mean wait that resending adds to a message of ``packets`` packets sent together when
+    each transmission is lost with ``loss_pct`` % (independently), as ``DirectionLink``
+    resends: a packet lost j times arrives rto * (2^j - 1) late, and the message with its
+    latest packet, so the wait is rto * sum over j >= 1 of 2^(j-1) * P(some packet is lost
+    at least j times) = rto * sum 2^(j-1) * (1 - (1 - p^j)^packets).  Infinite from 50 %
+    on, where the back-off's mean diverges (the model's cap on back-offs aside)."""
+    p = loss_pct / 100.0
+    if p >= 0.5:
+        return math.inf
+    total, j = 0.0, 1
+    while True:
+        term = 2.0 ** (j - 1) * -math.expm1(packets * math.log1p(-p ** j))
+        total += term
+        if term < 1e-12 or j >= MAX_CONSECUTIVE_LOSSES:
+            return rto_s * total
+        j += 1
+
+
+def transfer_s(link: LinkState, direction: str, message_bytes: float) -> float:
+    """What one message of ``message_bytes`` (ZMTP bytes) adds to its direction's one-way
+    delay on average: its serialization through the bucket (``transmit_s``) and, on a lossy
+    direction, its mean wait for resends at the RTO TCP settles on for the link.  The
+    transfer term of every cycle-time model (prediction, fidelity checks)."""
+    spec: DirectionSpec = getattr(link, direction)
+    wait_s = 0.0
+    if spec.loss_pct > 0:
+        wait_s = expected_loss_wait_s(packet_count(int(round(message_bytes))), spec.loss_pct,
+                                      retransmission_timeout_s(*tcp_estimates(link)))
+    return transmit_s(spec, message_bytes) + wait_s
 
 
 def retransmission_timeout_s(srtt_s: float, rttvar_s: float = 0.0,

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from shaping.link_model import DirectionLink
-from shaping.profile import TIMELINE_HORIZON_S, Direction, LinkState, NetworkProfile
+from shaping.link_model import DirectionLink, tcp_estimates
+from shaping.profile import TIMELINE_HORIZON_S, Direction, NetworkProfile
 
 
 class SimLinkSettings(BaseModel):
@@ -36,13 +36,6 @@ class SimLinkSettings(BaseModel):
     seed: int
     started_at: float  # perf_counter instant the link came up; the timeline counts from it
     #                    until restarted (``SimulatedDirection.restart_timeline``)
-
-
-def tcp_estimates(state: LinkState) -> tuple[float, float]:
-    """(srtt, rttvar) seconds that TCP would settle on for this link state."""
-    srtt = state.rtt_ms / 1000.0
-    rttvar = (state.uplink.jitter_ms + state.downlink.jitter_ms) / 2000.0
-    return srtt, rttvar
 
 
 class SimulatedDirection:

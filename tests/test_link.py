@@ -19,12 +19,16 @@ from shaping.link_model import (
     LossProcess,
     TokenBucket,
     default_burst_bytes,
+    expected_loss_wait_s,
     packet_count,
     retransmission_timeout_s,
     serialization_delay_s,
+    tcp_estimates,
+    transfer_s,
+    transmit_s,
     wire_bytes,
 )
-from shaping.profile import DirectionSpec, GilbertElliottLoss, RandomLoss
+from shaping.profile import DirectionSpec, GilbertElliottLoss, LinkState, RandomLoss
 
 SAMPLES = 20_000
 
@@ -211,6 +215,23 @@ def test_loss_delays_delivery_by_rto_doubling_per_loss():
         seen.add(k)
     assert {0, 1, 2, 3} <= seen
     assert link.packets_lost / link.packets_sent == pytest.approx(0.30, abs=0.02)
+
+
+@pytest.mark.parametrize(("pct", "payload"), [(2.0, 200), (10.0, 200), (5.0, 3 * MSS_BYTES)])
+def test_the_mean_resend_wait_is_what_the_link_model_delivers(pct, payload):
+    """The closed form the cycle-time models add for loss, against the model's own resends."""
+    state = LinkState(uplink=DirectionSpec(delay_ms=25, loss=RandomLoss(pct=pct)),
+                      downlink=DirectionSpec(delay_ms=25))
+    rto = retransmission_timeout_s(*tcp_estimates(state))
+    link = DirectionLink(state.uplink, rng(), *tcp_estimates(state))
+    waits = np.array([link.transit(1000.0 * i, payload).deliver_at_s - 1000.0 * i - 0.025
+                      for i in range(SAMPLES)])
+    expected = expected_loss_wait_s(packet_count(payload), pct, rto)
+    assert abs(waits.mean() - expected) < 3 * stats.sem(waits)
+    assert transfer_s(state, "uplink", payload) == pytest.approx(
+        transmit_s(state.uplink, payload) + expected)
+    assert transfer_s(state, "downlink", payload) == transmit_s(state.downlink, payload)
+    assert math.isinf(expected_loss_wait_s(1, 50.0, rto))
 
 
 def test_consecutive_losses_are_capped():

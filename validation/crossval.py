@@ -8,7 +8,8 @@ tolerance and the verdict.  Pure pandas, no I/O.
 Legs and tolerances (relative):
 
 - analytic vs sim, tokens/s: 3 %, judged only on cells without jitter or
-  loss (the closed form has neither);
+  loss (the closed form has no jitter, and loss only as its mean resend wait,
+  which a cell's few losses sample too thinly to judge);
 - sim vs emulated: tokens/s (aggregate and per-query P50) 5 %; TTFT P50 and
   P95 10 %; cycle RTT P50 and P95 10 % or 1 ms, whichever is larger (a
   relative bound alone would judge sub-millisecond noise at RTT 0).
@@ -103,7 +104,9 @@ def _row(cell: pd.Series, check: Check, mode: str, reference: float, measured: f
     verdict = "pass" if within else "miss"
     note = ""
     if not judged:
-        verdict, note = "reported", "jitter or loss: the closed form has neither"
+        verdict, note = "reported", ("jitter or loss: the closed form has no jitter, and takes "
+                                     "loss as its mean resend wait, which a cell's few losses "
+                                     "sample too thinly to judge")
     elif not within and abs(measured - reference) <= sampling:
         verdict, note = "unresolved", SAMPLING_NOTE.format(bound=sampling)
     elif not within:

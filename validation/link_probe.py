@@ -52,10 +52,11 @@ from shaping.link_model import (
     DirectionLink,
     JitterSource,
     LossProcess,
+    tcp_estimates,
 )
 from shaping.profile import RECEIVER, SENDER, DirectionSpec, LinkState, NetworkProfile, RandomLoss
 from shaping.qdisc.operations import apply_link, remove_link, shapes_with_netem
-from shaping.simlink import SimLinkSettings, SimulatedDirection, tcp_estimates
+from shaping.simlink import SimLinkSettings, SimulatedDirection
 from validation.stats import binomial_interval, percentiles
 
 DIRECTIONS = ("uplink", "downlink")

@@ -22,7 +22,7 @@ from nasd.analytic import (Acceptance, ComputeTimes, acceptance_by_position_from
                            position_counts, query_decode_time_s)
 from nasd.estimator import Line, physical_draft_line
 from nasd.policy import POLICY_NAMES
-from shaping.link_model import transmit_s
+from shaping.link_model import transfer_s
 from shaping.profile import LinkState
 
 
@@ -138,7 +138,7 @@ def cycle_time_s(strategy: str, times: HostTimes, link: LinkState, bytes_up: flo
     if strategy == "cloud-spec":
         return lambda k: cycle_time_local_s(k, times.cloud)
     if strategy in POLICY_NAMES:    # edge drafts, cloud verifies, a round trip per cycle
-        up, down = transmit_s(link.uplink, bytes_up), transmit_s(link.downlink, bytes_down)
+        up, down = transfer_s(link, "uplink", bytes_up), transfer_s(link, "downlink", bytes_down)
         return lambda k: cycle_time_distributed_s(k, times.edge, link.rtt_ms / 1000.0, up, down)
     raise ValueError(f"no prediction for strategy {strategy!r}")
 
@@ -174,7 +174,7 @@ def predicted_tokens_per_s(strategy: str, ks: Sequence[int], acceptance: Accepta
     if strategy == "cloud-only":
         return cloud_only_throughput(times.cloud)
     if draft_ahead and strategy in POLICY_NAMES and len(ks):
-        up, down = transmit_s(link.uplink, bytes_up), transmit_s(link.downlink, bytes_down)
+        up, down = transfer_s(link, "uplink", bytes_up), transfer_s(link, "downlink", bytes_down)
         k = int(pd.Series(ks).mode().max())
         return pipelined_throughput(acceptance, k, draft_ahead, times.edge,
                                     link.rtt_ms / 1000.0, up, down)
@@ -207,5 +207,5 @@ def predicted_crossover_rtt_ms(k: int, acceptance: Acceptance, times: HostTimes,
                                bytes_up: float = 0.0, bytes_down: float = 0.0) -> float:
     """The RTT above which cloud-only decodes faster than fixed-K cloud-edge speculation."""
     return 1000.0 * crossover_rtt_s(acceptance, k, times.edge,
-                                    transmit_s(link.uplink, bytes_up),
-                                    transmit_s(link.downlink, bytes_down))
+                                    transfer_s(link, "uplink", bytes_up),
+                                    transfer_s(link, "downlink", bytes_down))

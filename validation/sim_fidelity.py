@@ -15,7 +15,7 @@ import pandas as pd
 
 from agents.backends import ModelPairConfig
 from nasd.analytic import cycle_time_distributed_s, expected_tokens_per_cycle
-from shaping.link_model import RTO_MIN_S, transmit_s
+from shaping.link_model import RTO_MIN_S, transfer_s
 from shaping.profile import LinkState
 from validation.prediction import modeled_times
 from validation.stats import binomial_interval, relative_error
@@ -77,9 +77,10 @@ def rate_check(summary: pd.DataFrame, cycles: pd.DataFrame, label: str,
 
 
 def modeled_link_s(cycles: pd.DataFrame, link: LinkState) -> np.ndarray:
-    """RTT plus the serialization of each cycle's bytes, up and down, through the buckets."""
-    return np.array([link.rtt_ms / 1000.0 + transmit_s(link.uplink, up)
-                     + transmit_s(link.downlink, down)
+    """RTT plus each cycle's messages' transfer, up and down: serialization through the
+    buckets, and on a lossy link the mean resend wait (``shaping.link_model.transfer_s``)."""
+    return np.array([link.rtt_ms / 1000.0 + transfer_s(link, "uplink", up)
+                     + transfer_s(link, "downlink", down)
                      for up, down in zip(cycles["bytes_up"], cycles["bytes_down"])])
 
 
@@ -94,8 +95,8 @@ def modeled_cycle_s(cycles: pd.DataFrame, pair: ModelPairConfig, link: LinkState
     first_of_query = cycles["cycle"] == 1
     extra_tokens = (previous_all_accepted & ~first_of_query).astype(int).to_numpy()
     modeled = np.array([
-        cycle_time_distributed_s(int(k), edge, link.rtt_ms / 1000.0, transmit_s(link.uplink, up),
-                                 transmit_s(link.downlink, down))
+        cycle_time_distributed_s(int(k), edge, link.rtt_ms / 1000.0,
+                                 transfer_s(link, "uplink", up), transfer_s(link, "downlink", down))
         for k, up, down in zip(cycles["k"], cycles["bytes_up"], cycles["bytes_down"])])
     return modeled + extra_tokens * pair.latency.edge_draft.per_token_ms / 1000.0
 

@@ -20,7 +20,7 @@ from orchestrator.config.job import StrategyRun, plan
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.reporting.summary import mark_queries, read_jsonl, structured, summarize
 from orchestrator.results import ResultsFolder
-from shaping.link_model import transmit_s
+from shaping.link_model import transfer_s
 from shaping.profile import LinkState, with_rtt
 from validation.prediction import (
     HostTimes,
@@ -123,10 +123,10 @@ class FinishedRun:
             return np.full(len(rtts_ms), np.nan)
         link = self.spec.profile.initial
         up, down = _cycle_bytes(row)
-        transfer_s = transmit_s(link.uplink, up) + transmit_s(link.downlink, down)
+        transfer = transfer_s(link, "uplink", up) + transfer_s(link, "downlink", down)
         calibration = Calibration(acceptance, self.times.edge,
                                   bytes_up=Line(up), bytes_down=Line(down),
-                                  seconds_per_byte=transfer_s / (up + down) if up + down else 0.0)
+                                  seconds_per_byte=transfer / (up + down) if up + down else 0.0)
         table = build_table(calibration, sorted(set(rtts_ms)), self.spec.job.nasd_k_min,
                             self.spec.job.nasd_k_max)
         return np.array([table.row_at(rtt).k for rtt in rtts_ms], dtype=float)

@@ -401,8 +401,9 @@ GLOSSARY = {
     "model": "the analytic model's tok/s for the same strategy with this run's measured "
              "acceptance (alpha), stage times and bytes (cloud-only's step: the cloud's stream "
              "as it ran, its serving loop included): E[tokens per cycle] over (K drafts + "
-             "verify + transfer + RTT), at the profile's RTT with no jitter or loss (on a "
-             "jittered or lossy link it reads high: retransmission waits are not in it)",
+             "verify + transfer + RTT) at the profile's RTT, without jitter (a jittered link "
+             "reads slower than it) and with loss as its mean resend wait, which a run's "
+             "few losses sample thinly",
     "model vs CI": "whether the model's tok/s lies inside, above or below the measured "
                    "interval",
     "TTFT p50, TTFT p95": "time from submitting a query to its first output token on the "
