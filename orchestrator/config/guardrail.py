@@ -14,7 +14,7 @@ decode at (their prompts' tokens, up to the token budget).
 cell with its interval (``nasd.latency.guardrail.per_token_spread``: ``draft_token``,
 ``verify(K)`` and ``decode`` from ``nasd.latency.estimator.stage_seconds``; the RTT and one
 cycle's bytes, ``agents.payload_bytes``, through the link's token buckets,
-``shaping.link_model.transmit_s``, over every state of the profile's timeline) and decides
+``shaping.link_model.transfer_s``, over every state of the profile's timeline) and decides
 (``decide``): a rejected run is skipped, an accepted or an unsure one runs, and so does a
 strategy the model does not cover (``unpredictable``).  ``RunVerdict.record`` is what the
 sweep's ``cells.jsonl`` keeps of a decision, with the run's measurement beside it once it
@@ -55,7 +55,7 @@ from nasd.latency.stages import ROLE, ModelShape
 from orchestrator.config.job import StrategyRun
 from orchestrator.config.loading import ConfigError, flag, load_device, named, read_text
 from orchestrator.config.run_spec import RunSpec
-from shaping.link_model import transmit_s
+from shaping.link_model import transfer_s
 from shaping.profile import LinkState, NetworkProfile
 
 ESTIMATOR_FILE = "estimator.json"      # what `orchestrator latency fit` writes: the stages
@@ -241,9 +241,9 @@ class SweepGuardrail:
         sizes = cycle_bytes(codec, k, self.width)
         rejected = sizes.get("down_rejected", sizes["down"])   # q-scalar: the target row
         rtts = [state.rtt_ms / 1000.0 for state in states]
-        kept = [transmit_s(s.uplink, sizes["up"]) + transmit_s(s.downlink, sizes["down"])
+        kept = [transfer_s(s, "uplink", sizes["up"]) + transfer_s(s, "downlink", sizes["down"])
                 for s in states]
-        with_row = [transmit_s(s.uplink, sizes["up"]) + transmit_s(s.downlink, rejected)
+        with_row = [transfer_s(s, "uplink", sizes["up"]) + transfer_s(s, "downlink", rejected)
                     for s in states]
         p_row = 1.0 - accepted_distribution(self.acceptance.point, k)[-1]   # not all kept
         return (Spread(min(rtts), rtts[0], max(rtts)),
