@@ -213,8 +213,9 @@ def clustered_percentile_interval(values: Sequence[float], clusters: Sequence, q
         figures = np.empty(len(draws))
         for start in range(0, len(draws), chunk):
             part = draws[start:start + chunk]
-            counts = np.zeros((len(part), n_clusters))
-            np.add.at(counts, (np.arange(len(part))[:, None], part), 1.0)
+            rows = np.arange(len(part))[:, None] * n_clusters
+            counts = np.bincount((rows + part).ravel(), minlength=len(part) * n_clusters
+                                 ).reshape(len(part), n_clusters)
             cumulative = np.cumsum(counts[:, cluster_of], axis=1)
             reached = cumulative >= (q / 100.0) * cumulative[:, -1:]
             figures[start:start + len(part)] = pooled[reached.argmax(axis=1)]
