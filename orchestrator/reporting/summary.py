@@ -287,7 +287,10 @@ def verdict_of(value) -> bool | None:
 
 def model_vs_measured(row) -> str | None:
     """Where the model's tokens/s lies against the measured interval (``inside``, ``above``,
-    ``below``; None when either is unknown)."""
+    ``below``; None when either is unknown, and for edge-only, whose model is the draft's
+    step measured on its own queries: its own rate, nothing to judge)."""
+    if row.get("strategy") == "edge-only":
+        return None
     return prediction_verdict(float(row.get("predicted_tokens_per_s", np.nan)),
                               interval(row, "tokens_per_s"))
 
@@ -405,7 +408,7 @@ GLOSSARY = {
              "reads slower than it) and with loss as its mean resend wait, which a run's "
              "few losses sample thinly",
     "model vs CI": "whether the model's tok/s lies inside, above or below the measured "
-                   "interval",
+                   "interval (- for edge-only: its model is its own measured step)",
     "TTFT p50, TTFT p95": "time from submitting a query to its first output token on the "
                           "edge, ms: median and 95th percentile over queries",
     "e2e p95, e2e p99": "time from submitting a query to its last token, s: 95th and 99th "
