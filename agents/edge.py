@@ -281,32 +281,20 @@ class EdgeAgent:
                           {"prompt": np.asarray(prompt_ids, dtype=np.int32)})
         t_submit = now()
         record_up = self.channel.send(message)
-        output, token_times, bytes_down, compute_s, stream_s = [], [], 0, 0.0, 0.0
-        drafted = accepted = rejections = 0
-        first_compute_s = 0.0
+        stream = CloudStream(self._no_passes())
+        for reply, size, arrived in self._token_stream(message):
+            stream.add(reply, size, arrived)
+        record = self._record(request, prompt_ids, stream.ids, stream.arrivals, t_submit,
+                              stream.first_arrival, stream.last_arrival, stream.eos)
+        record.bytes_up, record.bytes_down = record_up, stream.bytes_down
+        record.cloud_compute_s = stream.compute_s
+        # the first message's interval holds the prefill: the stream's step is the rest
+        record.cloud_first_s = stream.first_compute_s
+        record.cloud_stream_s = stream.wall_s - stream.first_wall_s
+        record.drafted, record.accepted = stream.drafted, stream.accepted
+        record.rejections = stream.rejections
         tally = StageTally()
-        t_first = t_last = t_submit
-        eos = False
-        for reply, size, t_last in self._token_stream(message):
-            if not output:
-                t_first = t_last
-                first_compute_s = reply.fields["compute_s"]
-            else:
-                stream_s += reply.fields["interval_s"]
-            output.extend(int(t) for t in reply.arrays["ids"])
-            token_times.extend([t_last] * len(reply.arrays["ids"]))
-            bytes_down += size
-            compute_s += reply.fields["compute_s"]
-            drafted += reply.fields["drafted"]
-            accepted += reply.fields["accepted"]
-            rejections += reply.fields["accepted"] < reply.fields["drafted"]
-            eos = reply.fields["eos"]
-            tally.add(read_passes(reply.fields))
-        record = self._record(request, prompt_ids, output, token_times, t_submit, t_first,
-                              t_last, eos)
-        record.bytes_up, record.bytes_down, record.cloud_compute_s = record_up, bytes_down, compute_s
-        record.cloud_first_s, record.cloud_stream_s = first_compute_s, stream_s
-        record.drafted, record.accepted, record.rejections = drafted, accepted, rejections
+        tally.add(stream.passes)
         record.emulated_stages = self._emulated_stages(tally)
         return record, []
 
@@ -527,8 +515,7 @@ class EdgeAgent:
         the target's).  The stretch's measurements: ``rtt_ms`` the link's RTT when it ended, the
         middle of its bracket (if no ping came back: ``rtt_s`` as known before, else its first token's network
         time), ``bytes_up`` its pings and stop."""
-        received, arrivals, bytes_up, bytes_down, cloud_s, stream_s = [], [], 0, 0, 0.0, 0.0
-        verify_passes = self._no_passes()
+        stream, bytes_up = CloudStream(self._no_passes()), 0
         pings: dict[int, float] = {}                      # seq -> sent at
         answered: deque[tuple[float, float]] = deque(maxlen=PINGS_KEPT)
         next_ping_at, stopping, heard_at = self._ping_after(t_send), False, now()
@@ -560,26 +547,20 @@ class EdgeAgent:
                 continue
             self._check(reply, message, "tokens")
             query.t_last = arrived
-            cloud_s += reply.fields["compute_s"]
-            stream_s += reply.fields["interval_s"]
-            if verify_passes is not None:
-                verify_passes += read_passes(reply.fields) or []
+            stream.add(reply, size, arrived)
             if rtt_s is None:
-                rtt_s = arrived - t_send - stream_s
-            received.extend(int(t) for t in reply.arrays["ids"])
-            arrivals.extend([arrived] * len(reply.arrays["ids"]))
-            bytes_down += size
-            if reply.fields["finished"]:
+                rtt_s = arrived - t_send - stream.wall_s
+            if stream.finished:
                 break
-        query.draft.extend(received)
-        query.finished = query.eos = bool(reply.fields["eos"])
-        query.cloud_compute_s += cloud_s
-        query.handoff_tokens += len(received)
-        return dict(k=0, accepted=0, tokens=len(received), rtt_ms=rtt_s * 1000.0,
-                    bytes_up=bytes_up, bytes_down=bytes_down, t_draft=0.0, t_verify=stream_s,
-                    t_network=query.t_last - t_send - stream_s, served_by="cloud",
-                    arrivals=arrivals, draft_passes=self._no_passes(),
-                    verify_passes=verify_passes)
+        query.draft.extend(stream.ids)
+        query.finished = query.eos = stream.eos
+        query.cloud_compute_s += stream.compute_s
+        query.handoff_tokens += len(stream.ids)
+        return dict(k=0, accepted=0, tokens=len(stream.ids), rtt_ms=rtt_s * 1000.0,
+                    bytes_up=bytes_up, bytes_down=stream.bytes_down, t_draft=0.0,
+                    t_verify=stream.wall_s, t_network=query.t_last - t_send - stream.wall_s,
+                    served_by="cloud", arrivals=stream.arrivals,
+                    draft_passes=self._no_passes(), verify_passes=stream.passes)
 
     def _ping_after(self, instant: float) -> float:
         """When to ping next: ``PING_EVERY_S`` on average after ``instant``, at random."""
@@ -603,6 +584,43 @@ class EdgeAgent:
                     served_by="edge", nasd_cutoff=True, arrivals=arrivals,
                     draft_passes=self.models.take_passes(),
                     verify_passes=self._no_passes())
+
+
+class CloudStream:
+    """What the edge holds of one stream of the cloud's ``tokens`` messages, as they come:
+    the token ids and when each reached the edge (a message's tokens share its arrival),
+    the bytes, the cloud's compute and its wall time (the sum of ``interval_s``: each
+    message's time at the cloud since the one before, or since the request for the first),
+    the first message's share of both, cloud-spec's counts of its own speculation, and
+    under device emulation the passes (``passes``: None without)."""
+
+    def __init__(self, passes: list[PassTiming] | None) -> None:
+        self.ids: list[int] = []
+        self.arrivals: list[float] = []
+        self.first_arrival = self.last_arrival = math.nan
+        self.bytes_down = 0
+        self.compute_s = self.wall_s = self.first_compute_s = self.first_wall_s = 0.0
+        self.drafted = self.accepted = self.rejections = 0
+        self.passes = passes
+        self.finished = self.eos = False
+
+    def add(self, reply: Message, size: int, arrived: float) -> None:
+        fields, ids = reply.fields, reply.arrays["ids"]
+        if math.isnan(self.first_arrival):
+            self.first_arrival = arrived
+            self.first_compute_s, self.first_wall_s = fields["compute_s"], fields["interval_s"]
+        self.last_arrival = arrived
+        self.ids.extend(int(token) for token in ids)
+        self.arrivals.extend([arrived] * len(ids))
+        self.bytes_down += size
+        self.compute_s += fields["compute_s"]
+        self.wall_s += fields["interval_s"]
+        self.drafted += fields["drafted"]
+        self.accepted += fields["accepted"]
+        self.rejections += fields["accepted"] < fields["drafted"]
+        if self.passes is not None:
+            self.passes += read_passes(fields) or []
+        self.finished, self.eos = bool(fields["finished"]), bool(fields["eos"])
 
 
 @dataclass(frozen=True)
