@@ -425,7 +425,9 @@ GLOSSARY = {
     "cycle p50, cycle p99": "wall time of one speculation cycle on the edge (draft, send, verify, "
                       "receive), ms, over cycles; - for strategies without cycles",
     "RTT p50": "a cycle's network round trip on the edge, send to receive minus the cloud's "
-               "reported compute, ms, median over cycles",
+               "reported compute, ms, median over cycles, with its 95 % interval from a "
+               "bootstrap that draws whole queries (one query's cycles are not independent; "
+               "summary.csv also has the P95 and P99 with theirs)",
     "net": "network share of the cycle: network seconds over cycle seconds",
     "B/tok": "data-plane payload bytes sent edge to cloud per output token",
     "cloud ms/tok": "the cloud's compute ms per output token: the cloud's cost",
@@ -489,7 +491,7 @@ SPECULATION_COLUMNS = {
     "accepted / drafted": _formatted("acceptance", 2),
     "alpha": _formatted("per_token_acceptance", 2),
     "cycle p50": _formatted("cycle_ms_p50"), "cycle p99": _formatted("cycle_ms_p99"),
-    "RTT p50": _formatted("rtt_ms_p50"), "net": _formatted("network_ratio", 2),
+    "RTT p50": partial(format_measured, column="rtt_ms_p50"), "net": _formatted("network_ratio", 2),
     "B/tok": _formatted("bytes_up_per_token", 0),
     "cloud ms/tok": _formatted("cloud_ms_per_token"),
     "handed off": _formatted("handoff_share", 2), "cut off": _formatted("cutoff_share", 2),
