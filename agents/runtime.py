@@ -55,7 +55,8 @@ def start_log(host: Host, settings: AgentSettings) -> logging.Logger:
             versions.append(f"{package} {metadata.version(package)}")
         except metadata.PackageNotFoundError:
             pass
-    log.info("started: pid %d, python %s, %s", os.getpid(), platform.python_version(),
+    log.info("started: pid %d on CPUs %s, python %s, %s", os.getpid(),
+             ",".join(map(str, sorted(os.sched_getaffinity(0)))), platform.python_version(),
              ", ".join(versions))
     link = ("sim link model on the direction received" if settings.sim_link is not None
             else f"kernel link; network namespace {_namespace()}")

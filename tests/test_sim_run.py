@@ -20,6 +20,7 @@ import pytest
 from rich.console import Console
 
 from orchestrator.config.run_spec import RunSpec
+from orchestrator.lifecycle.launch import process_cpus
 from orchestrator.lifecycle.run import run
 from orchestrator.reporting.report import report_folder
 from tests.conftest import running_agents
@@ -62,6 +63,15 @@ def wait_until_no_agents(under: Path, timeout_s: float) -> list[str]:
     return left
 
 
+def test_each_agent_computes_on_cpus_of_its_own_and_the_router_on_the_edges():
+    assert process_cpus(frozenset({0})) == {}
+    assert process_cpus(frozenset({2, 3})) == {"edge": {2}, "cloud": {3}, "router": {2}}
+    odd = process_cpus(frozenset({0, 1, 4}))
+    assert (odd["edge"], odd["cloud"], odd["router"]) == ({0}, {1, 4}, {0})
+    eight = process_cpus(frozenset(range(8)))
+    assert eight["edge"] | eight["cloud"] == set(range(8)) and not eight["edge"] & eight["cloud"]
+
+
 def test_smoke_run_writes_results_and_is_lossless(tmp_path):
     """Run from a folder outside the checkout, into the default results folder there."""
     process = orchestrator("run", "--mode", "sim", "--profile", "wifi", "--job", "smoke",
@@ -80,6 +90,10 @@ def test_smoke_run_writes_results_and_is_lossless(tmp_path):
     for log in (edge_log, cloud_log):
         assert "started: pid" in log and "numpy" in log and "loaded in" in log
         assert "stopped by the orchestrator" in log
+    placed = process_cpus()        # each agent on CPUs of its own, where the host has two
+    for side, log in (("edge", edge_log), ("cloud", cloud_log)):
+        cpus = placed.get(side, os.sched_getaffinity(0))
+        assert f"on CPUs {','.join(map(str, sorted(cpus)))}," in log, (side, log)
     assert edge_log.count(" query ") == 4 * 2
     assert "session fixed-k5/1/0 opened" in cloud_log and "cloud-only generated 16" in cloud_log
 

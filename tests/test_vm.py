@@ -32,6 +32,7 @@ from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT, ndmsg
 
 from orchestrator.lifecycle import vm
 from orchestrator.lifecycle.doctor import Capability, HostReport, choose_mode
+from orchestrator.lifecycle.launch import process_cpus
 from shaping import router_guest
 from shaping.link import EmulatedLink
 from shaping.link_model import DirectionLink, JitterSource
@@ -234,6 +235,8 @@ def test_the_router_is_a_plain_router_with_offloads_off(router_vm):
         with open_netns(namespace) as ipr:        # no link-local address, hence no DAD
             index = ipr.link_lookup(ifname=ifname)[0]
             assert [a for a in ipr.get_addr(family=socket.AF_INET6) if a["index"] == index] == []
+    if process_cpus():          # the router forwards on the edge agent's CPUs
+        assert os.sched_getaffinity(topo.router.pid) == process_cpus()["router"]
     for name, interface in topo.guest["interfaces"].items():
         assert interface["mtu"] == MTU, name
         assert not any(interface["offloads"].values()), (name, interface)

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Iterator
 
 from orchestrator import interrupts
-from orchestrator.lifecycle.launch import ChildProcess
+from orchestrator.lifecycle.launch import ChildProcess, process_cpus
 from shaping import router_guest
 from shaping.router import GUEST_PORT, RouterError, RouterTopology, TapEnd
 
@@ -432,8 +432,8 @@ class RouterVm:
     round trip, and it keeps control traffic off the shaped path (a third
     NIC would share the guest's network stack and queues with the data).
 
-    One vCPU: the router only forwards, and the host's other cores stay with
-    the agents.  Real-time scheduling (``SCHED_RR`` 1, ``realtime_prefix``)
+    One vCPU: the router only forwards, on the edge agent's host CPUs
+    (``launch.process_cpus`` says why), and the cloud's stay with the cloud.  Real-time scheduling (``SCHED_RR`` 1, ``realtime_prefix``)
     where the host allows it: a netem timer in the guest fires only when
     qemu's threads get a host CPU, and on a busy host an ordinary thread
     waits for one (measured on 2 busy cores: 20 ms each way came out 1.1-1.7 ms
@@ -465,7 +465,8 @@ class RouterVm:
                              devices=router_devices(taps, control))
             self.process = ChildProcess("router VM", [*realtime_prefix(), *argv],
                                         self.job_dir / "qemu.log",
-                                        pass_fds=[tap.fd for tap in taps])
+                                        pass_fds=[tap.fd for tap in taps],
+                                        cpus=process_cpus().get("router"))
             self.connection = self._accept(listener)
         except BaseException:
             self.close()
