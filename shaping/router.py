@@ -59,6 +59,7 @@ from pyroute2.netlink import (
     NLM_F_CREATE,
     NLM_F_DUMP,
     NLM_F_EXCL,
+    NLM_F_REPLACE,
     NLM_F_REQUEST,
     nlmsg,
 )
@@ -302,13 +303,16 @@ class GuestNetlink:
         self.nlm_request(msg, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
 
     def neighbour_add(self, index: int, address: str, mac: str) -> None:
-        """A permanent ARP entry: ``address`` is at ``mac`` on ``index``."""
+        """A permanent ARP entry: ``address`` is at ``mac`` on ``index``, replacing the
+        incomplete one the guest makes when a packet for ``address`` arrives between
+        raising the NIC and this call (agents may already be connecting)."""
         msg = ndmsg()
         msg["family"] = socket.AF_INET
         msg["ifindex"] = index
         msg["state"] = NUD_PERMANENT
         msg["attrs"] = [["NDA_DST", address], ["NDA_LLADDR", mac]]
-        self.nlm_request(msg, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+        self.nlm_request(msg, RTM_NEWNEIGH,
+                         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)
 
 
 def _is_read(msg_type: int) -> bool:
