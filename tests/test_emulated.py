@@ -213,7 +213,7 @@ def orchestrator_cli(*argv: str) -> str:
 def test_doctor_names_every_capability_and_the_mode():
     out = orchestrator_cli("doctor")
     for name in ("root", "netns", "veth", "sch_netem", "sch_tbf", "qemu", "vm kernel", "kvm",
-                 "torch"):
+                 "cpus", "torch"):
         assert re.search(rf"^(ok|--)\s+{name}\s", out, re.M), out
     assert re.search(r"^mode: (emulated|vm|sim) \(auto: ", out, re.M), out
 

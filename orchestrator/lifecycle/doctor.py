@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from orchestrator import interrupts
 from orchestrator.lifecycle import vm
+from orchestrator.lifecycle.launch import process_cpus
 from shaping import topology
 from shaping.qdisc.probes import netem_available, tbf_available
 
@@ -79,10 +80,23 @@ class HostReport:
         add(Capability("vm kernel", not other_gaps,
                   "; ".join(other_gaps) if other_gaps else f"{kernel.image} with sch_netem"))
         add(Capability("kvm", *_kvm(probe_kvm and not missing)))
+        add(_placement())
         torch = importlib.util.find_spec("torch") is not None
         add(Capability("torch", torch, "installed (hf backend)" if torch else
                   "not installed: only the synthetic pair runs (./setup.sh installs it)"))
         return report
+
+
+def _placement() -> Capability:
+    """Where a run's processes compute (``launch.process_cpus``)."""
+    cpus = process_cpus()
+    if not cpus:
+        return Capability("cpus", False, "one CPU: the two agents share it, and each one's "
+                                         "compute waits for the other's")
+    def listed(side: str) -> str:
+        return ",".join(map(str, sorted(cpus[side])))
+    return Capability("cpus", True, f"edge agent on CPUs {listed('edge')}, cloud agent on "
+                                    f"{listed('cloud')}, the router VM with the edge")
 
 
 def _namespace_checks() -> tuple[bool, bool, str]:
