@@ -202,8 +202,8 @@ def cli() -> None:
               help="Largest K of nasd, hf-heuristic, bandit [default: the job's, 15].")
 @click.option("--nasd-edge-only-cutoff", is_flag=True, default=None,
               help="nasd: past the reversal RTT, serve stretches with the draft alone where "
-                   "that beats handing them to the cloud (lossy, flagged) [default: the job's, "
-                   "off].")
+                   "that beats handing them to the cloud (lossy, flagged; labelled "
+                   "nasd-cutoff) [default: the job's, off].")
 @click.option("--nasd-confidence-floor", type=float,
               help="nasd: within a cycle, stop drafting before a position whose likeliest "
                    "draft token has a lower probability; K stays the ceiling [default: the "

@@ -580,6 +580,11 @@ def test_jobs_name_the_policies_and_validate_their_range_once():
                          StrategyRun("hf-heuristic", None), StrategyRun("bandit", None),
                          StrategyRun("fixed-k", 3)]
     assert JobConfig().strategies == ["cloud-only", "cloud-spec", "edge-only", "fixed-k"]
+    # the lossy cutoff is named, so a run with it never shares nasd's label
+    lossy = JobConfig(strategies=["cloud-only", "nasd", "fixed-k"], k_values=[3],
+                      nasd_edge_only_cutoff=True, draft_ahead=2)
+    assert [run.label for run in plan(lossy)] == ["cloud-only", "nasd-cutoff+ahead2",
+                                                  "fixed-k3+ahead2"]
     with pytest.raises(ValidationError, match="nasd_k_min"):
         JobConfig(nasd_k_min=8, nasd_k_max=4)
     with pytest.raises(ValidationError):

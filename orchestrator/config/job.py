@@ -222,7 +222,8 @@ class JobConfig(GuardrailFields, DeviceEmulationFields, SamplingConfig):
                             description="nasd, hf-heuristic, bandit: the largest K they choose")
     nasd_edge_only_cutoff: bool = Field(default=False, description="nasd: past the reversal "
                                         "RTT, serve stretches with the draft alone where that "
-                                        "beats handing them to the cloud (lossy, flagged)")
+                                        "beats handing them to the cloud (lossy, flagged; "
+                                        "labelled nasd-cutoff)")
     nasd_confidence_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="nasd: "
                                          "within a cycle, stop drafting before a position "
                                          "whose likeliest draft token has a lower probability "
@@ -341,12 +342,14 @@ class StrategyRun:
     strategy: StrategyName
     k: int | None   # fixed-k, cloud-spec: the K of every cycle; None: no K, or an adaptive one
     draft_ahead: int = 0   # fixed-k, nasd: blocks in flight beyond the oldest (0: none)
+    edge_only_cutoff: bool = False   # nasd: the draft may serve alone (lossy)
 
     @property
     def label(self) -> str:
-        """For display and grouping only (``fixed-k5``, ``nasd+ahead2``): code decides on the
-        fields."""
+        """For display and grouping only (``fixed-k5``, ``nasd+ahead2``, ``nasd-cutoff``):
+        code decides on the fields."""
         name = f"fixed-k{self.k}" if self.strategy == "fixed-k" else self.strategy
+        name += "-cutoff" if self.edge_only_cutoff else ""
         return f"{name}+ahead{self.draft_ahead}" if self.draft_ahead else name
 
 
@@ -370,7 +373,7 @@ def plan(job: JobConfig) -> list[StrategyRun]:
         if strategy == "fixed-k":
             runs += [StrategyRun("fixed-k", k, ahead) for k in job.k_values]
         elif strategy == "nasd":
-            runs.append(StrategyRun("nasd", None, ahead))
+            runs.append(StrategyRun("nasd", None, ahead, job.nasd_edge_only_cutoff))
         elif strategy == "cloud-spec":
             runs.append(StrategyRun("cloud-spec", job.cloud_spec_k))
         else:
