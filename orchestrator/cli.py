@@ -903,16 +903,23 @@ def latency_transfer_command(source_path, target_path, device_name, ns, holdout,
 
 @cli.command("profiles")
 def profiles_command() -> None:
-    """List the shipped network profiles with their RTT, bandwidth, jitter and loss."""
+    """List the shipped network profiles with their RTT, bandwidth, jitter and loss: one
+    figure where both directions have it, else uplink/downlink (4g: 5/20 Mbit/s)."""
+    def both(link: LinkState, field: str, unit: str, fmt: str = "g") -> str:
+        values = [getattr(link.uplink, field), getattr(link.downlink, field)]
+        if values == [None, None]:
+            return "unshaped"
+        shown = ["unshaped" if value is None else f"{value:{fmt}}" for value in values]
+        return (shown[0] if values[0] == values[1] else "/".join(shown)) + unit
+
     for name in available("profiles"):
         profile = load_profile(name)
         link = profile.initial
-        bandwidth = (f"{link.uplink.bandwidth_mbps:g} Mbps" if link.uplink.bandwidth_mbps
-                     else "unshaped")
         timeline = "" if profile.is_static else "  (changes over time)"
-        click.echo(f"{name:28s} rtt {link.rtt_ms:6.1f} ms  {bandwidth:>10s}  "
-                   f"jitter {link.uplink.jitter_ms:4.1f} ms  loss {link.uplink.loss_pct:4.1f}%"
-                   f"{timeline}")
+        click.echo(f"{name:28s} rtt {link.rtt_ms:6.1f} ms  "
+                   f"{both(link, 'bandwidth_mbps', ' Mbit/s'):>15s}  "
+                   f"jitter {both(link, 'jitter_ms', ' ms', '.1f'):>11s}  "
+                   f"loss {both(link, 'loss_pct', '%', '.1f'):>9s}{timeline}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,6 +176,7 @@ BAD_INPUT = {
                ["run", "--job", "FILE"], ["k_values", "FILE"]),
     "job-sampling-ids": (("codec.yaml", "decoding: sampling\ncodec: ids\n"),
                          ["run", "--job", "FILE"], ["codec", "FILE"]),
+    "job-folder": (None, ["run", "--job", "/tmp"], ["/tmp: a folder, not a job file"]),
     "unknown-model-pair": (None, ["run", "--model-pair", "no-such-pair"], ["no-such-pair"]),
     "job-unknown-model-pair": (("pair.yaml", "model_pair: no-such-pair\n"),
                                ["run", "--job", "FILE"], ["no-such-pair"]),
@@ -558,9 +559,10 @@ def test_profiles_lists_every_shipped_profile(help_and_listing):
     assert result.returncode == 0 and result.stderr == ""
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert set(rows) == set(available("profiles"))
-    assert "rtt    1.0 ms" in rows["lan"] and "1000 Mbps" in rows["lan"]
-    assert "rtt   50.0 ms" in rows["rtt050-bw010"] and "10 Mbps" in rows["rtt050-bw010"]
-    assert "loss  5.0%" in rows["rtt050-bw010-l5"]
+    assert "rtt    1.0 ms" in rows["lan"] and " 1000 Mbit/s" in rows["lan"]
+    assert "rtt   50.0 ms" in rows["rtt050-bw010"] and " 10 Mbit/s" in rows["rtt050-bw010"]
+    assert "loss      5.0%" in rows["rtt050-bw010-l5"]
+    assert " 5/20 Mbit/s" in rows["4g"]       # each direction's, where they differ
     assert "changes over time" in rows["oscillating"]
     assert "changes over time" not in rows["lan"]
 

@@ -84,6 +84,8 @@ def find(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
     shipped = folder / (name_or_path if path.suffix else name_or_path + suffix)
     if shipped.is_file():
         return shipped
+    if path.is_dir():
+        raise ConfigError(f"{name_or_path}: a folder, not a {kind[:-1]} file")
     if path.suffix or "/" in name_or_path:
         raise ConfigError(f"{name_or_path}: no such file")
     matches = sorted(folder.rglob(f"{name_or_path}{suffix}"))

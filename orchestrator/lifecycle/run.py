@@ -58,7 +58,8 @@ def execute(spec: RunSpec, results: ResultsFolder, progress: Progress) -> pd.Dat
                             spec.job.data_plane_security)
     results.write_config(spec.resolved(deployment.security))
     requests = spec.requests()
-    task = progress.add_task("queries", total=len(requests), unit="queries")
+    task = progress.add_task("starting the agents and the link", total=len(requests),
+                             unit="queries")
     finished = 0                       # queries whose records are on disk
     completed = False
     try:

@@ -567,8 +567,9 @@ def text_list(title: str, items) -> Table:
 def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     """The two summary tables, every column defined, then what the intervals allow."""
     queries = int(summary["queries"].max()) if len(summary) else 0
+    counted = "1 query" if queries == 1 else f"{queries} queries"
     console.print(rich_table(formatted_frame(summary, SPEED_COLUMNS),
-                             f"{title}: speed ({queries} queries per strategy, 95 % intervals)"))
+                             f"{title}: speed ({counted} per strategy, 95 % intervals)"))
     console.print(rich_table(formatted_frame(summary, SPECULATION_COLUMNS),
                              f"{title}: speculation, cost, quality"))
     emulated = "emulated_passes" in summary
