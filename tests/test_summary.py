@@ -145,10 +145,23 @@ def test_conclusions_name_the_close_call_the_lossy_strategy_and_the_model_misses
     assert "edge-only" not in lines[2]      # its model is its own measured step: not judged
 
 
-def printed(summary: pd.DataFrame) -> str:
+def printed(summary: pd.DataFrame, width: int = 160) -> str:
     out = io.StringIO()
-    print_summary(summary.reset_index(drop=True), Console(file=out, width=160), "lan (sim)")
+    print_summary(summary.reset_index(drop=True), Console(file=out, width=width), "lan (sim)")
     return out.getvalue()
+
+
+def test_a_narrow_terminal_gets_every_column_in_continued_tables(summary):
+    """rich crops a table it cannot fold to the width: 80 columns lost six of the summary's
+    columns without a word; now the columns go on in tables led by the strategy."""
+    text = printed(summary, width=80)
+    assert max(map(len, text.splitlines())) <= 80
+    headers = {line for line in text.splitlines() if line.startswith("┃")}
+    for header in [*SPEED_COLUMNS, *SPECULATION_COLUMNS]:
+        assert any(header in line for line in headers), header
+    assert "(continued)" in text
+    tables = text.count("┏")
+    assert tables > 2 and all(text.count(f"│ {label} ") == tables for label in RATES)
 
 
 def test_the_terminal_summary_defines_every_column_and_shows_never_and_dashes(summary):

@@ -56,7 +56,7 @@ from orchestrator.reporting.summary import (
     interval,
     model_miss,
     model_vs_measured,
-    rich_table,
+    print_table,
     text_list,
     verdict_of,
 )
@@ -534,8 +534,8 @@ def print_guardrail(decisions: pd.DataFrame, console: Console) -> None:
     sweep)."""
     if decisions.empty:
         return
-    console.print(rich_table(guardrail_frame(decisions), GUARDRAIL_TITLE,
-                             TEXT_COLUMNS | {"verdict", "why"}))
+    print_table(console, guardrail_frame(decisions), GUARDRAIL_TITLE,
+                TEXT_COLUMNS | {"verdict", "why"})
     console.print(text_list("guardrail columns", GUARDRAIL_LEGEND.items()))
     console.print(f"- {guardrail_conclusion(decisions)}.", highlight=False)
 
@@ -555,13 +555,13 @@ def report_folder(path: Path, console: Console) -> Path:
     board, reversals = report.board, report.reversals
     if report.incomplete:
         console.print(f"{path}: {report.incomplete}", highlight=False)
-    console.print(rich_table(key_frame(board), KEY_TITLE, TEXT_COLUMNS))
+    print_table(console, key_frame(board), KEY_TITLE, TEXT_COLUMNS)
     terms = dict(KEY_LEGEND)
     if not reversals.empty:
-        console.print(rich_table(reversal_frame(reversals), REVERSAL_TITLE, TEXT_COLUMNS))
+        print_table(console, reversal_frame(reversals), REVERSAL_TITLE, TEXT_COLUMNS)
         terms.update(REVERSAL_LEGEND)
     if "emulated_passes" in board:
-        console.print(rich_table(emulation_frame(board), EMULATION_TITLE, TEXT_COLUMNS))
+        print_table(console, emulation_frame(board), EMULATION_TITLE, TEXT_COLUMNS)
         terms.update(EMULATION_LEGEND)
     console.print(text_list("columns (every term: report.html, How to read this page)",
                             terms.items()))

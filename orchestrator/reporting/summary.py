@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from agents.edge import STRATEGY_NAMES
@@ -538,6 +539,28 @@ def formatted_frame(summary: pd.DataFrame, columns: dict, first=("strategy",)) -
 NAME_COLUMNS = ("cell", "strategy")
 
 
+UNBOUNDED_WIDTH = 100_000
+
+
+def print_table(console: Console, frame: pd.DataFrame, title: str,
+                text_columns=("strategy",)) -> None:
+    """``frame`` as ``rich_table``; on a console too narrow for it, in several tables
+    (``title (continued)``), each led by the first column (what a row is: its strategy or
+    cell) and as wide as its cells unwrapped, so no column is cut off the right edge (rich
+    crops a table whose columns it cannot fold to fit, which it often cannot)."""
+    keys = list(frame.columns[:1])
+    unbounded = console.options.update(max_width=UNBOUNDED_WIDTH)   # else clamped to width
+    parts: list[list[str]] = [[]]
+    for column in frame.columns[1:]:
+        wider = rich_table(frame[keys + parts[-1] + [column]], title, text_columns)
+        if parts[-1] and Measurement.get(console, unbounded, wider).maximum > console.width:
+            parts.append([])
+        parts[-1].append(column)
+    for index, part in enumerate(parts):
+        console.print(rich_table(frame[keys + part], title if index == 0
+                                 else f"{title} (continued)", text_columns))
+
+
 def rich_table(frame: pd.DataFrame, title: str, text_columns=("strategy",)) -> Table:
     """``frame`` (already formatted) as a terminal table; ``text_columns`` left-aligned.  On a
     narrow terminal other columns wrap, but a cell or strategy name, and a word of a header,
@@ -568,14 +591,14 @@ def print_summary(summary: pd.DataFrame, console: Console, title: str) -> None:
     """The two summary tables, every column defined, then what the intervals allow."""
     queries = int(summary["queries"].max()) if len(summary) else 0
     counted = "1 query" if queries == 1 else f"{queries} queries"
-    console.print(rich_table(formatted_frame(summary, SPEED_COLUMNS),
-                             f"{title}: speed ({counted} per strategy, 95 % intervals)"))
-    console.print(rich_table(formatted_frame(summary, SPECULATION_COLUMNS),
-                             f"{title}: speculation, cost, quality"))
+    print_table(console, formatted_frame(summary, SPEED_COLUMNS),
+                f"{title}: speed ({counted} per strategy, 95 % intervals)")
+    print_table(console, formatted_frame(summary, SPECULATION_COLUMNS),
+                f"{title}: speculation, cost, quality")
     emulated = "emulated_passes" in summary
     if emulated:
-        console.print(rich_table(formatted_frame(summary, EMULATION_COLUMNS),
-                                 f"{title}: device emulation (real / emulated)"))
+        print_table(console, formatted_frame(summary, EMULATION_COLUMNS),
+                    f"{title}: device emulation (real / emulated)")
     console.print(text_list("columns", {**GLOSSARY, **(EMULATION_GLOSSARY if emulated else {})
                                         }.items()))
     console.print(text_list("what the intervals allow",
