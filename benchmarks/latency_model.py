@@ -14,8 +14,13 @@ asks of the latency model, and writes them beside the tables (JSON and PNG):
   budget fractions 0.5, 0.7, 0.85, 1.0 with and without it; goal violations <= 2 % at 0.85.
 
     .venv/bin/python benchmarks/latency_model.py [--source float32-t1-shuffled]
-        [--target bfloat16-t1-shuffled]
-        [--device dev-epyc-2c] [--draws 20] [--holdout 60]
+        [--target bfloat16-t1-shuffled] [--device dev-epyc-2c] [--source-device DEVICE]
+        [--draws 20] [--holdout 60]
+
+``--device`` is the target table's machine, ``--source-device`` the source's where the two
+tables come from different machines (the Intel Xeon ``xeon-*`` tables against the AMD EPYC
+ones: ``--source float32-t1-ref --source-device dev-epyc-2c --target xeon-float32-t1
+--device dev-xeon-2c``).
 
 The tables come from ``orchestrator latency measure`` (see the folder's README for the
 commands that measured them), the device file from ``orchestrator latency device``.
@@ -79,7 +84,8 @@ def print_guardrail(guard: dict) -> None:
 
 
 def print_transfer(result: dict) -> None:
-    print(f"\n== transfer {result['source']['campaign']} -> {result['target']['campaign']}: "
+    print(f"\n== transfer {result['source']['campaign']} -> {result['target']['campaign']} "
+          f"({result['source_device']} -> {result['device']}): "
           f"{len(result['held_out_samples'])} held-out target samples, mean of "
           f"{result['draws']} draws ==")
     rows = result["summary"]
@@ -106,20 +112,23 @@ def main() -> None:
     parser.add_argument("--source", default="float32-t1-shuffled",
                         help="table stem under measured/latency")
     parser.add_argument("--target", default="bfloat16-t1-shuffled")
-    parser.add_argument("--device", default="dev-epyc-2c")
+    parser.add_argument("--device", default="dev-epyc-2c", help="the target table's machine")
+    parser.add_argument("--source-device", help="the source table's machine [default: --device]")
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument("--holdout", type=int, default=60)
     args = parser.parse_args()
     device = load_device(args.device)
+    source_device = load_device(args.source_device) if args.source_device else device
     tables = {name: load_latency_table(MEASURED / f"{name}.csv")
               for name in (args.source, args.target)}
-    for name, table in tables.items():
-        report = fit_report(table, device, MEASURED / name)
+    for name, machine in ((args.source, source_device), (args.target, device)):
+        report = fit_report(tables[name], machine, MEASURED / name)
         print_heldout(name, report)
         print_guardrail(report["guardrail"])
     result = transfer_report(tables[args.source], tables[args.target], device,
                              MEASURED / f"transfer-{args.source}-to-{args.target}",
-                             draws=args.draws, holdout=args.holdout)
+                             draws=args.draws, holdout=args.holdout,
+                             source_device=source_device)
     print_transfer(result)
     print(f"\nwritten under {MEASURED}")
 

@@ -533,6 +533,10 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
         console.print(template.emulation.describe(), highlight=False)
     if guardrail is not None:
         console.print(guardrail.describe(), highlight=False)
+        from orchestrator.lifecycle.calibrate import host
+        foreign = guardrail.foreign_host(host()["processor"])
+        if foreign:
+            console.print(foreign, highlight=False, markup=False)
     console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
                   f"`orchestrator sweep --resume {folder.path}`")
     sweep(folder, template, cells, console, guardrail)
@@ -868,8 +872,12 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
 @click.argument("source_path", metavar="SOURCE", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("target_path", metavar="TARGET", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--device", "device_name", required=True,
-              help="The device file of both tables (the target's hardware differs by its "
-                   "dtype or threads) or of the target: a name under configs/devices or a path.")
+              help="The target's device file (a name under configs/devices or a path); the "
+                   "source's too, unless --source-device.")
+@click.option("--source-device", "source_device_name",
+              help="The source's device file, where the tables come from different machines "
+                   "(the estimator is fitted on its peaks, then predicts on the target's) "
+                   "[default: --device].")
 @click.option("--n", "ns", default="10,25,50,100", show_default=True, callback=parse_ns,
               help="Calibration sample counts.")
 @click.option("--holdout", type=click.IntRange(1), default=60, show_default=True,
@@ -880,8 +888,8 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
               show_default=True, help="Method C: sd of the prior on the log parameters.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for transfer.json and the plots [default: beside TARGET].")
-def latency_transfer_command(source_path, target_path, device_name, ns, holdout, draws,
-                             prior_sigma, out_dir) -> None:
+def latency_transfer_command(source_path, target_path, device_name, source_device_name, ns,
+                             holdout, draws, prior_sigma, out_dir) -> None:
     """Recalibrate the SOURCE table's estimator to the TARGET table's hardware from N target
     samples: none, A (per-stage affine), B (one global affine on the total), C (the
     roofline refitted with the source as prior); MAPE and P95 absolute error on held-out
@@ -890,9 +898,10 @@ def latency_transfer_command(source_path, target_path, device_name, ns, holdout,
     from orchestrator.reporting.latency_report import transfer_report
     source, target = load_latency_table(source_path), load_latency_table(target_path)
     device = load_device(device_name)
+    source_device = load_device(source_device_name) if source_device_name else None
     out_dir = out_dir or target_path.parent / f"transfer-{source_path.stem}-to-{target_path.stem}"
     result = transfer_report(source, target, device, out_dir, ns, holdout, draws,
-                             prior_sigma=prior_sigma)
+                             prior_sigma=prior_sigma, source_device=source_device)
     rows = [row for row in result["summary"] if row["stage"] == "all"]
     click.echo(f"{'method':6s} {'N':>4s} {'MAPE':>7s} {'P95 abs':>9s}")
     for row in sorted(rows, key=lambda r: (r["method"] != "none", r["method"], r["n"])):

@@ -87,8 +87,9 @@ def shape(hidden, layers, heads, kv_heads) -> ModelShape:
 
 
 def synthetic_table(truth: dict[str, RooflineParams], n: int, seed: int, dtype="float32",
-                    noise=0.0) -> pd.DataFrame:
-    """A measured table whose stage times are ``truth``'s on HOST (times lognormal noise)."""
+                    noise=0.0, device: Device = HOST) -> pd.DataFrame:
+    """A measured table whose stage times are ``truth``'s on ``device`` (times lognormal
+    noise)."""
     rng = np.random.default_rng(seed)
     rows = []
     for sample in range(n):
@@ -105,7 +106,7 @@ def synthetic_table(truth: dict[str, RooflineParams], n: int, seed: int, dtype="
         rows.append(row | {f"{stage}_s": 1.0 for stage in STAGES})
     table = pd.DataFrame(rows)
     for stage, frame in stage_frames(table).items():
-        table[f"{stage}_s"] = (truth[stage].seconds(HOST, frame)
+        table[f"{stage}_s"] = (truth[stage].seconds(device, frame)
                                * np.exp(noise * rng.standard_normal(len(frame))))
     return table
 
@@ -164,7 +165,7 @@ def test_the_bound_is_the_slower_of_memory_and_compute_at_the_peaks():
 def test_every_shipped_device_file_loads_and_cites_its_sources():
     names = available("devices")
     for needed in ("jetson-orin-nano", "raspberry-pi-5", "a100-sxm", "h100-sxm", "h200-sxm",
-                   "dev-epyc-2c"):
+                   "dev-epyc-2c", "dev-xeon-2c"):
         assert needed in names
     for name in names:
         device = load_device(name)
@@ -265,6 +266,26 @@ def test_recalibration_learns_a_slower_hardware_from_ten_samples():
         recalibrate("D", source, HOST, frames)
 
 
+def test_a_transfer_between_machines_fits_on_the_sources_peaks_and_predicts_on_the_targets(
+        tmp_path):
+    from orchestrator.reporting.latency_report import transfer_report
+    faster = HOST.model_copy(update={
+        "name": "faster", "memory_bandwidth_gbps": 3 * HOST.memory_bandwidth_gbps,
+        "peak_tflops": {dtype: 3 * peak for dtype, peak in HOST.peak_tflops.items()}})
+    source = synthetic_table(TRUE, 100, seed=3)
+    target = synthetic_table(TRUE, 100, seed=4, device=faster)
+
+    def uncorrected_mape(result):
+        return next(row["mape_pct"] for row in result["summary"]
+                    if row["method"] == "none" and row["stage"] == "all")
+    across = transfer_report(source, target, faster, tmp_path / "across", ns=(10,), holdout=40,
+                             draws=1, source_device=HOST)
+    one_device = transfer_report(source, target, faster, tmp_path / "one", ns=(10,),
+                                 holdout=40, draws=1)
+    assert across["source_device"] == "host" and across["device"] == "faster"
+    assert uncorrected_mape(across) < 2 < 10 < uncorrected_mape(one_device)
+
+
 def test_an_affine_fit_falls_back_to_a_ratio_when_the_line_would_not_rise():
     assert fit_affine([1, 2, 3], [2.1, 3.9, 6.0]).slope == pytest.approx(1.95, rel=0.05)
     flat = fit_affine([1.0, 1.0], [2.0, 2.2])
@@ -308,10 +329,13 @@ def test_a_tiny_campaign_measures_every_stage_through_the_agents_code(tmp_path):
 
 
 def test_the_committed_tables_never_beat_the_measured_hosts_roofline():
-    device = load_device("dev-epyc-2c")
+    from nasd.latency.models import bounds
+    measured_hosts = {device.measured["host"]["processor"]: device
+                      for device in map(load_device, available("devices")) if device.measured}
     for path in sorted(MEASURED.glob("*.csv")):
-        for stage, frame in stage_frames(load_latency_table(path)).items():
-            from nasd.latency.models import bounds
+        table = load_latency_table(path)
+        device = measured_hosts[table["host_processor"].iloc[0]]   # the table's own machine
+        for stage, frame in stage_frames(table).items():
             check = bound_check(frame["seconds"], bounds(frame, device))
             assert check["violations"] == 0, (path.name, stage, check)
 

@@ -106,6 +106,14 @@ def test_a_decision_holds_when_the_measurement_agrees_with_it():
     assert verdict_held("accept", float("nan"), 0.020) is None
 
 
+def test_a_fit_of_another_processor_is_named_before_the_sweep_trusts_it():
+    guard = tiny_guardrail(20.0)
+    measured_on = guard.fitted.table["host"]["processor"]
+    assert guard.foreign_host(measured_on) is None
+    warning = guard.foreign_host("Another CPU")
+    assert measured_on in warning and "Another CPU" in warning
+
+
 def test_a_job_cut_to_some_runs_plans_exactly_those():
     job = load_job("default")
     runs = plan(job)

@@ -201,6 +201,16 @@ class SweepGuardrail:
                 f"{self.acceptance.low:g}-{self.acceptance.high:g}; contexts "
                 f"{self.contexts.low:g}-{self.contexts.high:g} tokens")
 
+    def foreign_host(self, processor: str) -> str | None:
+        """A warning when the stages were measured on another processor than ``processor``
+        (this host's): the fitted times are that machine's, and so are the verdicts."""
+        fitted = self.fitted.table.get("host", {}).get("processor")
+        if not fitted or fitted == processor:
+            return None
+        return (f"guardrail: its stages were measured on {fitted}, this host is {processor}: "
+                "its verdicts may not hold here (`orchestrator latency measure` and `fit` "
+                "on this host give its own)")
+
     def judge(self, profile: NetworkProfile, codec: str,
               runs: list[StrategyRun]) -> list[RunVerdict]:
         """Each run of a cell on ``profile`` with ``codec``, decided."""

@@ -77,9 +77,12 @@ def fit_report(table: pd.DataFrame, device: Device, out_dir: Path, folds: int = 
 
 def transfer_report(source: pd.DataFrame, target: pd.DataFrame, device: Device, out_dir: Path,
                     ns=(10, 25, 50, 100), holdout: int = 60, draws: int = 20, seed: int = 0,
-                    prior_sigma: float = 0.5) -> dict:
+                    prior_sigma: float = 0.5, source_device: Device | None = None) -> dict:
+    """``device`` is the target's; the source's estimator is fitted on ``source_device``
+    (the same device when None: the target differs by its dtype or threads only)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    estimator = fit_estimator(stage_frames(source), device)
+    source_device = source_device or device
+    estimator = fit_estimator(stage_frames(source), source_device)
     curve, held = transfer_curve(estimator, stage_frames(target), device, ns, holdout, draws,
                                  seed, prior_sigma)
     summary = curve_summary(curve)
@@ -88,6 +91,7 @@ def transfer_report(source: pd.DataFrame, target: pd.DataFrame, device: Device, 
               .rename(columns={0.1: "mape_p10", 0.9: "mape_p90"}))
     summary = summary.merge(spread, on=["method", "n", "stage"])
     result = {"source": describe(source), "target": describe(target), "device": device.name,
+              "source_device": source_device.name,
               "held_out_samples": held, "draws": draws, "prior_sigma": prior_sigma,
               "n": list(ns),
               "summary": summary.to_dict("records")}
