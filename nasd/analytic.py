@@ -246,9 +246,9 @@ def cloud_only_throughput(times: ComputeTimes) -> float:
 
 
 def stretch_throughput(step_s: float, tokens: int, rtt_s: float = 0.0) -> float:
-    """tokens / (RTT + tokens * step): a stretch decoded one ``step_s`` a token after one
-    round trip (a cloud hand-off: the request up, then streamed tokens; no RTT for a stretch
-    the edge decodes itself)."""
+    """tokens / (RTT + tokens * step): a stretch decoded one ``step_s`` a token and one
+    round trip (a cloud hand-off: the request up, then streamed tokens; a stretch the edge
+    decodes itself: the speculation cycle after it, which measures the link again)."""
     _check_non_negative(rtt_s=rtt_s)
     if tokens < 1 or not step_s > 0:
         raise ValueError(f"need tokens >= 1 and a positive step, got {tokens}, {step_s}")

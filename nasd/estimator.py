@@ -140,9 +140,11 @@ class Calibration:
     def edge_stretch(self, rtt_s: float, rtt_share: float, max_s: float) -> Stretch:
         """A stretch the draft decodes alone, long enough that the round trip of the
         speculation cycle after it (which measures the link again) is ``rtt_share`` of it,
-        at most ``max_s`` of drafting."""
+        at most ``max_s`` of drafting; its rate pays that round trip, as a cloud stretch's
+        pays its own."""
         draft_s = self.times.draft_token_s
-        return Stretch("edge", stretch_tokens(draft_s, rtt_s, rtt_share, max_s), 1.0 / draft_s)
+        tokens = stretch_tokens(draft_s, rtt_s, rtt_share, max_s)
+        return Stretch("edge", tokens, stretch_throughput(draft_s, tokens, rtt_s))
 
 
 @dataclass(frozen=True)
