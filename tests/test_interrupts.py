@@ -96,11 +96,14 @@ def test_a_signal_at_any_point_of_a_run_ends_it_with_128_plus_its_number(tmp_pat
     try:
         time.sleep(delay_s)
         child.send_signal(getattr(signal, stop))
-        _, err = child.communicate(timeout=60)
+        out, err = child.communicate(timeout=60)
     finally:
         child.kill()
     assert child.returncode == 128 + getattr(signal, stop), err
     assert "interrupted" in err and "Traceback" not in err, err
+    if "results: " in out:   # the run had begun: what finished is named, and how to report it
+        folder, = tmp_path.iterdir()
+        assert f"orchestrator report {folder}" in out, out
     deadline = time.monotonic() + 10
     while running_agents(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -38,11 +38,16 @@ def query_timeout_s(job: JobConfig) -> float:
 
 def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.DataFrame]:
     results = ResultsFolder.create(results_root, f"{spec.profile.name}-{spec.mode}")
-    console.print(f"results: {results.path}")
-    if spec.emulation is not None:
-        console.print(spec.emulation.describe(), highlight=False)
-    with work_progress(console) as progress:
-        summary = execute(spec, results, progress)
+    try:
+        console.print(f"results: {results.path}")
+        if spec.emulation is not None:
+            console.print(spec.emulation.describe(), highlight=False)
+        with work_progress(console) as progress:
+            summary = execute(spec, results, progress)
+    except interrupts.Interrupted:
+        console.print(f"what finished is kept in {results.path}: `orchestrator report "
+                      f"{results.path}` writes its report", highlight=False, soft_wrap=True)
+        raise
     print_summary(summary, console, title=f"{spec.profile.name} ({spec.mode})")
     return results.path, summary
 
