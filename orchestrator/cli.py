@@ -195,7 +195,8 @@ def cli() -> None:
                    "strategies runs cloud-only, cloud-spec, edge-only and fixed-k].  nasd, "
                    "hf-heuristic and bandit choose K per cycle within --nasd-k-min..--nasd-k-max.")
 @click.option("--k", "k_values", multiple=True, type=int,
-              help="Draft length for fixed-k; repeat for several [default: the job's, 3 5 10 15].")
+              help="Draft length for fixed-k, at least 1; repeat for several [default: the "
+                   "job's, 3 5 10 15].")
 @click.option("--nasd-k-min", type=int,
               help="Smallest K of nasd, hf-heuristic, bandit [default: the job's, 1].")
 @click.option("--nasd-k-max", type=int,
@@ -239,14 +240,15 @@ def cli() -> None:
 @click.option("--prompts", help="Prompt set: a name under configs/prompts, a .jsonl path, or "
                                 "mmlu:DIR[:subject,...] [default: the job's].")
 @click.option("--max-new-tokens", type=int, help="[default: the job's]")
-@click.option("--queries", "max_queries", type=int, help="Use the first N prompts.")
-@click.option("--repetitions", type=int, help="[default: the job's]")
+@click.option("--queries", "max_queries", type=int, help="Use the first N prompts (N >= 1).")
+@click.option("--repetitions", type=int, help="Runs of each query, at least 1 [default: the "
+                                              "job's].")
 @click.option("--seed", type=int, help="[default: the job's]")
 @click.option("--query-order", type=click.Choice(QUERY_ORDERS),
               help="interleaved: each prompt goes to every strategy before the next prompt, so "
                    "a host whose speed drifts slows every strategy alike; by-strategy: one "
                    "strategy's queries after another's [default: the job's, interleaved].")
-@click.option("--rtt-ms", type=float, help="Override the profile's RTT.")
+@click.option("--rtt-ms", type=float, help="Override the profile's RTT (ms, >= 0).")
 @device_emulation_options
 @data_plane_security_option
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
