@@ -886,8 +886,10 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
               help="Target samples held out for scoring (at most half the table).")
 @click.option("--draws", type=click.IntRange(1), default=20, show_default=True,
               help="Random draws of the calibration samples per N.")
-@click.option("--prior-sigma", type=click.FloatRange(0, min_open=True), default=0.5,
-              show_default=True, help="Method C: sd of the prior on the log parameters.")
+@click.option("--prior-sigma", type=click.FloatRange(0, min_open=True),
+              help="Method C: sd of the prior on the log parameters [default: per stage, the "
+                   "best of 0.5, 1, 2, 4 in a 3-fold cross-validation on the N calibration "
+                   "samples].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for transfer.json and the plots [default: beside TARGET].")
 def latency_transfer_command(source_path, target_path, device_name, source_device_name, ns,

@@ -35,6 +35,8 @@ from nasd.latency.stages import (
     stage_work,
 )
 from nasd.latency.transfer import (
+    PRIOR_SIGMAS,
+    choose_prior_sigma,
     curve_summary,
     fit_affine,
     recalibrate,
@@ -264,6 +266,25 @@ def test_recalibration_learns_a_slower_hardware_from_ten_samples():
     assert fitted.total.slope == pytest.approx(2.0, rel=0.05)
     with pytest.raises(ValueError, match="unknown recalibration"):
         recalibrate("D", source, HOST, frames)
+
+
+def test_method_c_widens_its_prior_only_as_far_as_the_targets_own_samples_ask():
+    """The prior's width is chosen by cross-validation on the N calibration samples: wide
+    for a target far from the source, narrow for one like it, the narrowest when there are
+    too few samples to leave any out."""
+    source = fit_estimator(stage_frames(synthetic_table(TRUE, 120, seed=3)), HOST)
+    far_truth = {stage: replace(p, eta_bw=p.eta_bw / 4, overhead_s=p.overhead_s * 3)
+                 for stage, p in TRUE.items()}
+    far = stage_frames(synthetic_table(far_truth, 30, seed=6, noise=0.02))
+    near = stage_frames(synthetic_table(TRUE, 30, seed=6, noise=0.05))
+    for stage in STAGES:
+        prior = source.stages[stage]
+        assert choose_prior_sigma(far[stage], HOST, prior) == max(PRIOR_SIGMAS)
+        assert choose_prior_sigma(near[stage], HOST, prior) == min(PRIOR_SIGMAS)
+        assert choose_prior_sigma(far[stage].iloc[:5], HOST, prior) == PRIOR_SIGMAS[0]
+    chosen = recalibrate("C", source, HOST, far).prior_sigmas
+    assert chosen == {stage: max(PRIOR_SIGMAS) for stage in STAGES}
+    assert recalibrate("C", source, HOST, far, prior_sigma=0.5).prior_sigmas["verify"] == 0.5
 
 
 def test_a_transfer_between_machines_fits_on_the_sources_peaks_and_predicts_on_the_targets(

@@ -25,7 +25,7 @@ from nasd.latency.guardrail import guardrail_analysis
 from nasd.latency.models import evaluate
 from nasd.latency.roofline import Device
 from nasd.latency.stages import stage_frames
-from nasd.latency.transfer import curve_summary, transfer_curve
+from nasd.latency.transfer import PRIOR_FOLDS, PRIOR_SIGMAS, curve_summary, transfer_curve
 from orchestrator.reporting.latency_plots import (
     plot_guardrail,
     plot_predicted_vs_measured,
@@ -77,7 +77,7 @@ def fit_report(table: pd.DataFrame, device: Device, out_dir: Path, folds: int = 
 
 def transfer_report(source: pd.DataFrame, target: pd.DataFrame, device: Device, out_dir: Path,
                     ns=(10, 25, 50, 100), holdout: int = 60, draws: int = 20, seed: int = 0,
-                    prior_sigma: float = 0.5, source_device: Device | None = None) -> dict:
+                    prior_sigma: float | None = None, source_device: Device | None = None) -> dict:
     """``device`` is the target's; the source's estimator is fitted on ``source_device``
     (the same device when None: the target differs by its dtype or threads only)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,11 @@ def transfer_report(source: pd.DataFrame, target: pd.DataFrame, device: Device, 
     summary = summary.merge(spread, on=["method", "n", "stage"])
     result = {"source": describe(source), "target": describe(target), "device": device.name,
               "source_device": source_device.name,
-              "held_out_samples": held, "draws": draws, "prior_sigma": prior_sigma,
+              "held_out_samples": held, "draws": draws,
+              "prior_sigma": prior_sigma or ("per stage, the best of "
+                                             f"{', '.join(f'{v:g}' for v in PRIOR_SIGMAS)} in a "
+                                             f"{PRIOR_FOLDS}-fold cross-validation on the N "
+                                             "calibration samples"),
               "n": list(ns),
               "summary": summary.to_dict("records")}
     write_json(out_dir / "transfer.json", result)
