@@ -79,12 +79,17 @@ def drive(policy: KPolicy, truth: Calibration, rtts_s, seed: int = 1,
           jitter_s: float = 0.0) -> list[int]:
     """Run ``policy`` for one cycle per RTT of ``rtts_s``; the K of each cycle (HAND_OFF for
     a stretch)."""
-    rng, ks = np.random.default_rng(seed), []
-    for rtt_s in rtts_s:
-        ks.append(policy.next_k())
-        policy.observe(simulated_cycle(ks[-1], truth, rtt_s, rng, jitter_s) if ks[-1]
-                       else simulated_stretch(policy.stretch, truth, rtt_s))
-    return ks
+    rng = np.random.default_rng(seed)
+    return [step(policy, truth, rtt_s, rng, jitter_s) for rtt_s in rtts_s]
+
+
+def step(policy: KPolicy, truth: Calibration, rtt_s: float, rng, jitter_s: float = 0.0) -> int:
+    """One decision of ``policy``, served on ``truth`` at ``rtt_s`` and observed: its K
+    (HAND_OFF for a stretch, which ``policy.stretch`` still holds)."""
+    k = policy.next_k()
+    policy.observe(simulated_cycle(k, truth, rtt_s, rng, jitter_s) if k
+                   else simulated_stretch(policy.stretch, truth, rtt_s))
+    return k
 
 
 def probed(controller: NasdController, truth: Calibration, rtt_s: float) -> NasdController:
@@ -429,13 +434,9 @@ def test_where_no_acceptance_could_win_the_cloud_gets_the_link_without_waiting()
     each come with one speculation cycle (until they waited for 30 cycles of evidence, and
     the shipped pair at 300 ms decoded at 17 tok/s beside cloud-only's 480)."""
     def served(controller: NasdController) -> list[str]:
-        rng, served_by = np.random.default_rng(1), []
-        for _ in range(40):
-            k = controller.next_k()
-            served_by.append(controller.stretch.served_by if k == HAND_OFF else "speculation")
-            controller.observe(simulated_cycle(k, IDS, 0.5, rng) if k
-                               else simulated_stretch(controller.stretch, IDS, 0.5))
-        return served_by
+        rng = np.random.default_rng(1)
+        return [controller.stretch.served_by if step(controller, IDS, 0.5, rng) == HAND_OFF
+                else "speculation" for _ in range(40)]
     lossless = served(NasdController(1, 15))
     assert lossless[:3] == ["cloud", "speculation", "cloud"]
     assert lossless.count("speculation") <= 1 + 40 // 8

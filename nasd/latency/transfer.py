@@ -146,7 +146,8 @@ def recalibrate(method: str, estimator: LatencyEstimator, device: Device, calibr
     elif method == "C":
         for stage, frame in calibration.items():
             prior = estimator.stages[stage]
-            sigma = prior_sigma or choose_prior_sigma(frame, device, prior)
+            sigma = choose_prior_sigma(frame, device, prior) if prior_sigma is None \
+                else prior_sigma
             result.prior_sigmas[stage] = sigma
             result.refitted[stage] = fit_roofline(frame, device, prior=prior, prior_sigma=sigma)
     return result
