@@ -127,6 +127,44 @@ def test_parameters_are_what_transformers_counts():
         assert ModelShape.from_config(network.config.to_dict()).parameters == counted
 
 
+def test_the_kv_copies_counted_are_the_ones_transformers_makes(monkeypatch):
+    """A grouped-KV model repeats its cache for every query head in a verification (several
+    tokens onto a cache), not in a prefill or a one-token step: the work counts exactly the
+    bytes ``repeat_kv`` writes."""
+    torch = pytest.importorskip("torch")
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+    from transformers.integrations import sdpa_attention
+    grouped = ModelShape(layers=2, hidden=128, heads=4, kv_heads=1, head_dim=32,
+                         intermediate=256, vocab=511)
+    network = LlamaForCausalLM(LlamaConfig(
+        hidden_size=grouped.hidden, num_attention_heads=grouped.heads,
+        num_key_value_heads=grouped.kv_heads, intermediate_size=grouped.intermediate,
+        num_hidden_layers=grouped.layers, vocab_size=grouped.vocab,
+        attn_implementation="sdpa")).eval()
+    written = []
+    repeat_kv = sdpa_attention.repeat_kv
+
+    def counting(states, n_rep):
+        out = repeat_kv(states, n_rep)
+        written.append(out.numel() * out.element_size() if n_rep > 1 else 0)
+        return out
+
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", counting)
+    cache = DynamicCache()
+    passes = {"cloud_prefill": dict(prompt_tokens=20), "decode": dict(context_tokens=21),
+              "verify": dict(context_tokens=22, k=4)}
+    with torch.no_grad():
+        for stage, (tokens, args) in zip(passes, ((20, passes["cloud_prefill"]),
+                                                  (1, passes["decode"]),
+                                                  (5, passes["verify"]))):
+            written.clear()
+            network(torch.arange(tokens)[None], past_key_values=cache, use_cache=True)
+            work = stage_work(stage, grouped, "float32", **args)
+            assert sum(written) == pytest.approx(work.kv_repeat_bytes), stage
+    assert work.kv_repeat_bytes == pytest.approx(4 * work.kv_bytes)    # heads / kv_heads
+    assert stage_work("verify", TINY, "float32", context_tokens=22, k=4).kv_repeat_bytes == 0
+
+
 def test_verify_moves_the_same_weights_at_every_k_and_computes_in_proportion():
     works = [stage_work("verify", TINY, "float32", context_tokens=100, k=k) for k in (1, 4, 15)]
     weights = TINY.parameters * 4

@@ -7,7 +7,8 @@ Owns the three model families compared per stage and their group-wise evaluation
   per_layer * layers + per_activation * activations + per_block / K + smoothmax(memory /
   eta_bw, compute / eta_flops)``, where memory and compute are the roofline's two times on the
   device (``nasd.latency.roofline``: bytes at main memory's bandwidth, the KV cache's share
-  counted ``kv_factor`` times, and FLOPs at the dtype's peak), the efficiencies ``eta_*`` in
+  and the copies the runtime makes of it (``kv_repeat_bytes``) counted ``kv_factor`` times,
+  and FLOPs at the dtype's peak), the efficiencies ``eta_*`` in
   (0, 1] say how much of each peak the stage reaches, the overheads are the fixed cost of a
   call, of each layer (kernel dispatch), of the per-token vector work and (``draft_token``
   only, reported at its floor elsewhere) of a draft block shared by its K tokens, and the
@@ -19,7 +20,7 @@ Owns the three model families compared per stage and their group-wise evaluation
   slowed weighs less), optionally with a Gaussian prior on the parameters (how
   ``nasd.latency.transfer`` refits from a few samples on new hardware);
 - **linear** (``fit_linear``): scikit-learn's non-negative least squares of the time on the
-  same work terms (bytes, KV bytes, FLOPs, layers, activation elements, block share), weighted
+  same work terms (bytes, KV bytes and their copies, FLOPs, layers, activation elements, block share), weighted
   by 1 / t^2 so the errors are relative;
 - **random forest** (``fit_forest``): scikit-learn's forest on the log time from the
   configuration and its work; its impurity importances say what the time depends on.
@@ -51,7 +52,8 @@ from nasd.latency.roofline import (
     memory_seconds,
 )
 
-LINEAR_FEATURES = ("bytes", "kv_bytes", "flops", "layers", "activations", "blocks")
+LINEAR_FEATURES = ("bytes", "kv_bytes", "kv_repeat_bytes", "flops", "layers", "activations",
+                   "blocks")
 FOREST_FEATURES = ("params", "layers", "hidden", "tokens", "prompt_tokens", "context_tokens", "k",
                    "dtype_bytes", "bytes", "flops", "activations")
 PARAMETERS = ("overhead_s", "per_layer_s", "per_activation_s", "per_block_s", "eta_bw",
@@ -95,11 +97,11 @@ class RooflineParams:
 
 def roofline_terms(device: Device, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """What the form combines, per row: the memory time of all bytes and of the KV cache's
-    at main memory's bandwidth, the compute time at the dtype's peak, and the counts the
+    (with its repeated copies) at main memory's bandwidth, the compute time at the dtype's peak, and the counts the
     overheads scale with (layers, activation elements, the block share)."""
     main = np.asarray(memory_seconds(device, frame["bytes"], frame["working_set"], cached=False))
-    return {"memory": main, "kv": main * (frame["kv_bytes"].to_numpy(dtype=float)
-                                          / frame["bytes"].to_numpy(dtype=float)),
+    kv = frame["kv_bytes"].to_numpy(dtype=float) + frame["kv_repeat_bytes"].to_numpy(dtype=float)
+    return {"memory": main, "kv": main * kv / frame["bytes"].to_numpy(dtype=float),
             "compute": compute_seconds(device, frame["flops"], frame["dtype"].to_numpy()),
             **{name: frame[name].to_numpy(dtype=float)
                for name in ("layers", "activations", "blocks")}}

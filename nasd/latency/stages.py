@@ -25,7 +25,9 @@ row: transformers computes logits for each fed token), and attention's QK^T and 
 cache and the causal block.  Both are lower counts of what a pass really does (activations,
 norms and softmax are left out), which is what the roofline bound needs.  Beside them, for
 the fitted models only: the KV cache's share of the bytes (a runtime may move it more than
-once: transformers' cache appends by copying) and the elements the per-token vector work
+once: transformers' cache appends by copying), the copies of it a multi-token pass onto a
+cache makes for every query head (``kv_repeat_bytes``: transformers' SDPA path repeats
+grouped KV heads where the pass needs a mask) and the elements the per-token vector work
 touches (``activations``).
 
 Pure: no I/O, no clocks.
@@ -151,6 +153,7 @@ class Work:
     activations: float = 0.0   # elements the per-token vector work touches (norms, rotary,
                                # activation function, residuals): tokens x layers x (h + i)
     blocks: float = 0.0        # the share of a draft block's fixed cost this unit carries (1/K)
+    kv_repeat_bytes: float = 0.0   # the KV cache copied out to every query head (see below)
 
 
 def forward_work(shape: ModelShape, tokens: int, cached: float, dtype_bytes: float) -> Work:
@@ -164,10 +167,16 @@ def forward_work(shape: ModelShape, tokens: int, cached: float, dtype_bytes: flo
     kv_per_token = shape.kv_bytes_per_token(dtype_bytes)
     weights = shape.weight_bytes_read(tokens, dtype_bytes)
     kv_bytes = kv_per_token * (cached + tokens)
+    # transformers' SDPA path copies grouped KV heads out to every query head when the pass
+    # needs a mask (several new tokens onto a cache: a verification), not for one token or
+    # a prefill, where the kernel groups the heads itself
+    repeats = tokens > 1 and cached > 0 and shape.kv_heads < shape.heads
+    kv_repeat = kv_bytes * shape.heads / shape.kv_heads if repeats else 0.0
     return Work(flops=2 * matrices * tokens + attention, bytes=weights + kv_bytes,
                 working_set=shape.parameters * dtype_bytes + kv_bytes, tokens=tokens,
                 layers=shape.layers, kv_bytes=kv_bytes,
-                activations=tokens * shape.layers * (shape.hidden + shape.intermediate))
+                activations=tokens * shape.layers * (shape.hidden + shape.intermediate),
+                kv_repeat_bytes=kv_repeat)
 
 
 def stage_work(stage: Stage, shape: ModelShape, dtype: str, prompt_tokens: int = 1,
@@ -232,6 +241,7 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
         "flops": [w.flops for w in works], "bytes": [w.bytes for w in works],
         "working_set": [w.working_set for w in works], "tokens": [w.tokens for w in works],
         "layers": [w.layers for w in works], "kv_bytes": [w.kv_bytes for w in works],
+        "kv_repeat_bytes": [w.kv_repeat_bytes for w in works],
         "activations": [w.activations for w in works], "blocks": [w.blocks for w in works]})
     if "load_1m" in rows:
         frame["load_1m"] = rows["load_1m"].to_numpy()
