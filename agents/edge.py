@@ -321,13 +321,15 @@ class EdgeAgent:
         query.draft.extend([opened.fields["token"]])
         query.token_times.append(query.t_first)
         query.finished = query.eos = opened.fields["eos"]
+        network_s = query.t_first - query.t_submit - opened.fields["compute_s"]
         try:
             if stream and not query.finished:
-                network_s = query.t_first - query.t_submit - opened.fields["compute_s"]
                 measured = self._streamed(query, message, query.t_first, rtt_s=network_s)
                 measured.update(t_network=measured["t_network"] + network_s)
                 self._cycle(query, decision, t_start, measured)
                 decision = None
+            elif policy.observe_round_trip(network_s, query.t_first - query.t_submit):
+                decision = None     # taken before the open measured the link: again on it
             while not query.finished and query.remaining > 0:
                 decision = decision or (policy.next_k(), policy.rtt_estimate_ms)
                 t_start = now()

@@ -338,7 +338,7 @@ class StageEstimator:
         if cycle.served_by == "cloud":     # one round trip, then the cloud's decoding steps
             if cycle.tokens:
                 self.decode_s, self.decode_tokens = cycle.t_verify / cycle.tokens, cycle.tokens
-            self._observe_rtt(cycle.rtt_ms / 1000.0, cycle.t_cycle)
+            self.observe_round_trip(cycle.rtt_ms / 1000.0, cycle.t_cycle)
             return
         m = self.memory
         if not cycle.draft_eos:   # the answer's formulaic end: accepted whole, cut short
@@ -362,9 +362,11 @@ class StageEstimator:
             self.network.add(carried - self.last[0], cycle.t_network - self.last[1])
         self.last = (carried, cycle.t_network)
         rate = self.network.slope() if seconds_per_byte is None else seconds_per_byte
-        self._observe_rtt(cycle.t_network - rate * carried, cycle.t_cycle)
+        self.observe_round_trip(cycle.t_network - rate * carried, cycle.t_cycle)
 
-    def _observe_rtt(self, sample_s: float, elapsed_s: float) -> None:
+    def observe_round_trip(self, sample_s: float, elapsed_s: float) -> None:
+        """A round trip of ``sample_s`` (its bytes' time taken out) seen over ``elapsed_s``
+        of wall time: into the EWMA, weighed by that time, and the recent window."""
         sample, elapsed_s = max(sample_s, 0.0), max(elapsed_s, 0.0)
         weight = 1.0 - math.exp(-elapsed_s / self.rtt_time_constant_s)
         self.rtt_s = sample if self.rtt_s is None else (

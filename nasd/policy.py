@@ -96,6 +96,12 @@ class KPolicy:
         is ``rtt_s``: whether it should go on (False: the edge stops it)."""
         return True
 
+    def observe_round_trip(self, rtt_s: float, elapsed_s: float) -> bool:
+        """A round trip the edge measured outside any cycle (a query's ``open``: ``rtt_s`` of
+        network time in ``elapsed_s`` of wall time): whether it may change the decision taken
+        before it (the edge then asks ``next_k`` again)."""
+        return False
+
 
 class FixedK(KPolicy):
     name = "fixed-k"
@@ -172,7 +178,8 @@ class NasdController(AdaptiveK):
     beats the fastest speculation could be (``_unplanned_stretch``).  Every ``probe_every``
     cloud stretches, once they decoded long enough that its round trips (the cycle's, and
     the next stretch's) cost at most ``REMEASURE_SHARE`` of their time, and after each of the
-    draft's, one cycle speculates to measure acceptance and the link (the link's RTT the
+    draft's (unless the next query's open measured the link first: ``observe_round_trip``),
+    one cycle speculates to measure acceptance and the link (the link's RTT the
     stretches' pings measure too; counted in stretches alone, short answers each served in
     a stretch paid two round trips every 8 queries: on the shipped pair at 200 ms, nasd
     decoded at 0.58 of cloud-only's rate with 0.95 of its tokens handed off); and no
@@ -260,6 +267,7 @@ class NasdController(AdaptiveK):
         self.decision_rtt_s: float | None = None
         self.probes_left = PROBES if hand_off and learn else 0
         self.link_changed = False    # the stretch under way is stopped: the link changed
+        self.link_unmeasured = False  # the last thing served was the draft's stretch
         self.probing = False         # the stretch under way measures the cloud's step
         self.k = self.clamp(k_start)
 
@@ -316,9 +324,10 @@ class NasdController(AdaptiveK):
                 edge = plan.edge_stretch(rtt_s, self.rtt_share, self.stretch_max_s) \
                     if self.edge_only_cutoff else None
                 if edge and edge.tokens_per_s > cloud.tokens_per_s:
-                    # it measures nothing of the link: speculate right after it
+                    # it measures nothing of the link: speculate right after it, unless a
+                    # query's open measures it first (``observe_round_trip``)
                     self.stretch = edge
-                    self.stretches_in_a_row, self.stretched_s = self.probe_every, math.inf
+                    self.link_unmeasured = True
                 else:
                     self.stretch = self._longest(cloud, plan.times.decode_time_s())
                     self.stretches_in_a_row += 1
@@ -350,8 +359,8 @@ class NasdController(AdaptiveK):
 
     def _remeasure_due(self, rtt_s: float) -> bool:
         """Whether the next cycle speculates to measure acceptance and the link again."""
-        return self.stretches_in_a_row >= self.probe_every \
-            and REMEASURE_SHARE * self.stretched_s >= 2.0 * rtt_s
+        return self.link_unmeasured or (self.stretches_in_a_row >= self.probe_every
+                                        and REMEASURE_SHARE * self.stretched_s >= 2.0 * rtt_s)
 
     def _scores(self, plan: Calibration, rtt_s: float) -> np.ndarray:
         """Each K's tokens/s in [k_min, k_max] under the objective: at the mean, or at the
@@ -395,8 +404,22 @@ class NasdController(AdaptiveK):
         self.link_changed = speculation > (1.0 + self.switch_margin) / plan.times.decode_time_s()
         return not self.link_changed
 
+    def observe_round_trip(self, rtt_s: float, elapsed_s: float) -> bool:
+        """After a draft's stretch (which measured nothing of the link), a query's open is the
+        link's measurement its next decision waits for: no speculation cycle is then spent
+        on it (one per answer at 200-300 ms, where the cutoff serves short answers whole).
+        The open's network time holds the prompt's upload, a few hundred bytes: small beside
+        the round trips where the draft's stretch pays.  Otherwise nothing: a cycle measures
+        the link with its bytes."""
+        if not self.link_unmeasured:
+            return False
+        self.estimator.observe_round_trip(rtt_s, elapsed_s)
+        self.link_unmeasured = False
+        return True
+
     def observe(self, cycle: Cycle) -> None:
         self.speculated += cycle.served_by == "speculation"
+        self.link_unmeasured = self.link_unmeasured and cycle.served_by == "edge"
         if cycle.served_by == "cloud":
             self.stretched_s += cycle.t_cycle
         self.estimator.observe(cycle, None if self.learn else self.calibration.seconds_per_byte)

@@ -287,6 +287,35 @@ def test_stretches_replace_speculation_only_past_the_reversal(cutoff):
         "edge" if cutoff else "cloud")
 
 
+def test_a_querys_open_measures_the_link_a_drafts_stretch_left_unmeasured():
+    """After the draft's stretch the next decision speculates, to measure the link, unless
+    the next query's open measured it first: then that round trip decides, and a slow link
+    keeps the draft serving without a speculation cycle per answer (at 300 ms on the
+    shipped pair that cycle was most of each short answer)."""
+    truth = replace(IDS, bytes_up=Line(0.0), bytes_down=Line(0.0))
+
+    def after_a_drafts_stretch() -> NasdController:
+        controller = NasdController(1, 15, calibration=truth, learn=False,
+                                    edge_only_cutoff=True)
+        assert drive(controller, truth, [0.5] * 40)[-1] == HAND_OFF
+        assert controller.stretch.served_by == "edge"
+        return controller
+
+    assert after_a_drafts_stretch().next_k() != HAND_OFF          # no open: it measures
+    slow = after_a_drafts_stretch()
+    assert slow.observe_round_trip(0.5, 0.5)
+    assert slow.next_k() == HAND_OFF and slow.stretch.served_by == "edge"
+    fast = after_a_drafts_stretch()
+    assert fast.observe_round_trip(0.005, 1.0)                    # the link recovered
+    assert fast.next_k() != HAND_OFF and fast.rtt_estimate_ms < 10
+    # with the link measured by a cycle since, an open has nothing to add
+    step(fast, truth, 0.005, np.random.default_rng(0))
+    rtt_s = fast.estimator.rtt_s
+    assert not fast.observe_round_trip(0.9, 1.0) and fast.estimator.rtt_s == rtt_s
+    # the other policies take no decision on an open
+    assert not FixedK(5).observe_round_trip(0.5, 0.5)
+
+
 def test_a_cloud_stretch_amortizes_its_round_trip_and_the_controller_comes_back():
     """A stretch handed to the cloud is long enough for its RTT to be a small share of it;
     the stretches teach the controller the RTT and the cloud's step, so when the link

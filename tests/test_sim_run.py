@@ -156,6 +156,22 @@ def test_a_nasd_run_that_never_speculated_is_summarized_and_plotted(tmp_path):
     assert (folder / "plots" / "k_vs_rtt.png").exists()
 
 
+def test_past_the_reversal_the_cutoff_lets_each_open_measure_the_link_for_the_draft(tmp_path):
+    """At 300 ms the shipped pair's draft, decoding alone (the edge-only cutoff), outruns
+    any speculation and the cloud: after the cycle that taught it a plan, every answer is
+    the draft's stretch, its link measured by the query's open.  Each answer once paid a
+    speculation cycle of 300 ms for that (66 against cloud-only's 320 tok/s)."""
+    spec = RunSpec.load("default", "lan", "sim", job_overrides={
+        "strategies": ["nasd"], "nasd_edge_only_cutoff": True, "max_queries": 4},
+        profile_overrides={"rtt_ms": 300})
+    folder, _ = run(spec, tmp_path, Console(file=io.StringIO()))
+    cycles = pd.DataFrame(read_jsonl(folder / "cycles.jsonl"))
+    speculated = cycles[cycles["served_by"] == "speculation"]
+    assert speculated["query_id"].nunique() <= 1 and len(speculated) <= 2, speculated
+    later = cycles[cycles["query_id"] != cycles["query_id"].iloc[0]]
+    assert len(later) and (later["served_by"] == "edge").all() and later["nasd_cutoff"].all()
+
+
 ADAPTIVE = ["nasd", "hf-heuristic", "bandit"]
 
 
