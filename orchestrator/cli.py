@@ -738,7 +738,8 @@ def latency_group() -> None:
 @click.option("--samples", type=click.IntRange(1), default=200, show_default=True,
               help="Configurations drawn from the grid (pair, prompt, context, K).")
 @click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
-              help="Rounds: repeats of each stage per sample, minutes apart (the median is kept).")
+              help="Rounds: repeats of each stage per sample, a whole round over every sample "
+                   "apart (the median is kept).")
 @click.option("--passes", type=click.IntRange(1), default=3, show_default=True,
               help="Timed passes of each stage per sample and round, back to back (their "
                    "median is the round's time): one pass of a millisecond-scale stage "
@@ -821,6 +822,11 @@ def latency_device_command(name, tries, out_path) -> None:
                            for dtype, value in measured.peak_tflops.items()) + ")")
 
 
+def warn_foreign(warning: str | None, prefix: str, remedy: str) -> None:
+    if warning:
+        click.echo(f"warning: {prefix}{warning}{remedy}", err=True)
+
+
 def parse_ns(ctx, param, text: str) -> list[int]:
     """``--n 10,25,50,100``: calibration sample counts, each >= 1."""
     try:
@@ -841,17 +847,25 @@ def parse_ns(ctx, param, text: str) -> list[int]:
               help="Group-wise folds (over model shapes).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for estimator.json, heldout.json and the plot "
-                   "[default: beside TABLE, in TABLE's stem].")
+                   "[default: TABLE's path without its .csv].")
 def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
     """Fit the stage-aware estimator on a measured table and judge it on model shapes it
     never saw: MAPE, MAE and P95 absolute error per stage for the roofline-shaped, linear
     and random-forest models, the forest's importances, how often the roofline bound sat
     above a measured time (it must never), and the budget guardrail on those held-out
     predictions (violation and false-reject rates at budget fractions 0.5..1)."""
-    from orchestrator.config.loading import load_device, load_latency_table
+    from orchestrator.config.loading import foreign_table, load_device, load_latency_table
     from orchestrator.reporting.latency_report import fit_report
     table, device = load_latency_table(table_path), load_device(device_name)
-    out_dir = out_dir or table_path.with_suffix("")
+    from nasd.latency.stages import shape_columns
+    for role in ("draft", "target"):
+        if len(table[shape_columns(role)].drop_duplicates()) < 2:
+            raise ConfigError(f"{table_path}: every sample has one {role} model shape: "
+                              "judging on shapes never seen in training needs two or more "
+                              "(measure more --samples)")
+    warn_foreign(foreign_table(table, device), "", " (--device: the table's own)")
+    out_dir = out_dir or (table_path.with_suffix("") if table_path.suffix
+                          else table_path.with_name(f"{table_path.name}-fit"))
     report = fit_report(table, device, out_dir, folds)
     click.echo(f"{'stage':14s} {'samples':>7s} {'groups':>6s} {'roofline':>9s} {'linear':>7s} "
                f"{'forest':>7s}  bound above measured")
@@ -891,18 +905,22 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
                    "best of 0.5, 1, 2, 4 in a 3-fold cross-validation on the N calibration "
                    "samples].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for transfer.json and the plots [default: beside TARGET].")
+              help="Folder for transfer.json and the plots [default: "
+                   "transfer-SOURCE-to-TARGET beside TARGET, by their names without .csv].")
 def latency_transfer_command(source_path, target_path, device_name, source_device_name, ns,
                              holdout, draws, prior_sigma, out_dir) -> None:
     """Recalibrate the SOURCE table's estimator to the TARGET table's hardware from N target
     samples: none, A (per-stage affine), B (one global affine on the total), C (the
     roofline refitted with the source as prior); MAPE and P95 absolute error on held-out
     target samples against N."""
-    from orchestrator.config.loading import load_device, load_latency_table
+    from orchestrator.config.loading import foreign_table, load_device, load_latency_table
     from orchestrator.reporting.latency_report import transfer_report
     source, target = load_latency_table(source_path), load_latency_table(target_path)
     device = load_device(device_name)
     source_device = load_device(source_device_name) if source_device_name else None
+    warn_foreign(foreign_table(source, source_device or device), "SOURCE: ",
+                 " (--source-device: the source's own)")
+    warn_foreign(foreign_table(target, device), "TARGET: ", " (--device: the target's own)")
     out_dir = out_dir or target_path.parent / f"transfer-{source_path.stem}-to-{target_path.stem}"
     result = transfer_report(source, target, device, out_dir, ns, holdout, draws,
                              prior_sigma=prior_sigma, source_device=source_device)
@@ -911,6 +929,15 @@ def latency_transfer_command(source_path, target_path, device_name, source_devic
     for row in sorted(rows, key=lambda r: (r["method"] != "none", r["method"], r["n"])):
         click.echo(f"{row['method']:6s} {row['n']:4d} {row['mape_pct']:6.1f}% "
                    f"{row['p95_abs_s'] * 1e3:7.2f}ms")
+    held, ran = len(result["held_out_samples"]), {row["n"] for row in rows}
+    left_out = [n for n in ns if n not in ran]
+    if left_out:
+        click.echo(f"note: N = {', '.join(map(str, left_out))} left out: TARGET has "
+                   f"{len(target) - held} samples to calibrate from beside the {held} held out "
+                   "(--holdout)", err=True)
+    if held < 20:
+        click.echo(f"note: scored on {held} held-out samples only: the figures are rough",
+                   err=True)
     click.echo(f"written: {out_dir}/transfer.json and plots")
 
 

@@ -99,7 +99,8 @@ def synthetic_table(truth: dict[str, RooflineParams], n: int, seed: int, dtype="
         row = {"sample": sample, "campaign": f"synthetic-{dtype}", "dtype": dtype, "threads": 1,
                "prompt_tokens": int(rng.choice([8, 32, 64, 128])),
                "context_tokens": int(rng.choice([8, 64, 128, 256])),
-               "k": int(rng.choice([1, 3, 5, 8, 15])), "load_1m": 1.0}
+               "k": int(rng.choice([1, 3, 5, 8, 15])), "load_1m": 1.0,
+               "bytes_up": 200, "bytes_down": 60}
         for role, index in (("draft", a), ("target", b)):
             own = shape(*SHAPES[index])
             row |= dict(zip(shape_columns(role), (own.layers, own.hidden, own.heads,
@@ -405,8 +406,14 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
     good.to_csv(tmp_path / "good.csv", index=False)
     good.drop(columns=["verify_s"]).to_csv(tmp_path / "columns.csv", index=False)
     good.assign(decode_s=-1.0).to_csv(tmp_path / "negative.csv", index=False)
+    good.assign(k=["3", "x", "5", "8"]).to_csv(tmp_path / "text.csv", index=False)
+    good.assign(dtype="int8").to_csv(tmp_path / "dtype.csv", index=False)
+    pd.concat([good, good]).to_csv(tmp_path / "twice.csv", index=False)
     for name, message in (("missing.csv", "no such file"), ("columns.csv", "verify_s"),
-                          ("negative.csv", "row 2: decode_s must be > 0")):
+                          ("negative.csv", "row 2: decode_s must be a number > 0 .got -1"),
+                          ("text.csv", "row 3: k must be a number .got x"),
+                          ("dtype.csv", "row 2: dtype 'int8': one of float32"),
+                          ("twice.csv", "rows 2 and 6: sample 0 twice")):
         with pytest.raises(ConfigError, match=message) as error:
             load_latency_table(tmp_path / name)
         assert "\n" not in str(error.value)
@@ -414,10 +421,33 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
     assert main(["latency", "fit", str(tmp_path / "negative.csv"), "--device", "h100-sxm"]) == 2
     assert main(["latency", "fit", str(tmp_path / "good.csv"), "--device", "nowhere"]) == 2
     assert main(["latency", "measure", "--model-pair", "synthetic"]) == 2
+    good[good["sample"] < 1].to_csv(tmp_path / "one-shape.csv", index=False)
+    assert main(["latency", "fit", str(tmp_path / "one-shape.csv"), "--device", "h100-sxm"]) == 2
     stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 3 and all(line.startswith("error: ")
+    assert stderr.count("\n") == 4 and all(line.startswith("error: ")
                                            for line in stderr.splitlines())
     assert "device 'nowhere' not found" in stderr and "needs an hf pair" in stderr
+    assert "every sample has one draft model shape" in stderr
+
+
+def test_a_table_fitted_on_another_machines_device_file_is_named(tmp_path, monkeypatch, capsys):
+    """A measured device file says which processor it describes; a table measured on
+    another one is fitted with a warning naming both, and a device file written in the
+    current folder by `latency device` is found there by its name."""
+    from orchestrator.cli import main
+    measured_on = load_device("dev-xeon-2c").measured["host"]["processor"]
+    table = synthetic_table(TRUE, 40, seed=6, device=load_device("dev-xeon-2c"))
+    table.assign(host_processor="Some Other CPU").to_csv(tmp_path / "other.csv", index=False)
+    table.assign(host_processor=measured_on).to_csv(tmp_path / "same.csv", index=False)
+    (tmp_path / "my-host.yaml").write_text((REPO / "configs/devices/dev-xeon-2c.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["latency", "fit", "other.csv", "--device", "my-host", "--folds", "2"]) == 0
+    warned = capsys.readouterr().err
+    assert "warning: the table was measured on Some Other CPU" in warned and measured_on in warned
+    assert main(["latency", "fit", "same.csv", "--device", "my-host", "--folds", "2"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert (tmp_path / "same" / "estimator.json").is_file()
 
 
 # --------------------------------------------------------------------------- guardrail

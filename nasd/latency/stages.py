@@ -252,10 +252,11 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
 
 
 def required_columns() -> list[str]:
-    """The columns of a measured table the latency model reads."""
+    """The columns of a measured table the latency model reads (the guardrail's analysis
+    also a cycle's bytes)."""
     return (["sample", "dtype", "threads", "prompt_tokens", "context_tokens", "k"]
             + shape_columns("draft") + shape_columns("target")
-            + [f"{stage}_s" for stage in STAGES])
+            + [f"{stage}_s" for stage in STAGES] + ["bytes_up", "bytes_down"])
 
 
 def stage_frames(table: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -37,7 +37,7 @@ from agents.backends.hf import (
     resolve_paths,
 )
 from nasd.latency.roofline import Device
-from nasd.latency.stages import required_columns
+from nasd.latency.stages import DTYPE_BYTES, required_columns
 from orchestrator.config.job import JobConfig
 from shaping.profile import MAX_TRACE_BYTES, NetworkProfile, ProfileFile, parse_trace, resolve
 
@@ -75,8 +75,9 @@ def first_error(error: ValidationError) -> tuple[str, str]:
 
 
 def find(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
-    """The file for ``name_or_path``, absolute: an existing path, or a shipped config by name
-    (``4g``, or with its sub-folder, ``grid/rtt050-bw010``)."""
+    """The file for ``name_or_path``, absolute: an existing path, a shipped config by name
+    (``4g``, or with its sub-folder, ``grid/rtt050-bw010``), or else ``NAME.yaml`` in the
+    current folder (where ``orchestrator latency device`` writes one)."""
     path = Path(name_or_path)
     if path.is_file():
         return path.resolve()
@@ -84,6 +85,9 @@ def find(kind: str, name_or_path: str, suffix: str = ".yaml") -> Path:
     shipped = folder / (name_or_path if path.suffix else name_or_path + suffix)
     if shipped.is_file():
         return shipped
+    local = Path(name_or_path + suffix)
+    if not path.suffix and local.is_file():
+        return local.resolve()
     if path.is_dir():
         raise ConfigError(f"{name_or_path}: a folder, not a {kind[:-1]} file")
     if path.suffix or "/" in name_or_path:
@@ -320,6 +324,18 @@ def load_device(name_or_path: str) -> Device:
     return parse(Device, read_yaml(path), str(path))
 
 
+def foreign_table(table: pd.DataFrame, device: Device) -> str | None:
+    """A warning when a measured device file (one ``orchestrator latency device`` wrote)
+    names another processor than the one ``table`` was measured on: its peaks would scale
+    another machine's times.  None when they agree or either does not say."""
+    measured = (device.measured or {}).get("host", {}).get("processor")
+    column = table["host_processor"].dropna() if "host_processor" in table else ()
+    if not measured or not len(column) or column.iloc[0] == measured:
+        return None
+    return (f"the table was measured on {column.iloc[0]}, device {device.name} on {measured}: "
+            "its peaks would scale another machine's times")
+
+
 def load_latency_table(path: str | Path) -> pd.DataFrame:
     """A table of ``orchestrator latency measure``, checked for the columns the latency
     model reads and for positive stage times."""
@@ -336,9 +352,28 @@ def load_latency_table(path: str | Path) -> pd.DataFrame:
                           "`orchestrator latency measure` has them")
     if table.empty:
         raise ConfigError(f"{path}: no samples")
-    for column in (c for c in required_columns() if c.endswith("_s")):
-        bad = table.index[~(table[column] > 0)]
+    for column in required_columns():
+        if column == "dtype" or column.endswith("tied_embeddings"):
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        if column.endswith("_s"):
+            bad = table.index[~(values > 0)]
+            needs = "a number > 0"
+        else:
+            bad = table.index[values.isna()]
+            needs = "a number"
         if len(bad):
-            raise ConfigError(f"{path}: row {int(bad[0]) + 2}: {column} must be > 0 "
-                              f"(got {table.at[bad[0], column]!r})")
+            raise ConfigError(f"{path}: row {int(bad[0]) + 2}: {column} must be {needs} "
+                              f"(got {table.at[bad[0], column]})")
+        table[column] = values
+    unknown = table.index[~table["dtype"].isin(list(DTYPE_BYTES))]
+    if len(unknown):
+        raise ConfigError(f"{path}: row {int(unknown[0]) + 2}: dtype "
+                          f"{table.at[unknown[0], 'dtype']!r}: one of {', '.join(DTYPE_BYTES)}")
+    repeated = table.index[table["sample"].duplicated()]
+    if len(repeated):
+        sample = table.at[repeated[0], "sample"]
+        first = int(table.index[table["sample"] == sample][0])
+        raise ConfigError(f"{path}: rows {first + 2} and {int(repeated[0]) + 2}: sample "
+                          f"{sample:g} twice: one campaign per table (or renumber the samples)")
     return table

@@ -97,7 +97,7 @@ def transfer_report(source: pd.DataFrame, target: pd.DataFrame, device: Device, 
                                              f"{', '.join(f'{v:g}' for v in PRIOR_SIGMAS)} in a "
                                              f"{PRIOR_FOLDS}-fold cross-validation on the N "
                                              "calibration samples"),
-              "n": list(ns),
+              "n": [n for n in ns if n in set(curve["n"])],   # those the target could fill
               "summary": summary.to_dict("records")}
     write_json(out_dir / "transfer.json", result)
     title = (f"{describe(source)['campaign']} -> {describe(target)['campaign']}: "
