@@ -429,6 +429,9 @@ MALFORMED = {
                               ["--cloud-model-params nan", "finite"]),
     "flag-device-model-too-big": (None, RUN + EMULATED[:6] + ["--cloud-model-params", "72e9"],
                                   ["--cloud-device", "80 GiB of h100-sxm"]),
+    "flag-device-model-params-off-the-family": (
+        None, RUN + EMULATED[:4] + ["--edge-model-params", "1"] + EMULATED[6:],
+        ["--edge-model-params", "no published shape near 1e-09 B", "--edge-model-shape"]),
     "job-device-calibrated-here": ("model_pair: tiny-arith\n"
                                    "edge_device: jetson-orin-nano\ncloud_device: h100-sxm\n"
                                    "edge_model_params: 5.0e+8\ncloud_model_params: 7.0e+9\n"

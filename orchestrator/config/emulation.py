@@ -46,6 +46,11 @@ def shape(job: JobConfig, side: str) -> tuple[ModelShape, str]:
     if params is not None:
         nearest = shape_for_parameters(params)
         name = next(name for name, known in NAMED_SHAPES.items() if known == nearest)
+        if not 0.5 <= params / nearest.parameters <= 2.0:    # outside the family's range
+            raise ConfigError(f"{named(f'{side}_model_params')}: no published shape near "
+                              f"{params / 1e9:g} B parameters (the nearest, {name}, has "
+                              f"{nearest.parameters / 1e9:.2g} B): give its shape with "
+                              f"{named(f'{side}_model_shape')} instead")
         return nearest, f"{name} (the published shape nearest {params / 1e9:g} B parameters)"
     field = f"{side}_model_shape"
     declared = getattr(job, field)

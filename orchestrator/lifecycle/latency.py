@@ -348,7 +348,7 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
     In rounds: every sample is set up (its pair loaded, its context prefilled), then each
     round gives every sample one ``SampleRun.turn`` (in an order of its own,
     ``order_of_round``), and the table is rewritten after each
-    round with the medians so far.  A sample's repeats are thus minutes apart, so a
+    round with the medians so far.  A sample's repeats are thus a whole round apart, so a
     neighbour that slows the host for a while spoils one repeat of many samples (which the
     median drops) rather than every repeat of a few.  Rounds stop at ``plan.repeats``, or
     before a round that would end past ``plan.budget_s`` (at least one round is done).
@@ -391,8 +391,9 @@ def measure(plan: LatencyPlan, out: Path, progress: Progress) -> int:
             round_s = time.monotonic() - round_started
             if (round_index + 1 < plan.repeats
                     and time.monotonic() - started + round_s > plan.budget_s):
+                done = round_index + 1
                 progress.console.print(f"budget of {plan.budget_s:g} s: stopping after "
-                                       f"{round_index + 1} rounds")
+                                       f"{done} round{'s' if done > 1 else ''}")
                 break
     return len(runs)
 

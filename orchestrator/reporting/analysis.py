@@ -97,7 +97,8 @@ def load_results(path: Path) -> pd.DataFrame:
     """One row per (cell, strategy): the cell's link columns, then its summary's."""
     frames = []
     for name, folder in cell_folders(path):
-        summary = structured(pd.read_csv(folder / ResultsFolder.SUMMARY))
+        # one block per column as read: consolidated before columns are added to it
+        summary = structured(pd.read_csv(folder / ResultsFolder.SUMMARY)).copy()
         if "lossy" not in summary:          # written before lossy strategies were flagged
             summary["lossy"] = [is_lossy(row["strategy"], row.get("lossless", np.nan))
                                 for _, row in summary.iterrows()]
