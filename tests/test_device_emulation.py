@@ -66,6 +66,22 @@ def test_a_pass_lasts_the_time_its_bytes_or_flops_take_at_the_device_peaks():
     assert pass_stage("target", 9, False) == "decode"
 
 
+def test_a_device_without_the_dtypes_peak_computes_at_float32s_and_says_so():
+    """A device file that lists no bfloat16 peak is timed at its float32 peak (a CPU without
+    bfloat16 instructions converts), and the emulation's line says so."""
+    float32_only = JETSON.model_copy(update={"peak_tflops": {"float32": 1.0}})
+    emulation = DeviceEmulation(edge_device=float32_only, cloud_device=H100,
+                                draft_shape=NAMED_SHAPES["qwen2.5-0.5b"],
+                                target_shape=EMULATION.target_shape,
+                                draft_shape_name="qwen2.5-0.5b", target_shape_name="qwen2.5-14b")
+    line = emulation.describe()
+    assert "float32 peak: its file lists no bfloat16" in line
+    assert line.count("float32 peak") == 1                     # the H100 lists its own
+    prefill = pass_seconds(float32_only, emulation.draft_shape, "bfloat16", 512, 0)
+    assert prefill > pass_seconds(JETSON, emulation.draft_shape, "bfloat16", 512, 0)
+    assert "float32 peak" not in EMULATION.describe()
+
+
 def emulated_sequence(real_ms: float):
     models = build_models(synthetic(real_ms, real_ms), "edge", EMULATION)
     sequence = TokenSequence(models.draft, [5, 6, 7], SamplingConfig())
