@@ -847,7 +847,7 @@ def parse_ns(ctx, param, text: str) -> list[int]:
               help="Group-wise folds (over model shapes).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for estimator.json, heldout.json and the plot "
-                   "[default: TABLE's path without its .csv].")
+                   "[default: TABLE's path without its .csv; TABLE-fit for a name without one].")
 def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
     """Fit the stage-aware estimator on a measured table and judge it on model shapes it
     never saw: MAPE, MAE and P95 absolute error per stage for the roofline-shaped, linear
