@@ -842,11 +842,12 @@ def parse_ns(ctx, param, text: str) -> list[int]:
 @click.argument("table_path", metavar="TABLE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--device", "device_name", required=True,
               help="The device file the table was measured on: a name under configs/devices "
+                   "(or NAME.yaml in the current folder, where `latency device` writes one) "
                    "or a path (its peaks scale the roofline).")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True,
               help="Group-wise folds (over model shapes).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for estimator.json, heldout.json and the plot "
+              help="Folder for estimator.json, heldout.json, guardrail.json and their plots "
                    "[default: TABLE's path without its .csv; TABLE-fit for a name without one].")
 def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
     """Fit the stage-aware estimator on a measured table and judge it on model shapes it
@@ -888,8 +889,8 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
 @click.argument("source_path", metavar="SOURCE", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("target_path", metavar="TARGET", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--device", "device_name", required=True,
-              help="The target's device file (a name under configs/devices or a path); the "
-                   "source's too, unless --source-device.")
+              help="The target's device file (a name under configs/devices or NAME.yaml in "
+                   "the current folder, or a path); the source's too, unless --source-device.")
 @click.option("--source-device", "source_device_name",
               help="The source's device file, where the tables come from different machines "
                    "(the estimator is fitted on its peaks, then predicts on the target's) "
