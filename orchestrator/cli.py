@@ -792,6 +792,10 @@ def latency_measure_command(job_name, model_pair, dtype, threads, samples, repea
                        quiet_wait_s=quiet_wait_s)
     out_path = out_path or Path("latency") / f"{campaign}.csv"
     console = Console(stderr=True)
+    cores = os.cpu_count() or 1
+    if threads > cores:
+        console.print(f"warning: --threads {threads} on a host with {cores} cores: the threads "
+                      "share them, so the table times contention, not more hardware")
     console.print(f"measuring {samples} samples ({dtype}, {threads} thread(s), {repeats} "
                   f"repeats of {passes} passes, at most {budget_s:g} s) into {out_path}")
     with work_progress(console) as progress:
@@ -799,8 +803,15 @@ def latency_measure_command(job_name, model_pair, dtype, threads, samples, repea
     click.echo(f"table: {out_path} ({written} samples)")
 
 
+def checked_device_name(ctx, param, name: str) -> str:
+    if not name.strip() or "/" in name:
+        raise click.BadParameter(f"{name!r}: a device name is a non-empty file name (no '/')")
+    return name
+
+
 @latency_group.command("device")
-@click.option("--name", default="this-host", show_default=True, help="The device's name.")
+@click.option("--name", default="this-host", show_default=True, callback=checked_device_name,
+              help="The device's name (what --device finds it by).")
 @click.option("--tries", type=click.IntRange(1), default=7, show_default=True,
               help="Tries of each micro-benchmark (the best is kept).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),

@@ -411,6 +411,8 @@ MALFORMED = {
     "flag-probe-rtt-inf": (None, ["probe", "--mode", "sim", "--rtt-ms", "inf", "--results",
                                   "RESULTS"], ["--rtt-ms inf", "finite"]),
     "flag-latency-seed-2**80": (None, ["latency", "measure", "--seed", str(2**80)], ["--seed"]),
+    "flag-latency-device-name-empty": (None, ["latency", "device", "--name", " "],
+                                       ["--name", "a device name is a non-empty file name"]),
     # device emulation: unknown devices and shapes list the known ones
     "flag-device-unknown": (None, RUN + EMULATED[:1] + ["jetson-nano"] + EMULATED[2:],
                             ["--edge-device", "did you mean 'jetson-orin-nano'?",
