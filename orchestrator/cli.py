@@ -869,9 +869,9 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
     from orchestrator.config.loading import foreign_table, load_device, load_latency_table
     from orchestrator.reporting.latency_report import fit_report
     table, device = load_latency_table(table_path), load_device(device_name)
-    from nasd.latency.stages import shape_columns
-    for role in ("draft", "target"):
-        if len(table[shape_columns(role)].drop_duplicates()) < 2:
+    from nasd.latency.stages import shape_group, shape_of
+    for role in ("draft", "target"):     # the split's groups: ``held_out`` needs two
+        if len({shape_group(shape_of(row, role)) for row in table.to_dict("records")}) < 2:
             raise ConfigError(f"{table_path}: every sample has one {role} model shape: "
                               "judging on shapes never seen in training needs two or more "
                               "(measure more --samples)")

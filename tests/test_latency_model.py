@@ -423,8 +423,13 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
     assert main(["latency", "measure", "--model-pair", "synthetic"]) == 2
     good[good["sample"] < 1].to_csv(tmp_path / "one-shape.csv", index=False)
     assert main(["latency", "fit", str(tmp_path / "one-shape.csv"), "--device", "h100-sxm"]) == 2
+    # shapes that differ in their MLP alone are one group of the split, so one shape here
+    good.assign(draft_layers=2, draft_hidden=64, draft_heads=2, draft_kv_heads=2,
+                draft_head_dim=32, draft_intermediate=[128, 160, 128, 160]).to_csv(
+        tmp_path / "one-group.csv", index=False)
+    assert main(["latency", "fit", str(tmp_path / "one-group.csv"), "--device", "h100-sxm"]) == 2
     stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 4 and all(line.startswith("error: ")
+    assert stderr.count("\n") == 5 and all(line.startswith("error: ")
                                            for line in stderr.splitlines())
     assert "device 'nowhere' not found" in stderr and "needs an hf pair" in stderr
     assert "every sample has one draft model shape" in stderr

@@ -213,6 +213,11 @@ def shape_of(row: Mapping, role: str) -> ModelShape:
     return ModelShape(**{name: row[f"{role}_{name}"] for name in SHAPE_FIELDS})
 
 
+def shape_group(shape: ModelShape) -> str:
+    """The name a group-wise split holds a model shape out by (``L4-h256-kv4``)."""
+    return f"L{shape.layers}-h{shape.hidden}-kv{shape.kv_heads}"
+
+
 def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
     """One row per measured sample of ``stage``: its seconds (``seconds``: the median of the
     repeats), the configuration, the model's shape (``group``: a name of that shape, which a
@@ -228,7 +233,7 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
         shape = shape_of(row, role)
         works.append(stage_work(stage, shape, row["dtype"], int(row["prompt_tokens"]),
                                 int(row["context_tokens"]), int(row["k"])))
-        groups.append(f"L{shape.layers}-h{shape.hidden}-kv{shape.kv_heads}")
+        groups.append(shape_group(shape))
         params.append(shape.parameters)
     frame = pd.DataFrame({
         "sample": rows["sample"].to_numpy(), "seconds": rows[seconds].to_numpy(dtype=float),
