@@ -252,6 +252,34 @@ def test_the_roofline_fit_recovers_a_known_model_and_predicts_unseen_shapes():
         assert bound_check(judged["seconds"], judged["bound"])["violations"] == 0
 
 
+def test_verify_learns_the_runtimes_speed_by_rows_and_interpolates_between_them():
+    """A CPU's matrix kernels block their rows, so a verification of 9 rows can take longer
+    than one of 16: the fit learns a factor per row count it saw (the pattern, not each
+    value: the efficiencies and the ridge's sharpness share the scale), predicts unseen
+    shapes with them, finds none where the runtime has none, and interpolates between the
+    counts it saw."""
+    factors = {2: 0.8, 4: 1.2, 6: 1.3, 9: 1.5, 16: 0.9}
+    blocked = TRUE | {"verify": replace(TRUE["verify"], row_factors=factors)}
+    frame = stage_frames(synthetic_table(blocked, 120, seed=7, noise=0.01))["verify"]
+    fitted = fit_roofline(frame, HOST)
+    assert sorted(fitted.row_factors) == sorted(factors)
+    learned = fitted.row_factors
+    assert learned[2] < learned[4] < learned[6] < learned[9] and learned[16] < learned[4]
+    assert errors(frame["seconds"], fitted.seconds(HOST, frame))["mape_pct"] < 1.5
+    unblocked = replace(fitted, row_factors={})
+    assert errors(frame["seconds"], unblocked.seconds(HOST, frame))["mape_pct"] > 8
+    judged = held_out(frame, HOST, folds=4, trees=10).predictions
+    assert errors(judged["seconds"], judged["roofline"])["mape_pct"] < 3.0
+    plain = fit_roofline(stage_frames(synthetic_table(TRUE, 120, seed=7))["verify"], HOST)
+    assert max(plain.row_factors.values()) / min(plain.row_factors.values()) < 1.05
+    # between fitted counts in log, 1 for one row and past 16
+    assert fitted.row_factor([3, 1, 17, 128]) == pytest.approx(
+        [np.sqrt(fitted.row_factors[2] * fitted.row_factors[4]), 1, 1, 1])
+    assert fit_roofline(frame.assign(tokens=frame["tokens"] + 16), HOST).row_factors == {}
+    estimator = LatencyEstimator("host", {"verify": fitted})
+    assert LatencyEstimator.from_dict(json.loads(json.dumps(estimator.to_dict()))) == estimator
+
+
 def test_evaluate_reports_every_model_and_the_bound_for_every_stage():
     table = synthetic_table(TRUE, 60, seed=2, noise=0.03)
     report, predictions = evaluate(stage_frames(table), HOST, folds=3, trees=20)

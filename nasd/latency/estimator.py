@@ -44,7 +44,9 @@ class LatencyEstimator:
         if unknown:
             raise ValueError(f"stages: unknown stage {unknown[0]!r}: one of {', '.join(STAGES)}")
         return cls(device=str(data["device"]),
-                   stages={stage: RooflineParams(**params)
+                   stages={stage: RooflineParams(**(params | {"row_factors": {
+                       int(rows): float(factor)
+                       for rows, factor in params.get("row_factors", {}).items()}}))
                            for stage, params in data["stages"].items()})
 
 

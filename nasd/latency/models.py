@@ -4,8 +4,8 @@ configurations they never saw.
 Owns the three model families compared per stage and their group-wise evaluation:
 
 - **roofline-shaped** (``RooflineParams``, fitted by ``fit_roofline``): ``overhead +
-  per_layer * layers + per_activation * activations + per_block / K + smoothmax(memory /
-  eta_bw, compute / eta_flops)``, where memory and compute are the roofline's two times on the
+  per_layer * layers + per_activation * activations + per_block / K + row_factor(rows) *
+  smoothmax(memory / eta_bw, compute / eta_flops)``, where memory and compute are the roofline's two times on the
   device (``nasd.latency.roofline``: bytes at main memory's bandwidth, the KV cache's share
   and the copies the runtime makes of it (``kv_repeat_bytes``) counted ``kv_factor`` times,
   and FLOPs at the dtype's peak), the efficiencies ``eta_*`` in
@@ -15,7 +15,13 @@ Owns the three model families compared per stage and their group-wise evaluation
   smooth maximum
   ``(a^p + b^p)^(1/p)`` (p fitted in [1, 16]: 1 is a sum, 16 almost the hard max) lets the
   ridge point be as sharp as the stage shows it: verify is flat in K while the weights'
-  bytes dominate and grows once the FLOPs do.  Fitted by ``scipy.optimize.least_squares`` on
+  bytes dominate and grows once the FLOPs do.  ``row_factor`` is the runtime's speed by the
+  rows a pass feeds, for passes of 2 to 16 rows (a verification's K + 1): a CPU's matrix
+  kernels block their rows, so on the Xeon that measured the committed tables a float32
+  verification of 13 rows takes longer than one of 16.  It is fitted, for a stage whose
+  passes all feed 2 to 16 rows (verify), at each row count the training saw (a prior of sd
+  1 on its log keeps it near 1 where the samples say little), interpolated between them,
+  and 1 for one row and for longer passes.  Fitted by ``scipy.optimize.least_squares`` on
   log errors (relative: what MAPE judges) with a soft-L1 loss (a sample a busy neighbour
   slowed weighs less), optionally with a Gaussian prior on the parameters (how
   ``nasd.latency.transfer`` refits from a few samples on new hardware);
@@ -35,7 +41,8 @@ Pure: no I/O, no clocks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -65,6 +72,9 @@ UPPER = {"overhead_s": 10.0, "per_layer_s": 1.0, "per_activation_s": 1e-6, "per_
          "eta_bw": 1.0, "eta_flops": 1.0, "kv_factor": 64.0, "sharpness": 16.0}
 START = {"overhead_s": 1e-4, "per_layer_s": 1e-5, "per_activation_s": 1e-10, "per_block_s": 1e-5,
          "eta_bw": 0.1, "eta_flops": 0.1, "kv_factor": 2.0, "sharpness": 2.0}
+FACTOR_ROWS = range(2, 17)    # the passes with a row factor: a verification's K + 1, K <= 15
+ROW_FACTOR_SIGMA = 1.0        # the prior's sd on a row factor's log, fitted without a source
+ROW_FACTOR_LIMIT = 2.0        # a row factor's log within +-2 (x 0.14 to 7.4)
 
 
 @dataclass(frozen=True)
@@ -79,20 +89,38 @@ class RooflineParams:
     eta_flops: float
     kv_factor: float
     sharpness: float
+    row_factors: Mapping[int, float] = field(default_factory=dict)  # rows -> factor, fitted
 
     def seconds(self, device: Device, frame: pd.DataFrame) -> np.ndarray:
         """Predicted seconds of each row of a stage frame (``nasd.latency.stages``)."""
         return form(self, roofline_terms(device, frame))
 
+    def row_factor(self, rows) -> np.ndarray:
+        """The factor on the pass's roofline time for passes of ``rows`` rows: the fitted
+        one at a fitted row count, interpolated in log between fitted counts (and towards
+        1 at the ends of ``FACTOR_ROWS``), 1 outside ``FACTOR_ROWS``."""
+        rows = np.asarray(rows, dtype=float)
+        known = sorted(self.row_factors)
+        at = [FACTOR_ROWS.start - 1, *known, FACTOR_ROWS.stop]
+        logs = [0.0, *(np.log(self.row_factors[count]) for count in known), 0.0]
+        inside = (rows >= FACTOR_ROWS.start) & (rows < FACTOR_ROWS.stop)
+        return np.where(inside, np.exp(np.interp(rows, at, logs)), 1.0)
+
     def to_vector(self) -> np.ndarray:
+        """The fitted parameters as least squares sees them: ``PARAMETERS`` (logs but for
+        ``LINEAR_SCALE``), then the row factors' logs by row count."""
         values = asdict(self)
         return np.array([values[name] if name in LINEAR_SCALE else np.log(values[name])
-                         for name in PARAMETERS])
+                         for name in PARAMETERS]
+                        + [np.log(self.row_factors[rows]) for rows in sorted(self.row_factors)])
 
     @classmethod
-    def from_vector(cls, vector) -> RooflineParams:
+    def from_vector(cls, vector, rows=()) -> RooflineParams:
+        """``to_vector``'s inverse, with the row counts its row factors are for."""
+        base, logs = vector[:len(PARAMETERS)], vector[len(PARAMETERS):]
         return cls(**{name: float(value if name in LINEAR_SCALE else np.exp(value))
-                      for name, value in zip(PARAMETERS, vector)})
+                      for name, value in zip(PARAMETERS, base)},
+                   row_factors={int(count): float(np.exp(log)) for count, log in zip(rows, logs)})
 
 
 def roofline_terms(device: Device, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -103,6 +131,7 @@ def roofline_terms(device: Device, frame: pd.DataFrame) -> dict[str, np.ndarray]
     kv = frame["kv_bytes"].to_numpy(dtype=float) + frame["kv_repeat_bytes"].to_numpy(dtype=float)
     return {"memory": main, "kv": main * kv / frame["bytes"].to_numpy(dtype=float),
             "compute": compute_seconds(device, frame["flops"], frame["dtype"].to_numpy()),
+            "rows": frame["tokens"].to_numpy(dtype=float),
             **{name: frame[name].to_numpy(dtype=float)
                for name in ("layers", "activations", "blocks")}}
 
@@ -110,7 +139,7 @@ def roofline_terms(device: Device, frame: pd.DataFrame) -> dict[str, np.ndarray]
 def form(params: RooflineParams, terms: dict[str, np.ndarray]) -> np.ndarray:
     """overhead + per layer + per activation element + the block's share + the smooth
     maximum of the memory time (the KV cache's bytes moved ``kv_factor`` times) and the
-    compute time, each over its efficiency."""
+    compute time, each over its efficiency, times the row factor of the pass's rows."""
     a = (terms["memory"] + (params.kv_factor - 1) * terms["kv"]) / params.eta_bw
     b = terms["compute"] / params.eta_flops
     p = params.sharpness
@@ -118,7 +147,7 @@ def form(params: RooflineParams, terms: dict[str, np.ndarray]) -> np.ndarray:
     smooth = top * ((a / top) ** p + (b / top) ** p) ** (1.0 / p)   # scaled: no overflow
     return (params.overhead_s + params.per_layer_s * terms["layers"]
             + params.per_activation_s * terms["activations"]
-            + params.per_block_s * terms["blocks"] + smooth)
+            + params.per_block_s * terms["blocks"] + smooth * params.row_factor(terms["rows"]))
 
 
 def bounds(frame: pd.DataFrame, device: Device) -> np.ndarray:
@@ -131,24 +160,38 @@ def fit_roofline(frame: pd.DataFrame, device: Device, prior: RooflineParams | No
                  prior_sigma: float = 0.5) -> RooflineParams:
     """The stage's roofline-shaped model fitted to ``frame``'s seconds; with ``prior``, the
     maximum a posteriori fit under a Gaussian prior on the parameters (sd ``prior_sigma`` on
-    the logs; on ``kv_factor`` and ``sharpness``, ``4 * prior_sigma`` on their own scale)."""
+    the logs, the row factors' included; on ``kv_factor`` and ``sharpness``, ``4 *
+    prior_sigma`` on their own scale).  Row factors are fitted at the prior's row counts, or
+    without one at the frame's where all of them lie in ``FACTOR_ROWS`` (a verification's
+    stage: one row is the reference, and a prefill's longer passes run other kernels), under
+    a prior of 1 with sd ``ROW_FACTOR_SIGMA`` on the log."""
     seconds = frame["seconds"].to_numpy(dtype=float)
     if len(seconds) == 0 or np.any(seconds <= 0):
         raise ValueError("fitting needs positive measured seconds")
     terms = roofline_terms(device, frame)
-    lower, upper = (RooflineParams(**limit).to_vector() for limit in (LOWER, UPPER))
-    sigma = np.array([4 * prior_sigma if name in LINEAR_SCALE else prior_sigma
-                      for name in PARAMETERS])
+    seen = {int(count) for count in terms["rows"]}
+    rows = (sorted(prior.row_factors) if prior is not None
+            else sorted(seen) if seen <= set(FACTOR_ROWS) else [])
+    limits = np.full(len(rows), ROW_FACTOR_LIMIT)
+    lower, upper = (np.concatenate([RooflineParams(**limit).to_vector(), sign * limits])
+                    for limit, sign in ((LOWER, -1), (UPPER, 1)))
+    if prior is not None:
+        centre = prior.to_vector()
+        sigma = np.array([4 * prior_sigma if name in LINEAR_SCALE else prior_sigma
+                          for name in PARAMETERS] + [prior_sigma] * len(rows))
+    else:
+        centre = np.zeros(len(rows))
+        sigma = np.full(len(rows), ROW_FACTOR_SIGMA)
 
     def residuals(vector):
-        fit = np.log(form(RooflineParams.from_vector(vector), terms)) - np.log(seconds)
-        if prior is None:
-            return fit
-        return np.concatenate([fit, (vector - prior.to_vector()) / sigma])
+        fit = np.log(form(RooflineParams.from_vector(vector, rows), terms)) - np.log(seconds)
+        prior_part = vector if prior is not None else vector[len(PARAMETERS):]
+        return np.concatenate([fit, (prior_part - centre) / sigma])
 
     starts = [prior.to_vector()] if prior is not None else [
-        RooflineParams(**(START | {"overhead_s": max(0.3 * seconds.min(), 2e-7),
-                                   "eta_bw": eta, "eta_flops": eta})).to_vector()
+        np.concatenate([RooflineParams(**(START | {"overhead_s": max(0.3 * seconds.min(), 2e-7),
+                                                   "eta_bw": eta, "eta_flops": eta})).to_vector(),
+                        np.zeros(len(rows))])
         for eta in (0.05, 0.3)]
     best = None
     for start in starts:
@@ -157,7 +200,7 @@ def fit_roofline(frame: pd.DataFrame, device: Device, prior: RooflineParams | No
                                f_scale=0.05)
         if best is None or result.cost < best.cost:
             best = result
-    fitted = RooflineParams.from_vector(best.x)
+    fitted = RooflineParams.from_vector(best.x, rows)
     if not np.any(terms["blocks"]):    # a stage without draft blocks: the term never applies
         fitted = replace(fitted, per_block_s=LOWER["per_block_s"])
     return fitted
