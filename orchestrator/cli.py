@@ -761,9 +761,12 @@ def latency_group() -> None:
 @click.option("--campaign", help="Label of the campaign in every row [default: DTYPE-tTHREADS].")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="CSV to write [default: latency/CAMPAIGN.csv].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the CSV when it exists (without it, an existing table is kept and "
+                   "the command stops before measuring).")
 def latency_measure_command(job_name, model_pair, dtype, threads, samples, repeats, passes,
                             speed_reference, budget_s, seed, max_load, quiet_wait_s, campaign,
-                            out_path) -> None:
+                            out_path, overwrite) -> None:
     """Time every stage of a speculation cycle over sampled configurations on this host.
 
     Stages: edge_prefill, draft_token, cloud_prefill, verify (K drafts), decode, with the
@@ -791,6 +794,9 @@ def latency_measure_command(job_name, model_pair, dtype, threads, samples, repea
                        seed=seed, campaign=campaign, max_load=max_load,
                        quiet_wait_s=quiet_wait_s)
     out_path = out_path or Path("latency") / f"{campaign}.csv"
+    if out_path.exists() and not overwrite:
+        raise ConfigError(f"{out_path} exists: a new campaign would replace it (--out another "
+                          "path, --campaign another name, or --overwrite)")
     console = Console(stderr=True)
     cores = os.cpu_count() or 1
     if threads > cores:

@@ -456,10 +456,14 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
                 draft_head_dim=32, draft_intermediate=[128, 160, 128, 160]).to_csv(
         tmp_path / "one-group.csv", index=False)
     assert main(["latency", "fit", str(tmp_path / "one-group.csv"), "--device", "h100-sxm"]) == 2
+    measured = (tmp_path / "good.csv").read_bytes()     # a finished campaign is never replaced
+    assert main(["latency", "measure", "--out", str(tmp_path / "good.csv")]) == 2
+    assert (tmp_path / "good.csv").read_bytes() == measured
     stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 5 and all(line.startswith("error: ")
+    assert stderr.count("\n") == 6 and all(line.startswith("error: ")
                                            for line in stderr.splitlines())
     assert "device 'nowhere' not found" in stderr and "needs an hf pair" in stderr
+    assert "good.csv exists: a new campaign would replace it" in stderr
     assert "every sample has one draft model shape" in stderr
 
 
