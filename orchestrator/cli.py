@@ -67,9 +67,10 @@ def make_console() -> Console:
     Inside the VM stdout is a serial port: what counts is whether the host's is a terminal.
     """
     host_tty = os.environ.get(vm.HOST_TTY_ENV)
+    # soft wrap: a long line (a path, a command to copy) is never broken by a newline
     if (sys.stdout.isatty() if host_tty is None else host_tty == "1"):
-        return Console(force_terminal=True) if host_tty else Console()
-    return Console(width=160, force_terminal=False, force_interactive=False)
+        return Console(force_terminal=True, soft_wrap=True) if host_tty else Console(soft_wrap=True)
+    return Console(width=160, force_terminal=False, force_interactive=False, soft_wrap=True)
 
 
 def enter_mode(ctx: click.Context, requested: str, profiles: list[NetworkProfile],
@@ -438,7 +439,7 @@ def measure(job, cycles_per_k: int, repetitions: int):
                            sampling=job.sampling, codec=job.resolved_codec,
                            max_new_tokens=job.max_new_tokens, k_max=job.nasd_k_max,
                            cycles_per_k=cycles_per_k, repetitions=repetitions, seed=job.seed)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     console.print(f"measuring {plan.pair_name}, codec {plan.codec}: prefill of "
                   f"{len(prompts)} prompts, cloud-only steps, {cycles_per_k} cycles at each K "
                   f"in 0..{plan.k_max}")
@@ -539,8 +540,8 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
         foreign = guardrail.foreign_host(host()["processor"])
         if foreign:
             console.print(foreign, highlight=False, markup=False)
-    console.print(f"sweep: {folder.path} ({len(cells)} cells); resume with "
-                  f"`orchestrator sweep --resume {folder.path}`")
+    console.print(f"sweep: {folder.path} ({len(cells)} cell{'s' * (len(cells) != 1)}); "
+                  f"resume with `orchestrator sweep --resume {folder.path}`")
     sweep(folder, template, cells, console, guardrail)
     from orchestrator.reporting.report import (
         report_folder,  # matplotlib: only when plotting
@@ -797,13 +798,15 @@ def latency_measure_command(job_name, model_pair, dtype, threads, samples, repea
     if out_path.exists() and not overwrite:
         raise ConfigError(f"{out_path} exists: a new campaign would replace it (--out another "
                           "path, --campaign another name, or --overwrite)")
-    console = Console(stderr=True)
+    writable_file(out_path, "--out")
+    console = Console(stderr=True, soft_wrap=True)
     cores = os.cpu_count() or 1
     if threads > cores:
         console.print(f"warning: --threads {threads} on a host with {cores} cores: the threads "
                       "share them, so the table times contention, not more hardware")
     console.print(f"measuring {samples} samples ({dtype}, {threads} thread(s), {repeats} "
-                  f"repeats of {passes} passes, at most {budget_s:g} s) into {out_path}")
+                  f"round{'s' * (repeats != 1)} of {passes} passes, at most {budget_s:g} s) "
+                  f"into {out_path}")
     with work_progress(console) as progress:
         written = measure_latency(plan, out_path, progress)
     click.echo(f"table: {out_path} ({written} samples)")
@@ -828,15 +831,38 @@ def latency_device_command(name, tries, out_path) -> None:
     import yaml
 
     from orchestrator.lifecycle.latency import device_file, measure_device
-    console = Console(stderr=True)
+    out_path = out_path or Path(f"{name}.yaml")
+    writable_file(out_path, "--out")
+    console = Console(stderr=True, soft_wrap=True)
     with work_progress(console) as progress:
         measured = measure_device(tries, progress)
-    out_path = out_path or Path(f"{name}.yaml")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(yaml.safe_dump(device_file(measured, name), sort_keys=False))
     click.echo(f"device: {out_path} (main memory {measured.memory_bandwidth_gbps:.1f} GB/s, "
                + ", ".join(f"{dtype} {value * 1000:.0f} GFLOP/s"
                            for dtype, value in measured.peak_tflops.items()) + ")")
+
+
+# a group-wise split needs two shapes, the guardrail two calibration and two judged samples
+MIN_FIT_SAMPLES = 4
+
+
+def writable_file(path: Path, flag: str) -> None:
+    """Stop before any work when ``path`` (a file to write) cannot be written: its folder
+    is made, and a file beside it created and removed."""
+    probe = path.with_name(f".{path.name}.write-check")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: cannot write there ({error.strerror})") from None
+
+
+def output_folder(path: Path, flag: str) -> Path:
+    """A folder to write into: stop before any work when a file stands where it would be."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: a file is there, not a folder (give --out)")
+    return path
 
 
 def warn_foreign(warning: str | None, prefix: str, remedy: str) -> None:
@@ -881,10 +907,16 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
             raise ConfigError(f"{table_path}: every sample has one {role} model shape: "
                               "judging on shapes never seen in training needs two or more "
                               "(measure more --samples)")
+    if len(table) < MIN_FIT_SAMPLES:
+        raise ConfigError(f"{table_path}: {len(table)} samples: the fit and its guardrail "
+                          f"need at least {MIN_FIT_SAMPLES} (measure more --samples)")
     warn_foreign(foreign_table(table, device), "", " (--device: the table's own)")
-    out_dir = out_dir or (table_path.with_suffix("") if table_path.suffix
-                          else table_path.with_name(f"{table_path.name}-fit"))
+    out_dir = output_folder(out_dir or (table_path.with_suffix("") if table_path.suffix
+                                        else table_path.with_name(f"{table_path.name}-fit")),
+                            "--out")
     report = fit_report(table, device, out_dir, folds)
+    click.echo("held-out MAPE per stage (each sample predicted by models fitted without its "
+               "model shape):")
     click.echo(f"{'stage':14s} {'samples':>7s} {'groups':>6s} {'roofline':>9s} {'linear':>7s} "
                f"{'forest':>7s}  bound above measured")
     for stage, row in report["stages"].items():
@@ -899,6 +931,12 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
                    f"{100 * guarded['false_reject_rate']:.1f}% (unguarded "
                    f"{100 * unguarded['false_reject_rate']:.1f}%), left to measuring "
                    f"{guarded['measured']}/{guarded['candidates']}")
+    from nasd.latency.guardrail import COVERAGE as GUARDRAIL_COVERAGE
+    guard = report["guardrail"]
+    if guard["coverage"] < GUARDRAIL_COVERAGE:
+        click.echo(f"note: the guardrail's intervals cover {guard['coverage']:.0%}, not "
+                   f"{GUARDRAIL_COVERAGE:.0%}: calibrated on {guard['calibration_samples']} "
+                   "samples (measure more --samples)", err=True)
     click.echo(f"written: {out_dir}/estimator.json, heldout.json, guardrail.json and plots")
 
 
@@ -939,7 +977,14 @@ def latency_transfer_command(source_path, target_path, device_name, source_devic
     warn_foreign(foreign_table(source, source_device or device), "SOURCE: ",
                  " (--source-device: the source's own)")
     warn_foreign(foreign_table(target, device), "TARGET: ", " (--device: the target's own)")
-    out_dir = out_dir or target_path.parent / f"transfer-{source_path.stem}-to-{target_path.stem}"
+    if len(target) < 2:
+        raise ConfigError(f"{target_path}: 1 sample: a transfer needs at least 2 (to "
+                          "calibrate from and to score on)")
+    if source_path.resolve() == target_path.resolve():
+        click.echo("warning: SOURCE and TARGET are one table: 'none' is then scored on the "
+                   "samples its estimator was fitted on", err=True)
+    out_dir = output_folder(out_dir or target_path.parent
+                            / f"transfer-{source_path.stem}-to-{target_path.stem}", "--out")
     result = transfer_report(source, target, device, out_dir, ns, holdout, draws,
                              prior_sigma=prior_sigma, source_device=source_device)
     rows = [row for row in result["summary"] if row["stage"] == "all"]

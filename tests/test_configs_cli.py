@@ -421,6 +421,11 @@ MALFORMED = {
                                   + EMULATED[6:],
                                   ["--edge-model-shape", "did you mean 'llama-160m'",
                                    "qwen2.5-7b"]),
+    "flag-device-shape-negative-layers": (
+        '{"hidden_size": 64, "num_hidden_layers": -2, "num_attention_heads": 2, '
+        '"intermediate_size": 128, "vocab_size": 100}\n',
+        RUN + EMULATED[:4] + ["--edge-model-shape", "FILE"] + EMULATED[6:],
+        ["--edge-model-shape", "not a transformers model config", "layers must be >= 1 (got -2)"]),
     "flag-device-one-only": (None, RUN + EMULATED[:2] + EMULATED[4:6],
                              ["--edge-device", "needs both edge_device and cloud_device"]),
     "flag-device-without-size": (None, RUN + EMULATED[:6],

@@ -280,6 +280,20 @@ def test_verify_learns_the_runtimes_speed_by_rows_and_interpolates_between_them(
     assert LatencyEstimator.from_dict(json.loads(json.dumps(estimator.to_dict()))) == estimator
 
 
+def test_the_noise_floor_is_the_error_of_a_median_of_repeats_and_none_without_repeats():
+    from nasd.latency.models import noise_floor_pct
+    rng = np.random.default_rng(3)
+    truth, sd, repeats = 0.01, 0.0005, 9
+    draws = truth + sd * rng.standard_normal((2000, repeats))
+    upper, lower = np.percentile(draws, [75, 25], axis=1)
+    frame = pd.DataFrame({"seconds": np.median(draws, axis=1), "iqr_s": upper - lower,
+                          "repeats": repeats})
+    achieved = 100 * np.mean(np.abs(frame["seconds"] - truth) / truth)
+    assert noise_floor_pct(frame) == pytest.approx(achieved, rel=0.15)
+    # one time per sample has no spread: no floor, rather than a floor of 0
+    assert noise_floor_pct(frame.assign(repeats=1, iqr_s=0.0)) is None
+
+
 def test_evaluate_reports_every_model_and_the_bound_for_every_stage():
     table = synthetic_table(TRUE, 60, seed=2, noise=0.03)
     report, predictions = evaluate(stage_frames(table), HOST, folds=3, trees=20)
@@ -437,9 +451,16 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
     good.assign(k=["3", "x", "5", "8"]).to_csv(tmp_path / "text.csv", index=False)
     good.assign(dtype="int8").to_csv(tmp_path / "dtype.csv", index=False)
     pd.concat([good, good]).to_csv(tmp_path / "twice.csv", index=False)
+    good.assign(k=[3, -3, 5, 8]).to_csv(tmp_path / "negative-k.csv", index=False)
+    good.assign(draft_heads=3, draft_kv_heads=2).to_csv(tmp_path / "heads.csv", index=False)
+    good.assign(repeats=0).to_csv(tmp_path / "repeats.csv", index=False)
     for name, message in (("missing.csv", "no such file"), ("columns.csv", "verify_s"),
                           ("negative.csv", "row 2: decode_s must be a number > 0 .got -1"),
-                          ("text.csv", "row 3: k must be a number .got x"),
+                          ("text.csv", "row 3: k must be a whole number >= 1 .got x"),
+                          ("negative-k.csv", "row 3: k must be a whole number >= 1 .got -3"),
+                          ("heads.csv", "row 2: draft shape: heads .3. must be a multiple of "
+                                        "kv_heads .2."),
+                          ("repeats.csv", "row 2: repeats must be a whole number >= 1"),
                           ("dtype.csv", "row 2: dtype 'int8': one of float32"),
                           ("twice.csv", "rows 2 and 6: sample 0 twice")):
         with pytest.raises(ConfigError, match=message) as error:
@@ -459,18 +480,33 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
     measured = (tmp_path / "good.csv").read_bytes()     # a finished campaign is never replaced
     assert main(["latency", "measure", "--out", str(tmp_path / "good.csv")]) == 2
     assert (tmp_path / "good.csv").read_bytes() == measured
+    # checked before any measuring: a folder nothing can be written in
+    assert main(["latency", "measure", "--out", "/proc/campaign.csv"]) == 2
+    good.iloc[:3].assign(draft_layers=[2, 4, 6]).to_csv(tmp_path / "three.csv", index=False)
+    assert main(["latency", "fit", str(tmp_path / "three.csv"), "--device", "h100-sxm"]) == 2
+    (tmp_path / "clash.CSV").write_bytes(measured)     # its default folder: a file there
+    (tmp_path / "clash").write_text("")
+    assert main(["latency", "fit", str(tmp_path / "clash.CSV"), "--device", "h100-sxm"]) == 2
+    assert main(["latency", "transfer", str(tmp_path / "good.csv"),
+                 str(tmp_path / "one-shape.csv"), "--device", "h100-sxm"]) == 2
+    assert (tmp_path / "good.csv").read_bytes() == measured and not list(tmp_path.glob("*/"))
     stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 6 and all(line.startswith("error: ")
-                                           for line in stderr.splitlines())
+    assert stderr.count("\n") == 10 and all(line.startswith("error: ")
+                                            for line in stderr.splitlines())
     assert "device 'nowhere' not found" in stderr and "needs an hf pair" in stderr
     assert "good.csv exists: a new campaign would replace it" in stderr
+    assert "--out /proc/campaign.csv: cannot write there" in stderr
+    assert "three.csv: 3 samples: the fit and its guardrail need at least 4" in stderr
+    assert "a file is there, not a folder" in stderr
+    assert "one-shape.csv: 1 sample: a transfer needs at least 2" in stderr
     assert "every sample has one draft model shape" in stderr
 
 
 def test_a_table_fitted_on_another_machines_device_file_is_named(tmp_path, monkeypatch, capsys):
     """A measured device file says which processor it describes; a table measured on
-    another one is fitted with a warning naming both, and a device file written in the
-    current folder by `latency device` is found there by its name."""
+    another one, or fitted on a datasheet's device, is fitted with a warning naming both,
+    and a device file written in the current folder by `latency device` is found there by
+    its name."""
     from orchestrator.cli import main
     measured_on = load_device("dev-xeon-2c").measured["host"]["processor"]
     table = synthetic_table(TRUE, 40, seed=6, device=load_device("dev-xeon-2c"))
@@ -485,6 +521,10 @@ def test_a_table_fitted_on_another_machines_device_file_is_named(tmp_path, monke
     assert main(["latency", "fit", "same.csv", "--device", "my-host", "--folds", "2"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert (tmp_path / "same" / "estimator.json").is_file()
+    # a datasheet's device measured nothing here: a CPU's table fitted on an H100's peaks
+    assert main(["latency", "fit", "same.csv", "--device", "h100-sxm", "--folds", "2",
+                 "--out", "on-h100"]) == 0
+    assert "device h100-sxm is from a datasheet, not measured" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- guardrail
@@ -499,6 +539,10 @@ def test_a_conformal_interval_covers_new_samples_as_stated():
     ratio = measured[200:] / predicted[200:]
     covered = np.mean((ratio >= interval.low) & (ratio <= interval.high))
     assert 0.86 < covered < 0.95 and interval.low < 1 < interval.high and interval.n == 200
+    assert interval.coverage == 0.9
+    # between the least and largest of 4 ratios a fifth falls with probability 3 / 5
+    few = conformal_interval([1.0, 2.0, 3.0, 4.0], [1.0] * 4, coverage=0.9)
+    assert (few.low, few.high, few.coverage) == (1.0, 4.0, pytest.approx(0.6))
     with pytest.raises(ValueError, match="two"):
         conformal_interval([1.0], [1.0])
 

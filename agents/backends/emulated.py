@@ -82,8 +82,8 @@ class DeviceEmulation(BaseModel):
         def runs(device: Device, role: Role, name: str) -> str:
             fallback = "" if self.dtype in device.peak_tflops else \
                 f", computing at its float32 peak: its file lists no {self.dtype}"
-            return (f"{device.name} runs the {role} as {name} "
-                    f"({self.shape(role).parameters / 1e9:.2f} B parameters{fallback})")
+            return (f"{device.name} runs the {role} as {name}, "
+                    f"{self.shape(role).parameters / 1e9:.2f} B parameters{fallback}")
 
         edge, cloud, draft, target = (self.edge_device, self.cloud_device, self.draft_shape,
                                       self.target_shape)

@@ -44,6 +44,7 @@ from nasd.analytic import (
 )
 
 FRACTIONS = (0.5, 0.7, 0.85, 1.0)
+COVERAGE = 0.9          # the intervals' stated probability of covering a new sample
 UNCERTAIN = ("draft_token", "verify", "decode")   # the stages a candidate's latency uses
 PREDICTED = ("fixed-k", "cloud-spec", "cloud-only")   # the strategies ``per_token`` models
 VERDICTS = ("accept", "reject", "measure")
@@ -59,9 +60,11 @@ class StageInterval:
     n: int
 
 
-def conformal_interval(measured, predicted, coverage: float = 0.9) -> StageInterval:
+def conformal_interval(measured, predicted, coverage: float = COVERAGE) -> StageInterval:
     """Split-conformal interval from held-out ratios measured / predicted (two-sided, equal
-    tails)."""
+    tails).  Between the l-th and u-th of n ratios a new one falls with probability
+    (u - l) / (n + 1): with too few samples for ``coverage`` (n < 19 for 90 %) the interval
+    is the least and largest ratio, and its ``coverage`` says what that covers."""
     ratios = np.sort(np.asarray(measured, dtype=float) / np.asarray(predicted, dtype=float))
     n = len(ratios)
     if n < 2:
@@ -69,8 +72,9 @@ def conformal_interval(measured, predicted, coverage: float = 0.9) -> StageInter
     tail = (1 - coverage) / 2
     upper_rank = min(n, math.ceil((n + 1) * (1 - tail)))
     lower_rank = max(1, math.floor((n + 1) * tail))
+    covered = (upper_rank - lower_rank) / (n + 1)
     return StageInterval(float(ratios[lower_rank - 1]), float(ratios[upper_rank - 1]),
-                         coverage, n)
+                         coverage if covered >= coverage else covered, n)
 
 
 def per_token(strategy: str, k: int, draft_token_s: float, verify_s: float, decode_s: float,
@@ -189,7 +193,7 @@ def latencies(frame: pd.DataFrame, kind: str, acceptance: float,
 
 
 def guardrail_analysis(heldout: dict[str, pd.DataFrame], table: pd.DataFrame,
-                       model: str = "roofline", coverage: float = 0.9,
+                       model: str = "roofline", coverage: float = COVERAGE,
                        fractions=FRACTIONS, acceptance: float = 0.7, seed: int = 0,
                        rtts_s=(0.0, 0.01, 0.05, 0.1)) -> dict:
     """The intervals calibrated on half of the held-out samples, the guardrail judged on the
@@ -216,7 +220,8 @@ def guardrail_analysis(heldout: dict[str, pd.DataFrame], table: pd.DataFrame,
                         "guarded": rates(decide(low, high, point, budget), true, budget),
                         "unguarded": rates(decide(low, high, point, budget, guarded=False),
                                            true, budget)})
-    return {"model": model, "coverage": coverage, "acceptance": acceptance,
+    return {"model": model, "coverage": min(i.coverage for i in intervals.values()),
+            "acceptance": acceptance,
             "rtts_ms": [1000 * r for r in rtts_s],
             "intervals": {stage: vars(i) for stage, i in intervals.items()},
             "calibration_samples": len(calibrate),

@@ -282,11 +282,15 @@ def noise_floor_pct(frame: pd.DataFrame) -> float | None:
     """The MAPE a perfect model would still show against these measurements: the expected
     relative error of each sample's median of R repeats, from its interquartile range under
     normal noise (sd = IQR / 1.349; the median's sd 1.2533 sd / sqrt(R); E|error| = sqrt(2 /
-    pi) of that).  None when the table has no spread columns."""
+    pi) of that), over the samples repeated at least twice.  None when the table has no
+    spread columns or no sample was repeated (one time has no spread to read)."""
     if "iqr_s" not in frame or "repeats" not in frame:
         return None
-    sd = frame["iqr_s"] / 1.349 * 1.2533 / np.sqrt(frame["repeats"])
-    return float(100 * np.mean(np.sqrt(2 / np.pi) * sd / frame["seconds"]))
+    repeated = frame[frame["repeats"] >= 2]
+    if repeated.empty:
+        return None
+    sd = repeated["iqr_s"] / 1.349 * 1.2533 / np.sqrt(repeated["repeats"])
+    return float(100 * np.mean(np.sqrt(2 / np.pi) * sd / repeated["seconds"]))
 
 
 def bound_check(measured, bound) -> dict[str, float]:

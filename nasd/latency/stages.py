@@ -66,6 +66,14 @@ class ModelShape:
     vocab: int
     tied_embeddings: bool = True
 
+    def __post_init__(self) -> None:
+        for name in SHAPE_FIELDS[:-1]:
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads "
+                             f"({self.kv_heads})")
+
     @classmethod
     def from_config(cls, config: Mapping) -> ModelShape:
         """From a transformers config (``config.json`` as a mapping)."""

@@ -37,7 +37,7 @@ from agents.backends.hf import (
     resolve_paths,
 )
 from nasd.latency.roofline import Device
-from nasd.latency.stages import DTYPE_BYTES, required_columns
+from nasd.latency.stages import DTYPE_BYTES, required_columns, shape_columns, shape_of
 from orchestrator.config.job import JobConfig
 from shaping.profile import MAX_TRACE_BYTES, NetworkProfile, ProfileFile, parse_trace, resolve
 
@@ -325,14 +325,18 @@ def load_device(name_or_path: str) -> Device:
 
 
 def foreign_table(table: pd.DataFrame, device: Device) -> str | None:
-    """A warning when a measured device file (one ``orchestrator latency device`` wrote)
-    names another processor than the one ``table`` was measured on: its peaks would scale
-    another machine's times.  None when they agree or either does not say."""
-    measured = (device.measured or {}).get("host", {}).get("processor")
+    """A warning when ``device`` is not the machine ``table`` was measured on: a measured
+    device file (one ``orchestrator latency device`` wrote) naming another processor, or a
+    datasheet's device (none measured it): its peaks would scale another machine's times.
+    None when they agree or the table does not say."""
     column = table["host_processor"].dropna() if "host_processor" in table else ()
-    if not measured or not len(column) or column.iloc[0] == measured:
+    if not len(column):
         return None
-    return (f"the table was measured on {column.iloc[0]}, device {device.name} on {measured}: "
+    measured = (device.measured or {}).get("host", {}).get("processor")
+    if measured == column.iloc[0]:
+        return None
+    where = f"on {measured}" if measured else "from a datasheet, not measured on a host"
+    return (f"the table was measured on {column.iloc[0]}, device {device.name} is {where}: "
             "its peaks would scale another machine's times")
 
 
@@ -352,13 +356,22 @@ def load_latency_table(path: str | Path) -> pd.DataFrame:
                           "`orchestrator latency measure` has them")
     if table.empty:
         raise ConfigError(f"{path}: no samples")
-    for column in required_columns():
+    counts = ["threads", "prompt_tokens", "context_tokens", "k", "repeats",
+              *(column for column in shape_columns("draft") + shape_columns("target")
+                if not column.endswith("tied_embeddings"))]
+    for column in [*required_columns(), *(["repeats"] if "repeats" in table else [])]:
         if column == "dtype" or column.endswith("tied_embeddings"):
             continue
         values = pd.to_numeric(table[column], errors="coerce")
         if column.endswith("_s"):
             bad = table.index[~(values > 0)]
             needs = "a number > 0"
+        elif column in counts:
+            bad = table.index[~((values >= 1) & (values % 1 == 0))]
+            needs = "a whole number >= 1"
+        elif column.startswith("bytes_"):
+            bad = table.index[~(values >= 0)]
+            needs = "a number >= 0"
         else:
             bad = table.index[values.isna()]
             needs = "a number"
@@ -366,6 +379,12 @@ def load_latency_table(path: str | Path) -> pd.DataFrame:
             raise ConfigError(f"{path}: row {int(bad[0]) + 2}: {column} must be {needs} "
                               f"(got {table.at[bad[0], column]})")
         table[column] = values
+    for index, row in zip(table.index, table.to_dict("records")):
+        for role in ("draft", "target"):
+            try:
+                shape_of(row, role)
+            except ValueError as error:
+                raise ConfigError(f"{path}: row {int(index) + 2}: {role} shape: {error}") from None
     unknown = table.index[~table["dtype"].isin(list(DTYPE_BYTES))]
     if len(unknown):
         raise ConfigError(f"{path}: row {int(unknown[0]) + 2}: dtype "

@@ -122,7 +122,9 @@ def parse_shape_name(name: str) -> tuple[int, int, int, int]:
 
 def pair_names(plan: LatencyPlan) -> list[str]:
     """The shipped pair and every scaled pair of a smaller draft and a larger target."""
-    ordered = sorted(plan.shapes, key=lambda s: ModelShape(**scaled_config_shape(s)).parameters)
+    # every scaled shape has the shipped pair's vocabulary: ordered by their layers alone
+    ordered = sorted(plan.shapes,
+                     key=lambda s: ModelShape(**scaled_config_shape(s), vocab=1).parameters)
     return [plan.shipped.name] + [f"{shape_name(a)}/{shape_name(b)}"
                         for a, b in itertools.combinations(ordered, 2)]
 
@@ -157,8 +159,7 @@ def shipped_positions(plan: LatencyPlan) -> int:
 def scaled_config_shape(shape: tuple[int, int, int, int]) -> dict:
     hidden, layers, heads, kv_heads = shape
     return dict(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
-                head_dim=hidden // heads, intermediate=max(32, round(hidden * 8 / 3 / 32) * 32),
-                vocab=0)
+                head_dim=hidden // heads, intermediate=max(32, round(hidden * 8 / 3 / 32) * 32))
 
 
 class PairCache:
@@ -437,6 +438,9 @@ def wait_for_quiet(plan: LatencyPlan, progress: Progress) -> None:
                                    f"waiting up to {plan.quiet_wait_s:g} s")
             announced = True
         time.sleep(2.0)
+    if announced and os.getloadavg()[0] > plan.max_load:
+        progress.console.print(f"load still {os.getloadavg()[0]:.1f} after "
+                               f"{plan.quiet_wait_s:g} s: measuring this round anyway")
 
 
 def write_rows(out: Path, rows: list[dict]) -> None:

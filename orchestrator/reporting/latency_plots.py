@@ -82,15 +82,15 @@ def plot_transfer(summary: pd.DataFrame, path: Path, title: str = "") -> Path:
             own = rows[rows["method"] == method].sort_values("n")
             if own.empty:
                 continue
-            if method == "none":
-                axes.plot(ns, [own[column].iloc[0] * scale] * len(ns), color=colour,
-                          linestyle=style, label="none (source as is)")
+            if method == "none":     # a line across: drawn even where no N could be filled
+                axes.axhline(own[column].iloc[0] * scale, color=colour, linestyle=style,
+                             label="none (source as is)")
             else:
                 axes.plot(own["n"], own[column] * scale, color=colour, linestyle=style,
                           marker="o", label=method)
         if column == "mape_pct":
-            for goal_n, goal in ((10, 10.0), (50, 5.0)):
-                axes.scatter([goal_n], [goal], marker="_", s=300, color="red")
+            axes.scatter([10, 50], [10.0, 5.0], marker="_", s=300, color="red",
+                         label="goal (10 % at N = 10, 5 % at N = 50)")
             axes.set_ylim(bottom=0)
         axes.set(xlabel="target samples used to recalibrate (N)", ylabel=label, xticks=ns)
         axes.legend(fontsize=8)
@@ -111,10 +111,12 @@ def plot_transfer_by_stage(summary: pd.DataFrame, path: Path) -> Path:
             own = rows[rows["method"] == method].sort_values("n")
             if own.empty:
                 continue
-            values = ([own["mape_pct"].iloc[0]] * len(ns) if method == "none"
-                      else own["mape_pct"].tolist())
-            axes.plot(ns, values, color=colour, linestyle=style,
-                      marker=None if method == "none" else "o", label=method)
+            if method == "none":
+                axes.axhline(own["mape_pct"].iloc[0], color=colour, linestyle=style,
+                             label=method)
+            else:
+                axes.plot(ns, own["mape_pct"].tolist(), color=colour, linestyle=style,
+                          marker="o", label=method)
         axes.set(title=stage, xlabel="N", ylabel="MAPE (%)", xticks=ns)
         axes.set_ylim(bottom=0)
         axes.legend(fontsize=7)
