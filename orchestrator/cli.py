@@ -974,12 +974,12 @@ def latency_transfer_command(source_path, target_path, device_name, source_devic
     source, target = load_latency_table(source_path), load_latency_table(target_path)
     device = load_device(device_name)
     source_device = load_device(source_device_name) if source_device_name else None
-    warn_foreign(foreign_table(source, source_device or device), "SOURCE: ",
-                 " (--source-device: the source's own)")
-    warn_foreign(foreign_table(target, device), "TARGET: ", " (--device: the target's own)")
     if len(target) < 2:
         raise ConfigError(f"{target_path}: 1 sample: a transfer needs at least 2 (to "
                           "calibrate from and to score on)")
+    warn_foreign(foreign_table(source, source_device or device), "SOURCE: ",
+                 " (--source-device: the source's own)")
+    warn_foreign(foreign_table(target, device), "TARGET: ", " (--device: the target's own)")
     if source_path.resolve() == target_path.resolve():
         click.echo("warning: SOURCE and TARGET are one table: 'none' is then scored on the "
                    "samples its estimator was fitted on", err=True)

@@ -5,16 +5,16 @@ Owns the three model families compared per stage and their group-wise evaluation
 
 - **roofline-shaped** (``RooflineParams``, fitted by ``fit_roofline``): ``overhead +
   per_layer * layers + per_activation * activations + per_block / K + row_factor(rows) *
-  smoothmax(memory / eta_bw, compute / eta_flops)``, where memory and compute are the roofline's two times on the
-  device (``nasd.latency.roofline``: bytes at main memory's bandwidth, the KV cache's share
-  and the copies the runtime makes of it (``kv_repeat_bytes``) counted ``kv_factor`` times,
-  and FLOPs at the dtype's peak), the efficiencies ``eta_*`` in
-  (0, 1] say how much of each peak the stage reaches, the overheads are the fixed cost of a
-  call, of each layer (kernel dispatch), of the per-token vector work and (``draft_token``
-  only, reported at its floor elsewhere) of a draft block shared by its K tokens, and the
-  smooth maximum
-  ``(a^p + b^p)^(1/p)`` (p fitted in [1, 16]: 1 is a sum, 16 almost the hard max) lets the
-  ridge point be as sharp as the stage shows it: verify is flat in K while the weights'
+  smoothmax(memory / eta_bw, compute / eta_flops)``, where memory and compute are the
+  roofline's two times on the device (``nasd.latency.roofline``: bytes at main memory's
+  bandwidth, the KV cache's share and the copies the runtime makes of it
+  (``kv_repeat_bytes``) counted ``kv_factor`` times, and FLOPs at the dtype's peak), the
+  efficiencies ``eta_*`` in (0, 1] say how much of each peak the stage reaches, the
+  overheads are the fixed cost of a call, of each layer (kernel dispatch), of the per-token
+  vector work and (``draft_token`` only, reported at its floor elsewhere) of a draft block
+  shared by its K tokens, and the smooth maximum ``(a^p + b^p)^(1/p)`` (p fitted in [1,
+  16]: 1 is a sum, 16 almost the hard max) lets the ridge point be as sharp as the stage
+  shows it: verify is flat in K while the weights'
   bytes dominate and grows once the FLOPs do.  ``row_factor`` is the runtime's speed by the
   rows a pass feeds, for passes of 2 to 16 rows (a verification's K + 1): a CPU's matrix
   kernels block their rows, so on the Xeon that measured the committed tables a float32
@@ -26,8 +26,8 @@ Owns the three model families compared per stage and their group-wise evaluation
   slowed weighs less), optionally with a Gaussian prior on the parameters (how
   ``nasd.latency.transfer`` refits from a few samples on new hardware);
 - **linear** (``fit_linear``): scikit-learn's non-negative least squares of the time on the
-  same work terms (bytes, KV bytes and their copies, FLOPs, layers, activation elements, block share), weighted
-  by 1 / t^2 so the errors are relative;
+  same work terms (bytes, KV bytes and their copies, FLOPs, layers, activation elements,
+  block share), weighted by 1 / t^2 so the errors are relative;
 - **random forest** (``fit_forest``): scikit-learn's forest on the log time from the
   configuration and its work; its impurity importances say what the time depends on.
 
@@ -125,8 +125,9 @@ class RooflineParams:
 
 def roofline_terms(device: Device, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """What the form combines, per row: the memory time of all bytes and of the KV cache's
-    (with its repeated copies) at main memory's bandwidth, the compute time at the dtype's peak, and the counts the
-    overheads scale with (layers, activation elements, the block share)."""
+    (with its repeated copies) at main memory's bandwidth, the compute time at the dtype's
+    peak, the rows the pass feeds, and the counts the overheads scale with (layers,
+    activation elements, the block share)."""
     main = np.asarray(memory_seconds(device, frame["bytes"], frame["working_set"], cached=False))
     kv = frame["kv_bytes"].to_numpy(dtype=float) + frame["kv_repeat_bytes"].to_numpy(dtype=float)
     return {"memory": main, "kv": main * kv / frame["bytes"].to_numpy(dtype=float),

@@ -67,7 +67,7 @@ class ModelShape:
     tied_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        for name in SHAPE_FIELDS[:-1]:
+        for name in (name for name in SHAPE_FIELDS if name != "tied_embeddings"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.heads % self.kv_heads:

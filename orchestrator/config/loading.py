@@ -357,8 +357,7 @@ def load_latency_table(path: str | Path) -> pd.DataFrame:
     if table.empty:
         raise ConfigError(f"{path}: no samples")
     counts = ["threads", "prompt_tokens", "context_tokens", "k", "repeats",
-              *(column for column in shape_columns("draft") + shape_columns("target")
-                if not column.endswith("tied_embeddings"))]
+              *shape_columns("draft"), *shape_columns("target")]
     for column in [*required_columns(), *(["repeats"] if "repeats" in table else [])]:
         if column == "dtype" or column.endswith("tied_embeddings"):
             continue
