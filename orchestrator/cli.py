@@ -476,12 +476,17 @@ def measure(job, cycles_per_k: int, repetitions: int):
 @click.option("--guardrail-acceptance", nargs=2, type=float, metavar="LOW HIGH",
               help="The least and most per-token acceptance the guardrail assumes [default: "
                    "the job's guardrail_acceptance, 0 1: any].")
+@click.option("--guardrail-probe/--no-guardrail-probe", default=None,
+              help="Time the pair's target decoding before judging and scale every fitted "
+                   "stage by how fast this host runs now against the fitted times (a "
+                   "virtual host's speed drifts by tens of percent over hours) [default: the "
+                   "job's guardrail_probe, true].")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the sweep folder goes.")
 @click.pass_context
 def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_security,
                   latency_budget_ms_per_token, guardrail_path, guardrail_acceptance,
-                  results_root, **emulation) -> None:
+                  guardrail_probe, results_root, **emulation) -> None:
     """Run a job on every cell of its network section, then rank and report.
 
     Each cell is a full run (same files as `run`) under cells/, recorded in
@@ -499,7 +504,8 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
                         ("--data-plane-security", data_plane_security),
                         ("--latency-budget-ms-per-token", latency_budget_ms_per_token),
                         ("--guardrail", guardrail_path),
-                        ("--guardrail-acceptance", guardrail_acceptance or None)):
+                        ("--guardrail-acceptance", guardrail_acceptance or None),
+                        ("--[no-]guardrail-probe", guardrail_probe)):
         if resume_dir is not None and value is not None:
             raise click.UsageError(f"{name}: a resumed sweep keeps its own")
     given = [name for name, value in emulation.items() if value is not None]
@@ -525,6 +531,7 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
                                   "latency_budget_ms_per_token": latency_budget_ms_per_token,
                                   "guardrail_path": guardrail_path,
                                   "guardrail_acceptance": list(guardrail_acceptance or []),
+                                  "guardrail_probe": guardrail_probe,
                                   **emulation})
         cells = expand(job)
         template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
@@ -535,6 +542,11 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
     if template.emulation is not None:
         console.print(template.emulation.describe(), highlight=False)
     if guardrail is not None:
+        if template.job.guardrail_probe:
+            from orchestrator.lifecycle.calibrate import probe_decoding
+            with console.status(f"timing {template.model_pair.name}'s decoding for the "
+                                "guardrail"):
+                guardrail = guardrail.at_host_speed(probe_decoding(template))
         console.print(guardrail.describe(), highlight=False)
         from orchestrator.lifecycle.calibrate import host
         foreign = guardrail.foreign_host(host()["processor"])

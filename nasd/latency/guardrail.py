@@ -11,7 +11,8 @@ decoding's step), which strategies it can predict (``unpredictable`` says why no
 candidate's interval (``per_token_spread``: every stage, the link and the acceptance at
 their ends at once), the decision (``decide``: accept when the interval's upper end fits the
 budget, reject when its lower end breaks it, otherwise measure), whether a decision held
-once the candidate was measured (``verdict_held``), and its evaluation on held-out samples
+once the candidate was measured (``verdict_held``), the factor that scales the stages to
+how fast the host runs at the moment (``host_speed``), and its evaluation on held-out samples
 (``guardrail_analysis``).  ``orchestrator sweep`` skips the strategy runs it rejects
 (``orchestrator.config.guardrail``).
 
@@ -75,6 +76,18 @@ def conformal_interval(measured, predicted, coverage: float = COVERAGE) -> Stage
     covered = (upper_rank - lower_rank) / (n + 1)
     return StageInterval(float(ratios[lower_rank - 1]), float(ratios[upper_rank - 1]),
                          coverage if covered >= coverage else covered, n)
+
+
+def host_speed(measured_s, predicted_s) -> float:
+    """How fast a host runs now against the times a model was fitted on: the median ratio
+    measured / predicted of steps just timed (``orchestrator sweep`` times its pair's
+    decoding steps before judging).  A shared or virtual host's speed drifts by tens of
+    percent over hours, and every stage moves with it (a sample's draft and verify times
+    were 0.93 correlated over a campaign's rounds), so one factor scales them all."""
+    ratios = np.asarray(measured_s, dtype=float) / np.asarray(predicted_s, dtype=float)
+    if ratios.size == 0:
+        raise ValueError("a host's speed needs at least one timed step")
+    return float(np.median(ratios))
 
 
 def per_token(strategy: str, k: int, draft_token_s: float, verify_s: float, decode_s: float,

@@ -10,6 +10,12 @@ latency profile, not from any fitted stage), the shapes of the pair's two models
 vocabulary width (what the codec's messages carry) and the contexts the job's queries
 decode at (their prompts' tokens, up to the token budget).
 
+``SweepGuardrail.at_host_speed`` scales every stage by how fast this host runs now against
+the fitted times (``nasd.latency.guardrail.host_speed``), from the pair's decoding steps timed
+just before the sweep (``orchestrator.lifecycle.calibrate.probe_decoding``; job field
+``guardrail_probe``): a virtual host's speed drifts by tens of percent over hours, more than
+the stages' intervals allow for.
+
 ``SweepGuardrail.judge`` predicts the seconds per committed token of each strategy run of a
 cell with its interval (``nasd.latency.guardrail.per_token_spread``: ``draft_token``,
 ``verify(K)`` and ``decode`` from ``nasd.latency.estimator.stage_seconds``; the RTT and one
@@ -46,6 +52,7 @@ from nasd.latency.guardrail import (
     Spread,
     StageInterval,
     decide,
+    host_speed,
     per_token_spread,
     unpredictable,
     verdict_held,
@@ -131,6 +138,7 @@ class RunVerdict:
     per_token_s: Spread | None    # the prediction; None: the model does not cover the run
     budget_s: float
     why: str
+    host_speed: float = 1.0       # the scale on the fitted stages (``SweepGuardrail``)
 
     def record(self, measured: dict | None = None) -> dict:
         """The decision as ``cells.jsonl`` keeps it (ms per committed token); with
@@ -142,7 +150,8 @@ class RunVerdict:
                "predicted_low_ms": _ms(spread.low) if spread else None,
                "predicted_ms": _ms(spread.point) if spread else None,
                "predicted_high_ms": _ms(spread.high) if spread else None,
-               "why": self.why, "ran": measured is not None}
+               "host_speed": round(self.host_speed, 4), "why": self.why,
+               "ran": measured is not None}
         if measured is None:
             return row
         rates = [float(measured.get(column, np.nan)) for column in
@@ -189,17 +198,34 @@ class SweepGuardrail:
     contexts: Spread                      # tokens: the least, mean and most context decoded at
     acceptance: Spread
     source: str = ""                      # the folder, for display
+    host_speed: float = 1.0               # the fitted times' scale on this host now
+    probed_steps: int = 0                 # ... from this many decoding steps (0: not probed)
     _stages: dict = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> str:
         table, interval = self.fitted.table, self.fitted.intervals["verify"]
         host = table.get("host", {})
+        speed = (f"scaled x{self.host_speed:.2f} to this host's speed now (from "
+                 f"{self.probed_steps} decoding steps of the pair's target, timed just now)"
+                 if self.probed_steps else "not scaled to this host's speed now")
         return (f"guardrail: budget {1000 * self.budget_s:g} ms per token; stages fitted on "
                 f"{self.device.name} ({table.get('campaign', '?')}, host "
                 f"{host.get('node', '?')}, {host.get('processor', '?')}) in {self.source}, "
-                f"{interval.coverage:.0%} split-conformal intervals; acceptance "
+                f"{speed}, {interval.coverage:.0%} split-conformal intervals; acceptance "
                 f"{self.acceptance.low:g}-{self.acceptance.high:g}; contexts "
                 f"{self.contexts.low:g}-{self.contexts.high:g} tokens")
+
+    def at_host_speed(self, steps: list[tuple[int, float]]) -> SweepGuardrail:
+        """This guardrail with every stage scaled to how fast this host runs now
+        (``host_speed``): ``steps`` are (context tokens, seconds) of the pair's target
+        decoding, timed just before the sweep, against what the fitted ``decode`` stage
+        predicts at those contexts.  Without steps (every answer ended at once) unscaled."""
+        if not steps:
+            return self
+        contexts, seconds = zip(*steps)
+        predicted = [self._seconds("decode", 1, context) for context in contexts]
+        return replace(self, host_speed=host_speed(seconds, predicted),
+                       probed_steps=len(steps), _stages={})
 
     def foreign_host(self, processor: str) -> str | None:
         """A warning when the stages were measured on another processor than ``processor``
@@ -220,7 +246,7 @@ class SweepGuardrail:
     def _verdict(self, run: StrategyRun, states: list[LinkState], codec: str) -> RunVerdict:
         why = unpredictable(run.strategy, run.draft_ahead)
         if why is not None:
-            return RunVerdict(run, "measure", None, self.budget_s, why)
+            return RunVerdict(run, "measure", None, self.budget_s, why, self.host_speed)
         k = run.k or 1                   # cloud-only: one decoding step, no K
         stages = {stage: self._stage(stage, k) for stage in UNCERTAIN}
         rtt_s, transfer_s = self._link(run.strategy, k, states, codec)
@@ -230,17 +256,21 @@ class SweepGuardrail:
             spread = replace(spread, high=math.inf)
         verdict = str(decide(spread.low, spread.high, spread.point, self.budget_s))
         return RunVerdict(run, verdict, spread, self.budget_s,
-                          _why(verdict, spread, self.budget_s))
+                          _why(verdict, spread, self.budget_s), self.host_speed)
 
     def _stage(self, stage: str, k: int) -> Spread:
         """The stage's predicted seconds at the least, mean and most context."""
         if (stage, k) not in self._stages:
             self._stages[stage, k] = Spread(*(
-                stage_seconds(self.fitted.estimator, stage, self.device,
-                              self.shapes[ROLE[stage]], self.dtype,
-                              context_tokens=int(round(context)), k=k).seconds
+                self.host_speed * self._seconds(stage, k, context)
                 for context in (self.contexts.low, self.contexts.point, self.contexts.high)))
         return self._stages[stage, k]
+
+    def _seconds(self, stage: str, k: int, context: float) -> float:
+        """The fitted stage's seconds for the pair's model at ``context`` tokens."""
+        return stage_seconds(self.fitted.estimator, stage, self.device,
+                             self.shapes[ROLE[stage]], self.dtype,
+                             context_tokens=int(round(context)), k=k).seconds
 
     def _link(self, strategy: str, k: int, states: list[LinkState],
               codec: str) -> tuple[Spread, Spread]:

@@ -178,6 +178,10 @@ class GuardrailFields(BaseModel):
     guardrail_acceptance: tuple[Probability, Probability] = Field(
         default=(0.0, 1.0), description="sweep guardrail: the least and the most per-token "
         "acceptance to assume (default: any)")
+    guardrail_probe: bool = Field(
+        default=True, description="sweep guardrail: before judging, time the pair's target "
+        "decoding and scale every fitted stage by how fast this host runs now against the "
+        "fitted times (false: the fitted times as they are)")
 
     @property
     def guarded(self) -> bool:
@@ -197,6 +201,9 @@ class GuardrailFields(BaseModel):
                              f"({high:g})")
         if not self.guarded and self.guardrail_acceptance != (0.0, 1.0):
             raise ValueError("guardrail_acceptance needs guardrail_path and "
+                             "latency_budget_ms_per_token")
+        if not self.guarded and not self.guardrail_probe:
+            raise ValueError("guardrail_probe needs guardrail_path and "
                              "latency_budget_ms_per_token")
         return self
 

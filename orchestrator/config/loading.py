@@ -235,10 +235,13 @@ def named(field: str) -> str:
 
 def _flags_text(given: dict, flags: dict[str, str] | None = None) -> str:
     """The flags that gave ``given``, as typed: ``flags`` names a command's own, where they
-    differ from ``run``'s (``flag``)."""
-    return " ".join(f"{(flags or {}).get(field) or flag(field)} "
-                    f"{' '.join(map(str, value)) if isinstance(value, list) else value}"
-                    for field, value in given.items())
+    differ from ``run``'s (``flag``); a switch is ``--name`` or ``--no-name``."""
+    def typed(field: str, value) -> str:
+        name = (flags or {}).get(field) or flag(field)
+        if isinstance(value, bool):
+            return name if value else f"--no-{name.removeprefix('--')}"
+        return f"{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+    return " ".join(typed(field, value) for field, value in given.items())
 
 
 def load_job(name_or_path: str, overrides: dict | None = None,

@@ -237,6 +237,11 @@ def guardrail_conclusion(decisions: pd.DataFrame) -> str:
         if len(rows):
             kept = int(rows["within_budget"].map(verdict_of).eq(True).sum())
             parts.append(f"of the {len(rows)} runs it {what}, {kept} kept the budget")
+    speeds = decisions.get("host_speed", pd.Series(dtype=float)).dropna().unique()
+    if len(speeds) and not np.allclose(speeds, 1.0):
+        parts.append("its fitted stages scaled "
+                     + ", ".join(f"x{speed:.2f}" for speed in speeds)
+                     + " to the host's speed when the sweep (or its resumption) began")
     return "; ".join(parts)
 
 
@@ -246,9 +251,11 @@ GUARDRAIL_LEGEND = {
     "verdict": "accept: even the interval's high end fits the budget; reject: even its low "
                "end breaks it, so the run was skipped (never run); measure: in between, or "
                "a strategy the latency model does not predict: run",
-    "predicted ms": "seconds per committed token from the fitted stages, the link's RTT and "
-                    "the codec's bytes, [low, high]: every stage at its split-conformal "
-                    "interval's end, the least and most context, RTT and acceptance at once",
+    "predicted ms": "seconds per committed token from the fitted stages (scaled to the "
+                    "host's speed timed before the sweep, unless --no-guardrail-probe), the "
+                    "link's RTT and the codec's bytes, [low, high]: every stage at its "
+                    "split-conformal interval's end, the least and most context, RTT and "
+                    "acceptance at once",
     "measured ms": "what the run measured: 1000 / tok/s",
     "in budget": "whether the measured ms per token fit the budget",
     "held": "whether the verdict held: an accepted run in budget, or NO; - for measure (no "
