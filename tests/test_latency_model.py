@@ -454,6 +454,9 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
     good.assign(k=[3, -3, 5, 8]).to_csv(tmp_path / "negative-k.csv", index=False)
     good.assign(draft_heads=3, draft_kv_heads=2).to_csv(tmp_path / "heads.csv", index=False)
     good.assign(repeats=0).to_csv(tmp_path / "repeats.csv", index=False)
+    good.assign(dtype=["float32", "float32", "bfloat16", "float32"]).to_csv(
+        tmp_path / "dtypes.csv", index=False)
+    good.assign(threads=[1, 2, 1, 1]).to_csv(tmp_path / "threads.csv", index=False)
     for name, message in (("missing.csv", "no such file"), ("columns.csv", "verify_s"),
                           ("negative.csv", "row 2: decode_s must be a number > 0 .got -1"),
                           ("text.csv", "row 3: k must be a whole number >= 1 .got x"),
@@ -462,6 +465,9 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
                                         "kv_heads .2."),
                           ("repeats.csv", "row 2: repeats must be a whole number >= 1"),
                           ("dtype.csv", "row 2: dtype 'int8': one of float32"),
+                          ("dtypes.csv", "row 4: mixes dtypes .float32, then bfloat16.: a "
+                                         "table is one hardware"),
+                          ("threads.csv", "row 3: mixes torch thread counts .1, then 2."),
                           ("twice.csv", "rows 2 and 6: sample 0 twice")):
         with pytest.raises(ConfigError, match=message) as error:
             load_latency_table(tmp_path / name)

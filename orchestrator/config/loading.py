@@ -391,6 +391,16 @@ def load_latency_table(path: str | Path) -> pd.DataFrame:
     if len(unknown):
         raise ConfigError(f"{path}: row {int(unknown[0]) + 2}: dtype "
                           f"{table.at[unknown[0], 'dtype']!r}: one of {', '.join(DTYPE_BYTES)}")
+    for column, what in (("dtype", "dtypes"), ("threads", "torch thread counts"),
+                         ("host_processor", "processors")):
+        values = table[column].dropna().unique() if column in table else []
+        if len(values) > 1:
+            second = int(table.index[table[column] == values[1]][0])
+            raise ConfigError(f"{path}: row {second + 2}: mixes {what} ({values[0]}, then "
+                              f"{values[1]}): a table is one hardware (dtype, threads, host), "
+                              "which the latency model does not vary; fit each campaign's "
+                              "table on its own (`latency transfer` carries a fit from one "
+                              "to another)")
     repeated = table.index[table["sample"].duplicated()]
     if len(repeated):
         sample = table.at[repeated[0], "sample"]
