@@ -444,7 +444,7 @@ def measure(job, cycles_per_k: int, repetitions: int):
                   f"{len(prompts)} prompts, cloud-only steps, {cycles_per_k} cycles at each K "
                   f"in 0..{plan.k_max}")
     if spec.emulation is not None:
-        console.print(spec.emulation.describe(), soft_wrap=True, highlight=False)
+        console.print(spec.emulation.describe(max(plan.k_max, 1)), soft_wrap=True, highlight=False)
     with console.status(f"loading {plan.pair_name}"):
         calibrator = Calibrator(spec.model_pair, plan, spec.emulation)
     with work_progress(console) as progress:
@@ -540,7 +540,8 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
                                                       console))
         folder = SweepFolder.create(results_root, job, template.mode, cells)
     if template.emulation is not None:
-        console.print(template.emulation.describe(), highlight=False)
+        console.print(template.emulation.describe(max(template.job.k_values, default=5)),
+                      highlight=False)
     if guardrail is not None:
         if template.job.guardrail_probe:
             from orchestrator.lifecycle.calibrate import probe_decoding
@@ -926,6 +927,8 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
     out_dir = output_folder(out_dir or (table_path.with_suffix("") if table_path.suffix
                                         else table_path.with_name(f"{table_path.name}-fit")),
                             "--out")
+    if (out_dir / "estimator.json").exists():
+        click.echo(f"note: replacing the fit in {out_dir}", err=True)
     report = fit_report(table, device, out_dir, folds)
     click.echo("held-out MAPE per stage (each sample predicted by models fitted without its "
                "model shape):")

@@ -309,7 +309,7 @@ def test_calibrate_measures_the_emulated_devices_and_runs_take_only_their_own(tm
                  "--repetitions", "1", "--rtt-grid", "0:100:50", "--out", "cal", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     emulation = load_emulation(load_job("jetson-h100"))
-    assert emulation.describe() in result.stderr
+    assert emulation.describe(2) in result.stderr     # verifying --k-max drafts
     measured = load_calibration(tmp_path / "cal" / "calibration.yaml")
     assert measured.emulation == emulation.identity
     # padded, never faster than the bound: a draft token onto the prompt's cache, one step

@@ -80,6 +80,9 @@ def test_a_device_without_the_dtypes_peak_computes_at_float32s_and_says_so():
     prefill = pass_seconds(float32_only, emulation.draft_shape, "bfloat16", 512, 0)
     assert prefill > pass_seconds(JETSON, emulation.draft_shape, "bfloat16", 512, 0)
     assert "float32 peak" not in EMULATION.describe()
+    # the verification it costs is the job's own largest K, not a fixed example
+    assert "verifying 3 drafts" in EMULATION.describe(3)
+    assert "verifying 1 draft " in EMULATION.describe(1)
 
 
 def emulated_sequence(real_ms: float):

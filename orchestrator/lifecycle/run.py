@@ -41,7 +41,7 @@ def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.D
     try:
         console.print(f"results: {results.path}")
         if spec.emulation is not None:
-            console.print(spec.emulation.describe(), highlight=False)
+            console.print(spec.emulation.describe(max(spec.job.k_values, default=5)), highlight=False)
         with work_progress(console) as progress:
             summary = execute(spec, results, progress)
     except interrupts.Interrupted:

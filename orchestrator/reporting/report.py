@@ -340,7 +340,8 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
         "jitter": _values(board["jitter_ms"], " ms"),
         "random loss": _values(board["loss_pct"], " %"),
         "codecs": ", ".join(board["codec"].unique()),
-        **({"device emulation": DeviceEmulation.model_validate(config["emulation"]).describe()}
+        **({"device emulation": DeviceEmulation.model_validate(config["emulation"]).describe(
+            max(job["k_values"], default=5))}
            if config.get("emulation") else {}),
     }
 
