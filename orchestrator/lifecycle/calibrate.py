@@ -20,7 +20,9 @@ No agent processes, no network.  Measured, each with its samples kept for an int
 
 The measuring pieces, ``time_prefill`` (both prefills) and ``timed_cycle`` (one cycle,
 both halves, timed as each side sees it), are shared with ``orchestrator latency measure``
-(``orchestrator.lifecycle.latency``), which times the same steps at chosen contexts.
+(``orchestrator.lifecycle.latency``), which times the same steps at chosen contexts; and
+``plain_decoding_steps`` (the cloud-only step) with ``probe_decoding``, which a sweep under a
+budget guardrail runs first to learn how fast this host decodes at that moment.
 
 A query's last cycles draft fewer tokens (the answer must fit ``max_new_tokens``, or the
 draft ended), and count for the K they drafted, as in a run's records.
