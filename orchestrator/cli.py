@@ -477,8 +477,9 @@ def measure(job, cycles_per_k: int, repetitions: int):
               help="The least and most per-token acceptance the guardrail assumes [default: "
                    "the job's guardrail_acceptance, 0 1: any].")
 @click.option("--guardrail-probe/--no-guardrail-probe", default=None,
-              help="Time the pair's target decoding before judging and scale every fitted "
-                   "stage by how fast this host runs now against the fitted times (a "
+              help="Before judging, run the pair cloud-only on an unshaped link (a few "
+                   "queries) and scale every fitted stage by how its tokens came against the "
+                   "fitted decoding step: this host's speed now, serving loop included (a "
                    "virtual host's speed drifts by tens of percent over hours) [default: the "
                    "job's guardrail_probe, true].")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
@@ -543,12 +544,6 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
         console.print(template.emulation.describe(max(template.job.k_values, default=5)),
                       highlight=False)
     if guardrail is not None:
-        if template.job.guardrail_probe:
-            from orchestrator.lifecycle.calibrate import probe_decoding
-            with console.status(f"timing {template.model_pair.name}'s decoding for the "
-                                "guardrail"):
-                guardrail = guardrail.at_host_speed(probe_decoding(template))
-        console.print(guardrail.describe(), highlight=False)
         from orchestrator.lifecycle.calibrate import host
         foreign = guardrail.foreign_host(host()["processor"])
         if foreign:

@@ -10,8 +10,6 @@ import json
 import pandas as pd
 import pytest
 
-from agents.backends.hf import load_tokenizer
-from agents.backends.tokenizer import HFTokenizer
 from agents.payload_bytes import cycle_bytes
 from nasd.latency.guardrail import Spread, verdict_held
 from nasd.latency.stages import ModelShape
@@ -94,47 +92,24 @@ def test_the_network_term_is_the_rtt_and_the_codecs_bytes_over_the_link_per_toke
 
 def test_the_stages_scale_to_the_speed_the_host_decodes_at_now():
     guard = tiny_guardrail(3.0)
-    assert "not scaled to this host's speed now" in guard.describe()
+    assert "fitted times as they are (no probe run)" in guard.describe()
     fitted = [(context, guard._seconds("decode", 1, context)) for context in range(25, 45)]
-    assert guard.at_host_speed(fitted).host_speed == pytest.approx(1.0)
-    assert guard.at_host_speed([]) is guard                  # nothing timed: as fitted
+    assert guard.at_time_scale(fitted).time_scale == pytest.approx(1.0)
+    assert guard.at_time_scale([]) is guard                  # nothing timed: as fitted
     # decoding now at half the fitted time, one outlier step 10x slow: the median ignores it
-    faster = guard.at_host_speed([(c, s / 2) for c, s in fitted[:-1]] + [(44, 10 * fitted[-1][1])])
-    assert faster.host_speed == pytest.approx(0.5) and faster.probed_steps == 20
-    assert "scaled x0.50 to this host's speed now (from 20 decoding steps" in faster.describe()
+    faster = guard.at_time_scale([(c, s / 2) for c, s in fitted[:-1]] + [(44, 10 * fitted[-1][1])])
+    assert faster.time_scale == pytest.approx(0.5) and faster.probed_steps == 20
+    assert "fitted times x0.50 (a cloud-only probe run just now served 20 tokens" in \
+        faster.describe()
     as_fitted = decided(guard, grid_profile(0, None), [CLOUD_ONLY, FIXED5])
     now = decided(faster, grid_profile(0, None), [CLOUD_ONLY, FIXED5])
     for label in ("cloud-only", "fixed-k5"):     # no link time at 0 ms unshaped: all compute
         for end in ("low", "point", "high"):
             assert getattr(now[label].per_token_s, end) == pytest.approx(
                 getattr(as_fitted[label].per_token_s, end) / 2)
-        assert now[label].record()["host_speed"] == 0.5
+        assert now[label].record()["time_scale"] == 0.5
     # its decoding step alone broke 3 ms per token as fitted; on a host twice as fast it fits
     assert (as_fitted["cloud-only"].verdict, now["cloud-only"].verdict) == ("reject", "accept")
-
-
-def test_the_probe_times_the_pairs_decoding_as_the_cloud_streams_it(tmp_path):
-    """The shipped pair's real target, at the one torch thread the committed fit was measured
-    at: the steps start past each prompt's first token and go up to the token budget, and
-    the speed they give is this host's against the fit of a 2-vCPU build host (not a units
-    slip: within a factor of 10)."""
-    from orchestrator.config.run_spec import RunSpec
-    from orchestrator.lifecycle.calibrate import probe_decoding
-    pair = tmp_path / "tiny-arith.yaml"
-    pair.write_text(f"name: tiny-arith\nbackend: hf\ndraft: {PAIR / 'draft'}\n"
-                    f"target: {PAIR / 'target'}\ntokenizer: {PAIR / 'tokenizer'}\n"
-                    "dtype: float32\ncpu_threads: 1\n")
-    job = load_job(str(GUARDED_JOB), {"model_pair": str(pair), "max_queries": 2})
-    spec = RunSpec.build(job, grid_profile(0, None), "sim")
-    steps = probe_decoding(spec, steps=12)
-    tokenizer = HFTokenizer(load_tokenizer(spec.model_pair))
-    lengths = [len(tokenizer.encode(prompt.prompt)) for prompt in spec.prompts[:2]]
-    assert len(steps) >= 12 and all(seconds > 0 for _, seconds in steps)
-    contexts = {context for context, _ in steps}      # a step's: the tokens before it
-    assert contexts <= {length + 1 + step for length in lengths
-                        for step in range(job.max_new_tokens - 1)}
-    speed = tiny_guardrail(3.0).at_host_speed(steps).host_speed
-    assert 0.1 < speed < 10
 
 
 def test_a_decision_holds_when_the_measurement_agrees_with_it():
@@ -224,7 +199,7 @@ def test_a_guarded_sweep_skips_the_rejected_runs_and_reports_every_decision(tmp_
                  "--results", str(tmp_path / "results")])
     output = capsys.readouterr().out
     assert code == 0, output
-    assert "not scaled to this host's speed now" in output      # guardrail_probe: false
+    assert "fitted times as they are (no probe run)" in output   # guardrail_probe: false
     folder, = (tmp_path / "results").glob("*-sweep-guardrail-sim")
     cells = {json.loads(line)["cell"]: json.loads(line)
              for line in (folder / "cells.jsonl").read_text().splitlines()}
@@ -253,3 +228,38 @@ def test_a_guarded_sweep_skips_the_rejected_runs_and_reports_every_decision(tmp_
     assert "skipped 3 of 4 strategy runs (1 cell whole)" in output
     page = (folder / "report.html").read_text()
     assert "Budget guardrail" in page and "1 run, 1 skipped whole by the budget guardrail" in page
+
+
+@pytest.mark.slow
+def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_path, capsys):
+    """The same sweep with its probe: a cloud-only run of the job's prompt on an unshaped
+    link, kept in the sweep's folder; the factor every decision carries is the median of its
+    tokens' intervals over the fitted decoding step at their contexts, and the predictions
+    are the fitted ones times it."""
+    from orchestrator.cli import main
+    pair = tmp_path / "tiny-arith.yaml"
+    pair.write_text(f"name: tiny-arith\nbackend: hf\ndraft: {PAIR / 'draft'}\n"
+                    f"target: {PAIR / 'target'}\ntokenizer: {PAIR / 'tokenizer'}\n"
+                    "dtype: float32\ncpu_threads: 1\n")
+    code = main(["sweep", "--mode", "sim", "--job", str(GUARDED_JOB), "--model-pair", str(pair),
+                 "--guardrail-probe", "--results", str(tmp_path / "results")])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    folder, = (tmp_path / "results").glob("*-sweep-guardrail-sim")
+    queries = [json.loads(line) for line in
+               (folder / "guardrail-probe" / "queries.jsonl").read_text().splitlines()]
+    assert [query["label"] for query in queries] == ["cloud-only"]       # max_queries: 1
+    times, prompt = queries[0]["token_times_s"], queries[0]["prompt_tokens"]
+    steps = [(prompt + index, times[index] - times[index - 1]) for index in range(1, len(times))]
+    assert len(steps) == len(times) - 1 >= 5
+    fitted = tiny_guardrail(3.0)
+    scale = fitted.at_time_scale(steps).time_scale
+    assert 0.1 < scale < 10                       # this host against a 2-vCPU build host's fit
+    assert f"fitted times x{scale:.2f} (a cloud-only probe run just now served " \
+           f"{len(steps)} tokens" in output
+    decisions = [d for line in (folder / "cells.jsonl").read_text().splitlines()
+                 for d in json.loads(line)["guardrail"]]
+    assert {d["time_scale"] for d in decisions} == {round(scale, 4)}
+    as_fitted = decided(fitted, grid_profile(0, None), [CLOUD_ONLY])["cloud-only"].per_token_s
+    cloud = next(d for d in decisions if d["label"] == "cloud-only")
+    assert cloud["predicted_ms"] == pytest.approx(1000 * scale * as_fitted.point, rel=1e-3)

@@ -12,7 +12,7 @@ candidate's interval (``per_token_spread``: every stage, the link and the accept
 their ends at once), the decision (``decide``: accept when the interval's upper end fits the
 budget, reject when its lower end breaks it, otherwise measure), whether a decision held
 once the candidate was measured (``verdict_held``), the factor that scales the stages to
-how fast the host runs at the moment (``host_speed``), and its evaluation on held-out samples
+how fast the host runs at the moment (``time_scale``), and its evaluation on held-out samples
 (``guardrail_analysis``).  ``orchestrator sweep`` skips the strategy runs it rejects
 (``orchestrator.config.guardrail``).
 
@@ -78,15 +78,15 @@ def conformal_interval(measured, predicted, coverage: float = COVERAGE) -> Stage
                          coverage if covered >= coverage else covered, n)
 
 
-def host_speed(measured_s, predicted_s) -> float:
-    """How fast a host runs now against the times a model was fitted on: the median ratio
-    measured / predicted of steps just timed (``orchestrator sweep`` times its pair's
-    decoding steps before judging).  A shared or virtual host's speed drifts by tens of
+def time_scale(measured_s, predicted_s) -> float:
+    """What a model's times must be multiplied by on a host now: the median ratio measured /
+    predicted of steps just timed there (``orchestrator sweep`` serves its pair cloud-only
+    for a few queries before judging).  A shared or virtual host's speed drifts by tens of
     percent over hours, and every stage moves with it (a sample's draft and verify times
     were 0.93 correlated over a campaign's rounds), so one factor scales them all."""
     ratios = np.asarray(measured_s, dtype=float) / np.asarray(predicted_s, dtype=float)
     if ratios.size == 0:
-        raise ValueError("a host's speed needs at least one timed step")
+        raise ValueError("a time scale needs at least one timed step")
     return float(np.median(ratios))
 
 

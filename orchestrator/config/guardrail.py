@@ -10,11 +10,12 @@ latency profile, not from any fitted stage), the shapes of the pair's two models
 vocabulary width (what the codec's messages carry) and the contexts the job's queries
 decode at (their prompts' tokens, up to the token budget).
 
-``SweepGuardrail.at_host_speed`` scales every stage by how fast this host runs now against
-the fitted times (``nasd.latency.guardrail.host_speed``), from the pair's decoding steps timed
-just before the sweep (``orchestrator.lifecycle.calibrate.probe_decoding``; job field
-``guardrail_probe``): a virtual host's speed drifts by tens of percent over hours, more than
-the stages' intervals allow for.
+``SweepGuardrail.at_time_scale`` scales every stage by how fast this host serves now against
+the fitted times (``nasd.latency.guardrail.time_scale``), from the token intervals of a short
+cloud-only run of the pair made just before the sweep's cells
+(``orchestrator.lifecycle.sweep.guardrail_probe``; job field ``guardrail_probe``): a virtual
+host's speed drifts by tens of percent over hours, more than the stages' intervals allow
+for, and the serving loop costs a little on every token.
 
 ``SweepGuardrail.judge`` predicts the seconds per committed token of each strategy run of a
 cell with its interval (``nasd.latency.guardrail.per_token_spread``: ``draft_token``,
@@ -52,7 +53,7 @@ from nasd.latency.guardrail import (
     Spread,
     StageInterval,
     decide,
-    host_speed,
+    time_scale,
     per_token_spread,
     unpredictable,
     verdict_held,
@@ -138,7 +139,7 @@ class RunVerdict:
     per_token_s: Spread | None    # the prediction; None: the model does not cover the run
     budget_s: float
     why: str
-    host_speed: float = 1.0       # the scale on the fitted stages (``SweepGuardrail``)
+    time_scale: float = 1.0       # the scale on the fitted stages (``SweepGuardrail``)
 
     def record(self, measured: dict | None = None) -> dict:
         """The decision as ``cells.jsonl`` keeps it (ms per committed token); with
@@ -150,7 +151,7 @@ class RunVerdict:
                "predicted_low_ms": _ms(spread.low) if spread else None,
                "predicted_ms": _ms(spread.point) if spread else None,
                "predicted_high_ms": _ms(spread.high) if spread else None,
-               "host_speed": round(self.host_speed, 4), "why": self.why,
+               "time_scale": round(self.time_scale, 4), "why": self.why,
                "ran": measured is not None}
         if measured is None:
             return row
@@ -198,16 +199,17 @@ class SweepGuardrail:
     contexts: Spread                      # tokens: the least, mean and most context decoded at
     acceptance: Spread
     source: str = ""                      # the folder, for display
-    host_speed: float = 1.0               # the fitted times' scale on this host now
-    probed_steps: int = 0                 # ... from this many decoding steps (0: not probed)
+    time_scale: float = 1.0               # what the fitted times are multiplied by here, now
+    probed_steps: int = 0                 # ... from this many tokens served (0: not probed)
     _stages: dict = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> str:
         table, interval = self.fitted.table, self.fitted.intervals["verify"]
         host = table.get("host", {})
-        speed = (f"scaled x{self.host_speed:.2f} to this host's speed now (from "
-                 f"{self.probed_steps} decoding steps of the pair's target, timed just now)"
-                 if self.probed_steps else "not scaled to this host's speed now")
+        speed = (f"fitted times x{self.time_scale:.2f} (a cloud-only probe run just now "
+                 f"served {self.probed_steps} tokens at x{self.time_scale:.2f} the fitted "
+                 "decoding step)" if self.probed_steps
+                 else "fitted times as they are (no probe run)")
         return (f"guardrail: budget {1000 * self.budget_s:g} ms per token; stages fitted on "
                 f"{self.device.name} ({table.get('campaign', '?')}, host "
                 f"{host.get('node', '?')}, {host.get('processor', '?')}) in {self.source}, "
@@ -215,16 +217,16 @@ class SweepGuardrail:
                 f"{self.acceptance.low:g}-{self.acceptance.high:g}; contexts "
                 f"{self.contexts.low:g}-{self.contexts.high:g} tokens")
 
-    def at_host_speed(self, steps: list[tuple[int, float]]) -> SweepGuardrail:
-        """This guardrail with every stage scaled to how fast this host runs now
-        (``host_speed``): ``steps`` are (context tokens, seconds) of the pair's target
-        decoding, timed just before the sweep, against what the fitted ``decode`` stage
-        predicts at those contexts.  Without steps (every answer ended at once) unscaled."""
+    def at_time_scale(self, steps: list[tuple[int, float]]) -> SweepGuardrail:
+        """This guardrail with every stage scaled to how fast this host serves now
+        (``time_scale``): ``steps`` are (context tokens, seconds) of the pair's tokens as a
+        cloud-only run just served them, against the fitted ``decode`` stage at those
+        contexts.  Without steps (every answer ended at once) as fitted."""
         if not steps:
             return self
         contexts, seconds = zip(*steps)
         predicted = [self._seconds("decode", 1, context) for context in contexts]
-        return replace(self, host_speed=host_speed(seconds, predicted),
+        return replace(self, time_scale=time_scale(seconds, predicted),
                        probed_steps=len(steps), _stages={})
 
     def foreign_host(self, processor: str) -> str | None:
@@ -246,7 +248,7 @@ class SweepGuardrail:
     def _verdict(self, run: StrategyRun, states: list[LinkState], codec: str) -> RunVerdict:
         why = unpredictable(run.strategy, run.draft_ahead)
         if why is not None:
-            return RunVerdict(run, "measure", None, self.budget_s, why, self.host_speed)
+            return RunVerdict(run, "measure", None, self.budget_s, why, self.time_scale)
         k = run.k or 1                   # cloud-only: one decoding step, no K
         stages = {stage: self._stage(stage, k) for stage in UNCERTAIN}
         rtt_s, transfer_s = self._link(run.strategy, k, states, codec)
@@ -256,13 +258,13 @@ class SweepGuardrail:
             spread = replace(spread, high=math.inf)
         verdict = str(decide(spread.low, spread.high, spread.point, self.budget_s))
         return RunVerdict(run, verdict, spread, self.budget_s,
-                          _why(verdict, spread, self.budget_s), self.host_speed)
+                          _why(verdict, spread, self.budget_s), self.time_scale)
 
     def _stage(self, stage: str, k: int) -> Spread:
         """The stage's predicted seconds at the least, mean and most context."""
         if (stage, k) not in self._stages:
             self._stages[stage, k] = Spread(*(
-                self.host_speed * self._seconds(stage, k, context)
+                self.time_scale * self._seconds(stage, k, context)
                 for context in (self.contexts.low, self.contexts.point, self.contexts.high)))
         return self._stages[stage, k]
 

@@ -20,9 +20,7 @@ No agent processes, no network.  Measured, each with its samples kept for an int
 
 The measuring pieces, ``time_prefill`` (both prefills) and ``timed_cycle`` (one cycle,
 both halves, timed as each side sees it), are shared with ``orchestrator latency measure``
-(``orchestrator.lifecycle.latency``), which times the same steps at chosen contexts; and
-``plain_decoding_steps`` (the cloud-only step) with ``probe_decoding``, which a sweep under a
-budget guardrail runs first to learn how fast this host decodes at that moment.
+(``orchestrator.lifecycle.latency``), which times the same steps at chosen contexts.
 
 A query's last cycles draft fewer tokens (the answer must fit ``max_new_tokens``, or the
 draft ended), and count for the K they drafted, as in a run's records.
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import platform
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -57,7 +54,6 @@ from agents.speculative import (
     verify_drafts,
 )
 from nasd.analytic import acceptance_from_counts
-from orchestrator.config.run_spec import RunSpec
 from orchestrator.config.nasd_files import (
     Acceptance,
     BytesAtK,
@@ -167,10 +163,22 @@ class Calibrator:
         more, over the prompts in turn."""
         plan = self.plan
         task = progress.add_task("cloud-only steps", total=plan.cycles_per_k, unit="steps")
-        steps = plain_decoding_steps(self.target, self.prompts, plan.sampling, plan.seed,
-                                     plan.max_new_tokens, plan.cycles_per_k,
-                                     lambda done: progress.update(task, completed=done))
-        return [seconds for _, seconds in steps]
+        steps: list[float] = []
+        for turn in range(10 * plan.cycles_per_k):
+            if len(steps) >= plan.cycles_per_k:
+                break
+            ids = self.prompts[turn % len(self.prompts)]
+            rng = session_rng(plan.seed, f"cloud-only/{turn}", "cloud")
+            target = TokenSequence(self.target, ids, plan.sampling)
+            commits = generate_locally(target, None, 0, plan.sampling.decoding, rng,
+                                       self.target.eos_id, plan.max_new_tokens)
+            next(commits)   # the first token comes with the prefill
+            started = now()
+            for _ in commits:
+                steps.append(now() - started)
+                started = now()
+            progress.update(task, completed=min(len(steps), plan.cycles_per_k))
+        return steps
 
     def cycles(self, progress: Progress) -> list[CycleSample]:
         """Cycles at every K in 0..k_max, one query per K per round, until each K has
@@ -213,53 +221,6 @@ class Calibrator:
                 session, len(samples) + 1, correction, (eos_id, self.target.eos_id))
             samples.append(sample)
         return samples
-
-
-def plain_decoding_steps(target: LanguageModel, prompts: list[list[int]],
-                         sampling: SamplingConfig, seed: int, max_new_tokens: int, steps: int,
-                         progress: Callable[[int], None] | None = None) -> list[tuple[int, float]]:
-    """The plain steps of ``target`` after each answer's first token, as the cloud streams
-    a cloud-only answer (``generate_locally`` without a draft), answering ``prompts`` in turn
-    until ``steps`` or more are timed (whole answers; at most ``10 * steps`` answers, since
-    one may end at once): (the tokens of context each step decoded at, its seconds).
-    ``progress`` hears the count after each answer."""
-    timed: list[tuple[int, float]] = []
-    for turn in range(10 * steps):
-        if len(timed) >= steps:
-            break
-        ids = prompts[turn % len(prompts)]
-        rng = session_rng(seed, f"cloud-only/{turn}", "cloud")
-        sequence = TokenSequence(target, ids, sampling)
-        commits = generate_locally(sequence, None, 0, sampling.decoding, rng, target.eos_id,
-                                   max_new_tokens)
-        next(commits)   # the first token comes with the prefill
-        started = now()
-        for _ in commits:
-            timed.append((len(sequence.tokens) - 1, now() - started))
-            started = now()
-        if progress is not None:
-            progress(min(len(timed), steps))
-    return timed
-
-
-PROBE_STEPS = 64    # decoding steps a guarded sweep times first: 0.1-0.2 s of the shipped pair
-
-
-def probe_decoding(spec: RunSpec, steps: int = PROBE_STEPS) -> list[tuple[int, float]]:
-    """How fast this host decodes right now: ``spec``'s target loaded as its cloud builds
-    it, one answer untimed (its first passes allocate), then ``plain_decoding_steps`` over
-    the job's prompts.  A guarded sweep scales its fitted stages by these steps
-    (``SweepGuardrail.at_host_speed``)."""
-    job = spec.job
-    models = build_models(spec.model_pair, "cloud")
-    prompts = [models.tokenizer.encode(prompt.prompt) for prompt in spec.prompts[:job.max_queries]]
-    prompts = [ids for ids in prompts if ids]
-    if not prompts:
-        return []
-    plain_decoding_steps(models.target, prompts[:1], job.sampling, job.seed,
-                         job.max_new_tokens, 1)
-    return plain_decoding_steps(models.target, prompts, job.sampling, job.seed,
-                                job.max_new_tokens, steps)
 
 
 def time_prefill(draft: LanguageModel, target: LanguageModel, ids: list[int],

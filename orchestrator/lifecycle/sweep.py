@@ -12,12 +12,15 @@ Under a budget guardrail (``orchestrator.config.guardrail``) each cell's strateg
 decided first: the rejected ones are skipped (the cell runs the job cut to the others,
 ``narrowed``; a cell with none left runs nothing and is marked skipped), and the cell's
 line in ``cells.jsonl`` keeps every decision, with each run's measured ms per token beside
-it and whether the decision held.
+it and whether the decision held.  Before the first cell it runs, the guardrail scales its
+fitted stages to how fast this host serves the pair at that moment (``guardrail_probe``: a
+short cloud-only run kept in the sweep's folder).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 import time
 from dataclasses import replace
@@ -87,6 +90,11 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Co
     todo = [cell for cell in cells if cell.name not in finished]
     if finished:
         console.print(f"resuming: {len(finished)} of {len(cells)} cells already finished")
+    if guardrail is not None and todo and template.job.guardrail_probe:
+        with work_progress(console) as progress:
+            guardrail = guardrail.at_time_scale(guardrail_probe(folder, template, progress))
+    if guardrail is not None:
+        console.print(guardrail.describe(), highlight=False)
     ran = []
     with work_progress(console) as progress:
         overall = progress.add_task("cells", total=len(cells), completed=len(finished),
@@ -119,6 +127,37 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Co
             progress.advance(overall)
             console.print(f"cell {cell.name}: done in {time.perf_counter() - started:.1f} s")
     return ran
+
+
+PROBE_FOLDER = "guardrail-probe"   # in a sweep's folder: the run the guardrail scales by
+PROBE_QUERIES = 4                  # ... its queries at most (the job's first prompts)
+
+
+def guardrail_probe(folder: SweepFolder, template: RunSpec,
+                    progress) -> list[tuple[int, float]]:
+    """How fast this host serves the job's pair right now: a cloud-only run of its first
+    prompts (``PROBE_QUERIES`` at most, once each) on an unshaped link in the sweep's mode,
+    agents and serving loop included, into the sweep's ``PROBE_FOLDER`` (a resumed sweep
+    runs it anew).  Each step: (the tokens of context it decoded at, the interval between
+    two tokens as the edge received them), which is what a cell's cloud-only ms per token
+    is made of."""
+    path = folder.path / PROBE_FOLDER
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir()
+    job = template.job.model_copy(update={
+        "max_queries": min(template.job.max_queries or PROBE_QUERIES, PROBE_QUERIES),
+        "repetitions": 1})
+    probe = replace(template, job=narrowed(job, [StrategyRun("cloud-only", None)]),
+                    profile=grid_profile(0, None))
+    execute(probe, ResultsFolder(path), progress)
+    steps = []
+    for line in (path / ResultsFolder.QUERIES).read_text().splitlines():
+        query = json.loads(line)
+        times = query["token_times_s"]
+        steps += [(query["prompt_tokens"] + index, later - earlier)
+                  for index, (earlier, later) in enumerate(zip(times, times[1:]), start=1)]
+    return steps
 
 
 def cell_spec(template: RunSpec, cell: Cell, runs: list[StrategyRun] | None = None) -> RunSpec:

@@ -237,11 +237,17 @@ def guardrail_conclusion(decisions: pd.DataFrame) -> str:
         if len(rows):
             kept = int(rows["within_budget"].map(verdict_of).eq(True).sum())
             parts.append(f"of the {len(rows)} runs it {what}, {kept} kept the budget")
-    speeds = decisions.get("host_speed", pd.Series(dtype=float)).dropna().unique()
-    if len(speeds) and not np.allclose(speeds, 1.0):
-        parts.append("its fitted stages scaled "
-                     + ", ".join(f"x{speed:.2f}" for speed in speeds)
-                     + " to the host's speed when the sweep (or its resumption) began")
+    judged = ran["inside_predicted"].map(verdict_of).dropna() if "inside_predicted" in ran \
+        else pd.Series(dtype=bool)
+    if len(judged):
+        parts.append(f"{int(judged.eq(True).sum())} of {len(judged)} measured inside their "
+                     "predicted interval")
+    if "time_scale" in decisions:
+        scales = sorted({round(float(scale), 2) for scale in decisions["time_scale"].dropna()})
+        parts.append("fitted times as they are (no probe run)" if scales == [1.0] else
+                     "fitted times x" + ", x".join(f"{scale:.2f}" for scale in scales)
+                     + " (the probe run before the sweep"
+                     + (" and before each resumption)" if len(scales) > 1 else ")"))
     return "; ".join(parts)
 
 
@@ -251,9 +257,9 @@ GUARDRAIL_LEGEND = {
     "verdict": "accept: even the interval's high end fits the budget; reject: even its low "
                "end breaks it, so the run was skipped (never run); measure: in between, or "
                "a strategy the latency model does not predict: run",
-    "predicted ms": "seconds per committed token from the fitted stages (scaled to the "
-                    "host's speed timed before the sweep, unless --no-guardrail-probe), the "
-                    "link's RTT and the codec's bytes, [low, high]: every stage at its "
+    "predicted ms": "ms per committed token from the fitted stages (scaled by a cloud-only "
+                    "probe run before the sweep, unless --no-guardrail-probe), the link's "
+                    "RTT and the codec's bytes, [low, high]: every stage at its "
                     "split-conformal interval's end, the least and most context, RTT and "
                     "acceptance at once",
     "measured ms": "what the run measured: 1000 / tok/s",
