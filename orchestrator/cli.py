@@ -34,7 +34,7 @@ from agents.sampling import Decoding, Seed
 from agents.security import DataPlaneSecurity
 from nasd.latency.stages import Dtype
 from orchestrator import interrupts
-from orchestrator.config.job import ALL_STRATEGIES, QUERY_ORDERS
+from orchestrator.config.job import ALL_STRATEGIES, QUERY_ORDERS, largest_k
 from orchestrator.config.loading import (
     ConfigError,
     available,
@@ -514,7 +514,7 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
         raise click.UsageError(f"{flag(given[0])}: a resumed sweep keeps its own device "
                                "emulation")
     if resume_dir is not None:
-        folder = SweepFolder.open(resume_dir)
+        folder = SweepFolder.open(resume_dir.resolve())
         job, chosen, names = folder.plan()
         cells = {cell.name: cell for cell in expand(job)}
         if sorted(cells) != sorted(names):
@@ -541,7 +541,7 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
                                                       console))
         folder = SweepFolder.create(results_root, job, template.mode, cells)
     if template.emulation is not None:
-        console.print(template.emulation.describe(max(template.job.k_values, default=5)),
+        console.print(template.emulation.describe(largest_k(template.job)),
                       highlight=False)
     if guardrail is not None:
         from orchestrator.lifecycle.calibrate import host

@@ -81,8 +81,16 @@ def test_a_device_without_the_dtypes_peak_computes_at_float32s_and_says_so():
     assert prefill > pass_seconds(JETSON, emulation.draft_shape, "bfloat16", 512, 0)
     assert "float32 peak" not in EMULATION.describe()
     # the verification it costs is the job's own largest K, not a fixed example
+    from orchestrator.config.job import largest_k
+    from orchestrator.config.loading import load_job
     assert "verifying 3 drafts" in EMULATION.describe(3)
     assert "verifying 1 draft " in EMULATION.describe(1)
+    assert "verifying" not in EMULATION.describe(None)
+    job = load_job("jetson-h100")
+    assert largest_k(job.model_copy(update={"strategies": ["cloud-only", "edge-only"]})) is None
+    assert largest_k(job.model_copy(update={"strategies": ["fixed-k"], "k_values": [3, 5]})) == 5
+    assert largest_k(job.model_copy(update={"strategies": ["nasd", "fixed-k"], "k_values": [3],
+                                            "nasd_k_max": 12})) == 12
 
 
 def emulated_sequence(real_ms: float):

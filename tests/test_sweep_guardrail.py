@@ -146,6 +146,7 @@ def test_a_job_cut_to_some_runs_plans_exactly_those():
 
 @pytest.mark.parametrize("write, message", [
     (None, "no such folder"),
+    ("file", "a file, not a folder"),
     ({"estimator.json": "{"}, "estimator.json: not JSON"),
     ({"estimator.json": (FIT / "estimator.json").read_text(), "guardrail.json": '{"model": '
       '"roofline", "intervals": {}}'}, "no interval of the draft_token stage"),
@@ -155,7 +156,9 @@ def test_a_job_cut_to_some_runs_plans_exactly_those():
 ])
 def test_a_folder_that_is_not_a_fit_is_one_config_error(tmp_path, write, message):
     folder = tmp_path / "fit"
-    if write is not None:
+    if write == "file":                              # the table given for its fit's folder
+        folder.write_text("sample,k\n")
+    elif write is not None:
         folder.mkdir()
         for name, text in write.items():
             (folder / name).write_text(text)

@@ -73,10 +73,10 @@ class DeviceEmulation(BaseModel):
         return EmulatedDevice(model, self.device(host), self.shape(role), self.dtype, role,
                               ledger)
 
-    def describe(self, k: int = 5, context: int = 64) -> str:
+    def describe(self, k: int | None = 5, context: int = 64) -> str:
         """One line: which device runs which model, and what a pass costs there at a cache of
         ``context`` tokens (a draft token; a decoding step, and a verification of ``k``
-        drafts: a job's largest K)."""
+        drafts, a job's largest K: none when its runs verify nothing)."""
         def ms(device: Device, shape: ModelShape, tokens: int) -> str:
             return f"{1000 * pass_seconds(device, shape, self.dtype, tokens, context):.2f} ms"
 
@@ -91,8 +91,9 @@ class DeviceEmulation(BaseModel):
         return (f"device emulation ({self.dtype}, roofline bounds): edge "
                 f"{runs(edge, 'draft', self.draft_shape_name)}: a draft token "
                 f"{ms(edge, draft, 1)}; cloud {runs(cloud, 'target', self.target_shape_name)}: "
-                f"a decoding step {ms(cloud, target, 1)}, verifying {k} draft"
-                f"{'s' * (k != 1)} {ms(cloud, target, k + 1)}")
+                f"a decoding step {ms(cloud, target, 1)}"
+                + (f", verifying {k} draft{'s' * (k != 1)} {ms(cloud, target, k + 1)}"
+                   if k else ""))
 
 
 @dataclass(frozen=True)

@@ -94,8 +94,9 @@ def _read_json(path: Path) -> dict:
 def read_fit(folder: Path) -> FittedModel:
     """The fitted stages, their intervals and the table's description from ``folder``."""
     if not folder.is_dir():
-        raise ConfigError(f"{folder}: no such folder (one `orchestrator latency fit` wrote, "
-                          f"with {ESTIMATOR_FILE} and {INTERVALS_FILE})")
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise ConfigError(f"{folder}: {what} (give one `orchestrator latency fit` wrote, "
+                          f"with {ESTIMATOR_FILE} and {INTERVALS_FILE}: TABLE without .csv)")
     path = folder / ESTIMATOR_FILE
     data = _read_json(path)
     try:

@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from agents.control import AgentError
 from orchestrator import interrupts
-from orchestrator.config.job import JobConfig
+from orchestrator.config.job import JobConfig, largest_k
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.lifecycle.launch import Deployment, make_link
 from orchestrator.progress import work_progress
@@ -41,7 +41,7 @@ def run(spec: RunSpec, results_root: Path, console: Console) -> tuple[Path, pd.D
     try:
         console.print(f"results: {results.path}")
         if spec.emulation is not None:
-            console.print(spec.emulation.describe(max(spec.job.k_values, default=5)), highlight=False)
+            console.print(spec.emulation.describe(largest_k(spec.job)), highlight=False)
         with work_progress(console) as progress:
             summary = execute(spec, results, progress)
     except interrupts.Interrupted:

@@ -63,11 +63,12 @@ def guardrail_decisions(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
     folder = SweepFolder(path)
     finished = folder.finished()
-    return pd.DataFrame([{"cell": name, "profile": finished[name]["profile"],
-                          "codec": finished[name]["codec"],
-                          "cell_skipped": bool(finished[name].get("skipped")), **decision}
-                         for name in folder.plan()[2] if name in finished
-                         for decision in finished[name].get("guardrail", [])])
+    decisions = pd.DataFrame([{"cell": name, "profile": finished[name]["profile"],
+                               "codec": finished[name]["codec"],
+                               "cell_skipped": bool(finished[name].get("skipped")), **decision}
+                              for name in folder.plan()[2] if name in finished
+                              for decision in finished[name].get("guardrail", [])])
+    return decisions.astype({"k": "Int64"}) if "k" in decisions else decisions  # none: NaN
 
 
 def incomplete_run(results: pd.DataFrame) -> str | None:

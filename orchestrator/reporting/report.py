@@ -31,6 +31,8 @@ import yaml
 from rich.console import Console
 
 from agents.backends.emulated import DeviceEmulation
+from orchestrator.config.job import JobConfig, largest_k
+from orchestrator.config.loading import parse
 from orchestrator.config.run_spec import RunSpec
 from orchestrator.reporting.analysis import (
     guardrail_decisions,
@@ -347,7 +349,7 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
         "random loss": _values(board["loss_pct"], " %"),
         "codecs": ", ".join(board["codec"].unique()),
         **({"device emulation": DeviceEmulation.model_validate(config["emulation"]).describe(
-            max(job["k_values"], default=5))}
+            largest_k(parse(JobConfig, job, "config.yaml")))}
            if config.get("emulation") else {}),
     }
 
