@@ -933,6 +933,10 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
         mape = {name: f"{values['mape_pct']:.1f}%" for name, values in row["models"].items()}
         click.echo(f"{stage:14s} {row['samples']:7d} {row['groups']:6d} {mape['roofline']:>9s} "
                    f"{mape['linear']:>7s} {mape['forest']:>7s}  {row['bound']['violations']}")
+    used = sorted({row["folds"] for row in report["stages"].values()})
+    if used[-1] < folds:
+        click.echo(f"note: --folds {folds}: one fold per model shape at most, "
+                   f"{'-'.join(map(str, sorted({used[0], used[-1]})))} here", err=True)
     for row in report["guardrail"]["fractions"]:
         guarded, unguarded = row["guarded"], row["unguarded"]
         click.echo(f"guardrail at budget fraction {row['fraction']:g}: violations "

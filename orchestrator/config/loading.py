@@ -351,7 +351,8 @@ def load_latency_table(path: str | Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(io.StringIO(text))
     except ValueError as error:
-        raise ConfigError(f"{path}: not a readable CSV table: {error}") from None
+        raise ConfigError(f"{path}: not a readable CSV table: "
+                          f"{str(error).strip().splitlines()[0]}") from None
     missing = [column for column in required_columns() if column not in table.columns]
     if missing:
         more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
