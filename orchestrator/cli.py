@@ -477,11 +477,12 @@ def measure(job, cycles_per_k: int, repetitions: int):
               help="The least and most per-token acceptance the guardrail assumes [default: "
                    "the job's guardrail_acceptance, 0 1: any].")
 @click.option("--guardrail-probe/--no-guardrail-probe", default=None,
-              help="Before judging, run the pair cloud-only on an unshaped link (a few "
-                   "queries) and scale every fitted stage by how its tokens came against the "
-                   "fitted decoding step: this host's speed now, serving loop included (a "
-                   "virtual host's speed drifts by tens of percent over hours) [default: the "
-                   "job's guardrail_probe, true].")
+              help="Before judging, run the pair cloud-only and fixed-K on an unshaped link "
+                   "(a few queries): scale every fitted stage by how its tokens came against "
+                   "the fitted decoding step (this host's speed now, serving loop included: "
+                   "a virtual host's speed drifts by tens of percent over hours) and add its "
+                   "cycles' own round trip to every RTT [default: the job's guardrail_probe, "
+                   "true].")
 @click.option("--results", "results_root", type=click.Path(file_okay=False, path_type=Path),
               default=Path("results"), show_default=True, help="Where the sweep folder goes.")
 @click.pass_context

@@ -564,6 +564,17 @@ def test_the_guardrail_accepts_what_fits_rejects_what_breaks_and_measures_the_re
     assert seconds == pytest.approx((4 * 0.002 + 0.01 + 0.05 + 0.001)
                                     / expected_tokens_per_cycle(0.7, 4))
     assert per_token("cloud-only", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7) == 0.009
+    # answers of known length: a 2-token answer is one cycle of no drafts after its first
+    # token (the verification and the link alone); long answers approach E[tau]
+    alone = 0.01 + 0.05 + 0.001
+    assert per_token("fixed-k", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7, [2]) == \
+        pytest.approx(alone)
+    short, long = (per_token("fixed-k", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7, [tokens])
+                   for tokens in (20, 2000))
+    assert short > long > seconds and long == pytest.approx(seconds, rel=0.01)
+    both = per_token("fixed-k", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7, [20, 2000])
+    assert both == pytest.approx((19 * short + 1999 * long) / 2018)   # tokens over time
+    assert per_token("fixed-k", 4, 0.002, 0.01, 0.009, 0.05, 0.001, 0.7, [1]) == seconds
 
 
 def test_the_guardrail_keeps_violations_low_where_the_point_prediction_does_not():

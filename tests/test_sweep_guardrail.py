@@ -13,7 +13,7 @@ import pytest
 from agents.payload_bytes import cycle_bytes
 from nasd.latency.guardrail import Spread, verdict_held
 from nasd.latency.stages import ModelShape
-from orchestrator.config.guardrail import SweepGuardrail, read_fit
+from orchestrator.config.guardrail import ProbeRun, SweepGuardrail, read_fit
 from orchestrator.config.job import StrategyRun, narrowed, plan
 from orchestrator.config.loading import ConfigError, load_device, load_job
 from orchestrator.lifecycle.sweep import grid_profile
@@ -90,24 +90,30 @@ def test_the_network_term_is_the_rtt_and_the_codecs_bytes_over_the_link_per_toke
     assert at[0].low < narrow.low < narrow.high < at[0].high
 
 
-def test_the_stages_scale_to_the_speed_the_host_decodes_at_now():
+def test_a_probe_run_fits_the_guardrail_to_how_this_host_serves_now():
     guard = tiny_guardrail(3.0)
     assert "fitted times as they are (no probe run)" in guard.describe()
     fitted = [(context, guard._seconds("decode", 1, context)) for context in range(25, 45)]
-    assert guard.at_time_scale(fitted).time_scale == pytest.approx(1.0)
-    assert guard.at_time_scale([]) is guard                  # nothing timed: as fitted
-    # decoding now at half the fitted time, one outlier step 10x slow: the median ignores it
-    faster = guard.at_time_scale([(c, s / 2) for c, s in fitted[:-1]] + [(44, 10 * fitted[-1][1])])
-    assert faster.time_scale == pytest.approx(0.5) and faster.probed_steps == 20
-    assert "fitted times x0.50 (a cloud-only probe run just now served 20 tokens" in \
-        faster.describe()
+    assert guard.at_probe(ProbeRun(fitted, [], [])).time_scale == pytest.approx(1.0)
+    assert guard.at_probe(ProbeRun([], [], [])).time_scale == 1.0      # nothing served: as fitted
+    # tokens at half the fitted step, one 10x slow: the median ignores it; cycles' own trip
+    faster = guard.at_probe(ProbeRun([(c, s / 2) for c, s in fitted[:-1]]
+                                     + [(44, 10 * fitted[-1][1])], [0.0004, 0.0005, 0.009], []))
+    assert faster.time_scale == pytest.approx(0.5) and faster.round_trip_s == 0.0005
+    assert "fitted times x0.50 and 0.50 ms of the agents' own round trip per cycle (a probe " \
+           "run just now: 20 cloud-only tokens" in faster.describe()
     as_fitted = decided(guard, grid_profile(0, None), [CLOUD_ONLY, FIXED5])
     now = decided(faster, grid_profile(0, None), [CLOUD_ONLY, FIXED5])
-    for label in ("cloud-only", "fixed-k5"):     # no link time at 0 ms unshaped: all compute
-        for end in ("low", "point", "high"):
-            assert getattr(now[label].per_token_s, end) == pytest.approx(
-                getattr(as_fitted[label].per_token_s, end) / 2)
-        assert now[label].record()["time_scale"] == 0.5
+    for end in ("low", "point", "high"):       # unshaped at 0 ms: the stages alone, halved
+        assert getattr(now["cloud-only"].per_token_s, end) == pytest.approx(
+            getattr(as_fitted["cloud-only"].per_token_s, end) / 2)
+    # fixed-K: its stages halved, and one round trip per cycle: K + 1 tokens at acceptance 1
+    assert now["fixed-k5"].per_token_s.low == pytest.approx(
+        as_fitted["fixed-k5"].per_token_s.low / 2 + 0.0005 / 6)
+    assert now["fixed-k5"].per_token_s.high == pytest.approx(
+        as_fitted["fixed-k5"].per_token_s.high / 2 + 0.0005)     # acceptance 0: one token
+    record = now["fixed-k5"].record()
+    assert (record["time_scale"], record["round_trip_ms"]) == (0.5, 0.5)
     # its decoding step alone broke 3 ms per token as fitted; on a host twice as fast it fits
     assert (as_fitted["cloud-only"].verdict, now["cloud-only"].verdict) == ("reject", "accept")
 
@@ -235,10 +241,10 @@ def test_a_guarded_sweep_skips_the_rejected_runs_and_reports_every_decision(tmp_
 
 @pytest.mark.slow
 def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_path, capsys):
-    """The same sweep with its probe: a cloud-only run of the job's prompt on an unshaped
-    link, kept in the sweep's folder; the factor every decision carries is the median of its
-    tokens' intervals over the fitted decoding step at their contexts, and the predictions
-    are the fitted ones times it."""
+    """The same sweep with its probe: cloud-only and fixed-K on the job's prompt on an
+    unshaped link, kept in the sweep's folder; every decision carries the median of the
+    cloud-only tokens' intervals over the fitted decoding step at their contexts, and the
+    median network time of the fixed-K cycles; the predictions are built from them."""
     from orchestrator.cli import main
     pair = tmp_path / "tiny-arith.yaml"
     pair.write_text(f"name: tiny-arith\nbackend: hf\ndraft: {PAIR / 'draft'}\n"
@@ -251,18 +257,24 @@ def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_p
     folder, = (tmp_path / "results").glob("*-sweep-guardrail-sim")
     queries = [json.loads(line) for line in
                (folder / "guardrail-probe" / "queries.jsonl").read_text().splitlines()]
-    assert [query["label"] for query in queries] == ["cloud-only"]       # max_queries: 1
+    assert [query["label"] for query in queries] == ["cloud-only", "fixed-k5"]  # 1 prompt
     times, prompt = queries[0]["token_times_s"], queries[0]["prompt_tokens"]
     steps = [(prompt + index, times[index] - times[index - 1]) for index in range(1, len(times))]
-    assert len(steps) == len(times) - 1 >= 5
+    trips = [cycle["t_network"] for cycle in map(json.loads, (    # cycles that drafted
+        folder / "guardrail-probe" / "cycles.jsonl").read_text().splitlines()) if cycle["k"]]
+    assert len(steps) == len(times) - 1 >= 5 and trips and 0 < min(trips)
     fitted = tiny_guardrail(3.0)
-    scale = fitted.at_time_scale(steps).time_scale
-    assert 0.1 < scale < 10                       # this host against a 2-vCPU build host's fit
-    assert f"fitted times x{scale:.2f} (a cloud-only probe run just now served " \
-           f"{len(steps)} tokens" in output
+    probed = fitted.at_probe(ProbeRun(steps, trips, [queries[0]["n_tokens"]]))
+    assert probed.answer_tokens == (queries[0]["n_tokens"],)
+    assert 0.1 < probed.time_scale < 10           # this host against a 2-vCPU build host's fit
+    assert probed.round_trip_s < 0.05             # the agents' own messages, no RTT
+    assert f"fitted times x{probed.time_scale:.2f} and {1000 * probed.round_trip_s:.2f} ms" \
+           in output
     decisions = [d for line in (folder / "cells.jsonl").read_text().splitlines()
                  for d in json.loads(line)["guardrail"]]
-    assert {d["time_scale"] for d in decisions} == {round(scale, 4)}
-    as_fitted = decided(fitted, grid_profile(0, None), [CLOUD_ONLY])["cloud-only"].per_token_s
-    cloud = next(d for d in decisions if d["label"] == "cloud-only")
-    assert cloud["predicted_ms"] == pytest.approx(1000 * scale * as_fitted.point, rel=1e-3)
+    assert {(d["time_scale"], d["round_trip_ms"]) for d in decisions} == {
+        (round(probed.time_scale, 4), round(1000 * probed.round_trip_s, 4))}
+    for label, run in (("cloud-only", CLOUD_ONLY), ("fixed-k5", FIXED5)):
+        expected = decided(probed, grid_profile(0, None), [run])[label].per_token_s
+        made = next(d for d in decisions if d["label"] == label and d["predicted_ms"])
+        assert made["predicted_ms"] == pytest.approx(1000 * expected.point, rel=1e-3)

@@ -7,7 +7,8 @@ so the interval covers a new sample with the stated probability whatever the err
 distribution), a candidate's seconds per token (``per_token``: a speculative cycle's
 K drafted tokens, its verification, the round trip and the bytes' transfer over the
 committed tokens E[tau] of ``nasd.analytic``; cloud-spec's cycle on one node; or cloud-only
-decoding's step), which strategies it can predict (``unpredictable`` says why not), a
+decoding's step; over E[tau] for endless answers, or over the cycles of answers of given
+lengths), which strategies it can predict (``unpredictable`` says why not), a
 candidate's interval (``per_token_spread``: every stage, the link and the acceptance at
 their ends at once), the decision (``decide``: accept when the interval's upper end fits the
 budget, reject when its lower end breaks it, otherwise measure), whether a decision held
@@ -32,6 +33,7 @@ Pure: no I/O, no clocks.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,7 @@ from nasd.analytic import (
     cycle_time_distributed_s,
     cycle_time_local_s,
     expected_tokens_per_cycle,
+    query_decode_time_s,
 )
 
 FRACTIONS = (0.5, 0.7, 0.85, 1.0)
@@ -91,20 +94,31 @@ def time_scale(measured_s, predicted_s) -> float:
 
 
 def per_token(strategy: str, k: int, draft_token_s: float, verify_s: float, decode_s: float,
-              rtt_s: float, transfer_s: float, acceptance: float) -> float:
-    """Seconds per committed token: fixed-K speculation (one cycle over E[tau]), cloud-spec
-    (the same cycle on one node: no round trip, no transfer) or cloud-only decoding (its
-    step; the stream's one round trip is amortized away)."""
+              rtt_s: float, transfer_s: float, acceptance: float,
+              answer_tokens: Sequence[int] = ()) -> float:
+    """Seconds per committed token: fixed-K speculation (cycles over the tokens they commit),
+    cloud-spec (the same cycle on one node: no round trip, no transfer) or cloud-only
+    decoding (its step; the stream's one round trip is amortized away).  Without
+    ``answer_tokens`` a cycle over E[tau] (endless answers); with them (each answer's
+    tokens, its first included) the tokens after each answer's first over the expected time
+    of its cycles, each drafting only what still fits (``query_decode_time_s``: the last
+    cycles of a short answer commit fewer tokens), as a run's tokens/s counts them."""
     if strategy == "cloud-only":
         return float(decode_s)
     times = ComputeTimes(draft_token_s, verify_s, 0.0)
     if strategy == "cloud-spec":
-        cycle = cycle_time_local_s(k, times)
+        def cycle(depth):
+            return cycle_time_local_s(depth, times)
     elif strategy == "fixed-k":
-        cycle = cycle_time_distributed_s(k, times, rtt_s, transfer_s)
+        def cycle(depth):
+            return cycle_time_distributed_s(depth, times, rtt_s, transfer_s)
     else:
         raise ValueError(f"unknown strategy {strategy!r}: one of {', '.join(PREDICTED)}")
-    return cycle / expected_tokens_per_cycle(acceptance, k)
+    after_first = [tokens - 1 for tokens in answer_tokens if tokens > 1]
+    if not after_first:
+        return cycle(k) / expected_tokens_per_cycle(acceptance, k)
+    return sum(query_decode_time_s(acceptance, k, tokens, cycle)
+               for tokens in after_first) / sum(after_first)
 
 
 def unpredictable(strategy: str, draft_ahead: int = 0) -> str | None:
@@ -128,7 +142,7 @@ class Spread:
 
 def per_token_spread(strategy: str, k: int, stages: dict[str, Spread],
                      intervals: dict[str, StageInterval], rtt_s: Spread, transfer_s: Spread,
-                     acceptance: Spread) -> Spread:
+                     acceptance: Spread, answer_tokens: Sequence[int] = ()) -> Spread:
     """A candidate's seconds per token with its prediction interval.  ``stages``: each
     uncertain stage's predicted seconds at the least, central and largest work (context) the
     candidate meets; the low end takes them times their interval's lower end with the least
@@ -139,7 +153,7 @@ def per_token_spread(strategy: str, k: int, stages: dict[str, Spread],
         seconds = [getattr(stages[stage], end) * (getattr(intervals[stage], scale) if scale
                                                    else 1.0) for stage in UNCERTAIN]
         return per_token(strategy, k, *seconds, getattr(rtt_s, end), getattr(transfer_s, end),
-                         accepted)
+                         accepted, answer_tokens)
     return Spread(at("low", "low", acceptance.high), at("point", None, acceptance.point),
                   at("high", "high", acceptance.low))
 

@@ -10,12 +10,15 @@ latency profile, not from any fitted stage), the shapes of the pair's two models
 vocabulary width (what the codec's messages carry) and the contexts the job's queries
 decode at (their prompts' tokens, up to the token budget).
 
-``SweepGuardrail.at_time_scale`` scales every stage by how fast this host serves now against
-the fitted times (``nasd.latency.guardrail.time_scale``), from the token intervals of a short
-cloud-only run of the pair made just before the sweep's cells
-(``orchestrator.lifecycle.sweep.guardrail_probe``; job field ``guardrail_probe``): a virtual
-host's speed drifts by tens of percent over hours, more than the stages' intervals allow
-for, and the serving loop costs a little on every token.
+``SweepGuardrail.at_probe`` fits the guardrail to this host as it runs now, from a short
+probe run of the pair on an unshaped link made just before the sweep's cells
+(``ProbeRun``, ``orchestrator.lifecycle.sweep.guardrail_probe``; job field
+``guardrail_probe``): every stage is scaled by how fast its cloud-only tokens came against the
+fitted decoding step (``nasd.latency.guardrail.time_scale``: a virtual host's speed drifts by
+tens of percent over hours, more than the stages' intervals allow for, and the serving loop
+costs a little on every token), and every fixed-K cycle pays the round trip its cycles took
+on that link (the agents' messages, wake-ups and, in vm mode, the VM's forwarding: 0.5-0.9 ms
+on the build VM), on top of the profile's RTT.
 
 ``SweepGuardrail.judge`` predicts the seconds per committed token of each strategy run of a
 cell with its interval (``nasd.latency.guardrail.per_token_spread``: ``draft_token``,
@@ -69,6 +72,15 @@ from shaping.profile import LinkState, NetworkProfile
 ESTIMATOR_FILE = "estimator.json"      # what `orchestrator latency fit` writes: the stages
 INTERVALS_FILE = "guardrail.json"      # ... and the guardrail's conformal intervals
 FITTED_MODEL = "roofline"              # the family estimator.json holds
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """What a sweep's probe run measured on an unshaped link."""
+
+    steps: list[tuple[int, float]]    # cloud-only: (context tokens, seconds between 2 tokens)
+    round_trips_s: list[float]        # fixed-K: each cycle's network time (at no RTT)
+    answer_tokens: list[int]          # cloud-only: each answer's tokens (the sweep's own)
 
 
 @dataclass(frozen=True)
@@ -141,6 +153,7 @@ class RunVerdict:
     budget_s: float
     why: str
     time_scale: float = 1.0       # the scale on the fitted stages (``SweepGuardrail``)
+    round_trip_s: float = 0.0     # ... and the agents' own round trip per cycle
 
     def record(self, measured: dict | None = None) -> dict:
         """The decision as ``cells.jsonl`` keeps it (ms per committed token); with
@@ -152,7 +165,8 @@ class RunVerdict:
                "predicted_low_ms": _ms(spread.low) if spread else None,
                "predicted_ms": _ms(spread.point) if spread else None,
                "predicted_high_ms": _ms(spread.high) if spread else None,
-               "time_scale": round(self.time_scale, 4), "why": self.why,
+               "time_scale": round(self.time_scale, 4),
+               "round_trip_ms": _ms(self.round_trip_s), "why": self.why,
                "ran": measured is not None}
         if measured is None:
             return row
@@ -201,16 +215,22 @@ class SweepGuardrail:
     acceptance: Spread
     source: str = ""                      # the folder, for display
     time_scale: float = 1.0               # what the fitted times are multiplied by here, now
-    probed_steps: int = 0                 # ... from this many tokens served (0: not probed)
+    round_trip_s: float = 0.0             # what a fixed-K cycle's link adds at no RTT here
+    answer_tokens: tuple[int, ...] = ()   # the answers' lengths (none: endless answers)
+    probe: tuple[int, int] = (0, 0)       # the tokens and cycles they come from (0: as fitted)
     _stages: dict = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> str:
         table, interval = self.fitted.table, self.fitted.intervals["verify"]
         host = table.get("host", {})
-        speed = (f"fitted times x{self.time_scale:.2f} (a cloud-only probe run just now "
-                 f"served {self.probed_steps} tokens at x{self.time_scale:.2f} the fitted "
-                 "decoding step)" if self.probed_steps
-                 else "fitted times as they are (no probe run)")
+        tokens, cycles = self.probe
+        answers = (f", answers of {min(self.answer_tokens)}-{max(self.answer_tokens)} "
+                   "tokens" if self.answer_tokens else "")
+        speed = (f"fitted times x{self.time_scale:.2f} and {1000 * self.round_trip_s:.2f} ms "
+                 f"of the agents' own round trip per cycle{answers} (a probe run just now: "
+                 f"{tokens} cloud-only tokens at x{self.time_scale:.2f} the fitted decoding "
+                 f"step, {cycles} fixed-K cycles on an unshaped link)"
+                 if tokens or cycles else "fitted times as they are (no probe run)")
         return (f"guardrail: budget {1000 * self.budget_s:g} ms per token; stages fitted on "
                 f"{self.device.name} ({table.get('campaign', '?')}, host "
                 f"{host.get('node', '?')}, {host.get('processor', '?')}) in {self.source}, "
@@ -218,17 +238,22 @@ class SweepGuardrail:
                 f"{self.acceptance.low:g}-{self.acceptance.high:g}; contexts "
                 f"{self.contexts.low:g}-{self.contexts.high:g} tokens")
 
-    def at_time_scale(self, steps: list[tuple[int, float]]) -> SweepGuardrail:
-        """This guardrail with every stage scaled to how fast this host serves now
-        (``time_scale``): ``steps`` are (context tokens, seconds) of the pair's tokens as a
-        cloud-only run just served them, against the fitted ``decode`` stage at those
-        contexts.  Without steps (every answer ended at once) as fitted."""
-        if not steps:
-            return self
-        contexts, seconds = zip(*steps)
-        predicted = [self._seconds("decode", 1, context) for context in contexts]
-        return replace(self, time_scale=time_scale(seconds, predicted),
-                       probed_steps=len(steps), _stages={})
+    def at_probe(self, probe: ProbeRun) -> SweepGuardrail:
+        """This guardrail fitted to how this host serves now: every stage scaled by the
+        ``time_scale`` of the probe's cloud-only tokens (context, seconds) against the
+        fitted ``decode`` stage at those contexts, and every fixed-K cycle's link given the
+        median round trip of the probe's cycles.  What the probe lacks (an answer that ended
+        at once) stays as fitted."""
+        scale = self.time_scale
+        if probe.steps:
+            contexts, seconds = zip(*probe.steps)
+            scale = time_scale(seconds, [self._seconds("decode", 1, context)
+                                         for context in contexts])
+        round_trip = (float(np.median(probe.round_trips_s)) if probe.round_trips_s
+                      else self.round_trip_s)
+        return replace(self, time_scale=scale, round_trip_s=round_trip,
+                       answer_tokens=tuple(probe.answer_tokens) or self.answer_tokens,
+                       probe=(len(probe.steps), len(probe.round_trips_s)), _stages={})
 
     def foreign_host(self, processor: str) -> str | None:
         """A warning when the stages were measured on another processor than ``processor``
@@ -249,17 +274,19 @@ class SweepGuardrail:
     def _verdict(self, run: StrategyRun, states: list[LinkState], codec: str) -> RunVerdict:
         why = unpredictable(run.strategy, run.draft_ahead)
         if why is not None:
-            return RunVerdict(run, "measure", None, self.budget_s, why, self.time_scale)
+            return RunVerdict(run, "measure", None, self.budget_s, why, self.time_scale,
+                              self.round_trip_s)
         k = run.k or 1                   # cloud-only: one decoding step, no K
         stages = {stage: self._stage(stage, k) for stage in UNCERTAIN}
         rtt_s, transfer_s = self._link(run.strategy, k, states, codec)
         spread = per_token_spread(run.strategy, k, stages, self.fitted.intervals, rtt_s,
-                                  transfer_s, self.acceptance)
+                                  transfer_s, self.acceptance, self.answer_tokens)
         if not all(_bounded(state) for state in states):
             spread = replace(spread, high=math.inf)
         verdict = str(decide(spread.low, spread.high, spread.point, self.budget_s))
         return RunVerdict(run, verdict, spread, self.budget_s,
-                          _why(verdict, spread, self.budget_s), self.time_scale)
+                          _why(verdict, spread, self.budget_s), self.time_scale,
+                          self.round_trip_s)
 
     def _stage(self, stage: str, k: int) -> Spread:
         """The stage's predicted seconds at the least, mean and most context."""
@@ -277,13 +304,14 @@ class SweepGuardrail:
 
     def _link(self, strategy: str, k: int, states: list[LinkState],
               codec: str) -> tuple[Spread, Spread]:
-        """The RTT and one cycle's transfer (s) over the timeline's states: the least, at its
-        start, the most; only fixed-K speculation crosses the link once per cycle."""
+        """The RTT (the profile's and the agents' own round trip) and one cycle's transfer
+        (s) over the timeline's states: the least, at its start, the most; only fixed-K
+        speculation crosses the link once per cycle."""
         if strategy != "fixed-k":
             return Spread(0.0, 0.0, 0.0), Spread(0.0, 0.0, 0.0)
         sizes = cycle_bytes(codec, k, self.width)
         rejected = sizes.get("down_rejected", sizes["down"])   # q-scalar: the target row
-        rtts = [state.rtt_ms / 1000.0 for state in states]
+        rtts = [state.rtt_ms / 1000.0 + self.round_trip_s for state in states]
         kept = [transfer_s(s, "uplink", sizes["up"]) + transfer_s(s, "downlink", sizes["down"])
                 for s in states]
         with_row = [transfer_s(s, "uplink", sizes["up"]) + transfer_s(s, "downlink", rejected)

@@ -179,9 +179,10 @@ class GuardrailFields(BaseModel):
         default=(0.0, 1.0), description="sweep guardrail: the least and the most per-token "
         "acceptance to assume (default: any)")
     guardrail_probe: bool = Field(
-        default=True, description="sweep guardrail: before judging, time the pair's target "
-        "decoding and scale every fitted stage by how fast this host runs now against the "
-        "fitted times (false: the fitted times as they are)")
+        default=True, description="sweep guardrail: before judging, run the pair cloud-only "
+        "and fixed-K on an unshaped link, scale every fitted stage by how fast this host "
+        "served against the fitted times and add its cycles' own round trip to every RTT "
+        "(false: the fitted times as they are)")
 
     @property
     def guarded(self) -> bool:

@@ -12,9 +12,9 @@ Under a budget guardrail (``orchestrator.config.guardrail``) each cell's strateg
 decided first: the rejected ones are skipped (the cell runs the job cut to the others,
 ``narrowed``; a cell with none left runs nothing and is marked skipped), and the cell's
 line in ``cells.jsonl`` keeps every decision, with each run's measured ms per token beside
-it and whether the decision held.  Before the first cell it runs, the guardrail scales its
-fitted stages to how fast this host serves the pair at that moment (``guardrail_probe``: a
-short cloud-only run kept in the sweep's folder).
+it and whether the decision held.  Before the first cell it runs, the guardrail is fitted to
+how this host serves the pair at that moment (``guardrail_probe``: a short run of cloud-only
+and fixed-K on an unshaped link, kept in the sweep's folder).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from orchestrator.results import Cell, ResultsFolder, SweepFolder
 from shaping.profile import NetworkProfile, ProfileFile, resolve
 
 if TYPE_CHECKING:    # its latency model imports scikit-learn: only a guarded sweep loads it
-    from orchestrator.config.guardrail import SweepGuardrail
+    from orchestrator.config.guardrail import ProbeRun, SweepGuardrail
 
 
 def _number(value: float) -> str:
@@ -92,7 +92,7 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Co
         console.print(f"resuming: {len(finished)} of {len(cells)} cells already finished")
     if guardrail is not None and todo and template.job.guardrail_probe:
         with work_progress(console) as progress:
-            guardrail = guardrail.at_time_scale(guardrail_probe(folder, template, progress))
+            guardrail = guardrail.at_probe(guardrail_probe(folder, template, progress))
     if guardrail is not None:
         console.print(guardrail.describe(), highlight=False)
     ran = []
@@ -129,35 +129,43 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Co
     return ran
 
 
-PROBE_FOLDER = "guardrail-probe"   # in a sweep's folder: the run the guardrail scales by
+PROBE_FOLDER = "guardrail-probe"   # in a sweep's folder: the run the guardrail fits itself to
 PROBE_QUERIES = 4                  # ... its queries at most (the job's first prompts)
 
 
-def guardrail_probe(folder: SweepFolder, template: RunSpec,
-                    progress) -> list[tuple[int, float]]:
-    """How fast this host serves the job's pair right now: a cloud-only run of its first
-    prompts (``PROBE_QUERIES`` at most, once each) on an unshaped link in the sweep's mode,
-    agents and serving loop included, into the sweep's ``PROBE_FOLDER`` (a resumed sweep
-    runs it anew).  Each step: (the tokens of context it decoded at, the interval between
-    two tokens as the edge received them), which is what a cell's cloud-only ms per token
-    is made of."""
+def guardrail_probe(folder: SweepFolder, template: RunSpec, progress) -> ProbeRun:
+    """How this host serves the job's pair right now: cloud-only and fixed-K at the job's
+    smallest K, on the job's first prompts (``PROBE_QUERIES`` at most, once each), on an
+    unshaped link in the sweep's mode, agents and serving loop included, into the sweep's
+    ``PROBE_FOLDER`` (a resumed sweep runs it anew).  Its cloud-only steps are (the tokens of
+    context decoded at, the interval between two tokens as the edge received them), what a
+    cell's cloud-only ms per token is made of; its cycles' network times are the round trip
+    the agents and the path add to every cycle before any RTT; its cloud-only answers'
+    lengths are those of the sweep's queries of the same prompts (under greedy decoding
+    every lossless strategy's answer is cloud-only's)."""
+    from orchestrator.config.guardrail import ProbeRun
     path = folder.path / PROBE_FOLDER
     if path.exists():
         shutil.rmtree(path)
     path.mkdir()
-    job = template.job.model_copy(update={
-        "max_queries": min(template.job.max_queries or PROBE_QUERIES, PROBE_QUERIES),
+    job = template.job
+    probe = job.model_copy(update={
+        "strategies": ["cloud-only", "fixed-k"], "k_values": [min(job.k_values)],
+        "draft_ahead": 0, "max_queries": min(job.max_queries or PROBE_QUERIES, PROBE_QUERIES),
         "repetitions": 1})
-    probe = replace(template, job=narrowed(job, [StrategyRun("cloud-only", None)]),
-                    profile=grid_profile(0, None))
-    execute(probe, ResultsFolder(path), progress)
-    steps = []
+    execute(replace(template, job=probe, profile=grid_profile(0, None)), ResultsFolder(path),
+            progress)
+    steps, answers = [], []
     for line in (path / ResultsFolder.QUERIES).read_text().splitlines():
         query = json.loads(line)
-        times = query["token_times_s"]
-        steps += [(query["prompt_tokens"] + index, later - earlier)
-                  for index, (earlier, later) in enumerate(zip(times, times[1:]), start=1)]
-    return steps
+        if query["strategy"] == "cloud-only":
+            times = query["token_times_s"]
+            steps += [(query["prompt_tokens"] + index, later - earlier)
+                      for index, (earlier, later) in enumerate(zip(times, times[1:]), start=1)]
+            answers.append(query["n_tokens"])
+    cycles = [json.loads(line) for line in (path / ResultsFolder.CYCLES).read_text().splitlines()]
+    return ProbeRun(steps, [cycle["t_network"] for cycle in cycles
+                            if cycle["strategy"] == "fixed-k" and cycle["k"]], answers)
 
 
 def cell_spec(template: RunSpec, cell: Cell, runs: list[StrategyRun] | None = None) -> RunSpec:

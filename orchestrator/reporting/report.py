@@ -245,11 +245,13 @@ def guardrail_conclusion(decisions: pd.DataFrame) -> str:
         parts.append(f"{int(judged.eq(True).sum())} of {len(judged)} measured inside their "
                      "predicted interval")
     if "time_scale" in decisions:
-        scales = sorted({round(float(scale), 2) for scale in decisions["time_scale"].dropna()})
-        parts.append("fitted times as they are (no probe run)" if scales == [1.0] else
-                     "fitted times x" + ", x".join(f"{scale:.2f}" for scale in scales)
-                     + " (the probe run before the sweep"
-                     + (" and before each resumption)" if len(scales) > 1 else ")"))
+        fitted = {(round(float(row["time_scale"]), 2), row.get("round_trip_ms") or 0.0)
+                  for _, row in decisions.iterrows()}
+        parts.append("fitted times as they are (no probe run)" if fitted == {(1.0, 0.0)} else
+                     "; ".join(f"fitted times x{scale:.2f} and {trip:.2f} ms of the agents' own "
+                               "round trip per cycle" for scale, trip in sorted(fitted))
+                     + (" (the probe run before the sweep and before each resumption)"
+                        if len(fitted) > 1 else " (the probe run before the sweep)"))
     return "; ".join(parts)
 
 
@@ -259,9 +261,10 @@ GUARDRAIL_LEGEND = {
     "verdict": "accept: even the interval's high end fits the budget; reject: even its low "
                "end breaks it, so the run was skipped (never run); measure: in between, or "
                "a strategy the latency model does not predict: run",
-    "predicted ms": "ms per committed token from the fitted stages (scaled by a cloud-only "
-                    "probe run before the sweep, unless --no-guardrail-probe), the link's "
-                    "RTT and the codec's bytes, [low, high]: every stage at its "
+    "predicted ms": "ms per committed token from the fitted stages, the link's RTT and the "
+                    "codec's bytes (scaled, and the agents' own round trip added, from a "
+                    "probe run before the sweep unless --no-guardrail-probe), [low, high]: "
+                    "every stage at its "
                     "split-conformal interval's end, the least and most context, RTT and "
                     "acceptance at once",
     "measured ms": "what the run measured: 1000 / tok/s",
