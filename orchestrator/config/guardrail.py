@@ -56,8 +56,8 @@ from nasd.latency.guardrail import (
     Spread,
     StageInterval,
     decide,
-    time_scale,
     per_token_spread,
+    time_scale,
     unpredictable,
     verdict_held,
 )

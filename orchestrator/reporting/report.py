@@ -264,9 +264,8 @@ GUARDRAIL_LEGEND = {
     "predicted ms": "ms per committed token from the fitted stages, the link's RTT and the "
                     "codec's bytes (scaled, and the agents' own round trip added, from a "
                     "probe run before the sweep unless --no-guardrail-probe), [low, high]: "
-                    "every stage at its "
-                    "split-conformal interval's end, the least and most context, RTT and "
-                    "acceptance at once",
+                    "every stage at its split-conformal interval's end, the least and most "
+                    "context, RTT and acceptance at once",
     "measured ms": "what the run measured: 1000 / tok/s",
     "in budget": "whether the measured ms per token fit the budget",
     "held": "whether the verdict held: an accepted run in budget, or NO; - for measure (no "
