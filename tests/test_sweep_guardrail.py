@@ -96,10 +96,14 @@ def test_a_probe_run_fits_the_guardrail_to_how_this_host_serves_now():
     fitted = [(context, guard._seconds("decode", 1, context)) for context in range(25, 45)]
     assert guard.at_probe(ProbeRun(fitted, [], [])).time_scale == pytest.approx(1.0)
     assert guard.at_probe(ProbeRun([], [], [])).time_scale == 1.0      # nothing served: as fitted
-    # tokens at half the fitted step, one 10x slow: the median ignores it; cycles' own trip
-    faster = guard.at_probe(ProbeRun([(c, s / 2) for c, s in fitted[:-1]]
-                                     + [(44, 10 * fitted[-1][1])], [0.0004, 0.0005, 0.009], []))
+    # tokens at half the fitted step; the cycles' own round trip: their median
+    faster = guard.at_probe(ProbeRun([(c, s / 2) for c, s in fitted], [],
+                                     [0.0004, 0.0005, 0.009]))
     assert faster.time_scale == pytest.approx(0.5) and faster.round_trip_s == 0.0005
+    # a stall counts as it counts in a run's ms per token: the total over the total
+    stalled = [(c, s / 2) for c, s in fitted[:-1]] + [(44, 10 * fitted[-1][1])]
+    assert guard.at_probe(ProbeRun(stalled, [])).time_scale == pytest.approx(
+        sum(s for _, s in stalled) / sum(s for _, s in fitted))
     assert "fitted times x0.50 and 0.50 ms of the agents' own round trip per cycle (a probe " \
            "run just now: 20 cloud-only tokens" in faster.describe()
     as_fitted = decided(guard, grid_profile(0, None), [CLOUD_ONLY, FIXED5])
@@ -264,17 +268,32 @@ def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_p
         folder / "guardrail-probe" / "cycles.jsonl").read_text().splitlines()) if cycle["k"]]
     assert len(steps) == len(times) - 1 >= 5 and trips and 0 < min(trips)
     fitted = tiny_guardrail(3.0)
-    probed = fitted.at_probe(ProbeRun(steps, trips, [queries[0]["n_tokens"]]))
+    probed = fitted.at_probe(ProbeRun(steps, [queries[0]["n_tokens"]], trips))
     assert probed.answer_tokens == (queries[0]["n_tokens"],)
     assert 0.1 < probed.time_scale < 10           # this host against a 2-vCPU build host's fit
     assert probed.round_trip_s < 0.05             # the agents' own messages, no RTT
     assert f"fitted times x{probed.time_scale:.2f} and {1000 * probed.round_trip_s:.2f} ms" \
            in output
-    decisions = [d for line in (folder / "cells.jsonl").read_text().splitlines()
-                 for d in json.loads(line)["guardrail"]]
-    assert {(d["time_scale"], d["round_trip_ms"]) for d in decisions} == {
-        (round(probed.time_scale, 4), round(1000 * probed.round_trip_s, 4))}
-    for label, run in (("cloud-only", CLOUD_ONLY), ("fixed-k5", FIXED5)):
-        expected = decided(probed, grid_profile(0, None), [run])[label].per_token_s
-        made = next(d for d in decisions if d["label"] == label and d["predicted_ms"])
-        assert made["predicted_ms"] == pytest.approx(1000 * expected.point, rel=1e-3)
+    cells = [json.loads(line) for line in (folder / "cells.jsonl").read_text().splitlines()]
+    assert [cell["cell"] for cell in cells] == ["rtt000", "rtt200"]
+    # the second cell follows the first's cloud-only tokens, when it ran them
+    ran = (folder / "cells" / "rtt000" / "queries.jsonl")
+    first = [json.loads(line) for line in ran.read_text().splitlines()] if ran.exists() else []
+    served = [q for q in first if q["label"] == "cloud-only"]
+    followed = probed if not served else probed.at_probe(ProbeRun(
+        [(served[0]["prompt_tokens"] + i, served[0]["token_times_s"][i]
+          - served[0]["token_times_s"][i - 1]) for i in range(1, served[0]["n_tokens"])],
+        [served[0]["n_tokens"]]))
+    for cell, guard in zip(cells, (probed, followed)):
+        assert {(d["time_scale"], d["round_trip_ms"]) for d in cell["guardrail"]} == {
+            (round(guard.time_scale, 4), round(1000 * guard.round_trip_s, 4))}
+        for label, run in (("cloud-only", CLOUD_ONLY), ("fixed-k5", FIXED5)):
+            expected = decided(guard, cell_profile(cell), [run])[label].per_token_s
+            made = next(d for d in cell["guardrail"] if d["label"] == label)
+            assert made["predicted_ms"] == pytest.approx(1000 * expected.point, rel=1e-3)
+    assert ("from here on (cell rtt000's cloud-only tokens" in output) == (
+        round(followed.time_scale, 2) != round(probed.time_scale, 2))
+
+
+def cell_profile(cell: dict):
+    return grid_profile(float(cell["cell"].removeprefix("rtt")), None)

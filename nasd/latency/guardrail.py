@@ -82,15 +82,17 @@ def conformal_interval(measured, predicted, coverage: float = COVERAGE) -> Stage
 
 
 def time_scale(measured_s, predicted_s) -> float:
-    """What a model's times must be multiplied by on a host now: the median ratio measured /
-    predicted of steps just timed there (``orchestrator sweep`` serves its pair cloud-only
-    for a few queries before judging).  A shared or virtual host's speed drifts by tens of
-    percent over hours, and every stage moves with it (a sample's draft and verify times
-    were 0.93 correlated over a campaign's rounds), so one factor scales them all."""
-    ratios = np.asarray(measured_s, dtype=float) / np.asarray(predicted_s, dtype=float)
-    if ratios.size == 0:
+    """What a model's times must be multiplied by on a host now: the steps just timed there
+    over what the model predicts for them, in total (``orchestrator sweep`` serves its pair
+    cloud-only for a few queries before judging).  A total, not a median: what a run is
+    judged by, ms per token, is its total time over its tokens, stalls included.  A shared
+    or virtual host's speed drifts by tens of percent over hours, and every stage moves with
+    it (a sample's draft and verify times were 0.93 correlated over a campaign's rounds), so
+    one factor scales them all."""
+    measured, predicted = (np.asarray(values, dtype=float) for values in (measured_s, predicted_s))
+    if measured.size == 0:
         raise ValueError("a time scale needs at least one timed step")
-    return float(np.median(ratios))
+    return float(measured.sum() / predicted.sum())
 
 
 def per_token(strategy: str, k: int, draft_token_s: float, verify_s: float, decode_s: float,

@@ -79,8 +79,9 @@ class ProbeRun:
     """What a sweep's probe run measured on an unshaped link."""
 
     steps: list[tuple[int, float]]    # cloud-only: (context tokens, seconds between 2 tokens)
-    round_trips_s: list[float]        # fixed-K: each cycle's network time (at no RTT)
     answer_tokens: list[int]          # cloud-only: each answer's tokens (the sweep's own)
+    round_trips_s: list[float] = field(default_factory=list)   # fixed-K: each cycle's network
+                                                               # time at no RTT
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,8 @@ class SweepGuardrail:
         """This guardrail fitted to how this host serves now: every stage scaled by the
         ``time_scale`` of the probe's cloud-only tokens (context, seconds) against the
         fitted ``decode`` stage at those contexts, and every fixed-K cycle's link given the
-        median round trip of the probe's cycles.  What the probe lacks (an answer that ended
-        at once) stays as fitted."""
+        median round trip of the probe's cycles.  What the probe lacks (no fixed-K cycles in a
+        finished cell's cloud-only tokens; an answer that ended at once) stays as it was."""
         scale = self.time_scale
         if probe.steps:
             contexts, seconds = zip(*probe.steps)
@@ -253,7 +254,8 @@ class SweepGuardrail:
                       else self.round_trip_s)
         return replace(self, time_scale=scale, round_trip_s=round_trip,
                        answer_tokens=tuple(probe.answer_tokens) or self.answer_tokens,
-                       probe=(len(probe.steps), len(probe.round_trips_s)), _stages={})
+                       probe=(len(probe.steps), len(probe.round_trips_s) or self.probe[1]),
+                       _stages={})
 
     def foreign_host(self, processor: str) -> str | None:
         """A warning when the stages were measured on another processor than ``processor``

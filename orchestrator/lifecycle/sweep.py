@@ -14,7 +14,8 @@ decided first: the rejected ones are skipped (the cell runs the job cut to the o
 line in ``cells.jsonl`` keeps every decision, with each run's measured ms per token beside
 it and whether the decision held.  Before the first cell it runs, the guardrail is fitted to
 how this host serves the pair at that moment (``guardrail_probe``: a short run of cloud-only
-and fixed-K on an unshaped link, kept in the sweep's folder).
+and fixed-K on an unshaped link, kept in the sweep's folder), and after every cell that ran
+cloud-only it follows that cell's tokens (``follow_host``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -123,6 +125,8 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Co
                 else None
             with interrupts.shielded():      # the cell's line in cells.jsonl is written whole
                 folder.mark_finished(cell, time.perf_counter() - started, records)
+            if guardrail is not None and template.job.guardrail_probe:
+                guardrail = follow_host(guardrail, cell.name, path, console)
             ran.append(cell.name)
             progress.advance(overall)
             console.print(f"cell {cell.name}: done in {time.perf_counter() - started:.1f} s")
@@ -155,6 +159,32 @@ def guardrail_probe(folder: SweepFolder, template: RunSpec, progress) -> ProbeRu
         "repetitions": 1})
     execute(replace(template, job=probe, profile=grid_profile(0, None)), ResultsFolder(path),
             progress)
+    cycles = [json.loads(line) for line in (path / ResultsFolder.CYCLES).read_text().splitlines()]
+    return ProbeRun(*cloud_only_tokens(path), [cycle["t_network"] for cycle in cycles
+                                                if cycle["strategy"] == "fixed-k" and cycle["k"]])
+
+
+def follow_host(guardrail: SweepGuardrail, cell_name: str, path: Path,
+                console: Console) -> SweepGuardrail:
+    """The guardrail for the cells after a finished one that ran cloud-only: its stages
+    scaled by that cell's cloud-only tokens (``cloud_only_tokens``), the latest word on how
+    fast this host serves (a sweep of many cells outlasts the probe's moment: this VM
+    drifts by tens of percent over hours); the probe's round trip kept."""
+    from orchestrator.config.guardrail import ProbeRun
+    steps, answers = cloud_only_tokens(path)
+    if not steps:
+        return guardrail
+    followed = guardrail.at_probe(ProbeRun(steps, answers))
+    if round(followed.time_scale, 2) != round(guardrail.time_scale, 2):
+        console.print(f"guardrail: fitted times x{followed.time_scale:.2f} from here on (cell "
+                      f"{cell_name}'s cloud-only tokens; were x{guardrail.time_scale:.2f})",
+                      highlight=False)
+    return followed
+
+
+def cloud_only_tokens(path: Path) -> tuple[list[tuple[int, float]], list[int]]:
+    """A run folder's cloud-only tokens: (the tokens of context each was decoded at, the
+    interval since the one before it as the edge received them), and each answer's tokens."""
     steps, answers = [], []
     for line in (path / ResultsFolder.QUERIES).read_text().splitlines():
         query = json.loads(line)
@@ -163,9 +193,7 @@ def guardrail_probe(folder: SweepFolder, template: RunSpec, progress) -> ProbeRu
             steps += [(query["prompt_tokens"] + index, later - earlier)
                       for index, (earlier, later) in enumerate(zip(times, times[1:]), start=1)]
             answers.append(query["n_tokens"])
-    cycles = [json.loads(line) for line in (path / ResultsFolder.CYCLES).read_text().splitlines()]
-    return ProbeRun(steps, [cycle["t_network"] for cycle in cycles
-                            if cycle["strategy"] == "fixed-k" and cycle["k"]], answers)
+    return steps, answers
 
 
 def cell_spec(template: RunSpec, cell: Cell, runs: list[StrategyRun] | None = None) -> RunSpec:
