@@ -94,18 +94,25 @@ def test_a_probe_run_fits_the_guardrail_to_how_this_host_serves_now():
     guard = tiny_guardrail(3.0)
     assert "fitted times as they are (no probe run)" in guard.describe()
     fitted = [(context, guard._seconds("decode", 1, context)) for context in range(25, 45)]
-    assert guard.at_probe(ProbeRun(fitted, [], [])).time_scale == pytest.approx(1.0)
+    assert guard.at_probe(ProbeRun([fitted], [], [])).time_scale == pytest.approx(1.0)
     assert guard.at_probe(ProbeRun([], [], [])).time_scale == 1.0      # nothing served: as fitted
     # tokens at half the fitted step; the cycles' own round trip: their median
-    faster = guard.at_probe(ProbeRun([(c, s / 2) for c, s in fitted], [],
-                                     [0.0004, 0.0005, 0.009]))
+    half = [(c, s / 2) for c, s in fitted]
+    faster = guard.at_probe(ProbeRun([half[:10], half[10:]], [], [0.0004, 0.0005, 0.009]))
     assert faster.time_scale == pytest.approx(0.5) and faster.round_trip_s == 0.0005
-    # a stall counts as it counts in a run's ms per token: the total over the total
-    stalled = [(c, s / 2) for c, s in fitted[:-1]] + [(44, 10 * fitted[-1][1])]
-    assert guard.at_probe(ProbeRun(stalled, [])).time_scale == pytest.approx(
-        sum(s for _, s in stalled) / sum(s for _, s in fitted))
-    assert "fitted times x0.50 and 0.50 ms of the agents' own round trip per cycle (a probe " \
-           "run just now: 20 cloud-only tokens" in faster.describe()
+    # a stall counts within its answer, as in a run's ms per token (total over total), and
+    # an answer slowed throughout is one of the median's three
+    stalled = half[:9] + [(34, 10 * fitted[9][1])]
+    within = sum(s for _, s in stalled) / sum(s for _, s in fitted[:10])
+    assert within > 0.9 and guard.at_probe(ProbeRun([stalled], [])).time_scale == \
+        pytest.approx(within)
+    slow = [(c, 3 * s) for c, s in fitted[10:15]]
+    strayed = guard.at_probe(ProbeRun([half[:5], slow, half[15:]], []))
+    assert strayed.time_scale == pytest.approx(0.5)
+    assert strayed.speed_spread == pytest.approx((1.0, 6.0))    # 3x over the median 0.5
+    assert "fitted times x0.50 (x0.50-0.50 over its answers, the intervals widened so) and " \
+           "0.50 ms of the agents' own round trip per cycle (a probe run just now: 20 " \
+           "cloud-only tokens" in faster.describe()
     as_fitted = decided(guard, grid_profile(0, None), [CLOUD_ONLY, FIXED5])
     now = decided(faster, grid_profile(0, None), [CLOUD_ONLY, FIXED5])
     for end in ("low", "point", "high"):       # unshaped at 0 ms: the stages alone, halved
@@ -118,6 +125,12 @@ def test_a_probe_run_fits_the_guardrail_to_how_this_host_serves_now():
         as_fitted["fixed-k5"].per_token_s.high / 2 + 0.0005)     # acceptance 0: one token
     record = now["fixed-k5"].record()
     assert (record["time_scale"], record["round_trip_ms"]) == (0.5, 0.5)
+    # an answer 3x slower than the median widens the high ends 6x over the scaled ones
+    wide = decided(strayed, grid_profile(0, None), [CLOUD_ONLY])["cloud-only"].per_token_s
+    assert (wide.low, wide.point, wide.high) == pytest.approx(tuple(
+        factor * getattr(as_fitted["cloud-only"].per_token_s, end)
+        for factor, end in ((0.5, "low"), (0.5, "point"), (3.0, "high"))))
+    assert strayed.at_probe(ProbeRun([half], [])).speed_spread == (1.0, 1.0)  # the latest
     # its decoding step alone broke 3 ms per token as fitted; on a host twice as fast it fits
     assert (as_fitted["cloud-only"].verdict, now["cloud-only"].verdict) == ("reject", "accept")
 
@@ -263,17 +276,18 @@ def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_p
                (folder / "guardrail-probe" / "queries.jsonl").read_text().splitlines()]
     assert [query["label"] for query in queries] == ["cloud-only", "fixed-k5"]  # 1 prompt
     times, prompt = queries[0]["token_times_s"], queries[0]["prompt_tokens"]
-    steps = [(prompt + index, times[index] - times[index - 1]) for index in range(1, len(times))]
+    steps = [[(prompt + index, times[index] - times[index - 1]) for index in range(1, len(times))]]
     trips = [cycle["t_network"] for cycle in map(json.loads, (    # cycles that drafted
         folder / "guardrail-probe" / "cycles.jsonl").read_text().splitlines()) if cycle["k"]]
-    assert len(steps) == len(times) - 1 >= 5 and trips and 0 < min(trips)
+    assert len(steps[0]) == len(times) - 1 >= 5 and trips and 0 < min(trips)
     fitted = tiny_guardrail(3.0)
     probed = fitted.at_probe(ProbeRun(steps, [queries[0]["n_tokens"]], trips))
     assert probed.answer_tokens == (queries[0]["n_tokens"],)
     assert 0.1 < probed.time_scale < 10           # this host against a 2-vCPU build host's fit
     assert probed.round_trip_s < 0.05             # the agents' own messages, no RTT
-    assert f"fitted times x{probed.time_scale:.2f} and {1000 * probed.round_trip_s:.2f} ms" \
-           in output
+    assert f"fitted times x{probed.time_scale:.2f} (x" in output
+    assert f"and {1000 * probed.round_trip_s:.2f} ms of the agents' own round trip" in output
+    assert (folder / "guardrail-probe").is_dir() and not (folder / "guardrail-probe-2").exists()
     cells = [json.loads(line) for line in (folder / "cells.jsonl").read_text().splitlines()]
     assert [cell["cell"] for cell in cells] == ["rtt000", "rtt200"]
     # the second cell follows the first's cloud-only tokens, when it ran them
@@ -281,18 +295,19 @@ def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_p
     first = [json.loads(line) for line in ran.read_text().splitlines()] if ran.exists() else []
     served = [q for q in first if q["label"] == "cloud-only"]
     followed = probed if not served else probed.at_probe(ProbeRun(
-        [(served[0]["prompt_tokens"] + i, served[0]["token_times_s"][i]
-          - served[0]["token_times_s"][i - 1]) for i in range(1, served[0]["n_tokens"])],
+        [[(served[0]["prompt_tokens"] + i, served[0]["token_times_s"][i]
+           - served[0]["token_times_s"][i - 1]) for i in range(1, served[0]["n_tokens"])]],
         [served[0]["n_tokens"]]))
     for cell, guard in zip(cells, (probed, followed)):
-        assert {(d["time_scale"], d["round_trip_ms"]) for d in cell["guardrail"]} == {
-            (round(guard.time_scale, 4), round(1000 * guard.round_trip_s, 4))}
+        assert {(d["time_scale"], tuple(d["speed_spread"]), d["round_trip_ms"])
+                for d in cell["guardrail"]} == {
+            (round(guard.time_scale, 4), tuple(round(end, 4) for end in guard.speed_spread),
+             round(1000 * guard.round_trip_s, 4))}
         for label, run in (("cloud-only", CLOUD_ONLY), ("fixed-k5", FIXED5)):
             expected = decided(guard, cell_profile(cell), [run])[label].per_token_s
             made = next(d for d in cell["guardrail"] if d["label"] == label)
             assert made["predicted_ms"] == pytest.approx(1000 * expected.point, rel=1e-3)
-    assert ("from here on (cell rtt000's cloud-only tokens" in output) == (
-        round(followed.time_scale, 2) != round(probed.time_scale, 2))
+    assert ("from here on (cell rtt000's cloud-only tokens" in output) == bool(served)
 
 
 def cell_profile(cell: dict):

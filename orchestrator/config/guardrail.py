@@ -16,7 +16,8 @@ probe run of the pair on an unshaped link made just before the sweep's cells
 ``guardrail_probe``): every stage is scaled by how fast its cloud-only tokens came against the
 fitted decoding step (``nasd.latency.guardrail.time_scale``: a virtual host's speed drifts by
 tens of percent over hours, more than the stages' intervals allow for, and the serving loop
-costs a little on every token), and every fixed-K cycle pays the round trip its cycles took
+costs a little on every token) and its interval widened by how far the answers' speeds
+strayed from it (``speed_spread``), and every fixed-K cycle pays the round trip its cycles took
 on that link (the agents' messages, wake-ups and, in vm mode, the VM's forwarding: 0.5-0.9 ms
 on the build VM), on top of the profile's RTT.
 
@@ -57,6 +58,7 @@ from nasd.latency.guardrail import (
     StageInterval,
     decide,
     per_token_spread,
+    speed_spread,
     time_scale,
     unpredictable,
     verdict_held,
@@ -78,7 +80,8 @@ FITTED_MODEL = "roofline"              # the family estimator.json holds
 class ProbeRun:
     """What a sweep's probe run measured on an unshaped link."""
 
-    steps: list[tuple[int, float]]    # cloud-only: (context tokens, seconds between 2 tokens)
+    steps: list[list[tuple[int, float]]]   # cloud-only, per answer: (context tokens, seconds
+                                           # since the token before)
     answer_tokens: list[int]          # cloud-only: each answer's tokens (the sweep's own)
     round_trips_s: list[float] = field(default_factory=list)   # fixed-K: each cycle's network
                                                                # time at no RTT
@@ -154,6 +157,7 @@ class RunVerdict:
     budget_s: float
     why: str
     time_scale: float = 1.0       # the scale on the fitted stages (``SweepGuardrail``)
+    speed_spread: tuple[float, float] = (1.0, 1.0)   # ... widened this much at each end
     round_trip_s: float = 0.0     # ... and the agents' own round trip per cycle
 
     def record(self, measured: dict | None = None) -> dict:
@@ -167,6 +171,7 @@ class RunVerdict:
                "predicted_ms": _ms(spread.point) if spread else None,
                "predicted_high_ms": _ms(spread.high) if spread else None,
                "time_scale": round(self.time_scale, 4),
+               "speed_spread": [round(end, 4) for end in self.speed_spread],
                "round_trip_ms": _ms(self.round_trip_s), "why": self.why,
                "ran": measured is not None}
         if measured is None:
@@ -185,7 +190,8 @@ class RunVerdict:
 
 
 def _why(verdict: str, spread: Spread, budget_s: float) -> str:
-    low, high, budget = 1000 * spread.low, 1000 * spread.high, 1000 * budget_s
+    low, high, budget = _ms(spread.low), _ms(spread.high), 1000 * budget_s   # as recorded
+    high = math.inf if high is None else high
     if verdict == "reject":
         return f"even its least, {low:.2f} ms/token, breaks the budget of {budget:g} ms"
     if verdict == "accept":
@@ -216,6 +222,7 @@ class SweepGuardrail:
     acceptance: Spread
     source: str = ""                      # the folder, for display
     time_scale: float = 1.0               # what the fitted times are multiplied by here, now
+    speed_spread: tuple[float, float] = (1.0, 1.0)   # how far below and above it answers went
     round_trip_s: float = 0.0             # what a fixed-K cycle's link adds at no RTT here
     answer_tokens: tuple[int, ...] = ()   # the answers' lengths (none: endless answers)
     probe: tuple[int, int] = (0, 0)       # the tokens and cycles they come from (0: as fitted)
@@ -227,7 +234,9 @@ class SweepGuardrail:
         tokens, cycles = self.probe
         answers = (f", answers of {min(self.answer_tokens)}-{max(self.answer_tokens)} "
                    "tokens" if self.answer_tokens else "")
-        speed = (f"fitted times x{self.time_scale:.2f} and {1000 * self.round_trip_s:.2f} ms "
+        low, high = (self.time_scale * end for end in self.speed_spread)
+        speed = (f"fitted times x{self.time_scale:.2f} (x{low:.2f}-{high:.2f} over its answers, "
+                 f"the intervals widened so) and {1000 * self.round_trip_s:.2f} ms "
                  f"of the agents' own round trip per cycle{answers} (a probe run just now: "
                  f"{tokens} cloud-only tokens at x{self.time_scale:.2f} the fitted decoding "
                  f"step, {cycles} fixed-K cycles on an unshaped link)"
@@ -241,20 +250,23 @@ class SweepGuardrail:
 
     def at_probe(self, probe: ProbeRun) -> SweepGuardrail:
         """This guardrail fitted to how this host serves now: every stage scaled by the
-        ``time_scale`` of the probe's cloud-only tokens (context, seconds) against the
-        fitted ``decode`` stage at those contexts, and every fixed-K cycle's link given the
+        ``time_scale`` of the probe's cloud-only answers' tokens (context, seconds) against
+        the fitted ``decode`` stage at those contexts, and every fixed-K cycle's link given the
         median round trip of the probe's cycles.  What the probe lacks (no fixed-K cycles in a
         finished cell's cloud-only tokens; an answer that ended at once) stays as it was."""
-        scale = self.time_scale
-        if probe.steps:
-            contexts, seconds = zip(*probe.steps)
-            scale = time_scale(seconds, [self._seconds("decode", 1, context)
-                                         for context in contexts])
+        scale, spread = self.time_scale, self.speed_spread
+        if any(probe.steps):
+            measured = [[seconds for _, seconds in answer] for answer in probe.steps]
+            predicted = [[self._seconds("decode", 1, context) for context, _ in answer]
+                         for answer in probe.steps]
+            scale = time_scale(measured, predicted)
+            spread = speed_spread(measured, predicted)
         round_trip = (float(np.median(probe.round_trips_s)) if probe.round_trips_s
                       else self.round_trip_s)
-        return replace(self, time_scale=scale, round_trip_s=round_trip,
+        return replace(self, time_scale=scale, speed_spread=spread, round_trip_s=round_trip,
                        answer_tokens=tuple(probe.answer_tokens) or self.answer_tokens,
-                       probe=(len(probe.steps), len(probe.round_trips_s) or self.probe[1]),
+                       probe=(sum(map(len, probe.steps)),
+                              len(probe.round_trips_s) or self.probe[1]),
                        _stages={})
 
     def foreign_host(self, processor: str) -> str | None:
@@ -277,7 +289,7 @@ class SweepGuardrail:
         why = unpredictable(run.strategy, run.draft_ahead)
         if why is not None:
             return RunVerdict(run, "measure", None, self.budget_s, why, self.time_scale,
-                              self.round_trip_s)
+                              self.speed_spread, self.round_trip_s)
         k = run.k or 1                   # cloud-only: one decoding step, no K
         stages = {stage: self._stage(stage, k) for stage in UNCERTAIN}
         rtt_s, transfer_s = self._link(run.strategy, k, states, codec)
@@ -288,14 +300,17 @@ class SweepGuardrail:
         verdict = str(decide(spread.low, spread.high, spread.point, self.budget_s))
         return RunVerdict(run, verdict, spread, self.budget_s,
                           _why(verdict, spread, self.budget_s), self.time_scale,
-                          self.round_trip_s)
+                          self.speed_spread, self.round_trip_s)
 
     def _stage(self, stage: str, k: int) -> Spread:
-        """The stage's predicted seconds at the least, mean and most context."""
+        """The stage's predicted seconds at the least, mean and most context, scaled to the
+        host's speed and widened by its spread."""
         if (stage, k) not in self._stages:
+            low, high = self.speed_spread
             self._stages[stage, k] = Spread(*(
-                self.time_scale * self._seconds(stage, k, context)
-                for context in (self.contexts.low, self.contexts.point, self.contexts.high)))
+                self.time_scale * widened * self._seconds(stage, k, context)
+                for widened, context in ((low, self.contexts.low), (1.0, self.contexts.point),
+                                         (high, self.contexts.high))))
         return self._stages[stage, k]
 
     def _seconds(self, stage: str, k: int, context: float) -> float:

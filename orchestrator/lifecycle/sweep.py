@@ -92,10 +92,10 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Co
     todo = [cell for cell in cells if cell.name not in finished]
     if finished:
         console.print(f"resuming: {len(finished)} of {len(cells)} cells already finished")
-    if guardrail is not None and todo and template.job.guardrail_probe:
-        with work_progress(console) as progress:
-            guardrail = guardrail.at_probe(guardrail_probe(folder, template, progress))
-    if guardrail is not None:
+    if guardrail is not None and todo:       # nothing left to judge: nothing to say
+        if template.job.guardrail_probe:
+            with work_progress(console) as progress:
+                guardrail = guardrail.at_probe(guardrail_probe(folder, template, progress))
         console.print(guardrail.describe(), highlight=False)
     ran = []
     with work_progress(console) as progress:
@@ -125,32 +125,33 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Co
                 else None
             with interrupts.shielded():      # the cell's line in cells.jsonl is written whole
                 folder.mark_finished(cell, time.perf_counter() - started, records)
-            if guardrail is not None and template.job.guardrail_probe:
-                guardrail = follow_host(guardrail, cell.name, path, console)
             ran.append(cell.name)
             progress.advance(overall)
             console.print(f"cell {cell.name}: done in {time.perf_counter() - started:.1f} s")
+            if guardrail is not None and template.job.guardrail_probe:
+                guardrail = follow_host(guardrail, cell.name, path, console)
     return ran
 
 
 PROBE_FOLDER = "guardrail-probe"   # in a sweep's folder: the run the guardrail fits itself to
 PROBE_QUERIES = 4                  # ... its queries at most (the job's first prompts)
+MAX_PROBES = 1000                  # ... and its runs in one sweep folder (one per resumption)
 
 
 def guardrail_probe(folder: SweepFolder, template: RunSpec, progress) -> ProbeRun:
     """How this host serves the job's pair right now: cloud-only and fixed-K at the job's
     smallest K, on the job's first prompts (``PROBE_QUERIES`` at most, once each), on an
     unshaped link in the sweep's mode, agents and serving loop included, into the sweep's
-    ``PROBE_FOLDER`` (a resumed sweep runs it anew).  Its cloud-only steps are (the tokens of
+    ``PROBE_FOLDER`` (a resumed sweep runs it anew, into ``PROBE_FOLDER``-2, -3, ...).  Its cloud-only steps are (the tokens of
     context decoded at, the interval between two tokens as the edge received them), what a
     cell's cloud-only ms per token is made of; its cycles' network times are the round trip
     the agents and the path add to every cycle before any RTT; its cloud-only answers'
     lengths are those of the sweep's queries of the same prompts (under greedy decoding
     every lossless strategy's answer is cloud-only's)."""
     from orchestrator.config.guardrail import ProbeRun
-    path = folder.path / PROBE_FOLDER
-    if path.exists():
-        shutil.rmtree(path)
+    path = next(folder.path / f"{PROBE_FOLDER}{suffix}"      # a resumption's beside the first
+                for suffix in ["", *(f"-{n}" for n in range(2, MAX_PROBES + 1))]
+                if not (folder.path / f"{PROBE_FOLDER}{suffix}").exists())
     path.mkdir()
     job = template.job
     probe = job.model_copy(update={
@@ -167,31 +168,34 @@ def guardrail_probe(folder: SweepFolder, template: RunSpec, progress) -> ProbeRu
 def follow_host(guardrail: SweepGuardrail, cell_name: str, path: Path,
                 console: Console) -> SweepGuardrail:
     """The guardrail for the cells after a finished one that ran cloud-only: its stages
-    scaled by that cell's cloud-only tokens (``cloud_only_tokens``), the latest word on how
+    scaled and widened by that cell's cloud-only tokens (``cloud_only_tokens``), the latest
+    word on how
     fast this host serves (a sweep of many cells outlasts the probe's moment: this VM
     drifts by tens of percent over hours); the probe's round trip kept."""
     from orchestrator.config.guardrail import ProbeRun
     steps, answers = cloud_only_tokens(path)
-    if not steps:
+    if not any(steps):
         return guardrail
     followed = guardrail.at_probe(ProbeRun(steps, answers))
-    if round(followed.time_scale, 2) != round(guardrail.time_scale, 2):
-        console.print(f"guardrail: fitted times x{followed.time_scale:.2f} from here on (cell "
-                      f"{cell_name}'s cloud-only tokens; were x{guardrail.time_scale:.2f})",
-                      highlight=False)
+    low, high = (followed.time_scale * end for end in followed.speed_spread)
+    console.print(f"guardrail: fitted times x{followed.time_scale:.2f} (x{low:.2f}-{high:.2f}) "
+                  f"from here on (cell {cell_name}'s cloud-only tokens; were "
+                  f"x{guardrail.time_scale:.2f})", highlight=False)
     return followed
 
 
-def cloud_only_tokens(path: Path) -> tuple[list[tuple[int, float]], list[int]]:
-    """A run folder's cloud-only tokens: (the tokens of context each was decoded at, the
-    interval since the one before it as the edge received them), and each answer's tokens."""
+def cloud_only_tokens(path: Path) -> tuple[list[list[tuple[int, float]]], list[int]]:
+    """A run folder's cloud-only answers: for each, its tokens after the first as (the
+    tokens of context each was decoded at, the interval since the one before it as the edge
+    received them); and each answer's tokens."""
     steps, answers = [], []
     for line in (path / ResultsFolder.QUERIES).read_text().splitlines():
         query = json.loads(line)
         if query["strategy"] == "cloud-only":
             times = query["token_times_s"]
-            steps += [(query["prompt_tokens"] + index, later - earlier)
-                      for index, (earlier, later) in enumerate(zip(times, times[1:]), start=1)]
+            steps.append([(query["prompt_tokens"] + index, later - earlier)
+                          for index, (earlier, later) in enumerate(zip(times, times[1:]),
+                                                                   start=1)])
             answers.append(query["n_tokens"])
     return steps, answers
 

@@ -221,6 +221,7 @@ def guardrail_frame(decisions: pd.DataFrame) -> pd.DataFrame:
                          if pd.notna(row.get("predicted_ms")) else "-"),
         "budget ms": format_number(row["budget_ms_per_token"], 2),
         "measured ms": ms(row, "measured_ms"),
+        "inside": _held(row.get("inside_predicted")),
         "in budget": _held(row.get("within_budget")),
         "held": _held(row.get("verdict_held")), "why": row["why"]}
         for _, row in decisions.iterrows()])
@@ -238,21 +239,29 @@ def guardrail_conclusion(decisions: pd.DataFrame) -> str:
         rows = ran[ran["verdict"] == verdict]
         if len(rows):
             kept = int(rows["within_budget"].map(verdict_of).eq(True).sum())
-            parts.append(f"of the {len(rows)} runs it {what}, {kept} kept the budget")
+            parts.append(f"of the {len(rows)} run{'s' * (len(rows) != 1)} it {what}, "
+                         f"{kept} kept the budget")
     judged = ran["inside_predicted"].map(verdict_of).dropna() if "inside_predicted" in ran \
         else pd.Series(dtype=bool)
     if len(judged):
         parts.append(f"{int(judged.eq(True).sum())} of {len(judged)} measured inside their "
                      "predicted interval")
     if "time_scale" in decisions:
-        fitted = {(round(float(row["time_scale"]), 2), row.get("round_trip_ms") or 0.0)
-                  for _, row in decisions.iterrows()}
-        parts.append("fitted times as they are (no probe run)" if fitted == {(1.0, 0.0)} else
-                     "; ".join(f"fitted times x{scale:.2f} and {trip:.2f} ms of the agents' own "
-                               "round trip per cycle" for scale, trip in sorted(fitted))
-                     + (" (the probe run before the sweep and before each resumption)"
-                        if len(fitted) > 1 else " (the probe run before the sweep)"))
+        scales = decisions["time_scale"].dropna()
+        trips = decisions.get("round_trip_ms", pd.Series(dtype=float)).dropna()
+        if scales.eq(1.0).all() and trips.eq(0.0).all():
+            parts.append("fitted times as they are (no probe run)")
+        else:
+            parts.append(f"fitted times x{_span(scales)} (the probe run before the sweep, "
+                         "then each cell's cloud-only tokens) and "
+                         f"{_span(trips)} ms of the agents' own round trip per cycle")
     return "; ".join(parts)
+
+
+def _span(values: pd.Series) -> str:
+    """``0.74`` or ``0.74-0.98``: the least and most of ``values``, to two decimals."""
+    low, high = (f"{value:.2f}" for value in (values.min(), values.max()))
+    return low if low == high else f"{low}-{high}"
 
 
 GUARDRAIL_TITLE = ("budget guardrail: ms per committed token, predicted against the budget "
@@ -267,6 +276,7 @@ GUARDRAIL_LEGEND = {
                     "every stage at its split-conformal interval's end, the least and most "
                     "context, RTT and acceptance at once",
     "measured ms": "what the run measured: 1000 / tok/s",
+    "inside": "whether the measured ms per token lay inside the predicted [low, high]",
     "in budget": "whether the measured ms per token fit the budget",
     "held": "whether the verdict held: an accepted run in budget, or NO; - for measure (no "
             "claim) and for skipped runs (not measured)",
@@ -350,6 +360,12 @@ def job_summary(path: Path, board: pd.DataFrame, config: dict) -> dict[str, str]
         "jitter": _values(board["jitter_ms"], " ms"),
         "random loss": _values(board["loss_pct"], " %"),
         "codecs": ", ".join(board["codec"].unique()),
+        **({"budget guardrail": (
+            f"{job['latency_budget_ms_per_token']:g} ms per committed token, stages fitted in "
+            f"{job['guardrail_path']}, acceptance {job['guardrail_acceptance'][0]:g}-"
+            f"{job['guardrail_acceptance'][1]:g}"
+            + ("" if job.get("guardrail_probe", True) else ", fitted times as they are"))}
+           if job.get("guardrail_path") else {}),
         **({"device emulation": DeviceEmulation.model_validate(config["emulation"]).describe(
             largest_k(parse(JobConfig, job, "config.yaml")))}
            if config.get("emulation") else {}),
