@@ -150,6 +150,24 @@ def test_reversal_says_when_there_is_none_in_the_range():
     assert math.isnan(always["measured_reversal_rtt_ms"]) and "faster" in always["note"]
 
 
+def test_a_strategy_missing_at_some_rtts_is_said_not_dropped():
+    """A budget guardrail skipped fixed-K 5 at 100 ms, and fixed-K 3 everywhere but 0 ms: the
+    first is judged on the RTTs it ran at and says which it lacks; the second gets a row
+    that says why it has no reversal, instead of vanishing from the table."""
+    rtts = [0, 50, 100]
+    series = _series(rtts, [3 / (0.060 + rtt / 1000) for rtt in rtts], 25.0)
+    series = series[~((series["label"] == "fixed-k5") & (series["rtt_ms"] == 100))]
+    three = series[(series["label"] == "fixed-k5") & (series["rtt_ms"] == 0)].assign(
+        label="fixed-k3", k=3)
+    found = reversal(pd.concat([series, three])).set_index("label")
+    assert found.loc["fixed-k5", "rtts"] == "0 50"
+    assert "not run beside cloud-only at 100 ms of the series' RTTs" in found.loc["fixed-k5",
+                                                                                   "note"]
+    assert math.isnan(found.loc["fixed-k3", "measured_reversal_rtt_ms"])
+    assert found.loc["fixed-k3", "note"].startswith(
+        "no reversal measurable: not run beside cloud-only at 50, 100 ms")
+
+
 def with_intervals(series: pd.DataFrame, spread: float) -> pd.DataFrame:
     return series.assign(tokens_per_s_low=series["tokens_per_s"] * (1 - spread),
                          tokens_per_s_high=series["tokens_per_s"] * (1 + spread))

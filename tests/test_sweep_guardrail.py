@@ -212,6 +212,15 @@ def test_bad_guardrail_input_is_one_line_and_exit_2_before_anything_starts(
     assert not results.exists()
 
 
+def test_a_job_files_acceptance_needs_both_ends(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"name: x\nlatency_budget_ms_per_token: 5\nguardrail_path: {FIT}\n"
+                   "guardrail_acceptance: [0.7]\n")
+    with pytest.raises(ConfigError, match=r"guardrail_acceptance: two numbers, the least and "
+                                          r"the most acceptance \(got \[0.7\]\)"):
+        load_job(str(job))
+
+
 @pytest.mark.slow
 def test_a_guarded_sweep_skips_the_rejected_runs_and_reports_every_decision(tmp_path, capsys):
     """``tests/fixtures/sweep-guardrail.yaml`` in sim mode on the shipped pair, pinned to the

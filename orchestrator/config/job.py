@@ -188,6 +188,14 @@ class GuardrailFields(BaseModel):
     def guarded(self) -> bool:
         return self.guardrail_path is not None
 
+    @field_validator("guardrail_acceptance", mode="before")
+    @classmethod
+    def _two_ends(cls, value):
+        if isinstance(value, (list, tuple)) and len(value) != 2:
+            raise ValueError(f"two numbers, the least and the most acceptance (got "
+                             f"{list(value)})")
+        return value
+
     @model_validator(mode="after")
     def _budget_with_model(self) -> "GuardrailFields":
         if (self.latency_budget_ms_per_token is None) != (self.guardrail_path is None):

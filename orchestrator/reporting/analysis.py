@@ -198,18 +198,31 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
         per_label[BEST_FIXED_K] = best
         adaptive = series[series["strategy"].isin(ADAPTIVE_POLICIES)]
         per_label.update({label: group for label, group in adaptive.groupby("label", sort=False)})
+        swept = sorted(series["rtt_ms"].unique())
         for label, group in per_label.items():
             rate = _rates_by_rtt(group)
             rtts = np.array(sorted(set(rate.index) & set(cloud.index)))
-            if len(rtts) < 2:
+            missing = [rtt for rtt in swept if rtt not in rtts]
+            unrun = ("not run beside cloud-only at " + ", ".join(f"{rtt:g}" for rtt in missing)
+                     + " ms of the series' RTTs (a budget guardrail skips what it rejects)"
+                     if missing else "")
+            predicted = (group["crossover_rtt_ms"].median() if "crossover_rtt_ms" in group
+                         else np.nan)
+            if len(rtts) < 2:             # said, not dropped: one RTT shows no crossing
+                rows.append({**dict(zip(SERIES_COLUMNS, key)), "label": label,
+                             "strategy": group["strategy"].iloc[0],
+                             "k": group["k"].iloc[0] if label != BEST_FIXED_K else None,
+                             "rtts": " ".join(f"{r:g}" for r in rtts),
+                             "measured_reversal_rtt_ms": np.nan,
+                             "measured_reversal_conclusive": None,
+                             "predicted_reversal_rtt_ms": predicted,
+                             "note": f"no reversal measurable: {unrun}"})
                 continue
             gap = (1.0 / rate.loc[rtts, "tokens_per_s"].to_numpy()
                    - 1.0 / cloud.loc[rtts, "tokens_per_s"].to_numpy())
             measured, note, basis = _first_crossing(rtts, gap)
             conclusive, overlapping = _settled(rate, cloud, basis)
-            predicted = (group["crossover_rtt_ms"].median() if "crossover_rtt_ms" in group
-                         else np.nan)
-            notes = [note]
+            notes = [note, unrun]
             if overlapping:
                 notes.append("too wide to conclude: the tokens/s intervals of it and "
                              "cloud-only overlap at "
