@@ -299,14 +299,18 @@ def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_p
     assert (folder / "guardrail-probe").is_dir() and not (folder / "guardrail-probe-2").exists()
     cells = [json.loads(line) for line in (folder / "cells.jsonl").read_text().splitlines()]
     assert [cell["cell"] for cell in cells] == ["rtt000", "rtt200"]
-    # the second cell follows the first's cloud-only tokens, when it ran them
-    ran = (folder / "cells" / "rtt000" / "queries.jsonl")
-    first = [json.loads(line) for line in ran.read_text().splitlines()] if ran.exists() else []
+    # the second cell follows the first's cloud-only tokens and fixed-K cycles (at 0 ms
+    # unshaped: all their network time is the agents' own), where it ran them
+    ran = folder / "cells" / "rtt000"
+    first = [json.loads(line) for line in (ran / "queries.jsonl").read_text().splitlines()] \
+        if ran.exists() else []
     served = [q for q in first if q["label"] == "cloud-only"]
-    followed = probed if not served else probed.at_probe(ProbeRun(
-        [[(served[0]["prompt_tokens"] + i, served[0]["token_times_s"][i]
-           - served[0]["token_times_s"][i - 1]) for i in range(1, served[0]["n_tokens"])]],
-        [served[0]["n_tokens"]]))
+    own = [cycle["t_network"] for cycle in map(json.loads, (ran / "cycles.jsonl").read_text(
+        ).splitlines()) if cycle["k"]] if ran.exists() else []
+    followed = probed if not (served or own) else probed.at_probe(ProbeRun(
+        [[(q["prompt_tokens"] + i, q["token_times_s"][i] - q["token_times_s"][i - 1])
+          for i in range(1, q["n_tokens"])] for q in served], [q["n_tokens"] for q in served],
+        own))
     for cell, guard in zip(cells, (probed, followed)):
         assert {(d["time_scale"], tuple(d["speed_spread"]), d["round_trip_ms"])
                 for d in cell["guardrail"]} == {
@@ -316,7 +320,7 @@ def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_p
             expected = decided(guard, cell_profile(cell), [run])[label].per_token_s
             made = next(d for d in cell["guardrail"] if d["label"] == label)
             assert made["predicted_ms"] == pytest.approx(1000 * expected.point, rel=1e-3)
-    assert ("from here on (cell rtt000's cloud-only tokens" in output) == bool(served)
+    assert ("from here on (cell rtt000's;" in output) == bool(served or own)
 
 
 def cell_profile(cell: dict):

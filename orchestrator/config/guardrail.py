@@ -252,8 +252,8 @@ class SweepGuardrail:
         """This guardrail fitted to how this host serves now: every stage scaled by the
         ``time_scale`` of the probe's cloud-only answers' tokens (context, seconds) against
         the fitted ``decode`` stage at those contexts, and every fixed-K cycle's link given the
-        median round trip of the probe's cycles.  What the probe lacks (no fixed-K cycles in a
-        finished cell's cloud-only tokens; an answer that ended at once) stays as it was."""
+        median round trip of the probe's cycles.  What the probe lacks (a finished cell that
+        ran no cloud-only, or no fixed-K on a plain link) stays as it was."""
         scale, spread = self.time_scale, self.speed_spread
         if any(probe.steps):
             measured = [[seconds for _, seconds in answer] for answer in probe.steps]

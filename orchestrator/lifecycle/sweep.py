@@ -14,8 +14,8 @@ decided first: the rejected ones are skipped (the cell runs the job cut to the o
 line in ``cells.jsonl`` keeps every decision, with each run's measured ms per token beside
 it and whether the decision held.  Before the first cell it runs, the guardrail is fitted to
 how this host serves the pair at that moment (``guardrail_probe``: a short run of cloud-only
-and fixed-K on an unshaped link, kept in the sweep's folder), and after every cell that ran
-cloud-only it follows that cell's tokens (``follow_host``).
+and fixed-K on an unshaped link, kept in the sweep's folder), and after every cell it
+follows what that cell measured (``follow_host``).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def sweep(folder: SweepFolder, template: RunSpec, cells: list[Cell], console: Co
             progress.advance(overall)
             console.print(f"cell {cell.name}: done in {time.perf_counter() - started:.1f} s")
             if guardrail is not None and template.job.guardrail_probe:
-                guardrail = follow_host(guardrail, cell.name, path, console)
+                guardrail = follow_host(guardrail, cell, path, console)
     return ran
 
 
@@ -158,30 +158,45 @@ def guardrail_probe(folder: SweepFolder, template: RunSpec, progress) -> ProbeRu
         "strategies": ["cloud-only", "fixed-k"], "k_values": [min(job.k_values)],
         "draft_ahead": 0, "max_queries": min(job.max_queries or PROBE_QUERIES, PROBE_QUERIES),
         "repetitions": 1})
-    execute(replace(template, job=probe, profile=grid_profile(0, None)), ResultsFolder(path),
-            progress)
-    cycles = [json.loads(line) for line in (path / ResultsFolder.CYCLES).read_text().splitlines()]
-    return ProbeRun(*cloud_only_tokens(path), [cycle["t_network"] for cycle in cycles
-                                                if cycle["strategy"] == "fixed-k" and cycle["k"]])
+    unshaped = grid_profile(0, None)
+    execute(replace(template, job=probe, profile=unshaped), ResultsFolder(path), progress)
+    return ProbeRun(*cloud_only_tokens(path), own_round_trips(path, unshaped))
 
 
-def follow_host(guardrail: SweepGuardrail, cell_name: str, path: Path,
+def follow_host(guardrail: SweepGuardrail, cell: Cell, path: Path,
                 console: Console) -> SweepGuardrail:
-    """The guardrail for the cells after a finished one that ran cloud-only: its stages
-    scaled and widened by that cell's cloud-only tokens (``cloud_only_tokens``), the latest
-    word on how
-    fast this host serves (a sweep of many cells outlasts the probe's moment: this VM
-    drifts by tens of percent over hours); the probe's round trip kept."""
+    """The guardrail for the cells after a finished one: its stages scaled and widened by
+    that cell's cloud-only tokens (``cloud_only_tokens``), and its cycles given that cell's
+    own round trip (``own_round_trips``), where it ran them: the latest word on how fast
+    this host serves (a sweep of many cells outlasts the probe's moment: this VM drifts by
+    tens of percent over hours) and on what its path adds at that RTT (in vm mode more at
+    10-20 ms than at none)."""
     from orchestrator.config.guardrail import ProbeRun
     steps, answers = cloud_only_tokens(path)
-    if not any(steps):
+    trips = own_round_trips(path, cell.profile)
+    if not any(steps) and not trips:
         return guardrail
-    followed = guardrail.at_probe(ProbeRun(steps, answers))
+    followed = guardrail.at_probe(ProbeRun(steps, answers, trips))
     low, high = (followed.time_scale * end for end in followed.speed_spread)
     console.print(f"guardrail: fitted times x{followed.time_scale:.2f} (x{low:.2f}-{high:.2f}) "
-                  f"from here on (cell {cell_name}'s cloud-only tokens; were "
-                  f"x{guardrail.time_scale:.2f})", highlight=False)
+                  f"and a {1000 * followed.round_trip_s:.2f} ms round trip of the agents' own "
+                  f"from here on (cell {cell.name}'s; were x{guardrail.time_scale:.2f} and "
+                  f"{1000 * guardrail.round_trip_s:.2f} ms)", highlight=False)
     return followed
+
+
+def own_round_trips(path: Path, profile: NetworkProfile) -> list[float]:
+    """A run folder's fixed-K cycles' network time beyond its link's RTT: what the agents
+    and the path add to every cycle.  Only on a static link without jitter, loss or a rate,
+    where nothing else adds to it; none elsewhere."""
+    state = profile.initial
+    if profile.timeline or any(direction.jitter_ms or not direction.loss.is_lossless
+                               or direction.bandwidth_mbps
+                               for direction in (state.uplink, state.downlink)):
+        return []
+    cycles = [json.loads(line) for line in (path / ResultsFolder.CYCLES).read_text().splitlines()]
+    return [max(0.0, cycle["t_network"] - state.rtt_ms / 1000.0) for cycle in cycles
+            if cycle["strategy"] == "fixed-k" and cycle["k"]]
 
 
 def cloud_only_tokens(path: Path) -> tuple[list[list[tuple[int, float]]], list[int]]:
