@@ -12,10 +12,9 @@ lengths), which strategies it can predict (``unpredictable`` says why not), a
 candidate's interval (``per_token_spread``: every stage, the link and the acceptance at
 their ends at once), the decision (``decide``: accept when the interval's upper end fits the
 budget, reject when its lower end breaks it, otherwise measure), whether a decision held
-once the candidate was measured (``verdict_held``), the factor that scales the stages to
-how fast the host runs at the moment and how far it strayed (``time_scale``,
-``speed_spread``), and its evaluation on held-out samples
-(``guardrail_analysis``).  ``orchestrator sweep`` skips the strategy runs it rejects
+once the candidate was measured (``verdict_held``), how fast a host runs at the moment
+against a model and how far it strayed (``host_speed``), and its evaluation on held-out
+samples (``guardrail_analysis``).  ``orchestrator sweep`` skips the strategy runs it rejects
 (``orchestrator.config.guardrail``).
 
 Candidates are (held-out configuration, strategy, RTT): fixed-K speculation at the
@@ -82,42 +81,6 @@ def conformal_interval(measured, predicted, coverage: float = COVERAGE) -> Stage
                          coverage if covered >= coverage else covered, n)
 
 
-def answer_ratios(measured_s: Sequence[Sequence[float]],
-                  predicted_s: Sequence[Sequence[float]]) -> np.ndarray:
-    """How fast a host served each answer against a model: the answer's steps just timed
-    there in total over what the model predicts for them in total (a total, since what a
-    run is judged by, ms per token, counts its stalls).  Answers without steps are left
-    out."""
-    ratios = [float(np.sum(measured) / np.sum(predicted))
-              for measured, predicted in zip(measured_s, predicted_s) if len(measured)]
-    if not ratios:
-        raise ValueError("a host's speed needs at least one timed step")
-    return np.asarray(ratios)
-
-
-def time_scale(measured_s: Sequence[Sequence[float]],
-               predicted_s: Sequence[Sequence[float]]) -> float:
-    """What a model's times must be multiplied by on a host now: the median of
-    ``answer_ratios`` (``orchestrator sweep`` serves its pair cloud-only for a few answers
-    before judging, then learns from each cell's); the median, since one answer slowed by a
-    passing neighbour says little about the next cell.  A shared or virtual host's speed
-    drifts by tens of percent over hours, and every stage moves with it (a sample's draft
-    and verify times were 0.93 correlated over a campaign's rounds), so one factor scales
-    them all."""
-    return float(np.median(answer_ratios(measured_s, predicted_s)))
-
-
-def speed_spread(measured_s: Sequence[Sequence[float]],
-                 predicted_s: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """How far the host's speed strayed from ``time_scale`` between the answers: the least
-    and the most of ``answer_ratios`` over their median.  The stages' intervals were
-    measured with the host's drift taken out (``orchestrator latency measure``'s speed
-    reference), so a prediction of a run to come widens by this much to allow for it."""
-    ratios = answer_ratios(measured_s, predicted_s)
-    median = np.median(ratios)
-    return float(ratios.min() / median), float(ratios.max() / median)
-
-
 def per_token(strategy: str, k: int, draft_token_s: float, verify_s: float, decode_s: float,
               rtt_s: float, transfer_s: float, acceptance: float,
               answer_tokens: Sequence[int] = ()) -> float:
@@ -163,6 +126,36 @@ class Spread:
     low: float
     point: float
     high: float
+
+
+def answer_ratios(measured_s: Sequence[Sequence[float]],
+                  predicted_s: Sequence[Sequence[float]]) -> np.ndarray:
+    """How fast a host served each answer against a model: the answer's steps just timed
+    there in total over what the model predicts for them in total (a total, since what a
+    run is judged by, ms per token, counts its stalls).  Answers without steps are left
+    out."""
+    ratios = [float(np.sum(measured) / np.sum(predicted))
+              for measured, predicted in zip(measured_s, predicted_s) if len(measured)]
+    if not ratios:
+        raise ValueError("a host's speed needs at least one timed step")
+    return np.asarray(ratios)
+
+
+def host_speed(measured_s: Sequence[Sequence[float]],
+               predicted_s: Sequence[Sequence[float]]) -> Spread:
+    """How fast a host runs now against a model's times, from answers just timed there
+    (``orchestrator sweep`` serves its pair cloud-only for a few answers before judging,
+    then learns from each cell's): the least, median and most of ``answer_ratios``.  The
+    median is what the model's times must be multiplied by (the time scale): one answer
+    slowed by a passing neighbour says little about the next cell.  A shared or virtual
+    host's speed drifts by tens of percent over hours, and every stage moves with it (a
+    sample's draft and verify times were 0.93 correlated over a campaign's rounds), so one
+    factor scales them all.  The least and most say how far the speed strayed between
+    answers: the stages' intervals were measured with the host's drift taken out
+    (``orchestrator latency measure``'s speed reference), so a prediction of a run to come
+    widens by as much to allow for it."""
+    ratios = answer_ratios(measured_s, predicted_s)
+    return Spread(float(ratios.min()), float(np.median(ratios)), float(ratios.max()))
 
 
 def per_token_spread(strategy: str, k: int, stages: dict[str, Spread],

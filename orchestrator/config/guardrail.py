@@ -14,7 +14,7 @@ decode at (their prompts' tokens, up to the token budget).
 probe run of the pair on an unshaped link made just before the sweep's cells
 (``ProbeRun``, ``orchestrator.lifecycle.sweep.guardrail_probe``; job field
 ``guardrail_probe``): every stage is scaled by how fast its cloud-only tokens came against the
-fitted decoding step (``nasd.latency.guardrail.time_scale``: a virtual host's speed drifts by
+fitted decoding step (``nasd.latency.guardrail.host_speed``: a virtual host's speed drifts by
 tens of percent over hours, more than the stages' intervals allow for, and the serving loop
 costs a little on every token) and its interval widened by how far the answers' speeds
 strayed from it (``speed_spread``), and every fixed-K cycle pays the round trip its cycles took
@@ -57,9 +57,8 @@ from nasd.latency.guardrail import (
     Spread,
     StageInterval,
     decide,
+    host_speed,
     per_token_spread,
-    speed_spread,
-    time_scale,
     unpredictable,
     verdict_held,
 )
@@ -259,8 +258,8 @@ class SweepGuardrail:
             measured = [[seconds for _, seconds in answer] for answer in probe.steps]
             predicted = [[self._seconds("decode", 1, context) for context, _ in answer]
                          for answer in probe.steps]
-            scale = time_scale(measured, predicted)
-            spread = speed_spread(measured, predicted)
+            speed = host_speed(measured, predicted)
+            scale, spread = speed.point, (speed.low / speed.point, speed.high / speed.point)
         round_trip = (float(np.median(probe.round_trips_s)) if probe.round_trips_s
                       else self.round_trip_s)
         return replace(self, time_scale=scale, speed_spread=spread, round_trip_s=round_trip,

@@ -385,8 +385,8 @@ def narrowed(job: JobConfig, runs: list[StrategyRun]) -> JobConfig:
 def largest_k(job: JobConfig) -> int | None:
     """The most drafts one verification of ``job``'s runs checks (a fixed K, cloud-spec's K,
     or an adaptive policy's ``nasd_k_max``); None when none verifies (cloud-only, edge-only)."""
-    ks = [run.k or job.nasd_k_max for run in plan(job) if run.strategy in POLICY_NAMES] + [
-        run.k for run in plan(job) if run.strategy == "cloud-spec"]
+    ks = [run.k or job.nasd_k_max if run.strategy in POLICY_NAMES else run.k
+          for run in plan(job) if run.strategy in (*POLICY_NAMES, "cloud-spec")]
     return max(ks, default=None)
 
 

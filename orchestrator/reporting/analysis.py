@@ -209,26 +209,20 @@ def reversal(results: pd.DataFrame) -> pd.DataFrame:
             predicted = (group["crossover_rtt_ms"].median() if "crossover_rtt_ms" in group
                          else np.nan)
             if len(rtts) < 2:             # said, not dropped: one RTT shows no crossing
-                rows.append({**dict(zip(SERIES_COLUMNS, key)), "label": label,
-                             "strategy": group["strategy"].iloc[0],
-                             "k": group["k"].iloc[0] if label != BEST_FIXED_K else None,
-                             "rtts": " ".join(f"{r:g}" for r in rtts),
-                             "measured_reversal_rtt_ms": np.nan,
-                             "measured_reversal_conclusive": None,
-                             "predicted_reversal_rtt_ms": predicted,
-                             "note": f"no reversal measurable: {unrun}"})
-                continue
-            gap = (1.0 / rate.loc[rtts, "tokens_per_s"].to_numpy()
-                   - 1.0 / cloud.loc[rtts, "tokens_per_s"].to_numpy())
-            measured, note, basis = _first_crossing(rtts, gap)
-            conclusive, overlapping = _settled(rate, cloud, basis)
-            notes = [note, unrun]
-            if overlapping:
-                notes.append("too wide to conclude: the tokens/s intervals of it and "
-                             "cloud-only overlap at "
-                             + ", ".join(f"{rtt:g}" for rtt in overlapping) + " ms")
-            if predicted < 0:
-                notes.append("the model predicts it never pays (a negative reversal RTT)")
+                measured, conclusive = np.nan, None
+                notes = [f"no reversal measurable: {unrun}"]
+            else:
+                gap = (1.0 / rate.loc[rtts, "tokens_per_s"].to_numpy()
+                       - 1.0 / cloud.loc[rtts, "tokens_per_s"].to_numpy())
+                measured, note, basis = _first_crossing(rtts, gap)
+                conclusive, overlapping = _settled(rate, cloud, basis)
+                notes = [note, unrun]
+                if overlapping:
+                    notes.append("too wide to conclude: the tokens/s intervals of it and "
+                                 "cloud-only overlap at "
+                                 + ", ".join(f"{rtt:g}" for rtt in overlapping) + " ms")
+                if predicted < 0:
+                    notes.append("the model predicts it never pays (a negative reversal RTT)")
             strategy = group["strategy"].iloc[0]
             rows.append({**dict(zip(SERIES_COLUMNS, key)), "label": label, "strategy": strategy,
                          "k": group["k"].iloc[0] if label != BEST_FIXED_K else None,
