@@ -836,7 +836,9 @@ def checked_device_name(ctx, param, name: str) -> str:
               help="Device file to write [default: NAME.yaml].")
 def latency_device_command(name, tries, out_path) -> None:
     """Measure this host's roofline peaks (read bandwidth in cache and main memory, matmul
-    FLOP/s per dtype) and write them as a device file (the schema of configs/devices)."""
+    FLOP/s per dtype) and the dispatch cost of a linear layer PyTorch hands to its GEMM
+    library (per dtype: one row just above 16^3 multiply-adds against one at it), and write
+    them as a device file (the schema of configs/devices)."""
     import yaml
 
     from orchestrator.lifecycle.latency import device_file, measure_device
@@ -848,7 +850,10 @@ def latency_device_command(name, tries, out_path) -> None:
     out_path.write_text(yaml.safe_dump(device_file(measured, name), sort_keys=False))
     click.echo(f"device: {out_path} (main memory {measured.memory_bandwidth_gbps:.1f} GB/s, "
                + ", ".join(f"{dtype} {value * 1000:.0f} GFLOP/s"
-                           for dtype, value in measured.peak_tflops.items()) + ")")
+                           for dtype, value in measured.peak_tflops.items())
+               + "; a GEMM library call " + ", ".join(
+                   f"{dtype} {value:g} us" for dtype, value in measured.library_call_us.items())
+               + ")")
 
 
 # a group-wise split needs two shapes, the guardrail two calibration and two judged samples
@@ -874,9 +879,15 @@ def output_folder(path: Path, flag: str) -> Path:
     return path
 
 
-def warn_foreign(warning: str | None, prefix: str, remedy: str) -> None:
-    if warning:
-        click.echo(f"warning: {prefix}{warning}{remedy}", err=True)
+def warn_device(table, device, prefix: str, remedy: str) -> None:
+    """Say when ``device`` does not describe the machine ``table`` was measured on (with
+    ``remedy``), or describes it without the GEMM library call cost of its dtype."""
+    from orchestrator.config.loading import foreign_table, unmeasured_library_cost
+    foreign = foreign_table(table, device)
+    if foreign:
+        click.echo(f"warning: {prefix}{foreign}{remedy}", err=True)
+    elif note := unmeasured_library_cost(table, device):
+        click.echo(f"note: {prefix}{note}", err=True)
 
 
 def parse_ns(ctx, param, text: str) -> list[int]:
@@ -907,7 +918,7 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
     and random-forest models, the forest's importances, how often the roofline bound sat
     above a measured time (it must never), and the budget guardrail on those held-out
     predictions (violation and false-reject rates at budget fractions 0.5..1)."""
-    from orchestrator.config.loading import foreign_table, load_device, load_latency_table
+    from orchestrator.config.loading import load_device, load_latency_table
     from orchestrator.reporting.latency_report import fit_report
     table, device = load_latency_table(table_path), load_device(device_name)
     from nasd.latency.stages import shape_group, shape_of
@@ -919,7 +930,7 @@ def latency_fit_command(table_path, device_name, folds, out_dir) -> None:
     if len(table) < MIN_FIT_SAMPLES:
         raise ConfigError(f"{table_path}: {len(table)} samples: the fit and its guardrail "
                           f"need at least {MIN_FIT_SAMPLES} (measure more --samples)")
-    warn_foreign(foreign_table(table, device), "", " (--device: the table's own)")
+    warn_device(table, device, "", " (--device: the table's own)")
     out_dir = output_folder(out_dir or (table_path.with_suffix("") if table_path.suffix
                                         else table_path.with_name(f"{table_path.name}-fit")),
                             "--out")
@@ -984,7 +995,7 @@ def latency_transfer_command(source_path, target_path, device_name, source_devic
     samples: none, A (per-stage affine), B (one global affine on the total), C (the
     roofline refitted with the source as prior); MAPE and P95 absolute error on held-out
     target samples against N."""
-    from orchestrator.config.loading import foreign_table, load_device, load_latency_table
+    from orchestrator.config.loading import load_device, load_latency_table
     from orchestrator.reporting.latency_report import transfer_report
     source, target = load_latency_table(source_path), load_latency_table(target_path)
     device = load_device(device_name)
@@ -992,9 +1003,9 @@ def latency_transfer_command(source_path, target_path, device_name, source_devic
     if len(target) < 2:
         raise ConfigError(f"{target_path}: 1 sample: a transfer needs at least 2 (to "
                           "calibrate from and to score on)")
-    warn_foreign(foreign_table(source, source_device or device), "SOURCE: ",
-                 " (--source-device: the source's own)")
-    warn_foreign(foreign_table(target, device), "TARGET: ", " (--device: the target's own)")
+    warn_device(source, source_device or device, "SOURCE: ",
+                " (--source-device: the source's own)")
+    warn_device(target, device, "TARGET: ", " (--device: the target's own)")
     if source_path.resolve() == target_path.resolve():
         click.echo("warning: SOURCE and TARGET are one table: 'none' is then scored on the "
                    "samples its estimator was fitted on", err=True)

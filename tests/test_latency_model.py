@@ -29,6 +29,7 @@ from nasd.latency.stages import (
     STAGES,
     ModelShape,
     forward_work,
+    library_calls,
     required_columns,
     shape_columns,
     stage_frames,
@@ -166,6 +167,42 @@ def test_the_kv_copies_counted_are_the_ones_transformers_makes(monkeypatch):
     assert stage_work("verify", TINY, "float32", context_tokens=22, k=4).kv_repeat_bytes == 0
 
 
+def test_the_library_calls_counted_are_the_matmuls_pytorch_hands_to_onednn(capfd):
+    """At bfloat16 PyTorch's CPU runtime runs a linear layer of more than 16^3 multiply-adds
+    through oneDNN, at a dispatch cost of its own: the work counts exactly the matmuls
+    oneDNN reports executing, in a prefill, a decoding step and a verification, for a shape
+    whose attention projections stay below the threshold at one row and one whose grouped
+    k and v projections do."""
+    torch = pytest.importorskip("torch")
+    import ctypes
+
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+    libc = ctypes.CDLL(None)
+    counted = {}
+    for own in (ModelShape(2, 64, 2, 2, 32, 160, 511), ModelShape(2, 128, 4, 1, 32, 352, 511)):
+        network = LlamaForCausalLM(LlamaConfig(
+            hidden_size=own.hidden, num_attention_heads=own.heads,
+            num_key_value_heads=own.kv_heads, intermediate_size=own.intermediate,
+            num_hidden_layers=own.layers, vocab_size=own.vocab,
+            attn_implementation="sdpa")).eval().to(torch.bfloat16)
+        cache = DynamicCache()
+        for tokens in (5, 1, 3):       # a prefill, then one token, then three onto the cache
+            capfd.readouterr()
+            with torch.no_grad(), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                network(torch.arange(tokens)[None], past_key_values=cache, use_cache=True)
+            libc.fflush(None)          # oneDNN's lines are C stdio's, buffered
+            executed = sum(",exec,cpu,matmul," in line
+                           for line in capfd.readouterr().out.splitlines())
+            if executed == 0:
+                pytest.skip("this CPU's PyTorch runs no bfloat16 matmul through oneDNN")
+            assert executed == library_calls(own, tokens), (own.hidden, tokens)
+            counted[own.hidden, tokens] = executed
+    # one row: hidden 64's q, k, v, o (64 x 64) stay below, hidden 128's grouped k, v do
+    assert counted == {(64, 5): 15, (64, 1): 7, (64, 3): 15,
+                       (128, 5): 15, (128, 1): 11, (128, 3): 15}
+    assert stage_work("decode", TINY, "float32", context_tokens=9).library_calls == 29
+
+
 def test_verify_moves_the_same_weights_at_every_k_and_computes_in_proportion():
     works = [stage_work("verify", TINY, "float32", context_tokens=100, k=k) for k in (1, 4, 15)]
     weights = TINY.parameters * 4
@@ -224,6 +261,8 @@ def test_every_shipped_device_file_loads_and_cites_its_sources():
     ({"peak_tflops": {"bfloat16": 1}}, "float32 is required"),
     ({"sources": []}, "sources"),
     ({"kind": "fpga"}, "kind"),
+    ({"library_call_us": {"int4": 1}}, "library_call_us: unknown dtype 'int4'"),
+    ({"library_call_us": {"bfloat16": -1}}, r"library_call_us.bfloat16: must be >= 0"),
 ])
 def test_a_bad_device_file_is_one_config_error_naming_the_field(tmp_path, change, field):
     import yaml
@@ -250,6 +289,23 @@ def test_the_roofline_fit_recovers_a_known_model_and_predicts_unseen_shapes():
         # held out by shape: no fold's test groups were in its training
         assert judged["group"].nunique() == frames[stage]["group"].nunique()
         assert bound_check(judged["seconds"], judged["bound"])["violations"] == 0
+
+
+def test_a_devices_library_call_cost_predicts_a_shape_whose_small_layers_skip_it():
+    """Where the runtime's GEMM library costs a fixed time per call, a draft of hidden 64
+    (its attention projections below the threshold at one row: 7 calls, not 15) runs its
+    layers faster than the other shapes' layer count says.  Held out, it is predicted from
+    the device's measured cost per call, and missed by a fit that has to guess it."""
+    measured = HOST.model_copy(update={"library_call_us": {"bfloat16": 30.0}})
+    frame = stage_frames(synthetic_table(TRUE, 120, seed=3, dtype="bfloat16",
+                                         device=measured))["draft_token"]
+    small = (frame["group"] == "L2-h64-kv2").to_numpy()
+    assert set(frame["library_calls"][small]) == {7} and frame["library_calls"].min() == 7
+    judged = {name: held_out(frame, device, folds=4, trees=10).predictions
+              for name, device in (("measured", measured), ("unknown", HOST))}
+    mape = {name: errors(rows["seconds"][small], rows["roofline"][small])["mape_pct"]
+            for name, rows in judged.items()}
+    assert mape["measured"] < 1.0 and mape["unknown"] > 5.0, mape
 
 
 def test_verify_learns_the_runtimes_speed_by_rows_and_interpolates_between_them():
@@ -508,6 +564,22 @@ def test_bad_tables_are_one_error_line_with_exit_code_2(tmp_path, capsys):
     assert "every sample has one draft model shape" in stderr
 
 
+def test_latency_device_measures_this_hosts_peaks_and_library_call_cost(tmp_path, monkeypatch,
+                                                                        capsys):
+    """`latency device` writes a device file that loads as one, with the roofline's peaks
+    and, per dtype, the measured cost of a GEMM library call (0 where the runtime has no
+    such path), and says both."""
+    from orchestrator.cli import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["latency", "device", "--name", "here", "--tries", "1"]) == 0
+    said = capsys.readouterr().out
+    device = load_device("here")
+    assert device.measured["host"]["torch"] and device.memory_bandwidth_gbps > 0
+    assert set(device.library_call_us) == {"float32", "bfloat16", "float16"}
+    assert all(value >= 0 for value in device.library_call_us.values())
+    assert "a GEMM library call float32" in said and "bfloat16" in said
+
+
 def test_a_table_fitted_on_another_machines_device_file_is_named(tmp_path, monkeypatch, capsys):
     """A measured device file says which processor it describes; a table measured on
     another one, or fitted on a datasheet's device, is fitted with a warning naming both,
@@ -531,6 +603,19 @@ def test_a_table_fitted_on_another_machines_device_file_is_named(tmp_path, monke
     assert main(["latency", "fit", "same.csv", "--device", "h100-sxm", "--folds", "2",
                  "--out", "on-h100"]) == 0
     assert "device h100-sxm is from a datasheet, not measured" in capsys.readouterr().err
+    # a bfloat16 table on a device file from before `latency device` measured a GEMM library
+    # call's cost: named, and not on one that has it
+    import yaml
+    older = yaml.safe_load((tmp_path / "my-host.yaml").read_text())
+    del older["library_call_us"]
+    (tmp_path / "older.yaml").write_text(yaml.safe_dump(older))
+    table.assign(host_processor=measured_on, dtype="bfloat16").to_csv(tmp_path / "bf16.csv",
+                                                                      index=False)
+    for device, noted in (("older", True), ("my-host", False)):
+        assert main(["latency", "fit", "bf16.csv", "--device", device, "--folds", "2",
+                     "--out", f"bf16-{device}"]) == 0
+        said = capsys.readouterr().err
+        assert ("has no library_call_us for bfloat16" in said) == noted
 
 
 # --------------------------------------------------------------------------- guardrail

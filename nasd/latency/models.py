@@ -4,15 +4,21 @@ configurations they never saw.
 Owns the three model families compared per stage and their group-wise evaluation:
 
 - **roofline-shaped** (``RooflineParams``, fitted by ``fit_roofline``): ``overhead +
-  per_layer * layers + per_activation * activations + per_block / K + row_factor(rows) *
-  smoothmax(memory / eta_bw, compute / eta_flops)``, where memory and compute are the
+  per_layer * layers + per_activation * activations + per_block / K + library +
+  row_factor(rows) * smoothmax(memory / eta_bw, compute / eta_flops)``, where memory and compute are the
   roofline's two times on the device (``nasd.latency.roofline``: bytes at main memory's
   bandwidth, the KV cache's share and the copies the runtime makes of it
   (``kv_repeat_bytes``) counted ``kv_factor`` times, and FLOPs at the dtype's peak), the
   efficiencies ``eta_*`` in (0, 1] say how much of each peak the stage reaches, the
   overheads are the fixed cost of a call, of each layer (kernel dispatch), of the per-token
   vector work and (``draft_token`` only, reported at its floor elsewhere) of a draft block
-  shared by its K tokens, and the smooth maximum ``(a^p + b^p)^(1/p)`` (p fitted in [1,
+  shared by its K tokens, ``library`` is the device's measured cost of the pass's linear
+  layers that the runtime hands to its GEMM library (``nasd.latency.roofline.library_seconds``,
+  added as it is, not fitted: at bfloat16 on the Xeon that measured the committed tables
+  such a call costs about 17 us more than a small one, so a draft of hidden 64, whose
+  attention projections stay small, spends half the time per layer of one of hidden 128,
+  which a fit on the other shapes cannot tell from their layer count), and the smooth
+  maximum ``(a^p + b^p)^(1/p)`` (p fitted in [1,
   16]: 1 is a sum, 16 almost the hard max) lets the ridge point be as sharp as the stage
   shows it: verify is flat in K while the weights'
   bytes dominate and grows once the FLOPs do.  ``row_factor`` is the runtime's speed by the
@@ -56,6 +62,7 @@ from nasd.latency.roofline import (
     bound_seconds,
     clamp_to_bound,
     compute_seconds,
+    library_seconds,
     memory_seconds,
 )
 
@@ -126,21 +133,24 @@ class RooflineParams:
 def roofline_terms(device: Device, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """What the form combines, per row: the memory time of all bytes and of the KV cache's
     (with its repeated copies) at main memory's bandwidth, the compute time at the dtype's
-    peak, the rows the pass feeds, and the counts the overheads scale with (layers,
-    activation elements, the block share)."""
+    peak, the device's cost of the pass's GEMM library calls, the rows the pass feeds, and
+    the counts the overheads scale with (layers, activation elements, the block share)."""
     main = np.asarray(memory_seconds(device, frame["bytes"], frame["working_set"], cached=False))
     kv = frame["kv_bytes"].to_numpy(dtype=float) + frame["kv_repeat_bytes"].to_numpy(dtype=float)
     return {"memory": main, "kv": main * kv / frame["bytes"].to_numpy(dtype=float),
             "compute": compute_seconds(device, frame["flops"], frame["dtype"].to_numpy()),
+            "library": library_seconds(device, frame["library_calls"].to_numpy(),
+                                       frame["dtype"].to_numpy()),
             "rows": frame["tokens"].to_numpy(dtype=float),
             **{name: frame[name].to_numpy(dtype=float)
                for name in ("layers", "activations", "blocks")}}
 
 
 def form(params: RooflineParams, terms: dict[str, np.ndarray]) -> np.ndarray:
-    """overhead + per layer + per activation element + the block's share + the smooth
-    maximum of the memory time (the KV cache's bytes moved ``kv_factor`` times) and the
-    compute time, each over its efficiency, times the row factor of the pass's rows."""
+    """overhead + per layer + per activation element + the block's share + the library
+    calls' measured cost + the smooth maximum of the memory time (the KV cache's bytes moved
+    ``kv_factor`` times) and the compute time, each over its efficiency, times the row
+    factor of the pass's rows."""
     a = (terms["memory"] + (params.kv_factor - 1) * terms["kv"]) / params.eta_bw
     b = terms["compute"] / params.eta_flops
     p = params.sharpness
@@ -148,7 +158,8 @@ def form(params: RooflineParams, terms: dict[str, np.ndarray]) -> np.ndarray:
     smooth = top * ((a / top) ** p + (b / top) ** p) ** (1.0 / p)   # scaled: no overflow
     return (params.overhead_s + params.per_layer_s * terms["layers"]
             + params.per_activation_s * terms["activations"]
-            + params.per_block_s * terms["blocks"] + smooth * params.row_factor(terms["rows"]))
+            + params.per_block_s * terms["blocks"] + terms["library"]
+            + smooth * params.row_factor(terms["rows"]))
 
 
 def bounds(frame: pd.DataFrame, device: Device) -> np.ndarray:

@@ -11,7 +11,10 @@ predictions it raised).  The fitted latency models (``nasd.latency.models``) div
 same two times by efficiencies, so the bound and the models share one roofline; their
 memory time is at main memory's bandwidth whatever the working set (measured on this host,
 a pass's weights stream at about the same few GB/s in and out of the last-level cache, so a
-cache term would only move the efficiency in steps at the cache's size).
+cache term would only move the efficiency in steps at the cache's size).  A measured CPU
+device also says what a linear layer costs beyond a small one when the runtime hands it to
+its GEMM library (``library_seconds``): a dispatch cost the fitted models add as it is, and
+the bound leaves out.
 
 Pure: no I/O, no clocks (the orchestrator loads device files and measures this host).
 """
@@ -56,19 +59,27 @@ class Device(BaseModel):
     cache: Cache | None = None
     peak_tflops: dict[str, float] = Field(
         description="dense peak TFLOP/s per dtype (float32, bfloat16, float16)")
+    library_call_us: dict[str, float] = Field(
+        default_factory=dict,
+        description="microseconds per dtype that a linear layer pays beyond a small one's "
+                    "when the runtime hands it to its GEMM library (PyTorch on a CPU: oneDNN, "
+                    "for 16-bit products above 16^3 multiply-adds); measured, none if absent")
     sources: list[Source] = Field(min_length=1)
     measured: dict | None = Field(
         default=None, description="for a measured host: how and when (micro-benchmarks)")
 
     @model_validator(mode="after")
     def _check(self) -> Device:
-        unknown = sorted(set(self.peak_tflops) - set(DTYPE_BYTES))
-        if unknown:
-            raise ValueError(f"peak_tflops: unknown dtype {unknown[0]!r}: one of "
-                             f"{', '.join(DTYPE_BYTES)}")
-        bad = [dtype for dtype, value in self.peak_tflops.items() if not value > 0]
-        if bad:
-            raise ValueError(f"peak_tflops.{bad[0]}: must be > 0")
+        for name, values, valid, rule in (
+                ("peak_tflops", self.peak_tflops, lambda value: value > 0, "> 0"),
+                ("library_call_us", self.library_call_us, lambda value: value >= 0, ">= 0")):
+            unknown = sorted(set(values) - set(DTYPE_BYTES))
+            if unknown:
+                raise ValueError(f"{name}: unknown dtype {unknown[0]!r}: one of "
+                                 f"{', '.join(DTYPE_BYTES)}")
+            bad = [dtype for dtype, value in values.items() if not valid(value)]
+            if bad:
+                raise ValueError(f"{name}.{bad[0]}: must be {rule}")
         if "float32" not in self.peak_tflops:
             raise ValueError("peak_tflops: float32 is required")
         return self
@@ -102,6 +113,15 @@ def compute_seconds(device: Device, flops, dtype) -> np.ndarray:
     peaks = (device.peak_flops(dtype) if isinstance(dtype, str)
              else np.array([device.peak_flops(d) for d in dtype], dtype=float))
     return np.asarray(flops, dtype=float) / peaks
+
+
+def library_seconds(device: Device, calls, dtype) -> np.ndarray:
+    """What ``calls`` linear layers handed to the GEMM library cost beyond small ones, at
+    ``dtype`` (one name, or one per element of ``calls``): none where the device measured
+    no such cost."""
+    dtypes = [dtype] * np.size(calls) if isinstance(dtype, str) else dtype
+    per_call = np.array([device.library_call_us.get(d, 0.0) for d in dtypes], dtype=float)
+    return np.asarray(calls, dtype=float) * per_call.reshape(np.shape(calls)) / 1e6
 
 
 def roofline_bound(device: Device, work: Work, dtype: str) -> float:

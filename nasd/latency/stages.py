@@ -27,8 +27,10 @@ norms and softmax are left out), which is what the roofline bound needs.  Beside
 the fitted models only: the KV cache's share of the bytes (a runtime may move it more than
 once: transformers' cache appends by copying), the copies of it a multi-token pass onto a
 cache makes for every query head (``kv_repeat_bytes``: transformers' SDPA path repeats
-grouped KV heads where the pass needs a mask) and the elements the per-token vector work
-touches (``activations``).
+grouped KV heads where the pass needs a mask), the elements the per-token vector work
+touches (``activations``) and the linear layers large enough that the runtime hands them to
+its GEMM library (``library_calls``: at 16-bit dtypes on this project's CPUs, a fixed cost of
+its own per call).
 
 Pure: no I/O, no clocks.
 """
@@ -102,6 +104,14 @@ class ModelShape:
         return (self.layers * self.layer_parameters + self.embedding_parameters + output
                 + self.hidden)
 
+    @property
+    def linear_products(self) -> list[tuple[int, int]]:
+        """The (in, out) sizes of one layer's linear layers: q, k, v, o, gate, up, down."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return [(self.hidden, q), (self.hidden, kv), (self.hidden, kv), (q, self.hidden),
+                (self.hidden, self.intermediate), (self.hidden, self.intermediate),
+                (self.intermediate, self.hidden)]
+
     def kv_bytes_per_token(self, dtype_bytes: float) -> float:
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
 
@@ -162,6 +172,22 @@ class Work:
                                # activation function, residuals): tokens x layers x (h + i)
     blocks: float = 0.0        # the share of a draft block's fixed cost this unit carries (1/K)
     kv_repeat_bytes: float = 0.0   # the KV cache copied out to every query head (see below)
+    library_calls: int = 0     # linear layers large enough for the GEMM library (see below)
+
+
+# PyTorch's CPU matmul hands a product of more than 16^3 multiply-adds (rows x in x out) to
+# oneDNN at 16-bit dtypes (aten/src/ATen/native/mkldnn/Matmul.cpp, ``checksize``); a smaller
+# one runs its own kernel.  What such a call costs is a device's measured figure
+# (``nasd.latency.roofline.Device.library_call_us``).
+LIBRARY_MIN_PRODUCT = 16 ** 3
+
+
+def library_calls(shape: ModelShape, tokens: int) -> int:
+    """The linear layers of one pass of ``tokens`` rows (each layer's seven and the output
+    layer) above ``LIBRARY_MIN_PRODUCT`` multiply-adds."""
+    large = sum(tokens * fan_in * fan_out > LIBRARY_MIN_PRODUCT
+                for fan_in, fan_out in shape.linear_products)
+    return shape.layers * large + int(tokens * shape.hidden * shape.vocab > LIBRARY_MIN_PRODUCT)
 
 
 def forward_work(shape: ModelShape, tokens: int, cached: float, dtype_bytes: float) -> Work:
@@ -184,7 +210,7 @@ def forward_work(shape: ModelShape, tokens: int, cached: float, dtype_bytes: flo
                 working_set=shape.parameters * dtype_bytes + kv_bytes, tokens=tokens,
                 layers=shape.layers, kv_bytes=kv_bytes,
                 activations=tokens * shape.layers * (shape.hidden + shape.intermediate),
-                kv_repeat_bytes=kv_repeat)
+                kv_repeat_bytes=kv_repeat, library_calls=library_calls(shape, tokens))
 
 
 def stage_work(stage: Stage, shape: ModelShape, dtype: str, prompt_tokens: int = 1,
@@ -231,7 +257,7 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
     repeats), the configuration, the model's shape (``group``: a name of that shape, which a
     group-wise split holds out whole) and the stage's work (``flops``, ``bytes``,
     ``working_set``, ``tokens``, ``layers``, ``kv_bytes``, ``activations``, ``blocks``,
-    ``params``)."""
+    ``library_calls``, ``params``)."""
     import pandas as pd
     role = ROLE[stage]
     seconds = f"{stage}_s"
@@ -255,7 +281,8 @@ def stage_frame(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
         "working_set": [w.working_set for w in works], "tokens": [w.tokens for w in works],
         "layers": [w.layers for w in works], "kv_bytes": [w.kv_bytes for w in works],
         "kv_repeat_bytes": [w.kv_repeat_bytes for w in works],
-        "activations": [w.activations for w in works], "blocks": [w.blocks for w in works]})
+        "activations": [w.activations for w in works], "blocks": [w.blocks for w in works],
+        "library_calls": [w.library_calls for w in works]})
     if "load_1m" in rows:
         frame["load_1m"] = rows["load_1m"].to_numpy()
     if f"{stage}_iqr_s" in rows and "repeats" in rows:

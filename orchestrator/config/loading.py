@@ -343,6 +343,18 @@ def foreign_table(table: pd.DataFrame, device: Device) -> str | None:
             "its peaks would scale another machine's times")
 
 
+def unmeasured_library_cost(table: pd.DataFrame, device: Device) -> str | None:
+    """A note when a measured device file (of the table's own machine or not) says nothing
+    of what a GEMM library call costs at the table's 16-bit dtype: a file from before
+    ``orchestrator latency device`` measured it."""
+    unmeasured = sorted(set(table["dtype"]) - {"float32"} - set(device.library_call_us))
+    if device.measured is None or not unmeasured:
+        return None
+    return (f"device {device.name} has no library_call_us for {unmeasured[0]}: the fit "
+            "guesses what its GEMM library calls cost, and misjudges model shapes whose "
+            "small layers skip the library (`orchestrator latency device` measures it)")
+
+
 def load_latency_table(path: str | Path) -> pd.DataFrame:
     """A table of ``orchestrator latency measure``, checked for the columns the latency
     model reads and for positive stage times."""

@@ -31,8 +31,10 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import os
 import re
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,7 +52,7 @@ from agents.backends.hf import HFPairConfig
 from agents.codecs import get_codec
 from agents.sampling import SamplingConfig
 from agents.speculative import decode_plainly, session_rng
-from nasd.latency.stages import SHAPE_FIELDS, STAGES, ModelShape
+from nasd.latency.stages import LIBRARY_MIN_PRODUCT, SHAPE_FIELDS, STAGES, ModelShape
 from orchestrator.lifecycle.calibrate import host, time_prefill, timed_cycle
 from shaping.clock import now
 
@@ -467,6 +469,7 @@ class DeviceMeasurement:
     cache_bytes: int | None
     cache_bandwidth_gbps: float | None
     peak_tflops: dict[str, float]
+    library_call_us: dict[str, float] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
 
 
@@ -514,16 +517,49 @@ def matmul_flops(dtype: str, rows: int, threads: int, tries: int) -> float:
                                                 tries)
 
 
+# (in, out) of a linear layer at LIBRARY_MIN_PRODUCT multiply-adds for one row (64 x 64),
+# then one more output and one more input: the two just above it
+LIBRARY_SIDE = math.isqrt(LIBRARY_MIN_PRODUCT)
+LIBRARY_STEP = ((LIBRARY_SIDE, LIBRARY_SIDE), (LIBRARY_SIDE, LIBRARY_SIDE + 1),
+                (LIBRARY_SIDE + 1, LIBRARY_SIDE))
+
+
+def library_call_seconds(dtype: str, tries: int, calls: int = 200) -> float:
+    """What one row through a linear layer costs more just above ``LIBRARY_MIN_PRODUCT``
+    multiply-adds than at it, on 1 thread: the mean over the two steps of ``LIBRARY_STEP``,
+    each layer's time the median of ``tries`` batches of ``calls`` (a measured table's
+    times are medians too), never below 0.  One more row or column of the weight costs a
+    fraction of a microsecond; the rest is the dispatch cost of the runtime's GEMM library."""
+    import torch
+    torch.set_num_threads(1)
+    kind = getattr(torch, dtype)
+
+    def per_call(fan_in: int, fan_out: int) -> float:
+        weight, x = torch.randn(fan_out, fan_in).to(kind), torch.randn(1, fan_in).to(kind)
+        batches = []
+        for _ in range(tries + 1):                      # the first one untimed: warm-up
+            started = time.perf_counter()
+            for _ in range(calls):
+                torch.nn.functional.linear(x, weight)
+            batches.append((time.perf_counter() - started) / calls)
+        return statistics.median(batches[1:])
+    at, *above = (per_call(*size) for size in LIBRARY_STEP)
+    return max(0.0, statistics.fmean(above) - at)
+
+
 def measure_device(tries: int = 7, progress: Progress | None = None) -> DeviceMeasurement:
     """This host's read bandwidth (in its last-level cache and in main memory) and linear-layer
-    FLOP/s per dtype, the best over 1 thread and all cores, sizes and tries."""
+    FLOP/s per dtype, the best over 1 thread and all cores, sizes and tries; and per dtype
+    the dispatch cost of a linear layer its runtime hands to the GEMM library
+    (``library_call_seconds``)."""
     cores = os.cpu_count() or 1
     threads = sorted({1, cores})
     cache = last_level_cache_bytes()
     cache_sizes = [size for size in (1 << 20, 4 << 20, 16 << 20) if cache is None or size < cache]
     dtypes = ("float32", "bfloat16", "float16")
-    task = progress.add_task("micro-benchmarks", total=len(threads) * (len(cache_sizes) + 1 + 3 * len(dtypes)),
-                             unit="benchmarks") if progress else None
+    task = progress.add_task("micro-benchmarks",
+                             total=len(threads) * (len(cache_sizes) + 1 + 3 * len(dtypes))
+                             + len(dtypes), unit="benchmarks") if progress else None
     cached, main, flops = {}, {}, {}
     for count in threads:
         for size in cache_sizes:
@@ -537,10 +573,14 @@ def measure_device(tries: int = 7, progress: Progress | None = None) -> DeviceMe
                 progress and progress.advance(task)
     peak = {dtype: max(v for key, v in flops.items() if key.startswith(dtype + "/")) / 1e12
             for dtype in dtypes}
+    library = {}
+    for dtype in dtypes:
+        library[dtype] = round(1e6 * library_call_seconds(dtype, tries), 1)
+        progress and progress.advance(task)
     return DeviceMeasurement(
         memory_bandwidth_gbps=max(main.values()) / 1e9,
         cache_bytes=cache, cache_bandwidth_gbps=max(cached.values()) / 1e9 if cached else None,
-        peak_tflops=peak,
+        peak_tflops=peak, library_call_us=library,
         details={"read_gbps": {k: round(v / 1e9, 2) for k, v in (cached | main).items()},
                  "matmul_gflops": {k: round(v / 1e9, 1) for k, v in flops.items()},
                  "load_1m": os.getloadavg()[0]})
@@ -560,9 +600,11 @@ def device_file(measured: DeviceMeasurement, name: str) -> dict:
                       "bandwidth_gbps": round(measured.cache_bandwidth_gbps, 2)}}
            if measured.cache_bytes and measured.cache_bandwidth_gbps else {}),
         "peak_tflops": {dtype: round(value, 4) for dtype, value in measured.peak_tflops.items()},
+        "library_call_us": measured.library_call_us,
         "sources": [{"what": "every figure", "cite": "measured on this host with torch "
                      "micro-benchmarks (orchestrator/lifecycle/latency.py measure_device): the "
-                     "best of several tries over 1 thread and all cores"}],
+                     "best of several tries over 1 thread and all cores; library_call_us: "
+                     "medians on 1 thread"}],
         "measured": {"created": datetime.now(UTC).isoformat(timespec="seconds"),
                      "host": machine, **measured.details},
     }
