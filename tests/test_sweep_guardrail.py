@@ -94,22 +94,22 @@ def test_a_probe_run_fits_the_guardrail_to_how_this_host_serves_now():
     guard = tiny_guardrail(3.0)
     assert "fitted times as they are (no probe run)" in guard.describe()
     fitted = [(context, guard._seconds("decode", 1, context)) for context in range(25, 45)]
-    assert guard.at_probe(ProbeRun([fitted], [], [])).time_scale == pytest.approx(1.0)
-    assert guard.at_probe(ProbeRun([], [], [])).time_scale == 1.0      # nothing served: as fitted
+    assert guard.at_probe(ProbeRun([fitted], [], [])).host.time_scale == pytest.approx(1.0)
+    assert guard.at_probe(ProbeRun([], [], [])).host.time_scale == 1.0   # nothing served: as fitted
     # tokens at half the fitted step; the cycles' own round trip: their median
     half = [(c, s / 2) for c, s in fitted]
     faster = guard.at_probe(ProbeRun([half[:10], half[10:]], [], [0.0004, 0.0005, 0.009]))
-    assert faster.time_scale == pytest.approx(0.5) and faster.round_trip_s == 0.0005
+    assert faster.host.time_scale == pytest.approx(0.5) and faster.host.round_trip_s == 0.0005
     # a stall counts within its answer, as in a run's ms per token (total over total), and
     # an answer slowed throughout is one of the median's three
     stalled = half[:9] + [(34, 10 * fitted[9][1])]
     within = sum(s for _, s in stalled) / sum(s for _, s in fitted[:10])
-    assert within > 0.9 and guard.at_probe(ProbeRun([stalled], [])).time_scale == \
+    assert within > 0.9 and guard.at_probe(ProbeRun([stalled], [])).host.time_scale == \
         pytest.approx(within)
     slow = [(c, 3 * s) for c, s in fitted[10:15]]
     strayed = guard.at_probe(ProbeRun([half[:5], slow, half[15:]], []))
-    assert strayed.time_scale == pytest.approx(0.5)
-    assert strayed.speed_spread == pytest.approx((1.0, 6.0))    # 3x over the median 0.5
+    assert strayed.host.time_scale == pytest.approx(0.5)
+    assert strayed.host.speed_spread == pytest.approx((1.0, 6.0))    # 3x over the median 0.5
     assert "fitted times x0.50 (x0.50-0.50 over its answers, the intervals widened so) and " \
            "0.50 ms of the agents' own round trip per cycle (a probe run just now: 20 " \
            "cloud-only tokens" in faster.describe()
@@ -130,7 +130,7 @@ def test_a_probe_run_fits_the_guardrail_to_how_this_host_serves_now():
     assert (wide.low, wide.point, wide.high) == pytest.approx(tuple(
         factor * getattr(as_fitted["cloud-only"].per_token_s, end)
         for factor, end in ((0.5, "low"), (0.5, "point"), (3.0, "high"))))
-    assert strayed.at_probe(ProbeRun([half], [])).speed_spread == (1.0, 1.0)  # the latest
+    assert strayed.at_probe(ProbeRun([half], [])).host.speed_spread == (1.0, 1.0)  # the latest
     # its decoding step alone broke 3 ms per token as fitted; on a host twice as fast it fits
     assert (as_fitted["cloud-only"].verdict, now["cloud-only"].verdict) == ("reject", "accept")
 
@@ -292,10 +292,10 @@ def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_p
     fitted = tiny_guardrail(3.0)
     probed = fitted.at_probe(ProbeRun(steps, [queries[0]["n_tokens"]], trips))
     assert probed.answer_tokens == (queries[0]["n_tokens"],)
-    assert 0.1 < probed.time_scale < 10           # this host against a 2-vCPU build host's fit
-    assert probed.round_trip_s < 0.05             # the agents' own messages, no RTT
-    assert f"fitted times x{probed.time_scale:.2f} (x" in output
-    assert f"and {1000 * probed.round_trip_s:.2f} ms of the agents' own round trip" in output
+    assert 0.1 < probed.host.time_scale < 10      # this host against a 2-vCPU build host's fit
+    assert probed.host.round_trip_s < 0.05        # the agents' own messages, no RTT
+    assert f"fitted times x{probed.host.time_scale:.2f} (x" in output
+    assert f"and {1000 * probed.host.round_trip_s:.2f} ms of the agents' own round trip" in output
     assert (folder / "guardrail-probe").is_dir() and not (folder / "guardrail-probe-2").exists()
     cells = [json.loads(line) for line in (folder / "cells.jsonl").read_text().splitlines()]
     assert [cell["cell"] for cell in cells] == ["rtt000", "rtt200"]
@@ -312,10 +312,8 @@ def test_a_probe_run_scales_the_guardrail_to_how_fast_this_host_serves_now(tmp_p
           for i in range(1, q["n_tokens"])] for q in served], [q["n_tokens"] for q in served],
         own))
     for cell, guard in zip(cells, (probed, followed)):
-        assert {(d["time_scale"], tuple(d["speed_spread"]), d["round_trip_ms"])
-                for d in cell["guardrail"]} == {
-            (round(guard.time_scale, 4), tuple(round(end, 4) for end in guard.speed_spread),
-             round(1000 * guard.round_trip_s, 4))}
+        recorded = guard.host.record()
+        assert all(d[name] == value for d in cell["guardrail"] for name, value in recorded.items())
         for label, run in (("cloud-only", CLOUD_ONLY), ("fixed-k5", FIXED5)):
             expected = decided(guard, cell_profile(cell), [run])[label].per_token_s
             made = next(d for d in cell["guardrail"] if d["label"] == label)

@@ -5,8 +5,8 @@ Owns the three model families compared per stage and their group-wise evaluation
 
 - **roofline-shaped** (``RooflineParams``, fitted by ``fit_roofline``): ``overhead +
   per_layer * layers + per_activation * activations + per_block / K + library +
-  row_factor(rows) * smoothmax(memory / eta_bw, compute / eta_flops)``, where memory and compute are the
-  roofline's two times on the device (``nasd.latency.roofline``: bytes at main memory's
+  row_factor(rows) * smoothmax(memory / eta_bw, compute / eta_flops)``, where memory and
+  compute are the roofline's two times on the device (``nasd.latency.roofline``: bytes at main memory's
   bandwidth, the KV cache's share and the copies the runtime makes of it
   (``kv_repeat_bytes``) counted ``kv_factor`` times, and FLOPs at the dtype's peak), the
   efficiencies ``eta_*`` in (0, 1] say how much of each peak the stage reaches, the

@@ -10,16 +10,17 @@ latency profile, not from any fitted stage), the shapes of the pair's two models
 vocabulary width (what the codec's messages carry) and the contexts the job's queries
 decode at (their prompts' tokens, up to the token budget).
 
-``SweepGuardrail.at_probe`` fits the guardrail to this host as it runs now, from a short
-probe run of the pair on an unshaped link made just before the sweep's cells
+``SweepGuardrail.at_probe`` fits the guardrail to this host as it runs now (``HostSpeed``),
+from a short probe run of the pair on an unshaped link made just before the sweep's cells
 (``ProbeRun``, ``orchestrator.lifecycle.sweep.guardrail_probe``; job field
 ``guardrail_probe``): every stage is scaled by how fast its cloud-only tokens came against the
-fitted decoding step (``nasd.latency.guardrail.host_speed``: a virtual host's speed drifts by
-tens of percent over hours, more than the stages' intervals allow for, and the serving loop
-costs a little on every token) and its interval widened by how far the answers' speeds
-strayed from it (``speed_spread``), and every fixed-K cycle pays the round trip its cycles took
-on that link (the agents' messages, wake-ups and, in vm mode, the VM's forwarding: 0.5-0.9 ms
-on the build VM), on top of the profile's RTT.
+fitted decoding step (``time_scale``, from ``nasd.latency.guardrail.host_speed``: a virtual
+host's speed drifts by tens of percent over hours, more than the stages' intervals allow
+for, and the serving loop costs a little on every token) and its interval widened by how far
+the answers' speeds strayed from it (``speed_spread``), and every fixed-K cycle pays the
+round trip its cycles took on that link (``round_trip_s``: the agents' messages, wake-ups
+and, in vm mode, the VM's forwarding: 0.5-0.9 ms on the build VM), on top of the profile's
+RTT.
 
 ``SweepGuardrail.judge`` predicts the seconds per committed token of each strategy run of a
 cell with its interval (``nasd.latency.guardrail.per_token_spread``: ``draft_token``,
@@ -147,6 +148,26 @@ def _ms(seconds: float | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class HostSpeed:
+    """How this host serves now against the fitted stages (``SweepGuardrail.at_probe``)."""
+
+    time_scale: float = 1.0                          # what the fitted times are multiplied by
+    speed_spread: tuple[float, float] = (1.0, 1.0)   # how far below and above it answers went
+    round_trip_s: float = 0.0                        # a fixed-K cycle's link at no RTT
+
+    @property
+    def scale_range(self) -> tuple[float, float]:
+        """The least and the most factor on the fitted times."""
+        low, high = self.speed_spread
+        return self.time_scale * low, self.time_scale * high
+
+    def record(self) -> dict:
+        return {"time_scale": round(self.time_scale, 4),
+                "speed_spread": [round(end, 4) for end in self.speed_spread],
+                "round_trip_ms": _ms(self.round_trip_s)}
+
+
+@dataclass(frozen=True)
 class RunVerdict:
     """The guardrail's decision on one strategy run of a cell."""
 
@@ -155,9 +176,7 @@ class RunVerdict:
     per_token_s: Spread | None    # the prediction; None: the model does not cover the run
     budget_s: float
     why: str
-    time_scale: float = 1.0       # the scale on the fitted stages (``SweepGuardrail``)
-    speed_spread: tuple[float, float] = (1.0, 1.0)   # ... widened this much at each end
-    round_trip_s: float = 0.0     # ... and the agents' own round trip per cycle
+    host: HostSpeed = HostSpeed()   # what the prediction took of this host
 
     def record(self, measured: dict | None = None) -> dict:
         """The decision as ``cells.jsonl`` keeps it (ms per committed token); with
@@ -169,10 +188,7 @@ class RunVerdict:
                "predicted_low_ms": _ms(spread.low) if spread else None,
                "predicted_ms": _ms(spread.point) if spread else None,
                "predicted_high_ms": _ms(spread.high) if spread else None,
-               "time_scale": round(self.time_scale, 4),
-               "speed_spread": [round(end, 4) for end in self.speed_spread],
-               "round_trip_ms": _ms(self.round_trip_s), "why": self.why,
-               "ran": measured is not None}
+               **self.host.record(), "why": self.why, "ran": measured is not None}
         if measured is None:
             return row
         rates = [float(measured.get(column, np.nan)) for column in
@@ -220,29 +236,29 @@ class SweepGuardrail:
     contexts: Spread                      # tokens: the least, mean and most context decoded at
     acceptance: Spread
     source: str = ""                      # the folder, for display
-    time_scale: float = 1.0               # what the fitted times are multiplied by here, now
-    speed_spread: tuple[float, float] = (1.0, 1.0)   # how far below and above it answers went
-    round_trip_s: float = 0.0             # what a fixed-K cycle's link adds at no RTT here
+    host: HostSpeed = HostSpeed()         # how this host serves now (as fitted: 1, no RTT)
     answer_tokens: tuple[int, ...] = ()   # the answers' lengths (none: endless answers)
     probe: tuple[int, int] = (0, 0)       # the tokens and cycles they come from (0: as fitted)
     _stages: dict = field(default_factory=dict, compare=False, repr=False)
 
     def describe(self) -> str:
         table, interval = self.fitted.table, self.fitted.intervals["verify"]
-        host = table.get("host", {})
+        measured_on = table.get("host", {})
         tokens, cycles = self.probe
         answers = (f", answers of {min(self.answer_tokens)}-{max(self.answer_tokens)} "
                    "tokens" if self.answer_tokens else "")
-        low, high = (self.time_scale * end for end in self.speed_spread)
-        speed = (f"fitted times x{self.time_scale:.2f} (x{low:.2f}-{high:.2f} over its answers, "
-                 f"the intervals widened so) and {1000 * self.round_trip_s:.2f} ms "
+        host = self.host
+        low, high = host.scale_range
+        speed = (f"fitted times x{host.time_scale:.2f} (x{low:.2f}-{high:.2f} over its answers, "
+                 f"the intervals widened so) and {1000 * host.round_trip_s:.2f} ms "
                  f"of the agents' own round trip per cycle{answers} (a probe run just now: "
-                 f"{tokens} cloud-only tokens at x{self.time_scale:.2f} the fitted decoding "
+                 f"{tokens} cloud-only tokens at x{host.time_scale:.2f} the fitted decoding "
                  f"step, {cycles} fixed-K cycles on an unshaped link)"
                  if tokens or cycles else "fitted times as they are (no probe run)")
         return (f"guardrail: budget {1000 * self.budget_s:g} ms per token; stages fitted on "
                 f"{self.device.name} ({table.get('campaign', '?')}, host "
-                f"{host.get('node', '?')}, {host.get('processor', '?')}) in {self.source}, "
+                f"{measured_on.get('node', '?')}, {measured_on.get('processor', '?')}) in "
+                f"{self.source}, "
                 f"{speed}, {interval.coverage:.0%} split-conformal intervals; acceptance "
                 f"{self.acceptance.low:g}-{self.acceptance.high:g}; contexts "
                 f"{self.contexts.low:g}-{self.contexts.high:g} tokens")
@@ -253,16 +269,17 @@ class SweepGuardrail:
         the fitted ``decode`` stage at those contexts, and every fixed-K cycle's link given the
         median round trip of the probe's cycles.  What the probe lacks (a finished cell that
         ran no cloud-only, or no fixed-K on a plain link) stays as it was."""
-        scale, spread = self.time_scale, self.speed_spread
+        host = self.host
         if any(probe.steps):
             measured = [[seconds for _, seconds in answer] for answer in probe.steps]
             predicted = [[self._seconds("decode", 1, context) for context, _ in answer]
                          for answer in probe.steps]
             speed = host_speed(measured, predicted)
-            scale, spread = speed.point, (speed.low / speed.point, speed.high / speed.point)
-        round_trip = (float(np.median(probe.round_trips_s)) if probe.round_trips_s
-                      else self.round_trip_s)
-        return replace(self, time_scale=scale, speed_spread=spread, round_trip_s=round_trip,
+            host = replace(host, time_scale=speed.point,
+                           speed_spread=(speed.low / speed.point, speed.high / speed.point))
+        if probe.round_trips_s:
+            host = replace(host, round_trip_s=float(np.median(probe.round_trips_s)))
+        return replace(self, host=host,
                        answer_tokens=tuple(probe.answer_tokens) or self.answer_tokens,
                        probe=(sum(map(len, probe.steps)),
                               len(probe.round_trips_s) or self.probe[1]),
@@ -287,8 +304,7 @@ class SweepGuardrail:
     def _verdict(self, run: StrategyRun, states: list[LinkState], codec: str) -> RunVerdict:
         why = unpredictable(run.strategy, run.draft_ahead)
         if why is not None:
-            return RunVerdict(run, "measure", None, self.budget_s, why, self.time_scale,
-                              self.speed_spread, self.round_trip_s)
+            return RunVerdict(run, "measure", None, self.budget_s, why, self.host)
         k = run.k or 1                   # cloud-only: one decoding step, no K
         stages = {stage: self._stage(stage, k) for stage in UNCERTAIN}
         rtt_s, transfer_s = self._link(run.strategy, k, states, codec)
@@ -298,18 +314,18 @@ class SweepGuardrail:
             spread = replace(spread, high=math.inf)
         verdict = str(decide(spread.low, spread.high, spread.point, self.budget_s))
         return RunVerdict(run, verdict, spread, self.budget_s,
-                          _why(verdict, spread, self.budget_s), self.time_scale,
-                          self.speed_spread, self.round_trip_s)
+                          _why(verdict, spread, self.budget_s), self.host)
 
     def _stage(self, stage: str, k: int) -> Spread:
         """The stage's predicted seconds at the least, mean and most context, scaled to the
         host's speed and widened by its spread."""
         if (stage, k) not in self._stages:
-            low, high = self.speed_spread
+            low, high = self.host.scale_range
             self._stages[stage, k] = Spread(*(
-                self.time_scale * widened * self._seconds(stage, k, context)
-                for widened, context in ((low, self.contexts.low), (1.0, self.contexts.point),
-                                         (high, self.contexts.high))))
+                scale * self._seconds(stage, k, context)
+                for scale, context in ((low, self.contexts.low),
+                                       (self.host.time_scale, self.contexts.point),
+                                       (high, self.contexts.high))))
         return self._stages[stage, k]
 
     def _seconds(self, stage: str, k: int, context: float) -> float:
@@ -327,7 +343,7 @@ class SweepGuardrail:
             return Spread(0.0, 0.0, 0.0), Spread(0.0, 0.0, 0.0)
         sizes = cycle_bytes(codec, k, self.width)
         rejected = sizes.get("down_rejected", sizes["down"])   # q-scalar: the target row
-        rtts = [state.rtt_ms / 1000.0 + self.round_trip_s for state in states]
+        rtts = [state.rtt_ms / 1000.0 + self.host.round_trip_s for state in states]
         kept = [transfer_s(s, "uplink", sizes["up"]) + transfer_s(s, "downlink", sizes["down"])
                 for s in states]
         with_row = [transfer_s(s, "uplink", sizes["up"]) + transfer_s(s, "downlink", rejected)

@@ -177,11 +177,12 @@ def follow_host(guardrail: SweepGuardrail, cell: Cell, path: Path,
     if not any(steps) and not trips:
         return guardrail
     followed = guardrail.at_probe(ProbeRun(steps, answers, trips))
-    low, high = (followed.time_scale * end for end in followed.speed_spread)
-    console.print(f"guardrail: fitted times x{followed.time_scale:.2f} (x{low:.2f}-{high:.2f}) "
-                  f"and a {1000 * followed.round_trip_s:.2f} ms round trip of the agents' own "
-                  f"from here on (cell {cell.name}'s; were x{guardrail.time_scale:.2f} and "
-                  f"{1000 * guardrail.round_trip_s:.2f} ms)", highlight=False)
+    now, before = followed.host, guardrail.host
+    low, high = now.scale_range
+    console.print(f"guardrail: fitted times x{now.time_scale:.2f} (x{low:.2f}-{high:.2f}) "
+                  f"and a {1000 * now.round_trip_s:.2f} ms round trip of the agents' own "
+                  f"from here on (cell {cell.name}'s; were x{before.time_scale:.2f} and "
+                  f"{1000 * before.round_trip_s:.2f} ms)", highlight=False)
     return followed
 
 
