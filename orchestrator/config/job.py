@@ -211,7 +211,7 @@ class GuardrailFields(BaseModel):
         if not self.guarded and self.guardrail_acceptance != (0.0, 1.0):
             raise ValueError("guardrail_acceptance needs guardrail_path and "
                              "latency_budget_ms_per_token")
-        if not self.guarded and not self.guardrail_probe:
+        if not self.guarded and "guardrail_probe" in self.model_fields_set:
             raise ValueError("guardrail_probe needs guardrail_path and "
                              "latency_budget_ms_per_token")
         return self
