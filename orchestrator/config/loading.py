@@ -263,8 +263,9 @@ def _validate_with_flags(schema: Any, data: dict, given: dict, path: Path, kind:
                          flags: dict[str, str] | None = None) -> Any:
     """``data`` (the ``kind`` file ``path``'s) with the flags' values ``given`` laid over it, as
     ``schema``.  An error is blamed on the flags when they cause it: on the flag of the
-    failing field, or on every flag given when the file alone is valid (a conflict between
-    the flags and the file, e.g. ``--decoding sampling --codec ids``)."""
+    failing field, or, when the file alone is valid (a conflict between the flags and the
+    file, e.g. ``--decoding sampling --codec ids``), on the flags without which the same
+    error goes away (each other flag left out, one at a time, as long as it stays)."""
     try:
         return TypeAdapter(schema).validate_python({**data, **given})
     except ValidationError as error:
@@ -272,18 +273,24 @@ def _validate_with_flags(schema: Any, data: dict, given: dict, path: Path, kind:
         field = where.split(".")[0]
         if field in given:
             raise ConfigError(f"{_flags_text({field: given[field]}, flags)}: {message}") from None
-        if given and _valid(schema, data):
-            raise ConfigError(f"{_flags_text(given, flags)} (with {kind} {path}): {message}") \
+        if given and _error(schema, data) is None:
+            blamed = dict(given)
+            for name in given:
+                rest = {other: value for other, value in blamed.items() if other != name}
+                if _error(schema, {**data, **rest}) == (where, message):
+                    blamed = rest
+            raise ConfigError(f"{_flags_text(blamed, flags)} (with {kind} {path}): {message}") \
                 from None
         raise ConfigError(f"{path}: {where}: {message}") from None
 
 
-def _valid(schema: Any, data: dict) -> bool:
+def _error(schema: Any, data: dict) -> tuple[str, str] | None:
+    """``data``'s first error as ``schema`` (``first_error``), None when it is valid."""
     try:
         TypeAdapter(schema).validate_python(data)
-    except ValidationError:
-        return False
-    return True
+    except ValidationError as error:
+        return first_error(error)
+    return None
 
 
 def load_profile(name_or_path: str, overrides: dict | None = None) -> NetworkProfile:
