@@ -836,9 +836,10 @@ def checked_device_name(ctx, param, name: str) -> str:
               help="Device file to write [default: NAME.yaml].")
 def latency_device_command(name, tries, out_path) -> None:
     """Measure this host's roofline peaks (read bandwidth in cache and main memory, matmul
-    FLOP/s per dtype) and the dispatch cost of a linear layer PyTorch hands to its GEMM
-    library (per dtype: one row just above 16^3 multiply-adds against one at it), and write
-    them as a device file (the schema of configs/devices)."""
+    FLOP/s per dtype) and what a linear layer PyTorch hands to its GEMM library costs beyond
+    a small one (per dtype: one row just above 16^3 multiply-adds against one at it, the
+    least of several rounds), and write them as a device file (the schema of
+    configs/devices)."""
     import yaml
 
     from orchestrator.lifecycle.latency import device_file, measure_device
@@ -851,10 +852,22 @@ def latency_device_command(name, tries, out_path) -> None:
     click.echo(f"device: {out_path} (main memory {measured.memory_bandwidth_gbps:.1f} GB/s, "
                + ", ".join(f"{dtype} {value * 1000:.0f} GFLOP/s"
                            for dtype, value in measured.peak_tflops.items())
-               + "; a GEMM library call " + ", ".join(
-                   f"{dtype} {value:g} us" for dtype, value in measured.library_call_us.items())
+               + "; a layer handed to the GEMM library " + ", ".join(
+                   f"{dtype} +{value:g} us" for dtype, value in measured.library_call_us.items())
                + ")")
+    others = measured.details["others_cpu_share"]
+    if others > BUSY_SHARE:
+        click.echo(f"warning: other processes used {others:.0%} of the cores while measuring: "
+                   "the figures are a busy host's (its GEMM library calls can cost several "
+                   "times a quiet one's); measure again on a quiet host", err=True)
+    for dtype, rounds in measured.details["library_call_rounds_us"].items():
+        if max(rounds) > 1.5 * max(min(rounds), 1.0):
+            click.echo(f"note: {dtype}'s GEMM library calls cost {min(rounds):g}-"
+                       f"{max(rounds):g} us over the rounds: a busy host slows them; the "
+                       "least is kept", err=True)
 
+
+BUSY_SHARE = 0.2   # of the cores, used by other processes while `latency device` measured
 
 # a group-wise split needs two shapes, the guardrail two calibration and two judged samples
 MIN_FIT_SAMPLES = 4

@@ -568,16 +568,28 @@ def test_latency_device_measures_this_hosts_peaks_and_library_call_cost(tmp_path
                                                                         capsys):
     """`latency device` writes a device file that loads as one, with the roofline's peaks
     and, per dtype, the measured cost of a GEMM library call (0 where the runtime has no
-    such path), and says both."""
+    such path), and says both; measured beside a process that keeps a core busy, it warns
+    that the figures are a busy host's."""
+    import subprocess
+    import sys
+
     from orchestrator.cli import main
     monkeypatch.chdir(tmp_path)
-    assert main(["latency", "device", "--name", "here", "--tries", "1"]) == 0
-    said = capsys.readouterr().out
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\n"
+                             "while time.time() < end: pass"])
+    try:
+        assert main(["latency", "device", "--name", "here", "--tries", "1"]) == 0
+    finally:
+        busy.kill()
+        busy.wait(timeout=10)
+    said = capsys.readouterr()
     device = load_device("here")
     assert device.measured["host"]["torch"] and device.memory_bandwidth_gbps > 0
     assert set(device.library_call_us) == {"float32", "bfloat16", "float16"}
     assert all(value >= 0 for value in device.library_call_us.values())
-    assert "a GEMM library call float32" in said and "bfloat16" in said
+    assert "a layer handed to the GEMM library float32 +" in said.out and "bfloat16 +" in said.out
+    assert device.measured["others_cpu_share"] > 0.2
+    assert "warning: other processes used" in said.err
 
 
 def test_a_table_fitted_on_another_machines_device_file_is_named(tmp_path, monkeypatch, capsys):

@@ -16,8 +16,9 @@ Owns the three model families compared per stage and their group-wise evaluation
   layers that the runtime hands to its GEMM library (``nasd.latency.roofline.library_seconds``,
   added as it is, not fitted: at bfloat16 on the Xeon that measured the committed tables
   such a call costs about 17 us more than a small one, so a draft of hidden 64, whose
-  attention projections stay small, spends half the time per layer of one of hidden 128,
-  which a fit on the other shapes cannot tell from their layer count), and the smooth
+  attention projections stay small, makes 3 such calls a layer where one of hidden 128
+  makes 7, which a fit on the other shapes cannot tell from their layer count), and the
+  smooth
   maximum ``(a^p + b^p)^(1/p)`` (p fitted in [1,
   16]: 1 is a sum, 16 almost the hard max) lets the ridge point be as sharp as the stage
   shows it: verify is flat in K while the weights'

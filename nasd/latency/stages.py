@@ -29,8 +29,8 @@ once: transformers' cache appends by copying), the copies of it a multi-token pa
 cache makes for every query head (``kv_repeat_bytes``: transformers' SDPA path repeats
 grouped KV heads where the pass needs a mask), the elements the per-token vector work
 touches (``activations``) and the linear layers large enough that the runtime hands them to
-its GEMM library (``library_calls``: at 16-bit dtypes on this project's CPUs, a fixed cost of
-its own per call).
+its GEMM library (``library_calls``: at bfloat16 on the Xeon build host, a fixed cost of its
+own per call; float32 and float16 have no such step there).
 
 Pure: no I/O, no clocks.
 """

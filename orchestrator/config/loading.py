@@ -357,9 +357,10 @@ def unmeasured_library_cost(table: pd.DataFrame, device: Device) -> str | None:
     unmeasured = sorted(set(table["dtype"]) - {"float32"} - set(device.library_call_us))
     if device.measured is None or not unmeasured:
         return None
-    return (f"device {device.name} has no library_call_us for {unmeasured[0]}: the fit "
-            "guesses what its GEMM library calls cost, and misjudges model shapes whose "
-            "small layers skip the library (`orchestrator latency device` measures it)")
+    return (f"device {device.name} has no library_call_us for {unmeasured[0]}: the fit counts "
+            "no cost for its GEMM library calls, and misjudges model shapes whose small "
+            "layers skip the library (`orchestrator latency device`, run on the machine the "
+            "table was measured on, measures it)")
 
 
 def load_latency_table(path: str | Path) -> pd.DataFrame:

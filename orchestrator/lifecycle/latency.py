@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import resource
 import statistics
 import tempfile
 import time
@@ -517,43 +518,60 @@ def matmul_flops(dtype: str, rows: int, threads: int, tries: int) -> float:
                                                 tries)
 
 
-# (in, out) of a linear layer at LIBRARY_MIN_PRODUCT multiply-adds for one row (64 x 64),
-# then one more output and one more input: the two just above it
+# one row through linear layers (in, out) of LIBRARY_MIN_PRODUCT multiply-adds each (the
+# shapes of small models' projections: 64 x 64, a grouped 128 x 32), and through each with
+# one input or output more: the same bytes and FLOPs within 3 %
 LIBRARY_SIDE = math.isqrt(LIBRARY_MIN_PRODUCT)
-LIBRARY_STEP = ((LIBRARY_SIDE, LIBRARY_SIDE), (LIBRARY_SIDE, LIBRARY_SIDE + 1),
-                (LIBRARY_SIDE + 1, LIBRARY_SIDE))
+LIBRARY_AT = ((LIBRARY_SIDE, LIBRARY_SIDE), (LIBRARY_SIDE // 2, 2 * LIBRARY_SIDE),
+              (2 * LIBRARY_SIDE, LIBRARY_SIDE // 2))
+LIBRARY_ABOVE = ((LIBRARY_SIDE, LIBRARY_SIDE + 1), (LIBRARY_SIDE // 2 + 1, 2 * LIBRARY_SIDE),
+                 (2 * LIBRARY_SIDE, LIBRARY_SIDE // 2 + 1))
 
 
-def library_call_seconds(dtype: str, tries: int, calls: int = 200) -> float:
-    """What one row through a linear layer costs more just above ``LIBRARY_MIN_PRODUCT``
-    multiply-adds than at it, on 1 thread: the mean over the two steps of ``LIBRARY_STEP``,
-    each layer's time the median of ``tries`` batches of ``calls`` (a measured table's
-    times are medians too), never below 0.  One more row or column of the weight costs a
-    fraction of a microsecond; the rest is the dispatch cost of the runtime's GEMM library."""
+def library_call_rounds(dtype: str, rounds: int, pairs: int = 9,
+                        calls: int = 50) -> list[float]:
+    """Per round, what one row through a linear layer just above ``LIBRARY_MIN_PRODUCT``
+    multiply-adds costs more than one at it, on 1 thread: the median over ``pairs`` of a
+    batch through ``LIBRARY_ABOVE``'s layers less the batch through ``LIBRARY_AT``'s just
+    before it (``calls`` passes each; paired, so a slower moment of the host slows both).
+    One more row or column of a weight costs a fraction of a microsecond; the rest is the
+    dispatch cost of the runtime's GEMM library.  The rounds differ on a busy host: its
+    bfloat16 calls on this Xeon cost 17 us quiet and up to 40 beside other work."""
     import torch
     torch.set_num_threads(1)
     kind = getattr(torch, dtype)
+    at, above = ([(torch.randn(1, fan_in).to(kind), torch.randn(fan_out, fan_in).to(kind))
+                  for fan_in, fan_out in sizes] for sizes in (LIBRARY_AT, LIBRARY_ABOVE))
 
-    def per_call(fan_in: int, fan_out: int) -> float:
-        weight, x = torch.randn(fan_out, fan_in).to(kind), torch.randn(1, fan_in).to(kind)
-        batches = []
-        for _ in range(tries + 1):                      # the first one untimed: warm-up
-            started = time.perf_counter()
-            for _ in range(calls):
+    def per_call(layers) -> float:
+        started = time.perf_counter()
+        for _ in range(calls):
+            for x, weight in layers:
                 torch.nn.functional.linear(x, weight)
-            batches.append((time.perf_counter() - started) / calls)
-        return statistics.median(batches[1:])
-    at, *above = (per_call(*size) for size in LIBRARY_STEP)
-    return max(0.0, statistics.fmean(above) - at)
+        return (time.perf_counter() - started) / (calls * len(layers))
+    per_call(at), per_call(above)                       # warm-up: oneDNN builds its kernels
+    return [statistics.median(-per_call(at) + per_call(above) for _ in range(pairs))
+            for _ in range(rounds)]
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """The CPU seconds every process of this host has used (``/proc/stat``: all but idle
+    and iowait) and this one's, so far."""
+    fields = [float(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return busy, own.ru_utime + own.ru_stime
 
 
 def measure_device(tries: int = 7, progress: Progress | None = None) -> DeviceMeasurement:
     """This host's read bandwidth (in its last-level cache and in main memory) and linear-layer
     FLOP/s per dtype, the best over 1 thread and all cores, sizes and tries; and per dtype
-    the dispatch cost of a linear layer its runtime hands to the GEMM library
-    (``library_call_seconds``)."""
+    the dispatch cost of a linear layer its runtime hands to the GEMM library, the least
+    over rounds (``library_call_rounds``); beside them, the share of the cores other
+    processes used meanwhile (``others_cpu_share``: a busy host's figures are its own)."""
     cores = os.cpu_count() or 1
     threads = sorted({1, cores})
+    started, (busy, own) = time.monotonic(), cpu_seconds()
     cache = last_level_cache_bytes()
     cache_sizes = [size for size in (1 << 20, 4 << 20, 16 << 20) if cache is None or size < cache]
     dtypes = ("float32", "bfloat16", "float16")
@@ -573,17 +591,22 @@ def measure_device(tries: int = 7, progress: Progress | None = None) -> DeviceMe
                 progress and progress.advance(task)
     peak = {dtype: max(v for key, v in flops.items() if key.startswith(dtype + "/")) / 1e12
             for dtype in dtypes}
-    library = {}
+    library, library_rounds = {}, {}
     for dtype in dtypes:
-        library[dtype] = round(1e6 * library_call_seconds(dtype, tries), 1)
+        rounds = library_call_rounds(dtype, tries)
+        library[dtype] = round(max(0.0, 1e6 * min(rounds)), 1)   # the host at its quietest
+        library_rounds[dtype] = [round(1e6 * value, 1) for value in rounds]
         progress and progress.advance(task)
+    (busy_after, own_after), wall = cpu_seconds(), time.monotonic() - started
+    others_share = round(max(0.0, (busy_after - busy) - (own_after - own)) / (wall * cores), 3)
     return DeviceMeasurement(
         memory_bandwidth_gbps=max(main.values()) / 1e9,
         cache_bytes=cache, cache_bandwidth_gbps=max(cached.values()) / 1e9 if cached else None,
         peak_tflops=peak, library_call_us=library,
         details={"read_gbps": {k: round(v / 1e9, 2) for k, v in (cached | main).items()},
                  "matmul_gflops": {k: round(v / 1e9, 1) for k, v in flops.items()},
-                 "load_1m": os.getloadavg()[0]})
+                 "library_call_rounds_us": library_rounds,
+                 "load_1m": os.getloadavg()[0], "others_cpu_share": others_share})
 
 
 def device_file(measured: DeviceMeasurement, name: str) -> dict:
@@ -604,7 +627,7 @@ def device_file(measured: DeviceMeasurement, name: str) -> dict:
         "sources": [{"what": "every figure", "cite": "measured on this host with torch "
                      "micro-benchmarks (orchestrator/lifecycle/latency.py measure_device): the "
                      "best of several tries over 1 thread and all cores; library_call_us: "
-                     "medians on 1 thread"}],
+                     "the least round on 1 thread"}],
         "measured": {"created": datetime.now(UTC).isoformat(timespec="seconds"),
                      "host": machine, **measured.details},
     }
