@@ -57,14 +57,17 @@ class ConfigError(ValueError):
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    """``<field path>: <what is wrong>`` of the first error (and how many more there are)."""
-    return ": ".join(first_error(error))
+    """``<field path>: <what is wrong>`` of the first error (and how many more there are);
+    an error of the whole file (a check across its fields) says what is wrong only."""
+    where, message = first_error(error)
+    return f"{where}: {message}" if where else message
 
 
 def first_error(error: ValidationError) -> tuple[str, str]:
-    """(where: the first error's dotted field path or ``(top level)``, what is wrong)."""
+    """(where: the first error's dotted field path, empty for the whole file; what is
+    wrong)."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    where = ".".join(str(part) for part in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     # the value, unless the message already names it (a validator of our own may)
     if "input" in first and not isinstance(first["input"], (dict, list)) \
@@ -281,7 +284,7 @@ def _validate_with_flags(schema: Any, data: dict, given: dict, path: Path, kind:
                     blamed = rest
             raise ConfigError(f"{_flags_text(blamed, flags)} (with {kind} {path}): {message}") \
                 from None
-        raise ConfigError(f"{path}: {where}: {message}") from None
+        raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
 
 
 def _error(schema: Any, data: dict) -> tuple[str, str] | None:
