@@ -34,7 +34,12 @@ from agents.sampling import Decoding, Seed
 from agents.security import DataPlaneSecurity
 from nasd.latency.stages import Dtype
 from orchestrator import interrupts
-from orchestrator.config.job import ALL_STRATEGIES, QUERY_ORDERS, largest_k
+from orchestrator.config.job import (
+    ALL_STRATEGIES,
+    PROBE_NEEDS_GUARDRAIL,
+    QUERY_ORDERS,
+    largest_k,
+)
 from orchestrator.config.loading import (
     ConfigError,
     available,
@@ -535,6 +540,8 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
                                   "guardrail_acceptance": list(guardrail_acceptance or []),
                                   "guardrail_probe": guardrail_probe,
                                   **emulation})
+        if guardrail_probe and not job.guarded:     # the default: the job cannot tell
+            raise ConfigError(f"--guardrail-probe (with job {job_name}): {PROBE_NEEDS_GUARDRAIL}")
         cells = expand(job)
         template = RunSpec.build(job, cells[0].profile, mode)    # before a VM or a folder
         guardrail = sweep_guardrail(template)

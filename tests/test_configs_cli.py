@@ -71,6 +71,21 @@ def test_every_shipped_config_loads():
         assert load_dataset(job.prompts)
 
 
+def test_a_sweep_folder_reads_back_the_job_it_wrote(tmp_path):
+    """A sweep keeps its resolved job (every field, defaults included) in sweep.yaml and
+    reads it back to resume and to report: every shipped sweep job, and a guarded one, come
+    back equal."""
+    from orchestrator.results import SweepFolder
+    from orchestrator.lifecycle.sweep import expand
+    jobs = [load_job(name) for name in available("jobs")]
+    jobs.append(load_job(str(REPO / "tests" / "fixtures" / "sweep-guardrail.yaml")))
+    swept = [job for job in jobs if job.network is not None]
+    assert len(swept) >= 3 and any(job.guarded for job in swept)
+    for index, job in enumerate(swept):
+        folder = SweepFolder.create_at(tmp_path / str(index), job, "sim", expand(job))
+        assert folder.plan()[0] == job, job.name
+
+
 def test_shipped_model_pair_and_default_job():
     pair = load_model_pair("synthetic")
     assert pair.acceptance == 0.7 and pair.vocab_size == 1024

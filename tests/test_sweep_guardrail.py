@@ -200,7 +200,8 @@ def test_a_folder_that_is_not_a_fit_is_one_config_error(tmp_path, write, message
     (["--no-guardrail-probe"], "--no-guardrail-probe (with job"),
     (["--guardrail-probe"], "--guardrail-probe (with job"),    # given: not the default's silence
     # blamed on the flag that conflicts with the file, not on every flag given
-    (["--model-pair", "tiny-arith", "--guardrail-probe"], "error: --guardrail-probe (with job"),
+    (["--model-pair", "tiny-arith", "--no-guardrail-probe"],
+     "error: --no-guardrail-probe (with job"),
 ])
 def test_bad_guardrail_input_is_one_line_and_exit_2_before_anything_starts(
         tmp_path, capsys, flags, message):

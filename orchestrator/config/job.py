@@ -161,6 +161,9 @@ class DeviceEmulationFields(BaseModel):
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+PROBE_NEEDS_GUARDRAIL = "guardrail_probe needs guardrail_path and latency_budget_ms_per_token"
+
+
 class GuardrailFields(BaseModel):
     """A sweep's budget guardrail: the budget, the folder of the fitted latency model that
     predicts each strategy run against it, and the acceptance to assume.  The budget and the
@@ -211,9 +214,8 @@ class GuardrailFields(BaseModel):
         if not self.guarded and self.guardrail_acceptance != (0.0, 1.0):
             raise ValueError("guardrail_acceptance needs guardrail_path and "
                              "latency_budget_ms_per_token")
-        if not self.guarded and "guardrail_probe" in self.model_fields_set:
-            raise ValueError("guardrail_probe needs guardrail_path and "
-                             "latency_budget_ms_per_token")
+        if not self.guarded and not self.guardrail_probe:
+            raise ValueError(PROBE_NEEDS_GUARDRAIL)
         return self
 
 
