@@ -553,9 +553,10 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
                       highlight=False)
     if guardrail is not None:
         from orchestrator.lifecycle.calibrate import host
-        foreign = guardrail.foreign_host(host()["processor"])
-        if foreign:
-            console.print(foreign, highlight=False, markup=False)
+        for warning in (guardrail.foreign_host(host()["processor"]),
+                        guardrail.changed_device()):
+            if warning:
+                console.print(warning, highlight=False, markup=False)
     console.print(f"sweep: {folder.path} ({len(cells)} cell{'s' * (len(cells) != 1)}); "
                   f"resume with `orchestrator sweep --resume {folder.path}`")
     sweep(folder, template, cells, console, guardrail)

@@ -71,6 +71,28 @@ def test_each_run_of_a_cell_is_decided_against_the_budget_from_the_committed_fit
     assert (tight["cloud-only"].verdict, tight["fixed-k5"].verdict) == ("reject", "measure")
 
 
+def test_a_device_file_measured_again_since_the_fit_is_named(tmp_path):
+    """A fit records its device's figures; a guardrail whose device file now says otherwise
+    (measured again since) names the first figure that moved, and one fitted before fits
+    recorded them says nothing."""
+    import shutil
+    from dataclasses import replace
+    guard = tiny_guardrail(20.0)
+    assert guard.fitted.device_figures is None and guard.changed_device() is None
+    fitted = replace(guard.fitted, device_figures=guard.device.figures())
+    assert replace(guard, fitted=fitted).changed_device() is None
+    remeasured = guard.device.model_copy(update={"library_call_us": {"bfloat16": 15.5}})
+    said = replace(guard, fitted=fitted, device=remeasured, source="FIT").changed_device()
+    assert said.startswith("guardrail: device dev-epyc-2c's file has changed since the fit in FIT "
+                           "(library_call_us.bfloat16: None then, 15.5 now)"), said
+    # `latency fit` records them
+    from orchestrator.cli import main
+    table = tmp_path / "float32-t1.csv"
+    shutil.copy(FIT.with_suffix(".csv"), table)
+    assert main(["latency", "fit", str(table), "--device", "dev-epyc-2c", "--folds", "2"]) == 0
+    assert read_fit(tmp_path / "float32-t1").device_figures == load_device("dev-epyc-2c").figures()
+
+
 def test_the_network_term_is_the_rtt_and_the_codecs_bytes_over_the_link_per_token():
     guard = tiny_guardrail(20.0)
     at = {rtt: decided(guard, grid_profile(rtt, None), [FIXED5])["fixed-k5"].per_token_s

@@ -30,6 +30,7 @@ from nasd.latency.stages import DTYPE_BYTES, Work
 
 GIGA = 1e9
 TERA = 1e12
+FIGURES = ("memory_bandwidth_gbps", "cache", "peak_tflops", "library_call_us")
 
 
 class Source(BaseModel):
@@ -83,6 +84,11 @@ class Device(BaseModel):
         if "float32" not in self.peak_tflops:
             raise ValueError("peak_tflops: float32 is required")
         return self
+
+    def figures(self) -> dict:
+        """What a fit depends on (``FIGURES``), as JSON: a fit records them, so that a device
+        file measured again later can be told apart from the one it was fitted against."""
+        return self.model_dump(mode="json", include=set(FIGURES))
 
     def peak_flops(self, dtype: str) -> float:
         """FLOP/s at ``dtype``; a dtype the file does not list runs at the float32 rate (a

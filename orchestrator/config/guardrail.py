@@ -94,6 +94,7 @@ class FittedModel:
     estimator: LatencyEstimator
     intervals: dict[str, StageInterval]   # by stage: ``UNCERTAIN``'s
     table: dict                           # the measured table's description (``describe``)
+    device_figures: dict | None = None    # the device's figures it was fitted against
 
 
 def _read_json(path: Path) -> dict:
@@ -118,6 +119,7 @@ def read_fit(folder: Path) -> FittedModel:
     try:
         estimator = LatencyEstimator.from_dict(data)
         table = dict(data["table"])
+        data_figures = data.get("device_figures")     # fits before stop 32 recorded none
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(f"{path}: not an estimator of `orchestrator latency fit`: "
                           f"{error}") from None
@@ -140,7 +142,7 @@ def read_fit(folder: Path) -> FittedModel:
             raise ConfigError(f"{path}: intervals.{stage}: low and high must be ratios with "
                               f"0 < low <= high (got {interval.low}, {interval.high})")
         intervals[stage] = interval
-    return FittedModel(estimator, intervals, table)
+    return FittedModel(estimator, intervals, table, data_figures)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -215,6 +217,17 @@ def _why(verdict: str, spread: Spread, budget_s: float) -> str:
         return (f"its least, {low:.2f} ms/token, fits the budget of {budget:g} ms; jitter or "
                 "loss on the link: the model has no most")
     return f"the budget of {budget:g} ms lies inside its interval {low:.2f}-{high:.2f} ms/token"
+
+
+def _leaves(figures: dict, prefix: str = "") -> dict:
+    """Nested figures as dotted names (``peak_tflops.bfloat16``) and their values."""
+    out = {}
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            out |= _leaves(value, f"{prefix}{name}.")
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
 
 
 def _bounded(state: LinkState) -> bool:
@@ -294,6 +307,22 @@ class SweepGuardrail:
         return (f"guardrail: its stages were measured on {fitted}, this host is {processor}: "
                 "its verdicts may not hold here (`orchestrator latency measure` and `fit` "
                 "on this host give its own)")
+
+    def changed_device(self) -> str | None:
+        """A warning when the device file now holds other figures than the fit recorded (it
+        was measured again since): the stages were fitted against the old ones."""
+        if self.fitted.device_figures is None:
+            return None
+        then, now = _leaves(self.fitted.device_figures), _leaves(self.device.figures())
+        changed = [name for name in [*then, *(name for name in now if name not in then)]
+                   if then.get(name) != now.get(name)]
+        if not changed:
+            return None
+        more = f", +{len(changed) - 1} more" if len(changed) > 1 else ""
+        return (f"guardrail: device {self.device.name}'s file has changed since the fit in "
+                f"{self.source} ({changed[0]}: {then.get(changed[0])} then, "
+                f"{now.get(changed[0])} now{more}): its stages were fitted against the old "
+                "figures (`orchestrator latency fit` again)")
 
     def judge(self, profile: NetworkProfile, codec: str,
               runs: list[StrategyRun]) -> list[RunVerdict]:
