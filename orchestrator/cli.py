@@ -554,7 +554,7 @@ def sweep_command(ctx, job_name, resume_dir, model_pair, mode, data_plane_securi
     if guardrail is not None:
         from orchestrator.lifecycle.calibrate import host
         for warning in (guardrail.foreign_host(host()["processor"]),
-                        guardrail.changed_device()):
+                        guardrail.device_warning()):
             if warning:
                 console.print(warning, highlight=False, markup=False)
     console.print(f"sweep: {folder.path} ({len(cells)} cell{'s' * (len(cells) != 1)}); "

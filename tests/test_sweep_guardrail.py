@@ -72,25 +72,55 @@ def test_each_run_of_a_cell_is_decided_against_the_budget_from_the_committed_fit
 
 
 def test_a_device_file_measured_again_since_the_fit_is_named(tmp_path):
-    """A fit records its device's figures; a guardrail whose device file now says otherwise
+    """A fit records its device file; a guardrail whose device file now says otherwise
     (measured again since) names the first figure that moved, and one fitted before fits
-    recorded them says nothing."""
+    recorded it says nothing."""
     import shutil
     from dataclasses import replace
     guard = tiny_guardrail(20.0)
-    assert guard.fitted.device_figures is None and guard.changed_device() is None
-    fitted = replace(guard.fitted, device_figures=guard.device.figures())
-    assert replace(guard, fitted=fitted).changed_device() is None
+    assert guard.device_warning() is None
+    unrecorded = replace(guard, fitted=replace(guard.fitted, device=None))
+    assert unrecorded.device_warning() is None
     remeasured = guard.device.model_copy(update={"library_call_us": {"bfloat16": 15.5}})
-    said = replace(guard, fitted=fitted, device=remeasured, source="FIT").changed_device()
-    assert said.startswith("guardrail: device dev-epyc-2c's file has changed since the fit in FIT "
-                           "(library_call_us.bfloat16: None then, 15.5 now)"), said
-    # `latency fit` records them
+    said = replace(guard, device=remeasured, source="FIT").device_warning()
+    assert said.startswith("guardrail: device dev-epyc-2c's file has changed since the fit in "
+                           "FIT (library_call_us.bfloat16: None then, 15.5 now)"), said
+    # `latency fit` records it
     from orchestrator.cli import main
     table = tmp_path / "float32-t1.csv"
     shutil.copy(FIT.with_suffix(".csv"), table)
     assert main(["latency", "fit", str(table), "--device", "dev-epyc-2c", "--folds", "2"]) == 0
-    assert read_fit(tmp_path / "float32-t1").device_figures == load_device("dev-epyc-2c").figures()
+    assert read_fit(tmp_path / "float32-t1").device == load_device("dev-epyc-2c")
+
+
+def test_a_fit_whose_device_file_is_not_here_predicts_with_the_one_it_recorded(tmp_path):
+    """A fit made against a device file of the user's own (``latency device`` writes
+    NAME.yaml where it runs), used by a sweep started elsewhere: the guardrail takes the
+    device file the fit recorded, and says so; a fit without that record is one error."""
+    import shutil
+
+    from orchestrator.config.guardrail import load_guardrail
+    from orchestrator.config.run_spec import RunSpec
+    fit = tmp_path / "fit"
+    shutil.copytree(FIT, fit)
+    data = json.loads((fit / "estimator.json").read_text())
+    data["device"] = data["device_file"]["name"] = "my-host"
+    (fit / "estimator.json").write_text(json.dumps(data))
+    pair = tmp_path / "tiny-arith.yaml"
+    pair.write_text(f"name: tiny-arith\nbackend: hf\ndraft: {PAIR / 'draft'}\n"
+                    f"target: {PAIR / 'target'}\ntokenizer: {PAIR / 'tokenizer'}\n"
+                    "dtype: float32\ncpu_threads: 1\n")
+    job = load_job(str(GUARDED_JOB), {"guardrail_path": str(fit), "model_pair": str(pair)})
+    spec = RunSpec.build(job, grid_profile(0, None), "sim")
+    guard = load_guardrail(spec)
+    assert not guard.device_found and guard.device.name == "my-host"
+    assert guard.device.figures() == load_device("dev-epyc-2c").figures()
+    assert guard.device_warning() == (f"guardrail: no device file 'my-host' here: the one the "
+                                      f"fit in {fit} recorded is used")
+    del data["device_file"]
+    (fit / "estimator.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="estimator.json: its device: .*'my-host'"):
+        load_guardrail(spec)
 
 
 def test_the_network_term_is_the_rtt_and_the_codecs_bytes_over_the_link_per_token():

@@ -14,9 +14,10 @@ stacks reach the same fraction of their peaks.
 Why not a fitted estimator's ``estimator.stage_seconds``: the estimators fitted here are
 this CPU's (``benchmarks/measured/latency/``), and their overheads per call, per layer and
 per element are the host's dispatch costs, with efficiencies fitted against them: carried to
-a GPU as they are, the committed float32 estimator gives an H100 0.44 s for one decoding
-step of a 7 B model and a Jetson Orin Nano 84 ms for a 0.5 B draft token, where the bounds
-are 4.2 and 14.5 ms.  An estimator fitted on the emulated device itself would be the better
+a GPU as they are, the committed float32 estimators (``float32-t1``,
+``xeon-float32-t1-own-decode``) give an H100 0.41 and 0.24 s for one bfloat16 decoding step
+of a 7 B model at a 512-token context, and a Jetson Orin Nano 136 and 54 ms for a 0.5 B
+draft token, where the bounds are 4.2 and 14.6 ms.  An estimator fitted on the emulated device itself would be the better
 answer; none exists without that device.
 
 Pure: no I/O, no clocks.

@@ -86,8 +86,8 @@ class Device(BaseModel):
         return self
 
     def figures(self) -> dict:
-        """What a fit depends on (``FIGURES``), as JSON: a fit records them, so that a device
-        file measured again later can be told apart from the one it was fitted against."""
+        """What a fit depends on (``FIGURES``), as JSON: a device file measured again later
+        is told apart from the one a fit was made against by them."""
         return self.model_dump(mode="json", include=set(FIGURES))
 
     def peak_flops(self, dtype: str) -> float:

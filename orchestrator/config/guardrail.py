@@ -94,7 +94,7 @@ class FittedModel:
     estimator: LatencyEstimator
     intervals: dict[str, StageInterval]   # by stage: ``UNCERTAIN``'s
     table: dict                           # the measured table's description (``describe``)
-    device_figures: dict | None = None    # the device's figures it was fitted against
+    device: Device | None = None          # the device file it was fitted against, as it was
 
 
 def _read_json(path: Path) -> dict:
@@ -119,10 +119,11 @@ def read_fit(folder: Path) -> FittedModel:
     try:
         estimator = LatencyEstimator.from_dict(data)
         table = dict(data["table"])
-        data_figures = data.get("device_figures")     # fits before stop 32 recorded none
+        recorded = data.get("device_file")      # fits before 2026-12-05 recorded none
+        device = Device(**recorded) if recorded is not None else None
     except (KeyError, TypeError, ValueError) as error:
         raise ConfigError(f"{path}: not an estimator of `orchestrator latency fit`: "
-                          f"{error}") from None
+                          f"{str(error).splitlines()[0]}") from None
     missing = [stage for stage in UNCERTAIN if stage not in estimator.stages]
     if missing:
         raise ConfigError(f"{path}: no model of the {missing[0]} stage")
@@ -142,7 +143,7 @@ def read_fit(folder: Path) -> FittedModel:
             raise ConfigError(f"{path}: intervals.{stage}: low and high must be ratios with "
                               f"0 < low <= high (got {interval.low}, {interval.high})")
         intervals[stage] = interval
-    return FittedModel(estimator, intervals, table, data_figures)
+    return FittedModel(estimator, intervals, table, device)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -249,6 +250,7 @@ class SweepGuardrail:
     contexts: Spread                      # tokens: the least, mean and most context decoded at
     acceptance: Spread
     source: str = ""                      # the folder, for display
+    device_found: bool = True             # False: no such device file here, the fit's record
     host: HostSpeed = HostSpeed()         # how this host serves now (as fitted: 1, no RTT)
     answer_tokens: tuple[int, ...] = ()   # the answers' lengths (none: endless answers)
     probe: tuple[int, int] = (0, 0)       # the tokens and cycles they come from (0: as fitted)
@@ -308,12 +310,16 @@ class SweepGuardrail:
                 "its verdicts may not hold here (`orchestrator latency measure` and `fit` "
                 "on this host give its own)")
 
-    def changed_device(self) -> str | None:
-        """A warning when the device file now holds other figures than the fit recorded (it
-        was measured again since): the stages were fitted against the old ones."""
-        if self.fitted.device_figures is None:
+    def device_warning(self) -> str | None:
+        """A warning when the device is not the file the fit was made against: none of that
+        name here (the fit's record of it is used), or one measured again since (the stages
+        were fitted against the old figures)."""
+        if not self.device_found:
+            return (f"guardrail: no device file {self.device.name!r} here: the one the fit in "
+                    f"{self.source} recorded is used")
+        if self.fitted.device is None:
             return None
-        then, now = _leaves(self.fitted.device_figures), _leaves(self.device.figures())
+        then, now = _leaves(self.fitted.device.figures()), _leaves(self.device.figures())
         changed = [name for name in [*then, *(name for name in now if name not in then)]
                    if then.get(name) != now.get(name)]
         if not changed:
@@ -412,10 +418,14 @@ def load_guardrail(spec: RunSpec) -> SweepGuardrail | None:
                           f"{'/'.join(map(str, measured_on[0]))} at "
                           f"{'/'.join(map(str, measured_on[1]))} torch thread(s); model pair "
                           f"{pair.name!r} runs {pair.dtype} at {threads} (dtype, cpu_threads)")
+    found = True
     try:
         device = load_device(fitted.estimator.device)
     except ConfigError as error:
-        raise ConfigError(f"{where}: {folder / ESTIMATOR_FILE}: its device: {error}") from None
+        if fitted.device is None:
+            raise ConfigError(f"{where}: {folder / ESTIMATOR_FILE}: its device: {error}") \
+                from None
+        device, found = fitted.device, False
     shapes = {role: ModelShape.from_config(config)
               for role, config in model_configs(pair).items()}
     tokenizer = HFTokenizer(load_tokenizer(pair))
@@ -426,6 +436,6 @@ def load_guardrail(spec: RunSpec) -> SweepGuardrail | None:
                       max(lengths) + budget)
     low, high = job.guardrail_acceptance
     return SweepGuardrail(budget_s=job.latency_budget_ms_per_token / 1000.0, fitted=fitted,
-                          device=device, shapes=shapes, dtype=pair.dtype,
+                          device=device, device_found=found, shapes=shapes, dtype=pair.dtype,
                           width=pair_width(pair), contexts=contexts,
                           acceptance=Spread(low, (low + high) / 2, high), source=str(folder))

@@ -61,7 +61,7 @@ def fit_report(table: pd.DataFrame, device: Device, out_dir: Path, folds: int = 
     report, predictions = evaluate(frames, device, folds, seed)
     estimator = fit_estimator(frames, device)
     write_json(out_dir / "estimator.json", {"table": describe(table), **estimator.to_dict(),
-                                            "device_figures": device.figures()})
+                                            "device_file": device.model_dump(mode="json")})
     heldout = {"table": describe(table), "device": device.name,
                "split": f"GroupKFold over the shape of each stage's model ({folds} folds at "
                         "most): every sample is predicted by models fitted without its "
