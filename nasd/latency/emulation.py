@@ -17,8 +17,8 @@ per element are the host's dispatch costs, with efficiencies fitted against them
 a GPU as they are, the committed float32 estimators (``float32-t1``,
 ``xeon-float32-t1-own-decode``) give an H100 0.41 and 0.24 s for one bfloat16 decoding step
 of a 7 B model at a 512-token context, and a Jetson Orin Nano 136 and 54 ms for a 0.5 B
-draft token, where the bounds are 4.2 and 14.6 ms.  An estimator fitted on the emulated device itself would be the better
-answer; none exists without that device.
+draft token, where the bounds are 4.2 and 14.6 ms.  An estimator fitted on the emulated
+device itself would be the better answer; none exists without that device.
 
 Pure: no I/O, no clocks.
 """

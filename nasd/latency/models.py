@@ -6,32 +6,31 @@ Owns the three model families compared per stage and their group-wise evaluation
 - **roofline-shaped** (``RooflineParams``, fitted by ``fit_roofline``): ``overhead +
   per_layer * layers + per_activation * activations + per_block / K + library +
   row_factor(rows) * smoothmax(memory / eta_bw, compute / eta_flops)``, where memory and
-  compute are the roofline's two times on the device (``nasd.latency.roofline``: bytes at main memory's
-  bandwidth, the KV cache's share and the copies the runtime makes of it
+  compute are the roofline's two times on the device (``nasd.latency.roofline``: bytes at
+  main memory's bandwidth, the KV cache's share and the copies the runtime makes of it
   (``kv_repeat_bytes``) counted ``kv_factor`` times, and FLOPs at the dtype's peak), the
   efficiencies ``eta_*`` in (0, 1] say how much of each peak the stage reaches, the
   overheads are the fixed cost of a call, of each layer (kernel dispatch), of the per-token
   vector work and (``draft_token`` only, reported at its floor elsewhere) of a draft block
   shared by its K tokens, ``library`` is the device's measured cost of the pass's linear
-  layers that the runtime hands to its GEMM library (``nasd.latency.roofline.library_seconds``,
-  added as it is, not fitted: at bfloat16 on the Xeon that measured the committed tables
-  such a call costs about 17 us more than a small one, so a draft of hidden 64, whose
-  attention projections stay small, makes 3 such calls a layer where one of hidden 128
-  makes 7, which a fit on the other shapes cannot tell from their layer count), and the
-  smooth
-  maximum ``(a^p + b^p)^(1/p)`` (p fitted in [1,
-  16]: 1 is a sum, 16 almost the hard max) lets the ridge point be as sharp as the stage
-  shows it: verify is flat in K while the weights'
-  bytes dominate and grows once the FLOPs do.  ``row_factor`` is the runtime's speed by the
-  rows a pass feeds, for passes of 2 to 16 rows (a verification's K + 1): a CPU's matrix
-  kernels block their rows, so on the Xeon that measured the committed tables a float32
-  verification of 13 rows takes longer than one of 16.  It is fitted, for a stage whose
-  passes all feed 2 to 16 rows (verify), at each row count the training saw (a prior of sd
-  1 on its log keeps it near 1 where the samples say little), interpolated between them,
-  and 1 for one row and for longer passes.  Fitted by ``scipy.optimize.least_squares`` on
-  log errors (relative: what MAPE judges) with a soft-L1 loss (a sample a busy neighbour
-  slowed weighs less), optionally with a Gaussian prior on the parameters (how
-  ``nasd.latency.transfer`` refits from a few samples on new hardware);
+  layers that the runtime hands to its GEMM library
+  (``nasd.latency.roofline.library_seconds``, added as it is, not fitted: at bfloat16 on the
+  Xeon that measured the committed tables such a call costs about 17 us more than a small
+  one, so a draft of hidden 64, whose attention projections stay small, makes 3 such calls
+  a layer where one of hidden 128 makes 7, which a fit on the other shapes cannot tell from
+  their layer count), and the smooth maximum ``(a^p + b^p)^(1/p)`` (p fitted in [1, 16]: 1
+  is a sum, 16 almost the hard max) lets the ridge point be as sharp as the stage shows it:
+  verify is flat in K while the weights' bytes dominate and grows once the FLOPs do.
+  ``row_factor`` is the runtime's speed by the rows a pass feeds, for passes of 2 to 16
+  rows (a verification's K + 1): a CPU's matrix kernels block their rows, so on the Xeon
+  that measured the committed tables a float32 verification of 13 rows takes longer than
+  one of 16.  It is fitted, for a stage whose passes all feed 2 to 16 rows (verify), at each
+  row count the training saw (a prior of sd 1 on its log keeps it near 1 where the samples
+  say little), interpolated between them, and 1 for one row and for longer passes.  Fitted
+  by ``scipy.optimize.least_squares`` on log errors (relative: what MAPE judges) with a
+  soft-L1 loss (a sample a busy neighbour slowed weighs less), optionally with a Gaussian
+  prior on the parameters (how ``nasd.latency.transfer`` refits from a few samples on new
+  hardware);
 - **linear** (``fit_linear``): scikit-learn's non-negative least squares of the time on the
   same work terms (bytes, KV bytes and their copies, FLOPs, layers, activation elements,
   block share), weighted by 1 / t^2 so the errors are relative;

@@ -125,9 +125,9 @@ def library_seconds(device: Device, calls, dtype) -> np.ndarray:
     """What ``calls`` linear layers handed to the GEMM library cost beyond small ones, at
     ``dtype`` (one name, or one per element of ``calls``): none where the device measured
     no such cost."""
-    dtypes = [dtype] * np.size(calls) if isinstance(dtype, str) else dtype
-    per_call = np.array([device.library_call_us.get(d, 0.0) for d in dtypes], dtype=float)
-    return np.asarray(calls, dtype=float) * per_call.reshape(np.shape(calls)) / 1e6
+    per_call_us = (device.library_call_us.get(dtype, 0.0) if isinstance(dtype, str)
+                   else np.array([device.library_call_us.get(d, 0.0) for d in dtype], dtype=float))
+    return np.asarray(calls, dtype=float) * per_call_us / 1e6
 
 
 def roofline_bound(device: Device, work: Work, dtype: str) -> float:

@@ -273,8 +273,8 @@ class SweepGuardrail:
         return (f"guardrail: budget {1000 * self.budget_s:g} ms per token; stages fitted on "
                 f"{self.device.name} ({table.get('campaign', '?')}, host "
                 f"{measured_on.get('node', '?')}, {measured_on.get('processor', '?')}) in "
-                f"{self.source}, "
-                f"{speed}, {interval.coverage:.0%} split-conformal intervals; acceptance "
+                f"{self.source}, {speed}, {interval.coverage:.0%} split-conformal intervals; "
+                f"acceptance "
                 f"{self.acceptance.low:g}-{self.acceptance.high:g}; contexts "
                 f"{self.contexts.low:g}-{self.contexts.high:g} tokens")
 

@@ -536,7 +536,7 @@ def library_call_rounds(dtype: str, rounds: int, pairs: int = 9,
     before it (``calls`` passes each; paired, so a slower moment of the host slows both).
     One more row or column of a weight costs a fraction of a microsecond; the rest is the
     dispatch cost of the runtime's GEMM library.  The rounds differ on a busy host: its
-    bfloat16 calls on this Xeon cost 17 us quiet and up to 40 beside other work."""
+    bfloat16 calls on this Xeon cost 17 us quiet and up to 150 beside other work."""
     import torch
     torch.set_num_threads(1)
     kind = getattr(torch, dtype)

@@ -142,12 +142,12 @@ def guardrail_probe(folder: SweepFolder, template: RunSpec, progress) -> ProbeRu
     """How this host serves the job's pair right now: cloud-only and fixed-K at the job's
     smallest K, on the job's first prompts (``PROBE_QUERIES`` at most, once each), on an
     unshaped link in the sweep's mode, agents and serving loop included, into the sweep's
-    ``PROBE_FOLDER`` (a resumed sweep runs it anew, into ``PROBE_FOLDER``-2, -3, ...).  Its cloud-only steps are (the tokens of
-    context decoded at, the interval between two tokens as the edge received them), what a
-    cell's cloud-only ms per token is made of; its cycles' network times are the round trip
-    the agents and the path add to every cycle before any RTT; its cloud-only answers'
-    lengths are those of the sweep's queries of the same prompts (under greedy decoding
-    every lossless strategy's answer is cloud-only's)."""
+    ``PROBE_FOLDER`` (a resumed sweep runs it anew, into ``PROBE_FOLDER``-2, -3, ...).  Its
+    cloud-only steps are (the tokens of context decoded at, the interval between two tokens
+    as the edge received them), what a cell's cloud-only ms per token is made of; its
+    cycles' network times are the round trip the agents and the path add to every cycle
+    before any RTT; its cloud-only answers' lengths are those of the sweep's queries of the
+    same prompts (under greedy decoding every lossless strategy's answer is cloud-only's)."""
     from orchestrator.config.guardrail import ProbeRun
     path = next(folder.path / f"{PROBE_FOLDER}{suffix}"      # a resumption's beside the first
                 for suffix in ["", *(f"-{n}" for n in range(2, MAX_PROBES + 1))]
